@@ -1,0 +1,144 @@
+//! Starting and stopping the embedded broker.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use rumqttd::protocol::v4::V4;
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use tokio::runtime::Runtime;
+
+use crate::config::BrokerConfig;
+use crate::nodelay;
+
+/// How long start-up waits for rumqttd's listener to appear.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the embedded broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("mqtt listen address {0} is already in use (another broker? change --mqtt-listen)")]
+    PortTaken(SocketAddr),
+    #[error("failed to bind mqtt listener {addr}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("failed to build the broker's runtime")]
+    Runtime(#[source] io::Error),
+    #[error("mqtt listener {0} did not come up")]
+    NotListening(SocketAddr),
+    #[error("failed to set TCP_NODELAY on the mqtt listener")]
+    NoDelay(#[source] io::Error),
+}
+
+/// A running embedded broker. Dropping it (or [`EmbeddedBroker::stop`]) closes its port and every
+/// connection; retained messages and sessions live in memory only and are gone with it.
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+    runtime: Option<Runtime>,
+}
+
+impl EmbeddedBroker {
+    /// Starts the broker and returns once its listener accepts connections with TCP_NODELAY set.
+    pub fn start(config: BrokerConfig) -> Result<Self, BrokerError> {
+        let addr = config.listen;
+        match TcpListener::bind(addr) {
+            Ok(probe) => drop(probe),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(BrokerError::PortTaken(addr));
+            }
+            Err(source) => return Err(BrokerError::Bind { addr, source }),
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mqtt-broker")
+            .enable_all()
+            .build()
+            .map_err(BrokerError::Runtime)?;
+
+        // The router runs on a thread of its own that rumqttd spawns; it idles once its server is gone.
+        let router_tx = Router::new(0, router_config(&config)).spawn();
+        let mut server = Server::new(server_settings(&config), router_tx, V4);
+        let serving = runtime.spawn(async move { server.start(LinkType::Remote).await });
+
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        loop {
+            if nodelay::set_on_listener(addr).map_err(BrokerError::NoDelay)? {
+                tracing::info!(%addr, "embedded mqtt broker listening");
+                return Ok(Self {
+                    addr,
+                    runtime: Some(runtime),
+                });
+            }
+            if serving.is_finished() {
+                // rumqttd's bind failed (a race with another process taking the port).
+                runtime.shutdown_background();
+                return Err(BrokerError::PortTaken(addr));
+            }
+            if Instant::now() > deadline {
+                runtime.shutdown_background();
+                return Err(BrokerError::NotListening(addr));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The address devices connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the listener and every connection.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+            tracing::info!(addr = %self.addr, "embedded mqtt broker stopped");
+        }
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn router_config(config: &BrokerConfig) -> RouterConfig {
+    RouterConfig {
+        max_connections: config.max_connections,
+        max_outgoing_packet_count: 1_000,
+        max_segment_size: config.segment_bytes,
+        max_segment_count: config.segment_count,
+        ..RouterConfig::default()
+    }
+}
+
+fn server_settings(config: &BrokerConfig) -> ServerSettings {
+    let mut connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: config.max_payload_bytes,
+        max_inflight_count: config.max_inflight,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let authenticator = config.authenticator.clone();
+    connections.set_auth_handler(
+        move |client_id: String, username: String, password: String| {
+            let allowed = authenticator.authenticate(&client_id, &username, &password);
+            if !allowed {
+                tracing::debug!(client_id = %client_id, "mqtt login refused");
+            }
+            std::future::ready(allowed)
+        },
+    );
+    ServerSettings {
+        name: "parkflow-v4".to_owned(),
+        listen: config.listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    }
+}

@@ -1,0 +1,49 @@
+//! What the embedded broker needs to know: where to listen, how big its logs are, who may log in.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Decides whether a device may log in. The registry of devices lives outside the broker; the
+/// `parkflow` binary supplies an implementation backed by it.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Whether `username`/`password` may connect with MQTT client id `client_id`.
+    fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool;
+}
+
+/// Configuration of the embedded broker.
+#[derive(Clone)]
+pub struct BrokerConfig {
+    /// The MQTT 3.1.1 listener (loopback by default; port 0 is not possible with rumqttd).
+    pub listen: SocketAddr,
+    /// Size of one segment of a subscription filter's in-memory log.
+    ///
+    /// A subscriber that falls behind the oldest segment silently skips ahead, even at QoS 1, so
+    /// `segment_bytes × segment_count` must exceed the largest backlog the platform may build up.
+    /// Segments are allocated as messages arrive: a large bound costs nothing while nobody lags.
+    pub segment_bytes: usize,
+    /// Number of segments kept per filter.
+    pub segment_count: usize,
+    /// The largest MQTT payload accepted (a bridge batch of 1,000 signed events needs ~300 KiB).
+    pub max_payload_bytes: usize,
+    /// Unacknowledged QoS 1 messages per connection.
+    pub max_inflight: usize,
+    /// Simultaneous connections.
+    pub max_connections: usize,
+    /// Who may log in.
+    pub authenticator: Arc<dyn Authenticator>,
+}
+
+impl BrokerConfig {
+    /// Defaults sized for a city: 64 MiB × 16 segments per filter, 512 KiB payloads.
+    pub fn new(listen: SocketAddr, authenticator: Arc<dyn Authenticator>) -> Self {
+        Self {
+            listen,
+            segment_bytes: 64 * 1024 * 1024,
+            segment_count: 16,
+            max_payload_bytes: 512 * 1024,
+            max_inflight: 1_000,
+            max_connections: 100_000,
+            authenticator,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The embedded broker, driven by a real MQTT client over loopback.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parkflow_broker::{Authenticator, BrokerConfig, BrokerError, EmbeddedBroker};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
+
+struct OnlyAlice;
+
+impl Authenticator for OnlyAlice {
+    fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
+        client_id == "alice" && username == "alice" && password == "secret"
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+fn config(addr: SocketAddr) -> BrokerConfig {
+    BrokerConfig::new(addr, Arc::new(OnlyAlice))
+}
+
+fn options(addr: SocketAddr, client_id: &str, password: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_credentials(client_id, password);
+    options.set_keep_alive(Duration::from_secs(5));
+    options
+}
+
+fn client(addr: SocketAddr, client_id: &str, password: &str) -> (AsyncClient, EventLoop) {
+    let (client, mut events) = AsyncClient::new(options(addr, client_id, password), 10);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    (client, events)
+}
+
+/// Connects and returns whether the broker answered the CONNECT with a CONNACK.
+async fn connects(addr: SocketAddr, client_id: &str, password: &str) -> bool {
+    let (_client, mut events) = client(addr, client_id, password);
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    });
+    outcome.await.unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_registered_device_connects_and_a_stranger_is_refused() {
+    let addr = free_addr();
+    let broker = EmbeddedBroker::start(config(addr)).unwrap();
+    assert_eq!(broker.addr(), addr);
+    assert!(connects(addr, "alice", "secret").await);
+    assert!(!connects(addr, "alice", "wrong").await);
+    assert!(!connects(addr, "mallory", "secret").await);
+}
+
+#[tokio::test]
+async fn messages_flow_between_clients() {
+    let addr = free_addr();
+    let _broker = EmbeddedBroker::start(config(addr)).unwrap();
+    let (subscriber, mut sub_events) = client(addr, "alice", "secret");
+    subscriber.subscribe("t/#", QoS::AtLeastOnce).await.unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sub_events.poll().await.unwrap() {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    subscriber
+                        .publish("t/1", QoS::AtLeastOnce, false, "hello")
+                        .await
+                        .unwrap();
+                }
+                Event::Incoming(Packet::Publish(p)) => return p.payload,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(&received[..], b"hello");
+}
+
+#[tokio::test]
+async fn a_stopped_broker_frees_its_port_and_starts_again() {
+    let addr = free_addr();
+    let broker = EmbeddedBroker::start(config(addr)).unwrap();
+    broker.stop();
+    assert!(!connects(addr, "alice", "secret").await);
+    let _again = EmbeddedBroker::start(config(addr)).unwrap();
+    assert!(connects(addr, "alice", "secret").await);
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let error = EmbeddedBroker::start(config(addr)).err().unwrap();
+    assert!(matches!(error, BrokerError::PortTaken(a) if a == addr));
+    assert!(error.to_string().contains("--mqtt-listen"));
+}
