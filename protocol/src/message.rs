@@ -122,6 +122,8 @@ pub enum GateReason {
     Manual,
     /// Paid at the exit; the barrier opens.
     Paid,
+    /// Nothing is due (a stay within the grace period): the car leaves.
+    NothingDue,
     /// The lot is full and the plate holds no pass.
     LotFull,
     /// The operator blocked this plate.
@@ -140,6 +142,7 @@ impl GateReason {
             Self::RepeatedRead => "repeated_read",
             Self::Manual => "manual",
             Self::Paid => "paid",
+            Self::NothingDue => "nothing_due",
             Self::LotFull => "lot_full",
             Self::Blocked => "blocked",
             Self::PaymentRequired => "payment_required",

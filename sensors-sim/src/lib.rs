@@ -1,1 +1,14 @@
-//! placeholder
+//! The simulated city: gate cameras (and, later, bay sensors) that speak ParkFlow's MQTT protocol
+//! exactly as an outside device would — signed messages, retries until answered — and the traffic
+//! that drives them. It depends on `parkflow-protocol` alone: it knows the platform only through
+//! the protocol and the devices file.
+
+pub mod camera;
+pub mod city;
+pub mod devices;
+pub mod stats;
+pub mod traffic;
+
+pub use city::{City, CityConfig};
+pub use devices::{DeviceEntry, DeviceKind, DevicesFile};
+pub use stats::Stats;

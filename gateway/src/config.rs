@@ -1,0 +1,20 @@
+//! The gateway's configuration. The `parkflow` binary builds it from flags and `PARKFLOW_…`
+//! variables; tests build it directly.
+
+use std::net::SocketAddr;
+
+use crate::gate::actor::DecisionConfig;
+use crate::mqtt::MqttConfig;
+
+/// Everything the gateway needs to start.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The HTTP API's listen address (port 0 picks a free port).
+    pub http_listen: SocketAddr,
+    /// `sqlite:path.db` or `postgres://…`.
+    pub database_url: String,
+    pub mqtt: MqttConfig,
+    pub decisions: DecisionConfig,
+    /// The platform admin's API key (`Authorization: Bearer …`); admin endpoints are closed without one.
+    pub admin_key: Option<String>,
+}

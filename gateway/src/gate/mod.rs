@@ -1,0 +1,64 @@
+//! Gate decisions (SPEC §3): a plate read at an entry or exit lane gets exactly one barrier
+//! command, published before anything slow; the sessions it opens and closes follow to the store.
+//!
+//! One actor ([`actor::GateActor`]) owns the open sessions of every gated lot, the recent
+//! decisions (so a repeated `event_id` gets the very same command) and the facts a decision
+//! needs (enrolled plates, passes, blocks). The decisions themselves are pure (`decide`).
+
+pub mod actor;
+pub mod decide;
+pub mod state;
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use parkflow_protocol::{Direction, EventId, GateId, LotId, Plate, PlateColor};
+use tokio::sync::mpsc;
+
+use crate::mqtt::ack::Ticket;
+
+/// Plate reads waiting for the gate actor.
+pub const GATE_CHANNEL_CAPACITY: usize = 10_000;
+
+/// A verified plate read from a gate camera.
+#[derive(Debug)]
+pub struct GateRead {
+    pub lot: LotId,
+    pub gate: GateId,
+    pub event_id: EventId,
+    pub plate: Plate,
+    pub plate_color: Option<PlateColor>,
+    pub confidence: f64,
+    pub direction: Direction,
+    pub observed_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    /// When the message arrived, for `parkflow_decision_seconds`.
+    pub received: Instant,
+    pub ticket: Option<Ticket>,
+}
+
+/// What the gate actor is asked to do.
+#[derive(Debug)]
+pub enum GateMessage {
+    PlateRead(Box<GateRead>),
+}
+
+/// Sends work to the gate actor.
+#[derive(Clone)]
+pub struct GateHandle {
+    tx: mpsc::Sender<GateMessage>,
+}
+
+impl GateHandle {
+    pub fn channel() -> (Self, mpsc::Receiver<GateMessage>) {
+        let (tx, rx) = mpsc::channel(GATE_CHANNEL_CAPACITY);
+        (Self { tx }, rx)
+    }
+
+    /// Hands a read to the actor (waits while it is behind).
+    pub async fn plate_read(&self, read: GateRead) {
+        if self.tx.send(GateMessage::PlateRead(Box::new(read))).await.is_err() {
+            tracing::error!("gate actor is gone; plate read dropped (it will be re-delivered)");
+        }
+    }
+}

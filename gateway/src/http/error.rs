@@ -1,0 +1,56 @@
+//! The one error shape of the HTTP API: `{"error":{"code":"snake_case","message":"…"}}`, and the
+//! one place where error kinds become statuses. 5xx bodies are opaque; their cause is logged here, once.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// An error answered by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("missing or invalid api key")]
+    Unauthorized,
+    #[error("service not ready")]
+    Unavailable,
+    #[error("internal error")]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest { code, message: message.into() }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::BadRequest { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            let cause = std::error::Error::source(&self).map(ToString::to_string);
+            tracing::error!(error = %self, cause = ?cause, "request failed");
+        }
+        (status, Json(json!({ "error": { "code": code, "message": self.to_string() } }))).into_response()
+    }
+}
+
+/// Answers a path or query that does not parse with the API's error shape.
+pub fn rejection(message: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_request", message.to_string())
+}

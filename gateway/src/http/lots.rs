@@ -1,0 +1,58 @@
+//! Public lot information: the tariff in force and price quotes (SPEC §4, §5).
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use parkflow_billing::Tariff;
+use parkflow_protocol::{LotId, PlateColor};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery};
+
+fn lot_id(raw: &str) -> Result<LotId, ApiError> {
+    LotId::parse(raw).map_err(|_| ApiError::NotFound("lot"))
+}
+
+/// `GET /v1/lots/{lot}/tariff`: the tariff in force now.
+pub async fn tariff(State(state): State<AppState>, ApiPath(lot): ApiPath<String>) -> Result<Json<Tariff>, ApiError> {
+    let registry = state.registry.snapshot();
+    let lot = registry.lot_by_id(&lot_id(&lot)?).ok_or(ApiError::NotFound("lot"))?;
+    let tariff = lot.tariffs.in_force_at(Utc::now()).ok_or(ApiError::NotFound("tariff"))?;
+    Ok(Json(tariff.clone()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct QuoteQuery {
+    entered_at: DateTime<Utc>,
+    exited_at: DateTime<Utc>,
+    plate_color: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Quote {
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: rust_decimal::Decimal,
+    currency: String,
+}
+
+/// `GET /v1/lots/{lot}/quote?entered_at=…&exited_at=…&plate_color=…`
+pub async fn quote(
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+    ApiQuery(query): ApiQuery<QuoteQuery>,
+) -> Result<Json<Quote>, ApiError> {
+    let registry = state.registry.snapshot();
+    let lot = registry.lot_by_id(&lot_id(&lot)?).ok_or(ApiError::NotFound("lot"))?;
+    let plate_color = query
+        .plate_color
+        .as_deref()
+        .map(|c| PlateColor::parse(c).ok_or_else(|| ApiError::bad_request("invalid_plate_color", "plate_color must be blue, yellow, green, white or black")))
+        .transpose()?;
+    let tariff = lot.tariffs.in_force_at(query.entered_at).ok_or(ApiError::NotFound("tariff"))?;
+    let fee = tariff
+        .quote(query.entered_at, query.exited_at, plate_color)
+        .map_err(|e| ApiError::bad_request("invalid_stay", e.to_string()))?;
+    Ok(Json(Quote { amount: fee.amount(), currency: fee.currency().as_str().to_owned() }))
+}

@@ -1,0 +1,55 @@
+//! The HTTP API (SPEC §5), served by axum: one router, one state, one error shape.
+
+pub mod error;
+pub mod extract;
+pub mod lots;
+pub mod ops;
+pub mod sessions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::sync::watch;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::metrics::Metrics;
+use crate::registry::RegistryHandle;
+use crate::store::Db;
+
+/// Request bodies larger than this are refused.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Every request answers within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub registry: RegistryHandle,
+    pub metrics: Arc<Metrics>,
+    pub mqtt_connected: watch::Receiver<bool>,
+    pub admin_key: Option<Arc<str>>,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/lots/{lot}/tariff", get(lots::tariff))
+        .route("/v1/lots/{lot}/quote", get(lots::quote))
+        .route("/v1/sessions", get(sessions::list))
+        .route("/v1/sessions/{id}", get(sessions::get))
+        .route("/v1/review", get(sessions::review))
+        .fallback(|| async { error::ApiError::NotFound("route") })
+        .with_state(state)
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(TraceLayer::new_for_http())
+}

@@ -1,0 +1,65 @@
+//! Sessions and the review queue, for the platform admin.
+
+use axum::Json;
+use axum::extract::State;
+use parkflow_protocol::{LotId, Plate};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Admin, ApiPath, ApiQuery};
+use crate::session::SessionStatus;
+use crate::store::sessions::{self, ReviewView, SessionFilter, SessionView};
+
+/// The most rows one listing returns.
+const MAX_LIMIT: u32 = 1_000;
+
+#[derive(Debug, Deserialize)]
+pub struct SessionQuery {
+    lot: Option<String>,
+    plate: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/sessions?lot=…&plate=…&status=…&limit=…`
+pub async fn list(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<SessionQuery>,
+) -> Result<Json<Vec<SessionView>>, ApiError> {
+    let filter = SessionFilter {
+        lot: query.lot.as_deref().map(LotId::parse).transpose().map_err(|e| ApiError::bad_request("invalid_lot", e.to_string()))?,
+        plate: query.plate.as_deref().map(Plate::parse).transpose().map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?,
+        status: query
+            .status
+            .as_deref()
+            .map(|s| SessionStatus::parse(s).ok_or_else(|| ApiError::bad_request("invalid_status", "status must be open, closed, review or void")))
+            .transpose()?,
+        limit: query.limit.unwrap_or(100).min(MAX_LIMIT),
+    };
+    Ok(Json(sessions::sessions(&state.db, &filter).await?))
+}
+
+/// `GET /v1/sessions/{id}`
+pub async fn get(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<Json<SessionView>, ApiError> {
+    sessions::session(&state.db, id).await?.map(Json).ok_or(ApiError::NotFound("session"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReviewQuery {
+    lot: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/review?lot=…`: unresolved cases, oldest first.
+pub async fn review(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ReviewQuery>,
+) -> Result<Json<Vec<ReviewView>>, ApiError> {
+    let lot = query.lot.as_deref().map(LotId::parse).transpose().map_err(|e| ApiError::bad_request("invalid_lot", e.to_string()))?;
+    let limit = query.limit.unwrap_or(100).min(MAX_LIMIT);
+    Ok(Json(sessions::open_reviews(&state.db, lot.as_ref(), limit).await?))
+}

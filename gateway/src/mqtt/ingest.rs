@@ -1,0 +1,156 @@
+//! Ingest: checks each arriving message (size, signature, topic binding, registration, clock
+//! window, payload) and hands what passes to its owner. What fails is counted by reason and
+//! logged at most once per reason every few seconds; it never stops ingestion.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parkflow_protocol::sign::{check_observed_at, open};
+use parkflow_protocol::{GateId, GatePlateRead, GateState, MessageError, Plate, Topic};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::link::Inbound;
+use crate::gate::{GateHandle, GateRead};
+use crate::metrics::Metrics;
+use crate::registry::{DeviceKind, Lot, Registry, RegistryHandle};
+
+/// One rejection log line per reason per this interval; the counter counts them all.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why ingest refused a message (the `reason` label of `parkflow_events_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    UnknownTopic,
+    Oversized,
+    UnknownLot,
+    UnknownGate,
+    NotRegistered,
+    InvalidPlate,
+    Message(&'static str),
+}
+
+impl Rejection {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::UnknownTopic => "unknown_topic",
+            Self::Oversized => "oversized",
+            Self::UnknownLot => "unknown_lot",
+            Self::UnknownGate => "unknown_gate",
+            Self::NotRegistered => "not_registered",
+            Self::InvalidPlate => "invalid_plate",
+            Self::Message(reason) => reason,
+        }
+    }
+}
+
+impl From<MessageError> for Rejection {
+    fn from(error: MessageError) -> Self {
+        Self::Message(error.reason())
+    }
+}
+
+/// The ingest task's state.
+pub struct Ingest {
+    registry: RegistryHandle,
+    metrics: Arc<Metrics>,
+    gates: GateHandle,
+    last_logged: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl Ingest {
+    pub fn new(registry: RegistryHandle, metrics: Arc<Metrics>, gates: GateHandle) -> Self {
+        Self { registry, metrics, gates, last_logged: HashMap::new() }
+    }
+
+    /// Runs until the event loop task stops, having handled everything queued.
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>) {
+        while let Some(message) = inbound.recv().await {
+            if let Err(rejection) = self.handle(message).await {
+                self.reject(rejection);
+            }
+        }
+        tracing::debug!("ingest drained and stopped");
+    }
+
+    async fn handle(&mut self, message: Inbound) -> Result<(), Rejection> {
+        let topic = message.topic.as_ref().map_err(|_| Rejection::UnknownTopic)?;
+        if message.payload.len() > topic.max_payload_bytes() {
+            return Err(Rejection::Oversized);
+        }
+        let registry = self.registry.snapshot();
+        match topic {
+            Topic::GatePlate { lot, gate } => {
+                let lot = registry.lot_by_id(lot).ok_or(Rejection::UnknownLot)?;
+                let read: GatePlateRead = open_from_gate(&registry, lot, gate, topic, &message.payload)?;
+                check_observed_at(read.observed_at, message.received_at)?;
+                if !(0.0..=1.0).contains(&read.confidence) {
+                    return Err(Rejection::Message("malformed"));
+                }
+                let plate = Plate::parse(&read.plate).map_err(|_| Rejection::InvalidPlate)?;
+                self.metrics.plate_reads.inc();
+                let read = GateRead {
+                    lot: lot.id.clone(),
+                    gate: gate.clone(),
+                    event_id: read.event_id,
+                    plate,
+                    plate_color: read.plate_color,
+                    confidence: read.confidence,
+                    direction: read.direction,
+                    observed_at: read.observed_at,
+                    received_at: message.received_at,
+                    received: message.received,
+                    ticket: message.ticket,
+                };
+                self.gates.plate_read(read).await;
+                Ok(())
+            }
+            Topic::GateState { lot, gate } => {
+                let lot = registry.lot_by_id(lot).ok_or(Rejection::UnknownLot)?;
+                let state: GateState = open_from_gate(&registry, lot, gate, topic, &message.payload)?;
+                tracing::debug!(lot = %lot.id, gate = %gate, state = ?state.state, "gate state");
+                Ok(())
+            }
+            _ => Err(Rejection::UnknownTopic),
+        }
+    }
+
+    fn reject(&mut self, rejection: Rejection) {
+        let reason = rejection.reason();
+        self.metrics.rejected(reason);
+        let now = Instant::now();
+        let entry = self.last_logged.entry(reason).or_insert((now - LOG_INTERVAL, 0));
+        entry.1 += 1;
+        if now.duration_since(entry.0) >= LOG_INTERVAL {
+            tracing::warn!(reason, count = entry.1, "rejected device messages");
+            *entry = (now, 0);
+        }
+    }
+}
+
+/// Opens a message published on a gate's topic: it must come from the camera registered to that
+/// gate (when signed), and the gate must exist.
+fn open_from_gate<T: DeserializeOwned>(
+    registry: &Registry,
+    lot: &Lot,
+    gate: &GateId,
+    topic: &Topic,
+    payload: &[u8],
+) -> Result<T, Rejection> {
+    registry.gate(lot.idx, gate).ok_or(Rejection::UnknownGate)?;
+    let opened = open(payload, &topic.to_string(), lot.device_auth, |id| {
+        registry.device(id).map(|device| device.secret.clone())
+    })?;
+    if let Some(signer) = &opened.signer {
+        let device = registry.device(signer).ok_or(Rejection::NotRegistered)?;
+        let speaks_for_gate = device.kind == DeviceKind::GateCamera
+            && device.lot.as_ref() == Some(&lot.id)
+            && device.gate.as_ref() == Some(gate);
+        if !speaks_for_gate {
+            return Err(Rejection::NotRegistered);
+        }
+    }
+    Ok(opened.body)
+}
+

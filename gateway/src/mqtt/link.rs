@@ -1,0 +1,134 @@
+//! The MQTT connection and its event loop task.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use parkflow_protocol::Topic;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::ack::{Ticket, TicketIssuer};
+
+/// Requests (publishes, acks, subscribes) queued for the event loop.
+const REQUEST_CHANNEL_CAPACITY: usize = 10_000;
+/// Messages between the event loop task and ingest.
+pub const INBOUND_CHANNEL_CAPACITY: usize = 10_000;
+
+/// Where and as whom the platform connects.
+#[derive(Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Stable across restarts: the broker keeps the persistent session under it.
+    pub client_id: String,
+    pub credentials: Option<(String, String)>,
+    pub keep_alive: Duration,
+    /// QoS 1 messages the broker may have in flight to us.
+    pub inflight: u16,
+}
+
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One message as it arrived.
+#[derive(Debug)]
+pub struct Inbound {
+    pub topic: Result<Topic, String>,
+    pub payload: Bytes,
+    pub received_at: DateTime<Utc>,
+    pub received: Instant,
+    /// Present for QoS 1 messages: drop it when the message is finished.
+    pub ticket: Option<Ticket>,
+}
+
+/// Creates the client and its event loop: persistent session, manual acks, TCP_NODELAY.
+pub fn connect(config: &MqttConfig) -> (AsyncClient, EventLoop) {
+    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(config.keep_alive)
+        .set_inflight(config.inflight)
+        .set_max_packet_size(1024 * 1024, 1024 * 1024)
+        .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
+    if let Some((username, password)) = &config.credentials {
+        options.set_credentials(username, password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(5);
+    eventloop.set_network_options(network);
+    (client, eventloop)
+}
+
+/// The event loop task: polls, subscribes on every (re)connection, stamps and forwards messages.
+pub async fn run(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filters: Vec<String>,
+    mut tickets: TicketIssuer,
+    inbound: mpsc::Sender<Inbound>,
+    connected: watch::Sender<bool>,
+    token: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let event = tokio::select! {
+            () = token.cancelled() => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let received = Instant::now();
+                let received_at = Utc::now();
+                let topic = Topic::parse(&publish.topic).map_err(|_| publish.topic.clone());
+                let payload = publish.payload.clone();
+                let ticket = match publish.qos {
+                    QoS::AtMostOnce => None,
+                    _ => tickets.issue(publish).await,
+                };
+                let message = Inbound { topic, payload, received_at, received, ticket };
+                if inbound.send(message).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(50);
+                tickets.reconnected().await;
+                tracing::info!(session_present = ack.session_present, "mqtt connected");
+                connected.send_replace(true);
+                // Subscribing again is harmless when the broker kept the session, and needed when it did not.
+                for filter in &filters {
+                    if let Err(error) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                        tracing::error!(%error, "failed to queue a subscription");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                if connected.send_replace(false) {
+                    tracing::warn!(%error, "mqtt connection lost; reconnecting");
+                } else {
+                    tracing::debug!(%error, "mqtt reconnect failed");
+                }
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    connected.send_replace(false);
+    tracing::debug!("mqtt event loop stopped");
+}

@@ -1,0 +1,246 @@
+//! The registry: what lots, gates and devices exist, and who may speak for what.
+//!
+//! Loaded from the database at start and published as an immutable [`Registry`] snapshot behind
+//! a [`RegistryHandle`]; readers (ingest, the broker's logins, the HTTP API) never lock. Lots get
+//! dense integer indices ([`LotIdx`]) so that hot state can be kept in vectors.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parkflow_billing::TariffSchedule;
+use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::store::{Db, StoreError};
+
+/// Dense index of a lot in the registry (its position in [`Registry::lots`]).
+pub type LotIdx = u32;
+
+/// Gated car park or on-street zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LotKind {
+    OffStreet,
+    OnStreet,
+}
+
+impl LotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OffStreet => "off_street",
+            Self::OnStreet => "on_street",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off_street" => Some(Self::OffStreet),
+            "on_street" => Some(Self::OnStreet),
+            _ => None,
+        }
+    }
+}
+
+/// Where a lot is.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// A lot as the platform runs it.
+#[derive(Debug, Clone)]
+pub struct Lot {
+    pub idx: LotIdx,
+    pub id: LotId,
+    pub operator_id: String,
+    pub name: String,
+    pub kind: LotKind,
+    pub location: Location,
+    pub capacity: u32,
+    pub time_zone: String,
+    pub device_auth: DeviceAuth,
+    pub tariffs: TariffSchedule,
+}
+
+/// Which way cars pass a gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateDirection {
+    Entry,
+    Exit,
+    Both,
+}
+
+impl GateDirection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Entry => "entry",
+            Self::Exit => "exit",
+            Self::Both => "both",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "entry" => Some(Self::Entry),
+            "exit" => Some(Self::Exit),
+            "both" => Some(Self::Both),
+            _ => None,
+        }
+    }
+}
+
+/// A gate (lane) of a lot, and the camera that speaks for it.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub lot: LotIdx,
+    pub id: GateId,
+    pub direction: GateDirection,
+    /// The camera registered to this gate: it signs the reads, the platform signs commands with its secret.
+    pub camera: Option<DeviceId>,
+}
+
+/// What a device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    GateCamera,
+    BaySensor,
+    BayCamera,
+    Bridge,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GateCamera => "gate_camera",
+            Self::BaySensor => "bay_sensor",
+            Self::BayCamera => "bay_camera",
+            Self::Bridge => "bridge",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "gate_camera" => Some(Self::GateCamera),
+            "bay_sensor" => Some(Self::BaySensor),
+            "bay_camera" => Some(Self::BayCamera),
+            "bridge" => Some(Self::Bridge),
+            _ => None,
+        }
+    }
+}
+
+/// A registered device and what it may speak for.
+#[derive(Clone)]
+pub struct Device {
+    pub id: DeviceId,
+    pub kind: DeviceKind,
+    pub lot: Option<LotId>,
+    pub gate: Option<GateId>,
+    pub bay: Option<BayId>,
+    pub mqtt_username: String,
+    /// SHA-256 of the MQTT password, hex. Passwords are random 32-byte secrets, so a fast hash is enough.
+    pub mqtt_password_hash: String,
+    /// The HMAC key of the device's signed messages (SPEC §2), as the registry issued it.
+    pub secret: String,
+    pub revoked: bool,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("id", &self.id).field("kind", &self.kind).field("revoked", &self.revoked).finish()
+    }
+}
+
+/// The SHA-256 hex digest under which an MQTT password is stored.
+pub fn password_hash(password: &str) -> String {
+    let digest = Sha256::digest(password.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An immutable picture of the registry.
+#[derive(Debug, Default)]
+pub struct Registry {
+    lots: Vec<Lot>,
+    lot_index: HashMap<LotId, LotIdx>,
+    gates: HashMap<(LotIdx, GateId), Gate>,
+    devices: HashMap<DeviceId, Device>,
+    usernames: HashMap<String, DeviceId>,
+}
+
+impl Registry {
+    /// Builds a registry; lots are indexed in the order given.
+    pub fn new(lots: Vec<Lot>, gates: Vec<Gate>, devices: Vec<Device>) -> Self {
+        let lot_index = lots.iter().map(|lot| (lot.id.clone(), lot.idx)).collect();
+        let gates = gates.into_iter().map(|gate| ((gate.lot, gate.id.clone()), gate)).collect();
+        let usernames = devices.iter().map(|d| (d.mqtt_username.clone(), d.id.clone())).collect();
+        let devices = devices.into_iter().map(|d| (d.id.clone(), d)).collect();
+        Self { lots, lot_index, gates, devices, usernames }
+    }
+
+    pub fn lots(&self) -> &[Lot] {
+        &self.lots
+    }
+
+    pub fn lot(&self, idx: LotIdx) -> &Lot {
+        &self.lots[idx as usize]
+    }
+
+    pub fn lot_by_id(&self, id: &LotId) -> Option<&Lot> {
+        self.lot_index.get(id).map(|idx| self.lot(*idx))
+    }
+
+    pub fn gate(&self, lot: LotIdx, gate: &GateId) -> Option<&Gate> {
+        self.gates.get(&(lot, gate.clone()))
+    }
+
+    pub fn device(&self, id: &DeviceId) -> Option<&Device> {
+        self.devices.get(id).filter(|d| !d.revoked)
+    }
+
+    pub fn devices(&self) -> impl Iterator<Item = &Device> {
+        self.devices.values()
+    }
+
+    /// Whether a device may log in to the broker: known, not revoked, the right password, and its
+    /// MQTT client id is its device id.
+    pub fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
+        let Some(device) = self.usernames.get(username).and_then(|id| self.device(id)) else {
+            return false;
+        };
+        device.id.as_str() == client_id && device.mqtt_password_hash == password_hash(password)
+    }
+}
+
+/// The current registry snapshot, shared by everyone who reads it; replaced whole on reload.
+#[derive(Clone, Default)]
+pub struct RegistryHandle {
+    current: Arc<ArcSwap<Registry>>,
+}
+
+impl RegistryHandle {
+    pub fn new(registry: Registry) -> Self {
+        Self { current: Arc::new(ArcSwap::from_pointee(registry)) }
+    }
+
+    /// Loads the registry from the database.
+    pub async fn load(db: &Db) -> Result<Self, StoreError> {
+        Ok(Self::new(crate::store::registry::load(db).await?))
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Registry> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the registry from the database and publishes it.
+    pub async fn reload(&self, db: &Db) -> Result<(), StoreError> {
+        let registry = crate::store::registry::load(db).await?;
+        self.current.store(Arc::new(registry));
+        Ok(())
+    }
+}

@@ -1,0 +1,232 @@
+//! Provisioning: writing a whole plan of operators, lots, gates, bays, devices, drivers, passes and
+//! blocks in one transaction. Used by the demo city and by tests; idempotent (re-running a plan
+//! updates what it names and leaves everything else alone).
+
+use chrono::{DateTime, Utc};
+use parkflow_billing::TariffDefinition;
+use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId, Plate, PlateColor};
+use uuid::Uuid;
+
+use super::{Db, StoreError, db_time, on_db};
+use crate::registry::{DeviceKind, GateDirection, LotKind, password_hash};
+
+/// Everything to provision.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub operators: Vec<OperatorPlan>,
+    pub lots: Vec<LotPlan>,
+    pub devices: Vec<DevicePlan>,
+    pub drivers: Vec<DriverPlan>,
+    pub passes: Vec<PassPlan>,
+    pub blocks: Vec<BlockPlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OperatorPlan {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LotPlan {
+    pub id: LotId,
+    pub operator_id: String,
+    pub name: String,
+    pub kind: LotKind,
+    pub lat: f64,
+    pub lon: f64,
+    pub capacity: u32,
+    pub time_zone: String,
+    pub device_auth: DeviceAuth,
+    pub gates: Vec<(GateId, GateDirection)>,
+    pub bays: Vec<BayId>,
+    /// Tariff versions; each is stored once per `effective_from`.
+    pub tariffs: Vec<TariffDefinition>,
+}
+
+#[derive(Clone)]
+pub struct DevicePlan {
+    pub id: DeviceId,
+    pub kind: DeviceKind,
+    pub lot: Option<LotId>,
+    pub gate: Option<GateId>,
+    pub bay: Option<BayId>,
+    pub mqtt_username: String,
+    /// Stored hashed.
+    pub mqtt_password: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for DevicePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevicePlan").field("id", &self.id).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DriverPlan {
+    pub id: Uuid,
+    pub name: String,
+    pub suspended: bool,
+    pub plates: Vec<(Plate, Option<PlateColor>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PassPlan {
+    pub lot: LotId,
+    pub plate: Plate,
+    pub valid_from: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BlockPlan {
+    pub lot: LotId,
+    pub plate: Plate,
+    pub reason: String,
+}
+
+/// Writes `plan` in one transaction.
+pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let now = db_time(now);
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        for operator in &plan.operators {
+            sqlx::query(
+                "INSERT INTO operators (id, name, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+            )
+            .bind(&operator.id)
+            .bind(&operator.name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for lot in &plan.lots {
+            sqlx::query(
+                "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, lat = excluded.lat, lon = excluded.lon,
+                     capacity = excluded.capacity, time_zone = excluded.time_zone, device_auth = excluded.device_auth",
+            )
+            .bind(lot.id.as_str())
+            .bind(&lot.operator_id)
+            .bind(&lot.name)
+            .bind(lot.kind.as_str())
+            .bind(lot.lat)
+            .bind(lot.lon)
+            .bind(i64::from(lot.capacity))
+            .bind(&lot.time_zone)
+            .bind(lot.device_auth.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            for (gate, direction) in &lot.gates {
+                sqlx::query(
+                    "INSERT INTO gates (lot_id, id, direction) VALUES ($1, $2, $3)
+                     ON CONFLICT (lot_id, id) DO UPDATE SET direction = excluded.direction",
+                )
+                .bind(lot.id.as_str())
+                .bind(gate.as_str())
+                .bind(direction.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            for bay in &lot.bays {
+                sqlx::query("INSERT INTO bays (lot_id, id) VALUES ($1, $2) ON CONFLICT (lot_id, id) DO NOTHING")
+                    .bind(lot.id.as_str())
+                    .bind(bay.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for tariff in &lot.tariffs {
+                let definition = serde_json::to_string(tariff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO tariffs (lot_id, version, effective_from, definition, created_at)
+                     VALUES ($1, (SELECT COALESCE(MAX(version), 0) + 1 FROM tariffs WHERE lot_id = $1), $2, $3, $4)
+                     ON CONFLICT (lot_id, effective_from) DO NOTHING",
+                )
+                .bind(lot.id.as_str())
+                .bind(db_time(tariff.effective_from))
+                .bind(definition)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for device in &plan.devices {
+            sqlx::query(
+                "INSERT INTO devices (id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, lot_id = excluded.lot_id, gate_id = excluded.gate_id,
+                     bay_id = excluded.bay_id, mqtt_username = excluded.mqtt_username,
+                     mqtt_password_hash = excluded.mqtt_password_hash, secret = excluded.secret, revoked_at = NULL",
+            )
+            .bind(device.id.as_str())
+            .bind(device.kind.as_str())
+            .bind(device.lot.as_ref().map(LotId::as_str))
+            .bind(device.gate.as_ref().map(GateId::as_str))
+            .bind(device.bay.as_ref().map(BayId::as_str))
+            .bind(&device.mqtt_username)
+            .bind(password_hash(&device.mqtt_password))
+            .bind(&device.secret)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for driver in &plan.drivers {
+            sqlx::query(
+                "INSERT INTO drivers (id, name, status, auto_debit, created_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = excluded.status",
+            )
+            .bind(driver.id)
+            .bind(&driver.name)
+            .bind(if driver.suspended { "suspended" } else { "active" })
+            .bind(true)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            for (plate, color) in &driver.plates {
+                sqlx::query(
+                    "INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (plate) DO UPDATE SET driver_id = excluded.driver_id, plate_color = excluded.plate_color",
+                )
+                .bind(plate.as_str())
+                .bind(driver.id)
+                .bind(color.map(PlateColor::as_str))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for pass in &plan.passes {
+            sqlx::query(
+                "INSERT INTO passes (id, lot_id, plate, kind, valid_from, valid_until, created_at)
+                 VALUES ($1, $2, $3, 'monthly', $4, $5, $6)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(pass.lot.as_str())
+            .bind(pass.plate.as_str())
+            .bind(db_time(pass.valid_from))
+            .bind(db_time(pass.valid_until))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for block in &plan.blocks {
+            sqlx::query(
+                "INSERT INTO blocked_plates (lot_id, plate, reason, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (lot_id, plate) DO UPDATE SET reason = excluded.reason",
+            )
+            .bind(block.lot.as_str())
+            .bind(block.plate.as_str())
+            .bind(&block.reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+

@@ -1,0 +1,291 @@
+//! Reading sessions, decisions and the facts gate decisions depend on.
+
+use chrono::{DateTime, Utc};
+use parkflow_protocol::{EventId, GateAction, GateCommand, GateId, GateReason, LotId, Plate, PlateColor};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Db, StoreError, db_time, on_db};
+use crate::session::{OpenSession, SessionStatus};
+
+#[derive(sqlx::FromRow)]
+struct OpenSessionRow {
+    id: Uuid,
+    lot_id: String,
+    plate: String,
+    plate_color: Option<String>,
+    pass_holder: bool,
+    entry_gate: Option<String>,
+    entry_event_id: Option<String>,
+    entered_at: DateTime<Utc>,
+}
+
+impl TryFrom<OpenSessionRow> for OpenSession {
+    type Error = StoreError;
+    fn try_from(row: OpenSessionRow) -> Result<Self, StoreError> {
+        let bad = |what: &str| StoreError::Corrupt(format!("{what} of session {}", row.id));
+        Ok(Self {
+            id: row.id,
+            lot: LotId::parse(&row.lot_id).map_err(|_| bad("lot"))?,
+            plate: Plate::parse(&row.plate).map_err(|_| bad("plate"))?,
+            plate_color: row.plate_color.as_deref().and_then(PlateColor::parse),
+            pass_holder: row.pass_holder,
+            entry_gate: row.entry_gate.as_deref().map(GateId::parse).transpose().map_err(|_| bad("entry gate"))?,
+            entry_event: row.entry_event_id.as_deref().map(EventId::parse).transpose().map_err(|_| bad("entry event"))?,
+            entered_at: row.entered_at,
+        })
+    }
+}
+
+/// Every open session.
+pub async fn open_sessions(db: &Db) -> Result<Vec<OpenSession>, StoreError> {
+    let rows: Vec<OpenSessionRow> = on_db!(db, pool => sqlx::query_as(
+        "SELECT id, lot_id, plate, plate_color, pass_holder, entry_gate, entry_event_id, entered_at
+         FROM sessions WHERE status = 'open'",
+    )
+    .fetch_all(pool)
+    .await?);
+    rows.into_iter().map(OpenSession::try_from).collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct DecisionRow {
+    lot_id: String,
+    gate_id: String,
+    event_id: String,
+    plate: String,
+    direction: String,
+    received_at: DateTime<Utc>,
+    command_id: Uuid,
+    action: String,
+    reason: String,
+    issued_at: DateTime<Utc>,
+    amount_due_minor: Option<i64>,
+    currency: Option<String>,
+    pay_url: Option<String>,
+    session_id: Option<Uuid>,
+}
+
+/// A decision the platform made, as stored: enough to send the very same command again.
+#[derive(Debug, Clone)]
+pub struct StoredDecision {
+    pub lot: LotId,
+    pub gate: GateId,
+    pub plate: Plate,
+    pub direction: parkflow_protocol::Direction,
+    pub received_at: DateTime<Utc>,
+    pub command: GateCommand,
+    pub session_id: Option<Uuid>,
+}
+
+fn parse_action(s: &str) -> Option<GateAction> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
+fn parse_reason(s: &str) -> Option<GateReason> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
+impl TryFrom<DecisionRow> for StoredDecision {
+    type Error = StoreError;
+    fn try_from(row: DecisionRow) -> Result<Self, StoreError> {
+        let bad = |what: &str| StoreError::Corrupt(format!("{what} of gate read {}", row.event_id));
+        let amount_due = match (row.amount_due_minor, &row.currency) {
+            (Some(minor), Some(currency)) => {
+                let currency = parkflow_billing::Currency::new(currency).map_err(|_| bad("currency"))?;
+                Some(parkflow_billing::Money::from_minor(minor, currency).amount())
+            }
+            _ => None,
+        };
+        Ok(Self {
+            lot: LotId::parse(&row.lot_id).map_err(|_| bad("lot"))?,
+            gate: GateId::parse(&row.gate_id).map_err(|_| bad("gate"))?,
+            plate: Plate::parse(&row.plate).map_err(|_| bad("plate"))?,
+            direction: match row.direction.as_str() {
+                "entry" => parkflow_protocol::Direction::Entry,
+                "exit" => parkflow_protocol::Direction::Exit,
+                _ => return Err(bad("direction")),
+            },
+            received_at: row.received_at,
+            command: GateCommand {
+                command_id: row.command_id,
+                event_id: EventId::parse(&row.event_id).map_err(|_| bad("event id"))?,
+                action: parse_action(&row.action).ok_or_else(|| bad("action"))?,
+                reason: parse_reason(&row.reason).ok_or_else(|| bad("reason"))?,
+                issued_at: row.issued_at,
+                amount_due,
+                currency: row.currency,
+                pay_url: row.pay_url,
+            },
+            session_id: row.session_id,
+        })
+    }
+}
+
+const DECISION_COLUMNS: &str = "lot_id, gate_id, event_id, plate, direction, received_at, command_id, action, reason,
+     issued_at, amount_due_minor, currency, pay_url, session_id";
+
+/// Decisions received since `since` (to warm the actor's cache at start).
+pub async fn decisions_since(db: &Db, since: DateTime<Utc>) -> Result<Vec<StoredDecision>, StoreError> {
+    let sql = format!("SELECT {DECISION_COLUMNS} FROM gate_reads WHERE received_at >= $1 ORDER BY received_at");
+    let rows: Vec<DecisionRow> =
+        on_db!(db, pool => sqlx::query_as(&sql).bind(db_time(since)).fetch_all(pool).await?);
+    rows.into_iter().map(StoredDecision::try_from).collect()
+}
+
+/// The decision that answered one read, if any (the slow path for late, repeated reads).
+pub async fn decision(db: &Db, lot: &LotId, gate: &GateId, event: &EventId) -> Result<Option<StoredDecision>, StoreError> {
+    let sql = format!("SELECT {DECISION_COLUMNS} FROM gate_reads WHERE lot_id = $1 AND gate_id = $2 AND event_id = $3");
+    let row: Option<DecisionRow> = on_db!(db, pool => sqlx::query_as(&sql)
+        .bind(lot.as_str())
+        .bind(gate.as_str())
+        .bind(event.as_str())
+        .fetch_optional(pool)
+        .await?);
+    row.map(StoredDecision::try_from).transpose()
+}
+
+/// Enrolled plates and whether their driver is suspended.
+pub async fn enrolled_plates(db: &Db) -> Result<Vec<(Plate, bool)>, StoreError> {
+    let rows: Vec<(String, String)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT p.plate, d.status FROM driver_plates p JOIN drivers d ON d.id = p.driver_id WHERE d.auto_debit",
+    )
+    .fetch_all(pool)
+    .await?);
+    rows.into_iter()
+        .map(|(plate, status)| {
+            let plate = Plate::parse(&plate).map_err(|_| StoreError::Corrupt("enrolled plate".into()))?;
+            Ok((plate, status == "suspended"))
+        })
+        .collect()
+}
+
+/// Passes still valid at `now`: (lot, plate, from, until).
+pub async fn passes(db: &Db, now: DateTime<Utc>) -> Result<Vec<(LotId, Plate, DateTime<Utc>, DateTime<Utc>)>, StoreError> {
+    let rows: Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT lot_id, plate, valid_from, valid_until FROM passes WHERE valid_until > $1",
+    )
+    .bind(db_time(now))
+    .fetch_all(pool)
+    .await?);
+    rows.into_iter()
+        .map(|(lot, plate, from, until)| {
+            let lot = LotId::parse(&lot).map_err(|_| StoreError::Corrupt("lot of pass".into()))?;
+            let plate = Plate::parse(&plate).map_err(|_| StoreError::Corrupt("plate of pass".into()))?;
+            Ok((lot, plate, from, until))
+        })
+        .collect()
+}
+
+/// Blocked plates per lot.
+pub async fn blocked_plates(db: &Db) -> Result<Vec<(LotId, Plate)>, StoreError> {
+    let rows: Vec<(String, String)> =
+        on_db!(db, pool => sqlx::query_as("SELECT lot_id, plate FROM blocked_plates").fetch_all(pool).await?);
+    rows.into_iter()
+        .map(|(lot, plate)| {
+            let lot = LotId::parse(&lot).map_err(|_| StoreError::Corrupt("lot of block".into()))?;
+            let plate = Plate::parse(&plate).map_err(|_| StoreError::Corrupt("blocked plate".into()))?;
+            Ok((lot, plate))
+        })
+        .collect()
+}
+
+/// A session as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub lot_id: String,
+    pub plate: String,
+    pub plate_color: Option<String>,
+    pub status: String,
+    pub pass_holder: bool,
+    pub entry_gate: Option<String>,
+    pub entry_event_id: Option<String>,
+    #[serde(with = "parkflow_protocol::time::rfc3339")]
+    pub entered_at: DateTime<Utc>,
+    pub exit_gate: Option<String>,
+    pub exit_event_id: Option<String>,
+    #[serde(with = "parkflow_protocol::time::rfc3339::option")]
+    pub exited_at: Option<DateTime<Utc>>,
+    pub exit_match: Option<String>,
+    pub exit_match_score: Option<f64>,
+    #[serde(skip)]
+    pub fee_minor: Option<i64>,
+    pub currency: Option<String>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[sqlx(skip)]
+    pub fee: Option<Decimal>,
+}
+
+const SESSION_COLUMNS: &str = "id, lot_id, plate, plate_color, status, pass_holder, entry_gate, entry_event_id, entered_at,
+     exit_gate, exit_event_id, exited_at, exit_match, exit_match_score, fee_minor, currency";
+
+fn with_fee(mut view: SessionView) -> SessionView {
+    view.fee = match (view.fee_minor, view.currency.as_deref().map(parkflow_billing::Currency::new)) {
+        (Some(minor), Some(Ok(currency))) => Some(parkflow_billing::Money::from_minor(minor, currency).amount()),
+        _ => None,
+    };
+    view
+}
+
+/// One session by id.
+pub async fn session(db: &Db, id: Uuid) -> Result<Option<SessionView>, StoreError> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+    let row: Option<SessionView> = on_db!(db, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+    Ok(row.map(with_fee))
+}
+
+/// A filter over sessions.
+#[derive(Debug, Default, Clone)]
+pub struct SessionFilter {
+    pub lot: Option<LotId>,
+    pub plate: Option<Plate>,
+    pub status: Option<SessionStatus>,
+    pub limit: u32,
+}
+
+/// Sessions matching `filter`, newest first.
+pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView>, StoreError> {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions
+         WHERE ($1 IS NULL OR lot_id = $1) AND ($2 IS NULL OR plate = $2) AND ($3 IS NULL OR status = $3)
+         ORDER BY entered_at DESC, id LIMIT $4"
+    );
+    let rows: Vec<SessionView> = on_db!(db, pool => sqlx::query_as(&sql)
+        .bind(filter.lot.as_ref().map(LotId::as_str))
+        .bind(filter.plate.as_ref().map(Plate::as_str))
+        .bind(filter.status.map(SessionStatus::as_str))
+        .bind(i64::from(filter.limit))
+        .fetch_all(pool)
+        .await?);
+    Ok(rows.into_iter().map(with_fee).collect())
+}
+
+/// A review case as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ReviewView {
+    pub id: Uuid,
+    pub lot_id: String,
+    pub kind: String,
+    pub session_id: Option<Uuid>,
+    pub gate_id: Option<String>,
+    pub event_id: Option<String>,
+    pub plate: Option<String>,
+    pub score: Option<f64>,
+    #[serde(with = "parkflow_protocol::time::rfc3339")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// Unresolved review cases of a lot (or of every lot), oldest first.
+pub async fn open_reviews(db: &Db, lot: Option<&LotId>, limit: u32) -> Result<Vec<ReviewView>, StoreError> {
+    let rows: Vec<ReviewView> = on_db!(db, pool => sqlx::query_as(
+        "SELECT id, lot_id, kind, session_id, gate_id, event_id, plate, score, created_at FROM review_items
+         WHERE resolved_at IS NULL AND ($1 IS NULL OR lot_id = $1) ORDER BY created_at, id LIMIT $2",
+    )
+    .bind(lot.map(LotId::as_str))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?);
+    Ok(rows)
+}

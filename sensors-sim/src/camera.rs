@@ -1,0 +1,285 @@
+//! A simulated gate camera, honest to SPEC §2: it signs each plate read (or sends plain JSON to a
+//! lot whose broker enforces ACLs), re-sends the same read after 2 s and then with back-off until
+//! a `command` answering its `event_id` arrives, and obeys only commands it can verify.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parkflow_protocol::sign::{open, plain, seal};
+use parkflow_protocol::{
+    DeviceAuth, DeviceId, DeviceStatus, Direction, EventId, GateCommand, GatePlateRead, PlateColor, Topic,
+};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::devices::DeviceEntry;
+use crate::stats::Stats;
+
+/// Reads waiting for a camera task.
+const REQUEST_CAPACITY: usize = 256;
+
+/// How a camera connects and retries.
+#[derive(Debug, Clone)]
+pub struct CameraConfig {
+    pub host: String,
+    pub port: u16,
+    /// How the lot authenticates devices: `Signed` reads are JWS, `Broker` reads plain JSON.
+    pub auth: DeviceAuth,
+    /// The first re-send comes after this; each later one after twice the previous wait.
+    pub first_retry: Duration,
+    pub max_retry: Duration,
+    /// Sends of one read before giving up.
+    pub max_attempts: u32,
+}
+
+impl CameraConfig {
+    pub fn new(host: impl Into<String>, port: u16, auth: DeviceAuth) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            auth,
+            first_retry: Duration::from_secs(2),
+            max_retry: Duration::from_secs(16),
+            max_attempts: 10,
+        }
+    }
+}
+
+/// Why a read got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CameraError {
+    #[error("no command answered the read after {0} sends")]
+    Unanswered(u32),
+    #[error("camera stopped")]
+    Stopped,
+}
+
+/// A plate the camera reads.
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    pub plate: String,
+    pub plate_color: Option<PlateColor>,
+    pub confidence: f64,
+    pub direction: Direction,
+    pub observed_at: DateTime<Utc>,
+}
+
+struct Request {
+    read: GatePlateRead,
+    reply: oneshot::Sender<Result<GateCommand, CameraError>>,
+}
+
+struct Pending {
+    payload: Vec<u8>,
+    attempts: u32,
+    wait: Duration,
+    next: Instant,
+    reply: oneshot::Sender<Result<GateCommand, CameraError>>,
+}
+
+/// Talks to a running camera.
+#[derive(Clone)]
+pub struct CameraHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl CameraHandle {
+    /// Reads a plate and waits for the platform's answer.
+    pub async fn read(&self, sighting: Sighting) -> Result<GateCommand, CameraError> {
+        let event_id = EventId::parse(&uuid::Uuid::new_v4().to_string()).map_err(|_| CameraError::Stopped)?;
+        self.read_as(event_id, sighting).await
+    }
+
+    /// Reads a plate under a given event id (a device re-sending after a restart uses the same one).
+    pub async fn read_as(&self, event_id: EventId, sighting: Sighting) -> Result<GateCommand, CameraError> {
+        let read = GatePlateRead {
+            event_id,
+            plate: sighting.plate,
+            plate_color: sighting.plate_color,
+            confidence: sighting.confidence,
+            direction: sighting.direction,
+            observed_at: sighting.observed_at,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Request { read, reply }).await.map_err(|_| CameraError::Stopped)?;
+        answer.await.map_err(|_| CameraError::Stopped)?
+    }
+}
+
+/// Starts a camera for `device`: its MQTT connection (client id = device id, last will
+/// `offline`) and its task. Both stop when `token` is cancelled.
+pub fn spawn(device: DeviceEntry, config: CameraConfig, stats: Arc<Stats>, token: CancellationToken) -> CameraHandle {
+    let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
+    let (inbound_tx, inbound_rx) = mpsc::channel(REQUEST_CAPACITY);
+    let status_topic = Topic::DeviceStatus { device: device.id.clone() }.to_string();
+    let mut options = MqttOptions::new(device.id.as_str(), &config.host, config.port);
+    options.set_credentials(&device.mqtt_username, &device.mqtt_password);
+    options.set_keep_alive(Duration::from_secs(15));
+    options.set_clean_session(true);
+    options.set_last_will(LastWill::new(&status_topic, DeviceStatus::Offline.as_str(), QoS::AtLeastOnce, true));
+    let (client, mut eventloop) = AsyncClient::new(options, 1_000);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+
+    let Some(gate) = device.gate.clone() else {
+        tracing::error!(device = %device.id, "camera without a gate");
+        return CameraHandle { tx };
+    };
+    let command_topic = Topic::GateCommand { lot: device.lot.clone(), gate: gate.clone() }.to_string();
+    let poll_token = token.clone();
+    let poll_client = client.clone();
+    let subscribe_topic = command_topic.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let event = tokio::select! {
+                () = poll_token.cancelled() => break,
+                event = eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(100);
+                    let _ = poll_client.try_subscribe(subscribe_topic.as_str(), QoS::AtLeastOnce);
+                    let _ = poll_client.try_publish(&status_topic, QoS::AtLeastOnce, true, DeviceStatus::Online.as_str());
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if inbound_tx.send(publish).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "camera connection failed; retrying");
+                    tokio::select! {
+                        () = poll_token.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
+    let topic = Topic::GatePlate { lot: device.lot.clone(), gate };
+    let camera = Camera {
+        device,
+        topic,
+        command_topic,
+        config,
+        client,
+        stats,
+        pending: HashMap::new(),
+    };
+    tokio::spawn(camera.run(rx, inbound_rx, token));
+    CameraHandle { tx }
+}
+
+struct Camera {
+    device: DeviceEntry,
+    topic: Topic,
+    command_topic: String,
+    config: CameraConfig,
+    client: AsyncClient,
+    stats: Arc<Stats>,
+    pending: HashMap<EventId, Pending>,
+}
+
+impl Camera {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut inbound: mpsc::Receiver<rumqttc::Publish>,
+        token: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                request = requests.recv() => match request {
+                    Some(request) => self.send(request),
+                    None => break,
+                },
+                publish = inbound.recv() => match publish {
+                    Some(publish) => self.command(&publish),
+                    None => break,
+                },
+                _ = tick.tick() => self.retry(),
+            }
+        }
+        for (_, pending) in self.pending.drain() {
+            let _ = pending.reply.send(Err(CameraError::Stopped));
+        }
+    }
+
+    fn payload(&self, read: &GatePlateRead) -> Vec<u8> {
+        match self.config.auth {
+            DeviceAuth::Signed => seal(&self.topic, read, &self.device.id, self.device.secret.as_bytes()),
+            DeviceAuth::Broker => plain(&self.topic, read),
+        }
+    }
+
+    fn send(&mut self, request: Request) {
+        let payload = self.payload(&request.read);
+        // A full request queue behaves like a lost message: the retry sends it again.
+        let _ = self.client.try_publish(self.topic.to_string(), QoS::AtLeastOnce, false, payload.clone());
+        Stats::add(&self.stats.reads_sent);
+        let wait = self.config.first_retry;
+        let pending = Pending { payload, attempts: 1, wait, next: Instant::now() + wait, reply: request.reply };
+        self.pending.insert(request.read.event_id, pending);
+    }
+
+    fn retry(&mut self) {
+        let now = Instant::now();
+        let mut gave_up = Vec::new();
+        for (event_id, pending) in &mut self.pending {
+            if pending.next > now {
+                continue;
+            }
+            if pending.attempts >= self.config.max_attempts {
+                gave_up.push(event_id.clone());
+                continue;
+            }
+            let _ = self.client.try_publish(self.topic.to_string(), QoS::AtLeastOnce, false, pending.payload.clone());
+            Stats::add(&self.stats.reads_resent);
+            pending.attempts += 1;
+            pending.wait = (pending.wait * 2).min(self.config.max_retry);
+            pending.next = now + pending.wait;
+        }
+        for event_id in gave_up {
+            if let Some(pending) = self.pending.remove(&event_id) {
+                Stats::add(&self.stats.reads_unanswered);
+                let _ = pending.reply.send(Err(CameraError::Unanswered(pending.attempts)));
+            }
+        }
+    }
+
+    fn command(&mut self, publish: &rumqttc::Publish) {
+        if publish.topic != self.command_topic {
+            return;
+        }
+        let own: &DeviceId = &self.device.id;
+        let opened = open::<GateCommand, _>(&publish.payload, &self.command_topic, self.config.auth, |kid| {
+            (kid == own).then(|| self.device.secret.clone())
+        });
+        let command = match opened {
+            Ok(opened) => opened.body,
+            Err(error) => {
+                tracing::warn!(device = %self.device.id, error = %error, "command refused");
+                Stats::add(&self.stats.commands_bad_signature);
+                return;
+            }
+        };
+        Stats::add(&self.stats.commands_received);
+        match self.pending.remove(&command.event_id) {
+            Some(pending) => {
+                let _ = pending.reply.send(Ok(command));
+            }
+            // A re-sent answer to a read already answered.
+            None => Stats::add(&self.stats.commands_unmatched),
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! What the simulator did, counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters shared by the simulated devices.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub reads_sent: AtomicU64,
+    pub reads_resent: AtomicU64,
+    pub commands_received: AtomicU64,
+    pub commands_unmatched: AtomicU64,
+    pub commands_bad_signature: AtomicU64,
+    pub reads_unanswered: AtomicU64,
+    pub entries_opened: AtomicU64,
+    pub entries_held: AtomicU64,
+    pub exits_opened: AtomicU64,
+    pub exits_held: AtomicU64,
+    pub misreads: AtomicU64,
+    pub double_reads: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One line of `key=value` pairs.
+    pub fn summary(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "reads_sent={} reads_resent={} commands={} unmatched_commands={} bad_signatures={} unanswered={} \
+             entries_opened={} entries_held={} exits_opened={} exits_held={} misreads={} double_reads={}",
+            get(&self.reads_sent),
+            get(&self.reads_resent),
+            get(&self.commands_received),
+            get(&self.commands_unmatched),
+            get(&self.commands_bad_signature),
+            get(&self.reads_unanswered),
+            get(&self.entries_opened),
+            get(&self.entries_held),
+            get(&self.exits_opened),
+            get(&self.exits_held),
+            get(&self.misreads),
+            get(&self.double_reads),
+        )
+    }
+}
