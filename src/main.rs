@@ -1,1 +1,217 @@
-fn main() {}
+//! `parkflow`: the whole platform in one binary.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use parkflow::config::{Cli, Command, RunArgs};
+use parkflow::demo::Demo;
+use parkflow::{MqttSetup, Platform, PlatformConfig};
+use parkflow_gateway::gate::actor::DecisionConfig;
+use parkflow_sensors_sim::{CityConfig, Stats};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a bad command line or configuration (BSD's EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let filter = match EnvFilter::try_new(&cli.log) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("error: invalid --log filter: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => {
+            if let Err(message) = args.validate() {
+                eprintln!("error: {message}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            runtime.block_on(run(args))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether `addr` can be bound now.
+fn is_free(addr: SocketAddr) -> bool {
+    TcpListener::bind(addr).is_ok()
+}
+
+/// A free port on `addr`'s interface.
+fn free_port_like(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let probe = TcpListener::bind(SocketAddr::new(addr.ip(), 0)).context("failed to find a free port")?;
+    Ok(probe.local_addr()?)
+}
+
+async fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    if args.demo {
+        // A newcomer's machine may already run a broker or a web server: the demo moves aside.
+        if args.mqtt_url.is_none() && !is_free(args.mqtt_listen) {
+            let moved = free_port_like(args.mqtt_listen)?;
+            println!("MQTT port {} is taken (another broker?); the demo's broker uses {moved}", args.mqtt_listen);
+            args.mqtt_listen = moved;
+        }
+        if !is_free(args.http_listen) {
+            let moved = free_port_like(args.http_listen)?;
+            println!("HTTP port {} is taken; the demo's API uses {moved}", args.http_listen);
+            args.http_listen = moved;
+        }
+        if args.admin_key.is_none() {
+            args.admin_key = Some(parkflow::platform::random_secret());
+        }
+    }
+    let mqtt = match &args.mqtt_url {
+        Some(url) => MqttSetup::External {
+            host: url.host_str().unwrap_or_default().to_owned(),
+            port: url.port().unwrap_or(1883),
+            credentials: (!url.username().is_empty())
+                .then(|| (url.username().to_owned(), url.password().unwrap_or_default().to_owned())),
+        },
+        None => MqttSetup::Embedded { listen: args.mqtt_listen },
+    };
+    let public_url = match &args.public_url {
+        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+        None => format!("http://{}", args.http_listen),
+    };
+    let config = PlatformConfig {
+        http_listen: args.http_listen,
+        database_url: args.database_url.clone(),
+        mqtt,
+        mqtt_client_id: args.mqtt_client_id.clone(),
+        admin_key: args.admin_key.clone(),
+        decisions: DecisionConfig { public_url, ..DecisionConfig::default() },
+    };
+    let platform = Platform::build(config).await?;
+    let http = platform.http_addr();
+    let (mqtt_host, mqtt_port) = platform.mqtt_addr();
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let demo = if args.demo {
+        let demo = Demo::new(&CityConfig::demo());
+        platform.provision(&demo.plan).await?;
+        if let Some(path) = &args.demo_devices {
+            demo.devices.write(path).with_context(|| format!("failed to write {}", path.display()))?;
+        }
+        Some(demo)
+    } else {
+        None
+    };
+
+    println!("ParkFlow is running");
+    println!("  HTTP API      http://{http}/v1/  (health /healthz, readiness /readyz, metrics /metrics)");
+    println!("  MQTT broker   mqtt://{mqtt_host}:{mqtt_port}  ({})", if args.mqtt_url.is_some() { "external" } else { "embedded" });
+    println!("  database      {}", redact(&args.database_url));
+    if let Some(demo) = &demo {
+        if let Some(key) = &args.admin_key {
+            println!("  admin key     {key}  (Authorization: Bearer …)");
+        }
+        if let Some(first) = demo.city.lots.first() {
+            println!("  a lot         http://{http}/v1/lots/{}/tariff", first.id);
+        }
+        println!("  sessions      curl -H 'Authorization: Bearer <admin key>' http://{http}/v1/sessions");
+        match &args.demo_devices {
+            Some(path) => println!("  devices       {} (lanes marked \"simulated\": false are free for your own device)", path.display()),
+            None => println!("  devices       pass --demo-devices FILE to write the demo's device credentials"),
+        }
+        println!("  demo traffic  {} lots, {} drivers", demo.city.lots.len(), demo.city.drivers.len());
+    }
+    println!("Press Ctrl-C to stop.");
+
+    tracker.spawn(platform.run(token.clone()));
+    if let Some(demo) = demo {
+        let stats = Arc::new(Stats::default());
+        let (host, port) = (mqtt_host.clone(), mqtt_port);
+        let drive_token = token.clone();
+        let drive_stats = stats.clone();
+        tracker.spawn(async move { demo.drive(&host, port, drive_stats, drive_token).await });
+        let report_token = token.clone();
+        tracker.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    () = report_token.cancelled() => break,
+                    _ = every.tick() => tracing::info!(summary = %stats.summary(), "demo traffic"),
+                }
+            }
+        });
+    }
+
+    shutdown_signal().await;
+    println!("Stopping…");
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// The database URL without its password.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "failed to listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "failed to listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,76 @@
+//! The command line: one `Config` per binary, every flag also a `PARKFLOW_…` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// ParkFlow: leave first, pay later.
+#[derive(Debug, Parser)]
+#[command(name = "parkflow", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long, global = true, env = "PARKFLOW_LOG", default_value = "info,rumqttd=warn,sqlx=warn")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the platform (embedded broker and SQLite unless told otherwise).
+    Run(RunArgs),
+}
+
+/// `parkflow run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The HTTP API's address.
+    #[arg(long, env = "PARKFLOW_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// The embedded MQTT broker's address (ignored with --mqtt-url).
+    #[arg(long, env = "PARKFLOW_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
+    pub mqtt_listen: SocketAddr,
+    /// `sqlite:FILE` (created if missing) or `postgres://user@host/db`.
+    #[arg(long, env = "PARKFLOW_DATABASE_URL", default_value = "sqlite:parkflow.db")]
+    pub database_url: String,
+    /// An external MQTT broker, `mqtt://[user:password@]host[:port]`, instead of the embedded one.
+    #[arg(long, env = "PARKFLOW_MQTT_URL")]
+    pub mqtt_url: Option<url::Url>,
+    /// The platform's MQTT client id (its persistent session lives under it).
+    #[arg(long, env = "PARKFLOW_MQTT_CLIENT_ID", default_value = "parkflow-gateway")]
+    pub mqtt_client_id: String,
+    /// The platform admin's API key; generated and printed with --demo when not given.
+    #[arg(long, env = "PARKFLOW_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// The address drivers reach the API at, for payment links (defaults to the HTTP address).
+    #[arg(long, env = "PARKFLOW_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
+    /// Seed a demo city and run simulated traffic in-process.
+    #[arg(long, env = "PARKFLOW_DEMO")]
+    pub demo: bool,
+    /// With --demo: write the demo's devices and their credentials to this JSON file.
+    #[arg(long, env = "PARKFLOW_DEMO_DEVICES", requires = "demo")]
+    pub demo_devices: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Checks what clap cannot: the broker URL's scheme and host.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.mqtt_url {
+            if url.scheme() != "mqtt" && url.scheme() != "tcp" {
+                return Err(format!("--mqtt-url must start with mqtt://, not {}://", url.scheme()));
+            }
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err("--mqtt-url needs a host".into());
+            }
+        }
+        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres")) {
+            return Err("--database-url must be sqlite:FILE or postgres://…".into());
+        }
+        if self.mqtt_client_id.is_empty() {
+            return Err("--mqtt-client-id must not be empty".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! The demo city: a few gated lots near West Lake, their cameras with fresh credentials, drivers,
+//! and tariffs that use every feature; simulated traffic drives all but one lane of each lot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parkflow_billing::TariffDefinition;
+use parkflow_gateway::registry::{DeviceKind as RegistryDeviceKind, GateDirection, LotKind};
+use parkflow_gateway::store::provision::{DevicePlan, DriverPlan, LotPlan, OperatorPlan, Plan};
+use parkflow_protocol::{DeviceAuth, DeviceId};
+use parkflow_sensors_sim::camera::{self, CameraConfig};
+use parkflow_sensors_sim::city::LaneDirection;
+use parkflow_sensors_sim::traffic::{self, TrafficConfig};
+use parkflow_sensors_sim::{City, CityConfig, DeviceEntry, DeviceKind, DevicesFile, Stats};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::platform::random_secret;
+
+/// The demo's operator.
+pub const OPERATOR: &str = "demo-operator";
+
+/// The demo city and what it takes to provision and drive it.
+pub struct Demo {
+    pub city: City,
+    pub plan: Plan,
+    pub devices: DevicesFile,
+}
+
+/// Tariff of the `i`-th demo lot. Short demo stays (seconds to minutes) still cost something:
+/// the grace period is 0 or 1 minute and a first-unit price applies; the night band is capped,
+/// days are capped, 1 October is free and green plates pay half.
+pub fn demo_tariff(i: usize) -> TariffDefinition {
+    let grace = if i % 2 == 0 { 0 } else { 1 };
+    let unit = if i % 3 == 2 { 30 } else { 15 };
+    let json = format!(
+        r#"{{"currency": "CNY", "time_zone": "Asia/Shanghai", "grace_minutes": {grace}, "unit_minutes": {unit},
+            "bands": [{{"from": "07:00", "to": "21:00", "unit_price": "3.00", "first_unit_price": "5.00"}},
+                      {{"from": "21:00", "to": "07:00", "unit_price": "1.00", "cap": "5.00"}}],
+            "daily_cap": "40.00", "free_days": ["2026-10-01"], "plate_color_multipliers": {{"green": "0.5"}},
+            "effective_from": "2026-01-01T00:00:00Z"}}"#
+    );
+    serde_json::from_str(&json).unwrap_or_else(|e| unreachable!("the demo tariff is valid JSON: {e}"))
+}
+
+impl Demo {
+    /// Builds the demo city with fresh device credentials.
+    pub fn new(config: &CityConfig) -> Self {
+        let city = City::generate(config);
+        let mut plan = Plan {
+            operators: vec![OperatorPlan { id: OPERATOR.into(), name: "West Lake Parking Co.".into() }],
+            ..Plan::default()
+        };
+        let mut devices = DevicesFile::default();
+        for (i, lot) in city.lots.iter().enumerate() {
+            plan.lots.push(LotPlan {
+                id: lot.id.clone(),
+                operator_id: OPERATOR.into(),
+                name: lot.name.clone(),
+                kind: LotKind::OffStreet,
+                lat: lot.lat,
+                lon: lot.lon,
+                capacity: lot.capacity,
+                time_zone: "Asia/Shanghai".into(),
+                device_auth: DeviceAuth::Signed,
+                gates: lot
+                    .lanes
+                    .iter()
+                    .map(|lane| {
+                        let direction = match lane.direction {
+                            LaneDirection::Entry => GateDirection::Entry,
+                            LaneDirection::Exit => GateDirection::Exit,
+                            LaneDirection::Both => GateDirection::Both,
+                        };
+                        (lane.gate.clone(), direction)
+                    })
+                    .collect(),
+                bays: Vec::new(),
+                tariffs: vec![demo_tariff(i)],
+            });
+            for lane in &lot.lanes {
+                let id = DeviceId::parse(&format!("cam-{}-{}", lot.id, lane.gate))
+                    .unwrap_or_else(|_| unreachable!("lot and gate ids make a valid device id"));
+                let entry = DeviceEntry {
+                    id: id.clone(),
+                    kind: DeviceKind::GateCamera,
+                    lot: lot.id.clone(),
+                    gate: Some(lane.gate.clone()),
+                    bay: None,
+                    mqtt_username: id.to_string(),
+                    mqtt_password: random_secret(),
+                    secret: random_secret(),
+                    simulated: lane.simulated,
+                };
+                plan.devices.push(DevicePlan {
+                    id,
+                    kind: RegistryDeviceKind::GateCamera,
+                    lot: Some(lot.id.clone()),
+                    gate: Some(lane.gate.clone()),
+                    bay: None,
+                    mqtt_username: entry.mqtt_username.clone(),
+                    mqtt_password: entry.mqtt_password.clone(),
+                    secret: entry.secret.clone(),
+                });
+                devices.devices.push(entry);
+            }
+        }
+        for (n, driver) in city.drivers.iter().enumerate().filter(|(_, d)| d.enrolled) {
+            plan.drivers.push(DriverPlan {
+                // The same plate is the same driver on every run of the demo.
+                id: Uuid::new_v5(&Uuid::NAMESPACE_OID, driver.plate.as_str().as_bytes()),
+                name: format!("Demo driver {}", n + 1),
+                suspended: driver.suspended,
+                plates: vec![(driver.plate.clone(), Some(driver.plate_color))],
+            });
+        }
+        Self { city, plan, devices }
+    }
+
+    /// Drives the simulated lanes through the broker at `host:port` until `token` is cancelled.
+    pub async fn drive(&self, host: &str, port: u16, stats: Arc<Stats>, token: CancellationToken) {
+        let mut cameras = HashMap::new();
+        for device in self.devices.devices.iter().filter(|d| d.simulated && d.kind == DeviceKind::GateCamera) {
+            let Some(gate) = device.gate.clone() else { continue };
+            let config = CameraConfig::new(host, port, DeviceAuth::Signed);
+            let handle = camera::spawn(device.clone(), config, stats.clone(), token.clone());
+            cameras.insert((device.lot.clone(), gate), handle);
+        }
+        traffic::drive(&self.city, &cameras, &TrafficConfig::demo(), stats, token).await;
+    }
+}
