@@ -12,7 +12,12 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log filter (tracing's EnvFilter syntax).
-    #[arg(long, global = true, env = "PARKFLOW_LOG", default_value = "info,rumqttd=warn,sqlx=warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "PARKFLOW_LOG",
+        default_value = "info,rumqttd=warn,sqlx=warn"
+    )]
     pub log: String,
 }
 
@@ -32,13 +37,21 @@ pub struct RunArgs {
     #[arg(long, env = "PARKFLOW_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
     pub mqtt_listen: SocketAddr,
     /// `sqlite:FILE` (created if missing) or `postgres://user@host/db`.
-    #[arg(long, env = "PARKFLOW_DATABASE_URL", default_value = "sqlite:parkflow.db")]
+    #[arg(
+        long,
+        env = "PARKFLOW_DATABASE_URL",
+        default_value = "sqlite:parkflow.db"
+    )]
     pub database_url: String,
     /// An external MQTT broker, `mqtt://[user:password@]host[:port]`, instead of the embedded one.
     #[arg(long, env = "PARKFLOW_MQTT_URL")]
     pub mqtt_url: Option<url::Url>,
     /// The platform's MQTT client id (its persistent session lives under it).
-    #[arg(long, env = "PARKFLOW_MQTT_CLIENT_ID", default_value = "parkflow-gateway")]
+    #[arg(
+        long,
+        env = "PARKFLOW_MQTT_CLIENT_ID",
+        default_value = "parkflow-gateway"
+    )]
     pub mqtt_client_id: String,
     /// The platform admin's API key; generated and printed with --demo when not given.
     #[arg(long, env = "PARKFLOW_ADMIN_KEY", hide_env_values = true)]
@@ -59,13 +72,17 @@ impl RunArgs {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(url) = &self.mqtt_url {
             if url.scheme() != "mqtt" && url.scheme() != "tcp" {
-                return Err(format!("--mqtt-url must start with mqtt://, not {}://", url.scheme()));
+                return Err(format!(
+                    "--mqtt-url must start with mqtt://, not {}://",
+                    url.scheme()
+                ));
             }
             if url.host_str().is_none_or(str::is_empty) {
                 return Err("--mqtt-url needs a host".into());
             }
         }
-        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres")) {
+        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres"))
+        {
             return Err("--database-url must be sqlite:FILE or postgres://…".into());
         }
         if self.mqtt_client_id.is_empty() {

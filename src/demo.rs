@@ -40,7 +40,8 @@ pub fn demo_tariff(i: usize) -> TariffDefinition {
             "daily_cap": "40.00", "free_days": ["2026-10-01"], "plate_color_multipliers": {{"green": "0.5"}},
             "effective_from": "2026-01-01T00:00:00Z"}}"#
     );
-    serde_json::from_str(&json).unwrap_or_else(|e| unreachable!("the demo tariff is valid JSON: {e}"))
+    serde_json::from_str(&json)
+        .unwrap_or_else(|e| unreachable!("the demo tariff is valid JSON: {e}"))
 }
 
 impl Demo {
@@ -48,7 +49,10 @@ impl Demo {
     pub fn new(config: &CityConfig) -> Self {
         let city = City::generate(config);
         let mut plan = Plan {
-            operators: vec![OperatorPlan { id: OPERATOR.into(), name: "West Lake Parking Co.".into() }],
+            operators: vec![OperatorPlan {
+                id: OPERATOR.into(),
+                name: "West Lake Parking Co.".into(),
+            }],
             ..Plan::default()
         };
         let mut devices = DevicesFile::default();
@@ -114,14 +118,25 @@ impl Demo {
                 plates: vec![(driver.plate.clone(), Some(driver.plate_color))],
             });
         }
-        Self { city, plan, devices }
+        Self {
+            city,
+            plan,
+            devices,
+        }
     }
 
     /// Drives the simulated lanes through the broker at `host:port` until `token` is cancelled.
     pub async fn drive(&self, host: &str, port: u16, stats: Arc<Stats>, token: CancellationToken) {
         let mut cameras = HashMap::new();
-        for device in self.devices.devices.iter().filter(|d| d.simulated && d.kind == DeviceKind::GateCamera) {
-            let Some(gate) = device.gate.clone() else { continue };
+        for device in self
+            .devices
+            .devices
+            .iter()
+            .filter(|d| d.simulated && d.kind == DeviceKind::GateCamera)
+        {
+            let Some(gate) = device.gate.clone() else {
+                continue;
+            };
             let config = CameraConfig::new(host, port, DeviceAuth::Signed);
             let handle = camera::spawn(device.clone(), config, stats.clone(), token.clone());
             cameras.insert((device.lot.clone(), gate), handle);

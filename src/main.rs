@@ -39,7 +39,10 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: failed to start the runtime: {error}");
@@ -71,7 +74,8 @@ fn is_free(addr: SocketAddr) -> bool {
 
 /// A free port on `addr`'s interface.
 fn free_port_like(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let probe = TcpListener::bind(SocketAddr::new(addr.ip(), 0)).context("failed to find a free port")?;
+    let probe =
+        TcpListener::bind(SocketAddr::new(addr.ip(), 0)).context("failed to find a free port")?;
     Ok(probe.local_addr()?)
 }
 
@@ -80,12 +84,18 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         // A newcomer's machine may already run a broker or a web server: the demo moves aside.
         if args.mqtt_url.is_none() && !is_free(args.mqtt_listen) {
             let moved = free_port_like(args.mqtt_listen)?;
-            println!("MQTT port {} is taken (another broker?); the demo's broker uses {moved}", args.mqtt_listen);
+            println!(
+                "MQTT port {} is taken (another broker?); the demo's broker uses {moved}",
+                args.mqtt_listen
+            );
             args.mqtt_listen = moved;
         }
         if !is_free(args.http_listen) {
             let moved = free_port_like(args.http_listen)?;
-            println!("HTTP port {} is taken; the demo's API uses {moved}", args.http_listen);
+            println!(
+                "HTTP port {} is taken; the demo's API uses {moved}",
+                args.http_listen
+            );
             args.http_listen = moved;
         }
         if args.admin_key.is_none() {
@@ -96,10 +106,16 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         Some(url) => MqttSetup::External {
             host: url.host_str().unwrap_or_default().to_owned(),
             port: url.port().unwrap_or(1883),
-            credentials: (!url.username().is_empty())
-                .then(|| (url.username().to_owned(), url.password().unwrap_or_default().to_owned())),
+            credentials: (!url.username().is_empty()).then(|| {
+                (
+                    url.username().to_owned(),
+                    url.password().unwrap_or_default().to_owned(),
+                )
+            }),
         },
-        None => MqttSetup::Embedded { listen: args.mqtt_listen },
+        None => MqttSetup::Embedded {
+            listen: args.mqtt_listen,
+        },
     };
     let public_url = match &args.public_url {
         Some(url) => url.as_str().trim_end_matches('/').to_owned(),
@@ -111,7 +127,10 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         mqtt,
         mqtt_client_id: args.mqtt_client_id.clone(),
         admin_key: args.admin_key.clone(),
-        decisions: DecisionConfig { public_url, ..DecisionConfig::default() },
+        decisions: DecisionConfig {
+            public_url,
+            ..DecisionConfig::default()
+        },
     };
     let platform = Platform::build(config).await?;
     let http = platform.http_addr();
@@ -123,7 +142,9 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let demo = Demo::new(&CityConfig::demo());
         platform.provision(&demo.plan).await?;
         if let Some(path) = &args.demo_devices {
-            demo.devices.write(path).with_context(|| format!("failed to write {}", path.display()))?;
+            demo.devices
+                .write(path)
+                .with_context(|| format!("failed to write {}", path.display()))?;
         }
         Some(demo)
     } else {
@@ -131,8 +152,17 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     };
 
     println!("ParkFlow is running");
-    println!("  HTTP API      http://{http}/v1/  (health /healthz, readiness /readyz, metrics /metrics)");
-    println!("  MQTT broker   mqtt://{mqtt_host}:{mqtt_port}  ({})", if args.mqtt_url.is_some() { "external" } else { "embedded" });
+    println!(
+        "  HTTP API      http://{http}/v1/  (health /healthz, readiness /readyz, metrics /metrics)"
+    );
+    println!(
+        "  MQTT broker   mqtt://{mqtt_host}:{mqtt_port}  ({})",
+        if args.mqtt_url.is_some() {
+            "external"
+        } else {
+            "embedded"
+        }
+    );
     println!("  database      {}", redact(&args.database_url));
     if let Some(demo) = &demo {
         if let Some(key) = &args.admin_key {
@@ -141,12 +171,23 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         if let Some(first) = demo.city.lots.first() {
             println!("  a lot         http://{http}/v1/lots/{}/tariff", first.id);
         }
-        println!("  sessions      curl -H 'Authorization: Bearer <admin key>' http://{http}/v1/sessions");
+        println!(
+            "  sessions      curl -H 'Authorization: Bearer <admin key>' http://{http}/v1/sessions"
+        );
         match &args.demo_devices {
-            Some(path) => println!("  devices       {} (lanes marked \"simulated\": false are free for your own device)", path.display()),
-            None => println!("  devices       pass --demo-devices FILE to write the demo's device credentials"),
+            Some(path) => println!(
+                "  devices       {} (lanes marked \"simulated\": false are free for your own device)",
+                path.display()
+            ),
+            None => println!(
+                "  devices       pass --demo-devices FILE to write the demo's device credentials"
+            ),
         }
-        println!("  demo traffic  {} lots, {} drivers", demo.city.lots.len(), demo.city.drivers.len());
+        println!(
+            "  demo traffic  {} lots, {} drivers",
+            demo.city.lots.len(),
+            demo.city.drivers.len()
+        );
     }
     println!("Press Ctrl-C to stop.");
 

@@ -25,7 +25,11 @@ pub enum MqttSetup {
     /// Start the embedded broker on this address.
     Embedded { listen: SocketAddr },
     /// Connect to an external broker.
-    External { host: String, port: u16, credentials: Option<(String, String)> },
+    External {
+        host: String,
+        port: u16,
+        credentials: Option<(String, String)>,
+    },
 }
 
 /// Everything the platform needs to start.
@@ -50,9 +54,15 @@ impl Authenticator for Logins {
     fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
         if username == PLATFORM_USER {
             return password.len() == self.platform_password.len()
-                && password.bytes().zip(self.platform_password.bytes()).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0;
+                && password
+                    .bytes()
+                    .zip(self.platform_password.bytes())
+                    .fold(0, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
         }
-        self.registry.snapshot().authenticate(client_id, username, password)
+        self.registry
+            .snapshot()
+            .authenticate(client_id, username, password)
     }
 }
 
@@ -73,7 +83,11 @@ impl Platform {
                 listen.port(),
                 Some((PLATFORM_USER.to_owned(), platform_password.clone())),
             ),
-            MqttSetup::External { host, port, credentials } => (host.clone(), *port, credentials.clone()),
+            MqttSetup::External {
+                host,
+                port,
+                credentials,
+            } => (host.clone(), *port, credentials.clone()),
         };
         let gateway = Gateway::build(GatewayConfig {
             http_listen: config.http_listen,
@@ -94,16 +108,24 @@ impl Platform {
 
         let broker = match config.mqtt {
             MqttSetup::Embedded { listen } => {
-                let logins = Arc::new(Logins { platform_password, registry: gateway.registry() });
+                let logins = Arc::new(Logins {
+                    platform_password,
+                    registry: gateway.registry(),
+                });
                 let broker_config = BrokerConfig::new(listen, logins);
-                let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(broker_config))
-                    .await
-                    .context("embedded broker start-up panicked")??;
+                let broker =
+                    tokio::task::spawn_blocking(move || EmbeddedBroker::start(broker_config))
+                        .await
+                        .context("embedded broker start-up panicked")??;
                 Some(broker)
             }
             MqttSetup::External { .. } => None,
         };
-        Ok(Self { gateway, broker, mqtt_addr: (host, port) })
+        Ok(Self {
+            gateway,
+            broker,
+            mqtt_addr: (host, port),
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -126,8 +148,13 @@ impl Platform {
     /// Writes `plan` to the database and reloads the registry (before `run`).
     pub async fn provision(&self, plan: &Plan) -> anyhow::Result<()> {
         let db = self.db();
-        provision(&db, plan, Utc::now()).await.context("failed to provision")?;
-        self.registry().reload(&db).await.context("failed to reload the registry")?;
+        provision(&db, plan, Utc::now())
+            .await
+            .context("failed to provision")?;
+        self.registry()
+            .reload(&db)
+            .await
+            .context("failed to reload the registry")?;
         Ok(())
     }
 

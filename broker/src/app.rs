@@ -1,7 +1,7 @@
 //! Starting and stopping the embedded broker.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rumqttd::protocol::v4::V4;
@@ -40,8 +40,8 @@ impl EmbeddedBroker {
     /// Starts the broker and returns once its listener accepts connections with TCP_NODELAY set.
     pub fn start(config: BrokerConfig) -> Result<Self, BrokerError> {
         let addr = config.listen;
-        match TcpListener::bind(addr) {
-            Ok(probe) => drop(probe),
+        match probe(addr) {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                 return Err(BrokerError::PortTaken(addr));
             }
@@ -103,6 +103,19 @@ impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Binds and releases `addr` the way rumqttd (tokio) binds it, with SO_REUSEADDR, so that
+/// connections of a previous run lingering in TIME_WAIT do not count as a taken port.
+fn probe(addr: SocketAddr) -> io::Result<()> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1)
 }
 
 fn router_config(config: &BrokerConfig) -> RouterConfig {

@@ -38,7 +38,10 @@ pub enum GatewayError {
     #[error("failed to open the database")]
     Store(#[from] StoreError),
     #[error("failed to bind the http listener {addr} (change --http-listen)")]
-    HttpBind { addr: SocketAddr, source: std::io::Error },
+    HttpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A gateway, built and ready to run.
@@ -57,10 +60,29 @@ impl Gateway {
         let registry = RegistryHandle::load(&db).await?;
         let listener = TcpListener::bind(config.http_listen)
             .await
-            .map_err(|source| GatewayError::HttpBind { addr: config.http_listen, source })?;
-        let http_addr = listener.local_addr().map_err(|source| GatewayError::HttpBind { addr: config.http_listen, source })?;
-        tracing::info!(engine = db.engine(), lots = registry.snapshot().lots().len(), "gateway built");
-        Ok(Self { config, db, registry, metrics: Arc::new(Metrics::new()), listener, http_addr })
+            .map_err(|source| GatewayError::HttpBind {
+                addr: config.http_listen,
+                source,
+            })?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|source| GatewayError::HttpBind {
+                addr: config.http_listen,
+                source,
+            })?;
+        tracing::info!(
+            engine = db.engine(),
+            lots = registry.snapshot().lots().len(),
+            "gateway built"
+        );
+        Ok(Self {
+            config,
+            db,
+            registry,
+            metrics: Arc::new(Metrics::new()),
+            listener,
+            http_addr,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -81,7 +103,14 @@ impl Gateway {
 
     /// Runs until `token` is cancelled, then drains.
     pub async fn run(self, token: CancellationToken) -> Result<(), GatewayError> {
-        let Self { config, db, registry, metrics, listener, .. } = self;
+        let Self {
+            config,
+            db,
+            registry,
+            metrics,
+            listener,
+            ..
+        } = self;
         let tracker = TaskTracker::new();
 
         let (client, eventloop) = link::connect(&config.mqtt);
@@ -102,7 +131,15 @@ impl Gateway {
         let (connected_tx, connected_rx) = watch::channel(false);
         let filters = vec![filter::all_gate_plates(), filter::all_gate_states()];
 
-        tracker.spawn(link::run(eventloop, client, filters, tickets, inbound_tx, connected_tx, token.clone()));
+        tracker.spawn(link::run(
+            eventloop,
+            client,
+            filters,
+            tickets,
+            inbound_tx,
+            connected_tx,
+            token.clone(),
+        ));
         tracker.spawn(Ingest::new(registry.clone(), metrics.clone(), gates).run(inbound_rx));
         tracker.spawn(actor.run(gate_rx));
         tracker.spawn(writer.run());
@@ -116,7 +153,8 @@ impl Gateway {
             mqtt_connected: connected_rx,
             admin_key: config.admin_key.map(Arc::from),
         };
-        let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(token.clone().cancelled_owned());
+        let server = axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(token.clone().cancelled_owned());
         tracker.spawn(async move {
             if let Err(error) = server.await {
                 tracing::error!(%error, "http server failed");
@@ -125,7 +163,10 @@ impl Gateway {
 
         token.cancelled().await;
         tracker.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_ok() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+            .await
+            .is_ok()
+        {
             tracing::info!("gateway drained and stopped");
         } else {
             tracing::warn!(timeout = ?DRAIN_TIMEOUT, "gateway stopped before every task drained");
@@ -138,7 +179,9 @@ impl Gateway {
 /// Mirrors the MQTT connection state into `parkflow_mqtt_connected`.
 async fn track_connection(mut connected: watch::Receiver<bool>, metrics: Arc<Metrics>) {
     loop {
-        metrics.mqtt_connected.set(i64::from(*connected.borrow_and_update()));
+        metrics
+            .mqtt_connected
+            .set(i64::from(*connected.borrow_and_update()));
         if connected.changed().await.is_err() {
             break;
         }

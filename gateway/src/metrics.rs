@@ -40,19 +40,47 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("parkflow");
         let plate_reads = Counter::default();
-        registry.register("plate_reads", "Gate plate reads accepted for a decision", plate_reads.clone());
+        registry.register(
+            "plate_reads",
+            "Gate plate reads accepted for a decision",
+            plate_reads.clone(),
+        );
         let barrier_commands = Family::<ActionLabel, Counter>::default();
-        registry.register("barrier_commands", "Barrier commands published, by action", barrier_commands.clone());
+        registry.register(
+            "barrier_commands",
+            "Barrier commands published, by action",
+            barrier_commands.clone(),
+        );
         let sessions_opened = Counter::default();
-        registry.register("sessions_opened", "Parking sessions opened", sessions_opened.clone());
+        registry.register(
+            "sessions_opened",
+            "Parking sessions opened",
+            sessions_opened.clone(),
+        );
         let sessions_closed = Counter::default();
-        registry.register("sessions_closed", "Parking sessions closed and priced", sessions_closed.clone());
+        registry.register(
+            "sessions_closed",
+            "Parking sessions closed and priced",
+            sessions_closed.clone(),
+        );
         let fees_minor = Counter::default();
-        registry.register("fees_minor_units", "Fees of closed sessions, in minor units of their currency", fees_minor.clone());
+        registry.register(
+            "fees_minor_units",
+            "Fees of closed sessions, in minor units of their currency",
+            fees_minor.clone(),
+        );
         let review_items = Counter::default();
-        registry.register("review_items", "Cases sent to the operators' review queue", review_items.clone());
+        registry.register(
+            "review_items",
+            "Cases sent to the operators' review queue",
+            review_items.clone(),
+        );
         let events_rejected = Family::<ReasonLabel, Counter>::default();
-        registry.register("events_rejected", "Messages rejected, by reason", events_rejected.clone());
+        registry.register(
+            "events_rejected",
+            "Messages rejected, by reason",
+            events_rejected.clone(),
+        );
         // 50 µs … ~1.6 s.
         let decision_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
@@ -61,13 +89,29 @@ impl Metrics {
             decision_seconds.clone(),
         );
         let store_batches = Counter::default();
-        registry.register("store_batches", "Group commits of the store writer", store_batches.clone());
+        registry.register(
+            "store_batches",
+            "Group commits of the store writer",
+            store_batches.clone(),
+        );
         let store_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
-        registry.register("store_batch_size", "Writes per group commit", store_batch_size.clone());
+        registry.register(
+            "store_batch_size",
+            "Writes per group commit",
+            store_batch_size.clone(),
+        );
         let store_write_errors = Counter::default();
-        registry.register("store_write_errors", "Writes the store failed to make", store_write_errors.clone());
+        registry.register(
+            "store_write_errors",
+            "Writes the store failed to make",
+            store_write_errors.clone(),
+        );
         let mqtt_connected = Gauge::default();
-        registry.register("mqtt_connected", "Whether the platform's MQTT connection is up", mqtt_connected.clone());
+        registry.register(
+            "mqtt_connected",
+            "Whether the platform's MQTT connection is up",
+            mqtt_connected.clone(),
+        );
         Self {
             registry,
             plate_reads,
@@ -87,7 +131,9 @@ impl Metrics {
 
     /// Counts a rejected message.
     pub fn rejected(&self, reason: &'static str) {
-        self.events_rejected.get_or_create(&ReasonLabel { reason }).inc();
+        self.events_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -113,7 +159,10 @@ mod tests {
     fn counters_are_exported_with_their_spec_names() {
         let metrics = Metrics::new();
         metrics.plate_reads.inc();
-        metrics.barrier_commands.get_or_create(&ActionLabel { action: "open" }).inc();
+        metrics
+            .barrier_commands
+            .get_or_create(&ActionLabel { action: "open" })
+            .inc();
         metrics.rejected("bad_signature");
         metrics.decision_seconds.observe(0.001);
         let text = metrics.encode();

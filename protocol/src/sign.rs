@@ -188,7 +188,7 @@ where
     T: DeserializeOwned,
     S: AsRef<[u8]>,
 {
-    let plain_json = payload.first() == Some(&b'{');
+    let plain_json = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let (signer, json) = if plain_json {
         if auth == DeviceAuth::Signed {
             return Err(MessageError::Unsigned);

@@ -27,19 +27,26 @@ pub mod rfc3339 {
     pub mod option {
         use super::*;
 
-        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => s.serialize_some(&format(t)),
                 None => s.serialize_none(),
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
             let raw = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
             raw.map(|raw| {
                 DateTime::parse_from_rfc3339(&raw)
                     .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| serde::de::Error::custom(format_args!("invalid RFC 3339 timestamp: {e}")))
+                    .map_err(|e| {
+                        serde::de::Error::custom(format_args!("invalid RFC 3339 timestamp: {e}"))
+                    })
             })
             .transpose()
         }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use parkflow_protocol::sign::{open, plain, seal};
 use parkflow_protocol::{
-    DeviceAuth, DeviceId, DeviceStatus, Direction, EventId, GateCommand, GatePlateRead, PlateColor, Topic,
+    DeviceAuth, DeviceId, DeviceStatus, Direction, EventId, GateCommand, GatePlateRead, PlateColor,
+    Topic,
 };
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
@@ -90,12 +91,17 @@ pub struct CameraHandle {
 impl CameraHandle {
     /// Reads a plate and waits for the platform's answer.
     pub async fn read(&self, sighting: Sighting) -> Result<GateCommand, CameraError> {
-        let event_id = EventId::parse(&uuid::Uuid::new_v4().to_string()).map_err(|_| CameraError::Stopped)?;
+        let event_id =
+            EventId::parse(&uuid::Uuid::new_v4().to_string()).map_err(|_| CameraError::Stopped)?;
         self.read_as(event_id, sighting).await
     }
 
     /// Reads a plate under a given event id (a device re-sending after a restart uses the same one).
-    pub async fn read_as(&self, event_id: EventId, sighting: Sighting) -> Result<GateCommand, CameraError> {
+    pub async fn read_as(
+        &self,
+        event_id: EventId,
+        sighting: Sighting,
+    ) -> Result<GateCommand, CameraError> {
         let read = GatePlateRead {
             event_id,
             plate: sighting.plate,
@@ -105,22 +111,38 @@ impl CameraHandle {
             observed_at: sighting.observed_at,
         };
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Request { read, reply }).await.map_err(|_| CameraError::Stopped)?;
+        self.tx
+            .send(Request { read, reply })
+            .await
+            .map_err(|_| CameraError::Stopped)?;
         answer.await.map_err(|_| CameraError::Stopped)?
     }
 }
 
 /// Starts a camera for `device`: its MQTT connection (client id = device id, last will
 /// `offline`) and its task. Both stop when `token` is cancelled.
-pub fn spawn(device: DeviceEntry, config: CameraConfig, stats: Arc<Stats>, token: CancellationToken) -> CameraHandle {
+pub fn spawn(
+    device: DeviceEntry,
+    config: CameraConfig,
+    stats: Arc<Stats>,
+    token: CancellationToken,
+) -> CameraHandle {
     let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
     let (inbound_tx, inbound_rx) = mpsc::channel(REQUEST_CAPACITY);
-    let status_topic = Topic::DeviceStatus { device: device.id.clone() }.to_string();
+    let status_topic = Topic::DeviceStatus {
+        device: device.id.clone(),
+    }
+    .to_string();
     let mut options = MqttOptions::new(device.id.as_str(), &config.host, config.port);
     options.set_credentials(&device.mqtt_username, &device.mqtt_password);
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_session(true);
-    options.set_last_will(LastWill::new(&status_topic, DeviceStatus::Offline.as_str(), QoS::AtLeastOnce, true));
+    options.set_last_will(LastWill::new(
+        &status_topic,
+        DeviceStatus::Offline.as_str(),
+        QoS::AtLeastOnce,
+        true,
+    ));
     let (client, mut eventloop) = AsyncClient::new(options, 1_000);
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
@@ -130,7 +152,11 @@ pub fn spawn(device: DeviceEntry, config: CameraConfig, stats: Arc<Stats>, token
         tracing::error!(device = %device.id, "camera without a gate");
         return CameraHandle { tx };
     };
-    let command_topic = Topic::GateCommand { lot: device.lot.clone(), gate: gate.clone() }.to_string();
+    let command_topic = Topic::GateCommand {
+        lot: device.lot.clone(),
+        gate: gate.clone(),
+    }
+    .to_string();
     let poll_token = token.clone();
     let poll_client = client.clone();
     let subscribe_topic = command_topic.clone();
@@ -145,7 +171,12 @@ pub fn spawn(device: DeviceEntry, config: CameraConfig, stats: Arc<Stats>, token
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(100);
                     let _ = poll_client.try_subscribe(subscribe_topic.as_str(), QoS::AtLeastOnce);
-                    let _ = poll_client.try_publish(&status_topic, QoS::AtLeastOnce, true, DeviceStatus::Online.as_str());
+                    let _ = poll_client.try_publish(
+                        &status_topic,
+                        QoS::AtLeastOnce,
+                        true,
+                        DeviceStatus::Online.as_str(),
+                    );
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     if inbound_tx.send(publish).await.is_err() {
@@ -164,7 +195,10 @@ pub fn spawn(device: DeviceEntry, config: CameraConfig, stats: Arc<Stats>, token
             }
         }
     });
-    let topic = Topic::GatePlate { lot: device.lot.clone(), gate };
+    let topic = Topic::GatePlate {
+        lot: device.lot.clone(),
+        gate,
+    };
     let camera = Camera {
         device,
         topic,
@@ -217,7 +251,12 @@ impl Camera {
 
     fn payload(&self, read: &GatePlateRead) -> Vec<u8> {
         match self.config.auth {
-            DeviceAuth::Signed => seal(&self.topic, read, &self.device.id, self.device.secret.as_bytes()),
+            DeviceAuth::Signed => seal(
+                &self.topic,
+                read,
+                &self.device.id,
+                self.device.secret.as_bytes(),
+            ),
             DeviceAuth::Broker => plain(&self.topic, read),
         }
     }
@@ -225,10 +264,21 @@ impl Camera {
     fn send(&mut self, request: Request) {
         let payload = self.payload(&request.read);
         // A full request queue behaves like a lost message: the retry sends it again.
-        let _ = self.client.try_publish(self.topic.to_string(), QoS::AtLeastOnce, false, payload.clone());
+        let _ = self.client.try_publish(
+            self.topic.to_string(),
+            QoS::AtLeastOnce,
+            false,
+            payload.clone(),
+        );
         Stats::add(&self.stats.reads_sent);
         let wait = self.config.first_retry;
-        let pending = Pending { payload, attempts: 1, wait, next: Instant::now() + wait, reply: request.reply };
+        let pending = Pending {
+            payload,
+            attempts: 1,
+            wait,
+            next: Instant::now() + wait,
+            reply: request.reply,
+        };
         self.pending.insert(request.read.event_id, pending);
     }
 
@@ -243,7 +293,12 @@ impl Camera {
                 gave_up.push(event_id.clone());
                 continue;
             }
-            let _ = self.client.try_publish(self.topic.to_string(), QoS::AtLeastOnce, false, pending.payload.clone());
+            let _ = self.client.try_publish(
+                self.topic.to_string(),
+                QoS::AtLeastOnce,
+                false,
+                pending.payload.clone(),
+            );
             Stats::add(&self.stats.reads_resent);
             pending.attempts += 1;
             pending.wait = (pending.wait * 2).min(self.config.max_retry);
@@ -252,7 +307,9 @@ impl Camera {
         for event_id in gave_up {
             if let Some(pending) = self.pending.remove(&event_id) {
                 Stats::add(&self.stats.reads_unanswered);
-                let _ = pending.reply.send(Err(CameraError::Unanswered(pending.attempts)));
+                let _ = pending
+                    .reply
+                    .send(Err(CameraError::Unanswered(pending.attempts)));
             }
         }
     }
@@ -262,9 +319,12 @@ impl Camera {
             return;
         }
         let own: &DeviceId = &self.device.id;
-        let opened = open::<GateCommand, _>(&publish.payload, &self.command_topic, self.config.auth, |kid| {
-            (kid == own).then(|| self.device.secret.clone())
-        });
+        let opened = open::<GateCommand, _>(
+            &publish.payload,
+            &self.command_topic,
+            self.config.auth,
+            |kid| (kid == own).then(|| self.device.secret.clone()),
+        );
         let command = match opened {
             Ok(opened) => opened.body,
             Err(error) => {

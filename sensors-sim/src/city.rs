@@ -26,7 +26,14 @@ pub struct CityConfig {
 impl CityConfig {
     /// A few lots, enough to watch sessions open and close.
     pub fn demo() -> Self {
-        Self { seed: 7, gated_lots: 3, capacity: 60, drivers: 400, enrolled_share: 0.9, suspended_share: 0.02 }
+        Self {
+            seed: 7,
+            gated_lots: 3,
+            capacity: 60,
+            drivers: 400,
+            enrolled_share: 0.9,
+            suspended_share: 0.02,
+        }
     }
 }
 
@@ -80,9 +87,11 @@ impl City {
         let mut rng = StdRng::seed_from_u64(config.seed);
         let lots = (0..config.gated_lots)
             .map(|i| {
-                let id = LotId::parse(&format!("hz-gated-{i:03}")).unwrap_or_else(|_| unreachable!("valid by construction"));
+                let id = LotId::parse(&format!("hz-gated-{i:03}"))
+                    .unwrap_or_else(|_| unreachable!("valid by construction"));
                 let lane = |name: &str, direction, simulated| Lane {
-                    gate: GateId::parse(name).unwrap_or_else(|_| unreachable!("valid by construction")),
+                    gate: GateId::parse(name)
+                        .unwrap_or_else(|_| unreachable!("valid by construction")),
                     direction,
                     simulated,
                 };
@@ -112,7 +121,11 @@ impl City {
             let enrolled = rng.random_bool(config.enrolled_share);
             drivers.push(Driver {
                 plate,
-                plate_color: if green { PlateColor::Green } else { PlateColor::Blue },
+                plate_color: if green {
+                    PlateColor::Green
+                } else {
+                    PlateColor::Blue
+                },
                 enrolled,
                 suspended: enrolled && rng.random_bool(config.suspended_share),
             });
@@ -129,23 +142,45 @@ pub fn random_plate(rng: &mut impl Rng, new_energy: bool) -> Plate {
         plate.push(if rng.random_bool(0.5) { 'D' } else { 'F' });
     }
     for _ in 0..5 {
-        plate.push(char::from(PLATE_CHARS[rng.random_range(0..PLATE_CHARS.len())]));
+        plate.push(char::from(
+            PLATE_CHARS[rng.random_range(0..PLATE_CHARS.len())],
+        ));
     }
     Plate::parse(&plate).unwrap_or_else(|_| unreachable!("valid by construction"))
 }
 
 /// The characters ANPR engines confuse (SPEC §3).
-pub const CONFUSIONS: &[(char, char)] = &[('0', 'D'), ('D', '0'), ('0', 'Q'), ('1', '7'), ('7', '1'), ('8', 'B'), ('B', '8'), ('5', 'S'), ('S', '5'), ('2', 'Z'), ('Z', '2'), ('6', 'G'), ('G', '6')];
+pub const CONFUSIONS: &[(char, char)] = &[
+    ('0', 'D'),
+    ('D', '0'),
+    ('0', 'Q'),
+    ('1', '7'),
+    ('7', '1'),
+    ('8', 'B'),
+    ('B', '8'),
+    ('5', 'S'),
+    ('S', '5'),
+    ('2', 'Z'),
+    ('Z', '2'),
+    ('6', 'G'),
+    ('G', '6'),
+];
 
 /// The plate as a camera might misread it: one confusable character swapped, if it has one.
 pub fn misread(plate: &Plate, rng: &mut impl Rng) -> Option<String> {
     let chars: Vec<char> = plate.as_str().chars().collect();
-    let candidates: Vec<usize> = (2..chars.len()).filter(|i| CONFUSIONS.iter().any(|(from, _)| *from == chars[*i])).collect();
+    let candidates: Vec<usize> = (2..chars.len())
+        .filter(|i| CONFUSIONS.iter().any(|(from, _)| *from == chars[*i]))
+        .collect();
     if candidates.is_empty() {
         return None;
     }
     let at = candidates[rng.random_range(0..candidates.len())];
-    let options: Vec<char> = CONFUSIONS.iter().filter(|(from, _)| *from == chars[at]).map(|(_, to)| *to).collect();
+    let options: Vec<char> = CONFUSIONS
+        .iter()
+        .filter(|(from, _)| *from == chars[at])
+        .map(|(_, to)| *to)
+        .collect();
     let mut misread = chars;
     misread[at] = options[rng.random_range(0..options.len())];
     Some(misread.into_iter().collect())
@@ -157,18 +192,28 @@ mod tests {
 
     #[test]
     fn the_same_seed_builds_the_same_city() {
-        assert_eq!(City::generate(&CityConfig::demo()), City::generate(&CityConfig::demo()));
+        assert_eq!(
+            City::generate(&CityConfig::demo()),
+            City::generate(&CityConfig::demo())
+        );
     }
 
     #[test]
     fn every_lot_leaves_a_lane_for_an_outside_device() {
         let city = City::generate(&CityConfig::demo());
-        assert!(city.lots.iter().all(|lot| lot.lanes.iter().any(|lane| !lane.simulated)));
+        assert!(
+            city.lots
+                .iter()
+                .all(|lot| lot.lanes.iter().any(|lane| !lane.simulated))
+        );
     }
 
     #[test]
     fn plates_are_valid_and_unique() {
-        let city = City::generate(&CityConfig { drivers: 2_000, ..CityConfig::demo() });
+        let city = City::generate(&CityConfig {
+            drivers: 2_000,
+            ..CityConfig::demo()
+        });
         let unique: std::collections::HashSet<_> = city.drivers.iter().map(|d| &d.plate).collect();
         assert_eq!(unique.len(), 2_000);
     }
@@ -179,7 +224,11 @@ mod tests {
         let plate = Plate::parse("浙A0B123").unwrap();
         for _ in 0..20 {
             let read = misread(&plate, &mut rng).unwrap();
-            let differing = read.chars().zip(plate.as_str().chars()).filter(|(a, b)| a != b).count();
+            let differing = read
+                .chars()
+                .zip(plate.as_str().chars())
+                .filter(|(a, b)| a != b)
+                .count();
             assert_eq!(differing, 1);
         }
         assert!(misread(&Plate::parse("浙AHJKLM").unwrap(), &mut rng).is_none());

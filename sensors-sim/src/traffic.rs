@@ -61,14 +61,32 @@ pub async fn drive(
                 .filter_map(|lane| cameras.get(&(lot.id.clone(), lane.gate.clone())).cloned())
                 .collect()
         };
-        let (entries, exits) = (lane_cameras(LaneDirection::Entry), lane_cameras(LaneDirection::Exit));
+        let (entries, exits) = (
+            lane_cameras(LaneDirection::Entry),
+            lane_cameras(LaneDirection::Exit),
+        );
         if entries.is_empty() || exits.is_empty() {
             continue;
         }
         // Each driver parks in one lot, so a car is never in two places.
-        let drivers: Vec<Driver> = city.drivers.iter().skip(i).step_by(city.lots.len()).cloned().collect();
+        let drivers: Vec<Driver> = city
+            .drivers
+            .iter()
+            .skip(i)
+            .step_by(city.lots.len())
+            .cloned()
+            .collect();
         let seed = config.seed.wrapping_add(i as u64);
-        lots.spawn(drive_lot(lot.clone(), drivers, entries, exits, config.clone(), seed, stats.clone(), token.clone()));
+        lots.spawn(drive_lot(
+            lot.clone(),
+            drivers,
+            entries,
+            exits,
+            config.clone(),
+            seed,
+            stats.clone(),
+            token.clone(),
+        ));
     }
     while lots.join_next().await.is_some() {}
 }
@@ -160,7 +178,15 @@ impl Journey {
                 let _ = camera.read(again).await;
             });
         }
-        let Ok(command) = self.entry.read(sighting(driver.plate.as_str().to_owned(), Direction::Entry, 0.97)).await else {
+        let Ok(command) = self
+            .entry
+            .read(sighting(
+                driver.plate.as_str().to_owned(),
+                Direction::Entry,
+                0.97,
+            ))
+            .await
+        else {
             return;
         };
         if command.action == GateAction::Hold {
@@ -169,7 +195,11 @@ impl Journey {
         }
         Stats::add(&self.stats.entries_opened);
         tokio::time::sleep(self.stay).await;
-        let plate = match self.misread.then(|| misread(&driver.plate, &mut rng)).flatten() {
+        let plate = match self
+            .misread
+            .then(|| misread(&driver.plate, &mut rng))
+            .flatten()
+        {
             Some(misread) => {
                 Stats::add(&self.stats.misreads);
                 misread

@@ -67,26 +67,70 @@ impl GateActor {
     ) -> Result<Self, StoreError> {
         let mut state = GateState::new(config.recent_window);
         for session in sessions::open_sessions(&db).await? {
-            state.lots.entry(session.lot.clone()).or_default().open.insert(session.plate.clone(), session);
+            state
+                .lots
+                .entry(session.lot.clone())
+                .or_default()
+                .open
+                .insert(session.plate.clone(), session);
         }
         for decision in sessions::decisions_since(&db, now - config.recent_window).await? {
-            let read = (decision.lot.clone(), decision.gate.clone(), decision.command.event_id.clone());
-            let car = (decision.lot, decision.gate, decision.plate, decision.direction);
-            let decided = Decided { command: decision.command, session_id: decision.session_id, at: decision.received_at };
+            let read = (
+                decision.lot.clone(),
+                decision.gate.clone(),
+                decision.command.event_id.clone(),
+            );
+            let car = (
+                decision.lot,
+                decision.gate,
+                decision.plate,
+                decision.direction,
+            );
+            let decided = Decided {
+                command: decision.command,
+                session_id: decision.session_id,
+                at: decision.received_at,
+            };
             state.recent.remember(read, car, decided);
         }
         for (plate, suspended) in sessions::enrolled_plates(&db).await? {
-            state.drivers.insert(plate, if suspended { Standing::Suspended } else { Standing::Enrolled });
+            state.drivers.insert(
+                plate,
+                if suspended {
+                    Standing::Suspended
+                } else {
+                    Standing::Enrolled
+                },
+            );
         }
         for (lot, plate, from, until) in sessions::passes(&db, now).await? {
-            state.lots.entry(lot).or_default().passes.entry(plate).or_default().push((from, until));
+            state
+                .lots
+                .entry(lot)
+                .or_default()
+                .passes
+                .entry(plate)
+                .or_default()
+                .push((from, until));
         }
         for (lot, plate) in sessions::blocked_plates(&db).await? {
             state.lots.entry(lot).or_default().blocked.insert(plate);
         }
         let open: usize = state.lots.values().map(|l| l.open.len()).sum();
-        tracing::info!(open_sessions = open, recent_decisions = state.recent.len(), "gate state loaded");
-        Ok(Self { config, state, db, registry, writer, publisher, metrics })
+        tracing::info!(
+            open_sessions = open,
+            recent_decisions = state.recent.len(),
+            "gate state loaded"
+        );
+        Ok(Self {
+            config,
+            state,
+            db,
+            registry,
+            writer,
+            publisher,
+            metrics,
+        })
     }
 
     /// Runs until every handle is gone (ingest stopped), having decided everything queued.
@@ -103,7 +147,9 @@ impl GateActor {
         let now = read.received_at;
         self.state.recent.expire(now);
         let registry = self.registry.snapshot();
-        let Some(lot) = registry.lot_by_id(&read.lot) else { return };
+        let Some(lot) = registry.lot_by_id(&read.lot) else {
+            return;
+        };
         let read_key: ReadKey = (read.lot.clone(), read.gate.clone(), read.event_id.clone());
 
         // A repeated event id: the very same command again, nothing else.
@@ -128,13 +174,33 @@ impl GateActor {
         }
 
         // The same car read again at the same gate: one read, answered alike, recorded once more.
-        let car_key: RepeatKey = (read.lot.clone(), read.gate.clone(), read.plate.clone(), read.direction);
-        if let Some(previous) = self.state.recent.by_car(&car_key, now, self.config.repeat_window).cloned() {
-            let command = GateCommand { command_id: Uuid::now_v7(), event_id: read.event_id.clone(), issued_at: now, ..previous.command };
+        let car_key: RepeatKey = (
+            read.lot.clone(),
+            read.gate.clone(),
+            read.plate.clone(),
+            read.direction,
+        );
+        if let Some(previous) = self
+            .state
+            .recent
+            .by_car(&car_key, now, self.config.repeat_window)
+            .cloned()
+        {
+            let command = GateCommand {
+                command_id: Uuid::now_v7(),
+                event_id: read.event_id.clone(),
+                issued_at: now,
+                ..previous.command
+            };
             self.publish(&registry, lot, &read, &command);
             let record = record(&read, &command, previous.session_id);
             self.remember(read_key, car_key, &command, previous.session_id, now);
-            self.writer.submit(Batch { writes: vec![record], ticket: read.ticket }).await;
+            self.writer
+                .submit(Batch {
+                    writes: vec![record],
+                    ticket: read.ticket,
+                })
+                .await;
             return;
         }
 
@@ -143,15 +209,28 @@ impl GateActor {
         let (command, session_id, writes) = match read.direction {
             Direction::Entry => entry(lot, lot_state, &read, &self.metrics),
             Direction::Exit => {
-                let standing_of = |plate: &Plate| drivers.get(plate).copied().unwrap_or(Standing::NotEnrolled);
-                exit(&self.config, lot, lot_state, &read, standing_of, &self.metrics)
+                let standing_of =
+                    |plate: &Plate| drivers.get(plate).copied().unwrap_or(Standing::NotEnrolled);
+                exit(
+                    &self.config,
+                    lot,
+                    lot_state,
+                    &read,
+                    standing_of,
+                    &self.metrics,
+                )
             }
         };
         self.publish(&registry, lot, &read, &command);
         let mut writes = writes;
         writes.push(record(&read, &command, session_id));
         self.remember(read_key, car_key, &command, session_id, now);
-        self.writer.submit(Batch { writes, ticket: read.ticket }).await;
+        self.writer
+            .submit(Batch {
+                writes,
+                ticket: read.ticket,
+            })
+            .await;
     }
 
     fn publish(&self, registry: &Registry, lot: &Lot, read: &GateRead, command: &GateCommand) {
@@ -159,12 +238,30 @@ impl GateActor {
             tracing::error!(error = %error, lot = %lot.id, gate = %read.gate, "barrier command not published");
             return;
         }
-        self.metrics.barrier_commands.get_or_create(&ActionLabel { action: command.action.as_str() }).inc();
-        self.metrics.decision_seconds.observe(read.received.elapsed().as_secs_f64());
+        self.metrics
+            .barrier_commands
+            .get_or_create(&ActionLabel {
+                action: command.action.as_str(),
+            })
+            .inc();
+        self.metrics
+            .decision_seconds
+            .observe(read.received.elapsed().as_secs_f64());
     }
 
-    fn remember(&mut self, read: ReadKey, car: RepeatKey, command: &GateCommand, session_id: Option<Uuid>, now: DateTime<Utc>) {
-        let decided = Decided { command: command.clone(), session_id, at: now };
+    fn remember(
+        &mut self,
+        read: ReadKey,
+        car: RepeatKey,
+        command: &GateCommand,
+        session_id: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) {
+        let decided = Decided {
+            command: command.clone(),
+            session_id,
+            at: now,
+        };
         self.state.recent.remember(read, car, decided);
     }
 }
@@ -184,9 +281,10 @@ fn command(read: &GateRead, action: GateAction, reason: GateReason) -> GateComma
 
 fn record(read: &GateRead, command: &GateCommand, session_id: Option<Uuid>) -> Write {
     let amount_due_minor = match (command.amount_due, command.currency.as_deref()) {
-        (Some(amount), Some(currency)) => {
-            Currency::new(currency).ok().and_then(|c| Money::new(amount, c).ok()).and_then(|m| m.to_minor().ok())
-        }
+        (Some(amount), Some(currency)) => Currency::new(currency)
+            .ok()
+            .and_then(|c| Money::new(amount, c).ok())
+            .and_then(|m| m.to_minor().ok()),
         _ => None,
     };
     Write::GateRead(Box::new(GateReadRecord {
@@ -236,7 +334,13 @@ fn entry(
             tariff_from: None,
             fee: None,
         }));
-        writes.push(review(lot, ReviewKind::MissedExit, Some(missed.id), read, None));
+        writes.push(review(
+            lot,
+            ReviewKind::MissedExit,
+            Some(missed.id),
+            read,
+            None,
+        ));
         metrics.review_items.inc();
     }
     let session = OpenSession {
@@ -265,9 +369,15 @@ fn exit(
     standing_of: impl Fn(&Plate) -> Standing,
     metrics: &Metrics,
 ) -> (GateCommand, Option<Uuid>, Vec<Write>) {
-    let found = matching::best_match(read.plate.as_str(), state.open.keys().map(|plate| (plate, plate.as_str())))
-        .map(|m| (m.key.clone(), m.score, m.kind));
-    let session = found.as_ref().and_then(|(plate, _, _)| state.open.get(plate)).cloned();
+    let found = matching::best_match(
+        read.plate.as_str(),
+        state.open.keys().map(|plate| (plate, plate.as_str())),
+    )
+    .map(|m| (m.key.clone(), m.score, m.kind));
+    let session = found
+        .as_ref()
+        .and_then(|(plate, _, _)| state.open.get(plate))
+        .cloned();
     let (standing, pass_holder, fee) = match &session {
         Some(session) => {
             // The enrolled plate may be the one read now or the one read at entry.
@@ -275,14 +385,18 @@ fn exit(
                 Standing::NotEnrolled => standing_of(&session.plate),
                 standing => standing,
             };
-            let pass_holder = session.pass_holder || state.has_pass(&session.plate, read.observed_at);
+            let pass_holder =
+                session.pass_holder || state.has_pass(&session.plate, read.observed_at);
             let stay = Stay {
                 entered_at: session.entered_at,
                 exited_at: read.observed_at.max(session.entered_at),
                 plate_color: session.plate_color.or(read.plate_color),
                 pass_holder,
             };
-            let priced = lot.tariffs.in_force_at(session.entered_at).and_then(|t| Some((t.effective_from(), t.fee(&stay).ok()?)));
+            let priced = lot
+                .tariffs
+                .in_force_at(session.entered_at)
+                .and_then(|t| Some((t.effective_from(), t.fee(&stay).ok()?)));
             (standing, pass_holder, priced)
         }
         None => (standing_of(&read.plate), false, None),
@@ -302,26 +416,48 @@ fn exit(
         if let (Some((_, money)), Some(session)) = (&fee, &session) {
             command.amount_due = Some(money.amount());
             command.currency = Some(money.currency().as_str().to_owned());
-            command.pay_url = Some(format!("{}/v1/sessions/{}/pay", config.public_url.trim_end_matches('/'), session.id));
+            command.pay_url = Some(format!(
+                "{}/v1/sessions/{}/pay",
+                config.public_url.trim_end_matches('/'),
+                session.id
+            ));
         }
     }
 
     let mut writes = Vec::new();
     if decision.review {
-        let kind = if session.is_some() { ReviewKind::LowConfidenceMatch } else { ReviewKind::ExitWithoutEntry };
-        writes.push(review(lot, kind, session.as_ref().map(|s| s.id), read, found.as_ref().map(|(_, score, _)| *score)));
+        let kind = if session.is_some() {
+            ReviewKind::LowConfidenceMatch
+        } else {
+            ReviewKind::ExitWithoutEntry
+        };
+        writes.push(review(
+            lot,
+            kind,
+            session.as_ref().map(|s| s.id),
+            read,
+            found.as_ref().map(|(_, score, _)| *score),
+        ));
         metrics.review_items.inc();
     }
-    if let (true, Some(session), Some((_, score, kind))) = (decision.closes_session, &session, &found) {
+    if let (true, Some(session), Some((_, score, kind))) =
+        (decision.closes_session, &session, &found)
+    {
         state.open.remove(&session.plate);
-        let fee_minor = fee.as_ref().and_then(|(from, money)| Some((*from, money.to_minor().ok()?, money.currency())));
+        let fee_minor = fee
+            .as_ref()
+            .and_then(|(from, money)| Some((*from, money.to_minor().ok()?, money.currency())));
         let exit_match = match kind {
             MatchKind::Exact => ExitMatch::Exact,
             MatchKind::Fuzzy => ExitMatch::Fuzzy,
         };
         writes.push(Write::EndSession(SessionEnd {
             id: session.id,
-            status: if fee_minor.is_some() { SessionStatus::Closed } else { SessionStatus::Review },
+            status: if fee_minor.is_some() {
+                SessionStatus::Closed
+            } else {
+                SessionStatus::Review
+            },
             exit_gate: Some(read.gate.clone()),
             exit_event: Some(read.event_id.clone()),
             exited_at: read.observed_at.max(session.entered_at),
@@ -342,7 +478,13 @@ fn exit(
     (command, session.map(|s| s.id), writes)
 }
 
-fn review(lot: &Lot, kind: ReviewKind, session_id: Option<Uuid>, read: &GateRead, score: Option<f64>) -> Write {
+fn review(
+    lot: &Lot,
+    kind: ReviewKind,
+    session_id: Option<Uuid>,
+    read: &GateRead,
+    score: Option<f64>,
+) -> Write {
     Write::Review(ReviewItem {
         id: Uuid::now_v7(),
         lot: lot.id.clone(),

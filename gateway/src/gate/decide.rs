@@ -87,12 +87,24 @@ pub struct ExitDecision {
 /// for enrolled drivers in good standing and pass holders (billed later), and for stays that cost
 /// nothing; everyone else is held until they pay.
 pub fn exit(facts: ExitFacts) -> ExitDecision {
-    let open = |reason, review| ExitDecision { action: GateAction::Open, reason, closes_session: true, review };
+    let open = |reason, review| ExitDecision {
+        action: GateAction::Open,
+        reason,
+        closes_session: true,
+        review,
+    };
     match facts.found {
-        Found::Nothing => ExitDecision { closes_session: false, ..open(GateReason::ReviewLater, true) },
-        Found::Session { score } if score < facts.review_threshold => open(GateReason::ReviewLater, true),
+        Found::Nothing => ExitDecision {
+            closes_session: false,
+            ..open(GateReason::ReviewLater, true)
+        },
+        Found::Session { score } if score < facts.review_threshold => {
+            open(GateReason::ReviewLater, true)
+        }
         Found::Session { .. } if facts.pass_holder => open(GateReason::PassHolder, false),
-        Found::Session { .. } if facts.standing == Standing::Enrolled => open(GateReason::BillLater, false),
+        Found::Session { .. } if facts.standing == Standing::Enrolled => {
+            open(GateReason::BillLater, false)
+        }
         Found::Session { .. } if !facts.fee_due => open(GateReason::NothingDue, false),
         Found::Session { .. } => ExitDecision {
             action: GateAction::Hold,
@@ -108,7 +120,12 @@ mod tests {
     use super::*;
 
     fn entry_facts() -> EntryFacts {
-        EntryFacts { blocked: false, pass_holder: false, capacity: 10, open_sessions: 3 }
+        EntryFacts {
+            blocked: false,
+            pass_holder: false,
+            capacity: 10,
+            open_sessions: 3,
+        }
     }
 
     fn exit_facts(score: f64, standing: Standing) -> ExitFacts {
@@ -124,57 +141,109 @@ mod tests {
     #[test]
     fn an_ordinary_entry_opens_a_session() {
         let decision = entry(entry_facts());
-        assert_eq!((decision.action, decision.reason), (GateAction::Open, GateReason::Entered));
+        assert_eq!(
+            (decision.action, decision.reason),
+            (GateAction::Open, GateReason::Entered)
+        );
         assert!(decision.opens_session());
     }
 
     #[test]
     fn a_blocked_plate_is_held_even_with_a_pass() {
-        let decision = entry(EntryFacts { blocked: true, pass_holder: true, ..entry_facts() });
-        assert_eq!((decision.action, decision.reason), (GateAction::Hold, GateReason::Blocked));
+        let decision = entry(EntryFacts {
+            blocked: true,
+            pass_holder: true,
+            ..entry_facts()
+        });
+        assert_eq!(
+            (decision.action, decision.reason),
+            (GateAction::Hold, GateReason::Blocked)
+        );
         assert!(!decision.opens_session());
     }
 
     #[test]
     fn a_full_lot_holds_unless_the_plate_holds_a_pass() {
-        let full = EntryFacts { open_sessions: 10, ..entry_facts() };
+        let full = EntryFacts {
+            open_sessions: 10,
+            ..entry_facts()
+        };
         assert_eq!(entry(full).reason, GateReason::LotFull);
-        assert_eq!(entry(EntryFacts { pass_holder: true, ..full }).reason, GateReason::PassHolder);
+        assert_eq!(
+            entry(EntryFacts {
+                pass_holder: true,
+                ..full
+            })
+            .reason,
+            GateReason::PassHolder
+        );
     }
 
     #[test]
     fn an_enrolled_driver_leaves_and_is_billed_later() {
         let decision = exit(exit_facts(1.0, Standing::Enrolled));
-        assert_eq!(decision, ExitDecision { action: GateAction::Open, reason: GateReason::BillLater, closes_session: true, review: false });
+        assert_eq!(
+            decision,
+            ExitDecision {
+                action: GateAction::Open,
+                reason: GateReason::BillLater,
+                closes_session: true,
+                review: false
+            }
+        );
     }
 
     #[test]
     fn unenrolled_and_suspended_drivers_pay_at_the_exit() {
         for standing in [Standing::NotEnrolled, Standing::Suspended] {
             let decision = exit(exit_facts(1.0, standing));
-            assert_eq!((decision.action, decision.reason), (GateAction::Hold, GateReason::PaymentRequired));
+            assert_eq!(
+                (decision.action, decision.reason),
+                (GateAction::Hold, GateReason::PaymentRequired)
+            );
             assert!(!decision.closes_session);
         }
     }
 
     #[test]
     fn a_free_stay_leaves_without_paying() {
-        let decision = exit(ExitFacts { fee_due: false, ..exit_facts(1.0, Standing::NotEnrolled) });
-        assert_eq!((decision.action, decision.reason), (GateAction::Open, GateReason::NothingDue));
+        let decision = exit(ExitFacts {
+            fee_due: false,
+            ..exit_facts(1.0, Standing::NotEnrolled)
+        });
+        assert_eq!(
+            (decision.action, decision.reason),
+            (GateAction::Open, GateReason::NothingDue)
+        );
         assert!(decision.closes_session);
     }
 
     #[test]
     fn a_pass_holder_leaves_whatever_their_standing() {
-        let decision = exit(ExitFacts { pass_holder: true, ..exit_facts(1.0, Standing::Suspended) });
-        assert_eq!((decision.action, decision.reason), (GateAction::Open, GateReason::PassHolder));
+        let decision = exit(ExitFacts {
+            pass_holder: true,
+            ..exit_facts(1.0, Standing::Suspended)
+        });
+        assert_eq!(
+            (decision.action, decision.reason),
+            (GateAction::Open, GateReason::PassHolder)
+        );
     }
 
     #[test]
     fn doubt_never_traps_a_car() {
         let low = exit(exit_facts(0.85, Standing::NotEnrolled));
-        assert_eq!((low.action, low.reason, low.review, low.closes_session), (GateAction::Open, GateReason::ReviewLater, true, true));
-        let none = exit(ExitFacts { found: Found::Nothing, ..exit_facts(0.0, Standing::NotEnrolled) });
-        assert_eq!((none.action, none.review, none.closes_session), (GateAction::Open, true, false));
+        assert_eq!(
+            (low.action, low.reason, low.review, low.closes_session),
+            (GateAction::Open, GateReason::ReviewLater, true, true)
+        );
+        let none = exit(ExitFacts {
+            found: Found::Nothing,
+            ..exit_facts(0.0, Standing::NotEnrolled)
+        });
+        assert_eq!(
+            (none.action, none.review, none.closes_session),
+            (GateAction::Open, true, false)
+        );
     }
 }

@@ -57,7 +57,12 @@ impl GateHandle {
 
     /// Hands a read to the actor (waits while it is behind).
     pub async fn plate_read(&self, read: GateRead) {
-        if self.tx.send(GateMessage::PlateRead(Box::new(read))).await.is_err() {
+        if self
+            .tx
+            .send(GateMessage::PlateRead(Box::new(read)))
+            .await
+            .is_err()
+        {
             tracing::error!("gate actor is gone; plate read dropped (it will be re-delivered)");
         }
     }

@@ -21,7 +21,11 @@ pub struct LotState {
 impl LotState {
     /// Whether `plate` holds a pass for this lot at `at`.
     pub fn has_pass(&self, plate: &Plate, at: DateTime<Utc>) -> bool {
-        self.passes.get(plate).is_some_and(|passes| passes.iter().any(|(from, until)| *from <= at && at < *until))
+        self.passes.get(plate).is_some_and(|passes| {
+            passes
+                .iter()
+                .any(|(from, until)| *from <= at && at < *until)
+        })
     }
 }
 
@@ -49,7 +53,12 @@ pub struct RecentDecisions {
 
 impl RecentDecisions {
     pub fn new(window: Duration) -> Self {
-        Self { window, by_read: HashMap::new(), by_car: HashMap::new(), order: VecDeque::new() }
+        Self {
+            window,
+            by_read: HashMap::new(),
+            by_car: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     pub fn window(&self) -> Duration {
@@ -61,12 +70,18 @@ impl RecentDecisions {
     }
 
     /// The last decision for this car at this gate, if it was made within `within` of `now`.
-    pub fn by_car(&self, key: &RepeatKey, now: DateTime<Utc>, within: Duration) -> Option<&Decided> {
+    pub fn by_car(
+        &self,
+        key: &RepeatKey,
+        now: DateTime<Utc>,
+        within: Duration,
+    ) -> Option<&Decided> {
         self.by_car.get(key).filter(|d| now - d.at <= within)
     }
 
     pub fn remember(&mut self, read: ReadKey, car: RepeatKey, decided: Decided) {
-        self.order.push_back((decided.at, read.clone(), car.clone()));
+        self.order
+            .push_back((decided.at, read.clone(), car.clone()));
         self.by_car.insert(car, decided.clone());
         self.by_read.insert(read, decided);
     }
@@ -106,11 +121,18 @@ pub struct GateState {
 
 impl GateState {
     pub fn new(window: Duration) -> Self {
-        Self { lots: HashMap::new(), drivers: HashMap::new(), recent: RecentDecisions::new(window) }
+        Self {
+            lots: HashMap::new(),
+            drivers: HashMap::new(),
+            recent: RecentDecisions::new(window),
+        }
     }
 
     pub fn standing(&self, plate: &Plate) -> Standing {
-        self.drivers.get(plate).copied().unwrap_or(Standing::NotEnrolled)
+        self.drivers
+            .get(plate)
+            .copied()
+            .unwrap_or(Standing::NotEnrolled)
     }
 }
 
@@ -140,7 +162,10 @@ mod tests {
         let lot = LotId::parse("l").unwrap();
         let gate = GateId::parse("g").unwrap();
         let plate = Plate::parse("浙A12345").unwrap();
-        ((lot.clone(), gate.clone(), EventId::parse(event).unwrap()), (lot, gate, plate, Direction::Entry))
+        (
+            (lot.clone(), gate.clone(), EventId::parse(event).unwrap()),
+            (lot, gate, plate, Direction::Entry),
+        )
     }
 
     #[test]
@@ -151,7 +176,11 @@ mod tests {
         recent.remember(read.clone(), car.clone(), decided(t0));
         recent.expire(t0 + Duration::minutes(10));
         assert!(recent.by_read(&read).is_some());
-        assert!(recent.by_car(&car, t0 + Duration::minutes(10), Duration::seconds(30)).is_none());
+        assert!(
+            recent
+                .by_car(&car, t0 + Duration::minutes(10), Duration::seconds(30))
+                .is_none()
+        );
         recent.expire(t0 + Duration::minutes(16));
         assert!(recent.by_read(&read).is_none() && recent.is_empty());
     }
@@ -165,7 +194,11 @@ mod tests {
         recent.remember(read1, car.clone(), decided(t0));
         recent.remember(read2, car.clone(), decided(t0 + Duration::seconds(50)));
         recent.expire(t0 + Duration::seconds(70));
-        assert!(recent.by_car(&car, t0 + Duration::seconds(70), Duration::minutes(1)).is_some());
+        assert!(
+            recent
+                .by_car(&car, t0 + Duration::seconds(70), Duration::minutes(1))
+                .is_some()
+        );
         assert_eq!(recent.len(), 1);
     }
 }

@@ -14,7 +14,10 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Query::<T>::from_request_parts(parts, state).await.map(|Query(v)| Self(v)).map_err(|e| rejection(e.body_text()))
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(|e| rejection(e.body_text()))
     }
 }
 
@@ -25,7 +28,10 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Path::<T>::from_request_parts(parts, state).await.map(|Path(v)| Self(v)).map_err(|e| rejection(e.body_text()))
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| Self(v))
+            .map_err(|e| rejection(e.body_text()))
     }
 }
 
@@ -42,7 +48,11 @@ impl FromRequestParts<AppState> for Admin {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match (presented, state.admin_key.as_deref()) {
-            (Some(presented), Some(expected)) if constant_time_eq(presented.as_bytes(), expected.as_bytes()) => Ok(Admin),
+            (Some(presented), Some(expected))
+                if constant_time_eq(presented.as_bytes(), expected.as_bytes()) =>
+            {
+                Ok(Admin)
+            }
             _ => Err(ApiError::Unauthorized),
         }
     }

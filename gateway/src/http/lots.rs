@@ -16,10 +16,18 @@ fn lot_id(raw: &str) -> Result<LotId, ApiError> {
 }
 
 /// `GET /v1/lots/{lot}/tariff`: the tariff in force now.
-pub async fn tariff(State(state): State<AppState>, ApiPath(lot): ApiPath<String>) -> Result<Json<Tariff>, ApiError> {
+pub async fn tariff(
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+) -> Result<Json<Tariff>, ApiError> {
     let registry = state.registry.snapshot();
-    let lot = registry.lot_by_id(&lot_id(&lot)?).ok_or(ApiError::NotFound("lot"))?;
-    let tariff = lot.tariffs.in_force_at(Utc::now()).ok_or(ApiError::NotFound("tariff"))?;
+    let lot = registry
+        .lot_by_id(&lot_id(&lot)?)
+        .ok_or(ApiError::NotFound("lot"))?;
+    let tariff = lot
+        .tariffs
+        .in_force_at(Utc::now())
+        .ok_or(ApiError::NotFound("tariff"))?;
     Ok(Json(tariff.clone()))
 }
 
@@ -44,15 +52,30 @@ pub async fn quote(
     ApiQuery(query): ApiQuery<QuoteQuery>,
 ) -> Result<Json<Quote>, ApiError> {
     let registry = state.registry.snapshot();
-    let lot = registry.lot_by_id(&lot_id(&lot)?).ok_or(ApiError::NotFound("lot"))?;
+    let lot = registry
+        .lot_by_id(&lot_id(&lot)?)
+        .ok_or(ApiError::NotFound("lot"))?;
     let plate_color = query
         .plate_color
         .as_deref()
-        .map(|c| PlateColor::parse(c).ok_or_else(|| ApiError::bad_request("invalid_plate_color", "plate_color must be blue, yellow, green, white or black")))
+        .map(|c| {
+            PlateColor::parse(c).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_plate_color",
+                    "plate_color must be blue, yellow, green, white or black",
+                )
+            })
+        })
         .transpose()?;
-    let tariff = lot.tariffs.in_force_at(query.entered_at).ok_or(ApiError::NotFound("tariff"))?;
+    let tariff = lot
+        .tariffs
+        .in_force_at(query.entered_at)
+        .ok_or(ApiError::NotFound("tariff"))?;
     let fee = tariff
         .quote(query.entered_at, query.exited_at, plate_color)
         .map_err(|e| ApiError::bad_request("invalid_stay", e.to_string()))?;
-    Ok(Json(Quote { amount: fee.amount(), currency: fee.currency().as_str().to_owned() }))
+    Ok(Json(Quote {
+        amount: fee.amount(),
+        currency: fee.currency().as_str().to_owned(),
+    }))
 }

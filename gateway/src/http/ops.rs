@@ -1,9 +1,9 @@
 //! `/healthz` (the process answers), `/readyz` (database and MQTT are up), `/metrics`.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::Json;
 use serde_json::json;
 
 use super::AppState;
@@ -17,7 +17,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     let mqtt = *state.mqtt_connected.borrow();
     let database = state.db.ping().await.is_ok();
     if mqtt && database {
-        Ok(Json(json!({ "status": "ready", "database": true, "mqtt": true })))
+        Ok(Json(
+            json!({ "status": "ready", "database": true, "mqtt": true }),
+        ))
     } else {
         tracing::debug!(mqtt, database, "not ready");
         Err(ApiError::Unavailable)
@@ -25,5 +27,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
 }

@@ -30,12 +30,29 @@ pub async fn list(
     ApiQuery(query): ApiQuery<SessionQuery>,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     let filter = SessionFilter {
-        lot: query.lot.as_deref().map(LotId::parse).transpose().map_err(|e| ApiError::bad_request("invalid_lot", e.to_string()))?,
-        plate: query.plate.as_deref().map(Plate::parse).transpose().map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?,
+        lot: query
+            .lot
+            .as_deref()
+            .map(LotId::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_lot", e.to_string()))?,
+        plate: query
+            .plate
+            .as_deref()
+            .map(Plate::parse)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?,
         status: query
             .status
             .as_deref()
-            .map(|s| SessionStatus::parse(s).ok_or_else(|| ApiError::bad_request("invalid_status", "status must be open, closed, review or void")))
+            .map(|s| {
+                SessionStatus::parse(s).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_status",
+                        "status must be open, closed, review or void",
+                    )
+                })
+            })
             .transpose()?,
         limit: query.limit.unwrap_or(100).min(MAX_LIMIT),
     };
@@ -43,8 +60,15 @@ pub async fn list(
 }
 
 /// `GET /v1/sessions/{id}`
-pub async fn get(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<Uuid>) -> Result<Json<SessionView>, ApiError> {
-    sessions::session(&state.db, id).await?.map(Json).ok_or(ApiError::NotFound("session"))
+pub async fn get(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<SessionView>, ApiError> {
+    sessions::session(&state.db, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("session"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,7 +83,14 @@ pub async fn review(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ReviewQuery>,
 ) -> Result<Json<Vec<ReviewView>>, ApiError> {
-    let lot = query.lot.as_deref().map(LotId::parse).transpose().map_err(|e| ApiError::bad_request("invalid_lot", e.to_string()))?;
+    let lot = query
+        .lot
+        .as_deref()
+        .map(LotId::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_lot", e.to_string()))?;
     let limit = query.limit.unwrap_or(100).min(MAX_LIMIT);
-    Ok(Json(sessions::open_reviews(&state.db, lot.as_ref(), limit).await?))
+    Ok(Json(
+        sessions::open_reviews(&state.db, lot.as_ref(), limit).await?,
+    ))
 }

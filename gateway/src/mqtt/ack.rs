@@ -34,7 +34,10 @@ impl Drop for Ticket {
         // At most one `Finished` per outstanding ticket, and outstanding tickets are bounded by the
         // broker's in-flight window, far below the channel's capacity.
         if self.tx.try_send(AckEvent::Finished(self.seq)).is_err() {
-            tracing::error!(seq = self.seq, "ack channel full or closed; message will be re-delivered");
+            tracing::error!(
+                seq = self.seq,
+                "ack channel full or closed; message will be re-delivered"
+            );
         }
     }
 }
@@ -61,7 +64,10 @@ impl TicketIssuer {
         let seq = self.next;
         self.next += 1;
         self.tx.send(AckEvent::Arrived(seq, publish)).await.ok()?;
-        Some(Ticket { seq, tx: self.tx.clone() })
+        Some(Ticket {
+            seq,
+            tx: self.tx.clone(),
+        })
     }
 
     /// Forgets every outstanding message (the broker re-sends them after a reconnect).
@@ -83,7 +89,12 @@ pub fn channel(client: AsyncClient) -> (TicketIssuer, Acker) {
     let (tx, rx) = mpsc::channel(ACK_CHANNEL_CAPACITY);
     (
         TicketIssuer { next: 0, tx },
-        Acker { rx, client, pending: VecDeque::new(), finished: BTreeSet::new() },
+        Acker {
+            rx,
+            client,
+            pending: VecDeque::new(),
+            finished: BTreeSet::new(),
+        },
     )
 }
 

@@ -61,7 +61,12 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(registry: RegistryHandle, metrics: Arc<Metrics>, gates: GateHandle) -> Self {
-        Self { registry, metrics, gates, last_logged: HashMap::new() }
+        Self {
+            registry,
+            metrics,
+            gates,
+            last_logged: HashMap::new(),
+        }
     }
 
     /// Runs until the event loop task stops, having handled everything queued.
@@ -75,7 +80,10 @@ impl Ingest {
     }
 
     async fn handle(&mut self, message: Inbound) -> Result<(), Rejection> {
-        let topic = message.topic.as_ref().map_err(|_| Rejection::UnknownTopic)?;
+        let topic = message
+            .topic
+            .as_ref()
+            .map_err(|_| Rejection::UnknownTopic)?;
         if message.payload.len() > topic.max_payload_bytes() {
             return Err(Rejection::Oversized);
         }
@@ -83,7 +91,8 @@ impl Ingest {
         match topic {
             Topic::GatePlate { lot, gate } => {
                 let lot = registry.lot_by_id(lot).ok_or(Rejection::UnknownLot)?;
-                let read: GatePlateRead = open_from_gate(&registry, lot, gate, topic, &message.payload)?;
+                let read: GatePlateRead =
+                    open_from_gate(&registry, lot, gate, topic, &message.payload)?;
                 check_observed_at(read.observed_at, message.received_at)?;
                 if !(0.0..=1.0).contains(&read.confidence) {
                     return Err(Rejection::Message("malformed"));
@@ -108,7 +117,8 @@ impl Ingest {
             }
             Topic::GateState { lot, gate } => {
                 let lot = registry.lot_by_id(lot).ok_or(Rejection::UnknownLot)?;
-                let state: GateState = open_from_gate(&registry, lot, gate, topic, &message.payload)?;
+                let state: GateState =
+                    open_from_gate(&registry, lot, gate, topic, &message.payload)?;
                 tracing::debug!(lot = %lot.id, gate = %gate, state = ?state.state, "gate state");
                 Ok(())
             }
@@ -120,7 +130,10 @@ impl Ingest {
         let reason = rejection.reason();
         self.metrics.rejected(reason);
         let now = Instant::now();
-        let entry = self.last_logged.entry(reason).or_insert((now - LOG_INTERVAL, 0));
+        let entry = self
+            .last_logged
+            .entry(reason)
+            .or_insert((now - LOG_INTERVAL, 0));
         entry.1 += 1;
         if now.duration_since(entry.0) >= LOG_INTERVAL {
             tracing::warn!(reason, count = entry.1, "rejected device messages");
@@ -153,4 +166,3 @@ fn open_from_gate<T: DeserializeOwned>(
     }
     Ok(opened.body)
 }
-

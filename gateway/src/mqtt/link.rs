@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use parkflow_protocol::Topic;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS, SubscribeFilter,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -97,7 +99,13 @@ pub async fn run(
                     QoS::AtMostOnce => None,
                     _ => tickets.issue(publish).await,
                 };
-                let message = Inbound { topic, payload, received_at, received, ticket };
+                let message = Inbound {
+                    topic,
+                    payload,
+                    received_at,
+                    received,
+                    ticket,
+                };
                 if inbound.send(message).await.is_err() {
                     break;
                 }
@@ -106,13 +114,17 @@ pub async fn run(
                 backoff = Duration::from_millis(50);
                 tickets.reconnected().await;
                 tracing::info!(session_present = ack.session_present, "mqtt connected");
-                connected.send_replace(true);
                 // Subscribing again is harmless when the broker kept the session, and needed when it did not.
-                for filter in &filters {
-                    if let Err(error) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
-                        tracing::error!(%error, "failed to queue a subscription");
-                    }
+                let subscriptions = filters
+                    .iter()
+                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                if let Err(error) = client.try_subscribe_many(subscriptions) {
+                    tracing::error!(%error, "failed to queue the subscriptions");
                 }
+            }
+            // Ready once subscribed: a message published before would reach nobody.
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                connected.send_replace(true);
             }
             Ok(_) => {}
             Err(error) => {

@@ -33,8 +33,14 @@ impl CommandPublisher {
         gate: &GateId,
         command: &GateCommand,
     ) -> Result<(), PublishError> {
-        let topic = Topic::GateCommand { lot: lot.id.clone(), gate: gate.clone() };
-        let camera = registry.gate(lot.idx, gate).and_then(|g| g.camera.as_ref()).and_then(|id| registry.device(id));
+        let topic = Topic::GateCommand {
+            lot: lot.id.clone(),
+            gate: gate.clone(),
+        };
+        let camera = registry
+            .gate(lot.idx, gate)
+            .and_then(|g| g.camera.as_ref())
+            .and_then(|id| registry.device(id));
         let payload = match camera {
             Some(camera) => seal(&topic, command, &camera.id, camera.secret.as_bytes()),
             None => {
@@ -44,7 +50,8 @@ impl CommandPublisher {
                 plain(&topic, command)
             }
         };
-        self.client.try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload)?;
+        self.client
+            .try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload)?;
         Ok(())
     }
 }

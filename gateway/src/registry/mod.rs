@@ -152,7 +152,11 @@ pub struct Device {
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device").field("id", &self.id).field("kind", &self.kind).field("revoked", &self.revoked).finish()
+        f.debug_struct("Device")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("revoked", &self.revoked)
+            .finish()
     }
 }
 
@@ -176,10 +180,22 @@ impl Registry {
     /// Builds a registry; lots are indexed in the order given.
     pub fn new(lots: Vec<Lot>, gates: Vec<Gate>, devices: Vec<Device>) -> Self {
         let lot_index = lots.iter().map(|lot| (lot.id.clone(), lot.idx)).collect();
-        let gates = gates.into_iter().map(|gate| ((gate.lot, gate.id.clone()), gate)).collect();
-        let usernames = devices.iter().map(|d| (d.mqtt_username.clone(), d.id.clone())).collect();
+        let gates = gates
+            .into_iter()
+            .map(|gate| ((gate.lot, gate.id.clone()), gate))
+            .collect();
+        let usernames = devices
+            .iter()
+            .map(|d| (d.mqtt_username.clone(), d.id.clone()))
+            .collect();
         let devices = devices.into_iter().map(|d| (d.id.clone(), d)).collect();
-        Self { lots, lot_index, gates, devices, usernames }
+        Self {
+            lots,
+            lot_index,
+            gates,
+            devices,
+            usernames,
+        }
     }
 
     pub fn lots(&self) -> &[Lot] {
@@ -224,7 +240,9 @@ pub struct RegistryHandle {
 
 impl RegistryHandle {
     pub fn new(registry: Registry) -> Self {
-        Self { current: Arc::new(ArcSwap::from_pointee(registry)) }
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(registry)),
+        }
     }
 
     /// Loads the registry from the database.

@@ -38,13 +38,23 @@ impl StoreError {
     /// Whether retrying the same statement later may succeed (connection trouble, not a bad row).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Query(e) => matches!(
-                e,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_)
-            ) || e.as_database_error().is_some_and(|db| {
-                // PostgreSQL: admin shutdown (57P01) and friends; SQLite: busy/locked.
-                db.code().is_some_and(|code| code.starts_with("57") || code.starts_with("08") || code == "5" || code == "6")
-            }),
+            Self::Query(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::Protocol(_)
+                ) || e.as_database_error().is_some_and(|db| {
+                    // PostgreSQL: admin shutdown (57P01) and friends; SQLite: busy/locked.
+                    db.code().is_some_and(|code| {
+                        code.starts_with("57")
+                            || code.starts_with("08")
+                            || code == "5"
+                            || code == "6"
+                    })
+                })
+            }
             Self::Connect(_) => true,
             _ => false,
         }

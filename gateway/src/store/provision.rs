@@ -59,7 +59,10 @@ pub struct DevicePlan {
 
 impl std::fmt::Debug for DevicePlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevicePlan").field("id", &self.id).field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("DevicePlan")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,4 +232,3 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
     });
     Ok(())
 }
-

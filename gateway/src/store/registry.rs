@@ -7,7 +7,9 @@ use parkflow_billing::{TariffDefinition, TariffSchedule};
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId};
 
 use super::{Db, StoreError, on_db};
-use crate::registry::{Device, DeviceKind, Gate, GateDirection, Location, Lot, LotIdx, LotKind, Registry};
+use crate::registry::{
+    Device, DeviceKind, Gate, GateDirection, Location, Lot, LotIdx, LotKind, Registry,
+};
 
 #[derive(sqlx::FromRow)]
 struct LotRow {
@@ -73,10 +75,16 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
 
     let mut schedules: HashMap<String, TariffSchedule> = HashMap::new();
     for row in tariff_rows {
-        let definition: TariffDefinition =
-            serde_json::from_str(&row.definition).map_err(|_| corrupt("tariff of lot", &row.lot_id))?;
-        let tariff = definition.validate().map_err(|_| corrupt("tariff of lot", &row.lot_id))?;
-        schedules.entry(row.lot_id.clone()).or_default().add(tariff).map_err(|_| corrupt("tariff of lot", &row.lot_id))?;
+        let definition: TariffDefinition = serde_json::from_str(&row.definition)
+            .map_err(|_| corrupt("tariff of lot", &row.lot_id))?;
+        let tariff = definition
+            .validate()
+            .map_err(|_| corrupt("tariff of lot", &row.lot_id))?;
+        schedules
+            .entry(row.lot_id.clone())
+            .or_default()
+            .add(tariff)
+            .map_err(|_| corrupt("tariff of lot", &row.lot_id))?;
     }
 
     let mut lots = Vec::with_capacity(lot_rows.len());
@@ -88,10 +96,15 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
         lots.push(Lot {
             idx,
             kind: LotKind::parse(&row.kind).ok_or_else(|| corrupt("kind of lot", &row.id))?,
-            device_auth: DeviceAuth::parse(&row.device_auth).ok_or_else(|| corrupt("device_auth of lot", &row.id))?,
-            capacity: u32::try_from(row.capacity).map_err(|_| corrupt("capacity of lot", &row.id))?,
+            device_auth: DeviceAuth::parse(&row.device_auth)
+                .ok_or_else(|| corrupt("device_auth of lot", &row.id))?,
+            capacity: u32::try_from(row.capacity)
+                .map_err(|_| corrupt("capacity of lot", &row.id))?,
             tariffs: schedules.remove(&row.id).unwrap_or_default(),
-            location: Location { lat: row.lat, lon: row.lon },
+            location: Location {
+                lat: row.lat,
+                lon: row.lon,
+            },
             operator_id: row.operator_id,
             name: row.name,
             time_zone: row.time_zone,
@@ -101,25 +114,46 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
 
     let mut gates = Vec::with_capacity(gate_rows.len());
     for row in gate_rows {
-        let lot = *lot_index.get(&row.lot_id).ok_or_else(|| corrupt("lot of gate", &row.id))?;
+        let lot = *lot_index
+            .get(&row.lot_id)
+            .ok_or_else(|| corrupt("lot of gate", &row.id))?;
         gates.push(Gate {
             lot,
             id: GateId::parse(&row.id).map_err(|_| corrupt("gate id", &row.id))?,
-            direction: GateDirection::parse(&row.direction).ok_or_else(|| corrupt("direction of gate", &row.id))?,
+            direction: GateDirection::parse(&row.direction)
+                .ok_or_else(|| corrupt("direction of gate", &row.id))?,
             camera: None,
         });
     }
 
-    let gate_position: HashMap<(LotIdx, GateId), usize> =
-        gates.iter().enumerate().map(|(i, g)| ((g.lot, g.id.clone()), i)).collect();
+    let gate_position: HashMap<(LotIdx, GateId), usize> = gates
+        .iter()
+        .enumerate()
+        .map(|(i, g)| ((g.lot, g.id.clone()), i))
+        .collect();
     let mut devices = Vec::with_capacity(device_rows.len());
     for row in device_rows {
         let device = Device {
             id: DeviceId::parse(&row.id).map_err(|_| corrupt("device id", &row.id))?,
             kind: DeviceKind::parse(&row.kind).ok_or_else(|| corrupt("kind of device", &row.id))?,
-            lot: row.lot_id.as_deref().map(LotId::parse).transpose().map_err(|_| corrupt("lot of device", &row.id))?,
-            gate: row.gate_id.as_deref().map(GateId::parse).transpose().map_err(|_| corrupt("gate of device", &row.id))?,
-            bay: row.bay_id.as_deref().map(BayId::parse).transpose().map_err(|_| corrupt("bay of device", &row.id))?,
+            lot: row
+                .lot_id
+                .as_deref()
+                .map(LotId::parse)
+                .transpose()
+                .map_err(|_| corrupt("lot of device", &row.id))?,
+            gate: row
+                .gate_id
+                .as_deref()
+                .map(GateId::parse)
+                .transpose()
+                .map_err(|_| corrupt("gate of device", &row.id))?,
+            bay: row
+                .bay_id
+                .as_deref()
+                .map(BayId::parse)
+                .transpose()
+                .map_err(|_| corrupt("bay of device", &row.id))?,
             mqtt_username: row.mqtt_username,
             mqtt_password_hash: row.mqtt_password_hash,
             secret: row.secret,
@@ -127,7 +161,9 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
         };
         if device.kind == DeviceKind::GateCamera && !device.revoked {
             if let (Some(lot), Some(gate_id)) = (&device.lot, &device.gate) {
-                let position = lot_index.get(lot.as_str()).and_then(|idx| gate_position.get(&(*idx, gate_id.clone())));
+                let position = lot_index
+                    .get(lot.as_str())
+                    .and_then(|idx| gate_position.get(&(*idx, gate_id.clone())));
                 if let Some(position) = position {
                     gates[*position].camera = Some(device.id.clone());
                 }

@@ -1,7 +1,9 @@
 //! Reading sessions, decisions and the facts gate decisions depend on.
 
 use chrono::{DateTime, Utc};
-use parkflow_protocol::{EventId, GateAction, GateCommand, GateId, GateReason, LotId, Plate, PlateColor};
+use parkflow_protocol::{
+    EventId, GateAction, GateCommand, GateId, GateReason, LotId, Plate, PlateColor,
+};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
@@ -31,8 +33,18 @@ impl TryFrom<OpenSessionRow> for OpenSession {
             plate: Plate::parse(&row.plate).map_err(|_| bad("plate"))?,
             plate_color: row.plate_color.as_deref().and_then(PlateColor::parse),
             pass_holder: row.pass_holder,
-            entry_gate: row.entry_gate.as_deref().map(GateId::parse).transpose().map_err(|_| bad("entry gate"))?,
-            entry_event: row.entry_event_id.as_deref().map(EventId::parse).transpose().map_err(|_| bad("entry event"))?,
+            entry_gate: row
+                .entry_gate
+                .as_deref()
+                .map(GateId::parse)
+                .transpose()
+                .map_err(|_| bad("entry gate"))?,
+            entry_event: row
+                .entry_event_id
+                .as_deref()
+                .map(EventId::parse)
+                .transpose()
+                .map_err(|_| bad("entry event"))?,
             entered_at: row.entered_at,
         })
     }
@@ -93,7 +105,8 @@ impl TryFrom<DecisionRow> for StoredDecision {
         let bad = |what: &str| StoreError::Corrupt(format!("{what} of gate read {}", row.event_id));
         let amount_due = match (row.amount_due_minor, &row.currency) {
             (Some(minor), Some(currency)) => {
-                let currency = parkflow_billing::Currency::new(currency).map_err(|_| bad("currency"))?;
+                let currency =
+                    parkflow_billing::Currency::new(currency).map_err(|_| bad("currency"))?;
                 Some(parkflow_billing::Money::from_minor(minor, currency).amount())
             }
             _ => None,
@@ -123,20 +136,33 @@ impl TryFrom<DecisionRow> for StoredDecision {
     }
 }
 
-const DECISION_COLUMNS: &str = "lot_id, gate_id, event_id, plate, direction, received_at, command_id, action, reason,
+const DECISION_COLUMNS: &str =
+    "lot_id, gate_id, event_id, plate, direction, received_at, command_id, action, reason,
      issued_at, amount_due_minor, currency, pay_url, session_id";
 
 /// Decisions received since `since` (to warm the actor's cache at start).
-pub async fn decisions_since(db: &Db, since: DateTime<Utc>) -> Result<Vec<StoredDecision>, StoreError> {
-    let sql = format!("SELECT {DECISION_COLUMNS} FROM gate_reads WHERE received_at >= $1 ORDER BY received_at");
+pub async fn decisions_since(
+    db: &Db,
+    since: DateTime<Utc>,
+) -> Result<Vec<StoredDecision>, StoreError> {
+    let sql = format!(
+        "SELECT {DECISION_COLUMNS} FROM gate_reads WHERE received_at >= $1 ORDER BY received_at"
+    );
     let rows: Vec<DecisionRow> =
         on_db!(db, pool => sqlx::query_as(&sql).bind(db_time(since)).fetch_all(pool).await?);
     rows.into_iter().map(StoredDecision::try_from).collect()
 }
 
 /// The decision that answered one read, if any (the slow path for late, repeated reads).
-pub async fn decision(db: &Db, lot: &LotId, gate: &GateId, event: &EventId) -> Result<Option<StoredDecision>, StoreError> {
-    let sql = format!("SELECT {DECISION_COLUMNS} FROM gate_reads WHERE lot_id = $1 AND gate_id = $2 AND event_id = $3");
+pub async fn decision(
+    db: &Db,
+    lot: &LotId,
+    gate: &GateId,
+    event: &EventId,
+) -> Result<Option<StoredDecision>, StoreError> {
+    let sql = format!(
+        "SELECT {DECISION_COLUMNS} FROM gate_reads WHERE lot_id = $1 AND gate_id = $2 AND event_id = $3"
+    );
     let row: Option<DecisionRow> = on_db!(db, pool => sqlx::query_as(&sql)
         .bind(lot.as_str())
         .bind(gate.as_str())
@@ -155,14 +181,18 @@ pub async fn enrolled_plates(db: &Db) -> Result<Vec<(Plate, bool)>, StoreError> 
     .await?);
     rows.into_iter()
         .map(|(plate, status)| {
-            let plate = Plate::parse(&plate).map_err(|_| StoreError::Corrupt("enrolled plate".into()))?;
+            let plate =
+                Plate::parse(&plate).map_err(|_| StoreError::Corrupt("enrolled plate".into()))?;
             Ok((plate, status == "suspended"))
         })
         .collect()
 }
 
 /// Passes still valid at `now`: (lot, plate, from, until).
-pub async fn passes(db: &Db, now: DateTime<Utc>) -> Result<Vec<(LotId, Plate, DateTime<Utc>, DateTime<Utc>)>, StoreError> {
+pub async fn passes(
+    db: &Db,
+    now: DateTime<Utc>,
+) -> Result<Vec<(LotId, Plate, DateTime<Utc>, DateTime<Utc>)>, StoreError> {
     let rows: Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> = on_db!(db, pool => sqlx::query_as(
         "SELECT lot_id, plate, valid_from, valid_until FROM passes WHERE valid_until > $1",
     )
@@ -172,7 +202,8 @@ pub async fn passes(db: &Db, now: DateTime<Utc>) -> Result<Vec<(LotId, Plate, Da
     rows.into_iter()
         .map(|(lot, plate, from, until)| {
             let lot = LotId::parse(&lot).map_err(|_| StoreError::Corrupt("lot of pass".into()))?;
-            let plate = Plate::parse(&plate).map_err(|_| StoreError::Corrupt("plate of pass".into()))?;
+            let plate =
+                Plate::parse(&plate).map_err(|_| StoreError::Corrupt("plate of pass".into()))?;
             Ok((lot, plate, from, until))
         })
         .collect()
@@ -180,12 +211,12 @@ pub async fn passes(db: &Db, now: DateTime<Utc>) -> Result<Vec<(LotId, Plate, Da
 
 /// Blocked plates per lot.
 pub async fn blocked_plates(db: &Db) -> Result<Vec<(LotId, Plate)>, StoreError> {
-    let rows: Vec<(String, String)> =
-        on_db!(db, pool => sqlx::query_as("SELECT lot_id, plate FROM blocked_plates").fetch_all(pool).await?);
+    let rows: Vec<(String, String)> = on_db!(db, pool => sqlx::query_as("SELECT lot_id, plate FROM blocked_plates").fetch_all(pool).await?);
     rows.into_iter()
         .map(|(lot, plate)| {
             let lot = LotId::parse(&lot).map_err(|_| StoreError::Corrupt("lot of block".into()))?;
-            let plate = Plate::parse(&plate).map_err(|_| StoreError::Corrupt("blocked plate".into()))?;
+            let plate =
+                Plate::parse(&plate).map_err(|_| StoreError::Corrupt("blocked plate".into()))?;
             Ok((lot, plate))
         })
         .collect()
@@ -218,12 +249,20 @@ pub struct SessionView {
     pub fee: Option<Decimal>,
 }
 
-const SESSION_COLUMNS: &str = "id, lot_id, plate, plate_color, status, pass_holder, entry_gate, entry_event_id, entered_at,
+const SESSION_COLUMNS: &str =
+    "id, lot_id, plate, plate_color, status, pass_holder, entry_gate, entry_event_id, entered_at,
      exit_gate, exit_event_id, exited_at, exit_match, exit_match_score, fee_minor, currency";
 
 fn with_fee(mut view: SessionView) -> SessionView {
-    view.fee = match (view.fee_minor, view.currency.as_deref().map(parkflow_billing::Currency::new)) {
-        (Some(minor), Some(Ok(currency))) => Some(parkflow_billing::Money::from_minor(minor, currency).amount()),
+    view.fee = match (
+        view.fee_minor,
+        view.currency
+            .as_deref()
+            .map(parkflow_billing::Currency::new),
+    ) {
+        (Some(minor), Some(Ok(currency))) => {
+            Some(parkflow_billing::Money::from_minor(minor, currency).amount())
+        }
         _ => None,
     };
     view
@@ -232,7 +271,8 @@ fn with_fee(mut view: SessionView) -> SessionView {
 /// One session by id.
 pub async fn session(db: &Db, id: Uuid) -> Result<Option<SessionView>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
-    let row: Option<SessionView> = on_db!(db, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+    let row: Option<SessionView> =
+        on_db!(db, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
     Ok(row.map(with_fee))
 }
 
@@ -278,7 +318,11 @@ pub struct ReviewView {
 }
 
 /// Unresolved review cases of a lot (or of every lot), oldest first.
-pub async fn open_reviews(db: &Db, lot: Option<&LotId>, limit: u32) -> Result<Vec<ReviewView>, StoreError> {
+pub async fn open_reviews(
+    db: &Db,
+    lot: Option<&LotId>,
+    limit: u32,
+) -> Result<Vec<ReviewView>, StoreError> {
     let rows: Vec<ReviewView> = on_db!(db, pool => sqlx::query_as(
         "SELECT id, lot_id, kind, session_id, gate_id, event_id, plate, score, created_at FROM review_items
          WHERE resolved_at IS NULL AND ($1 IS NULL OR lot_id = $1) ORDER BY created_at, id LIMIT $2",

@@ -69,7 +69,9 @@ impl WriterHandle {
     /// Queues a batch; waits while the writer is [`WRITER_CHANNEL_CAPACITY`] batches behind.
     pub async fn submit(&self, batch: Batch) {
         if self.tx.send(batch).await.is_err() {
-            tracing::error!("store writer is gone; batch dropped (its message will be re-delivered)");
+            tracing::error!(
+                "store writer is gone; batch dropped (its message will be re-delivered)"
+            );
         }
     }
 }

@@ -1,0 +1,464 @@
+//! A car drives into and out of a gated lot, end to end: devices talk MQTT, the test reads the
+//! platform's answers on the command topic and its records through the HTTP API. Every scenario
+//! runs on SQLite with the embedded broker, on PostgreSQL, and with Mosquitto as an external
+//! broker (`device_auth = broker`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
+use parkflow_protocol::{DeviceAuth, Direction, GateAction, GateReason};
+use rust_decimal::Decimal;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn session_count(platform: &TestPlatform, world: &World, status: &str) -> usize {
+    platform
+        .sessions(&world.lot)
+        .await
+        .iter()
+        .filter(|s| s["status"] == status)
+        .count()
+}
+
+async fn entry_then_exit_opens_twice_and_prices_the_session(setup: Setup) {
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+
+    let entered_at = Utc::now() - chrono::Duration::minutes(40);
+    let read_in = entry.read_at(world.enrolled.as_str(), Direction::Entry, entered_at);
+    let command = entry.decide(&read_in).await;
+    assert_eq!(
+        (command.action, command.reason),
+        (GateAction::Open, GateReason::Entered)
+    );
+    assert_eq!(command.event_id, read_in.event_id);
+
+    let read_out = exit.read(world.enrolled.as_str(), Direction::Exit);
+    let command = exit.decide(&read_out).await;
+    assert_eq!(
+        (command.action, command.reason),
+        (GateAction::Open, GateReason::BillLater)
+    );
+    assert_eq!(command.event_id, read_out.event_id);
+
+    let session = eventually(WAIT, "the closed session", || async {
+        platform
+            .sessions(&world.lot)
+            .await
+            .into_iter()
+            .find(|s| s["status"] == "closed")
+    })
+    .await;
+    assert_eq!(session["plate"], world.enrolled.as_str());
+    assert_eq!(session["entry_event_id"], read_in.event_id.as_str());
+    assert_eq!(session["exit_event_id"], read_out.event_id.as_str());
+    assert_eq!(session["exit_match"], "exact");
+    // 40 minutes in 15-minute units of the demo tariff: 3 units, 11.00 by day (5.00 + 3.00 + 3.00)
+    // and 3.00 by night. Whichever band the clock is in, the stored fee is the tariff's quote.
+    let fee: Decimal = session["fee"].as_str().unwrap().parse().unwrap();
+    let quote = reqwest::get(platform.url(&format!(
+        "/v1/lots/{}/quote?entered_at={}&exited_at={}&plate_color=blue",
+        world.lot,
+        session["entered_at"].as_str().unwrap(),
+        session["exited_at"].as_str().unwrap()
+    )))
+    .await
+    .unwrap()
+    .json::<serde_json::Value>()
+    .await
+    .unwrap();
+    assert_eq!(
+        quote["amount"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
+        fee
+    );
+    assert!(fee > Decimal::ZERO, "fee {fee}");
+    assert_eq!(session["currency"], "CNY");
+
+    assert!(platform.metric("parkflow_sessions_opened_total").await >= 1.0);
+    assert!(platform.metric("parkflow_sessions_closed_total").await >= 1.0);
+    assert_eq!(
+        platform
+            .metric("parkflow_barrier_commands_total{action=\"open\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        platform.metric("parkflow_decision_seconds_count").await,
+        2.0
+    );
+    platform.stop().await;
+}
+
+async fn a_repeated_event_id_gets_the_same_command_and_no_second_session(setup: Setup) {
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+
+    let read = entry.read(world.enrolled.as_str(), Direction::Entry);
+    let first = entry.decide(&read).await;
+    entry.publish(&read).await;
+    entry.publish(&read).await;
+    eventually(WAIT, "three answers to three deliveries", || {
+        let seen = entry.commands_seen_for(&read.event_id);
+        async move { (seen >= 3).then_some(()) }
+    })
+    .await;
+    // Every answer to that event is the first command, the same command id.
+    let answers = entry.commands_for(&read.event_id);
+    assert!(answers.len() >= 3);
+    assert!(answers.iter().all(|c| c == &first), "{answers:?}");
+
+    // Another read of the same car moments later is the same read: no second session either.
+    let double = entry.read(world.enrolled.as_str(), Direction::Entry);
+    let second = entry.decide(&double).await;
+    assert_eq!(second.action, GateAction::Open);
+    assert_ne!(second.command_id, first.command_id);
+
+    eventually(WAIT, "the entry recorded", || async {
+        (session_count(&platform, &world, "open").await == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        platform.sessions(&world.lot).await.len(),
+        1,
+        "one session for one car"
+    );
+    assert_eq!(platform.metric("parkflow_sessions_opened_total").await, 1.0);
+    platform.stop().await;
+}
+
+async fn unsigned_badly_signed_and_wrong_topic_reads_are_rejected_and_counted(setup: Setup) {
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let topic = entry.plate_topic().to_string();
+
+    // Badly signed: a valid read signed with another secret.
+    let read = entry.read(world.enrolled.as_str(), Direction::Entry);
+    let forged =
+        parkflow_protocol::sign::seal(&entry.plate_topic(), &read, &entry.id, b"not-the-secret");
+    entry.publish_raw(&topic, forged).await;
+    // Wrong topic: a read signed for the exit lane, replayed on the entry lane.
+    let replayed = exit.sign(&exit.read(world.enrolled.as_str(), Direction::Entry));
+    entry.publish_raw(&topic, replayed).await;
+    // Signed by a registered camera, but for a gate it is not registered to.
+    let foreign = parkflow_protocol::sign::seal(
+        &entry.plate_topic(),
+        &read,
+        &exit.id,
+        world.device(&exit.id).1.as_bytes(),
+    );
+    entry.publish_raw(&topic, foreign).await;
+    // Unsigned plain JSON.
+    let plain_read = entry.read(world.enrolled.as_str(), Direction::Entry);
+    entry
+        .publish_raw(
+            &topic,
+            parkflow_protocol::sign::plain(&entry.plate_topic(), &plain_read),
+        )
+        .await;
+
+    let reason = |r: &str| format!("parkflow_events_rejected_total{{reason=\"{r}\"}}");
+    eventually(WAIT, "rejections counted", || async {
+        let counted = platform.metric(&reason("bad_signature")).await == 1.0
+            && platform.metric(&reason("wrong_topic")).await == 1.0
+            && platform.metric(&reason("not_registered")).await == 1.0;
+        counted.then_some(())
+    })
+    .await;
+    match setup.device_auth() {
+        DeviceAuth::Signed => {
+            eventually(WAIT, "the unsigned read rejected", || async {
+                (platform.metric(&reason("unsigned")).await == 1.0).then_some(())
+            })
+            .await;
+        }
+        // A lot whose broker enforces ACLs accepts plain JSON.
+        DeviceAuth::Broker => {
+            let command = entry.command_for(&plain_read.event_id).await;
+            assert_eq!(command.action, GateAction::Open);
+        }
+    }
+    // Ingestion goes on, and none of the rejected reads got an answer or a session.
+    let good = entry.read(world.unenrolled.as_str(), Direction::Entry);
+    assert_eq!(entry.decide(&good).await.action, GateAction::Open);
+    assert_eq!(entry.commands_seen_for(&read.event_id), 0);
+    let expected_sessions = if setup.device_auth() == DeviceAuth::Broker {
+        2
+    } else {
+        1
+    };
+    eventually(WAIT, "only accepted reads opened sessions", || async {
+        (platform.sessions(&world.lot).await.len() == expected_sessions).then_some(())
+    })
+    .await;
+    platform.stop().await;
+}
+
+async fn malformed_and_oversized_payloads_are_counted_and_ingestion_goes_on(setup: Setup) {
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let topic = entry.plate_topic().to_string();
+
+    entry.publish_raw(&topic, b"not json at all".to_vec()).await;
+    entry.publish_raw(&topic, vec![b'{'; 100_000]).await;
+    let mut wrong_types =
+        serde_json::to_value(entry.read(world.enrolled.as_str(), Direction::Entry)).unwrap();
+    wrong_types["confidence"] = serde_json::json!("high");
+    wrong_types["topic"] = serde_json::json!(topic);
+    let wrong_types = serde_json::to_vec(&wrong_types).unwrap();
+    let wrong_types = match setup.device_auth() {
+        DeviceAuth::Signed => parkflow_protocol::sign::sign(
+            &wrong_types,
+            entry.id.as_str(),
+            world.device(&entry.id).1.as_bytes(),
+        )
+        .into_bytes(),
+        DeviceAuth::Broker => wrong_types,
+    };
+    entry.publish_raw(&topic, wrong_types).await;
+    entry
+        .publish(&entry.read("not a plate!", Direction::Entry))
+        .await;
+    let unknown_lot = format!(
+        "parkflow/v1/lots/no-such-lot-{}/gates/in-1/plate",
+        world.lot
+    );
+    entry
+        .publish_raw(
+            &unknown_lot,
+            entry.encode(&entry.read(world.enrolled.as_str(), Direction::Entry)),
+        )
+        .await;
+
+    let reason = |r: &str| format!("parkflow_events_rejected_total{{reason=\"{r}\"}}");
+    eventually(WAIT, "every bad message counted", || async {
+        let counted = platform.metric(&reason("oversized")).await == 1.0
+            && platform.metric(&reason("invalid_plate")).await == 1.0
+            && platform.metric(&reason("unknown_lot")).await >= 1.0;
+        let malformed =
+            platform.metric(&reason("malformed")).await + platform.metric(&reason("bad_jws")).await;
+        (counted && malformed == 2.0).then_some(())
+    })
+    .await;
+    let good = entry.read(world.enrolled.as_str(), Direction::Entry);
+    assert_eq!(entry.decide(&good).await.action, GateAction::Open);
+    platform.stop().await;
+}
+
+async fn a_gateway_restart_between_entry_and_exit_loses_nothing(setup: Setup) {
+    let world = World::new(setup, 10);
+    let mut platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let read_in = entry.read(world.enrolled.as_str(), Direction::Entry);
+    let entered = entry.decide(&read_in).await;
+    eventually(WAIT, "the entry durable", || async {
+        (session_count(&platform, &world, "open").await == 1).then_some(())
+    })
+    .await;
+
+    drop(entry);
+    platform.restart().await;
+
+    // The camera did not hear its answer (say): it re-sends, and gets the very same command.
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    entry.publish(&read_in).await;
+    assert_eq!(
+        entry.command_for(&read_in.event_id).await.command_id,
+        entered.command_id
+    );
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let read_out = exit.read(world.enrolled.as_str(), Direction::Exit);
+    let command = exit.decide(&read_out).await;
+    assert_eq!(
+        (command.action, command.reason),
+        (GateAction::Open, GateReason::BillLater)
+    );
+    let session = eventually(WAIT, "the session closed after the restart", || async {
+        platform
+            .sessions(&world.lot)
+            .await
+            .into_iter()
+            .find(|s| s["status"] == "closed")
+    })
+    .await;
+    assert_eq!(session["entry_event_id"], read_in.event_id.as_str());
+    assert_eq!(platform.sessions(&world.lot).await.len(), 1);
+    platform.stop().await;
+}
+
+async fn a_misread_exit_plate_still_closes_the_right_session(setup: Setup) {
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    for plate in [world.enrolled.as_str(), "浙A9K327", "浙A0B811"] {
+        assert_eq!(
+            entry
+                .decide(&entry.read(plate, Direction::Entry))
+                .await
+                .action,
+            GateAction::Open
+        );
+    }
+    // 浙A0B818 read as 浙AD8818: two confusions would be too many; one (0→D) is a misread.
+    let read_out = exit.read("浙AD B818", Direction::Exit);
+    let command = exit.decide(&read_out).await;
+    assert_eq!(
+        (command.action, command.reason),
+        (GateAction::Open, GateReason::BillLater)
+    );
+    let session = eventually(WAIT, "the right session closed", || async {
+        platform
+            .sessions(&world.lot)
+            .await
+            .into_iter()
+            .find(|s| s["status"] == "closed")
+    })
+    .await;
+    assert_eq!(session["plate"], world.enrolled.as_str());
+    assert_eq!(session["exit_match"], "fuzzy");
+    assert!(session["exit_match_score"].as_f64().unwrap() >= 0.9);
+    assert_eq!(session_count(&platform, &world, "open").await, 2);
+    platform.stop().await;
+}
+
+async fn exits_without_entry_and_unpaid_stays_follow_the_rules(setup: Setup) {
+    let world = World::new(setup, 1);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+
+    // A blocked plate is held at the entry.
+    let blocked = entry
+        .decide(&entry.read(world.blocked.as_str(), Direction::Entry))
+        .await;
+    assert_eq!(
+        (blocked.action, blocked.reason),
+        (GateAction::Hold, GateReason::Blocked)
+    );
+    // The lot holds one car: the next is held as full, unless it holds a pass.
+    let earlier = Utc::now() - chrono::Duration::minutes(30);
+    assert_eq!(
+        entry
+            .decide(&entry.read_at(world.unenrolled.as_str(), Direction::Entry, earlier))
+            .await
+            .action,
+        GateAction::Open
+    );
+    let full = entry
+        .decide(&entry.read(world.suspended.as_str(), Direction::Entry))
+        .await;
+    assert_eq!(
+        (full.action, full.reason),
+        (GateAction::Hold, GateReason::LotFull)
+    );
+    let pass = entry
+        .decide(&entry.read(world.pass_holder.as_str(), Direction::Entry))
+        .await;
+    assert_eq!(
+        (pass.action, pass.reason),
+        (GateAction::Open, GateReason::PassHolder)
+    );
+
+    // A driver who is not enrolled pays at the exit: hold with the amount and where to pay.
+    let held = exit
+        .decide(&exit.read(world.unenrolled.as_str(), Direction::Exit))
+        .await;
+    assert_eq!(
+        (held.action, held.reason),
+        (GateAction::Hold, GateReason::PaymentRequired)
+    );
+    assert!(held.amount_due.unwrap() > Decimal::ZERO);
+    assert_eq!(held.currency.as_deref(), Some("CNY"));
+    assert!(held.pay_url.unwrap().contains("/pay"));
+    // A car that never entered still leaves, and the case goes to review.
+    let stranger = exit.decide(&exit.read("浙H88888", Direction::Exit)).await;
+    assert_eq!(
+        (stranger.action, stranger.reason),
+        (GateAction::Open, GateReason::ReviewLater)
+    );
+    let review = eventually(WAIT, "the exit without entry in review", || async {
+        let items = platform
+            .admin_get(&format!("/v1/review?lot={}", world.lot))
+            .await;
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["kind"] == "exit_without_entry")
+            .cloned()
+    })
+    .await;
+    assert_eq!(review["plate"], "浙H88888");
+    platform.stop().await;
+}
+
+macro_rules! scenarios {
+    ($module:ident, $database:expr, $broker:expr) => {
+        mod $module {
+            use super::*;
+
+            async fn run<F: std::future::Future<Output = ()>>(scenario: fn(Setup) -> F) {
+                if let Some(setup) = Setup::available($database, $broker) {
+                    scenario(setup).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn entry_then_exit_opens_twice_and_prices_the_session() {
+                run(super::entry_then_exit_opens_twice_and_prices_the_session).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_repeated_event_id_gets_the_same_command_and_no_second_session() {
+                run(super::a_repeated_event_id_gets_the_same_command_and_no_second_session).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn unsigned_badly_signed_and_wrong_topic_reads_are_rejected_and_counted() {
+                run(super::unsigned_badly_signed_and_wrong_topic_reads_are_rejected_and_counted)
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn malformed_and_oversized_payloads_are_counted_and_ingestion_goes_on() {
+                run(super::malformed_and_oversized_payloads_are_counted_and_ingestion_goes_on)
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_gateway_restart_between_entry_and_exit_loses_nothing() {
+                run(super::a_gateway_restart_between_entry_and_exit_loses_nothing).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_misread_exit_plate_still_closes_the_right_session() {
+                run(super::a_misread_exit_plate_still_closes_the_right_session).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exits_without_entry_and_unpaid_stays_follow_the_rules() {
+                run(super::exits_without_entry_and_unpaid_stays_follow_the_rules).await;
+            }
+        }
+    };
+}
+
+scenarios!(sqlite_embedded, Database::Sqlite, Broker::Embedded);
+scenarios!(postgres_embedded, Database::Postgres, Broker::Embedded);
+scenarios!(sqlite_mosquitto, Database::Sqlite, Broker::Mosquitto);
