@@ -31,7 +31,7 @@ pub struct Demo {
 /// the grace period is 0 or 1 minute and a first-unit price applies; the night band is capped,
 /// days are capped, 1 October is free and green plates pay half.
 pub fn demo_tariff(i: usize) -> TariffDefinition {
-    let grace = if i % 2 == 0 { 0 } else { 1 };
+    let grace = if i.is_multiple_of(2) { 0 } else { 1 };
     let unit = if i % 3 == 2 { 30 } else { 15 };
     let json = format!(
         r#"{{"currency": "CNY", "time_zone": "Asia/Shanghai", "grace_minutes": {grace}, "unit_minutes": {unit},

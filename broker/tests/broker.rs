@@ -1,5 +1,7 @@
 //! The embedded broker, driven by a real MQTT client over loopback.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;

@@ -412,16 +412,14 @@ fn exit(
         review_threshold: config.review_threshold,
     });
     let mut command = command(read, decision.action, decision.reason);
-    if decision.action == GateAction::Hold {
-        if let (Some((_, money)), Some(session)) = (&fee, &session) {
-            command.amount_due = Some(money.amount());
-            command.currency = Some(money.currency().as_str().to_owned());
-            command.pay_url = Some(format!(
-                "{}/v1/sessions/{}/pay",
-                config.public_url.trim_end_matches('/'),
-                session.id
-            ));
-        }
+    if let (GateAction::Hold, Some((_, money)), Some(session)) = (decision.action, &fee, &session) {
+        command.amount_due = Some(money.amount());
+        command.currency = Some(money.currency().as_str().to_owned());
+        command.pay_url = Some(format!(
+            "{}/v1/sessions/{}/pay",
+            config.public_url.trim_end_matches('/'),
+            session.id
+        ));
     }
 
     let mut writes = Vec::new();

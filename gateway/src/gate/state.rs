@@ -9,13 +9,16 @@ use uuid::Uuid;
 use super::decide::Standing;
 use crate::session::OpenSession;
 
+/// When a pass is valid: `[from, until)`.
+pub type Validity = (DateTime<Utc>, DateTime<Utc>);
+
 /// A lot's share of the state.
 #[derive(Debug, Default)]
 pub struct LotState {
     /// Open sessions by plate: at most one per plate and lot.
     pub open: HashMap<Plate, OpenSession>,
     pub blocked: HashSet<Plate>,
-    pub passes: HashMap<Plate, Vec<(DateTime<Utc>, DateTime<Utc>)>>,
+    pub passes: HashMap<Plate, Vec<Validity>>,
 }
 
 impl LotState {

@@ -159,14 +159,14 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
             secret: row.secret,
             revoked: row.revoked_at.is_some(),
         };
-        if device.kind == DeviceKind::GateCamera && !device.revoked {
-            if let (Some(lot), Some(gate_id)) = (&device.lot, &device.gate) {
-                let position = lot_index
-                    .get(lot.as_str())
-                    .and_then(|idx| gate_position.get(&(*idx, gate_id.clone())));
-                if let Some(position) = position {
-                    gates[*position].camera = Some(device.id.clone());
-                }
+        if let (DeviceKind::GateCamera, false, Some(lot), Some(gate_id)) =
+            (device.kind, device.revoked, &device.lot, &device.gate)
+        {
+            let position = lot_index
+                .get(lot.as_str())
+                .and_then(|idx| gate_position.get(&(*idx, gate_id.clone())));
+            if let Some(position) = position {
+                gates[*position].camera = Some(device.id.clone());
             }
         }
         devices.push(device);

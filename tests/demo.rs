@@ -1,0 +1,95 @@
+//! The README's first command: `parkflow run --demo` brings up a demo city whose simulated traffic
+//! opens and closes priced sessions within a minute, visible in `/metrics`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, free_addr};
+
+/// Kills the demo when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_opens_and_closes_priced_sessions_within_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices.json");
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_parkflow"))
+            .args([
+                "run",
+                "--demo",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+            ])
+            .arg(free_addr().to_string())
+            .arg("--database-url")
+            .arg(format!("sqlite:{}", dir.path().join("demo.db").display()))
+            .arg("--demo-devices")
+            .arg(&devices)
+            .env("PARKFLOW_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("parkflow runs"),
+    );
+    let stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let mut http = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("HTTP API") {
+            let url = rest.split_whitespace().next().unwrap();
+            http = Some(url.trim_end_matches("/v1/").to_owned());
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let http = http.expect("the demo prints its HTTP address");
+
+    // The devices file lets an outside device join: every lot leaves a camera unsimulated.
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&devices).unwrap()).unwrap();
+    let entries = file["devices"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|d| d["simulated"] == false && d["kind"] == "gate_camera")
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|d| d["secret"].as_str().is_some_and(|s| s.len() >= 32))
+    );
+
+    let closed = eventually(
+        Duration::from_secs(90),
+        "closed sessions in /metrics",
+        || {
+            let url = format!("{http}/metrics");
+            async move {
+                let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+                let value = |name: &str| -> f64 {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                        .unwrap_or(0.0)
+                };
+                let closed = value("parkflow_sessions_closed_total");
+                (closed >= 1.0 && value("parkflow_fees_minor_units_total") > 0.0).then_some(closed)
+            }
+        },
+    )
+    .await;
+    assert!(closed >= 1.0);
+}
