@@ -25,6 +25,26 @@ pub struct Cli {
 pub enum Command {
     /// Run the platform (embedded broker and SQLite unless told otherwise).
     Run(RunArgs),
+    /// Measure a scenario beside its baseline (see BENCHMARKS.md).
+    Bench(BenchArgs),
+}
+
+/// `parkflow bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The benchmark scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Plate read → barrier command round trip, beside a dumb echo client.
+    Barrier {
+        /// Reads to time (after a warm-up of a tenth as many).
+        #[arg(long, default_value_t = 2_000)]
+        reads: usize,
+    },
 }
 
 /// `parkflow run`.

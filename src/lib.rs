@@ -1,6 +1,7 @@
 //! The `parkflow` binary's library: composes the embedded broker, the gateway and the demo city
 //! into one platform. `main.rs` parses the command line; tests start a [`Platform`] directly.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod platform;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use parkflow::config::{Cli, Command, RunArgs};
+use parkflow::config::{Cli, Command, RunArgs, Scenario};
 use parkflow::demo::Demo;
 use parkflow::{MqttSetup, Platform, PlatformConfig};
 use parkflow_gateway::gate::actor::DecisionConfig;
@@ -57,6 +57,9 @@ fn main() -> ExitCode {
             }
             runtime.block_on(run(args))
         }
+        Command::Bench(args) => match args.scenario {
+            Scenario::Barrier { reads } => runtime.block_on(parkflow::bench::barrier::run(reads)),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

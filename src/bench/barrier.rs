@@ -1,0 +1,238 @@
+//! `parkflow bench barrier`: a camera's plate read → barrier command round trip through the whole
+//! platform (embedded broker, ingest, decision, signing, group commit on SQLite), beside the same
+//! camera answered by a dumb echo client on the same embedded broker.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker};
+use parkflow_gateway::gate::actor::DecisionConfig;
+use parkflow_gateway::registry::{DeviceKind as RegistryDeviceKind, GateDirection, LotKind};
+use parkflow_gateway::store::provision::{DevicePlan, DriverPlan, LotPlan, OperatorPlan, Plan};
+use parkflow_protocol::sign::{open, seal};
+use parkflow_protocol::{
+    DeviceAuth, DeviceId, Direction, GateAction, GateCommand, GateId, GatePlateRead, GateReason, LotId, PlateColor, Topic,
+};
+use parkflow_sensors_sim::camera::{self, CameraConfig, CameraHandle, Sighting};
+use parkflow_sensors_sim::city::random_plate;
+use parkflow_sensors_sim::{DeviceEntry, DeviceKind, Stats};
+use rand::SeedableRng;
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Latency, ratio};
+use crate::demo::demo_tariff;
+use crate::platform::random_secret;
+use crate::{MqttSetup, Platform, PlatformConfig};
+
+/// Plates driving in and out during the run.
+const PLATES: usize = 200;
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+struct Fixture {
+    lot: LotId,
+    gate: GateId,
+    camera: DeviceEntry,
+    plates: Vec<String>,
+}
+
+impl Fixture {
+    fn new() -> anyhow::Result<Self> {
+        let lot = LotId::parse("bench-lot")?;
+        let gate = GateId::parse("lane-1")?;
+        let id = DeviceId::parse("cam-bench")?;
+        let camera = DeviceEntry {
+            id: id.clone(),
+            kind: DeviceKind::GateCamera,
+            lot: lot.clone(),
+            gate: Some(gate.clone()),
+            bay: None,
+            mqtt_username: id.to_string(),
+            mqtt_password: random_secret(),
+            secret: random_secret(),
+            simulated: true,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut plates: Vec<String> = (0..PLATES).map(|_| random_plate(&mut rng, false).as_str().to_owned()).collect();
+        plates.sort();
+        plates.dedup();
+        Ok(Self { lot, gate, camera, plates })
+    }
+
+    fn plan(&self) -> Plan {
+        Plan {
+            operators: vec![OperatorPlan { id: "bench".into(), name: "Bench".into() }],
+            lots: vec![LotPlan {
+                id: self.lot.clone(),
+                operator_id: "bench".into(),
+                name: "Bench lot".into(),
+                kind: LotKind::OffStreet,
+                lat: 30.0,
+                lon: 120.0,
+                capacity: 10_000,
+                time_zone: "Asia/Shanghai".into(),
+                device_auth: DeviceAuth::Signed,
+                gates: vec![(self.gate.clone(), GateDirection::Both)],
+                bays: Vec::new(),
+                tariffs: vec![demo_tariff(0)],
+            }],
+            devices: vec![DevicePlan {
+                id: self.camera.id.clone(),
+                kind: RegistryDeviceKind::GateCamera,
+                lot: Some(self.lot.clone()),
+                gate: Some(self.gate.clone()),
+                bay: None,
+                mqtt_username: self.camera.mqtt_username.clone(),
+                mqtt_password: self.camera.mqtt_password.clone(),
+                secret: self.camera.secret.clone(),
+            }],
+            drivers: self
+                .plates
+                .iter()
+                .map(|plate| DriverPlan {
+                    id: Uuid::new_v4(),
+                    name: "Bench driver".into(),
+                    suspended: false,
+                    plates: parkflow_protocol::Plate::parse(plate).ok().into_iter().map(|p| (p, Some(PlateColor::Blue))).collect(),
+                })
+                .collect(),
+            ..Plan::default()
+        }
+    }
+}
+
+/// Sends `reads` reads one after another (each plate in, then out) and times each round trip.
+async fn drive(camera: &CameraHandle, plates: &[String], reads: usize, warmup: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(reads);
+    for i in 0..warmup + reads {
+        let plate = &plates[i % plates.len()];
+        let direction = if (i / plates.len()) % 2 == 0 { Direction::Entry } else { Direction::Exit };
+        let sighting = Sighting {
+            plate: plate.clone(),
+            plate_color: Some(PlateColor::Blue),
+            confidence: 0.97,
+            direction,
+            observed_at: Utc::now(),
+        };
+        let started = Instant::now();
+        let command = camera.read(sighting).await.context("a read went unanswered")?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(command.action == GateAction::Open, "unexpected {:?} ({:?})", command.action, command.reason);
+        if i >= warmup {
+            samples.push(elapsed);
+        }
+    }
+    Ok(samples)
+}
+
+struct AllowAll;
+
+impl Authenticator for AllowAll {
+    fn authenticate(&self, _: &str, _: &str, _: &str) -> bool {
+        true
+    }
+}
+
+/// Answers every plate read at once with a signed `open`: the floor of what any platform can do.
+async fn echo(host: String, port: u16, fixture: Arc<Fixture>, token: CancellationToken) {
+    let mut options = MqttOptions::new("echo", host, port);
+    options.set_credentials("echo", "echo");
+    let (client, mut eventloop) = AsyncClient::new(options, 1_000);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    let plate_topic = Topic::GatePlate { lot: fixture.lot.clone(), gate: fixture.gate.clone() };
+    let command_topic = Topic::GateCommand { lot: fixture.lot.clone(), gate: fixture.gate.clone() };
+    loop {
+        let event = tokio::select! {
+            () = token.cancelled() => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let _ = client.try_subscribe(plate_topic.to_string(), QoS::AtLeastOnce);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let secret = fixture.camera.secret.clone();
+                let Ok(read) = open::<GatePlateRead, _>(&publish.payload, &publish.topic, DeviceAuth::Signed, |_| Some(secret)) else {
+                    continue;
+                };
+                let command = GateCommand {
+                    command_id: Uuid::now_v7(),
+                    event_id: read.body.event_id,
+                    action: GateAction::Open,
+                    reason: GateReason::Entered,
+                    issued_at: Utc::now(),
+                    amount_due: None,
+                    currency: None,
+                    pay_url: None,
+                };
+                let payload = seal(&command_topic, &command, &fixture.camera.id, fixture.camera.secret.as_bytes());
+                let _ = client.try_publish(command_topic.to_string(), QoS::AtLeastOnce, false, payload);
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Runs the scenario and prints its figures.
+pub async fn run(reads: usize) -> anyhow::Result<()> {
+    let warmup = (reads / 10).max(20);
+    let fixture = Arc::new(Fixture::new()?);
+    let stats = Arc::new(Stats::default());
+    println!("scenario=barrier reads={reads} warmup={warmup} database=sqlite broker=embedded");
+
+    // ParkFlow.
+    let dir = std::env::temp_dir().join(format!("parkflow-bench-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let mqtt_listen = free_addr()?;
+    let platform = Platform::build(PlatformConfig {
+        http_listen: "127.0.0.1:0".parse()?,
+        database_url: format!("sqlite:{}", dir.join("bench.db").display()),
+        mqtt: MqttSetup::Embedded { listen: mqtt_listen },
+        mqtt_client_id: "parkflow-bench".into(),
+        admin_key: None,
+        decisions: DecisionConfig::default(),
+    })
+    .await?;
+    platform.provision(&fixture.plan()).await?;
+    let token = CancellationToken::new();
+    let running = tokio::spawn(platform.run(token.clone()));
+    let camera_token = token.child_token();
+    let config = CameraConfig::new(mqtt_listen.ip().to_string(), mqtt_listen.port(), DeviceAuth::Signed);
+    let camera = camera::spawn(fixture.camera.clone(), config.clone(), stats.clone(), camera_token.clone());
+    let mut parkflow = drive(&camera, &fixture.plates, reads, warmup).await?;
+    camera_token.cancel();
+    token.cancel();
+    running.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    let parkflow = Latency::of(&mut parkflow);
+    println!("{}", parkflow.line("parkflow"));
+
+    // The echo baseline on the same broker.
+    let echo_listen = free_addr()?;
+    let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(BrokerConfig::new(echo_listen, Arc::new(AllowAll)))).await??;
+    let echo_token = CancellationToken::new();
+    let responder = tokio::spawn(echo(echo_listen.ip().to_string(), echo_listen.port(), fixture.clone(), echo_token.clone()));
+    let config = CameraConfig::new(echo_listen.ip().to_string(), echo_listen.port(), DeviceAuth::Signed);
+    let camera = camera::spawn(fixture.camera.clone(), config, stats.clone(), echo_token.clone());
+    let mut baseline = drive(&camera, &fixture.plates, reads, warmup).await?;
+    echo_token.cancel();
+    let _ = responder.await;
+    broker.stop();
+    let baseline = Latency::of(&mut baseline);
+    println!("{}", baseline.line("echo"));
+    println!("camera {}", stats.summary());
+
+    println!("{}", ratio("barrier_p99_vs_echo", parkflow.p99 / baseline.p99, 1.5, true));
+    println!("{}", ratio("barrier_p99_ms", parkflow.p99, 10.0, true));
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! `parkflow bench <scenario>`: each scenario runs the real path and a baseline back to back in one
+//! invocation, prints one `key=value` line per figure, then `ratio=<name> value=<x> goal=<y> pass|fail`.
+//! Figures are for BENCHMARKS.md; nothing here is a test.
+
+pub mod barrier;
+
+use std::time::Duration;
+
+/// Percentiles of a sample of durations, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn of(samples: &mut [Duration]) -> Self {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            samples.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1_000.0)
+        };
+        Self { p50: at(0.5), p99: at(0.99), p999: at(0.999), max: at(1.0) }
+    }
+
+    /// `prefix_p50_ms=… prefix_p99_ms=… …`
+    pub fn line(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}_p50_ms={:.3} {prefix}_p99_ms={:.3} {prefix}_p999_ms={:.3} {prefix}_max_ms={:.3}",
+            self.p50, self.p99, self.p999, self.max
+        )
+    }
+}
+
+/// The closing line of a figure compared with its goal.
+pub fn ratio(name: &str, value: f64, goal: f64, lower_is_better: bool) -> String {
+    let pass = if lower_is_better { value <= goal } else { value >= goal };
+    format!("ratio={name} value={value:.3} goal={goal} {}", if pass { "pass" } else { "fail" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_the_sorted_sample() {
+        let mut samples: Vec<Duration> = (1..=1000).rev().map(Duration::from_millis).collect();
+        let latency = Latency::of(&mut samples);
+        assert_eq!((latency.p50.round(), latency.p99.round(), latency.max), (501.0, 990.0, 1000.0));
+    }
+
+    #[test]
+    fn a_ratio_passes_on_the_right_side_of_its_goal() {
+        assert!(ratio("x", 1.2, 1.5, true).ends_with("pass"));
+        assert!(ratio("x", 1.6, 1.5, true).ends_with("fail"));
+        assert!(ratio("x", 0.8, 0.7, false).ends_with("pass"));
+    }
+}
