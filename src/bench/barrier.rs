@@ -14,7 +14,8 @@ use parkflow_gateway::registry::{DeviceKind as RegistryDeviceKind, GateDirection
 use parkflow_gateway::store::provision::{DevicePlan, DriverPlan, LotPlan, OperatorPlan, Plan};
 use parkflow_protocol::sign::{open, seal};
 use parkflow_protocol::{
-    DeviceAuth, DeviceId, Direction, GateAction, GateCommand, GateId, GatePlateRead, GateReason, LotId, PlateColor, Topic,
+    DeviceAuth, DeviceId, Direction, GateAction, GateCommand, GateId, GatePlateRead, GateReason,
+    LotId, PlateColor, Topic,
 };
 use parkflow_sensors_sim::camera::{self, CameraConfig, CameraHandle, Sighting};
 use parkflow_sensors_sim::city::random_plate;
@@ -60,15 +61,25 @@ impl Fixture {
             simulated: true,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let mut plates: Vec<String> = (0..PLATES).map(|_| random_plate(&mut rng, false).as_str().to_owned()).collect();
+        let mut plates: Vec<String> = (0..PLATES)
+            .map(|_| random_plate(&mut rng, false).as_str().to_owned())
+            .collect();
         plates.sort();
         plates.dedup();
-        Ok(Self { lot, gate, camera, plates })
+        Ok(Self {
+            lot,
+            gate,
+            camera,
+            plates,
+        })
     }
 
     fn plan(&self) -> Plan {
         Plan {
-            operators: vec![OperatorPlan { id: "bench".into(), name: "Bench".into() }],
+            operators: vec![OperatorPlan {
+                id: "bench".into(),
+                name: "Bench".into(),
+            }],
             lots: vec![LotPlan {
                 id: self.lot.clone(),
                 operator_id: "bench".into(),
@@ -100,7 +111,11 @@ impl Fixture {
                     id: Uuid::new_v4(),
                     name: "Bench driver".into(),
                     suspended: false,
-                    plates: parkflow_protocol::Plate::parse(plate).ok().into_iter().map(|p| (p, Some(PlateColor::Blue))).collect(),
+                    plates: parkflow_protocol::Plate::parse(plate)
+                        .ok()
+                        .into_iter()
+                        .map(|p| (p, Some(PlateColor::Blue)))
+                        .collect(),
                 })
                 .collect(),
             ..Plan::default()
@@ -109,11 +124,20 @@ impl Fixture {
 }
 
 /// Sends `reads` reads one after another (each plate in, then out) and times each round trip.
-async fn drive(camera: &CameraHandle, plates: &[String], reads: usize, warmup: usize) -> anyhow::Result<Vec<Duration>> {
+async fn drive(
+    camera: &CameraHandle,
+    plates: &[String],
+    reads: usize,
+    warmup: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(reads);
     for i in 0..warmup + reads {
         let plate = &plates[i % plates.len()];
-        let direction = if (i / plates.len()) % 2 == 0 { Direction::Entry } else { Direction::Exit };
+        let direction = if (i / plates.len()) % 2 == 0 {
+            Direction::Entry
+        } else {
+            Direction::Exit
+        };
         let sighting = Sighting {
             plate: plate.clone(),
             plate_color: Some(PlateColor::Blue),
@@ -122,9 +146,17 @@ async fn drive(camera: &CameraHandle, plates: &[String], reads: usize, warmup: u
             observed_at: Utc::now(),
         };
         let started = Instant::now();
-        let command = camera.read(sighting).await.context("a read went unanswered")?;
+        let command = camera
+            .read(sighting)
+            .await
+            .context("a read went unanswered")?;
         let elapsed = started.elapsed();
-        anyhow::ensure!(command.action == GateAction::Open, "unexpected {:?} ({:?})", command.action, command.reason);
+        anyhow::ensure!(
+            command.action == GateAction::Open,
+            "unexpected {:?} ({:?})",
+            command.action,
+            command.reason
+        );
         if i >= warmup {
             samples.push(elapsed);
         }
@@ -148,8 +180,14 @@ async fn echo(host: String, port: u16, fixture: Arc<Fixture>, token: Cancellatio
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     eventloop.set_network_options(network);
-    let plate_topic = Topic::GatePlate { lot: fixture.lot.clone(), gate: fixture.gate.clone() };
-    let command_topic = Topic::GateCommand { lot: fixture.lot.clone(), gate: fixture.gate.clone() };
+    let plate_topic = Topic::GatePlate {
+        lot: fixture.lot.clone(),
+        gate: fixture.gate.clone(),
+    };
+    let command_topic = Topic::GateCommand {
+        lot: fixture.lot.clone(),
+        gate: fixture.gate.clone(),
+    };
     loop {
         let event = tokio::select! {
             () = token.cancelled() => break,
@@ -161,7 +199,12 @@ async fn echo(host: String, port: u16, fixture: Arc<Fixture>, token: Cancellatio
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let secret = fixture.camera.secret.clone();
-                let Ok(read) = open::<GatePlateRead, _>(&publish.payload, &publish.topic, DeviceAuth::Signed, |_| Some(secret)) else {
+                let Ok(read) = open::<GatePlateRead, _>(
+                    &publish.payload,
+                    &publish.topic,
+                    DeviceAuth::Signed,
+                    |_| Some(secret),
+                ) else {
                     continue;
                 };
                 let command = GateCommand {
@@ -174,8 +217,14 @@ async fn echo(host: String, port: u16, fixture: Arc<Fixture>, token: Cancellatio
                     currency: None,
                     pay_url: None,
                 };
-                let payload = seal(&command_topic, &command, &fixture.camera.id, fixture.camera.secret.as_bytes());
-                let _ = client.try_publish(command_topic.to_string(), QoS::AtLeastOnce, false, payload);
+                let payload = seal(
+                    &command_topic,
+                    &command,
+                    &fixture.camera.id,
+                    fixture.camera.secret.as_bytes(),
+                );
+                let _ =
+                    client.try_publish(command_topic.to_string(), QoS::AtLeastOnce, false, payload);
             }
             Ok(_) => {}
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -197,7 +246,9 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
     let platform = Platform::build(PlatformConfig {
         http_listen: "127.0.0.1:0".parse()?,
         database_url: format!("sqlite:{}", dir.join("bench.db").display()),
-        mqtt: MqttSetup::Embedded { listen: mqtt_listen },
+        mqtt: MqttSetup::Embedded {
+            listen: mqtt_listen,
+        },
         mqtt_client_id: "parkflow-bench".into(),
         admin_key: None,
         decisions: DecisionConfig::default(),
@@ -207,8 +258,17 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let running = tokio::spawn(platform.run(token.clone()));
     let camera_token = token.child_token();
-    let config = CameraConfig::new(mqtt_listen.ip().to_string(), mqtt_listen.port(), DeviceAuth::Signed);
-    let camera = camera::spawn(fixture.camera.clone(), config.clone(), stats.clone(), camera_token.clone());
+    let config = CameraConfig::new(
+        mqtt_listen.ip().to_string(),
+        mqtt_listen.port(),
+        DeviceAuth::Signed,
+    );
+    let camera = camera::spawn(
+        fixture.camera.clone(),
+        config.clone(),
+        stats.clone(),
+        camera_token.clone(),
+    );
     let mut parkflow = drive(&camera, &fixture.plates, reads, warmup).await?;
     camera_token.cancel();
     token.cancel();
@@ -219,11 +279,28 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
 
     // The echo baseline on the same broker.
     let echo_listen = free_addr()?;
-    let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(BrokerConfig::new(echo_listen, Arc::new(AllowAll)))).await??;
+    let broker = tokio::task::spawn_blocking(move || {
+        EmbeddedBroker::start(BrokerConfig::new(echo_listen, Arc::new(AllowAll)))
+    })
+    .await??;
     let echo_token = CancellationToken::new();
-    let responder = tokio::spawn(echo(echo_listen.ip().to_string(), echo_listen.port(), fixture.clone(), echo_token.clone()));
-    let config = CameraConfig::new(echo_listen.ip().to_string(), echo_listen.port(), DeviceAuth::Signed);
-    let camera = camera::spawn(fixture.camera.clone(), config, stats.clone(), echo_token.clone());
+    let responder = tokio::spawn(echo(
+        echo_listen.ip().to_string(),
+        echo_listen.port(),
+        fixture.clone(),
+        echo_token.clone(),
+    ));
+    let config = CameraConfig::new(
+        echo_listen.ip().to_string(),
+        echo_listen.port(),
+        DeviceAuth::Signed,
+    );
+    let camera = camera::spawn(
+        fixture.camera.clone(),
+        config,
+        stats.clone(),
+        echo_token.clone(),
+    );
     let mut baseline = drive(&camera, &fixture.plates, reads, warmup).await?;
     echo_token.cancel();
     let _ = responder.await;
@@ -232,7 +309,15 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
     println!("{}", baseline.line("echo"));
     println!("camera {}", stats.summary());
 
-    println!("{}", ratio("barrier_p99_vs_echo", parkflow.p99 / baseline.p99, 1.5, true));
+    println!(
+        "{}",
+        ratio(
+            "barrier_p99_vs_echo",
+            parkflow.p99 / baseline.p99,
+            1.5,
+            true
+        )
+    );
     println!("{}", ratio("barrier_p99_ms", parkflow.p99, 10.0, true));
     Ok(())
 }

@@ -20,9 +20,16 @@ impl Latency {
         samples.sort_unstable();
         let at = |q: f64| {
             let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-            samples.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1_000.0)
+            samples
+                .get(i)
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1_000.0)
         };
-        Self { p50: at(0.5), p99: at(0.99), p999: at(0.999), max: at(1.0) }
+        Self {
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: at(1.0),
+        }
     }
 
     /// `prefix_p50_ms=… prefix_p99_ms=… …`
@@ -36,8 +43,15 @@ impl Latency {
 
 /// The closing line of a figure compared with its goal.
 pub fn ratio(name: &str, value: f64, goal: f64, lower_is_better: bool) -> String {
-    let pass = if lower_is_better { value <= goal } else { value >= goal };
-    format!("ratio={name} value={value:.3} goal={goal} {}", if pass { "pass" } else { "fail" })
+    let pass = if lower_is_better {
+        value <= goal
+    } else {
+        value >= goal
+    };
+    format!(
+        "ratio={name} value={value:.3} goal={goal} {}",
+        if pass { "pass" } else { "fail" }
+    )
 }
 
 #[cfg(test)]
@@ -48,7 +62,10 @@ mod tests {
     fn percentiles_come_from_the_sorted_sample() {
         let mut samples: Vec<Duration> = (1..=1000).rev().map(Duration::from_millis).collect();
         let latency = Latency::of(&mut samples);
-        assert_eq!((latency.p50.round(), latency.p99.round(), latency.max), (501.0, 990.0, 1000.0));
+        assert_eq!(
+            (latency.p50.round(), latency.p99.round(), latency.max),
+            (501.0, 990.0, 1000.0)
+        );
     }
 
     #[test]

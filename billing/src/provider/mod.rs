@@ -1,0 +1,148 @@
+//! The boundary to payment providers (SPEC §4, deferred payment): after a driver has left, the fee
+//! is debited from the driver's payment account through a [`PaymentProvider`].
+//!
+//! Every debit carries an idempotency key, and the contract that makes retries safe is the
+//! provider's: a key is charged at most once, whatever happens on the wire. So the caller's rules are
+//! few:
+//! - [`DebitOutcome::Succeeded`] and [`DebitOutcome::Declined`] are final.
+//! - [`DebitOutcome::Pending`]: the provider accepted the debit and confirms later; ask
+//!   [`PaymentProvider::status`] again, or wait for a [`Callback`].
+//! - [`DebitOutcome::Unknown`]: no answer; the money may or may not have moved. Retry with the same
+//!   key (or ask `status`), never with a new one.
+//!
+//! Real providers (Alipay, WeChat Pay, a bank) implement the trait; [`SimulatedProvider`] ships
+//! with ParkFlow for the demo, the tests and the benchmarks, and injects faults on demand.
+
+mod simulated;
+
+use std::future::Future;
+
+use crate::money::Money;
+
+pub use simulated::{
+    CALLBACK_CAPACITY, FaultConfig, FaultConfigError, INSUFFICIENT_FUNDS, ISSUER_DECLINED,
+    KEY_REUSED, NON_POSITIVE_AMOUNT, SimulatedProvider,
+};
+
+/// What to debit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Debit {
+    /// Charged at most once: the same key again never moves money again.
+    pub idempotency_key: String,
+    /// The driver's payment account token.
+    pub account: String,
+    pub amount: Money,
+    /// What the driver sees on the statement.
+    pub description: String,
+}
+
+/// What the provider said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DebitOutcome {
+    /// The money moved; `provider_ref` is the provider's reference for reconciliation.
+    Succeeded { provider_ref: String },
+    /// No money moved, and none will under this key.
+    Declined { reason: String },
+    /// Accepted; the result comes later (a late confirmation): ask `status` again, or wait for a
+    /// callback.
+    Pending,
+    /// No answer (timeout, connection lost): the debit may or may not have happened. Retry with
+    /// the same key.
+    Unknown,
+}
+
+impl DebitOutcome {
+    /// Whether this outcome can no longer change (succeeded or declined).
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::Succeeded { .. } | Self::Declined { .. })
+    }
+}
+
+/// Where one debit stands in the provider's own books.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordStatus {
+    Succeeded,
+    Declined,
+    Pending,
+}
+
+/// The provider's own record of one debit, for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRecord {
+    pub idempotency_key: String,
+    pub account: String,
+    pub amount: Money,
+    pub status: RecordStatus,
+    /// The provider's reference, assigned when it recorded the debit (whatever its status).
+    pub provider_ref: String,
+}
+
+/// A provider's asynchronous notice about a debit (may arrive twice, or late).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    pub idempotency_key: String,
+    pub outcome: DebitOutcome,
+}
+
+/// A payment provider: debits by idempotency key, answers status queries, and lists its records.
+/// Used by static dispatch (a generic parameter); every future it returns is `Send`, so a worker
+/// can spawn it.
+pub trait PaymentProvider: Send + Sync + 'static {
+    /// A short name for accounts and logs ("simulated").
+    fn name(&self) -> &'static str;
+
+    /// Debits once per idempotency key: the same key again returns the first debit's (current)
+    /// outcome and never charges twice; the same key with a different amount or account is
+    /// `Declined { reason: "idempotency key reused" }`.
+    fn debit(&self, debit: &Debit) -> impl Future<Output = DebitOutcome> + Send;
+
+    /// The current outcome of a debit made earlier under `key` (`Unknown` if the provider never
+    /// saw it).
+    fn status(&self, key: &str) -> impl Future<Output = DebitOutcome> + Send;
+
+    /// Every debit the provider recorded (for reconciliation).
+    fn records(&self) -> impl Future<Output = Vec<ProviderRecord>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Currency;
+
+    /// What a billing worker does: hand the provider to a spawned task through a generic
+    /// parameter, which needs every future of the trait to be `Send`.
+    async fn debit_in_a_task<P: PaymentProvider + Clone>(provider: P, debit: Debit) -> DebitOutcome {
+        tokio::spawn(async move { provider.debit(&debit).await })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_provider_can_be_driven_from_a_spawned_task() {
+        let provider = SimulatedProvider::default();
+        let debit = Debit {
+            idempotency_key: "session-1".to_owned(),
+            account: "acct-1".to_owned(),
+            amount: Money::from_minor(500, Currency::CNY),
+            description: "parking".to_owned(),
+        };
+        let outcome = debit_in_a_task(provider.clone(), debit).await;
+        assert!(matches!(outcome, DebitOutcome::Succeeded { .. }));
+        assert_eq!(provider.status("session-1").await, outcome);
+        assert_eq!(provider.name(), "simulated");
+    }
+
+    #[test]
+    fn only_succeeded_and_declined_are_final() {
+        let succeeded = DebitOutcome::Succeeded {
+            provider_ref: "r".to_owned(),
+        };
+        let declined = DebitOutcome::Declined {
+            reason: "no".to_owned(),
+        };
+        assert!(succeeded.is_final());
+        assert!(declined.is_final());
+        assert!(!DebitOutcome::Pending.is_final());
+        assert!(!DebitOutcome::Unknown.is_final());
+    }
+}
