@@ -1,8 +1,20 @@
-//! The money side's pure core: money (currencies, amounts, the one rounding rule), tariffs (the
-//! definition operators send, its validation) and fees (SPEC §4's definition of what a stay costs).
-//! No IO, no clock: everything here is a plain function over plain data.
+//! The money side of ParkFlow (SPEC §4).
+//!
+//! Pure core: money (currencies, amounts, the one rounding rule), tariffs and fees, journal
+//! entries. Around it, the work that touches the database and the payment provider: charging
+//! (exactly one charge per closed session, collected with idempotency keys), arrears (invoices,
+//! reminders, suspension), payments through the API, settlement and reconciliation, and the audit
+//! of every invariant.
 
+pub mod arrears;
+pub mod audit;
+pub mod charging;
+pub mod ledger;
+pub mod lots;
 pub mod money;
+pub mod payments;
+pub mod provider;
+pub mod settlement;
 pub mod tariff;
 
 pub use money::{Currency, Money, MoneyError};

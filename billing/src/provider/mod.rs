@@ -13,16 +13,16 @@
 //! Real providers (Alipay, WeChat Pay, a bank) implement the trait; [`SimulatedProvider`] ships
 //! with ParkFlow for the demo, the tests and the benchmarks, and injects faults on demand.
 
-mod simulated;
+pub mod simulated;
 
 use std::future::Future;
 
 use crate::money::Money;
 
-pub use simulated::{
-    CALLBACK_CAPACITY, FaultConfig, FaultConfigError, INSUFFICIENT_FUNDS, ISSUER_DECLINED,
-    KEY_REUSED, NON_POSITIVE_AMOUNT, SimulatedProvider,
-};
+pub use simulated::{FaultConfig, FaultConfigError, SimulatedProvider};
+
+/// The reason every provider gives when a key comes back with another amount or account.
+pub const KEY_REUSED: &str = "idempotency key reused";
 
 /// What to debit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,8 @@ pub struct Debit {
 pub enum DebitOutcome {
     /// The money moved; `provider_ref` is the provider's reference for reconciliation.
     Succeeded { provider_ref: String },
-    /// No money moved, and none will under this key.
+    /// This request moved no money and never will. With [`KEY_REUSED`] it was refused outright,
+    /// and the key's first debit stands as it was (ask `status`).
     Declined { reason: String },
     /// Accepted; the result comes later (a late confirmation): ask `status` again, or wait for a
     /// callback.
@@ -93,7 +94,7 @@ pub trait PaymentProvider: Send + Sync + 'static {
 
     /// Debits once per idempotency key: the same key again returns the first debit's (current)
     /// outcome and never charges twice; the same key with a different amount or account is
-    /// `Declined { reason: "idempotency key reused" }`.
+    /// `Declined { reason: "idempotency key reused" }` ([`KEY_REUSED`]).
     fn debit(&self, debit: &Debit) -> impl Future<Output = DebitOutcome> + Send;
 
     /// The current outcome of a debit made earlier under `key` (`Unknown` if the provider never
@@ -111,7 +112,10 @@ mod tests {
 
     /// What a billing worker does: hand the provider to a spawned task through a generic
     /// parameter, which needs every future of the trait to be `Send`.
-    async fn debit_in_a_task<P: PaymentProvider + Clone>(provider: P, debit: Debit) -> DebitOutcome {
+    async fn debit_in_a_task<P: PaymentProvider + Clone>(
+        provider: P,
+        debit: Debit,
+    ) -> DebitOutcome {
         tokio::spawn(async move { provider.debit(&debit).await })
             .await
             .unwrap()

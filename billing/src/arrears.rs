@@ -1,0 +1,230 @@
+//! Arrears (SPEC §4): a debit that failed becomes an invoice due within the payment window, with
+//! reminders in a notification outbox; an invoice unpaid past its due time suspends the driver
+//! (no leave-first privilege: the gateway holds their exits) until the debt is paid.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parkflow_db::{Db, StoreError, db_time, on_db};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Standing changes waiting for the gateway.
+pub const STANDING_CHANNEL_CAPACITY: usize = 10_000;
+
+/// An invoice about to be opened.
+#[derive(Debug, Clone)]
+pub struct NewInvoice {
+    pub id: Uuid,
+    pub charge_id: Uuid,
+    pub driver_id: Option<Uuid>,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub due_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl NewInvoice {
+    pub fn new(
+        charge_id: Uuid,
+        driver_id: Option<Uuid>,
+        amount_minor: i64,
+        currency: &str,
+        now: DateTime<Utc>,
+        window: Duration,
+    ) -> Self {
+        let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(72));
+        Self {
+            id: Uuid::now_v7(),
+            charge_id,
+            driver_id,
+            amount_minor,
+            currency: currency.to_owned(),
+            due_at: db_time(now + window),
+            created_at: db_time(now),
+        }
+    }
+}
+
+/// Opens `$invoices` (a `&[NewInvoice]`) and queues their `invoice_created` notices, within the
+/// transaction `$tx`; an invoice already open for a charge is skipped. Evaluates to `Result<(), StoreError>`.
+#[macro_export]
+macro_rules! insert_invoices {
+    ($tx:expr, $invoices:expr) => {{
+        let invoices: &[$crate::arrears::NewInvoice] = $invoices;
+        let mut result: Result<(), parkflow_db::StoreError> = Ok(());
+        // 8 binds a row.
+        for chunk in invoices.chunks(3_000) {
+            let mut builder = sqlx::QueryBuilder::new(
+                "INSERT INTO invoices (id, charge_id, driver_id, amount_minor, currency, status, due_at, created_at) ",
+            );
+            builder.push_values(chunk, |mut row, i| {
+                row.push_bind(i.id)
+                    .push_bind(i.charge_id)
+                    .push_bind(i.driver_id)
+                    .push_bind(i.amount_minor)
+                    .push_bind(i.currency.as_str())
+                    .push_bind("open")
+                    .push_bind(i.due_at)
+                    .push_bind(i.created_at);
+            });
+            builder.push(" ON CONFLICT (charge_id) DO NOTHING RETURNING id, driver_id");
+            let opened: Vec<(uuid::Uuid, Option<uuid::Uuid>)> = match builder.build_query_as().fetch_all(&mut *$tx).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            };
+            if opened.is_empty() {
+                continue;
+            }
+            let created_at = chunk[0].created_at;
+            let mut notices = sqlx::QueryBuilder::new("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) ");
+            notices.push_values(opened, |mut row, (invoice, driver)| {
+                row.push_bind(uuid::Uuid::now_v7()).push_bind(driver).push_bind(invoice).push_bind("invoice_created").push_bind(created_at);
+            });
+            notices.push(" ON CONFLICT (invoice_id, kind) DO NOTHING");
+            if let Err(e) = notices.build().execute(&mut *$tx).await {
+                result = Err(e.into());
+                break;
+            }
+        }
+        result
+    }};
+}
+
+/// A driver's leave-first privilege changed; the gateway must know their plates' new standing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandingChange {
+    pub driver_id: Uuid,
+    pub plates: Vec<String>,
+    pub suspended: bool,
+}
+
+/// How the arrears worker behaves.
+#[derive(Debug, Clone)]
+pub struct ArrearsConfig {
+    /// A reminder goes out this long before an invoice is due.
+    pub remind_before: Duration,
+    pub poll: Duration,
+}
+
+impl Default for ArrearsConfig {
+    fn default() -> Self {
+        Self {
+            remind_before: Duration::from_secs(24 * 3600),
+            poll: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What one arrears step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArrearsReport {
+    pub reminders: usize,
+    pub overdue: usize,
+    pub suspended: usize,
+}
+
+/// Sends reminders and suspends drivers whose invoices are overdue.
+pub struct ArrearsWorker {
+    db: Db,
+    config: ArrearsConfig,
+    standing: mpsc::Sender<StandingChange>,
+}
+
+impl ArrearsWorker {
+    pub fn new(db: Db, config: ArrearsConfig, standing: mpsc::Sender<StandingChange>) -> Self {
+        Self {
+            db,
+            config,
+            standing,
+        }
+    }
+
+    pub async fn run(self, token: CancellationToken) {
+        loop {
+            if let Err(error) = self.step(Utc::now()).await {
+                tracing::warn!(error = %error, "arrears step failed");
+            }
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(self.config.poll) => {}
+            }
+        }
+        tracing::debug!("arrears worker stopped");
+    }
+
+    pub async fn step(&self, now: DateTime<Utc>) -> Result<ArrearsReport, StoreError> {
+        let now = db_time(now);
+        let remind_from = db_time(
+            now + chrono::Duration::from_std(self.config.remind_before)
+                .unwrap_or(chrono::Duration::hours(24)),
+        );
+        let (report, suspended) = on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let reminders: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
+                "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1 AND i.due_at > $2
+                   AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'payment_reminder')",
+            )
+            .bind(remind_from)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let overdue: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
+                "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1
+                   AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'invoice_overdue')",
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let notices: Vec<(&(Uuid, Option<Uuid>), &str)> = reminders
+                .iter()
+                .map(|r| (r, "payment_reminder"))
+                .chain(overdue.iter().map(|o| (o, "invoice_overdue")))
+                .collect();
+            for chunk in notices.chunks(5_000) {
+                let mut builder = sqlx::QueryBuilder::new("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) ");
+                builder.push_values(chunk, |mut row, ((invoice, driver), kind)| {
+                    row.push_bind(Uuid::now_v7()).push_bind(*driver).push_bind(*invoice).push_bind(*kind).push_bind(now);
+                });
+                builder.push(" ON CONFLICT (invoice_id, kind) DO NOTHING");
+                builder.build().execute(&mut *tx).await?;
+            }
+            let (reminders, overdue) = (reminders.len(), overdue.len());
+            let suspended: Vec<(Uuid,)> = sqlx::query_as(
+                "UPDATE drivers SET status = 'suspended', suspended_at = $1
+                 WHERE status = 'active' AND id IN (SELECT driver_id FROM invoices WHERE status = 'open' AND due_at <= $1)
+                 RETURNING id",
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut changes = Vec::with_capacity(suspended.len());
+            for (driver,) in &suspended {
+                sqlx::query("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) VALUES ($1, $2, NULL, 'suspended', $3)")
+                    .bind(Uuid::now_v7())
+                    .bind(driver)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                let plates: Vec<(String,)> = sqlx::query_as("SELECT plate FROM driver_plates WHERE driver_id = $1")
+                    .bind(driver)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                changes.push(StandingChange { driver_id: *driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: true });
+            }
+            tx.commit().await?;
+            (ArrearsReport { reminders, overdue, suspended: changes.len() }, changes)
+        });
+        for change in suspended {
+            tracing::info!(driver = %change.driver_id, "driver suspended for arrears");
+            if self.standing.send(change).await.is_err() {
+                tracing::warn!("nobody listens for standing changes");
+            }
+        }
+        Ok(report)
+    }
+}

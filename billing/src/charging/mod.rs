@@ -1,0 +1,186 @@
+//! Charging (SPEC §4 "Deferred payment"): every closed session gets exactly one charge, and the
+//! charge is collected from the driver's payment account through a [`PaymentProvider`].
+//!
+//! A worker step:
+//! 1. **enqueue** — closed sessions without a charge get one (the UNIQUE `session_id` makes this
+//!    idempotent across workers); its amount is the session's fee, re-priced here as a check;
+//! 2. **claim** — a batch of charges to collect is leased to this worker (`FOR UPDATE SKIP LOCKED`
+//!    on PostgreSQL, so several workers never do the same work);
+//! 3. **collect** — the provider is asked, with the idempotency key `charge:{session}`: a retry,
+//!    by this worker or another after a crash, can never debit twice;
+//! 4. **record** — outcomes, journal entries and invoices for declined debits, in one transaction.
+
+mod record;
+mod select;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parkflow_db::{Db, StoreError};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::lots::LotBook;
+use crate::provider::{Debit, DebitOutcome, PaymentProvider};
+
+pub use record::Recorded;
+
+/// How a charging worker behaves.
+#[derive(Debug, Clone)]
+pub struct ChargingConfig {
+    /// Names the worker in leases (unique per worker).
+    pub worker_id: String,
+    /// Charges per step.
+    pub batch: usize,
+    /// How long a claimed charge is this worker's before another may take it over.
+    pub lease: Duration,
+    /// First wait before asking again about an unanswered or pending debit (doubles, up to an hour).
+    pub retry_after: Duration,
+    /// How long a driver has to pay an invoice (SPEC §4: 72 hours by default).
+    pub payment_window: Duration,
+    /// Sleep between steps that found nothing to do.
+    pub idle_poll: Duration,
+}
+
+impl ChargingConfig {
+    pub fn new(worker_id: impl Into<String>) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            batch: 1_000,
+            lease: Duration::from_secs(60),
+            retry_after: Duration::from_secs(5),
+            payment_window: Duration::from_secs(72 * 3600),
+            idle_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    pub enqueued: usize,
+    pub claimed: usize,
+    pub succeeded: usize,
+    pub declined: usize,
+    pub unresolved: usize,
+}
+
+impl StepReport {
+    pub fn is_idle(&self) -> bool {
+        self.enqueued == 0 && self.claimed == 0
+    }
+}
+
+/// A charge leased to this worker.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    pub lot_id: String,
+    pub driver_id: Option<Uuid>,
+    pub account: Option<String>,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: String,
+    pub attempts: i32,
+}
+
+/// The idempotency key of a session's charge at the provider.
+pub fn idempotency_key(session: Uuid) -> String {
+    format!("charge:{session}")
+}
+
+/// One charging worker.
+pub struct ChargingWorker<P> {
+    db: Db,
+    provider: P,
+    config: ChargingConfig,
+    lots: LotBook,
+}
+
+impl<P: PaymentProvider> ChargingWorker<P> {
+    pub async fn new(db: Db, provider: P, config: ChargingConfig) -> Result<Self, StoreError> {
+        let lots = LotBook::load(&db).await?;
+        Ok(Self {
+            db,
+            provider,
+            config,
+            lots,
+        })
+    }
+
+    /// Runs steps until cancelled; an idle step waits `idle_poll` before the next.
+    pub async fn run(mut self, token: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.step(Utc::now()).await {
+                Ok(report) if report.is_idle() => self.config.idle_poll,
+                Ok(_) => {
+                    failures = 0;
+                    Duration::ZERO
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %error, worker = %self.config.worker_id, "charging step failed");
+                    Duration::from_millis(200 * u64::from(failures.min(25)))
+                }
+            };
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::debug!(worker = %self.config.worker_id, "charging worker stopped");
+    }
+
+    /// One pass: enqueue, claim, collect, record.
+    pub async fn step(&mut self, now: DateTime<Utc>) -> Result<StepReport, StoreError> {
+        let enqueued = select::enqueue(&self.db, &mut self.lots, &self.config, now).await?;
+        let claimed = select::claim(&self.db, &self.config, now).await?;
+        let outcomes =
+            futures::future::join_all(claimed.iter().map(|charge| self.collect(charge))).await;
+        let recorded = record::record(
+            &self.db,
+            &self.config,
+            self.provider.name(),
+            &claimed,
+            &outcomes,
+            now,
+        )
+        .await?;
+        Ok(StepReport {
+            enqueued,
+            claimed: claimed.len(),
+            succeeded: recorded.succeeded,
+            declined: recorded.declined,
+            unresolved: recorded.unresolved,
+        })
+    }
+
+    /// Asks the provider about one charge: a first attempt debits; a later one asks what became
+    /// of the debit and debits (under the same key) only if the provider never saw it.
+    async fn collect(&self, charge: &Claimed) -> DebitOutcome {
+        let key = idempotency_key(charge.session_id);
+        if charge.status == "unknown" {
+            match self.provider.status(&key).await {
+                DebitOutcome::Unknown => {}
+                known => return known,
+            }
+        }
+        let (Some(account), Ok(currency)) = (
+            &charge.account,
+            crate::money::Currency::new(&charge.currency),
+        ) else {
+            return DebitOutcome::Declined {
+                reason: "no payment account".into(),
+            };
+        };
+        let debit = Debit {
+            idempotency_key: key,
+            account: account.clone(),
+            amount: crate::money::Money::from_minor(charge.amount_minor, currency),
+            description: format!("parking at {}", charge.lot_id),
+        };
+        self.provider.debit(&debit).await
+    }
+}

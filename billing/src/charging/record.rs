@@ -1,0 +1,116 @@
+//! Recording what the provider said: charge statuses, journal entries, invoices — in one transaction.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use parkflow_db::{Db, StoreError, db_time, on_db};
+use uuid::Uuid;
+
+use super::{ChargingConfig, Claimed};
+use crate::arrears::NewInvoice;
+use crate::ledger::Entry;
+use crate::provider::DebitOutcome;
+use crate::{insert_entries, insert_invoices};
+
+/// What a record step wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    pub succeeded: usize,
+    pub declined: usize,
+    pub unresolved: usize,
+}
+
+struct Update {
+    id: Uuid,
+    status: &'static str,
+    provider_ref: Option<String>,
+    next_attempt_at: DateTime<Utc>,
+}
+
+/// Writes the outcomes of `claimed` (same order as `outcomes`). Only charges still leased to this
+/// worker are updated; if a lease ran out and another worker took over, that worker records instead.
+pub async fn record(
+    db: &Db,
+    config: &ChargingConfig,
+    provider: &str,
+    claimed: &[Claimed],
+    outcomes: &[DebitOutcome],
+    now: DateTime<Utc>,
+) -> Result<Recorded, StoreError> {
+    if claimed.is_empty() {
+        return Ok(Recorded::default());
+    }
+    let now = db_time(now);
+    let mut updates = Vec::with_capacity(claimed.len());
+    for (charge, outcome) in claimed.iter().zip(outcomes) {
+        let (status, provider_ref, next_attempt_at) = match outcome {
+            DebitOutcome::Succeeded { provider_ref } => {
+                ("succeeded", Some(provider_ref.clone()), now)
+            }
+            DebitOutcome::Declined { .. } => ("declined", None, now),
+            DebitOutcome::Pending | DebitOutcome::Unknown => {
+                let doublings = u32::try_from(charge.attempts.clamp(1, 10) - 1).unwrap_or(0);
+                let wait = config
+                    .retry_after
+                    .saturating_mul(1 << doublings)
+                    .min(std::time::Duration::from_secs(3600));
+                (
+                    "unknown",
+                    None,
+                    now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1)),
+                )
+            }
+        };
+        updates.push(Update {
+            id: charge.id,
+            status,
+            provider_ref,
+            next_attempt_at: db_time(next_attempt_at),
+        });
+    }
+
+    let recorded = on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let mut builder = sqlx::QueryBuilder::new("WITH v (id, status, provider_ref, next_attempt_at) AS (");
+        builder.push_values(&updates, |mut row, u| {
+            row.push_bind(u.id).push_bind(u.status).push_bind(u.provider_ref.as_deref()).push_bind(u.next_attempt_at);
+        });
+        builder
+            .push(") UPDATE charges SET status = v.status, provider_ref = v.provider_ref, next_attempt_at = v.next_attempt_at, ")
+            .push("provider = ")
+            .push_bind(provider)
+            .push(", locked_by = NULL, locked_until = NULL, updated_at = ")
+            .push_bind(now)
+            .push(" FROM v WHERE charges.id = v.id AND charges.locked_by = ")
+            .push_bind(config.worker_id.as_str())
+            .push(" AND charges.status IN ('pending', 'unknown') RETURNING charges.id");
+        let written: Vec<(Uuid,)> = builder.build_query_as().fetch_all(&mut *tx).await?;
+        let written: HashSet<Uuid> = written.into_iter().map(|(id,)| id).collect();
+
+        let mut entries = Vec::new();
+        let mut invoices = Vec::new();
+        let mut recorded = Recorded::default();
+        for (charge, update) in claimed.iter().zip(&updates) {
+            if !written.contains(&charge.id) {
+                continue;
+            }
+            match update.status {
+                "succeeded" => {
+                    recorded.succeeded += 1;
+                    entries.push(Entry::collection(charge.id, &charge.lot_id, provider, charge.amount_minor, &charge.currency, now));
+                }
+                "declined" => {
+                    recorded.declined += 1;
+                    entries.push(Entry::fee(charge.id, &charge.lot_id, charge.amount_minor, &charge.currency, now));
+                    invoices.push(NewInvoice::new(charge.id, charge.driver_id, charge.amount_minor, &charge.currency, now, config.payment_window));
+                }
+                _ => recorded.unresolved += 1,
+            }
+        }
+        insert_entries!(tx, &entries)?;
+        insert_invoices!(tx, &invoices)?;
+        tx.commit().await?;
+        recorded
+    });
+    Ok(recorded)
+}

@@ -1,0 +1,200 @@
+//! Charging's reads and claims: new charges for closed sessions, and leases on charges to collect.
+
+use chrono::{DateTime, Utc};
+use parkflow_db::{Db, StoreError, db_time, on_db};
+use parkflow_protocol::PlateColor;
+use uuid::Uuid;
+
+use super::{ChargingConfig, Claimed};
+use crate::arrears::NewInvoice;
+use crate::ledger::Entry;
+use crate::lots::LotBook;
+use crate::tariff::Stay;
+use crate::{insert_entries, insert_invoices};
+
+#[derive(sqlx::FromRow)]
+struct ClosedSession {
+    id: Uuid,
+    lot_id: String,
+    plate_color: Option<String>,
+    pass_holder: bool,
+    entered_at: DateTime<Utc>,
+    exited_at: DateTime<Utc>,
+    fee_minor: i64,
+    currency: String,
+    driver_id: Option<Uuid>,
+    payment_account: Option<String>,
+    auto_debit: Option<bool>,
+}
+
+/// A charge about to be created.
+struct NewCharge {
+    id: Uuid,
+    session_id: Uuid,
+    operator_id: String,
+    lot_id: String,
+    local_day: String,
+    driver_id: Option<Uuid>,
+    account: Option<String>,
+    amount_minor: i64,
+    currency: String,
+    status: &'static str,
+}
+
+/// Creates the charges of closed sessions that have none; returns how many were created.
+/// The fee is the session's; it is priced again from the tariff as a check, and a difference is logged.
+pub async fn enqueue(
+    db: &Db,
+    lots: &mut LotBook,
+    config: &ChargingConfig,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let limit = i64::try_from(config.batch).unwrap_or(i64::MAX);
+    let sessions: Vec<ClosedSession> = on_db!(db, pool => sqlx::query_as(
+        "SELECT s.id, s.lot_id, s.plate_color, s.pass_holder, s.entered_at, s.exited_at, s.fee_minor, s.currency,
+                d.id AS driver_id, d.payment_account, d.auto_debit
+         FROM sessions s
+         LEFT JOIN driver_plates p ON p.plate = s.plate
+         LEFT JOIN drivers d ON d.id = p.driver_id
+         WHERE s.status = 'closed' AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.session_id = s.id)
+         ORDER BY s.exited_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?);
+    if sessions.is_empty() {
+        return Ok(0);
+    }
+    if sessions.iter().any(|s| lots.get(&s.lot_id).is_none()) {
+        *lots = LotBook::load(db).await?;
+    }
+    let mut charges = Vec::with_capacity(sessions.len());
+    for session in sessions {
+        let Some(terms) = lots.get(&session.lot_id) else {
+            tracing::error!(lot = %session.lot_id, "closed session of an unknown lot; not charged");
+            continue;
+        };
+        let stay = Stay {
+            entered_at: session.entered_at,
+            exited_at: session.exited_at,
+            plate_color: session.plate_color.as_deref().and_then(PlateColor::parse),
+            pass_holder: session.pass_holder,
+        };
+        match terms.tariffs.fee(&stay).map(|fee| fee.to_minor()) {
+            Ok(Ok(repriced)) if repriced == session.fee_minor => {}
+            other => {
+                tracing::error!(session = %session.id, ?other, "stored fee differs from the tariff's; charging the stored fee")
+            }
+        }
+        let status = match (
+            session.fee_minor,
+            session.driver_id,
+            &session.payment_account,
+            session.auto_debit,
+        ) {
+            (0, _, _, _) => "waived",
+            (_, Some(_), Some(_), Some(true)) => "pending",
+            _ => "no_account",
+        };
+        charges.push(NewCharge {
+            id: Uuid::now_v7(),
+            session_id: session.id,
+            operator_id: terms.operator_id.clone(),
+            lot_id: session.lot_id,
+            local_day: session
+                .exited_at
+                .with_timezone(&terms.time_zone)
+                .date_naive()
+                .to_string(),
+            driver_id: session.driver_id,
+            account: session.payment_account.filter(|_| status == "pending"),
+            amount_minor: session.fee_minor,
+            currency: session.currency,
+            status,
+        });
+    }
+    let now = db_time(now);
+    let inserted: usize = on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let mut inserted = Vec::with_capacity(charges.len());
+        // 13 binds a row, under SQLite's bind limit.
+        for chunk in charges.chunks(2_000) {
+            let mut builder = sqlx::QueryBuilder::new(
+                "INSERT INTO charges (id, session_id, operator_id, lot_id, local_day, driver_id, account, amount_minor,
+                     currency, method, status, next_attempt_at, created_at, updated_at) ",
+            );
+            builder.push_values(chunk, |mut row, c| {
+                row.push_bind(c.id)
+                    .push_bind(c.session_id)
+                    .push_bind(c.operator_id.as_str())
+                    .push_bind(c.lot_id.as_str())
+                    .push_bind(c.local_day.as_str())
+                    .push_bind(c.driver_id)
+                    .push_bind(c.account.as_deref())
+                    .push_bind(c.amount_minor)
+                    .push_bind(c.currency.as_str())
+                    .push_bind("auto_debit")
+                    .push_bind(c.status)
+                    .push_bind(now)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            builder.push(" ON CONFLICT (session_id) DO NOTHING RETURNING id");
+            let ids: Vec<(Uuid,)> = builder.build_query_as().fetch_all(&mut *tx).await?;
+            inserted.extend(ids.into_iter().map(|(id,)| id));
+        }
+        // A charge with nobody to debit is owed at once: a fee entry, and an invoice when there is a driver.
+        let inserted_set: std::collections::HashSet<Uuid> = inserted.iter().copied().collect();
+        let owed: Vec<&NewCharge> = charges.iter().filter(|c| c.status == "no_account" && inserted_set.contains(&c.id)).collect();
+        let entries: Vec<Entry> = owed.iter().map(|c| Entry::fee(c.id, &c.lot_id, c.amount_minor, &c.currency, now)).collect();
+        insert_entries!(tx, &entries)?;
+        let invoices: Vec<NewInvoice> = owed
+            .iter()
+            .filter(|c| c.driver_id.is_some())
+            .map(|c| NewInvoice::new(c.id, c.driver_id, c.amount_minor, &c.currency, now, config.payment_window))
+            .collect();
+        insert_invoices!(tx, &invoices)?;
+        tx.commit().await?;
+        inserted.len()
+    });
+    Ok(inserted)
+}
+
+/// Leases up to a batch of charges to collect to this worker.
+pub async fn claim(
+    db: &Db,
+    config: &ChargingConfig,
+    now: DateTime<Utc>,
+) -> Result<Vec<Claimed>, StoreError> {
+    let limit = i64::try_from(config.batch).unwrap_or(i64::MAX);
+    let now = db_time(now);
+    let until = db_time(
+        now + chrono::Duration::from_std(config.lease).unwrap_or(chrono::Duration::seconds(60)),
+    );
+    const CLAIM: &str = "UPDATE charges SET locked_by = $1, locked_until = $2, attempts = attempts + 1, updated_at = $3
+         WHERE id IN (SELECT id FROM charges WHERE status IN ('pending', 'unknown') AND next_attempt_at <= $3
+                      AND (locked_until IS NULL OR locked_until < $3) ORDER BY next_attempt_at LIMIT $4{LOCK})
+         RETURNING id, session_id, lot_id, driver_id, account, amount_minor, currency, status, attempts";
+    let claimed: Vec<Claimed> = match db {
+        Db::Sqlite(pool) => {
+            sqlx::query_as(&CLAIM.replace("{LOCK}", ""))
+                .bind(&config.worker_id)
+                .bind(until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }
+        // Concurrent workers skip the rows another is claiming instead of waiting for them.
+        Db::Postgres(pool) => {
+            sqlx::query_as(&CLAIM.replace("{LOCK}", " FOR UPDATE SKIP LOCKED"))
+                .bind(&config.worker_id)
+                .bind(until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    Ok(claimed)
+}
