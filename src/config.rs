@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the platform (embedded broker and SQLite unless told otherwise).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure a scenario beside its baseline (see BENCHMARKS.md).
     Bench(BenchArgs),
 }

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
                 eprintln!("error: {message}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            runtime.block_on(run(args))
+            runtime.block_on(run(*args))
         }
         Command::Bench(args) => match args.scenario {
             Scenario::Barrier { reads } => runtime.block_on(parkflow::bench::barrier::run(reads)),
@@ -124,16 +124,12 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         Some(url) => url.as_str().trim_end_matches('/').to_owned(),
         None => format!("http://{}", args.http_listen),
     };
-    let config = PlatformConfig {
-        http_listen: args.http_listen,
-        database_url: args.database_url.clone(),
-        mqtt,
-        mqtt_client_id: args.mqtt_client_id.clone(),
-        admin_key: args.admin_key.clone(),
-        decisions: DecisionConfig {
-            public_url,
-            ..DecisionConfig::default()
-        },
+    let mut config = PlatformConfig::new(args.http_listen, args.database_url.clone(), mqtt);
+    config.mqtt_client_id = args.mqtt_client_id.clone();
+    config.admin_key = args.admin_key.clone();
+    config.decisions = DecisionConfig {
+        public_url,
+        ..DecisionConfig::default()
     };
     let platform = Platform::build(config).await?;
     let http = platform.http_addr();
@@ -194,7 +190,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     }
     println!("Press Ctrl-C to stop.");
 
-    tracker.spawn(platform.run(token.clone()));
+    let mut platform_task = tokio::spawn(platform.run(token.clone()));
     if let Some(demo) = demo {
         let stats = Arc::new(Stats::default());
         let (host, port) = (mqtt_host.clone(), mqtt_port);
@@ -214,12 +210,21 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    shutdown_signal().await;
+    let stopped_on_its_own = tokio::select! {
+        () = shutdown_signal() => None,
+        result = &mut platform_task => Some(result),
+    };
     println!("Stopping…");
     token.cancel();
     tracker.close();
     tracker.wait().await;
-    Ok(())
+    match stopped_on_its_own {
+        // A platform that stops by itself has failed, even if it says nothing more.
+        Some(result) => Err(result?
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("the platform stopped on its own"))),
+        None => platform_task.await?,
+    }
 }
 
 /// The database URL without its password.

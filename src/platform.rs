@@ -1,5 +1,5 @@
 //! One ParkFlow platform in one process: the embedded MQTT broker (unless an external one is
-//! given) and the gateway, sharing the device registry for broker logins.
+//! given), the gateway, and billing's workers, sharing the device registry for broker logins.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,14 +7,24 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
+use parkflow_billing::arrears::{ArrearsConfig, ArrearsWorker, STANDING_CHANNEL_CAPACITY};
+use parkflow_billing::charging::{ChargingConfig, ChargingWorker};
+use parkflow_billing::payments::Payments;
+use parkflow_billing::provider::{FaultConfig, SimulatedProvider};
 use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker};
+use parkflow_gateway::gate::GateMessage;
 use parkflow_gateway::gate::actor::DecisionConfig;
+use parkflow_gateway::gate::decide::Standing;
+use parkflow_gateway::http::extract::constant_time_eq;
 use parkflow_gateway::mqtt::MqttConfig;
 use parkflow_gateway::registry::RegistryHandle;
 use parkflow_gateway::store::Db;
 use parkflow_gateway::store::provision::{Plan, provision};
 use parkflow_gateway::{Gateway, GatewayConfig};
+use parkflow_protocol::Plate;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The MQTT user the platform itself logs in as on the embedded broker.
 const PLATFORM_USER: &str = "parkflow-platform";
@@ -33,7 +43,7 @@ pub enum MqttSetup {
 }
 
 /// Everything the platform needs to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PlatformConfig {
     pub http_listen: SocketAddr,
     pub database_url: String,
@@ -42,6 +52,36 @@ pub struct PlatformConfig {
     pub mqtt_client_id: String,
     pub admin_key: Option<String>,
     pub decisions: DecisionConfig,
+    /// Faults the simulated payment provider injects (none by default).
+    pub provider_faults: FaultConfig,
+    pub charging: ChargingConfig,
+}
+
+/// Shows the configuration without its secrets.
+impl std::fmt::Debug for PlatformConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlatformConfig")
+            .field("http_listen", &self.http_listen)
+            .field("mqtt_client_id", &self.mqtt_client_id)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PlatformConfig {
+    /// The defaults around the addresses and the database.
+    pub fn new(http_listen: SocketAddr, database_url: impl Into<String>, mqtt: MqttSetup) -> Self {
+        Self {
+            http_listen,
+            database_url: database_url.into(),
+            mqtt,
+            mqtt_client_id: "parkflow-gateway".into(),
+            admin_key: None,
+            decisions: DecisionConfig::default(),
+            provider_faults: FaultConfig::none(),
+            charging: ChargingConfig::new("charging-1"),
+        }
+    }
 }
 
 /// Broker logins: the platform's own, or a registered device's.
@@ -53,12 +93,7 @@ struct Logins {
 impl Authenticator for Logins {
     fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
         if username == PLATFORM_USER {
-            return password.len() == self.platform_password.len()
-                && password
-                    .bytes()
-                    .zip(self.platform_password.bytes())
-                    .fold(0, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
+            return constant_time_eq(password.as_bytes(), self.platform_password.as_bytes());
         }
         self.registry
             .snapshot()
@@ -71,10 +106,13 @@ pub struct Platform {
     gateway: Gateway,
     broker: Option<EmbeddedBroker>,
     mqtt_addr: (String, u16),
+    provider: SimulatedProvider,
+    charging: ChargingConfig,
 }
 
 impl Platform {
-    /// Opens the database, loads the registry, binds the HTTP listener and starts the embedded broker.
+    /// Opens the database, loads the registry and gate state, binds the HTTP listener and starts
+    /// the embedded broker.
     pub async fn build(config: PlatformConfig) -> anyhow::Result<Self> {
         let platform_password = random_secret();
         let (host, port, credentials) = match &config.mqtt {
@@ -89,7 +127,10 @@ impl Platform {
                 credentials,
             } => (host.clone(), *port, credentials.clone()),
         };
-        let gateway = Gateway::build(GatewayConfig {
+        let provider = SimulatedProvider::new(config.provider_faults.clone())
+            .context("invalid payment provider faults")?;
+        let payments_provider = provider.clone();
+        let gateway_config = GatewayConfig {
             http_listen: config.http_listen,
             database_url: config.database_url.clone(),
             mqtt: MqttConfig {
@@ -102,6 +143,9 @@ impl Platform {
             },
             decisions: config.decisions.clone(),
             admin_key: config.admin_key.clone(),
+        };
+        let gateway = Gateway::build(gateway_config, move |db| {
+            Arc::new(Payments::new(db, payments_provider))
         })
         .await
         .context("failed to build the gateway")?;
@@ -125,6 +169,8 @@ impl Platform {
             gateway,
             broker,
             mqtt_addr: (host, port),
+            provider,
+            charging: config.charging,
         })
     }
 
@@ -145,7 +191,12 @@ impl Platform {
         self.gateway.registry()
     }
 
-    /// Writes `plan` to the database and reloads the registry (before `run`).
+    /// The payment provider the platform debits (simulated).
+    pub fn provider(&self) -> SimulatedProvider {
+        self.provider.clone()
+    }
+
+    /// Writes `plan` to the database and reloads the registry and the gate actor's facts.
     pub async fn provision(&self, plan: &Plan) -> anyhow::Result<()> {
         let db = self.db();
         provision(&db, plan, Utc::now())
@@ -155,12 +206,48 @@ impl Platform {
             .reload(&db)
             .await
             .context("failed to reload the registry")?;
+        self.gateway
+            .gates()
+            .send(GateMessage::Reload { now: Utc::now() })
+            .await;
         Ok(())
     }
 
-    /// Runs until `token` is cancelled, then drains the gateway and stops the broker.
+    /// Runs until `token` is cancelled (or a core task fails), then drains the gateway, stops
+    /// billing and the broker.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
-        let result = self.gateway.run(token).await;
+        let db = self.gateway.db();
+        let gates = self.gateway.gates();
+        let tracker = TaskTracker::new();
+        let charging =
+            ChargingWorker::new(db.clone(), self.provider.clone(), self.charging.clone())
+                .await
+                .context("failed to start charging")?;
+        tracker.spawn(charging.run(token.clone()));
+        let (standing_tx, mut standing_rx) = mpsc::channel(STANDING_CHANNEL_CAPACITY);
+        tracker.spawn(
+            ArrearsWorker::new(db, ArrearsConfig::default(), standing_tx).run(token.clone()),
+        );
+        // Suspensions and reinstatements reach the gate actor, which holds or frees exits.
+        tracker.spawn(async move {
+            while let Some(change) = standing_rx.recv().await {
+                let plates = change
+                    .plates
+                    .iter()
+                    .filter_map(|p| Plate::parse(p).ok())
+                    .collect();
+                let standing = if change.suspended {
+                    Standing::Suspended
+                } else {
+                    Standing::Enrolled
+                };
+                gates.send(GateMessage::Standing { plates, standing }).await;
+            }
+        });
+        let result = self.gateway.run(token.clone()).await;
+        token.cancel();
+        tracker.close();
+        tracker.wait().await;
         if let Some(broker) = self.broker {
             broker.stop();
         }

@@ -7,6 +7,11 @@ use parkflow_db::{Db, StoreError, on_db};
 
 use crate::tariff::{TariffDefinition, TariffSchedule};
 
+/// (id, operator, time zone).
+type LotRow = (String, String, String);
+/// (lot, tariff definition JSON).
+type TariffRow = (String, String);
+
 /// One lot's terms.
 #[derive(Debug, Clone)]
 pub struct LotTerms {
@@ -23,7 +28,7 @@ pub struct LotBook {
 
 impl LotBook {
     pub async fn load(db: &Db) -> Result<Self, StoreError> {
-        let (lots, tariffs): (Vec<(String, String, String)>, Vec<(String, String)>) = on_db!(db, pool => {
+        let (lots, tariffs): (Vec<LotRow>, Vec<TariffRow>) = on_db!(db, pool => {
             let lots = sqlx::query_as("SELECT id, operator_id, time_zone FROM lots").fetch_all(pool).await?;
             let tariffs = sqlx::query_as("SELECT lot_id, definition FROM tariffs ORDER BY lot_id, version").fetch_all(pool).await?;
             (lots, tariffs)

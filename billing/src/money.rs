@@ -110,6 +110,14 @@ impl Money {
         self.amount
     }
 
+    /// The amount with exactly the currency's minor digits (`12.50`, not `12.5`), for wire
+    /// formats that carry the decimal itself.
+    pub fn amount_in_minor_digits(&self) -> Decimal {
+        let mut amount = self.amount;
+        amount.rescale(self.currency.minor_digits());
+        amount
+    }
+
     pub fn currency(&self) -> Currency {
         self.currency
     }

@@ -340,3 +340,101 @@ pub async fn pay_exit<P: PaymentProvider>(
         reinstated: None,
     }))
 }
+
+/// Payments as the HTTP API needs them, object-safe so the API does not depend on which provider
+/// the platform runs with.
+pub trait PaymentsApi: Send + Sync + 'static {
+    fn pay_invoice(
+        &self,
+        driver: Uuid,
+        invoice: Uuid,
+        key: String,
+        account: String,
+    ) -> futures::future::BoxFuture<'_, Result<Paid, PayError>>;
+    fn pay_exit(
+        &self,
+        session: Uuid,
+        key: String,
+        account: String,
+    ) -> futures::future::BoxFuture<'_, Result<ExitPaid, PayError>>;
+}
+
+/// [`PaymentsApi`] over a database and a provider.
+pub struct Payments<P> {
+    db: Db,
+    provider: P,
+    lots: tokio::sync::RwLock<LotBook>,
+}
+
+impl<P: PaymentProvider> Payments<P> {
+    /// Lots' terms are read on first use.
+    pub fn new(db: Db, provider: P) -> Self {
+        Self {
+            db,
+            provider,
+            lots: tokio::sync::RwLock::new(LotBook::default()),
+        }
+    }
+}
+
+impl<P: PaymentProvider> PaymentsApi for Payments<P> {
+    fn pay_invoice(
+        &self,
+        driver: Uuid,
+        invoice: Uuid,
+        key: String,
+        account: String,
+    ) -> futures::future::BoxFuture<'_, Result<Paid, PayError>> {
+        Box::pin(async move {
+            pay_invoice(
+                &self.db,
+                &self.provider,
+                driver,
+                invoice,
+                &key,
+                &account,
+                Utc::now(),
+            )
+            .await
+        })
+    }
+
+    fn pay_exit(
+        &self,
+        session: Uuid,
+        key: String,
+        account: String,
+    ) -> futures::future::BoxFuture<'_, Result<ExitPaid, PayError>> {
+        Box::pin(async move {
+            let result = {
+                let lots = self.lots.read().await;
+                pay_exit(
+                    &self.db,
+                    &self.provider,
+                    &lots,
+                    session,
+                    &key,
+                    &account,
+                    Utc::now(),
+                )
+                .await
+            };
+            if let Err(PayError::NotFound("lot")) = result {
+                // A lot added since start: learn it and try once more.
+                *self.lots.write().await = LotBook::load(&self.db).await?;
+                let lots = self.lots.read().await;
+                return pay_exit(
+                    &self.db,
+                    &self.provider,
+                    &lots,
+                    session,
+                    &key,
+                    &account,
+                    Utc::now(),
+                )
+                .await;
+            }
+            result
+        })
+    }
+}

@@ -115,12 +115,17 @@ pub enum Mismatch {
     },
 }
 
+/// (session, amount) of a collected charge.
+type ChargeRow = (uuid::Uuid, i64);
+/// (kind, idempotency key, amount) of a payment.
+type PaymentRow = (String, String, i64);
+
 /// Compares every successful collection and payment with the provider's records.
 pub async fn reconcile<P: PaymentProvider>(
     db: &Db,
     provider: &P,
 ) -> Result<Vec<Mismatch>, StoreError> {
-    let (charges, payments): (Vec<(uuid::Uuid, i64)>, Vec<(String, String, i64)>) = on_db!(db, pool => {
+    let (charges, payments): (Vec<ChargeRow>, Vec<PaymentRow>) = on_db!(db, pool => {
         let charges = sqlx::query_as(
             "SELECT session_id, amount_minor FROM charges WHERE status = 'succeeded' AND method = 'auto_debit' AND provider = $1",
         )

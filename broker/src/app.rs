@@ -94,6 +94,12 @@ impl EmbeddedBroker {
     fn shutdown(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
+            // The runtime's tasks drop (and the listener closes) on its own threads: wait for the
+            // port, so that a restart on the same address right away finds it free.
+            let deadline = Instant::now() + LISTEN_TIMEOUT;
+            while probe(self.addr).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
             tracing::info!(addr = %self.addr, "embedded mqtt broker stopped");
         }
     }

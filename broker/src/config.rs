@@ -17,15 +17,18 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Size of one segment of a subscription filter's in-memory log.
     ///
-    /// A subscriber that falls behind the oldest segment silently skips ahead, even at QoS 1, so
-    /// `segment_bytes × segment_count` must exceed the largest backlog the platform may build up.
-    /// Segments are allocated as messages arrive: a large bound costs nothing while nobody lags.
+    /// rumqttd keeps every message published on a filter in that log, read or not, and drops the
+    /// oldest segment only when there are more than `segment_count`: a busy filter grows to
+    /// `segment_bytes × segment_count` and stays there. A subscriber that falls behind the oldest
+    /// segment silently skips ahead, even at QoS 1, so the product must also exceed the largest
+    /// backlog the platform may build up.
     pub segment_bytes: usize,
     /// Number of segments kept per filter.
     pub segment_count: usize,
     /// The largest MQTT payload accepted (a bridge batch of 1,000 signed events needs ~300 KiB).
     pub max_payload_bytes: usize,
-    /// Unacknowledged QoS 1 messages per connection.
+    /// Unacknowledged QoS 1 messages a client may send (rumqttd caps what it sends a client at
+    /// 100 unacknowledged, a constant of its own).
     pub max_inflight: usize,
     /// Simultaneous connections.
     pub max_connections: usize,
@@ -34,12 +37,12 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// Defaults sized for a city: 64 MiB × 16 segments per filter, 512 KiB payloads.
+    /// Defaults: 16 MiB × 8 segments (128 MiB) per filter, 512 KiB payloads.
     pub fn new(listen: SocketAddr, authenticator: Arc<dyn Authenticator>) -> Self {
         Self {
             listen,
-            segment_bytes: 64 * 1024 * 1024,
-            segment_count: 16,
+            segment_bytes: 16 * 1024 * 1024,
+            segment_count: 8,
             max_payload_bytes: 512 * 1024,
             max_inflight: 1_000,
             max_connections: 100_000,

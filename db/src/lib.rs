@@ -45,10 +45,11 @@ impl StoreError {
                 ) || e.as_database_error().is_some_and(|db| {
                     // PostgreSQL: admin shutdown (57P01) and friends; SQLite: busy/locked.
                     db.code().is_some_and(|code| {
-                        code.starts_with("57")
-                            || code.starts_with("08")
-                            || code == "5"
-                            || code == "6"
+                        // SQLite reports extended codes (517, 261 …) whose low byte is the primary
+                        // code; PostgreSQL's are five characters.
+                        let sqlite_busy_or_locked = code.len() < 5
+                            && code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+                        code.starts_with("57") || code.starts_with("08") || sqlite_busy_or_locked
                     })
                 })
             }
@@ -92,7 +93,8 @@ impl Db {
                 .map_err(StoreError::Connect)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                // FULL: a commit acknowledged to a device survives a power cut; group commit pays for it.
+                .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()

@@ -12,14 +12,17 @@ use std::time::Duration;
 
 use chrono::Utc;
 use parkflow_protocol::topic::filter;
+use rumqttc::{AsyncClient, EventLoop};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
-use crate::gate::GateHandle;
 use crate::gate::actor::GateActor;
+use crate::gate::{GateHandle, GateMessage};
+use parkflow_billing::payments::PaymentsApi;
+
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::mqtt::ingest::Ingest;
@@ -27,7 +30,8 @@ use crate::mqtt::link::INBOUND_CHANNEL_CAPACITY;
 use crate::mqtt::publish::CommandPublisher;
 use crate::mqtt::{ack, link};
 use crate::registry::RegistryHandle;
-use crate::store::{Db, StoreError, writer};
+use crate::store::writer::{self, Writer};
+use crate::store::{Db, StoreError};
 
 /// How long shutdown waits for tasks to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,7 +48,7 @@ pub enum GatewayError {
     },
 }
 
-/// A gateway, built and ready to run.
+/// A gateway, built and ready to run: its state is loaded, its listener bound.
 pub struct Gateway {
     config: GatewayConfig,
     db: Db,
@@ -52,10 +56,22 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     listener: TcpListener,
     http_addr: SocketAddr,
+    client: AsyncClient,
+    eventloop: EventLoop,
+    writer: Writer,
+    actor: GateActor,
+    gates: GateHandle,
+    gate_rx: mpsc::Receiver<GateMessage>,
+    payments: Arc<dyn PaymentsApi>,
 }
 
 impl Gateway {
-    pub async fn build(config: GatewayConfig) -> Result<Self, GatewayError> {
+    /// Opens the database, loads the registry and the gate state, binds the HTTP listener.
+    /// `payments` takes payments made through the API (with the platform's payment provider).
+    pub async fn build(
+        config: GatewayConfig,
+        payments: impl FnOnce(Db) -> Arc<dyn PaymentsApi>,
+    ) -> Result<Self, GatewayError> {
         let db = Db::connect(&config.database_url).await?;
         let registry = RegistryHandle::load(&db).await?;
         let listener = TcpListener::bind(config.http_listen)
@@ -70,6 +86,21 @@ impl Gateway {
                 addr: config.http_listen,
                 source,
             })?;
+        let metrics = Arc::new(Metrics::new());
+        let (client, eventloop) = link::connect(&config.mqtt);
+        let (writer_handle, writer) = writer::writer(db.clone(), metrics.clone());
+        let actor = GateActor::load(
+            config.decisions.clone(),
+            db.clone(),
+            registry.clone(),
+            writer_handle,
+            CommandPublisher::new(client.clone()),
+            metrics.clone(),
+            Utc::now(),
+        )
+        .await?;
+        let (gates, gate_rx) = GateHandle::channel();
+        let payments = payments(db.clone());
         tracing::info!(
             engine = db.engine(),
             lots = registry.snapshot().lots().len(),
@@ -79,9 +110,16 @@ impl Gateway {
             config,
             db,
             registry,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             listener,
             http_addr,
+            client,
+            eventloop,
+            writer,
+            actor,
+            gates,
+            gate_rx,
+            payments,
         })
     }
 
@@ -101,7 +139,13 @@ impl Gateway {
         self.metrics.clone()
     }
 
-    /// Runs until `token` is cancelled, then drains.
+    /// Talks to the gate actor (standing changes, paid exits, reloads).
+    pub fn gates(&self) -> GateHandle {
+        self.gates.clone()
+    }
+
+    /// Runs until `token` is cancelled, then drains. A core task that ends on its own (it failed)
+    /// cancels the token: a gateway that cannot decide must not look alive.
     pub async fn run(self, token: CancellationToken) -> Result<(), GatewayError> {
         let Self {
             config,
@@ -109,55 +153,73 @@ impl Gateway {
             registry,
             metrics,
             listener,
+            client,
+            eventloop,
+            writer,
+            actor,
+            gates,
+            gate_rx,
+            payments,
             ..
         } = self;
         let tracker = TaskTracker::new();
-
-        let (client, eventloop) = link::connect(&config.mqtt);
         let (tickets, acker) = ack::channel(client.clone());
-        let (writer_handle, writer) = writer::writer(db.clone(), metrics.clone());
-        let (gates, gate_rx) = GateHandle::channel();
-        let actor = GateActor::load(
-            config.decisions.clone(),
-            db.clone(),
-            registry.clone(),
-            writer_handle,
-            CommandPublisher::new(client.clone()),
-            metrics.clone(),
-            Utc::now(),
-        )
-        .await?;
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
         let (connected_tx, connected_rx) = watch::channel(false);
         let filters = vec![filter::all_gate_plates(), filter::all_gate_states()];
 
-        tracker.spawn(link::run(
-            eventloop,
-            client,
-            filters,
-            tickets,
-            inbound_tx,
-            connected_tx,
-            token.clone(),
-        ));
-        tracker.spawn(Ingest::new(registry.clone(), metrics.clone(), gates).run(inbound_rx));
-        tracker.spawn(actor.run(gate_rx));
-        tracker.spawn(writer.run());
-        tracker.spawn(acker.run());
+        let core =
+            |name: &'static str,
+             task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+                let token = token.clone();
+                tracker.spawn(async move {
+                    task.await;
+                    if !token.is_cancelled() {
+                        tracing::error!(
+                            task = name,
+                            "core task ended on its own; stopping the gateway"
+                        );
+                        token.cancel();
+                    }
+                })
+            };
+        core(
+            "mqtt event loop",
+            Box::pin(link::run(
+                eventloop,
+                client,
+                filters,
+                tickets,
+                inbound_tx,
+                connected_tx,
+                token.clone(),
+            )),
+        );
+        core(
+            "ingest",
+            Box::pin(Ingest::new(registry.clone(), metrics.clone(), gates.clone()).run(inbound_rx)),
+        );
+        core("gate actor", Box::pin(actor.run(gate_rx)));
+        core("store writer", Box::pin(writer.run()));
+        core("acker", Box::pin(acker.run()));
         tracker.spawn(track_connection(connected_rx.clone(), metrics.clone()));
 
         let state = AppState {
             db: db.clone(),
             registry,
             metrics,
+            gates,
+            payments,
             mqtt_connected: connected_rx,
             admin_key: config.admin_key.map(Arc::from),
         };
         let server = axum::serve(listener, http::router(state))
             .with_graceful_shutdown(token.clone().cancelled_owned());
+        let http_token = token.clone();
         tracker.spawn(async move {
             if let Err(error) = server.await {
                 tracing::error!(%error, "http server failed");
+                http_token.cancel();
             }
         });
 

@@ -145,7 +145,7 @@ CREATE INDEX gate_reads_received ON gate_reads (received_at);
 CREATE TABLE review_items (
     id          BLOB PRIMARY KEY,
     lot_id      TEXT NOT NULL REFERENCES lots (id),
-    kind        TEXT NOT NULL CHECK (kind IN ('exit_without_entry', 'low_confidence_match', 'missed_exit', 'no_plate')),
+    kind        TEXT NOT NULL CHECK (kind IN ('exit_without_entry', 'low_confidence_match', 'missed_exit', 'no_plate', 'unpriced')),
     session_id  BLOB REFERENCES sessions (id),
     gate_id     TEXT,
     event_id    TEXT,

@@ -127,3 +127,12 @@ CREATE TABLE settlements (
     computed_at        TEXT NOT NULL,
     PRIMARY KEY (lot_id, day, currency)
 );
+
+-- Writes the store could not make (a bug, a constraint the platform broke): kept for an operator
+-- to look at, so that one bad event neither blocks the others nor disappears.
+CREATE TABLE dead_letters (
+    id          BLOB PRIMARY KEY,
+    writes      TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);

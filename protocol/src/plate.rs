@@ -22,8 +22,6 @@ pub enum PlateError {
     Character,
     #[error("chinese plate must have 6 or 7 letters and digits after the province")]
     ChineseLength,
-    #[error("chinese plates never contain the letters I or O")]
-    ChineseLetter,
 }
 
 /// A normalised, valid plate. Personal data: never log it (see `gateway::privacy`).
@@ -47,18 +45,21 @@ impl Plate {
                 return Err(PlateError::ChineseLength);
             }
             // The last character of some special plates is a Chinese character (学 learner, 警 police,
-            // 挂 trailer, 港/澳 cross-border); everything else is an ASCII letter or digit.
+            // 挂 trailer, 港/澳 cross-border); everything else is an ASCII letter or digit. The letters
+            // I and O never occur: a reader that saw one saw the digit 1 or 0.
+            let mut plate = String::with_capacity(normalised.len());
+            plate.push(first);
             for (i, c) in rest.iter().enumerate() {
                 let last = i + 1 == rest.len();
-                if c.is_ascii_alphanumeric() {
-                    if matches!(c, 'I' | 'O') {
-                        return Err(PlateError::ChineseLetter);
-                    }
-                } else if !(last && "学警挂港澳领使".contains(*c)) {
-                    return Err(PlateError::Character);
+                match c {
+                    'O' => plate.push('0'),
+                    'I' => plate.push('1'),
+                    c if c.is_ascii_alphanumeric() => plate.push(*c),
+                    c if last && "学警挂港澳领使".contains(*c) => plate.push(*c),
+                    _ => return Err(PlateError::Character),
                 }
             }
-            return Ok(Self(normalised));
+            return Ok(Self(plate));
         }
         let len = normalised.chars().count();
         if !normalised.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -160,9 +161,14 @@ mod tests {
     }
 
     #[test]
-    fn chinese_plates_never_contain_i_or_o() {
-        assert_eq!(Plate::parse("浙AO2345"), Err(PlateError::ChineseLetter));
-        assert_eq!(Plate::parse("浙AI2345"), Err(PlateError::ChineseLetter));
+    fn o_and_i_read_on_a_chinese_plate_are_the_digits_0_and_1() {
+        assert_eq!(Plate::parse("浙AO2345").unwrap().as_str(), "浙A02345");
+        assert_eq!(Plate::parse("浙AI234O").unwrap().as_str(), "浙A12340");
+        assert_eq!(
+            Plate::parse("BOI123").unwrap().as_str(),
+            "BOI123",
+            "other countries' plates keep their letters"
+        );
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::Utc;
 use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker};
-use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::registry::{DeviceKind as RegistryDeviceKind, GateDirection, LotKind};
 use parkflow_gateway::store::provision::{DevicePlan, DriverPlan, LotPlan, OperatorPlan, Plan};
 use parkflow_protocol::sign::{open, seal};
@@ -133,7 +132,7 @@ async fn drive(
     let mut samples = Vec::with_capacity(reads);
     for i in 0..warmup + reads {
         let plate = &plates[i % plates.len()];
-        let direction = if (i / plates.len()) % 2 == 0 {
+        let direction = if (i / plates.len()).is_multiple_of(2) {
             Direction::Entry
         } else {
             Direction::Exit
@@ -243,17 +242,14 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("parkflow-bench-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     let mqtt_listen = free_addr()?;
-    let platform = Platform::build(PlatformConfig {
-        http_listen: "127.0.0.1:0".parse()?,
-        database_url: format!("sqlite:{}", dir.join("bench.db").display()),
-        mqtt: MqttSetup::Embedded {
+    let config = PlatformConfig::new(
+        "127.0.0.1:0".parse()?,
+        format!("sqlite:{}", dir.join("bench.db").display()),
+        MqttSetup::Embedded {
             listen: mqtt_listen,
         },
-        mqtt_client_id: "parkflow-bench".into(),
-        admin_key: None,
-        decisions: DecisionConfig::default(),
-    })
-    .await?;
+    );
+    let platform = Platform::build(config).await?;
     platform.provision(&fixture.plan()).await?;
     let token = CancellationToken::new();
     let running = tokio::spawn(platform.run(token.clone()));

@@ -14,7 +14,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use parkflow::demo::demo_tariff;
 use parkflow::{MqttSetup, Platform, PlatformConfig};
-use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::registry::{DeviceKind, GateDirection, LotKind};
 use parkflow_gateway::store::provision::{
     BlockPlan, DevicePlan, DriverPlan, LotPlan, OperatorPlan, PassPlan, Plan,
@@ -441,14 +440,10 @@ fn config(
             }
         }
     };
-    PlatformConfig {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: database_url.to_owned(),
-        mqtt,
-        mqtt_client_id: client_id.to_owned(),
-        admin_key: Some(ADMIN_KEY.to_owned()),
-        decisions: DecisionConfig::default(),
-    }
+    let mut config = PlatformConfig::new("127.0.0.1:0".parse().unwrap(), database_url, mqtt);
+    config.mqtt_client_id = client_id.to_owned();
+    config.admin_key = Some(ADMIN_KEY.to_owned());
+    config
 }
 
 async fn fresh_postgres_database() -> (String, String) {

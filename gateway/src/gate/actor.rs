@@ -3,30 +3,31 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use parkflow_billing::{Currency, Money, Stay};
+use parkflow_protocol::sign::MAX_AHEAD;
 use parkflow_protocol::{Direction, GateAction, GateCommand, GateReason, Plate};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::decide::{self, EntryFacts, ExitFacts, Found, Standing};
-use super::state::{Decided, GateState, LotState, ReadKey, RepeatKey};
-use super::{GateMessage, GateRead};
+use super::decide::Standing;
+use super::plan::{self, Planned};
+use super::state::{Decided, GateState, LaneKey, ReadKey};
+use super::{GateMessage, GateRead, PaidExit};
 use crate::metrics::{ActionLabel, Metrics};
 use crate::mqtt::publish::CommandPublisher;
-use crate::registry::{Lot, Registry, RegistryHandle};
-use crate::session::matching::{self, MatchKind};
-use crate::session::{ExitMatch, OpenSession, ReviewItem, ReviewKind, SessionEnd, SessionStatus};
+use crate::registry::{GateDirection, Lot, Registry, RegistryHandle};
 use crate::store::writer::{Batch, GateReadRecord, Write, WriterHandle};
 use crate::store::{Db, StoreError, sessions};
 
 /// How the actor decides.
 #[derive(Debug, Clone)]
 pub struct DecisionConfig {
-    /// Exit matches scoring below this open the barrier but go to the review queue.
+    /// Exit matches scoring below this open the barrier but go to the review queue; repeated
+    /// reads at one lane this alike are the same car.
     pub review_threshold: f64,
-    /// Reads of the same car at the same gate within this window are one read.
+    /// Reads of the same car at the same lane within this window are one read.
     pub repeat_window: Duration,
-    /// Decisions are kept in memory this long; older repeats are looked up in the database.
+    /// Decisions are kept in memory this long after they are made; a repeat observed longer ago
+    /// than this (less the clock skew a device may have) is looked up in the database.
     pub recent_window: Duration,
     /// Base of the `pay_url` in `hold` commands, e.g. `http://localhost:8080`.
     pub public_url: String,
@@ -37,7 +38,7 @@ impl Default for DecisionConfig {
         Self {
             review_threshold: 0.9,
             repeat_window: Duration::seconds(30),
-            recent_window: Duration::minutes(15),
+            recent_window: Duration::minutes(30),
             public_url: "http://localhost:8080".into(),
         }
     }
@@ -66,6 +67,7 @@ impl GateActor {
         now: DateTime<Utc>,
     ) -> Result<Self, StoreError> {
         let mut state = GateState::new(config.recent_window);
+        load_facts(&db, &mut state, now).await?;
         for session in sessions::open_sessions(&db).await? {
             state
                 .lots
@@ -80,41 +82,14 @@ impl GateActor {
                 decision.gate.clone(),
                 decision.command.event_id.clone(),
             );
-            let car = (
-                decision.lot,
-                decision.gate,
-                decision.plate,
-                decision.direction,
-            );
+            let lane = (decision.lot, decision.gate, decision.direction);
             let decided = Decided {
                 command: decision.command,
+                plate: decision.plate,
                 session_id: decision.session_id,
                 at: decision.received_at,
             };
-            state.recent.remember(read, car, decided);
-        }
-        for (plate, suspended) in sessions::enrolled_plates(&db).await? {
-            state.drivers.insert(
-                plate,
-                if suspended {
-                    Standing::Suspended
-                } else {
-                    Standing::Enrolled
-                },
-            );
-        }
-        for (lot, plate, from, until) in sessions::passes(&db, now).await? {
-            state
-                .lots
-                .entry(lot)
-                .or_default()
-                .passes
-                .entry(plate)
-                .or_default()
-                .push((from, until));
-        }
-        for (lot, plate) in sessions::blocked_plates(&db).await? {
-            state.lots.entry(lot).or_default().blocked.insert(plate);
+            state.recent.remember(read, lane, decided);
         }
         let open: usize = state.lots.values().map(|l| l.open.len()).sum();
         tracing::info!(
@@ -138,18 +113,38 @@ impl GateActor {
         while let Some(message) = rx.recv().await {
             match message {
                 GateMessage::PlateRead(read) => self.plate_read(*read).await,
+                GateMessage::Standing { plates, standing } => {
+                    for plate in plates {
+                        match standing {
+                            Standing::NotEnrolled => self.state.drivers.remove(&plate),
+                            standing => self.state.drivers.insert(plate, standing),
+                        };
+                    }
+                }
+                GateMessage::ExitPaid(paid) => self.exit_paid(paid),
+                GateMessage::Reload { now } => {
+                    if let Err(error) = load_facts(&self.db, &mut self.state, now).await {
+                        tracing::error!(error = %error, "failed to reload drivers, passes and blocks");
+                    }
+                }
             }
         }
         tracing::debug!("gate actor drained and stopped");
     }
 
-    async fn plate_read(&mut self, read: GateRead) {
+    async fn plate_read(&mut self, mut read: GateRead) {
         let now = read.received_at;
         self.state.recent.expire(now);
         let registry = self.registry.snapshot();
         let Some(lot) = registry.lot_by_id(&read.lot) else {
             return;
         };
+        // A lane registered one way decides its reads that way, whatever a camera says.
+        match registry.gate(lot.idx, &read.gate).map(|g| g.direction) {
+            Some(GateDirection::Entry) => read.direction = Direction::Entry,
+            Some(GateDirection::Exit) => read.direction = Direction::Exit,
+            _ => {}
+        }
         let read_key: ReadKey = (read.lot.clone(), read.gate.clone(), read.event_id.clone());
 
         // A repeated event id: the very same command again, nothing else.
@@ -158,7 +153,7 @@ impl GateActor {
             self.publish(&registry, lot, &read, &command);
             return;
         }
-        if read.observed_at < now - self.state.recent.window() {
+        if read.observed_at < now - (self.state.recent.window() - MAX_AHEAD) {
             match sessions::decision(&self.db, &read.lot, &read.gate, &read.event_id).await {
                 Ok(Some(stored)) => {
                     self.publish(&registry, lot, &read, &stored.command);
@@ -166,26 +161,24 @@ impl GateActor {
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    // Without knowing, deciding again could open a second session: leave it for re-delivery.
+                    // Deciding without knowing could open a second session: no answer, and the
+                    // camera, which re-sends until answered, asks again.
                     tracing::error!(error = %error, "failed to look up a late read's decision; not answered");
                     return;
                 }
             }
         }
 
-        // The same car read again at the same gate: one read, answered alike, recorded once more.
-        let car_key: RepeatKey = (
-            read.lot.clone(),
-            read.gate.clone(),
-            read.plate.clone(),
-            read.direction,
+        // The same car read again at the same lane moments later: one read, answered alike.
+        let lane: LaneKey = (read.lot.clone(), read.gate.clone(), read.direction);
+        let repeat = self.state.recent.repeat_of(
+            &lane,
+            &read.plate,
+            now,
+            self.config.repeat_window,
+            self.config.review_threshold,
         );
-        if let Some(previous) = self
-            .state
-            .recent
-            .by_car(&car_key, now, self.config.repeat_window)
-            .cloned()
-        {
+        if let Some(previous) = repeat {
             let command = GateCommand {
                 command_id: Uuid::now_v7(),
                 event_id: read.event_id.clone(),
@@ -193,11 +186,11 @@ impl GateActor {
                 ..previous.command
             };
             self.publish(&registry, lot, &read, &command);
-            let record = record(&read, &command, previous.session_id);
-            self.remember(read_key, car_key, &command, previous.session_id, now);
+            self.remember(read_key, lane, &read, &command, previous.session_id);
+            let writes = vec![record(&read, &command, previous.session_id)];
             self.writer
                 .submit(Batch {
-                    writes: vec![record],
+                    writes,
                     ticket: read.ticket,
                 })
                 .await;
@@ -206,31 +199,81 @@ impl GateActor {
 
         let drivers = &self.state.drivers;
         let lot_state = self.state.lots.entry(read.lot.clone()).or_default();
-        let (command, session_id, writes) = match read.direction {
-            Direction::Entry => entry(lot, lot_state, &read, &self.metrics),
+        let planned = match read.direction {
+            Direction::Entry => plan::entry(lot, lot_state, &read),
             Direction::Exit => {
                 let standing_of =
                     |plate: &Plate| drivers.get(plate).copied().unwrap_or(Standing::NotEnrolled);
-                exit(
-                    &self.config,
+                plan::exit(
                     lot,
                     lot_state,
                     &read,
                     standing_of,
-                    &self.metrics,
+                    self.config.review_threshold,
+                    &self.config.public_url,
                 )
             }
         };
+        let Planned {
+            command,
+            session_id,
+            mut writes,
+            opened,
+            closed_fee_minor,
+            reviews,
+        } = planned;
         self.publish(&registry, lot, &read, &command);
-        let mut writes = writes;
+        if opened {
+            self.metrics.sessions_opened.inc();
+        }
+        if let Some(minor) = closed_fee_minor {
+            self.metrics.sessions_closed.inc();
+            self.metrics
+                .fees_minor
+                .inc_by(u64::try_from(minor).unwrap_or(0));
+        }
+        self.metrics.review_items.inc_by(reviews as u64);
         writes.push(record(&read, &command, session_id));
-        self.remember(read_key, car_key, &command, session_id, now);
+        self.remember(read_key, lane, &read, &command, session_id);
         self.writer
             .submit(Batch {
                 writes,
                 ticket: read.ticket,
             })
             .await;
+    }
+
+    /// A held car paid through the API (its session is closed and billed by then): the barrier opens.
+    fn exit_paid(&mut self, paid: PaidExit) {
+        let registry = self.registry.snapshot();
+        let Some(lot) = registry.lot_by_id(&paid.lot) else {
+            return;
+        };
+        if let Some(state) = self.state.lots.get_mut(&paid.lot) {
+            state
+                .open
+                .retain(|_, session| session.id != paid.session_id);
+        }
+        let command = GateCommand {
+            command_id: Uuid::now_v7(),
+            event_id: paid.event_id.clone(),
+            action: GateAction::Open,
+            reason: GateReason::Paid,
+            issued_at: paid.paid_at,
+            amount_due: None,
+            currency: None,
+            pay_url: None,
+        };
+        if let Err(error) = self.publisher.publish(&registry, lot, &paid.gate, &command) {
+            tracing::error!(error = %error, lot = %lot.id, gate = %paid.gate, "paid exit's open command not published");
+            return;
+        }
+        self.metrics
+            .barrier_commands
+            .get_or_create(&ActionLabel {
+                action: command.action.as_str(),
+            })
+            .inc();
     }
 
     fn publish(&self, registry: &Registry, lot: &Lot, read: &GateRead, command: &GateCommand) {
@@ -251,39 +294,65 @@ impl GateActor {
 
     fn remember(
         &mut self,
-        read: ReadKey,
-        car: RepeatKey,
+        read_key: ReadKey,
+        lane: LaneKey,
+        read: &GateRead,
         command: &GateCommand,
         session_id: Option<Uuid>,
-        now: DateTime<Utc>,
     ) {
         let decided = Decided {
             command: command.clone(),
+            plate: read.plate.clone(),
             session_id,
-            at: now,
+            at: read.received_at,
         };
-        self.state.recent.remember(read, car, decided);
+        self.state.recent.remember(read_key, lane, decided);
     }
 }
 
-fn command(read: &GateRead, action: GateAction, reason: GateReason) -> GateCommand {
-    GateCommand {
-        command_id: Uuid::now_v7(),
-        event_id: read.event_id.clone(),
-        action,
-        reason,
-        issued_at: read.received_at,
-        amount_due: None,
-        currency: None,
-        pay_url: None,
+/// Loads the facts decisions depend on: enrolled plates and their standing, passes, blocks.
+async fn load_facts(db: &Db, state: &mut GateState, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let enrolled = sessions::enrolled_plates(db).await?;
+    let passes = sessions::passes(db, now).await?;
+    let blocked = sessions::blocked_plates(db).await?;
+    state.drivers = enrolled
+        .into_iter()
+        .map(|(plate, suspended)| {
+            (
+                plate,
+                if suspended {
+                    Standing::Suspended
+                } else {
+                    Standing::Enrolled
+                },
+            )
+        })
+        .collect();
+    for lot in state.lots.values_mut() {
+        lot.passes.clear();
+        lot.blocked.clear();
     }
+    for (lot, plate, from, until) in passes {
+        state
+            .lots
+            .entry(lot)
+            .or_default()
+            .passes
+            .entry(plate)
+            .or_default()
+            .push((from, until));
+    }
+    for (lot, plate) in blocked {
+        state.lots.entry(lot).or_default().blocked.insert(plate);
+    }
+    Ok(())
 }
 
 fn record(read: &GateRead, command: &GateCommand, session_id: Option<Uuid>) -> Write {
     let amount_due_minor = match (command.amount_due, command.currency.as_deref()) {
-        (Some(amount), Some(currency)) => Currency::new(currency)
+        (Some(amount), Some(currency)) => parkflow_billing::Currency::new(currency)
             .ok()
-            .and_then(|c| Money::new(amount, c).ok())
+            .and_then(|c| parkflow_billing::Money::new(amount, c).ok())
             .and_then(|m| m.to_minor().ok()),
         _ => None,
     };
@@ -301,197 +370,4 @@ fn record(read: &GateRead, command: &GateCommand, session_id: Option<Uuid>) -> W
         amount_due_minor,
         session_id,
     }))
-}
-
-/// SPEC §3 gated entry.
-fn entry(
-    lot: &Lot,
-    state: &mut LotState,
-    read: &GateRead,
-    metrics: &Metrics,
-) -> (GateCommand, Option<Uuid>, Vec<Write>) {
-    let pass_holder = state.has_pass(&read.plate, read.observed_at);
-    let decision = decide::entry(EntryFacts {
-        blocked: state.blocked.contains(&read.plate),
-        pass_holder,
-        capacity: lot.capacity,
-        open_sessions: state.open.len(),
-    });
-    let command = command(read, decision.action, decision.reason);
-    if !decision.opens_session() {
-        return (command, None, Vec::new());
-    }
-    let mut writes = Vec::new();
-    // A session still open for this plate means its exit was missed: it ends for review.
-    if let Some(missed) = state.open.remove(&read.plate) {
-        writes.push(Write::EndSession(SessionEnd {
-            id: missed.id,
-            status: SessionStatus::Review,
-            exit_gate: None,
-            exit_event: None,
-            exited_at: read.observed_at.max(missed.entered_at),
-            exit_match: None,
-            tariff_from: None,
-            fee: None,
-        }));
-        writes.push(review(
-            lot,
-            ReviewKind::MissedExit,
-            Some(missed.id),
-            read,
-            None,
-        ));
-        metrics.review_items.inc();
-    }
-    let session = OpenSession {
-        id: Uuid::now_v7(),
-        lot: lot.id.clone(),
-        plate: read.plate.clone(),
-        plate_color: read.plate_color,
-        pass_holder,
-        entry_gate: Some(read.gate.clone()),
-        entry_event: Some(read.event_id.clone()),
-        entered_at: read.observed_at,
-    };
-    let id = session.id;
-    state.open.insert(read.plate.clone(), session.clone());
-    writes.push(Write::OpenSession(session));
-    metrics.sessions_opened.inc();
-    (command, Some(id), writes)
-}
-
-/// SPEC §3 gated exit.
-fn exit(
-    config: &DecisionConfig,
-    lot: &Lot,
-    state: &mut LotState,
-    read: &GateRead,
-    standing_of: impl Fn(&Plate) -> Standing,
-    metrics: &Metrics,
-) -> (GateCommand, Option<Uuid>, Vec<Write>) {
-    let found = matching::best_match(
-        read.plate.as_str(),
-        state.open.keys().map(|plate| (plate, plate.as_str())),
-    )
-    .map(|m| (m.key.clone(), m.score, m.kind));
-    let session = found
-        .as_ref()
-        .and_then(|(plate, _, _)| state.open.get(plate))
-        .cloned();
-    let (standing, pass_holder, fee) = match &session {
-        Some(session) => {
-            // The enrolled plate may be the one read now or the one read at entry.
-            let standing = match standing_of(&read.plate) {
-                Standing::NotEnrolled => standing_of(&session.plate),
-                standing => standing,
-            };
-            let pass_holder =
-                session.pass_holder || state.has_pass(&session.plate, read.observed_at);
-            let stay = Stay {
-                entered_at: session.entered_at,
-                exited_at: read.observed_at.max(session.entered_at),
-                plate_color: session.plate_color.or(read.plate_color),
-                pass_holder,
-            };
-            let priced = lot
-                .tariffs
-                .in_force_at(session.entered_at)
-                .and_then(|t| Some((t.effective_from(), t.fee(&stay).ok()?)));
-            (standing, pass_holder, priced)
-        }
-        None => (standing_of(&read.plate), false, None),
-    };
-    let decision = decide::exit(ExitFacts {
-        found: match &found {
-            Some((_, score, _)) => Found::Session { score: *score },
-            None => Found::Nothing,
-        },
-        standing,
-        pass_holder,
-        fee_due: fee.as_ref().is_some_and(|(_, money)| !money.is_zero()),
-        review_threshold: config.review_threshold,
-    });
-    let mut command = command(read, decision.action, decision.reason);
-    if let (GateAction::Hold, Some((_, money)), Some(session)) = (decision.action, &fee, &session) {
-        command.amount_due = Some(money.amount());
-        command.currency = Some(money.currency().as_str().to_owned());
-        command.pay_url = Some(format!(
-            "{}/v1/sessions/{}/pay",
-            config.public_url.trim_end_matches('/'),
-            session.id
-        ));
-    }
-
-    let mut writes = Vec::new();
-    if decision.review {
-        let kind = if session.is_some() {
-            ReviewKind::LowConfidenceMatch
-        } else {
-            ReviewKind::ExitWithoutEntry
-        };
-        writes.push(review(
-            lot,
-            kind,
-            session.as_ref().map(|s| s.id),
-            read,
-            found.as_ref().map(|(_, score, _)| *score),
-        ));
-        metrics.review_items.inc();
-    }
-    if let (true, Some(session), Some((_, score, kind))) =
-        (decision.closes_session, &session, &found)
-    {
-        state.open.remove(&session.plate);
-        let fee_minor = fee
-            .as_ref()
-            .and_then(|(from, money)| Some((*from, money.to_minor().ok()?, money.currency())));
-        let exit_match = match kind {
-            MatchKind::Exact => ExitMatch::Exact,
-            MatchKind::Fuzzy => ExitMatch::Fuzzy,
-        };
-        writes.push(Write::EndSession(SessionEnd {
-            id: session.id,
-            status: if fee_minor.is_some() {
-                SessionStatus::Closed
-            } else {
-                SessionStatus::Review
-            },
-            exit_gate: Some(read.gate.clone()),
-            exit_event: Some(read.event_id.clone()),
-            exited_at: read.observed_at.max(session.entered_at),
-            exit_match: Some((exit_match, *score)),
-            tariff_from: fee_minor.map(|(from, _, _)| from),
-            fee: fee_minor.map(|(_, minor, currency)| (minor, currency.as_str().to_owned())),
-        }));
-        match fee_minor {
-            Some((_, minor, _)) => {
-                metrics.sessions_closed.inc();
-                metrics.fees_minor.inc_by(u64::try_from(minor).unwrap_or(0));
-            }
-            None => {
-                tracing::warn!(lot = %lot.id, "session ended without a tariff in force; left for review");
-            }
-        }
-    }
-    (command, session.map(|s| s.id), writes)
-}
-
-fn review(
-    lot: &Lot,
-    kind: ReviewKind,
-    session_id: Option<Uuid>,
-    read: &GateRead,
-    score: Option<f64>,
-) -> Write {
-    Write::Review(ReviewItem {
-        id: Uuid::now_v7(),
-        lot: lot.id.clone(),
-        kind,
-        session_id,
-        gate: Some(read.gate.clone()),
-        event_id: Some(read.event_id.clone()),
-        plate: Some(read.plate.clone()),
-        score,
-        created_at: read.received_at,
-    })
 }

@@ -59,14 +59,22 @@ pub enum Found {
     Session { score: f64 },
 }
 
+/// What the stay costs, as far as the platform can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fee {
+    Due,
+    Free,
+    /// The stay could not be priced (no tariff in force, a stay too long to price).
+    Unknown,
+}
+
 /// What the platform knows when a car arrives at an exit lane.
 #[derive(Debug, Clone, Copy)]
 pub struct ExitFacts {
     pub found: Found,
     pub standing: Standing,
     pub pass_holder: bool,
-    /// Whether the stay costs anything (known only when a session was found and priced).
-    pub fee_due: bool,
+    pub fee: Fee,
     /// Matches scoring below this go to review.
     pub review_threshold: f64,
 }
@@ -83,7 +91,7 @@ pub struct ExitDecision {
 }
 
 /// SPEC §3 gated exit. The barrier never traps a car because of the platform's own doubt: an exit
-/// without an entry, or with a doubtful match, opens and goes to review. A confident match opens
+/// without an entry, a doubtful match, or a stay the platform cannot price opens and goes to review. A confident match opens
 /// for enrolled drivers in good standing and pass holders (billed later), and for stays that cost
 /// nothing; everyone else is held until they pay.
 pub fn exit(facts: ExitFacts) -> ExitDecision {
@@ -102,10 +110,11 @@ pub fn exit(facts: ExitFacts) -> ExitDecision {
             open(GateReason::ReviewLater, true)
         }
         Found::Session { .. } if facts.pass_holder => open(GateReason::PassHolder, false),
+        Found::Session { .. } if facts.fee == Fee::Unknown => open(GateReason::ReviewLater, true),
         Found::Session { .. } if facts.standing == Standing::Enrolled => {
             open(GateReason::BillLater, false)
         }
-        Found::Session { .. } if !facts.fee_due => open(GateReason::NothingDue, false),
+        Found::Session { .. } if facts.fee == Fee::Free => open(GateReason::NothingDue, false),
         Found::Session { .. } => ExitDecision {
             action: GateAction::Hold,
             reason: GateReason::PaymentRequired,
@@ -133,7 +142,7 @@ mod tests {
             found: Found::Session { score },
             standing,
             pass_holder: false,
-            fee_due: true,
+            fee: Fee::Due,
             review_threshold: 0.9,
         }
     }
@@ -208,7 +217,7 @@ mod tests {
     #[test]
     fn a_free_stay_leaves_without_paying() {
         let decision = exit(ExitFacts {
-            fee_due: false,
+            fee: Fee::Free,
             ..exit_facts(1.0, Standing::NotEnrolled)
         });
         assert_eq!(
@@ -228,6 +237,21 @@ mod tests {
             (decision.action, decision.reason),
             (GateAction::Open, GateReason::PassHolder)
         );
+    }
+
+    #[test]
+    fn a_stay_that_cannot_be_priced_leaves_and_goes_to_review() {
+        for standing in [Standing::Enrolled, Standing::NotEnrolled] {
+            let decision = exit(ExitFacts {
+                fee: Fee::Unknown,
+                ..exit_facts(1.0, standing)
+            });
+            assert_eq!(
+                (decision.action, decision.reason, decision.review),
+                (GateAction::Open, GateReason::ReviewLater, true)
+            );
+            assert!(decision.closes_session);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod actor;
 pub mod decide;
+pub mod plan;
 pub mod state;
 
 use std::time::Instant;
@@ -14,6 +15,9 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use parkflow_protocol::{Direction, EventId, GateId, LotId, Plate, PlateColor};
 use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use self::decide::Standing;
 
 use crate::mqtt::ack::Ticket;
 
@@ -37,10 +41,32 @@ pub struct GateRead {
     pub ticket: Option<Ticket>,
 }
 
+/// A held exit that was paid through the API: the session is closed and billed.
+#[derive(Debug, Clone)]
+pub struct PaidExit {
+    pub session_id: Uuid,
+    pub lot: LotId,
+    pub gate: GateId,
+    /// The held read the opening answers.
+    pub event_id: EventId,
+    pub paid_at: DateTime<Utc>,
+}
+
 /// What the gate actor is asked to do.
 #[derive(Debug)]
 pub enum GateMessage {
     PlateRead(Box<GateRead>),
+    /// These plates' drivers now have this standing (enrolled, suspended, or no longer enrolled).
+    Standing {
+        plates: Vec<Plate>,
+        standing: Standing,
+    },
+    /// Open the barrier for a held car that paid.
+    ExitPaid(PaidExit),
+    /// Re-read drivers, passes and blocks from the database.
+    Reload {
+        now: DateTime<Utc>,
+    },
 }
 
 /// Sends work to the gate actor.
@@ -57,13 +83,13 @@ impl GateHandle {
 
     /// Hands a read to the actor (waits while it is behind).
     pub async fn plate_read(&self, read: GateRead) {
-        if self
-            .tx
-            .send(GateMessage::PlateRead(Box::new(read)))
-            .await
-            .is_err()
-        {
-            tracing::error!("gate actor is gone; plate read dropped (it will be re-delivered)");
+        self.send(GateMessage::PlateRead(Box::new(read))).await;
+    }
+
+    pub async fn send(&self, message: GateMessage) {
+        if self.tx.send(message).await.is_err() {
+            // Only during shutdown: the event loop has stopped, so nothing is acknowledged any more.
+            tracing::debug!("gate actor is gone; message dropped");
         }
     }
 }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::decide::Standing;
 use crate::session::OpenSession;
+use crate::session::matching::similarity;
 
 /// When a pass is valid: `[from, until)`.
 pub type Validity = (DateTime<Utc>, DateTime<Utc>);
@@ -34,24 +35,26 @@ impl LotState {
 
 /// Identifies one read: a device's event id on one gate.
 pub type ReadKey = (LotId, GateId, EventId);
-/// Identifies "the same car at the same gate, the same way".
-pub type RepeatKey = (LotId, GateId, Plate, Direction);
+/// A lane and the way cars pass it.
+pub type LaneKey = (LotId, GateId, Direction);
 
 /// A decision that was made, kept to answer repeats.
 #[derive(Debug, Clone)]
 pub struct Decided {
     pub command: GateCommand,
+    pub plate: Plate,
     pub session_id: Option<Uuid>,
     pub at: DateTime<Utc>,
 }
 
-/// Recent decisions, by read and by car, forgotten after a window.
+/// Recent decisions: by read (a repeated event id gets the same command) and by lane (the same
+/// car read again moments later is the same read), forgotten after their windows.
 #[derive(Debug)]
 pub struct RecentDecisions {
     window: Duration,
     by_read: HashMap<ReadKey, Decided>,
-    by_car: HashMap<RepeatKey, Decided>,
-    order: VecDeque<(DateTime<Utc>, ReadKey, RepeatKey)>,
+    order: VecDeque<(DateTime<Utc>, ReadKey)>,
+    by_lane: HashMap<LaneKey, VecDeque<Decided>>,
 }
 
 impl RecentDecisions {
@@ -59,11 +62,12 @@ impl RecentDecisions {
         Self {
             window,
             by_read: HashMap::new(),
-            by_car: HashMap::new(),
             order: VecDeque::new(),
+            by_lane: HashMap::new(),
         }
     }
 
+    /// How long decisions are remembered by read.
     pub fn window(&self) -> Duration {
         self.window
     }
@@ -72,36 +76,56 @@ impl RecentDecisions {
         self.by_read.get(key)
     }
 
-    /// The last decision for this car at this gate, if it was made within `within` of `now`.
-    pub fn by_car(
-        &self,
-        key: &RepeatKey,
+    /// The latest decision at this lane within `within` of `now` for a plate at least
+    /// `min_similarity` alike (a one-character misread of the same car counts).
+    pub fn repeat_of(
+        &mut self,
+        lane: &LaneKey,
+        plate: &Plate,
         now: DateTime<Utc>,
         within: Duration,
-    ) -> Option<&Decided> {
-        self.by_car.get(key).filter(|d| now - d.at <= within)
+        min_similarity: f64,
+    ) -> Option<Decided> {
+        let recent = self.by_lane.get_mut(lane)?;
+        while recent.front().is_some_and(|d| now - d.at > within) {
+            recent.pop_front();
+        }
+        recent
+            .iter()
+            .rev()
+            .find(|d| similarity(d.plate.as_str(), plate.as_str()) >= min_similarity)
+            .cloned()
     }
 
-    pub fn remember(&mut self, read: ReadKey, car: RepeatKey, decided: Decided) {
-        self.order
-            .push_back((decided.at, read.clone(), car.clone()));
-        self.by_car.insert(car, decided.clone());
+    pub fn remember(&mut self, read: ReadKey, lane: LaneKey, decided: Decided) {
+        self.order.push_back((decided.at, read.clone()));
+        self.by_lane
+            .entry(lane)
+            .or_default()
+            .push_back(decided.clone());
         self.by_read.insert(read, decided);
     }
 
     /// Forgets what is older than the window.
     pub fn expire(&mut self, now: DateTime<Utc>) {
-        while let Some((at, _, _)) = self.order.front() {
-            if now - *at <= self.window {
-                break;
-            }
-            if let Some((at, read, car)) = self.order.pop_front() {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now - *at > self.window)
+        {
+            if let Some((_, read)) = self.order.pop_front() {
                 self.by_read.remove(&read);
-                if self.by_car.get(&car).is_some_and(|d| d.at == at) {
-                    self.by_car.remove(&car);
-                }
             }
         }
+        self.by_lane.retain(|_, recent| {
+            while recent
+                .front()
+                .is_some_and(|d| now - d.at > Duration::minutes(5))
+            {
+                recent.pop_front();
+            }
+            !recent.is_empty()
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -130,13 +154,6 @@ impl GateState {
             recent: RecentDecisions::new(window),
         }
     }
-
-    pub fn standing(&self, plate: &Plate) -> Standing {
-        self.drivers
-            .get(plate)
-            .copied()
-            .unwrap_or(Standing::NotEnrolled)
-    }
 }
 
 #[cfg(test)]
@@ -144,7 +161,7 @@ mod tests {
     use super::*;
     use parkflow_protocol::{GateAction, GateReason};
 
-    fn decided(at: DateTime<Utc>) -> Decided {
+    fn decided(plate: &str, at: DateTime<Utc>) -> Decided {
         Decided {
             command: GateCommand {
                 command_id: Uuid::now_v7(),
@@ -156,18 +173,18 @@ mod tests {
                 currency: None,
                 pay_url: None,
             },
+            plate: Plate::parse(plate).unwrap(),
             session_id: None,
             at,
         }
     }
 
-    fn keys(event: &str) -> (ReadKey, RepeatKey) {
+    fn keys(event: &str) -> (ReadKey, LaneKey) {
         let lot = LotId::parse("l").unwrap();
         let gate = GateId::parse("g").unwrap();
-        let plate = Plate::parse("浙A12345").unwrap();
         (
             (lot.clone(), gate.clone(), EventId::parse(event).unwrap()),
-            (lot, gate, plate, Direction::Entry),
+            (lot, gate, Direction::Entry),
         )
     }
 
@@ -175,33 +192,65 @@ mod tests {
     fn decisions_are_forgotten_after_the_window() {
         let t0 = Utc::now();
         let mut recent = RecentDecisions::new(Duration::minutes(15));
-        let (read, car) = keys("e1");
-        recent.remember(read.clone(), car.clone(), decided(t0));
+        let (read, lane) = keys("e1");
+        recent.remember(read.clone(), lane, decided("浙A12345", t0));
         recent.expire(t0 + Duration::minutes(10));
         assert!(recent.by_read(&read).is_some());
-        assert!(
-            recent
-                .by_car(&car, t0 + Duration::minutes(10), Duration::seconds(30))
-                .is_none()
-        );
         recent.expire(t0 + Duration::minutes(16));
         assert!(recent.by_read(&read).is_none() && recent.is_empty());
     }
 
     #[test]
-    fn a_newer_read_of_the_same_car_survives_the_expiry_of_the_older() {
+    fn the_same_car_read_again_moments_later_is_a_repeat_even_if_misread() {
         let t0 = Utc::now();
-        let mut recent = RecentDecisions::new(Duration::minutes(1));
-        let (read1, car) = keys("e1");
-        let (read2, _) = keys("e2");
-        recent.remember(read1, car.clone(), decided(t0));
-        recent.remember(read2, car.clone(), decided(t0 + Duration::seconds(50)));
-        recent.expire(t0 + Duration::seconds(70));
+        let mut recent = RecentDecisions::new(Duration::minutes(15));
+        let (read, lane) = keys("e1");
+        recent.remember(read, lane.clone(), decided("浙A0B818", t0));
+        let within = Duration::seconds(30);
+        let plate = |p| Plate::parse(p).unwrap();
         assert!(
             recent
-                .by_car(&car, t0 + Duration::seconds(70), Duration::minutes(1))
+                .repeat_of(
+                    &lane,
+                    &plate("浙A0B818"),
+                    t0 + Duration::seconds(5),
+                    within,
+                    0.9
+                )
                 .is_some()
         );
-        assert_eq!(recent.len(), 1);
+        assert!(
+            recent
+                .repeat_of(
+                    &lane,
+                    &plate("浙AD B818"),
+                    t0 + Duration::seconds(5),
+                    within,
+                    0.9
+                )
+                .is_some()
+        );
+        assert!(
+            recent
+                .repeat_of(
+                    &lane,
+                    &plate("浙A9K327"),
+                    t0 + Duration::seconds(5),
+                    within,
+                    0.9
+                )
+                .is_none()
+        );
+        assert!(
+            recent
+                .repeat_of(
+                    &lane,
+                    &plate("浙A0B818"),
+                    t0 + Duration::seconds(31),
+                    within,
+                    0.9
+                )
+                .is_none()
+        );
     }
 }

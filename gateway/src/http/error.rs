@@ -19,6 +19,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("service not ready")]
     Unavailable,
+    #[error("{message}")]
+    Status {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
     #[error("internal error")]
     Store(#[from] StoreError),
 }
@@ -37,6 +43,7 @@ impl ApiError {
             Self::BadRequest { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Status { status, code, .. } => (*status, code),
             Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -54,6 +61,31 @@ impl IntoResponse for ApiError {
             Json(json!({ "error": { "code": code, "message": self.to_string() } })),
         )
             .into_response()
+    }
+}
+
+impl From<parkflow_billing::payments::PayError> for ApiError {
+    fn from(error: parkflow_billing::payments::PayError) -> Self {
+        use parkflow_billing::payments::PayError;
+        let status = |status, code, error: &PayError| Self::Status {
+            status,
+            code,
+            message: error.to_string(),
+        };
+        match error {
+            PayError::NotFound(what) => Self::NotFound(what),
+            PayError::NothingDue(_) => status(StatusCode::CONFLICT, "nothing_due", &error),
+            PayError::Declined(_) => {
+                status(StatusCode::PAYMENT_REQUIRED, "payment_declined", &error)
+            }
+            PayError::Pending => status(StatusCode::ACCEPTED, "payment_pending", &error),
+            PayError::KeyReused => status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                &error,
+            ),
+            PayError::Store(e) => Self::Store(e),
+        }
     }
 }
 

@@ -3,9 +3,9 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use parkflow_billing::Tariff;
+use parkflow_billing::{Money, Tariff};
 use parkflow_protocol::{LotId, PlateColor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
@@ -38,19 +38,15 @@ pub struct QuoteQuery {
     plate_color: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Quote {
-    #[serde(with = "rust_decimal::serde::str")]
-    amount: rust_decimal::Decimal,
-    currency: String,
-}
+/// The longest stay a quote prices: walking its units is work an anonymous client can ask for.
+pub const MAX_QUOTED_STAY_DAYS: i64 = 31;
 
 /// `GET /v1/lots/{lot}/quote?entered_at=…&exited_at=…&plate_color=…`
 pub async fn quote(
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
     ApiQuery(query): ApiQuery<QuoteQuery>,
-) -> Result<Json<Quote>, ApiError> {
+) -> Result<Json<Money>, ApiError> {
     let registry = state.registry.snapshot();
     let lot = registry
         .lot_by_id(&lot_id(&lot)?)
@@ -71,11 +67,15 @@ pub async fn quote(
         .tariffs
         .in_force_at(query.entered_at)
         .ok_or(ApiError::NotFound("tariff"))?;
+    if query.exited_at - query.entered_at > chrono::Duration::days(MAX_QUOTED_STAY_DAYS) {
+        return Err(ApiError::bad_request(
+            "stay_too_long",
+            format!("quotes cover stays of up to {MAX_QUOTED_STAY_DAYS} days"),
+        ));
+    }
     let fee = tariff
         .quote(query.entered_at, query.exited_at, plate_color)
         .map_err(|e| ApiError::bad_request("invalid_stay", e.to_string()))?;
-    Ok(Json(Quote {
-        amount: fee.amount(),
-        currency: fee.currency().as_str().to_owned(),
-    }))
+    // `{"amount": "12.50", "currency": "CNY"}`: Money's JSON has the currency's minor digits.
+    Ok(Json(fee))
 }

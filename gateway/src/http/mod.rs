@@ -4,6 +4,7 @@ pub mod error;
 pub mod extract;
 pub mod lots;
 pub mod ops;
+pub mod payments;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -11,12 +12,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::watch;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use parkflow_billing::payments::PaymentsApi;
+
+use crate::gate::GateHandle;
 use crate::metrics::Metrics;
 use crate::registry::RegistryHandle;
 use crate::store::Db;
@@ -32,6 +36,8 @@ pub struct AppState {
     pub db: Db,
     pub registry: RegistryHandle,
     pub metrics: Arc<Metrics>,
+    pub gates: GateHandle,
+    pub payments: Arc<dyn PaymentsApi>,
     pub mqtt_connected: watch::Receiver<bool>,
     pub admin_key: Option<Arc<str>>,
 }
@@ -46,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/lots/{lot}/quote", get(lots::quote))
         .route("/v1/sessions", get(sessions::list))
         .route("/v1/sessions/{id}", get(sessions::get))
+        .route("/v1/sessions/{id}/pay", post(payments::pay_exit))
         .route("/v1/review", get(sessions::review))
         .fallback(|| async { error::ApiError::NotFound("route") })
         .with_state(state)
@@ -54,5 +61,8 @@ pub fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            // The path only: a query string may carry a plate.
+            tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+        }))
 }

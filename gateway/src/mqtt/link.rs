@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use parkflow_protocol::Topic;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS, SubscribeFilter,
+    SubscribeReasonCode,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -123,8 +124,16 @@ pub async fn run(
                 }
             }
             // Ready once subscribed: a message published before would reach nobody.
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                connected.send_replace(true);
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .any(|code| matches!(code, SubscribeReasonCode::Failure));
+                if refused {
+                    tracing::error!("the broker refused a subscription; not ready");
+                } else {
+                    connected.send_replace(true);
+                }
             }
             Ok(_) => {}
             Err(error) => {

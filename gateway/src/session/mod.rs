@@ -99,6 +99,8 @@ pub enum ReviewKind {
     MissedExit,
     /// An on-street session ended without a plate.
     NoPlate,
+    /// A car left but its stay could not be priced (no tariff in force).
+    Unpriced,
 }
 
 impl ReviewKind {
@@ -108,6 +110,7 @@ impl ReviewKind {
             Self::LowConfidenceMatch => "low_confidence_match",
             Self::MissedExit => "missed_exit",
             Self::NoPlate => "no_plate",
+            Self::Unpriced => "unpriced",
         }
     }
 }

@@ -4,7 +4,6 @@ use chrono::{DateTime, Utc};
 use parkflow_protocol::{
     EventId, GateAction, GateCommand, GateId, GateReason, LotId, Plate, PlateColor,
 };
-use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -107,7 +106,7 @@ impl TryFrom<DecisionRow> for StoredDecision {
             (Some(minor), Some(currency)) => {
                 let currency =
                     parkflow_billing::Currency::new(currency).map_err(|_| bad("currency"))?;
-                Some(parkflow_billing::Money::from_minor(minor, currency).amount())
+                Some(parkflow_billing::Money::from_minor(minor, currency).amount_in_minor_digits())
             }
             _ => None,
         };
@@ -244,9 +243,9 @@ pub struct SessionView {
     #[serde(skip)]
     pub fee_minor: Option<i64>,
     pub currency: Option<String>,
-    #[serde(with = "rust_decimal::serde::str_option")]
+    /// The fee as a decimal string with the currency's minor digits (`"12.50"`).
     #[sqlx(skip)]
-    pub fee: Option<Decimal>,
+    pub fee: Option<String>,
 }
 
 const SESSION_COLUMNS: &str =
@@ -261,7 +260,7 @@ fn with_fee(mut view: SessionView) -> SessionView {
             .map(parkflow_billing::Currency::new),
     ) {
         (Some(minor), Some(Ok(currency))) => {
-            Some(parkflow_billing::Money::from_minor(minor, currency).amount())
+            Some(parkflow_billing::Money::from_minor(minor, currency).to_string())
         }
         _ => None,
     };

@@ -5,8 +5,8 @@
 //! one transaction, commits, and only then drops the tickets, which acknowledges the messages.
 //! A failed commit is retried: transient failures (connection lost, database restarting) after a
 //! back-off with the whole group; otherwise batch by batch, so one bad write cannot hold back the
-//! others. A batch that still fails is logged and counted, and its message is acknowledged (a
-//! re-delivery would fail the same way).
+//! others. A batch the database still refuses is kept in `dead_letters` (logged and counted) and
+//! its message acknowledged: a re-delivery would fail the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,24 +101,12 @@ impl Writer {
     }
 
     async fn commit(&self, group: &mut Vec<Batch>) {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match apply(&self.db, group.iter().flat_map(|b| &b.writes)).await {
-                Ok(()) => break,
-                Err(error) if error.is_transient() => {
-                    tracing::warn!(error = %error, retry_in = ?backoff, "group commit failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, batches = group.len(), "group commit failed; retrying batch by batch");
-                    for batch in group.iter() {
-                        if let Err(error) = apply(&self.db, batch.writes.iter()).await {
-                            self.metrics.store_write_errors.inc();
-                            tracing::error!(error = %error, constraint = ?error.constraint(), "write rejected by the database");
-                        }
-                    }
-                    break;
+        let all = || group.iter().flat_map(|b| &b.writes);
+        if let Err(error) = retry_transient(|| apply(&self.db, all())).await {
+            tracing::warn!(error = %error, batches = group.len(), "group commit failed; committing batch by batch");
+            for batch in group.iter() {
+                if let Err(error) = retry_transient(|| apply(&self.db, batch.writes.iter())).await {
+                    self.dead_letter(batch, &error).await;
                 }
             }
         }
@@ -126,6 +114,56 @@ impl Writer {
         self.metrics.store_batch_size.observe(group.len() as f64);
         // Dropping the tickets acknowledges the messages, now that their writes are durable.
         group.clear();
+    }
+
+    /// Keeps a batch the database refuses for an operator, so it neither blocks the others nor vanishes.
+    async fn dead_letter(&self, batch: &Batch, error: &StoreError) {
+        self.metrics.store_write_errors.inc();
+        tracing::error!(error = %error, constraint = ?error.constraint(), "write rejected by the database; kept as a dead letter");
+        let writes = format!("{:?}", batch.writes);
+        let cause = format!(
+            "{error}: {}",
+            std::error::Error::source(error)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        let kept = retry_transient(|| async {
+            crate::store::on_db!(&self.db, pool => sqlx::query(
+                "INSERT INTO dead_letters (id, writes, error, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(&writes)
+            .bind(&cause)
+            .bind(db_time(chrono::Utc::now()))
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(StoreError::from))
+        })
+        .await;
+        if let Err(error) = kept {
+            tracing::error!(error = %error, "failed to keep a dead letter");
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds or fails for a reason other than a transient one (a lost
+/// connection, a busy database), backing off between tries.
+async fn retry_transient<F, Fut>(mut attempt: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Err(error) if error.is_transient() => {
+                tracing::warn!(error = %error, retry_in = ?backoff, "database busy or unreachable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            result => return result,
+        }
     }
 }
 

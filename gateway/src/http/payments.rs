@@ -1,0 +1,86 @@
+//! Paying through the API: the `pay_url` of a held exit (anyone holding it may pay: it names one
+//! session), idempotent by the `Idempotency-Key` header. The barrier opens as soon as it succeeds.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath};
+use crate::gate::{GateMessage, PaidExit};
+
+/// The longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 200;
+
+/// The client's `Idempotency-Key`: required, so a retried request never pays twice.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "idempotency_key_required",
+                "send an Idempotency-Key header (1 to 200 characters)",
+            )
+        })?;
+    Ok(key.to_owned())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayRequest {
+    /// The payment account (provider token) to debit.
+    payment_account: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PayResponse {
+    payment_id: Uuid,
+    session_id: Uuid,
+    amount: String,
+    currency: String,
+}
+
+/// `POST /v1/sessions/{id}/pay`
+pub async fn pay_exit(
+    State(state): State<AppState>,
+    ApiPath(session): ApiPath<Uuid>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<PayRequest>,
+) -> Result<Json<PayResponse>, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let paid = state
+        .payments
+        .pay_exit(session, key, request.payment_account)
+        .await?;
+    let (Ok(lot), Ok(gate), Ok(event_id)) = (
+        parkflow_protocol::LotId::parse(&paid.lot_id),
+        parkflow_protocol::GateId::parse(&paid.gate_id),
+        parkflow_protocol::EventId::parse(&paid.event_id),
+    ) else {
+        return Err(ApiError::Store(crate::store::StoreError::Corrupt(
+            "held exit ids".into(),
+        )));
+    };
+    state
+        .gates
+        .send(GateMessage::ExitPaid(PaidExit {
+            session_id: session,
+            lot,
+            gate,
+            event_id,
+            paid_at: Utc::now(),
+        }))
+        .await;
+    Ok(Json(PayResponse {
+        payment_id: paid.paid.payment_id,
+        session_id: session,
+        amount: paid.paid.amount.to_string(),
+        currency: paid.paid.amount.currency().as_str().to_owned(),
+    }))
+}
