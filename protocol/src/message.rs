@@ -96,6 +96,12 @@ pub enum GateAction {
 }
 
 impl GateAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Open, Self::Hold]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Open => "open",
@@ -133,6 +139,24 @@ pub enum GateReason {
 }
 
 impl GateReason {
+    pub const ALL: [GateReason; 11] = [
+        Self::Entered,
+        Self::BillLater,
+        Self::PassHolder,
+        Self::ReviewLater,
+        Self::RepeatedRead,
+        Self::Manual,
+        Self::Paid,
+        Self::NothingDue,
+        Self::LotFull,
+        Self::Blocked,
+        Self::PaymentRequired,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Entered => "entered",
@@ -327,6 +351,16 @@ mod tests {
         let json =
             r#"{"event_id":"e","occupied":true,"observed_at":"2026-11-29T08:00:00Z","seq":-1}"#;
         assert!(serde_json::from_str::<OccupancyEvent>(json).is_err());
+    }
+
+    #[test]
+    fn actions_and_reasons_parse_what_they_print() {
+        for reason in GateReason::ALL {
+            assert_eq!(GateReason::parse(reason.as_str()), Some(reason));
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+        assert_eq!(GateAction::parse("hold"), Some(GateAction::Hold));
+        assert_eq!(GateReason::parse("nonsense"), None);
     }
 
     #[test]

@@ -74,11 +74,6 @@ impl Plate {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// Whether this is a Chinese plate (starts with a province character).
-    pub fn is_chinese(&self) -> bool {
-        self.0.chars().next().is_some_and(|c| PROVINCES.contains(c))
-    }
 }
 
 impl TryFrom<String> for Plate {

@@ -76,12 +76,66 @@ impl TicketIssuer {
     }
 }
 
+/// The order acknowledgements must keep: messages arrive numbered; they finish in any order;
+/// an acknowledgement may go out only for a finished message all of whose predecessors went out.
+#[derive(Debug)]
+pub struct AckOrder<T> {
+    pending: VecDeque<(u64, T)>,
+    finished: BTreeSet<u64>,
+}
+
+impl<T> Default for AckOrder<T> {
+    fn default() -> Self {
+        Self {
+            pending: VecDeque::new(),
+            finished: BTreeSet::new(),
+        }
+    }
+}
+
+impl<T> AckOrder<T> {
+    pub fn arrived(&mut self, seq: u64, message: T) {
+        self.pending.push_back((seq, message));
+    }
+
+    pub fn finished(&mut self, seq: u64) {
+        // A message forgotten at a reconnect may still finish later: it is older than every pending one.
+        if self
+            .pending
+            .front()
+            .is_some_and(|(oldest, _)| seq >= *oldest)
+        {
+            self.finished.insert(seq);
+        }
+    }
+
+    /// Forgets everything outstanding (the broker re-delivers it after a reconnect).
+    pub fn clear(&mut self) {
+        self.pending.clear();
+        self.finished.clear();
+    }
+
+    /// The oldest message, if it is finished and may be acknowledged now.
+    pub fn next_ready(&self) -> Option<&T> {
+        self.pending
+            .front()
+            .filter(|(seq, _)| self.finished.contains(seq))
+            .map(|(_, message)| message)
+    }
+
+    /// Marks the oldest message acknowledged.
+    pub fn acknowledged(&mut self) {
+        if let Some((seq, _)) = self.pending.pop_front() {
+            self.finished.remove(&seq);
+        }
+    }
+}
+
 /// Sends PUBACKs in arrival order.
 pub struct Acker {
     rx: mpsc::Receiver<AckEvent>,
     client: AsyncClient,
-    pending: VecDeque<(u64, Publish)>,
-    finished: BTreeSet<u64>,
+    order: AckOrder<Publish>,
 }
 
 /// Creates the issuer (for the event loop) and the acker task's state.
@@ -92,8 +146,7 @@ pub fn channel(client: AsyncClient) -> (TicketIssuer, Acker) {
         Acker {
             rx,
             client,
-            pending: VecDeque::new(),
-            finished: BTreeSet::new(),
+            order: AckOrder::default(),
         },
     )
 }
@@ -105,9 +158,9 @@ impl Acker {
         loop {
             tokio::select! {
                 event = self.rx.recv() => match event {
-                    Some(AckEvent::Arrived(seq, publish)) => self.pending.push_back((seq, publish)),
-                    Some(AckEvent::Finished(seq)) => { self.finished.insert(seq); }
-                    Some(AckEvent::Reconnected) => { self.pending.clear(); self.finished.clear(); }
+                    Some(AckEvent::Arrived(seq, publish)) => self.order.arrived(seq, publish),
+                    Some(AckEvent::Finished(seq)) => self.order.finished(seq),
+                    Some(AckEvent::Reconnected) => self.order.clear(),
                     None => break,
                 },
                 _ = retry.tick() => {}
@@ -119,23 +172,58 @@ impl Acker {
 
     /// Acknowledges the finished prefix of the pending messages.
     fn flush(&mut self) {
-        while let Some((seq, publish)) = self.pending.front() {
-            if !self.finished.remove(seq) {
-                break;
-            }
+        while let Some(publish) = self.order.next_ready() {
             // Never block: the event loop may be waiting on us. A full request queue is retried.
             if self.client.try_ack(publish).is_err() {
-                self.finished.insert(*seq);
                 break;
             }
-            self.pending.pop_front();
+            self.order.acknowledged();
         }
-        // Tickets of messages forgotten at a reconnect may still finish later: drop their marks.
-        if let Some((oldest, _)) = self.pending.front() {
-            let oldest = *oldest;
-            self.finished.retain(|seq| *seq >= oldest);
-        } else if self.finished.len() > ACK_CHANNEL_CAPACITY {
-            self.finished.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(order: &mut AckOrder<u64>) -> Vec<u64> {
+        let mut acked = Vec::new();
+        while let Some(message) = order.next_ready() {
+            acked.push(*message);
+            order.acknowledged();
         }
+        acked
+    }
+
+    #[test]
+    fn acknowledgements_keep_arrival_order() {
+        let mut order = AckOrder::default();
+        for seq in 0..4 {
+            order.arrived(seq, seq);
+        }
+        order.finished(2);
+        order.finished(1);
+        assert!(ready(&mut order).is_empty(), "message 0 is not durable yet");
+        order.finished(0);
+        assert_eq!(ready(&mut order), vec![0, 1, 2]);
+        order.finished(3);
+        assert_eq!(ready(&mut order), vec![3]);
+    }
+
+    #[test]
+    fn a_reconnect_forgets_what_was_outstanding() {
+        let mut order = AckOrder::default();
+        order.arrived(0, 0);
+        order.arrived(1, 1);
+        order.clear();
+        order.finished(0);
+        order.arrived(2, 2);
+        order.finished(1);
+        assert!(
+            ready(&mut order).is_empty(),
+            "messages from before the reconnect are never acknowledged"
+        );
+        order.finished(2);
+        assert_eq!(ready(&mut order), vec![2]);
     }
 }

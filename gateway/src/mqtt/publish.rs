@@ -45,7 +45,7 @@ impl CommandPublisher {
             Some(camera) => seal(&topic, command, &camera.id, camera.secret.as_bytes()),
             None => {
                 if lot.device_auth == DeviceAuth::Signed {
-                    tracing::warn!(lot = %lot.id, gate = %gate, "gate has no registered camera; command sent unsigned");
+                    tracing::debug!(lot = %lot.id, gate = %gate, "gate has no registered camera; command sent unsigned");
                 }
                 plain(&topic, command)
             }

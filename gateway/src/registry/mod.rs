@@ -218,10 +218,6 @@ impl Registry {
         self.devices.get(id).filter(|d| !d.revoked)
     }
 
-    pub fn devices(&self) -> impl Iterator<Item = &Device> {
-        self.devices.values()
-    }
-
     /// Whether a device may log in to the broker: known, not revoked, the right password, and its
     /// MQTT client id is its device id.
     pub fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {

@@ -90,14 +90,6 @@ pub struct StoredDecision {
     pub session_id: Option<Uuid>,
 }
 
-fn parse_action(s: &str) -> Option<GateAction> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
-}
-
-fn parse_reason(s: &str) -> Option<GateReason> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
-}
-
 impl TryFrom<DecisionRow> for StoredDecision {
     type Error = StoreError;
     fn try_from(row: DecisionRow) -> Result<Self, StoreError> {
@@ -123,8 +115,8 @@ impl TryFrom<DecisionRow> for StoredDecision {
             command: GateCommand {
                 command_id: row.command_id,
                 event_id: EventId::parse(&row.event_id).map_err(|_| bad("event id"))?,
-                action: parse_action(&row.action).ok_or_else(|| bad("action"))?,
-                reason: parse_reason(&row.reason).ok_or_else(|| bad("reason"))?,
+                action: GateAction::parse(&row.action).ok_or_else(|| bad("action"))?,
+                reason: GateReason::parse(&row.reason).ok_or_else(|| bad("reason"))?,
                 issued_at: row.issued_at,
                 amount_due,
                 currency: row.currency,
