@@ -27,6 +27,16 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Measure a scenario beside its baseline (see BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Check SPEC §4's invariants against the database; exits 1 naming the rows that break one.
+    Audit {
+        /// `sqlite:FILE` or `postgres://…`.
+        #[arg(
+            long,
+            env = "PARKFLOW_DATABASE_URL",
+            default_value = "sqlite:parkflow.db"
+        )]
+        database_url: String,
+    },
 }
 
 /// `parkflow bench`.

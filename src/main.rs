@@ -57,6 +57,7 @@ fn main() -> ExitCode {
             }
             runtime.block_on(run(*args))
         }
+        Command::Audit { database_url } => return runtime.block_on(audit(&database_url)),
         Command::Bench(args) => match args.scenario {
             Scenario::Barrier { reads } => runtime.block_on(parkflow::bench::barrier::run(reads)),
         },
@@ -65,6 +66,40 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `parkflow audit`: prints what it checked and every violation; exit 1 when there is one.
+async fn audit(database_url: &str) -> ExitCode {
+    let db = match parkflow_gateway::store::Db::connect(database_url).await {
+        Ok(db) => db,
+        Err(error) => {
+            eprintln!("error: {:#}", anyhow::Error::from(error));
+            return ExitCode::FAILURE;
+        }
+    };
+    match parkflow_billing::audit::audit(&db).await {
+        Ok(report) => {
+            println!(
+                "closed_sessions={} charges={} ledger_entries={} violations={}",
+                report.closed_sessions,
+                report.charges,
+                report.ledger_entries,
+                report.violations.len()
+            );
+            for violation in &report.violations {
+                println!("violation {violation}");
+            }
+            if report.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("error: audit failed: {:#}", anyhow::Error::from(error));
             ExitCode::FAILURE
         }
     }

@@ -14,6 +14,7 @@ pub mod lots;
 pub mod money;
 pub mod payments;
 pub mod provider;
+pub mod refunds;
 pub mod settlement;
 pub mod tariff;
 

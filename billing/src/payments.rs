@@ -344,6 +344,17 @@ pub async fn pay_exit<P: PaymentProvider>(
 /// Payments as the HTTP API needs them, object-safe so the API does not depend on which provider
 /// the platform runs with.
 pub trait PaymentsApi: Send + Sync + 'static {
+    /// Compares the platform's collections and payments with the provider's records.
+    fn reconcile(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<crate::settlement::Mismatch>, StoreError>>;
+    fn refund(
+        &self,
+        charge: Uuid,
+        amount_minor: i64,
+        reason: String,
+        key: String,
+    ) -> futures::future::BoxFuture<'_, Result<crate::refunds::Refunded, crate::refunds::RefundError>>;
     fn pay_invoice(
         &self,
         driver: Uuid,
@@ -378,6 +389,34 @@ impl<P: PaymentProvider> Payments<P> {
 }
 
 impl<P: PaymentProvider> PaymentsApi for Payments<P> {
+    fn reconcile(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<crate::settlement::Mismatch>, StoreError>> {
+        Box::pin(crate::settlement::reconcile(&self.db, &self.provider))
+    }
+
+    fn refund(
+        &self,
+        charge: Uuid,
+        amount_minor: i64,
+        reason: String,
+        key: String,
+    ) -> futures::future::BoxFuture<'_, Result<crate::refunds::Refunded, crate::refunds::RefundError>>
+    {
+        Box::pin(async move {
+            crate::refunds::refund(
+                &self.db,
+                self.provider.name(),
+                charge,
+                amount_minor,
+                &reason,
+                &key,
+                Utc::now(),
+            )
+            .await
+        })
+    }
+
     fn pay_invoice(
         &self,
         driver: Uuid,

@@ -1,5 +1,6 @@
 //! The gate actor: decides, publishes, then records.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
@@ -44,6 +45,60 @@ impl Default for DecisionConfig {
     }
 }
 
+/// How long a car held at an exit waits for its driver's reinstatement to open the barrier.
+const HELD_FOR: Duration = Duration::minutes(15);
+
+/// The read a car was held on, kept to answer it again.
+#[derive(Debug, Clone)]
+struct HeldRead {
+    lot: parkflow_protocol::LotId,
+    gate: parkflow_protocol::GateId,
+    event_id: parkflow_protocol::EventId,
+    plate: Plate,
+    plate_color: Option<parkflow_protocol::PlateColor>,
+    confidence: f64,
+    observed_at: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+}
+
+impl HeldRead {
+    fn of(read: &GateRead) -> Self {
+        Self {
+            lot: read.lot.clone(),
+            gate: read.gate.clone(),
+            event_id: read.event_id.clone(),
+            plate: read.plate.clone(),
+            plate_color: read.plate_color,
+            confidence: read.confidence,
+            observed_at: read.observed_at,
+            received_at: read.received_at,
+        }
+    }
+
+    fn replay(&self) -> GateRead {
+        GateRead {
+            lot: self.lot.clone(),
+            gate: self.gate.clone(),
+            event_id: self.event_id.clone(),
+            plate: self.plate.clone(),
+            plate_color: self.plate_color,
+            confidence: self.confidence,
+            direction: Direction::Exit,
+            observed_at: self.observed_at,
+            received_at: self.received_at,
+            received: std::time::Instant::now(),
+            ticket: None,
+        }
+    }
+}
+
+/// A car waiting at an exit for payment.
+#[derive(Debug, Clone)]
+struct Held {
+    session_plate: Plate,
+    read: HeldRead,
+}
+
 /// The actor.
 pub struct GateActor {
     config: DecisionConfig,
@@ -53,6 +108,8 @@ pub struct GateActor {
     writer: WriterHandle,
     publisher: CommandPublisher,
     metrics: Arc<Metrics>,
+    /// Cars held at exits for payment, by session.
+    held: HashMap<Uuid, Held>,
 }
 
 impl GateActor {
@@ -105,6 +162,7 @@ impl GateActor {
             writer,
             publisher,
             metrics,
+            held: HashMap::new(),
         })
     }
 
@@ -113,14 +171,7 @@ impl GateActor {
         while let Some(message) = rx.recv().await {
             match message {
                 GateMessage::PlateRead(read) => self.plate_read(*read).await,
-                GateMessage::Standing { plates, standing } => {
-                    for plate in plates {
-                        match standing {
-                            Standing::NotEnrolled => self.state.drivers.remove(&plate),
-                            standing => self.state.drivers.insert(plate, standing),
-                        };
-                    }
-                }
+                GateMessage::Standing { plates, standing } => self.standing(plates, standing).await,
                 GateMessage::ExitPaid(paid) => self.exit_paid(paid),
                 GateMessage::Reload { now } => {
                     if let Err(error) = load_facts(&self.db, &mut self.state, now).await {
@@ -135,6 +186,8 @@ impl GateActor {
     async fn plate_read(&mut self, mut read: GateRead) {
         let now = read.received_at;
         self.state.recent.expire(now);
+        self.held
+            .retain(|_, held| now - held.read.received_at <= HELD_FOR);
         let registry = self.registry.snapshot();
         let Some(lot) = registry.lot_by_id(&read.lot) else {
             return;
@@ -223,6 +276,23 @@ impl GateActor {
             reviews,
         } = planned;
         self.publish(&registry, lot, &read, &command);
+        if let (GateReason::PaymentRequired, Some(session_id)) = (command.reason, session_id) {
+            let session_plate = self
+                .state
+                .lots
+                .get(&read.lot)
+                .and_then(|l| l.open.values().find(|s| s.id == session_id))
+                .map(|s| s.plate.clone());
+            if let Some(session_plate) = session_plate {
+                self.held.insert(
+                    session_id,
+                    Held {
+                        session_plate,
+                        read: HeldRead::of(&read),
+                    },
+                );
+            }
+        }
         if opened {
             self.metrics.sessions_opened.inc();
         }
@@ -244,7 +314,66 @@ impl GateActor {
     }
 
     /// A held car paid through the API (its session is closed and billed by then): the barrier opens.
+    /// A driver's standing changed. A car of theirs held at an exit for payment while they were
+    /// suspended leaves at once when they are reinstated (its stay is billed later, as any).
+    async fn standing(&mut self, plates: Vec<Plate>, standing: Standing) {
+        for plate in &plates {
+            match standing {
+                Standing::NotEnrolled => self.state.drivers.remove(plate),
+                standing => self.state.drivers.insert(plate.clone(), standing),
+            };
+        }
+        if standing != Standing::Enrolled {
+            return;
+        }
+        let waiting: Vec<Uuid> = self
+            .held
+            .iter()
+            .filter(|(_, h)| plates.contains(&h.session_plate))
+            .map(|(id, _)| *id)
+            .collect();
+        for session_id in waiting {
+            let Some(held) = self.held.remove(&session_id) else {
+                continue;
+            };
+            let registry = self.registry.snapshot();
+            let Some(lot) = registry.lot_by_id(&held.read.lot) else {
+                continue;
+            };
+            let Some(lot_state) = self.state.lots.get_mut(&held.read.lot) else {
+                continue;
+            };
+            let read = held.read.replay();
+            let planned = plan::exit(
+                lot,
+                lot_state,
+                &read,
+                |_| Standing::Enrolled,
+                self.config.review_threshold,
+                &self.config.public_url,
+            );
+            if planned.command.action != GateAction::Open {
+                continue;
+            }
+            self.publish(&registry, lot, &read, &planned.command);
+            if let Some(minor) = planned.closed_fee_minor {
+                self.metrics.sessions_closed.inc();
+                self.metrics
+                    .fees_minor
+                    .inc_by(u64::try_from(minor).unwrap_or(0));
+            }
+            // The held read itself stays recorded with its hold; the session's end is what changes.
+            self.writer
+                .submit(Batch {
+                    writes: planned.writes,
+                    ticket: None,
+                })
+                .await;
+        }
+    }
+
     fn exit_paid(&mut self, paid: PaidExit) {
+        self.held.remove(&paid.session_id);
         let registry = self.registry.snapshot();
         let Some(lot) = registry.lot_by_id(&paid.lot) else {
             return;

@@ -79,3 +79,25 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Ap
             .map_err(|e| rejection(e.body_text()))
     }
 }
+
+/// A request made with a driver's API key (`Authorization: Bearer pf_…`): the driver's id.
+pub struct DriverKey(pub uuid::Uuid);
+
+impl FromRequestParts<AppState> for DriverKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized)?;
+        match crate::store::drivers::principal(&state.db, presented).await? {
+            Some(principal) if principal.role == "driver" => {
+                principal.driver_id.map(Self).ok_or(ApiError::Unauthorized)
+            }
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! The HTTP API (SPEC §5), served by axum: one router, one state, one error shape.
 
+pub mod billing;
+pub mod drivers;
 pub mod error;
 pub mod extract;
 pub mod lots;
@@ -54,6 +56,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}", get(sessions::get))
         .route("/v1/sessions/{id}/pay", post(payments::pay_exit))
         .route("/v1/review", get(sessions::review))
+        .route("/v1/settlements", get(billing::list))
+        .route("/v1/settlements/run", post(billing::run))
+        .route("/v1/reconciliation", get(billing::reconciliation))
+        .route("/v1/charges/{id}/refunds", post(billing::refund))
+        .route("/v1/drivers", post(drivers::enrol))
+        .route("/v1/me", get(drivers::me))
+        .route("/v1/me/plates", post(drivers::add_plate))
+        .route("/v1/me/plates/{plate}", axum::routing::delete(drivers::remove_plate))
+        .route("/v1/me/sessions", get(drivers::my_sessions))
+        .route("/v1/me/invoices", get(drivers::my_invoices))
+        .route("/v1/me/invoices/{id}/pay", post(drivers::pay_invoice))
         .fallback(|| async { error::ApiError::NotFound("route") })
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))

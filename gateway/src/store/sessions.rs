@@ -324,3 +324,18 @@ pub async fn open_reviews(
     .await?);
     Ok(rows)
 }
+
+/// Sessions of the plates a driver has enrolled, newest first.
+pub async fn sessions_of_driver(
+    db: &Db,
+    driver: Uuid,
+    limit: u32,
+) -> Result<Vec<SessionView>, StoreError> {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions
+         WHERE plate IN (SELECT plate FROM driver_plates WHERE driver_id = $1)
+         ORDER BY entered_at DESC, id LIMIT $2"
+    );
+    let rows: Vec<SessionView> = on_db!(db, pool => sqlx::query_as(&sql).bind(driver).bind(i64::from(limit)).fetch_all(pool).await?);
+    Ok(rows.into_iter().map(with_fee).collect())
+}

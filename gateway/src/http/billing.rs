@@ -1,0 +1,155 @@
+//! Billing for the platform admin: settlements (run and read), reconciliation with the payment
+//! provider, refunds.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::{NaiveDate, Utc};
+use parkflow_billing::refunds::RefundError;
+use parkflow_billing::settlement::{self, Mismatch, Settlement};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
+use super::payments::idempotency_key;
+
+impl From<RefundError> for ApiError {
+    fn from(error: RefundError) -> Self {
+        match error {
+            RefundError::NotFound => Self::NotFound("charge"),
+            RefundError::NotPositive => Self::bad_request("invalid_amount", error.to_string()),
+            RefundError::ExceedsCollected { .. } => Self::Status {
+                status: StatusCode::CONFLICT,
+                code: "refund_exceeds_collected",
+                message: error.to_string(),
+            },
+            RefundError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Days {
+    from: NaiveDate,
+    to: NaiveDate,
+    lot: Option<String>,
+}
+
+impl Days {
+    fn range(&self) -> Result<(String, String), ApiError> {
+        if self.to < self.from {
+            return Err(ApiError::bad_request(
+                "invalid_range",
+                "to must not be before from",
+            ));
+        }
+        Ok((self.from.to_string(), self.to.to_string()))
+    }
+}
+
+/// `POST /v1/settlements/run?from=YYYY-MM-DD&to=YYYY-MM-DD`: recomputes and stores those days
+/// (re-running gives the same figures).
+pub async fn run(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiQuery(days): ApiQuery<Days>,
+) -> Result<Json<Vec<Settlement>>, ApiError> {
+    let (from, to) = days.range()?;
+    Ok(Json(
+        settlement::settle(&state.db, &from, &to, Utc::now()).await?,
+    ))
+}
+
+/// `GET /v1/settlements?from=…&to=…&lot=…`: stored settlements.
+pub async fn list(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiQuery(days): ApiQuery<Days>,
+) -> Result<Json<Vec<Settlement>>, ApiError> {
+    let (from, to) = days.range()?;
+    Ok(Json(
+        settlement::stored(&state.db, days.lot.as_deref(), &from, &to).await?,
+    ))
+}
+
+/// `GET /v1/reconciliation`: every difference between the platform's records and the provider's.
+pub async fn reconciliation(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<Mismatch>>, ApiError> {
+    Ok(Json(state.payments.reconcile().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// A decimal string in the charge's currency (`"5.00"`).
+    amount: String,
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RefundResponse {
+    refund_id: Uuid,
+    amount: String,
+    currency: String,
+}
+
+/// `POST /v1/charges/{id}/refunds` (Idempotency-Key): never more than was collected.
+pub async fn refund(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(charge): ApiPath<Uuid>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<RefundRequest>,
+) -> Result<(StatusCode, Json<RefundResponse>), ApiError> {
+    let key = idempotency_key(&headers)?;
+    if request.reason.trim().is_empty() || request.reason.len() > 500 {
+        return Err(ApiError::bad_request(
+            "invalid_reason",
+            "reason must have 1 to 500 characters",
+        ));
+    }
+    let amount: Decimal = request
+        .amount
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_amount", "amount must be a decimal string"))?;
+    // The amount must fit the charge's currency exactly (Money refuses extra minor digits).
+    let currency = charge_currency(&state, charge).await?;
+    let money = parkflow_billing::Money::new(amount, currency)
+        .map_err(|e| ApiError::bad_request("invalid_amount", e.to_string()))?;
+    let minor = money
+        .to_minor()
+        .map_err(|e| ApiError::bad_request("invalid_amount", e.to_string()))?;
+    let refunded = state
+        .payments
+        .refund(charge, minor, request.reason, key)
+        .await?;
+    let amount = parkflow_billing::Money::from_minor(refunded.amount_minor, currency);
+    Ok((
+        StatusCode::CREATED,
+        Json(RefundResponse {
+            refund_id: refunded.refund_id,
+            amount: amount.to_string(),
+            currency: refunded.currency,
+        }),
+    ))
+}
+
+async fn charge_currency(
+    state: &AppState,
+    charge: Uuid,
+) -> Result<parkflow_billing::Currency, ApiError> {
+    let row: Option<(String,)> = crate::store::on_db!(&state.db, pool => sqlx::query_as("SELECT currency FROM charges WHERE id = $1")
+        .bind(charge)
+        .fetch_optional(pool)
+        .await
+        .map_err(crate::store::StoreError::from)?);
+    let (currency,) = row.ok_or(ApiError::NotFound("charge"))?;
+    parkflow_billing::Currency::new(&currency)
+        .map_err(|_| ApiError::Store(crate::store::StoreError::Corrupt("charge currency".into())))
+}

@@ -1,0 +1,278 @@
+//! The driver API: enrol (plates, payment account, auto-debit consent), manage plates, see one's
+//! sessions and invoices, pay an invoice (idempotent). A driver sees only their own.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+use parkflow_protocol::{Plate, PlateColor};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, DriverKey};
+use super::payments::idempotency_key;
+use crate::gate::GateMessage;
+use crate::gate::decide::Standing;
+use crate::store::drivers::{self, DriverError, DriverView, InvoiceView};
+use crate::store::sessions::{self, SessionView};
+
+/// Plates one driver may enrol.
+const MAX_PLATES: usize = 10;
+
+impl From<DriverError> for ApiError {
+    fn from(error: DriverError) -> Self {
+        match error {
+            DriverError::PlateTaken => Self::Status {
+                status: StatusCode::CONFLICT,
+                code: "plate_taken",
+                message: error.to_string(),
+            },
+            DriverError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlateRequest {
+    plate: String,
+    plate_color: Option<String>,
+}
+
+impl PlateRequest {
+    fn parse(&self) -> Result<(Plate, Option<PlateColor>), ApiError> {
+        let plate = Plate::parse(&self.plate)
+            .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
+        let color = self
+            .plate_color
+            .as_deref()
+            .map(|c| {
+                PlateColor::parse(c).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_plate_color",
+                        "plate_color must be blue, yellow, green, white or black",
+                    )
+                })
+            })
+            .transpose()?;
+        Ok((plate, color))
+    }
+}
+
+/// Enrolment. The server owns the id, the status and the key; a body naming them is refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    name: String,
+    payment_account: String,
+    /// Consent to password-free auto-debit: leave-first, pay-later needs it.
+    auto_debit_consent: bool,
+    plates: Vec<PlateRequest>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Enrolled {
+    driver: DriverView,
+    /// Shown once; the platform keeps only its hash.
+    api_key: String,
+}
+
+/// `POST /v1/drivers`
+pub async fn enrol(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<EnrolRequest>,
+) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
+    if !request.auto_debit_consent {
+        return Err(ApiError::bad_request(
+            "consent_required",
+            "leave first, pay later needs consent to auto-debit",
+        ));
+    }
+    if request.name.trim().is_empty() || request.name.len() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "name must have 1 to 200 characters",
+        ));
+    }
+    if request.payment_account.is_empty() || request.payment_account.len() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_payment_account",
+            "payment_account must have 1 to 200 characters",
+        ));
+    }
+    if request.plates.is_empty() || request.plates.len() > MAX_PLATES {
+        return Err(ApiError::bad_request(
+            "invalid_plates",
+            format!("enrol 1 to {MAX_PLATES} plates"),
+        ));
+    }
+    let plates = request
+        .plates
+        .iter()
+        .map(PlateRequest::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    let (driver, api_key) = drivers::enrol(
+        &state.db,
+        request.name.trim(),
+        &request.payment_account,
+        &plates,
+        Utc::now(),
+    )
+    .await?;
+    let enrolled = plates.into_iter().map(|(plate, _)| plate).collect();
+    state
+        .gates
+        .send(GateMessage::Standing {
+            plates: enrolled,
+            standing: Standing::Enrolled,
+        })
+        .await;
+    Ok((StatusCode::CREATED, Json(Enrolled { driver, api_key })))
+}
+
+/// `GET /v1/me`
+pub async fn me(
+    DriverKey(driver): DriverKey,
+    State(state): State<AppState>,
+) -> Result<Json<DriverView>, ApiError> {
+    drivers::driver(&state.db, driver)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("driver"))
+}
+
+/// `POST /v1/me/plates`
+pub async fn add_plate(
+    DriverKey(driver): DriverKey,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<PlateRequest>,
+) -> Result<(StatusCode, Json<DriverView>), ApiError> {
+    let me = drivers::driver(&state.db, driver)
+        .await?
+        .ok_or(ApiError::NotFound("driver"))?;
+    if me.plates.len() >= MAX_PLATES {
+        return Err(ApiError::bad_request(
+            "too_many_plates",
+            format!("a driver enrols at most {MAX_PLATES} plates"),
+        ));
+    }
+    let (plate, color) = request.parse()?;
+    drivers::add_plate(&state.db, driver, &plate, color, Utc::now()).await?;
+    let standing = if me.status == "suspended" {
+        Standing::Suspended
+    } else {
+        Standing::Enrolled
+    };
+    state
+        .gates
+        .send(GateMessage::Standing {
+            plates: vec![plate],
+            standing,
+        })
+        .await;
+    let me = drivers::driver(&state.db, driver)
+        .await?
+        .ok_or(ApiError::NotFound("driver"))?;
+    Ok((StatusCode::CREATED, Json(me)))
+}
+
+/// `DELETE /v1/me/plates/{plate}`
+pub async fn remove_plate(
+    DriverKey(driver): DriverKey,
+    State(state): State<AppState>,
+    ApiPath(plate): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let plate = Plate::parse(&plate).map_err(|_| ApiError::NotFound("plate"))?;
+    if !drivers::remove_plate(&state.db, driver, &plate).await? {
+        return Err(ApiError::NotFound("plate"));
+    }
+    state
+        .gates
+        .send(GateMessage::Standing {
+            plates: vec![plate],
+            standing: Standing::NotEnrolled,
+        })
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/me/sessions`
+pub async fn my_sessions(
+    DriverKey(driver): DriverKey,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<SessionView>>, ApiError> {
+    Ok(Json(
+        sessions::sessions_of_driver(&state.db, driver, 100).await?,
+    ))
+}
+
+/// `GET /v1/me/invoices`
+pub async fn my_invoices(
+    DriverKey(driver): DriverKey,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<InvoiceView>>, ApiError> {
+    Ok(Json(drivers::invoices(&state.db, driver).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayInvoiceRequest {
+    /// Another account to pay from (the enrolled one when absent).
+    payment_account: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InvoicePaid {
+    payment_id: Uuid,
+    amount: String,
+    currency: String,
+    /// Whether paying lifted a suspension.
+    reinstated: bool,
+}
+
+/// `POST /v1/me/invoices/{id}/pay`: clears the debt at once; a reinstated driver's car waiting at
+/// an exit is let out.
+pub async fn pay_invoice(
+    DriverKey(driver): DriverKey,
+    State(state): State<AppState>,
+    ApiPath(invoice): ApiPath<Uuid>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<PayInvoiceRequest>,
+) -> Result<Json<InvoicePaid>, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let account = match request.payment_account {
+        Some(account) => account,
+        None => drivers::payment_account(&state.db, driver)
+            .await?
+            .ok_or_else(|| {
+                ApiError::bad_request("payment_account_required", "no payment account on file")
+            })?,
+    };
+    let paid = state
+        .payments
+        .pay_invoice(driver, invoice, key, account)
+        .await?;
+    let reinstated = paid.reinstated.is_some();
+    if let Some(change) = paid.reinstated {
+        let plates = change
+            .plates
+            .iter()
+            .filter_map(|p| Plate::parse(p).ok())
+            .collect();
+        state
+            .gates
+            .send(GateMessage::Standing {
+                plates,
+                standing: Standing::Enrolled,
+            })
+            .await;
+    }
+    Ok(Json(InvoicePaid {
+        payment_id: paid.payment_id,
+        amount: paid.amount.to_string(),
+        currency: paid.amount.currency().as_str().to_owned(),
+        reinstated,
+    }))
+}

@@ -1,0 +1,237 @@
+//! Drivers, their plates and their API keys (keys are random, shown once, stored as SHA-256).
+
+use chrono::{DateTime, Utc};
+use parkflow_protocol::{Plate, PlateColor};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Db, StoreError, db_time, on_db};
+use crate::registry::password_hash;
+
+/// Why a driver change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("plate is enrolled by another driver")]
+    PlateTaken,
+    #[error("driver store failed")]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for DriverError {
+    fn from(e: sqlx::Error) -> Self {
+        let e = StoreError::from(e);
+        match e.constraint() {
+            Some(c) if c.contains("plate") => Self::PlateTaken,
+            _ => match &e {
+                // SQLite names no constraint: a primary key clash on driver_plates is the plate.
+                StoreError::Query(q)
+                    if q.as_database_error()
+                        .is_some_and(|d| d.message().contains("driver_plates.plate")) =>
+                {
+                    Self::PlateTaken
+                }
+                _ => Self::Store(e),
+            },
+        }
+    }
+}
+
+/// Who an API key speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub role: String,
+    pub operator_id: Option<String>,
+    pub driver_id: Option<Uuid>,
+}
+
+/// A new random API key: `pf_` and 43 URL-safe characters.
+pub fn new_key() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "pf_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Who `key` speaks for, if it is a live key.
+pub async fn principal(db: &Db, key: &str) -> Result<Option<Principal>, StoreError> {
+    let row: Option<(String, Option<String>, Option<Uuid>)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT role, operator_id, driver_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(password_hash(key))
+    .fetch_optional(pool)
+    .await?);
+    Ok(row.map(|(role, operator_id, driver_id)| Principal {
+        role,
+        operator_id,
+        driver_id,
+    }))
+}
+
+/// A driver as the API shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriverView {
+    pub id: Uuid,
+    pub name: String,
+    pub status: String,
+    pub auto_debit: bool,
+    pub plates: Vec<PlateView>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PlateView {
+    pub plate: String,
+    pub plate_color: Option<String>,
+}
+
+/// Enrols a driver with their plates and payment account; returns the driver and their API key.
+pub async fn enrol(
+    db: &Db,
+    name: &str,
+    payment_account: &str,
+    plates: &[(Plate, Option<PlateColor>)],
+    now: DateTime<Utc>,
+) -> Result<(DriverView, String), DriverError> {
+    let id = Uuid::now_v7();
+    let key = new_key();
+    let now = db_time(now);
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at) VALUES ($1, $2, 'active', $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(true)
+        .bind(payment_account)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (plate, color) in plates {
+            sqlx::query("INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(plate.as_str())
+                .bind(id)
+                .bind(color.map(PlateColor::as_str))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO api_keys (id, key_hash, role, driver_id, created_at) VALUES ($1, $2, 'driver', $3, $4)")
+            .bind(Uuid::now_v7())
+            .bind(password_hash(&key))
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    });
+    let driver = driver(db, id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("enrolled driver vanished".into()))?;
+    Ok((driver, key))
+}
+
+/// A driver and their plates.
+pub async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, StoreError> {
+    let row: Option<(String, String, bool)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT name, status, auto_debit FROM drivers WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?);
+    let Some((name, status, auto_debit)) = row else {
+        return Ok(None);
+    };
+    let plates: Vec<PlateView> = on_db!(db, pool => sqlx::query_as(
+        "SELECT plate, plate_color FROM driver_plates WHERE driver_id = $1 ORDER BY plate",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?);
+    Ok(Some(DriverView {
+        id,
+        name,
+        status,
+        auto_debit,
+        plates,
+    }))
+}
+
+/// Adds a plate to a driver (a plate belongs to one driver at a time).
+pub async fn add_plate(
+    db: &Db,
+    driver: Uuid,
+    plate: &Plate,
+    color: Option<PlateColor>,
+    now: DateTime<Utc>,
+) -> Result<(), DriverError> {
+    let existing: Option<(Uuid,)> = on_db!(db, pool => sqlx::query_as("SELECT driver_id FROM driver_plates WHERE plate = $1")
+        .bind(plate.as_str())
+        .fetch_optional(pool)
+        .await?);
+    match existing {
+        Some((owner,)) if owner == driver => return Ok(()),
+        Some(_) => return Err(DriverError::PlateTaken),
+        None => {}
+    }
+    on_db!(db, pool => sqlx::query("INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(plate.as_str())
+        .bind(driver)
+        .bind(color.map(PlateColor::as_str))
+        .bind(db_time(now))
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected())?);
+    Ok(())
+}
+
+/// Removes one of a driver's plates; whether it was theirs.
+pub async fn remove_plate(db: &Db, driver: Uuid, plate: &Plate) -> Result<bool, StoreError> {
+    let removed = on_db!(db, pool => sqlx::query("DELETE FROM driver_plates WHERE plate = $1 AND driver_id = $2")
+        .bind(plate.as_str())
+        .bind(driver)
+        .execute(pool)
+        .await?
+        .rows_affected());
+    Ok(removed == 1)
+}
+
+/// An invoice as its driver sees it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct InvoiceView {
+    pub id: Uuid,
+    #[serde(skip)]
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: String,
+    #[serde(with = "parkflow_protocol::time::rfc3339")]
+    pub due_at: DateTime<Utc>,
+    #[sqlx(skip)]
+    pub amount: String,
+}
+
+/// A driver's invoices, newest first.
+pub async fn invoices(db: &Db, driver: Uuid) -> Result<Vec<InvoiceView>, StoreError> {
+    let rows: Vec<InvoiceView> = on_db!(db, pool => sqlx::query_as(
+        "SELECT id, amount_minor, currency, status, due_at FROM invoices WHERE driver_id = $1 ORDER BY created_at DESC",
+    )
+    .bind(driver)
+    .fetch_all(pool)
+    .await?);
+    Ok(rows
+        .into_iter()
+        .map(|mut i| {
+            i.amount = parkflow_billing::Currency::new(&i.currency)
+                .map(|c| parkflow_billing::Money::from_minor(i.amount_minor, c).to_string())
+                .unwrap_or_default();
+            i
+        })
+        .collect())
+}
+
+/// The payment account a driver enrolled.
+pub async fn payment_account(db: &Db, driver: Uuid) -> Result<Option<String>, StoreError> {
+    let row: Option<(Option<String>,)> = on_db!(db, pool => sqlx::query_as("SELECT payment_account FROM drivers WHERE id = $1").bind(driver).fetch_optional(pool).await?);
+    Ok(row.and_then(|(account,)| account))
+}
