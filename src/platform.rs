@@ -55,6 +55,7 @@ pub struct PlatformConfig {
     /// Faults the simulated payment provider injects (none by default).
     pub provider_faults: FaultConfig,
     pub charging: ChargingConfig,
+    pub arrears: ArrearsConfig,
 }
 
 /// Shows the configuration without its secrets.
@@ -80,6 +81,7 @@ impl PlatformConfig {
             decisions: DecisionConfig::default(),
             provider_faults: FaultConfig::none(),
             charging: ChargingConfig::new("charging-1"),
+            arrears: ArrearsConfig::default(),
         }
     }
 }
@@ -108,6 +110,7 @@ pub struct Platform {
     mqtt_addr: (String, u16),
     provider: SimulatedProvider,
     charging: ChargingConfig,
+    arrears: ArrearsConfig,
 }
 
 impl Platform {
@@ -171,6 +174,7 @@ impl Platform {
             mqtt_addr: (host, port),
             provider,
             charging: config.charging,
+            arrears: config.arrears,
         })
     }
 
@@ -225,9 +229,7 @@ impl Platform {
                 .context("failed to start charging")?;
         tracker.spawn(charging.run(token.clone()));
         let (standing_tx, mut standing_rx) = mpsc::channel(STANDING_CHANNEL_CAPACITY);
-        tracker.spawn(
-            ArrearsWorker::new(db, ArrearsConfig::default(), standing_tx).run(token.clone()),
-        );
+        tracker.spawn(ArrearsWorker::new(db, self.arrears.clone(), standing_tx).run(token.clone()));
         // Suspensions and reinstatements reach the gate actor, which holds or frees exits.
         tracker.spawn(async move {
             while let Some(change) = standing_rx.recv().await {

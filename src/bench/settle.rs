@@ -56,9 +56,16 @@ struct Driver {
     account: String,
 }
 
+struct Lot {
+    id: LotId,
+    tariff: Tariff,
+    /// The tariff's currency code.
+    currency: String,
+}
+
 /// The lots, drivers and closed sessions of one run.
 struct Fleet {
-    lots: Vec<(LotId, Tariff)>,
+    lots: Vec<Lot>,
     drivers: Vec<Driver>,
     sessions: Vec<Closed>,
 }
@@ -67,7 +74,14 @@ impl Fleet {
     fn generate(sessions: usize, now: DateTime<Utc>) -> anyhow::Result<Self> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let lots = (0..LOTS)
-            .map(|i| Ok((LotId::parse(&format!("bench-{i:02}"))?, demo_tariff(i).validate()?)))
+            .map(|i| {
+                let tariff = demo_tariff(i).validate()?;
+                Ok(Lot {
+                    id: LotId::parse(&format!("bench-{i:02}"))?,
+                    currency: tariff.currency().as_str().to_owned(),
+                    tariff,
+                })
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut seen = HashSet::new();
         let mut drivers = Vec::with_capacity(DRIVERS);
@@ -78,11 +92,19 @@ impl Fleet {
             if !seen.insert(plate.clone()) {
                 continue;
             }
-            let prefix = if i % DECLINING_EVERY == 0 { "decline" } else { "acct" };
+            let prefix = if i % DECLINING_EVERY == 0 {
+                "decline"
+            } else {
+                "acct"
+            };
             drivers.push(Driver {
                 id: Uuid::new_v4(),
                 plate,
-                color: if green { PlateColor::Green } else { PlateColor::Blue },
+                color: if green {
+                    PlateColor::Green
+                } else {
+                    PlateColor::Blue
+                },
                 account: format!("{prefix}-{i}"),
             });
         }
@@ -97,7 +119,7 @@ impl Fleet {
                 plate_color: Some(drivers[driver].color),
                 pass_holder: false,
             };
-            let fee_minor = lots[lot].1.fee(&stay)?.to_minor()?;
+            let fee_minor = lots[lot].tariff.fee(&stay)?.to_minor()?;
             closed.push(Closed {
                 id: Uuid::now_v7(),
                 lot,
@@ -123,10 +145,10 @@ impl Fleet {
             lots: self
                 .lots
                 .iter()
-                .map(|(id, tariff)| LotPlan {
-                    id: id.clone(),
+                .map(|lot| LotPlan {
+                    id: lot.id.clone(),
                     operator_id: OPERATOR.into(),
-                    name: format!("Bench lot {id}"),
+                    name: format!("Bench lot {}", lot.id),
                     kind: LotKind::OffStreet,
                     lat: 30.25,
                     lon: 120.15,
@@ -135,7 +157,7 @@ impl Fleet {
                     device_auth: DeviceAuth::Signed,
                     gates: Vec::new(),
                     bays: Vec::new(),
-                    tariffs: vec![tariff.definition().clone()],
+                    tariffs: vec![lot.tariff.definition().clone()],
                 })
                 .collect(),
             drivers: self
@@ -176,10 +198,10 @@ async fn set_up(db: &Db, fleet: &Fleet, now: DateTime<Utc>) -> anyhow::Result<()
                      exit_match, tariff_from, fee_minor, currency, updated_at) ",
             );
             builder.push_values(chunk, |mut row, s| {
-                let (lot, tariff) = &fleet.lots[s.lot];
+                let lot = &fleet.lots[s.lot];
                 let driver = &fleet.drivers[s.driver];
                 row.push_bind(s.id)
-                    .push_bind(lot.as_str())
+                    .push_bind(lot.id.as_str())
                     .push_bind(driver.plate.as_str())
                     .push_bind(driver.color.as_str())
                     .push_bind("closed")
@@ -187,9 +209,9 @@ async fn set_up(db: &Db, fleet: &Fleet, now: DateTime<Utc>) -> anyhow::Result<()
                     .push_bind(s.entered_at)
                     .push_bind(s.exited_at)
                     .push_bind("exact")
-                    .push_bind(db_time(tariff.effective_from()))
+                    .push_bind(db_time(lot.tariff.effective_from()))
                     .push_bind(s.fee_minor)
-                    .push_bind(tariff.currency().as_str())
+                    .push_bind(lot.currency.as_str())
                     .push_bind(now);
             });
             builder.build().execute(&mut *tx).await?;
@@ -220,28 +242,42 @@ const BASELINE_TABLE: &str = "CREATE TABLE bench_charges (id {UUID}, session_id 
 /// Writes one charge-shaped row per session, `BATCH` rows a transaction; returns the time taken.
 async fn baseline(db: &Db, fleet: &Fleet, now: DateTime<Utc>) -> anyhow::Result<Duration> {
     let types: &[(&str, &str)] = match db {
-        Db::Sqlite(_) => &[("{UUID}", "BLOB"), ("{BIGINT}", "INTEGER"), ("{TIME}", "TEXT")],
-        Db::Postgres(_) => &[("{UUID}", "UUID"), ("{BIGINT}", "BIGINT"), ("{TIME}", "TIMESTAMPTZ")],
+        Db::Sqlite(_) => &[
+            ("{UUID}", "BLOB"),
+            ("{BIGINT}", "INTEGER"),
+            ("{TIME}", "TEXT"),
+        ],
+        Db::Postgres(_) => &[
+            ("{UUID}", "UUID"),
+            ("{BIGINT}", "BIGINT"),
+            ("{TIME}", "TIMESTAMPTZ"),
+        ],
     };
     let create = types
         .iter()
-        .fold(BASELINE_TABLE.to_owned(), |sql, (from, to)| sql.replace(from, to));
-    on_db!(db, pool => sqlx::query(&create).execute(pool).await?);
+        .fold(BASELINE_TABLE.to_owned(), |sql, (from, to)| {
+            sql.replace(from, to)
+        });
+    on_db!(db, pool => sqlx::query(&create).execute(pool).await.map(drop)?);
     let rows: Vec<ChargeRow> = fleet
         .sessions
         .iter()
         .map(|s| {
-            let (lot, tariff) = &fleet.lots[s.lot];
+            let lot = &fleet.lots[s.lot];
             let driver = &fleet.drivers[s.driver];
             ChargeRow {
                 id: Uuid::now_v7(),
                 session_id: s.id,
-                lot_id: lot.as_str(),
-                local_day: s.exited_at.with_timezone(&tariff.time_zone()).date_naive().to_string(),
+                lot_id: lot.id.as_str(),
+                local_day: s
+                    .exited_at
+                    .with_timezone(&lot.tariff.time_zone())
+                    .date_naive()
+                    .to_string(),
                 driver_id: driver.id,
                 account: driver.account.as_str(),
                 amount_minor: s.fee_minor,
-                currency: tariff.currency().as_str(),
+                currency: lot.currency.as_str(),
             }
         })
         .collect();
@@ -296,11 +332,18 @@ async fn charge_all(
         let report = worker.step(Utc::now()).await?;
         steps.push(started.elapsed());
         if report.is_idle() {
-            let waiting = count(db, "SELECT COUNT(*) FROM charges WHERE status IN ('pending', 'unknown')").await?;
+            let waiting = count(
+                db,
+                "SELECT COUNT(*) FROM charges WHERE status IN ('pending', 'unknown')",
+            )
+            .await?;
             if waiting == 0 {
                 return Ok(steps);
             }
-            anyhow::ensure!(Instant::now() < deadline, "{waiting} charges still unanswered");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{waiting} charges still unanswered"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -308,11 +351,15 @@ async fn charge_all(
 
 /// The scenario against a database at `url`, which it migrates and fills.
 async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()> {
-    println!("scenario=settle engine={engine} sessions={sessions} lots={LOTS} drivers={DRIVERS} batch={BATCH}");
+    println!(
+        "scenario=settle engine={engine} sessions={sessions} lots={LOTS} drivers={DRIVERS} batch={BATCH}"
+    );
     let started = Instant::now();
     let now = Utc::now();
     let fleet = Fleet::generate(sessions, now)?;
-    let db = Db::connect(url).await.context("failed to open the bench database")?;
+    let db = Db::connect(url)
+        .await
+        .context("failed to open the bench database")?;
     set_up(&db, &fleet, now).await?;
     println!("setup_s={:.3}", started.elapsed().as_secs_f64());
 
@@ -327,7 +374,8 @@ async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()
     let mut steps = charge_all(&mut worker, &db).await?;
     let charge = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let settlements = parkflow_billing::settlement::settle(&db, "2000-01-01", "2999-12-31", Utc::now()).await?;
+    let settlements =
+        parkflow_billing::settlement::settle(&db, "2000-01-01", "2999-12-31", Utc::now()).await?;
     let settle = started.elapsed().as_secs_f64();
     let total = charge + settle;
     let (first, last) = (steps.first().copied(), steps.last().copied());
@@ -345,9 +393,21 @@ async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()
     let audit = parkflow_billing::audit::audit(&db).await?;
     let audit_s = started.elapsed().as_secs_f64();
     let charges = count(&db, "SELECT COUNT(*) FROM charges").await?;
-    let duplicates = count(&db, "SELECT COUNT(*) - COUNT(DISTINCT session_id) FROM charges").await?;
-    let succeeded = count(&db, "SELECT COUNT(*) FROM charges WHERE status = 'succeeded'").await?;
-    let declined = count(&db, "SELECT COUNT(*) FROM charges WHERE status = 'declined'").await?;
+    let duplicates = count(
+        &db,
+        "SELECT COUNT(*) - COUNT(DISTINCT session_id) FROM charges",
+    )
+    .await?;
+    let succeeded = count(
+        &db,
+        "SELECT COUNT(*) FROM charges WHERE status = 'succeeded'",
+    )
+    .await?;
+    let declined = count(
+        &db,
+        "SELECT COUNT(*) FROM charges WHERE status = 'declined'",
+    )
+    .await?;
     let invoices = count(&db, "SELECT COUNT(*) FROM invoices").await?;
     let entries = count(&db, "SELECT COUNT(DISTINCT entry_id) FROM ledger").await?;
     let gross: i64 = settlements.iter().map(|s| s.gross_minor).sum();
@@ -362,7 +422,10 @@ async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()
          applied={applied} settlements={} gross_minor={gross} fees_minor={fees}",
         settlements.len()
     );
-    println!("{}", ratio("settle_vs_bulk_insert", total / baseline, 3.0, true));
+    println!(
+        "{}",
+        ratio("settle_vs_bulk_insert", total / baseline, 3.0, true)
+    );
     let goal = if engine == "postgres" { 10.0 } else { 5.0 };
     println!("{}", ratio("settle_seconds", total, goal, true));
     db.close().await;
@@ -373,14 +436,24 @@ async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()
         (charges != expected, "charges differ from sessions"),
         (duplicates != 0, "a session was charged twice"),
         (!audit.violations.is_empty(), "the audit found violations"),
-        (gross != fees, "settled gross differs from the sessions' fees"),
-        (i64::try_from(applied)? != succeeded, "the provider moved money for other charges"),
+        (
+            gross != fees,
+            "settled gross differs from the sessions' fees",
+        ),
+        (
+            i64::try_from(applied)? != succeeded,
+            "the provider moved money for other charges",
+        ),
     ] {
         if broken {
             wrong.push(what);
         }
     }
-    anyhow::ensure!(wrong.is_empty(), "settle bench is wrong: {}", wrong.join("; "));
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "settle bench is wrong: {}",
+        wrong.join("; ")
+    );
     Ok(())
 }
 
@@ -399,9 +472,13 @@ pub async fn run(sessions: usize, database_url: Option<String>) -> anyhow::Resul
         url.starts_with("postgres:") || url.starts_with("postgresql:"),
         "expected a postgres:// URL"
     );
-    let mut admin = PgConnection::connect(&url).await.context("failed to connect to postgres")?;
+    let mut admin = PgConnection::connect(&url)
+        .await
+        .context("failed to connect to postgres")?;
     let name = format!("parkflow_bench_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
     let mut fresh = url::Url::parse(&url)?;
     fresh.set_path(&name);
     let result = scenario(fresh.as_str(), "postgres", sessions).await;

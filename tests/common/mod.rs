@@ -454,7 +454,49 @@ fn config(
     let mut config = PlatformConfig::new("127.0.0.1:0".parse().unwrap(), database_url, mqtt);
     config.mqtt_client_id = client_id.to_owned();
     config.admin_key = Some(ADMIN_KEY.to_owned());
+    // Billing at test speed: a payment window of two seconds, workers that look often.
+    config.charging.payment_window = Duration::from_secs(2);
+    config.charging.idle_poll = Duration::from_millis(50);
+    config.charging.retry_after = Duration::from_millis(100);
+    config.arrears.poll = Duration::from_millis(100);
     config
+}
+
+/// A database of its own for one test: a temp SQLite file, or a fresh PostgreSQL database.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_database: Option<String>,
+}
+
+impl TestDatabase {
+    pub async fn new(database: Database) -> Self {
+        match database {
+            Database::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite:{}", dir.path().join("parkflow.db").display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                    pg_database: None,
+                }
+            }
+            Database::Postgres => {
+                let (url, name) = fresh_postgres_database().await;
+                Self {
+                    url,
+                    _dir: None,
+                    pg_database: Some(name),
+                }
+            }
+        }
+    }
+
+    pub async fn drop_database(mut self) {
+        if let Some(name) = self.pg_database.take() {
+            drop_postgres_database(&name).await;
+        }
+    }
 }
 
 async fn fresh_postgres_database() -> (String, String) {

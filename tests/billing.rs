@@ -1,0 +1,349 @@
+//! Leave first, pay later, on SQLite and PostgreSQL: exactly-once charging through provider faults
+//! and worker crashes, settlement that re-runs to the same figures, and the audit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{Broker, Database, Setup, TestDatabase};
+use parkflow::demo::demo_tariff;
+use parkflow_billing::charging::{ChargingConfig, ChargingWorker, idempotency_key};
+use parkflow_billing::provider::{FaultConfig, SimulatedProvider};
+use parkflow_billing::{Stay, audit, settlement};
+use parkflow_db::{Db, on_db};
+use parkflow_gateway::registry::LotKind;
+use parkflow_gateway::store::provision::{DriverPlan, LotPlan, OperatorPlan, Plan, provision};
+use parkflow_protocol::{DeviceAuth, LotId, Plate, PlateColor};
+use parkflow_sensors_sim::city::random_plate;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use uuid::Uuid;
+
+const SESSIONS: usize = 1_200;
+const DRIVERS: usize = 300;
+const LOTS: usize = 3;
+
+struct Fixture {
+    plates: Vec<Plate>,
+    lots: Vec<LotId>,
+}
+
+/// Three lots, drivers (one in ten with an account that declines), and closed sessions priced by
+/// the lots' tariffs, written straight to the database as the gateway would have.
+async fn fixture(db: &Db) -> Fixture {
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut plates: Vec<Plate> = (0..DRIVERS * 2)
+        .map(|_| random_plate(&mut rng, false))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    plates.sort();
+    plates.truncate(DRIVERS);
+    let lots: Vec<LotId> = (0..LOTS)
+        .map(|i| LotId::parse(&format!("bill-{i}")).unwrap())
+        .collect();
+    let plan = Plan {
+        operators: vec![OperatorPlan {
+            id: "op-bill".into(),
+            name: "Billing test".into(),
+        }],
+        lots: lots
+            .iter()
+            .enumerate()
+            .map(|(i, id)| LotPlan {
+                id: id.clone(),
+                operator_id: "op-bill".into(),
+                name: format!("Lot {i}"),
+                kind: LotKind::OffStreet,
+                lat: 30.0,
+                lon: 120.0,
+                capacity: 1_000,
+                time_zone: "Asia/Shanghai".into(),
+                device_auth: DeviceAuth::Signed,
+                gates: Vec::new(),
+                bays: Vec::new(),
+                tariffs: vec![demo_tariff(i)],
+            })
+            .collect(),
+        drivers: plates
+            .iter()
+            .map(|plate| DriverPlan {
+                id: Uuid::new_v4(),
+                name: "Driver".into(),
+                suspended: false,
+                plates: vec![(plate.clone(), Some(PlateColor::Blue))],
+            })
+            .collect(),
+        ..Plan::default()
+    };
+    provision(db, &plan, Utc::now()).await.unwrap();
+    for (i, plate) in plates.iter().enumerate() {
+        let account = if i % 10 == 0 {
+            format!("decline-{i}")
+        } else {
+            format!("acct-{i}")
+        };
+        on_db!(db, pool => sqlx::query("UPDATE drivers SET payment_account = $1 WHERE id = (SELECT driver_id FROM driver_plates WHERE plate = $2)")
+            .bind(account)
+            .bind(plate.as_str())
+            .execute(pool)
+            .await
+            .map(drop)
+            .unwrap());
+    }
+    let base: DateTime<Utc> = Utc::now() - chrono::Duration::days(3);
+    for i in 0..SESSIONS {
+        let lot = i % LOTS;
+        let tariff = demo_tariff(lot).validate().unwrap();
+        let entered_at = base + chrono::Duration::minutes(i as i64 * 3);
+        let exited_at = entered_at + chrono::Duration::minutes(rng.random_range(1..600));
+        let stay = Stay {
+            entered_at,
+            exited_at,
+            plate_color: Some(PlateColor::Blue),
+            pass_holder: false,
+        };
+        let fee = tariff.fee(&stay).unwrap().to_minor().unwrap();
+        on_db!(db, pool => sqlx::query(
+            "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at, tariff_from,
+                 fee_minor, currency, updated_at)
+             VALUES ($1, $2, $3, 'blue', 'closed', $4, $5, $6, $7, $8, 'CNY', $6)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(lots[lot].as_str())
+        .bind(plates[i % DRIVERS].as_str())
+        .bind(false)
+        .bind(parkflow_db::db_time(entered_at))
+        .bind(parkflow_db::db_time(exited_at))
+        .bind(parkflow_db::db_time(tariff.effective_from()))
+        .bind(fee)
+        .execute(pool)
+        .await
+        .map(drop)
+        .unwrap());
+    }
+    Fixture { plates, lots }
+}
+
+async fn count(db: &Db, sql: &str) -> i64 {
+    on_db!(db, pool => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap())
+}
+
+async fn charging_is_exactly_once_through_faults_and_crashes(database: Database) {
+    let Some(_) = Setup::available(database, Broker::Embedded) else {
+        return;
+    };
+    let test_db = TestDatabase::new(database).await;
+    let db = Db::connect(&test_db.url).await.unwrap();
+    let fixture = fixture(&db).await;
+    let faults = FaultConfig {
+        late_confirmation_after: Duration::from_millis(100),
+        latency: Duration::from_millis(1),
+        ..FaultConfig::chaotic(7)
+    };
+    let provider = SimulatedProvider::new(faults).unwrap();
+
+    // Several workers at once; each crashes now and then in the middle of a step (its future is
+    // dropped wherever it is) and comes back under a new name, as a restarted process would.
+    let workers = if database == Database::Postgres { 3 } else { 2 };
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let db = db.clone();
+        let provider = provider.clone();
+        handles.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(w as u64);
+            let mut restarts = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let mut config = ChargingConfig::new(format!("worker-{w}-{restarts}"));
+                config.batch = 97;
+                config.lease = Duration::from_millis(500);
+                config.retry_after = Duration::from_millis(50);
+                let mut worker = ChargingWorker::new(db.clone(), provider.clone(), config).await.unwrap();
+                let mut idle_steps = 0;
+                loop {
+                    assert!(tokio::time::Instant::now() < deadline, "charging did not settle in time");
+                    provider.tick();
+                    let crash_after = Duration::from_millis(rng.random_range(1..40));
+                    match tokio::time::timeout(crash_after, worker.step(Utc::now())).await {
+                        Err(_) if rng.random_bool(0.3) => {
+                            restarts += 1;
+                            break;
+                        }
+                        Err(_) => {}
+                        Ok(report) => {
+                            let report = report.unwrap();
+                            idle_steps = if report.is_idle() { idle_steps + 1 } else { 0 };
+                        }
+                    }
+                    let unsettled: i64 = on_db!(&db, pool => sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM charges WHERE status IN ('pending', 'unknown')"
+                    ).fetch_one(pool).await.unwrap());
+                    let uncharged: i64 = on_db!(&db, pool => sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM sessions s WHERE s.status = 'closed' AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.session_id = s.id)"
+                    ).fetch_one(pool).await.unwrap());
+                    if unsettled == 0 && uncharged == 0 && idle_steps > 0 {
+                        return restarts;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }));
+    }
+    let mut restarts = 0;
+    for handle in handles {
+        restarts += handle.await.unwrap();
+    }
+    assert!(
+        restarts > 0,
+        "the run crashed no worker: it proves nothing about restarts"
+    );
+
+    // One charge per session, money moved at most once per session, and the books agree.
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM charges").await,
+        SESSIONS as i64
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM (SELECT session_id FROM charges GROUP BY session_id HAVING COUNT(*) > 1) d").await, 0);
+    let sessions: Vec<Uuid> = on_db!(&db, pool => sqlx::query_scalar("SELECT id FROM sessions").fetch_all(pool).await.unwrap());
+    assert!(
+        sessions
+            .iter()
+            .all(|s| provider.times_charged(&idempotency_key(*s)) <= 1),
+        "a session was charged twice"
+    );
+    let succeeded = count(
+        &db,
+        "SELECT COUNT(*) FROM charges WHERE status = 'succeeded'",
+    )
+    .await;
+    assert_eq!(
+        provider.applied_count() as i64,
+        succeeded,
+        "the provider moved money the platform did not record, or the reverse"
+    );
+    let declined = count(
+        &db,
+        "SELECT COUNT(*) FROM charges WHERE status = 'declined'",
+    )
+    .await;
+    assert!(
+        declined > 0,
+        "declining accounts should have produced declines"
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM invoices").await, declined);
+    assert_eq!(
+        settlement::reconcile(&db, &provider).await.unwrap(),
+        Vec::new()
+    );
+    let report = audit::audit(&db).await.unwrap();
+    assert_eq!(report.violations, Vec::new());
+    assert_eq!(report.closed_sessions, SESSIONS as i64);
+
+    // Settlement: the same figures however often it runs, and every fee counted once.
+    let first = settlement::settle(&db, "2000-01-01", "2999-12-31", Utc::now())
+        .await
+        .unwrap();
+    let again = settlement::settle(&db, "2000-01-01", "2999-12-31", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(
+        settlement::stored(&db, None, "2000-01-01", "2999-12-31")
+            .await
+            .unwrap(),
+        first
+    );
+    let gross: i64 = first.iter().map(|s| s.gross_minor).sum();
+    assert_eq!(
+        gross,
+        count(&db, "SELECT CAST(SUM(fee_minor) AS BIGINT) FROM sessions").await
+    );
+    assert_eq!(
+        first.iter().map(|s| s.sessions).sum::<i64>(),
+        SESSIONS as i64
+    );
+    for s in &first {
+        assert_eq!(
+            s.collected_minor + s.outstanding_minor,
+            s.gross_minor,
+            "{s:?}"
+        );
+        assert!(fixture.lots.iter().any(|l| l.as_str() == s.lot_id));
+    }
+    assert!(!fixture.plates.is_empty());
+    db.close().await;
+    test_db.drop_database().await;
+}
+
+async fn refunds_never_exceed_what_was_collected(database: Database) {
+    let Some(_) = Setup::available(database, Broker::Embedded) else {
+        return;
+    };
+    let test_db = TestDatabase::new(database).await;
+    let db = Db::connect(&test_db.url).await.unwrap();
+    fixture(&db).await;
+    let provider = SimulatedProvider::new(FaultConfig::none()).unwrap();
+    let mut worker =
+        ChargingWorker::new(db.clone(), provider.clone(), ChargingConfig::new("refunds"))
+            .await
+            .unwrap();
+    while !worker.step(Utc::now()).await.unwrap().is_idle() {}
+    let (charge, amount): (Uuid, i64) = on_db!(&db, pool => sqlx::query_as(
+        "SELECT id, amount_minor FROM charges WHERE status = 'succeeded' AND amount_minor > 100 ORDER BY id LIMIT 1"
+    ).fetch_one(pool).await.unwrap());
+    let refund = |minor: i64, key: &'static str| {
+        let db = db.clone();
+        async move {
+            parkflow_billing::refunds::refund(
+                &db,
+                "simulated",
+                charge,
+                minor,
+                "test",
+                key,
+                Utc::now(),
+            )
+            .await
+        }
+    };
+    refund(100, "r1").await.unwrap();
+    // The same key again is the same refund, not a second one.
+    assert_eq!(refund(100, "r1").await.unwrap().amount_minor, 100);
+    let too_much = refund(amount, "r2").await;
+    assert!(
+        matches!(too_much, Err(parkflow_billing::refunds::RefundError::ExceedsCollected { remaining_minor }) if remaining_minor == amount - 100)
+    );
+    refund(amount - 100, "r3").await.unwrap();
+    assert!(refund(1, "r4").await.is_err());
+    assert_eq!(audit::audit(&db).await.unwrap().violations, Vec::new());
+    // The ledger refuses to be rewritten.
+    let rewrite = on_db!(&db, pool => sqlx::query("UPDATE ledger SET amount_minor = 0").execute(pool).await.map(drop));
+    assert!(rewrite.is_err(), "ledger rows must never be updated");
+    db.close().await;
+    test_db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charging_is_exactly_once_through_faults_and_crashes_on_sqlite() {
+    charging_is_exactly_once_through_faults_and_crashes(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charging_is_exactly_once_through_faults_and_crashes_on_postgres() {
+    charging_is_exactly_once_through_faults_and_crashes(Database::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_never_exceed_what_was_collected_on_sqlite() {
+    refunds_never_exceed_what_was_collected(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_never_exceed_what_was_collected_on_postgres() {
+    refunds_never_exceed_what_was_collected(Database::Postgres).await;
+}
