@@ -492,16 +492,16 @@ pub async fn run(sessions: usize, database_url: Option<String>) -> anyhow::Resul
 
 #[cfg(test)]
 mod tests {
+    /// `PARKFLOW_BENCH_SESSIONS` (default 20,000) on SQLite, and on PostgreSQL when
+    /// `PARKFLOW_BENCH_PG` names a server.
     #[tokio::test(flavor = "multi_thread")]
     #[ignore = "a benchmark: run by hand"]
-    async fn settle_sqlite() {
-        super::run(20_000, None).await.unwrap();
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    #[ignore = "a benchmark: run by hand with PARKFLOW_BENCH_PG"]
-    async fn settle_postgres() {
-        let url = std::env::var("PARKFLOW_BENCH_PG").unwrap();
-        super::run(20_000, Some(url)).await.unwrap();
+    async fn settle_runs_on_sqlite_and_postgres() {
+        let sessions =
+            std::env::var("PARKFLOW_BENCH_SESSIONS").map_or(20_000, |n| n.parse().unwrap());
+        super::run(sessions, None).await.unwrap();
+        if let Ok(url) = std::env::var("PARKFLOW_BENCH_PG") {
+            super::run(sessions, Some(url)).await.unwrap();
+        }
     }
 }

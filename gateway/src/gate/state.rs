@@ -55,6 +55,8 @@ pub struct RecentDecisions {
     by_read: HashMap<ReadKey, Decided>,
     order: VecDeque<(DateTime<Utc>, ReadKey)>,
     by_lane: HashMap<LaneKey, VecDeque<Decided>>,
+    /// When each car (lot, plate) was last decided on, at any lane.
+    last_by_car: HashMap<(LotId, Plate), DateTime<Utc>>,
 }
 
 impl RecentDecisions {
@@ -64,6 +66,7 @@ impl RecentDecisions {
             by_read: HashMap::new(),
             order: VecDeque::new(),
             by_lane: HashMap::new(),
+            last_by_car: HashMap::new(),
         }
     }
 
@@ -77,7 +80,8 @@ impl RecentDecisions {
     }
 
     /// The latest decision at this lane within `within` of `now` for a plate at least
-    /// `min_similarity` alike (a one-character misread of the same car counts).
+    /// `min_similarity` alike (a one-character misread of the same car counts), unless that car
+    /// was decided on since at another lane (it went in, or out, in between).
     pub fn repeat_of(
         &mut self,
         lane: &LaneKey,
@@ -90,15 +94,20 @@ impl RecentDecisions {
         while recent.front().is_some_and(|d| now - d.at > within) {
             recent.pop_front();
         }
-        recent
+        let previous = recent
             .iter()
             .rev()
-            .find(|d| similarity(d.plate.as_str(), plate.as_str()) >= min_similarity)
-            .cloned()
+            .find(|d| similarity(d.plate.as_str(), plate.as_str()) >= min_similarity)?;
+        let last = self
+            .last_by_car
+            .get(&(lane.0.clone(), previous.plate.clone()));
+        (last == Some(&previous.at)).then(|| previous.clone())
     }
 
     pub fn remember(&mut self, read: ReadKey, lane: LaneKey, decided: Decided) {
         self.order.push_back((decided.at, read.clone()));
+        self.last_by_car
+            .insert((lane.0.clone(), decided.plate.clone()), decided.at);
         self.by_lane
             .entry(lane)
             .or_default()
@@ -126,6 +135,8 @@ impl RecentDecisions {
             }
             !recent.is_empty()
         });
+        let window = self.window;
+        self.last_by_car.retain(|_, at| now - *at <= window);
     }
 
     pub fn len(&self) -> usize {
@@ -248,6 +259,44 @@ mod tests {
                     &plate("浙A0B818"),
                     t0 + Duration::seconds(31),
                     within,
+                    0.9
+                )
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_car_that_went_in_and_out_since_is_not_a_repeat() {
+        let t0 = Utc::now();
+        let mut recent = RecentDecisions::new(Duration::minutes(15));
+        let lot = LotId::parse("l").unwrap();
+        let exit_lane = (lot.clone(), GateId::parse("out").unwrap(), Direction::Exit);
+        let entry_lane = (lot.clone(), GateId::parse("in").unwrap(), Direction::Entry);
+        let read = |event: &str, gate: &str| {
+            (
+                lot.clone(),
+                GateId::parse(gate).unwrap(),
+                EventId::parse(event).unwrap(),
+            )
+        };
+        recent.remember(
+            read("e1", "out"),
+            exit_lane.clone(),
+            decided("浙A0B818", t0),
+        );
+        recent.remember(
+            read("e2", "in"),
+            entry_lane,
+            decided("浙A0B818", t0 + Duration::seconds(5)),
+        );
+        let plate = Plate::parse("浙A0B818").unwrap();
+        assert!(
+            recent
+                .repeat_of(
+                    &exit_lane,
+                    &plate,
+                    t0 + Duration::seconds(10),
+                    Duration::seconds(30),
                     0.9
                 )
                 .is_none()

@@ -1,0 +1,174 @@
+//! Arrears end to end, through MQTT and the API: a driver whose debit fails gets an invoice; unpaid
+//! past the window they are suspended and their next exit is held; paying the invoice lets the
+//! held car out at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
+use parkflow_protocol::{Direction, GateAction, GateReason};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn driver_get(platform: &TestPlatform, key: &str, path: &str) -> Value {
+    let response = reqwest::Client::new()
+        .get(platform.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "GET {path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+async fn a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid(setup: Setup) {
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let client = reqwest::Client::new();
+
+    // A driver enrols with a card that will be declined.
+    let plate = "浙K86421";
+    let enrolled: Value = client
+        .post(platform.url("/v1/drivers"))
+        .json(
+            &json!({ "name": "Lin", "payment_account": "decline-card", "auto_debit_consent": true,
+                       "plates": [{ "plate": plate, "plate_color": "blue" }] }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = enrolled["api_key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("pf_"));
+    // Someone else cannot enrol the same plate.
+    let taken = client
+        .post(platform.url("/v1/drivers"))
+        .json(&json!({ "name": "Other", "payment_account": "acct", "auto_debit_consent": true, "plates": [{ "plate": plate }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 409);
+
+    // In and out: leave first; the debit fails later and becomes an invoice.
+    let entered_at = Utc::now() - chrono::Duration::minutes(50);
+    assert_eq!(
+        entry
+            .decide(&entry.read_at(plate, Direction::Entry, entered_at))
+            .await
+            .action,
+        GateAction::Open
+    );
+    let out = exit.decide(&exit.read(plate, Direction::Exit)).await;
+    assert_eq!(
+        (out.action, out.reason),
+        (GateAction::Open, GateReason::BillLater)
+    );
+    let invoice = eventually(WAIT, "an invoice for the failed debit", || async {
+        let invoices = driver_get(&platform, &key, "/v1/me/invoices").await;
+        invoices.as_array().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(invoice["status"], "open");
+
+    // Unpaid past the window (two seconds here): suspended.
+    eventually(WAIT, "the driver suspended", || async {
+        (driver_get(&platform, &key, "/v1/me").await["status"] == "suspended").then_some(())
+    })
+    .await;
+
+    // Back again: the entry opens, the exit holds for payment.
+    assert_eq!(
+        entry
+            .decide(&entry.read(plate, Direction::Entry))
+            .await
+            .action,
+        GateAction::Open
+    );
+    let held_read = exit.read(plate, Direction::Exit);
+    let held = exit.decide(&held_read).await;
+    assert_eq!(
+        (held.action, held.reason),
+        (GateAction::Hold, GateReason::PaymentRequired)
+    );
+    assert!(held.pay_url.is_some() && held.amount_due.is_some());
+
+    // Paying the invoice clears the debt at once, and the waiting barrier opens.
+    let pay = || async {
+        client
+            .post(platform.url(&format!(
+                "/v1/me/invoices/{}/pay",
+                invoice["id"].as_str().unwrap()
+            )))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", "invoice-1")
+            .json(&json!({ "payment_account": "good-card" }))
+            .send()
+            .await
+            .unwrap()
+    };
+    let paid = pay().await;
+    assert_eq!(paid.status(), 200);
+    let paid: Value = paid.json().await.unwrap();
+    assert_eq!(paid["reinstated"], true);
+    assert_eq!(paid["amount"], invoice["amount"]);
+    let opened = eventually(WAIT, "the held barrier opened", || {
+        let commands = exit.commands_for(&held_read.event_id);
+        async move { commands.into_iter().find(|c| c.action == GateAction::Open) }
+    })
+    .await;
+    assert_eq!(opened.reason, GateReason::BillLater);
+    // Paying again with the same key pays nothing more.
+    let again: Value = pay().await.json().await.unwrap();
+    assert_eq!(again["payment_id"], paid["payment_id"]);
+    assert_eq!(
+        driver_get(&platform, &key, "/v1/me").await["status"],
+        "active"
+    );
+    let invoices = driver_get(&platform, &key, "/v1/me/invoices").await;
+    assert_eq!(
+        invoices
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["status"] == "paid")
+            .count(),
+        1
+    );
+    // A driver sees their own sessions only, and needs their key to.
+    let mine = driver_get(&platform, &key, "/v1/me/sessions").await;
+    assert!(mine.as_array().unwrap().iter().all(|s| s["plate"] == plate));
+    let anonymous = client
+        .get(platform.url("/v1/me/sessions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid_on_sqlite() {
+    if let Some(setup) = Setup::available(Database::Sqlite, Broker::Embedded) {
+        a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid(setup).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid_on_postgres() {
+    if let Some(setup) = Setup::available(Database::Postgres, Broker::Embedded) {
+        a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid(setup).await;
+    }
+}
