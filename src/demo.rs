@@ -115,6 +115,8 @@ impl Demo {
                 id: Uuid::new_v5(&Uuid::NAMESPACE_OID, driver.plate.as_str().as_bytes()),
                 name: format!("Demo driver {}", n + 1),
                 suspended: driver.suspended,
+                // One card in twenty is declined, so the demo shows invoices and arrears too.
+                payment_account: Some(if n % 20 == 7 { format!("decline-{n}") } else { format!("acct-{n}") }),
                 plates: vec![(driver.plate.clone(), Some(driver.plate_color))],
             });
         }

@@ -110,6 +110,7 @@ impl Fixture {
                     id: Uuid::new_v4(),
                     name: "Bench driver".into(),
                     suspended: false,
+                    payment_account: Some("acct-bench".into()),
                     plates: parkflow_protocol::Plate::parse(plate)
                         .ok()
                         .into_iter()

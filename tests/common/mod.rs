@@ -174,6 +174,7 @@ impl World {
             id: Uuid::new_v4(),
             name: "Test driver".into(),
             suspended,
+            payment_account: Some("acct-test".into()),
             plates: plates
                 .into_iter()
                 .map(|p| (p, Some(PlateColor::Blue)))

@@ -71,6 +71,8 @@ pub struct DriverPlan {
     pub id: Uuid,
     pub name: String,
     pub suspended: bool,
+    /// The payment account (provider token) auto-debits go to.
+    pub payment_account: Option<String>,
     pub plates: Vec<(Plate, Option<PlateColor>)>,
 }
 
@@ -179,13 +181,15 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
         }
         for driver in &plan.drivers {
             sqlx::query(
-                "INSERT INTO drivers (id, name, status, auto_debit, created_at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = excluded.status",
+                "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = excluded.status,
+                     payment_account = excluded.payment_account",
             )
             .bind(driver.id)
             .bind(&driver.name)
             .bind(if driver.suspended { "suspended" } else { "active" })
             .bind(true)
+            .bind(driver.payment_account.as_deref())
             .bind(now)
             .execute(&mut *tx)
             .await?;
