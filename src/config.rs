@@ -115,6 +115,12 @@ impl RunArgs {
         {
             return Err("--database-url must be sqlite:FILE or postgres://…".into());
         }
+        if self.mqtt_url.is_none() && self.mqtt_listen.port() == 0 {
+            return Err(
+                "--mqtt-listen needs a port: the embedded broker cannot report one chosen for it"
+                    .into(),
+            );
+        }
         if self.mqtt_client_id.is_empty() {
             return Err("--mqtt-client-id must not be empty".into());
         }

@@ -13,6 +13,7 @@ use parkflow_sensors_sim::city::LaneDirection;
 use parkflow_sensors_sim::traffic::{self, TrafficConfig};
 use parkflow_sensors_sim::{City, CityConfig, DeviceEntry, DeviceKind, DevicesFile, Stats};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::platform::random_secret;
@@ -116,7 +117,11 @@ impl Demo {
                 name: format!("Demo driver {}", n + 1),
                 suspended: driver.suspended,
                 // One card in twenty is declined, so the demo shows invoices and arrears too.
-                payment_account: Some(if n % 20 == 7 { format!("decline-{n}") } else { format!("acct-{n}") }),
+                payment_account: Some(if n % 20 == 7 {
+                    format!("decline-{n}")
+                } else {
+                    format!("acct-{n}")
+                }),
                 plates: vec![(driver.plate.clone(), Some(driver.plate_color))],
             });
         }
@@ -130,6 +135,7 @@ impl Demo {
     /// Drives the simulated lanes through the broker at `host:port` until `token` is cancelled.
     pub async fn drive(&self, host: &str, port: u16, stats: Arc<Stats>, token: CancellationToken) {
         let mut cameras = HashMap::new();
+        let tracker = TaskTracker::new();
         for device in self
             .devices
             .devices
@@ -140,9 +146,17 @@ impl Demo {
                 continue;
             };
             let config = CameraConfig::new(host, port, DeviceAuth::Signed);
-            let handle = camera::spawn(device.clone(), config, stats.clone(), token.clone());
+            let handle = camera::spawn(
+                device.clone(),
+                config,
+                stats.clone(),
+                &tracker,
+                token.clone(),
+            );
             cameras.insert((device.lot.clone(), gate), handle);
         }
         traffic::drive(&self.city, &cameras, &TrafficConfig::demo(), stats, token).await;
+        tracker.close();
+        tracker.wait().await;
     }
 }

@@ -71,7 +71,12 @@ async fn fixture(db: &Db) -> Fixture {
             .collect(),
         drivers: plates
             .iter()
-            .map(|plate| DriverPlan { id: Uuid::new_v4(), name: "Driver".into(), suspended: false, payment_account: None, plates: vec![(plate.clone(), Some(PlateColor::Blue))],
+            .map(|plate| DriverPlan {
+                id: Uuid::new_v4(),
+                name: "Driver".into(),
+                suspended: false,
+                payment_account: None,
+                plates: vec![(plate.clone(), Some(PlateColor::Blue))],
             })
             .collect(),
         ..Plan::default()

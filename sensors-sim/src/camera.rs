@@ -16,6 +16,7 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet,
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::devices::DeviceEntry;
 use crate::stats::Stats;
@@ -33,7 +34,7 @@ pub struct CameraConfig {
     /// The first re-send comes after this; each later one after twice the previous wait.
     pub first_retry: Duration,
     pub max_retry: Duration,
-    /// Sends of one read before giving up.
+    /// Sends of one read before giving up (a real camera never does: the default is unlimited).
     pub max_attempts: u32,
 }
 
@@ -45,7 +46,7 @@ impl CameraConfig {
             auth,
             first_retry: Duration::from_secs(2),
             max_retry: Duration::from_secs(16),
-            max_attempts: 10,
+            max_attempts: u32::MAX,
         }
     }
 }
@@ -120,11 +121,12 @@ impl CameraHandle {
 }
 
 /// Starts a camera for `device`: its MQTT connection (client id = device id, last will
-/// `offline`) and its task. Both stop when `token` is cancelled.
+/// `offline`) and its task, on `tracker`. Both stop when `token` is cancelled.
 pub fn spawn(
     device: DeviceEntry,
     config: CameraConfig,
     stats: Arc<Stats>,
+    tracker: &TaskTracker,
     token: CancellationToken,
 ) -> CameraHandle {
     let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
@@ -160,7 +162,7 @@ pub fn spawn(
     let poll_token = token.clone();
     let poll_client = client.clone();
     let subscribe_topic = command_topic.clone();
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             let event = tokio::select! {
@@ -194,6 +196,7 @@ pub fn spawn(
                 }
             }
         }
+        tracing::debug!("camera connection closed");
     });
     let topic = Topic::GatePlate {
         lot: device.lot.clone(),
@@ -208,7 +211,7 @@ pub fn spawn(
         stats,
         pending: HashMap::new(),
     };
-    tokio::spawn(camera.run(rx, inbound_rx, token));
+    tracker.spawn(camera.run(rx, inbound_rx, token));
     CameraHandle { tx }
 }
 
@@ -247,6 +250,7 @@ impl Camera {
         for (_, pending) in self.pending.drain() {
             let _ = pending.reply.send(Err(CameraError::Stopped));
         }
+        tracing::debug!(device = %self.device.id, "camera stopped");
     }
 
     fn payload(&self, read: &GatePlateRead) -> Vec<u8> {

@@ -169,24 +169,22 @@ impl Journey {
             direction,
             observed_at: Utc::now(),
         };
-        if self.double_read {
-            Stats::add(&self.stats.double_reads);
-            let camera = self.entry.clone();
-            let again = sighting(driver.plate.as_str().to_owned(), Direction::Entry, 0.9);
-            tokio::spawn(async move {
+        // Sometimes the camera reads the car twice, a moment apart (a new event id each time).
+        let double_read = async {
+            if self.double_read {
+                Stats::add(&self.stats.double_reads);
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let _ = camera.read(again).await;
-            });
-        }
-        let Ok(command) = self
-            .entry
-            .read(sighting(
-                driver.plate.as_str().to_owned(),
-                Direction::Entry,
-                0.97,
-            ))
-            .await
-        else {
+                let again = sighting(driver.plate.as_str().to_owned(), Direction::Entry, 0.9);
+                let _ = self.entry.read(again).await;
+            }
+        };
+        let first_read = self.entry.read(sighting(
+            driver.plate.as_str().to_owned(),
+            Direction::Entry,
+            0.97,
+        ));
+        let (entered, ()) = tokio::join!(first_read, double_read);
+        let Ok(command) = entered else {
             return;
         };
         if command.action == GateAction::Hold {

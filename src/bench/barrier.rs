@@ -22,6 +22,7 @@ use parkflow_sensors_sim::{DeviceEntry, DeviceKind, Stats};
 use rand::SeedableRng;
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::{Latency, ratio};
@@ -260,14 +261,18 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
         mqtt_listen.port(),
         DeviceAuth::Signed,
     );
+    let cameras = TaskTracker::new();
     let camera = camera::spawn(
         fixture.camera.clone(),
         config.clone(),
         stats.clone(),
+        &cameras,
         camera_token.clone(),
     );
     let mut parkflow = drive(&camera, &fixture.plates, reads, warmup).await?;
     camera_token.cancel();
+    cameras.close();
+    cameras.wait().await;
     token.cancel();
     running.await??;
     let _ = std::fs::remove_dir_all(&dir);
@@ -296,10 +301,13 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
         fixture.camera.clone(),
         config,
         stats.clone(),
+        &cameras,
         echo_token.clone(),
     );
     let mut baseline = drive(&camera, &fixture.plates, reads, warmup).await?;
     echo_token.cancel();
+    cameras.close();
+    cameras.wait().await;
     let _ = responder.await;
     broker.stop();
     let baseline = Latency::of(&mut baseline);
