@@ -228,6 +228,22 @@ impl Platform {
                 .await
                 .context("failed to start charging")?;
         tracker.spawn(charging.run(token.clone()));
+        // The provider's callbacks (late confirmations, sometimes twice) bring a charge forward.
+        if let Some(mut callbacks) = self.provider.callbacks() {
+            let db = db.clone();
+            let token = token.clone();
+            tracker.spawn(async move {
+                loop {
+                    let callback = tokio::select! {
+                        () = token.cancelled() => break,
+                        callback = callbacks.recv() => match callback { Some(c) => c, None => break },
+                    };
+                    if let Err(error) = parkflow_billing::charging::nudge(&db, &callback.idempotency_key, Utc::now()).await {
+                        tracing::warn!(error = %error, "failed to act on a payment callback");
+                    }
+                }
+            });
+        }
         let (standing_tx, mut standing_rx) = mpsc::channel(STANDING_CHANNEL_CAPACITY);
         tracker.spawn(ArrearsWorker::new(db, self.arrears.clone(), standing_tx).run(token.clone()));
         // Suspensions and reinstatements reach the gate actor, which holds or frees exits.

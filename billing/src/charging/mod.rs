@@ -184,3 +184,24 @@ impl<P: PaymentProvider> ChargingWorker<P> {
         self.provider.debit(&debit).await
     }
 }
+
+/// A provider's callback about `key` (`charge:{session}`): the charge is looked at again now rather
+/// than at its next retry. Callbacks may come twice or late; the status query decides, so this is
+/// only ever a nudge. Returns whether a waiting charge was found.
+pub async fn nudge(db: &Db, key: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let Some(session) = key
+        .strip_prefix("charge:")
+        .and_then(|s| Uuid::parse_str(s).ok())
+    else {
+        return Ok(false);
+    };
+    let nudged = parkflow_db::on_db!(db, pool => sqlx::query(
+        "UPDATE charges SET next_attempt_at = $2 WHERE session_id = $1 AND status = 'unknown'",
+    )
+    .bind(session)
+    .bind(parkflow_db::db_time(now))
+    .execute(pool)
+    .await?
+    .rows_affected());
+    Ok(nudged > 0)
+}
