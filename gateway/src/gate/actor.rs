@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::decide::Standing;
 use super::plan::{self, Planned};
-use super::state::{Decided, GateState, LaneKey, ReadKey};
+use super::state::{Decided, GateState, HELD_FOR, Held, HeldRead, LaneKey, ReadKey};
 use super::{GateMessage, GateRead, PaidExit};
 use crate::metrics::{ActionLabel, Metrics};
 use crate::mqtt::publish::CommandPublisher;
@@ -43,60 +43,6 @@ impl Default for DecisionConfig {
             public_url: "http://localhost:8080".into(),
         }
     }
-}
-
-/// How long a car held at an exit waits for its driver's reinstatement to open the barrier.
-const HELD_FOR: Duration = Duration::minutes(15);
-
-/// The read a car was held on, kept to answer it again.
-#[derive(Debug, Clone)]
-struct HeldRead {
-    lot: parkflow_protocol::LotId,
-    gate: parkflow_protocol::GateId,
-    event_id: parkflow_protocol::EventId,
-    plate: Plate,
-    plate_color: Option<parkflow_protocol::PlateColor>,
-    confidence: f64,
-    observed_at: DateTime<Utc>,
-    received_at: DateTime<Utc>,
-}
-
-impl HeldRead {
-    fn of(read: &GateRead) -> Self {
-        Self {
-            lot: read.lot.clone(),
-            gate: read.gate.clone(),
-            event_id: read.event_id.clone(),
-            plate: read.plate.clone(),
-            plate_color: read.plate_color,
-            confidence: read.confidence,
-            observed_at: read.observed_at,
-            received_at: read.received_at,
-        }
-    }
-
-    fn replay(&self) -> GateRead {
-        GateRead {
-            lot: self.lot.clone(),
-            gate: self.gate.clone(),
-            event_id: self.event_id.clone(),
-            plate: self.plate.clone(),
-            plate_color: self.plate_color,
-            confidence: self.confidence,
-            direction: Direction::Exit,
-            observed_at: self.observed_at,
-            received_at: self.received_at,
-            received: std::time::Instant::now(),
-            ticket: None,
-        }
-    }
-}
-
-/// A car waiting at an exit for payment.
-#[derive(Debug, Clone)]
-struct Held {
-    session_plate: Plate,
-    read: HeldRead,
 }
 
 /// The actor.

@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use parkflow_protocol::{Direction, EventId, GateCommand, GateId, LotId, Plate};
 use uuid::Uuid;
 
+use super::GateRead;
 use super::decide::Standing;
 use crate::session::OpenSession;
 use crate::session::matching::similarity;
@@ -165,6 +166,60 @@ impl GateState {
             recent: RecentDecisions::new(window),
         }
     }
+}
+
+/// How long a car held at an exit waits for its driver's reinstatement to open the barrier.
+pub const HELD_FOR: Duration = Duration::minutes(15);
+
+/// The read a car was held on, kept to answer it again.
+#[derive(Debug, Clone)]
+pub struct HeldRead {
+    pub lot: parkflow_protocol::LotId,
+    gate: parkflow_protocol::GateId,
+    event_id: parkflow_protocol::EventId,
+    plate: Plate,
+    plate_color: Option<parkflow_protocol::PlateColor>,
+    confidence: f64,
+    observed_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+}
+
+impl HeldRead {
+    pub fn of(read: &GateRead) -> Self {
+        Self {
+            lot: read.lot.clone(),
+            gate: read.gate.clone(),
+            event_id: read.event_id.clone(),
+            plate: read.plate.clone(),
+            plate_color: read.plate_color,
+            confidence: read.confidence,
+            observed_at: read.observed_at,
+            received_at: read.received_at,
+        }
+    }
+
+    pub fn replay(&self) -> GateRead {
+        GateRead {
+            lot: self.lot.clone(),
+            gate: self.gate.clone(),
+            event_id: self.event_id.clone(),
+            plate: self.plate.clone(),
+            plate_color: self.plate_color,
+            confidence: self.confidence,
+            direction: Direction::Exit,
+            observed_at: self.observed_at,
+            received_at: self.received_at,
+            received: std::time::Instant::now(),
+            ticket: None,
+        }
+    }
+}
+
+/// A car waiting at an exit for payment.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub session_plate: Plate,
+    pub read: HeldRead,
 }
 
 #[cfg(test)]
