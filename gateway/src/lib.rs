@@ -10,6 +10,7 @@ pub mod gate;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;
+pub mod occupancy;
 pub mod registry;
 pub mod session;
 pub mod store;
