@@ -2,6 +2,7 @@
 //! reminders in a notification outbox; an invoice unpaid past its due time suspends the driver
 //! (no leave-first privilege: the gateway holds their exits) until the debt is paid.
 
+use parkflow_db::BeginWrite;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -164,7 +165,7 @@ impl ArrearsWorker {
                 .unwrap_or(chrono::Duration::hours(24)),
         );
         let (report, suspended) = on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let reminders: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
                 "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1 AND i.due_at > $2
                    AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'payment_reminder')",

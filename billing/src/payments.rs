@@ -1,9 +1,16 @@
 //! Paying through the API: an invoice (which clears the debt at once and, with no other overdue
 //! invoice, reinstates a suspended driver), or a held exit (which closes the session so the
-//! barrier can open). Idempotent by the client's key: the same key never pays twice.
+//! barrier can open).
+//!
+//! Exactly once, whatever the client does: a payment is first recorded as `pending` — at most one
+//! in flight or made per invoice and per held exit (unique indexes) — and only then is the provider
+//! asked, under a key derived from that row (`payment:{id}`). A retry with the client's
+//! `Idempotency-Key` finds the row and finishes it (asking the provider what became of the debit);
+//! another key for the same invoice or exit is refused while one is in flight or made. An exit
+//! payment also takes the session's charge slot (`exit_pending`) so auto-debit never charges it too.
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, StoreError, db_time, on_db};
+use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
 use uuid::Uuid;
 
 use crate::arrears::StandingChange;
@@ -20,6 +27,8 @@ pub enum PayError {
     NotFound(&'static str),
     #[error("nothing to pay: {0}")]
     NothingDue(&'static str),
+    #[error("another payment for this is in progress or made")]
+    InProgress,
     #[error("the payment was declined: {0}")]
     Declined(String),
     #[error(
@@ -63,13 +72,25 @@ fn money(minor: i64, currency: &str) -> Result<Money, PayError> {
     Ok(Money::from_minor(minor, currency))
 }
 
-/// A payment already made under `key`, if any: (id, kind, reference, amount, currency, status).
-async fn earlier(
-    db: &Db,
-    key: &str,
-) -> Result<Option<(Uuid, String, Option<Uuid>, i64, String, String)>, PayError> {
+/// The provider's key for a payment row.
+pub fn payment_key(payment: Uuid) -> String {
+    format!("payment:{payment}")
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct PaymentRow {
+    id: Uuid,
+    kind: String,
+    invoice_id: Option<Uuid>,
+    session_id: Option<Uuid>,
+    amount_minor: i64,
+    currency: String,
+    status: String,
+}
+
+async fn by_key(db: &Db, key: &str) -> Result<Option<PaymentRow>, PayError> {
     let row = on_db!(db, pool => sqlx::query_as(
-        "SELECT id, kind, COALESCE(invoice_id, session_id), amount_minor, currency, status FROM payments WHERE idempotency_key = $1",
+        "SELECT id, kind, invoice_id, session_id, amount_minor, currency, status FROM payments WHERE idempotency_key = $1",
     )
     .bind(key)
     .fetch_optional(pool)
@@ -77,24 +98,29 @@ async fn earlier(
     Ok(row)
 }
 
-async fn debit<P: PaymentProvider>(
+/// Asks the provider about a payment row: a first attempt debits; a retry asks what became of it
+/// and debits (same key) only if the provider never saw it.
+async fn collect<P: PaymentProvider>(
     provider: &P,
-    key: String,
+    payment: &PaymentRow,
     account: &str,
-    amount: Money,
+    first: bool,
     description: String,
-) -> Result<String, PayError> {
+) -> Result<DebitOutcome, PayError> {
+    let key = payment_key(payment.id);
+    if !first {
+        match provider.status(&key).await {
+            DebitOutcome::Unknown => {}
+            known => return Ok(known),
+        }
+    }
     let debit = Debit {
         idempotency_key: key,
         account: account.to_owned(),
-        amount,
+        amount: money(payment.amount_minor, &payment.currency)?,
         description,
     };
-    match provider.debit(&debit).await {
-        DebitOutcome::Succeeded { provider_ref } => Ok(provider_ref),
-        DebitOutcome::Declined { reason } => Err(PayError::Declined(reason)),
-        DebitOutcome::Pending | DebitOutcome::Unknown => Err(PayError::Pending),
-    }
+    Ok(provider.debit(&debit).await)
 }
 
 /// Pays an open invoice of `driver` from `account`.
@@ -107,67 +133,102 @@ pub async fn pay_invoice<P: PaymentProvider>(
     account: &str,
     now: DateTime<Utc>,
 ) -> Result<Paid, PayError> {
-    if let Some((id, kind, reference, minor, currency, status)) = earlier(db, key).await? {
-        if kind != "invoice" || reference != Some(invoice) {
+    let now = db_time(now);
+    let (payment, first) = match by_key(db, key).await? {
+        Some(p) if p.kind != "invoice" || p.invoice_id != Some(invoice) => {
             return Err(PayError::KeyReused);
         }
-        return match status.as_str() {
-            "succeeded" => Ok(Paid {
-                payment_id: id,
-                amount: money(minor, &currency)?,
+        Some(p) if p.status == "succeeded" => {
+            return Ok(Paid {
+                payment_id: p.id,
+                amount: money(p.amount_minor, &p.currency)?,
                 reinstated: None,
-            }),
-            _ => Err(PayError::Pending),
-        };
-    }
-    let row: Option<(i64, String, String)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT amount_minor, currency, status FROM invoices WHERE id = $1 AND driver_id = $2",
-    )
-    .bind(invoice)
-    .bind(driver)
-    .fetch_optional(pool)
-    .await?);
-    let (minor, currency, status) = row.ok_or(PayError::NotFound("invoice"))?;
-    if status != "open" {
-        return Err(PayError::NothingDue("the invoice is not open"));
-    }
-    let amount = money(minor, &currency)?;
-    let provider_ref = debit(
+            });
+        }
+        Some(p) if p.status == "declined" => {
+            return Err(PayError::Declined("declined earlier under this key".into()));
+        }
+        Some(p) => (p, false),
+        None => {
+            let row: Option<(i64, String, String)> = on_db!(db, pool => sqlx::query_as(
+                "SELECT amount_minor, currency, status FROM invoices WHERE id = $1 AND driver_id = $2",
+            )
+            .bind(invoice)
+            .bind(driver)
+            .fetch_optional(pool)
+            .await?);
+            let (minor, currency, status) = row.ok_or(PayError::NotFound("invoice"))?;
+            if status != "open" {
+                return Err(PayError::NothingDue("the invoice is not open"));
+            }
+            let payment = PaymentRow {
+                id: Uuid::now_v7(),
+                kind: "invoice".into(),
+                invoice_id: Some(invoice),
+                session_id: None,
+                amount_minor: minor,
+                currency,
+                status: "pending".into(),
+            };
+            let inserted = on_db!(db, pool => sqlx::query(
+                "INSERT INTO payments (id, idempotency_key, kind, invoice_id, driver_id, amount_minor, currency, status, created_at)
+                 VALUES ($1, $2, 'invoice', $3, $4, $5, $6, 'pending', $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(payment.id)
+            .bind(key)
+            .bind(invoice)
+            .bind(driver)
+            .bind(minor)
+            .bind(&payment.currency)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected());
+            if inserted == 0 {
+                return Err(PayError::InProgress);
+            }
+            (payment, true)
+        }
+    };
+    let outcome = collect(
         provider,
-        format!("invoice:{key}"),
+        &payment,
         account,
-        amount,
+        first,
         format!("invoice {invoice}"),
     )
     .await?;
-
-    let now = db_time(now);
-    let payment_id = Uuid::now_v7();
+    let amount = money(payment.amount_minor, &payment.currency)?;
+    let provider_ref = match outcome {
+        DebitOutcome::Succeeded { provider_ref } => provider_ref,
+        DebitOutcome::Declined { reason } => {
+            on_db!(db, pool => sqlx::query("UPDATE payments SET status = 'declined' WHERE id = $1 AND status = 'pending'")
+                .bind(payment.id)
+                .execute(pool)
+                .await
+                .map(drop)?);
+            return Err(PayError::Declined(reason));
+        }
+        DebitOutcome::Pending | DebitOutcome::Unknown => return Err(PayError::Pending),
+    };
     let reinstated = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO payments (id, idempotency_key, kind, invoice_id, amount_minor, currency, status, provider_ref, created_at)
-             VALUES ($1, $2, 'invoice', $3, $4, $5, 'succeeded', $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .bind(payment_id)
-        .bind(key)
-        .bind(invoice)
-        .bind(minor)
-        .bind(&currency)
-        .bind(&provider_ref)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            // The same key raced in: that payment stands, this one is the same one.
-            return Err(PayError::Pending);
+        let mut tx = pool.begin_write().await?;
+        let finished = sqlx::query("UPDATE payments SET status = 'succeeded', provider_ref = $2 WHERE id = $1 AND status = 'pending'")
+            .bind(payment.id)
+            .bind(&provider_ref)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if finished == 0 {
+            // A concurrent retry under the same key finished it.
+            return Ok(Paid { payment_id: payment.id, amount, reinstated: None });
         }
         sqlx::query("UPDATE invoices SET status = 'paid', paid_at = $2 WHERE id = $1 AND status = 'open'")
             .bind(invoice)
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        insert_entries!(tx, &[Entry::payment(payment_id, provider.name(), minor, &currency, now)])?;
+        insert_entries!(tx, &[Entry::payment(payment.id, provider.name(), payment.amount_minor, &payment.currency, now)])?;
         // Reinstate a suspended driver who owes nothing overdue any more.
         let reinstated: Option<(Uuid,)> = sqlx::query_as(
             "UPDATE drivers SET status = 'active', suspended_at = NULL
@@ -197,7 +258,7 @@ pub async fn pay_invoice<P: PaymentProvider>(
         reinstated
     });
     Ok(Paid {
-        payment_id,
+        payment_id: payment.id,
         amount,
         reinstated,
     })
@@ -209,6 +270,8 @@ struct HeldExit {
     gate_id: String,
     event_id: String,
     observed_at: DateTime<Utc>,
+    entered_at: DateTime<Utc>,
+    status: String,
     amount_due_minor: Option<i64>,
     currency: Option<String>,
 }
@@ -223,8 +286,9 @@ pub async fn pay_exit<P: PaymentProvider>(
     account: &str,
     now: DateTime<Utc>,
 ) -> Result<ExitPaid, PayError> {
+    let now = db_time(now);
     let held: Option<HeldExit> = on_db!(db, pool => sqlx::query_as(
-        "SELECT r.lot_id, r.gate_id, r.event_id, r.observed_at, r.amount_due_minor, r.currency
+        "SELECT r.lot_id, r.gate_id, r.event_id, r.observed_at, s.entered_at, s.status, r.amount_due_minor, r.currency
          FROM gate_reads r JOIN sessions s ON s.id = r.session_id
          WHERE r.session_id = $1 AND r.action = 'hold' AND r.reason = 'payment_required'
          ORDER BY r.received_at DESC LIMIT 1",
@@ -236,6 +300,7 @@ pub async fn pay_exit<P: PaymentProvider>(
     let (Some(minor), Some(currency)) = (held.amount_due_minor, held.currency.clone()) else {
         return Err(PayError::NothingDue("the exit was not held for payment"));
     };
+    let terms = lots.get(&held.lot_id).ok_or(PayError::NotFound("lot"))?;
     let exit_paid = |paid| ExitPaid {
         paid,
         session_id: session,
@@ -243,99 +308,165 @@ pub async fn pay_exit<P: PaymentProvider>(
         gate_id: held.gate_id.clone(),
         event_id: held.event_id.clone(),
     };
-    if let Some((id, kind, reference, minor, currency, status)) = earlier(db, key).await? {
-        if kind != "exit" || reference != Some(session) {
+    let (payment, first) = match by_key(db, key).await? {
+        Some(p) if p.kind != "exit" || p.session_id != Some(session) => {
             return Err(PayError::KeyReused);
         }
-        return match status.as_str() {
-            "succeeded" => Ok(exit_paid(Paid {
-                payment_id: id,
-                amount: money(minor, &currency)?,
+        Some(p) if p.status == "succeeded" => {
+            return Ok(exit_paid(Paid {
+                payment_id: p.id,
+                amount: money(p.amount_minor, &p.currency)?,
                 reinstated: None,
-            })),
-            _ => Err(PayError::Pending),
-        };
-    }
-    let open: Option<(String,)> = on_db!(db, pool => sqlx::query_as("SELECT status FROM sessions WHERE id = $1").bind(session).fetch_optional(pool).await?);
-    if open.as_ref().map(|(s,)| s.as_str()) != Some("open") {
-        return Err(PayError::NothingDue("the session is not open"));
-    }
-    let terms = lots.get(&held.lot_id).ok_or(PayError::NotFound("lot"))?;
-    let amount = money(minor, &currency)?;
-    let provider_ref = debit(
+            }));
+        }
+        Some(p) if p.status == "declined" => {
+            return Err(PayError::Declined("declined earlier under this key".into()));
+        }
+        Some(p) => (p, false),
+        None => {
+            if held.status != "open" {
+                return Err(PayError::NothingDue("the session is not open"));
+            }
+            let payment = PaymentRow {
+                id: Uuid::now_v7(),
+                kind: "exit".into(),
+                invoice_id: None,
+                session_id: Some(session),
+                amount_minor: minor,
+                currency: currency.clone(),
+                status: "pending".into(),
+            };
+            let local_day = held
+                .observed_at
+                .max(held.entered_at)
+                .with_timezone(&terms.time_zone)
+                .date_naive()
+                .to_string();
+            let started = on_db!(db, pool => {
+                let mut tx = pool.begin_write().await?;
+                let payment_row = sqlx::query(
+                    "INSERT INTO payments (id, idempotency_key, kind, session_id, amount_minor, currency, status, created_at)
+                     VALUES ($1, $2, 'exit', $3, $4, $5, 'pending', $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(payment.id)
+                .bind(key)
+                .bind(session)
+                .bind(minor)
+                .bind(&currency)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                // The session's one charge: taken now, so auto-debit stays away while the money moves.
+                let charge_row = sqlx::query(
+                    "INSERT INTO charges (id, session_id, operator_id, lot_id, local_day, amount_minor, currency, method, status,
+                         next_attempt_at, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'exit_payment', 'exit_pending', $8, $8, $8)
+                     ON CONFLICT (session_id) DO NOTHING",
+                )
+                .bind(Uuid::now_v7())
+                .bind(session)
+                .bind(&terms.operator_id)
+                .bind(&held.lot_id)
+                .bind(&local_day)
+                .bind(minor)
+                .bind(&currency)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let started = payment_row == 1 && charge_row == 1;
+                if started {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                started
+            });
+            if !started {
+                return Err(PayError::InProgress);
+            }
+            (payment, true)
+        }
+    };
+    let outcome = collect(
         provider,
-        format!("exit:{key}"),
+        &payment,
         account,
-        amount,
+        first,
         format!("parking at {}", held.lot_id),
     )
     .await?;
-
-    let now = db_time(now);
-    let payment_id = Uuid::now_v7();
-    let charge_id = Uuid::now_v7();
-    let local_day = held
-        .observed_at
-        .with_timezone(&terms.time_zone)
-        .date_naive()
-        .to_string();
+    let amount = money(payment.amount_minor, &payment.currency)?;
+    let provider_ref = match outcome {
+        DebitOutcome::Succeeded { provider_ref } => provider_ref,
+        DebitOutcome::Declined { reason } => {
+            on_db!(db, pool => {
+                let mut tx = pool.begin_write().await?;
+                sqlx::query("UPDATE payments SET status = 'declined' WHERE id = $1 AND status = 'pending'")
+                    .bind(payment.id)
+                    .execute(&mut *tx)
+                    .await?;
+                // The session's charge slot goes back to auto-debit (or to the next payment).
+                sqlx::query("DELETE FROM charges WHERE session_id = $1 AND status = 'exit_pending'")
+                    .bind(session)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            });
+            return Err(PayError::Declined(reason));
+        }
+        DebitOutcome::Pending | DebitOutcome::Unknown => return Err(PayError::Pending),
+    };
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO payments (id, idempotency_key, kind, session_id, amount_minor, currency, status, provider_ref, created_at)
-             VALUES ($1, $2, 'exit', $3, $4, $5, 'succeeded', $6, $7)",
-        )
-        .bind(payment_id)
-        .bind(key)
-        .bind(session)
-        .bind(minor)
-        .bind(&currency)
-        .bind(&provider_ref)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let closed = sqlx::query(
-            "UPDATE sessions SET status = 'closed', exit_gate = $2, exit_event_id = $3, exited_at = $4, fee_minor = $5,
-                 currency = $6, updated_at = $7
-             WHERE id = $1 AND status = 'open'",
-        )
-        .bind(session)
-        .bind(&held.gate_id)
-        .bind(&held.event_id)
-        .bind(db_time(held.observed_at))
-        .bind(minor)
-        .bind(&currency)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if closed.rows_affected() == 1 {
-            sqlx::query(
-                "INSERT INTO charges (id, session_id, operator_id, lot_id, local_day, amount_minor, currency, method, status,
-                     provider, provider_ref, next_attempt_at, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'exit_payment', 'succeeded', $8, $9, $10, $10, $10)",
-            )
-            .bind(charge_id)
-            .bind(session)
-            .bind(&terms.operator_id)
-            .bind(&held.lot_id)
-            .bind(&local_day)
-            .bind(minor)
-            .bind(&currency)
-            .bind(provider.name())
+        let mut tx = pool.begin_write().await?;
+        let finished = sqlx::query("UPDATE payments SET status = 'succeeded', provider_ref = $2 WHERE id = $1 AND status = 'pending'")
+            .bind(payment.id)
             .bind(&provider_ref)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if finished == 1 {
+            // The session may have been ended meanwhile by the gate (the car read again): its end
+            // stands; the fee is what was paid.
+            sqlx::query(
+                "UPDATE sessions SET status = 'closed', exit_gate = $2, exit_event_id = $3, exited_at = $4, fee_minor = $5,
+                     currency = $6, updated_at = $7
+                 WHERE id = $1 AND status = 'open'",
+            )
+            .bind(session)
+            .bind(&held.gate_id)
+            .bind(&held.event_id)
+            .bind(db_time(held.observed_at.max(held.entered_at)))
+            .bind(payment.amount_minor)
+            .bind(&payment.currency)
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            insert_entries!(tx, &[Entry::collection(charge_id, &held.lot_id, provider.name(), minor, &currency, now)])?;
-        } else {
-            // The session ended meanwhile (an operator, a later read): the money stays recorded as a
-            // payment for review rather than silently applied twice.
-            tracing::error!(session = %session, "exit paid for a session that had already ended");
+            sqlx::query("UPDATE sessions SET fee_minor = $2, currency = $3 WHERE id = $1 AND status = 'closed'")
+                .bind(session)
+                .bind(payment.amount_minor)
+                .bind(&payment.currency)
+                .execute(&mut *tx)
+                .await?;
+            let charge: Option<(Uuid,)> = sqlx::query_as(
+                "UPDATE charges SET status = 'succeeded', provider = $2, provider_ref = $3, updated_at = $4
+                 WHERE session_id = $1 AND status = 'exit_pending' RETURNING id",
+            )
+            .bind(session)
+            .bind(provider.name())
+            .bind(&provider_ref)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((charge,)) = charge {
+                insert_entries!(tx, &[Entry::collection(charge, &held.lot_id, provider.name(), payment.amount_minor, &payment.currency, now)])?;
+            }
         }
         tx.commit().await?;
     });
     Ok(exit_paid(Paid {
-        payment_id,
+        payment_id: payment.id,
         amount,
         reinstated: None,
     }))

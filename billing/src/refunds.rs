@@ -100,10 +100,15 @@ pub async fn refund(
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             body!(tx, COLLECTED)
         }
-        // PostgreSQL: lock the charge so two refunds of it cannot both pass the check.
+        // PostgreSQL: lock the charge first, then read what was refunded, so two refunds of it
+        // cannot both pass the check on the same sum.
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            body!(tx, format!("{COLLECTED} FOR UPDATE OF c").as_str())
+            sqlx::query("SELECT id FROM charges WHERE id = $1 FOR UPDATE")
+                .bind(charge)
+                .fetch_optional(&mut *tx)
+                .await?;
+            body!(tx, COLLECTED)
         }
     }
 }

@@ -4,6 +4,7 @@
 //! so it gives the same figures and never double-counts. Reconciliation compares the platform's
 //! records with the provider's.
 
+use parkflow_db::BeginWrite;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -51,7 +52,7 @@ pub async fn settle(
 ) -> Result<Vec<Settlement>, StoreError> {
     let now = db_time(now);
     let rows = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         let rows: Vec<Settlement> = sqlx::query_as(COMPUTE).bind(from).bind(to).fetch_all(&mut *tx).await?;
         // Days that no longer have charges in range keep no stale figures.
         sqlx::query("DELETE FROM settlements WHERE day >= $1 AND day <= $2").bind(from).bind(to).execute(&mut *tx).await?;
@@ -117,8 +118,8 @@ pub enum Mismatch {
 
 /// (session, amount) of a collected charge.
 type ChargeRow = (uuid::Uuid, i64);
-/// (kind, idempotency key, amount) of a payment.
-type PaymentRow = (String, String, i64);
+/// (id, amount) of a payment.
+type PaymentRow = (uuid::Uuid, i64);
 
 /// Compares every successful collection and payment with the provider's records.
 pub async fn reconcile<P: PaymentProvider>(
@@ -132,7 +133,7 @@ pub async fn reconcile<P: PaymentProvider>(
         .bind(provider.name())
         .fetch_all(pool)
         .await?;
-        let payments = sqlx::query_as("SELECT kind, idempotency_key, amount_minor FROM payments WHERE status = 'succeeded'")
+        let payments = sqlx::query_as("SELECT id, amount_minor FROM payments WHERE status = 'succeeded'")
             .fetch_all(pool)
             .await?;
         (charges, payments)
@@ -144,7 +145,7 @@ pub async fn reconcile<P: PaymentProvider>(
     platform.extend(
         payments
             .into_iter()
-            .map(|(kind, key, minor)| (format!("{kind}:{key}"), minor)),
+            .map(|(id, minor)| (crate::payments::payment_key(id), minor)),
     );
     let mut mismatches = Vec::new();
     for record in provider.records().await {

@@ -2,6 +2,8 @@
 -- and their reminders, payments, refunds, the append-only double-entry ledger, and settlements.
 
 ALTER TABLE drivers ADD COLUMN payment_account TEXT;
+-- The enrolled plate that earned a session leave-first (the exit read's, or the entry's).
+ALTER TABLE sessions ADD COLUMN billed_plate TEXT;
 ALTER TABLE drivers ADD COLUMN suspended_at TEXT;
 
 CREATE TABLE api_keys (
@@ -26,7 +28,8 @@ CREATE TABLE charges (
     amount_minor     INTEGER NOT NULL CHECK (amount_minor >= 0),
     currency         TEXT NOT NULL,
     method           TEXT NOT NULL CHECK (method IN ('auto_debit', 'exit_payment')),
-    status           TEXT NOT NULL CHECK (status IN ('pending', 'unknown', 'succeeded', 'declined', 'waived', 'no_account')),
+    -- exit_pending: an exit payment in flight; it keeps auto-debit away from the session.
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'unknown', 'succeeded', 'declined', 'waived', 'no_account', 'exit_pending')),
     provider         TEXT,
     provider_ref     TEXT,
     attempts         INTEGER NOT NULL DEFAULT 0,
@@ -76,8 +79,13 @@ CREATE TABLE payments (
     currency         TEXT NOT NULL,
     status           TEXT NOT NULL CHECK (status IN ('succeeded', 'declined', 'pending')),
     provider_ref     TEXT,
+    driver_id        BLOB,
     created_at       TEXT NOT NULL
 );
+
+-- At most one payment in flight or made per invoice and per held exit.
+CREATE UNIQUE INDEX payments_one_per_invoice ON payments (invoice_id) WHERE invoice_id IS NOT NULL AND status <> 'declined';
+CREATE UNIQUE INDEX payments_one_per_exit ON payments (session_id) WHERE session_id IS NOT NULL AND status <> 'declined';
 
 CREATE TABLE refunds (
     id               BLOB PRIMARY KEY,

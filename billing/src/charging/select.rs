@@ -1,6 +1,7 @@
 //! Charging's reads and claims: new charges for closed sessions, and leases on charges to collect.
 
 use chrono::{DateTime, Utc};
+use parkflow_db::BeginWrite;
 use parkflow_db::{Db, StoreError, db_time, on_db};
 use parkflow_protocol::PlateColor;
 use uuid::Uuid;
@@ -54,7 +55,7 @@ pub async fn enqueue(
         "SELECT s.id, s.lot_id, s.plate_color, s.pass_holder, s.entered_at, s.exited_at, s.fee_minor, s.currency,
                 d.id AS driver_id, d.payment_account, d.auto_debit
          FROM sessions s
-         LEFT JOIN driver_plates p ON p.plate = s.plate
+         LEFT JOIN driver_plates p ON p.plate = COALESCE(s.billed_plate, s.plate)
          LEFT JOIN drivers d ON d.id = p.driver_id
          WHERE s.status = 'closed' AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.session_id = s.id)
          ORDER BY s.exited_at LIMIT $1",
@@ -115,7 +116,7 @@ pub async fn enqueue(
     }
     let now = db_time(now);
     let inserted: usize = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         let mut inserted = Vec::with_capacity(charges.len());
         // 13 binds a row, under SQLite's bind limit.
         for chunk in charges.chunks(2_000) {

@@ -92,6 +92,9 @@ pub fn entry(lot: &Lot, state: &mut LotState, read: &GateRead) -> Planned {
             exit_match: None,
             tariff_from: None,
             fee: None,
+            billed_plate: None,
+            plate_color: missed.plate_color,
+            pass_holder: missed.pass_holder,
         }));
         planned.writes.push(review(
             lot,
@@ -159,12 +162,21 @@ pub fn exit(
     let exited_at = session
         .as_ref()
         .map_or(read.observed_at, |s| read.observed_at.max(s.entered_at));
+    let mut billed_plate = None;
     let (standing, pass_holder, priced) = match &session {
         Some(session) => {
             // The enrolled plate may be the one read now or the one read at entry.
             let standing = match standing_of(&read.plate) {
-                Standing::NotEnrolled => standing_of(&session.plate),
-                standing => standing,
+                Standing::NotEnrolled => {
+                    let standing = standing_of(&session.plate);
+                    billed_plate =
+                        (standing != Standing::NotEnrolled).then(|| session.plate.clone());
+                    standing
+                }
+                standing => {
+                    billed_plate = Some(read.plate.clone());
+                    standing
+                }
             };
             let pass_holder =
                 session.pass_holder || state.has_pass(&session.plate, read.observed_at);
@@ -235,7 +247,8 @@ pub fn exit(
         planned.closed_fee_minor = priced_minor.map(|(_, minor, _)| minor);
         planned.writes.push(Write::EndSession(SessionEnd {
             id: session.id,
-            status: if priced_minor.is_some() {
+            // A doubtful match is not billed until an operator confirms it.
+            status: if priced_minor.is_some() && !decision.review {
                 SessionStatus::Closed
             } else {
                 SessionStatus::Review
@@ -247,6 +260,9 @@ pub fn exit(
             tariff_from: priced_minor.map(|(from, _, _)| from),
             fee: priced_minor
                 .map(|(_, minor, money)| (minor, money.currency().as_str().to_owned())),
+            billed_plate,
+            plate_color: session.plate_color.or(read.plate_color),
+            pass_holder,
         }));
     }
     planned

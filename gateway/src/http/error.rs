@@ -75,6 +75,7 @@ impl From<parkflow_billing::payments::PayError> for ApiError {
         match error {
             PayError::NotFound(what) => Self::NotFound(what),
             PayError::NothingDue(_) => status(StatusCode::CONFLICT, "nothing_due", &error),
+            PayError::InProgress => status(StatusCode::CONFLICT, "payment_in_progress", &error),
             PayError::Declined(_) => {
                 status(StatusCode::PAYMENT_REQUIRED, "payment_declined", &error)
             }

@@ -83,6 +83,11 @@ pub struct SessionEnd {
     pub exit_match: Option<(ExitMatch, f64)>,
     /// The `effective_from` of the tariff version that priced the session.
     pub tariff_from: Option<DateTime<Utc>>,
+    /// The enrolled plate whose driver is billed (the exit read's or the entry's), if any.
+    pub billed_plate: Option<Plate>,
+    /// The plate colour and pass the fee was priced with, so that it recomputes the same.
+    pub plate_color: Option<PlateColor>,
+    pub pass_holder: bool,
     /// The fee in minor units and its currency; `None` for a session left for review.
     pub fee: Option<(i64, String)>,
 }

@@ -8,6 +8,7 @@
 //! others. A batch the database still refuses is kept in `dead_letters` (logged and counted) and
 //! its message acknowledged: a re-delivery would fail the same way.
 
+use parkflow_db::BeginWrite;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,7 +171,7 @@ where
 /// Applies `writes` in one transaction.
 pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
     crate::store::on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         for write in writes {
             match write {
                 Write::OpenSession(s) => {
@@ -196,7 +197,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                     sqlx::query(
                         "UPDATE sessions SET status = $2, exit_gate = $3, exit_event_id = $4, exited_at = $5,
                              exit_match = $6, exit_match_score = $7, tariff_from = $8, fee_minor = $9, currency = $10,
-                             updated_at = $5
+                             billed_plate = $11, plate_color = COALESCE(plate_color, $12), pass_holder = $13, updated_at = $5
                          WHERE id = $1 AND status = 'open'",
                     )
                     .bind(end.id)
@@ -209,6 +210,9 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                     .bind(end.tariff_from.map(db_time))
                     .bind(end.fee.as_ref().map(|(minor, _)| *minor))
                     .bind(end.fee.as_ref().map(|(_, currency)| currency.as_str()))
+                    .bind(end.billed_plate.as_ref().map(Plate::as_str))
+                    .bind(end.plate_color.map(PlateColor::as_str))
+                    .bind(end.pass_holder)
                     .execute(&mut *tx)
                     .await?;
                 }
