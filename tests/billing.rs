@@ -299,10 +299,11 @@ async fn refunds_never_exceed_what_was_collected(database: Database) {
     ).fetch_one(pool).await.unwrap());
     let refund = |minor: i64, key: &'static str| {
         let db = db.clone();
+        let provider = provider.clone();
         async move {
             parkflow_billing::refunds::refund(
                 &db,
-                "simulated",
+                &provider,
                 charge,
                 minor,
                 "test",
@@ -321,10 +322,16 @@ async fn refunds_never_exceed_what_was_collected(database: Database) {
     );
     refund(amount - 100, "r3").await.unwrap();
     assert!(refund(1, "r4").await.is_err());
+    // The money went back through the provider, exactly what was collected.
+    let (session,): (Uuid,) = on_db!(&db, pool => sqlx::query_as("SELECT session_id FROM charges WHERE id = $1").bind(charge).fetch_one(pool).await.unwrap());
+    assert_eq!(provider.refunded(&idempotency_key(session)), amount);
     assert_eq!(audit::audit(&db).await.unwrap().violations, Vec::new());
     // The ledger refuses to be rewritten.
     let rewrite = on_db!(&db, pool => sqlx::query("UPDATE ledger SET amount_minor = 0").execute(pool).await.map(drop));
     assert!(rewrite.is_err(), "ledger rows must never be updated");
+    let erase =
+        on_db!(&db, pool => sqlx::query("DELETE FROM ledger").execute(pool).await.map(drop));
+    assert!(erase.is_err(), "ledger rows must never be deleted");
     db.close().await;
     test_db.drop_database().await;
 }

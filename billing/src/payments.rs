@@ -537,7 +537,7 @@ impl<P: PaymentProvider> PaymentsApi for Payments<P> {
         Box::pin(async move {
             crate::refunds::refund(
                 &self.db,
-                self.provider.name(),
+                &self.provider,
                 charge,
                 amount_minor,
                 &reason,

@@ -1,12 +1,16 @@
-//! Refunds: money returned on a collected charge, never more than was collected (SPEC §4), each
-//! recorded once per idempotency key with its journal entry.
+//! Refunds: money returned through the provider on a collected charge, never more than was
+//! collected (SPEC §4), each recorded once per idempotency key with its journal entry.
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, StoreError, db_time};
+use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
 use uuid::Uuid;
 
+use crate::charging::idempotency_key;
 use crate::insert_entries;
 use crate::ledger::Entry;
+use crate::money::{Currency, Money};
+use crate::payments::payment_key;
+use crate::provider::{PaymentProvider, Refund, RefundOutcome};
 
 /// Why a refund was refused.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +23,10 @@ pub enum RefundError {
         "refunds would exceed what was collected ({remaining_minor} minor units remain refundable)"
     )]
     ExceedsCollected { remaining_minor: i64 },
+    #[error("the payment provider refused the refund: {0}")]
+    Refused(String),
+    #[error("the payment provider has not answered; retry with the same idempotency key")]
+    Pending,
     #[error("refund store failed")]
     Store(#[from] StoreError),
 }
@@ -37,17 +45,46 @@ pub struct Refunded {
     pub currency: String,
 }
 
+/// (lot, currency, provider, collected, refunded so far, session, how it was collected).
+type Collected = (
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Uuid,
+    Option<Uuid>,
+    Option<Uuid>,
+    String,
+);
+
 const COLLECTED: &str = "SELECT c.lot_id, c.currency, c.provider,
         CASE WHEN c.status = 'succeeded' OR i.status = 'paid' THEN c.amount_minor ELSE 0 END,
-        (SELECT COALESCE(CAST(SUM(r.amount_minor) AS BIGINT), 0) FROM refunds r WHERE r.charge_id = c.id)
+        (SELECT COALESCE(CAST(SUM(r.amount_minor) AS BIGINT), 0) FROM refunds r WHERE r.charge_id = c.id),
+        c.session_id,
+        (SELECT p.id FROM payments p WHERE p.session_id = c.session_id AND p.status = 'succeeded'),
+        (SELECT p.id FROM payments p WHERE p.invoice_id = i.id AND p.status = 'succeeded'),
+        c.method
      FROM charges c LEFT JOIN invoices i ON i.charge_id = c.id WHERE c.id = $1";
 
-type Collected = (String, String, Option<String>, i64, i64);
+async fn earlier(db: &Db, key: &str) -> Result<Option<Refunded>, RefundError> {
+    let row: Option<(Uuid, i64, String)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT id, amount_minor, currency FROM refunds WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(pool)
+    .await?);
+    Ok(row.map(|(refund_id, amount_minor, currency)| Refunded {
+        refund_id,
+        amount_minor,
+        currency,
+    }))
+}
 
-/// Refunds `amount_minor` of `charge`, as `provider` returned it.
-pub async fn refund(
+/// Refunds `amount_minor` of `charge` through `provider`.
+pub async fn refund<P: PaymentProvider>(
     db: &Db,
-    provider: &str,
+    provider: &P,
     charge: Uuid,
     amount_minor: i64,
     reason: &str,
@@ -57,58 +94,76 @@ pub async fn refund(
     if amount_minor <= 0 {
         return Err(RefundError::NotPositive);
     }
+    if let Some(refunded) = earlier(db, key).await? {
+        return Ok(refunded);
+    }
+    let collected: Option<Collected> =
+        on_db!(db, pool => sqlx::query_as(COLLECTED).bind(charge).fetch_optional(pool).await?);
+    let (
+        lot,
+        currency,
+        charge_provider,
+        collected,
+        refunded,
+        session,
+        exit_payment,
+        invoice_payment,
+        method,
+    ) = collected.ok_or(RefundError::NotFound)?;
+    if amount_minor > collected - refunded {
+        return Err(RefundError::ExceedsCollected {
+            remaining_minor: collected - refunded,
+        });
+    }
+    // Where the money came from: the auto-debit, the exit payment, or the invoice's payment.
+    let debit_key = match (method.as_str(), exit_payment, invoice_payment) {
+        ("exit_payment", Some(payment), _) | (_, _, Some(payment)) => payment_key(payment),
+        _ => idempotency_key(session),
+    };
+    let money_currency = Currency::new(&currency)
+        .map_err(|_| StoreError::Corrupt(format!("currency {currency}")))?;
+    let outcome = provider
+        .refund(&Refund {
+            idempotency_key: format!("refund:{charge}:{key}"),
+            debit_key,
+            amount: Money::from_minor(amount_minor, money_currency),
+        })
+        .await;
+    match outcome {
+        RefundOutcome::Refunded { .. } => {}
+        RefundOutcome::Refused { reason } => return Err(RefundError::Refused(reason)),
+        RefundOutcome::Unknown => return Err(RefundError::Pending),
+    }
     let now = db_time(now);
     let id = Uuid::now_v7();
-    macro_rules! body {
-        ($tx:expr, $collected_sql:expr) => {{
-            let earlier: Option<(Uuid, i64, String)> =
-                sqlx::query_as("SELECT id, amount_minor, currency FROM refunds WHERE idempotency_key = $1")
-                    .bind(key)
-                    .fetch_optional(&mut *$tx)
-                    .await?;
-            if let Some((refund_id, amount_minor, currency)) = earlier {
-                return Ok(Refunded { refund_id, amount_minor, currency });
-            }
-            let collected: Option<Collected> = sqlx::query_as($collected_sql).bind(charge).fetch_optional(&mut *$tx).await?;
-            let (lot, currency, charge_provider, collected, refunded) = collected.ok_or(RefundError::NotFound)?;
-            let remaining_minor = collected - refunded;
-            if amount_minor > remaining_minor {
-                return Err(RefundError::ExceedsCollected { remaining_minor });
-            }
-            sqlx::query(
-                "INSERT INTO refunds (id, charge_id, idempotency_key, amount_minor, currency, reason, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(id)
-            .bind(charge)
-            .bind(key)
-            .bind(amount_minor)
-            .bind(&currency)
-            .bind(reason)
-            .bind(now)
-            .execute(&mut *$tx)
-            .await?;
-            let provider = charge_provider.unwrap_or_else(|| provider.to_owned());
-            insert_entries!($tx, &[Entry::refund(id, &lot, &provider, amount_minor, &currency, now)])?;
-            $tx.commit().await?;
-            Ok(Refunded { refund_id: id, amount_minor, currency })
-        }};
-    }
-    match db {
-        // SQLite: one writer at a time; take the write lock before reading what may be refunded.
-        Db::Sqlite(pool) => {
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            body!(tx, COLLECTED)
+    let provider_name = charge_provider.unwrap_or_else(|| provider.name().to_owned());
+    on_db!(db, pool => {
+        let mut tx = pool.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO refunds (id, charge_id, idempotency_key, amount_minor, currency, reason, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(id)
+        .bind(charge)
+        .bind(key)
+        .bind(amount_minor)
+        .bind(&currency)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // The same key, concurrently: that refund stands (the provider refunded once).
+            tx.rollback().await?;
+            return earlier(db, key).await?.ok_or(RefundError::Pending);
         }
-        // PostgreSQL: lock the charge first, then read what was refunded, so two refunds of it
-        // cannot both pass the check on the same sum.
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SELECT id FROM charges WHERE id = $1 FOR UPDATE")
-                .bind(charge)
-                .fetch_optional(&mut *tx)
-                .await?;
-            body!(tx, COLLECTED)
-        }
-    }
+        insert_entries!(tx, &[Entry::refund(id, &lot, &provider_name, amount_minor, &currency, now)])?;
+        tx.commit().await?;
+    });
+    Ok(Refunded {
+        refund_id: id,
+        amount_minor,
+        currency,
+    })
 }

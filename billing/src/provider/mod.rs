@@ -103,6 +103,32 @@ pub trait PaymentProvider: Send + Sync + 'static {
 
     /// Every debit the provider recorded (for reconciliation).
     fn records(&self) -> impl Future<Output = Vec<ProviderRecord>> + Send;
+
+    /// Returns part or all of a succeeded debit, once per refund key: the same key again answers
+    /// as the first time; refunds of one debit never exceed it.
+    fn refund(&self, refund: &Refund) -> impl Future<Output = RefundOutcome> + Send;
+}
+
+/// Money to return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub idempotency_key: String,
+    /// The key of the debit the money came from.
+    pub debit_key: String,
+    pub amount: Money,
+}
+
+/// What the provider said to a refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    Refunded {
+        provider_ref: String,
+    },
+    Refused {
+        reason: String,
+    },
+    /// No answer: ask again with the same key.
+    Unknown,
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::{
     Callback, Debit, DebitOutcome, KEY_REUSED, PaymentProvider, ProviderRecord, RecordStatus,
+    Refund, RefundOutcome,
 };
 use crate::money::{Currency, Money, MoneyError};
 
@@ -276,6 +277,24 @@ impl PaymentProvider for SimulatedProvider {
         self.answer_after_latency().await;
         self.with_ledger(|ledger, now| ledger.records(now))
     }
+
+    async fn refund(&self, refund: &Refund) -> RefundOutcome {
+        self.answer_after_latency().await;
+        self.with_ledger(|ledger, now| ledger.refund(refund, now))
+    }
+}
+
+impl SimulatedProvider {
+    /// Minor units refunded so far on the debit made under `debit_key`.
+    pub fn refunded(&self, debit_key: &str) -> i64 {
+        let ledger = lock(&self.shared.ledger);
+        ledger
+            .refunds
+            .values()
+            .filter(|(key, _, _)| key == debit_key)
+            .map(|(_, amount, _)| amount.to_minor().unwrap_or(0))
+            .sum()
+    }
 }
 
 /// The ledger's operations leave it consistent at every step, so a panic elsewhere while it was
@@ -297,6 +316,8 @@ struct Ledger {
     applied: usize,
     /// Callbacks produced by the current operation, sent once the lock is released.
     outbox: Vec<Callback>,
+    /// Refunds by refund key: (debit key, amount, provider reference).
+    refunds: HashMap<String, (String, Money, String)>,
 }
 
 struct Entry {
@@ -325,7 +346,68 @@ impl Ledger {
             confirmations: VecDeque::new(),
             applied: 0,
             outbox: Vec::new(),
+            refunds: HashMap::new(),
         }
+    }
+
+    /// Returns money of a succeeded debit, never more than it took, once per refund key.
+    fn refund(&mut self, refund: &Refund, now: Instant) -> RefundOutcome {
+        self.confirm_due(now);
+        if let Some((debit_key, amount, provider_ref)) = self.refunds.get(&refund.idempotency_key) {
+            return if *debit_key == refund.debit_key && *amount == refund.amount {
+                RefundOutcome::Refunded {
+                    provider_ref: provider_ref.clone(),
+                }
+            } else {
+                RefundOutcome::Refused {
+                    reason: KEY_REUSED.to_owned(),
+                }
+            };
+        }
+        let Some(&index) = self.by_key.get(&refund.debit_key) else {
+            return RefundOutcome::Refused {
+                reason: "no such debit".to_owned(),
+            };
+        };
+        let entry = &self.entries[index];
+        if !matches!(entry.state, EntryState::Succeeded)
+            || entry.amount.currency() != refund.amount.currency()
+        {
+            return RefundOutcome::Refused {
+                reason: "nothing to refund".to_owned(),
+            };
+        }
+        let already: i64 = self
+            .refunds
+            .values()
+            .filter(|(key, _, _)| *key == refund.debit_key)
+            .map(|(_, a, _)| a.to_minor().unwrap_or(0))
+            .sum();
+        let (Ok(debited), Ok(asked)) = (entry.amount.to_minor(), refund.amount.to_minor()) else {
+            return RefundOutcome::Refused {
+                reason: "amount out of range".to_owned(),
+            };
+        };
+        if asked <= 0 || already + asked > debited {
+            return RefundOutcome::Refused {
+                reason: "refunds would exceed the debit".to_owned(),
+            };
+        }
+        let provider_ref = uuid::Builder::from_random_bytes(self.rng.random())
+            .into_uuid()
+            .to_string();
+        self.refunds.insert(
+            refund.idempotency_key.clone(),
+            (
+                refund.debit_key.clone(),
+                refund.amount,
+                provider_ref.clone(),
+            ),
+        );
+        if self.chance(self.config.timeout_rate) {
+            return RefundOutcome::Unknown;
+        }
+        RefundOutcome::Refunded { provider_ref }
     }
 
     fn debit(&mut self, debit: &Debit, now: Instant) -> DebitOutcome {

@@ -26,6 +26,16 @@ impl From<RefundError> for ApiError {
                 code: "refund_exceeds_collected",
                 message: error.to_string(),
             },
+            RefundError::Refused(_) => Self::Status {
+                status: StatusCode::CONFLICT,
+                code: "refund_refused",
+                message: error.to_string(),
+            },
+            RefundError::Pending => Self::Status {
+                status: StatusCode::ACCEPTED,
+                code: "refund_pending",
+                message: error.to_string(),
+            },
             RefundError::Store(e) => Self::Store(e),
         }
     }
