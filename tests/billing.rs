@@ -355,3 +355,103 @@ async fn refunds_never_exceed_what_was_collected_on_sqlite() {
 async fn refunds_never_exceed_what_was_collected_on_postgres() {
     refunds_never_exceed_what_was_collected(Database::Postgres).await;
 }
+
+async fn write_offs_balance_and_the_audit_names_broken_rows(database: Database) {
+    let Some(_) = Setup::available(database, Broker::Embedded) else {
+        return;
+    };
+    let test_db = TestDatabase::new(database).await;
+    let db = Db::connect(&test_db.url).await.unwrap();
+    fixture(&db).await;
+    let provider = SimulatedProvider::new(FaultConfig::none()).unwrap();
+    let mut worker =
+        ChargingWorker::new(db.clone(), provider.clone(), ChargingConfig::new("audit"))
+            .await
+            .unwrap();
+    while !worker.step(Utc::now()).await.unwrap().is_idle() {}
+    let clean = audit::audit(&db).await.unwrap();
+    assert_eq!(clean.violations, Vec::new());
+
+    // A written-off invoice: bad debt, no longer outstanding, the books still balanced.
+    let invoice: Uuid = on_db!(&db, pool => sqlx::query_scalar("SELECT id FROM invoices WHERE status = 'open' ORDER BY id LIMIT 1").fetch_one(pool).await.unwrap());
+    parkflow_billing::arrears::write_off(&db, invoice, Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        parkflow_billing::arrears::write_off(&db, invoice, Utc::now())
+            .await
+            .is_err(),
+        "an invoice is written off once"
+    );
+    assert_eq!(audit::audit(&db).await.unwrap().violations, Vec::new());
+    let settled = settlement::settle(&db, "2000-01-01", "2999-12-31", Utc::now())
+        .await
+        .unwrap();
+    let outstanding: i64 = settled.iter().map(|s| s.outstanding_minor).sum();
+    let open_invoices = count(
+        &db,
+        "SELECT COALESCE(CAST(SUM(amount_minor) AS BIGINT), 0) FROM invoices WHERE status = 'open'",
+    )
+    .await;
+    assert_eq!(outstanding, open_invoices);
+
+    // Plant two faults: a closed session nobody charged, and a journal entry that does not balance.
+    let uncharged = Uuid::now_v7();
+    let (lot, plate): (String, String) = on_db!(&db, pool => sqlx::query_as("SELECT lot_id, plate FROM sessions LIMIT 1").fetch_one(pool).await.unwrap());
+    let at = parkflow_db::db_time(Utc::now() - chrono::Duration::hours(1));
+    on_db!(&db, pool => sqlx::query(
+        "INSERT INTO sessions (id, lot_id, plate, status, pass_holder, entered_at, exited_at, fee_minor, currency, updated_at)
+         VALUES ($1, $2, $3, 'closed', $4, $5, $5, 300, 'CNY', $5)",
+    )
+    .bind(uncharged).bind(&lot).bind(&plate).bind(false).bind(at)
+    .execute(pool).await.map(drop).unwrap());
+    let unbalanced = Uuid::now_v7();
+    on_db!(&db, pool => sqlx::query(
+        "INSERT INTO ledger (entry_id, line, kind, reference, account, amount_minor, currency, created_at)
+         VALUES ($1, 0, 'fee', $2, 'receivable:drivers', 100, 'CNY', $3)",
+    )
+    .bind(unbalanced).bind(Uuid::now_v7()).bind(at)
+    .execute(pool).await.map(drop).unwrap());
+    let report = audit::audit(&db).await.unwrap();
+    let named = |rule: &str, id: Uuid| {
+        report
+            .violations
+            .iter()
+            .any(|v| v.rule == rule && v.row.replace('-', "") == id.simple().to_string())
+    };
+    assert!(
+        named("closed session without a charge", uncharged),
+        "{:?}",
+        report.violations
+    );
+    assert!(
+        named("journal entry does not sum to zero", unbalanced),
+        "{:?}",
+        report.violations
+    );
+
+    // `parkflow audit` says so and exits non-zero.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_parkflow"))
+        .args(["audit", "--database-url", &test_db.url])
+        .env("PARKFLOW_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("violation closed session without a charge"),
+        "{stdout}"
+    );
+    db.close().await;
+    test_db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_offs_balance_and_the_audit_names_broken_rows_on_sqlite() {
+    write_offs_balance_and_the_audit_names_broken_rows(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_offs_balance_and_the_audit_names_broken_rows_on_postgres() {
+    write_offs_balance_and_the_audit_names_broken_rows(Database::Postgres).await;
+}

@@ -229,3 +229,60 @@ impl ArrearsWorker {
         Ok(report)
     }
 }
+
+/// Why a write-off was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteOffError {
+    #[error("no open invoice with that id")]
+    NotOpen,
+    #[error("write-off store failed")]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for WriteOffError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// Gives up an open invoice: bad debt instead of receivable (a journal entry), and the driver is
+/// reinstated if nothing else is overdue. Returns the standing change, if any.
+pub async fn write_off(
+    db: &Db,
+    invoice: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<StandingChange>, WriteOffError> {
+    let now = db_time(now);
+    let change = on_db!(db, pool => {
+        let mut tx = pool.begin_write().await?;
+        let written: Option<(i64, String, Option<Uuid>, String)> = sqlx::query_as(
+            "UPDATE invoices SET status = 'written_off' WHERE id = $1 AND status = 'open'
+             RETURNING amount_minor, currency, driver_id, (SELECT lot_id FROM charges c WHERE c.id = invoices.charge_id)",
+        )
+        .bind(invoice)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (amount_minor, currency, driver, lot) = written.ok_or(WriteOffError::NotOpen)?;
+        crate::insert_entries!(tx, &[crate::ledger::Entry::write_off(invoice, &lot, amount_minor, &currency, now)])?;
+        let mut change = None;
+        if let Some(driver) = driver {
+            let reinstated: Option<(Uuid,)> = sqlx::query_as(
+                "UPDATE drivers SET status = 'active', suspended_at = NULL
+                 WHERE id = $1 AND status = 'suspended'
+                   AND NOT EXISTS (SELECT 1 FROM invoices WHERE driver_id = $1 AND status = 'open' AND due_at <= $2)
+                 RETURNING id",
+            )
+            .bind(driver)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if reinstated.is_some() {
+                let plates: Vec<(String,)> = sqlx::query_as("SELECT plate FROM driver_plates WHERE driver_id = $1").bind(driver).fetch_all(&mut *tx).await?;
+                change = Some(StandingChange { driver_id: driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: false });
+            }
+        }
+        tx.commit().await?;
+        change
+    });
+    Ok(change)
+}

@@ -76,6 +76,26 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT lot_id || ' ' || CAST(COUNT(*) AS TEXT) FROM sessions WHERE status = 'open' GROUP BY lot_id, plate HAVING COUNT(*) > 1",
     ),
     (
+        "succeeded payment without its journal entry",
+        "SELECT CAST(p.id AS TEXT) FROM payments p WHERE p.status = 'succeeded' AND p.kind = 'invoice'
+         AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.reference = p.id AND l.kind = 'payment')",
+    ),
+    (
+        "charge owed without exactly one fee entry",
+        "SELECT CAST(c.id AS TEXT) FROM charges c WHERE (c.status = 'declined' OR (c.status = 'no_account' AND c.amount_minor > 0))
+         AND (SELECT COUNT(DISTINCT l.entry_id) FROM ledger l WHERE l.reference = c.id AND l.kind = 'fee') <> 1",
+    ),
+    (
+        "refund without its journal entry",
+        "SELECT CAST(r.id AS TEXT) FROM refunds r
+         WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.reference = r.id AND l.kind = 'refund')",
+    ),
+    (
+        "invoice paid more than once",
+        "SELECT CAST(invoice_id AS TEXT) FROM payments WHERE status = 'succeeded' AND invoice_id IS NOT NULL
+         GROUP BY invoice_id HAVING COUNT(*) > 1",
+    ),
+    (
         "invoice paid without a payment",
         "SELECT CAST(i.id AS TEXT) FROM invoices i WHERE i.status = 'paid'
          AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.invoice_id = i.id AND p.status = 'succeeded')",
@@ -105,7 +125,10 @@ pub async fn audit(db: &Db) -> Result<AuditReport, StoreError> {
                     .replace("CAST(session_id AS TEXT)", "lower(hex(session_id))")
                     .replace("CAST(c.id AS TEXT)", "lower(hex(c.id))")
                     .replace("CAST(entry_id AS TEXT)", "lower(hex(entry_id))")
-                    .replace("CAST(i.id AS TEXT)", "lower(hex(i.id))");
+                    .replace("CAST(i.id AS TEXT)", "lower(hex(i.id))")
+                    .replace("CAST(p.id AS TEXT)", "lower(hex(p.id))")
+                    .replace("CAST(r.id AS TEXT)", "lower(hex(r.id))")
+                    .replace("CAST(invoice_id AS TEXT)", "lower(hex(invoice_id))");
                 sqlx::query_scalar(&sql).fetch_all(pool).await?
             }
             Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,

@@ -163,3 +163,37 @@ async fn charge_currency(
     parkflow_billing::Currency::new(&currency)
         .map_err(|_| ApiError::Store(crate::store::StoreError::Corrupt("charge currency".into())))
 }
+
+impl From<parkflow_billing::arrears::WriteOffError> for ApiError {
+    fn from(error: parkflow_billing::arrears::WriteOffError) -> Self {
+        match error {
+            parkflow_billing::arrears::WriteOffError::NotOpen => Self::NotFound("open invoice"),
+            parkflow_billing::arrears::WriteOffError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+/// `POST /v1/invoices/{id}/write-off`: gives up an open invoice (bad debt); a driver owing nothing
+/// overdue any more is reinstated.
+pub async fn write_off(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(invoice): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let change = parkflow_billing::arrears::write_off(&state.db, invoice, Utc::now()).await?;
+    if let Some(change) = change {
+        let plates = change
+            .plates
+            .iter()
+            .filter_map(|p| parkflow_protocol::Plate::parse(p).ok())
+            .collect();
+        state
+            .gates
+            .send(crate::gate::GateMessage::Standing {
+                plates,
+                standing: crate::gate::decide::Standing::Enrolled,
+            })
+            .await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/settlements/run", post(billing::run))
         .route("/v1/reconciliation", get(billing::reconciliation))
         .route("/v1/charges/{id}/refunds", post(billing::refund))
+        .route("/v1/invoices/{id}/write-off", post(billing::write_off))
         .route("/v1/drivers", post(drivers::enrol))
         .route("/v1/me", get(drivers::me))
         .route("/v1/me/plates", post(drivers::add_plate))
