@@ -80,7 +80,12 @@ impl PlatformConfig {
             admin_key: None,
             decisions: DecisionConfig::default(),
             provider_faults: FaultConfig::none(),
-            charging: ChargingConfig::new("charging-1"),
+            // Unique per process: leases name their holder.
+            charging: ChargingConfig::new(format!(
+                "charging-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            )),
             arrears: ArrearsConfig::default(),
         }
     }

@@ -203,7 +203,25 @@ impl ArrearsWorker {
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
-            let mut changes = Vec::with_capacity(suspended.len());
+            // Self-healing: a driver suspended while a payment committed (two transactions that did
+            // not see each other) owes nothing overdue, and is reinstated here.
+            let reinstated: Vec<(Uuid,)> = sqlx::query_as(
+                "UPDATE drivers SET status = 'active', suspended_at = NULL
+                 WHERE status = 'suspended' AND suspended_at IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.driver_id = drivers.id AND i.status = 'open' AND i.due_at <= $1)
+                 RETURNING id",
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut changes = Vec::with_capacity(suspended.len() + reinstated.len());
+            for (driver,) in &reinstated {
+                let plates: Vec<(String,)> = sqlx::query_as("SELECT plate FROM driver_plates WHERE driver_id = $1")
+                    .bind(driver)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                changes.push(StandingChange { driver_id: *driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: false });
+            }
             for (driver,) in &suspended {
                 sqlx::query("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) VALUES ($1, $2, NULL, 'suspended', $3)")
                     .bind(Uuid::now_v7())
@@ -218,10 +236,10 @@ impl ArrearsWorker {
                 changes.push(StandingChange { driver_id: *driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: true });
             }
             tx.commit().await?;
-            (ArrearsReport { reminders, overdue, suspended: changes.len() }, changes)
+            (ArrearsReport { reminders, overdue, suspended: changes.iter().filter(|c| c.suspended).count() }, changes)
         });
         for change in suspended {
-            tracing::info!(driver = %change.driver_id, "driver suspended for arrears");
+            tracing::info!(driver = %change.driver_id, suspended = change.suspended, "driver standing changed");
             if self.standing.send(change).await.is_err() {
                 tracing::warn!("nobody listens for standing changes");
             }
