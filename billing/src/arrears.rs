@@ -2,7 +2,6 @@
 //! reminders in a notification outbox; an invoice unpaid past its due time suspends the driver
 //! (no leave-first privilege: the gateway holds their exits) until the debt is paid.
 
-use parkflow_db::BeginWrite;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -164,37 +163,10 @@ impl ArrearsWorker {
             now + chrono::Duration::from_std(self.config.remind_before)
                 .unwrap_or(chrono::Duration::hours(24)),
         );
+        // Writes come first in the transaction, so that on SQLite it holds the write lock before
+        // it reads (a read-then-write transaction can fail to upgrade while others commit).
         let (report, suspended) = on_db!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let reminders: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
-                "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1 AND i.due_at > $2
-                   AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'payment_reminder')",
-            )
-            .bind(remind_from)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            let overdue: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
-                "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1
-                   AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'invoice_overdue')",
-            )
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            let notices: Vec<(&(Uuid, Option<Uuid>), &str)> = reminders
-                .iter()
-                .map(|r| (r, "payment_reminder"))
-                .chain(overdue.iter().map(|o| (o, "invoice_overdue")))
-                .collect();
-            for chunk in notices.chunks(5_000) {
-                let mut builder = sqlx::QueryBuilder::new("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) ");
-                builder.push_values(chunk, |mut row, ((invoice, driver), kind)| {
-                    row.push_bind(Uuid::now_v7()).push_bind(*driver).push_bind(*invoice).push_bind(*kind).push_bind(now);
-                });
-                builder.push(" ON CONFLICT (invoice_id, kind) DO NOTHING");
-                builder.build().execute(&mut *tx).await?;
-            }
-            let (reminders, overdue) = (reminders.len(), overdue.len());
+            let mut tx = pool.begin().await?;
             let suspended: Vec<(Uuid,)> = sqlx::query_as(
                 "UPDATE drivers SET status = 'suspended', suspended_at = $1
                  WHERE status = 'active' AND id IN (SELECT driver_id FROM invoices WHERE status = 'open' AND due_at <= $1)
@@ -235,6 +207,35 @@ impl ArrearsWorker {
                     .await?;
                 changes.push(StandingChange { driver_id: *driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: true });
             }
+            let reminders: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
+                "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1 AND i.due_at > $2
+                   AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'payment_reminder')",
+            )
+            .bind(remind_from)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let overdue: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
+                "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1
+                   AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'invoice_overdue')",
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let notices: Vec<(&(Uuid, Option<Uuid>), &str)> = reminders
+                .iter()
+                .map(|r| (r, "payment_reminder"))
+                .chain(overdue.iter().map(|o| (o, "invoice_overdue")))
+                .collect();
+            for chunk in notices.chunks(5_000) {
+                let mut builder = sqlx::QueryBuilder::new("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) ");
+                builder.push_values(chunk, |mut row, ((invoice, driver), kind)| {
+                    row.push_bind(Uuid::now_v7()).push_bind(*driver).push_bind(*invoice).push_bind(*kind).push_bind(now);
+                });
+                builder.push(" ON CONFLICT (invoice_id, kind) DO NOTHING");
+                builder.build().execute(&mut *tx).await?;
+            }
+            let (reminders, overdue) = (reminders.len(), overdue.len());
             tx.commit().await?;
             (ArrearsReport { reminders, overdue, suspended: changes.iter().filter(|c| c.suspended).count() }, changes)
         });
@@ -272,7 +273,7 @@ pub async fn write_off(
 ) -> Result<Option<StandingChange>, WriteOffError> {
     let now = db_time(now);
     let change = on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
+        let mut tx = pool.begin().await?;
         let written: Option<(i64, String, Option<Uuid>, String)> = sqlx::query_as(
             "UPDATE invoices SET status = 'written_off' WHERE id = $1 AND status = 'open'
              RETURNING amount_minor, currency, driver_id, (SELECT lot_id FROM charges c WHERE c.id = invoices.charge_id)",

@@ -4,7 +4,6 @@
 //! so it gives the same figures and never double-counts. Reconciliation compares the platform's
 //! records with the provider's.
 
-use parkflow_db::BeginWrite;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -52,10 +51,11 @@ pub async fn settle(
 ) -> Result<Vec<Settlement>, StoreError> {
     let now = db_time(now);
     let rows = on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        let rows: Vec<Settlement> = sqlx::query_as(COMPUTE).bind(from).bind(to).fetch_all(&mut *tx).await?;
-        // Days that no longer have charges in range keep no stale figures.
+        let mut tx = pool.begin().await?;
+        // Replace the days' figures: the delete comes first, so the transaction writes before it
+        // reads, and days that no longer have charges keep no stale figures.
         sqlx::query("DELETE FROM settlements WHERE day >= $1 AND day <= $2").bind(from).bind(to).execute(&mut *tx).await?;
+        let rows: Vec<Settlement> = sqlx::query_as(COMPUTE).bind(from).bind(to).fetch_all(&mut *tx).await?;
         for chunk in rows.chunks(2_000) {
             let mut builder = sqlx::QueryBuilder::new(
                 "INSERT INTO settlements (operator_id, lot_id, day, currency, sessions, gross_minor, collected_minor,

@@ -154,40 +154,6 @@ pub fn db_time(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc
     t.trunc_subsecs(6)
 }
 
-/// Starts a transaction that will write: on SQLite it takes the write lock at once (`BEGIN
-/// IMMEDIATE`), so a transaction that reads before it writes cannot fail to upgrade when another
-/// writer committed meanwhile; on PostgreSQL it is an ordinary transaction.
-pub trait BeginWrite {
-    type Database: sqlx::Database;
-    fn begin_write(
-        &self,
-    ) -> impl std::future::Future<
-        Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>,
-    > + Send;
-}
-
-impl BeginWrite for SqlitePool {
-    type Database = sqlx::Sqlite;
-    fn begin_write(
-        &self,
-    ) -> impl std::future::Future<
-        Output = Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error>,
-    > + Send {
-        self.begin_with("BEGIN IMMEDIATE")
-    }
-}
-
-impl BeginWrite for PgPool {
-    type Database = sqlx::Postgres;
-    fn begin_write(
-        &self,
-    ) -> impl std::future::Future<
-        Output = Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error>,
-    > + Send {
-        self.begin()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,5 @@
 //! Recording what the provider said: charge statuses, journal entries, invoices — in one transaction.
 
-use parkflow_db::BeginWrite;
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
@@ -71,7 +70,7 @@ pub async fn record(
     }
 
     let recorded = on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
+        let mut tx = pool.begin().await?;
         let mut builder = sqlx::QueryBuilder::new("WITH v (id, status, provider_ref, next_attempt_at) AS (");
         builder.push_values(&updates, |mut row, u| {
             row.push_bind(u.id).push_bind(u.status).push_bind(u.provider_ref.as_deref()).push_bind(u.next_attempt_at);

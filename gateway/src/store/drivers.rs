@@ -1,7 +1,6 @@
 //! Drivers, their plates and their API keys (keys are random, shown once, stored as SHA-256).
 
 use chrono::{DateTime, Utc};
-use parkflow_db::BeginWrite;
 use parkflow_protocol::{Plate, PlateColor};
 use serde::Serialize;
 use uuid::Uuid;
@@ -98,7 +97,7 @@ pub async fn enrol(
     let key = new_key();
     let now = db_time(now);
     on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
+        let mut tx = pool.begin().await?;
         sqlx::query(
             "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at) VALUES ($1, $2, 'active', $3, $4, $5)",
         )

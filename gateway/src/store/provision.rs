@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, Utc};
 use parkflow_billing::TariffDefinition;
-use parkflow_db::BeginWrite;
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId, Plate, PlateColor};
 use uuid::Uuid;
 
@@ -96,7 +95,7 @@ pub struct BlockPlan {
 pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), StoreError> {
     let now = db_time(now);
     on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
+        let mut tx = pool.begin().await?;
         for operator in &plan.operators {
             sqlx::query(
                 "INSERT INTO operators (id, name, created_at) VALUES ($1, $2, $3)

@@ -8,7 +8,6 @@
 //! others. A batch the database still refuses is kept in `dead_letters` (logged and counted) and
 //! its message acknowledged: a re-delivery would fail the same way.
 
-use parkflow_db::BeginWrite;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,7 +170,7 @@ where
 /// Applies `writes` in one transaction.
 pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
     crate::store::on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
+        let mut tx = pool.begin().await?;
         for write in writes {
             match write {
                 Write::OpenSession(s) => {
