@@ -55,6 +55,14 @@ pub enum Scenario {
         #[arg(long, default_value_t = 2_000)]
         reads: usize,
     },
+    /// Settlement of closed sessions (price, charge, ledger, settle), beside a raw bulk insert.
+    Settle {
+        #[arg(long, default_value_t = 1_000_000)]
+        sessions: usize,
+        /// A PostgreSQL URL to run against (a fresh database is made there); SQLite otherwise.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 /// `parkflow run`.

@@ -60,6 +60,10 @@ fn main() -> ExitCode {
         Command::Audit { database_url } => return runtime.block_on(audit(&database_url)),
         Command::Bench(args) => match args.scenario {
             Scenario::Barrier { reads } => runtime.block_on(parkflow::bench::barrier::run(reads)),
+            Scenario::Settle {
+                sessions,
+                database_url,
+            } => runtime.block_on(parkflow::bench::settle::run(sessions, database_url)),
         },
     };
     match result {
