@@ -108,13 +108,14 @@ async fn fixture(db: &Db) -> Fixture {
             plate_color: Some(PlateColor::Blue),
             pass_holder: false,
         };
+        let id = Uuid::now_v7();
         let fee = tariff.fee(&stay).unwrap().to_minor().unwrap();
         on_db!(db, pool => sqlx::query(
             "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at, tariff_from,
                  fee_minor, currency, updated_at)
              VALUES ($1, $2, $3, 'blue', 'closed', $4, $5, $6, $7, $8, 'CNY', $6)",
         )
-        .bind(Uuid::now_v7())
+        .bind(id)
         .bind(lots[lot].as_str())
         .bind(plates[i % DRIVERS].as_str())
         .bind(false)
@@ -126,6 +127,14 @@ async fn fixture(db: &Db) -> Fixture {
         .await
         .map(drop)
         .unwrap());
+        // As the gateway does when it closes a session: the session waits for its charge.
+        on_db!(db, pool => sqlx::query("INSERT INTO charge_queue (session_id, queued_at) VALUES ($1, $2)")
+            .bind(id)
+            .bind(parkflow_db::db_time(exited_at))
+            .execute(pool)
+            .await
+            .map(drop)
+            .unwrap());
     }
     Fixture { plates, lots }
 }

@@ -207,6 +207,12 @@ async fn set_up(db: &Db, fleet: &Fleet, now: DateTime<Utc>) -> anyhow::Result<()
                     .push_bind(now);
             });
             builder.build().execute(&mut *tx).await?;
+            // As the gateway does when it closes a session: the session waits for its charge.
+            let mut queue = QueryBuilder::new("INSERT INTO charge_queue (session_id, queued_at) ");
+            queue.push_values(chunk, |mut row, s| {
+                row.push_bind(s.id).push_bind(s.exited_at);
+            });
+            queue.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
     });

@@ -71,20 +71,24 @@ pub async fn record(
 
     let recorded = on_db!(db, pool => {
         let mut tx = pool.begin().await?;
-        let mut builder = sqlx::QueryBuilder::new("WITH v (id, status, provider_ref, next_attempt_at) AS (");
-        builder.push_values(&updates, |mut row, u| {
-            row.push_bind(u.id).push_bind(u.status).push_bind(u.provider_ref.as_deref()).push_bind(u.next_attempt_at);
-        });
-        builder
-            .push(") UPDATE charges SET status = v.status, provider_ref = v.provider_ref, next_attempt_at = v.next_attempt_at, ")
-            .push("provider = ")
-            .push_bind(provider)
-            .push(", locked_by = NULL, locked_until = NULL, updated_at = ")
-            .push_bind(now)
-            .push(" FROM v WHERE charges.id = v.id AND charges.locked_by = ")
-            .push_bind(config.worker_id.as_str())
-            .push(" AND charges.status IN ('pending', 'unknown') RETURNING charges.id");
-        let written: Vec<(Uuid,)> = builder.build_query_as().fetch_all(&mut *tx).await?;
+        let mut written: Vec<(Uuid,)> = Vec::with_capacity(updates.len());
+        // 4 binds a row: chunks stay far below both engines' bind limits.
+        for chunk in updates.chunks(2_000) {
+            let mut builder = sqlx::QueryBuilder::new("WITH v (id, status, provider_ref, next_attempt_at) AS (");
+            builder.push_values(chunk, |mut row, u| {
+                row.push_bind(u.id).push_bind(u.status).push_bind(u.provider_ref.as_deref()).push_bind(u.next_attempt_at);
+            });
+            builder
+                .push(") UPDATE charges SET status = v.status, provider_ref = v.provider_ref, next_attempt_at = v.next_attempt_at, ")
+                .push("provider = ")
+                .push_bind(provider)
+                .push(", locked_by = NULL, locked_until = NULL, updated_at = ")
+                .push_bind(now)
+                .push(" FROM v WHERE charges.id = v.id AND charges.locked_by = ")
+                .push_bind(config.worker_id.as_str())
+                .push(" AND charges.status IN ('pending', 'unknown') RETURNING charges.id");
+            written.extend(builder.build_query_as::<(Uuid,)>().fetch_all(&mut *tx).await?);
+        }
         let written: HashSet<Uuid> = written.into_iter().map(|(id,)| id).collect();
 
         let mut entries = Vec::new();

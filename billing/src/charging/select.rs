@@ -16,12 +16,13 @@ use crate::{insert_entries, insert_invoices};
 struct ClosedSession {
     id: Uuid,
     lot_id: String,
+    status: String,
     plate_color: Option<String>,
     pass_holder: bool,
     entered_at: DateTime<Utc>,
-    exited_at: DateTime<Utc>,
-    fee_minor: i64,
-    currency: String,
+    exited_at: Option<DateTime<Utc>>,
+    fee_minor: Option<i64>,
+    currency: Option<String>,
     driver_id: Option<Uuid>,
     payment_account: Option<String>,
     auto_debit: Option<bool>,
@@ -50,19 +51,26 @@ pub async fn enqueue(
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
     let limit = i64::try_from(config.batch).unwrap_or(i64::MAX);
+    // The queue holds only what waits: a step never walks the history of every session.
     let sessions: Vec<ClosedSession> = on_db!(db, pool => sqlx::query_as(
-        "SELECT s.id, s.lot_id, s.plate_color, s.pass_holder, s.entered_at, s.exited_at, s.fee_minor, s.currency,
+        "SELECT s.id, s.lot_id, s.status, s.plate_color, s.pass_holder, s.entered_at, s.exited_at, s.fee_minor, s.currency,
                 d.id AS driver_id, d.payment_account, d.auto_debit
-         FROM sessions s
+         FROM charge_queue q
+         JOIN sessions s ON s.id = q.session_id
          LEFT JOIN driver_plates p ON p.plate = COALESCE(s.billed_plate, s.plate)
          LEFT JOIN drivers d ON d.id = p.driver_id
-         WHERE s.status = 'closed' AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.session_id = s.id)
-         ORDER BY s.exited_at LIMIT $1",
+         ORDER BY q.queued_at, q.session_id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
     .await?);
-    if sessions.is_empty() {
+    let queued: Vec<Uuid> = sessions.iter().map(|s| s.id).collect();
+    // Only closed sessions are charged; anything else leaves the queue (an operator's review decides).
+    let sessions: Vec<ClosedSession> = sessions
+        .into_iter()
+        .filter(|s| s.status == "closed" && s.exited_at.is_some() && s.fee_minor.is_some())
+        .collect();
+    if queued.is_empty() {
         return Ok(0);
     }
     if sessions.iter().any(|s| lots.get(&s.lot_id).is_none()) {
@@ -70,24 +78,31 @@ pub async fn enqueue(
     }
     let mut charges = Vec::with_capacity(sessions.len());
     for session in sessions {
+        let (Some(exited_at), Some(fee_minor), Some(currency)) = (
+            session.exited_at,
+            session.fee_minor,
+            session.currency.clone(),
+        ) else {
+            continue;
+        };
         let Some(terms) = lots.get(&session.lot_id) else {
             tracing::error!(lot = %session.lot_id, "closed session of an unknown lot; not charged");
             continue;
         };
         let stay = Stay {
             entered_at: session.entered_at,
-            exited_at: session.exited_at,
+            exited_at,
             plate_color: session.plate_color.as_deref().and_then(PlateColor::parse),
             pass_holder: session.pass_holder,
         };
         match terms.tariffs.fee(&stay).map(|fee| fee.to_minor()) {
-            Ok(Ok(repriced)) if repriced == session.fee_minor => {}
+            Ok(Ok(repriced)) if repriced == fee_minor => {}
             other => {
                 tracing::error!(session = %session.id, ?other, "stored fee differs from the tariff's; charging the stored fee")
             }
         }
         let status = match (
-            session.fee_minor,
+            fee_minor,
             session.driver_id,
             &session.payment_account,
             session.auto_debit,
@@ -101,15 +116,14 @@ pub async fn enqueue(
             session_id: session.id,
             operator_id: terms.operator_id.clone(),
             lot_id: session.lot_id,
-            local_day: session
-                .exited_at
+            local_day: exited_at
                 .with_timezone(&terms.time_zone)
                 .date_naive()
                 .to_string(),
             driver_id: session.driver_id,
             account: session.payment_account.filter(|_| status == "pending"),
-            amount_minor: session.fee_minor,
-            currency: session.currency,
+            amount_minor: fee_minor,
+            currency,
             status,
         });
     }
@@ -154,8 +168,18 @@ pub async fn enqueue(
             .map(|c| NewInvoice::new(c.id, c.driver_id, c.amount_minor, &c.currency, now, config.payment_window))
             .collect();
         insert_invoices!(tx, &invoices)?;
+        // The queued sessions are dealt with: charged now, charged already, or not to be charged.
+        for chunk in queued.chunks(5_000) {
+            let mut builder = sqlx::QueryBuilder::new("DELETE FROM charge_queue WHERE session_id IN (");
+            let mut ids = builder.separated(", ");
+            for id in chunk {
+                ids.push_bind(*id);
+            }
+            builder.push(")");
+            builder.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
-        inserted.len()
+        queued.len().max(inserted.len())
     });
     Ok(inserted)
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{Db, StoreError, db_time};
 use crate::metrics::Metrics;
 use crate::mqtt::ack::Ticket;
-use crate::session::{OpenSession, ReviewItem, SessionEnd};
+use crate::session::{OpenSession, ReviewItem, SessionEnd, SessionStatus};
 
 /// Batches waiting for the writer.
 pub const WRITER_CHANNEL_CAPACITY: usize = 20_000;
@@ -193,7 +193,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                     .await?;
                 }
                 Write::EndSession(end) => {
-                    sqlx::query(
+                    let ended = sqlx::query(
                         "UPDATE sessions SET status = $2, exit_gate = $3, exit_event_id = $4, exited_at = $5,
                              exit_match = $6, exit_match_score = $7, tariff_from = $8, fee_minor = $9, currency = $10,
                              billed_plate = $11, plate_color = COALESCE(plate_color, $12), pass_holder = $13, updated_at = $5
@@ -213,7 +213,16 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                     .bind(end.plate_color.map(PlateColor::as_str))
                     .bind(end.pass_holder)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    // A priced session now waits for its charge (billing's queue), in the same commit.
+                    if ended == 1 && end.status == SessionStatus::Closed {
+                        sqlx::query("INSERT INTO charge_queue (session_id, queued_at) VALUES ($1, $2) ON CONFLICT (session_id) DO NOTHING")
+                            .bind(end.id)
+                            .bind(db_time(end.exited_at))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                 }
                 Write::Review(item) => {
                     sqlx::query(
