@@ -51,7 +51,8 @@ pub async fn enqueue(
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
     let limit = i64::try_from(config.batch).unwrap_or(i64::MAX);
-    // The queue holds only what waits: a step never walks the history of every session.
+    // The queue holds only what waits: a step never walks the history of every session. Session ids
+    // are time-ordered (UUIDv7), so the primary key gives the oldest first without a sort.
     let sessions: Vec<ClosedSession> = on_db!(db, pool => sqlx::query_as(
         "SELECT s.id, s.lot_id, s.status, s.plate_color, s.pass_holder, s.entered_at, s.exited_at, s.fee_minor, s.currency,
                 d.id AS driver_id, d.payment_account, d.auto_debit
@@ -59,7 +60,7 @@ pub async fn enqueue(
          JOIN sessions s ON s.id = q.session_id
          LEFT JOIN driver_plates p ON p.plate = COALESCE(s.billed_plate, s.plate)
          LEFT JOIN drivers d ON d.id = p.driver_id
-         ORDER BY q.queued_at, q.session_id LIMIT $1",
+         ORDER BY q.session_id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
