@@ -95,6 +95,40 @@ macro_rules! insert_invoices {
     }};
 }
 
+/// Within the transaction `$tx`: reinstates `$driver` if suspended and nothing of theirs is
+/// overdue at `$now`, with a `reinstated` notice. Evaluates to `Option<StandingChange>`; database
+/// errors return from the enclosing function with `?` (its error must convert from `sqlx::Error`).
+#[macro_export]
+macro_rules! reinstate_if_clear {
+    ($tx:expr, $driver:expr, $now:expr) => {{
+        let driver: uuid::Uuid = $driver;
+        let reinstated: Option<(uuid::Uuid,)> = sqlx::query_as(
+            "UPDATE drivers SET status = 'active', suspended_at = NULL
+             WHERE id = $1 AND status = 'suspended'
+               AND NOT EXISTS (SELECT 1 FROM invoices WHERE driver_id = $1 AND status = 'open' AND due_at <= $2)
+             RETURNING id",
+        )
+        .bind(driver)
+        .bind($now)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        match reinstated {
+            Some(_) => {
+                sqlx::query("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) VALUES ($1, $2, NULL, 'reinstated', $3)")
+                    .bind(uuid::Uuid::now_v7())
+                    .bind(driver)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                let plates: Vec<(String,)> =
+                    sqlx::query_as("SELECT plate FROM driver_plates WHERE driver_id = $1").bind(driver).fetch_all(&mut *$tx).await?;
+                Some($crate::arrears::StandingChange { driver_id: driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: false })
+            }
+            None => None,
+        }
+    }};
+}
+
 /// A driver's leave-first privilege changed; the gateway must know their plates' new standing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StandingChange {
@@ -283,23 +317,10 @@ pub async fn write_off(
         .await?;
         let (amount_minor, currency, driver, lot) = written.ok_or(WriteOffError::NotOpen)?;
         crate::insert_entries!(tx, &[crate::ledger::Entry::write_off(invoice, &lot, amount_minor, &currency, now)])?;
-        let mut change = None;
-        if let Some(driver) = driver {
-            let reinstated: Option<(Uuid,)> = sqlx::query_as(
-                "UPDATE drivers SET status = 'active', suspended_at = NULL
-                 WHERE id = $1 AND status = 'suspended'
-                   AND NOT EXISTS (SELECT 1 FROM invoices WHERE driver_id = $1 AND status = 'open' AND due_at <= $2)
-                 RETURNING id",
-            )
-            .bind(driver)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if reinstated.is_some() {
-                let plates: Vec<(String,)> = sqlx::query_as("SELECT plate FROM driver_plates WHERE driver_id = $1").bind(driver).fetch_all(&mut *tx).await?;
-                change = Some(StandingChange { driver_id: driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: false });
-            }
-        }
+        let change = match driver {
+            Some(driver) => crate::reinstate_if_clear!(tx, driver, now),
+            None => None,
+        };
         tx.commit().await?;
         change
     });

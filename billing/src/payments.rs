@@ -230,30 +230,7 @@ pub async fn pay_invoice<P: PaymentProvider>(
             .await?;
         insert_entries!(tx, &[Entry::payment(payment.id, provider.name(), payment.amount_minor, &payment.currency, now)])?;
         // Reinstate a suspended driver who owes nothing overdue any more.
-        let reinstated: Option<(Uuid,)> = sqlx::query_as(
-            "UPDATE drivers SET status = 'active', suspended_at = NULL
-             WHERE id = $1 AND status = 'suspended'
-               AND NOT EXISTS (SELECT 1 FROM invoices WHERE driver_id = $1 AND status = 'open' AND due_at <= $2)
-             RETURNING id",
-        )
-        .bind(driver)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let reinstated = match reinstated {
-            Some(_) => {
-                sqlx::query("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) VALUES ($1, $2, NULL, 'reinstated', $3)")
-                    .bind(Uuid::now_v7())
-                    .bind(driver)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                let plates: Vec<(String,)> =
-                    sqlx::query_as("SELECT plate FROM driver_plates WHERE driver_id = $1").bind(driver).fetch_all(&mut *tx).await?;
-                Some(StandingChange { driver_id: driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: false })
-            }
-            None => None,
-        };
+        let reinstated = crate::reinstate_if_clear!(tx, driver, now);
         tx.commit().await?;
         reinstated
     });
