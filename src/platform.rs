@@ -56,6 +56,8 @@ pub struct PlatformConfig {
     pub provider_faults: FaultConfig,
     pub charging: ChargingConfig,
     pub arrears: ArrearsConfig,
+    /// How often the last days are settled again.
+    pub settle_every: Duration,
 }
 
 /// Shows the configuration without its secrets.
@@ -87,6 +89,7 @@ impl PlatformConfig {
                 rand::random::<u32>()
             )),
             arrears: ArrearsConfig::default(),
+            settle_every: Duration::from_secs(600),
         }
     }
 }
@@ -116,6 +119,7 @@ pub struct Platform {
     provider: SimulatedProvider,
     charging: ChargingConfig,
     arrears: ArrearsConfig,
+    settle_every: Duration,
 }
 
 impl Platform {
@@ -180,6 +184,7 @@ impl Platform {
             provider,
             charging: config.charging,
             arrears: config.arrears,
+            settle_every: config.settle_every,
         })
     }
 
@@ -245,6 +250,30 @@ impl Platform {
                     };
                     if let Err(error) = parkflow_billing::charging::nudge(&db, &callback.idempotency_key, Utc::now()).await {
                         tracing::warn!(error = %error, "failed to act on a payment callback");
+                    }
+                }
+            });
+        }
+        // Settlement of the last days, every few minutes: a re-run replaces the figures with the same.
+        {
+            let db = db.clone();
+            let token = token.clone();
+            let every = self.settle_every;
+            tracker.spawn(async move {
+                loop {
+                    let today = Utc::now().date_naive();
+                    let (from, to) = (
+                        (today - chrono::Duration::days(3)).to_string(),
+                        (today + chrono::Duration::days(1)).to_string(),
+                    );
+                    if let Err(error) =
+                        parkflow_billing::settlement::settle(&db, &from, &to, Utc::now()).await
+                    {
+                        tracing::warn!(error = %error, "settlement run failed");
+                    }
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        () = tokio::time::sleep(every) => {}
                     }
                 }
             });
