@@ -159,10 +159,12 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             listen: args.mqtt_listen,
         },
     };
-    let public_url = match &args.public_url {
-        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
-        None => format!("http://{}", args.http_listen),
-    };
+    // Without --public-url, payment links point at the address the API is bound to.
+    let public_url = args
+        .public_url
+        .as_ref()
+        .map(|url| url.as_str().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
     let mut config = PlatformConfig::new(args.http_listen, args.database_url.clone(), mqtt);
     config.mqtt_client_id = args.mqtt_client_id.clone();
     config.admin_key = args.admin_key.clone();

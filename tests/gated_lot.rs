@@ -420,9 +420,14 @@ async fn exits_without_entry_and_unpaid_stays_follow_the_rules(setup: Setup) {
     assert_eq!(held.currency.as_deref(), Some("CNY"));
     // Paying at the pay_url opens the barrier at once, for the held read.
     let pay_url = url::Url::parse(held.pay_url.as_deref().unwrap()).unwrap();
+    // The link points at the API the platform serves.
+    assert!(
+        pay_url.as_str().starts_with(&platform.url("/v1/sessions/")),
+        "{pay_url}"
+    );
     let pay = || async {
         reqwest::Client::new()
-            .post(platform.url(pay_url.path()))
+            .post(pay_url.as_str())
             .header("Idempotency-Key", "pay-once")
             .json(&serde_json::json!({ "payment_account": "acct-visitor" }))
             .send()

@@ -87,6 +87,10 @@ impl Gateway {
                 source,
             })?;
         let metrics = Arc::new(Metrics::new());
+        let mut config = config;
+        if config.decisions.public_url.is_empty() {
+            config.decisions.public_url = format!("http://{http_addr}");
+        }
         let (client, eventloop) = link::connect(&config.mqtt);
         let (writer_handle, writer) = writer::writer(db.clone(), metrics.clone());
         let actor = GateActor::load(

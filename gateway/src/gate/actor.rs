@@ -30,7 +30,8 @@ pub struct DecisionConfig {
     /// Decisions are kept in memory this long after they are made; a repeat observed longer ago
     /// than this (less the clock skew a device may have) is looked up in the database.
     pub recent_window: Duration,
-    /// Base of the `pay_url` in `hold` commands, e.g. `http://localhost:8080`.
+    /// Base of the `pay_url` in `hold` commands, e.g. `https://pay.example.org`; empty: the
+    /// address the HTTP API is bound to.
     pub public_url: String,
 }
 
@@ -40,7 +41,7 @@ impl Default for DecisionConfig {
             review_threshold: 0.9,
             repeat_window: Duration::seconds(30),
             recent_window: Duration::minutes(30),
-            public_url: "http://localhost:8080".into(),
+            public_url: String::new(),
         }
     }
 }
