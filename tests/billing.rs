@@ -381,6 +381,41 @@ async fn write_offs_balance_and_the_audit_names_broken_rows(database: Database) 
     let clean = audit::audit(&db).await.unwrap();
     assert_eq!(clean.violations, Vec::new());
 
+    // Reconciliation reports what only one side recorded.
+    assert_eq!(
+        settlement::reconcile(&db, &provider).await.unwrap(),
+        Vec::new()
+    );
+    let stray = parkflow_billing::provider::Debit {
+        idempotency_key: "charge:not-ours".into(),
+        account: "acct-x".into(),
+        amount: parkflow_billing::Money::from_minor(500, parkflow_billing::Currency::CNY),
+        description: "a debit the platform never asked for".into(),
+    };
+    use parkflow_billing::provider::PaymentProvider;
+    provider.debit(&stray).await;
+    let mismatches = settlement::reconcile(&db, &provider).await.unwrap();
+    assert_eq!(
+        mismatches,
+        vec![settlement::Mismatch::ProviderOnly {
+            key: "charge:not-ours".into(),
+            amount_minor: 500
+        }]
+    );
+    let amnesiac = SimulatedProvider::new(FaultConfig::none()).unwrap();
+    let forgotten = settlement::reconcile(&db, &amnesiac).await.unwrap();
+    let collected = count(
+        &db,
+        "SELECT COUNT(*) FROM charges WHERE status = 'succeeded'",
+    )
+    .await;
+    assert_eq!(forgotten.len() as i64, collected);
+    assert!(
+        forgotten
+            .iter()
+            .all(|m| matches!(m, settlement::Mismatch::PlatformOnly { .. }))
+    );
+
     // A written-off invoice: bad debt, no longer outstanding, the books still balanced.
     let invoice: Uuid = on_db!(&db, pool => sqlx::query_scalar("SELECT id FROM invoices WHERE status = 'open' ORDER BY id LIMIT 1").fetch_one(pool).await.unwrap());
     parkflow_billing::arrears::write_off(&db, invoice, Utc::now())
