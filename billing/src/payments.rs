@@ -98,6 +98,41 @@ async fn by_key(db: &Db, key: &str) -> Result<Option<PaymentRow>, PayError> {
     Ok(row)
 }
 
+/// What an earlier request under the same idempotency key came to.
+enum Earlier {
+    /// Nothing yet: a new payment.
+    None,
+    /// It went through: the same answer again.
+    Paid(Paid),
+    /// It is in flight (or crashed mid-way): finish it.
+    Resume(PaymentRow),
+}
+
+/// Looks up `key`, which must have been used for this `kind` of payment of `target` (an invoice
+/// or a session) if it was used at all.
+async fn earlier(db: &Db, key: &str, kind: &str, target: Uuid) -> Result<Earlier, PayError> {
+    let Some(payment) = by_key(db, key).await? else {
+        return Ok(Earlier::None);
+    };
+    let paid_for = if kind == "invoice" {
+        payment.invoice_id
+    } else {
+        payment.session_id
+    };
+    if payment.kind != kind || paid_for != Some(target) {
+        return Err(PayError::KeyReused);
+    }
+    match payment.status.as_str() {
+        "succeeded" => Ok(Earlier::Paid(Paid {
+            payment_id: payment.id,
+            amount: money(payment.amount_minor, &payment.currency)?,
+            reinstated: None,
+        })),
+        "declined" => Err(PayError::Declined("declined earlier under this key".into())),
+        _ => Ok(Earlier::Resume(payment)),
+    }
+}
+
 /// Asks the provider about a payment row: a first attempt debits; a retry asks what became of it
 /// and debits (same key) only if the provider never saw it.
 async fn collect<P: PaymentProvider>(
@@ -134,22 +169,10 @@ pub async fn pay_invoice<P: PaymentProvider>(
     now: DateTime<Utc>,
 ) -> Result<Paid, PayError> {
     let now = db_time(now);
-    let (payment, first) = match by_key(db, key).await? {
-        Some(p) if p.kind != "invoice" || p.invoice_id != Some(invoice) => {
-            return Err(PayError::KeyReused);
-        }
-        Some(p) if p.status == "succeeded" => {
-            return Ok(Paid {
-                payment_id: p.id,
-                amount: money(p.amount_minor, &p.currency)?,
-                reinstated: None,
-            });
-        }
-        Some(p) if p.status == "declined" => {
-            return Err(PayError::Declined("declined earlier under this key".into()));
-        }
-        Some(p) => (p, false),
-        None => {
+    let (payment, first) = match earlier(db, key, "invoice", invoice).await? {
+        Earlier::Paid(paid) => return Ok(paid),
+        Earlier::Resume(p) => (p, false),
+        Earlier::None => {
             let row: Option<(i64, String, String)> = on_db!(db, pool => sqlx::query_as(
                 "SELECT amount_minor, currency, status FROM invoices WHERE id = $1 AND driver_id = $2",
             )
@@ -285,22 +308,10 @@ pub async fn pay_exit<P: PaymentProvider>(
         gate_id: held.gate_id.clone(),
         event_id: held.event_id.clone(),
     };
-    let (payment, first) = match by_key(db, key).await? {
-        Some(p) if p.kind != "exit" || p.session_id != Some(session) => {
-            return Err(PayError::KeyReused);
-        }
-        Some(p) if p.status == "succeeded" => {
-            return Ok(exit_paid(Paid {
-                payment_id: p.id,
-                amount: money(p.amount_minor, &p.currency)?,
-                reinstated: None,
-            }));
-        }
-        Some(p) if p.status == "declined" => {
-            return Err(PayError::Declined("declined earlier under this key".into()));
-        }
-        Some(p) => (p, false),
-        None => {
+    let (payment, first) = match earlier(db, key, "exit", session).await? {
+        Earlier::Paid(paid) => return Ok(exit_paid(paid)),
+        Earlier::Resume(p) => (p, false),
+        Earlier::None => {
             if held.status != "open" {
                 return Err(PayError::NothingDue("the session is not open"));
             }
