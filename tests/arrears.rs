@@ -89,10 +89,12 @@ async fn a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid(setup: Set
     })
     .await;
 
-    // Back again: the entry opens, the exit holds for payment.
+    // Back again for twenty minutes (a stay that costs something): the entry opens, the exit holds
+    // for payment. (Reads a millisecond apart would be a free stay.)
+    let back_at = Utc::now() - chrono::Duration::minutes(20);
     assert_eq!(
         entry
-            .decide(&entry.read(plate, Direction::Entry))
+            .decide(&entry.read_at(plate, Direction::Entry, back_at))
             .await
             .action,
         GateAction::Open
