@@ -11,14 +11,14 @@ use parkflow_billing::arrears::{ArrearsConfig, ArrearsWorker, STANDING_CHANNEL_C
 use parkflow_billing::charging::{ChargingConfig, ChargingWorker};
 use parkflow_billing::payments::Payments;
 use parkflow_billing::provider::{FaultConfig, SimulatedProvider};
-use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker};
+use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login};
 use parkflow_gateway::gate::GateMessage;
 use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::gate::decide::Standing;
 use parkflow_gateway::http::extract::constant_time_eq;
 use parkflow_gateway::mqtt::MqttConfig;
 use parkflow_gateway::registry::RegistryHandle;
-use parkflow_gateway::store::Db;
+use parkflow_gateway::store::{Db, registry as gateway_store};
 use parkflow_gateway::store::provision::{Plan, provision};
 use parkflow_gateway::{Gateway, GatewayConfig};
 use parkflow_protocol::Plate;
@@ -98,16 +98,30 @@ impl PlatformConfig {
 struct Logins {
     platform_password: String,
     registry: RegistryHandle,
+    db: Db,
 }
 
 impl Authenticator for Logins {
-    fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
+    fn authenticate(&self, client_id: String, username: String, password: String) -> Login {
         if username == PLATFORM_USER {
-            return constant_time_eq(password.as_bytes(), self.platform_password.as_bytes());
+            let allowed = constant_time_eq(password.as_bytes(), self.platform_password.as_bytes());
+            return Box::pin(std::future::ready(allowed));
         }
-        self.registry
-            .snapshot()
-            .authenticate(client_id, username, password)
+        let registry = self.registry.snapshot();
+        if let Some(allowed) = registry.authenticate(&client_id, &username, &password) {
+            return Box::pin(std::future::ready(allowed));
+        }
+        // Not a gate camera or bridge: a bay device, whose credentials stay in the database.
+        let db = self.db.clone();
+        Box::pin(async move {
+            match gateway_store::authenticate(&db, &client_id, &username, &password).await {
+                Ok(allowed) => allowed,
+                Err(error) => {
+                    tracing::warn!(%error, "device login could not be checked; refused");
+                    false
+                }
+            }
+        })
     }
 }
 
@@ -167,6 +181,7 @@ impl Platform {
                 let logins = Arc::new(Logins {
                     platform_password,
                     registry: gateway.registry(),
+                    db: gateway.db(),
                 });
                 let broker_config = BrokerConfig::new(listen, logins);
                 let broker =

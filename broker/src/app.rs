@@ -146,11 +146,14 @@ fn server_settings(config: &BrokerConfig) -> ServerSettings {
     let authenticator = config.authenticator.clone();
     connections.set_auth_handler(
         move |client_id: String, username: String, password: String| {
-            let allowed = authenticator.authenticate(&client_id, &username, &password);
-            if !allowed {
-                tracing::debug!(client_id = %client_id, "mqtt login refused");
+            let login = authenticator.authenticate(client_id.clone(), username, password);
+            async move {
+                let allowed = login.await;
+                if !allowed {
+                    tracing::debug!(client_id = %client_id, "mqtt login refused");
+                }
+                allowed
             }
-            std::future::ready(allowed)
         },
     );
     ServerSettings {

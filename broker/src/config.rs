@@ -6,9 +6,13 @@ use std::sync::Arc;
 /// Decides whether a device may log in. The registry of devices lives outside the broker; the
 /// `parkflow` binary supplies an implementation backed by it.
 pub trait Authenticator: Send + Sync + 'static {
-    /// Whether `username`/`password` may connect with MQTT client id `client_id`.
-    fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool;
+    /// Whether `username`/`password` may connect with MQTT client id `client_id` (it may ask a
+    /// database: logins are not on a hot path).
+    fn authenticate(&self, client_id: String, username: String, password: String) -> Login;
 }
+
+/// The answer to a login, once known.
+pub type Login = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
 /// Configuration of the embedded broker.
 #[derive(Clone)]

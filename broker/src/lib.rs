@@ -7,4 +7,4 @@ mod config;
 mod nodelay;
 
 pub use app::{BrokerError, EmbeddedBroker};
-pub use config::{Authenticator, BrokerConfig};
+pub use config::{Authenticator, BrokerConfig, Login};

@@ -6,14 +6,16 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parkflow_broker::{Authenticator, BrokerConfig, BrokerError, EmbeddedBroker};
+use parkflow_broker::{Authenticator, BrokerConfig, BrokerError, EmbeddedBroker, Login};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
 
 struct OnlyAlice;
 
 impl Authenticator for OnlyAlice {
-    fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
-        client_id == "alice" && username == "alice" && password == "secret"
+    fn authenticate(&self, client_id: String, username: String, password: String) -> Login {
+        Box::pin(std::future::ready(
+            client_id == "alice" && username == "alice" && password == "secret",
+        ))
     }
 }
 

@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md for the whole picture.
 
 pub mod app;
+pub mod availability;
 pub mod config;
 pub mod gate;
 pub mod http;

@@ -34,6 +34,18 @@ pub struct Metrics {
     pub store_batch_size: Histogram,
     pub store_write_errors: Counter,
     pub mqtt_connected: Gauge,
+    pub bay_events: Family<OutcomeLabel, Counter>,
+    pub bay_heartbeats: Counter,
+    pub bay_sessions_opened: Counter,
+    pub bay_sessions_closed: Counter,
+    pub bay_states_written: Counter,
+    pub bays_unknown: Gauge,
+    pub availability_subscribers: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
 }
 
 impl Metrics {
@@ -112,7 +124,56 @@ impl Metrics {
             "Whether the platform's MQTT connection is up",
             mqtt_connected.clone(),
         );
+        let bay_events = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "bay_events",
+            "Bay occupancy events, by outcome (applied, or stale: a repeat or out of order)",
+            bay_events.clone(),
+        );
+        let bay_heartbeats = Counter::default();
+        registry.register(
+            "bay_heartbeats",
+            "Bay sensor heartbeats accepted",
+            bay_heartbeats.clone(),
+        );
+        let bay_sessions_opened = Counter::default();
+        registry.register(
+            "bay_sessions_opened",
+            "On-street stays opened",
+            bay_sessions_opened.clone(),
+        );
+        let bay_sessions_closed = Counter::default();
+        registry.register(
+            "bay_sessions_closed",
+            "On-street stays ended",
+            bay_sessions_closed.clone(),
+        );
+        let bay_states_written = Counter::default();
+        registry.register(
+            "bay_states_written",
+            "Bay states made durable",
+            bay_states_written.clone(),
+        );
+        let bays_unknown = Gauge::default();
+        registry.register(
+            "bays_unknown",
+            "Bays whose state is unknown (never heard, silent past the deadline, or offline)",
+            bays_unknown.clone(),
+        );
+        let availability_subscribers = Gauge::default();
+        registry.register(
+            "availability_subscribers",
+            "Clients connected to the availability stream",
+            availability_subscribers.clone(),
+        );
         Self {
+            bay_events,
+            bay_heartbeats,
+            bay_sessions_opened,
+            bay_sessions_closed,
+            bay_states_written,
+            bays_unknown,
+            availability_subscribers,
             registry,
             plate_reads,
             barrier_commands,

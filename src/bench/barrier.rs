@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker};
+use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login};
 use parkflow_gateway::registry::{DeviceKind as RegistryDeviceKind, GateDirection, LotKind};
 use parkflow_gateway::store::provision::{DevicePlan, DriverPlan, LotPlan, OperatorPlan, Plan};
 use parkflow_protocol::sign::{open, seal};
@@ -168,8 +168,8 @@ async fn drive(
 struct AllowAll;
 
 impl Authenticator for AllowAll {
-    fn authenticate(&self, _: &str, _: &str, _: &str) -> bool {
-        true
+    fn authenticate(&self, _: String, _: String, _: String) -> Login {
+        Box::pin(std::future::ready(true))
     }
 }
 

@@ -1,10 +1,15 @@
-//! Bay occupancy for a whole city (SPEC §2 `occupancy` and `heartbeat`, SPEC §5 availability).
+//! Bay occupancy for a whole city (SPEC §2 `occupancy`, `heartbeat`, bay `plate`, bridges and
+//! device status; SPEC §3 on-street stays).
 //!
 //! `state` is the pure core: every bay in a dense array, events applied by `seq`, heartbeats that
 //! converge a bay to its sensor's current state, silent sensors turning their bays unknown, and
-//! per-lot counts kept in step. The actor, ingest and publishing around it come with the
-//! occupancy issue; the core is here, tested, first.
+//! per-lot counts kept in step. `sessions` is the pure core of on-street stays. `actor` owns both
+//! (and the gated lots' counts), `store` makes what it applies durable and reads it back at start.
 
+pub mod actor;
+pub mod sessions;
 pub mod state;
+pub mod store;
 
+pub use actor::{BayEvent, OccupancyActor, OccupancyConfig, OccupancyHandle, OccupancyMessage};
 pub use state::{Change, LotCounts, Occupancy, OccupancyState};

@@ -236,6 +236,34 @@ impl OccupancyState {
         silent
     }
 
+    /// A bay's state as remembered from before a restart, heard at `at`.
+    pub fn restore(&mut self, bay: BayIdx, occupied: bool, seq: u64, at: DateTime<Utc>) {
+        let heard = self.seconds(at);
+        let state = &mut self.bays[bay as usize];
+        state.seq = state.seq.max(seq);
+        state.heard = state.heard.max(heard);
+        self.transition(
+            bay,
+            if occupied {
+                Occupancy::Occupied
+            } else {
+                Occupancy::Free
+            },
+        );
+    }
+
+    /// Records what a sensor said of its battery (`None`: it said nothing).
+    pub fn set_battery_low(&mut self, bay: BayIdx, low: Option<bool>) {
+        if let Some(low) = low {
+            let state = &mut self.bays[bay as usize];
+            state.flags = if low {
+                state.flags | BATTERY_LOW
+            } else {
+                state.flags & !BATTERY_LOW
+            };
+        }
+    }
+
     /// A bay whose device went offline (its last will) is unknown until heard from again.
     pub fn offline(&mut self, bay: BayIdx) -> Change {
         self.transition(bay, Occupancy::Unknown)

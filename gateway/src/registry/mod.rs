@@ -2,7 +2,11 @@
 //!
 //! Loaded from the database at start and published as an immutable [`Registry`] snapshot behind
 //! a [`RegistryHandle`]; readers (ingest, the broker's logins, the HTTP API) never lock. Lots get
-//! dense integer indices ([`LotIdx`]) so that hot state can be kept in vectors.
+//! dense integer indices ([`LotIdx`]) and bays dense numbers ([`BayIdx`], see [`bays`]) so that
+//! hot state can be kept in vectors; [`near`] finds the lots near a point.
+
+pub mod bays;
+pub mod near;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::store::{Db, StoreError};
+pub use bays::{BayDevice, BayDeviceKind, BayIdx, BayTable, BayTableBuilder};
+pub use near::LotLocator;
 
 /// Dense index of a lot in the registry (its position in [`Registry::lots`]).
 pub type LotIdx = u32;
@@ -63,6 +69,8 @@ pub struct Lot {
     pub time_zone: String,
     pub device_auth: DeviceAuth,
     pub tariffs: TariffSchedule,
+    /// Stays longer than this are flagged as overstays (on-street zones mostly).
+    pub max_stay: Option<chrono::Duration>,
 }
 
 /// Which way cars pass a gate.
@@ -172,13 +180,20 @@ pub struct Registry {
     lots: Vec<Lot>,
     lot_index: HashMap<LotId, LotIdx>,
     gates: HashMap<(LotIdx, GateId), Gate>,
+    /// Gate cameras and bridges (few): bay devices live in `bays`.
     devices: HashMap<DeviceId, Device>,
     usernames: HashMap<String, DeviceId>,
+    bays: BayTable,
+    locator: LotLocator,
 }
 
 impl Registry {
-    /// Builds a registry; lots are indexed in the order given.
-    pub fn new(lots: Vec<Lot>, gates: Vec<Gate>, devices: Vec<Device>) -> Self {
+    /// Builds a registry; lots are indexed in the order given, `bays` numbered in the same order.
+    pub fn new(lots: Vec<Lot>, gates: Vec<Gate>, devices: Vec<Device>, bays: BayTable) -> Self {
+        let locator = LotLocator::new(
+            lots.iter()
+                .map(|lot| (lot.idx, lot.location.lat, lot.location.lon)),
+        );
         let lot_index = lots.iter().map(|lot| (lot.id.clone(), lot.idx)).collect();
         let gates = gates
             .into_iter()
@@ -195,7 +210,24 @@ impl Registry {
             gates,
             devices,
             usernames,
+            bays,
+            locator,
         }
+    }
+
+    /// Every bay of the city and the devices registered to them.
+    pub fn bays(&self) -> &BayTable {
+        &self.bays
+    }
+
+    /// Lots near a point, nearest first.
+    pub fn locator(&self) -> &LotLocator {
+        &self.locator
+    }
+
+    /// Whether a lot's occupancy comes from bay sensors (else, for a gated lot, from entries and exits).
+    pub fn has_bay_sensors(&self, lot: LotIdx) -> bool {
+        !self.bays.bays_of(lot).is_empty()
     }
 
     pub fn lots(&self) -> &[Lot] {
@@ -218,13 +250,12 @@ impl Registry {
         self.devices.get(id).filter(|d| !d.revoked)
     }
 
-    /// Whether a device may log in to the broker: known, not revoked, the right password, and its
-    /// MQTT client id is its device id.
-    pub fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
-        let Some(device) = self.usernames.get(username).and_then(|id| self.device(id)) else {
-            return false;
-        };
-        device.id.as_str() == client_id && device.mqtt_password_hash == password_hash(password)
+    /// Whether a gate camera or bridge may log in to the broker: known, not revoked, the right
+    /// password, and its MQTT client id is its device id. `None`: not such a device (a bay
+    /// device's login is checked against the database, see [`crate::store::registry::authenticate`]).
+    pub fn authenticate(&self, client_id: &str, username: &str, password: &str) -> Option<bool> {
+        let device = self.usernames.get(username).and_then(|id| self.device(id))?;
+        Some(device.id.as_str() == client_id && device.mqtt_password_hash == password_hash(password))
     }
 }
 

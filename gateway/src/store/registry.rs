@@ -1,6 +1,11 @@
-//! Loading the registry (lots, their tariffs, gates, devices) from the database.
+//! Loading the registry (lots, their tariffs, gates, bays, devices) from the database.
+//!
+//! Bays and bay devices (hundreds of thousands) are streamed row by row into the compact
+//! [`BayTable`], never held as rows all at once.
 
 use std::collections::HashMap;
+
+use futures::TryStreamExt;
 
 use chrono::{DateTime, Utc};
 use parkflow_billing::{TariffDefinition, TariffSchedule};
@@ -8,7 +13,8 @@ use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId};
 
 use super::{Db, StoreError, on_db};
 use crate::registry::{
-    Device, DeviceKind, Gate, GateDirection, Location, Lot, LotIdx, LotKind, Registry,
+    BayDeviceKind, BayTable, BayTableBuilder, Device, DeviceKind, Gate, GateDirection, Location,
+    Lot, LotIdx, LotKind, Registry, password_hash,
 };
 
 #[derive(sqlx::FromRow)]
@@ -22,6 +28,7 @@ struct LotRow {
     capacity: i32,
     time_zone: String,
     device_auth: String,
+    max_stay_minutes: Option<i32>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -58,7 +65,7 @@ fn corrupt(what: &str, id: &str) -> StoreError {
 pub async fn load(db: &Db) -> Result<Registry, StoreError> {
     let (lot_rows, tariff_rows, gate_rows, device_rows) = on_db!(db, pool => {
         let lots: Vec<LotRow> = sqlx::query_as(
-            "SELECT id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth FROM lots ORDER BY created_at, id",
+            "SELECT id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes FROM lots ORDER BY created_at, id",
         )
         .fetch_all(pool)
         .await?;
@@ -66,7 +73,8 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
             sqlx::query_as("SELECT lot_id, definition FROM tariffs ORDER BY lot_id, version").fetch_all(pool).await?;
         let gates: Vec<GateRow> = sqlx::query_as("SELECT lot_id, id, direction FROM gates").fetch_all(pool).await?;
         let devices: Vec<DeviceRow> = sqlx::query_as(
-            "SELECT id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, revoked_at FROM devices",
+            "SELECT id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, revoked_at FROM devices
+             WHERE kind IN ('gate_camera', 'bridge')",
         )
         .fetch_all(pool)
         .await?;
@@ -101,6 +109,9 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
             capacity: u32::try_from(row.capacity)
                 .map_err(|_| corrupt("capacity of lot", &row.id))?,
             tariffs: schedules.remove(&row.id).unwrap_or_default(),
+            max_stay: row
+                .max_stay_minutes
+                .map(|minutes| chrono::Duration::minutes(i64::from(minutes))),
             location: Location {
                 lat: row.lat,
                 lon: row.lon,
@@ -171,5 +182,83 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
         }
         devices.push(device);
     }
-    Ok(Registry::new(lots, gates, devices))
+    let bays = load_bays(db, &lots, &lot_index).await?;
+    Ok(Registry::new(lots, gates, devices, bays))
+}
+
+/// Streams every bay (lot by lot, in lot order) and every bay device into a [`BayTable`].
+async fn load_bays(
+    db: &Db,
+    lots: &[Lot],
+    lot_index: &HashMap<String, LotIdx>,
+) -> Result<BayTable, StoreError> {
+    let mut builder = BayTableBuilder::default();
+    let mut next_lot = 0usize;
+    let mut current: Vec<String> = Vec::new();
+    on_db!(db, pool => {
+        let mut rows = sqlx::query_as::<_, (String, String)>(
+            "SELECT b.lot_id, b.id FROM bays b JOIN lots l ON l.id = b.lot_id ORDER BY l.created_at, l.id",
+        )
+        .fetch(pool);
+        while let Some((lot_id, bay_id)) = rows.try_next().await? {
+            // Close the lots before this row's lot (some have no bays).
+            while next_lot < lots.len() && lots[next_lot].id.as_str() != lot_id {
+                builder.lot(std::mem::take(&mut current));
+                next_lot += 1;
+            }
+            if next_lot == lots.len() {
+                return Err(corrupt("lot of bay", &bay_id));
+            }
+            current.push(bay_id);
+        }
+    });
+    while next_lot < lots.len() {
+        builder.lot(std::mem::take(&mut current));
+        next_lot += 1;
+    }
+    builder.finish_bays();
+    let mut unplaced = 0u64;
+    on_db!(db, pool => {
+        let mut rows = sqlx::query_as::<_, (String, String, Option<String>, Option<String>, String)>(
+            "SELECT id, kind, lot_id, bay_id, secret FROM devices
+             WHERE kind IN ('bay_sensor', 'bay_camera') AND revoked_at IS NULL",
+        )
+        .fetch(pool);
+        while let Some((id, kind, lot_id, bay_id, secret)) = rows.try_next().await? {
+            let kind = match kind.as_str() {
+                "bay_camera" => BayDeviceKind::Camera,
+                _ => BayDeviceKind::Sensor,
+            };
+            let bay = lot_id
+                .and_then(|lot| lot_index.get(&lot).copied())
+                .zip(bay_id)
+                .and_then(|(lot, bay)| builder.find(lot, &bay));
+            match bay {
+                Some(bay) => builder.device(&id, &secret, bay, kind),
+                None => unplaced += 1,
+            }
+        }
+    });
+    if unplaced > 0 {
+        tracing::warn!(devices = unplaced, "bay devices registered to no known bay were not loaded");
+    }
+    Ok(builder.build())
+}
+
+/// Checks a bay device's MQTT login against the database (bay devices' password hashes are not
+/// kept in memory): not revoked, the right password, client id = device id.
+pub async fn authenticate(
+    db: &Db,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Result<bool, StoreError> {
+    let row: Option<(String, String)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT id, mqtt_password_hash FROM devices
+         WHERE mqtt_username = $1 AND revoked_at IS NULL AND kind IN ('bay_sensor', 'bay_camera')",
+    )
+    .bind(username)
+    .fetch_optional(pool)
+    .await?);
+    Ok(row.is_some_and(|(id, hash)| id == client_id && hash == password_hash(password)))
 }

@@ -1,0 +1,461 @@
+//! The occupancy actor: the one owner of every bay's state, the on-street stays and the gated
+//! lots' counts. It applies what ingest hands it, sends the writes of each round to the bay
+//! writer (which acknowledges the messages once durable), and publishes availability: the board
+//! and stream events every [`PUBLISH_INTERVAL`], the retained MQTT topic at most once a second per lot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parkflow_protocol::Topic;
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sessions::{BayPlate, BaySessionWrite, BaySessions};
+use super::state::{Change, LotCounts, Occupancy, OccupancyState};
+use super::store::{BayBatch, BayStateRow, BayWriterHandle, Restored};
+use crate::availability::{
+    AvailabilityHandle, Board, LotAvailability, LotAvailabilityView, MQTT_INTERVAL,
+    PUBLISH_INTERVAL, StatusThresholds,
+};
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::mqtt::ack::Ticket;
+use crate::registry::{BayIdx, LotIdx, Registry, RegistryHandle};
+
+/// Messages waiting for the actor.
+pub const OCCUPANCY_CHANNEL_CAPACITY: usize = 8_192;
+/// The most messages handled in one round (one batch to the writer).
+const MAX_ROUND: usize = 1_024;
+/// A battery below this share is reported low.
+const BATTERY_LOW_PCT: u8 = 20;
+
+/// How the actor runs.
+#[derive(Debug, Clone)]
+pub struct OccupancyConfig {
+    /// A bay whose sensor is silent this long turns unknown.
+    pub heartbeat_deadline: chrono::Duration,
+    /// How often silent sensors and overstays are looked for.
+    pub sweep_interval: Duration,
+    pub thresholds: StatusThresholds,
+}
+
+impl Default for OccupancyConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_deadline: chrono::Duration::minutes(15),
+            sweep_interval: Duration::from_secs(5),
+            thresholds: StatusThresholds::default(),
+        }
+    }
+}
+
+/// One occupancy event, from a sensor's own topic or a bridge batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BayEvent {
+    pub bay: BayIdx,
+    pub occupied: bool,
+    pub seq: u64,
+    pub observed_at: DateTime<Utc>,
+    pub battery_pct: Option<u8>,
+}
+
+/// What the actor is told.
+#[derive(Debug)]
+pub enum OccupancyMessage {
+    /// Occupancy events of one message (one, or a bridge batch's).
+    Events {
+        events: Vec<BayEvent>,
+        ticket: Option<Ticket>,
+    },
+    Heartbeat(BayEvent),
+    Plate {
+        bay: BayIdx,
+        read: BayPlate,
+        ticket: Option<Ticket>,
+    },
+    /// A sensor's last will (or its own "offline"): its bay is unknown until heard again.
+    Offline { bay: BayIdx },
+    /// A gated lot's open sessions now.
+    GatedOpen { lot: LotIdx, open: u32 },
+    /// An operator counted the cars in a gated lot.
+    Recount {
+        lot: LotIdx,
+        occupied: u32,
+        reply: oneshot::Sender<Result<LotCounts, crate::store::StoreError>>,
+    },
+}
+
+/// Talks to the occupancy actor.
+#[derive(Clone)]
+pub struct OccupancyHandle {
+    tx: mpsc::Sender<OccupancyMessage>,
+}
+
+impl OccupancyHandle {
+    pub fn channel() -> (Self, mpsc::Receiver<OccupancyMessage>) {
+        let (tx, rx) = mpsc::channel(OCCUPANCY_CHANNEL_CAPACITY);
+        (Self { tx }, rx)
+    }
+
+    /// Queues a message; waits while the actor is behind (back-pressure to ingest).
+    pub async fn send(&self, message: OccupancyMessage) {
+        if self.tx.send(message).await.is_err() {
+            tracing::error!("occupancy actor is gone; message dropped");
+        }
+    }
+
+    /// Queues without waiting (the gate actor must never wait on occupancy): a full queue drops
+    /// the message, which for absolute counts is harmless — the next one carries the count.
+    pub fn try_send(&self, message: OccupancyMessage) {
+        if self.tx.try_send(message).is_err() {
+            tracing::debug!("occupancy queue full; count update skipped");
+        }
+    }
+}
+
+/// A gated lot without bay sensors: occupied = open sessions + the operator's correction.
+#[derive(Debug, Clone, Copy, Default)]
+struct Gated {
+    open: u32,
+    /// `occupied counted − open sessions then`, from the last recount.
+    correction: i64,
+}
+
+/// The actor.
+pub struct OccupancyActor {
+    config: OccupancyConfig,
+    registry: Arc<Registry>,
+    state: OccupancyState,
+    sessions: BaySessions,
+    gated: Vec<Gated>,
+    availability: AvailabilityHandle,
+    board: Board,
+    /// Lots changed since the last publish, and since the last MQTT publish.
+    dirty: Vec<bool>,
+    mqtt_dirty: Vec<bool>,
+    writer: BayWriterHandle,
+    client: Option<AsyncClient>,
+    metrics: Arc<Metrics>,
+    db: crate::store::Db,
+    round: BayBatch,
+}
+
+impl OccupancyActor {
+    /// Builds the state from the registry and what the database remembers. Every remembered bay
+    /// counts as heard `now`: its sensor gets one deadline to speak before the bay turns unknown.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: OccupancyConfig,
+        registry: &RegistryHandle,
+        restored: Restored,
+        availability: AvailabilityHandle,
+        writer: BayWriterHandle,
+        client: Option<AsyncClient>,
+        metrics: Arc<Metrics>,
+        db: crate::store::Db,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let registry = registry.snapshot();
+        let mut state = OccupancyState::new(&registry.bays().bays_per_lot(), now);
+        for (bay, occupied, seq) in restored.states {
+            state.restore(bay, occupied, seq, now);
+        }
+        let gated = registry
+            .lots()
+            .iter()
+            .map(|lot| {
+                let open = restored
+                    .gated_open
+                    .get(lot.id.as_str())
+                    .copied()
+                    .unwrap_or(0);
+                let correction = restored
+                    .recounts
+                    .get(lot.id.as_str())
+                    .map(|&(counted, open_then)| i64::from(counted) - i64::from(open_then))
+                    .unwrap_or(0);
+                Gated { open, correction }
+            })
+            .collect();
+        let lots = registry.lots().len();
+        let mut actor = Self {
+            config,
+            state,
+            sessions: BaySessions::restore(restored.open),
+            gated,
+            availability,
+            board: Board::default(),
+            dirty: vec![true; lots],
+            mqtt_dirty: vec![true; lots],
+            writer,
+            client,
+            metrics,
+            db,
+            round: BayBatch::default(),
+            registry,
+        };
+        actor.board.lots = (0..lots as LotIdx)
+            .map(|lot| actor.lot_availability(lot, now))
+            .collect();
+        actor.availability.publish(actor.board.clone());
+        actor
+    }
+
+    fn counts(&self, lot: LotIdx) -> LotCounts {
+        if self.registry.has_bay_sensors(lot) {
+            return self.state.counts(lot);
+        }
+        // Counted from entries and exits: never negative, never above capacity.
+        let total = self.registry.lot(lot).capacity;
+        let gated = self.gated[lot as usize];
+        let occupied = (i64::from(gated.open) + gated.correction).clamp(0, i64::from(total)) as u32;
+        LotCounts {
+            total,
+            free: total - occupied,
+            occupied,
+            unknown: 0,
+        }
+    }
+
+    fn lot_availability(&self, lot: LotIdx, at: DateTime<Utc>) -> LotAvailability {
+        let counts = self.counts(lot);
+        LotAvailability {
+            status: self.config.thresholds.status(&counts),
+            counts,
+            observed_at: at,
+        }
+    }
+
+    /// Runs until every handle is dropped, handling what is queued first.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<OccupancyMessage>) {
+        let mut publish = tokio::time::interval(PUBLISH_INTERVAL);
+        let mut mqtt = tokio::time::interval(MQTT_INTERVAL);
+        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        for timer in [&mut publish, &mut mqtt, &mut sweep] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let mut messages = Vec::with_capacity(MAX_ROUND);
+        loop {
+            tokio::select! {
+                received = rx.recv_many(&mut messages, MAX_ROUND) => {
+                    if received == 0 {
+                        break;
+                    }
+                    for message in messages.drain(..) {
+                        self.handle(message).await;
+                    }
+                    self.flush().await;
+                }
+                _ = publish.tick() => self.publish(Utc::now()),
+                _ = mqtt.tick() => self.publish_mqtt(),
+                _ = sweep.tick() => {
+                    self.sweep(Utc::now());
+                    self.flush().await;
+                }
+            }
+        }
+        self.flush().await;
+        self.publish(Utc::now());
+        tracing::debug!("occupancy actor drained and stopped");
+    }
+
+    fn lot_of(&self, bay: BayIdx) -> LotIdx {
+        self.state.lot_of(bay)
+    }
+
+    /// Notes what a change did: the lot's counts moved, and a stay may open or end.
+    fn changed(&mut self, change: Change, bay: BayIdx, at: DateTime<Utc>) {
+        if let Change::Changed { lot, to, .. } = change {
+            self.dirty[lot as usize] = true;
+            self.mqtt_dirty[lot as usize] = true;
+            let registry = self.registry.clone();
+            if let Some(write) = self.sessions.on_change(registry.lot(lot), bay, to, at) {
+                match write {
+                    BaySessionWrite::Open { .. } => self.metrics.bay_sessions_opened.inc(),
+                    _ => self.metrics.bay_sessions_closed.inc(),
+                };
+                self.round.sessions.push(write);
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: OccupancyMessage) {
+        match message {
+            OccupancyMessage::Events { events, ticket } => {
+                for event in events {
+                    self.state.set_battery_low(
+                        event.bay,
+                        event.battery_pct.map(|pct| pct < BATTERY_LOW_PCT),
+                    );
+                    let change =
+                        self.state
+                            .apply(event.bay, event.occupied, event.seq, event.observed_at);
+                    let outcome = if change == Change::Stale {
+                        "stale"
+                    } else {
+                        self.round.states.push(BayStateRow {
+                            bay: event.bay,
+                            occupied: event.occupied,
+                            seq: event.seq,
+                            observed_at: event.observed_at,
+                            battery_pct: event.battery_pct,
+                        });
+                        "applied"
+                    };
+                    self.metrics
+                        .bay_events
+                        .get_or_create(&OutcomeLabel { outcome })
+                        .inc();
+                    self.changed(change, event.bay, event.observed_at);
+                }
+                self.round.tickets.extend(ticket);
+            }
+            OccupancyMessage::Heartbeat(beat) => {
+                self.metrics.bay_heartbeats.inc();
+                let change = self.state.heartbeat(
+                    beat.bay,
+                    beat.occupied,
+                    beat.seq,
+                    beat.battery_pct.is_some_and(|pct| pct < BATTERY_LOW_PCT),
+                    beat.observed_at,
+                );
+                if let Change::Changed { to, .. } = change {
+                    // The heartbeat corrected a state whose event was lost: remember it.
+                    if to != Occupancy::Unknown {
+                        self.round.states.push(BayStateRow {
+                            bay: beat.bay,
+                            occupied: beat.occupied,
+                            seq: beat.seq,
+                            observed_at: beat.observed_at,
+                            battery_pct: beat.battery_pct,
+                        });
+                    }
+                }
+                self.changed(change, beat.bay, beat.observed_at);
+            }
+            OccupancyMessage::Plate { bay, read, ticket } => {
+                if let Some(write) = self.sessions.plate(bay, read) {
+                    self.round.sessions.push(write);
+                }
+                self.round.tickets.extend(ticket);
+            }
+            OccupancyMessage::Offline { bay } => {
+                let change = self.state.offline(bay);
+                self.changed(change, bay, Utc::now());
+            }
+            OccupancyMessage::GatedOpen { lot, open } => {
+                if let Some(gated) = self.gated.get_mut(lot as usize) {
+                    if gated.open != open {
+                        gated.open = open;
+                        self.dirty[lot as usize] = true;
+                        self.mqtt_dirty[lot as usize] = true;
+                    }
+                }
+            }
+            OccupancyMessage::Recount {
+                lot,
+                occupied,
+                reply,
+            } => {
+                let result = self.recount(lot, occupied).await;
+                // The asker may have given up waiting.
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn recount(
+        &mut self,
+        lot: LotIdx,
+        occupied: u32,
+    ) -> Result<LotCounts, crate::store::StoreError> {
+        let open = self.gated.get(lot as usize).map_or(0, |g| g.open);
+        let lot_id = self.registry.lot(lot).id.clone();
+        super::store::recount(&self.db, lot_id.as_str(), occupied, open, Utc::now()).await?;
+        if let Some(gated) = self.gated.get_mut(lot as usize) {
+            gated.correction = i64::from(occupied) - i64::from(open);
+        }
+        self.dirty[lot as usize] = true;
+        self.mqtt_dirty[lot as usize] = true;
+        Ok(self.counts(lot))
+    }
+
+    /// Silent sensors' bays turn unknown; overstays are flagged.
+    fn sweep(&mut self, now: DateTime<Utc>) {
+        for bay in self.state.expire(now, self.config.heartbeat_deadline) {
+            let lot = self.lot_of(bay) as usize;
+            self.dirty[lot] = true;
+            self.mqtt_dirty[lot] = true;
+        }
+        let registry = self.registry.clone();
+        let state = &self.state;
+        let flagged = self.sessions.overstays(now, |bay| {
+            registry.lot(state.lot_of(bay)).max_stay
+        });
+        self.round.sessions.extend(flagged);
+        self.metrics.bays_unknown.set(
+            (0..registry.lots().len() as LotIdx)
+                .filter(|&lot| registry.has_bay_sensors(lot))
+                .map(|lot| i64::from(self.state.counts(lot).unknown))
+                .sum(),
+        );
+    }
+
+    /// Hands this round's writes to the bay writer (waiting if it is behind).
+    async fn flush(&mut self) {
+        if self.round.is_empty() {
+            return;
+        }
+        let round = std::mem::take(&mut self.round);
+        self.writer.submit(self.registry.clone(), round).await;
+    }
+
+    /// Publishes the lots that changed: a new board, and one stream event each.
+    fn publish(&mut self, now: DateTime<Utc>) {
+        let mut any = false;
+        for lot in 0..self.dirty.len() {
+            if !std::mem::take(&mut self.dirty[lot]) {
+                continue;
+            }
+            let fresh = self.lot_availability(lot as LotIdx, now);
+            let current = &mut self.board.lots[lot];
+            if fresh.counts == current.counts && fresh.status == current.status {
+                continue;
+            }
+            *current = fresh;
+            any = true;
+            self.availability.announce(LotAvailabilityView::new(
+                self.registry.lot(lot as LotIdx),
+                current,
+            ));
+        }
+        if any {
+            self.availability.publish(self.board.clone());
+        }
+        self.metrics
+            .availability_subscribers
+            .set(self.availability.subscribers() as i64);
+    }
+
+    /// Publishes the retained `lots/{lot}/availability` of lots changed in the last second.
+    fn publish_mqtt(&mut self) {
+        let Some(client) = &self.client else { return };
+        for lot in 0..self.mqtt_dirty.len() {
+            if !self.mqtt_dirty[lot] || self.dirty[lot] {
+                // Not changed, or changed but not on the board yet (next second).
+                continue;
+            }
+            let registry_lot = self.registry.lot(lot as LotIdx);
+            let view = LotAvailabilityView::new(registry_lot, &self.board.lots[lot]);
+            let topic = Topic::LotAvailability {
+                lot: registry_lot.id.clone(),
+            };
+            let payload = serde_json::to_vec(&view.mqtt(registry_lot)).unwrap_or_default();
+            match client.try_publish(topic.to_string(), QoS::AtMostOnce, true, payload) {
+                Ok(()) => self.mqtt_dirty[lot] = false,
+                // The client's queue is full: try again next second.
+                Err(_) => break,
+            }
+        }
+    }
+}

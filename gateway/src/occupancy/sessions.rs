@@ -1,0 +1,236 @@
+//! On-street stays (SPEC §3): a bay going occupied opens a bay session, bay camera reads attach
+//! the plate (the best confidence wins), the bay going free closes it, priced with the lot's
+//! tariff; one without a plate goes to review; stays past the lot's maximum are flagged once.
+//!
+//! Plain data and functions: the occupancy actor feeds transitions in and writes what comes out.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use parkflow_billing::Stay;
+use parkflow_protocol::{EventId, Plate, PlateColor};
+use uuid::Uuid;
+
+use super::Occupancy;
+use crate::registry::{BayIdx, Lot};
+
+/// A plate read waits this long for its bay to go occupied (a camera may fire before the sensor).
+pub const PENDING_PLATE_WINDOW: Duration = Duration::seconds(120);
+
+/// The best plate read of a stay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BayPlate {
+    pub plate: Plate,
+    pub color: Option<PlateColor>,
+    pub confidence: f64,
+    pub event_id: EventId,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// A stay in progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenBaySession {
+    pub id: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub plate: Option<BayPlate>,
+    pub overstay_flagged: bool,
+}
+
+/// How a stay ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BayEnd {
+    /// Priced: billing charges it (a `sessions` row with this fee).
+    Priced {
+        plate: BayPlate,
+        tariff_from: DateTime<Utc>,
+        fee_minor: i64,
+        currency: String,
+    },
+    /// A plate but no tariff that prices the stay: review.
+    Unpriced { plate: BayPlate },
+    /// Nobody read a plate: review.
+    NoPlate,
+}
+
+/// What the actor writes for the stays.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BaySessionWrite {
+    Open {
+        id: Uuid,
+        bay: BayIdx,
+        started_at: DateTime<Utc>,
+        plate: Option<BayPlate>,
+    },
+    Plate {
+        id: Uuid,
+        plate: BayPlate,
+    },
+    Close {
+        id: Uuid,
+        bay: BayIdx,
+        started_at: DateTime<Utc>,
+        ended_at: DateTime<Utc>,
+        end: BayEnd,
+    },
+    Overstay {
+        id: Uuid,
+        bay: BayIdx,
+        at: DateTime<Utc>,
+    },
+}
+
+/// Every open stay, by bay.
+#[derive(Debug, Default)]
+pub struct BaySessions {
+    open: HashMap<BayIdx, OpenBaySession>,
+    /// Plate reads that came before their bay went occupied.
+    pending: HashMap<BayIdx, BayPlate>,
+}
+
+impl BaySessions {
+    /// Stays that were open when the platform last stopped.
+    pub fn restore(open: impl IntoIterator<Item = (BayIdx, OpenBaySession)>) -> Self {
+        Self {
+            open: open.into_iter().collect(),
+            pending: HashMap::new(),
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn get(&self, bay: BayIdx) -> Option<&OpenBaySession> {
+        self.open.get(&bay)
+    }
+
+    /// A bay's occupancy changed at `at`: opens a stay when it became occupied, closes (and
+    /// prices) the stay when it became free. A bay going unknown (silent sensor) keeps its stay.
+    pub fn on_change(
+        &mut self,
+        lot: &Lot,
+        bay: BayIdx,
+        to: Occupancy,
+        at: DateTime<Utc>,
+    ) -> Option<BaySessionWrite> {
+        match to {
+            Occupancy::Occupied if !self.open.contains_key(&bay) => {
+                let plate = self
+                    .pending
+                    .remove(&bay)
+                    .filter(|p| p.observed_at >= at - PENDING_PLATE_WINDOW);
+                let session = OpenBaySession {
+                    id: Uuid::now_v7(),
+                    started_at: at,
+                    plate: plate.clone(),
+                    overstay_flagged: false,
+                };
+                let write = BaySessionWrite::Open {
+                    id: session.id,
+                    bay,
+                    started_at: at,
+                    plate,
+                };
+                self.open.insert(bay, session);
+                Some(write)
+            }
+            Occupancy::Free => {
+                let session = self.open.remove(&bay)?;
+                let ended_at = at.max(session.started_at);
+                Some(BaySessionWrite::Close {
+                    id: session.id,
+                    bay,
+                    started_at: session.started_at,
+                    ended_at,
+                    end: price(lot, &session, ended_at),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// A plate read for a bay: attached to its stay if better than what it has; kept for a
+    /// moment if the bay is not occupied yet.
+    pub fn plate(&mut self, bay: BayIdx, read: BayPlate) -> Option<BaySessionWrite> {
+        let Some(session) = self.open.get_mut(&bay) else {
+            let better = self
+                .pending
+                .get(&bay)
+                .is_none_or(|p| read.confidence > p.confidence || read.observed_at > p.observed_at + PENDING_PLATE_WINDOW);
+            if better {
+                self.pending.insert(bay, read);
+            }
+            return None;
+        };
+        if read.observed_at < session.started_at - PENDING_PLATE_WINDOW {
+            // A read of an earlier car.
+            return None;
+        }
+        let better = session
+            .plate
+            .as_ref()
+            .is_none_or(|p| read.confidence > p.confidence);
+        if !better {
+            return None;
+        }
+        session.plate = Some(read.clone());
+        Some(BaySessionWrite::Plate {
+            id: session.id,
+            plate: read,
+        })
+    }
+
+    /// Flags the stays past their lot's maximum, once each.
+    pub fn overstays(
+        &mut self,
+        now: DateTime<Utc>,
+        max_stay_of: impl Fn(BayIdx) -> Option<Duration>,
+    ) -> Vec<BaySessionWrite> {
+        let mut flagged = Vec::new();
+        for (&bay, session) in &mut self.open {
+            if session.overstay_flagged {
+                continue;
+            }
+            if let Some(max) = max_stay_of(bay) {
+                if now - session.started_at > max {
+                    session.overstay_flagged = true;
+                    flagged.push(BaySessionWrite::Overstay {
+                        id: session.id,
+                        bay,
+                        at: now,
+                    });
+                }
+            }
+        }
+        // Forget plate reads whose car never showed.
+        self.pending
+            .retain(|_, p| p.observed_at >= now - PENDING_PLATE_WINDOW);
+        flagged
+    }
+}
+
+/// Prices a finished stay with the tariff in force at its start.
+fn price(lot: &Lot, session: &OpenBaySession, ended_at: DateTime<Utc>) -> BayEnd {
+    let Some(plate) = session.plate.clone() else {
+        return BayEnd::NoPlate;
+    };
+    let stay = Stay {
+        entered_at: session.started_at,
+        exited_at: ended_at,
+        plate_color: plate.color,
+        pass_holder: false,
+    };
+    let priced = lot.tariffs.in_force_at(session.started_at).and_then(|tariff| {
+        let fee = tariff.fee(&stay).ok()?;
+        Some((tariff.effective_from(), fee.to_minor().ok()?, fee.currency()))
+    });
+    match priced {
+        Some((tariff_from, fee_minor, currency)) => BayEnd::Priced {
+            plate,
+            tariff_from,
+            fee_minor,
+            currency: currency.as_str().to_owned(),
+        },
+        None => BayEnd::Unpriced { plate },
+    }
+}

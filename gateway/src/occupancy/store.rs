@@ -1,0 +1,467 @@
+//! Making bay states and on-street stays durable, and reading them back at start.
+//!
+//! The occupancy actor hands a [`BayBatch`] per round (the states it applied, the stays it
+//! opened, priced or flagged, and the tickets of the messages they came from). The [`BayWriter`]
+//! drains what is queued, merges it (the latest state per bay wins), writes it in one transaction
+//! with multi-row statements, commits, and only then drops the tickets, acknowledging the
+//! messages. States carry their `seq`, so a state written twice, or late, changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use parkflow_protocol::{EventId, Plate, PlateColor};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::sessions::{BayEnd, BayPlate, BaySessionWrite, OpenBaySession};
+use crate::metrics::Metrics;
+use crate::mqtt::ack::Ticket;
+use crate::registry::{BayIdx, Registry};
+use crate::store::{Db, StoreError, db_time, on_db};
+
+/// Batches waiting for the writer (each is one actor round, up to thousands of events).
+pub const BAY_WRITER_CHANNEL_CAPACITY: usize = 64;
+/// The most batches merged into one transaction.
+const MAX_GROUP: usize = 64;
+/// Rows per multi-row statement (SQLite allows 32,766 parameters; PostgreSQL 65,535).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// A bay's last applied event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BayStateRow {
+    pub bay: BayIdx,
+    pub occupied: bool,
+    pub seq: u64,
+    pub observed_at: DateTime<Utc>,
+    pub battery_pct: Option<u8>,
+}
+
+/// One round of the occupancy actor's writes.
+#[derive(Debug, Default)]
+pub struct BayBatch {
+    pub states: Vec<BayStateRow>,
+    pub sessions: Vec<BaySessionWrite>,
+    pub tickets: Vec<Ticket>,
+}
+
+impl BayBatch {
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty() && self.sessions.is_empty() && self.tickets.is_empty()
+    }
+}
+
+/// Submits batches to the bay writer.
+#[derive(Clone)]
+pub struct BayWriterHandle {
+    tx: mpsc::Sender<(Arc<Registry>, BayBatch)>,
+}
+
+impl BayWriterHandle {
+    /// Queues a batch (bay numbers resolve against `registry`); waits while the writer is behind.
+    pub async fn submit(&self, registry: Arc<Registry>, batch: BayBatch) {
+        if self.tx.send((registry, batch)).await.is_err() {
+            tracing::error!("bay writer is gone; batch dropped (its messages will be re-delivered)");
+        }
+    }
+}
+
+/// The bay writer task.
+pub struct BayWriter {
+    db: Db,
+    rx: mpsc::Receiver<(Arc<Registry>, BayBatch)>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn bay_writer(db: Db, metrics: Arc<Metrics>) -> (BayWriterHandle, BayWriter) {
+    let (tx, rx) = mpsc::channel(BAY_WRITER_CHANNEL_CAPACITY);
+    (BayWriterHandle { tx }, BayWriter { db, rx, metrics })
+}
+
+impl BayWriter {
+    /// Runs until every handle is dropped and the queue is drained.
+    pub async fn run(mut self) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while self.rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+            // Batches of one group resolve against the newest registry among them.
+            let registry = group.last().map(|(r, _)| r.clone());
+            let Some(registry) = registry else { continue };
+            let mut states: HashMap<BayIdx, BayStateRow> = HashMap::new();
+            let mut sessions = Vec::new();
+            let mut tickets = Vec::new();
+            for (_, batch) in group.drain(..) {
+                for row in batch.states {
+                    let newer = states.get(&row.bay).is_none_or(|old| row.seq >= old.seq);
+                    if newer {
+                        states.insert(row.bay, row);
+                    }
+                }
+                sessions.extend(batch.sessions);
+                tickets.extend(batch.tickets);
+            }
+            let states: Vec<BayStateRow> = states.into_values().collect();
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match write(&self.db, &registry, &states, &sessions).await {
+                    Ok(()) => {
+                        self.metrics.bay_states_written.inc_by(states.len() as u64);
+                        break;
+                    }
+                    Err(error) if error.is_transient() => {
+                        tracing::warn!(%error, retry_in = ?backoff, "bay writes failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(error) => {
+                        // Not transient: a re-delivery would fail the same way. Keep what was
+                        // refused for an operator and let the messages go.
+                        self.metrics.store_write_errors.inc();
+                        tracing::error!(%error, constraint = ?error.constraint(), states = states.len(), stays = sessions.len(), "bay writes refused by the database; kept as a dead letter");
+                        dead_letter(&self.db, &sessions, &error).await;
+                        break;
+                    }
+                }
+            }
+            // Dropping the tickets acknowledges the messages, now that their writes are durable.
+            drop(tickets);
+        }
+        tracing::debug!("bay writer drained and stopped");
+    }
+}
+
+async fn dead_letter(db: &Db, sessions: &[BaySessionWrite], error: &StoreError) {
+    let writes = format!("{sessions:?}");
+    let result: Result<(), StoreError> = async {
+        on_db!(db, pool => sqlx::query(
+            "INSERT INTO dead_letters (id, writes, error, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&writes)
+        .bind(error.to_string())
+        .bind(db_time(Utc::now()))
+        .execute(pool)
+        .await
+        .map(drop)?);
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "failed to keep a dead letter");
+    }
+}
+
+fn plate_fields(plate: Option<&BayPlate>) -> (Option<&str>, Option<&str>, Option<f64>, Option<&str>) {
+    match plate {
+        Some(p) => (
+            Some(p.plate.as_str()),
+            p.color.map(PlateColor::as_str),
+            Some(p.confidence),
+            Some(p.event_id.as_str()),
+        ),
+        None => (None, None, None, None),
+    }
+}
+
+/// Writes states and stays in one transaction.
+async fn write(
+    db: &Db,
+    registry: &Registry,
+    states: &[BayStateRow],
+    sessions: &[BaySessionWrite],
+) -> Result<(), StoreError> {
+    let bays = registry.bays();
+    let lot_of = |bay: BayIdx| registry.lot(bays.lot_of(bay)).id.as_str();
+    let now = db_time(Utc::now());
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        for chunk in states.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::new(
+                "INSERT INTO bay_states (lot_id, bay_id, occupied, seq, observed_at, battery_pct) ",
+            );
+            query.push_values(chunk, |mut row, state| {
+                row.push_bind(lot_of(state.bay))
+                    .push_bind(bays.name(state.bay))
+                    .push_bind(state.occupied)
+                    .push_bind(i64::try_from(state.seq).unwrap_or(i64::MAX))
+                    .push_bind(db_time(state.observed_at))
+                    .push_bind(state.battery_pct.map(i16::from));
+            });
+            query.push(
+                " ON CONFLICT (lot_id, bay_id) DO UPDATE SET occupied = excluded.occupied, seq = excluded.seq,
+                  observed_at = excluded.observed_at, battery_pct = COALESCE(excluded.battery_pct, bay_states.battery_pct)
+                  WHERE excluded.seq >= bay_states.seq",
+            );
+            query.build().execute(&mut *tx).await?;
+        }
+        let opens: Vec<_> = sessions
+            .iter()
+            .filter_map(|write| match write {
+                BaySessionWrite::Open { id, bay, started_at, plate } => Some((id, bay, started_at, plate)),
+                _ => None,
+            })
+            .collect();
+        for chunk in opens.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::new(
+                "INSERT INTO bay_sessions (id, lot_id, bay_id, status, started_at, plate, plate_color,
+                     plate_confidence, plate_event_id, updated_at) ",
+            );
+            query.push_values(chunk, |mut row, (id, bay, started_at, plate)| {
+                let (plate, color, confidence, event) = plate_fields(plate.as_ref());
+                row.push_bind(**id)
+                    .push_bind(lot_of(**bay))
+                    .push_bind(bays.name(**bay))
+                    .push_bind("open")
+                    .push_bind(db_time(**started_at))
+                    .push_bind(plate)
+                    .push_bind(color)
+                    .push_bind(confidence)
+                    .push_bind(event)
+                    .push_bind(now);
+            });
+            query.push(" ON CONFLICT (id) DO NOTHING");
+            query.build().execute(&mut *tx).await?;
+        }
+        for write in sessions {
+            match write {
+                BaySessionWrite::Open { .. } => {}
+                BaySessionWrite::Plate { id, plate } => {
+                    let (plate, color, confidence, event) = plate_fields(Some(plate));
+                    sqlx::query(
+                        "UPDATE bay_sessions SET plate = $2, plate_color = $3, plate_confidence = $4, plate_event_id = $5,
+                             updated_at = $6 WHERE id = $1 AND status = 'open'",
+                    )
+                    .bind(id)
+                    .bind(plate)
+                    .bind(color)
+                    .bind(confidence)
+                    .bind(event)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                BaySessionWrite::Overstay { id, at, .. } => {
+                    sqlx::query("UPDATE bay_sessions SET overstay_at = $2, updated_at = $3 WHERE id = $1 AND overstay_at IS NULL")
+                        .bind(id)
+                        .bind(db_time(*at))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                BaySessionWrite::Close { id, bay, started_at, ended_at, end } => {
+                    let (lot, bay_id) = (lot_of(*bay), bays.name(*bay));
+                    let (status, plate) = match end {
+                        BayEnd::Priced { plate, .. } => ("closed", Some(plate)),
+                        BayEnd::Unpriced { plate } => ("review", Some(plate)),
+                        BayEnd::NoPlate => ("review", None),
+                    };
+                    let (plate_text, color, confidence, event) = plate_fields(plate);
+                    let closed = sqlx::query(
+                        "UPDATE bay_sessions SET status = $2, ended_at = $3, plate = $4, plate_color = $5,
+                             plate_confidence = $6, plate_event_id = $7, updated_at = $8
+                         WHERE id = $1 AND status = 'open'",
+                    )
+                    .bind(id)
+                    .bind(status)
+                    .bind(db_time(*ended_at))
+                    .bind(plate_text)
+                    .bind(color)
+                    .bind(confidence)
+                    .bind(event)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if closed == 0 {
+                        // Closed already (a re-run of this write): nothing more to do.
+                        continue;
+                    }
+                    let (fee_minor, currency, tariff_from) = match end {
+                        BayEnd::Priced { fee_minor, currency, tariff_from, .. } => {
+                            (Some(*fee_minor), Some(currency.as_str()), Some(db_time(*tariff_from)))
+                        }
+                        _ => (None, None, None),
+                    };
+                    if let Some(plate) = plate {
+                        sqlx::query(
+                            "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at,
+                                 tariff_from, fee_minor, currency, bay_id, updated_at)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                             ON CONFLICT (id) DO NOTHING",
+                        )
+                        .bind(id)
+                        .bind(lot)
+                        .bind(plate.plate.as_str())
+                        .bind(plate.color.map(PlateColor::as_str))
+                        .bind(status)
+                        .bind(false)
+                        .bind(db_time(*started_at))
+                        .bind(db_time(*ended_at))
+                        .bind(tariff_from)
+                        .bind(fee_minor)
+                        .bind(currency)
+                        .bind(bay_id)
+                        .bind(db_time(*ended_at))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    if let BayEnd::Priced { .. } = end {
+                        // A priced stay waits for its charge (billing's queue), in the same commit.
+                        sqlx::query("INSERT INTO charge_queue (session_id, queued_at) VALUES ($1, $2) ON CONFLICT (session_id) DO NOTHING")
+                            .bind(id)
+                            .bind(db_time(*ended_at))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    if status == "review" {
+                        // The review item takes the stay's id, so a re-run adds no second one.
+                        let (kind, session_id) = match end {
+                            BayEnd::Unpriced { .. } => ("unpriced", Some(*id)),
+                            _ => ("no_plate", None),
+                        };
+                        sqlx::query(
+                            "INSERT INTO review_items (id, lot_id, kind, session_id, plate, bay_id, created_at)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                        )
+                        .bind(id)
+                        .bind(lot)
+                        .bind(kind)
+                        .bind(session_id)
+                        .bind(plate_text)
+                        .bind(bay_id)
+                        .bind(db_time(*ended_at))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct BayStateLoadRow {
+    lot_id: String,
+    bay_id: String,
+    occupied: bool,
+    seq: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct OpenBaySessionRow {
+    id: Uuid,
+    lot_id: String,
+    bay_id: String,
+    started_at: DateTime<Utc>,
+    plate: Option<String>,
+    plate_color: Option<String>,
+    plate_confidence: Option<f64>,
+    plate_event_id: Option<String>,
+    overstay_at: Option<DateTime<Utc>>,
+}
+
+/// What the occupancy actor starts from.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Each bay's last applied state: `(bay, occupied, seq)`.
+    pub states: Vec<(BayIdx, bool, u64)>,
+    pub open: Vec<(BayIdx, OpenBaySession)>,
+    /// Open gated sessions per lot id.
+    pub gated_open: HashMap<String, u32>,
+    /// Operators' recounts per lot id: `(occupied counted, open sessions then)`.
+    pub recounts: HashMap<String, (u32, u32)>,
+}
+
+/// Reads bay states (streamed: one row per bay), open stays and gated counts.
+pub async fn restore(db: &Db, registry: &Registry) -> Result<Restored, StoreError> {
+    let bay_of = |lot_id: &str, bay_id: &str| {
+        registry
+            .lot_by_id(&parkflow_protocol::LotId::parse(lot_id).ok()?)
+            .and_then(|lot| registry.bays().find(lot.idx, bay_id))
+    };
+    let mut restored = Restored::default();
+    on_db!(db, pool => {
+        let mut rows = sqlx::query_as::<_, BayStateLoadRow>(
+            "SELECT lot_id, bay_id, occupied, seq FROM bay_states",
+        )
+        .fetch(pool);
+        while let Some(row) = rows.try_next().await? {
+            if let Some(bay) = bay_of(&row.lot_id, &row.bay_id) {
+                restored.states.push((bay, row.occupied, u64::try_from(row.seq).unwrap_or(0)));
+            }
+        }
+        drop(rows);
+        let open: Vec<OpenBaySessionRow> = sqlx::query_as(
+            "SELECT id, lot_id, bay_id, started_at, plate, plate_color, plate_confidence, plate_event_id, overstay_at
+             FROM bay_sessions WHERE status = 'open'",
+        )
+        .fetch_all(pool)
+        .await?;
+        for row in open {
+            let Some(bay) = bay_of(&row.lot_id, &row.bay_id) else { continue };
+            let plate = match (row.plate.as_deref().map(Plate::parse), row.plate_event_id.as_deref().map(EventId::parse)) {
+                (Some(Ok(plate)), Some(Ok(event_id))) => Some(BayPlate {
+                    plate,
+                    color: row.plate_color.as_deref().and_then(PlateColor::parse),
+                    confidence: row.plate_confidence.unwrap_or(0.0),
+                    event_id,
+                    observed_at: row.started_at,
+                }),
+                _ => None,
+            };
+            restored.open.push((bay, OpenBaySession {
+                id: row.id,
+                started_at: row.started_at,
+                plate,
+                overstay_flagged: row.overstay_at.is_some(),
+            }));
+        }
+        let gated: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT lot_id, COUNT(*) FROM sessions WHERE status = 'open' GROUP BY lot_id",
+        )
+        .fetch_all(pool)
+        .await?;
+        restored.gated_open = gated
+            .into_iter()
+            .map(|(lot, n)| (lot, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect();
+        let recounts: Vec<(String, i32, i32)> = sqlx::query_as(
+            "SELECT lot_id, occupied, open_sessions FROM lot_recounts",
+        )
+        .fetch_all(pool)
+        .await?;
+        restored.recounts = recounts
+            .into_iter()
+            .map(|(lot, occupied, open)| {
+                (lot, (u32::try_from(occupied).unwrap_or(0), u32::try_from(open).unwrap_or(0)))
+            })
+            .collect();
+    });
+    Ok(restored)
+}
+
+/// Records an operator's recount of a gated lot.
+pub async fn recount(
+    db: &Db,
+    lot: &str,
+    occupied: u32,
+    open_sessions: u32,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    on_db!(db, pool => sqlx::query(
+        "INSERT INTO lot_recounts (lot_id, occupied, open_sessions, counted_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (lot_id) DO UPDATE SET occupied = excluded.occupied, open_sessions = excluded.open_sessions,
+             counted_at = excluded.counted_at",
+    )
+    .bind(lot)
+    .bind(i64::from(occupied))
+    .bind(i64::from(open_sessions))
+    .bind(db_time(at))
+    .execute(pool)
+    .await
+    .map(drop)?);
+    Ok(())
+}
