@@ -97,6 +97,15 @@ pub struct RunArgs {
     /// The address drivers reach the API at, for payment links (defaults to the HTTP address).
     #[arg(long, env = "PARKFLOW_PUBLIC_URL")]
     pub public_url: Option<url::Url>,
+    /// A bay whose sensor is silent this many seconds turns unknown.
+    #[arg(long, env = "PARKFLOW_HEARTBEAT_DEADLINE_SECS", default_value_t = 900)]
+    pub heartbeat_deadline_secs: u32,
+    /// A lot is `almostFull` once its free bays are at most this share of its bays.
+    #[arg(long, env = "PARKFLOW_ALMOST_FULL_RATIO", default_value_t = 0.1)]
+    pub almost_full_ratio: f64,
+    /// Public reads (availability, feeds, tariffs) allowed per client address per second.
+    #[arg(long, env = "PARKFLOW_PUBLIC_RATE", default_value_t = 50)]
+    pub public_rate: u32,
     /// Seed a demo city and run simulated traffic in-process.
     #[arg(long, env = "PARKFLOW_DEMO")]
     pub demo: bool,
@@ -128,6 +137,12 @@ impl RunArgs {
                 "--mqtt-listen needs a port: the embedded broker cannot report one chosen for it"
                     .into(),
             );
+        }
+        if !(0.0..1.0).contains(&self.almost_full_ratio) {
+            return Err("--almost-full-ratio must be at least 0 and below 1".into());
+        }
+        if self.heartbeat_deadline_secs == 0 || self.public_rate == 0 {
+            return Err("--heartbeat-deadline-secs and --public-rate must be above 0".into());
         }
         if self.mqtt_client_id.is_empty() {
             return Err("--mqtt-client-id must not be empty".into());

@@ -172,6 +172,10 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         public_url,
         ..DecisionConfig::default()
     };
+    config.occupancy.heartbeat_deadline =
+        chrono::Duration::seconds(i64::from(args.heartbeat_deadline_secs));
+    config.occupancy.thresholds.almost_full_ratio = args.almost_full_ratio;
+    config.public_rate_per_second = args.public_rate;
     let platform = Platform::build(config).await?;
     let http = platform.http_addr();
     let (mqtt_host, mqtt_port) = platform.mqtt_addr();

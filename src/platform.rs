@@ -17,6 +17,7 @@ use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::gate::decide::Standing;
 use parkflow_gateway::http::extract::constant_time_eq;
 use parkflow_gateway::mqtt::MqttConfig;
+use parkflow_gateway::occupancy::OccupancyConfig;
 use parkflow_gateway::registry::RegistryHandle;
 use parkflow_gateway::store::{Db, registry as gateway_store};
 use parkflow_gateway::store::provision::{Plan, provision};
@@ -52,6 +53,9 @@ pub struct PlatformConfig {
     pub mqtt_client_id: String,
     pub admin_key: Option<String>,
     pub decisions: DecisionConfig,
+    pub occupancy: OccupancyConfig,
+    /// Public reads allowed per client address per second.
+    pub public_rate_per_second: u32,
     /// Faults the simulated payment provider injects (none by default).
     pub provider_faults: FaultConfig,
     pub charging: ChargingConfig,
@@ -81,6 +85,8 @@ impl PlatformConfig {
             mqtt_client_id: "parkflow-gateway".into(),
             admin_key: None,
             decisions: DecisionConfig::default(),
+            occupancy: OccupancyConfig::default(),
+            public_rate_per_second: 50,
             provider_faults: FaultConfig::none(),
             // Unique per process: leases name their holder.
             charging: ChargingConfig::new(format!(
@@ -168,6 +174,8 @@ impl Platform {
                 inflight: 1_000,
             },
             decisions: config.decisions.clone(),
+            occupancy: config.occupancy.clone(),
+            public_rate_per_second: config.public_rate_per_second,
             admin_key: config.admin_key.clone(),
         };
         let gateway = Gateway::build(gateway_config, move |db| {

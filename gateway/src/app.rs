@@ -2,8 +2,8 @@
 //! registry and binds the HTTP listener (reporting its address); [`Gateway::run`] starts every
 //! task and, once the token is cancelled, drains them.
 //!
-//! Tasks and channels: MQTT event loop → ingest → gate actor → store writer → acker, plus the
-//! HTTP server. On shutdown the event loop stops first; the others drain what they hold and stop
+//! Tasks and channels: MQTT event loop → ingest → gate actor → store writer → acker; ingest →
+//! occupancy actor → bay writer → acker for bay sensors, cameras and bridges; plus the HTTP server. On shutdown the event loop stops first; the others drain what they hold and stop
 //! as their input channels close, so everything received is decided and committed.
 
 use std::net::SocketAddr;
@@ -23,7 +23,10 @@ use crate::gate::actor::GateActor;
 use crate::gate::{GateHandle, GateMessage};
 use parkflow_billing::payments::PaymentsApi;
 
+use crate::availability::AvailabilityHandle;
 use crate::http::{self, AppState};
+use crate::occupancy::store::{BayWriter, bay_writer};
+use crate::occupancy::{OccupancyActor, OccupancyHandle, OccupancyMessage};
 use crate::metrics::Metrics;
 use crate::mqtt::ingest::Ingest;
 use crate::mqtt::link::INBOUND_CHANNEL_CAPACITY;
@@ -63,6 +66,11 @@ pub struct Gateway {
     gates: GateHandle,
     gate_rx: mpsc::Receiver<GateMessage>,
     payments: Arc<dyn PaymentsApi>,
+    occupancy_actor: OccupancyActor,
+    occupancy: OccupancyHandle,
+    occupancy_rx: mpsc::Receiver<OccupancyMessage>,
+    bay_writer: BayWriter,
+    availability: AvailabilityHandle,
 }
 
 impl Gateway {
@@ -93,6 +101,7 @@ impl Gateway {
         }
         let (client, eventloop) = link::connect(&config.mqtt);
         let (writer_handle, writer) = writer::writer(db.clone(), metrics.clone());
+        let (occupancy, occupancy_rx) = OccupancyHandle::channel();
         let actor = GateActor::load(
             config.decisions.clone(),
             db.clone(),
@@ -102,12 +111,28 @@ impl Gateway {
             metrics.clone(),
             Utc::now(),
         )
-        .await?;
+        .await?
+        .with_occupancy(occupancy.clone());
         let (gates, gate_rx) = GateHandle::channel();
+        let restored = crate::occupancy::store::restore(&db, &registry.snapshot()).await?;
+        let (bay_writer_handle, bay_writer) = bay_writer(db.clone(), metrics.clone());
+        let availability = AvailabilityHandle::new(Default::default());
+        let occupancy_actor = OccupancyActor::new(
+            config.occupancy.clone(),
+            &registry,
+            restored,
+            availability.clone(),
+            bay_writer_handle,
+            Some(client.clone()),
+            metrics.clone(),
+            db.clone(),
+            Utc::now(),
+        );
         let payments = payments(db.clone());
         tracing::info!(
             engine = db.engine(),
             lots = registry.snapshot().lots().len(),
+            bays = registry.snapshot().bays().len(),
             "gateway built"
         );
         Ok(Self {
@@ -124,6 +149,11 @@ impl Gateway {
             gates,
             gate_rx,
             payments,
+            occupancy_actor,
+            occupancy,
+            occupancy_rx,
+            bay_writer,
+            availability,
         })
     }
 
@@ -164,13 +194,24 @@ impl Gateway {
             gates,
             gate_rx,
             payments,
+            occupancy_actor,
+            occupancy,
+            occupancy_rx,
+            bay_writer,
+            availability,
             ..
         } = self;
         let tracker = TaskTracker::new();
         let (tickets, acker) = ack::channel(client.clone());
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
         let (connected_tx, connected_rx) = watch::channel(false);
-        let filters = vec![filter::all_gate_plates(), filter::all_gate_states()];
+        let filters = vec![
+            filter::all_gate_plates(),
+            filter::all_gate_states(),
+            filter::all_bays(),
+            filter::all_bridges(),
+            filter::all_device_status(),
+        ];
 
         let core =
             |name: &'static str,
@@ -201,12 +242,24 @@ impl Gateway {
         );
         core(
             "ingest",
-            Box::pin(Ingest::new(registry.clone(), metrics.clone(), gates.clone()).run(inbound_rx)),
+            Box::pin(
+                Ingest::new(
+                    registry.clone(),
+                    metrics.clone(),
+                    gates.clone(),
+                    occupancy.clone(),
+                )
+                .run(inbound_rx),
+            ),
         );
         core("gate actor", Box::pin(actor.run(gate_rx)));
         core("store writer", Box::pin(writer.run()));
+        core("occupancy actor", Box::pin(occupancy_actor.run(occupancy_rx)));
+        core("bay writer", Box::pin(bay_writer.run()));
         core("acker", Box::pin(acker.run()));
         tracker.spawn(track_connection(connected_rx.clone(), metrics.clone()));
+        let public_limit = http::limit::PublicLimit::per_second(config.public_rate_per_second);
+        tracker.spawn(forget_idle_clients(public_limit.clone(), token.clone()));
 
         let state = AppState {
             db: db.clone(),
@@ -216,8 +269,14 @@ impl Gateway {
             payments,
             mqtt_connected: connected_rx,
             admin_key: config.admin_key.map(Arc::from),
+            availability,
+            occupancy,
+            public_limit,
         };
-        let server = axum::serve(listener, http::router(state))
+        let server = axum::serve(
+            listener,
+            http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
             .with_graceful_shutdown(token.clone().cancelled_owned());
         let http_token = token.clone();
         tracker.spawn(async move {
@@ -239,6 +298,17 @@ impl Gateway {
         }
         db.close().await;
         Ok(())
+    }
+}
+
+/// Keeps the rate limiter's memory to the clients seen lately.
+async fn forget_idle_clients(limit: http::limit::PublicLimit, token: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = every.tick() => limit.forget_idle(),
+        }
     }
 }
 

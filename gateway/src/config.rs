@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use crate::gate::actor::DecisionConfig;
 use crate::mqtt::MqttConfig;
+use crate::occupancy::OccupancyConfig;
 
 /// Everything the gateway needs to start.
 #[derive(Debug, Clone)]
@@ -15,6 +16,9 @@ pub struct GatewayConfig {
     pub database_url: String,
     pub mqtt: MqttConfig,
     pub decisions: DecisionConfig,
+    pub occupancy: OccupancyConfig,
+    /// Public reads (availability, feeds, tariffs) allowed per client IP address per second.
+    pub public_rate_per_second: u32,
     /// The platform admin's API key (`Authorization: Bearer …`); admin endpoints are closed without one.
     pub admin_key: Option<String>,
 }

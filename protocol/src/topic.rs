@@ -128,6 +128,16 @@ pub mod filter {
         format!("{PREFIX}lots/+/gates/+/state")
     }
 
+    /// Every bay sensor's and bay camera's messages (occupancy, heartbeat, plate) of every lot.
+    pub fn all_bays() -> String {
+        format!("{PREFIX}lots/+/bays/+/+")
+    }
+
+    /// Every bridge's batches.
+    pub fn all_bridges() -> String {
+        format!("{PREFIX}bridge/+/occupancy")
+    }
+
     /// Every device's online/offline status.
     pub fn all_device_status() -> String {
         format!("{PREFIX}devices/+/status")

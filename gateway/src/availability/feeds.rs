@@ -114,12 +114,12 @@ fn is_fiware_status(status: &str) -> bool {
 }
 
 /// The DATEX II v3 feed: a parking status publication with one site status per lot.
-pub fn datex2(lots: &[FeedLot<'_>], publication_time: DateTime<Utc>) -> String {
+/// Writing into memory does not fail in practice; the error is passed on rather than assumed away.
+pub fn datex2(lots: &[FeedLot<'_>], publication_time: DateTime<Utc>) -> io::Result<String> {
     let mut writer = Writer::new_with_indent(Vec::new(), b' ', 2);
-    write_publication(&mut writer, lots, publication_time)
-        .expect("writing xml into a Vec<u8> cannot fail");
+    write_publication(&mut writer, lots, publication_time)?;
     // Every piece written is a &str or escaped from one, so the bytes are UTF-8.
-    String::from_utf8_lossy(&writer.into_inner()).into_owned()
+    Ok(String::from_utf8_lossy(&writer.into_inner()).into_owned())
 }
 
 fn write_publication<W: Write>(
@@ -491,7 +491,7 @@ mod tests {
     #[test]
     fn datex2_is_a_parking_status_publication_with_one_site_status_per_lot() {
         let published = observed() + chrono::Duration::seconds(5);
-        let root = parse_xml(&datex2(&sample_lots(), published));
+        let root = parse_xml(&datex2(&sample_lots(), published).unwrap());
         assert_eq!(
             (root.ns.as_str(), root.name.as_str()),
             (DATEX_PAYLOAD_NS, "payload")
@@ -556,7 +556,7 @@ mod tests {
 
     #[test]
     fn datex2_lot_names_with_markup_characters_round_trip() {
-        let xml = datex2(&sample_lots(), observed());
+        let xml = datex2(&sample_lots(), observed()).unwrap();
         assert!(!xml.contains(AWKWARD_NAME), "the raw name must be escaped");
         let root = parse_xml(&xml);
         let description = root.all("parkingRecordStatus")[2].child("parkingStatusDescription");
@@ -568,7 +568,7 @@ mod tests {
 
     #[test]
     fn datex2_without_lots_is_still_a_publication() {
-        let root = parse_xml(&datex2(&[], observed()));
+        let root = parse_xml(&datex2(&[], observed()).unwrap());
         assert_eq!(root.name, "payload");
         assert!(root.all("parkingRecordStatus").is_empty());
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use parkflow_protocol::sign::MAX_AHEAD;
-use parkflow_protocol::{Direction, GateAction, GateCommand, GateReason, Plate};
+use parkflow_protocol::{Direction, GateAction, GateCommand, GateReason, LotId, Plate};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -15,6 +15,7 @@ use super::state::{Decided, GateState, HELD_FOR, Held, HeldRead, LaneKey, ReadKe
 use super::{GateMessage, GateRead, PaidExit};
 use crate::metrics::{ActionLabel, Metrics};
 use crate::mqtt::publish::CommandPublisher;
+use crate::occupancy::{OccupancyHandle, OccupancyMessage};
 use crate::registry::{GateDirection, Lot, Registry, RegistryHandle};
 use crate::store::writer::{Batch, GateReadRecord, Write, WriterHandle};
 use crate::store::{Db, StoreError, sessions};
@@ -57,9 +58,29 @@ pub struct GateActor {
     metrics: Arc<Metrics>,
     /// Cars held at exits for payment, by session.
     held: HashMap<Uuid, Held>,
+    /// Told each lot's open sessions, which count a gated lot's occupancy when it has no bay sensors.
+    occupancy: Option<OccupancyHandle>,
 }
 
 impl GateActor {
+    /// Reports each lot's open sessions to the occupancy actor from now on.
+    pub fn with_occupancy(mut self, occupancy: OccupancyHandle) -> Self {
+        self.occupancy = Some(occupancy);
+        self
+    }
+
+    /// Tells the occupancy actor how many sessions of `lot` are open (it ignores repeats).
+    fn report_open(&self, registry: &Registry, lot: &LotId) {
+        let (Some(occupancy), Some(lot_entry)) = (&self.occupancy, registry.lot_by_id(lot)) else {
+            return;
+        };
+        let open = self.state.lots.get(lot).map_or(0, |l| l.open.len());
+        occupancy.try_send(OccupancyMessage::GatedOpen {
+            lot: lot_entry.idx,
+            open: u32::try_from(open).unwrap_or(u32::MAX),
+        });
+    }
+
     /// Loads open sessions, recent decisions, enrolled plates, passes and blocks.
     pub async fn load(
         config: DecisionConfig,
@@ -110,6 +131,7 @@ impl GateActor {
             publisher,
             metrics,
             held: HashMap::new(),
+            occupancy: None,
         })
     }
 
@@ -252,6 +274,7 @@ impl GateActor {
         self.metrics.review_items.inc_by(reviews as u64);
         writes.push(record(&read, &command, session_id));
         self.remember(read_key, lane, &read, &command, session_id);
+        self.report_open(&registry, &read.lot);
         self.writer
             .submit(Batch {
                 writes,
@@ -309,6 +332,7 @@ impl GateActor {
                     .fees_minor
                     .inc_by(u64::try_from(minor).unwrap_or(0));
             }
+            self.report_open(&registry, &held.read.lot);
             // The held read itself stays recorded with its hold; the session's end is what changes.
             self.writer
                 .submit(Batch {

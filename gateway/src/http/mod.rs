@@ -1,9 +1,11 @@
 //! The HTTP API (SPEC §5), served by axum: one router, one state, one error shape.
 
+pub mod availability;
 pub mod billing;
 pub mod drivers;
 pub mod error;
 pub mod extract;
+pub mod limit;
 pub mod lots;
 pub mod ops;
 pub mod payments;
@@ -22,7 +24,9 @@ use tower_http::trace::TraceLayer;
 
 use parkflow_billing::payments::PaymentsApi;
 
+use crate::availability::AvailabilityHandle;
 use crate::gate::GateHandle;
+use crate::occupancy::OccupancyHandle;
 use crate::metrics::Metrics;
 use crate::registry::RegistryHandle;
 use crate::store::Db;
@@ -42,16 +46,32 @@ pub struct AppState {
     pub payments: Arc<dyn PaymentsApi>,
     pub mqtt_connected: watch::Receiver<bool>,
     pub admin_key: Option<Arc<str>>,
+    pub availability: AvailabilityHandle,
+    pub occupancy: OccupancyHandle,
+    pub public_limit: limit::PublicLimit,
 }
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
+    // SPEC §5's public reads: no key, rate-limited per client.
+    let public = Router::new()
+        .route("/v1/lots", get(availability::near))
+        .route("/v1/lots/{lot}/availability", get(availability::one))
+        .route("/v1/availability/stream", get(availability::stream))
+        .route("/v1/feeds/fiware", get(availability::fiware))
+        .route("/v1/feeds/datex2", get(availability::datex2))
+        .route("/v1/lots/{lot}/tariff", get(lots::tariff))
+        .route("/v1/lots/{lot}/quote", get(lots::quote))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.public_limit.clone(),
+            limit::limit_public,
+        ));
     Router::new()
+        .merge(public)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/v1/lots/{lot}/tariff", get(lots::tariff))
-        .route("/v1/lots/{lot}/quote", get(lots::quote))
+        .route("/v1/lots/{lot}/recount", post(availability::recount))
         .route("/v1/sessions", get(sessions::list))
         .route("/v1/sessions/{id}", get(sessions::get))
         .route("/v1/sessions/{id}/pay", post(payments::pay_exit))

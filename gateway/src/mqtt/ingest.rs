@@ -7,14 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parkflow_protocol::sign::{check_observed_at, open};
-use parkflow_protocol::{GateId, GatePlateRead, GateState, MessageError, Plate, Topic};
+use parkflow_protocol::{
+    DeviceStatus, GateId, GatePlateRead, GateState, MessageError, Plate, Topic,
+};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use super::bay_ingest;
 use super::link::Inbound;
 use crate::gate::{GateHandle, GateRead};
 use crate::metrics::Metrics;
-use crate::registry::{DeviceKind, Lot, Registry, RegistryHandle};
+use crate::occupancy::{OccupancyHandle, OccupancyMessage};
+use crate::registry::{BayDeviceKind, DeviceKind, Lot, Registry, RegistryHandle};
 
 /// One rejection log line per reason per this interval; the counter counts them all.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -26,6 +30,7 @@ pub enum Rejection {
     Oversized,
     UnknownLot,
     UnknownGate,
+    UnknownBay,
     NotRegistered,
     InvalidPlate,
     Message(&'static str),
@@ -38,6 +43,7 @@ impl Rejection {
             Self::Oversized => "oversized",
             Self::UnknownLot => "unknown_lot",
             Self::UnknownGate => "unknown_gate",
+            Self::UnknownBay => "unknown_bay",
             Self::NotRegistered => "not_registered",
             Self::InvalidPlate => "invalid_plate",
             Self::Message(reason) => reason,
@@ -56,15 +62,22 @@ pub struct Ingest {
     registry: RegistryHandle,
     metrics: Arc<Metrics>,
     gates: GateHandle,
+    occupancy: OccupancyHandle,
     last_logged: HashMap<&'static str, (Instant, u64)>,
 }
 
 impl Ingest {
-    pub fn new(registry: RegistryHandle, metrics: Arc<Metrics>, gates: GateHandle) -> Self {
+    pub fn new(
+        registry: RegistryHandle,
+        metrics: Arc<Metrics>,
+        gates: GateHandle,
+        occupancy: OccupancyHandle,
+    ) -> Self {
         Self {
             registry,
             metrics,
             gates,
+            occupancy,
             last_logged: HashMap::new(),
         }
     }
@@ -120,6 +133,93 @@ impl Ingest {
                 let state: GateState =
                     open_from_gate(&registry, lot, gate, topic, &message.payload)?;
                 tracing::debug!(lot = %lot.id, gate = %gate, state = ?state.state, "gate state");
+                Ok(())
+            }
+            Topic::BayOccupancy { lot, bay } => {
+                let event = bay_ingest::occupancy(
+                    &registry,
+                    lot,
+                    bay,
+                    topic,
+                    &message.payload,
+                    message.received_at,
+                )?;
+                self.occupancy
+                    .send(OccupancyMessage::Events {
+                        events: vec![event],
+                        ticket: message.ticket,
+                    })
+                    .await;
+                Ok(())
+            }
+            Topic::BayHeartbeat { lot, bay } => {
+                let beat = bay_ingest::heartbeat(
+                    &registry,
+                    lot,
+                    bay,
+                    topic,
+                    &message.payload,
+                    message.received_at,
+                )?;
+                self.occupancy.send(OccupancyMessage::Heartbeat(beat)).await;
+                Ok(())
+            }
+            Topic::BayPlate { lot, bay } => {
+                let (bay, read) = bay_ingest::plate(
+                    &registry,
+                    lot,
+                    bay,
+                    topic,
+                    &message.payload,
+                    message.received_at,
+                )?;
+                self.occupancy
+                    .send(OccupancyMessage::Plate {
+                        bay,
+                        read,
+                        ticket: message.ticket,
+                    })
+                    .await;
+                Ok(())
+            }
+            Topic::BridgeOccupancy { device } => {
+                let (events, rejected) = bay_ingest::bridge(
+                    &registry,
+                    device,
+                    topic,
+                    &message.payload,
+                    message.received_at,
+                )?;
+                for rejection in rejected {
+                    self.reject(rejection);
+                }
+                self.occupancy
+                    .send(OccupancyMessage::Events {
+                        events,
+                        ticket: message.ticket,
+                    })
+                    .await;
+                Ok(())
+            }
+            Topic::DeviceStatus { device } => {
+                let status =
+                    DeviceStatus::parse(&message.payload).ok_or(Rejection::Message("malformed"))?;
+                let sensor = registry
+                    .bays()
+                    .device_by_id(device.as_str())
+                    .filter(|d| d.kind == BayDeviceKind::Sensor);
+                match (status, sensor) {
+                    (DeviceStatus::Offline, Some(sensor)) => {
+                        self.occupancy
+                            .send(OccupancyMessage::Offline { bay: sensor.bay })
+                            .await;
+                    }
+                    (DeviceStatus::Offline, None) => {
+                        tracing::debug!(device = %device, "device offline");
+                    }
+                    // Online: the bay stays unknown until its sensor speaks.
+                    (DeviceStatus::Online, _) => {}
+                }
                 Ok(())
             }
             _ => Err(Rejection::UnknownTopic),

@@ -6,6 +6,7 @@
 //! in `ingest`; acknowledgements go out in arrival order from `ack`; commands are signed in `publish`.
 
 pub mod ack;
+pub mod bay_ingest;
 pub mod ingest;
 pub mod link;
 pub mod publish;

@@ -1,0 +1,265 @@
+//! Live availability (SPEC §5): one lot, the lots near a point, the stream of changes, the
+//! FIWARE and DATEX II feeds — all read from the published board, never from the actor — and
+//! the operator's recount of a gated lot without bay sensors.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use futures::Stream;
+use parkflow_protocol::LotId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
+use crate::availability::feeds::{self, FeedLot};
+use crate::availability::{Board, LotAvailabilityView};
+use crate::occupancy::{LotCounts, OccupancyMessage};
+use crate::registry::{LotKind, Registry};
+
+/// The widest `near` search.
+pub const MAX_RADIUS_M: f64 = 50_000.0;
+/// The most lots one `near` answer lists.
+pub const MAX_NEAR_LIMIT: usize = 200;
+
+fn lot_of<'r>(registry: &'r Registry, raw: &str) -> Result<&'r crate::registry::Lot, ApiError> {
+    let id = LotId::parse(raw).map_err(|_| ApiError::NotFound("lot"))?;
+    registry.lot_by_id(&id).ok_or(ApiError::NotFound("lot"))
+}
+
+fn view(registry: &Registry, board: &Board, lot: u32) -> Option<LotAvailabilityView> {
+    let availability = board.lots.get(lot as usize)?;
+    Some(LotAvailabilityView::new(registry.lot(lot), availability))
+}
+
+/// `GET /v1/lots/{lot}/availability`
+pub async fn one(
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+) -> Result<Json<LotAvailabilityView>, ApiError> {
+    let registry = state.registry.snapshot();
+    let lot = lot_of(&registry, &lot)?;
+    let board = state.availability.board();
+    view(&registry, &board, lot.idx)
+        .map(Json)
+        .ok_or(ApiError::NotFound("lot"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NearQuery {
+    /// `lat,lon` in degrees.
+    near: String,
+    radius_m: Option<f64>,
+    limit: Option<usize>,
+}
+
+fn parse_point(near: &str) -> Option<(f64, f64)> {
+    let (lat, lon) = near.split_once(',')?;
+    let (lat, lon): (f64, f64) = (lat.trim().parse().ok()?, lon.trim().parse().ok()?);
+    ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some((lat, lon))
+}
+
+/// `GET /v1/lots?near={lat},{lon}&radius_m={m}&limit={n}`: nearest first.
+pub async fn near(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<NearQuery>,
+) -> Result<Json<Vec<LotAvailabilityView>>, ApiError> {
+    let (lat, lon) = parse_point(&query.near).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_point",
+            "near must be `lat,lon` in degrees (latitude -90..90, longitude -180..180)",
+        )
+    })?;
+    let radius = query.radius_m.unwrap_or(1_000.0);
+    if !(radius > 0.0 && radius <= MAX_RADIUS_M) {
+        return Err(ApiError::bad_request(
+            "invalid_radius",
+            format!("radius_m must be above 0 and at most {MAX_RADIUS_M}"),
+        ));
+    }
+    let limit = query.limit.unwrap_or(20);
+    if limit == 0 || limit > MAX_NEAR_LIMIT {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_NEAR_LIMIT}"),
+        ));
+    }
+    let registry = state.registry.snapshot();
+    let board = state.availability.board();
+    let lots = registry
+        .locator()
+        .near(lat, lon, radius, limit)
+        .into_iter()
+        .filter_map(|(lot, distance)| {
+            let mut view = view(&registry, &board, lot)?;
+            view.distance_m = Some((distance * 10.0).round() / 10.0);
+            Some(view)
+        })
+        .collect();
+    Ok(Json(lots))
+}
+
+/// `GET /v1/availability/stream`: one `availability` event per lot change, as server-sent events.
+/// A client that falls more than the stream buffer behind is disconnected (it reconnects and
+/// reads the current state with `GET /v1/lots/{lot}/availability`).
+pub async fn stream(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let events = futures::stream::unfold(state.availability.subscribe(), |mut rx| async move {
+        match rx.recv().await {
+            Ok(view) => Some((Ok(event(&view)), rx)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "availability stream client too slow; dropped");
+                None
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+fn event(view: &Arc<LotAvailabilityView>) -> Event {
+    Event::default()
+        .event("availability")
+        .id(view.lot.clone())
+        .json_data(view.as_ref())
+        .unwrap_or_else(|_| Event::default().comment("unserializable"))
+}
+
+fn feed_lots<'r>(registry: &'r Registry, board: &Board) -> Vec<FeedLot<'r>> {
+    registry
+        .lots()
+        .iter()
+        .filter_map(|lot| {
+            let a = board.lots.get(lot.idx as usize)?;
+            Some(FeedLot {
+                id: lot.id.as_str(),
+                name: &lot.name,
+                on_street: lot.kind == LotKind::OnStreet,
+                lat: lot.location.lat,
+                lon: lot.location.lon,
+                total: a.counts.total,
+                free: a.counts.free,
+                occupied: a.counts.occupied,
+                unknown: a.counts.unknown,
+                status: status_word(a.status),
+                observed_at: a.observed_at,
+            })
+        })
+        .collect()
+}
+
+fn status_word(status: parkflow_protocol::LotStatus) -> &'static str {
+    use parkflow_protocol::LotStatus::*;
+    match status {
+        SpacesAvailable => "spacesAvailable",
+        AlmostFull => "almostFull",
+        Full => "full",
+        Closed => "closed",
+    }
+}
+
+/// `GET /v1/feeds/fiware`: NGSI-LD key-values entities (`application/ld+json`: each carries its `@context`).
+pub async fn fiware(State(state): State<AppState>) -> Response {
+    let registry = state.registry.snapshot();
+    let board = state.availability.board();
+    let body = feeds::fiware(&feed_lots(&registry, &board));
+    (
+        [(header::CONTENT_TYPE, "application/ld+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/feeds/datex2`: a DATEX II v3 parking status publication.
+pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let registry = state.registry.snapshot();
+    let board = state.availability.board();
+    let xml = feeds::datex2(&feed_lots(&registry, &board), Utc::now()).map_err(|error| {
+        ApiError::Store(crate::store::StoreError::Corrupt(format!(
+            "datex ii feed not written: {error}"
+        )))
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], xml).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecountRequest {
+    /// Cars counted in the lot now.
+    occupied: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecountResponse {
+    lot: String,
+    total: u32,
+    free: u32,
+    occupied: u32,
+    unknown: u32,
+}
+
+/// `POST /v1/lots/{lot}/recount`: an operator counted the cars in a gated lot without bay
+/// sensors; entries and exits move the count on from there.
+pub async fn recount(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+    ApiJson(request): ApiJson<RecountRequest>,
+) -> Result<Json<RecountResponse>, ApiError> {
+    let registry = state.registry.snapshot();
+    let lot = lot_of(&registry, &lot)?;
+    if registry.has_bay_sensors(lot.idx) {
+        return Err(ApiError::bad_request(
+            "lot_has_bay_sensors",
+            "this lot's occupancy comes from its bay sensors; a recount applies to lots without them",
+        ));
+    }
+    if request.occupied > lot.capacity {
+        return Err(ApiError::bad_request(
+            "above_capacity",
+            format!("the lot has {} bays", lot.capacity),
+        ));
+    }
+    let (reply, answer) = oneshot::channel();
+    state
+        .occupancy
+        .send(OccupancyMessage::Recount {
+            lot: lot.idx,
+            occupied: request.occupied,
+            reply,
+        })
+        .await;
+    let counts: LotCounts = answer.await.map_err(|_| ApiError::Unavailable)??;
+    Ok(Json(RecountResponse {
+        lot: lot.id.to_string(),
+        total: counts.total,
+        free: counts.free,
+        occupied: counts.occupied,
+        unknown: counts.unknown,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_parse_within_their_ranges() {
+        assert_eq!(parse_point("30.27,120.15"), Some((30.27, 120.15)));
+        assert_eq!(parse_point(" -33.9 , 151.2 "), Some((-33.9, 151.2)));
+        assert_eq!(parse_point("91,0"), None);
+        assert_eq!(parse_point("0,181"), None);
+        assert_eq!(parse_point("30.27"), None);
+        assert_eq!(parse_point("a,b"), None);
+        assert_eq!(parse_point("NaN,1"), None);
+    }
+}
