@@ -242,8 +242,12 @@ impl World {
     }
 }
 
+/// A test's changes to the platform's configuration, applied at every (re)start.
+pub type Configure = std::sync::Arc<dyn Fn(&mut PlatformConfig) + Send + Sync>;
+
 /// A running platform and how to reach it.
 pub struct TestPlatform {
+    configure: Configure,
     pub setup: Setup,
     pub http: SocketAddr,
     pub mqtt: (String, u16),
@@ -258,6 +262,16 @@ pub struct TestPlatform {
 impl TestPlatform {
     /// Starts a platform with a fresh database provisioned with `world`.
     pub async fn start(setup: Setup, world: &World) -> Self {
+        Self::start_with(setup, world, |_| {}).await
+    }
+
+    /// [`TestPlatform::start`], with `configure` changing the configuration first.
+    pub async fn start_with(
+        setup: Setup,
+        world: &World,
+        configure: impl Fn(&mut PlatformConfig) + Send + Sync + 'static,
+    ) -> Self {
+        let configure: Configure = std::sync::Arc::new(configure);
         let (database_url, dir, pg_database) = match setup.database {
             Database::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
@@ -280,8 +294,9 @@ impl TestPlatform {
             .unwrap();
         db.close().await;
         let client_id = format!("parkflow-test-{}", Uuid::new_v4().simple());
-        let running = boot(setup, &database_url, &client_id, free_addr()).await;
+        let running = boot(setup, &database_url, &client_id, free_addr(), &configure).await;
         let platform = Self {
+            configure,
             setup,
             http: running.http,
             mqtt: running.mqtt,
@@ -331,7 +346,14 @@ impl TestPlatform {
         let mqtt_listen = self.mqtt_listen();
         let database_url = self.database_url.clone();
         let client_id = self.client_id.clone();
-        let running = boot(self.setup, &database_url, &client_id, mqtt_listen).await;
+        let running = boot(
+            self.setup,
+            &database_url,
+            &client_id,
+            mqtt_listen,
+            &self.configure,
+        )
+        .await;
         self.http = running.http;
         self.token = running.token;
         self.task = Some(running.task);
@@ -417,8 +439,9 @@ async fn boot(
     database_url: &str,
     client_id: &str,
     mqtt_listen: SocketAddr,
+    configure: &Configure,
 ) -> Running {
-    let platform = Platform::build(config(setup, database_url, client_id, mqtt_listen))
+    let platform = Platform::build(config(setup, database_url, client_id, mqtt_listen, configure))
         .await
         .expect("platform builds");
     let http = platform.http_addr();
@@ -438,6 +461,7 @@ fn config(
     database_url: &str,
     client_id: &str,
     mqtt_listen: SocketAddr,
+    configure: &Configure,
 ) -> PlatformConfig {
     let mqtt = match setup.broker {
         Broker::Embedded => MqttSetup::Embedded {
@@ -460,6 +484,10 @@ fn config(
     config.charging.idle_poll = Duration::from_millis(50);
     config.charging.retry_after = Duration::from_millis(100);
     config.arrears.poll = Duration::from_millis(100);
+    // Tests poll public endpoints often; the rate-limit test sets its own limit.
+    config.public_rate_per_second = 10_000;
+    config.occupancy.sweep_interval = Duration::from_millis(250);
+    configure(&mut config);
     config
 }
 

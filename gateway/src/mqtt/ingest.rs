@@ -146,6 +146,7 @@ impl Ingest {
                 )?;
                 self.occupancy
                     .send(OccupancyMessage::Events {
+                        registry,
                         events: vec![event],
                         ticket: message.ticket,
                     })
@@ -161,7 +162,9 @@ impl Ingest {
                     &message.payload,
                     message.received_at,
                 )?;
-                self.occupancy.send(OccupancyMessage::Heartbeat(beat)).await;
+                self.occupancy
+                    .send(OccupancyMessage::Heartbeat { registry, beat })
+                    .await;
                 Ok(())
             }
             Topic::BayPlate { lot, bay } => {
@@ -175,6 +178,7 @@ impl Ingest {
                 )?;
                 self.occupancy
                     .send(OccupancyMessage::Plate {
+                        registry,
                         bay,
                         read,
                         ticket: message.ticket,
@@ -195,6 +199,7 @@ impl Ingest {
                 }
                 self.occupancy
                     .send(OccupancyMessage::Events {
+                        registry,
                         events,
                         ticket: message.ticket,
                     })
@@ -208,10 +213,10 @@ impl Ingest {
                     .bays()
                     .device_by_id(device.as_str())
                     .filter(|d| d.kind == BayDeviceKind::Sensor);
-                match (status, sensor) {
-                    (DeviceStatus::Offline, Some(sensor)) => {
+                match (status, sensor.map(|s| s.bay)) {
+                    (DeviceStatus::Offline, Some(bay)) => {
                         self.occupancy
-                            .send(OccupancyMessage::Offline { bay: sensor.bay })
+                            .send(OccupancyMessage::Offline { registry, bay })
                             .await;
                     }
                     (DeviceStatus::Offline, None) => {

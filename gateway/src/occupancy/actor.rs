@@ -59,22 +59,31 @@ pub struct BayEvent {
     pub battery_pct: Option<u8>,
 }
 
-/// What the actor is told.
+/// What the actor is told. Bay numbers are those of `registry`, the snapshot ingest checked the
+/// message against; the actor translates them if its own registry is newer.
 #[derive(Debug)]
 pub enum OccupancyMessage {
     /// Occupancy events of one message (one, or a bridge batch's).
     Events {
+        registry: Arc<Registry>,
         events: Vec<BayEvent>,
         ticket: Option<Ticket>,
     },
-    Heartbeat(BayEvent),
+    Heartbeat {
+        registry: Arc<Registry>,
+        beat: BayEvent,
+    },
     Plate {
+        registry: Arc<Registry>,
         bay: BayIdx,
         read: BayPlate,
         ticket: Option<Ticket>,
     },
     /// A sensor's last will (or its own "offline"): its bay is unknown until heard again.
-    Offline { bay: BayIdx },
+    Offline {
+        registry: Arc<Registry>,
+        bay: BayIdx,
+    },
     /// A gated lot's open sessions now.
     GatedOpen { lot: LotIdx, open: u32 },
     /// An operator counted the cars in a gated lot.
@@ -124,6 +133,7 @@ struct Gated {
 /// The actor.
 pub struct OccupancyActor {
     config: OccupancyConfig,
+    registry_handle: RegistryHandle,
     registry: Arc<Registry>,
     state: OccupancyState,
     sessions: BaySessions,
@@ -155,6 +165,7 @@ impl OccupancyActor {
         db: crate::store::Db,
         now: DateTime<Utc>,
     ) -> Self {
+        let registry_handle = registry.clone();
         let registry = registry.snapshot();
         let mut state = OccupancyState::new(&registry.bays().bays_per_lot(), now);
         for (bay, occupied, seq) in restored.states {
@@ -193,6 +204,7 @@ impl OccupancyActor {
             db,
             round: BayBatch::default(),
             registry,
+            registry_handle,
         };
         actor.board.lots = (0..lots as LotIdx)
             .map(|lot| actor.lot_availability(lot, now))
@@ -246,7 +258,10 @@ impl OccupancyActor {
                     }
                     self.flush().await;
                 }
-                _ = publish.tick() => self.publish(Utc::now()),
+                _ = publish.tick() => {
+                    self.sync_registry();
+                    self.publish(Utc::now());
+                }
                 _ = mqtt.tick() => self.publish_mqtt(),
                 _ = sweep.tick() => {
                     self.sweep(Utc::now());
@@ -279,10 +294,58 @@ impl OccupancyActor {
         }
     }
 
+    /// Follows the registry: when it changed (lots or bays provisioned), the state is renumbered.
+    fn sync_registry(&mut self) {
+        let latest = self.registry_handle.snapshot();
+        if Arc::ptr_eq(&latest, &self.registry) {
+            return;
+        }
+        let old = std::mem::replace(&mut self.registry, latest.clone());
+        let new = latest;
+        self.state = self.state.remapped(&new.bays().bays_per_lot(), |bay| {
+            translate(&new, &old, bay)
+        });
+        self.sessions.remap(|bay| translate(&old, &new, bay));
+        let mut gated = vec![Gated::default(); new.lots().len()];
+        for lot in old.lots() {
+            if let (Some(to), Some(count)) = (new.lot_by_id(&lot.id), self.gated.get(lot.idx as usize)) {
+                gated[to.idx as usize] = *count;
+            }
+        }
+        self.gated = gated;
+        let now = Utc::now();
+        let lots = new.lots().len();
+        self.board.lots = (0..lots as LotIdx)
+            .map(|lot| self.lot_availability(lot, now))
+            .collect();
+        self.dirty = vec![false; lots];
+        self.mqtt_dirty = vec![true; lots];
+        self.availability.publish(self.board.clone());
+        tracing::info!(lots, bays = new.bays().len(), "occupancy follows the new registry");
+    }
+
+    /// A bay number of `from` in the actor's registry.
+    fn local(&self, from: &Arc<Registry>, bay: BayIdx) -> Option<BayIdx> {
+        if Arc::ptr_eq(from, &self.registry) {
+            Some(bay)
+        } else {
+            translate(from, &self.registry, bay)
+        }
+    }
+
     async fn handle(&mut self, message: OccupancyMessage) {
+        self.sync_registry();
         match message {
-            OccupancyMessage::Events { events, ticket } => {
-                for event in events {
+            OccupancyMessage::Events {
+                registry,
+                events,
+                ticket,
+            } => {
+                for mut event in events {
+                    let Some(bay) = self.local(&registry, event.bay) else {
+                        continue;
+                    };
+                    event.bay = bay;
                     self.state.set_battery_low(
                         event.bay,
                         event.battery_pct.map(|pct| pct < BATTERY_LOW_PCT),
@@ -310,7 +373,11 @@ impl OccupancyActor {
                 }
                 self.round.tickets.extend(ticket);
             }
-            OccupancyMessage::Heartbeat(beat) => {
+            OccupancyMessage::Heartbeat { registry, mut beat } => {
+                let Some(bay) = self.local(&registry, beat.bay) else {
+                    return;
+                };
+                beat.bay = bay;
                 self.metrics.bay_heartbeats.inc();
                 let change = self.state.heartbeat(
                     beat.bay,
@@ -333,15 +400,23 @@ impl OccupancyActor {
                 }
                 self.changed(change, beat.bay, beat.observed_at);
             }
-            OccupancyMessage::Plate { bay, read, ticket } => {
-                if let Some(write) = self.sessions.plate(bay, read) {
-                    self.round.sessions.push(write);
-                }
+            OccupancyMessage::Plate {
+                registry,
+                bay,
+                read,
+                ticket,
+            } => {
+                let write = self
+                    .local(&registry, bay)
+                    .and_then(|bay| self.sessions.plate(bay, read));
+                self.round.sessions.extend(write);
                 self.round.tickets.extend(ticket);
             }
-            OccupancyMessage::Offline { bay } => {
-                let change = self.state.offline(bay);
-                self.changed(change, bay, Utc::now());
+            OccupancyMessage::Offline { registry, bay } => {
+                if let Some(bay) = self.local(&registry, bay) {
+                    let change = self.state.offline(bay);
+                    self.changed(change, bay, Utc::now());
+                }
             }
             OccupancyMessage::GatedOpen { lot, open } => {
                 if let Some(gated) = self.gated.get_mut(lot as usize) {
@@ -370,7 +445,12 @@ impl OccupancyActor {
         occupied: u32,
     ) -> Result<LotCounts, crate::store::StoreError> {
         let open = self.gated.get(lot as usize).map_or(0, |g| g.open);
-        let lot_id = self.registry.lot(lot).id.clone();
+        let lot_id = self
+            .registry
+            .lots()
+            .get(lot as usize)
+            .map(|l| l.id.clone())
+            .ok_or_else(|| crate::store::StoreError::Corrupt(format!("lot number {lot}")))?;
         super::store::recount(&self.db, lot_id.as_str(), occupied, open, Utc::now()).await?;
         if let Some(gated) = self.gated.get_mut(lot as usize) {
             gated.correction = i64::from(occupied) - i64::from(open);
@@ -458,4 +538,11 @@ impl OccupancyActor {
             }
         }
     }
+}
+
+/// Bay `bay` of registry `from`, numbered in registry `to` (by lot id and bay id).
+fn translate(from: &Registry, to: &Registry, bay: BayIdx) -> Option<BayIdx> {
+    let lot = from.lots().get(from.bays().lot_of(bay) as usize)?;
+    let target = to.lot_by_id(&lot.id)?;
+    to.bays().find(target.idx, from.bays().name(bay))
 }

@@ -96,6 +96,19 @@ impl BaySessions {
         }
     }
 
+    /// Renumbers the bays after the registry changed; stays of bays that are gone are forgotten
+    /// here (their rows stay open in the database for an operator).
+    pub fn remap(&mut self, new_of: impl Fn(BayIdx) -> Option<BayIdx>) {
+        self.open = std::mem::take(&mut self.open)
+            .into_iter()
+            .filter_map(|(bay, session)| Some((new_of(bay)?, session)))
+            .collect();
+        self.pending = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|(bay, plate)| Some((new_of(bay)?, plate)))
+            .collect();
+    }
+
     pub fn open_count(&self) -> usize {
         self.open.len()
     }

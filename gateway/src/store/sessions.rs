@@ -232,6 +232,8 @@ pub struct SessionView {
     pub exited_at: Option<DateTime<Utc>>,
     pub exit_match: Option<String>,
     pub exit_match_score: Option<f64>,
+    /// The bay of an on-street stay.
+    pub bay_id: Option<String>,
     #[serde(skip)]
     pub fee_minor: Option<i64>,
     pub currency: Option<String>,
@@ -242,7 +244,7 @@ pub struct SessionView {
 
 const SESSION_COLUMNS: &str =
     "id, lot_id, plate, plate_color, status, pass_holder, entry_gate, entry_event_id, entered_at,
-     exit_gate, exit_event_id, exited_at, exit_match, exit_match_score, fee_minor, currency";
+     exit_gate, exit_event_id, exited_at, exit_match, exit_match_score, bay_id, fee_minor, currency";
 
 fn with_fee(mut view: SessionView) -> SessionView {
     view.fee = match (
@@ -304,6 +306,8 @@ pub struct ReviewView {
     pub event_id: Option<String>,
     pub plate: Option<String>,
     pub score: Option<f64>,
+    /// The bay of an on-street stay (for `no_plate`, the case's id is the stay's).
+    pub bay_id: Option<String>,
     #[serde(with = "parkflow_protocol::time::rfc3339")]
     pub created_at: DateTime<Utc>,
 }
@@ -315,7 +319,7 @@ pub async fn open_reviews(
     limit: u32,
 ) -> Result<Vec<ReviewView>, StoreError> {
     let rows: Vec<ReviewView> = on_db!(db, pool => sqlx::query_as(
-        "SELECT id, lot_id, kind, session_id, gate_id, event_id, plate, score, created_at FROM review_items
+        "SELECT id, lot_id, kind, session_id, gate_id, event_id, plate, score, bay_id, created_at FROM review_items
          WHERE resolved_at IS NULL AND ($1 IS NULL OR lot_id = $1) ORDER BY created_at, id LIMIT $2",
     )
     .bind(lot.map(LotId::as_str))
