@@ -113,7 +113,15 @@ pub async fn near(
 pub async fn stream(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let events = futures::stream::unfold(state.availability.subscribe(), |mut rx| async move {
+    Sse::new(events(state.availability.subscribe()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// A subscriber's events; the stream ends when the subscriber fell too far behind.
+fn events(
+    rx: broadcast::Receiver<Arc<LotAvailabilityView>>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(rx, |mut rx| async move {
         match rx.recv().await {
             Ok(view) => Some((Ok(event(&view)), rx)),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -122,8 +130,7 @@ pub async fn stream(
             }
             Err(broadcast::error::RecvError::Closed) => None,
         }
-    });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    })
 }
 
 fn event(view: &Arc<LotAvailabilityView>) -> Event {
@@ -251,6 +258,63 @@ pub async fn recount(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::availability::{AvailabilityHandle, STREAM_BUFFER};
+    use crate::registry::Location;
+    use futures::StreamExt;
+
+    fn view(lot: &str, occupied: u32) -> LotAvailabilityView {
+        let counts = LotCounts {
+            total: 10,
+            free: 10 - occupied,
+            occupied,
+            unknown: 0,
+        };
+        LotAvailabilityView {
+            lot: lot.to_owned(),
+            name: "Lot".to_owned(),
+            kind: LotKind::OnStreet,
+            location: Location { lat: 30.0, lon: 120.0 },
+            total: counts.total,
+            free: counts.free,
+            occupied: counts.occupied,
+            unknown: 0,
+            status: parkflow_protocol::LotStatus::SpacesAvailable,
+            observed_at: Utc::now(),
+            distance_m: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_receives_the_changes_after_it_subscribed() {
+        let handle = AvailabilityHandle::new(Board::default());
+        handle.announce(view("before", 1));
+        let mut stream = Box::pin(events(handle.subscribe()));
+        handle.announce(view("after", 2));
+        let first = stream.next().await.unwrap().unwrap();
+        let text = format!("{first:?}");
+        assert!(text.contains("after") && !text.contains("before"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_subscriber_is_dropped_and_the_others_are_not_held_back() {
+        let handle = AvailabilityHandle::new(Board::default());
+        let stalled = Box::pin(events(handle.subscribe()));
+        let mut keeping_up = Box::pin(events(handle.subscribe()));
+        assert_eq!(handle.subscribers(), 2);
+        // The stalled one reads nothing while more changes than the buffer holds go by; the one
+        // keeping up reads each as it comes, and announcing never waits for either.
+        for i in 0..STREAM_BUFFER + 10 {
+            handle.announce(view(&format!("lot-{i}"), 1));
+            assert!(keeping_up.next().await.is_some());
+        }
+        let mut stalled = stalled;
+        assert!(
+            stalled.next().await.is_none(),
+            "a subscriber that fell behind gets no more events"
+        );
+        drop(stalled);
+        assert_eq!(handle.subscribers(), 1, "its place is given up");
+    }
 
     #[test]
     fn points_parse_within_their_ranges() {

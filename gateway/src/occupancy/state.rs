@@ -485,5 +485,34 @@ mod tests {
                 prop_assert_eq!(state.occupancy(0), if winner { Occupancy::Occupied } else { Occupancy::Free });
             }
         }
+
+        #[test]
+        fn a_renumbered_city_keeps_what_each_bay_knew(
+            ops in proptest::collection::vec(op(), 0..100),
+            inserted in 0..4u32,
+        ) {
+            // Lot 2 gains `inserted` bays at its start: its old bays move up by that much.
+            let mut state = OccupancyState::new(&[5, 0, 7, 8], t(0));
+            for op in ops {
+                if let Op::Event { bay, occupied, seq, at } = op {
+                    state.apply(bay, occupied, seq, t(at));
+                }
+            }
+            let old_of = |bay: BayIdx| match bay {
+                0..5 => Some(bay),
+                b if b < 5 + inserted => None,
+                b => Some(b - inserted),
+            };
+            let renumbered = state.remapped(&[5, 0, 7 + inserted, 8], old_of);
+            for bay in 0..renumbered.bays() as BayIdx {
+                let expected = old_of(bay).map_or(Occupancy::Unknown, |old| state.occupancy(old));
+                prop_assert_eq!(renumbered.occupancy(bay), expected);
+            }
+            for lot in 0..4 {
+                let counts = renumbered.counts(lot);
+                prop_assert_eq!(counts.free + counts.occupied + counts.unknown, counts.total);
+            }
+            prop_assert_eq!(renumbered.counts(2).total, 7 + inserted);
+        }
     }
 }
