@@ -1,5 +1,6 @@
-//! The demo city: a few gated lots near West Lake, their cameras with fresh credentials, drivers,
-//! and tariffs that use every feature; simulated traffic drives all but one lane of each lot.
+//! The demo city: a few gated lots near West Lake and on-street zones, their cameras, bay sensors
+//! and bridges with fresh credentials, drivers, and tariffs that use every feature; simulated
+//! traffic drives all but one lane of each lot and every bay of every zone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use parkflow_gateway::store::provision::{DevicePlan, DriverPlan, LotPlan, Operat
 use parkflow_protocol::{DeviceAuth, DeviceId};
 use parkflow_sensors_sim::camera::{self, CameraConfig};
 use parkflow_sensors_sim::city::LaneDirection;
+use parkflow_sensors_sim::street::{self, StreetConfig, StreetStats, ZoneKeys};
 use parkflow_sensors_sim::traffic::{self, TrafficConfig};
-use parkflow_sensors_sim::{City, CityConfig, DeviceEntry, DeviceKind, DevicesFile, Stats};
+use parkflow_sensors_sim::{City, CityConfig, DeviceEntry, DeviceKind, DevicesFile, Stats, Zone};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -26,6 +28,8 @@ pub struct Demo {
     pub city: City,
     pub plan: Plan,
     pub devices: DevicesFile,
+    pub zones: Vec<(Zone, ZoneKeys)>,
+    pub street_stats: Arc<StreetStats>,
 }
 
 /// Tariff of the `i`-th demo lot. Short demo stays (seconds to minutes) still cost something:
@@ -81,6 +85,7 @@ impl Demo {
                     })
                     .collect(),
                 bays: Vec::new(),
+                max_stay_minutes: None,
                 tariffs: vec![demo_tariff(i)],
             });
             for lane in &lot.lanes {
@@ -110,6 +115,16 @@ impl Demo {
                 devices.devices.push(entry);
             }
         }
+        let mut zones = Vec::with_capacity(city.zones.len());
+        for (i, zone) in city.zones.iter().enumerate() {
+            let (lot_plan, zone_devices, keys) = zone_plan(zone, city.lots.len() + i);
+            plan.lots.push(lot_plan);
+            for (device, entry) in zone_devices {
+                plan.devices.push(device);
+                devices.devices.push(entry);
+            }
+            zones.push((zone.clone(), keys));
+        }
         for (n, driver) in city.drivers.iter().enumerate().filter(|(_, d)| d.enrolled) {
             plan.drivers.push(DriverPlan {
                 // The same plate is the same driver on every run of the demo.
@@ -129,6 +144,8 @@ impl Demo {
             city,
             plan,
             devices,
+            zones,
+            street_stats: Arc::new(StreetStats::default()),
         }
     }
 
@@ -155,8 +172,91 @@ impl Demo {
             );
             cameras.insert((device.lot.clone(), gate), handle);
         }
+        street::spawn(
+            &self.zones,
+            Arc::new(self.city.drivers.clone()),
+            host,
+            port,
+            &StreetConfig::demo(),
+            self.street_stats.clone(),
+            &tracker,
+            token.clone(),
+        );
         traffic::drive(&self.city, &cameras, &TrafficConfig::demo(), stats, token).await;
         tracker.close();
         tracker.wait().await;
     }
+}
+
+/// A zone's lot, its devices (sensors, cameras, the bridge) with fresh credentials, and the keys
+/// the simulator signs with. The first zone has a short maximum stay, so overstays show.
+pub fn zone_plan(zone: &Zone, tariff: usize) -> (LotPlan, Vec<(DevicePlan, DeviceEntry)>, ZoneKeys) {
+    let lot = LotPlan {
+        id: zone.id.clone(),
+        operator_id: OPERATOR.into(),
+        name: zone.name.clone(),
+        kind: LotKind::OnStreet,
+        lat: zone.lat,
+        lon: zone.lon,
+        capacity: zone.bays,
+        time_zone: "Asia/Shanghai".into(),
+        device_auth: DeviceAuth::Signed,
+        gates: Vec::new(),
+        bays: (0..zone.bays).map(|i| zone.bay(i)).collect(),
+        max_stay_minutes: Some(if tariff.is_multiple_of(2) { 3 } else { 120 }),
+        tariffs: vec![demo_tariff(tariff)],
+    };
+    let device = |id: DeviceId, kind: DeviceKind, bay| {
+        let entry = DeviceEntry {
+            id: id.clone(),
+            kind,
+            lot: zone.id.clone(),
+            gate: None,
+            bay,
+            mqtt_username: id.to_string(),
+            mqtt_password: random_secret(),
+            secret: random_secret(),
+            simulated: true,
+        };
+        let plan = DevicePlan {
+            id,
+            kind: match kind {
+                DeviceKind::BaySensor => RegistryDeviceKind::BaySensor,
+                DeviceKind::BayCamera => RegistryDeviceKind::BayCamera,
+                DeviceKind::Bridge => RegistryDeviceKind::Bridge,
+                DeviceKind::GateCamera => RegistryDeviceKind::GateCamera,
+            },
+            lot: Some(zone.id.clone()),
+            gate: None,
+            bay: entry.bay.clone(),
+            mqtt_username: entry.mqtt_username.clone(),
+            mqtt_password: entry.mqtt_password.clone(),
+            secret: entry.secret.clone(),
+        };
+        (plan, entry)
+    };
+    let mut devices = Vec::new();
+    let mut sensors = Vec::with_capacity(zone.bays as usize);
+    let mut cameras = Vec::new();
+    for i in 0..zone.bays {
+        let (plan, entry) = device(zone.sensor(i), DeviceKind::BaySensor, Some(zone.bay(i)));
+        sensors.push(entry.secret.clone());
+        devices.push((plan, entry));
+        if zone.cameras {
+            let (plan, entry) = device(zone.camera(i), DeviceKind::BayCamera, Some(zone.bay(i)));
+            cameras.push(entry.secret.clone());
+            devices.push((plan, entry));
+        }
+    }
+    let (bridge_plan, bridge_entry) = device(zone.bridge(), DeviceKind::Bridge, None);
+    let keys = ZoneKeys {
+        bridge: bridge_entry.id.clone(),
+        bridge_username: bridge_entry.mqtt_username.clone(),
+        bridge_password: bridge_entry.mqtt_password.clone(),
+        bridge_secret: bridge_entry.secret.clone(),
+        sensors,
+        cameras,
+    };
+    devices.push((bridge_plan, bridge_entry));
+    (lot, devices, keys)
 }

@@ -227,9 +227,17 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
                 "  devices       pass --demo-devices FILE to write the demo's device credentials"
             ),
         }
+        if let Some(zone) = demo.city.zones.first() {
+            println!("  availability  http://{http}/v1/lots/{}/availability", zone.id);
+        }
+        println!("  near me       http://{http}/v1/lots?near=30.25,120.15&radius_m=20000");
+        println!("  live stream   http://{http}/v1/availability/stream");
+        println!("  feeds         http://{http}/v1/feeds/fiware  http://{http}/v1/feeds/datex2");
         println!(
-            "  demo traffic  {} lots, {} drivers",
+            "  demo traffic  {} gated lots, {} street zones ({} bays with sensors), {} drivers",
             demo.city.lots.len(),
+            demo.city.zones.len(),
+            demo.city.zones.iter().map(|z| u64::from(z.bays)).sum::<u64>(),
             demo.city.drivers.len()
         );
     }
@@ -238,6 +246,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let mut platform_task = tokio::spawn(platform.run(token.clone()));
     if let Some(demo) = demo {
         let stats = Arc::new(Stats::default());
+        let street_stats = demo.street_stats.clone();
         let (host, port) = (mqtt_host.clone(), mqtt_port);
         let drive_token = token.clone();
         let drive_stats = stats.clone();
@@ -249,7 +258,11 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             loop {
                 tokio::select! {
                     () = report_token.cancelled() => break,
-                    _ = every.tick() => tracing::info!(summary = %stats.summary(), "demo traffic"),
+                    _ = every.tick() => tracing::info!(
+                        gated = %stats.summary(),
+                        street = %street_stats.summary(),
+                        "demo traffic"
+                    ),
                 }
             }
         });

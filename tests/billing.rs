@@ -66,6 +66,7 @@ async fn fixture(db: &Db) -> Fixture {
                 device_auth: DeviceAuth::Signed,
                 gates: Vec::new(),
                 bays: Vec::new(),
+                max_stay_minutes: None,
                 tariffs: vec![demo_tariff(i)],
             })
             .collect(),

@@ -1,7 +1,8 @@
-//! A city model, seeded and reproducible: gated lots with entry and exit lanes, and the drivers
-//! who park there.
+//! A city model, seeded and reproducible: gated lots with entry and exit lanes, on-street zones
+//! whose bays have sensors (some also cameras) reporting through a bridge, and the drivers who
+//! park there. Bays are not listed one by one: a zone knows how many it has and names them.
 
-use parkflow_protocol::{GateId, LotId, Plate, PlateColor};
+use parkflow_protocol::{BayId, DeviceId, GateId, LotId, Plate, PlateColor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -21,6 +22,13 @@ pub struct CityConfig {
     pub enrolled_share: f64,
     /// Share of enrolled drivers suspended for arrears.
     pub suspended_share: f64,
+    /// On-street zones and their bays (each with a sensor).
+    pub zones: usize,
+    pub bays_per_zone: u32,
+    /// Share of zones whose sensors' events travel in bridge batches (the others: one message each).
+    pub bridged_share: f64,
+    /// Share of zones whose bays also have a camera reading plates.
+    pub camera_share: f64,
 }
 
 impl CityConfig {
@@ -33,7 +41,81 @@ impl CityConfig {
             drivers: 400,
             enrolled_share: 0.9,
             suspended_share: 0.02,
+            zones: 2,
+            bays_per_zone: 40,
+            bridged_share: 0.5,
+            camera_share: 1.0,
         }
+    }
+
+    /// A Hangzhou-sized city: 848,000 sensor bays in 2,120 zones of 400, and 300 gated lots.
+    pub fn hangzhou() -> Self {
+        Self {
+            seed: 848,
+            gated_lots: 300,
+            capacity: 200,
+            drivers: 50_000,
+            enrolled_share: 0.8,
+            suspended_share: 0.01,
+            zones: 2_120,
+            bays_per_zone: 400,
+            bridged_share: 0.95,
+            camera_share: 0.3,
+        }
+    }
+
+    /// A named preset: `demo`, `district` (a tenth of a city) or `hangzhou`.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "demo" => Some(Self::demo()),
+            "district" => Some(Self {
+                gated_lots: 30,
+                zones: 212,
+                drivers: 5_000,
+                ..Self::hangzhou()
+            }),
+            "hangzhou" => Some(Self::hangzhou()),
+            _ => None,
+        }
+    }
+}
+
+/// An on-street zone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Zone {
+    pub id: LotId,
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub bays: u32,
+    /// Events go in bridge batches (else one message per event, still through the bridge's link).
+    pub bridged: bool,
+    pub cameras: bool,
+}
+
+fn valid<T, E>(parsed: Result<T, E>) -> T {
+    parsed.unwrap_or_else(|_| unreachable!("valid by construction"))
+}
+
+impl Zone {
+    /// The id of bay `i`.
+    pub fn bay(&self, i: u32) -> BayId {
+        valid(BayId::parse(&format!("b-{i:04}")))
+    }
+
+    /// The sensor of bay `i`.
+    pub fn sensor(&self, i: u32) -> DeviceId {
+        valid(DeviceId::parse(&format!("s-{}-{i:04}", self.id)))
+    }
+
+    /// The camera of bay `i` (in zones with cameras).
+    pub fn camera(&self, i: u32) -> DeviceId {
+        valid(DeviceId::parse(&format!("c-{}-{i:04}", self.id)))
+    }
+
+    /// The network-server bridge that carries the zone's traffic.
+    pub fn bridge(&self) -> DeviceId {
+        valid(DeviceId::parse(&format!("nb-{}", self.id)))
     }
 }
 
@@ -78,6 +160,7 @@ pub struct Driver {
 #[derive(Debug, Clone, PartialEq)]
 pub struct City {
     pub lots: Vec<GatedLot>,
+    pub zones: Vec<Zone>,
     pub drivers: Vec<Driver>,
 }
 
@@ -110,6 +193,18 @@ impl City {
                 }
             })
             .collect();
+        let zones = (0..config.zones)
+            .map(|i| Zone {
+                id: valid(LotId::parse(&format!("hz-zone-{i:04}"))),
+                name: format!("Street zone {}", i + 1),
+                // Spread over the city around West Lake.
+                lat: 30.25 + rng.random_range(-0.15..0.15),
+                lon: 120.15 + rng.random_range(-0.15..0.15),
+                bays: config.bays_per_zone,
+                bridged: rng.random_bool(config.bridged_share),
+                cameras: rng.random_bool(config.camera_share),
+            })
+            .collect();
         let mut seen = std::collections::HashSet::new();
         let mut drivers = Vec::with_capacity(config.drivers);
         while drivers.len() < config.drivers {
@@ -130,7 +225,11 @@ impl City {
                 suspended: enrolled && rng.random_bool(config.suspended_share),
             });
         }
-        Self { lots, drivers }
+        Self {
+            lots,
+            zones,
+            drivers,
+        }
     }
 }
 

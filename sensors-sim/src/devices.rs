@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub enum DeviceKind {
     GateCamera,
     BaySensor,
+    BayCamera,
+    Bridge,
 }
 
 /// One device and its credentials.

@@ -7,8 +7,9 @@ pub mod camera;
 pub mod city;
 pub mod devices;
 pub mod stats;
+pub mod street;
 pub mod traffic;
 
-pub use city::{City, CityConfig};
+pub use city::{City, CityConfig, Zone};
 pub use devices::{DeviceEntry, DeviceKind, DevicesFile};
 pub use stats::Stats;

@@ -92,6 +92,7 @@ impl Fixture {
                 device_auth: DeviceAuth::Signed,
                 gates: vec![(self.gate.clone(), GateDirection::Both)],
                 bays: Vec::new(),
+                max_stay_minutes: None,
                 tariffs: vec![demo_tariff(0)],
             }],
             devices: vec![DevicePlan {

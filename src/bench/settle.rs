@@ -158,6 +158,7 @@ impl Fleet {
                     device_auth: DeviceAuth::Signed,
                     gates: Vec::new(),
                     bays: Vec::new(),
+                    max_stay_minutes: None,
                     tariffs: vec![lot.tariff.definition().clone()],
                 })
                 .collect(),

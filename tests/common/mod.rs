@@ -200,6 +200,7 @@ impl World {
                     (exit.clone(), GateDirection::Exit),
                 ],
                 bays: Vec::new(),
+                max_stay_minutes: None,
                 // Grace 0, 15-minute units, first unit 5.00 by day; night 1.00 capped at 5.00.
                 tariffs: vec![demo_tariff(0)],
             }],

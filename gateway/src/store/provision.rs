@@ -40,6 +40,8 @@ pub struct LotPlan {
     pub device_auth: DeviceAuth,
     pub gates: Vec<(GateId, GateDirection)>,
     pub bays: Vec<BayId>,
+    /// Stays longer than this are flagged as overstays.
+    pub max_stay_minutes: Option<u32>,
     /// Tariff versions; each is stored once per `effective_from`.
     pub tariffs: Vec<TariffDefinition>,
 }
@@ -91,6 +93,9 @@ pub struct BlockPlan {
     pub reason: String,
 }
 
+/// Rows per multi-row statement (bays and devices come by the hundred thousand in a city).
+const ROWS_PER_STATEMENT: usize = 500;
+
 /// Writes `plan` in one transaction.
 pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), StoreError> {
     let now = db_time(now);
@@ -109,10 +114,11 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
         }
         for lot in &plan.lots {
             sqlx::query(
-                "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, lat = excluded.lat, lon = excluded.lon,
-                     capacity = excluded.capacity, time_zone = excluded.time_zone, device_auth = excluded.device_auth",
+                     capacity = excluded.capacity, time_zone = excluded.time_zone, device_auth = excluded.device_auth,
+                     max_stay_minutes = excluded.max_stay_minutes",
             )
             .bind(lot.id.as_str())
             .bind(&lot.operator_id)
@@ -123,6 +129,7 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
             .bind(i64::from(lot.capacity))
             .bind(&lot.time_zone)
             .bind(lot.device_auth.as_str())
+            .bind(lot.max_stay_minutes.map(i64::from))
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -137,12 +144,13 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
                 .execute(&mut *tx)
                 .await?;
             }
-            for bay in &lot.bays {
-                sqlx::query("INSERT INTO bays (lot_id, id) VALUES ($1, $2) ON CONFLICT (lot_id, id) DO NOTHING")
-                    .bind(lot.id.as_str())
-                    .bind(bay.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+            for chunk in lot.bays.chunks(ROWS_PER_STATEMENT) {
+                let mut query = sqlx::QueryBuilder::new("INSERT INTO bays (lot_id, id) ");
+                query.push_values(chunk, |mut row, bay| {
+                    row.push_bind(lot.id.as_str()).push_bind(bay.as_str());
+                });
+                query.push(" ON CONFLICT (lot_id, id) DO NOTHING");
+                query.build().execute(&mut *tx).await?;
             }
             for tariff in &lot.tariffs {
                 let definition = serde_json::to_string(tariff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -159,25 +167,27 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
                 .await?;
             }
         }
-        for device in &plan.devices {
-            sqlx::query(
-                "INSERT INTO devices (id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, lot_id = excluded.lot_id, gate_id = excluded.gate_id,
+        for chunk in plan.devices.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::new(
+                "INSERT INTO devices (id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, created_at) ",
+            );
+            query.push_values(chunk, |mut row, device| {
+                row.push_bind(device.id.as_str())
+                    .push_bind(device.kind.as_str())
+                    .push_bind(device.lot.as_ref().map(LotId::as_str))
+                    .push_bind(device.gate.as_ref().map(GateId::as_str))
+                    .push_bind(device.bay.as_ref().map(BayId::as_str))
+                    .push_bind(&device.mqtt_username)
+                    .push_bind(password_hash(&device.mqtt_password))
+                    .push_bind(&device.secret)
+                    .push_bind(now);
+            });
+            query.push(
+                " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, lot_id = excluded.lot_id, gate_id = excluded.gate_id,
                      bay_id = excluded.bay_id, mqtt_username = excluded.mqtt_username,
                      mqtt_password_hash = excluded.mqtt_password_hash, secret = excluded.secret, revoked_at = NULL",
-            )
-            .bind(device.id.as_str())
-            .bind(device.kind.as_str())
-            .bind(device.lot.as_ref().map(LotId::as_str))
-            .bind(device.gate.as_ref().map(GateId::as_str))
-            .bind(device.bay.as_ref().map(BayId::as_str))
-            .bind(&device.mqtt_username)
-            .bind(password_hash(&device.mqtt_password))
-            .bind(&device.secret)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            );
+            query.build().execute(&mut *tx).await?;
         }
         for driver in &plan.drivers {
             sqlx::query(
