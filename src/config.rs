@@ -55,6 +55,16 @@ pub enum Scenario {
         #[arg(long, default_value_t = 2_000)]
         reads: usize,
     },
+    /// Every bay's state through bridge batches, then one message per bay, until durable.
+    Burst {
+        #[arg(long, default_value_t = 848_000)]
+        bays: usize,
+    },
+    /// The gateway's resident memory with a city's bays loaded, beside 16 bytes a bay.
+    Memory {
+        #[arg(long, default_value_t = 848_000)]
+        bays: usize,
+    },
     /// Settlement of closed sessions (price, charge, ledger, settle), beside a raw bulk insert.
     Settle {
         #[arg(long, default_value_t = 1_000_000)]

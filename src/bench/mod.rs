@@ -3,6 +3,7 @@
 //! Figures are for BENCHMARKS.md; nothing here is a test.
 
 pub mod barrier;
+pub mod city;
 pub mod settle;
 
 use std::time::Duration;

@@ -1,0 +1,456 @@
+//! `parkflow bench burst` and `parkflow bench memory`: a city's bays (848,000 by default) in
+//! zones of 400 with a sensor each and a bridge per zone, provisioned into a fresh SQLite
+//! database and served by `parkflow run` in a child process — so its resident memory is the
+//! gateway's own (with its embedded broker), not the load generator's.
+//!
+//! `memory` reads the child's RSS once the registry is loaded, beside 16 bytes a bay.
+//! `burst` then replays every bay's state through bridge batches (1,000 events each), and again
+//! as one signed message per bay, timing each until every state is applied and durable (the
+//! gateway's `parkflow_bay_states_written_total`), beside a raw bulk insert of as many rows.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use parkflow_gateway::registry::{DeviceKind, LotKind};
+use parkflow_gateway::store::Db;
+use parkflow_gateway::store::provision::{DevicePlan, LotPlan, OperatorPlan, Plan, provision};
+use parkflow_protocol::sign::seal;
+use parkflow_protocol::{
+    BayId, BridgeBatch, BridgeEvent, DeviceAuth, DeviceId, EventId, LotId, OccupancyEvent, Topic,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use uuid::Uuid;
+
+use super::ratio;
+use crate::demo::demo_tariff;
+
+/// Bays per zone, as in the Hangzhou preset.
+const BAYS_PER_ZONE: u32 = 400;
+/// Zones provisioned per transaction.
+const ZONES_PER_PLAN: usize = 50;
+/// MQTT connections the load comes through.
+const CONNECTIONS: usize = 4;
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// 16 random bytes, URL-safe base64: a bay device's key.
+fn short_secret() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The city the bench provisions: zone ids and every key the load generator signs with.
+struct BenchCity {
+    zones: Vec<LotId>,
+    bridge_keys: Vec<(DeviceId, String, String)>,
+    /// Sensor keys, zone by zone, bay by bay.
+    sensor_keys: Vec<String>,
+}
+
+fn zone_id(z: usize) -> anyhow::Result<LotId> {
+    Ok(LotId::parse(&format!("bz-{z:05}"))?)
+}
+
+fn bay_id(b: u32) -> anyhow::Result<BayId> {
+    Ok(BayId::parse(&format!("b-{b:04}"))?)
+}
+
+fn sensor_id(zone: &LotId, b: u32) -> anyhow::Result<DeviceId> {
+    Ok(DeviceId::parse(&format!("s-{zone}-{b:04}"))?)
+}
+
+async fn provision_city(db: &Db, bays: usize) -> anyhow::Result<BenchCity> {
+    let zones = bays.div_ceil(BAYS_PER_ZONE as usize);
+    let mut city = BenchCity {
+        zones: Vec::with_capacity(zones),
+        bridge_keys: Vec::with_capacity(zones),
+        sensor_keys: Vec::with_capacity(bays),
+    };
+    let mut left = bays;
+    for first in (0..zones).step_by(ZONES_PER_PLAN) {
+        let mut plan = Plan {
+            operators: vec![OperatorPlan {
+                id: "bench".into(),
+                name: "Bench operator".into(),
+            }],
+            ..Plan::default()
+        };
+        for z in first..(first + ZONES_PER_PLAN).min(zones) {
+            let zone = zone_id(z)?;
+            let n = left.min(BAYS_PER_ZONE as usize) as u32;
+            left -= n as usize;
+            plan.lots.push(LotPlan {
+                id: zone.clone(),
+                operator_id: "bench".into(),
+                name: format!("Bench zone {z}"),
+                kind: LotKind::OnStreet,
+                lat: 30.1 + (z % 100) as f64 * 0.003,
+                lon: 120.0 + (z / 100) as f64 * 0.003,
+                capacity: n,
+                time_zone: "Asia/Shanghai".into(),
+                device_auth: DeviceAuth::Signed,
+                gates: Vec::new(),
+                bays: (0..n).map(bay_id).collect::<anyhow::Result<_>>()?,
+                max_stay_minutes: None,
+                tariffs: vec![demo_tariff(z)],
+            });
+            for b in 0..n {
+                let secret = short_secret();
+                let id = sensor_id(&zone, b)?;
+                plan.devices.push(DevicePlan {
+                    mqtt_username: id.to_string(),
+                    id,
+                    kind: DeviceKind::BaySensor,
+                    lot: Some(zone.clone()),
+                    gate: None,
+                    bay: Some(bay_id(b)?),
+                    mqtt_password: short_secret(),
+                    secret: secret.clone(),
+                });
+                city.sensor_keys.push(secret);
+            }
+            let bridge = DeviceId::parse(&format!("nb-{zone}"))?;
+            let (password, secret) = (short_secret(), short_secret());
+            plan.devices.push(DevicePlan {
+                id: bridge.clone(),
+                kind: DeviceKind::Bridge,
+                lot: Some(zone.clone()),
+                gate: None,
+                bay: None,
+                mqtt_username: bridge.to_string(),
+                mqtt_password: password.clone(),
+                secret: secret.clone(),
+            });
+            city.bridge_keys.push((bridge, password, secret));
+            city.zones.push(zone);
+        }
+        provision(db, &plan, Utc::now()).await?;
+    }
+    Ok(city)
+}
+
+/// `parkflow run` in a child process on the bench's database.
+struct Gateway {
+    child: Child,
+    http: u16,
+    mqtt: u16,
+}
+
+impl Gateway {
+    fn spawn(database_url: &str) -> anyhow::Result<Self> {
+        let (http, mqtt) = (free_port()?, free_port()?);
+        let child = Command::new(std::env::current_exe()?)
+            .args([
+                "run",
+                "--database-url",
+                database_url,
+                "--http-listen",
+                &format!("127.0.0.1:{http}"),
+                "--mqtt-listen",
+                &format!("127.0.0.1:{mqtt}"),
+                "--public-rate",
+                "1000000",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("failed to start the gateway process")?;
+        Ok(Self { child, http, mqtt })
+    }
+
+    async fn wait_ready(&mut self, client: &reqwest::Client) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.http);
+        for _ in 0..6_000 {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("the gateway process exited: {status}");
+            }
+            if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the gateway was not ready within 10 minutes")
+    }
+
+    /// The resident set size of the gateway process, in bytes.
+    fn rss(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")?;
+        Ok(kb * 1024)
+    }
+
+    async fn metric(&self, client: &reqwest::Client, series: &str) -> anyhow::Result<f64> {
+        let text = client
+            .get(format!("http://127.0.0.1:{}/metrics", self.http))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+}
+
+impl Gateway {
+    /// The sum of every series starting with `prefix` (a family's labelled series).
+    async fn metric_sum(&self, client: &reqwest::Client, prefix: &str) -> anyhow::Result<f64> {
+        let text = client
+            .get(format!("http://127.0.0.1:{}/metrics", self.http))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects `CONNECTIONS` publishers logged in as the first bridges.
+async fn publishers(city: &BenchCity, port: u16) -> anyhow::Result<Vec<AsyncClient>> {
+    let mut clients = Vec::new();
+    for (bridge, password, _) in city.bridge_keys.iter().take(CONNECTIONS) {
+        let mut options = MqttOptions::new(bridge.as_str(), "127.0.0.1", port);
+        options.set_credentials(bridge.as_str(), password);
+        options.set_keep_alive(Duration::from_secs(60));
+        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        options.set_inflight(1_000);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .context("publisher did not connect")??;
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// Publishes every message over the connections, in order per connection.
+async fn publish_all(clients: &[AsyncClient], messages: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+    let mut lanes: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); clients.len()];
+    for (i, message) in messages.into_iter().enumerate() {
+        lanes[i % clients.len()].push(message);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (client, lane) in clients.iter().cloned().zip(lanes) {
+        tasks.spawn(async move {
+            for (topic, payload) in lane {
+                client.publish(topic, QoS::AtLeastOnce, false, payload).await?;
+            }
+            Ok::<_, rumqttc::ClientError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// Waits until the gateway has made `target` bay states durable; the seconds since `start`.
+async fn until_written(gateway: &Gateway, client: &reqwest::Client, target: f64, start: Instant) -> anyhow::Result<f64> {
+    loop {
+        let written = gateway.metric(client, "parkflow_bay_states_written_total").await?;
+        if written >= target {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > Duration::from_secs(1_800) {
+            anyhow::bail!("only {written} of {target} bay states written after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn event_id() -> anyhow::Result<EventId> {
+    Ok(EventId::parse(&Uuid::new_v4().to_string())?)
+}
+
+/// Every bay's state as bridge batches of 1,000 (seq 1).
+fn bridge_batches(city: &BenchCity, bays: usize) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let now = Utc::now();
+    let mut messages = Vec::new();
+    let mut left = bays;
+    for (zone, (bridge, _, secret)) in city.zones.iter().zip(&city.bridge_keys) {
+        let n = left.min(BAYS_PER_ZONE as usize) as u32;
+        left -= n as usize;
+        let topic = Topic::BridgeOccupancy {
+            device: bridge.clone(),
+        };
+        let events: Vec<BridgeEvent> = (0..n)
+            .map(|b| {
+                Ok(BridgeEvent {
+                    lot: zone.clone(),
+                    bay: bay_id(b)?,
+                    event_id: event_id()?,
+                    occupied: b % 2 == 0,
+                    observed_at: now,
+                    seq: 1,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        // A zone's 400 events fit one batch; bigger zones would be cut at 1,000.
+        for chunk in events.chunks(BridgeBatch::MAX_EVENTS) {
+            let batch = BridgeBatch {
+                events: chunk.to_vec(),
+            };
+            messages.push((topic.to_string(), seal(&topic, &batch, bridge, secret.as_bytes())));
+        }
+    }
+    Ok(messages)
+}
+
+/// Every bay's next state as one message from its own sensor (seq 2).
+fn single_messages(city: &BenchCity, bays: usize) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let now = Utc::now();
+    let mut messages = Vec::with_capacity(bays);
+    for (i, secret) in city.sensor_keys.iter().enumerate().take(bays) {
+        let zone = &city.zones[i / BAYS_PER_ZONE as usize];
+        let b = (i % BAYS_PER_ZONE as usize) as u32;
+        let topic = Topic::BayOccupancy {
+            lot: zone.clone(),
+            bay: bay_id(b)?,
+        };
+        let body = OccupancyEvent {
+            event_id: event_id()?,
+            occupied: b % 2 == 1,
+            observed_at: now,
+            seq: 2,
+            battery_pct: Some(70),
+        };
+        messages.push((
+            topic.to_string(),
+            seal(&topic, &body, &sensor_id(zone, b)?, secret.as_bytes()),
+        ));
+    }
+    Ok(messages)
+}
+
+/// The baseline: the same number of rows bulk-inserted into a bare SQLite table.
+async fn raw_bulk_insert(dir: &std::path::Path, rows: usize) -> anyhow::Result<f64> {
+    let db = Db::connect(&format!("sqlite:{}", dir.join("raw.db").display())).await?;
+    let Db::Sqlite(pool) = &db else {
+        anyhow::bail!("expected sqlite")
+    };
+    sqlx::query("CREATE TABLE raw_states (lot_id TEXT, bay_id TEXT, occupied INTEGER, seq INTEGER, observed_at TEXT, PRIMARY KEY (lot_id, bay_id))")
+        .execute(pool)
+        .await?;
+    let start = Instant::now();
+    let now = Utc::now();
+    let mut tx = pool.begin().await?;
+    let rows: Vec<usize> = (0..rows).collect();
+    for chunk in rows.chunks(500) {
+        let mut query = sqlx::QueryBuilder::new(
+            "INSERT INTO raw_states (lot_id, bay_id, occupied, seq, observed_at) ",
+        );
+        query.push_values(chunk, |mut row, i| {
+            row.push_bind(format!("bz-{:05}", i / BAYS_PER_ZONE as usize))
+                .push_bind(format!("b-{:04}", i % BAYS_PER_ZONE as usize))
+                .push_bind(i % 2 == 0)
+                .push_bind(1_i64)
+                .push_bind(now);
+        });
+        query.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    let seconds = start.elapsed().as_secs_f64();
+    db.close().await;
+    Ok(seconds)
+}
+
+/// Runs `memory` (and, with `burst`, the replays).
+pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let database_url = format!("sqlite:{}", dir.path().join("city.db").display());
+    let started = Instant::now();
+    let db = Db::connect(&database_url).await?;
+    let city = provision_city(&db, bays).await?;
+    db.close().await;
+    println!(
+        "bays={bays} zones={} provision_s={:.1}",
+        city.zones.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let client = reqwest::Client::new();
+    let loading = Instant::now();
+    let mut gateway = Gateway::spawn(&database_url)?;
+    gateway.wait_ready(&client).await?;
+    let rss = gateway.rss()? as f64;
+    let per_bay = rss / bays as f64;
+    println!(
+        "gateway_load_s={:.2} rss_loaded_mb={:.1} rss_bytes_per_bay={per_bay:.1} baseline_bytes_per_bay=16",
+        loading.elapsed().as_secs_f64(),
+        rss / 1e6
+    );
+    println!("{}", ratio("rss_loaded_mb", rss / 1e6, 100.0, true));
+    println!("{}", ratio("rss_per_bay_vs_16_bytes", per_bay / 16.0, 4.0, true));
+    if !burst {
+        return Ok(());
+    }
+
+    let baseline = raw_bulk_insert(dir.path(), bays).await?;
+    println!("baseline_bulk_insert_s={baseline:.2}");
+    let clients = publishers(&city, gateway.mqtt).await?;
+    let batches = bridge_batches(&city, bays)?;
+    let start = Instant::now();
+    publish_all(&clients, batches).await?;
+    let published = start.elapsed().as_secs_f64();
+    let seconds = until_written(&gateway, &client, bays as f64, start).await?;
+    println!("burst_bridges_published_s={published:.2} burst_bridges_durable_s={seconds:.2} rate_per_s={:.0}", bays as f64 / seconds);
+    println!("{}", ratio("burst_bridges_s", seconds, 10.0, true));
+
+    let singles = single_messages(&city, bays)?;
+    let start = Instant::now();
+    publish_all(&clients, singles).await?;
+    let published = start.elapsed().as_secs_f64();
+    let seconds = until_written(&gateway, &client, 2.0 * bays as f64, start).await?;
+    println!("burst_single_published_s={published:.2} burst_single_durable_s={seconds:.2} rate_per_s={:.0}", bays as f64 / seconds);
+    println!("{}", ratio("burst_single_s", seconds, 10.0, true));
+    let applied = gateway
+        .metric(&client, "parkflow_bay_events_total{outcome=\"applied\"}")
+        .await?;
+    let rejected = gateway.metric_sum(&client, "parkflow_events_rejected_total{").await?;
+    println!(
+        "applied={applied} expected={} lost={} rss_after_mb={:.1} rejected={rejected}",
+        2 * bays,
+        (2.0 * bays as f64 - applied).max(0.0),
+        gateway.rss()? as f64 / 1e6
+    );
+    Ok(())
+}
