@@ -55,6 +55,14 @@ pub enum Scenario {
         #[arg(long, default_value_t = 2_000)]
         reads: usize,
     },
+    /// Public availability endpoints beside a trivial axum handler, same client, same process.
+    Api {
+        #[arg(long, default_value_t = 5_000)]
+        lots: usize,
+        /// Seconds of load per endpoint.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Every bay's state through bridge batches, then one message per bay, until durable.
     Burst {
         #[arg(long, default_value_t = 848_000)]

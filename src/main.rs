@@ -60,6 +60,9 @@ fn main() -> ExitCode {
         Command::Audit { database_url } => return runtime.block_on(audit(&database_url)),
         Command::Bench(args) => match args.scenario {
             Scenario::Barrier { reads } => runtime.block_on(parkflow::bench::barrier::run(reads)),
+            Scenario::Api { lots, seconds } => {
+                runtime.block_on(parkflow::bench::api::run(lots, seconds))
+            }
             Scenario::Burst { bays } => runtime.block_on(parkflow::bench::city::run(bays, true)),
             Scenario::Memory { bays } => runtime.block_on(parkflow::bench::city::run(bays, false)),
             Scenario::Settle {

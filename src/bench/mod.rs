@@ -2,6 +2,7 @@
 //! invocation, prints one `key=value` line per figure, then `ratio=<name> value=<x> goal=<y> pass|fail`.
 //! Figures are for BENCHMARKS.md; nothing here is a test.
 
+pub mod api;
 pub mod barrier;
 pub mod city;
 pub mod settle;

@@ -44,14 +44,15 @@ fn open_from_bay<T: DeserializeOwned>(
 ) -> Result<T, Rejection> {
     let bays = registry.bays();
     let opened = open(payload, &topic.to_string(), lot.device_auth, |id| {
-        bays.device_by_id(id.as_str()).map(|device| device.secret)
+        bays.device_by_id(id.as_str())
+            .map(|device| device.key.bytes().into_owned())
     })?;
     if let Some(signer) = &opened.signer {
         let registered = match kind {
             BayDeviceKind::Sensor => bays.sensor(bay),
             BayDeviceKind::Camera => bays.camera(bay),
         };
-        if registered.is_none_or(|device| device.id != signer.as_str()) {
+        if registered.is_none_or(|device| !device.is(signer.as_str())) {
             return Err(Rejection::NotRegistered);
         }
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::store::{Db, StoreError};
-pub use bays::{BayDevice, BayDeviceKind, BayIdx, BayTable, BayTableBuilder};
+pub use bays::{BayDevice, BayDeviceKind, BayIdx, BayTable, BayTableBuilder, Key};
 pub use near::LotLocator;
 
 /// Dense index of a lot in the registry (its position in [`Registry::lots`]).
