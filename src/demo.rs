@@ -190,7 +190,10 @@ impl Demo {
 
 /// A zone's lot, its devices (sensors, cameras, the bridge) with fresh credentials, and the keys
 /// the simulator signs with. The first zone has a short maximum stay, so overstays show.
-pub fn zone_plan(zone: &Zone, tariff: usize) -> (LotPlan, Vec<(DevicePlan, DeviceEntry)>, ZoneKeys) {
+pub fn zone_plan(
+    zone: &Zone,
+    tariff: usize,
+) -> (LotPlan, Vec<(DevicePlan, DeviceEntry)>, ZoneKeys) {
     let lot = LotPlan {
         id: zone.id.clone(),
         operator_id: OPERATOR.into(),

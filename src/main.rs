@@ -233,7 +233,10 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             ),
         }
         if let Some(zone) = demo.city.zones.first() {
-            println!("  availability  http://{http}/v1/lots/{}/availability", zone.id);
+            println!(
+                "  availability  http://{http}/v1/lots/{}/availability",
+                zone.id
+            );
         }
         println!("  near me       http://{http}/v1/lots?near=30.25,120.15&radius_m=20000");
         println!("  live stream   http://{http}/v1/availability/stream");
@@ -242,7 +245,11 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             "  demo traffic  {} gated lots, {} street zones ({} bays with sensors), {} drivers",
             demo.city.lots.len(),
             demo.city.zones.len(),
-            demo.city.zones.iter().map(|z| u64::from(z.bays)).sum::<u64>(),
+            demo.city
+                .zones
+                .iter()
+                .map(|z| u64::from(z.bays))
+                .sum::<u64>(),
             demo.city.drivers.len()
         );
     }

@@ -14,8 +14,8 @@ use parkflow_gateway::registry::{DeviceKind, LotKind};
 use parkflow_gateway::store::provision::{DevicePlan, LotPlan};
 use parkflow_protocol::sign::{plain, seal};
 use parkflow_protocol::{
-    BayId, BayPlateRead, BridgeEvent, DeviceAuth, DeviceId, Direction, EventId,
-    Heartbeat, LotId, OccupancyEvent, PlateColor, Topic,
+    BayId, BayPlateRead, BridgeEvent, DeviceAuth, DeviceId, Direction, EventId, Heartbeat, LotId,
+    OccupancyEvent, PlateColor, Topic,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -106,14 +106,25 @@ impl Zone {
         }
     }
 
-    fn encode<T: serde::Serialize>(&self, topic: &Topic, body: &T, signer: &(DeviceId, String)) -> Vec<u8> {
+    fn encode<T: serde::Serialize>(
+        &self,
+        topic: &Topic,
+        body: &T,
+        signer: &(DeviceId, String),
+    ) -> Vec<u8> {
         match self.auth {
             DeviceAuth::Signed => seal(topic, body, &signer.0, signer.1.as_bytes()),
             DeviceAuth::Broker => plain(topic, body),
         }
     }
 
-    fn occupancy(&self, bay: usize, occupied: bool, seq: u64, at: DateTime<Utc>) -> (String, Vec<u8>) {
+    fn occupancy(
+        &self,
+        bay: usize,
+        occupied: bool,
+        seq: u64,
+        at: DateTime<Utc>,
+    ) -> (String, Vec<u8>) {
         let topic = Topic::BayOccupancy {
             lot: self.lot.clone(),
             bay: self.bays[bay].clone(),
@@ -125,7 +136,10 @@ impl Zone {
             seq,
             battery_pct: Some(80),
         };
-        (topic.to_string(), self.encode(&topic, &body, &self.sensors[bay]))
+        (
+            topic.to_string(),
+            self.encode(&topic, &body, &self.sensors[bay]),
+        )
     }
 
     fn heartbeat(&self, bay: usize, occupied: bool, seq: u64) -> (String, Vec<u8>) {
@@ -139,10 +153,19 @@ impl Zone {
             seq,
             battery_pct: Some(80),
         };
-        (topic.to_string(), self.encode(&topic, &body, &self.sensors[bay]))
+        (
+            topic.to_string(),
+            self.encode(&topic, &body, &self.sensors[bay]),
+        )
     }
 
-    fn plate(&self, bay: usize, plate: &str, confidence: f64, at: DateTime<Utc>) -> (String, Vec<u8>) {
+    fn plate(
+        &self,
+        bay: usize,
+        plate: &str,
+        confidence: f64,
+        at: DateTime<Utc>,
+    ) -> (String, Vec<u8>) {
         let topic = Topic::BayPlate {
             lot: self.lot.clone(),
             bay: self.bays[bay].clone(),
@@ -154,7 +177,10 @@ impl Zone {
             confidence,
             observed_at: at,
         };
-        (topic.to_string(), self.encode(&topic, &body, &self.cameras[bay]))
+        (
+            topic.to_string(),
+            self.encode(&topic, &body, &self.cameras[bay]),
+        )
     }
 
     fn event(&self, bay: &str, occupied: bool, seq: u64, at: DateTime<Utc>) -> Value {
@@ -187,7 +213,11 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn connect(platform: &TestPlatform, client_id: &str, login: Option<(&str, &str)>) -> Self {
+    async fn connect(
+        platform: &TestPlatform,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+    ) -> Self {
         let mut options = MqttOptions::new(client_id, &platform.mqtt.0, platform.mqtt.1);
         if let (Broker::Embedded, Some((user, password))) = (platform.setup.broker, login) {
             options.set_credentials(user, password);
@@ -239,7 +269,11 @@ async fn availability(platform: &TestPlatform, lot: &LotId) -> Value {
 fn counts(a: &Value) -> (u64, u64, u64, u64) {
     let n = |k: &str| a[k].as_u64().unwrap();
     let c = (n("total"), n("free"), n("occupied"), n("unknown"));
-    assert_eq!(c.1 + c.2 + c.3, c.0, "free + occupied + unknown = total: {a}");
+    assert_eq!(
+        c.1 + c.2 + c.3,
+        c.0,
+        "free + occupied + unknown = total: {a}"
+    );
     c
 }
 
@@ -275,14 +309,23 @@ async fn start_with(
 async fn events_apply_by_seq_and_repeats_and_bad_entries_change_nothing(setup: Setup) {
     let (_world, zone, mut platform, publisher) = start(setup).await;
     let now = Utc::now();
-    assert_eq!(counts(&availability(&platform, &zone.lot).await), (6, 0, 0, 6));
+    assert_eq!(
+        counts(&availability(&platform, &zone.lot).await),
+        (6, 0, 0, 6)
+    );
 
     // Out of order: seq 3 (occupied) arrives before seq 2 (free); a repeat of seq 3 says free.
     publisher.send(zone.occupancy(0, true, 3, now)).await;
     publisher.send(zone.occupancy(0, false, 2, now)).await;
     publisher.send(zone.occupancy(0, false, 3, now)).await;
     publisher.send(zone.occupancy(1, false, 1, now)).await;
-    wait_counts(&platform, &zone.lot, (1, 1, 4), "bay 0 occupied, bay 1 free").await;
+    wait_counts(
+        &platform,
+        &zone.lot,
+        (1, 1, 4),
+        "bay 0 occupied, bay 1 free",
+    )
+    .await;
 
     // A bridge batch: three good entries and four bad ones.
     let mut malformed = zone.event("b-05", true, 1, now);
@@ -300,7 +343,13 @@ async fn events_apply_by_seq_and_repeats_and_bad_entries_change_nothing(setup: S
     let mut foreign = zone.event("b-05", true, 3, now);
     foreign["lot"] = Value::from("some-other-lot");
     publisher.send(zone.batch(vec![foreign])).await;
-    wait_counts(&platform, &zone.lot, (2, 3, 1), "the batch's good entries applied").await;
+    wait_counts(
+        &platform,
+        &zone.lot,
+        (2, 3, 1),
+        "the batch's good entries applied",
+    )
+    .await;
     let rejected = |reason: &str| {
         let series = format!("parkflow_events_rejected_total{{reason=\"{reason}\"}}");
         let platform = &platform;
@@ -337,7 +386,10 @@ async fn events_apply_by_seq_and_repeats_and_bad_entries_change_nothing(setup: S
         })
         .await;
     }
-    assert_eq!(counts(&availability(&platform, &zone.lot).await), (6, 2, 3, 1));
+    assert_eq!(
+        counts(&availability(&platform, &zone.lot).await),
+        (6, 2, 3, 1)
+    );
 
     // Durable: after a restart the state comes back from the database, and a late repeat of an
     // old event still changes nothing.
@@ -347,7 +399,10 @@ async fn events_apply_by_seq_and_repeats_and_bad_entries_change_nothing(setup: S
     .await;
     drop(publisher);
     platform.restart().await;
-    assert_eq!(counts(&availability(&platform, &zone.lot).await), (6, 2, 3, 1));
+    assert_eq!(
+        counts(&availability(&platform, &zone.lot).await),
+        (6, 2, 3, 1)
+    );
     let publisher = Publisher::connect(
         &platform,
         zone.bridge.0.as_str(),
@@ -356,7 +411,13 @@ async fn events_apply_by_seq_and_repeats_and_bad_entries_change_nothing(setup: S
     .await;
     publisher.send(zone.occupancy(0, false, 3, now)).await;
     publisher.send(zone.occupancy(5, true, 1, now)).await;
-    wait_counts(&platform, &zone.lot, (2, 4, 0), "bay 5 applied after the restart").await;
+    wait_counts(
+        &platform,
+        &zone.lot,
+        (2, 4, 0),
+        "bay 5 applied after the restart",
+    )
+    .await;
     drop(publisher);
     platform.stop().await;
 }
@@ -380,7 +441,10 @@ async fn a_silent_sensor_turns_its_bay_unknown_and_availability_stays_consistent
             for _ in 0..10 {
                 for bay in 1..BAYS {
                     let (topic, payload) = zone.heartbeat(bay, bay % 2 == 0, 0);
-                    client.publish(topic, QoS::AtMostOnce, false, payload).await.unwrap();
+                    client
+                        .publish(topic, QoS::AtMostOnce, false, payload)
+                        .await
+                        .unwrap();
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -400,7 +464,13 @@ async fn a_silent_sensor_turns_its_bay_unknown_and_availability_stays_consistent
             b"offline".to_vec(),
         ))
         .await;
-    wait_counts(&platform, &zone.lot, (3, 1, 2), "bay 2 unknown while offline").await;
+    wait_counts(
+        &platform,
+        &zone.lot,
+        (3, 1, 2),
+        "bay 2 unknown while offline",
+    )
+    .await;
     beating.await.unwrap();
     publisher.send(zone.heartbeat(0, true, 0)).await;
     publisher.send(zone.heartbeat(2, true, 0)).await;
@@ -418,7 +488,8 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
     let (world, zone, platform, publisher) = start(setup).await;
     // Bay 0's camera logs in with its own credentials (checked against the database).
     let camera = zone.cameras[0].0.as_str();
-    let cameras = Publisher::connect(&platform, camera, Some((camera, &format!("pw-{camera}")))).await;
+    let cameras =
+        Publisher::connect(&platform, camera, Some((camera, &format!("pw-{camera}")))).await;
     let arrived = Utc::now() - chrono::Duration::minutes(40);
     publisher.send(zone.occupancy(0, true, 1, arrived)).await;
     publisher.send(zone.occupancy(1, true, 1, arrived)).await;
@@ -427,7 +498,12 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
         .send(zone.plate(0, "浙A0B81B", 0.6, arrived + chrono::Duration::seconds(5)))
         .await;
     cameras
-        .send(zone.plate(0, world.enrolled.as_str(), 0.95, arrived + chrono::Duration::seconds(9)))
+        .send(zone.plate(
+            0,
+            world.enrolled.as_str(),
+            0.95,
+            arrived + chrono::Duration::seconds(9),
+        ))
         .await;
     eventually(WAIT, "two stays open", || async {
         (platform.metric("parkflow_bay_sessions_opened_total").await == 2.0).then_some(())
@@ -496,7 +572,9 @@ async fn retained_availability(platform: &TestPlatform, zone: &Zone) -> Value {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    client.try_subscribe(topic.as_str(), QoS::AtMostOnce).unwrap();
+                    client
+                        .try_subscribe(topic.as_str(), QoS::AtMostOnce)
+                        .unwrap();
                 }
                 // Nothing changes after the subscription, so a message here was retained (rumqttd
                 // does not set the retain flag on what it replays; Mosquitto does).
@@ -508,7 +586,9 @@ async fn retained_availability(platform: &TestPlatform, zone: &Zone) -> Value {
                     // An older count: look again once the platform has published the newer one.
                     client.try_unsubscribe(topic.as_str()).unwrap();
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    client.try_subscribe(topic.as_str(), QoS::AtMostOnce).unwrap();
+                    client
+                        .try_subscribe(topic.as_str(), QoS::AtMostOnce)
+                        .unwrap();
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -520,7 +600,11 @@ async fn retained_availability(platform: &TestPlatform, zone: &Zone) -> Value {
 }
 
 fn urlencode(value: &Value) -> String {
-    value.as_str().unwrap().replace('+', "%2B").replace(':', "%3A")
+    value
+        .as_str()
+        .unwrap()
+        .replace('+', "%2B")
+        .replace(':', "%3A")
 }
 
 async fn gated_lots_count_entries_and_exits_and_take_an_operators_recount(setup: Setup) {
@@ -529,7 +613,10 @@ async fn gated_lots_count_entries_and_exits_and_take_an_operators_recount(setup:
         common::TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
     let mut exit =
         common::TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
-    assert_eq!(counts(&availability(&platform, &world.lot).await), (10, 10, 0, 0));
+    assert_eq!(
+        counts(&availability(&platform, &world.lot).await),
+        (10, 10, 0, 0)
+    );
     entry
         .decide(&entry.read(world.enrolled.as_str(), Direction::Entry))
         .await;
@@ -546,7 +633,13 @@ async fn gated_lots_count_entries_and_exits_and_take_an_operators_recount(setup:
     wait_counts(&platform, &world.lot, (3, 7, 0), "the recount taken").await;
     exit.decide(&exit.read(world.enrolled.as_str(), Direction::Exit))
         .await;
-    wait_counts(&platform, &world.lot, (4, 6, 0), "the exit counted from the recount").await;
+    wait_counts(
+        &platform,
+        &world.lot,
+        (4, 6, 0),
+        "the exit counted from the recount",
+    )
+    .await;
 
     let too_many = reqwest::Client::new()
         .post(platform.url(&format!("/v1/lots/{}/recount", world.lot)))
@@ -596,15 +689,19 @@ async fn apps_find_lots_near_them_and_read_the_feeds_and_the_stream(setup: Setup
     .await
     .expect("an availability event for the zone");
     assert_eq!(event["kind"], "on_street");
-    assert!(!event.to_string().contains("浙"), "no plate in public events");
+    assert!(
+        !event.to_string().contains("浙"),
+        "no plate in public events"
+    );
 
     // Near the zone: the zone first, then the gated lot (about 1.4 km away).
-    let near: Value = reqwest::get(platform.url("/v1/lots?near=30.2601,120.1601&radius_m=5000&limit=10"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let near: Value =
+        reqwest::get(platform.url("/v1/lots?near=30.2601,120.1601&radius_m=5000&limit=10"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     let ids: Vec<&str> = near
         .as_array()
         .unwrap()
@@ -618,7 +715,9 @@ async fn apps_find_lots_near_them_and_read_the_feeds_and_the_stream(setup: Setup
         .unwrap();
     assert_eq!(bad.status(), 422);
 
-    let fiware = reqwest::get(platform.url("/v1/feeds/fiware")).await.unwrap();
+    let fiware = reqwest::get(platform.url("/v1/feeds/fiware"))
+        .await
+        .unwrap();
     assert_eq!(fiware.headers()["content-type"], "application/ld+json");
     let entities: Value = fiware.json().await.unwrap();
     let zone_entity = entities
@@ -630,8 +729,15 @@ async fn apps_find_lots_near_them_and_read_the_feeds_and_the_stream(setup: Setup
         .clone();
     assert_eq!(zone_entity["type"], "OnStreetParking");
     assert_eq!(zone_entity["occupiedSpotNumber"], 1);
-    let datex = reqwest::get(platform.url("/v1/feeds/datex2")).await.unwrap();
-    assert!(datex.headers()["content-type"].to_str().unwrap().starts_with("application/xml"));
+    let datex = reqwest::get(platform.url("/v1/feeds/datex2"))
+        .await
+        .unwrap();
+    assert!(
+        datex.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/xml")
+    );
     let xml = datex.text().await.unwrap();
     assert!(xml.contains(zone.lot.as_str()) && xml.contains("ParkingStatusPublication"));
 
@@ -639,7 +745,11 @@ async fn apps_find_lots_near_them_and_read_the_feeds_and_the_stream(setup: Setup
     let retained = retained_availability(&platform, &zone).await;
     assert_eq!(retained["lot"], zone.lot.as_str());
     assert_eq!(
-        (retained["total"].clone(), retained["occupied"].clone(), retained["unknown"].clone()),
+        (
+            retained["total"].clone(),
+            retained["occupied"].clone(),
+            retained["unknown"].clone()
+        ),
         (Value::from(6), Value::from(1), Value::from(5))
     );
     platform.stop().await;

@@ -25,13 +25,13 @@ use parkflow_billing::payments::PaymentsApi;
 
 use crate::availability::AvailabilityHandle;
 use crate::http::{self, AppState};
-use crate::occupancy::store::{BayWriter, bay_writer};
-use crate::occupancy::{OccupancyActor, OccupancyHandle, OccupancyMessage};
 use crate::metrics::Metrics;
 use crate::mqtt::ingest::Ingest;
 use crate::mqtt::link::INBOUND_CHANNEL_CAPACITY;
 use crate::mqtt::publish::CommandPublisher;
 use crate::mqtt::{ack, link};
+use crate::occupancy::store::{BayWriter, bay_writer};
+use crate::occupancy::{OccupancyActor, OccupancyHandle, OccupancyMessage};
 use crate::registry::RegistryHandle;
 use crate::store::writer::{self, Writer};
 use crate::store::{Db, StoreError};
@@ -254,7 +254,10 @@ impl Gateway {
         );
         core("gate actor", Box::pin(actor.run(gate_rx)));
         core("store writer", Box::pin(writer.run()));
-        core("occupancy actor", Box::pin(occupancy_actor.run(occupancy_rx)));
+        core(
+            "occupancy actor",
+            Box::pin(occupancy_actor.run(occupancy_rx)),
+        );
         core("bay writer", Box::pin(bay_writer.run()));
         core("acker", Box::pin(acker.run()));
         tracker.spawn(track_connection(connected_rx.clone(), metrics.clone()));
@@ -277,7 +280,7 @@ impl Gateway {
             listener,
             http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
         )
-            .with_graceful_shutdown(token.clone().cancelled_owned());
+        .with_graceful_shutdown(token.clone().cancelled_owned());
         let http_token = token.clone();
         tracker.spawn(async move {
             if let Err(error) = server.await {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Timelike, Utc};
 use parkflow_protocol::sign::{plain, seal};
 use parkflow_protocol::{
-    BayPlateRead, BridgeBatch, BridgeEvent, DeviceAuth, DeviceId, DeviceStatus, EventId,
-    Heartbeat, OccupancyEvent, Topic,
+    BayPlateRead, BridgeBatch, BridgeEvent, DeviceAuth, DeviceId, DeviceStatus, EventId, Heartbeat,
+    OccupancyEvent, Topic,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -126,7 +126,8 @@ fn exponential(rng: &mut StdRng, mean: Duration) -> chrono::Duration {
 }
 
 fn event_id() -> EventId {
-    EventId::parse(&Uuid::new_v4().to_string()).unwrap_or_else(|_| unreachable!("a uuid is a valid id"))
+    EventId::parse(&Uuid::new_v4().to_string())
+        .unwrap_or_else(|_| unreachable!("a uuid is a valid id"))
 }
 
 /// Drives every zone until `token` is cancelled: one task and one MQTT connection per zone.
@@ -165,7 +166,13 @@ struct ZoneTask {
 }
 
 impl ZoneTask {
-    fn seal<T: serde::Serialize>(&self, topic: &Topic, body: &T, kid: &DeviceId, secret: &str) -> Vec<u8> {
+    fn seal<T: serde::Serialize>(
+        &self,
+        topic: &Topic,
+        body: &T,
+        kid: &DeviceId,
+        secret: &str,
+    ) -> Vec<u8> {
         match self.config.auth {
             DeviceAuth::Signed => seal(topic, body, kid, secret.as_bytes()),
             DeviceAuth::Broker => plain(topic, body),
@@ -181,7 +188,12 @@ impl ZoneTask {
         options.set_credentials(&self.keys.bridge_username, &self.keys.bridge_password);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
-        options.set_last_will(LastWill::new(&status, DeviceStatus::Offline.as_str(), QoS::AtLeastOnce, true));
+        options.set_last_will(LastWill::new(
+            &status,
+            DeviceStatus::Offline.as_str(),
+            QoS::AtLeastOnce,
+            true,
+        ));
         let (client, mut eventloop) = AsyncClient::new(options, 2_000);
         let poll_token = token.clone();
         let online = client.clone();
@@ -242,9 +254,14 @@ impl ZoneTask {
                     events.push((i, bay.occupied, bay.seq));
                 }
                 if bay.next_heartbeat <= now {
-                    bay.next_heartbeat = now + chrono::Duration::from_std(self.config.heartbeat_every).unwrap_or_default();
+                    bay.next_heartbeat = now
+                        + chrono::Duration::from_std(self.config.heartbeat_every)
+                            .unwrap_or_default();
                     if self.rng.random_bool(self.config.silent_chance) {
-                        bay.silent_until = Some(now + chrono::Duration::from_std(self.config.silence).unwrap_or_default());
+                        bay.silent_until = Some(
+                            now + chrono::Duration::from_std(self.config.silence)
+                                .unwrap_or_default(),
+                        );
                         self.stats.silenced.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -259,7 +276,11 @@ impl ZoneTask {
             let mut messages = self.occupancy(&events, now);
             messages.append(&mut singles);
             for (topic, payload) in messages {
-                if client.publish(topic, QoS::AtLeastOnce, false, payload).await.is_err() {
+                if client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -280,14 +301,20 @@ impl ZoneTask {
             battery_pct: Some(60 + (i % 40) as u8),
         };
         self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
-        let payload = self.seal(&topic, &body, &self.zone.sensor(i), &self.keys.sensors[i as usize]);
+        let payload = self.seal(
+            &topic,
+            &body,
+            &self.zone.sensor(i),
+            &self.keys.sensors[i as usize],
+        );
         (topic.to_string(), payload)
     }
 
     fn plate(&mut self, i: u32, now: DateTime<Utc>) -> (String, Vec<u8>) {
         let driver = &self.drivers[self.rng.random_range(0..self.drivers.len())];
         let read = if self.rng.random_bool(self.config.misread_share) {
-            misread(&driver.plate, &mut self.rng).unwrap_or_else(|| driver.plate.as_str().to_owned())
+            misread(&driver.plate, &mut self.rng)
+                .unwrap_or_else(|| driver.plate.as_str().to_owned())
         } else {
             driver.plate.as_str().to_owned()
         };
@@ -303,13 +330,22 @@ impl ZoneTask {
             observed_at: now,
         };
         self.stats.plates.fetch_add(1, Ordering::Relaxed);
-        let payload = self.seal(&topic, &body, &self.zone.camera(i), &self.keys.cameras[i as usize]);
+        let payload = self.seal(
+            &topic,
+            &body,
+            &self.zone.camera(i),
+            &self.keys.cameras[i as usize],
+        );
         (topic.to_string(), payload)
     }
 
     /// The round's occupancy events: batches for a bridged zone, one message each otherwise;
     /// some are sent twice.
-    fn occupancy(&mut self, events: &[(u32, bool, u64)], now: DateTime<Utc>) -> Vec<(String, Vec<u8>)> {
+    fn occupancy(
+        &mut self,
+        events: &[(u32, bool, u64)],
+        now: DateTime<Utc>,
+    ) -> Vec<(String, Vec<u8>)> {
         let mut messages = Vec::new();
         if self.zone.bridged {
             let topic = Topic::BridgeOccupancy {
@@ -329,11 +365,16 @@ impl ZoneTask {
                         })
                         .collect(),
                 };
-                let payload = self.seal(&topic, &batch, &self.keys.bridge, &self.keys.bridge_secret);
+                let payload =
+                    self.seal(&topic, &batch, &self.keys.bridge, &self.keys.bridge_secret);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                self.stats.events.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .events
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if self.rng.random_bool(self.config.duplicate_share) {
-                    self.stats.duplicates.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .duplicates
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     messages.push((topic.to_string(), payload.clone()));
                 }
                 messages.push((topic.to_string(), payload));
@@ -351,7 +392,12 @@ impl ZoneTask {
                     seq,
                     battery_pct: None,
                 };
-                let payload = self.seal(&topic, &body, &self.zone.sensor(i), &self.keys.sensors[i as usize]);
+                let payload = self.seal(
+                    &topic,
+                    &body,
+                    &self.zone.sensor(i),
+                    &self.keys.sensors[i as usize],
+                );
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
                 if self.rng.random_bool(self.config.duplicate_share) {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);

@@ -163,7 +163,12 @@ pub async fn run(lots: usize, seconds: u64) -> anyhow::Result<()> {
     );
     println!(
         "{}",
-        ratio("availability_vs_trivial_rps", one_rps / trivial_rps, 0.7, false)
+        ratio(
+            "availability_vs_trivial_rps",
+            one_rps / trivial_rps,
+            0.7,
+            false
+        )
     );
     println!(
         "{}",

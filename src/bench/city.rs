@@ -176,7 +176,12 @@ impl Gateway {
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!("the gateway process exited: {status}");
             }
-            if client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            if client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -285,7 +290,10 @@ async fn publish_paced(
         published += chunk.len() as f64 * events_per_message;
         publish_all(clients, chunk).await?;
         loop {
-            let written = gateway.metric(client, "parkflow_bay_states_written_total").await? - already_written;
+            let written = gateway
+                .metric(client, "parkflow_bay_states_written_total")
+                .await?
+                - already_written;
             if published - written <= WINDOW_EVENTS {
                 break;
             }
@@ -296,7 +304,10 @@ async fn publish_paced(
 }
 
 /// Publishes every message over the connections, in order per connection.
-async fn publish_all(clients: &[AsyncClient], messages: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+async fn publish_all(
+    clients: &[AsyncClient],
+    messages: Vec<(String, Vec<u8>)>,
+) -> anyhow::Result<()> {
     let mut lanes: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); clients.len()];
     for (i, message) in messages.into_iter().enumerate() {
         lanes[i % clients.len()].push(message);
@@ -305,7 +316,9 @@ async fn publish_all(clients: &[AsyncClient], messages: Vec<(String, Vec<u8>)>) 
     for (client, lane) in clients.iter().cloned().zip(lanes) {
         tasks.spawn(async move {
             for (topic, payload) in lane {
-                client.publish(topic, QoS::AtLeastOnce, false, payload).await?;
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await?;
             }
             Ok::<_, rumqttc::ClientError>(())
         });
@@ -326,7 +339,9 @@ async fn until_written(
 ) -> anyhow::Result<Result<f64, f64>> {
     let (mut last, mut moved) = (-1.0, Instant::now());
     loop {
-        let written = gateway.metric(client, "parkflow_bay_states_written_total").await?;
+        let written = gateway
+            .metric(client, "parkflow_bay_states_written_total")
+            .await?;
         if written >= target {
             return Ok(Ok(start.elapsed().as_secs_f64()));
         }
@@ -388,7 +403,10 @@ fn bridge_batches(city: &BenchCity, bays: usize) -> anyhow::Result<Vec<(String, 
             let batch = BridgeBatch {
                 events: chunk.to_vec(),
             };
-            messages.push((topic.to_string(), seal(&topic, &batch, bridge, secret.as_bytes())));
+            messages.push((
+                topic.to_string(),
+                seal(&topic, &batch, bridge, secret.as_bytes()),
+            ));
         }
     }
     Ok(messages)
@@ -478,7 +496,10 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
         rss / 1e6
     );
     println!("{}", ratio("rss_loaded_mb", rss / 1e6, 100.0, true));
-    println!("{}", ratio("rss_per_bay_vs_16_bytes", per_bay / 16.0, 4.0, true));
+    println!(
+        "{}",
+        ratio("rss_per_bay_vs_16_bytes", per_bay / 16.0, 4.0, true)
+    );
     if !burst {
         return Ok(());
     }
@@ -495,7 +516,9 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
     report("burst_bridges", bays, published, outcome);
 
     let singles = single_messages(&city, bays)?;
-    let written = gateway.metric(&client, "parkflow_bay_states_written_total").await?;
+    let written = gateway
+        .metric(&client, "parkflow_bay_states_written_total")
+        .await?;
     let start = Instant::now();
     publish_paced(&gateway, &client, &clients, singles, 1.0, written).await?;
     let published = start.elapsed().as_secs_f64();
@@ -504,7 +527,9 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
     let applied = gateway
         .metric(&client, "parkflow_bay_events_total{outcome=\"applied\"}")
         .await?;
-    let rejected = gateway.metric_sum(&client, "parkflow_events_rejected_total{").await?;
+    let rejected = gateway
+        .metric_sum(&client, "parkflow_events_rejected_total{")
+        .await?;
     println!(
         "applied={applied} expected={} lost={} rss_after_mb={:.1} rejected={rejected}",
         2 * bays,

@@ -442,9 +442,15 @@ async fn boot(
     mqtt_listen: SocketAddr,
     configure: &Configure,
 ) -> Running {
-    let platform = Platform::build(config(setup, database_url, client_id, mqtt_listen, configure))
-        .await
-        .expect("platform builds");
+    let platform = Platform::build(config(
+        setup,
+        database_url,
+        client_id,
+        mqtt_listen,
+        configure,
+    ))
+    .await
+    .expect("platform builds");
     let http = platform.http_addr();
     let mqtt = platform.mqtt_addr();
     let token = CancellationToken::new();

@@ -195,7 +195,10 @@ mod tests {
             thresholds.status(&counts(100, 10, 90)),
             LotStatus::AlmostFull
         );
-        assert_eq!(thresholds.status(&counts(100, 1, 99)), LotStatus::AlmostFull);
+        assert_eq!(
+            thresholds.status(&counts(100, 1, 99)),
+            LotStatus::AlmostFull
+        );
         assert_eq!(thresholds.status(&counts(100, 0, 100)), LotStatus::Full);
         assert_eq!(thresholds.status(&counts(0, 0, 0)), LotStatus::Closed);
     }
@@ -213,9 +216,6 @@ mod tests {
         let thresholds = StatusThresholds {
             almost_full_ratio: 0.5,
         };
-        assert_eq!(
-            thresholds.status(&counts(10, 5, 5)),
-            LotStatus::AlmostFull
-        );
+        assert_eq!(thresholds.status(&counts(10, 5, 5)), LotStatus::AlmostFull);
     }
 }

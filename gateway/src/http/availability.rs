@@ -195,7 +195,11 @@ pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError>
             "datex ii feed not written: {error}"
         )))
     })?;
-    Ok(([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], xml).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        xml,
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,7 +277,10 @@ mod tests {
             lot: lot.to_owned(),
             name: "Lot".to_owned(),
             kind: LotKind::OnStreet,
-            location: Location { lat: 30.0, lon: 120.0 },
+            location: Location {
+                lat: 30.0,
+                lon: 120.0,
+            },
             total: counts.total,
             free: counts.free,
             occupied: counts.occupied,

@@ -26,8 +26,8 @@ use parkflow_billing::payments::PaymentsApi;
 
 use crate::availability::AvailabilityHandle;
 use crate::gate::GateHandle;
-use crate::occupancy::OccupancyHandle;
 use crate::metrics::Metrics;
+use crate::occupancy::OccupancyHandle;
 use crate::registry::RegistryHandle;
 use crate::store::Db;
 

@@ -24,7 +24,11 @@ struct RawBatch {
 }
 
 /// Finds a lot and one of its bays.
-fn bay<'r>(registry: &'r Registry, lot: &LotId, bay: &BayId) -> Result<(&'r Lot, BayIdx), Rejection> {
+fn bay<'r>(
+    registry: &'r Registry,
+    lot: &LotId,
+    bay: &BayId,
+) -> Result<(&'r Lot, BayIdx), Rejection> {
     let lot = registry.lot_by_id(lot).ok_or(Rejection::UnknownLot)?;
     let bay = registry
         .bays()
@@ -170,7 +174,11 @@ pub fn bridge(
     let opened = open::<RawBatch, _>(payload, &topic.to_string(), lot.device_auth, |id| {
         registry.device(id).map(|d| d.secret.clone())
     })?;
-    if opened.signer.as_ref().is_some_and(|signer| signer != device) {
+    if opened
+        .signer
+        .as_ref()
+        .is_some_and(|signer| signer != device)
+    {
         return Err(Rejection::NotRegistered);
     }
     if opened.body.events.len() > BridgeBatch::MAX_EVENTS {

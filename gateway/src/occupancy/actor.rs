@@ -302,13 +302,15 @@ impl OccupancyActor {
         }
         let old = std::mem::replace(&mut self.registry, latest.clone());
         let new = latest;
-        self.state = self.state.remapped(&new.bays().bays_per_lot(), |bay| {
-            translate(&new, &old, bay)
-        });
+        self.state = self
+            .state
+            .remapped(&new.bays().bays_per_lot(), |bay| translate(&new, &old, bay));
         self.sessions.remap(|bay| translate(&old, &new, bay));
         let mut gated = vec![Gated::default(); new.lots().len()];
         for lot in old.lots() {
-            if let (Some(to), Some(count)) = (new.lot_by_id(&lot.id), self.gated.get(lot.idx as usize)) {
+            if let (Some(to), Some(count)) =
+                (new.lot_by_id(&lot.id), self.gated.get(lot.idx as usize))
+            {
                 gated[to.idx as usize] = *count;
             }
         }
@@ -321,7 +323,11 @@ impl OccupancyActor {
         self.dirty = vec![false; lots];
         self.mqtt_dirty = vec![true; lots];
         self.availability.publish(self.board.clone());
-        tracing::info!(lots, bays = new.bays().len(), "occupancy follows the new registry");
+        tracing::info!(
+            lots,
+            bays = new.bays().len(),
+            "occupancy follows the new registry"
+        );
     }
 
     /// A bay number of `from` in the actor's registry.
@@ -419,12 +425,12 @@ impl OccupancyActor {
                 }
             }
             OccupancyMessage::GatedOpen { lot, open } => {
-                if let Some(gated) = self.gated.get_mut(lot as usize) {
-                    if gated.open != open {
-                        gated.open = open;
-                        self.dirty[lot as usize] = true;
-                        self.mqtt_dirty[lot as usize] = true;
-                    }
+                if let Some(gated) = self.gated.get_mut(lot as usize)
+                    && gated.open != open
+                {
+                    gated.open = open;
+                    self.dirty[lot as usize] = true;
+                    self.mqtt_dirty[lot as usize] = true;
                 }
             }
             OccupancyMessage::Recount {
@@ -469,9 +475,9 @@ impl OccupancyActor {
         }
         let registry = self.registry.clone();
         let state = &self.state;
-        let flagged = self.sessions.overstays(now, |bay| {
-            registry.lot(state.lot_of(bay)).max_stay
-        });
+        let flagged = self
+            .sessions
+            .overstays(now, |bay| registry.lot(state.lot_of(bay)).max_stay);
         self.round.sessions.extend(flagged);
         self.metrics.bays_unknown.set(
             (0..registry.lots().len() as LotIdx)

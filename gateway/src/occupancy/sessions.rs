@@ -166,10 +166,10 @@ impl BaySessions {
     /// moment if the bay is not occupied yet.
     pub fn plate(&mut self, bay: BayIdx, read: BayPlate) -> Option<BaySessionWrite> {
         let Some(session) = self.open.get_mut(&bay) else {
-            let better = self
-                .pending
-                .get(&bay)
-                .is_none_or(|p| read.confidence > p.confidence || read.observed_at > p.observed_at + PENDING_PLATE_WINDOW);
+            let better = self.pending.get(&bay).is_none_or(|p| {
+                read.confidence > p.confidence
+                    || read.observed_at > p.observed_at + PENDING_PLATE_WINDOW
+            });
             if better {
                 self.pending.insert(bay, read);
             }
@@ -204,15 +204,15 @@ impl BaySessions {
             if session.overstay_flagged {
                 continue;
             }
-            if let Some(max) = max_stay_of(bay) {
-                if now - session.started_at > max {
-                    session.overstay_flagged = true;
-                    flagged.push(BaySessionWrite::Overstay {
-                        id: session.id,
-                        bay,
-                        at: now,
-                    });
-                }
+            if let Some(max) = max_stay_of(bay)
+                && now - session.started_at > max
+            {
+                session.overstay_flagged = true;
+                flagged.push(BaySessionWrite::Overstay {
+                    id: session.id,
+                    bay,
+                    at: now,
+                });
             }
         }
         // Forget plate reads whose car never showed.
@@ -233,10 +233,17 @@ fn price(lot: &Lot, session: &OpenBaySession, ended_at: DateTime<Utc>) -> BayEnd
         plate_color: plate.color,
         pass_holder: false,
     };
-    let priced = lot.tariffs.in_force_at(session.started_at).and_then(|tariff| {
-        let fee = tariff.fee(&stay).ok()?;
-        Some((tariff.effective_from(), fee.to_minor().ok()?, fee.currency()))
-    });
+    let priced = lot
+        .tariffs
+        .in_force_at(session.started_at)
+        .and_then(|tariff| {
+            let fee = tariff.fee(&stay).ok()?;
+            Some((
+                tariff.effective_from(),
+                fee.to_minor().ok()?,
+                fee.currency(),
+            ))
+        });
     match priced {
         Some((tariff_from, fee_minor, currency)) => BayEnd::Priced {
             plate,

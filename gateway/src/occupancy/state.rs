@@ -128,7 +128,11 @@ impl OccupancyState {
 
     /// The same city after the registry changed: a state for `bays_per_lot`, where new bay `n`
     /// carries what old bay `old_of(n)` knew (a bay without an old one starts unknown).
-    pub fn remapped(&self, bays_per_lot: &[u32], old_of: impl Fn(BayIdx) -> Option<BayIdx>) -> Self {
+    pub fn remapped(
+        &self,
+        bays_per_lot: &[u32],
+        old_of: impl Fn(BayIdx) -> Option<BayIdx>,
+    ) -> Self {
         let mut state = Self::new(bays_per_lot, self.epoch);
         for bay in 0..state.bays.len() as BayIdx {
             if let Some(old) = old_of(bay).and_then(|old| self.bays.get(old as usize)) {

@@ -63,7 +63,9 @@ impl BayWriterHandle {
     /// Queues a batch (bay numbers resolve against `registry`); waits while the writer is behind.
     pub async fn submit(&self, registry: Arc<Registry>, batch: BayBatch) {
         if self.tx.send((registry, batch)).await.is_err() {
-            tracing::error!("bay writer is gone; batch dropped (its messages will be re-delivered)");
+            tracing::error!(
+                "bay writer is gone; batch dropped (its messages will be re-delivered)"
+            );
         }
     }
 }
@@ -152,7 +154,9 @@ async fn dead_letter(db: &Db, sessions: &[BaySessionWrite], error: &StoreError) 
     }
 }
 
-fn plate_fields(plate: Option<&BayPlate>) -> (Option<&str>, Option<&str>, Option<f64>, Option<&str>) {
+fn plate_fields(
+    plate: Option<&BayPlate>,
+) -> (Option<&str>, Option<&str>, Option<f64>, Option<&str>) {
     match plate {
         Some(p) => (
             Some(p.plate.as_str()),

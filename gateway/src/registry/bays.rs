@@ -31,7 +31,8 @@ pub struct Names {
 impl Names {
     pub fn push(&mut self, name: &str) {
         self.bytes.push_str(name);
-        self.ends.push(u32::try_from(self.bytes.len()).unwrap_or(u32::MAX));
+        self.ends
+            .push(u32::try_from(self.bytes.len()).unwrap_or(u32::MAX));
     }
 
     pub fn len(&self) -> usize {
@@ -217,8 +218,9 @@ impl BayTableBuilder {
         let hashes = &t.device_hash;
         t.by_hash.sort_unstable_by_key(|&d| hashes[d as usize]);
         if let Keys::Text(names) = &t.device_keys {
-            let packed: Option<Vec<[u8; 16]>> =
-                (0..names.len() as u32).map(|d| pack(names.get(d))).collect();
+            let packed: Option<Vec<[u8; 16]>> = (0..names.len() as u32)
+                .map(|d| pack(names.get(d)))
+                .collect();
             if let Some(packed) = packed {
                 t.device_keys = Keys::Packed(packed);
             }
@@ -407,7 +409,12 @@ mod tests {
         builder.lot(vec!["a".into(), "b".into()]);
         builder.finish_bays();
         builder.device("s-a", &key, 0, BayDeviceKind::Sensor);
-        builder.device("s-b", &URL_SAFE_NO_PAD.encode([9u8; 16]), 1, BayDeviceKind::Sensor);
+        builder.device(
+            "s-b",
+            &URL_SAFE_NO_PAD.encode([9u8; 16]),
+            1,
+            BayDeviceKind::Sensor,
+        );
         let packed = builder.build();
         let sensor = packed.sensor(0).unwrap();
         assert!(matches!(sensor.key, Key::Packed(_)));

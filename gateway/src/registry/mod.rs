@@ -254,8 +254,13 @@ impl Registry {
     /// password, and its MQTT client id is its device id. `None`: not such a device (a bay
     /// device's login is checked against the database, see [`crate::store::registry::authenticate`]).
     pub fn authenticate(&self, client_id: &str, username: &str, password: &str) -> Option<bool> {
-        let device = self.usernames.get(username).and_then(|id| self.device(id))?;
-        Some(device.id.as_str() == client_id && device.mqtt_password_hash == password_hash(password))
+        let device = self
+            .usernames
+            .get(username)
+            .and_then(|id| self.device(id))?;
+        Some(
+            device.id.as_str() == client_id && device.mqtt_password_hash == password_hash(password),
+        )
     }
 }
 

@@ -79,10 +79,10 @@ mod tests {
     fn nearest_lots_come_first_and_far_ones_are_left_out() {
         let hangzhou = (30.2741, 120.1551);
         let locator = LotLocator::new([
-            (0, 30.2800, 120.1600),  // ~800 m
-            (1, 30.2745, 120.1555),  // ~60 m
-            (2, 31.2304, 121.4737),  // Shanghai, ~165 km
-            (3, 30.2700, 120.1500),  // ~700 m
+            (0, 30.2800, 120.1600), // ~800 m
+            (1, 30.2745, 120.1555), // ~60 m
+            (2, 31.2304, 121.4737), // Shanghai, ~165 km
+            (3, 30.2700, 120.1500), // ~700 m
         ]);
         let near = locator.near(hangzhou.0, hangzhou.1, 2_000.0, 10);
         let lots: Vec<LotIdx> = near.iter().map(|(lot, _)| *lot).collect();

@@ -240,7 +240,10 @@ async fn load_bays(
         }
     });
     if unplaced > 0 {
-        tracing::warn!(devices = unplaced, "bay devices registered to no known bay were not loaded");
+        tracing::warn!(
+            devices = unplaced,
+            "bay devices registered to no known bay were not loaded"
+        );
     }
     Ok(builder.build())
 }
