@@ -143,6 +143,16 @@ impl Zone {
     }
 
     fn heartbeat(&self, bay: usize, occupied: bool, seq: u64) -> (String, Vec<u8>) {
+        self.heartbeat_with_battery(bay, occupied, seq, 80)
+    }
+
+    fn heartbeat_with_battery(
+        &self,
+        bay: usize,
+        occupied: bool,
+        seq: u64,
+        battery: u8,
+    ) -> (String, Vec<u8>) {
         let topic = Topic::BayHeartbeat {
             lot: self.lot.clone(),
             bay: self.bays[bay].clone(),
@@ -151,7 +161,7 @@ impl Zone {
             observed_at: Utc::now(),
             occupied,
             seq,
-            battery_pct: Some(80),
+            battery_pct: Some(battery),
         };
         (
             topic.to_string(),
@@ -453,6 +463,31 @@ async fn a_silent_sensor_turns_its_bay_unknown_and_availability_stays_consistent
     wait_counts(&platform, &zone.lot, (3, 2, 1), "bay 0 unknown once silent").await;
     let availability_now = availability(&platform, &zone.lot).await;
     assert_eq!(availability_now["status"], "spacesAvailable");
+
+    // The operator sees which sensor is silent and which one's battery is low.
+    publisher
+        .send(zone.heartbeat_with_battery(4, true, 0, 12))
+        .await;
+    let bays = eventually(WAIT, "bay 4's low battery visible", || async {
+        let bays = platform
+            .admin_get(&format!("/v1/lots/{}/bays", zone.lot))
+            .await;
+        (bays[4]["battery_low"] == true).then_some(bays)
+    })
+    .await;
+    assert_eq!(bays.as_array().unwrap().len(), BAYS);
+    assert_eq!(bays[0]["bay"], "b-00");
+    assert_eq!(bays[0]["state"], "unknown");
+    assert!(bays[0]["heard_at"].is_string());
+    assert_eq!(bays[1]["battery_low"], false);
+    assert!(
+        bays[0]["stay_started_at"].is_string(),
+        "bay 0's stay stays open while it is unknown"
+    );
+    eventually(WAIT, "the low battery counted", || async {
+        (platform.metric("parkflow_bays_battery_low").await == 1.0).then_some(())
+    })
+    .await;
 
     // A sensor's last will: its bay is unknown at once, and known again when it speaks.
     publisher

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub bay_sessions_closed: Counter,
     pub bay_states_written: Counter,
     pub bays_unknown: Gauge,
+    pub bays_battery_low: Gauge,
     pub availability_subscribers: Gauge,
 }
 
@@ -160,6 +161,12 @@ impl Metrics {
             "Bays whose state is unknown (never heard, silent past the deadline, or offline)",
             bays_unknown.clone(),
         );
+        let bays_battery_low = Gauge::default();
+        registry.register(
+            "bays_battery_low",
+            "Bays whose sensor reports a battery below 20%",
+            bays_battery_low.clone(),
+        );
         let availability_subscribers = Gauge::default();
         registry.register(
             "availability_subscribers",
@@ -173,6 +180,7 @@ impl Metrics {
             bay_sessions_closed,
             bay_states_written,
             bays_unknown,
+            bays_battery_low,
             availability_subscribers,
             registry,
             plate_reads,

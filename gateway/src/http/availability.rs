@@ -202,6 +202,26 @@ pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError>
         .into_response())
 }
 
+/// `GET /v1/lots/{lot}/bays`: every bay of a lot with its sensor's health (battery low, last
+/// heard) and its open stay — for the lot's operator.
+pub async fn bays(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+) -> Result<Json<Vec<crate::occupancy::BayView>>, ApiError> {
+    let registry = state.registry.snapshot();
+    let lot = lot_of(&registry, &lot)?;
+    let (reply, answer) = oneshot::channel();
+    state
+        .occupancy
+        .send(OccupancyMessage::Bays {
+            lot: lot.idx,
+            reply,
+        })
+        .await;
+    Ok(Json(answer.await.map_err(|_| ApiError::Unavailable)?))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecountRequest {

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/v1/lots/{lot}/recount", post(availability::recount))
+        .route("/v1/lots/{lot}/bays", get(availability::bays))
         .route("/v1/sessions", get(sessions::list))
         .route("/v1/sessions/{id}", get(sessions::get))
         .route("/v1/sessions/{id}/pay", post(payments::pay_exit))

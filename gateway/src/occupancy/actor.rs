@@ -86,12 +86,31 @@ pub enum OccupancyMessage {
     },
     /// A gated lot's open sessions now.
     GatedOpen { lot: LotIdx, open: u32 },
+    /// An operator asks how a lot's bays are.
+    Bays {
+        lot: LotIdx,
+        reply: oneshot::Sender<Vec<BayView>>,
+    },
     /// An operator counted the cars in a gated lot.
     Recount {
         lot: LotIdx,
         occupied: u32,
         reply: oneshot::Sender<Result<LotCounts, crate::store::StoreError>>,
     },
+}
+
+/// A bay as its operator sees it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct BayView {
+    pub bay: String,
+    pub state: &'static str,
+    pub battery_low: bool,
+    #[serde(with = "parkflow_protocol::time::rfc3339::option")]
+    pub heard_at: Option<DateTime<Utc>>,
+    /// The open stay, if any: since when, and whether it is past the lot's maximum stay.
+    #[serde(with = "parkflow_protocol::time::rfc3339::option")]
+    pub stay_started_at: Option<DateTime<Utc>>,
+    pub overstay: bool,
 }
 
 /// Talks to the occupancy actor.
@@ -433,6 +452,10 @@ impl OccupancyActor {
                     self.mqtt_dirty[lot as usize] = true;
                 }
             }
+            OccupancyMessage::Bays { lot, reply } => {
+                // The asker may have given up waiting.
+                let _ = reply.send(self.bay_views(lot));
+            }
             OccupancyMessage::Recount {
                 lot,
                 occupied,
@@ -443,6 +466,27 @@ impl OccupancyActor {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    fn bay_views(&self, lot: LotIdx) -> Vec<BayView> {
+        let bays = self.registry.bays();
+        bays.bays_of(lot)
+            .map(|bay| {
+                let stay = self.sessions.get(bay);
+                BayView {
+                    bay: bays.name(bay).to_owned(),
+                    state: match self.state.occupancy(bay) {
+                        Occupancy::Free => "free",
+                        Occupancy::Occupied => "occupied",
+                        Occupancy::Unknown => "unknown",
+                    },
+                    battery_low: self.state.battery_low(bay),
+                    heard_at: self.state.heard_at(bay),
+                    stay_started_at: stay.map(|s| s.started_at),
+                    overstay: stay.is_some_and(|s| s.overstay_flagged),
+                }
+            })
+            .collect()
     }
 
     async fn recount(
@@ -479,6 +523,11 @@ impl OccupancyActor {
             .sessions
             .overstays(now, |bay| registry.lot(state.lot_of(bay)).max_stay);
         self.round.sessions.extend(flagged);
+        self.metrics.bays_battery_low.set(
+            (0..self.state.bays() as BayIdx)
+                .filter(|&bay| self.state.battery_low(bay))
+                .count() as i64,
+        );
         self.metrics.bays_unknown.set(
             (0..registry.lots().len() as LotIdx)
                 .filter(|&lot| registry.has_bay_sensors(lot))

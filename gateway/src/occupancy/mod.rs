@@ -11,5 +11,7 @@ pub mod sessions;
 pub mod state;
 pub mod store;
 
-pub use actor::{BayEvent, OccupancyActor, OccupancyConfig, OccupancyHandle, OccupancyMessage};
+pub use actor::{
+    BayEvent, BayView, OccupancyActor, OccupancyConfig, OccupancyHandle, OccupancyMessage,
+};
 pub use state::{Change, LotCounts, Occupancy, OccupancyState};

@@ -254,3 +254,154 @@ fn price(lot: &Lot, session: &OpenBaySession, ended_at: DateTime<Utc>) -> BayEnd
         None => BayEnd::Unpriced { plate },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parkflow_billing::{TariffDefinition, TariffSchedule};
+    use parkflow_protocol::{DeviceAuth, LotId};
+
+    use crate::registry::{Location, LotKind};
+
+    fn t(minutes: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap() + Duration::minutes(minutes)
+    }
+
+    fn lot(priced: bool) -> Lot {
+        let mut tariffs = TariffSchedule::default();
+        if priced {
+            let definition: TariffDefinition = serde_json::from_str(
+                r#"{"currency": "CNY", "time_zone": "Asia/Shanghai", "grace_minutes": 0, "unit_minutes": 15,
+                    "bands": [{"from": "00:00", "to": "00:00", "unit_price": "2.00"}],
+                    "effective_from": "2026-01-01T00:00:00Z"}"#,
+            )
+            .unwrap();
+            tariffs.add(definition.validate().unwrap()).unwrap();
+        }
+        Lot {
+            idx: 0,
+            id: LotId::parse("zone").unwrap(),
+            operator_id: "op".into(),
+            name: "Zone".into(),
+            kind: LotKind::OnStreet,
+            location: Location {
+                lat: 30.0,
+                lon: 120.0,
+            },
+            capacity: 4,
+            time_zone: "Asia/Shanghai".into(),
+            device_auth: DeviceAuth::Signed,
+            tariffs,
+            max_stay: Some(Duration::minutes(120)),
+        }
+    }
+
+    fn read(plate: &str, confidence: f64, at: DateTime<Utc>) -> BayPlate {
+        BayPlate {
+            plate: Plate::parse(plate).unwrap(),
+            color: None,
+            confidence,
+            event_id: EventId::parse(&format!("e-{}", (confidence * 100.0) as u32)).unwrap(),
+            observed_at: at,
+        }
+    }
+
+    #[test]
+    fn the_best_plate_read_prices_the_stay_when_the_bay_goes_free() {
+        let (lot, mut stays) = (lot(true), BaySessions::default());
+        assert!(matches!(
+            stays.on_change(&lot, 0, Occupancy::Occupied, t(0)),
+            Some(BaySessionWrite::Open { plate: None, .. })
+        ));
+        assert!(stays.plate(0, read("浙A12345", 0.9, t(1))).is_some());
+        assert!(
+            stays.plate(0, read("浙A1234S", 0.5, t(2))).is_none(),
+            "a worse read changes nothing"
+        );
+        // A silent sensor keeps the stay open.
+        assert!(
+            stays
+                .on_change(&lot, 0, Occupancy::Unknown, t(10))
+                .is_none()
+        );
+        let Some(BaySessionWrite::Close {
+            end,
+            started_at,
+            ended_at,
+            ..
+        }) = stays.on_change(&lot, 0, Occupancy::Free, t(40))
+        else {
+            panic!("the stay closes")
+        };
+        assert_eq!((started_at, ended_at), (t(0), t(40)));
+        match end {
+            // 40 minutes: three 15-minute units at 2.00.
+            BayEnd::Priced {
+                plate,
+                fee_minor,
+                currency,
+                ..
+            } => {
+                assert_eq!(
+                    (plate.plate.as_str(), fee_minor, currency.as_str()),
+                    ("浙A12345", 600, "CNY")
+                );
+            }
+            other => panic!("expected a priced stay, got {other:?}"),
+        }
+        assert_eq!(stays.open_count(), 0);
+    }
+
+    #[test]
+    fn a_stay_without_a_plate_or_a_tariff_goes_to_review() {
+        let mut stays = BaySessions::default();
+        stays.on_change(&lot(true), 1, Occupancy::Occupied, t(0));
+        let closed = stays.on_change(&lot(true), 1, Occupancy::Free, t(30));
+        assert!(matches!(
+            closed,
+            Some(BaySessionWrite::Close {
+                end: BayEnd::NoPlate,
+                ..
+            })
+        ));
+        stays.on_change(&lot(false), 2, Occupancy::Occupied, t(0));
+        stays.plate(2, read("浙B54321", 0.8, t(1)));
+        let closed = stays.on_change(&lot(false), 2, Occupancy::Free, t(30));
+        assert!(matches!(
+            closed,
+            Some(BaySessionWrite::Close {
+                end: BayEnd::Unpriced { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_plate_read_just_before_the_sensor_reports_joins_the_stay() {
+        let mut stays = BaySessions::default();
+        assert!(stays.plate(3, read("浙C11111", 0.7, t(0))).is_none());
+        let opened = stays.on_change(&lot(true), 3, Occupancy::Occupied, t(1));
+        assert!(matches!(
+            opened,
+            Some(BaySessionWrite::Open { plate: Some(_), .. })
+        ));
+        // A read long before is some earlier car's.
+        assert!(stays.plate(1, read("浙C22222", 0.7, t(0))).is_none());
+        let opened = stays.on_change(&lot(true), 1, Occupancy::Occupied, t(10));
+        assert!(matches!(
+            opened,
+            Some(BaySessionWrite::Open { plate: None, .. })
+        ));
+    }
+
+    #[test]
+    fn an_overstay_is_flagged_once() {
+        let mut stays = BaySessions::default();
+        stays.on_change(&lot(true), 0, Occupancy::Occupied, t(0));
+        let max = |_| Some(Duration::minutes(120));
+        assert!(stays.overstays(t(119), max).is_empty());
+        assert_eq!(stays.overstays(t(121), max).len(), 1);
+        assert!(stays.overstays(t(200), max).is_empty());
+        assert!(stays.get(0).unwrap().overstay_flagged);
+    }
+}

@@ -172,6 +172,12 @@ impl OccupancyState {
         self.bays[bay as usize].flags & BATTERY_LOW != 0
     }
 
+    /// When the bay's sensor was last heard (`None`: never).
+    pub fn heard_at(&self, bay: BayIdx) -> Option<DateTime<Utc>> {
+        let heard = self.bays[bay as usize].heard;
+        (heard > 0).then(|| self.epoch + Duration::seconds(i64::from(heard)))
+    }
+
     fn seconds(&self, at: DateTime<Utc>) -> u32 {
         u32::try_from((at - self.epoch).num_seconds().max(1)).unwrap_or(u32::MAX)
     }
