@@ -127,6 +127,10 @@ pub struct RunArgs {
     /// Seed a demo city and run simulated traffic in-process.
     #[arg(long, env = "PARKFLOW_DEMO")]
     pub demo: bool,
+    /// With --demo: the city to simulate — `demo` (3 gated lots, 80 bays with sensors),
+    /// `district` (30 gated lots, 84,800 bays) or `hangzhou` (300 gated lots, 848,000 bays).
+    #[arg(long, env = "PARKFLOW_DEMO_CITY", default_value = "demo", value_parser = ["demo", "district", "hangzhou"])]
+    pub demo_city: String,
     /// With --demo: write the demo's devices and their credentials to this JSON file.
     #[arg(long, env = "PARKFLOW_DEMO_DEVICES", requires = "demo")]
     pub demo_devices: Option<PathBuf>,

@@ -172,12 +172,25 @@ impl Demo {
             );
             cameras.insert((device.lot.clone(), gate), handle);
         }
+        let bays: u64 = self.city.zones.iter().map(|z| u64::from(z.bays)).sum();
+        let street = if bays > 10_000 {
+            // A city's worth of sensors: heartbeats every five minutes, stays of half an hour.
+            StreetConfig {
+                heartbeat_every: std::time::Duration::from_secs(300),
+                mean_stay: std::time::Duration::from_secs(1_800),
+                mean_free: std::time::Duration::from_secs(1_200),
+                tick: std::time::Duration::from_secs(2),
+                ..StreetConfig::demo()
+            }
+        } else {
+            StreetConfig::demo()
+        };
         street::spawn(
             &self.zones,
             Arc::new(self.city.drivers.clone()),
             host,
             port,
-            &StreetConfig::demo(),
+            &street,
             self.street_stats.clone(),
             &tracker,
             token.clone(),

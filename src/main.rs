@@ -188,13 +188,17 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let demo = if args.demo {
-        let demo = Demo::new(&CityConfig::demo());
+        let city = CityConfig::preset(&args.demo_city).unwrap_or_else(CityConfig::demo);
+        let mut demo = Demo::new(&city);
         platform.provision(&demo.plan).await?;
         if let Some(path) = &args.demo_devices {
             demo.devices
                 .write(path)
                 .with_context(|| format!("failed to write {}", path.display()))?;
         }
+        // Provisioned and written: the traffic needs only the city and the zones' keys.
+        demo.plan = Default::default();
+        demo.devices = Default::default();
         Some(demo)
     } else {
         None

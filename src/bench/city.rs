@@ -527,9 +527,11 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
     let applied = gateway
         .metric(&client, "parkflow_bay_events_total{outcome=\"applied\"}")
         .await?;
+    // (+ 0.0: an empty sum is -0.0.)
     let rejected = gateway
         .metric_sum(&client, "parkflow_events_rejected_total{")
-        .await?;
+        .await?
+        + 0.0;
     println!(
         "applied={applied} expected={} lost={} rss_after_mb={:.1} rejected={rejected}",
         2 * bays,

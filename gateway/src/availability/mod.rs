@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use parkflow_protocol::{Availability, LotStatus};
 use serde::Serialize;
@@ -60,13 +61,36 @@ impl StatusThresholds {
     }
 }
 
-/// One lot's published counts.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One lot's published counts, and its `GET /v1/lots/{lot}/availability` body rendered once
+/// per change (readers copy bytes instead of serializing per request).
+#[derive(Debug, Clone, PartialEq)]
 pub struct LotAvailability {
     pub counts: LotCounts,
     pub status: LotStatus,
     /// When the counts last changed.
     pub observed_at: DateTime<Utc>,
+    pub json: Bytes,
+}
+
+impl LotAvailability {
+    pub fn new(
+        lot: &Lot,
+        counts: LotCounts,
+        status: LotStatus,
+        observed_at: DateTime<Utc>,
+    ) -> Self {
+        let mut availability = Self {
+            counts,
+            status,
+            observed_at,
+            json: Bytes::new(),
+        };
+        // A struct of plain fields always serializes.
+        availability.json = Bytes::from(
+            serde_json::to_vec(&LotAvailabilityView::new(lot, &availability)).unwrap_or_default(),
+        );
+        availability
+    }
 }
 
 /// Every lot's counts at one moment, indexed by `LotIdx`.
@@ -89,9 +113,6 @@ pub struct LotAvailabilityView {
     pub status: LotStatus,
     #[serde(with = "parkflow_protocol::time::rfc3339")]
     pub observed_at: DateTime<Utc>,
-    /// Distance from the point asked about, for `near` queries.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub distance_m: Option<f64>,
 }
 
 impl LotAvailabilityView {
@@ -107,7 +128,6 @@ impl LotAvailabilityView {
             unknown: availability.counts.unknown,
             status: availability.status,
             observed_at: availability.observed_at,
-            distance_m: None,
         }
     }
 
@@ -201,6 +221,41 @@ mod tests {
         );
         assert_eq!(thresholds.status(&counts(100, 0, 100)), LotStatus::Full);
         assert_eq!(thresholds.status(&counts(0, 0, 0)), LotStatus::Closed);
+    }
+
+    #[test]
+    fn the_rendered_body_is_the_view() {
+        let lot = Lot {
+            idx: 0,
+            id: parkflow_protocol::LotId::parse("l-1").unwrap(),
+            operator_id: "op".into(),
+            name: "Lot <1>".into(),
+            kind: LotKind::OnStreet,
+            location: Location {
+                lat: 30.0,
+                lon: 120.0,
+            },
+            capacity: 100,
+            time_zone: "Asia/Shanghai".into(),
+            device_auth: parkflow_protocol::DeviceAuth::Signed,
+            tariffs: Default::default(),
+            max_stay: None,
+        };
+        let availability = LotAvailability::new(
+            &lot,
+            counts(100, 40, 50),
+            LotStatus::SpacesAvailable,
+            Utc::now(),
+        );
+        let body: serde_json::Value = serde_json::from_slice(&availability.json).unwrap();
+        assert_eq!(
+            body,
+            serde_json::to_value(LotAvailabilityView::new(&lot, &availability)).unwrap()
+        );
+        assert_eq!(
+            (body["free"].as_u64(), body["unknown"].as_u64()),
+            (Some(40), Some(10))
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use chrono::Utc;
 use futures::Stream;
 use parkflow_protocol::LotId;
@@ -35,22 +36,23 @@ fn lot_of<'r>(registry: &'r Registry, raw: &str) -> Result<&'r crate::registry::
     registry.lot_by_id(&id).ok_or(ApiError::NotFound("lot"))
 }
 
-fn view(registry: &Registry, board: &Board, lot: u32) -> Option<LotAvailabilityView> {
-    let availability = board.lots.get(lot as usize)?;
-    Some(LotAvailabilityView::new(registry.lot(lot), availability))
+fn json(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// `GET /v1/lots/{lot}/availability`
+/// `GET /v1/lots/{lot}/availability` (the body rendered when the lot last changed).
 pub async fn one(
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
-) -> Result<Json<LotAvailabilityView>, ApiError> {
+) -> Result<Response, ApiError> {
     let registry = state.registry.snapshot();
     let lot = lot_of(&registry, &lot)?;
     let board = state.availability.board();
-    view(&registry, &board, lot.idx)
-        .map(Json)
-        .ok_or(ApiError::NotFound("lot"))
+    let availability = board
+        .lots
+        .get(lot.idx as usize)
+        .ok_or(ApiError::NotFound("lot"))?;
+    Ok(json(availability.json.clone()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,7 +73,7 @@ fn parse_point(near: &str) -> Option<(f64, f64)> {
 pub async fn near(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<NearQuery>,
-) -> Result<Json<Vec<LotAvailabilityView>>, ApiError> {
+) -> Result<Response, ApiError> {
     let (lat, lon) = parse_point(&query.near).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_point",
@@ -94,17 +96,21 @@ pub async fn near(
     }
     let registry = state.registry.snapshot();
     let board = state.availability.board();
-    let lots = registry
-        .locator()
-        .near(lat, lon, radius, limit)
-        .into_iter()
-        .filter_map(|(lot, distance)| {
-            let mut view = view(&registry, &board, lot)?;
-            view.distance_m = Some((distance * 10.0).round() / 10.0);
-            Some(view)
-        })
-        .collect();
-    Ok(Json(lots))
+    // Each lot's rendered body, with its distance put first: `{"distance_m":…,` + `"lot":…}`.
+    let mut body = Vec::with_capacity(limit * 320);
+    body.push(b'[');
+    for (lot, distance) in registry.locator().near(lat, lon, radius, limit) {
+        let Some(availability) = board.lots.get(lot as usize) else {
+            continue;
+        };
+        if body.len() > 1 {
+            body.push(b',');
+        }
+        body.extend_from_slice(format!("{{\"distance_m\":{:.1},", distance).as_bytes());
+        body.extend_from_slice(availability.json.get(1..).unwrap_or_default());
+    }
+    body.push(b']');
+    Ok(json(Bytes::from(body)))
 }
 
 /// `GET /v1/availability/stream`: one `availability` event per lot change, as server-sent events.
@@ -307,7 +313,6 @@ mod tests {
             unknown: 0,
             status: parkflow_protocol::LotStatus::SpacesAvailable,
             observed_at: Utc::now(),
-            distance_m: None,
         }
     }
 

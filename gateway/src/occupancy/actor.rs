@@ -250,11 +250,8 @@ impl OccupancyActor {
 
     fn lot_availability(&self, lot: LotIdx, at: DateTime<Utc>) -> LotAvailability {
         let counts = self.counts(lot);
-        LotAvailability {
-            status: self.config.thresholds.status(&counts),
-            counts,
-            observed_at: at,
-        }
+        let status = self.config.thresholds.status(&counts);
+        LotAvailability::new(self.registry.lot(lot), counts, status, at)
     }
 
     /// Runs until every handle is dropped, handling what is queued first.
@@ -552,12 +549,14 @@ impl OccupancyActor {
             if !std::mem::take(&mut self.dirty[lot]) {
                 continue;
             }
-            let fresh = self.lot_availability(lot as LotIdx, now);
-            let current = &mut self.board.lots[lot];
-            if fresh.counts == current.counts && fresh.status == current.status {
+            let counts = self.counts(lot as LotIdx);
+            let current = &self.board.lots[lot];
+            if counts == current.counts && self.config.thresholds.status(&counts) == current.status
+            {
                 continue;
             }
-            *current = fresh;
+            self.board.lots[lot] = self.lot_availability(lot as LotIdx, now);
+            let current = &self.board.lots[lot];
             any = true;
             self.availability.announce(LotAvailabilityView::new(
                 self.registry.lot(lot as LotIdx),
