@@ -196,9 +196,12 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
                 .write(path)
                 .with_context(|| format!("failed to write {}", path.display()))?;
         }
-        // Provisioned and written: the traffic needs only the city and the zones' keys.
+        // Provisioned and written: the traffic needs only the city, the gate cameras and the
+        // zones' keys (a city's bay devices would otherwise be held twice).
         demo.plan = Default::default();
-        demo.devices = Default::default();
+        demo.devices
+            .devices
+            .retain(|d| d.kind == parkflow_sensors_sim::DeviceKind::GateCamera);
         Some(demo)
     } else {
         None
