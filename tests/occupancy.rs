@@ -587,6 +587,26 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
     .await;
     assert_eq!(review["bay_id"], "b-01");
     assert_eq!(review["plate"], Value::Null);
+
+    // A car leaves and the next arrives at once (often in one round of writes): the first stay
+    // closes before the second opens, and the database takes both.
+    publisher.send(zone.occupancy(2, true, 1, arrived)).await;
+    publisher.send(zone.occupancy(2, false, 2, left)).await;
+    publisher.send(zone.occupancy(2, true, 3, left)).await;
+    let bays = eventually(WAIT, "bay 2's second stay open", || async {
+        let bays = platform
+            .admin_get(&format!("/v1/lots/{}/bays", zone.lot))
+            .await;
+        (platform.metric("parkflow_bay_sessions_opened_total").await == 4.0
+            && bays[2]["stay_started_at"].is_string())
+        .then_some(bays)
+    })
+    .await;
+    assert_eq!(bays[2]["state"], "occupied");
+    assert_eq!(
+        platform.metric("parkflow_store_write_errors_total").await,
+        0.0
+    );
     drop(cameras);
     platform.stop().await;
 }

@@ -218,8 +218,14 @@ impl Gateway {
              task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
                 let token = token.clone();
                 tracker.spawn(async move {
-                    task.await;
-                    if !token.is_cancelled() {
+                    // A panic stops the gateway too: a half-dead gateway must not keep acking.
+                    if futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task))
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!(task = name, "core task panicked; stopping the gateway");
+                        token.cancel();
+                    } else if !token.is_cancelled() {
                         tracing::error!(
                             task = name,
                             "core task ended on its own; stopping the gateway"

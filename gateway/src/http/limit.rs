@@ -59,7 +59,7 @@ pub async fn limit_public(
                 message: "too many requests from this client; slow down".to_owned(),
             }
             .into_response();
-            let seconds = wait.as_secs().max(1).to_string();
+            let seconds = (wait.as_secs_f64().ceil() as u64).max(1).to_string();
             if let Ok(value) = HeaderValue::from_str(&seconds) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }

@@ -98,6 +98,7 @@ pub fn occupancy(
         occupied: event.occupied,
         seq: event.seq,
         observed_at: event.observed_at,
+        received_at: now,
         battery_pct: event.battery_pct,
     })
 }
@@ -121,6 +122,7 @@ pub fn heartbeat(
         occupied: beat.occupied,
         seq: beat.seq,
         observed_at: beat.observed_at,
+        received_at: now,
         battery_pct: beat.battery_pct,
     })
 }
@@ -205,6 +207,7 @@ pub fn bridge(
                     occupied: event.occupied,
                     seq: event.seq,
                     observed_at: event.observed_at,
+                    received_at: now,
                     battery_pct: None,
                 })
             });

@@ -56,6 +56,8 @@ pub struct BayEvent {
     pub occupied: bool,
     pub seq: u64,
     pub observed_at: DateTime<Utc>,
+    /// When the platform received it: a sensor counts as heard by this clock, not its own.
+    pub received_at: DateTime<Utc>,
     pub battery_pct: Option<u8>,
 }
 
@@ -275,7 +277,7 @@ impl OccupancyActor {
                     self.flush().await;
                 }
                 _ = publish.tick() => {
-                    self.sync_registry();
+                    self.sync_registry().await;
                     self.publish(Utc::now());
                 }
                 _ = mqtt.tick() => self.publish_mqtt(),
@@ -311,11 +313,13 @@ impl OccupancyActor {
     }
 
     /// Follows the registry: when it changed (lots or bays provisioned), the state is renumbered.
-    fn sync_registry(&mut self) {
+    /// The writes of the round so far go first: they are numbered against the old registry.
+    async fn sync_registry(&mut self) {
         let latest = self.registry_handle.snapshot();
         if Arc::ptr_eq(&latest, &self.registry) {
             return;
         }
+        self.flush().await;
         let old = std::mem::replace(&mut self.registry, latest.clone());
         let new = latest;
         self.state = self
@@ -339,6 +343,10 @@ impl OccupancyActor {
         self.dirty = vec![false; lots];
         self.mqtt_dirty = vec![true; lots];
         self.availability.publish(self.board.clone());
+        for (lot, availability) in new.lots().iter().zip(&self.board.lots) {
+            self.availability
+                .announce(LotAvailabilityView::new(lot, availability));
+        }
         tracing::info!(
             lots,
             bays = new.bays().len(),
@@ -356,7 +364,7 @@ impl OccupancyActor {
     }
 
     async fn handle(&mut self, message: OccupancyMessage) {
-        self.sync_registry();
+        self.sync_registry().await;
         match message {
             OccupancyMessage::Events {
                 registry,
@@ -374,7 +382,7 @@ impl OccupancyActor {
                     );
                     let change =
                         self.state
-                            .apply(event.bay, event.occupied, event.seq, event.observed_at);
+                            .apply(event.bay, event.occupied, event.seq, event.received_at);
                     let outcome = if change == Change::Stale {
                         "stale"
                     } else {
@@ -406,7 +414,7 @@ impl OccupancyActor {
                     beat.occupied,
                     beat.seq,
                     beat.battery_pct.is_some_and(|pct| pct < BATTERY_LOW_PCT),
-                    beat.observed_at,
+                    beat.received_at,
                 );
                 if let Change::Changed { to, .. } = change {
                     // The heartbeat corrected a state whose event was lost: remember it.

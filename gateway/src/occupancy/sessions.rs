@@ -85,6 +85,8 @@ pub struct BaySessions {
     open: HashMap<BayIdx, OpenBaySession>,
     /// Plate reads that came before their bay went occupied.
     pending: HashMap<BayIdx, BayPlate>,
+    /// When each bay last went free (for a while): a read from before then is of the car that left.
+    freed: HashMap<BayIdx, DateTime<Utc>>,
 }
 
 impl BaySessions {
@@ -93,6 +95,7 @@ impl BaySessions {
         Self {
             open: open.into_iter().collect(),
             pending: HashMap::new(),
+            freed: HashMap::new(),
         }
     }
 
@@ -106,6 +109,10 @@ impl BaySessions {
         self.pending = std::mem::take(&mut self.pending)
             .into_iter()
             .filter_map(|(bay, plate)| Some((new_of(bay)?, plate)))
+            .collect();
+        self.freed = std::mem::take(&mut self.freed)
+            .into_iter()
+            .filter_map(|(bay, at)| Some((new_of(bay)?, at)))
             .collect();
     }
 
@@ -150,6 +157,7 @@ impl BaySessions {
             Occupancy::Free => {
                 let session = self.open.remove(&bay)?;
                 let ended_at = at.max(session.started_at);
+                self.freed.insert(bay, ended_at);
                 Some(BaySessionWrite::Close {
                     id: session.id,
                     bay,
@@ -166,6 +174,14 @@ impl BaySessions {
     /// moment if the bay is not occupied yet.
     pub fn plate(&mut self, bay: BayIdx, read: BayPlate) -> Option<BaySessionWrite> {
         let Some(session) = self.open.get_mut(&bay) else {
+            if self
+                .freed
+                .get(&bay)
+                .is_some_and(|&freed| read.observed_at <= freed)
+            {
+                // A late read of the car that just left.
+                return None;
+            }
             let better = self.pending.get(&bay).is_none_or(|p| {
                 read.confidence > p.confidence
                     || read.observed_at > p.observed_at + PENDING_PLATE_WINDOW
@@ -215,9 +231,11 @@ impl BaySessions {
                 });
             }
         }
-        // Forget plate reads whose car never showed.
+        // Forget plate reads whose car never showed, and departures long past.
         self.pending
             .retain(|_, p| p.observed_at >= now - PENDING_PLATE_WINDOW);
+        self.freed
+            .retain(|_, &mut freed| freed >= now - PENDING_PLATE_WINDOW);
         flagged
     }
 }
@@ -388,6 +406,20 @@ mod tests {
         // A read long before is some earlier car's.
         assert!(stays.plate(1, read("浙C22222", 0.7, t(0))).is_none());
         let opened = stays.on_change(&lot(true), 1, Occupancy::Occupied, t(10));
+        assert!(matches!(
+            opened,
+            Some(BaySessionWrite::Open { plate: None, .. })
+        ));
+    }
+
+    #[test]
+    fn a_late_read_of_the_car_that_left_is_not_the_next_cars_plate() {
+        let mut stays = BaySessions::default();
+        stays.on_change(&lot(true), 0, Occupancy::Occupied, t(0));
+        stays.on_change(&lot(true), 0, Occupancy::Free, t(30));
+        // Read at 29 minutes (before the car left), delivered after.
+        assert!(stays.plate(0, read("浙D33333", 0.9, t(29))).is_none());
+        let opened = stays.on_change(&lot(true), 0, Occupancy::Occupied, t(31));
         assert!(matches!(
             opened,
             Some(BaySessionWrite::Open { plate: None, .. })

@@ -82,65 +82,139 @@ pub fn bay_writer(db: Db, metrics: Arc<Metrics>) -> (BayWriterHandle, BayWriter)
     (BayWriterHandle { tx }, BayWriter { db, rx, metrics })
 }
 
+/// Consecutive batches numbered against the same registry, merged (the latest state per bay wins).
+struct Segment {
+    registry: Arc<Registry>,
+    states: Vec<BayStateRow>,
+    sessions: Vec<BaySessionWrite>,
+}
+
+/// Splits a group where the registry changes, so every bay number is read against the registry
+/// it was given with.
+fn segments(group: Vec<(Arc<Registry>, BayBatch)>, tickets: &mut Vec<Ticket>) -> Vec<Segment> {
+    let mut segments: Vec<(Segment, HashMap<BayIdx, usize>)> = Vec::new();
+    for (registry, batch) in group {
+        let same = segments
+            .last()
+            .is_some_and(|(segment, _)| Arc::ptr_eq(&segment.registry, &registry));
+        if !same {
+            segments.push((
+                Segment {
+                    registry,
+                    states: Vec::new(),
+                    sessions: Vec::new(),
+                },
+                HashMap::new(),
+            ));
+        }
+        let Some((segment, positions)) = segments.last_mut() else {
+            continue;
+        };
+        for row in batch.states {
+            match positions.get(&row.bay) {
+                Some(&at) if segment.states[at].seq > row.seq => {}
+                Some(&at) => segment.states[at] = row,
+                None => {
+                    positions.insert(row.bay, segment.states.len());
+                    segment.states.push(row);
+                }
+            }
+        }
+        segment.sessions.extend(batch.sessions);
+        tickets.extend(batch.tickets);
+    }
+    segments.into_iter().map(|(segment, _)| segment).collect()
+}
+
 impl BayWriter {
     /// Runs until every handle is dropped and the queue is drained.
     pub async fn run(mut self) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         while self.rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-            // Batches of one group resolve against the newest registry among them.
-            let registry = group.last().map(|(r, _)| r.clone());
-            let Some(registry) = registry else { continue };
-            let mut states: HashMap<BayIdx, BayStateRow> = HashMap::new();
-            let mut sessions = Vec::new();
             let mut tickets = Vec::new();
-            for (_, batch) in group.drain(..) {
-                for row in batch.states {
-                    let newer = states.get(&row.bay).is_none_or(|old| row.seq >= old.seq);
-                    if newer {
-                        states.insert(row.bay, row);
-                    }
+            let segments = segments(std::mem::take(&mut group), &mut tickets);
+            let states: usize = segments.iter().map(|s| s.states.len()).sum();
+            match retry_transient(|| write(&self.db, &segments)).await {
+                Ok(()) => {
+                    self.metrics.bay_states_written.inc_by(states as u64);
                 }
-                sessions.extend(batch.sessions);
-                tickets.extend(batch.tickets);
-            }
-            let states: Vec<BayStateRow> = states.into_values().collect();
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                match write(&self.db, &registry, &states, &sessions).await {
-                    Ok(()) => {
-                        self.metrics.bay_states_written.inc_by(states.len() as u64);
-                        break;
-                    }
-                    Err(error) if error.is_transient() => {
-                        tracing::warn!(%error, retry_in = ?backoff, "bay writes failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                    Err(error) => {
-                        // Not transient: a re-delivery would fail the same way. Keep what was
-                        // refused for an operator and let the messages go.
-                        self.metrics.store_write_errors.inc();
-                        tracing::error!(%error, constraint = ?error.constraint(), states = states.len(), stays = sessions.len(), "bay writes refused by the database; kept as a dead letter");
-                        dead_letter(&self.db, &sessions, &error).await;
-                        break;
-                    }
+                Err(error) => {
+                    tracing::warn!(%error, "bay group commit refused; writing piece by piece");
+                    self.piece_by_piece(&segments).await;
                 }
             }
-            // Dropping the tickets acknowledges the messages, now that their writes are durable.
+            // Dropping the tickets acknowledges the messages, now that their writes are durable
+            // (or, refused by the database, kept as dead letters: a re-delivery would fail the same way).
             drop(tickets);
         }
         tracing::debug!("bay writer drained and stopped");
     }
+
+    /// Writes each segment's states, then each stay write on its own, so that one write the
+    /// database refuses holds back nothing else; what it refuses becomes a dead letter.
+    async fn piece_by_piece(&self, segments: &[Segment]) {
+        for segment in segments {
+            let states = Segment {
+                registry: segment.registry.clone(),
+                states: segment.states.clone(),
+                sessions: Vec::new(),
+            };
+            match retry_transient(|| write(&self.db, std::slice::from_ref(&states))).await {
+                Ok(()) => {
+                    self.metrics
+                        .bay_states_written
+                        .inc_by(states.states.len() as u64);
+                }
+                Err(error) => self.refused(&format!("{:?}", states.states), &error).await,
+            }
+            for session in &segment.sessions {
+                let one = Segment {
+                    registry: segment.registry.clone(),
+                    states: Vec::new(),
+                    sessions: vec![session.clone()],
+                };
+                if let Err(error) =
+                    retry_transient(|| write(&self.db, std::slice::from_ref(&one))).await
+                {
+                    self.refused(&format!("{session:?}"), &error).await;
+                }
+            }
+        }
+    }
+
+    async fn refused(&self, writes: &str, error: &StoreError) {
+        self.metrics.store_write_errors.inc();
+        tracing::error!(%error, constraint = ?error.constraint(), "bay write refused by the database; kept as a dead letter");
+        dead_letter(&self.db, writes, error).await;
+    }
 }
 
-async fn dead_letter(db: &Db, sessions: &[BaySessionWrite], error: &StoreError) {
-    let writes = format!("{sessions:?}");
+/// Runs `attempt` until it succeeds or fails for a reason other than a transient one.
+async fn retry_transient<F, Fut>(mut attempt: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, retry_in = ?backoff, "bay writes failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn dead_letter(db: &Db, writes: &str, error: &StoreError) {
     let result: Result<(), StoreError> = async {
         on_db!(db, pool => sqlx::query(
             "INSERT INTO dead_letters (id, writes, error, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(Uuid::now_v7())
-        .bind(&writes)
+        .bind(writes)
         .bind(error.to_string())
         .bind(db_time(Utc::now()))
         .execute(pool)
@@ -168,19 +242,17 @@ fn plate_fields(
     }
 }
 
-/// Writes states and stays in one transaction.
-async fn write(
-    db: &Db,
-    registry: &Registry,
-    states: &[BayStateRow],
-    sessions: &[BaySessionWrite],
-) -> Result<(), StoreError> {
-    let bays = registry.bays();
-    let lot_of = |bay: BayIdx| registry.lot(bays.lot_of(bay)).id.as_str();
+/// Writes every segment's states and stays in one transaction; stays in the order they happened
+/// (a bay's stay closes before its next one opens), consecutive openings in multi-row statements.
+async fn write(db: &Db, segments: &[Segment]) -> Result<(), StoreError> {
     let now = db_time(Utc::now());
     on_db!(db, pool => {
         let mut tx = pool.begin().await?;
-        for chunk in states.chunks(ROWS_PER_STATEMENT) {
+        for segment in segments {
+        let registry = &segment.registry;
+        let bays = registry.bays();
+        let lot_of = |bay: BayIdx| registry.lot(bays.lot_of(bay)).id.as_str();
+        for chunk in segment.states.chunks(ROWS_PER_STATEMENT) {
             let mut query = sqlx::QueryBuilder::new(
                 "INSERT INTO bay_states (lot_id, bay_id, occupied, seq, observed_at, battery_pct) ",
             );
@@ -199,14 +271,18 @@ async fn write(
             );
             query.build().execute(&mut *tx).await?;
         }
-        let opens: Vec<_> = sessions
+        // Runs of consecutive openings, each run written before the write that follows it.
+        let mut position = 0;
+        while position < segment.sessions.len() {
+        let run: Vec<_> = segment.sessions[position..]
             .iter()
-            .filter_map(|write| match write {
+            .map_while(|write| match write {
                 BaySessionWrite::Open { id, bay, started_at, plate } => Some((id, bay, started_at, plate)),
                 _ => None,
             })
             .collect();
-        for chunk in opens.chunks(ROWS_PER_STATEMENT) {
+        position += run.len();
+        for chunk in run.chunks(ROWS_PER_STATEMENT) {
             let mut query = sqlx::QueryBuilder::new(
                 "INSERT INTO bay_sessions (id, lot_id, bay_id, status, started_at, plate, plate_color,
                      plate_confidence, plate_event_id, updated_at) ",
@@ -227,7 +303,8 @@ async fn write(
             query.push(" ON CONFLICT (id) DO NOTHING");
             query.build().execute(&mut *tx).await?;
         }
-        for write in sessions {
+        if let Some(write) = segment.sessions.get(position) {
+            position += 1;
             match write {
                 BaySessionWrite::Open { .. } => {}
                 BaySessionWrite::Plate { id, plate } => {
@@ -340,6 +417,8 @@ async fn write(
                     }
                 }
             }
+        }
+        }
         }
         tx.commit().await?;
     });
