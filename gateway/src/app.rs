@@ -2,8 +2,10 @@
 //! registry and binds the HTTP listener (reporting its address); [`Gateway::run`] starts every
 //! task and, once the token is cancelled, drains them.
 //!
-//! Tasks and channels: MQTT event loop → ingest → gate actor → store writer → acker; ingest →
-//! occupancy actor → bay writer → acker for bay sensors, cameras and bridges; plus the HTTP server. On shutdown the event loop stops first; the others drain what they hold and stop
+//! Tasks and channels: MQTT event loop → ingest → gate actor → store writer → acker; on a second
+//! MQTT connection of its own, event loop → ingest → occupancy actor → bay writer → acker for bay
+//! sensors, cameras and bridges (a city's bay traffic never queues in front of a plate read);
+//! plus the HTTP server. On shutdown the event loop stops first; the others drain what they hold and stop
 //! as their input channels close, so everything received is decided and committed.
 
 use std::net::SocketAddr;
@@ -61,6 +63,10 @@ pub struct Gateway {
     http_addr: SocketAddr,
     client: AsyncClient,
     eventloop: EventLoop,
+    /// A second connection for bay sensors, cameras and bridges, so a city's bay traffic never
+    /// queues in front of a plate read.
+    bay_client: AsyncClient,
+    bay_eventloop: EventLoop,
     writer: Writer,
     actor: GateActor,
     gates: GateHandle,
@@ -100,6 +106,11 @@ impl Gateway {
             config.decisions.public_url = format!("http://{http_addr}");
         }
         let (client, eventloop) = link::connect(&config.mqtt);
+        let bay_mqtt = crate::mqtt::MqttConfig {
+            client_id: format!("{}-bays", config.mqtt.client_id),
+            ..config.mqtt.clone()
+        };
+        let (bay_client, bay_eventloop) = link::connect(&bay_mqtt);
         let (writer_handle, writer) = writer::writer(db.clone(), metrics.clone());
         let (occupancy, occupancy_rx) = OccupancyHandle::channel();
         let actor = GateActor::load(
@@ -123,7 +134,7 @@ impl Gateway {
             restored,
             availability.clone(),
             bay_writer_handle,
-            Some(client.clone()),
+            Some(bay_client.clone()),
             metrics.clone(),
             db.clone(),
             Utc::now(),
@@ -144,6 +155,8 @@ impl Gateway {
             http_addr,
             client,
             eventloop,
+            bay_client,
+            bay_eventloop,
             writer,
             actor,
             gates,
@@ -189,6 +202,8 @@ impl Gateway {
             listener,
             client,
             eventloop,
+            bay_client,
+            bay_eventloop,
             writer,
             actor,
             gates,
@@ -204,14 +219,17 @@ impl Gateway {
         let tracker = TaskTracker::new();
         let (tickets, acker) = ack::channel(client.clone());
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
-        let (connected_tx, connected_rx) = watch::channel(false);
-        let filters = vec![
-            filter::all_gate_plates(),
-            filter::all_gate_states(),
+        let (connected_tx, gate_connected) = watch::channel(false);
+        let filters = vec![filter::all_gate_plates(), filter::all_gate_states()];
+        let (bay_tickets, bay_acker) = ack::channel(bay_client.clone());
+        let (bay_inbound_tx, bay_inbound_rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
+        let (bay_connected_tx, bay_connected) = watch::channel(false);
+        let bay_filters = vec![
             filter::all_bays(),
             filter::all_bridges(),
             filter::all_device_status(),
         ];
+        let (connected_tx_both, connected_rx) = watch::channel(false);
 
         let core =
             |name: &'static str,
@@ -247,17 +265,31 @@ impl Gateway {
             )),
         );
         core(
-            "ingest",
-            Box::pin(
-                Ingest::new(
-                    registry.clone(),
-                    metrics.clone(),
-                    gates.clone(),
-                    occupancy.clone(),
-                )
-                .run(inbound_rx),
-            ),
+            "mqtt event loop (bays)",
+            Box::pin(link::run(
+                bay_eventloop,
+                bay_client,
+                bay_filters,
+                bay_tickets,
+                bay_inbound_tx,
+                bay_connected_tx,
+                token.clone(),
+            )),
         );
+        for (name, inbound) in [("ingest", inbound_rx), ("ingest (bays)", bay_inbound_rx)] {
+            core(
+                name,
+                Box::pin(
+                    Ingest::new(
+                        registry.clone(),
+                        metrics.clone(),
+                        gates.clone(),
+                        occupancy.clone(),
+                    )
+                    .run(inbound),
+                ),
+            );
+        }
         core("gate actor", Box::pin(actor.run(gate_rx)));
         core("store writer", Box::pin(writer.run()));
         core(
@@ -266,6 +298,12 @@ impl Gateway {
         );
         core("bay writer", Box::pin(bay_writer.run()));
         core("acker", Box::pin(acker.run()));
+        core("acker (bays)", Box::pin(bay_acker.run()));
+        tracker.spawn(both_connected(
+            gate_connected,
+            bay_connected,
+            connected_tx_both,
+        ));
         tracker.spawn(track_connection(connected_rx.clone(), metrics.clone()));
         let public_limit = http::limit::PublicLimit::per_second(config.public_rate_per_second);
         tracker.spawn(forget_idle_clients(public_limit.clone(), token.clone()));
@@ -319,6 +357,22 @@ async fn forget_idle_clients(limit: http::limit::PublicLimit, token: Cancellatio
             _ = every.tick() => limit.forget_idle(),
         }
     }
+}
+
+/// Ready means both connections are up and subscribed.
+async fn both_connected(
+    mut gates: watch::Receiver<bool>,
+    mut bays: watch::Receiver<bool>,
+    both: watch::Sender<bool>,
+) {
+    loop {
+        both.send_replace(*gates.borrow_and_update() && *bays.borrow_and_update());
+        tokio::select! {
+            changed = gates.changed() => if changed.is_err() { break },
+            changed = bays.changed() => if changed.is_err() { break },
+        }
+    }
+    both.send_replace(false);
 }
 
 /// Mirrors the MQTT connection state into `parkflow_mqtt_connected`.

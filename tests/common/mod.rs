@@ -372,6 +372,7 @@ impl TestPlatform {
         self.stop_platform().await;
         if self.setup.broker == Broker::Mosquitto {
             forget_persistent_session(&self.mqtt, &self.client_id).await;
+            forget_persistent_session(&self.mqtt, &format!("{}-bays", self.client_id)).await;
         }
         if let Some(name) = self.pg_database.take() {
             drop_postgres_database(&name).await;

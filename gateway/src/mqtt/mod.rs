@@ -1,6 +1,7 @@
-//! The platform's MQTT side: one persistent connection (clean_session = false) that subscribes to
-//! what devices publish, forwards each message to ingest, acknowledges it once it is durable, and
-//! publishes barrier commands.
+//! The platform's MQTT side: two persistent connections (clean_session = false) — one for gate
+//! cameras, one (`{client id}-bays`) for bay sensors, cameras and bridges — each subscribing to
+//! what its devices publish, forwarding each message to ingest and acknowledging it once it is
+//! durable; the first also publishes barrier commands, the second the retained availability.
 //!
 //! The event loop task only polls, stamps and forwards (`link`); verification and decoding happen
 //! in `ingest`; acknowledgements go out in arrival order from `ack`; commands are signed in `publish`.
