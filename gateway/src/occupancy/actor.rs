@@ -376,6 +376,11 @@ impl OccupancyActor {
                         continue;
                     };
                     event.bay = bay;
+                    let (seq_before, state_before, heard_before) = (
+                        self.state.seq(bay),
+                        self.state.occupancy(bay),
+                        self.state.heard_at(bay),
+                    );
                     self.state.set_battery_low(
                         event.bay,
                         event.battery_pct.map(|pct| pct < BATTERY_LOW_PCT),
@@ -400,6 +405,15 @@ impl OccupancyActor {
                         .get_or_create(&OutcomeLabel { outcome })
                         .inc();
                     self.changed(change, event.bay, event.observed_at);
+                    // Occupied, then occupied again past a gap in `seq`: a departure and an
+                    // arrival were lost in between.
+                    let gap = seq_before > 0 && event.seq > seq_before + 1;
+                    if gap && event.occupied && state_before == Occupancy::Occupied {
+                        let writes =
+                            self.sessions
+                                .interrupted(bay, heard_before, event.observed_at);
+                        self.round.sessions.extend(writes);
+                    }
                 }
                 self.round.tickets.extend(ticket);
             }

@@ -50,6 +50,9 @@ pub enum BayEnd {
     Unpriced { plate: BayPlate },
     /// Nobody read a plate: review.
     NoPlate,
+    /// The bay's sensor skipped `seq`s and reported occupied again: a departure and an arrival
+    /// were lost, so where this stay ended is not known. Review (`missed_exit`), never billed as is.
+    Interrupted { plate: Option<BayPlate> },
 }
 
 /// What the actor writes for the stays.
@@ -168,6 +171,47 @@ impl BaySessions {
             }
             _ => None,
         }
+    }
+
+    /// The sensor of an occupied bay skipped `seq`s and still says occupied: the stay in progress
+    /// may be two cars'. It ends for review at `last_heard` and a new one starts at `at`.
+    pub fn interrupted(
+        &mut self,
+        bay: BayIdx,
+        last_heard: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Vec<BaySessionWrite> {
+        let Some(session) = self.open.remove(&bay) else {
+            return Vec::new();
+        };
+        let ended_at = last_heard
+            .unwrap_or(at)
+            .clamp(session.started_at, at.max(session.started_at));
+        let next = OpenBaySession {
+            id: Uuid::now_v7(),
+            started_at: at,
+            plate: None,
+            overstay_flagged: false,
+        };
+        let writes = vec![
+            BaySessionWrite::Close {
+                id: session.id,
+                bay,
+                started_at: session.started_at,
+                ended_at,
+                end: BayEnd::Interrupted {
+                    plate: session.plate,
+                },
+            },
+            BaySessionWrite::Open {
+                id: next.id,
+                bay,
+                started_at: at,
+                plate: None,
+            },
+        ];
+        self.open.insert(bay, next);
+        writes
     }
 
     /// A plate read for a bay: attached to its stay if better than what it has; kept for a
@@ -424,6 +468,26 @@ mod tests {
             opened,
             Some(BaySessionWrite::Open { plate: None, .. })
         ));
+    }
+
+    #[test]
+    fn a_gap_in_seq_while_occupied_ends_the_stay_for_review_and_starts_another() {
+        let mut stays = BaySessions::default();
+        stays.on_change(&lot(true), 0, Occupancy::Occupied, t(0));
+        stays.plate(0, read("浙E44444", 0.9, t(1)));
+        let writes = stays.interrupted(0, Some(t(20)), t(90));
+        assert!(matches!(
+            &writes[..],
+            [
+                BaySessionWrite::Close {
+                    end: BayEnd::Interrupted { plate: Some(_) },
+                    ..
+                },
+                BaySessionWrite::Open { plate: None, .. }
+            ]
+        ));
+        assert_eq!(stays.get(0).unwrap().started_at, t(90));
+        assert!(stays.interrupted(5, None, t(90)).is_empty());
     }
 
     #[test]

@@ -172,6 +172,11 @@ impl OccupancyState {
         self.bays[bay as usize].flags & BATTERY_LOW != 0
     }
 
+    /// The `seq` of the last occupancy event applied to the bay (0: none).
+    pub fn seq(&self, bay: BayIdx) -> u64 {
+        self.bays[bay as usize].seq
+    }
+
     /// When the bay's sensor was last heard (`None`: never).
     pub fn heard_at(&self, bay: BayIdx) -> Option<DateTime<Utc>> {
         let heard = self.bays[bay as usize].heard;

@@ -336,6 +336,7 @@ async fn write(db: &Db, segments: &[Segment]) -> Result<(), StoreError> {
                         BayEnd::Priced { plate, .. } => ("closed", Some(plate)),
                         BayEnd::Unpriced { plate } => ("review", Some(plate)),
                         BayEnd::NoPlate => ("review", None),
+                        BayEnd::Interrupted { plate } => ("review", plate.as_ref()),
                     };
                     let (plate_text, color, confidence, event) = plate_fields(plate);
                     let closed = sqlx::query(
@@ -399,6 +400,7 @@ async fn write(db: &Db, segments: &[Segment]) -> Result<(), StoreError> {
                         // The review item takes the stay's id, so a re-run adds no second one.
                         let (kind, session_id) = match end {
                             BayEnd::Unpriced { .. } => ("unpriced", Some(*id)),
+                            BayEnd::Interrupted { plate: Some(_) } => ("missed_exit", Some(*id)),
                             _ => ("no_plate", None),
                         };
                         sqlx::query(
