@@ -55,6 +55,11 @@ pub enum Scenario {
         #[arg(long, default_value_t = 2_000)]
         reads: usize,
     },
+    /// The embedded broker beside Mosquitto (127.0.0.1:1883), QoS 0 and 1, msg/s and loss.
+    Broker {
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+    },
     /// Public availability endpoints beside a trivial axum handler, same client, same process.
     Api {
         #[arg(long, default_value_t = 5_000)]

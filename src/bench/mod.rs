@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod barrier;
+pub mod broker;
 pub mod city;
 pub mod settle;
 
