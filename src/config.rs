@@ -55,6 +55,11 @@ pub enum Scenario {
         #[arg(long, default_value_t = 2_000)]
         reads: usize,
     },
+    /// Every scenario in turn; `--quick`: each small (about two minutes in all), for CI.
+    All {
+        #[arg(long)]
+        quick: bool,
+    },
     /// The embedded broker beside Mosquitto (127.0.0.1:1883), QoS 0 and 1, msg/s and loss.
     Broker {
         #[arg(long, default_value_t = 200_000)]

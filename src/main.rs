@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Command::Audit { database_url } => return runtime.block_on(audit(&database_url)),
         Command::Bench(args) => match args.scenario {
             Scenario::Barrier { reads } => runtime.block_on(parkflow::bench::barrier::run(reads)),
+            Scenario::All { quick } => runtime.block_on(parkflow::bench::all(quick)),
             Scenario::Broker { messages } => {
                 runtime.block_on(parkflow::bench::broker::run(messages))
             }

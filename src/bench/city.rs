@@ -354,8 +354,8 @@ async fn until_written(
     }
 }
 
-/// Prints a phase's figures.
-fn report(name: &str, bays: usize, published: f64, outcome: Result<f64, f64>) {
+/// Prints a phase's figures; the number of states lost, if any.
+fn report(name: &str, bays: usize, published: f64, outcome: Result<f64, f64>) -> f64 {
     match outcome {
         Ok(seconds) => {
             println!(
@@ -363,10 +363,12 @@ fn report(name: &str, bays: usize, published: f64, outcome: Result<f64, f64>) {
                 bays as f64 / seconds
             );
             println!("{}", ratio(&format!("{name}_s"), seconds, 10.0, true));
+            0.0
         }
         Err(lost) => {
             println!("{name}_published_s={published:.2} {name}_lost={lost}");
             println!("{}", ratio(&format!("{name}_lost"), lost, 0.0, true));
+            lost
         }
     }
 }
@@ -513,7 +515,7 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
     publish_paced(&gateway, &client, &clients, batches, per_batch, 0.0).await?;
     let published = start.elapsed().as_secs_f64();
     let outcome = until_written(&gateway, &client, bays as f64, start).await?;
-    report("burst_bridges", bays, published, outcome);
+    let mut lost = report("burst_bridges", bays, published, outcome);
 
     let singles = single_messages(&city, bays)?;
     let written = gateway
@@ -523,7 +525,7 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
     publish_paced(&gateway, &client, &clients, singles, 1.0, written).await?;
     let published = start.elapsed().as_secs_f64();
     let outcome = until_written(&gateway, &client, written + bays as f64, start).await?;
-    report("burst_single", bays, published, outcome);
+    lost += report("burst_single", bays, published, outcome);
     let applied = gateway
         .metric(&client, "parkflow_bay_events_total{outcome=\"applied\"}")
         .await?;
@@ -538,5 +540,6 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
         (2.0 * bays as f64 - applied).max(0.0),
         gateway.rss()? as f64 / 1e6
     );
+    anyhow::ensure!(lost == 0.0, "{lost} bay states lost");
     Ok(())
 }

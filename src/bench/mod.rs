@@ -10,6 +10,32 @@ pub mod settle;
 
 use std::time::Duration;
 
+/// `parkflow bench all`: every scenario one after another (`quick`: small, for CI — it checks
+/// that each runs and that nothing is lost or duplicated, not the speed).
+pub async fn all(quick: bool) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    let scale = |quick_value: usize, full: usize| if quick { quick_value } else { full };
+    let outcomes: Vec<(&str, anyhow::Result<()>)> = vec![
+        ("barrier", barrier::run(scale(200, 2_000)).await),
+        ("broker", broker::run(scale(20_000, 200_000) as u64).await),
+        ("burst", city::run(scale(8_000, 848_000), true).await),
+        (
+            "api",
+            api::run(scale(500, 5_000), if quick { 1 } else { 5 }).await,
+        ),
+        ("settle", settle::run(scale(5_000, 1_000_000), None).await),
+    ];
+    for (name, outcome) in outcomes {
+        if let Err(error) = outcome {
+            println!("scenario={name} failed: {error:#}");
+            failed.push(name);
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join(", "));
+    println!("scenarios=all failed=0");
+    Ok(())
+}
+
 /// Percentiles of a sample of durations, in milliseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
