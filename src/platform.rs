@@ -247,6 +247,10 @@ impl Platform {
             .gates()
             .send(GateMessage::Reload { now: Utc::now() })
             .await;
+        self.gateway
+            .occupancy()
+            .send(parkflow_gateway::occupancy::OccupancyMessage::ReloadPasses)
+            .await;
         Ok(())
     }
 

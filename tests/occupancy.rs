@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::{Broker, Database, Setup, TestPlatform, World, eventually};
 use parkflow_gateway::registry::{DeviceKind, LotKind};
-use parkflow_gateway::store::provision::{DevicePlan, LotPlan};
+use parkflow_gateway::store::provision::{DevicePlan, LotPlan, PassPlan};
 use parkflow_protocol::sign::{plain, seal};
 use parkflow_protocol::{
     BayId, BayPlateRead, BridgeEvent, DeviceAuth, DeviceId, Direction, EventId, Heartbeat, LotId,
@@ -96,6 +96,13 @@ impl Zone {
         let mut bridge_plan = plan_device(&bridge.0, DeviceKind::Bridge, None, &bridge.2);
         bridge_plan.mqtt_password = bridge.1.clone();
         world.plan.devices.push(bridge_plan);
+        // The gated lot's pass holder holds a pass for the zone too.
+        world.plan.passes.push(PassPlan {
+            lot: lot.clone(),
+            plate: world.pass_holder.clone(),
+            valid_from: Utc::now() - chrono::Duration::days(1),
+            valid_until: Utc::now() + chrono::Duration::days(30),
+        });
         Self {
             lot,
             bays,
@@ -603,6 +610,42 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
     })
     .await;
     assert_eq!(bays[2]["state"], "occupied");
+
+    // A pass holder's stay is free.
+    let camera = zone.cameras[3].0.as_str();
+    let third =
+        Publisher::connect(&platform, camera, Some((camera, &format!("pw-{camera}")))).await;
+    publisher.send(zone.occupancy(3, true, 1, arrived)).await;
+    eventually(WAIT, "bay 3's stay open", || async {
+        let bays = platform
+            .admin_get(&format!("/v1/lots/{}/bays", zone.lot))
+            .await;
+        bays[3]["stay_started_at"].is_string().then_some(())
+    })
+    .await;
+    third
+        .send(zone.plate(
+            3,
+            world.pass_holder.as_str(),
+            0.9,
+            arrived + chrono::Duration::seconds(5),
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publisher.send(zone.occupancy(3, false, 2, left)).await;
+    let free = eventually(WAIT, "the pass holder's stay closed", || async {
+        platform
+            .sessions(&zone.lot)
+            .await
+            .into_iter()
+            .find(|s| s["plate"] == world.pass_holder.as_str() && s["status"] == "closed")
+    })
+    .await;
+    assert_eq!(
+        (free["fee"].as_str(), free["pass_holder"].as_bool()),
+        (Some("0.00"), Some(true))
+    );
+    drop(third);
     assert_eq!(
         platform.metric("parkflow_store_write_errors_total").await,
         0.0

@@ -191,6 +191,11 @@ impl Gateway {
         self.gates.clone()
     }
 
+    /// Talks to the occupancy actor (pass reloads, recounts).
+    pub fn occupancy(&self) -> OccupancyHandle {
+        self.occupancy.clone()
+    }
+
     /// Runs until `token` is cancelled, then drains. A core task that ends on its own (it failed)
     /// cancels the token: a gateway that cannot decide must not look alive.
     pub async fn run(self, token: CancellationToken) -> Result<(), GatewayError> {

@@ -93,6 +93,8 @@ pub enum OccupancyMessage {
         lot: LotIdx,
         reply: oneshot::Sender<Vec<BayView>>,
     },
+    /// Passes were issued or changed: read them again.
+    ReloadPasses,
     /// An operator counted the cars in a gated lot.
     Recount {
         lot: LotIdx,
@@ -169,6 +171,28 @@ pub struct OccupancyActor {
     metrics: Arc<Metrics>,
     db: crate::store::Db,
     round: BayBatch,
+    /// Valid passes by lot and plate: a pass holder's on-street stay is free.
+    passes: Passes,
+}
+
+type Passes = std::collections::HashMap<
+    (parkflow_protocol::LotId, parkflow_protocol::Plate),
+    Vec<(DateTime<Utc>, DateTime<Utc>)>,
+>;
+
+fn passes_by_plate(
+    rows: Vec<(
+        parkflow_protocol::LotId,
+        parkflow_protocol::Plate,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    )>,
+) -> Passes {
+    let mut passes = Passes::new();
+    for (lot, plate, from, until) in rows {
+        passes.entry((lot, plate)).or_default().push((from, until));
+    }
+    passes
 }
 
 impl OccupancyActor {
@@ -210,7 +234,9 @@ impl OccupancyActor {
             })
             .collect();
         let lots = registry.lots().len();
+        let passes = passes_by_plate(restored.passes);
         let mut actor = Self {
+            passes,
             config,
             state,
             sessions: BaySessions::restore(restored.open),
@@ -302,7 +328,19 @@ impl OccupancyActor {
             self.dirty[lot as usize] = true;
             self.mqtt_dirty[lot as usize] = true;
             let registry = self.registry.clone();
-            if let Some(write) = self.sessions.on_change(registry.lot(lot), bay, to, at) {
+            let passes = &self.passes;
+            let lot_entry = registry.lot(lot);
+            let has_pass = |plate: &parkflow_protocol::Plate, at: DateTime<Utc>| {
+                passes
+                    .get(&(lot_entry.id.clone(), plate.clone()))
+                    .is_some_and(|valid| {
+                        valid.iter().any(|(from, until)| *from <= at && at < *until)
+                    })
+            };
+            if let Some(write) = self
+                .sessions
+                .on_change_with_passes(lot_entry, bay, to, at, has_pass)
+            {
                 match write {
                     BaySessionWrite::Open { .. } => self.metrics.bay_sessions_opened.inc(),
                     _ => self.metrics.bay_sessions_closed.inc(),
@@ -469,6 +507,12 @@ impl OccupancyActor {
                     gated.open = open;
                     self.dirty[lot as usize] = true;
                     self.mqtt_dirty[lot as usize] = true;
+                }
+            }
+            OccupancyMessage::ReloadPasses => {
+                match crate::store::sessions::passes(&self.db, Utc::now()).await {
+                    Ok(rows) => self.passes = passes_by_plate(rows),
+                    Err(error) => tracing::error!(%error, "failed to reload passes"),
                 }
             }
             OccupancyMessage::Bays { lot, reply } => {

@@ -42,6 +42,8 @@ pub enum BayEnd {
     /// Priced: billing charges it (a `sessions` row with this fee).
     Priced {
         plate: BayPlate,
+        /// The plate holds a pass for the lot: the stay is free (SPEC §4).
+        pass_holder: bool,
         tariff_from: DateTime<Utc>,
         fee_minor: i64,
         currency: String,
@@ -136,6 +138,18 @@ impl BaySessions {
         to: Occupancy,
         at: DateTime<Utc>,
     ) -> Option<BaySessionWrite> {
+        self.on_change_with_passes(lot, bay, to, at, |_, _| false)
+    }
+
+    /// [`Self::on_change`], knowing which plates hold a pass for the lot at a time.
+    pub fn on_change_with_passes(
+        &mut self,
+        lot: &Lot,
+        bay: BayIdx,
+        to: Occupancy,
+        at: DateTime<Utc>,
+        has_pass: impl Fn(&Plate, DateTime<Utc>) -> bool,
+    ) -> Option<BaySessionWrite> {
         match to {
             Occupancy::Occupied if !self.open.contains_key(&bay) => {
                 let plate = self
@@ -166,7 +180,7 @@ impl BaySessions {
                     bay,
                     started_at: session.started_at,
                     ended_at,
-                    end: price(lot, &session, ended_at),
+                    end: price(lot, &session, ended_at, has_pass),
                 })
             }
             _ => None,
@@ -285,15 +299,21 @@ impl BaySessions {
 }
 
 /// Prices a finished stay with the tariff in force at its start.
-fn price(lot: &Lot, session: &OpenBaySession, ended_at: DateTime<Utc>) -> BayEnd {
+fn price(
+    lot: &Lot,
+    session: &OpenBaySession,
+    ended_at: DateTime<Utc>,
+    has_pass: impl Fn(&Plate, DateTime<Utc>) -> bool,
+) -> BayEnd {
     let Some(plate) = session.plate.clone() else {
         return BayEnd::NoPlate;
     };
+    let pass_holder = has_pass(&plate.plate, session.started_at);
     let stay = Stay {
         entered_at: session.started_at,
         exited_at: ended_at,
         plate_color: plate.color,
-        pass_holder: false,
+        pass_holder,
     };
     let priced = lot
         .tariffs
@@ -309,6 +329,7 @@ fn price(lot: &Lot, session: &OpenBaySession, ended_at: DateTime<Utc>) -> BayEnd
     match priced {
         Some((tariff_from, fee_minor, currency)) => BayEnd::Priced {
             plate,
+            pass_holder,
             tariff_from,
             fee_minor,
             currency: currency.as_str().to_owned(),
@@ -488,6 +509,28 @@ mod tests {
         ));
         assert_eq!(stays.get(0).unwrap().started_at, t(90));
         assert!(stays.interrupted(5, None, t(90)).is_empty());
+    }
+
+    #[test]
+    fn a_pass_holders_stay_is_free() {
+        let mut stays = BaySessions::default();
+        let lot = lot(true);
+        stays.on_change(&lot, 0, Occupancy::Occupied, t(0));
+        stays.plate(0, read("浙F55555", 0.9, t(1)));
+        let closed = stays.on_change_with_passes(&lot, 0, Occupancy::Free, t(40), |plate, _| {
+            plate.as_str() == "浙F55555"
+        });
+        assert!(matches!(
+            closed,
+            Some(BaySessionWrite::Close {
+                end: BayEnd::Priced {
+                    pass_holder: true,
+                    fee_minor: 0,
+                    ..
+                },
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -377,7 +377,7 @@ async fn write(db: &Db, segments: &[Segment]) -> Result<(), StoreError> {
                         .bind(plate.plate.as_str())
                         .bind(plate.color.map(PlateColor::as_str))
                         .bind(status)
-                        .bind(false)
+                        .bind(matches!(end, BayEnd::Priced { pass_holder: true, .. }))
                         .bind(db_time(*started_at))
                         .bind(db_time(*ended_at))
                         .bind(tariff_from)
@@ -458,6 +458,13 @@ pub struct Restored {
     pub gated_open: HashMap<String, u32>,
     /// Operators' recounts per lot id: `(occupied counted, open sessions then)`.
     pub recounts: HashMap<String, (u32, u32)>,
+    /// Passes still valid: (lot, plate, from, until).
+    pub passes: Vec<(
+        parkflow_protocol::LotId,
+        Plate,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    )>,
 }
 
 /// Reads bay states (streamed: one row per bay), open stays and gated counts.
@@ -467,7 +474,10 @@ pub async fn restore(db: &Db, registry: &Registry) -> Result<Restored, StoreErro
             .lot_by_id(&parkflow_protocol::LotId::parse(lot_id).ok()?)
             .and_then(|lot| registry.bays().find(lot.idx, bay_id))
     };
-    let mut restored = Restored::default();
+    let mut restored = Restored {
+        passes: crate::store::sessions::passes(db, Utc::now()).await?,
+        ..Restored::default()
+    };
     on_db!(db, pool => {
         let mut rows = sqlx::query_as::<_, BayStateLoadRow>(
             "SELECT lot_id, bay_id, occupied, seq FROM bay_states",
