@@ -60,6 +60,12 @@ pub enum Scenario {
         #[arg(long)]
         quick: bool,
     },
+    /// Sensor events (one signed message each) through the gateway, applied and durable, beside
+    /// the same messages passed through the broker to a counting subscriber.
+    Ingest {
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+    },
     /// The embedded broker beside Mosquitto (127.0.0.1:1883), QoS 0 and 1, msg/s and loss.
     Broker {
         #[arg(long, default_value_t = 200_000)]

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => match args.scenario {
             Scenario::Barrier { reads } => runtime.block_on(parkflow::bench::barrier::run(reads)),
             Scenario::All { quick } => runtime.block_on(parkflow::bench::all(quick)),
+            Scenario::Ingest { events } => runtime.block_on(parkflow::bench::city::ingest(events)),
             Scenario::Broker { messages } => {
                 runtime.block_on(parkflow::bench::broker::run(messages))
             }

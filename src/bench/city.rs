@@ -543,3 +543,97 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
     anyhow::ensure!(lost == 0.0, "{lost} bay states lost");
     Ok(())
 }
+
+/// `parkflow bench ingest`: signed sensor events, one message each, through the whole gateway
+/// (verified, applied, durable) beside the same messages passed through the same broker to a
+/// subscriber that only counts them.
+pub async fn ingest(events: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let database_url = format!("sqlite:{}", dir.path().join("ingest.db").display());
+    let db = Db::connect(&database_url).await?;
+    let city = provision_city(&db, events).await?;
+    db.close().await;
+    println!("scenario=ingest events={events} connections={CONNECTIONS} window={WINDOW_EVENTS}");
+    let client = reqwest::Client::new();
+    let mut gateway = Gateway::spawn(&database_url)?;
+    gateway.wait_ready(&client).await?;
+    let clients = publishers(&city, gateway.mqtt).await?;
+    let messages = single_messages(&city, events)?;
+
+    // The baseline: the same payloads on a topic the gateway does not read, to a counting subscriber.
+    let (bridge, password, _) = city
+        .bridge_keys
+        .get(CONNECTIONS)
+        .or(city.bridge_keys.last())
+        .context("no bridge to log in as")?;
+    // A bridge the publishers do not log in as (a login must use its own device id).
+    let mut options = MqttOptions::new(bridge.as_str(), "127.0.0.1", gateway.mqtt);
+    options.set_credentials(bridge.as_str(), password);
+    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    let (counter, mut eventloop) = AsyncClient::new(options, 10_000);
+    let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let subscribe = counter.clone();
+    let counting = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = subscribe.try_subscribe("bench/raw/#", QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    let _ = count_tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .context("counting subscriber did not subscribe")??;
+    let raw: Vec<(String, Vec<u8>)> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, (_, payload))| (format!("bench/raw/{}", i % 1_000), payload.clone()))
+        .collect();
+    let start = Instant::now();
+    publish_all(&clients, raw).await?;
+    let mut received = 0usize;
+    while received < events {
+        match tokio::time::timeout(Duration::from_secs(10), count_rx.recv()).await {
+            Ok(Some(())) => received += 1,
+            _ => break,
+        }
+    }
+    let raw_seconds = start.elapsed().as_secs_f64();
+    counting.abort();
+    let raw_rate = received as f64 / raw_seconds;
+    println!(
+        "raw_msgs_per_s={raw_rate:.0} raw_lost={}",
+        events - received
+    );
+
+    let start = Instant::now();
+    publish_paced(&gateway, &client, &clients, messages, 1.0, 0.0).await?;
+    let outcome = until_written(&gateway, &client, events as f64, start).await?;
+    let lost = match outcome {
+        Ok(seconds) => {
+            let rate = events as f64 / seconds;
+            println!("gateway_events_per_s={rate:.0} gateway_lost=0");
+            println!("{}", ratio("gateway_vs_raw", rate / raw_rate, 0.7, false));
+            0.0
+        }
+        Err(lost) => {
+            println!("gateway_lost={lost}");
+            lost
+        }
+    };
+    anyhow::ensure!(lost == 0.0 && received == events, "events lost");
+    Ok(())
+}
