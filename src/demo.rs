@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::platform::random_secret;
+use crate::platform::{random_device_key, random_secret};
 
 /// The demo's operator.
 pub const OPERATOR: &str = "demo-operator";
@@ -231,7 +231,12 @@ pub fn zone_plan(
             bay,
             mqtt_username: id.to_string(),
             mqtt_password: random_secret(),
-            secret: random_secret(),
+            // Bay devices get 16-byte keys, which the registry keeps packed.
+            secret: if kind == DeviceKind::Bridge {
+                random_secret()
+            } else {
+                random_device_key()
+            },
             simulated: true,
         };
         let plan = DevicePlan {

@@ -274,7 +274,20 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let (host, port) = (mqtt_host.clone(), mqtt_port);
         let drive_token = token.clone();
         let drive_stats = stats.clone();
-        tracker.spawn(async move { demo.drive(&host, port, drive_stats, drive_token).await });
+        let ready_url = format!("http://{http}/readyz");
+        tracker.spawn(async move {
+            // Sensors do not resend: traffic starts once the platform has subscribed.
+            while !reqwest::get(&ready_url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                tokio::select! {
+                    () = drive_token.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            demo.drive(&host, port, drive_stats, drive_token).await
+        });
         let report_token = token.clone();
         tracker.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(30));

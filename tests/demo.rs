@@ -70,7 +70,8 @@ async fn the_demo_opens_and_closes_priced_sessions_within_a_minute() {
     assert!(
         entries
             .iter()
-            .all(|d| d["secret"].as_str().is_some_and(|s| s.len() >= 32))
+            // At least 128 random bits each (22 URL-safe base64 characters).
+            .all(|d| d["secret"].as_str().is_some_and(|s| s.len() >= 22))
     );
 
     let closed = eventually(

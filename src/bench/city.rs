@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::ratio;
 use crate::demo::demo_tariff;
+use crate::platform::random_device_key;
 
 /// Bays per zone, as in the Hangzhou preset.
 const BAYS_PER_ZONE: u32 = 400;
@@ -41,13 +42,6 @@ const WINDOW_EVENTS: f64 = 150_000.0;
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// 16 random bytes, URL-safe base64: a bay device's key.
-fn short_secret() -> String {
-    use base64::Engine;
-    let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The city the bench provisions: zone ids and every key the load generator signs with.
@@ -106,7 +100,7 @@ async fn provision_city(db: &Db, bays: usize) -> anyhow::Result<BenchCity> {
                 tariffs: vec![demo_tariff(z)],
             });
             for b in 0..n {
-                let secret = short_secret();
+                let secret = random_device_key();
                 let id = sensor_id(&zone, b)?;
                 plan.devices.push(DevicePlan {
                     mqtt_username: id.to_string(),
@@ -115,13 +109,13 @@ async fn provision_city(db: &Db, bays: usize) -> anyhow::Result<BenchCity> {
                     lot: Some(zone.clone()),
                     gate: None,
                     bay: Some(bay_id(b)?),
-                    mqtt_password: short_secret(),
+                    mqtt_password: random_device_key(),
                     secret: secret.clone(),
                 });
                 city.sensor_keys.push(secret);
             }
             let bridge = DeviceId::parse(&format!("nb-{zone}"))?;
-            let (password, secret) = (short_secret(), short_secret());
+            let (password, secret) = (random_device_key(), random_device_key());
             plan.devices.push(DevicePlan {
                 id: bridge.clone(),
                 kind: DeviceKind::Bridge,
