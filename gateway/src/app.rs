@@ -324,6 +324,7 @@ impl Gateway {
             availability,
             occupancy,
             public_limit,
+            shutdown: token.clone(),
         };
         let server = axum::serve(
             listener,

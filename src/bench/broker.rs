@@ -69,9 +69,8 @@ async fn client(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let (Some(tx), Ok(bytes)) =
-                        (&on_publish, <[u8; 8]>::try_from(&p.payload[..8]))
-                    {
+                    let number = p.payload.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+                    if let (Some(tx), Some(bytes)) = (&on_publish, number) {
                         let _ = tx.send(u64::from_be_bytes(bytes));
                     }
                 }
@@ -80,9 +79,15 @@ async fn client(
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+    if tokio::time::timeout(Duration::from_secs(10), ready_rx)
         .await
-        .map_err(|_| anyhow::anyhow!("mqtt client {id} did not connect to {host}:{port}"))??;
+        .ok()
+        .and_then(Result::ok)
+        .is_none()
+    {
+        task.abort();
+        anyhow::bail!("mqtt client {id} did not connect to {host}:{port}");
+    }
     Ok((client, task))
 }
 

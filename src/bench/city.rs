@@ -558,8 +558,7 @@ pub async fn ingest(events: usize) -> anyhow::Result<()> {
     let (bridge, password, _) = city
         .bridge_keys
         .get(CONNECTIONS)
-        .or(city.bridge_keys.last())
-        .context("no bridge to log in as")?;
+        .context("ingest needs more zones than publishing connections (at least 2,000 events)")?;
     // A bridge the publishers do not log in as (a login must use its own device id).
     let mut options = MqttOptions::new(bridge.as_str(), "127.0.0.1", gateway.mqtt);
     options.set_credentials(bridge.as_str(), password);

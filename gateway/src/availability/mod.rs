@@ -93,10 +93,12 @@ impl LotAvailability {
     }
 }
 
-/// Every lot's counts at one moment, indexed by `LotIdx`.
+/// Every lot's counts at one moment, indexed by `LotIdx` of `registry` (the snapshot the
+/// occupancy actor numbered them with: readers resolve lots through it, not a newer one).
 #[derive(Debug, Clone, Default)]
 pub struct Board {
     pub lots: Vec<LotAvailability>,
+    pub registry: Arc<crate::registry::Registry>,
 }
 
 /// The body of `GET /v1/lots/{lot}/availability`, of each `near` result and of each SSE event.

@@ -45,9 +45,8 @@ pub async fn one(
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let registry = state.registry.snapshot();
-    let lot = lot_of(&registry, &lot)?;
     let board = state.availability.board();
+    let lot = lot_of(&board.registry, &lot)?;
     let availability = board
         .lots
         .get(lot.idx as usize)
@@ -94,8 +93,8 @@ pub async fn near(
             format!("limit must be between 1 and {MAX_NEAR_LIMIT}"),
         ));
     }
-    let registry = state.registry.snapshot();
     let board = state.availability.board();
+    let registry = &board.registry;
     // Each lot's rendered body, with its distance put first: `{"distance_m":…,` + `"lot":…}`.
     let mut body = Vec::with_capacity(limit * 320);
     body.push(b'[');
@@ -119,8 +118,12 @@ pub async fn near(
 pub async fn stream(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    Sse::new(events(state.availability.subscribe()))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    // The stream ends at shutdown, or the server would wait for its clients forever.
+    let events = futures::StreamExt::take_until(
+        events(state.availability.subscribe()),
+        state.shutdown.clone().cancelled_owned(),
+    );
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 /// A subscriber's events; the stream ends when the subscriber fell too far behind.
@@ -182,9 +185,8 @@ fn status_word(status: parkflow_protocol::LotStatus) -> &'static str {
 
 /// `GET /v1/feeds/fiware`: NGSI-LD key-values entities (`application/ld+json`: each carries its `@context`).
 pub async fn fiware(State(state): State<AppState>) -> Response {
-    let registry = state.registry.snapshot();
     let board = state.availability.board();
-    let body = feeds::fiware(&feed_lots(&registry, &board));
+    let body = feeds::fiware(&feed_lots(&board.registry, &board));
     (
         [(header::CONTENT_TYPE, "application/ld+json")],
         body.to_string(),
@@ -194,9 +196,8 @@ pub async fn fiware(State(state): State<AppState>) -> Response {
 
 /// `GET /v1/feeds/datex2`: a DATEX II v3 parking status publication.
 pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let registry = state.registry.snapshot();
     let board = state.availability.board();
-    let xml = feeds::datex2(&feed_lots(&registry, &board), Utc::now()).map_err(|error| {
+    let xml = feeds::datex2(&feed_lots(&board.registry, &board), Utc::now()).map_err(|error| {
         ApiError::Store(crate::store::StoreError::Corrupt(format!(
             "datex ii feed not written: {error}"
         )))

@@ -49,6 +49,8 @@ pub struct AppState {
     pub availability: AvailabilityHandle,
     pub occupancy: OccupancyHandle,
     pub public_limit: limit::PublicLimit,
+    /// Cancelled at shutdown: long-lived responses (the availability stream) end with it.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The whole API.

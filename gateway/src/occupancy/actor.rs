@@ -242,7 +242,10 @@ impl OccupancyActor {
             sessions: BaySessions::restore(restored.open),
             gated,
             availability,
-            board: Board::default(),
+            board: Board {
+                lots: Vec::new(),
+                registry: registry.clone(),
+            },
             dirty: vec![true; lots],
             mqtt_dirty: vec![true; lots],
             writer,
@@ -375,6 +378,7 @@ impl OccupancyActor {
         self.gated = gated;
         let now = Utc::now();
         let lots = new.lots().len();
+        self.board.registry = new.clone();
         self.board.lots = (0..lots as LotIdx)
             .map(|lot| self.lot_availability(lot, now))
             .collect();
@@ -390,6 +394,24 @@ impl OccupancyActor {
             bays = new.bays().len(),
             "occupancy follows the new registry"
         );
+    }
+
+    /// Occupied again past a gap in `seq` (from an event or a heartbeat) while a stay is open: a
+    /// departure and an arrival were lost in between, so the stay ends for review and another starts.
+    fn check_gap(
+        &mut self,
+        bay: BayIdx,
+        seq_before: u64,
+        report: &BayEvent,
+        heard_before: Option<DateTime<Utc>>,
+    ) {
+        let gap = seq_before > 0 && report.seq > seq_before + 1;
+        if gap && report.occupied && self.sessions.get(bay).is_some() {
+            let writes = self
+                .sessions
+                .interrupted(bay, heard_before, report.observed_at);
+            self.round.sessions.extend(writes);
+        }
     }
 
     /// A bay number of `from` in the actor's registry.
@@ -414,11 +436,8 @@ impl OccupancyActor {
                         continue;
                     };
                     event.bay = bay;
-                    let (seq_before, state_before, heard_before) = (
-                        self.state.seq(bay),
-                        self.state.occupancy(bay),
-                        self.state.heard_at(bay),
-                    );
+                    let (seq_before, heard_before) =
+                        (self.state.seq(bay), self.state.heard_at(bay));
                     self.state.set_battery_low(
                         event.bay,
                         event.battery_pct.map(|pct| pct < BATTERY_LOW_PCT),
@@ -443,15 +462,7 @@ impl OccupancyActor {
                         .get_or_create(&OutcomeLabel { outcome })
                         .inc();
                     self.changed(change, event.bay, event.observed_at);
-                    // Occupied, then occupied again past a gap in `seq`: a departure and an
-                    // arrival were lost in between.
-                    let gap = seq_before > 0 && event.seq > seq_before + 1;
-                    if gap && event.occupied && state_before == Occupancy::Occupied {
-                        let writes =
-                            self.sessions
-                                .interrupted(bay, heard_before, event.observed_at);
-                        self.round.sessions.extend(writes);
-                    }
+                    self.check_gap(bay, seq_before, &event, heard_before);
                 }
                 self.round.tickets.extend(ticket);
             }
@@ -460,6 +471,7 @@ impl OccupancyActor {
                     return;
                 };
                 beat.bay = bay;
+                let (seq_before, heard_before) = (self.state.seq(bay), self.state.heard_at(bay));
                 self.metrics.bay_heartbeats.inc();
                 let change = self.state.heartbeat(
                     beat.bay,
@@ -481,6 +493,7 @@ impl OccupancyActor {
                     }
                 }
                 self.changed(change, beat.bay, beat.observed_at);
+                self.check_gap(bay, seq_before, &beat, heard_before);
             }
             OccupancyMessage::Plate {
                 registry,

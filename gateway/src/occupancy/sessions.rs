@@ -201,6 +201,7 @@ impl BaySessions {
         let ended_at = last_heard
             .unwrap_or(at)
             .clamp(session.started_at, at.max(session.started_at));
+        self.freed.insert(bay, ended_at);
         let next = OpenBaySession {
             id: Uuid::now_v7(),
             started_at: at,
@@ -249,7 +250,11 @@ impl BaySessions {
             }
             return None;
         };
-        if read.observed_at < session.started_at - PENDING_PLATE_WINDOW {
+        let before_departure = self
+            .freed
+            .get(&bay)
+            .is_some_and(|&freed| read.observed_at <= freed);
+        if before_departure || read.observed_at < session.started_at - PENDING_PLATE_WINDOW {
             // A read of an earlier car.
             return None;
         }
