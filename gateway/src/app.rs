@@ -225,7 +225,7 @@ impl Gateway {
         let (tickets, acker) = ack::channel(client.clone());
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
         let (connected_tx, gate_connected) = watch::channel(false);
-        let filters = vec![filter::all_gate_plates(), filter::all_gate_states()];
+        let gate_filters = vec![filter::all_gate_plates(), filter::all_gate_states()];
         let (bay_tickets, bay_acker) = ack::channel(bay_client.clone());
         let (bay_inbound_tx, bay_inbound_rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
         let (bay_connected_tx, bay_connected) = watch::channel(false);
@@ -234,6 +234,14 @@ impl Gateway {
             filter::all_bridges(),
             filter::all_device_status(),
         ];
+        let filters = link::Filters {
+            own: gate_filters.clone(),
+            foreign: bay_filters.clone(),
+        };
+        let bay_filters = link::Filters {
+            own: bay_filters,
+            foreign: gate_filters,
+        };
         let (connected_tx_both, connected_rx) = watch::channel(false);
 
         let core =

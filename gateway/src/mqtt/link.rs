@@ -74,11 +74,19 @@ pub fn connect(config: &MqttConfig) -> (AsyncClient, EventLoop) {
     (client, eventloop)
 }
 
+/// The filters a connection subscribes to, and those it must not hold (another connection's: a
+/// persistent session kept from an older layout may still have them).
+#[derive(Debug, Clone)]
+pub struct Filters {
+    pub own: Vec<String>,
+    pub foreign: Vec<String>,
+}
+
 /// The event loop task: polls, subscribes on every (re)connection, stamps and forwards messages.
 pub async fn run(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    filters: Vec<String>,
+    filters: Filters,
     mut tickets: TicketIssuer,
     inbound: mpsc::Sender<Inbound>,
     connected: watch::Sender<bool>,
@@ -117,10 +125,18 @@ pub async fn run(
                 tracing::info!(session_present = ack.session_present, "mqtt connected");
                 // Subscribing again is harmless when the broker kept the session, and needed when it did not.
                 let subscriptions = filters
+                    .own
                     .iter()
                     .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                 if let Err(error) = client.try_subscribe_many(subscriptions) {
                     tracing::error!(%error, "failed to queue the subscriptions");
+                }
+                if ack.session_present {
+                    for foreign in &filters.foreign {
+                        if let Err(error) = client.try_unsubscribe(foreign.as_str()) {
+                            tracing::warn!(%error, "failed to queue an unsubscription");
+                        }
+                    }
                 }
             }
             // Ready once subscribed: a message published before would reach nobody.
