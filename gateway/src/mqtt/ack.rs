@@ -27,10 +27,23 @@ enum AckEvent {
 pub struct Ticket {
     seq: u64,
     tx: mpsc::Sender<AckEvent>,
+    abandoned: bool,
+}
+
+impl Ticket {
+    /// Gives the message up unfinished (its owner is gone): it is never acknowledged, so the
+    /// broker delivers it again after the reconnection (and nothing after it is acknowledged
+    /// before then — acknowledgements go in arrival order).
+    pub fn abandon(mut self) {
+        self.abandoned = true;
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        if self.abandoned {
+            return;
+        }
         // At most one `Finished` per outstanding ticket, and outstanding tickets are bounded by the
         // broker's in-flight window, far below the channel's capacity.
         if self.tx.try_send(AckEvent::Finished(self.seq)).is_err() {
@@ -67,6 +80,7 @@ impl TicketIssuer {
         Some(Ticket {
             seq,
             tx: self.tx.clone(),
+            abandoned: false,
         })
     }
 
@@ -185,6 +199,24 @@ impl Acker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_abandoned_ticket_never_finishes_its_message() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let abandoned = Ticket {
+            seq: 1,
+            tx: tx.clone(),
+            abandoned: false,
+        };
+        abandoned.abandon();
+        drop(Ticket {
+            seq: 2,
+            tx,
+            abandoned: false,
+        });
+        assert!(matches!(rx.try_recv(), Ok(AckEvent::Finished(2))));
+        assert!(rx.try_recv().is_err(), "nothing for the abandoned one");
+    }
 
     fn ready(order: &mut AckOrder<u64>) -> Vec<u64> {
         let mut acked = Vec::new();

@@ -131,8 +131,19 @@ impl OccupancyHandle {
 
     /// Queues a message; waits while the actor is behind (back-pressure to ingest).
     pub async fn send(&self, message: OccupancyMessage) {
-        if self.tx.send(message).await.is_err() {
-            tracing::error!("occupancy actor is gone; message dropped");
+        if let Err(mpsc::error::SendError(message)) = self.tx.send(message).await {
+            tracing::error!("occupancy actor is gone; message dropped (it will be re-delivered)");
+            match message {
+                OccupancyMessage::Events {
+                    ticket: Some(ticket),
+                    ..
+                }
+                | OccupancyMessage::Plate {
+                    ticket: Some(ticket),
+                    ..
+                } => ticket.abandon(),
+                _ => {}
+            }
         }
     }
 

@@ -62,10 +62,11 @@ pub struct BayWriterHandle {
 impl BayWriterHandle {
     /// Queues a batch (bay numbers resolve against `registry`); waits while the writer is behind.
     pub async fn submit(&self, registry: Arc<Registry>, batch: BayBatch) {
-        if self.tx.send((registry, batch)).await.is_err() {
+        if let Err(mpsc::error::SendError((_, batch))) = self.tx.send((registry, batch)).await {
             tracing::error!(
                 "bay writer is gone; batch dropped (its messages will be re-delivered)"
             );
+            batch.tickets.into_iter().for_each(Ticket::abandon);
         }
     }
 }

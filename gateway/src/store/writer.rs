@@ -68,10 +68,13 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Queues a batch; waits while the writer is [`WRITER_CHANNEL_CAPACITY`] batches behind.
     pub async fn submit(&self, batch: Batch) {
-        if self.tx.send(batch).await.is_err() {
+        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
             tracing::error!(
                 "store writer is gone; batch dropped (its message will be re-delivered)"
             );
+            if let Some(ticket) = batch.ticket {
+                ticket.abandon();
+            }
         }
     }
 }
