@@ -27,6 +27,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Measure a scenario beside its baseline (see BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Drive a city's devices against a running platform (one started with `run --demo
+    /// --demo-idle --demo-devices FILE`, on any broker).
+    Sim(SimArgs),
     /// Check SPEC §4's invariants against the database; exits 1 naming the rows that break one.
     Audit {
         /// `sqlite:FILE` or `postgres://…`.
@@ -99,6 +102,27 @@ pub enum Scenario {
     },
 }
 
+/// `parkflow sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// The devices file the platform wrote (`--demo-devices`).
+    #[arg(long, env = "PARKFLOW_SIM_DEVICES")]
+    pub devices: PathBuf,
+    /// The broker the devices connect to.
+    #[arg(
+        long,
+        env = "PARKFLOW_MQTT_URL",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
+    pub mqtt_url: url::Url,
+    /// The city preset the platform was provisioned with (the same seed builds the same city).
+    #[arg(long, default_value = "demo", value_parser = ["demo", "district", "hangzhou"])]
+    pub city: String,
+    /// Stop after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub duration_secs: u64,
+}
+
 /// `parkflow run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -147,6 +171,9 @@ pub struct RunArgs {
     /// `district` (30 gated lots, 84,800 bays) or `hangzhou` (300 gated lots, 848,000 bays).
     #[arg(long, env = "PARKFLOW_DEMO_CITY", default_value = "demo", value_parser = ["demo", "district", "hangzhou"])]
     pub demo_city: String,
+    /// With --demo: provision the city but drive no traffic (for `parkflow sim` or your own devices).
+    #[arg(long, env = "PARKFLOW_DEMO_IDLE", requires = "demo")]
+    pub demo_idle: bool,
     /// With --demo: write the demo's devices and their credentials to this JSON file.
     #[arg(long, env = "PARKFLOW_DEMO_DEVICES", requires = "demo")]
     pub demo_devices: Option<PathBuf>,

@@ -149,6 +149,54 @@ impl Demo {
         }
     }
 
+    /// The city `config` lays out, driven with the credentials of a devices file (as the platform
+    /// that provisioned it wrote them): a device missing from the file is an error.
+    pub fn from_devices(config: &CityConfig, devices: DevicesFile) -> anyhow::Result<Self> {
+        let city = City::generate(config);
+        let by_id: HashMap<&DeviceId, &DeviceEntry> =
+            devices.devices.iter().map(|d| (&d.id, d)).collect();
+        let find = |id: &DeviceId| {
+            by_id
+                .get(id)
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("device {id} is not in the devices file"))
+        };
+        let mut zones = Vec::with_capacity(city.zones.len());
+        for zone in &city.zones {
+            let bridge = find(&zone.bridge())?;
+            let sensors = (0..zone.bays)
+                .map(|i| find(&zone.sensor(i)).map(|d| d.secret.clone()))
+                .collect::<anyhow::Result<_>>()?;
+            let cameras = if zone.cameras {
+                (0..zone.bays)
+                    .map(|i| find(&zone.camera(i)).map(|d| d.secret.clone()))
+                    .collect::<anyhow::Result<_>>()?
+            } else {
+                Vec::new()
+            };
+            zones.push((
+                zone.clone(),
+                ZoneKeys {
+                    bridge: bridge.id.clone(),
+                    bridge_username: bridge.mqtt_username.clone(),
+                    bridge_password: bridge.mqtt_password.clone(),
+                    bridge_secret: bridge.secret.clone(),
+                    sensors,
+                    cameras,
+                },
+            ));
+        }
+        let mut devices = devices;
+        devices.devices.retain(|d| d.kind == DeviceKind::GateCamera);
+        Ok(Self {
+            city,
+            plan: Plan::default(),
+            devices,
+            zones,
+            street_stats: Arc::new(StreetStats::default()),
+        })
+    }
+
     /// Drives the simulated lanes through the broker at `host:port` until `token` is cancelled.
     pub async fn drive(&self, host: &str, port: u16, stats: Arc<Stats>, token: CancellationToken) {
         let mut cameras = HashMap::new();

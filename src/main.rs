@@ -58,6 +58,7 @@ fn main() -> ExitCode {
             runtime.block_on(run(*args))
         }
         Command::Audit { database_url } => return runtime.block_on(audit(&database_url)),
+        Command::Sim(args) => runtime.block_on(sim(args)),
         Command::Bench(args) => match args.scenario {
             Scenario::Barrier { reads } => runtime.block_on(parkflow::bench::barrier::run(reads)),
             Scenario::All { quick } => runtime.block_on(parkflow::bench::all(quick)),
@@ -268,7 +269,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop.");
 
     let mut platform_task = tokio::spawn(platform.run(token.clone()));
-    if let Some(demo) = demo {
+    if let Some(demo) = demo.filter(|_| !args.demo_idle) {
         let stats = Arc::new(Stats::default());
         let street_stats = demo.street_stats.clone();
         let (host, port) = (mqtt_host.clone(), mqtt_port);
@@ -358,4 +359,45 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// `parkflow sim`: drives the devices of a devices file, as the city preset lays them out, until
+/// the duration ends or Ctrl-C; prints what it did every ten seconds and at the end.
+async fn sim(args: parkflow::config::SimArgs) -> anyhow::Result<()> {
+    let devices = parkflow_sensors_sim::DevicesFile::read(&args.devices)
+        .with_context(|| format!("failed to read {}", args.devices.display()))?;
+    let city = CityConfig::preset(&args.city).unwrap_or_else(CityConfig::demo);
+    let demo = Demo::from_devices(&city, devices)?;
+    let host = args
+        .mqtt_url
+        .host_str()
+        .context("--mqtt-url needs a host")?
+        .to_owned();
+    let port = args.mqtt_url.port().unwrap_or(1883);
+    let stats = Arc::new(Stats::default());
+    let street = demo.street_stats.clone();
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (drive_token, drive_stats) = (token.clone(), stats.clone());
+    tracker.spawn(async move { demo.drive(&host, port, drive_stats, drive_token).await });
+    let started = std::time::Instant::now();
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown_signal() => break,
+            _ = every.tick() => {
+                println!("t={}s gated: {} street: {}", started.elapsed().as_secs(), stats.summary(), street.summary());
+                if args.duration_secs > 0 && started.elapsed().as_secs() >= args.duration_secs {
+                    break;
+                }
+            }
+        }
+    }
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    println!("final gated: {}", stats.summary());
+    println!("final street: {}", street.summary());
+    Ok(())
 }
