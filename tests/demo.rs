@@ -21,24 +21,24 @@ impl Drop for Child {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_opens_and_closes_priced_sessions_within_a_minute() {
-    let dir = tempfile::tempdir().unwrap();
-    let devices = dir.path().join("devices.json");
+/// Starts `parkflow run --demo` (plus `extra` flags) on a fresh database and free ports, writing
+/// its devices file to `devices`; returns the process and its HTTP address.
+fn start_demo(
+    dir: &std::path::Path,
+    devices: &std::path::Path,
+    mqtt: std::net::SocketAddr,
+    extra: &[&str],
+) -> (Child, String) {
     let mut child = Child(
         Command::new(env!("CARGO_BIN_EXE_parkflow"))
-            .args([
-                "run",
-                "--demo",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--mqtt-listen",
-            ])
-            .arg(free_addr().to_string())
+            .args(["run", "--demo", "--http-listen", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--mqtt-listen")
+            .arg(mqtt.to_string())
             .arg("--database-url")
-            .arg(format!("sqlite:{}", dir.path().join("demo.db").display()))
+            .arg(format!("sqlite:{}", dir.join("demo.db").display()))
             .arg("--demo-devices")
-            .arg(&devices)
+            .arg(devices)
             .env("PARKFLOW_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -56,7 +56,14 @@ async fn the_demo_opens_and_closes_priced_sessions_within_a_minute() {
             break;
         }
     }
-    let http = http.expect("the demo prints its HTTP address");
+    (child, http.expect("the demo prints its HTTP address"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_opens_and_closes_priced_sessions_within_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices.json");
+    let (_child, http) = start_demo(dir.path(), &devices, free_addr(), &[]);
 
     // The devices file lets an outside device join: every lot leaves a camera unsimulated.
     let file: serde_json::Value =
@@ -103,44 +110,7 @@ async fn the_simulator_drives_an_idle_platform_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let devices = dir.path().join("devices.json");
     let mqtt = free_addr();
-    let mut platform = Child(
-        Command::new(env!("CARGO_BIN_EXE_parkflow"))
-            .args([
-                "run",
-                "--demo",
-                "--demo-idle",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--mqtt-listen")
-            .arg(mqtt.to_string())
-            .arg("--database-url")
-            .arg(format!("sqlite:{}", dir.path().join("demo.db").display()))
-            .arg("--demo-devices")
-            .arg(&devices)
-            .env("PARKFLOW_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("parkflow runs"),
-    );
-    let stdout = BufReader::new(platform.0.stdout.take().unwrap());
-    let mut http = None;
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.trim().strip_prefix("HTTP API") {
-            http = Some(
-                rest.split_whitespace()
-                    .next()
-                    .unwrap()
-                    .trim_end_matches("/v1/")
-                    .to_owned(),
-            );
-        }
-        if line.starts_with("Press Ctrl-C") {
-            break;
-        }
-    }
-    let http = http.expect("the demo prints its HTTP address");
+    let (_platform, http) = start_demo(dir.path(), &devices, mqtt, &["--demo-idle"]);
     eventually(Duration::from_secs(20), "the platform ready", || {
         let url = format!("{http}/readyz");
         async move {

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -20,6 +19,7 @@ use super::sessions::{BayEnd, BayPlate, BaySessionWrite, OpenBaySession};
 use crate::metrics::Metrics;
 use crate::mqtt::ack::Ticket;
 use crate::registry::{BayIdx, Registry};
+use crate::store::writer::retry_transient;
 use crate::store::{Db, StoreError, db_time, on_db};
 
 /// Batches waiting for the writer (each is one actor round, up to thousands of events).
@@ -187,25 +187,6 @@ impl BayWriter {
         self.metrics.store_write_errors.inc();
         tracing::error!(%error, constraint = ?error.constraint(), "bay write refused by the database; kept as a dead letter");
         dead_letter(&self.db, writes, error).await;
-    }
-}
-
-/// Runs `attempt` until it succeeds or fails for a reason other than a transient one.
-async fn retry_transient<F, Fut>(mut attempt: F) -> Result<(), StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
-{
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match attempt().await {
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, retry_in = ?backoff, "bay writes failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            result => return result,
-        }
     }
 }
 

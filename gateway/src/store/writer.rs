@@ -152,7 +152,7 @@ impl Writer {
 
 /// Runs `attempt` until it succeeds or fails for a reason other than a transient one (a lost
 /// connection, a busy database), backing off between tries.
-async fn retry_transient<F, Fut>(mut attempt: F) -> Result<(), StoreError>
+pub(crate) async fn retry_transient<F, Fut>(mut attempt: F) -> Result<(), StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), StoreError>>,
