@@ -551,9 +551,9 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
         (platform.metric("parkflow_bay_sessions_opened_total").await == 2.0).then_some(())
     })
     .await;
+    // The plate reads travel on another connection: the best one is attached before the car leaves.
+    wait_plate(&platform, &zone, 0, 0.95).await;
     let left = Utc::now();
-    // Let the plate reads land before the cars leave (they travel on another connection).
-    tokio::time::sleep(Duration::from_millis(300)).await;
     publisher.send(zone.occupancy(0, false, 2, left)).await;
     publisher.send(zone.occupancy(1, false, 2, left)).await;
 
@@ -631,7 +631,7 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
             arrived + chrono::Duration::seconds(5),
         ))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_plate(&platform, &zone, 3, 0.9).await;
     publisher.send(zone.occupancy(3, false, 2, left)).await;
     let free = eventually(WAIT, "the pass holder's stay closed", || async {
         platform
@@ -695,6 +695,17 @@ async fn retained_availability(platform: &TestPlatform, zone: &Zone) -> Value {
     })
     .await
     .expect("a retained availability message")
+}
+
+/// Waits until bay `bay`'s open stay carries a plate read of `confidence`.
+async fn wait_plate(platform: &TestPlatform, zone: &Zone, bay: usize, confidence: f64) {
+    eventually(WAIT, "the plate attached to the stay", || async {
+        let bays = platform
+            .admin_get(&format!("/v1/lots/{}/bays", zone.lot))
+            .await;
+        (bays[bay]["stay_plate_confidence"].as_f64() == Some(confidence)).then_some(())
+    })
+    .await;
 }
 
 fn urlencode(value: &Value) -> String {

@@ -222,28 +222,6 @@ impl Gateway {
             ..
         } = self;
         let tracker = TaskTracker::new();
-        let (tickets, acker) = ack::channel(client.clone());
-        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
-        let (connected_tx, gate_connected) = watch::channel(false);
-        let gate_filters = vec![filter::all_gate_plates(), filter::all_gate_states()];
-        let (bay_tickets, bay_acker) = ack::channel(bay_client.clone());
-        let (bay_inbound_tx, bay_inbound_rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
-        let (bay_connected_tx, bay_connected) = watch::channel(false);
-        let bay_filters = vec![
-            filter::all_bays(),
-            filter::all_bridges(),
-            filter::all_device_status(),
-        ];
-        let filters = link::Filters {
-            own: gate_filters.clone(),
-            foreign: bay_filters.clone(),
-        };
-        let bay_filters = link::Filters {
-            own: bay_filters,
-            foreign: gate_filters,
-        };
-        let (connected_tx_both, connected_rx) = watch::channel(false);
-
         let core =
             |name: &'static str,
              task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
@@ -265,43 +243,60 @@ impl Gateway {
                     }
                 })
             };
-        core(
-            "mqtt event loop",
-            Box::pin(link::run(
-                eventloop,
+        // Two links, each with its own event loop, ingest and acker: gate cameras on one, bay
+        // sensors, cameras and bridges on the other. Each drops the other's filters.
+        let gate_filters = vec![filter::all_gate_plates(), filter::all_gate_states()];
+        let bay_filters = vec![
+            filter::all_bays(),
+            filter::all_bridges(),
+            filter::all_device_status(),
+        ];
+        let links = [
+            (
+                ["mqtt event loop", "ingest", "acker"],
                 client,
-                filters,
-                tickets,
-                inbound_tx,
-                connected_tx,
-                token.clone(),
-            )),
-        );
-        core(
-            "mqtt event loop (bays)",
-            Box::pin(link::run(
-                bay_eventloop,
+                eventloop,
+                link::Filters {
+                    own: gate_filters.clone(),
+                    foreign: bay_filters.clone(),
+                },
+            ),
+            (
+                ["mqtt event loop (bays)", "ingest (bays)", "acker (bays)"],
                 bay_client,
-                bay_filters,
-                bay_tickets,
-                bay_inbound_tx,
-                bay_connected_tx,
-                token.clone(),
-            )),
-        );
-        for (name, inbound) in [("ingest", inbound_rx), ("ingest (bays)", bay_inbound_rx)] {
+                bay_eventloop,
+                link::Filters {
+                    own: bay_filters,
+                    foreign: gate_filters,
+                },
+            ),
+        ];
+        let mut links_connected = Vec::with_capacity(links.len());
+        for ([loop_name, ingest_name, acker_name], client, eventloop, filters) in links {
+            let (tickets, acker) = ack::channel(client.clone());
+            let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
+            let (connected_tx, connected) = watch::channel(false);
             core(
-                name,
-                Box::pin(
-                    Ingest::new(
-                        registry.clone(),
-                        metrics.clone(),
-                        gates.clone(),
-                        occupancy.clone(),
-                    )
-                    .run(inbound),
-                ),
+                loop_name,
+                Box::pin(link::run(
+                    eventloop,
+                    client,
+                    filters,
+                    tickets,
+                    inbound_tx,
+                    connected_tx,
+                    token.clone(),
+                )),
             );
+            let ingest = Ingest::new(
+                registry.clone(),
+                metrics.clone(),
+                gates.clone(),
+                occupancy.clone(),
+            );
+            core(ingest_name, Box::pin(ingest.run(inbound_rx)));
+            core(acker_name, Box::pin(acker.run()));
+            links_connected.push(connected);
         }
         core("gate actor", Box::pin(actor.run(gate_rx)));
         core("store writer", Box::pin(writer.run()));
@@ -310,13 +305,8 @@ impl Gateway {
             Box::pin(occupancy_actor.run(occupancy_rx)),
         );
         core("bay writer", Box::pin(bay_writer.run()));
-        core("acker", Box::pin(acker.run()));
-        core("acker (bays)", Box::pin(bay_acker.run()));
-        tracker.spawn(both_connected(
-            gate_connected,
-            bay_connected,
-            connected_tx_both,
-        ));
+        let (all_connected_tx, connected_rx) = watch::channel(false);
+        tracker.spawn(all_connected(links_connected, all_connected_tx));
         tracker.spawn(track_connection(connected_rx.clone(), metrics.clone()));
         let public_limit = http::limit::PublicLimit::per_second(config.public_rate_per_second);
         tracker.spawn(forget_idle_clients(public_limit.clone(), token.clone()));
@@ -373,20 +363,21 @@ async fn forget_idle_clients(limit: http::limit::PublicLimit, token: Cancellatio
     }
 }
 
-/// Ready means both connections are up and subscribed.
-async fn both_connected(
-    mut gates: watch::Receiver<bool>,
-    mut bays: watch::Receiver<bool>,
-    both: watch::Sender<bool>,
-) {
+/// Ready means every connection is up and subscribed.
+async fn all_connected(mut links: Vec<watch::Receiver<bool>>, all: watch::Sender<bool>) {
     loop {
-        both.send_replace(*gates.borrow_and_update() && *bays.borrow_and_update());
-        tokio::select! {
-            changed = gates.changed() => if changed.is_err() { break },
-            changed = bays.changed() => if changed.is_err() { break },
+        // Every link's value is read (marked seen), so `changed` waits for the next change.
+        let states: Vec<bool> = links
+            .iter_mut()
+            .map(|link| *link.borrow_and_update())
+            .collect();
+        all.send_replace(states.iter().all(|&up| up));
+        let changes = links.iter_mut().map(|link| Box::pin(link.changed()));
+        if futures::future::select_all(changes).await.0.is_err() {
+            break;
         }
     }
-    both.send_replace(false);
+    all.send_replace(false);
 }
 
 /// Mirrors the MQTT connection state into `parkflow_mqtt_connected`.

@@ -114,6 +114,8 @@ pub struct BayView {
     /// The open stay, if any: since when, and whether it is past the lot's maximum stay.
     #[serde(with = "parkflow_protocol::time::rfc3339::option")]
     pub stay_started_at: Option<DateTime<Utc>>,
+    /// The confidence of the open stay's best plate read, if one is attached.
+    pub stay_plate_confidence: Option<f64>,
     pub overstay: bool,
 }
 
@@ -570,6 +572,9 @@ impl OccupancyActor {
                     battery_low: self.state.battery_low(bay),
                     heard_at: self.state.heard_at(bay),
                     stay_started_at: stay.map(|s| s.started_at),
+                    stay_plate_confidence: stay
+                        .and_then(|s| s.plate.as_ref())
+                        .map(|p| p.confidence),
                     overstay: stay.is_some_and(|s| s.overstay_flagged),
                 }
             })
