@@ -63,19 +63,29 @@ fn open_from_bay<T: DeserializeOwned>(
     Ok(opened.body)
 }
 
-fn check_seq(seq: u64) -> Result<(), Rejection> {
-    // Stored as a signed 64-bit integer.
-    if i64::try_from(seq).is_err() {
+/// A sensor's report (an occupancy event or a heartbeat) as the occupancy actor takes it, once
+/// its time, `seq` and battery make sense.
+fn sensor_report(
+    bay: BayIdx,
+    occupied: bool,
+    seq: u64,
+    observed_at: DateTime<Utc>,
+    battery_pct: Option<u8>,
+    now: DateTime<Utc>,
+) -> Result<BayEvent, Rejection> {
+    check_observed_at(observed_at, now)?;
+    // `seq` is stored as a signed 64-bit integer; a battery is at most full.
+    if i64::try_from(seq).is_err() || battery_pct.is_some_and(|pct| pct > 100) {
         return Err(Rejection::Message("malformed"));
     }
-    Ok(())
-}
-
-fn check_battery(battery_pct: Option<u8>) -> Result<(), Rejection> {
-    if battery_pct.is_some_and(|pct| pct > 100) {
-        return Err(Rejection::Message("malformed"));
-    }
-    Ok(())
+    Ok(BayEvent {
+        bay,
+        occupied,
+        seq,
+        observed_at,
+        received_at: now,
+        battery_pct,
+    })
 }
 
 /// `lots/{lot}/bays/{bay}/occupancy`.
@@ -88,19 +98,9 @@ pub fn occupancy(
     now: DateTime<Utc>,
 ) -> Result<BayEvent, Rejection> {
     let (lot, bay) = bay(registry, lot, bay_id)?;
-    let event: OccupancyEvent =
+    let e: OccupancyEvent =
         open_from_bay(registry, lot, bay, BayDeviceKind::Sensor, topic, payload)?;
-    check_observed_at(event.observed_at, now)?;
-    check_seq(event.seq)?;
-    check_battery(event.battery_pct)?;
-    Ok(BayEvent {
-        bay,
-        occupied: event.occupied,
-        seq: event.seq,
-        observed_at: event.observed_at,
-        received_at: now,
-        battery_pct: event.battery_pct,
-    })
+    sensor_report(bay, e.occupied, e.seq, e.observed_at, e.battery_pct, now)
 }
 
 /// `lots/{lot}/bays/{bay}/heartbeat`.
@@ -113,18 +113,8 @@ pub fn heartbeat(
     now: DateTime<Utc>,
 ) -> Result<BayEvent, Rejection> {
     let (lot, bay) = bay(registry, lot, bay_id)?;
-    let beat: Heartbeat = open_from_bay(registry, lot, bay, BayDeviceKind::Sensor, topic, payload)?;
-    check_observed_at(beat.observed_at, now)?;
-    check_seq(beat.seq)?;
-    check_battery(beat.battery_pct)?;
-    Ok(BayEvent {
-        bay,
-        occupied: beat.occupied,
-        seq: beat.seq,
-        observed_at: beat.observed_at,
-        received_at: now,
-        battery_pct: beat.battery_pct,
-    })
+    let h: Heartbeat = open_from_bay(registry, lot, bay, BayDeviceKind::Sensor, topic, payload)?;
+    sensor_report(bay, h.occupied, h.seq, h.observed_at, h.battery_pct, now)
 }
 
 /// `lots/{lot}/bays/{bay}/plate`.
@@ -200,16 +190,7 @@ pub fn bridge(
                     .bays()
                     .find(lot.idx, event.bay.as_str())
                     .ok_or(Rejection::UnknownBay)?;
-                check_observed_at(event.observed_at, now)?;
-                check_seq(event.seq)?;
-                Ok(BayEvent {
-                    bay,
-                    occupied: event.occupied,
-                    seq: event.seq,
-                    observed_at: event.observed_at,
-                    received_at: now,
-                    battery_pct: None,
-                })
+                sensor_report(bay, event.occupied, event.seq, event.observed_at, None, now)
             });
         match entry {
             Ok(event) => events.push(event),
