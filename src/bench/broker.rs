@@ -31,16 +31,19 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// A connected client and its polling task.
-async fn client(
+/// A connected (and, with `subscribe`, subscribed) client and its polling task; each message
+/// received is reported as the number in its first eight bytes.
+pub(crate) async fn client(
     host: &str,
     port: u16,
     id: &str,
+    (username, password): (&str, &str),
     on_publish: Option<tokio::sync::mpsc::UnboundedSender<u64>>,
     subscribe: Option<(String, QoS)>,
 ) -> anyhow::Result<(AsyncClient, tokio::task::JoinHandle<()>)> {
     let mut options = MqttOptions::new(id, host, port);
-    options.set_credentials("bench", "bench");
+    options.set_credentials(username, password);
+    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_inflight(100);
     let (client, mut eventloop) = AsyncClient::new(options, 10_000);
@@ -107,13 +110,24 @@ pub async fn measure(host: &str, port: u16, qos: QoS, messages: u64) -> anyhow::
         host,
         port,
         &format!("sub-{run}"),
+        ("bench", "bench"),
         Some(tx),
         Some((topic.clone(), qos)),
     )
     .await?;
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
-        publishers.push(client(host, port, &format!("pub-{run}-{p}"), None, None).await?);
+        publishers.push(
+            client(
+                host,
+                port,
+                &format!("pub-{run}-{p}"),
+                ("bench", "bench"),
+                None,
+                None,
+            )
+            .await?,
+        );
     }
     let per = messages / PUBLISHERS as u64;
     let total = per * PUBLISHERS as u64;

@@ -560,36 +560,17 @@ pub async fn ingest(events: usize) -> anyhow::Result<()> {
         .get(CONNECTIONS)
         .context("ingest needs more zones than publishing connections (at least 2,000 events)")?;
     // A bridge the publishers do not log in as (a login must use its own device id).
-    let mut options = MqttOptions::new(bridge.as_str(), "127.0.0.1", gateway.mqtt);
-    options.set_credentials(bridge.as_str(), password);
-    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
-    let (counter, mut eventloop) = AsyncClient::new(options, 10_000);
-    let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let subscribe = counter.clone();
-    let counting = tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = subscribe.try_subscribe("bench/raw/#", QoS::AtLeastOnce);
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(_))) => {
-                    let _ = count_tx.send(());
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .context("counting subscriber did not subscribe")??;
+    let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (_counter, counting) = super::broker::client(
+        "127.0.0.1",
+        gateway.mqtt,
+        bridge.as_str(),
+        (bridge.as_str(), password),
+        Some(count_tx),
+        Some(("bench/raw/#".to_owned(), QoS::AtLeastOnce)),
+    )
+    .await
+    .context("counting subscriber did not subscribe")?;
     let raw: Vec<(String, Vec<u8>)> = messages
         .iter()
         .enumerate()
@@ -600,7 +581,7 @@ pub async fn ingest(events: usize) -> anyhow::Result<()> {
     let mut received = 0usize;
     while received < events {
         match tokio::time::timeout(Duration::from_secs(10), count_rx.recv()).await {
-            Ok(Some(())) => received += 1,
+            Ok(Some(_)) => received += 1,
             _ => break,
         }
     }
