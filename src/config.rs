@@ -29,7 +29,7 @@ pub enum Command {
     Bench(BenchArgs),
     /// Drive a city's devices against a running platform (one started with `run --demo
     /// --demo-idle --demo-devices FILE`, on any broker).
-    Sim(SimArgs),
+    Sim(Box<SimArgs>),
     /// Check SPEC §4's invariants against the database; exits 1 naming the rows that break one.
     Audit {
         /// `sqlite:FILE` or `postgres://…`.
@@ -118,9 +118,40 @@ pub struct SimArgs {
     /// The city preset the platform was provisioned with (the same seed builds the same city).
     #[arg(long, default_value = "demo", value_parser = ["demo", "district", "hangzhou"])]
     pub city: String,
-    /// Stop after this many seconds (0: run until Ctrl-C).
+    /// Stop after this many seconds (0: run until Ctrl-C); the cars inside then leave.
     #[arg(long, default_value_t = 0)]
     pub duration_secs: u64,
+    /// Run simulated time this many times faster than real time (a lot's day in ten minutes is
+    /// 144): stays last hours and are billed as such. Needs --duration-secs; the run is stamped
+    /// in the recent past so that every read is one the platform accepts.
+    #[arg(long, default_value_t = 1.0, requires = "duration_secs")]
+    pub speed: f64,
+    /// Afterwards, compare what was driven with what the platform recorded (through its API)
+    /// and exit non-zero unless nothing was lost or duplicated.
+    #[arg(long)]
+    pub verify: bool,
+    /// The platform's HTTP API, for --verify and for paying at held exits.
+    #[arg(
+        long,
+        env = "PARKFLOW_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub api_url: url::Url,
+    /// The platform admin key, for --verify.
+    #[arg(
+        long,
+        env = "PARKFLOW_ADMIN_KEY",
+        hide_env_values = true,
+        required_if_eq("verify", "true")
+    )]
+    pub admin_key: Option<String>,
+    /// The longest stay, in simulated seconds (default: 90 s in real time, 5 h with --speed);
+    /// the cars inside leave within it after the run.
+    #[arg(long)]
+    pub max_stay_secs: Option<u64>,
+    /// Closed sessions whose fee --verify recomputes independently.
+    #[arg(long, default_value_t = 200)]
+    pub fee_sample: usize,
 }
 
 /// `parkflow run`.

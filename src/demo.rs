@@ -12,8 +12,8 @@ use parkflow_protocol::{DeviceAuth, DeviceId};
 use parkflow_sensors_sim::camera::{self, CameraConfig};
 use parkflow_sensors_sim::city::LaneDirection;
 use parkflow_sensors_sim::street::{self, StreetConfig, StreetStats, ZoneKeys};
-use parkflow_sensors_sim::traffic::{self, TrafficConfig};
-use parkflow_sensors_sim::{City, CityConfig, DeviceEntry, DeviceKind, DevicesFile, Stats, Zone};
+use parkflow_sensors_sim::traffic::{self, Shared, TrafficConfig};
+use parkflow_sensors_sim::{City, CityConfig, DeviceEntry, DeviceKind, DevicesFile, Zone};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -197,10 +197,21 @@ impl Demo {
         })
     }
 
-    /// Drives the simulated lanes through the broker at `host:port` until `token` is cancelled.
-    pub async fn drive(&self, host: &str, port: u16, stats: Arc<Stats>, token: CancellationToken) {
+    /// Drives the simulated lanes and zones through the broker at `host:port` until `stop` is
+    /// cancelled; then the cars inside leave (until `abort`).
+    pub async fn drive(
+        &self,
+        host: &str,
+        port: u16,
+        traffic: &TrafficConfig,
+        shared: Shared,
+        stop: CancellationToken,
+        abort: CancellationToken,
+    ) {
         let mut cameras = HashMap::new();
         let tracker = TaskTracker::new();
+        // Cameras outlive the arrivals: they answer the cars leaving.
+        let camera_token = abort.child_token();
         for device in self
             .devices
             .devices
@@ -214,9 +225,9 @@ impl Demo {
             let handle = camera::spawn(
                 device.clone(),
                 config,
-                stats.clone(),
+                shared.stats.clone(),
                 &tracker,
-                token.clone(),
+                camera_token.clone(),
             );
             cameras.insert((device.lot.clone(), gate), handle);
         }
@@ -241,9 +252,10 @@ impl Demo {
             &street,
             self.street_stats.clone(),
             &tracker,
-            token.clone(),
+            stop.clone(),
         );
-        traffic::drive(&self.city, &cameras, &TrafficConfig::demo(), stats, token).await;
+        traffic::drive(&self.city, &cameras, traffic, shared, stop, abort).await;
+        camera_token.cancel();
         tracker.close();
         tracker.wait().await;
     }

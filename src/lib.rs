@@ -5,5 +5,6 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod platform;
+pub mod sim;
 
 pub use platform::{MqttSetup, Platform, PlatformConfig};

@@ -11,6 +11,8 @@ use parkflow::config::{Cli, Command, RunArgs, Scenario};
 use parkflow::demo::Demo;
 use parkflow::{MqttSetup, Platform, PlatformConfig};
 use parkflow_gateway::gate::actor::DecisionConfig;
+use parkflow_sensors_sim::clock::SimClock;
+use parkflow_sensors_sim::traffic::{Shared, TrafficConfig};
 use parkflow_sensors_sim::{CityConfig, Stats};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,7 +60,13 @@ fn main() -> ExitCode {
             runtime.block_on(run(*args))
         }
         Command::Audit { database_url } => return runtime.block_on(audit(&database_url)),
-        Command::Sim(args) => runtime.block_on(sim(args)),
+        Command::Sim(args) => {
+            match runtime.block_on(parkflow::sim::run(*args, shutdown_signal())) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
+                Err(error) => Err(error),
+            }
+        }
         Command::Bench(args) => match args.scenario {
             Scenario::Barrier { reads } => runtime.block_on(parkflow::bench::barrier::run(reads)),
             Scenario::All { quick } => runtime.block_on(parkflow::bench::all(quick)),
@@ -287,7 +295,22 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
                     () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
-            demo.drive(&host, port, drive_stats, drive_token).await
+            let shared = Shared {
+                clock: SimClock::real(),
+                stats: drive_stats,
+                journal: Arc::default(),
+                http: reqwest::Client::new(),
+            };
+            let traffic = TrafficConfig::demo();
+            demo.drive(
+                &host,
+                port,
+                &traffic,
+                shared,
+                drive_token.clone(),
+                drive_token,
+            )
+            .await
         });
         let report_token = token.clone();
         tracker.spawn(async move {
@@ -359,45 +382,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
-}
-
-/// `parkflow sim`: drives the devices of a devices file, as the city preset lays them out, until
-/// the duration ends or Ctrl-C; prints what it did every ten seconds and at the end.
-async fn sim(args: parkflow::config::SimArgs) -> anyhow::Result<()> {
-    let devices = parkflow_sensors_sim::DevicesFile::read(&args.devices)
-        .with_context(|| format!("failed to read {}", args.devices.display()))?;
-    let city = CityConfig::preset(&args.city).unwrap_or_else(CityConfig::demo);
-    let demo = Demo::from_devices(&city, devices)?;
-    let host = args
-        .mqtt_url
-        .host_str()
-        .context("--mqtt-url needs a host")?
-        .to_owned();
-    let port = args.mqtt_url.port().unwrap_or(1883);
-    let stats = Arc::new(Stats::default());
-    let street = demo.street_stats.clone();
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let (drive_token, drive_stats) = (token.clone(), stats.clone());
-    tracker.spawn(async move { demo.drive(&host, port, drive_stats, drive_token).await });
-    let started = std::time::Instant::now();
-    let mut every = tokio::time::interval(Duration::from_secs(10));
-    every.tick().await;
-    loop {
-        tokio::select! {
-            () = shutdown_signal() => break,
-            _ = every.tick() => {
-                println!("t={}s gated: {} street: {}", started.elapsed().as_secs(), stats.summary(), street.summary());
-                if args.duration_secs > 0 && started.elapsed().as_secs() >= args.duration_secs {
-                    break;
-                }
-            }
-        }
-    }
-    token.cancel();
-    tracker.close();
-    tracker.wait().await;
-    println!("final gated: {}", stats.summary());
-    println!("final street: {}", street.summary());
-    Ok(())
 }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 use crate::devices::DeviceEntry;
 use crate::stats::Stats;
@@ -70,10 +71,25 @@ pub struct Sighting {
     pub observed_at: DateTime<Utc>,
 }
 
-struct Request {
-    read: GatePlateRead,
-    reply: oneshot::Sender<Result<GateCommand, CameraError>>,
+enum Request {
+    /// Send a read and answer with the command that answers it.
+    Read {
+        read: GatePlateRead,
+        reply: oneshot::Sender<Result<GateCommand, CameraError>>,
+    },
+    /// Answer with the next command for a read already answered (a held exit, opened once paid).
+    Await {
+        event_id: EventId,
+        reply: oneshot::Sender<Result<GateCommand, CameraError>>,
+    },
+    /// Publish a read, signed with this camera's own key, on another gate's topic.
+    Rogue { topic: Topic, read: GatePlateRead },
+    /// Drop the connection; the camera connects again and re-sends what is unanswered.
+    Reconnect,
 }
+
+/// Event ids answered, remembered to catch a repeated answer with another command id.
+const ANSWERED_MEMORY: usize = 50_000;
 
 struct Pending {
     payload: Vec<u8>,
@@ -113,10 +129,46 @@ impl CameraHandle {
         };
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Request { read, reply })
+            .send(Request::Read { read, reply })
             .await
             .map_err(|_| CameraError::Stopped)?;
         answer.await.map_err(|_| CameraError::Stopped)?
+    }
+
+    /// Watches for the next command answering `event_id` (a held exit opens once paid): the
+    /// returned future resolves with it. Watch before paying, so the command cannot slip past.
+    pub async fn watch(
+        &self,
+        event_id: EventId,
+    ) -> Result<impl Future<Output = Result<GateCommand, CameraError>> + use<>, CameraError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request::Await { event_id, reply })
+            .await
+            .map_err(|_| CameraError::Stopped)?;
+        Ok(async move { answer.await.map_err(|_| CameraError::Stopped)? })
+    }
+
+    /// Publishes a read for another gate, signed with this camera's own key: what a rogue or
+    /// compromised device would try. The platform must refuse it.
+    pub async fn publish_rogue(&self, topic: Topic, sighting: Sighting) {
+        let Ok(event_id) = EventId::parse(&uuid::Uuid::new_v4().to_string()) else {
+            return;
+        };
+        let read = GatePlateRead {
+            event_id,
+            plate: sighting.plate,
+            plate_color: sighting.plate_color,
+            confidence: sighting.confidence,
+            direction: sighting.direction,
+            observed_at: sighting.observed_at,
+        };
+        let _ = self.tx.send(Request::Rogue { topic, read }).await;
+    }
+
+    /// Drops the camera's connection; it connects again at once.
+    pub async fn reconnect(&self) {
+        let _ = self.tx.send(Request::Reconnect).await;
     }
 }
 
@@ -210,6 +262,9 @@ pub fn spawn(
         client,
         stats,
         pending: HashMap::new(),
+        waiting: HashMap::new(),
+        answered: HashMap::new(),
+        answered_order: std::collections::VecDeque::new(),
     };
     tracker.spawn(camera.run(rx, inbound_rx, token));
     CameraHandle { tx }
@@ -223,6 +278,11 @@ struct Camera {
     client: AsyncClient,
     stats: Arc<Stats>,
     pending: HashMap<EventId, Pending>,
+    /// Reads whose next command someone awaits.
+    waiting: HashMap<EventId, oneshot::Sender<Result<GateCommand, CameraError>>>,
+    /// The command id that answered each recent read, oldest first in `answered_order`.
+    answered: HashMap<EventId, Uuid>,
+    answered_order: std::collections::VecDeque<EventId>,
 }
 
 impl Camera {
@@ -237,7 +297,7 @@ impl Camera {
             tokio::select! {
                 () = token.cancelled() => break,
                 request = requests.recv() => match request {
-                    Some(request) => self.send(request),
+                    Some(request) => self.request(request),
                     None => break,
                 },
                 publish = inbound.recv() => match publish {
@@ -249,6 +309,9 @@ impl Camera {
         }
         for (_, pending) in self.pending.drain() {
             let _ = pending.reply.send(Err(CameraError::Stopped));
+        }
+        for (_, reply) in self.waiting.drain() {
+            let _ = reply.send(Err(CameraError::Stopped));
         }
         tracing::debug!(device = %self.device.id, "camera stopped");
     }
@@ -265,8 +328,38 @@ impl Camera {
         }
     }
 
-    fn send(&mut self, request: Request) {
-        let payload = self.payload(&request.read);
+    fn request(&mut self, request: Request) {
+        match request {
+            Request::Read { read, reply } => self.send(read, reply),
+            Request::Await { event_id, reply } => {
+                self.waiting.insert(event_id, reply);
+            }
+            Request::Rogue { topic, read } => {
+                let payload = seal(
+                    &topic,
+                    &read,
+                    &self.device.id,
+                    self.device.secret.as_bytes(),
+                );
+                let _ =
+                    self.client
+                        .try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload);
+                Stats::add(&self.stats.rogue_reads);
+            }
+            Request::Reconnect => {
+                // The connection task sees the connection end and connects again.
+                let _ = self.client.try_disconnect();
+                Stats::add(&self.stats.reconnects);
+            }
+        }
+    }
+
+    fn send(
+        &mut self,
+        read: GatePlateRead,
+        reply: oneshot::Sender<Result<GateCommand, CameraError>>,
+    ) {
+        let payload = self.payload(&read);
         // A full request queue behaves like a lost message: the retry sends it again.
         let _ = self.client.try_publish(
             self.topic.to_string(),
@@ -281,9 +374,9 @@ impl Camera {
             attempts: 1,
             wait,
             next: Instant::now() + wait,
-            reply: request.reply,
+            reply,
         };
-        self.pending.insert(request.read.event_id, pending);
+        self.pending.insert(read.event_id, pending);
     }
 
     fn retry(&mut self) {
@@ -338,12 +431,37 @@ impl Camera {
             }
         };
         Stats::add(&self.stats.commands_received);
+        if let Some(reply) = self.waiting.remove(&command.event_id) {
+            let _ = reply.send(Ok(command));
+            return;
+        }
         match self.pending.remove(&command.event_id) {
             Some(pending) => {
+                self.remember(&command);
                 let _ = pending.reply.send(Ok(command));
             }
-            // A re-sent answer to a read already answered.
-            None => Stats::add(&self.stats.commands_unmatched),
+            // A re-sent answer to a read already answered: it must be the same decision.
+            None => {
+                Stats::add(&self.stats.commands_unmatched);
+                if self
+                    .answered
+                    .get(&command.event_id)
+                    .is_some_and(|first| *first != command.command_id)
+                {
+                    Stats::add(&self.stats.answers_conflicting);
+                }
+            }
         }
+    }
+
+    fn remember(&mut self, command: &GateCommand) {
+        if self.answered_order.len() >= ANSWERED_MEMORY
+            && let Some(oldest) = self.answered_order.pop_front()
+        {
+            self.answered.remove(&oldest);
+        }
+        self.answered
+            .insert(command.event_id.clone(), command.command_id);
+        self.answered_order.push_back(command.event_id.clone());
     }
 }

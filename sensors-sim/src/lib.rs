@@ -5,10 +5,13 @@
 
 pub mod camera;
 pub mod city;
+pub mod clock;
 pub mod devices;
+pub mod journal;
 pub mod stats;
 pub mod street;
 pub mod traffic;
+pub mod verify;
 
 pub use city::{City, CityConfig, Zone};
 pub use devices::{DeviceEntry, DeviceKind, DevicesFile};

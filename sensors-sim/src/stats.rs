@@ -17,6 +17,11 @@ pub struct Stats {
     pub exits_held: AtomicU64,
     pub misreads: AtomicU64,
     pub double_reads: AtomicU64,
+    /// Repeated answers to one read that carried another command id (must stay 0).
+    pub answers_conflicting: AtomicU64,
+    pub exits_paid: AtomicU64,
+    pub rogue_reads: AtomicU64,
+    pub reconnects: AtomicU64,
 }
 
 impl Stats {
@@ -29,7 +34,8 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "reads_sent={} reads_resent={} commands={} unmatched_commands={} bad_signatures={} unanswered={} \
-             entries_opened={} entries_held={} exits_opened={} exits_held={} misreads={} double_reads={}",
+             entries_opened={} entries_held={} exits_opened={} exits_held={} exits_paid={} misreads={} double_reads={} \
+             conflicting_answers={} rogue_reads={} reconnects={}",
             get(&self.reads_sent),
             get(&self.reads_resent),
             get(&self.commands_received),
@@ -40,8 +46,12 @@ impl Stats {
             get(&self.entries_held),
             get(&self.exits_opened),
             get(&self.exits_held),
+            get(&self.exits_paid),
             get(&self.misreads),
             get(&self.double_reads),
+            get(&self.answers_conflicting),
+            get(&self.rogue_reads),
+            get(&self.reconnects),
         )
     }
 }

@@ -113,6 +113,7 @@ impl GateActor {
                 plate: decision.plate,
                 session_id: decision.session_id,
                 at: decision.received_at,
+                observed_at: decision.observed_at,
             };
             state.recent.remember(read, lane, decided);
         }
@@ -196,7 +197,7 @@ impl GateActor {
         let repeat = self.state.recent.repeat_of(
             &lane,
             &read.plate,
-            now,
+            (now, read.observed_at),
             self.config.repeat_window,
             self.config.review_threshold,
         );
@@ -405,6 +406,7 @@ impl GateActor {
             plate: read.plate.clone(),
             session_id,
             at: read.received_at,
+            observed_at: read.observed_at,
         };
         self.state.recent.remember(read_key, lane, decided);
     }

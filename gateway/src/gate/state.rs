@@ -45,7 +45,10 @@ pub struct Decided {
     pub command: GateCommand,
     pub plate: Plate,
     pub session_id: Option<Uuid>,
+    /// When the platform received the read.
     pub at: DateTime<Utc>,
+    /// When the camera saw the car.
+    pub observed_at: DateTime<Utc>,
 }
 
 /// Recent decisions: by read (a repeated event id gets the same command) and by lane (the same
@@ -81,24 +84,27 @@ impl RecentDecisions {
     }
 
     /// The latest decision at this lane within `within` of `now` for a plate at least
-    /// `min_similarity` alike (a one-character misread of the same car counts), unless that car
-    /// was decided on since at another lane (it went in, or out, in between).
+    /// `min_similarity` alike (a one-character misread of the same car counts), seen by the camera
+    /// within `within` of `observed_at` too (a lane forwarding its backlog sends reads received
+    /// together but seen hours apart), unless that car was decided on since at another lane (it
+    /// went in, or out, in between). `at` is (received, observed).
     pub fn repeat_of(
         &mut self,
         lane: &LaneKey,
         plate: &Plate,
-        now: DateTime<Utc>,
+        at: (DateTime<Utc>, DateTime<Utc>),
         within: Duration,
         min_similarity: f64,
     ) -> Option<Decided> {
+        let (now, observed_at) = at;
         let recent = self.by_lane.get_mut(lane)?;
         while recent.front().is_some_and(|d| now - d.at > within) {
             recent.pop_front();
         }
-        let previous = recent
-            .iter()
-            .rev()
-            .find(|d| similarity(d.plate.as_str(), plate.as_str()) >= min_similarity)?;
+        let previous = recent.iter().rev().find(|d| {
+            (d.observed_at - observed_at).abs() <= within
+                && similarity(d.plate.as_str(), plate.as_str()) >= min_similarity
+        })?;
         let last = self
             .last_by_car
             .get(&(lane.0.clone(), previous.plate.clone()));
@@ -242,6 +248,7 @@ mod tests {
             plate: Plate::parse(plate).unwrap(),
             session_id: None,
             at,
+            observed_at: at,
         }
     }
 
@@ -279,7 +286,7 @@ mod tests {
                 .repeat_of(
                     &lane,
                     &plate("浙A0B818"),
-                    t0 + Duration::seconds(5),
+                    (t0 + Duration::seconds(5), t0 + Duration::seconds(5)),
                     within,
                     0.9
                 )
@@ -290,7 +297,7 @@ mod tests {
                 .repeat_of(
                     &lane,
                     &plate("浙AD B818"),
-                    t0 + Duration::seconds(5),
+                    (t0 + Duration::seconds(5), t0 + Duration::seconds(5)),
                     within,
                     0.9
                 )
@@ -301,7 +308,7 @@ mod tests {
                 .repeat_of(
                     &lane,
                     &plate("浙A9K327"),
-                    t0 + Duration::seconds(5),
+                    (t0 + Duration::seconds(5), t0 + Duration::seconds(5)),
                     within,
                     0.9
                 )
@@ -312,10 +319,27 @@ mod tests {
                 .repeat_of(
                     &lane,
                     &plate("浙A0B818"),
-                    t0 + Duration::seconds(31),
+                    (t0 + Duration::seconds(31), t0 + Duration::seconds(31)),
                     within,
                     0.9
                 )
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn reads_received_together_but_seen_hours_apart_are_not_repeats() {
+        let t0 = Utc::now();
+        let mut recent = RecentDecisions::new(Duration::minutes(15));
+        let (read, lane) = keys("e1");
+        let mut earlier = decided("浙A0B818", t0);
+        earlier.observed_at = t0 - Duration::hours(3);
+        recent.remember(read, lane.clone(), earlier);
+        let plate = Plate::parse("浙A0B818").unwrap();
+        let later = (t0 + Duration::seconds(2), t0 - Duration::hours(1));
+        assert!(
+            recent
+                .repeat_of(&lane, &plate, later, Duration::seconds(30), 0.9)
                 .is_none()
         );
     }
@@ -350,7 +374,7 @@ mod tests {
                 .repeat_of(
                     &exit_lane,
                     &plate,
-                    t0 + Duration::seconds(10),
+                    (t0 + Duration::seconds(10), t0 + Duration::seconds(10)),
                     Duration::seconds(30),
                     0.9
                 )

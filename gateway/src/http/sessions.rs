@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use chrono::{DateTime, Utc};
 use parkflow_protocol::{LotId, Plate};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -20,10 +21,25 @@ pub struct SessionQuery {
     lot: Option<String>,
     plate: Option<String>,
     status: Option<String>,
+    /// RFC 3339: sessions entered at or after this.
+    entered_from: Option<String>,
+    /// RFC 3339: sessions entered before this.
+    entered_to: Option<String>,
     limit: Option<u32>,
 }
 
-/// `GET /v1/sessions?lot=…&plate=…&status=…&limit=…`
+/// An optional RFC 3339 query parameter; `code` names it in the error.
+fn instant(code: &'static str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| ApiError::bad_request(code, format!("{e} (RFC 3339 expected)")))
+        })
+        .transpose()
+}
+
+/// `GET /v1/sessions?lot=…&plate=…&status=…&entered_from=…&entered_to=…&limit=…`, newest first.
 pub async fn list(
     _: Admin,
     State(state): State<AppState>,
@@ -54,6 +70,8 @@ pub async fn list(
                 })
             })
             .transpose()?,
+        entered_from: instant("invalid_entered_from", query.entered_from.as_deref())?,
+        entered_to: instant("invalid_entered_to", query.entered_to.as_deref())?,
         limit: query.limit.unwrap_or(100).min(MAX_LIMIT),
     };
     Ok(Json(sessions::sessions(&state.db, &filter).await?))

@@ -67,6 +67,7 @@ struct DecisionRow {
     event_id: String,
     plate: String,
     direction: String,
+    observed_at: DateTime<Utc>,
     received_at: DateTime<Utc>,
     command_id: Uuid,
     action: String,
@@ -85,6 +86,7 @@ pub struct StoredDecision {
     pub gate: GateId,
     pub plate: Plate,
     pub direction: parkflow_protocol::Direction,
+    pub observed_at: DateTime<Utc>,
     pub received_at: DateTime<Utc>,
     pub command: GateCommand,
     pub session_id: Option<Uuid>,
@@ -111,6 +113,7 @@ impl TryFrom<DecisionRow> for StoredDecision {
                 "exit" => parkflow_protocol::Direction::Exit,
                 _ => return Err(bad("direction")),
             },
+            observed_at: row.observed_at,
             received_at: row.received_at,
             command: GateCommand {
                 command_id: row.command_id,
@@ -128,7 +131,7 @@ impl TryFrom<DecisionRow> for StoredDecision {
 }
 
 const DECISION_COLUMNS: &str =
-    "lot_id, gate_id, event_id, plate, direction, received_at, command_id, action, reason,
+    "lot_id, gate_id, event_id, plate, direction, observed_at, received_at, command_id, action, reason,
      issued_at, amount_due_minor, currency, pay_url, session_id";
 
 /// Decisions received since `since` (to warm the actor's cache at start).
@@ -275,6 +278,10 @@ pub struct SessionFilter {
     pub lot: Option<LotId>,
     pub plate: Option<Plate>,
     pub status: Option<SessionStatus>,
+    /// Entered at or after this.
+    pub entered_from: Option<DateTime<Utc>>,
+    /// Entered before this.
+    pub entered_to: Option<DateTime<Utc>>,
     pub limit: u32,
 }
 
@@ -283,6 +290,7 @@ pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView
     let sql = format!(
         "SELECT {SESSION_COLUMNS} FROM sessions
          WHERE ($1 IS NULL OR lot_id = $1) AND ($2 IS NULL OR plate = $2) AND ($3 IS NULL OR status = $3)
+           AND ($5 IS NULL OR entered_at >= $5) AND ($6 IS NULL OR entered_at < $6)
          ORDER BY entered_at DESC, id LIMIT $4"
     );
     let rows: Vec<SessionView> = on_db!(db, pool => sqlx::query_as(&sql)
@@ -290,6 +298,8 @@ pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView
         .bind(filter.plate.as_ref().map(Plate::as_str))
         .bind(filter.status.map(SessionStatus::as_str))
         .bind(i64::from(filter.limit))
+        .bind(filter.entered_from.map(db_time))
+        .bind(filter.entered_to.map(db_time))
         .fetch_all(pool)
         .await?);
     Ok(rows.into_iter().map(with_fee).collect())
