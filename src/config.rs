@@ -57,6 +57,9 @@ pub enum Scenario {
         /// Reads to time (after a warm-up of a tenth as many).
         #[arg(long, default_value_t = 2_000)]
         reads: usize,
+        /// Sensor messages a second in the background (0: none).
+        #[arg(long, default_value_t = 10_000)]
+        background_rate: u32,
     },
     /// Every scenario in turn; `--quick`: each small (about two minutes in all), for CI.
     All {
@@ -91,6 +94,14 @@ pub enum Scenario {
     Memory {
         #[arg(long, default_value_t = 848_000)]
         bays: usize,
+    },
+    /// Session writes of the gate path (group-committed), beside a raw bulk insert of the rows.
+    Persist {
+        #[arg(long, default_value_t = 200_000)]
+        sessions: usize,
+        /// A PostgreSQL URL to run against (a fresh database is made there); SQLite otherwise.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Settlement of closed sessions (price, charge, ledger, settle), beside a raw bulk insert.
     Settle {

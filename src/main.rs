@@ -68,7 +68,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Bench(args) => match args.scenario {
-            Scenario::Barrier { reads } => runtime.block_on(parkflow::bench::barrier::run(reads)),
+            Scenario::Barrier {
+                reads,
+                background_rate,
+            } => runtime.block_on(parkflow::bench::barrier::run(reads, background_rate)),
+            Scenario::Persist {
+                sessions,
+                database_url,
+            } => runtime.block_on(parkflow::bench::persist::run(sessions, database_url)),
             Scenario::All { quick } => runtime.block_on(parkflow::bench::all(quick)),
             Scenario::Ingest { events } => runtime.block_on(parkflow::bench::city::ingest(events)),
             Scenario::Broker { messages } => {

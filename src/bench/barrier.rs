@@ -1,9 +1,12 @@
 //! `parkflow bench barrier`: a camera's plate read → barrier command round trip through the whole
 //! platform (embedded broker, ingest, decision, signing, group commit on SQLite), beside the same
-//! camera answered by a dumb echo client on the same embedded broker.
+//! camera answered by a dumb echo client on the same embedded broker — both with a zone's sensors
+//! publishing in the background (10,000 messages a second by default), which the platform
+//! ingests and the echo client's connection receives and drops.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -25,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::background::SensorZone;
 use super::{Latency, ratio};
 use crate::demo::demo_tariff;
 use crate::platform::random_secret;
@@ -42,7 +46,12 @@ struct Fixture {
     gate: GateId,
     camera: DeviceEntry,
     plates: Vec<String>,
+    zone: Arc<SensorZone>,
+    zone_plan: (LotPlan, Vec<DevicePlan>),
 }
+
+/// Bays of the background zone.
+const BACKGROUND_BAYS: u32 = 2_000;
 
 impl Fixture {
     fn new() -> anyhow::Result<Self> {
@@ -66,15 +75,26 @@ impl Fixture {
             .collect();
         plates.sort();
         plates.dedup();
+        let (zone, zone_lot, zone_devices) =
+            SensorZone::new("bench-zone", "bench", BACKGROUND_BAYS)?;
         Ok(Self {
             lot,
             gate,
             camera,
             plates,
+            zone: Arc::new(zone),
+            zone_plan: (zone_lot, zone_devices),
         })
     }
 
     fn plan(&self) -> Plan {
+        let mut plan = self.gated_plan();
+        plan.lots.push(self.zone_plan.0.clone());
+        plan.devices.extend(self.zone_plan.1.iter().cloned());
+        plan
+    }
+
+    fn gated_plan(&self) -> Plan {
         Plan {
             operators: vec![OperatorPlan {
                 id: "bench".into(),
@@ -190,6 +210,7 @@ async fn echo(host: String, port: u16, fixture: Arc<Fixture>, token: Cancellatio
         lot: fixture.lot.clone(),
         gate: fixture.gate.clone(),
     };
+    let plate_topic_text = plate_topic.to_string();
     loop {
         let event = tokio::select! {
             () = token.cancelled() => break,
@@ -198,8 +219,13 @@ async fn echo(host: String, port: u16, fixture: Arc<Fixture>, token: Cancellatio
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 let _ = client.try_subscribe(plate_topic.to_string(), QoS::AtLeastOnce);
+                // The sensors' traffic reaches the echo's connection as it reaches the gateway's.
+                let _ = client.try_subscribe(
+                    parkflow_protocol::topic::filter::all_bays(),
+                    QoS::AtLeastOnce,
+                );
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+            Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == plate_topic_text => {
                 let secret = fixture.camera.secret.clone();
                 let Ok(read) = open::<GatePlateRead, _>(
                     &publish.payload,
@@ -234,12 +260,32 @@ async fn echo(host: String, port: u16, fixture: Arc<Fixture>, token: Cancellatio
     }
 }
 
+/// Starts the background sensors against the broker at `addr`.
+fn background(
+    fixture: &Fixture,
+    addr: SocketAddr,
+    rate: u32,
+    token: &CancellationToken,
+) -> (tokio::task::JoinHandle<anyhow::Result<()>>, Arc<AtomicU64>) {
+    let sent = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(fixture.zone.clone().run(
+        addr.ip().to_string(),
+        addr.port(),
+        rate,
+        sent.clone(),
+        token.clone(),
+    ));
+    (task, sent)
+}
+
 /// Runs the scenario and prints its figures.
-pub async fn run(reads: usize) -> anyhow::Result<()> {
+pub async fn run(reads: usize, background_rate: u32) -> anyhow::Result<()> {
     let warmup = (reads / 10).max(20);
     let fixture = Arc::new(Fixture::new()?);
     let stats = Arc::new(Stats::default());
-    println!("scenario=barrier reads={reads} warmup={warmup} database=sqlite broker=embedded");
+    println!(
+        "scenario=barrier reads={reads} warmup={warmup} database=sqlite broker=embedded background_msgs_per_s={background_rate}"
+    );
 
     // ParkFlow.
     let dir = std::env::temp_dir().join(format!("parkflow-bench-{}", Uuid::new_v4().simple()));
@@ -257,11 +303,13 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let running = tokio::spawn(platform.run(token.clone()));
     let camera_token = token.child_token();
+    let (load, sent) = background(&fixture, mqtt_listen, background_rate, &camera_token);
     let config = CameraConfig::new(
         mqtt_listen.ip().to_string(),
         mqtt_listen.port(),
         DeviceAuth::Signed,
     );
+    let started = Instant::now();
     let cameras = TaskTracker::new();
     let camera = camera::spawn(
         fixture.camera.clone(),
@@ -271,9 +319,12 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
         camera_token.clone(),
     );
     let mut parkflow = drive(&camera, &fixture.plates, reads, warmup).await?;
+    let rate = sent.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     camera_token.cancel();
     cameras.close();
     cameras.wait().await;
+    load.await??;
+    println!("parkflow_background_msgs_per_s={rate:.0}");
     token.cancel();
     running.await??;
     let _ = std::fs::remove_dir_all(&dir);
@@ -293,11 +344,13 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
         fixture.clone(),
         echo_token.clone(),
     ));
+    let (load, sent) = background(&fixture, echo_listen, background_rate, &echo_token);
     let config = CameraConfig::new(
         echo_listen.ip().to_string(),
         echo_listen.port(),
         DeviceAuth::Signed,
     );
+    let started = Instant::now();
     let camera = camera::spawn(
         fixture.camera.clone(),
         config,
@@ -306,7 +359,10 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
         echo_token.clone(),
     );
     let mut baseline = drive(&camera, &fixture.plates, reads, warmup).await?;
+    let rate = sent.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    println!("echo_background_msgs_per_s={rate:.0}");
     echo_token.cancel();
+    load.await??;
     cameras.close();
     cameras.wait().await;
     let _ = responder.await;

@@ -3,20 +3,69 @@
 //! Figures are for BENCHMARKS.md; nothing here is a test.
 
 pub mod api;
+mod background;
 pub mod barrier;
 pub mod broker;
 pub mod city;
+pub mod persist;
 pub mod settle;
 
 use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+/// The PostgreSQL server `bench all` also runs the database scenarios on, when set.
+pub const POSTGRES_ENV: &str = "PARKFLOW_BENCH_POSTGRES_URL";
+
+/// Runs `scenario(url, engine)` on SQLite in a temp file, or, given a `postgres://` URL, in a
+/// fresh database created on that server and dropped afterwards.
+pub async fn on_engine<F, Fut>(database_url: Option<String>, scenario: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String, &'static str) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let Some(url) = database_url else {
+        let dir = std::env::temp_dir().join(format!("parkflow-bench-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let url = format!("sqlite:{}", dir.join("bench.db").display());
+        let result = scenario(url, "sqlite").await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return result;
+    };
+    anyhow::ensure!(
+        url.starts_with("postgres:") || url.starts_with("postgresql:"),
+        "expected a postgres:// URL"
+    );
+    let mut admin = PgConnection::connect(&url)
+        .await
+        .context("failed to connect to postgres")?;
+    let name = format!("parkflow_bench_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let mut fresh = url::Url::parse(&url)?;
+    fresh.set_path(&name);
+    let result = scenario(fresh.to_string(), "postgres").await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .context("failed to drop the bench database")?;
+    admin.close().await?;
+    result
+}
 
 /// `parkflow bench all`: every scenario one after another (`quick`: small, for CI — it checks
 /// that each runs and that nothing is lost or duplicated, not the speed).
 pub async fn all(quick: bool) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     let scale = |quick_value: usize, full: usize| if quick { quick_value } else { full };
-    let outcomes: Vec<(&str, anyhow::Result<()>)> = vec![
-        ("barrier", barrier::run(scale(200, 2_000)).await),
+    let postgres = std::env::var(POSTGRES_ENV)
+        .ok()
+        .filter(|url| !url.is_empty());
+    let mut outcomes: Vec<(&str, anyhow::Result<()>)> = vec![
+        ("barrier", barrier::run(scale(200, 2_000), 10_000).await),
         ("broker", broker::run(scale(20_000, 200_000) as u64).await),
         ("ingest", city::ingest(scale(8_000, 200_000)).await),
         ("burst", city::run(scale(8_000, 848_000), true).await),
@@ -24,8 +73,19 @@ pub async fn all(quick: bool) -> anyhow::Result<()> {
             "api",
             api::run(scale(500, 5_000), if quick { 1 } else { 5 }).await,
         ),
+        ("persist", persist::run(scale(5_000, 200_000), None).await),
         ("settle", settle::run(scale(5_000, 1_000_000), None).await),
     ];
+    if let Some(url) = postgres {
+        outcomes.push((
+            "persist postgres",
+            persist::run(scale(5_000, 200_000), Some(url.clone())).await,
+        ));
+        outcomes.push((
+            "settle postgres",
+            settle::run(scale(5_000, 1_000_000), Some(url)).await,
+        ));
+    }
     for (name, outcome) in outcomes {
         if let Err(error) = outcome {
             println!("scenario={name} failed: {error:#}");

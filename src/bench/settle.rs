@@ -18,10 +18,10 @@ use parkflow_gateway::store::provision::{DriverPlan, LotPlan, OperatorPlan, Plan
 use parkflow_protocol::{DeviceAuth, LotId, Plate, PlateColor};
 use parkflow_sensors_sim::city::random_plate;
 use rand::{Rng, SeedableRng};
-use sqlx::{Connection, PgConnection, QueryBuilder};
+use sqlx::QueryBuilder;
 use uuid::Uuid;
 
-use super::{Latency, ratio};
+use super::{Latency, on_engine, ratio};
 use crate::demo::demo_tariff;
 
 const OPERATOR: &str = "bench-operator";
@@ -403,37 +403,12 @@ async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()
     Ok(())
 }
 
-/// Runs the scenario on SQLite (a temp file) or, given a `postgres://` URL, in a fresh database
-/// created on that server and dropped afterwards, and prints its figures.
+/// Runs the scenario on SQLite, or on PostgreSQL given a `postgres://` URL.
 pub async fn run(sessions: usize, database_url: Option<String>) -> anyhow::Result<()> {
-    let Some(url) = database_url else {
-        let dir = std::env::temp_dir().join(format!("parkflow-bench-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir)?;
-        let url = format!("sqlite:{}", dir.join("bench.db").display());
-        let result = scenario(&url, "sqlite", sessions).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        return result;
-    };
-    anyhow::ensure!(
-        url.starts_with("postgres:") || url.starts_with("postgresql:"),
-        "expected a postgres:// URL"
-    );
-    let mut admin = PgConnection::connect(&url)
-        .await
-        .context("failed to connect to postgres")?;
-    let name = format!("parkflow_bench_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let mut fresh = url::Url::parse(&url)?;
-    fresh.set_path(&name);
-    let result = scenario(fresh.as_str(), "postgres", sessions).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .context("failed to drop the bench database")?;
-    admin.close().await?;
-    result
+    on_engine(database_url, |url, engine| async move {
+        scenario(&url, engine, sessions).await
+    })
+    .await
 }
 
 #[cfg(test)]

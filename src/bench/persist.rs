@@ -1,0 +1,307 @@
+//! `parkflow bench persist`: the gate path's session writes — each car's entry (session opened,
+//! read and decision recorded) and exit (session closed and priced, queued for its charge, read
+//! recorded), one batch per read, group-committed by the gateway's store writer — beside a raw
+//! bulk insert of as many rows into bare tables with the same columns, a writer's group a
+//! transaction. SQLite in a temp file, or a fresh PostgreSQL database under the given server URL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use parkflow_db::{Db, db_time, on_db};
+use parkflow_gateway::metrics::Metrics;
+use parkflow_gateway::registry::{GateDirection, LotKind};
+use parkflow_gateway::session::{ExitMatch, OpenSession, SessionEnd, SessionStatus};
+use parkflow_gateway::store::provision::{LotPlan, OperatorPlan, Plan, provision};
+use parkflow_gateway::store::writer::{Batch, GateReadRecord, MAX_BATCH, Write, writer};
+use parkflow_protocol::{
+    DeviceAuth, Direction, EventId, GateAction, GateCommand, GateId, GateReason, LotId, Plate,
+    PlateColor,
+};
+use parkflow_sensors_sim::city::random_plate;
+use rand::SeedableRng;
+use sqlx::QueryBuilder;
+use uuid::Uuid;
+
+use super::{on_engine, ratio};
+use crate::demo::demo_tariff;
+
+/// Rows per INSERT statement in the baseline (SQLite allows 32,766 binds a statement).
+const ROWS_PER_INSERT: usize = 1_000;
+
+/// One car's visit: what the gate path writes for its entry and its exit.
+struct Visit {
+    session: OpenSession,
+    end: SessionEnd,
+    entry: GateReadRecord,
+    exit: GateReadRecord,
+}
+
+fn read(
+    lot: &LotId,
+    gate: &GateId,
+    plate: &Plate,
+    direction: Direction,
+    at: DateTime<Utc>,
+    session: Uuid,
+) -> anyhow::Result<GateReadRecord> {
+    let event_id = EventId::parse(&Uuid::new_v4().to_string())?;
+    Ok(GateReadRecord {
+        lot: lot.clone(),
+        gate: gate.clone(),
+        event_id: event_id.clone(),
+        plate: plate.clone(),
+        plate_color: Some(PlateColor::Blue),
+        confidence: 0.97,
+        direction,
+        observed_at: at,
+        received_at: at,
+        command: GateCommand {
+            command_id: Uuid::now_v7(),
+            event_id,
+            action: GateAction::Open,
+            reason: match direction {
+                Direction::Entry => GateReason::Entered,
+                Direction::Exit => GateReason::BillLater,
+            },
+            issued_at: at,
+            amount_due: None,
+            currency: None,
+            pay_url: None,
+        },
+        amount_due_minor: None,
+        session_id: Some(session),
+    })
+}
+
+fn visits(lot: &LotId, gate: &GateId, n: usize, now: DateTime<Utc>) -> anyhow::Result<Vec<Visit>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let tariff_from = demo_tariff(0).effective_from;
+    (0..n)
+        .map(|i| {
+            let plate = random_plate(&mut rng, false);
+            let entered_at =
+                now - chrono::Duration::minutes(90) + chrono::Duration::milliseconds(i as i64);
+            let exited_at = entered_at + chrono::Duration::minutes(75);
+            let id = Uuid::now_v7();
+            let entry = read(lot, gate, &plate, Direction::Entry, entered_at, id)?;
+            let exit = read(lot, gate, &plate, Direction::Exit, exited_at, id)?;
+            Ok(Visit {
+                session: OpenSession {
+                    id,
+                    lot: lot.clone(),
+                    plate: plate.clone(),
+                    plate_color: Some(PlateColor::Blue),
+                    pass_holder: false,
+                    entry_gate: Some(gate.clone()),
+                    entry_event: Some(entry.event_id.clone()),
+                    entered_at,
+                },
+                end: SessionEnd {
+                    id,
+                    status: SessionStatus::Closed,
+                    exit_gate: Some(gate.clone()),
+                    exit_event: Some(exit.event_id.clone()),
+                    exited_at,
+                    exit_match: Some((ExitMatch::Exact, 1.0)),
+                    tariff_from: Some(tariff_from),
+                    billed_plate: Some(plate),
+                    plate_color: Some(PlateColor::Blue),
+                    pass_holder: false,
+                    fee: Some((1_100, "CNY".into())),
+                },
+                entry,
+                exit,
+            })
+        })
+        .collect()
+}
+
+/// Bare tables with the columns the gate path writes, without keys, constraints or indexes.
+const BASELINE_TABLES: [&str; 3] = [
+    "CREATE TABLE bench_sessions (id {UUID}, lot_id TEXT, plate TEXT, plate_color TEXT, status TEXT,
+        pass_holder BOOLEAN, entry_gate TEXT, entry_event_id TEXT, entered_at {TIME}, exit_gate TEXT,
+        exit_event_id TEXT, exited_at {TIME}, fee_minor {BIGINT}, currency TEXT)",
+    "CREATE TABLE bench_reads (lot_id TEXT, gate_id TEXT, event_id TEXT, plate TEXT, direction TEXT,
+        observed_at {TIME}, received_at {TIME}, command_id {UUID}, action TEXT, reason TEXT,
+        issued_at {TIME}, session_id {UUID})",
+    "CREATE TABLE bench_queue (session_id {UUID}, queued_at {TIME})",
+];
+
+/// Inserts each visit's rows (a closed session, two reads, a queued charge) in bulk, `MAX_BATCH`
+/// reads' worth a transaction; returns the time taken.
+async fn baseline(db: &Db, visits: &[Visit]) -> anyhow::Result<Duration> {
+    let (uuid, bigint, time) = match db {
+        Db::Sqlite(_) => ("BLOB", "INTEGER", "TEXT"),
+        Db::Postgres(_) => ("UUID", "BIGINT", "TIMESTAMPTZ"),
+    };
+    for table in BASELINE_TABLES {
+        let create = table
+            .replace("{UUID}", uuid)
+            .replace("{BIGINT}", bigint)
+            .replace("{TIME}", time);
+        on_db!(db, pool => sqlx::query(&create).execute(pool).await.map(drop)?);
+    }
+    let started = Instant::now();
+    on_db!(db, pool => {
+        for group in visits.chunks(MAX_BATCH / 2) {
+            let mut tx = pool.begin().await?;
+            for chunk in group.chunks(ROWS_PER_INSERT / 2) {
+                let mut sessions = QueryBuilder::new(
+                    "INSERT INTO bench_sessions (id, lot_id, plate, plate_color, status, pass_holder, entry_gate,
+                         entry_event_id, entered_at, exit_gate, exit_event_id, exited_at, fee_minor, currency) ",
+                );
+                sessions.push_values(chunk, |mut row, v| {
+                    row.push_bind(v.session.id)
+                        .push_bind(v.session.lot.as_str())
+                        .push_bind(v.session.plate.as_str())
+                        .push_bind("blue")
+                        .push_bind("closed")
+                        .push_bind(false)
+                        .push_bind(v.entry.gate.as_str())
+                        .push_bind(v.entry.event_id.as_str())
+                        .push_bind(db_time(v.session.entered_at))
+                        .push_bind(v.exit.gate.as_str())
+                        .push_bind(v.exit.event_id.as_str())
+                        .push_bind(db_time(v.end.exited_at))
+                        .push_bind(1_100i64)
+                        .push_bind("CNY");
+                });
+                sessions.build().execute(&mut *tx).await?;
+                let mut reads = QueryBuilder::new(
+                    "INSERT INTO bench_reads (lot_id, gate_id, event_id, plate, direction, observed_at,
+                         received_at, command_id, action, reason, issued_at, session_id) ",
+                );
+                reads.push_values(chunk.iter().flat_map(|v| [&v.entry, &v.exit]), |mut row, r| {
+                    row.push_bind(r.lot.as_str())
+                        .push_bind(r.gate.as_str())
+                        .push_bind(r.event_id.as_str())
+                        .push_bind(r.plate.as_str())
+                        .push_bind(r.direction.as_str())
+                        .push_bind(db_time(r.observed_at))
+                        .push_bind(db_time(r.received_at))
+                        .push_bind(r.command.command_id)
+                        .push_bind(r.command.action.as_str())
+                        .push_bind(r.command.reason.as_str())
+                        .push_bind(db_time(r.command.issued_at))
+                        .push_bind(r.session_id);
+                });
+                reads.build().execute(&mut *tx).await?;
+                let mut queue = QueryBuilder::new("INSERT INTO bench_queue (session_id, queued_at) ");
+                queue.push_values(chunk, |mut row, v| {
+                    row.push_bind(v.session.id).push_bind(db_time(v.end.exited_at));
+                });
+                queue.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        }
+    });
+    Ok(started.elapsed())
+}
+
+/// The gate path: every entry's batch, then every exit's, through the store writer; returns the
+/// time until the writer has committed the last.
+async fn gate_path(db: &Db, visits: Vec<Visit>) -> Duration {
+    let (handle, task) = writer(db.clone(), Arc::new(Metrics::new()));
+    let running = tokio::spawn(task.run());
+    let started = Instant::now();
+    let mut exits = Vec::with_capacity(visits.len());
+    for visit in visits {
+        handle
+            .submit(Batch {
+                writes: vec![
+                    Write::OpenSession(visit.session),
+                    Write::GateRead(Box::new(visit.entry)),
+                ],
+                ticket: None,
+            })
+            .await;
+        exits.push((visit.end, visit.exit));
+    }
+    for (end, exit) in exits {
+        handle
+            .submit(Batch {
+                writes: vec![Write::EndSession(end), Write::GateRead(Box::new(exit))],
+                ticket: None,
+            })
+            .await;
+    }
+    drop(handle);
+    let _ = running.await;
+    started.elapsed()
+}
+
+async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()> {
+    let db = Db::connect(url)
+        .await
+        .context("failed to open the bench database")?;
+    println!("scenario=persist engine={engine} sessions={sessions} max_batch={MAX_BATCH}");
+    let now = Utc::now();
+    let lot = LotId::parse("persist-lot")?;
+    let gate = GateId::parse("lane-1")?;
+    let plan = Plan {
+        operators: vec![OperatorPlan {
+            id: "bench".into(),
+            name: "Bench".into(),
+        }],
+        lots: vec![LotPlan {
+            id: lot.clone(),
+            operator_id: "bench".into(),
+            name: "Persist lot".into(),
+            kind: LotKind::OffStreet,
+            lat: 30.0,
+            lon: 120.0,
+            capacity: u32::try_from(sessions).unwrap_or(u32::MAX),
+            time_zone: "Asia/Shanghai".into(),
+            device_auth: DeviceAuth::Signed,
+            gates: vec![(gate.clone(), GateDirection::Both)],
+            bays: Vec::new(),
+            max_stay_minutes: None,
+            tariffs: vec![demo_tariff(0)],
+        }],
+        ..Plan::default()
+    };
+    provision(&db, &plan, now).await?;
+
+    let baseline_visits = visits(&lot, &gate, sessions, now)?;
+    let baseline = baseline(&db, &baseline_visits).await?.as_secs_f64();
+    drop(baseline_visits);
+    let gate_visits = visits(&lot, &gate, sessions, now)?;
+    let persist = gate_path(&db, gate_visits).await.as_secs_f64();
+    let rows = sessions as f64 * 4.0;
+    println!(
+        "baseline_insert_s={baseline:.3} baseline_rows_per_s={:.0} persist_s={persist:.3} persist_sessions_per_s={:.0}",
+        rows / baseline,
+        sessions as f64 / persist
+    );
+    let (stored, closed, reads, queued): (i64, i64, i64, i64) = on_db!(&db, pool => sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM sessions WHERE status = 'closed'),
+                (SELECT COUNT(*) FROM gate_reads), (SELECT COUNT(*) FROM charge_queue)"
+    )
+    .fetch_one(pool)
+    .await?);
+    let expected = i64::try_from(sessions)?;
+    println!(
+        "sessions_stored={stored} closed={closed} reads={reads} queued={queued} lost={}",
+        expected - closed
+    );
+    println!(
+        "{}",
+        ratio("persist_vs_bulk_insert", baseline / persist, 0.3, false)
+    );
+    db.close().await;
+    anyhow::ensure!(
+        stored == expected && closed == expected && reads == 2 * expected && queued == expected,
+        "persist bench is wrong: {stored} sessions, {closed} closed, {reads} reads, {queued} queued for {sessions}"
+    );
+    Ok(())
+}
+
+/// Runs the scenario on SQLite, or on PostgreSQL given a `postgres://` URL.
+pub async fn run(sessions: usize, database_url: Option<String>) -> anyhow::Result<()> {
+    on_engine(database_url, |url, engine| async move {
+        scenario(&url, engine, sessions).await
+    })
+    .await
+}
