@@ -15,7 +15,7 @@ use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login};
 use parkflow_gateway::gate::GateMessage;
 use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::gate::decide::Standing;
-use parkflow_gateway::http::extract::constant_time_eq;
+use parkflow_gateway::http::auth::constant_time_eq;
 use parkflow_gateway::mqtt::MqttConfig;
 use parkflow_gateway::occupancy::OccupancyConfig;
 use parkflow_gateway::registry::RegistryHandle;

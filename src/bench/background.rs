@@ -95,7 +95,9 @@ impl SensorZone {
         sent: Arc<AtomicU64>,
         token: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut options = MqttOptions::new(format!("{}-background", self.lot), host, port);
+        // A bay device logs in with client id = its device id: the zone speaks through its first
+        // sensor's connection (as a bridge would).
+        let mut options = MqttOptions::new(&self.login.0, host, port);
         options.set_credentials(&self.login.0, &self.login.1);
         options.set_inflight(1_000);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);

@@ -78,9 +78,13 @@ fn read(
 fn visits(lot: &LotId, gate: &GateId, n: usize, now: DateTime<Utc>) -> anyhow::Result<Vec<Visit>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let tariff_from = demo_tariff(0).effective_from;
+    // Every car a different plate: a plate has at most one open session in a lot.
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut plates = std::iter::repeat_with(|| random_plate(&mut rng, false))
+        .filter(|plate| seen.insert(plate.clone()));
     (0..n)
         .map(|i| {
-            let plate = random_plate(&mut rng, false);
+            let plate = plates.next().context("plates run out")?;
             let entered_at =
                 now - chrono::Duration::minutes(90) + chrono::Duration::milliseconds(i as i64);
             let exited_at = entered_at + chrono::Duration::minutes(75);

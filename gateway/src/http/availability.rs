@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 
 use super::AppState;
+use super::auth::{Staff, StaffAdmin};
 use super::error::ApiError;
-use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::availability::feeds::{self, FeedLot};
 use crate::availability::{Board, LotAvailabilityView};
 use crate::occupancy::{LotCounts, OccupancyMessage};
@@ -212,12 +213,15 @@ pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError>
 /// `GET /v1/lots/{lot}/bays`: every bay of a lot with its sensor's health (battery low, last
 /// heard) and its open stay — for the lot's operator.
 pub async fn bays(
-    _admin: Admin,
+    Staff(scope): Staff,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
 ) -> Result<Json<Vec<crate::occupancy::BayView>>, ApiError> {
     let registry = state.registry.snapshot();
     let lot = lot_of(&registry, &lot)?;
+    if !scope.sees(&lot.operator_id) {
+        return Err(ApiError::NotFound("lot"));
+    }
     let (reply, answer) = oneshot::channel();
     state
         .occupancy
@@ -248,13 +252,16 @@ pub struct RecountResponse {
 /// `POST /v1/lots/{lot}/recount`: an operator counted the cars in a gated lot without bay
 /// sensors; entries and exits move the count on from there.
 pub async fn recount(
-    _admin: Admin,
+    StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
     ApiJson(request): ApiJson<RecountRequest>,
 ) -> Result<Json<RecountResponse>, ApiError> {
     let registry = state.registry.snapshot();
     let lot = lot_of(&registry, &lot)?;
+    if !scope.sees(&lot.operator_id) {
+        return Err(ApiError::NotFound("lot"));
+    }
     if registry.has_bay_sensors(lot.idx) {
         return Err(ApiError::bad_request(
             "lot_has_bay_sensors",

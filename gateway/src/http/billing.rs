@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::{Admin, Staff, StaffAdmin};
 use super::error::ApiError;
-use super::extract::{Admin, ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::payments::idempotency_key;
 
 impl From<RefundError> for ApiError {
@@ -76,14 +77,14 @@ pub async fn run(
 
 /// `GET /v1/settlements?from=…&to=…&lot=…`: stored settlements.
 pub async fn list(
-    _: Admin,
+    Staff(scope): Staff,
     State(state): State<AppState>,
     ApiQuery(days): ApiQuery<Days>,
 ) -> Result<Json<Vec<Settlement>>, ApiError> {
     let (from, to) = days.range()?;
-    Ok(Json(
-        settlement::stored(&state.db, days.lot.as_deref(), &from, &to).await?,
-    ))
+    let mut settlements = settlement::stored(&state.db, days.lot.as_deref(), &from, &to).await?;
+    settlements.retain(|s| scope.sees(&s.operator_id));
+    Ok(Json(settlements))
 }
 
 /// `GET /v1/reconciliation`: every difference between the platform's records and the provider's.
@@ -111,7 +112,7 @@ pub struct RefundResponse {
 
 /// `POST /v1/charges/{id}/refunds` (Idempotency-Key): never more than was collected.
 pub async fn refund(
-    _: Admin,
+    StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(charge): ApiPath<Uuid>,
     headers: HeaderMap,
@@ -129,7 +130,10 @@ pub async fn refund(
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_amount", "amount must be a decimal string"))?;
     // The amount must fit the charge's currency exactly (Money refuses extra minor digits).
-    let currency = charge_currency(&state, charge).await?;
+    let (currency, operator) = charge_currency(&state, charge).await?;
+    if !scope.sees(&operator) {
+        return Err(ApiError::NotFound("charge"));
+    }
     let money = parkflow_billing::Money::new(amount, currency)
         .map_err(|e| ApiError::bad_request("invalid_amount", e.to_string()))?;
     let minor = money
@@ -150,18 +154,21 @@ pub async fn refund(
     ))
 }
 
+/// A charge's currency and operator.
 async fn charge_currency(
     state: &AppState,
     charge: Uuid,
-) -> Result<parkflow_billing::Currency, ApiError> {
-    let row: Option<(String,)> = crate::store::on_db!(&state.db, pool => sqlx::query_as("SELECT currency FROM charges WHERE id = $1")
+) -> Result<(parkflow_billing::Currency, String), ApiError> {
+    let row: Option<(String, String)> = crate::store::on_db!(&state.db, pool => sqlx::query_as("SELECT currency, operator_id FROM charges WHERE id = $1")
         .bind(charge)
         .fetch_optional(pool)
         .await
         .map_err(crate::store::StoreError::from)?);
-    let (currency,) = row.ok_or(ApiError::NotFound("charge"))?;
-    parkflow_billing::Currency::new(&currency)
-        .map_err(|_| ApiError::Store(crate::store::StoreError::Corrupt("charge currency".into())))
+    let (currency, operator) = row.ok_or(ApiError::NotFound("charge"))?;
+    let currency = parkflow_billing::Currency::new(&currency).map_err(|_| {
+        ApiError::Store(crate::store::StoreError::Corrupt("charge currency".into()))
+    })?;
+    Ok((currency, operator))
 }
 
 impl From<parkflow_billing::arrears::WriteOffError> for ApiError {

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::DriverKey;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, DriverKey};
+use super::extract::{ApiJson, ApiPath};
 use super::payments::idempotency_key;
 use crate::gate::GateMessage;
 use crate::gate::decide::Standing;

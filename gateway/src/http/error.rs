@@ -17,6 +17,8 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("missing or invalid api key")]
     Unauthorized,
+    #[error("this key's role may not do this")]
+    Forbidden,
     #[error("service not ready")]
     Unavailable,
     #[error("{message}")]
@@ -37,11 +39,20 @@ impl ApiError {
         }
     }
 
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Status {
+            status: StatusCode::CONFLICT,
+            code,
+            message: message.into(),
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::BadRequest { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Status { status, code, .. } => (*status, code),
             Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -1,5 +1,6 @@
 //! The HTTP API (SPEC §5), served by axum: one router, one state, one error shape.
 
+pub mod auth;
 pub mod availability;
 pub mod billing;
 pub mod drivers;
@@ -7,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod limit;
 pub mod lots;
+pub mod operators;
 pub mod ops;
 pub mod payments;
 pub mod sessions;
@@ -84,6 +86,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reconciliation", get(billing::reconciliation))
         .route("/v1/charges/{id}/refunds", post(billing::refund))
         .route("/v1/invoices/{id}/write-off", post(billing::write_off))
+        .route(
+            "/v1/operators",
+            get(operators::operators).post(operators::create_operator),
+        )
+        .route("/v1/keys", get(operators::list).post(operators::issue))
+        .route("/v1/keys/{id}", axum::routing::delete(operators::revoke))
         .route("/v1/drivers", post(drivers::enrol))
         .route("/v1/me", get(drivers::me))
         .route("/v1/me/plates", post(drivers::add_plate))

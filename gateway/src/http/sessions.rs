@@ -1,4 +1,4 @@
-//! Sessions and the review queue, for the platform admin.
+//! Sessions and the review queue, for the platform admin and operators' staff (their own lots).
 
 use axum::Json;
 use axum::extract::State;
@@ -8,8 +8,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::Staff;
 use super::error::ApiError;
-use super::extract::{Admin, ApiPath, ApiQuery};
+use super::extract::{ApiPath, ApiQuery};
 use crate::session::SessionStatus;
 use crate::store::sessions::{self, ReviewView, SessionFilter, SessionView};
 
@@ -41,11 +42,12 @@ fn instant(code: &'static str, value: Option<&str>) -> Result<Option<DateTime<Ut
 
 /// `GET /v1/sessions?lot=…&plate=…&status=…&entered_from=…&entered_to=…&limit=…`, newest first.
 pub async fn list(
-    _: Admin,
+    Staff(scope): Staff,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<SessionQuery>,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     let filter = SessionFilter {
+        operator: scope.operator().map(str::to_owned),
         lot: query
             .lot
             .as_deref()
@@ -79,12 +81,19 @@ pub async fn list(
 
 /// `GET /v1/sessions/{id}`
 pub async fn get(
-    _: Admin,
+    Staff(scope): Staff,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<SessionView>, ApiError> {
+    let registry = state.registry.snapshot();
     sessions::session(&state.db, id)
         .await?
+        .filter(|s| {
+            LotId::parse(&s.lot_id)
+                .ok()
+                .and_then(|lot| registry.lot_by_id(&lot).map(|l| scope.sees(&l.operator_id)))
+                .unwrap_or(false)
+        })
         .map(Json)
         .ok_or(ApiError::NotFound("session"))
 }
@@ -97,7 +106,7 @@ pub struct ReviewQuery {
 
 /// `GET /v1/review?lot=…`: unresolved cases, oldest first.
 pub async fn review(
-    _: Admin,
+    Staff(scope): Staff,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ReviewQuery>,
 ) -> Result<Json<Vec<ReviewView>>, ApiError> {
@@ -109,6 +118,6 @@ pub async fn review(
         .map_err(|e| ApiError::bad_request("invalid_lot", e.to_string()))?;
     let limit = query.limit.unwrap_or(100).min(MAX_LIMIT);
     Ok(Json(
-        sessions::open_reviews(&state.db, lot.as_ref(), limit).await?,
+        sessions::open_reviews(&state.db, scope.operator(), lot.as_ref(), limit).await?,
     ))
 }

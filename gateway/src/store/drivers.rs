@@ -8,6 +8,8 @@ use uuid::Uuid;
 use super::{Db, StoreError, db_time, on_db};
 use crate::registry::password_hash;
 
+use super::keys::new_key;
+
 /// Why a driver change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -34,39 +36,6 @@ impl From<sqlx::Error> for DriverError {
             },
         }
     }
-}
-
-/// Who an API key speaks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub role: String,
-    pub operator_id: Option<String>,
-    pub driver_id: Option<Uuid>,
-}
-
-/// A new random API key: `pf_` and 43 URL-safe characters.
-pub fn new_key() -> String {
-    use base64::Engine;
-    let bytes: [u8; 32] = rand::random();
-    format!(
-        "pf_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
-}
-
-/// Who `key` speaks for, if it is a live key.
-pub async fn principal(db: &Db, key: &str) -> Result<Option<Principal>, StoreError> {
-    let row: Option<(String, Option<String>, Option<Uuid>)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT role, operator_id, driver_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-    )
-    .bind(password_hash(key))
-    .fetch_optional(pool)
-    .await?);
-    Ok(row.map(|(role, operator_id, driver_id)| Principal {
-        role,
-        operator_id,
-        driver_id,
-    }))
 }
 
 /// A driver as the API shows them.

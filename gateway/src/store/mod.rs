@@ -2,6 +2,7 @@
 //! group-commit writer. The pool and the engine macro come from `parkflow-db`.
 
 pub mod drivers;
+pub mod keys;
 pub mod provision;
 pub mod registry;
 pub mod sessions;

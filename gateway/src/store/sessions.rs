@@ -275,6 +275,8 @@ pub async fn session(db: &Db, id: Uuid) -> Result<Option<SessionView>, StoreErro
 /// A filter over sessions.
 #[derive(Debug, Default, Clone)]
 pub struct SessionFilter {
+    /// Only this operator's lots.
+    pub operator: Option<String>,
     pub lot: Option<LotId>,
     pub plate: Option<Plate>,
     pub status: Option<SessionStatus>,
@@ -291,6 +293,7 @@ pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView
         "SELECT {SESSION_COLUMNS} FROM sessions
          WHERE ($1 IS NULL OR lot_id = $1) AND ($2 IS NULL OR plate = $2) AND ($3 IS NULL OR status = $3)
            AND ($5 IS NULL OR entered_at >= $5) AND ($6 IS NULL OR entered_at < $6)
+           AND ($7 IS NULL OR lot_id IN (SELECT id FROM lots WHERE operator_id = $7))
          ORDER BY entered_at DESC, id LIMIT $4"
     );
     let rows: Vec<SessionView> = on_db!(db, pool => sqlx::query_as(&sql)
@@ -300,6 +303,7 @@ pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView
         .bind(i64::from(filter.limit))
         .bind(filter.entered_from.map(db_time))
         .bind(filter.entered_to.map(db_time))
+        .bind(filter.operator.as_deref())
         .fetch_all(pool)
         .await?);
     Ok(rows.into_iter().map(with_fee).collect())
@@ -322,18 +326,22 @@ pub struct ReviewView {
     pub created_at: DateTime<Utc>,
 }
 
-/// Unresolved review cases of a lot (or of every lot), oldest first.
+/// Unresolved review cases of a lot (or of every lot of `operator`, or of every lot), oldest first.
 pub async fn open_reviews(
     db: &Db,
+    operator: Option<&str>,
     lot: Option<&LotId>,
     limit: u32,
 ) -> Result<Vec<ReviewView>, StoreError> {
     let rows: Vec<ReviewView> = on_db!(db, pool => sqlx::query_as(
         "SELECT id, lot_id, kind, session_id, gate_id, event_id, plate, score, bay_id, created_at FROM review_items
-         WHERE resolved_at IS NULL AND ($1 IS NULL OR lot_id = $1) ORDER BY created_at, id LIMIT $2",
+         WHERE resolved_at IS NULL AND ($1 IS NULL OR lot_id = $1)
+           AND ($3 IS NULL OR lot_id IN (SELECT id FROM lots WHERE operator_id = $3))
+         ORDER BY created_at, id LIMIT $2",
     )
     .bind(lot.map(LotId::as_str))
     .bind(i64::from(limit))
+    .bind(operator)
     .fetch_all(pool)
     .await?);
     Ok(rows)

@@ -1,0 +1,159 @@
+//! Who is calling (SPEC §5): the API key in `Authorization: Bearer …` resolved to a role, and the
+//! extractors that say which roles an endpoint admits. This is the one place that decides it:
+//!
+//! | extractor      | admits                                              | scope               |
+//! |----------------|-----------------------------------------------------|---------------------|
+//! | [`Admin`]      | the platform admin                                   | everything          |
+//! | [`Staff`]      | the platform admin, operator admins and viewers      | their operator's    |
+//! | [`StaffAdmin`] | the platform admin and operator admins               | their operator's    |
+//! | [`DriverKey`]  | drivers                                              | their own           |
+//!
+//! No key, or a key unknown or revoked, answers 401; a valid key of a role the endpoint does not
+//! admit answers 403; another operator's object answers 404 (the handlers ask [`Scope::sees`]).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// A caller resolved from their key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    PlatformAdmin,
+    OperatorAdmin(String),
+    OperatorViewer(String),
+    Driver(Uuid),
+    NavigationApp,
+}
+
+/// What a staff caller may see: everything, or one operator's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Operator(String),
+}
+
+impl Scope {
+    /// The operator to filter by; `None` for every operator.
+    pub fn operator(&self) -> Option<&str> {
+        match self {
+            Self::All => None,
+            Self::Operator(id) => Some(id),
+        }
+    }
+
+    /// Whether an object of `operator` is visible (else it answers 404).
+    pub fn sees(&self, operator: &str) -> bool {
+        self.operator().is_none_or(|own| own == operator)
+    }
+}
+
+/// The key presented, if any.
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|key| !key.is_empty())
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Resolves the caller from the request's key; `None` without a valid key.
+pub async fn caller(parts: &Parts, state: &AppState) -> Result<Option<Caller>, ApiError> {
+    let Some(key) = bearer(parts) else {
+        return Ok(None);
+    };
+    if let Some(admin) = state.admin_key.as_deref()
+        && constant_time_eq(key.as_bytes(), admin.as_bytes())
+    {
+        return Ok(Some(Caller::PlatformAdmin));
+    }
+    let Some(principal) = crate::store::keys::principal(&state.db, key).await? else {
+        return Ok(None);
+    };
+    Ok(
+        match (
+            principal.role.as_str(),
+            principal.operator_id,
+            principal.driver_id,
+        ) {
+            ("platform_admin", _, _) => Some(Caller::PlatformAdmin),
+            ("operator_admin", Some(operator), _) => Some(Caller::OperatorAdmin(operator)),
+            ("operator_viewer", Some(operator), _) => Some(Caller::OperatorViewer(operator)),
+            ("driver", _, Some(driver)) => Some(Caller::Driver(driver)),
+            ("navigation_app", _, _) => Some(Caller::NavigationApp),
+            _ => None,
+        },
+    )
+}
+
+async fn require(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    caller(parts, state).await?.ok_or(ApiError::Unauthorized)
+}
+
+/// The platform admin.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match require(parts, state).await? {
+            Caller::PlatformAdmin => Ok(Self),
+            _ => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// The platform admin or an operator's admin or viewer: reads, scoped.
+pub struct Staff(pub Scope);
+
+impl FromRequestParts<AppState> for Staff {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match require(parts, state).await? {
+            Caller::PlatformAdmin => Ok(Self(Scope::All)),
+            Caller::OperatorAdmin(operator) | Caller::OperatorViewer(operator) => {
+                Ok(Self(Scope::Operator(operator)))
+            }
+            _ => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// The platform admin or an operator's admin: writes, scoped.
+pub struct StaffAdmin(pub Scope);
+
+impl FromRequestParts<AppState> for StaffAdmin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match require(parts, state).await? {
+            Caller::PlatformAdmin => Ok(Self(Scope::All)),
+            Caller::OperatorAdmin(operator) => Ok(Self(Scope::Operator(operator))),
+            _ => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// A driver: their id.
+pub struct DriverKey(pub Uuid);
+
+impl FromRequestParts<AppState> for DriverKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match require(parts, state).await? {
+            Caller::Driver(driver) => Ok(Self(driver)),
+            _ => Err(ApiError::Forbidden),
+        }
+    }
+}

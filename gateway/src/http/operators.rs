@@ -1,0 +1,141 @@
+//! Operators and API keys. The platform admin creates operators and issues keys of every role; an
+//! operator's admin issues and revokes their own operator's admin and viewer keys. A key is shown
+//! once, in the answer that issues it.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::{Admin, Scope, Staff, StaffAdmin};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath};
+use crate::store::keys::{self, KeyRole, KeyView, OperatorView};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorRequest {
+    /// `[a-z0-9][a-z0-9-]{0,63}`, like every id.
+    id: String,
+    name: String,
+}
+
+/// `POST /v1/operators` (platform admin).
+pub async fn create_operator(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<OperatorRequest>,
+) -> Result<(StatusCode, Json<OperatorView>), ApiError> {
+    // Operator ids follow the same grammar as lot ids (SPEC §2).
+    parkflow_protocol::LotId::parse(&request.id)
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    let name = request.name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "name must be 1 to 200 characters",
+        ));
+    }
+    if !keys::create_operator(&state.db, &request.id, name, Utc::now()).await? {
+        return Err(ApiError::conflict(
+            "operator_exists",
+            "an operator with this id exists",
+        ));
+    }
+    let created = keys::operators(&state.db, Some(&request.id))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(ApiError::NotFound("operator"))?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `GET /v1/operators`: every operator for the platform admin, their own for an operator's staff.
+pub async fn operators(
+    Staff(scope): Staff,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<OperatorView>>, ApiError> {
+    Ok(Json(keys::operators(&state.db, scope.operator()).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    role: KeyRole,
+    /// The operator of an operator admin or viewer key (an operator's admin may leave it out).
+    operator_id: Option<String>,
+}
+
+/// A key just issued: the only time the key itself is shown.
+#[derive(Debug, Serialize)]
+pub struct IssuedKey {
+    #[serde(flatten)]
+    view: KeyView,
+    key: String,
+}
+
+/// `POST /v1/keys`.
+pub async fn issue(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<KeyRequest>,
+) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+    let operator = match (&scope, request.role.is_operators(), request.operator_id) {
+        (Scope::Operator(own), true, None) => Some(own.clone()),
+        (Scope::Operator(own), true, Some(operator)) if *own == operator => Some(operator),
+        (Scope::Operator(_), true, Some(_)) => return Err(ApiError::NotFound("operator")),
+        (Scope::Operator(_), false, _) => return Err(ApiError::Forbidden),
+        (Scope::All, true, Some(operator)) => {
+            if keys::operators(&state.db, Some(&operator))
+                .await?
+                .is_empty()
+            {
+                return Err(ApiError::NotFound("operator"));
+            }
+            Some(operator)
+        }
+        (Scope::All, true, None) => {
+            return Err(ApiError::bad_request(
+                "operator_required",
+                "operator admin and viewer keys belong to an operator: send operator_id",
+            ));
+        }
+        (Scope::All, false, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "operator_not_allowed",
+                "platform admin and navigation app keys belong to no operator",
+            ));
+        }
+        (Scope::All, false, None) => None,
+    };
+    let (view, key) = keys::issue(&state.db, request.role, operator.as_deref(), Utc::now()).await?;
+    Ok((StatusCode::CREATED, Json(IssuedKey { view, key })))
+}
+
+/// `GET /v1/keys`: staff and app keys (never the keys themselves).
+pub async fn list(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<KeyView>>, ApiError> {
+    Ok(Json(keys::list(&state.db, scope.operator()).await?))
+}
+
+/// `DELETE /v1/keys/{id}`: revoked at once.
+pub async fn revoke(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let key = keys::key(&state.db, id)
+        .await?
+        .filter(|k| match &scope {
+            Scope::All => true,
+            Scope::Operator(own) => k.operator_id.as_deref() == Some(own.as_str()),
+        })
+        .ok_or(ApiError::NotFound("key"))?;
+    keys::revoke(&state.db, key.id, Utc::now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

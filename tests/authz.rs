@@ -1,0 +1,449 @@
+//! Who may reach what (SPEC §5): every staff and driver endpoint × every role × own or another
+//! operator's object, against the running platform; server-owned fields in request bodies are
+//! refused; a revoked key stops working at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World};
+use parkflow_gateway::registry::LotKind;
+use parkflow_gateway::store::provision::{LotPlan, OperatorPlan};
+use parkflow_protocol::{Direction, LotId};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+/// The callers, in the matrix's column order.
+const ROLES: [&str; 8] = [
+    "no key",
+    "unknown key",
+    "platform admin",
+    "own operator admin",
+    "own operator viewer",
+    "other operator admin",
+    "driver",
+    "navigation app",
+];
+
+struct Caller {
+    name: &'static str,
+    key: Option<String>,
+}
+
+async fn send(
+    platform: &TestPlatform,
+    key: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let mut request = Client::new()
+        .request(method, platform.url(path))
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn issue(platform: &TestPlatform, role: &str, operator: Option<&str>) -> String {
+    let (status, body) = send(
+        platform,
+        Some(ADMIN_KEY),
+        Method::POST,
+        "/v1/keys",
+        Some(&json!({ "role": role, "operator_id": operator })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["key"].as_str().unwrap().to_owned()
+}
+
+/// A platform with two operators (the world's `op-test` with its lot, `op-other` with a lot of
+/// its own), a key of every role, and one session in the world's lot.
+async fn platform() -> (TestPlatform, World, Vec<Caller>, String) {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let mut world = World::new(setup, 100);
+    let other_lot = LotId::parse(&format!("{}-other", world.lot)).unwrap();
+    world.plan.operators.push(OperatorPlan {
+        id: "op-other".into(),
+        name: "Another operator".into(),
+    });
+    let mut lot: LotPlan = world.plan.lots[0].clone();
+    lot.id = other_lot;
+    lot.operator_id = "op-other".into();
+    lot.kind = LotKind::OffStreet;
+    lot.gates.clear();
+    world.plan.lots.push(lot);
+    let platform = TestPlatform::start(setup, &world).await;
+
+    let (status, enrolled) = send(
+        &platform,
+        None,
+        Method::POST,
+        "/v1/drivers",
+        Some(&json!({
+            "name": "Matrix driver",
+            "plates": [{"plate": "浙K12345"}],
+            "payment_account": "acct-matrix",
+            "auto_debit_consent": true
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{enrolled}");
+    let callers = vec![
+        Caller {
+            name: ROLES[0],
+            key: None,
+        },
+        Caller {
+            name: ROLES[1],
+            key: Some("pf_not-a-key".into()),
+        },
+        Caller {
+            name: ROLES[2],
+            key: Some(ADMIN_KEY.into()),
+        },
+        Caller {
+            name: ROLES[3],
+            key: Some(issue(&platform, "operator_admin", Some("op-test")).await),
+        },
+        Caller {
+            name: ROLES[4],
+            key: Some(issue(&platform, "operator_viewer", Some("op-test")).await),
+        },
+        Caller {
+            name: ROLES[5],
+            key: Some(issue(&platform, "operator_admin", Some("op-other")).await),
+        },
+        Caller {
+            name: ROLES[6],
+            key: Some(enrolled["api_key"].as_str().unwrap().to_owned()),
+        },
+        Caller {
+            name: ROLES[7],
+            key: Some(issue(&platform, "navigation_app", None).await),
+        },
+    ];
+
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let read = entry.read(world.enrolled.as_str(), Direction::Entry);
+    entry.decide(&read).await;
+    let sessions = common::eventually(
+        std::time::Duration::from_secs(10),
+        "the session recorded",
+        || async {
+            let sessions = platform.sessions(&world.lot).await;
+            (!sessions.is_empty()).then_some(sessions)
+        },
+    )
+    .await;
+    let session = sessions[0]["id"].as_str().unwrap().to_owned();
+    (platform, world, callers, session)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_each_role_as_the_matrix_says() {
+    let (platform, world, callers, session) = platform().await;
+    let lot = world.lot.to_string();
+    let other_lot = format!("{lot}-other");
+    let unknown = uuid::Uuid::new_v4();
+    let refund = json!({"amount": "1.00", "reason": "matrix"});
+    let new_viewer = json!({"role": "operator_viewer", "operator_id": "op-test"});
+    let recount = json!({"occupied": 1});
+
+    // Expected status per caller, in ROLES order.
+    let rows: Vec<(Method, String, Option<Value>, [u16; 8])> = vec![
+        (
+            Method::GET,
+            "/v1/sessions".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 403, 403],
+        ),
+        (
+            Method::GET,
+            format!("/v1/sessions/{session}"),
+            None,
+            [401, 401, 200, 200, 200, 404, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/v1/review".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 403, 403],
+        ),
+        (
+            Method::GET,
+            format!("/v1/lots/{lot}/bays"),
+            None,
+            [401, 401, 200, 200, 200, 404, 403, 403],
+        ),
+        (
+            Method::GET,
+            format!("/v1/lots/{other_lot}/bays"),
+            None,
+            [401, 401, 200, 404, 404, 200, 403, 403],
+        ),
+        (
+            Method::POST,
+            format!("/v1/lots/{lot}/recount"),
+            Some(recount.clone()),
+            [401, 401, 200, 200, 403, 404, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/v1/settlements?from=2026-01-01&to=2026-12-31".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 403, 403],
+        ),
+        (
+            Method::POST,
+            "/v1/settlements/run?from=2026-01-01&to=2026-01-02".into(),
+            None,
+            [401, 401, 200, 403, 403, 403, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/v1/reconciliation".into(),
+            None,
+            [401, 401, 200, 403, 403, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            format!("/v1/charges/{unknown}/refunds"),
+            Some(refund),
+            [401, 401, 404, 404, 403, 404, 403, 403],
+        ),
+        (
+            Method::POST,
+            format!("/v1/invoices/{unknown}/write-off"),
+            None,
+            [401, 401, 404, 403, 403, 403, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/v1/operators".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/v1/keys".into(),
+            None,
+            [401, 401, 200, 200, 403, 200, 403, 403],
+        ),
+        (
+            Method::POST,
+            "/v1/keys".into(),
+            Some(new_viewer),
+            [401, 401, 201, 201, 403, 404, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/v1/me".into(),
+            None,
+            [401, 401, 403, 403, 403, 403, 200, 403],
+        ),
+        (
+            Method::GET,
+            "/v1/me/sessions".into(),
+            None,
+            [401, 401, 403, 403, 403, 403, 200, 403],
+        ),
+        (
+            Method::GET,
+            "/v1/me/invoices".into(),
+            None,
+            [401, 401, 403, 403, 403, 403, 200, 403],
+        ),
+        (
+            Method::GET,
+            format!("/v1/lots/{lot}/availability"),
+            None,
+            [200; 8],
+        ),
+        (
+            Method::GET,
+            format!("/v1/lots/{lot}/tariff"),
+            None,
+            [200; 8],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, body, expected) in &rows {
+        for (caller, expected) in callers.iter().zip(expected) {
+            let (status, answer) = send(
+                &platform,
+                caller.key.as_deref(),
+                method.clone(),
+                path,
+                body.as_ref(),
+            )
+            .await;
+            if status.as_u16() != *expected {
+                wrong.push(format!(
+                    "{method} {path} as {}: {status}, expected {expected} ({answer})",
+                    caller.name
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // Listings show each operator only its own.
+    let listed = |key: &str| {
+        let platform = &platform;
+        let key = key.to_owned();
+        async move {
+            send(platform, Some(&key), Method::GET, "/v1/sessions", None)
+                .await
+                .1
+        }
+    };
+    let own = listed(callers[3].key.as_ref().unwrap()).await;
+    let other = listed(callers[5].key.as_ref().unwrap()).await;
+    assert_eq!(own.as_array().unwrap().len(), 1, "{own}");
+    assert_eq!(other.as_array().unwrap().len(), 0, "{other}");
+    let (_, operators) = send(
+        &platform,
+        callers[5].key.as_deref(),
+        Method::GET,
+        "/v1/operators",
+        None,
+    )
+    .await;
+    assert_eq!(operators, json!([operators[0].clone()]));
+    assert_eq!(operators[0]["id"], "op-other");
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_stops_working_at_once_and_only_its_operator_may_revoke_it() {
+    let (platform, _world, callers, _) = platform().await;
+    let own_admin = callers[3].key.clone().unwrap();
+    let other_admin = callers[5].key.clone().unwrap();
+    let (status, issued) = send(
+        &platform,
+        Some(&own_admin),
+        Method::POST,
+        "/v1/keys",
+        Some(&json!({"role": "operator_viewer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        issued["operator_id"], "op-test",
+        "an operator admin's key is their operator's"
+    );
+    let (id, viewer) = (
+        issued["id"].as_str().unwrap(),
+        issued["key"].as_str().unwrap(),
+    );
+    // The key is shown once: listings never carry it.
+    let (_, keys) = send(&platform, Some(&own_admin), Method::GET, "/v1/keys", None).await;
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("key").is_none())
+    );
+
+    assert_eq!(
+        send(&platform, Some(viewer), Method::GET, "/v1/sessions", None)
+            .await
+            .0,
+        200
+    );
+    let path = format!("/v1/keys/{id}");
+    assert_eq!(
+        send(&platform, Some(&other_admin), Method::DELETE, &path, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        send(&platform, Some(viewer), Method::DELETE, &path, None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        send(&platform, Some(&own_admin), Method::DELETE, &path, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        send(&platform, Some(viewer), Method::GET, "/v1/sessions", None)
+            .await
+            .0,
+        401
+    );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_carrying_server_owned_fields_are_refused() {
+    let (platform, world, callers, _) = platform().await;
+    let admin = Some(ADMIN_KEY);
+    let cases = [
+        (
+            "/v1/operators".to_owned(),
+            json!({"id": "op-mass", "name": "Mass", "created_at": "2020-01-01T00:00:00Z"}),
+        ),
+        (
+            "/v1/keys".to_owned(),
+            json!({"role": "operator_viewer", "operator_id": "op-test", "id": uuid::Uuid::new_v4(), "key": "pf_mine"}),
+        ),
+        (
+            "/v1/keys".to_owned(),
+            json!({"role": "operator_viewer", "operator_id": "op-test", "revoked_at": null}),
+        ),
+        (
+            "/v1/drivers".to_owned(),
+            json!({"name": "Mass", "plates": [{"plate": "浙K54321"}], "payment_account": "acct",
+                   "auto_debit_consent": true, "status": "active", "id": uuid::Uuid::new_v4()}),
+        ),
+        (
+            format!("/v1/lots/{}/recount", world.lot),
+            json!({"occupied": 1, "total": 5}),
+        ),
+    ];
+    for (path, body) in cases {
+        let (status, answer) = send(&platform, admin, Method::POST, &path, Some(&body)).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "POST {path}: {answer}"
+        );
+    }
+    // An operator admin cannot mint a platform-wide key, nor one for another operator.
+    let own_admin = callers[3].key.as_deref();
+    for body in [
+        json!({"role": "platform_admin"}),
+        json!({"role": "navigation_app"}),
+    ] {
+        assert_eq!(
+            send(&platform, own_admin, Method::POST, "/v1/keys", Some(&body))
+                .await
+                .0,
+            403
+        );
+    }
+    let (status, _) = send(
+        &platform,
+        own_admin,
+        Method::POST,
+        "/v1/keys",
+        Some(&json!({"role": "operator_admin", "operator_id": "op-other"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    platform.stop().await;
+}
