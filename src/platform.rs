@@ -19,6 +19,7 @@ use parkflow_gateway::http::auth::constant_time_eq;
 use parkflow_gateway::mqtt::MqttConfig;
 use parkflow_gateway::occupancy::OccupancyConfig;
 use parkflow_gateway::registry::RegistryHandle;
+pub use parkflow_gateway::registry::{random_device_key, random_secret};
 use parkflow_gateway::store::provision::{Plan, provision};
 use parkflow_gateway::store::{Db, registry as gateway_store};
 use parkflow_gateway::{Gateway, GatewayConfig};
@@ -332,18 +333,4 @@ impl Platform {
         }
         result.context("gateway failed")
     }
-}
-
-/// A bay device's key: 16 random bytes, URL-safe base64 (the registry keeps such keys in 16 bytes).
-pub fn random_device_key() -> String {
-    use base64::Engine;
-    let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A random secret of 32 bytes, URL-safe base64.
-pub fn random_secret() -> String {
-    use base64::Engine;
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

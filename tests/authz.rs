@@ -159,121 +159,29 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let recount = json!({"occupied": 1});
 
     // Expected status per caller, in ROLES order.
+    #[rustfmt::skip]
     let rows: Vec<(Method, String, Option<Value>, [u16; 8])> = vec![
-        (
-            Method::GET,
-            "/v1/sessions".into(),
-            None,
-            [401, 401, 200, 200, 200, 200, 403, 403],
-        ),
-        (
-            Method::GET,
-            format!("/v1/sessions/{session}"),
-            None,
-            [401, 401, 200, 200, 200, 404, 403, 403],
-        ),
-        (
-            Method::GET,
-            "/v1/review".into(),
-            None,
-            [401, 401, 200, 200, 200, 200, 403, 403],
-        ),
-        (
-            Method::GET,
-            format!("/v1/lots/{lot}/bays"),
-            None,
-            [401, 401, 200, 200, 200, 404, 403, 403],
-        ),
-        (
-            Method::GET,
-            format!("/v1/lots/{other_lot}/bays"),
-            None,
-            [401, 401, 200, 404, 404, 200, 403, 403],
-        ),
-        (
-            Method::POST,
-            format!("/v1/lots/{lot}/recount"),
-            Some(recount.clone()),
-            [401, 401, 200, 200, 403, 404, 403, 403],
-        ),
-        (
-            Method::GET,
-            "/v1/settlements?from=2026-01-01&to=2026-12-31".into(),
-            None,
-            [401, 401, 200, 200, 200, 200, 403, 403],
-        ),
-        (
-            Method::POST,
-            "/v1/settlements/run?from=2026-01-01&to=2026-01-02".into(),
-            None,
-            [401, 401, 200, 403, 403, 403, 403, 403],
-        ),
-        (
-            Method::GET,
-            "/v1/reconciliation".into(),
-            None,
-            [401, 401, 200, 403, 403, 403, 403, 403],
-        ),
-        (
-            Method::POST,
-            format!("/v1/charges/{unknown}/refunds"),
-            Some(refund),
-            [401, 401, 404, 404, 403, 404, 403, 403],
-        ),
-        (
-            Method::POST,
-            format!("/v1/invoices/{unknown}/write-off"),
-            None,
-            [401, 401, 404, 403, 403, 403, 403, 403],
-        ),
-        (
-            Method::GET,
-            "/v1/operators".into(),
-            None,
-            [401, 401, 200, 200, 200, 200, 403, 403],
-        ),
-        (
-            Method::GET,
-            "/v1/keys".into(),
-            None,
-            [401, 401, 200, 200, 403, 200, 403, 403],
-        ),
-        (
-            Method::POST,
-            "/v1/keys".into(),
-            Some(new_viewer),
-            [401, 401, 201, 201, 403, 404, 403, 403],
-        ),
-        (
-            Method::GET,
-            "/v1/me".into(),
-            None,
-            [401, 401, 403, 403, 403, 403, 200, 403],
-        ),
-        (
-            Method::GET,
-            "/v1/me/sessions".into(),
-            None,
-            [401, 401, 403, 403, 403, 403, 200, 403],
-        ),
-        (
-            Method::GET,
-            "/v1/me/invoices".into(),
-            None,
-            [401, 401, 403, 403, 403, 403, 200, 403],
-        ),
-        (
-            Method::GET,
-            format!("/v1/lots/{lot}/availability"),
-            None,
-            [200; 8],
-        ),
-        (
-            Method::GET,
-            format!("/v1/lots/{lot}/tariff"),
-            None,
-            [200; 8],
-        ),
+        (Method::GET, "/v1/sessions".into(), None, [401, 401, 200, 200, 200, 200, 403, 403]),
+        (Method::GET, format!("/v1/sessions/{session}"), None, [401, 401, 200, 200, 200, 404, 403, 403]),
+        (Method::GET, "/v1/review".into(), None, [401, 401, 200, 200, 200, 200, 403, 403]),
+        (Method::GET, format!("/v1/lots/{lot}/bays"), None, [401, 401, 200, 200, 200, 404, 403, 403]),
+        (Method::GET, format!("/v1/lots/{other_lot}/bays"), None, [401, 401, 200, 404, 404, 200, 403, 403]),
+        (Method::POST, format!("/v1/lots/{lot}/recount"), Some(recount.clone()), [401, 401, 200, 200, 403, 404, 403, 403]),
+        (Method::GET, "/v1/settlements?from=2026-01-01&to=2026-12-31".into(), None, [401, 401, 200, 200, 200, 200, 403, 403]),
+        (Method::POST, "/v1/settlements/run?from=2026-01-01&to=2026-01-02".into(), None, [401, 401, 200, 403, 403, 403, 403, 403]),
+        (Method::GET, "/v1/reconciliation".into(), None, [401, 401, 200, 403, 403, 403, 403, 403]),
+        (Method::POST, format!("/v1/charges/{unknown}/refunds"), Some(refund), [401, 401, 404, 404, 403, 404, 403, 403]),
+        (Method::POST, format!("/v1/invoices/{unknown}/write-off"), None, [401, 401, 404, 403, 403, 403, 403, 403]),
+        (Method::GET, format!("/v1/lots/{lot}/devices"), None, [401, 401, 200, 200, 200, 404, 403, 403]),
+        (Method::POST, "/v1/devices/cam-unknown/rotate".into(), None, [401, 401, 404, 404, 403, 404, 403, 403]),
+        (Method::GET, "/v1/operators".into(), None, [401, 401, 200, 200, 200, 200, 403, 403]),
+        (Method::GET, "/v1/keys".into(), None, [401, 401, 200, 200, 403, 200, 403, 403]),
+        (Method::POST, "/v1/keys".into(), Some(new_viewer), [401, 401, 201, 201, 403, 404, 403, 403]),
+        (Method::GET, "/v1/me".into(), None, [401, 401, 403, 403, 403, 403, 200, 403]),
+        (Method::GET, "/v1/me/sessions".into(), None, [401, 401, 403, 403, 403, 403, 200, 403]),
+        (Method::GET, "/v1/me/invoices".into(), None, [401, 401, 403, 403, 403, 403, 200, 403]),
+        (Method::GET, format!("/v1/lots/{lot}/availability"), None, [200; 8]),
+        (Method::GET, format!("/v1/lots/{lot}/tariff"), None, [200; 8]),
     ];
     let mut wrong = Vec::new();
     for (method, path, body, expected) in &rows {

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod availability;
 pub mod billing;
+pub mod devices;
 pub mod drivers;
 pub mod error;
 pub mod extract;
@@ -91,6 +92,12 @@ pub fn router(state: AppState) -> Router {
             get(operators::operators).post(operators::create_operator),
         )
         .route("/v1/keys", get(operators::list).post(operators::issue))
+        .route(
+            "/v1/lots/{lot}/devices",
+            get(devices::list).post(devices::register),
+        )
+        .route("/v1/devices/{id}/rotate", post(devices::rotate))
+        .route("/v1/devices/{id}", axum::routing::delete(devices::revoke))
         .route("/v1/keys/{id}", axum::routing::delete(operators::revoke))
         .route("/v1/drivers", post(drivers::enrol))
         .route("/v1/me", get(drivers::me))

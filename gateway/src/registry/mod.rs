@@ -294,3 +294,17 @@ impl RegistryHandle {
         Ok(())
     }
 }
+
+/// A bay device's key: 16 random bytes, URL-safe base64 (the registry keeps such keys in 16 bytes).
+pub fn random_device_key() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A random secret of 32 bytes, URL-safe base64 (MQTT passwords, gate cameras' and bridges' keys).
+pub fn random_secret() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

@@ -1,0 +1,212 @@
+//! An operator's devices: registered with credentials shown once, listed, rotated, revoked. Every
+//! change reloads the registry, so the broker's logins and ingest's signature checks follow at
+//! once: a revoked or rotated-away device can neither log in again nor be heard.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use parkflow_protocol::{BayId, DeviceId, GateId, LotId};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::auth::{Scope, Staff, StaffAdmin};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath};
+use crate::registry::{DeviceKind, random_device_key, random_secret};
+use crate::store::devices::{self, DeviceError, DeviceView, NewDevice};
+
+/// The most devices one listing returns.
+const MAX_LIST: u32 = 10_000;
+
+impl From<DeviceError> for ApiError {
+    fn from(error: DeviceError) -> Self {
+        match error {
+            DeviceError::Exists => Self::conflict("device_exists", error.to_string()),
+            DeviceError::GateTaken => Self::conflict("gate_has_camera", error.to_string()),
+            DeviceError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRequest {
+    id: String,
+    kind: DeviceKind,
+    /// A gate camera's gate.
+    gate: Option<String>,
+    /// A bay sensor's or bay camera's bay.
+    bay: Option<String>,
+}
+
+/// A device with the credentials it connects and signs with: shown only in this answer.
+#[derive(Debug, Serialize)]
+pub struct Credentials {
+    #[serde(flatten)]
+    device: DeviceView,
+    mqtt_password: String,
+    /// The HMAC key of its JWS signatures (SPEC §2).
+    secret: String,
+}
+
+/// The lot `raw` names, if the caller's scope sees it.
+fn own_lot(state: &AppState, scope: &Scope, raw: &str) -> Result<LotId, ApiError> {
+    let lot = LotId::parse(raw).map_err(|_| ApiError::NotFound("lot"))?;
+    let registry = state.registry.snapshot();
+    match registry.lot_by_id(&lot) {
+        Some(found) if scope.sees(&found.operator_id) => Ok(lot),
+        _ => Err(ApiError::NotFound("lot")),
+    }
+}
+
+/// The device `raw` names, if its lot is the caller's.
+async fn own_device(state: &AppState, scope: &Scope, raw: &str) -> Result<DeviceId, ApiError> {
+    let id = DeviceId::parse(raw).map_err(|_| ApiError::NotFound("device"))?;
+    let device = devices::device(&state.db, &id)
+        .await?
+        .ok_or(ApiError::NotFound("device"))?;
+    let lot = device
+        .lot_id
+        .as_deref()
+        .ok_or(ApiError::NotFound("device"))?;
+    own_lot(state, scope, lot)?;
+    Ok(id)
+}
+
+async fn reload(state: &AppState) -> Result<(), ApiError> {
+    state.registry.reload(&state.db).await?;
+    Ok(())
+}
+
+fn credentials(kind: DeviceKind) -> (String, String) {
+    let secret = match kind {
+        // Bay devices' keys are 16 bytes, which the registry keeps packed.
+        DeviceKind::BaySensor | DeviceKind::BayCamera => random_device_key(),
+        DeviceKind::GateCamera | DeviceKind::Bridge => random_secret(),
+    };
+    (random_secret(), secret)
+}
+
+/// `POST /v1/lots/{lot}/devices`
+pub async fn register(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+    ApiJson(request): ApiJson<DeviceRequest>,
+) -> Result<(StatusCode, Json<Credentials>), ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    let id = DeviceId::parse(&request.id)
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    let registry = state.registry.snapshot();
+    let lot_idx = registry.lot_by_id(&lot).map(|l| l.idx);
+    let (gate, bay) = match (request.kind, request.gate, request.bay) {
+        (DeviceKind::GateCamera, Some(gate), None) => {
+            let gate = GateId::parse(&gate)
+                .map_err(|e| ApiError::bad_request("invalid_gate", e.to_string()))?;
+            if lot_idx.and_then(|idx| registry.gate(idx, &gate)).is_none() {
+                return Err(ApiError::bad_request(
+                    "unknown_gate",
+                    "the lot has no such gate",
+                ));
+            }
+            (Some(gate), None)
+        }
+        (DeviceKind::BaySensor | DeviceKind::BayCamera, None, Some(bay)) => {
+            let bay = BayId::parse(&bay)
+                .map_err(|e| ApiError::bad_request("invalid_bay", e.to_string()))?;
+            let known =
+                lot_idx.is_some_and(|idx| registry.bays().find(idx, bay.as_str()).is_some());
+            if !known {
+                return Err(ApiError::bad_request(
+                    "unknown_bay",
+                    "the lot has no such bay",
+                ));
+            }
+            (None, Some(bay))
+        }
+        (DeviceKind::Bridge, None, None) => (None, None),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_placement",
+                "a gate camera names its gate, a bay sensor or camera its bay, a bridge neither",
+            ));
+        }
+    };
+    let (password, secret) = credentials(request.kind);
+    devices::register(
+        &state.db,
+        &NewDevice {
+            id: &id,
+            kind: request.kind,
+            lot: &lot,
+            gate: gate.as_ref(),
+            bay: bay.as_ref(),
+            password: &password,
+            secret: &secret,
+        },
+        Utc::now(),
+    )
+    .await?;
+    reload(&state).await?;
+    let device = devices::device(&state.db, &id)
+        .await?
+        .ok_or(ApiError::NotFound("device"))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Credentials {
+            device,
+            mqtt_password: password,
+            secret,
+        }),
+    ))
+}
+
+/// `GET /v1/lots/{lot}/devices`
+pub async fn list(
+    Staff(scope): Staff,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    Ok(Json(devices::of_lot(&state.db, &lot, MAX_LIST).await?))
+}
+
+/// `POST /v1/devices/{id}/rotate`: new credentials, shown once; the old ones stop working.
+pub async fn rotate(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Credentials>, ApiError> {
+    let id = own_device(&state, &scope, &id).await?;
+    let device = devices::device(&state.db, &id)
+        .await?
+        .ok_or(ApiError::NotFound("device"))?;
+    let kind = DeviceKind::parse(&device.kind)
+        .ok_or_else(|| ApiError::Store(crate::store::StoreError::Corrupt("device kind".into())))?;
+    let (password, secret) = credentials(kind);
+    if !devices::rotate(&state.db, &id, &password, &secret).await? {
+        return Err(ApiError::conflict(
+            "device_revoked",
+            "a revoked device stays revoked",
+        ));
+    }
+    reload(&state).await?;
+    Ok(Json(Credentials {
+        device,
+        mqtt_password: password,
+        secret,
+    }))
+}
+
+/// `DELETE /v1/devices/{id}`: revoked at once (idempotent).
+pub async fn revoke(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = own_device(&state, &scope, &id).await?;
+    devices::revoke(&state.db, &id, Utc::now()).await?;
+    reload(&state).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,133 @@
+//! Devices as operators manage them: registered with fresh credentials, rotated, revoked. The
+//! registry is reloaded by the caller after every change, so the broker and ingest see it at once.
+
+use chrono::{DateTime, Utc};
+use parkflow_protocol::{BayId, DeviceId, GateId, LotId};
+use serde::Serialize;
+
+use super::{Db, StoreError, db_time, on_db};
+use crate::registry::{DeviceKind, password_hash};
+
+/// A device as the API shows it: never its password or secret.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeviceView {
+    pub id: String,
+    pub kind: String,
+    pub lot_id: Option<String>,
+    pub gate_id: Option<String>,
+    pub bay_id: Option<String>,
+    pub mqtt_username: String,
+    #[serde(with = "parkflow_protocol::time::rfc3339")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "parkflow_protocol::time::rfc3339::option")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, kind, lot_id, gate_id, bay_id, mqtt_username, created_at, revoked_at";
+
+/// A device to register, with its credentials in clear (stored: the password hashed).
+pub struct NewDevice<'a> {
+    pub id: &'a DeviceId,
+    pub kind: DeviceKind,
+    pub lot: &'a LotId,
+    pub gate: Option<&'a GateId>,
+    pub bay: Option<&'a BayId>,
+    pub password: &'a str,
+    pub secret: &'a str,
+}
+
+/// Why a device could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("a device with this id exists")]
+    Exists,
+    #[error("the gate has a camera already")]
+    GateTaken,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Registers a device; its id is also its MQTT username.
+pub async fn register(
+    db: &Db,
+    device: &NewDevice<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), DeviceError> {
+    let inserted = on_db!(db, pool => sqlx::query(
+        "INSERT INTO devices (id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, created_at)
+         VALUES ($1, $2, $3, $4, $5, $1, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(device.id.as_str())
+    .bind(device.kind.as_str())
+    .bind(device.lot.as_str())
+    .bind(device.gate.map(GateId::as_str))
+    .bind(device.bay.map(BayId::as_str))
+    .bind(password_hash(device.password))
+    .bind(device.secret)
+    .bind(db_time(now))
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())
+    .map_err(StoreError::from)?);
+    if inserted == 1 {
+        return Ok(());
+    }
+    // Nothing inserted: the id (or username) is taken, or the gate has a live camera.
+    if device_by_id(db, device.id.as_str()).await?.is_some() {
+        Err(DeviceError::Exists)
+    } else {
+        Err(DeviceError::GateTaken)
+    }
+}
+
+async fn device_by_id(db: &Db, id: &str) -> Result<Option<DeviceView>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM devices WHERE id = $1 OR mqtt_username = $1");
+    Ok(on_db!(db, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+}
+
+/// One device.
+pub async fn device(db: &Db, id: &DeviceId) -> Result<Option<DeviceView>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM devices WHERE id = $1");
+    Ok(on_db!(db, pool => sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(pool).await?))
+}
+
+/// A lot's devices, by id.
+pub async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<DeviceView>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM devices WHERE lot_id = $1 ORDER BY id LIMIT $2");
+    Ok(on_db!(db, pool => sqlx::query_as(&sql)
+        .bind(lot.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?))
+}
+
+/// Gives a live device new credentials; the old ones stop working with the next registry load.
+/// `false` if the device is unknown or revoked.
+pub async fn rotate(
+    db: &Db,
+    id: &DeviceId,
+    password: &str,
+    secret: &str,
+) -> Result<bool, StoreError> {
+    let changed = on_db!(db, pool => sqlx::query(
+        "UPDATE devices SET mqtt_password_hash = $2, secret = $3 WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id.as_str())
+    .bind(password_hash(password))
+    .bind(secret)
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())?);
+    Ok(changed == 1)
+}
+
+/// Revokes a device (idempotent).
+pub async fn revoke(db: &Db, id: &DeviceId, now: DateTime<Utc>) -> Result<(), StoreError> {
+    on_db!(db, pool => sqlx::query("UPDATE devices SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(id.as_str())
+        .bind(db_time(now))
+        .execute(pool)
+        .await
+        .map(drop)?);
+    Ok(())
+}

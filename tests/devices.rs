@@ -1,0 +1,209 @@
+//! Device identity (issue: operators, drivers and security): an operator registers a camera and
+//! gets its credentials once; the camera works; rotating its credentials shuts the old ones out at
+//! once (login and signatures); revoking it shuts it out; another operator cannot touch it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
+use parkflow_gateway::registry::GateDirection;
+use parkflow_gateway::store::provision::OperatorPlan;
+use parkflow_protocol::{DeviceId, Direction, GateAction, GateId};
+use reqwest::{Client, Method, StatusCode};
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
+use serde_json::{Value, json};
+
+async fn call(
+    platform: &TestPlatform,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = Client::new()
+        .request(method, platform.url(path))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Whether the broker lets `id` log in with `password`.
+async fn logs_in(platform: &TestPlatform, id: &str, password: &str) -> bool {
+    let mut options = MqttOptions::new(id, &platform.mqtt.0, platform.mqtt.1);
+    options.set_credentials(id, password);
+    let (_client, mut eventloop): (AsyncClient, _) = AsyncClient::new(options, 10);
+    let first = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await;
+    matches!(
+        first,
+        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success
+    )
+}
+
+async fn key(platform: &TestPlatform, operator: &str) -> String {
+    let (status, body) = call(
+        platform,
+        ADMIN_KEY,
+        Method::POST,
+        "/v1/keys",
+        Some(json!({"role": "operator_admin", "operator_id": operator})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["key"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_camera_works_until_rotated_or_revoked() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let mut world = World::new(setup, 100);
+    let gate = GateId::parse("in-2").unwrap();
+    world.plan.lots[0]
+        .gates
+        .push((gate.clone(), GateDirection::Entry));
+    world.plan.operators.push(OperatorPlan {
+        id: "op-other".into(),
+        name: "Another operator".into(),
+    });
+    let platform = TestPlatform::start(setup, &world).await;
+    let (own, other) = (
+        key(&platform, "op-test").await,
+        key(&platform, "op-other").await,
+    );
+    let id = DeviceId::parse(&format!("cam-new-{}", world.lot)).unwrap();
+    let register = json!({"id": id.as_str(), "kind": "gate_camera", "gate": "in-2"});
+    let devices = format!("/v1/lots/{}/devices", world.lot);
+
+    let (status, _) = call(
+        &platform,
+        &other,
+        Method::POST,
+        &devices,
+        Some(register.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another operator's lot");
+    let (status, created) = call(
+        &platform,
+        &own,
+        Method::POST,
+        &devices,
+        Some(register.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, _) = call(&platform, &own, Method::POST, &devices, Some(register)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = call(
+        &platform,
+        &own,
+        Method::POST,
+        &devices,
+        Some(json!({"id": "cam-nowhere", "kind": "gate_camera", "gate": "no-such-gate"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, listed) = call(&platform, &own, Method::GET, &devices, None).await;
+    let listed = listed.as_array().unwrap();
+    assert!(listed.iter().any(|d| d["id"] == id.as_str()));
+    assert!(
+        listed
+            .iter()
+            .all(|d| d.get("secret").is_none() && d.get("mqtt_password").is_none()),
+        "credentials are shown once"
+    );
+
+    // The new camera connects and its reads are answered.
+    let password = created["mqtt_password"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    world.secrets.push((id.clone(), password.clone(), secret));
+    let mut camera = TestDevice::connect(&platform, &world, &id, &gate).await;
+    let read = camera.read(world.enrolled.as_str(), Direction::Entry);
+    assert_eq!(camera.decide(&read).await.action, GateAction::Open);
+
+    // Rotated: the old password no longer logs in, the old key's signatures are refused.
+    let rotate = format!("/v1/devices/{id}/rotate");
+    assert_eq!(
+        call(&platform, &other, Method::POST, &rotate, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, rotated) = call(&platform, &own, Method::POST, &rotate, None).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_password = rotated["mqtt_password"].as_str().unwrap().to_owned();
+    assert!(!logs_in(&platform, id.as_str(), &password).await);
+    assert!(logs_in(&platform, id.as_str(), &new_password).await);
+    drop(camera);
+    let before = platform
+        .metric("parkflow_events_rejected_total{reason=\"bad_signature\"}")
+        .await;
+    let old_key = TestDevice::connect(
+        &platform,
+        &world_with(&world, &id, &new_password),
+        &id,
+        &gate,
+    )
+    .await;
+    let stale = old_key.read(world.unenrolled.as_str(), Direction::Entry);
+    old_key.publish(&stale).await;
+    eventually(
+        Duration::from_secs(10),
+        "the old key's read refused",
+        || async {
+            let now = platform
+                .metric("parkflow_events_rejected_total{reason=\"bad_signature\"}")
+                .await;
+            (now > before).then_some(())
+        },
+    )
+    .await;
+    drop(old_key);
+
+    // Revoked: it cannot log in any more, and it is gone for another operator too.
+    let path = format!("/v1/devices/{id}");
+    assert_eq!(
+        call(&platform, &other, Method::DELETE, &path, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&platform, &own, Method::DELETE, &path, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert!(!logs_in(&platform, id.as_str(), &new_password).await);
+    let (status, _) = call(&platform, &own, Method::POST, &rotate, None).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a revoked device stays revoked"
+    );
+    platform.stop().await;
+}
+
+/// The world, with `id` connecting with the rotated password but still signing with its old key.
+fn world_with(world: &World, id: &DeviceId, password: &str) -> World {
+    let mut secrets = world.secrets.clone();
+    for entry in &mut secrets {
+        if &entry.0 == id {
+            entry.1 = password.to_owned();
+        }
+    }
+    World {
+        lot: world.lot.clone(),
+        entry: world.entry.clone(),
+        exit: world.exit.clone(),
+        entry_camera: world.entry_camera.clone(),
+        exit_camera: world.exit_camera.clone(),
+        secrets,
+        enrolled: world.enrolled.clone(),
+        unenrolled: world.unenrolled.clone(),
+        suspended: world.suspended.clone(),
+        blocked: world.blocked.clone(),
+        pass_holder: world.pass_holder.clone(),
+        plan: world.plan.clone(),
+    }
+}
