@@ -203,6 +203,13 @@ pub struct RunArgs {
     /// A lot is `almostFull` once its free bays are at most this share of its bays.
     #[arg(long, env = "PARKFLOW_ALMOST_FULL_RATIO", default_value_t = 0.1)]
     pub almost_full_ratio: f64,
+    /// The key plates are hashed under in logs and pseudonyms (random per start when unset:
+    /// set it for tags and pseudonyms that stay the same across restarts).
+    #[arg(long, env = "PARKFLOW_PLATE_KEY", hide_env_values = true)]
+    pub plate_key: Option<String>,
+    /// Plates of sessions that ended longer ago than this are pseudonymised.
+    #[arg(long, env = "PARKFLOW_PLATE_RETENTION_DAYS", default_value_t = 180)]
+    pub plate_retention_days: u32,
     /// Public reads (availability, feeds, tariffs) allowed per client address per second.
     #[arg(long, env = "PARKFLOW_PUBLIC_RATE", default_value_t = 50)]
     pub public_rate: u32,

@@ -11,6 +11,7 @@ use parkflow::config::{Cli, Command, RunArgs, Scenario};
 use parkflow::demo::Demo;
 use parkflow::{MqttSetup, Platform, PlatformConfig};
 use parkflow_gateway::gate::actor::DecisionConfig;
+use parkflow_gateway::privacy::PlateKey;
 use parkflow_sensors_sim::clock::SimClock;
 use parkflow_sensors_sim::traffic::{Shared, TrafficConfig};
 use parkflow_sensors_sim::{CityConfig, Stats};
@@ -196,8 +197,13 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     config.admin_key = args.admin_key.clone();
     config.decisions = DecisionConfig {
         public_url,
+        plate_key: args
+            .plate_key
+            .as_deref()
+            .map_or_else(PlateKey::random, |key| PlateKey::new(key.as_bytes())),
         ..DecisionConfig::default()
     };
+    config.retention.retention = chrono::Duration::days(i64::from(args.plate_retention_days));
     config.occupancy.heartbeat_deadline =
         chrono::Duration::seconds(i64::from(args.heartbeat_deadline_secs));
     config.occupancy.thresholds.almost_full_ratio = args.almost_full_ratio;

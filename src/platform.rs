@@ -18,6 +18,7 @@ use parkflow_gateway::gate::decide::Standing;
 use parkflow_gateway::http::auth::constant_time_eq;
 use parkflow_gateway::mqtt::MqttConfig;
 use parkflow_gateway::occupancy::OccupancyConfig;
+use parkflow_gateway::privacy::{PlateKey, RetentionConfig, run_retention};
 use parkflow_gateway::registry::RegistryHandle;
 pub use parkflow_gateway::registry::{random_device_key, random_secret};
 use parkflow_gateway::store::provision::{Plan, provision};
@@ -63,6 +64,8 @@ pub struct PlatformConfig {
     pub arrears: ArrearsConfig,
     /// How often the last days are settled again.
     pub settle_every: Duration,
+    /// How long plates stay in clear.
+    pub retention: RetentionConfig,
 }
 
 /// Shows the configuration without its secrets.
@@ -97,6 +100,7 @@ impl PlatformConfig {
             )),
             arrears: ArrearsConfig::default(),
             settle_every: Duration::from_secs(600),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct Platform {
     charging: ChargingConfig,
     arrears: ArrearsConfig,
     settle_every: Duration,
+    retention: RetentionConfig,
+    plate_key: PlateKey,
 }
 
 impl Platform {
@@ -209,6 +215,8 @@ impl Platform {
             charging: config.charging,
             arrears: config.arrears,
             settle_every: config.settle_every,
+            retention: config.retention,
+            plate_key: config.decisions.plate_key.clone(),
         })
     }
 
@@ -306,6 +314,12 @@ impl Platform {
                 }
             });
         }
+        tracker.spawn(run_retention(
+            db.clone(),
+            self.plate_key.clone(),
+            self.retention.clone(),
+            token.clone(),
+        ));
         let (standing_tx, mut standing_rx) = mpsc::channel(STANDING_CHANNEL_CAPACITY);
         tracker.spawn(ArrearsWorker::new(db, self.arrears.clone(), standing_tx).run(token.clone()));
         // Suspensions and reinstatements reach the gate actor, which holds or frees exits.

@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod occupancy;
+pub mod privacy;
 pub mod registry;
 pub mod session;
 pub mod store;

@@ -74,6 +74,24 @@ impl Plate {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The plate's keyed hash (HMAC-SHA256 under `key`, 8 bytes in hex, `p-` first): what logs
+    /// carry instead of the plate, the same for the same plate and key, useless without the key.
+    pub fn tag(&self, key: &[u8]) -> String {
+        use hmac::{Hmac, Mac};
+        use std::fmt::Write as _;
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
+            unreachable!("HMAC takes a key of any length")
+        };
+        mac.update(self.0.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut tag = String::with_capacity(18);
+        tag.push_str("p-");
+        for byte in &digest[..8] {
+            let _ = write!(tag, "{byte:02x}");
+        }
+        tag
+    }
 }
 
 impl TryFrom<String> for Plate {

@@ -16,6 +16,7 @@ use super::{GateMessage, GateRead, PaidExit};
 use crate::metrics::{ActionLabel, Metrics};
 use crate::mqtt::publish::CommandPublisher;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
+use crate::privacy::PlateKey;
 use crate::registry::{GateDirection, Lot, Registry, RegistryHandle};
 use crate::store::writer::{Batch, GateReadRecord, Write, WriterHandle};
 use crate::store::{Db, StoreError, sessions};
@@ -34,6 +35,8 @@ pub struct DecisionConfig {
     /// Base of the `pay_url` in `hold` commands, e.g. `https://pay.example.org`; empty: the
     /// address the HTTP API is bound to.
     pub public_url: String,
+    /// Plates appear in logs as their keyed hash under this key.
+    pub plate_key: PlateKey,
 }
 
 impl Default for DecisionConfig {
@@ -43,6 +46,7 @@ impl Default for DecisionConfig {
             repeat_window: Duration::seconds(30),
             recent_window: Duration::minutes(30),
             public_url: String::new(),
+            plate_key: PlateKey::random(),
         }
     }
 }
@@ -246,6 +250,14 @@ impl GateActor {
             reviews,
         } = planned;
         self.publish(&registry, lot, &read, &command);
+        tracing::debug!(
+            lot = %read.lot,
+            gate = %read.gate,
+            plate = %self.config.plate_key.tag(&read.plate),
+            action = ?command.action,
+            reason = ?command.reason,
+            "read decided"
+        );
         if let (GateReason::PaymentRequired, Some(session_id)) = (command.reason, session_id) {
             let session_plate = self
                 .state
