@@ -355,3 +355,51 @@ async fn bodies_carrying_server_owned_fields_are_refused() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_navigation_app_key_earns_a_higher_public_rate() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start_with(setup, &world, |config| {
+        config.public_rate_per_second = 2;
+    })
+    .await;
+    let app = issue(&platform, "navigation_app", None).await;
+    let path = format!("/v1/lots/{}/availability", world.lot);
+    // Ten quick reads: an anonymous client (burst 4) is slowed down, the app (burst 80) is not.
+    let mut anonymous = Vec::new();
+    let mut with_key = Vec::new();
+    for _ in 0..10 {
+        anonymous.push(send(&platform, None, Method::GET, &path, None).await.0);
+        with_key.push(
+            send(&platform, Some(&app), Method::GET, &path, None)
+                .await
+                .0,
+        );
+    }
+    assert!(
+        anonymous.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{anonymous:?}"
+    );
+    assert!(
+        with_key.iter().all(|s| *s == StatusCode::OK),
+        "{with_key:?}"
+    );
+    // Another role's key buys nothing more than no key.
+    let admin_statuses: Vec<StatusCode> = {
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            statuses.push(
+                send(&platform, Some(ADMIN_KEY), Method::GET, &path, None)
+                    .await
+                    .0,
+            );
+        }
+        statuses
+    };
+    assert!(
+        admin_statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{admin_statuses:?}"
+    );
+    platform.stop().await;
+}

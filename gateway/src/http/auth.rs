@@ -51,7 +51,7 @@ impl Scope {
 }
 
 /// The key presented, if any.
-fn bearer(parts: &Parts) -> Option<&str> {
+pub fn bearer(parts: &Parts) -> Option<&str> {
     parts
         .headers
         .get(axum::http::header::AUTHORIZATION)

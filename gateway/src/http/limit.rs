@@ -1,4 +1,5 @@
-//! Rate limits on public reads, per client address (GCRA, from `governor`): a client over its
+//! Rate limits on public reads (GCRA, from `governor`): per client address, or per key for a
+//! navigation app presenting its key, which gets [`APP_FACTOR`] times the rate. A client over its
 //! rate gets `429 rate_limited` with `Retry-After`, and nobody else notices.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,44 +13,68 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use super::AppState;
+use super::auth::{Caller, bearer, caller};
 use super::error::ApiError;
+
+/// A navigation app's rate, as a multiple of an anonymous client's.
+pub const APP_FACTOR: u32 = 20;
 
 /// Requests allowed per client per second, and in a burst.
 #[derive(Clone)]
 pub struct PublicLimit {
-    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    by_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Navigation apps, by their key's hash.
+    by_app: Arc<DefaultKeyedRateLimiter<String>>,
+}
+
+fn quota(rate: u32) -> Quota {
+    let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+    Quota::per_second(rate).allow_burst(burst)
 }
 
 impl PublicLimit {
-    /// `rate` requests a second per client address, with bursts of up to twice that.
+    /// `rate` requests a second per client address (and [`APP_FACTOR`] times that per
+    /// navigation app), with bursts of up to twice that.
     pub fn per_second(rate: u32) -> Self {
-        let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
         Self {
-            limiter: Arc::new(RateLimiter::keyed(
-                Quota::per_second(rate).allow_burst(burst),
-            )),
+            by_address: Arc::new(RateLimiter::keyed(quota(rate))),
+            by_app: Arc::new(RateLimiter::keyed(quota(rate.saturating_mul(APP_FACTOR)))),
         }
     }
 
     /// Forgets clients that have been quiet long enough to be back at a full burst.
     pub fn forget_idle(&self) {
-        self.limiter.retain_recent();
+        self.by_address.retain_recent();
+        self.by_app.retain_recent();
     }
 }
 
 /// The middleware: checks the client's budget before the handler runs.
-pub async fn limit_public(
-    State(limit): State<PublicLimit>,
-    request: Request,
-    next: Next,
-) -> Response {
-    // Behind a proxy every client shares the proxy's address; deployments put the limit there.
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-    match limit.limiter.check_key(&client) {
+pub async fn limit_public(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    // A navigation app's key earns its own, larger budget; any other key (or a bad one) counts
+    // as no key: public reads need none.
+    let app = match caller(&parts, &state).await {
+        Ok(Some(Caller::NavigationApp)) => bearer(&parts).map(crate::registry::password_hash),
+        _ => None,
+    };
+    let request = Request::from_parts(parts, body);
+    let limit = &state.public_limit;
+    let checked = match app {
+        Some(app) => limit.by_app.check_key(&app),
+        None => {
+            // Behind a proxy every client shares the proxy's address; deployments put the
+            // limit there.
+            let client = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+            limit.by_address.check_key(&client)
+        }
+    };
+    match checked {
         Ok(()) => next.run(request).await,
         Err(not_until) => {
             let wait = not_until.wait_time_from(DefaultClock::default().now());

@@ -68,7 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/lots/{lot}/tariff", get(lots::tariff))
         .route("/v1/lots/{lot}/quote", get(lots::quote))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.public_limit.clone(),
+            state.clone(),
             limit::limit_public,
         ));
     Router::new()
