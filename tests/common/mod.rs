@@ -114,6 +114,7 @@ impl Setup {
 }
 
 /// The test city: one gated lot with an entry and an exit lane, a few drivers.
+#[derive(Clone)]
 pub struct World {
     pub lot: LotId,
     pub entry: GateId,

@@ -12,6 +12,7 @@ pub mod lots;
 pub mod operators;
 pub mod ops;
 pub mod payments;
+pub mod registry;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -77,7 +78,6 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/v1/lots/{lot}/recount", post(availability::recount))
-        .route("/v1/lots/{lot}/bays", get(availability::bays))
         .route("/v1/sessions", get(sessions::list))
         .route("/v1/sessions/{id}", get(sessions::get))
         .route("/v1/sessions/{id}/pay", post(payments::pay_exit))
@@ -92,6 +92,19 @@ pub fn router(state: AppState) -> Router {
             get(operators::operators).post(operators::create_operator),
         )
         .route("/v1/keys", get(operators::list).post(operators::issue))
+        .route(
+            "/v1/operators/{operator}/lots",
+            get(registry::lots).post(registry::create_lot),
+        )
+        .route("/v1/lots/{lot}/gates", post(registry::add_gate))
+        .route("/v1/lots/{lot}/bays", get(availability::bays).post(registry::add_bays))
+        .route("/v1/lots/{lot}/tariffs", post(registry::add_tariff))
+        .route("/v1/lots/{lot}/passes", post(registry::add_pass))
+        .route("/v1/lots/{lot}/blocks", post(registry::add_block))
+        .route(
+            "/v1/lots/{lot}/blocks/{plate}",
+            axum::routing::delete(registry::remove_block),
+        )
         .route(
             "/v1/lots/{lot}/devices",
             get(devices::list).post(devices::register),

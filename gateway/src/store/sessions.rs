@@ -216,6 +216,17 @@ pub async fn blocked_plates(db: &Db) -> Result<Vec<(LotId, Plate)>, StoreError> 
         .collect()
 }
 
+/// Lifts a block (idempotent).
+pub async fn unblock(db: &Db, lot: &LotId, plate: &Plate) -> Result<(), StoreError> {
+    on_db!(db, pool => sqlx::query("DELETE FROM blocked_plates WHERE lot_id = $1 AND plate = $2")
+        .bind(lot.as_str())
+        .bind(plate.as_str())
+        .execute(pool)
+        .await
+        .map(drop)?);
+    Ok(())
+}
+
 /// A session as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct SessionView {

@@ -1,0 +1,421 @@
+//! The registry as operators edit it: their lots, gates, bays, tariff versions, passes and blocked
+//! plates. Changes go through the same provisioning as the demo and tests, then the registry (and
+//! for passes and blocks the gate and occupancy actors) reload, so they take effect at once.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use parkflow_billing::TariffDefinition;
+use parkflow_protocol::{BayId, DeviceAuth, GateId, LotId, Plate};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::auth::{Scope, Staff, StaffAdmin};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath};
+use crate::gate::GateMessage;
+use crate::occupancy::OccupancyMessage;
+use crate::registry::{GateDirection, Lot, LotKind};
+use crate::store::keys;
+use crate::store::provision::{BlockPlan, LotPlan, PassPlan, Plan, provision};
+
+/// The most bays one request adds.
+const MAX_BAYS_PER_REQUEST: usize = 10_000;
+/// The most bays a lot may have.
+const MAX_CAPACITY: u32 = 1_000_000;
+
+/// A lot as its operator sees it.
+#[derive(Debug, Serialize)]
+pub struct LotView {
+    id: String,
+    operator_id: String,
+    name: String,
+    kind: LotKind,
+    location: Location,
+    capacity: u32,
+    time_zone: String,
+    device_auth: DeviceAuth,
+    max_stay_minutes: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    lat: f64,
+    lon: f64,
+}
+
+impl From<&Lot> for LotView {
+    fn from(lot: &Lot) -> Self {
+        Self {
+            id: lot.id.to_string(),
+            operator_id: lot.operator_id.clone(),
+            name: lot.name.clone(),
+            kind: lot.kind,
+            location: Location {
+                lat: lot.location.lat,
+                lon: lot.location.lon,
+            },
+            capacity: lot.capacity,
+            time_zone: lot.time_zone.clone(),
+            device_auth: lot.device_auth,
+            max_stay_minutes: lot.max_stay.map(|d| d.num_minutes()),
+        }
+    }
+}
+
+/// The provisioning plan of an existing lot with nothing below it: adding gates, bays or tariffs
+/// to it leaves the lot itself as it is.
+fn plan_of(lot: &Lot) -> LotPlan {
+    LotPlan {
+        id: lot.id.clone(),
+        operator_id: lot.operator_id.clone(),
+        name: lot.name.clone(),
+        kind: lot.kind,
+        lat: lot.location.lat,
+        lon: lot.location.lon,
+        capacity: lot.capacity,
+        time_zone: lot.time_zone.clone(),
+        device_auth: lot.device_auth,
+        gates: Vec::new(),
+        bays: Vec::new(),
+        max_stay_minutes: lot
+            .max_stay
+            .and_then(|d| u32::try_from(d.num_minutes()).ok()),
+        tariffs: Vec::new(),
+    }
+}
+
+/// The lot `raw` names, if the caller's scope sees it (another operator's answers 404).
+fn own_lot(state: &AppState, scope: &Scope, raw: &str) -> Result<LotPlan, ApiError> {
+    let id = LotId::parse(raw).map_err(|_| ApiError::NotFound("lot"))?;
+    let registry = state.registry.snapshot();
+    match registry.lot_by_id(&id) {
+        Some(lot) if scope.sees(&lot.operator_id) => Ok(plan_of(lot)),
+        _ => Err(ApiError::NotFound("lot")),
+    }
+}
+
+/// Applies `plan`, then reloads what depends on it.
+async fn apply(state: &AppState, plan: &Plan) -> Result<(), ApiError> {
+    provision(&state.db, plan, Utc::now()).await?;
+    state.registry.reload(&state.db).await?;
+    if !plan.passes.is_empty() || !plan.blocks.is_empty() {
+        state
+            .gates
+            .send(GateMessage::Reload { now: Utc::now() })
+            .await;
+        state.occupancy.send(OccupancyMessage::ReloadPasses).await;
+    }
+    Ok(())
+}
+
+fn lot_view(state: &AppState, id: &LotId) -> Result<LotView, ApiError> {
+    let registry = state.registry.snapshot();
+    registry
+        .lot_by_id(id)
+        .map(LotView::from)
+        .ok_or(ApiError::NotFound("lot"))
+}
+
+/// `GET /v1/operators/{operator}/lots`
+pub async fn lots(
+    Staff(scope): Staff,
+    State(state): State<AppState>,
+    ApiPath(operator): ApiPath<String>,
+) -> Result<Json<Vec<LotView>>, ApiError> {
+    if !scope.sees(&operator) {
+        return Err(ApiError::NotFound("operator"));
+    }
+    let registry = state.registry.snapshot();
+    Ok(Json(
+        registry
+            .lots()
+            .iter()
+            .filter(|lot| lot.operator_id == operator)
+            .map(LotView::from)
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LotRequest {
+    id: String,
+    name: String,
+    kind: LotKind,
+    location: Location,
+    capacity: u32,
+    /// IANA time zone (`Asia/Shanghai`).
+    time_zone: String,
+    #[serde(default)]
+    device_auth: Option<DeviceAuth>,
+    #[serde(default)]
+    max_stay_minutes: Option<u32>,
+}
+
+/// `POST /v1/operators/{operator}/lots`
+pub async fn create_lot(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(operator): ApiPath<String>,
+    ApiJson(request): ApiJson<LotRequest>,
+) -> Result<(StatusCode, Json<LotView>), ApiError> {
+    if !scope.sees(&operator)
+        || keys::operators(&state.db, Some(&operator))
+            .await?
+            .is_empty()
+    {
+        return Err(ApiError::NotFound("operator"));
+    }
+    let id = LotId::parse(&request.id)
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    if state.registry.snapshot().lot_by_id(&id).is_some() {
+        return Err(ApiError::conflict(
+            "lot_exists",
+            "a lot with this id exists",
+        ));
+    }
+    let name = request.name.trim();
+    if name.is_empty() || name.len() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "name must be 1 to 200 characters",
+        ));
+    }
+    let Location { lat, lon } = request.location;
+    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+        return Err(ApiError::bad_request(
+            "invalid_location",
+            "lat must be within ±90, lon within ±180",
+        ));
+    }
+    if request.capacity > MAX_CAPACITY {
+        return Err(ApiError::bad_request(
+            "invalid_capacity",
+            format!("capacity is at most {MAX_CAPACITY}"),
+        ));
+    }
+    if request.time_zone.parse::<chrono_tz::Tz>().is_err() {
+        return Err(ApiError::bad_request(
+            "invalid_time_zone",
+            "time_zone must be an IANA zone such as Asia/Shanghai",
+        ));
+    }
+    let plan = Plan {
+        lots: vec![LotPlan {
+            id: id.clone(),
+            operator_id: operator,
+            name: name.to_owned(),
+            kind: request.kind,
+            lat,
+            lon,
+            capacity: request.capacity,
+            time_zone: request.time_zone,
+            device_auth: request.device_auth.unwrap_or(DeviceAuth::Signed),
+            gates: Vec::new(),
+            bays: Vec::new(),
+            max_stay_minutes: request.max_stay_minutes,
+            tariffs: Vec::new(),
+        }],
+        ..Plan::default()
+    };
+    apply(&state, &plan).await?;
+    Ok((StatusCode::CREATED, Json(lot_view(&state, &id)?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateRequest {
+    id: String,
+    direction: GateDirection,
+}
+
+/// `POST /v1/lots/{lot}/gates` (a gate that exists gets the new direction).
+pub async fn add_gate(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+    ApiJson(request): ApiJson<GateRequest>,
+) -> Result<StatusCode, ApiError> {
+    let mut lot = own_lot(&state, &scope, &lot)?;
+    let gate = GateId::parse(&request.id)
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    lot.gates.push((gate, request.direction));
+    apply(
+        &state,
+        &Plan {
+            lots: vec![lot],
+            ..Plan::default()
+        },
+    )
+    .await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaysRequest {
+    bays: Vec<String>,
+}
+
+/// `POST /v1/lots/{lot}/bays` (bays that exist are left as they are).
+pub async fn add_bays(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+    ApiJson(request): ApiJson<BaysRequest>,
+) -> Result<StatusCode, ApiError> {
+    let mut lot = own_lot(&state, &scope, &lot)?;
+    if request.bays.is_empty() || request.bays.len() > MAX_BAYS_PER_REQUEST {
+        return Err(ApiError::bad_request(
+            "invalid_bays",
+            format!("send 1 to {MAX_BAYS_PER_REQUEST} bay ids"),
+        ));
+    }
+    lot.bays = request
+        .bays
+        .iter()
+        .map(|b| {
+            BayId::parse(b).map_err(|e| ApiError::bad_request("invalid_bay", format!("{b:?}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    apply(
+        &state,
+        &Plan {
+            lots: vec![lot],
+            ..Plan::default()
+        },
+    )
+    .await?;
+    Ok(StatusCode::CREATED)
+}
+
+/// `POST /v1/lots/{lot}/tariffs`: a new version from its `effective_from` (SPEC §4's JSON,
+/// validated); a version with the same `effective_from` exists → 409.
+pub async fn add_tariff(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+    ApiJson(definition): ApiJson<TariffDefinition>,
+) -> Result<StatusCode, ApiError> {
+    let mut lot = own_lot(&state, &scope, &lot)?;
+    parkflow_billing::Tariff::try_from(definition.clone())
+        .map_err(|e| ApiError::bad_request("invalid_tariff", e.to_string()))?;
+    let before = versions(&state, &lot.id);
+    lot.tariffs.push(definition);
+    apply(
+        &state,
+        &Plan {
+            lots: vec![lot.clone()],
+            ..Plan::default()
+        },
+    )
+    .await?;
+    if versions(&state, &lot.id) == before {
+        return Err(ApiError::conflict(
+            "tariff_exists",
+            "a version with this effective_from exists",
+        ));
+    }
+    Ok(StatusCode::CREATED)
+}
+
+fn versions(state: &AppState, lot: &LotId) -> usize {
+    state
+        .registry
+        .snapshot()
+        .lot_by_id(lot)
+        .map_or(0, |l| l.tariffs.versions().len())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassRequest {
+    plate: String,
+    valid_from: DateTime<Utc>,
+    valid_until: DateTime<Utc>,
+}
+
+/// `POST /v1/lots/{lot}/passes`: the plate parks free in the lot between the two times.
+pub async fn add_pass(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+    ApiJson(request): ApiJson<PassRequest>,
+) -> Result<StatusCode, ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    let plate = Plate::parse(&request.plate)
+        .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
+    if request.valid_until <= request.valid_from {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "valid_until must be after valid_from",
+        ));
+    }
+    let plan = Plan {
+        passes: vec![PassPlan {
+            lot: lot.id,
+            plate,
+            valid_from: request.valid_from,
+            valid_until: request.valid_until,
+        }],
+        ..Plan::default()
+    };
+    apply(&state, &plan).await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRequest {
+    plate: String,
+    reason: String,
+}
+
+/// `POST /v1/lots/{lot}/blocks`: the plate is held at the lot's entries.
+pub async fn add_block(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+    ApiJson(request): ApiJson<BlockRequest>,
+) -> Result<StatusCode, ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    let plate = Plate::parse(&request.plate)
+        .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(ApiError::bad_request(
+            "invalid_reason",
+            "reason must be 1 to 500 characters",
+        ));
+    }
+    let plan = Plan {
+        blocks: vec![BlockPlan {
+            lot: lot.id,
+            plate,
+            reason: reason.to_owned(),
+        }],
+        ..Plan::default()
+    };
+    apply(&state, &plan).await?;
+    Ok(StatusCode::CREATED)
+}
+
+/// `DELETE /v1/lots/{lot}/blocks/{plate}` (idempotent).
+pub async fn remove_block(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath((lot, plate)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    let plate =
+        Plate::parse(&plate).map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
+    crate::store::sessions::unblock(&state.db, &lot.id, &plate).await?;
+    state
+        .gates
+        .send(GateMessage::Reload { now: Utc::now() })
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,286 @@
+//! An operator runs a lot through the API alone (issue: operators, drivers and security): creates
+//! it, adds its lanes, a tariff version, cameras with their credentials, a block and a pass — and
+//! the lot works at once: cars enter and leave, the blocked plate is held, the pass holder parks
+//! free. Another operator sees none of it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World};
+use parkflow_gateway::store::provision::OperatorPlan;
+use parkflow_protocol::{DeviceId, Direction, GateAction, GateId, GateReason, LotId};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn call(
+    platform: &TestPlatform,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = Client::new()
+        .request(method, platform.url(path))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn operator_admin(platform: &TestPlatform, operator: &str) -> String {
+    let (status, body) = call(
+        platform,
+        ADMIN_KEY,
+        Method::POST,
+        "/v1/keys",
+        Some(json!({"role": "operator_admin", "operator_id": operator})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["key"].as_str().unwrap().to_owned()
+}
+
+const TARIFF: &str = r#"{"currency": "CNY", "time_zone": "Asia/Shanghai", "grace_minutes": 0, "unit_minutes": 15,
+    "bands": [{"from": "07:00", "to": "21:00", "unit_price": "3.00", "first_unit_price": "5.00"},
+              {"from": "21:00", "to": "07:00", "unit_price": "1.00", "cap": "5.00"}],
+    "effective_from": "2026-01-01T00:00:00Z"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let mut world = World::new(setup, 100);
+    world.plan.operators.push(OperatorPlan {
+        id: "op-other".into(),
+        name: "Another operator".into(),
+    });
+    let platform = TestPlatform::start(setup, &world).await;
+    let (own, other) = (
+        operator_admin(&platform, "op-test").await,
+        operator_admin(&platform, "op-other").await,
+    );
+    let lot = LotId::parse(&format!("{}-new", world.lot)).unwrap();
+    let create = json!({"id": lot.as_str(), "name": "New lot", "kind": "off_street",
+        "location": {"lat": 30.26, "lon": 120.16}, "capacity": 10, "time_zone": "Asia/Shanghai"});
+
+    let lots = "/v1/operators/op-test/lots";
+    assert_eq!(
+        call(&platform, &other, Method::POST, lots, Some(create.clone()))
+            .await
+            .0,
+        404
+    );
+    let (status, created) = call(&platform, &own, Method::POST, lots, Some(create.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["device_auth"], "signed");
+    assert_eq!(
+        call(&platform, &own, Method::POST, lots, Some(create))
+            .await
+            .0,
+        409
+    );
+    let bad = json!({"id": "lot-bad", "name": "Bad", "kind": "off_street",
+        "location": {"lat": 95.0, "lon": 0.0}, "capacity": 10, "time_zone": "Asia/Shanghai"});
+    assert_eq!(
+        call(&platform, &own, Method::POST, lots, Some(bad)).await.0,
+        422
+    );
+    let (_, listed) = call(&platform, &own, Method::GET, lots, None).await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["id"] == lot.as_str())
+    );
+    assert_eq!(
+        call(&platform, &other, Method::GET, lots, None).await.0,
+        404
+    );
+
+    // Lanes, a tariff version (the same one twice is a conflict), cameras.
+    for (gate, direction) in [("in-1", "entry"), ("out-1", "exit")] {
+        let (status, _) = call(
+            &platform,
+            &own,
+            Method::POST,
+            &format!("/v1/lots/{lot}/gates"),
+            Some(json!({"id": gate, "direction": direction})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let tariffs = format!("/v1/lots/{lot}/tariffs");
+    let tariff: Value = serde_json::from_str(TARIFF).unwrap();
+    assert_eq!(
+        call(
+            &platform,
+            &other,
+            Method::POST,
+            &tariffs,
+            Some(tariff.clone())
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            &platform,
+            &own,
+            Method::POST,
+            &tariffs,
+            Some(tariff.clone())
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        call(
+            &platform,
+            &own,
+            Method::POST,
+            &tariffs,
+            Some(tariff.clone())
+        )
+        .await
+        .0,
+        409
+    );
+    let mut overlapping = tariff.clone();
+    overlapping["bands"][0]["to"] = json!("22:00");
+    overlapping["effective_from"] = json!("2026-02-01T00:00:00Z");
+    assert_eq!(
+        call(&platform, &own, Method::POST, &tariffs, Some(overlapping))
+            .await
+            .0,
+        422
+    );
+    let (status, served) = call(
+        &platform,
+        &own,
+        Method::GET,
+        &format!("/v1/lots/{lot}/tariff"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(served["unit_minutes"], 15);
+
+    let mut lot_world = world.clone();
+    lot_world.lot = lot.clone();
+    lot_world.secrets.clear();
+    for (gate, camera) in [("in-1", "cam-new-in"), ("out-1", "cam-new-out")] {
+        let id = DeviceId::parse(&format!("{camera}-{lot}")).unwrap();
+        let (status, device) = call(
+            &platform,
+            &own,
+            Method::POST,
+            &format!("/v1/lots/{lot}/devices"),
+            Some(json!({"id": id.as_str(), "kind": "gate_camera", "gate": gate})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{device}");
+        lot_world.secrets.push((
+            id.clone(),
+            device["mqtt_password"].as_str().unwrap().to_owned(),
+            device["secret"].as_str().unwrap().to_owned(),
+        ));
+        if gate == "in-1" {
+            lot_world.entry_camera = id;
+        } else {
+            lot_world.exit_camera = id;
+        }
+    }
+    let (entry_gate, exit_gate) = (
+        GateId::parse("in-1").unwrap(),
+        GateId::parse("out-1").unwrap(),
+    );
+    let mut entry =
+        TestDevice::connect(&platform, &lot_world, &lot_world.entry_camera, &entry_gate).await;
+    let mut exit =
+        TestDevice::connect(&platform, &lot_world, &lot_world.exit_camera, &exit_gate).await;
+
+    // A block and a pass, set through the API, decide the next reads.
+    let blocks = format!("/v1/lots/{lot}/blocks");
+    let block = json!({"plate": world.unenrolled.as_str(), "reason": "stolen"});
+    assert_eq!(
+        call(
+            &platform,
+            &other,
+            Method::POST,
+            &blocks,
+            Some(block.clone())
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(&platform, &own, Method::POST, &blocks, Some(block))
+            .await
+            .0,
+        201
+    );
+    let pass = json!({"plate": world.suspended.as_str(),
+        "valid_from": "2026-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z"});
+    assert_eq!(
+        call(
+            &platform,
+            &own,
+            Method::POST,
+            &format!("/v1/lots/{lot}/passes"),
+            Some(pass)
+        )
+        .await
+        .0,
+        201
+    );
+
+    let read = entry.read(world.unenrolled.as_str(), Direction::Entry);
+    let held = entry.decide(&read).await;
+    assert_eq!(
+        (held.action, held.reason),
+        (GateAction::Hold, GateReason::Blocked)
+    );
+    let read = entry.read(world.suspended.as_str(), Direction::Entry);
+    let passed = entry.decide(&read).await;
+    assert_eq!(
+        (passed.action, passed.reason),
+        (GateAction::Open, GateReason::PassHolder)
+    );
+    let read = entry.read(world.enrolled.as_str(), Direction::Entry);
+    assert_eq!(entry.decide(&read).await.reason, GateReason::Entered);
+    let read = exit.read(world.enrolled.as_str(), Direction::Exit);
+    assert_eq!(exit.decide(&read).await.reason, GateReason::BillLater);
+
+    // A block lifted before the plate comes: it enters.
+    let later = "浙F88888";
+    let block = json!({"plate": later, "reason": "dispute"});
+    assert_eq!(
+        call(&platform, &own, Method::POST, &blocks, Some(block))
+            .await
+            .0,
+        201
+    );
+    let unblock = format!("/v1/lots/{lot}/blocks/{later}");
+    assert_eq!(
+        call(&platform, &other, Method::DELETE, &unblock, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        call(&platform, &own, Method::DELETE, &unblock, None)
+            .await
+            .0,
+        204
+    );
+    let read = entry.read(later, Direction::Entry);
+    assert_eq!(entry.decide(&read).await.reason, GateReason::Entered);
+    platform.stop().await;
+}
