@@ -9,7 +9,7 @@ mod common;
 
 use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World};
 use parkflow_gateway::store::provision::OperatorPlan;
-use parkflow_protocol::{DeviceId, Direction, GateAction, GateId, GateReason, LotId};
+use parkflow_protocol::{DeviceId, Direction, EventId, GateAction, GateId, GateReason, LotId};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -282,5 +282,33 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     );
     let read = entry.read(later, Direction::Entry);
     assert_eq!(entry.decide(&read).await.reason, GateReason::Entered);
+
+    // The barrier opened by hand: a signed `open` the camera verifies, and an audit entry that
+    // says who, when and why. Another operator can neither open it nor see the entry.
+    let open = format!("/v1/lots/{lot}/gates/in-1/open");
+    let why = json!({"reason": "ambulance waiting"});
+    assert_eq!(
+        call(&platform, &other, Method::POST, &open, Some(why.clone()))
+            .await
+            .0,
+        404
+    );
+    let (status, opened) = call(&platform, &own, Method::POST, &open, Some(why)).await;
+    assert_eq!(status, StatusCode::OK, "{opened}");
+    let event_id = EventId::parse(opened["event_id"].as_str().unwrap()).unwrap();
+    let command = entry.command_for(&event_id).await;
+    assert_eq!(
+        (command.action, command.reason),
+        (GateAction::Open, GateReason::Manual)
+    );
+    let (_, trail) = call(&platform, &own, Method::GET, "/v1/audit", None).await;
+    let entry = &trail[0];
+    assert_eq!(entry["action"], "manual_open");
+    assert_eq!(entry["reason"], "ambulance waiting");
+    assert_eq!(entry["actor_role"], "operator_admin");
+    assert!(entry["actor_key"].is_string() && entry["at"].is_string());
+    assert_eq!(entry["object"], format!("{lot}/in-1"));
+    let (_, others) = call(&platform, &other, Method::GET, "/v1/audit", None).await;
+    assert_eq!(others, json!([]));
     platform.stop().await;
 }

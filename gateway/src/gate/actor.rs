@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use parkflow_protocol::sign::MAX_AHEAD;
-use parkflow_protocol::{Direction, GateAction, GateCommand, GateReason, LotId, Plate};
+use parkflow_protocol::{
+    Direction, EventId, GateAction, GateCommand, GateId, GateReason, LotId, Plate,
+};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -147,6 +149,14 @@ impl GateActor {
                 GateMessage::PlateRead(read) => self.plate_read(*read).await,
                 GateMessage::Standing { plates, standing } => self.standing(plates, standing).await,
                 GateMessage::ExitPaid(paid) => self.exit_paid(paid),
+                GateMessage::ManualOpen {
+                    lot,
+                    gate,
+                    at,
+                    reply,
+                } => {
+                    let _ = reply.send(self.manual_open(&lot, &gate, at));
+                }
                 GateMessage::Reload { now } => {
                     if let Err(error) = load_facts(&self.db, &mut self.state, now).await {
                         tracing::error!(error = %error, "failed to reload drivers, passes and blocks");
@@ -387,6 +397,39 @@ impl GateActor {
                 action: command.action.as_str(),
             })
             .inc();
+    }
+
+    fn manual_open(
+        &mut self,
+        lot: &LotId,
+        gate: &GateId,
+        at: DateTime<Utc>,
+    ) -> Result<GateCommand, String> {
+        let registry = self.registry.snapshot();
+        let lot = registry.lot_by_id(lot).ok_or("unknown lot")?;
+        registry.gate(lot.idx, gate).ok_or("unknown gate")?;
+        let event_id =
+            EventId::parse(&format!("manual-{}", Uuid::now_v7())).map_err(|e| e.to_string())?;
+        let command = GateCommand {
+            command_id: Uuid::now_v7(),
+            event_id,
+            action: GateAction::Open,
+            reason: GateReason::Manual,
+            issued_at: at,
+            amount_due: None,
+            currency: None,
+            pay_url: None,
+        };
+        self.publisher
+            .publish(&registry, lot, gate, &command)
+            .map_err(|e| e.to_string())?;
+        self.metrics
+            .barrier_commands
+            .get_or_create(&ActionLabel {
+                action: command.action.as_str(),
+            })
+            .inc();
+        Ok(command)
     }
 
     fn publish(&self, registry: &Registry, lot: &Lot, read: &GateRead, command: &GateCommand) {

@@ -67,6 +67,14 @@ pub enum GateMessage {
     Reload {
         now: DateTime<Utc>,
     },
+    /// An operator opens a barrier by hand: a signed `open` (reason `manual`) answering no read,
+    /// its `event_id` made up (`manual-…`). Answers with the command, or why it was not sent.
+    ManualOpen {
+        lot: LotId,
+        gate: GateId,
+        at: DateTime<Utc>,
+        reply: tokio::sync::oneshot::Sender<Result<parkflow_protocol::GateCommand, String>>,
+    },
 }
 
 /// Sends work to the gate actor.

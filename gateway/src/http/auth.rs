@@ -6,6 +6,7 @@
 //! | [`Admin`]      | the platform admin                                   | everything          |
 //! | [`Staff`]      | the platform admin, operator admins and viewers      | their operator's    |
 //! | [`StaffAdmin`] | the platform admin and operator admins               | their operator's    |
+//! | [`Accountable`]| as [`StaffAdmin`], with the key used, for the audit  | their operator's    |
 //! | [`DriverKey`]  | drivers                                              | their own           |
 //!
 //! No key, or a key unknown or revoked, answers 401; a valid key of a role the endpoint does not
@@ -139,6 +140,41 @@ impl FromRequestParts<AppState> for StaffAdmin {
         match require(parts, state).await? {
             Caller::PlatformAdmin => Ok(Self(Scope::All)),
             Caller::OperatorAdmin(operator) => Ok(Self(Scope::Operator(operator))),
+            _ => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// The platform admin or an operator's admin, for actions that leave an audit trail: their scope,
+/// their role and the key they used.
+pub struct Accountable {
+    pub scope: Scope,
+    pub role: &'static str,
+    /// `None` for the platform admin's configured key.
+    pub key: Option<Uuid>,
+}
+
+impl FromRequestParts<AppState> for Accountable {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = match bearer(parts) {
+            Some(key) => crate::store::keys::principal(&state.db, key)
+                .await?
+                .map(|p| p.id),
+            None => None,
+        };
+        match require(parts, state).await? {
+            Caller::PlatformAdmin => Ok(Self {
+                scope: Scope::All,
+                role: "platform_admin",
+                key,
+            }),
+            Caller::OperatorAdmin(operator) => Ok(Self {
+                scope: Scope::Operator(operator),
+                role: "operator_admin",
+                key,
+            }),
             _ => Err(ApiError::Forbidden),
         }
     }

@@ -1,5 +1,6 @@
 //! The HTTP API (SPEC §5), served by axum: one router, one state, one error shape.
 
+pub mod audit;
 pub mod auth;
 pub mod availability;
 pub mod billing;
@@ -97,6 +98,8 @@ pub fn router(state: AppState) -> Router {
             get(registry::lots).post(registry::create_lot),
         )
         .route("/v1/lots/{lot}/gates", post(registry::add_gate))
+        .route("/v1/lots/{lot}/gates/{gate}/open", post(audit::manual_open))
+        .route("/v1/audit", get(audit::entries))
         .route("/v1/lots/{lot}/bays", get(availability::bays).post(registry::add_bays))
         .route("/v1/lots/{lot}/tariffs", post(registry::add_tariff))
         .route("/v1/lots/{lot}/passes", post(registry::add_pass))

@@ -11,6 +11,8 @@ use crate::registry::password_hash;
 /// Who an API key speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// The key's id.
+    pub id: Uuid,
     pub role: String,
     pub operator_id: Option<String>,
     pub driver_id: Option<Uuid>,
@@ -28,13 +30,14 @@ pub fn new_key() -> String {
 
 /// Who `key` speaks for, if it is a live key.
 pub async fn principal(db: &Db, key: &str) -> Result<Option<Principal>, StoreError> {
-    let row: Option<(String, Option<String>, Option<Uuid>)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT role, operator_id, driver_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    let row: Option<(Uuid, String, Option<String>, Option<Uuid>)> = on_db!(db, pool => sqlx::query_as(
+        "SELECT id, role, operator_id, driver_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
     )
     .bind(password_hash(key))
     .fetch_optional(pool)
     .await?);
-    Ok(row.map(|(role, operator_id, driver_id)| Principal {
+    Ok(row.map(|(id, role, operator_id, driver_id)| Principal {
+        id,
         role,
         operator_id,
         driver_id,

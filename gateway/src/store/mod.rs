@@ -1,6 +1,7 @@
 //! The gateway's persistence: the registry, provisioning, sessions and gate reads, and the
 //! group-commit writer. The pool and the engine macro come from `parkflow-db`.
 
+pub mod audit;
 pub mod devices;
 pub mod drivers;
 pub mod keys;
