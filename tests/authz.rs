@@ -175,6 +175,12 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (Method::GET, format!("/v1/lots/{lot}/devices"), None, [401, 401, 200, 200, 200, 404, 403, 403]),
         (Method::POST, "/v1/devices/cam-unknown/rotate".into(), None, [401, 401, 404, 404, 403, 404, 403, 403]),
         (Method::GET, "/v1/operators".into(), None, [401, 401, 200, 200, 200, 200, 403, 403]),
+        (Method::GET, "/v1/audit".into(), None, [401, 401, 200, 200, 200, 200, 403, 403]),
+        (Method::POST, format!("/v1/lots/{lot}/gates/in-1/open"), Some(json!({"reason": "matrix"})), [401, 401, 200, 200, 403, 404, 403, 403]),
+        (Method::GET, "/v1/reports/sessions.csv".into(), None, [401, 401, 200, 200, 200, 200, 403, 403]),
+        (Method::GET, "/v1/reports/settlements.csv?from=2026-01-01&to=2026-12-31".into(), None, [401, 401, 200, 200, 200, 200, 403, 403]),
+        (Method::GET, "/v1/operators/op-test/lots".into(), None, [401, 401, 200, 200, 200, 404, 403, 403]),
+        (Method::POST, format!("/v1/lots/{lot}/blocks"), Some(json!({"plate": "浙H12345", "reason": "matrix"})), [401, 401, 201, 201, 403, 404, 403, 403]),
         (Method::GET, "/v1/keys".into(), None, [401, 401, 200, 200, 403, 200, 403, 403]),
         (Method::POST, "/v1/keys".into(), Some(new_viewer), [401, 401, 201, 201, 403, 404, 403, 403]),
         (Method::GET, "/v1/me".into(), None, [401, 401, 403, 403, 403, 403, 200, 403]),
@@ -218,6 +224,32 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let other = listed(callers[5].key.as_ref().unwrap()).await;
     assert_eq!(own.as_array().unwrap().len(), 1, "{own}");
     assert_eq!(other.as_array().unwrap().len(), 0, "{other}");
+    let csv = |key: &str| {
+        let url = platform.url("/v1/reports/sessions.csv");
+        let key = key.to_owned();
+        async move {
+            let response = Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.headers()["content-type"],
+                "text/csv; charset=utf-8"
+            );
+            response.text().await.unwrap()
+        }
+    };
+    let own_csv = csv(callers[3].key.as_ref().unwrap()).await;
+    let other_csv = csv(callers[5].key.as_ref().unwrap()).await;
+    assert!(own_csv.starts_with("id,lot_id,bay_id,plate,"), "{own_csv}");
+    assert_eq!(
+        own_csv.lines().count(),
+        2,
+        "a header and the one session: {own_csv}"
+    );
+    assert_eq!(other_csv.lines().count(), 1, "a header only: {other_csv}");
     let (_, operators) = send(
         &platform,
         callers[5].key.as_deref(),

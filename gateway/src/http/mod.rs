@@ -14,6 +14,7 @@ pub mod operators;
 pub mod ops;
 pub mod payments;
 pub mod registry;
+pub mod reports;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -100,6 +101,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/lots/{lot}/gates", post(registry::add_gate))
         .route("/v1/lots/{lot}/gates/{gate}/open", post(audit::manual_open))
         .route("/v1/audit", get(audit::entries))
+        .route("/v1/reports/settlements.csv", get(reports::settlements))
+        .route("/v1/reports/sessions.csv", get(reports::sessions))
         .route("/v1/lots/{lot}/bays", get(availability::bays).post(registry::add_bays))
         .route("/v1/lots/{lot}/tariffs", post(registry::add_tariff))
         .route("/v1/lots/{lot}/passes", post(registry::add_pass))
