@@ -213,6 +213,9 @@ pub struct RunArgs {
     /// Public reads (availability, feeds, tariffs) allowed per client address per second.
     #[arg(long, env = "PARKFLOW_PUBLIC_RATE", default_value_t = 50)]
     pub public_rate: u32,
+    /// Driver requests (enrolment, `/v1/me…`, paying) allowed per client address per second.
+    #[arg(long, env = "PARKFLOW_DRIVER_RATE", default_value_t = 20)]
+    pub driver_rate: u32,
     /// Seed a demo city and run simulated traffic in-process.
     #[arg(long, env = "PARKFLOW_DEMO")]
     pub demo: bool,

@@ -208,6 +208,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         chrono::Duration::seconds(i64::from(args.heartbeat_deadline_secs));
     config.occupancy.thresholds.almost_full_ratio = args.almost_full_ratio;
     config.public_rate_per_second = args.public_rate;
+    config.driver_rate_per_second = args.driver_rate;
     let platform = Platform::build(config).await?;
     let http = platform.http_addr();
     let (mqtt_host, mqtt_port) = platform.mqtt_addr();

@@ -58,6 +58,8 @@ pub struct PlatformConfig {
     pub occupancy: OccupancyConfig,
     /// Public reads allowed per client address per second.
     pub public_rate_per_second: u32,
+    /// Driver endpoints' requests allowed per client address per second.
+    pub driver_rate_per_second: u32,
     /// Faults the simulated payment provider injects (none by default).
     pub provider_faults: FaultConfig,
     pub charging: ChargingConfig,
@@ -91,6 +93,7 @@ impl PlatformConfig {
             decisions: DecisionConfig::default(),
             occupancy: OccupancyConfig::default(),
             public_rate_per_second: 50,
+            driver_rate_per_second: 20,
             provider_faults: FaultConfig::none(),
             // Unique per process: leases name their holder.
             charging: ChargingConfig::new(format!(
@@ -183,6 +186,7 @@ impl Platform {
             decisions: config.decisions.clone(),
             occupancy: config.occupancy.clone(),
             public_rate_per_second: config.public_rate_per_second,
+            driver_rate_per_second: config.driver_rate_per_second,
             admin_key: config.admin_key.clone(),
         };
         let gateway = Gateway::build(gateway_config, move |db| {

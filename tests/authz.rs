@@ -435,3 +435,42 @@ async fn a_navigation_app_key_earns_a_higher_public_rate() {
     );
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_endpoints_are_rate_limited_per_client() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start_with(setup, &world, |config| {
+        config.driver_rate_per_second = 2;
+    })
+    .await;
+    // Enrolment needs no key: a client enrolling in a loop is slowed down (bad bodies count too).
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let body = json!({"name": "Spam"});
+        statuses.push(
+            send(&platform, None, Method::POST, "/v1/drivers", Some(&body))
+                .await
+                .0,
+        );
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&StatusCode::UNPROCESSABLE_ENTITY),
+        "{statuses:?}"
+    );
+    // Staff endpoints have their own budget (none): the admin is not slowed down by it.
+    let (status, _) = send(
+        &platform,
+        Some(ADMIN_KEY),
+        Method::GET,
+        "/v1/sessions",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    platform.stop().await;
+}

@@ -309,6 +309,7 @@ impl Gateway {
         tracker.spawn(all_connected(links_connected, all_connected_tx));
         tracker.spawn(track_connection(connected_rx.clone(), metrics.clone()));
         let public_limit = http::limit::PublicLimit::per_second(config.public_rate_per_second);
+        let driver_limit = http::limit::PublicLimit::per_second(config.driver_rate_per_second);
         tracker.spawn(forget_idle_clients(public_limit.clone(), token.clone()));
 
         let state = AppState {
@@ -322,6 +323,7 @@ impl Gateway {
             availability,
             occupancy,
             public_limit,
+            driver_limit,
             shutdown: token.clone(),
         };
         let server = axum::serve(

@@ -19,6 +19,8 @@ pub struct GatewayConfig {
     pub occupancy: OccupancyConfig,
     /// Public reads (availability, feeds, tariffs) allowed per client IP address per second.
     pub public_rate_per_second: u32,
+    /// Driver endpoints' requests allowed per client IP address per second.
+    pub driver_rate_per_second: u32,
     /// The platform admin's API key (`Authorization: Bearer …`); admin endpoints are closed without one.
     pub admin_key: Option<String>,
 }

@@ -495,6 +495,7 @@ fn config(
     config.arrears.poll = Duration::from_millis(100);
     // Tests poll public endpoints often; the rate-limit test sets its own limit.
     config.public_rate_per_second = 10_000;
+    config.driver_rate_per_second = 10_000;
     config.occupancy.sweep_interval = Duration::from_millis(250);
     configure(&mut config);
     config

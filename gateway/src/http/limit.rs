@@ -51,7 +51,16 @@ impl PublicLimit {
     }
 }
 
-/// The middleware: checks the client's budget before the handler runs.
+/// The client's address (behind a proxy every client shares the proxy's address; deployments
+/// put the limit there).
+fn address(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+}
+
+/// The middleware of public reads: checks the client's budget before the handler runs.
 pub async fn limit_public(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     // A navigation app's key earns its own, larger budget; any other key (or a bad one) counts
@@ -64,31 +73,38 @@ pub async fn limit_public(State(state): State<AppState>, request: Request, next:
     let limit = &state.public_limit;
     let checked = match app {
         Some(app) => limit.by_app.check_key(&app),
-        None => {
-            // Behind a proxy every client shares the proxy's address; deployments put the
-            // limit there.
-            let client = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-            limit.by_address.check_key(&client)
-        }
+        None => limit.by_address.check_key(&address(&request)),
     };
     match checked {
         Ok(()) => next.run(request).await,
-        Err(not_until) => {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let mut response = ApiError::Status {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                code: "rate_limited",
-                message: "too many requests from this client; slow down".to_owned(),
-            }
-            .into_response();
-            let seconds = (wait.as_secs_f64().ceil() as u64).max(1).to_string();
-            if let Ok(value) = HeaderValue::from_str(&seconds) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            response
-        }
+        Err(not_until) => too_many(&not_until),
     }
+}
+
+/// The middleware of the driver endpoints (enrolment is anonymous): per client address.
+pub async fn limit_drivers(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.driver_limit.by_address.check_key(&address(&request)) {
+        Ok(()) => next.run(request).await,
+        Err(not_until) => too_many(&not_until),
+    }
+}
+
+/// `429 rate_limited` with `Retry-After`.
+fn too_many(not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>) -> Response {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    let mut response = ApiError::Status {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "rate_limited",
+        message: "too many requests from this client; slow down".to_owned(),
+    }
+    .into_response();
+    let seconds = (wait.as_secs_f64().ceil() as u64).max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }

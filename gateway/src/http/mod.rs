@@ -55,8 +55,31 @@ pub struct AppState {
     pub availability: AvailabilityHandle,
     pub occupancy: OccupancyHandle,
     pub public_limit: limit::PublicLimit,
+    /// The driver endpoints' budget, per client address.
+    pub driver_limit: limit::PublicLimit,
     /// Cancelled at shutdown: long-lived responses (the availability stream) end with it.
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Drivers' endpoints and paying a held exit: rate-limited per client address (enrolment and
+/// payment links need no staff key).
+fn driver_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/drivers", post(drivers::enrol))
+        .route("/v1/me", get(drivers::me))
+        .route("/v1/me/plates", post(drivers::add_plate))
+        .route(
+            "/v1/me/plates/{plate}",
+            axum::routing::delete(drivers::remove_plate),
+        )
+        .route("/v1/me/sessions", get(drivers::my_sessions))
+        .route("/v1/me/invoices", get(drivers::my_invoices))
+        .route("/v1/me/invoices/{id}/pay", post(drivers::pay_invoice))
+        .route("/v1/sessions/{id}/pay", post(payments::pay_exit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::limit_drivers,
+        ))
 }
 
 /// The whole API.
@@ -82,7 +105,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/lots/{lot}/recount", post(availability::recount))
         .route("/v1/sessions", get(sessions::list))
         .route("/v1/sessions/{id}", get(sessions::get))
-        .route("/v1/sessions/{id}/pay", post(payments::pay_exit))
         .route("/v1/review", get(sessions::review))
         .route("/v1/settlements", get(billing::list))
         .route("/v1/settlements/run", post(billing::run))
@@ -118,13 +140,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/devices/{id}/rotate", post(devices::rotate))
         .route("/v1/devices/{id}", axum::routing::delete(devices::revoke))
         .route("/v1/keys/{id}", axum::routing::delete(operators::revoke))
-        .route("/v1/drivers", post(drivers::enrol))
-        .route("/v1/me", get(drivers::me))
-        .route("/v1/me/plates", post(drivers::add_plate))
-        .route("/v1/me/plates/{plate}", axum::routing::delete(drivers::remove_plate))
-        .route("/v1/me/sessions", get(drivers::my_sessions))
-        .route("/v1/me/invoices", get(drivers::my_invoices))
-        .route("/v1/me/invoices/{id}/pay", post(drivers::pay_invoice))
+        .merge(driver_routes(&state))
         .fallback(|| async { error::ApiError::NotFound("route") })
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
