@@ -302,13 +302,127 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
         (GateAction::Open, GateReason::Manual)
     );
     let (_, trail) = call(&platform, &own, Method::GET, "/v1/audit", None).await;
-    let entry = &trail[0];
-    assert_eq!(entry["action"], "manual_open");
-    assert_eq!(entry["reason"], "ambulance waiting");
-    assert_eq!(entry["actor_role"], "operator_admin");
-    assert!(entry["actor_key"].is_string() && entry["at"].is_string());
-    assert_eq!(entry["object"], format!("{lot}/in-1"));
+    let audited = &trail[0];
+    assert_eq!(audited["action"], "manual_open");
+    assert_eq!(audited["reason"], "ambulance waiting");
+    assert_eq!(audited["actor_role"], "operator_admin");
+    assert!(audited["actor_key"].is_string() && audited["at"].is_string());
+    assert_eq!(audited["object"], format!("{lot}/in-1"));
     let (_, others) = call(&platform, &other, Method::GET, "/v1/audit", None).await;
     assert_eq!(others, json!([]));
+
+    // The review queue, worked through the API: a car read entering twice (its first stay ends
+    // in review, a missed exit) and an exit without an entry.
+    let twice = "浙K77777";
+    let read = entry.read(twice, Direction::Entry);
+    entry.decide(&read).await;
+    let earlier = entry.read_at(
+        twice,
+        Direction::Entry,
+        chrono::Utc::now() - chrono::Duration::hours(1),
+    );
+    entry.decide(&earlier).await;
+    let read = exit.read("浙J99999", Direction::Exit);
+    assert_eq!(exit.decide(&read).await.reason, GateReason::ReviewLater);
+    let queue = common::eventually(
+        std::time::Duration::from_secs(10),
+        "two review cases",
+        || {
+            let path = format!("/v1/review?lot={lot}");
+            let (platform, own) = (&platform, own.clone());
+            async move {
+                let (_, queue) = call(platform, &own, Method::GET, &path, None).await;
+                (queue.as_array()?.len() == 2).then_some(queue)
+            }
+        },
+    )
+    .await;
+    let case = |kind: &str| {
+        queue
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["kind"] == kind)
+            .unwrap()
+            .clone()
+    };
+    let (missed, stray) = (case("missed_exit"), case("exit_without_entry"));
+    let resolve = |id: &Value| format!("/v1/review/{}/resolve", id.as_str().unwrap());
+    let void = json!({"action": "void_session", "reason": "a test car"});
+    let accept = json!({"action": "accept", "reason": "the car left"});
+    assert_eq!(
+        call(
+            &platform,
+            &other,
+            Method::POST,
+            &resolve(&stray["id"]),
+            Some(accept.clone())
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            &platform,
+            &own,
+            Method::POST,
+            &resolve(&stray["id"]),
+            Some(void.clone())
+        )
+        .await
+        .0,
+        409
+    );
+    let (status, audited) = call(
+        &platform,
+        &own,
+        Method::POST,
+        &resolve(&stray["id"]),
+        Some(accept.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{audited}");
+    assert_eq!(audited["action"], "review_accepted");
+    assert_eq!(
+        call(
+            &platform,
+            &own,
+            Method::POST,
+            &resolve(&stray["id"]),
+            Some(accept)
+        )
+        .await
+        .0,
+        409
+    );
+    let (status, _) = call(
+        &platform,
+        &own,
+        Method::POST,
+        &resolve(&missed["id"]),
+        Some(void),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let session = missed["session_id"].as_str().unwrap();
+    let (_, voided) = call(
+        &platform,
+        &own,
+        Method::GET,
+        &format!("/v1/sessions/{session}"),
+        None,
+    )
+    .await;
+    assert_eq!(voided["status"], "void");
+    let (_, queue) = call(
+        &platform,
+        &own,
+        Method::GET,
+        &format!("/v1/review?lot={lot}"),
+        None,
+    )
+    .await;
+    assert_eq!(queue, json!([]));
     platform.stop().await;
 }

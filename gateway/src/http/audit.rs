@@ -118,3 +118,70 @@ pub async fn entries(
         audit::entries(&state.db, scope.operator(), limit).await?,
     ))
 }
+
+impl From<crate::store::review::ResolveError> for ApiError {
+    fn from(error: crate::store::review::ResolveError) -> Self {
+        use crate::store::review::ResolveError;
+        match error {
+            ResolveError::Resolved => Self::conflict("already_resolved", error.to_string()),
+            ResolveError::SessionNotInReview => {
+                Self::conflict("session_not_in_review", error.to_string())
+            }
+            ResolveError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    action: crate::store::review::Resolution,
+    reason: String,
+}
+
+/// `POST /v1/review/{id}/resolve`: accept the case, or void its session (in review: never priced
+/// nor charged); recorded in the audit trail.
+pub async fn resolve(
+    who: Accountable,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(request): ApiJson<ResolveRequest>,
+) -> Result<Json<AuditEntry>, ApiError> {
+    use crate::store::review;
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(ApiError::bad_request(
+            "invalid_reason",
+            "reason must be 1 to 500 characters",
+        ));
+    }
+    let (lot, session, _) = review::case(&state.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("review case"))?;
+    let operator = LotId::parse(&lot)
+        .ok()
+        .and_then(|lot| {
+            state
+                .registry
+                .snapshot()
+                .lot_by_id(&lot)
+                .map(|l| l.operator_id.clone())
+        })
+        .filter(|operator| who.scope.sees(operator))
+        .ok_or(ApiError::NotFound("review case"))?;
+    let at = Utc::now();
+    review::resolve(&state.db, id, request.action, at).await?;
+    let entry = AuditEntry {
+        id: Uuid::now_v7(),
+        at,
+        actor_role: who.role.to_owned(),
+        actor_key: who.key,
+        operator_id: Some(operator),
+        action: format!("review_{}", request.action.as_str()),
+        object: format!("review/{id}"),
+        reason: reason.to_owned(),
+        details: session.map(|s| serde_json::json!({ "session_id": s }).to_string()),
+    };
+    audit::record(&state.db, &entry).await?;
+    Ok(Json(entry))
+}

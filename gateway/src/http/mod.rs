@@ -123,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/lots/{lot}/gates", post(registry::add_gate))
         .route("/v1/lots/{lot}/gates/{gate}/open", post(audit::manual_open))
         .route("/v1/audit", get(audit::entries))
+        .route("/v1/review/{id}/resolve", post(audit::resolve))
         .route("/v1/reports/settlements.csv", get(reports::settlements))
         .route("/v1/reports/sessions.csv", get(reports::sessions))
         .route("/v1/lots/{lot}/bays", get(availability::bays).post(registry::add_bays))

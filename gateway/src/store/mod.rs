@@ -7,6 +7,7 @@ pub mod drivers;
 pub mod keys;
 pub mod provision;
 pub mod registry;
+pub mod review;
 pub mod sessions;
 pub mod writer;
 
