@@ -311,6 +311,7 @@ impl Gateway {
         let public_limit = http::limit::PublicLimit::per_second(config.public_rate_per_second);
         let driver_limit = http::limit::PublicLimit::per_second(config.driver_rate_per_second);
         tracker.spawn(forget_idle_clients(public_limit.clone(), token.clone()));
+        tracker.spawn(forget_idle_clients(driver_limit.clone(), token.clone()));
 
         let state = AppState {
             db: db.clone(),

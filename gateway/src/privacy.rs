@@ -71,8 +71,8 @@ impl Default for RetentionConfig {
     }
 }
 
-/// Replaces the plates of sessions ended before `cutoff` (and of gate reads and review cases made
-/// before it) with their pseudonyms, at most `batch` plates; returns how many plates it handled.
+/// Replaces the plates of sessions and on-street stays ended before `cutoff` (and of gate reads
+/// and review cases made before it) with their pseudonyms, at most `batch` plates; returns how many plates it handled.
 /// Open sessions keep their plates whatever their age (the car is still inside). Idempotent.
 pub async fn pseudonymise(
     db: &Db,
@@ -86,6 +86,7 @@ pub async fn pseudonymise(
         "SELECT plate FROM sessions WHERE status <> 'open' AND exited_at < $1 AND plate NOT LIKE $2
          UNION SELECT plate FROM gate_reads WHERE observed_at < $1 AND plate NOT LIKE $2
          UNION SELECT plate FROM review_items WHERE created_at < $1 AND plate IS NOT NULL AND plate NOT LIKE $2
+         UNION SELECT plate FROM bay_sessions WHERE ended_at < $1 AND plate IS NOT NULL AND plate NOT LIKE $2
          LIMIT $3",
     )
     .bind(cutoff)
@@ -108,6 +109,12 @@ pub async fn pseudonymise(
             .execute(&mut *tx)
             .await?;
             sqlx::query("UPDATE gate_reads SET plate = $2 WHERE plate = $1 AND observed_at < $3")
+                .bind(plate)
+                .bind(&pseudonym)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE bay_sessions SET plate = $2 WHERE plate = $1 AND ended_at < $3")
                 .bind(plate)
                 .bind(&pseudonym)
                 .bind(cutoff)

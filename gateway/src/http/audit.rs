@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::{Accountable, Staff};
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery, free_text};
 use crate::gate::GateMessage;
 use crate::store::audit::{self, AuditEntry};
 
@@ -40,13 +40,7 @@ pub async fn manual_open(
     ApiPath((lot, gate)): ApiPath<(String, String)>,
     ApiJson(request): ApiJson<OpenRequest>,
 ) -> Result<Json<Opened>, ApiError> {
-    let reason = request.reason.trim();
-    if reason.is_empty() || reason.len() > 500 {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            "reason must be 1 to 500 characters",
-        ));
-    }
+    let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
     let lot = LotId::parse(&lot).map_err(|_| ApiError::NotFound("lot"))?;
     let gate = GateId::parse(&gate).map_err(|_| ApiError::NotFound("gate"))?;
     let operator = {
@@ -87,7 +81,7 @@ pub async fn manual_open(
         operator_id: Some(operator),
         action: "manual_open".into(),
         object: format!("{lot}/{gate}"),
-        reason: reason.to_owned(),
+        reason,
         details: Some(
             serde_json::json!({ "command_id": command.command_id, "event_id": command.event_id })
                 .to_string(),
@@ -148,13 +142,7 @@ pub async fn resolve(
     ApiJson(request): ApiJson<ResolveRequest>,
 ) -> Result<Json<AuditEntry>, ApiError> {
     use crate::store::review;
-    let reason = request.reason.trim();
-    if reason.is_empty() || reason.len() > 500 {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            "reason must be 1 to 500 characters",
-        ));
-    }
+    let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
     let (lot, session, _) = review::case(&state.db, id)
         .await?
         .ok_or(ApiError::NotFound("review case"))?;
@@ -179,7 +167,7 @@ pub async fn resolve(
         operator_id: Some(operator),
         action: format!("review_{}", request.action.as_str()),
         object: format!("review/{id}"),
-        reason: reason.to_owned(),
+        reason,
         details: session.map(|s| serde_json::json!({ "session_id": s }).to_string()),
     };
     audit::record(&state.db, &entry).await?;

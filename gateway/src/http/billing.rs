@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::{Admin, Staff, StaffAdmin};
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery, free_text};
 use super::payments::idempotency_key;
 
 impl From<RefundError> for ApiError {
@@ -119,12 +119,7 @@ pub async fn refund(
     ApiJson(request): ApiJson<RefundRequest>,
 ) -> Result<(StatusCode, Json<RefundResponse>), ApiError> {
     let key = idempotency_key(&headers)?;
-    if request.reason.trim().is_empty() || request.reason.len() > 500 {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            "reason must have 1 to 500 characters",
-        ));
-    }
+    let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
     let amount: Decimal = request
         .amount
         .parse()
@@ -139,10 +134,7 @@ pub async fn refund(
     let minor = money
         .to_minor()
         .map_err(|e| ApiError::bad_request("invalid_amount", e.to_string()))?;
-    let refunded = state
-        .payments
-        .refund(charge, minor, request.reason, key)
-        .await?;
+    let refunded = state.payments.refund(charge, minor, reason, key).await?;
     let amount = parkflow_billing::Money::from_minor(refunded.amount_minor, currency);
     Ok((
         StatusCode::CREATED,

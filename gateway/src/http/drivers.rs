@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::DriverKey;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath, free_text};
 use super::payments::idempotency_key;
 use crate::gate::GateMessage;
 use crate::gate::decide::Standing;
@@ -91,12 +91,13 @@ pub async fn enrol(
             "leave first, pay later needs consent to auto-debit",
         ));
     }
-    if request.name.trim().is_empty() || request.name.len() > 200 {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            "name must have 1 to 200 characters",
-        ));
-    }
+    free_text("invalid_name", "name", &request.name, 200)?;
+    free_text(
+        "invalid_payment_account",
+        "payment_account",
+        &request.payment_account,
+        200,
+    )?;
     if request.payment_account.is_empty() || request.payment_account.len() > 200 {
         return Err(ApiError::bad_request(
             "invalid_payment_account",

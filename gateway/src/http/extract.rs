@@ -51,3 +51,23 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Ap
             .map_err(|e| rejection(e.body_text()))
     }
 }
+
+/// Free text from a client (a name, a reason): trimmed, 1 to `max` characters, no control
+/// characters (PostgreSQL refuses NUL; logs and CSV want none). `field` names it in the error,
+/// whose code is `invalid_{field}`.
+pub fn free_text(
+    code: &'static str,
+    field: &str,
+    value: &str,
+    max: usize,
+) -> Result<String, ApiError> {
+    let text = value.trim();
+    let length = text.chars().count();
+    if length == 0 || length > max || text.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            code,
+            format!("{field} must be 1 to {max} characters, none of them control characters"),
+        ));
+    }
+    Ok(text.to_owned())
+}

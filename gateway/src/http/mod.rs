@@ -150,7 +150,40 @@ pub fn router(state: AppState) -> Router {
             REQUEST_TIMEOUT,
         ))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-            // The path only: a query string may carry a plate.
-            tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+            // The path without its query string, and without the plates some paths carry.
+            tracing::debug_span!("request", method = %request.method(), path = %loggable_path(request.uri().path()))
         }))
+}
+
+/// `path` as a log may show it: the segment after `plates` or `blocks` (a plate) replaced.
+fn loggable_path(path: &str) -> String {
+    let mut out = Vec::new();
+    let mut plate_next = false;
+    for segment in path.split('/') {
+        out.push(if plate_next { "{plate}" } else { segment });
+        plate_next = matches!(segment, "plates" | "blocks");
+    }
+    out.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_path;
+
+    #[test]
+    fn paths_in_logs_never_carry_a_plate() {
+        assert_eq!(
+            loggable_path("/v1/lots/lot-1/blocks/%E6%B5%99A12345"),
+            "/v1/lots/lot-1/blocks/{plate}"
+        );
+        assert_eq!(
+            loggable_path("/v1/me/plates/AB123"),
+            "/v1/me/plates/{plate}"
+        );
+        assert_eq!(loggable_path("/v1/me/plates"), "/v1/me/plates");
+        assert_eq!(
+            loggable_path("/v1/lots/lot-1/availability"),
+            "/v1/lots/lot-1/availability"
+        );
+    }
 }

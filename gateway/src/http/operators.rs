@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::{Admin, Scope, Staff, StaffAdmin};
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath, free_text};
 use crate::store::keys::{self, KeyRole, KeyView, OperatorView};
 
 #[derive(Debug, Deserialize)]
@@ -32,14 +32,8 @@ pub async fn create_operator(
     // Operator ids follow the same grammar as lot ids (SPEC §2).
     parkflow_protocol::LotId::parse(&request.id)
         .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
-    let name = request.name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            "name must be 1 to 200 characters",
-        ));
-    }
-    if !keys::create_operator(&state.db, &request.id, name, Utc::now()).await? {
+    let name = free_text("invalid_name", "name", &request.name, 200)?;
+    if !keys::create_operator(&state.db, &request.id, &name, Utc::now()).await? {
         return Err(ApiError::conflict(
             "operator_exists",
             "an operator with this id exists",

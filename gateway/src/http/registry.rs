@@ -13,17 +13,21 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::{Scope, Staff, StaffAdmin};
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath, free_text};
 use crate::gate::GateMessage;
 use crate::occupancy::OccupancyMessage;
 use crate::registry::{GateDirection, Lot, LotKind};
 use crate::store::keys;
-use crate::store::provision::{BlockPlan, LotPlan, PassPlan, Plan, provision};
+use crate::store::provision::{
+    BlockPlan, LotPlan, PassPlan, Plan, create_lot as create_lot_row, provision,
+};
 
 /// The most bays one request adds.
 const MAX_BAYS_PER_REQUEST: usize = 10_000;
 /// The most bays a lot may have.
 const MAX_CAPACITY: u32 = 1_000_000;
+/// The longest maximum stay a lot may set (a year).
+const MAX_STAY_MINUTES: u32 = 366 * 24 * 60;
 
 /// A lot as its operator sees it.
 #[derive(Debug, Serialize)]
@@ -177,13 +181,7 @@ pub async fn create_lot(
             "a lot with this id exists",
         ));
     }
-    let name = request.name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            "name must be 1 to 200 characters",
-        ));
-    }
+    let name = free_text("invalid_name", "name", &request.name, 200)?;
     let Location { lat, lon } = request.location;
     if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
         return Err(ApiError::bad_request(
@@ -203,25 +201,37 @@ pub async fn create_lot(
             "time_zone must be an IANA zone such as Asia/Shanghai",
         ));
     }
-    let plan = Plan {
-        lots: vec![LotPlan {
-            id: id.clone(),
-            operator_id: operator,
-            name: name.to_owned(),
-            kind: request.kind,
-            lat,
-            lon,
-            capacity: request.capacity,
-            time_zone: request.time_zone,
-            device_auth: request.device_auth.unwrap_or(DeviceAuth::Signed),
-            gates: Vec::new(),
-            bays: Vec::new(),
-            max_stay_minutes: request.max_stay_minutes,
-            tariffs: Vec::new(),
-        }],
-        ..Plan::default()
+    if request
+        .max_stay_minutes
+        .is_some_and(|m| !(1..=MAX_STAY_MINUTES).contains(&m))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_max_stay",
+            format!("max_stay_minutes is 1 to {MAX_STAY_MINUTES}"),
+        ));
+    }
+    let lot = LotPlan {
+        id: id.clone(),
+        operator_id: operator,
+        name,
+        kind: request.kind,
+        lat,
+        lon,
+        capacity: request.capacity,
+        time_zone: request.time_zone,
+        device_auth: request.device_auth.unwrap_or(DeviceAuth::Signed),
+        gates: Vec::new(),
+        bays: Vec::new(),
+        max_stay_minutes: request.max_stay_minutes,
+        tariffs: Vec::new(),
     };
-    apply(&state, &plan).await?;
+    if !create_lot_row(&state.db, &lot, Utc::now()).await? {
+        return Err(ApiError::conflict(
+            "lot_exists",
+            "a lot with this id exists",
+        ));
+    }
+    state.registry.reload(&state.db).await?;
     Ok((StatusCode::CREATED, Json(lot_view(&state, &id)?)))
 }
 
@@ -304,6 +314,14 @@ pub async fn add_tariff(
     parkflow_billing::Tariff::try_from(definition.clone())
         .map_err(|e| ApiError::bad_request("invalid_tariff", e.to_string()))?;
     let before = versions(&state, &lot.id);
+    // Sessions are priced with the version in force at their entry: a version taking effect in
+    // the past would reprice stays already billed. A lot's first version may start any time.
+    if before > 0 && definition.effective_from < Utc::now() {
+        return Err(ApiError::bad_request(
+            "effective_from_in_past",
+            "a new version takes effect from now or later",
+        ));
+    }
     lot.tariffs.push(definition);
     apply(
         &state,
@@ -384,18 +402,12 @@ pub async fn add_block(
     let lot = own_lot(&state, &scope, &lot)?;
     let plate = Plate::parse(&request.plate)
         .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
-    let reason = request.reason.trim();
-    if reason.is_empty() || reason.len() > 500 {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            "reason must be 1 to 500 characters",
-        ));
-    }
+    let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
     let plan = Plan {
         blocks: vec![BlockPlan {
             lot: lot.id,
             plate,
-            reason: reason.to_owned(),
+            reason,
         }],
         ..Plan::default()
     };

@@ -246,3 +246,27 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
     });
     Ok(())
 }
+
+/// Creates a lot that must not exist yet (an operator's new lot): `false` if the id is taken, in
+/// which case nothing changes — another operator's lot is never overwritten.
+pub async fn create_lot(db: &Db, lot: &LotPlan, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let inserted = on_db!(db, pool => sqlx::query(
+        "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(lot.id.as_str())
+    .bind(&lot.operator_id)
+    .bind(&lot.name)
+    .bind(lot.kind.as_str())
+    .bind(lot.lat)
+    .bind(lot.lon)
+    .bind(i64::from(lot.capacity))
+    .bind(&lot.time_zone)
+    .bind(lot.device_auth.as_str())
+    .bind(lot.max_stay_minutes.map(i64::from))
+    .bind(db_time(now))
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())?);
+    Ok(inserted == 1)
+}
