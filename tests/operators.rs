@@ -91,10 +91,18 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     let zero_stay = json!({"id": "lot-zero", "name": "Zero", "kind": "on_street",
         "location": {"lat": 30.0, "lon": 120.0}, "capacity": 10, "time_zone": "Asia/Shanghai",
         "max_stay_minutes": 0});
-    assert_eq!(call(&platform, &own, Method::POST, lots, Some(zero_stay)).await.0, 422);
+    assert_eq!(
+        call(&platform, &own, Method::POST, lots, Some(zero_stay))
+            .await
+            .0,
+        422
+    );
     let nul = json!({"id": "lot-nul", "name": "Bad\u{0}name", "kind": "on_street",
         "location": {"lat": 30.0, "lon": 120.0}, "capacity": 10, "time_zone": "Asia/Shanghai"});
-    assert_eq!(call(&platform, &own, Method::POST, lots, Some(nul)).await.0, 422);
+    assert_eq!(
+        call(&platform, &own, Method::POST, lots, Some(nul)).await.0,
+        422
+    );
     let (_, listed) = call(&platform, &own, Method::GET, lots, None).await;
     assert!(
         listed
@@ -148,14 +156,32 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     );
     // Later versions take effect from now on (a past start would reprice billed stays), once.
     assert_eq!(
-        call(&platform, &own, Method::POST, &tariffs, Some(tariff.clone())).await.0,
+        call(
+            &platform,
+            &own,
+            Method::POST,
+            &tariffs,
+            Some(tariff.clone())
+        )
+        .await
+        .0,
         422,
         "backdated"
     );
     let mut next = tariff.clone();
     next["effective_from"] = json!("2099-01-01T00:00:00Z");
-    assert_eq!(call(&platform, &own, Method::POST, &tariffs, Some(next.clone())).await.0, 201);
-    assert_eq!(call(&platform, &own, Method::POST, &tariffs, Some(next)).await.0, 409);
+    assert_eq!(
+        call(&platform, &own, Method::POST, &tariffs, Some(next.clone()))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        call(&platform, &own, Method::POST, &tariffs, Some(next))
+            .await
+            .0,
+        409
+    );
     let mut overlapping = tariff.clone();
     overlapping["bands"][0]["to"] = json!("22:00");
     overlapping["effective_from"] = json!("2099-02-01T00:00:00Z");
