@@ -332,6 +332,19 @@ async fn refunds_never_exceed_what_was_collected(database: Database) {
     );
     refund(amount - 100, "r3").await.unwrap();
     assert!(refund(1, "r4").await.is_err());
+    // A key belongs to its charge: "r1" sent for another charge is that charge's own refund.
+    let (other,): (Uuid,) = on_db!(&db, pool => sqlx::query_as(
+        "SELECT id FROM charges WHERE status = 'succeeded' AND amount_minor > 100 AND id <> $1 ORDER BY id LIMIT 1"
+    ).bind(charge).fetch_one(pool).await.unwrap());
+    let elsewhere =
+        parkflow_billing::refunds::refund(&db, &provider, other, 50, "test", "r1", Utc::now())
+            .await
+            .unwrap();
+    assert_eq!(elsewhere.amount_minor, 50);
+    let refunded_there: (i64,) = on_db!(&db, pool => sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM refunds WHERE charge_id = $1"
+    ).bind(other).fetch_one(pool).await.unwrap());
+    assert_eq!(refunded_there.0, 50);
     // The money went back through the provider, exactly what was collected.
     let (session,): (Uuid,) = on_db!(&db, pool => sqlx::query_as("SELECT session_id FROM charges WHERE id = $1").bind(charge).fetch_one(pool).await.unwrap());
     assert_eq!(provider.refunded(&idempotency_key(session)), amount);

@@ -67,11 +67,18 @@ const COLLECTED: &str = "SELECT c.lot_id, c.currency, c.provider,
         c.method
      FROM charges c LEFT JOIN invoices i ON i.charge_id = c.id WHERE c.id = $1";
 
-async fn earlier(db: &Db, key: &str) -> Result<Option<Refunded>, RefundError> {
+/// An idempotency key belongs to one charge: the same key sent for another charge is another
+/// refund, never that charge's.
+fn scoped_key(charge: Uuid, key: &str) -> String {
+    format!("{charge}:{key}")
+}
+
+async fn earlier(db: &Db, charge: Uuid, key: &str) -> Result<Option<Refunded>, RefundError> {
     let row: Option<(Uuid, i64, String)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT id, amount_minor, currency FROM refunds WHERE idempotency_key = $1",
+        "SELECT id, amount_minor, currency FROM refunds WHERE idempotency_key = $1 AND charge_id = $2",
     )
-    .bind(key)
+    .bind(scoped_key(charge, key))
+    .bind(charge)
     .fetch_optional(pool)
     .await?);
     Ok(row.map(|(refund_id, amount_minor, currency)| Refunded {
@@ -94,7 +101,7 @@ pub async fn refund<P: PaymentProvider>(
     if amount_minor <= 0 {
         return Err(RefundError::NotPositive);
     }
-    if let Some(refunded) = earlier(db, key).await? {
+    if let Some(refunded) = earlier(db, charge, key).await? {
         return Ok(refunded);
     }
     let collected: Option<Collected> =
@@ -145,7 +152,7 @@ pub async fn refund<P: PaymentProvider>(
         )
         .bind(id)
         .bind(charge)
-        .bind(key)
+        .bind(scoped_key(charge, key))
         .bind(amount_minor)
         .bind(&currency)
         .bind(reason)
@@ -156,7 +163,7 @@ pub async fn refund<P: PaymentProvider>(
         if inserted == 0 {
             // The same key, concurrently: that refund stands (the provider refunded once).
             tx.rollback().await?;
-            return earlier(db, key).await?.ok_or(RefundError::Pending);
+            return earlier(db, charge, key).await?.ok_or(RefundError::Pending);
         }
         insert_entries!(tx, &[Entry::refund(id, &lot, &provider_name, amount_minor, &currency, now)])?;
         tx.commit().await?;
