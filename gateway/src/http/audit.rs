@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use parkflow_protocol::{GateId, LotId};
+use parkflow_protocol::GateId;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -41,18 +41,14 @@ pub async fn manual_open(
     ApiJson(request): ApiJson<OpenRequest>,
 ) -> Result<Json<Opened>, ApiError> {
     let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
-    let lot = LotId::parse(&lot).map_err(|_| ApiError::NotFound("lot"))?;
     let gate = GateId::parse(&gate).map_err(|_| ApiError::NotFound("gate"))?;
-    let operator = {
+    let (lot, operator) = {
         let registry = state.registry.snapshot();
-        let found = registry
-            .lot_by_id(&lot)
-            .filter(|l| who.scope.sees(&l.operator_id))
-            .ok_or(ApiError::NotFound("lot"))?;
+        let found = who.scope.lot(&registry, &lot)?;
         registry
             .gate(found.idx, &gate)
             .ok_or(ApiError::NotFound("gate"))?;
-        found.operator_id.clone()
+        (found.id.clone(), found.operator_id.clone())
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
     let at = Utc::now();
@@ -146,17 +142,12 @@ pub async fn resolve(
     let (lot, session, _) = review::case(&state.db, id)
         .await?
         .ok_or(ApiError::NotFound("review case"))?;
-    let operator = LotId::parse(&lot)
-        .ok()
-        .and_then(|lot| {
-            state
-                .registry
-                .snapshot()
-                .lot_by_id(&lot)
-                .map(|l| l.operator_id.clone())
-        })
-        .filter(|operator| who.scope.sees(operator))
-        .ok_or(ApiError::NotFound("review case"))?;
+    let operator = who
+        .scope
+        .lot(&state.registry.snapshot(), &lot)
+        .map_err(|_| ApiError::NotFound("review case"))?
+        .operator_id
+        .clone();
     let at = Utc::now();
     review::resolve(&state.db, id, request.action, at).await?;
     let entry = AuditEntry {

@@ -16,8 +16,11 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use uuid::Uuid;
 
+use parkflow_protocol::LotId;
+
 use super::AppState;
 use super::error::ApiError;
+use crate::registry::{Lot, Registry};
 
 /// A caller resolved from their key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +52,16 @@ impl Scope {
     pub fn sees(&self, operator: &str) -> bool {
         self.operator().is_none_or(|own| own == operator)
     }
+
+    /// The lot `raw` names, if this scope sees it: an unknown lot and another operator's answer
+    /// the same 404.
+    pub fn lot<'r>(&self, registry: &'r Registry, raw: &str) -> Result<&'r Lot, ApiError> {
+        LotId::parse(raw)
+            .ok()
+            .and_then(|id| registry.lot_by_id(&id))
+            .filter(|lot| self.sees(&lot.operator_id))
+            .ok_or(ApiError::NotFound("lot"))
+    }
 }
 
 /// The key presented, if any.
@@ -66,33 +79,41 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Resolves the caller from the request's key; `None` without a valid key.
-pub async fn caller(parts: &Parts, state: &AppState) -> Result<Option<Caller>, ApiError> {
+/// Resolves the caller from the request's key, with the id of the `api_keys` row it matched
+/// (`None` for the configured platform admin key); `None` without a valid key.
+async fn identify(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<Option<(Caller, Option<Uuid>)>, ApiError> {
     let Some(key) = bearer(parts) else {
         return Ok(None);
     };
     if let Some(admin) = state.admin_key.as_deref()
         && constant_time_eq(key.as_bytes(), admin.as_bytes())
     {
-        return Ok(Some(Caller::PlatformAdmin));
+        return Ok(Some((Caller::PlatformAdmin, None)));
     }
     let Some(principal) = crate::store::keys::principal(&state.db, key).await? else {
         return Ok(None);
     };
-    Ok(
-        match (
-            principal.role.as_str(),
-            principal.operator_id,
-            principal.driver_id,
-        ) {
-            ("platform_admin", _, _) => Some(Caller::PlatformAdmin),
-            ("operator_admin", Some(operator), _) => Some(Caller::OperatorAdmin(operator)),
-            ("operator_viewer", Some(operator), _) => Some(Caller::OperatorViewer(operator)),
-            ("driver", _, Some(driver)) => Some(Caller::Driver(driver)),
-            ("navigation_app", _, _) => Some(Caller::NavigationApp),
-            _ => None,
-        },
-    )
+    let caller = match (
+        principal.role.as_str(),
+        principal.operator_id,
+        principal.driver_id,
+    ) {
+        ("platform_admin", _, _) => Caller::PlatformAdmin,
+        ("operator_admin", Some(operator), _) => Caller::OperatorAdmin(operator),
+        ("operator_viewer", Some(operator), _) => Caller::OperatorViewer(operator),
+        ("driver", _, Some(driver)) => Caller::Driver(driver),
+        ("navigation_app", _, _) => Caller::NavigationApp,
+        _ => return Ok(None),
+    };
+    Ok(Some((caller, Some(principal.id))))
+}
+
+/// Resolves the caller from the request's key; `None` without a valid key.
+pub async fn caller(parts: &Parts, state: &AppState) -> Result<Option<Caller>, ApiError> {
+    Ok(identify(parts, state).await?.map(|(caller, _)| caller))
 }
 
 async fn require(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
@@ -158,13 +179,10 @@ impl FromRequestParts<AppState> for Accountable {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = match bearer(parts) {
-            Some(key) => crate::store::keys::principal(&state.db, key)
-                .await?
-                .map(|p| p.id),
-            None => None,
-        };
-        match require(parts, state).await? {
+        let (caller, key) = identify(parts, state)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        match caller {
             Caller::PlatformAdmin => Ok(Self {
                 scope: Scope::All,
                 role: "platform_admin",

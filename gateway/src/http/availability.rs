@@ -218,10 +218,7 @@ pub async fn bays(
     ApiPath(lot): ApiPath<String>,
 ) -> Result<Json<Vec<crate::occupancy::BayView>>, ApiError> {
     let registry = state.registry.snapshot();
-    let lot = lot_of(&registry, &lot)?;
-    if !scope.sees(&lot.operator_id) {
-        return Err(ApiError::NotFound("lot"));
-    }
+    let lot = scope.lot(&registry, &lot)?;
     let (reply, answer) = oneshot::channel();
     state
         .occupancy
@@ -258,10 +255,7 @@ pub async fn recount(
     ApiJson(request): ApiJson<RecountRequest>,
 ) -> Result<Json<RecountResponse>, ApiError> {
     let registry = state.registry.snapshot();
-    let lot = lot_of(&registry, &lot)?;
-    if !scope.sees(&lot.operator_id) {
-        return Err(ApiError::NotFound("lot"));
-    }
+    let lot = scope.lot(&registry, &lot)?;
     if registry.has_bay_sensors(lot.idx) {
         return Err(ApiError::bad_request(
             "lot_has_bay_sensors",

@@ -52,12 +52,7 @@ pub struct Credentials {
 
 /// The lot `raw` names, if the caller's scope sees it.
 fn own_lot(state: &AppState, scope: &Scope, raw: &str) -> Result<LotId, ApiError> {
-    let lot = LotId::parse(raw).map_err(|_| ApiError::NotFound("lot"))?;
-    let registry = state.registry.snapshot();
-    match registry.lot_by_id(&lot) {
-        Some(found) if scope.sees(&found.operator_id) => Ok(lot),
-        _ => Err(ApiError::NotFound("lot")),
-    }
+    Ok(scope.lot(&state.registry.snapshot(), raw)?.id.clone())
 }
 
 /// The device `raw` names, if its lot is the caller's.

@@ -93,12 +93,7 @@ fn plan_of(lot: &Lot) -> LotPlan {
 
 /// The lot `raw` names, if the caller's scope sees it (another operator's answers 404).
 fn own_lot(state: &AppState, scope: &Scope, raw: &str) -> Result<LotPlan, ApiError> {
-    let id = LotId::parse(raw).map_err(|_| ApiError::NotFound("lot"))?;
-    let registry = state.registry.snapshot();
-    match registry.lot_by_id(&id) {
-        Some(lot) if scope.sees(&lot.operator_id) => Ok(plan_of(lot)),
-        _ => Err(ApiError::NotFound("lot")),
-    }
+    Ok(plan_of(scope.lot(&state.registry.snapshot(), raw)?))
 }
 
 /// Applies `plan`, then reloads what depends on it.
