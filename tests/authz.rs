@@ -48,6 +48,14 @@ async fn send(
     }
     let response = request.send().await.unwrap();
     let status = response.status();
+    // The availability stream never ends: its status is the answer.
+    if response
+        .headers()
+        .get("content-type")
+        .is_some_and(|t| t == "text/event-stream")
+    {
+        return (status, Value::Null);
+    }
     let body = response.json().await.unwrap_or(Value::Null);
     (status, body)
 }
@@ -157,6 +165,11 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
     let refund = json!({"amount": "1.00", "reason": "matrix"});
     let new_viewer = json!({"role": "operator_viewer", "operator_id": "op-test"});
     let recount = json!({"occupied": 1});
+    let bad_lot = json!({"id": "lot-matrix", "name": "Matrix", "kind": "off_street",
+        "location": {"lat": 30.0, "lon": 120.0}, "capacity": 10, "time_zone": "Mars/Olympus"});
+    let tariff = json!({"currency": "CNY", "time_zone": "Asia/Shanghai", "grace_minutes": 0, "unit_minutes": 60,
+        "bands": [{"from": "00:00", "to": "00:00", "unit_price": "2.00"}], "effective_from": "2030-01-01T00:00:00Z"});
+    let pass = json!({"plate": "浙P12345", "valid_from": "2026-01-01T00:00:00Z", "valid_until": "2027-01-01T00:00:00Z"});
 
     // Expected status per caller, in ROLES order.
     #[rustfmt::skip]
@@ -188,6 +201,31 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (Method::GET, "/v1/me/invoices".into(), None, [401, 401, 403, 403, 403, 403, 200, 403]),
         (Method::GET, format!("/v1/lots/{lot}/availability"), None, [200; 8]),
         (Method::GET, format!("/v1/lots/{lot}/tariff"), None, [200; 8]),
+        (Method::GET, format!("/v1/lots/{lot}/quote?entered_at=2026-03-02T08:00:00Z&exited_at=2026-03-02T09:00:00Z"), None, [200; 8]),
+        (Method::GET, "/v1/lots?near=30.25,120.15".into(), None, [200; 8]),
+        (Method::GET, "/v1/availability/stream".into(), None, [200; 8]),
+        (Method::GET, "/v1/feeds/fiware".into(), None, [200; 8]),
+        (Method::GET, "/v1/feeds/datex2".into(), None, [200; 8]),
+        (Method::GET, "/healthz".into(), None, [200; 8]),
+        (Method::GET, "/readyz".into(), None, [200; 8]),
+        (Method::GET, "/metrics".into(), None, [200; 8]),
+        (Method::GET, "/v1/openapi.json".into(), None, [200; 8]),
+        (Method::POST, "/v1/operators".into(), Some(json!({"id": "op-matrix", "name": "Matrix"})), [401, 401, 201, 403, 403, 403, 403, 403]),
+        (Method::DELETE, format!("/v1/keys/{unknown}"), None, [401, 401, 404, 404, 403, 404, 403, 403]),
+        (Method::POST, "/v1/operators/op-test/lots".into(), Some(bad_lot), [401, 401, 422, 422, 403, 404, 403, 403]),
+        (Method::POST, format!("/v1/lots/{lot}/gates"), Some(json!({"id": "in-9", "direction": "entry"})), [401, 401, 201, 201, 403, 404, 403, 403]),
+        (Method::POST, format!("/v1/lots/{lot}/bays"), Some(json!({"bays": ["b-matrix"]})), [401, 401, 201, 201, 403, 404, 403, 403]),
+        (Method::POST, format!("/v1/lots/{lot}/tariffs"), Some(tariff), [401, 401, 201, 409, 403, 404, 403, 403]),
+        (Method::POST, format!("/v1/lots/{lot}/passes"), Some(pass), [401, 401, 201, 201, 403, 404, 403, 403]),
+        (Method::DELETE, format!("/v1/lots/{lot}/blocks/浙H12345"), None, [401, 401, 204, 204, 403, 404, 403, 403]),
+        (Method::POST, format!("/v1/lots/{lot}/devices"), Some(json!({"id": "cam-matrix", "kind": "gate_camera"})), [401, 401, 422, 422, 403, 404, 403, 403]),
+        (Method::DELETE, "/v1/devices/cam-unknown".into(), None, [401, 401, 404, 404, 403, 404, 403, 403]),
+        (Method::POST, format!("/v1/review/{unknown}/resolve"), Some(json!({"action": "accept", "reason": "matrix"})), [401, 401, 404, 404, 403, 404, 403, 403]),
+        (Method::POST, "/v1/drivers".into(), Some(json!({"name": "No consent", "plates": [], "payment_account": "acct-x", "auto_debit_consent": false})), [422; 8]),
+        (Method::POST, "/v1/me/plates".into(), Some(json!({"plate": "浙K22222"})), [401, 401, 403, 403, 403, 403, 201, 403]),
+        (Method::DELETE, "/v1/me/plates/浙K22222".into(), None, [401, 401, 403, 403, 403, 403, 204, 403]),
+        (Method::POST, format!("/v1/me/invoices/{unknown}/pay"), Some(json!({})), [401, 401, 403, 403, 403, 403, 404, 403]),
+        (Method::POST, format!("/v1/sessions/{unknown}/pay"), Some(json!({"payment_account": "acct-x"})), [404; 8]),
     ];
     let mut wrong = Vec::new();
     for (method, path, body, expected) in &rows {
@@ -209,6 +247,22 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // The matrix covers every operation of the OpenAPI document (so every endpoint: the router
+    // and the document are built together).
+    let (_, document) = send(&platform, None, Method::GET, "/v1/openapi.json", None).await;
+    let mut uncovered = Vec::new();
+    for (template, operations) in document["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            let covered = rows.iter().any(|(m, path, _, _)| {
+                m.as_str().eq_ignore_ascii_case(method) && matches_template(template, path)
+            });
+            if !covered {
+                uncovered.push(format!("{method} {template}"));
+            }
+        }
+    }
+    assert!(uncovered.is_empty(), "not in the matrix: {uncovered:?}");
 
     // Listings show each operator only its own.
     let listed = |key: &str| {
@@ -473,4 +527,14 @@ async fn driver_endpoints_are_rate_limited_per_client() {
     .await;
     assert_eq!(status, StatusCode::OK);
     platform.stop().await;
+}
+
+/// Whether a concrete path (its query aside) is an instance of an OpenAPI path template.
+fn matches_template(template: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or_default();
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| t == p || (t.starts_with('{') && t.ends_with('}')))
 }

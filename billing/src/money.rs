@@ -38,8 +38,11 @@ pub enum MoneyError {
 
 /// An amount of one currency. Invariant: the amount never has more decimals than the currency's
 /// minor unit, so it always converts exactly to minor units and prints with exactly its digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, utoipa::ToSchema)]
+#[schema(example = json!({"amount": "11.00", "currency": "CNY"}))]
 pub struct Money {
+    /// A decimal string in the currency's major unit, with its minor digits.
+    #[schema(value_type = String, example = "11.00")]
     amount: Decimal,
     currency: Currency,
 }

@@ -14,7 +14,7 @@ use crate::charging::idempotency_key;
 use crate::provider::{PaymentProvider, RecordStatus};
 
 /// One lot's day.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Settlement {
     pub operator_id: String,
     pub lot_id: String,
@@ -101,7 +101,7 @@ pub async fn stored(
 }
 
 /// A difference between the platform's records and the provider's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Mismatch {
     /// The provider moved money the platform has not recorded as collected.

@@ -58,6 +58,7 @@ pub struct BayPlateRead {
 }
 
 /// Which way a car passes a gate.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
@@ -238,6 +239,7 @@ impl BridgeBatch {
 
 /// How full a lot is, in the FIWARE vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum LotStatus {
     SpacesAvailable,

@@ -26,6 +26,11 @@ pub enum PlateError {
 
 /// A normalised, valid plate. Personal data: never log it (see `gateway::privacy`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, example = "浙A12345")
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Plate(String);
 
@@ -116,6 +121,7 @@ impl fmt::Debug for Plate {
 
 /// The colour of a plate, which classes the vehicle (green: new energy, yellow: large vehicle …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PlateColor {
     Blue,

@@ -144,6 +144,7 @@ impl<'a> Jws<'a> {
 
 /// How a lot's devices prove who they are (SPEC §2, per lot `device_auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceAuth {
     /// Only messages signed by the registered device are accepted (the default).

@@ -8,7 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::MoneyError;
 
 /// An ISO 4217 currency code such as `CNY`: three uppercase ASCII letters, checked on construction.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
+#[schema(value_type = String, example = "CNY", pattern = "^[A-Z]{3}$")]
 pub struct Currency([u8; 3]);
 
 impl Currency {

@@ -15,8 +15,15 @@ use crate::money::{Currency, decimal_string};
 
 /// One lot's tariff version, field for field the JSON of SPEC §4. Prices are decimal strings in
 /// the currency's major unit; a JSON number where a price belongs is refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "currency": "CNY", "time_zone": "Asia/Shanghai", "grace_minutes": 15, "unit_minutes": 30,
+    "bands": [{"from": "07:00", "to": "21:00", "unit_price": "3.00", "first_unit_price": "5.00"},
+              {"from": "21:00", "to": "07:00", "unit_price": "1.00", "cap": "5.00"}],
+    "daily_cap": "40.00", "free_days": ["2026-10-01"], "plate_color_multipliers": {"green": "0.5"},
+    "effective_from": "2026-01-01T00:00:00Z"
+}))]
 pub struct TariffDefinition {
     pub currency: Currency,
     /// IANA name of the lot's time zone, e.g. `Asia/Shanghai`: bands, free days and the daily cap
@@ -51,7 +58,7 @@ pub struct TariffDefinition {
 
 /// A price band: the local times `[from, to)` of every day, wrapping midnight when `to <= from`
 /// (`"00:00"` to `"00:00"` is the whole day).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Band {
     pub from: TimeOfDay,

@@ -12,7 +12,8 @@ use super::TariffError;
 pub(crate) const MINUTES_PER_DAY: u16 = 24 * 60;
 
 /// A time of day, `"HH:MM"` on the wire; stored as minutes since midnight (`0..1440`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
+#[schema(value_type = String, example = "07:00", pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 pub struct TimeOfDay(u16);
 
 impl TimeOfDay {

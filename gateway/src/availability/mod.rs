@@ -102,7 +102,7 @@ pub struct Board {
 }
 
 /// The body of `GET /v1/lots/{lot}/availability`, of each `near` result and of each SSE event.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct LotAvailabilityView {
     pub lot: String,
     pub name: String,

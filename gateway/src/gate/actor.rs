@@ -20,6 +20,7 @@ use crate::mqtt::publish::CommandPublisher;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
 use crate::privacy::PlateKey;
 use crate::registry::{GateDirection, Lot, Registry, RegistryHandle};
+use crate::session::OpenSession;
 use crate::store::writer::{Batch, GateReadRecord, Write, WriterHandle};
 use crate::store::{Db, StoreError, sessions};
 
@@ -157,6 +158,14 @@ impl GateActor {
                 } => {
                     let _ = reply.send(self.manual_open(&lot, &gate, at));
                 }
+                GateMessage::TakeOpen {
+                    lot,
+                    session,
+                    reply,
+                } => {
+                    let _ = reply.send(self.take_open(&lot, session));
+                }
+                GateMessage::Restore(session) => self.restore(session),
                 GateMessage::Reload { now } => {
                     if let Err(error) = load_facts(&self.db, &mut self.state, now).await {
                         tracing::error!(error = %error, "failed to reload drivers, passes and blocks");
@@ -397,6 +406,26 @@ impl GateActor {
                 action: command.action.as_str(),
             })
             .inc();
+    }
+
+    fn take_open(&mut self, lot: &LotId, session: Uuid) -> Option<OpenSession> {
+        let open = &mut self.state.lots.get_mut(lot)?.open;
+        let plate = open.iter().find(|(_, s)| s.id == session)?.0.clone();
+        let taken = open.remove(&plate);
+        self.report_open(&self.registry.snapshot(), lot);
+        taken
+    }
+
+    fn restore(&mut self, session: OpenSession) {
+        let lot = session.lot.clone();
+        self.state
+            .lots
+            .entry(lot.clone())
+            .or_default()
+            .open
+            .entry(session.plate.clone())
+            .or_insert(session);
+        self.report_open(&self.registry.snapshot(), &lot);
     }
 
     fn manual_open(

@@ -75,6 +75,15 @@ pub enum GateMessage {
         at: DateTime<Utc>,
         reply: tokio::sync::oneshot::Sender<Result<parkflow_protocol::GateCommand, String>>,
     },
+    /// An operator's correction ends an open session: no read may end it from now on. Answers
+    /// with the session, or `None` when it is not open (a read ended it first).
+    TakeOpen {
+        lot: LotId,
+        session: uuid::Uuid,
+        reply: tokio::sync::oneshot::Sender<Option<crate::session::OpenSession>>,
+    },
+    /// The correction that took this session failed: it is open again.
+    Restore(crate::session::OpenSession),
 }
 
 /// Sends work to the gate actor.

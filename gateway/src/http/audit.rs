@@ -1,32 +1,34 @@
 //! Actions that leave an audit trail, and the trail itself: an operator opening a barrier by hand
-//! (a signed `open`, reason `manual`), recorded with who, when and why.
+//! (a signed `open`, reason `manual`) and resolving review cases (accept, void, edit plate, merge,
+//! split), each recorded with who, when and why.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::Utc;
-use parkflow_protocol::GateId;
+use chrono::{DateTime, Utc};
+use parkflow_protocol::{GateId, Plate, PlateColor};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
 use super::auth::{Accountable, Staff};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, free_text};
 use crate::gate::GateMessage;
 use crate::store::audit::{self, AuditEntry};
+use crate::store::review::{self, Correction, Resolution};
 
 /// The most entries one listing returns.
 const MAX_LIMIT: u32 = 1_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenRequest {
     /// Why the barrier is opened by hand (kept in the audit trail).
     reason: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Opened {
     command_id: Uuid,
     event_id: String,
@@ -34,6 +36,20 @@ pub struct Opened {
 }
 
 /// `POST /v1/lots/{lot}/gates/{gate}/open`
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/gates/{gate}/open", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id"), ("gate" = String, Path, description = "Gate id")),
+    request_body = OpenRequest,
+    responses(
+        (status = 200, description = "The signed open command was published; the audit trail has who, when and why", body = Opened),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot or gate (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 503, description = "The gate actor did not answer", body = ErrorBody),
+    ),
+)]
 pub async fn manual_open(
     who: Accountable,
     State(state): State<AppState>,
@@ -91,13 +107,25 @@ pub async fn manual_open(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     limit: Option<u32>,
 }
 
 /// `GET /v1/audit`: the newest entries of the caller's operator (every operator's for the
 /// platform admin).
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "sessions",
+    security(("api_key" = [])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Audit entries, newest first", body = [AuditEntry]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn entries(
     Staff(scope): Staff,
     State(state): State<AppState>,
@@ -117,49 +145,167 @@ impl From<crate::store::review::ResolveError> for ApiError {
             ResolveError::SessionNotInReview => {
                 Self::conflict("session_not_in_review", error.to_string())
             }
+            ResolveError::NoExit => Self::conflict("session_has_no_exit", error.to_string()),
+            ResolveError::NotMergeable => Self::conflict("not_mergeable", error.to_string()),
+            ResolveError::OutsideStay => Self::bad_request("outside_stay", error.to_string()),
+            ResolveError::Unpriced => Self::conflict("unpriced", error.to_string()),
             ResolveError::Store(e) => Self::Store(e),
         }
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// How an operator resolves a review case, and why.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"action": "edit_plate", "plate": "浙A12345", "reason": "plate read from the lane photo"}))]
 pub struct ResolveRequest {
-    action: crate::store::review::Resolution,
+    action: Resolution,
+    /// Why (kept in the audit trail).
     reason: String,
+    /// `edit_plate`: the stay's plate.
+    #[serde(default)]
+    plate: Option<String>,
+    /// `edit_plate`: its colour, when known.
+    #[serde(default)]
+    plate_color: Option<PlateColor>,
+    /// `merge`: the session whose entry the case's exit ends (open or in review, same lot).
+    #[serde(default)]
+    with_session: Option<Uuid>,
+    /// `split`: where the first stay ends and the second begins.
+    #[serde(default)]
+    at: Option<DateTime<Utc>>,
 }
 
-/// `POST /v1/review/{id}/resolve`: accept the case, or void its session (in review: never priced
-/// nor charged); recorded in the audit trail.
+impl ResolveRequest {
+    fn correction(&self) -> Result<Correction, ApiError> {
+        let missing = |field: &str| {
+            ApiError::bad_request(
+                "missing_field",
+                format!("{} needs `{field}`", self.action.as_str()),
+            )
+        };
+        let unexpected = self.plate.is_some() as u8
+            + self.plate_color.is_some() as u8
+            + self.with_session.is_some() as u8
+            + self.at.is_some() as u8;
+        let correction = match self.action {
+            Resolution::Accept => Correction::Accept,
+            Resolution::VoidSession => Correction::VoidSession,
+            Resolution::EditPlate => Correction::EditPlate {
+                plate: Plate::parse(self.plate.as_deref().ok_or_else(|| missing("plate"))?)
+                    .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?,
+                plate_color: self.plate_color,
+            },
+            Resolution::Merge => Correction::Merge {
+                with_session: self.with_session.ok_or_else(|| missing("with_session"))?,
+            },
+            Resolution::Split => Correction::Split {
+                at: self.at.ok_or_else(|| missing("at"))?,
+            },
+        };
+        let expected = match correction {
+            Correction::Accept | Correction::VoidSession => 0,
+            Correction::EditPlate { plate_color, .. } => 1 + plate_color.is_some() as u8,
+            Correction::Merge { .. } | Correction::Split { .. } => 1,
+        };
+        if unexpected != expected {
+            return Err(ApiError::bad_request(
+                "unexpected_field",
+                format!(
+                    "{} takes only its own fields (edit_plate: plate, plate_color; merge: with_session; split: at)",
+                    self.action.as_str()
+                ),
+            ));
+        }
+        Ok(correction)
+    }
+}
+
+/// `POST /v1/review/{id}/resolve`: accept the case, void its session, give its stay the right
+/// plate, merge it with the session whose entry it ends, or split it in two (the case's session
+/// is in review: never priced nor charged; a stay a correction closes is priced and billed once);
+/// recorded in the audit trail.
+#[utoipa::path(
+    post, path = "/v1/review/{id}/resolve", tag = "sessions",
+    security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Review case id")),
+    request_body = ResolveRequest,
+    responses(
+        (status = 200, description = "Resolved; the audit entry written", body = AuditEntry),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such review case (or not this caller's)", body = ErrorBody),
+        (status = 409, description = "Resolved already, or the sessions are not in a state this correction applies to", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn resolve(
     who: Accountable,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(request): ApiJson<ResolveRequest>,
 ) -> Result<Json<AuditEntry>, ApiError> {
-    use crate::store::review;
     let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
+    let correction = request.correction()?;
     let (lot, session, _) = review::case(&state.db, id)
         .await?
         .ok_or(ApiError::NotFound("review case"))?;
-    let operator = who
+    let registry = state.registry.snapshot();
+    let lot = who
         .scope
-        .lot(&state.registry.snapshot(), &lot)
-        .map_err(|_| ApiError::NotFound("review case"))?
-        .operator_id
-        .clone();
+        .lot(&registry, &lot)
+        .map_err(|_| ApiError::NotFound("review case"))?;
+    // An open session merged with an exit leaves the gate actor first, so that no read ends it
+    // meanwhile; should the correction fail, it is open again.
+    let mut taken = None;
+    if let Correction::Merge { with_session } = correction {
+        let entry = review::stay(&state.db, with_session).await?;
+        if entry.is_some_and(|e| e.status == "open" && e.lot_id == lot.id.as_str()) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            state
+                .gates
+                .send(GateMessage::TakeOpen {
+                    lot: lot.id.clone(),
+                    session: with_session,
+                    reply,
+                })
+                .await;
+            taken = Some(
+                answer
+                    .await
+                    .map_err(|_| ApiError::Unavailable)?
+                    .ok_or_else(|| {
+                        ApiError::conflict("session_not_open", "with_session has just ended")
+                    })?,
+            );
+        }
+    }
     let at = Utc::now();
-    review::resolve(&state.db, id, request.action, at).await?;
+    let created = match review::resolve(&state.db, id, lot, &correction, at).await {
+        Ok(created) => created,
+        Err(error) => {
+            if let Some(session) = taken {
+                state.gates.send(GateMessage::Restore(session)).await;
+            }
+            return Err(error.into());
+        }
+    };
+    let details = serde_json::json!({
+        "session_id": session,
+        "with_session": match correction { Correction::Merge { with_session } => Some(with_session), _ => None },
+        "new_session": created,
+        "at": match correction { Correction::Split { at } => Some(at), _ => None },
+    });
     let entry = AuditEntry {
         id: Uuid::now_v7(),
         at,
         actor_role: who.role.to_owned(),
         actor_key: who.key,
-        operator_id: Some(operator),
+        operator_id: Some(lot.operator_id.clone()),
         action: format!("review_{}", request.action.as_str()),
         object: format!("review/{id}"),
         reason,
-        details: session.map(|s| serde_json::json!({ "session_id": s }).to_string()),
+        details: Some(details.to_string()),
     };
     audit::record(&state.db, &entry).await?;
     Ok(Json(entry))

@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::AppState;
 use super::auth::{Staff, StaffAdmin};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::availability::feeds::{self, FeedLot};
 use crate::availability::{Board, LotAvailabilityView};
@@ -42,6 +42,15 @@ fn json(body: Bytes) -> Response {
 }
 
 /// `GET /v1/lots/{lot}/availability` (the body rendered when the lot last changed).
+#[utoipa::path(
+    get, path = "/v1/lots/{lot}/availability", tag = "public",
+    params(("lot" = String, Path, description = "Lot id")),
+    responses(
+        (status = 200, description = "The lot's live counts", body = LotAvailabilityView),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn one(
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -55,7 +64,8 @@ pub async fn one(
     Ok(json(availability.json.clone()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct NearQuery {
     /// `lat,lon` in degrees.
     near: String,
@@ -70,6 +80,15 @@ fn parse_point(near: &str) -> Option<(f64, f64)> {
 }
 
 /// `GET /v1/lots?near={lat},{lon}&radius_m={m}&limit={n}`: nearest first.
+#[utoipa::path(
+    get, path = "/v1/lots", tag = "public",
+    params(NearQuery),
+    responses(
+        (status = 200, description = "Lots within the radius, nearest first; each is a lot's availability with its `distance_m` first", body = [LotAvailabilityView]),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn near(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<NearQuery>,
@@ -116,6 +135,13 @@ pub async fn near(
 /// `GET /v1/availability/stream`: one `availability` event per lot change, as server-sent events.
 /// A client that falls more than the stream buffer behind is disconnected (it reconnects and
 /// reads the current state with `GET /v1/lots/{lot}/availability`).
+#[utoipa::path(
+    get, path = "/v1/availability/stream", tag = "public",
+    responses(
+        (status = 200, description = "Server-sent events: one `availability` event (a lot's availability as JSON) per lot change", content_type = "text/event-stream", body = String),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn stream(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -185,6 +211,13 @@ fn status_word(status: parkflow_protocol::LotStatus) -> &'static str {
 }
 
 /// `GET /v1/feeds/fiware`: NGSI-LD key-values entities (`application/ld+json`: each carries its `@context`).
+#[utoipa::path(
+    get, path = "/v1/feeds/fiware", tag = "public",
+    responses(
+        (status = 200, description = "NGSI-LD key-values OffStreetParking / OnStreetParking entities (FIWARE dataModel.Parking)", content_type = "application/ld+json", body = Vec<serde_json::Value>),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn fiware(State(state): State<AppState>) -> Response {
     let board = state.availability.board();
     let body = feeds::fiware(&feed_lots(&board.registry, &board));
@@ -196,6 +229,13 @@ pub async fn fiware(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /v1/feeds/datex2`: a DATEX II v3 parking status publication.
+#[utoipa::path(
+    get, path = "/v1/feeds/datex2", tag = "public",
+    responses(
+        (status = 200, description = "DATEX II v3 parking status publication", content_type = "application/xml", body = String),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError> {
     let board = state.availability.board();
     let xml = feeds::datex2(&feed_lots(&board.registry, &board), Utc::now()).map_err(|error| {
@@ -212,6 +252,17 @@ pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError>
 
 /// `GET /v1/lots/{lot}/bays`: every bay of a lot with its sensor's health (battery low, last
 /// heard) and its open stay — for the lot's operator.
+#[utoipa::path(
+    get, path = "/v1/lots/{lot}/bays", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    responses(
+        (status = 200, description = "Every bay of the lot with its sensor's health and open stay", body = [crate::occupancy::BayView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+    ),
+)]
 pub async fn bays(
     Staff(scope): Staff,
     State(state): State<AppState>,
@@ -230,14 +281,14 @@ pub async fn bays(
     Ok(Json(answer.await.map_err(|_| ApiError::Unavailable)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecountRequest {
     /// Cars counted in the lot now.
     occupied: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RecountResponse {
     lot: String,
     total: u32,
@@ -248,6 +299,19 @@ pub struct RecountResponse {
 
 /// `POST /v1/lots/{lot}/recount`: an operator counted the cars in a gated lot without bay
 /// sensors; entries and exits move the count on from there.
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/recount", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    request_body = RecountRequest,
+    responses(
+        (status = 200, description = "The lot's counts after the recount", body = RecountResponse),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn recount(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,

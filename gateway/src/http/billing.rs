@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::{Admin, Staff, StaffAdmin};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, free_text};
 use super::payments::idempotency_key;
 
@@ -42,7 +42,8 @@ impl From<RefundError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Days {
     from: NaiveDate,
@@ -64,6 +65,17 @@ impl Days {
 
 /// `POST /v1/settlements/run?from=YYYY-MM-DD&to=YYYY-MM-DD`: recomputes and stores those days
 /// (re-running gives the same figures).
+#[utoipa::path(
+    post, path = "/v1/settlements/run", tag = "billing",
+    security(("api_key" = [])),
+    params(Days),
+    responses(
+        (status = 200, description = "The days settled again (same data, same figures)", body = [Settlement]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn run(
     _: Admin,
     State(state): State<AppState>,
@@ -76,6 +88,17 @@ pub async fn run(
 }
 
 /// `GET /v1/settlements?from=…&to=…&lot=…`: stored settlements.
+#[utoipa::path(
+    get, path = "/v1/settlements", tag = "billing",
+    security(("api_key" = [])),
+    params(Days),
+    responses(
+        (status = 200, description = "Stored settlements per operator, lot and local day", body = [Settlement]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     Staff(scope): Staff,
     State(state): State<AppState>,
@@ -88,6 +111,15 @@ pub async fn list(
 }
 
 /// `GET /v1/reconciliation`: every difference between the platform's records and the provider's.
+#[utoipa::path(
+    get, path = "/v1/reconciliation", tag = "billing",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Every difference between the platform's and the provider's records", body = [Mismatch]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+    ),
+)]
 pub async fn reconciliation(
     _: Admin,
     State(state): State<AppState>,
@@ -95,7 +127,7 @@ pub async fn reconciliation(
     Ok(Json(state.payments.reconcile().await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
     /// A decimal string in the charge's currency (`"5.00"`).
@@ -103,7 +135,7 @@ pub struct RefundRequest {
     reason: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RefundResponse {
     refund_id: Uuid,
     amount: String,
@@ -111,6 +143,21 @@ pub struct RefundResponse {
 }
 
 /// `POST /v1/charges/{id}/refunds` (Idempotency-Key): never more than was collected.
+#[utoipa::path(
+    post, path = "/v1/charges/{id}/refunds", tag = "billing",
+    security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Charge id"), ("Idempotency-Key" = String, Header, description = "Client-chosen key: a retry with the same key never pays twice")),
+    request_body = RefundRequest,
+    responses(
+        (status = 201, description = "Refunded (the same key again answers the same refund)", body = RefundResponse),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such charge (or not this caller's)", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 202, description = "The provider has not answered yet: retry with the same key", body = ErrorBody),
+    ),
+)]
 pub async fn refund(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -174,6 +221,18 @@ impl From<parkflow_billing::arrears::WriteOffError> for ApiError {
 
 /// `POST /v1/invoices/{id}/write-off`: gives up an open invoice (bad debt); a driver owing nothing
 /// overdue any more is reinstated.
+#[utoipa::path(
+    post, path = "/v1/invoices/{id}/write-off", tag = "billing",
+    security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Invoice id")),
+    responses(
+        (status = 204, description = "The debt moved to bad debt"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such invoice (or not this caller's)", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+    ),
+)]
 pub async fn write_off(
     _: Admin,
     State(state): State<AppState>,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::auth::{Scope, Staff, StaffAdmin};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::registry::{DeviceKind, random_device_key, random_secret};
 use crate::store::devices::{self, DeviceError, DeviceView, NewDevice};
@@ -29,7 +29,7 @@ impl From<DeviceError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceRequest {
     id: String,
@@ -41,7 +41,7 @@ pub struct DeviceRequest {
 }
 
 /// A device with the credentials it connects and signs with: shown only in this answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Credentials {
     #[serde(flatten)]
     device: DeviceView,
@@ -84,6 +84,20 @@ fn credentials(kind: DeviceKind) -> (String, String) {
 }
 
 /// `POST /v1/lots/{lot}/devices`
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/devices", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    request_body = DeviceRequest,
+    responses(
+        (status = 201, description = "Registered: the credentials are shown this once", body = Credentials),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn register(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -158,6 +172,17 @@ pub async fn register(
 }
 
 /// `GET /v1/lots/{lot}/devices`
+#[utoipa::path(
+    get, path = "/v1/lots/{lot}/devices", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    responses(
+        (status = 200, description = "The lot's devices (never their secrets)", body = [DeviceView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     Staff(scope): Staff,
     State(state): State<AppState>,
@@ -168,6 +193,17 @@ pub async fn list(
 }
 
 /// `POST /v1/devices/{id}/rotate`: new credentials, shown once; the old ones stop working.
+#[utoipa::path(
+    post, path = "/v1/devices/{id}/rotate", tag = "operators",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "New credentials, shown this once; the old ones stop working", body = Credentials),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such device (or not this caller's)", body = ErrorBody),
+    ),
+)]
 pub async fn rotate(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -195,6 +231,17 @@ pub async fn rotate(
 }
 
 /// `DELETE /v1/devices/{id}`: revoked at once (idempotent).
+#[utoipa::path(
+    delete, path = "/v1/devices/{id}", tag = "operators",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 204, description = "Revoked: the broker refuses the device from now on"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such device (or not this caller's)", body = ErrorBody),
+    ),
+)]
 pub async fn revoke(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,

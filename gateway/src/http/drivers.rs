@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::DriverKey;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, free_text};
 use super::payments::idempotency_key;
 use crate::gate::GateMessage;
@@ -35,7 +35,7 @@ impl From<DriverError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlateRequest {
     plate: String,
@@ -63,7 +63,7 @@ impl PlateRequest {
 }
 
 /// Enrolment. The server owns the id, the status and the key; a body naming them is refused.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolRequest {
     name: String,
@@ -73,7 +73,7 @@ pub struct EnrolRequest {
     plates: Vec<PlateRequest>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Enrolled {
     driver: DriverView,
     /// Shown once; the platform keeps only its hash.
@@ -81,6 +81,16 @@ pub struct Enrolled {
 }
 
 /// `POST /v1/drivers`
+#[utoipa::path(
+    post, path = "/v1/drivers", tag = "drivers",
+    request_body = EnrolRequest,
+    responses(
+        (status = 201, description = "Enrolled: the driver's API key is shown this once", body = Enrolled),
+        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn enrol(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<EnrolRequest>,
@@ -135,6 +145,16 @@ pub async fn enrol(
 }
 
 /// `GET /v1/me`
+#[utoipa::path(
+    get, path = "/v1/me", tag = "drivers",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The driver, their plates and standing", body = DriverView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn me(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
@@ -146,6 +166,19 @@ pub async fn me(
 }
 
 /// `POST /v1/me/plates`
+#[utoipa::path(
+    post, path = "/v1/me/plates", tag = "drivers",
+    security(("api_key" = [])),
+    request_body = PlateRequest,
+    responses(
+        (status = 201, description = "Added", body = DriverView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn add_plate(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
@@ -181,6 +214,18 @@ pub async fn add_plate(
 }
 
 /// `DELETE /v1/me/plates/{plate}`
+#[utoipa::path(
+    delete, path = "/v1/me/plates/{plate}", tag = "drivers",
+    security(("api_key" = [])),
+    params(("plate" = String, Path, description = "One of the driver's plates")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such plate (or not this caller's)", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn remove_plate(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
@@ -201,6 +246,16 @@ pub async fn remove_plate(
 }
 
 /// `GET /v1/me/sessions`
+#[utoipa::path(
+    get, path = "/v1/me/sessions", tag = "drivers",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The driver's sessions, newest first", body = [SessionView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn my_sessions(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
@@ -211,6 +266,16 @@ pub async fn my_sessions(
 }
 
 /// `GET /v1/me/invoices`
+#[utoipa::path(
+    get, path = "/v1/me/invoices", tag = "drivers",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The driver's invoices", body = [InvoiceView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn my_invoices(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
@@ -218,14 +283,14 @@ pub async fn my_invoices(
     Ok(Json(drivers::invoices(&state.db, driver).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayInvoiceRequest {
     /// Another account to pay from (the enrolled one when absent).
     payment_account: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InvoicePaid {
     payment_id: Uuid,
     amount: String,
@@ -236,6 +301,21 @@ pub struct InvoicePaid {
 
 /// `POST /v1/me/invoices/{id}/pay`: clears the debt at once; a reinstated driver's car waiting at
 /// an exit is let out.
+#[utoipa::path(
+    post, path = "/v1/me/invoices/{id}/pay", tag = "drivers",
+    security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Invoice id"), ("Idempotency-Key" = String, Header, description = "Client-chosen key: a retry with the same key never pays twice")),
+    request_body = PayInvoiceRequest,
+    responses(
+        (status = 200, description = "Paid (the same key again pays nothing more)", body = InvoicePaid),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such invoice (or not this caller's)", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn pay_invoice(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,

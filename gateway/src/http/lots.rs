@@ -3,12 +3,12 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use parkflow_billing::{Money, Tariff};
+use parkflow_billing::{Money, Tariff, TariffDefinition};
 use parkflow_protocol::{LotId, PlateColor};
 use serde::Deserialize;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiPath, ApiQuery};
 
 fn lot_id(raw: &str) -> Result<LotId, ApiError> {
@@ -16,6 +16,15 @@ fn lot_id(raw: &str) -> Result<LotId, ApiError> {
 }
 
 /// `GET /v1/lots/{lot}/tariff`: the tariff in force now.
+#[utoipa::path(
+    get, path = "/v1/lots/{lot}/tariff", tag = "public",
+    params(("lot" = String, Path, description = "Lot id")),
+    responses(
+        (status = 200, description = "The tariff version in force now (SPEC §4)", body = TariffDefinition),
+        (status = 404, description = "No such lot or tariff (or not this caller's)", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn tariff(
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -31,7 +40,8 @@ pub async fn tariff(
     Ok(Json(tariff.clone()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct QuoteQuery {
     entered_at: DateTime<Utc>,
     exited_at: DateTime<Utc>,
@@ -42,6 +52,16 @@ pub struct QuoteQuery {
 pub const MAX_QUOTED_STAY_DAYS: i64 = 31;
 
 /// `GET /v1/lots/{lot}/quote?entered_at=…&exited_at=…&plate_color=…`
+#[utoipa::path(
+    get, path = "/v1/lots/{lot}/quote", tag = "public",
+    params(("lot" = String, Path, description = "Lot id"), QuoteQuery),
+    responses(
+        (status = 200, description = "The fee of the stay under the tariff in force at entry", body = Money),
+        (status = 404, description = "No such lot or tariff (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn quote(
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod limit;
 pub mod lots;
+pub mod openapi;
 pub mod operators;
 pub mod ops;
 pub mod payments;
@@ -20,13 +21,15 @@ pub mod sessions;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tokio::sync::watch;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use parkflow_billing::payments::PaymentsApi;
 
@@ -63,87 +66,99 @@ pub struct AppState {
 
 /// Drivers' endpoints and paying a held exit: rate-limited per client address (enrolment and
 /// payment links need no staff key).
-fn driver_routes(state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route("/v1/drivers", post(drivers::enrol))
-        .route("/v1/me", get(drivers::me))
-        .route("/v1/me/plates", post(drivers::add_plate))
-        .route(
-            "/v1/me/plates/{plate}",
-            axum::routing::delete(drivers::remove_plate),
-        )
-        .route("/v1/me/sessions", get(drivers::my_sessions))
-        .route("/v1/me/invoices", get(drivers::my_invoices))
-        .route("/v1/me/invoices/{id}/pay", post(drivers::pay_invoice))
-        .route("/v1/sessions/{id}/pay", post(payments::pay_exit))
+fn driver_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(drivers::enrol))
+        .routes(routes!(drivers::me))
+        .routes(routes!(drivers::add_plate))
+        .routes(routes!(drivers::remove_plate))
+        .routes(routes!(drivers::my_sessions))
+        .routes(routes!(drivers::my_invoices))
+        .routes(routes!(drivers::pay_invoice))
+        .routes(routes!(payments::pay_exit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit::limit_drivers,
         ))
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
-    // SPEC §5's public reads: no key, rate-limited per client.
-    let public = Router::new()
-        .route("/v1/lots", get(availability::near))
-        .route("/v1/lots/{lot}/availability", get(availability::one))
-        .route("/v1/availability/stream", get(availability::stream))
-        .route("/v1/feeds/fiware", get(availability::fiware))
-        .route("/v1/feeds/datex2", get(availability::datex2))
-        .route("/v1/lots/{lot}/tariff", get(lots::tariff))
-        .route("/v1/lots/{lot}/quote", get(lots::quote))
+/// SPEC §5's public reads: no key, rate-limited per client.
+fn public_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(availability::near))
+        .routes(routes!(availability::one))
+        .routes(routes!(availability::stream))
+        .routes(routes!(availability::fiware))
+        .routes(routes!(availability::datex2))
+        .routes(routes!(lots::tariff))
+        .routes(routes!(lots::quote))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit::limit_public,
-        ));
-    Router::new()
-        .merge(public)
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/v1/lots/{lot}/recount", post(availability::recount))
-        .route("/v1/sessions", get(sessions::list))
-        .route("/v1/sessions/{id}", get(sessions::get))
-        .route("/v1/review", get(sessions::review))
-        .route("/v1/settlements", get(billing::list))
-        .route("/v1/settlements/run", post(billing::run))
-        .route("/v1/reconciliation", get(billing::reconciliation))
-        .route("/v1/charges/{id}/refunds", post(billing::refund))
-        .route("/v1/invoices/{id}/write-off", post(billing::write_off))
-        .route(
-            "/v1/operators",
-            get(operators::operators).post(operators::create_operator),
-        )
-        .route("/v1/keys", get(operators::list).post(operators::issue))
-        .route(
-            "/v1/operators/{operator}/lots",
-            get(registry::lots).post(registry::create_lot),
-        )
-        .route("/v1/lots/{lot}/gates", post(registry::add_gate))
-        .route("/v1/lots/{lot}/gates/{gate}/open", post(audit::manual_open))
-        .route("/v1/audit", get(audit::entries))
-        .route("/v1/review/{id}/resolve", post(audit::resolve))
-        .route("/v1/reports/settlements.csv", get(reports::settlements))
-        .route("/v1/reports/sessions.csv", get(reports::sessions))
-        .route("/v1/lots/{lot}/bays", get(availability::bays).post(registry::add_bays))
-        .route("/v1/lots/{lot}/tariffs", post(registry::add_tariff))
-        .route("/v1/lots/{lot}/passes", post(registry::add_pass))
-        .route("/v1/lots/{lot}/blocks", post(registry::add_block))
-        .route(
-            "/v1/lots/{lot}/blocks/{plate}",
-            axum::routing::delete(registry::remove_block),
-        )
-        .route(
-            "/v1/lots/{lot}/devices",
-            get(devices::list).post(devices::register),
-        )
-        .route("/v1/devices/{id}/rotate", post(devices::rotate))
-        .route("/v1/devices/{id}", axum::routing::delete(devices::revoke))
-        .route("/v1/keys/{id}", axum::routing::delete(operators::revoke))
-        .merge(driver_routes(&state))
+        ))
+}
+
+/// Every route, each with its OpenAPI path: a handler joins the router and the document together.
+fn routes(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(public_routes(state))
+        .merge(driver_routes(state))
+        .routes(routes!(openapi::document))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        // Operators and their lots.
+        .routes(routes!(operators::operators, operators::create_operator))
+        .routes(routes!(operators::list, operators::issue))
+        .routes(routes!(operators::revoke))
+        .routes(routes!(registry::lots, registry::create_lot))
+        .routes(routes!(registry::add_gate))
+        .routes(routes!(availability::bays, registry::add_bays))
+        .routes(routes!(registry::add_tariff))
+        .routes(routes!(registry::add_pass))
+        .routes(routes!(registry::add_block))
+        .routes(routes!(registry::remove_block))
+        .routes(routes!(availability::recount))
+        .routes(routes!(devices::list, devices::register))
+        .routes(routes!(devices::rotate))
+        .routes(routes!(devices::revoke))
+        .routes(routes!(audit::manual_open))
+        // Sessions, review and audit.
+        .routes(routes!(sessions::list))
+        .routes(routes!(sessions::get))
+        .routes(routes!(sessions::review))
+        .routes(routes!(audit::resolve))
+        .routes(routes!(audit::entries))
+        // Money.
+        .routes(routes!(billing::list))
+        .routes(routes!(billing::run))
+        .routes(routes!(billing::reconciliation))
+        .routes(routes!(billing::refund))
+        .routes(routes!(billing::write_off))
+        .routes(routes!(reports::settlements))
+        .routes(routes!(reports::sessions))
+}
+
+/// The OpenAPI document of the whole API, as `GET /v1/openapi.json` serves it.
+pub fn document(state: &AppState) -> utoipa::openapi::OpenApi {
+    routes(state).into_openapi()
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let (routes, document) = routes(&state).split_for_parts();
+    let document = openapi::Document(match document.to_json() {
+        Ok(json) => json.into(),
+        // Serializing a document of plain strings and maps cannot fail; answer 500s if it did.
+        Err(error) => {
+            tracing::error!(%error, "openapi document not rendered");
+            bytes::Bytes::new()
+        }
+    });
+    routes
         .fallback(|| async { error::ApiError::NotFound("route") })
         .with_state(state)
+        .layer(Extension(document))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -11,11 +11,11 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::{Admin, Scope, Staff, StaffAdmin};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, free_text};
 use crate::store::keys::{self, KeyRole, KeyView, OperatorView};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorRequest {
     /// `[a-z0-9][a-z0-9-]{0,63}`, like every id.
@@ -24,6 +24,18 @@ pub struct OperatorRequest {
 }
 
 /// `POST /v1/operators` (platform admin).
+#[utoipa::path(
+    post, path = "/v1/operators", tag = "operators",
+    security(("api_key" = [])),
+    request_body = OperatorRequest,
+    responses(
+        (status = 201, description = "Created", body = OperatorView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn create_operator(
     _: Admin,
     State(state): State<AppState>,
@@ -48,6 +60,15 @@ pub async fn create_operator(
 }
 
 /// `GET /v1/operators`: every operator for the platform admin, their own for an operator's staff.
+#[utoipa::path(
+    get, path = "/v1/operators", tag = "operators",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Operators this key sees", body = [OperatorView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+    ),
+)]
 pub async fn operators(
     Staff(scope): Staff,
     State(state): State<AppState>,
@@ -55,7 +76,7 @@ pub async fn operators(
     Ok(Json(keys::operators(&state.db, scope.operator()).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {
     role: KeyRole,
@@ -64,7 +85,7 @@ pub struct KeyRequest {
 }
 
 /// A key just issued: the only time the key itself is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IssuedKey {
     #[serde(flatten)]
     view: KeyView,
@@ -72,6 +93,18 @@ pub struct IssuedKey {
 }
 
 /// `POST /v1/keys`.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "operators",
+    security(("api_key" = [])),
+    request_body = KeyRequest,
+    responses(
+        (status = 201, description = "The key, shown this once", body = IssuedKey),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such operator (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn issue(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -110,6 +143,15 @@ pub async fn issue(
 }
 
 /// `GET /v1/keys`: staff and app keys (never the keys themselves).
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "operators",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Keys this key may manage (never their secrets)", body = [KeyView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -118,6 +160,17 @@ pub async fn list(
 }
 
 /// `DELETE /v1/keys/{id}`: revoked at once.
+#[utoipa::path(
+    delete, path = "/v1/keys/{id}", tag = "operators",
+    security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
+    responses(
+        (status = 204, description = "Revoked: the key is refused from now on"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such key (or not this caller's)", body = ErrorBody),
+    ),
+)]
 pub async fn revoke(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,

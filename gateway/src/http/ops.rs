@@ -9,10 +9,23 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 
+#[utoipa::path(
+    get, path = "/healthz", tag = "ops",
+    responses(
+        (status = 200, description = "The process answers", body = serde_json::Value, example = json!({"status": "ok"})),
+    ),
+)]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
+#[utoipa::path(
+    get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "Database and MQTT are up", body = serde_json::Value, example = json!({"status": "ready", "database": true, "mqtt": true})),
+        (status = 503, description = "Not ready: the body says which part is down", body = serde_json::Value),
+    ),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mqtt = *state.mqtt_connected.borrow();
     let database = state.db.ping().await.is_ok();
@@ -26,6 +39,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     }
 }
 
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus / OpenMetrics text", content_type = "application/openmetrics-text", body = String),
+    ),
+)]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(

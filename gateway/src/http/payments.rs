@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::gate::{GateMessage, PaidExit};
 
@@ -31,14 +31,14 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayRequest {
     /// The payment account (provider token) to debit.
     payment_account: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PayResponse {
     payment_id: Uuid,
     session_id: Uuid,
@@ -47,6 +47,18 @@ pub struct PayResponse {
 }
 
 /// `POST /v1/sessions/{id}/pay`
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/pay", tag = "drivers",
+    params(("id" = uuid::Uuid, Path, description = "Session id (from the hold's pay_url)"), ("Idempotency-Key" = String, Header, description = "Client-chosen key: a retry with the same key never pays twice")),
+    request_body = PayRequest,
+    responses(
+        (status = 200, description = "Paid: the waiting barrier opens", body = PayResponse),
+        (status = 404, description = "No such session (or not this caller's)", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
 pub async fn pay_exit(
     State(state): State<AppState>,
     ApiPath(session): ApiPath<Uuid>,

@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::auth::{Scope, Staff, StaffAdmin};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, free_text};
 use crate::gate::GateMessage;
 use crate::occupancy::OccupancyMessage;
+use crate::registry::Location;
 use crate::registry::{GateDirection, Lot, LotKind};
 use crate::store::keys;
 use crate::store::provision::{
@@ -30,7 +31,7 @@ const MAX_CAPACITY: u32 = 1_000_000;
 const MAX_STAY_MINUTES: u32 = 366 * 24 * 60;
 
 /// A lot as its operator sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LotView {
     id: String,
     operator_id: String,
@@ -43,13 +44,6 @@ pub struct LotView {
     max_stay_minutes: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Location {
-    lat: f64,
-    lon: f64,
-}
-
 impl From<&Lot> for LotView {
     fn from(lot: &Lot) -> Self {
         Self {
@@ -57,10 +51,7 @@ impl From<&Lot> for LotView {
             operator_id: lot.operator_id.clone(),
             name: lot.name.clone(),
             kind: lot.kind,
-            location: Location {
-                lat: lot.location.lat,
-                lon: lot.location.lon,
-            },
+            location: lot.location,
             capacity: lot.capacity,
             time_zone: lot.time_zone.clone(),
             device_auth: lot.device_auth,
@@ -119,6 +110,17 @@ fn lot_view(state: &AppState, id: &LotId) -> Result<LotView, ApiError> {
 }
 
 /// `GET /v1/operators/{operator}/lots`
+#[utoipa::path(
+    get, path = "/v1/operators/{operator}/lots", tag = "operators",
+    security(("api_key" = [])),
+    params(("operator" = String, Path, description = "Operator id")),
+    responses(
+        (status = 200, description = "The operator's lots", body = [LotView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such operator (or not this caller's)", body = ErrorBody),
+    ),
+)]
 pub async fn lots(
     Staff(scope): Staff,
     State(state): State<AppState>,
@@ -138,7 +140,7 @@ pub async fn lots(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LotRequest {
     id: String,
@@ -155,6 +157,20 @@ pub struct LotRequest {
 }
 
 /// `POST /v1/operators/{operator}/lots`
+#[utoipa::path(
+    post, path = "/v1/operators/{operator}/lots", tag = "operators",
+    security(("api_key" = [])),
+    params(("operator" = String, Path, description = "Operator id")),
+    request_body = LotRequest,
+    responses(
+        (status = 201, description = "Created", body = LotView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such operator (or not this caller's)", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn create_lot(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -230,7 +246,7 @@ pub async fn create_lot(
     Ok((StatusCode::CREATED, Json(lot_view(&state, &id)?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GateRequest {
     id: String,
@@ -238,6 +254,19 @@ pub struct GateRequest {
 }
 
 /// `POST /v1/lots/{lot}/gates` (a gate that exists gets the new direction).
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/gates", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    request_body = GateRequest,
+    responses(
+        (status = 201, description = "Added (a gate that exists takes the new direction)"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn add_gate(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -259,13 +288,26 @@ pub async fn add_gate(
     Ok(StatusCode::CREATED)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BaysRequest {
     bays: Vec<String>,
 }
 
 /// `POST /v1/lots/{lot}/bays` (bays that exist are left as they are).
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/bays", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    request_body = BaysRequest,
+    responses(
+        (status = 201, description = "Added (bays that exist stay as they are)"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn add_bays(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -299,6 +341,20 @@ pub async fn add_bays(
 
 /// `POST /v1/lots/{lot}/tariffs`: a new version from its `effective_from` (SPEC §4's JSON,
 /// validated); a version with the same `effective_from` exists → 409.
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/tariffs", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    request_body = TariffDefinition,
+    responses(
+        (status = 201, description = "The version takes effect from its `effective_from`"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn add_tariff(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -343,7 +399,7 @@ fn versions(state: &AppState, lot: &LotId) -> usize {
         .map_or(0, |l| l.tariffs.versions().len())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PassRequest {
     plate: String,
@@ -352,6 +408,19 @@ pub struct PassRequest {
 }
 
 /// `POST /v1/lots/{lot}/passes`: the plate parks free in the lot between the two times.
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/passes", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    request_body = PassRequest,
+    responses(
+        (status = 201, description = "The plate parks free in the lot between the two times"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn add_pass(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -380,7 +449,7 @@ pub async fn add_pass(
     Ok(StatusCode::CREATED)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlockRequest {
     plate: String,
@@ -388,6 +457,19 @@ pub struct BlockRequest {
 }
 
 /// `POST /v1/lots/{lot}/blocks`: the plate is held at the lot's entries.
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/blocks", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    request_body = BlockRequest,
+    responses(
+        (status = 201, description = "The plate is held at the lot's entries"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn add_block(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
@@ -411,6 +493,17 @@ pub async fn add_block(
 }
 
 /// `DELETE /v1/lots/{lot}/blocks/{plate}` (idempotent).
+#[utoipa::path(
+    delete, path = "/v1/lots/{lot}/blocks/{plate}", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id"), ("plate" = String, Path, description = "The blocked plate")),
+    responses(
+        (status = 204, description = "Unblocked (also when it was not blocked)"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+    ),
+)]
 pub async fn remove_block(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::auth::Staff;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::ApiQuery;
 use crate::store::StoreError;
 use crate::store::sessions::{self, SessionFilter};
@@ -43,7 +43,8 @@ fn money(minor: i64, currency: &str) -> String {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SettlementReport {
     from: NaiveDate,
@@ -52,6 +53,17 @@ pub struct SettlementReport {
 }
 
 /// `GET /v1/reports/settlements.csv?from=…&to=…&lot=…`
+#[utoipa::path(
+    get, path = "/v1/reports/settlements.csv", tag = "billing",
+    security(("api_key" = [])),
+    params(SettlementReport),
+    responses(
+        (status = 200, description = "Settlements as CSV", content_type = "text/csv", body = String),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn settlements(
     Staff(scope): Staff,
     State(state): State<AppState>,
@@ -101,7 +113,8 @@ pub async fn settlements(
     Ok(csv_response("settlements.csv", body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SessionReport {
     lot: Option<String>,
@@ -111,6 +124,17 @@ pub struct SessionReport {
 }
 
 /// `GET /v1/reports/sessions.csv?lot=…&entered_from=…&entered_to=…&limit=…`, newest first.
+#[utoipa::path(
+    get, path = "/v1/reports/sessions.csv", tag = "billing",
+    security(("api_key" = [])),
+    params(SessionReport),
+    responses(
+        (status = 200, description = "Sessions as CSV, newest first", content_type = "text/csv", body = String),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn sessions(
     Staff(scope): Staff,
     State(state): State<AppState>,

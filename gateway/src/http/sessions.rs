@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Staff;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiPath, ApiQuery};
 use crate::session::SessionStatus;
 use crate::store::sessions::{self, ReviewView, SessionFilter, SessionView};
@@ -17,7 +17,8 @@ use crate::store::sessions::{self, ReviewView, SessionFilter, SessionView};
 /// The most rows one listing returns.
 const MAX_LIMIT: u32 = 1_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SessionQuery {
     lot: Option<String>,
     plate: Option<String>,
@@ -41,6 +42,17 @@ fn instant(code: &'static str, value: Option<&str>) -> Result<Option<DateTime<Ut
 }
 
 /// `GET /v1/sessions?lot=…&plate=…&status=…&entered_from=…&entered_to=…&limit=…`, newest first.
+#[utoipa::path(
+    get, path = "/v1/sessions", tag = "sessions",
+    security(("api_key" = [])),
+    params(SessionQuery),
+    responses(
+        (status = 200, description = "Sessions, newest first", body = [SessionView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     Staff(scope): Staff,
     State(state): State<AppState>,
@@ -80,6 +92,17 @@ pub async fn list(
 }
 
 /// `GET /v1/sessions/{id}`
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}", tag = "sessions",
+    security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such session (or not this caller's)", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     Staff(scope): Staff,
     State(state): State<AppState>,
@@ -98,13 +121,25 @@ pub async fn get(
         .ok_or(ApiError::NotFound("session"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReviewQuery {
     lot: Option<String>,
     limit: Option<u32>,
 }
 
 /// `GET /v1/review?lot=…`: unresolved cases, oldest first.
+#[utoipa::path(
+    get, path = "/v1/review", tag = "sessions",
+    security(("api_key" = [])),
+    params(ReviewQuery),
+    responses(
+        (status = 200, description = "Unresolved review cases, oldest first", body = [ReviewView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
 pub async fn review(
     Staff(scope): Staff,
     State(state): State<AppState>,

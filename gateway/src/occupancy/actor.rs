@@ -104,7 +104,7 @@ pub enum OccupancyMessage {
 }
 
 /// A bay as its operator sees it.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct BayView {
     pub bay: String,
     pub state: &'static str,

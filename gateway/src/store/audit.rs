@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{Db, StoreError, db_time, on_db};
 
 /// One entry, as recorded and as the API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: Uuid,
     #[serde(with = "parkflow_protocol::time::rfc3339")]

@@ -9,7 +9,7 @@ use super::{Db, StoreError, db_time, on_db};
 use crate::registry::{DeviceKind, password_hash};
 
 /// A device as the API shows it: never its password or secret.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeviceView {
     pub id: String,
     pub kind: String,

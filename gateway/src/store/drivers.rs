@@ -39,7 +39,7 @@ impl From<sqlx::Error> for DriverError {
 }
 
 /// A driver as the API shows them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DriverView {
     pub id: Uuid,
     pub name: String,
@@ -48,7 +48,7 @@ pub struct DriverView {
     pub plates: Vec<PlateView>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct PlateView {
     pub plate: String,
     pub plate_color: Option<String>,
@@ -167,7 +167,7 @@ pub async fn remove_plate(db: &Db, driver: Uuid, plate: &Plate) -> Result<bool, 
 }
 
 /// An invoice as its driver sees it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct InvoiceView {
     pub id: Uuid,
     #[serde(skip)]

@@ -45,7 +45,7 @@ pub async fn principal(db: &Db, key: &str) -> Result<Option<Principal>, StoreErr
 }
 
 /// Roles a staff or app key may have (driver keys come with enrolment).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyRole {
     PlatformAdmin,
@@ -71,7 +71,7 @@ impl KeyRole {
 }
 
 /// A key as the API lists it: never the key itself.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: Uuid,
     pub role: String,
@@ -145,7 +145,7 @@ pub async fn revoke(db: &Db, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreEr
 }
 
 /// An operator as the API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct OperatorView {
     pub id: String,
     pub name: String,

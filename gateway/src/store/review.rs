@@ -1,19 +1,38 @@
-//! Resolving review cases: accepted as they are, or their session voided (a stay in review was
-//! never priced nor charged, so voiding it moves no money).
+//! Resolving review cases (SPEC §3: corrections leave an audit trail, sessions are never deleted).
+//! A case's session is in review: never priced, never charged, so a correction moves no money
+//! until it closes a stay, priced like any other and queued for its one charge in the same
+//! commit. A closed (billed) session is corrected by a refund instead.
+//!
+//! - accept: the case stands as recorded;
+//! - void: the stay did not happen;
+//! - edit plate: the stay was read wrong (or not at all): it is the corrected plate's, priced;
+//! - merge: the case's session is the other end of another session's stay (a misread exit and
+//!   its entry): the entry's session takes the exit and is priced, the case's is voided;
+//! - split: one recorded stay was two, cut at a given instant: both are priced.
 
 use chrono::{DateTime, Utc};
+use parkflow_billing::Stay;
+use parkflow_protocol::{Plate, PlateColor};
 use uuid::Uuid;
 
 use super::{Db, StoreError, db_time, on_db};
+use crate::registry::Lot;
 
 /// What an operator decides about a case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Resolution {
     /// The case stands as recorded.
     Accept,
     /// The case's session (in review: never priced, never charged) did not happen.
     VoidSession,
+    /// The case's session is the stay of another plate (`plate`): priced and billed as such.
+    EditPlate,
+    /// The case's session is the exit of another session's stay (`with_session`, open or in
+    /// review, same lot): that session takes the exit and is priced; the case's is voided.
+    Merge,
+    /// The case's session was two stays, the second from `at`: both are priced.
+    Split,
 }
 
 impl Resolution {
@@ -21,6 +40,38 @@ impl Resolution {
         match self {
             Self::Accept => "accepted",
             Self::VoidSession => "session_voided",
+            Self::EditPlate => "plate_edited",
+            Self::Merge => "merged",
+            Self::Split => "split",
+        }
+    }
+}
+
+/// What a correction needs besides the case.
+#[derive(Debug, Clone)]
+pub enum Correction {
+    Accept,
+    VoidSession,
+    EditPlate {
+        plate: Plate,
+        plate_color: Option<PlateColor>,
+    },
+    Merge {
+        with_session: Uuid,
+    },
+    Split {
+        at: DateTime<Utc>,
+    },
+}
+
+impl Correction {
+    pub fn resolution(&self) -> Resolution {
+        match self {
+            Self::Accept => Resolution::Accept,
+            Self::VoidSession => Resolution::VoidSession,
+            Self::EditPlate { .. } => Resolution::EditPlate,
+            Self::Merge { .. } => Resolution::Merge,
+            Self::Split { .. } => Resolution::Split,
         }
     }
 }
@@ -30,8 +81,20 @@ impl Resolution {
 pub enum ResolveError {
     #[error("the case is resolved already")]
     Resolved,
-    #[error("only a session in review can be voided (a closed one is billed: refund it instead)")]
+    #[error(
+        "only a session in review can be corrected (a closed one is billed: refund it instead)"
+    )]
     SessionNotInReview,
+    #[error("this correction needs a session that ended (it has no exit)")]
+    NoExit,
+    #[error(
+        "with_session must be another session of the case's lot, open or in review, entered before the case's exit"
+    )]
+    NotMergeable,
+    #[error("at must fall strictly inside the stay")]
+    OutsideStay,
+    #[error("the stay cannot be priced: the lot has no tariff in force at its entry")]
+    Unpriced,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -47,15 +110,74 @@ pub async fn case(db: &Db, id: Uuid) -> Result<Option<(String, Option<Uuid>, boo
     Ok(row.map(|(lot, session, resolved)| (lot, session, resolved.is_some())))
 }
 
-/// Resolves case `id` as `resolution`, in one transaction.
+/// A session as a correction reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StayRow {
+    pub id: Uuid,
+    pub lot_id: String,
+    pub plate: String,
+    pub plate_color: Option<String>,
+    pub status: String,
+    pub pass_holder: bool,
+    pub entered_at: DateTime<Utc>,
+    pub exited_at: Option<DateTime<Utc>>,
+    pub exit_gate: Option<String>,
+    pub exit_event_id: Option<String>,
+}
+
+const STAY: &str =
+    "SELECT id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at,
+                           exit_gate, exit_event_id FROM sessions WHERE id = $1";
+
+/// A session's lot and status, if it exists.
+pub async fn stay(db: &Db, id: Uuid) -> Result<Option<StayRow>, StoreError> {
+    Ok(on_db!(db, pool => sqlx::query_as(STAY).bind(id).fetch_optional(pool).await?))
+}
+
+/// A stay a correction closes: (session, plate, colour, entered, exited, exit gate, exit event).
+type Closing = (
+    Uuid,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<String>,
+    Option<String>,
+);
+
+/// A stay's price: the tariff version in force at entry, the fee in minor units, its currency.
+struct Priced {
+    tariff_from: DateTime<Utc>,
+    fee_minor: i64,
+    currency: String,
+}
+
+fn price(lot: &Lot, stay: &Stay) -> Result<Priced, ResolveError> {
+    let tariff = lot
+        .tariffs
+        .in_force_at(stay.entered_at)
+        .ok_or(ResolveError::Unpriced)?;
+    let fee = tariff.fee(stay).map_err(|_| ResolveError::Unpriced)?;
+    Ok(Priced {
+        tariff_from: tariff.effective_from(),
+        fee_minor: fee.to_minor().map_err(|_| ResolveError::Unpriced)?,
+        currency: fee.currency().as_str().to_owned(),
+    })
+}
+
+/// Resolves case `id` with `correction`, in one transaction: the case, its session(s) and the
+/// charge queue change together or not at all. `lot` is the case's lot (its tariffs price the
+/// stays a correction closes).
 pub async fn resolve(
     db: &Db,
     id: Uuid,
-    resolution: Resolution,
+    lot: &Lot,
+    correction: &Correction,
     now: DateTime<Utc>,
-) -> Result<(), ResolveError> {
+) -> Result<Option<Uuid>, ResolveError> {
     let now = db_time(now);
-    on_db!(db, pool => {
+    let resolution = correction.resolution();
+    let created = on_db!(db, pool => {
         let mut tx = pool.begin().await.map_err(StoreError::from)?;
         let resolved = sqlx::query(
             "UPDATE review_items SET resolved_at = $2, resolution = $3 WHERE id = $1 AND resolved_at IS NULL",
@@ -70,22 +192,161 @@ pub async fn resolve(
         if resolved != 1 {
             return Err(ResolveError::Resolved);
         }
-        if resolution == Resolution::VoidSession {
-            let voided = sqlx::query(
-                "UPDATE sessions SET status = 'void', updated_at = $2
-                 WHERE id = (SELECT session_id FROM review_items WHERE id = $1) AND status = 'review'",
+        let (session, gate, event, created_at): (Option<Uuid>, Option<String>, Option<String>, DateTime<Utc>) =
+            sqlx::query_as("SELECT session_id, gate_id, event_id, created_at FROM review_items WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        let stay: Option<StayRow> = match session {
+            Some(session) => sqlx::query_as(STAY).bind(session).fetch_optional(&mut *tx).await.map_err(StoreError::from)?,
+            None => None,
+        };
+        let in_review = |stay: Option<StayRow>| stay.filter(|s| s.status == "review").ok_or(ResolveError::SessionNotInReview);
+        let lot_id = lot.id.as_str();
+        let mut created = None;
+        let mut closings: Vec<Closing> = Vec::new();
+        let mut voided = None;
+        match correction {
+            Correction::Accept => {}
+            Correction::VoidSession => voided = Some(in_review(stay)?.id),
+            Correction::EditPlate { plate, plate_color } => {
+                let stay = in_review(stay)?;
+                let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
+                let colour = plate_color.map(|c| c.as_str().to_owned()).or(stay.plate_color.clone());
+                closings.push((stay.id, plate.as_str().to_owned(), colour, stay.entered_at, exited_at, stay.exit_gate.clone(), stay.exit_event_id.clone()));
+            }
+            Correction::Merge { with_session } => {
+                // The exit: the case's session's (in review), or, for an exit without an entry,
+                // the case's own read.
+                let (exited_at, exit_gate, exit_event, colour, exit_session) = match stay {
+                    Some(stay) => {
+                        let stay = in_review(Some(stay))?;
+                        (stay.exited_at.ok_or(ResolveError::NoExit)?, stay.exit_gate, stay.exit_event_id, stay.plate_color, Some(stay.id))
+                    }
+                    None => {
+                        let (Some(gate), Some(event)) = (gate, event) else {
+                            return Err(ResolveError::NoExit);
+                        };
+                        let observed: Option<(DateTime<Utc>,)> = sqlx::query_as(
+                            "SELECT observed_at FROM gate_reads WHERE lot_id = $1 AND gate_id = $2 AND event_id = $3",
+                        )
+                        .bind(lot_id)
+                        .bind(&gate)
+                        .bind(&event)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StoreError::from)?;
+                        (observed.map_or(created_at, |(at,)| at), Some(gate), Some(event), None, None)
+                    }
+                };
+                let entry: StayRow = sqlx::query_as::<_, StayRow>(STAY)
+                    .bind(with_session)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?
+                    .filter(|e| Some(e.id) != exit_session && e.lot_id == lot_id
+                        && (e.status == "open" || e.status == "review") && e.entered_at <= exited_at)
+                    .ok_or(ResolveError::NotMergeable)?;
+                closings.push((entry.id, entry.plate.clone(), entry.plate_color.clone().or(colour), entry.entered_at, exited_at, exit_gate, exit_event));
+                voided = exit_session;
+                // The entry's own unresolved cases (a missed exit, say) are settled by the merge.
+                sqlx::query("UPDATE review_items SET resolved_at = $2, resolution = $3 WHERE session_id = $1 AND resolved_at IS NULL")
+                    .bind(entry.id)
+                    .bind(now)
+                    .bind(resolution.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+            }
+            Correction::Split { at } => {
+                let stay = in_review(stay)?;
+                let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
+                let at = db_time(*at);
+                if !(stay.entered_at < at && at < exited_at) {
+                    return Err(ResolveError::OutsideStay);
+                }
+                let second = Uuid::now_v7();
+                sqlx::query(
+                    "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, updated_at)
+                     VALUES ($1, $2, $3, $4, 'review', $5, $6, $7)",
+                )
+                .bind(second)
+                .bind(&stay.lot_id)
+                .bind(&stay.plate)
+                .bind(&stay.plate_color)
+                .bind(stay.pass_holder)
+                .bind(at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+                closings.push((stay.id, stay.plate.clone(), stay.plate_color.clone(), stay.entered_at, at, None, None));
+                closings.push((second, stay.plate.clone(), stay.plate_color.clone(), at, exited_at, stay.exit_gate.clone(), stay.exit_event_id.clone()));
+                created = Some(second);
+            }
+        }
+        if let Some(voided) = voided {
+            sqlx::query("UPDATE sessions SET status = 'void', updated_at = $2 WHERE id = $1 AND status = 'review'")
+                .bind(voided)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        }
+        for (session, plate, colour, entered_at, exited_at, exit_gate, exit_event) in closings {
+            // A pass for the plate at either end of the stay makes it free, as at the gates.
+            let (passes,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM passes WHERE lot_id = $1 AND plate = $2
+                     AND ((valid_from <= $3 AND valid_until > $3) OR (valid_from <= $4 AND valid_until > $4))",
             )
-            .bind(id)
+            .bind(lot_id)
+            .bind(&plate)
+            .bind(entered_at)
+            .bind(exited_at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            let pass_holder = passes > 0;
+            let priced = price(lot, &Stay {
+                entered_at,
+                exited_at,
+                plate_color: colour.as_deref().and_then(PlateColor::parse),
+                pass_holder,
+            })?;
+            let closed = sqlx::query(
+                "UPDATE sessions SET status = 'closed', plate = $2, plate_color = $3, pass_holder = $4,
+                     exited_at = $5, exit_gate = $6, exit_event_id = $7, tariff_from = $8, fee_minor = $9,
+                     currency = $10, billed_plate = NULL, updated_at = $11
+                 WHERE id = $1 AND status IN ('open', 'review')",
+            )
+            .bind(session)
+            .bind(&plate)
+            .bind(&colour)
+            .bind(pass_holder)
+            .bind(exited_at)
+            .bind(&exit_gate)
+            .bind(&exit_event)
+            .bind(db_time(priced.tariff_from))
+            .bind(priced.fee_minor)
+            .bind(&priced.currency)
             .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?
             .rows_affected();
-            if voided != 1 {
-                return Err(ResolveError::SessionNotInReview);
+            if closed != 1 {
+                return Err(ResolveError::NotMergeable);
             }
+            sqlx::query("INSERT INTO charge_queue (session_id, queued_at) VALUES ($1, $2) ON CONFLICT (session_id) DO NOTHING")
+                .bind(session)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
         }
         tx.commit().await.map_err(StoreError::from)?;
+        created
     });
-    Ok(())
+    Ok(created)
 }

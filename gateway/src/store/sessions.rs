@@ -228,7 +228,7 @@ pub async fn unblock(db: &Db, lot: &LotId, plate: &Plate) -> Result<(), StoreErr
 }
 
 /// A session as the API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SessionView {
     pub id: Uuid,
     pub lot_id: String,
@@ -321,7 +321,7 @@ pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView
 }
 
 /// A review case as the API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ReviewView {
     pub id: Uuid,
     pub lot_id: String,
