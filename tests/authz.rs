@@ -37,40 +37,11 @@ async fn send(
     path: &str,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
-    let mut request = Client::new()
-        .request(method, platform.url(path))
-        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    // The availability stream never ends: its status is the answer.
-    if response
-        .headers()
-        .get("content-type")
-        .is_some_and(|t| t == "text/event-stream")
-    {
-        return (status, Value::Null);
-    }
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
+    platform.call(key, method, path, body).await
 }
 
 async fn issue(platform: &TestPlatform, role: &str, operator: Option<&str>) -> String {
-    let (status, body) = send(
-        platform,
-        Some(ADMIN_KEY),
-        Method::POST,
-        "/v1/keys",
-        Some(&json!({ "role": role, "operator_id": operator })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["key"].as_str().unwrap().to_owned()
+    platform.issue_key(role, operator).await
 }
 
 /// A platform with two operators (the world's `op-test` with its lot, `op-other` with a lot of
@@ -220,6 +191,11 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (Method::DELETE, format!("/v1/lots/{lot}/blocks/浙H12345"), None, [401, 401, 204, 204, 403, 404, 403, 403]),
         (Method::POST, format!("/v1/lots/{lot}/devices"), Some(json!({"id": "cam-matrix", "kind": "gate_camera"})), [401, 401, 422, 422, 403, 404, 403, 403]),
         (Method::DELETE, "/v1/devices/cam-unknown".into(), None, [401, 401, 404, 404, 403, 404, 403, 403]),
+        (Method::PATCH, format!("/v1/lots/{lot}"), Some(json!({"name": "Matrix lot"})), [401, 401, 200, 200, 403, 404, 403, 403]),
+        (Method::DELETE, format!("/v1/lots/{lot}/gates/in-9"), None, [401, 401, 204, 404, 403, 404, 403, 403]),
+        (Method::GET, format!("/v1/lots/{lot}/passes"), None, [401, 401, 200, 200, 200, 404, 403, 403]),
+        (Method::POST, format!("/v1/lots/{lot}/passes/{unknown}/revoke"), Some(json!({"reason": "matrix"})), [401, 401, 404, 404, 403, 404, 403, 403]),
+        (Method::PATCH, "/v1/me".into(), Some(json!({"name": "Matrix driver"})), [401, 401, 403, 403, 403, 403, 200, 403]),
         (Method::POST, format!("/v1/review/{unknown}/resolve"), Some(json!({"action": "accept", "reason": "matrix"})), [401, 401, 404, 404, 403, 404, 403, 403]),
         (Method::POST, "/v1/drivers".into(), Some(json!({"name": "No consent", "plates": [], "payment_account": "acct-x", "auto_debit_consent": false})), [422; 8]),
         (Method::POST, "/v1/me/plates".into(), Some(json!({"plate": "浙K22222"})), [401, 401, 403, 403, 403, 403, 201, 403]),
@@ -415,6 +391,20 @@ async fn bodies_carrying_server_owned_fields_are_refused() {
             status,
             StatusCode::UNPROCESSABLE_ENTITY,
             "POST {path}: {answer}"
+        );
+    }
+    // A driver changes their name, account or consent; never their status, id or debts.
+    let driver = callers[6].key.as_deref();
+    for body in [
+        json!({"status": "active"}),
+        json!({"id": uuid::Uuid::new_v4()}),
+        json!({"name": "Mass", "balance": "0.00"}),
+    ] {
+        let (status, answer) = send(&platform, driver, Method::PATCH, "/v1/me", Some(&body)).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "PATCH /v1/me {body}: {answer}"
         );
     }
     // An operator admin cannot mint a platform-wide key, nor one for another operator.

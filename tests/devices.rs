@@ -12,7 +12,7 @@ use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World
 use parkflow_gateway::registry::GateDirection;
 use parkflow_gateway::store::provision::OperatorPlan;
 use parkflow_protocol::{DeviceId, Direction, GateAction, GateId};
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
 use serde_json::{Value, json};
 
@@ -23,15 +23,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut request = Client::new()
-        .request(method, platform.url(path))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    platform.call(Some(key), method, path, body.as_ref()).await
 }
 
 /// Whether the broker lets `id` log in with `password`.

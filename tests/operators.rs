@@ -7,10 +7,10 @@
 
 mod common;
 
-use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World};
+use common::{Broker, Database, Setup, TestDevice, TestPlatform, World};
 use parkflow_gateway::store::provision::OperatorPlan;
 use parkflow_protocol::{DeviceId, Direction, EventId, GateAction, GateId, GateReason, LotId};
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 async fn call(
@@ -20,28 +20,11 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut request = Client::new()
-        .request(method, platform.url(path))
-        .bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    platform.call(Some(key), method, path, body.as_ref()).await
 }
 
 async fn operator_admin(platform: &TestPlatform, operator: &str) -> String {
-    let (status, body) = call(
-        platform,
-        ADMIN_KEY,
-        Method::POST,
-        "/v1/keys",
-        Some(json!({"role": "operator_admin", "operator_id": operator})),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    body["key"].as_str().unwrap().to_owned()
+    platform.issue_key("operator_admin", Some(operator)).await
 }
 
 const TARIFF: &str = r#"{"currency": "CNY", "time_zone": "Asia/Shanghai", "grace_minutes": 0, "unit_minutes": 15,
@@ -313,6 +296,162 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     );
     let read = entry.read(later, Direction::Entry);
     assert_eq!(entry.decide(&read).await.reason, GateReason::Entered);
+
+    // A pass revoked (with a reason, audited) no longer lets its plate park free.
+    let passes = format!("/v1/lots/{lot}/passes");
+    let pass = json!({"plate": "浙G12121",
+        "valid_from": "2026-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z"});
+    let (status, added) = call(&platform, &own, Method::POST, &passes, Some(pass)).await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    let (_, listed) = call(&platform, &own, Method::GET, &passes, None).await;
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == added["id"]),
+        "{listed}"
+    );
+    assert_eq!(
+        call(&platform, &other, Method::GET, &passes, None).await.0,
+        404
+    );
+    let revoke = format!("{passes}/{}/revoke", added["id"].as_str().unwrap());
+    let why = json!({"reason": "contract ended"});
+    assert_eq!(
+        call(&platform, &other, Method::POST, &revoke, Some(why.clone()))
+            .await
+            .0,
+        404
+    );
+    let (status, audited) = call(&platform, &own, Method::POST, &revoke, Some(why.clone())).await;
+    assert_eq!(
+        (status, &audited["action"]),
+        (StatusCode::OK, &json!("pass_revoked"))
+    );
+    assert_eq!(
+        call(&platform, &own, Method::POST, &revoke, Some(why))
+            .await
+            .0,
+        404
+    );
+    let read = entry.read("浙G12121", Direction::Entry);
+    assert_eq!(entry.decide(&read).await.reason, GateReason::Entered);
+
+    // The lot changed (name, capacity); id, operator, kind and time zone are not the client's.
+    let path = format!("/v1/lots/{lot}");
+    assert_eq!(
+        call(
+            &platform,
+            &other,
+            Method::PATCH,
+            &path,
+            Some(json!({"capacity": 7}))
+        )
+        .await
+        .0,
+        404
+    );
+    for refused in [
+        json!({"capacity": 2_000_000}),
+        json!({"time_zone": "UTC"}),
+        json!({"operator_id": "op-other"}),
+    ] {
+        assert_eq!(
+            call(&platform, &own, Method::PATCH, &path, Some(refused))
+                .await
+                .0,
+            422
+        );
+    }
+    let (status, changed) = call(
+        &platform,
+        &own,
+        Method::PATCH,
+        &path,
+        Some(json!({"name": "Renamed lot", "capacity": 7})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(
+        (&changed["name"], &changed["capacity"]),
+        (&json!("Renamed lot"), &json!(7))
+    );
+    assert_eq!(changed["time_zone"], "Asia/Shanghai");
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the new capacity published",
+        || async {
+            let (_, board) = call(
+                &platform,
+                &own,
+                Method::GET,
+                &format!("/v1/lots/{lot}/availability"),
+                None,
+            )
+            .await;
+            (board["total"] == 7 && board["name"] == "Renamed lot").then_some(())
+        },
+    )
+    .await;
+
+    // A lane out of service: not while its camera is registered; a spare lane goes at once.
+    let gates = format!("/v1/lots/{lot}/gates");
+    let (status, body) = call(
+        &platform,
+        &own,
+        Method::DELETE,
+        &format!("{gates}/out-1"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::CONFLICT, &json!("gate_has_device"))
+    );
+    let spare = json!({"id": "in-2", "direction": "entry"});
+    assert_eq!(
+        call(&platform, &own, Method::POST, &gates, Some(spare))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        call(
+            &platform,
+            &other,
+            Method::DELETE,
+            &format!("{gates}/in-2"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            &platform,
+            &own,
+            Method::DELETE,
+            &format!("{gates}/in-2"),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        call(
+            &platform,
+            &own,
+            Method::DELETE,
+            &format!("{gates}/in-2"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
 
     // The barrier opened by hand: a signed `open` the camera verifies, and an audit entry that
     // says who, when and why. Another operator can neither open it nor see the entry.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World};
 use parkflow_protocol::{Direction, GateReason};
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 async fn call(
@@ -22,15 +22,9 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut request = Client::new()
-        .request(method, platform.url(path))
-        .bearer_auth(ADMIN_KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    platform
+        .call(Some(ADMIN_KEY), method, path, body.as_ref())
+        .await
 }
 
 /// The unresolved case of `kind` whose plate or session matches, once it is recorded.

@@ -262,6 +262,52 @@ pub struct TestPlatform {
 }
 
 impl TestPlatform {
+    /// An HTTP request as an app sends it: `key` as the bearer, a fresh `Idempotency-Key`, the
+    /// body as JSON; the status and the JSON answer (`null` when it is not JSON, and for the
+    /// never-ending availability stream, whose status is the answer).
+    pub async fn call(
+        &self,
+        key: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, self.url(path))
+            .header("Idempotency-Key", Uuid::new_v4().to_string());
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        if response
+            .headers()
+            .get("content-type")
+            .is_some_and(|t| t == "text/event-stream")
+        {
+            return (status, serde_json::Value::Null);
+        }
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// A new API key of `role` (for `operator`), issued by the platform admin.
+    pub async fn issue_key(&self, role: &str, operator: Option<&str>) -> String {
+        let body = serde_json::json!({ "role": role, "operator_id": operator });
+        let (status, issued) = self
+            .call(
+                Some(ADMIN_KEY),
+                reqwest::Method::POST,
+                "/v1/keys",
+                Some(&body),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{issued}");
+        issued["key"].as_str().unwrap().to_owned()
+    }
+
     /// Starts a platform with a fresh database provisioned with `world`.
     pub async fn start(setup: Setup, world: &World) -> Self {
         Self::start_with(setup, world, |_| {}).await

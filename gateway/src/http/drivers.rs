@@ -144,6 +144,77 @@ pub async fn enrol(
     Ok((StatusCode::CREATED, Json(Enrolled { driver, api_key })))
 }
 
+/// A driver's change of name, payment account or auto-debit consent: the fields given change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"payment_account": "acct-new-card", "auto_debit_consent": true}))]
+pub struct DriverUpdate {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    payment_account: Option<String>,
+    /// Withdrawn, the driver's cars pay at the exit (the barrier holds them) until it is given again.
+    #[serde(default)]
+    auto_debit_consent: Option<bool>,
+}
+
+/// `PATCH /v1/me`
+#[utoipa::path(
+    patch, path = "/v1/me", tag = "drivers",
+    security(("api_key" = [])),
+    request_body = DriverUpdate,
+    responses(
+        (status = 200, description = "The driver as they are now", body = DriverView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
+    ),
+)]
+pub async fn update_me(
+    DriverKey(driver): DriverKey,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<DriverUpdate>,
+) -> Result<Json<DriverView>, ApiError> {
+    let name = request
+        .name
+        .as_deref()
+        .map(|name| free_text("invalid_name", "name", name, 200))
+        .transpose()?;
+    let account = request
+        .payment_account
+        .as_deref()
+        .map(|account| free_text("invalid_payment_account", "payment_account", account, 200))
+        .transpose()?;
+    drivers::update(
+        &state.db,
+        driver,
+        name.as_deref(),
+        account.as_deref(),
+        request.auto_debit_consent,
+    )
+    .await?;
+    let me = drivers::driver(&state.db, driver)
+        .await?
+        .ok_or(ApiError::NotFound("driver"))?;
+    // The gate decides exits by standing: without consent a car pays at the exit.
+    let standing = match (me.auto_debit, me.status.as_str()) {
+        (false, _) => Standing::NotEnrolled,
+        (true, "suspended") => Standing::Suspended,
+        (true, _) => Standing::Enrolled,
+    };
+    let plates = me
+        .plates
+        .iter()
+        .filter_map(|p| Plate::parse(&p.plate).ok())
+        .collect();
+    state
+        .gates
+        .send(GateMessage::Standing { plates, standing })
+        .await;
+    Ok(Json(me))
+}
+
 /// `GET /v1/me`
 #[utoipa::path(
     get, path = "/v1/me", tag = "drivers",

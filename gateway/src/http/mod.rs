@@ -13,6 +13,7 @@ pub mod lots;
 pub mod openapi;
 pub mod operators;
 pub mod ops;
+pub mod passes;
 pub mod payments;
 pub mod registry;
 pub mod reports;
@@ -69,7 +70,7 @@ pub struct AppState {
 fn driver_routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(drivers::enrol))
-        .routes(routes!(drivers::me))
+        .routes(routes!(drivers::me, drivers::update_me))
         .routes(routes!(drivers::add_plate))
         .routes(routes!(drivers::remove_plate))
         .routes(routes!(drivers::my_sessions))
@@ -112,12 +113,15 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(operators::list, operators::issue))
         .routes(routes!(operators::revoke))
         .routes(routes!(registry::lots, registry::create_lot))
+        .routes(routes!(registry::update_lot))
         .routes(routes!(registry::add_gate))
+        .routes(routes!(registry::remove_gate))
         .routes(routes!(availability::bays, registry::add_bays))
         .routes(routes!(registry::add_tariff))
-        .routes(routes!(registry::add_pass))
-        .routes(routes!(registry::add_block))
-        .routes(routes!(registry::remove_block))
+        .routes(routes!(passes::list_passes, passes::add_pass))
+        .routes(routes!(passes::revoke_pass))
+        .routes(routes!(passes::add_block))
+        .routes(routes!(passes::remove_block))
         .routes(routes!(availability::recount))
         .routes(routes!(devices::list, devices::register))
         .routes(routes!(devices::rotate))

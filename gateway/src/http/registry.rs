@@ -5,9 +5,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use parkflow_billing::TariffDefinition;
-use parkflow_protocol::{BayId, DeviceAuth, GateId, LotId, Plate};
+use parkflow_protocol::{BayId, DeviceAuth, GateId, LotId};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -20,7 +20,7 @@ use crate::registry::Location;
 use crate::registry::{GateDirection, Lot, LotKind};
 use crate::store::keys;
 use crate::store::provision::{
-    BlockPlan, LotPlan, PassPlan, Plan, create_lot as create_lot_row, provision,
+    GateRemoval, LotPlan, Plan, create_lot as create_lot_row, provision,
 };
 
 /// The most bays one request adds.
@@ -83,12 +83,12 @@ fn plan_of(lot: &Lot) -> LotPlan {
 }
 
 /// The lot `raw` names, if the caller's scope sees it (another operator's answers 404).
-fn own_lot(state: &AppState, scope: &Scope, raw: &str) -> Result<LotPlan, ApiError> {
+pub(super) fn own_lot(state: &AppState, scope: &Scope, raw: &str) -> Result<LotPlan, ApiError> {
     Ok(plan_of(scope.lot(&state.registry.snapshot(), raw)?))
 }
 
 /// Applies `plan`, then reloads what depends on it.
-async fn apply(state: &AppState, plan: &Plan) -> Result<(), ApiError> {
+pub(super) async fn apply(state: &AppState, plan: &Plan) -> Result<(), ApiError> {
     provision(&state.db, plan, Utc::now()).await?;
     state.registry.reload(&state.db).await?;
     if !plan.passes.is_empty() || !plan.blocks.is_empty() {
@@ -156,6 +156,36 @@ pub struct LotRequest {
     max_stay_minutes: Option<u32>,
 }
 
+/// What an operator may set on a lot, checked: its name (returned trimmed), location, capacity
+/// and maximum stay.
+fn checked_lot_fields(
+    name: &str,
+    Location { lat, lon }: Location,
+    capacity: u32,
+    max_stay_minutes: Option<u32>,
+) -> Result<String, ApiError> {
+    let name = free_text("invalid_name", "name", name, 200)?;
+    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+        return Err(ApiError::bad_request(
+            "invalid_location",
+            "lat must be within ±90, lon within ±180",
+        ));
+    }
+    if capacity > MAX_CAPACITY {
+        return Err(ApiError::bad_request(
+            "invalid_capacity",
+            format!("capacity is at most {MAX_CAPACITY}"),
+        ));
+    }
+    if max_stay_minutes.is_some_and(|m| !(1..=MAX_STAY_MINUTES).contains(&m)) {
+        return Err(ApiError::bad_request(
+            "invalid_max_stay",
+            format!("max_stay_minutes is 1 to {MAX_STAY_MINUTES}"),
+        ));
+    }
+    Ok(name)
+}
+
 /// `POST /v1/operators/{operator}/lots`
 #[utoipa::path(
     post, path = "/v1/operators/{operator}/lots", tag = "operators",
@@ -192,35 +222,19 @@ pub async fn create_lot(
             "a lot with this id exists",
         ));
     }
-    let name = free_text("invalid_name", "name", &request.name, 200)?;
-    let Location { lat, lon } = request.location;
-    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
-        return Err(ApiError::bad_request(
-            "invalid_location",
-            "lat must be within ±90, lon within ±180",
-        ));
-    }
-    if request.capacity > MAX_CAPACITY {
-        return Err(ApiError::bad_request(
-            "invalid_capacity",
-            format!("capacity is at most {MAX_CAPACITY}"),
-        ));
-    }
+    let name = checked_lot_fields(
+        &request.name,
+        request.location,
+        request.capacity,
+        request.max_stay_minutes,
+    )?;
     if request.time_zone.parse::<chrono_tz::Tz>().is_err() {
         return Err(ApiError::bad_request(
             "invalid_time_zone",
             "time_zone must be an IANA zone such as Asia/Shanghai",
         ));
     }
-    if request
-        .max_stay_minutes
-        .is_some_and(|m| !(1..=MAX_STAY_MINUTES).contains(&m))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_max_stay",
-            format!("max_stay_minutes is 1 to {MAX_STAY_MINUTES}"),
-        ));
-    }
+    let Location { lat, lon } = request.location;
     let lot = LotPlan {
         id: id.clone(),
         operator_id: operator,
@@ -399,123 +413,105 @@ fn versions(state: &AppState, lot: &LotId) -> usize {
         .map_or(0, |l| l.tariffs.versions().len())
 }
 
+/// A change to a lot: the fields given change, the others stay. The id, operator, kind and time
+/// zone (which dates its settlements) never change.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PassRequest {
-    plate: String,
-    valid_from: DateTime<Utc>,
-    valid_until: DateTime<Utc>,
+#[schema(example = json!({"name": "West Lake P2", "capacity": 420}))]
+pub struct LotUpdate {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    location: Option<Location>,
+    #[serde(default)]
+    capacity: Option<u32>,
+    #[serde(default)]
+    device_auth: Option<DeviceAuth>,
+    #[serde(default)]
+    max_stay_minutes: Option<u32>,
 }
 
-/// `POST /v1/lots/{lot}/passes`: the plate parks free in the lot between the two times.
+/// `PATCH /v1/lots/{lot}`
 #[utoipa::path(
-    post, path = "/v1/lots/{lot}/passes", tag = "operators",
+    patch, path = "/v1/lots/{lot}", tag = "operators",
     security(("api_key" = [])),
     params(("lot" = String, Path, description = "Lot id")),
-    request_body = PassRequest,
+    request_body = LotUpdate,
     responses(
-        (status = 201, description = "The plate parks free in the lot between the two times"),
+        (status = 200, description = "The lot as it is now", body = LotView),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
-pub async fn add_pass(
+pub async fn update_lot(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
-    ApiJson(request): ApiJson<PassRequest>,
-) -> Result<StatusCode, ApiError> {
-    let lot = own_lot(&state, &scope, &lot)?;
-    let plate = Plate::parse(&request.plate)
-        .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
-    if request.valid_until <= request.valid_from {
-        return Err(ApiError::bad_request(
-            "invalid_range",
-            "valid_until must be after valid_from",
-        ));
+    ApiJson(request): ApiJson<LotUpdate>,
+) -> Result<Json<LotView>, ApiError> {
+    let mut lot = own_lot(&state, &scope, &lot)?;
+    if let Some(name) = request.name {
+        lot.name = name;
     }
-    let plan = Plan {
-        passes: vec![PassPlan {
-            lot: lot.id,
-            plate,
-            valid_from: request.valid_from,
-            valid_until: request.valid_until,
-        }],
-        ..Plan::default()
-    };
-    apply(&state, &plan).await?;
-    Ok(StatusCode::CREATED)
+    if let Some(Location { lat, lon }) = request.location {
+        (lot.lat, lot.lon) = (lat, lon);
+    }
+    lot.capacity = request.capacity.unwrap_or(lot.capacity);
+    lot.device_auth = request.device_auth.unwrap_or(lot.device_auth);
+    lot.max_stay_minutes = request.max_stay_minutes.or(lot.max_stay_minutes);
+    lot.name = checked_lot_fields(
+        &lot.name,
+        Location {
+            lat: lot.lat,
+            lon: lot.lon,
+        },
+        lot.capacity,
+        lot.max_stay_minutes,
+    )?;
+    let id = lot.id.clone();
+    apply(
+        &state,
+        &Plan {
+            lots: vec![lot],
+            ..Plan::default()
+        },
+    )
+    .await?;
+    Ok(Json(lot_view(&state, &id)?))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BlockRequest {
-    plate: String,
-    reason: String,
-}
-
-/// `POST /v1/lots/{lot}/blocks`: the plate is held at the lot's entries.
+/// `DELETE /v1/lots/{lot}/gates/{gate}`: a lane out of service (its camera revoked first).
 #[utoipa::path(
-    post, path = "/v1/lots/{lot}/blocks", tag = "operators",
+    delete, path = "/v1/lots/{lot}/gates/{gate}", tag = "operators",
     security(("api_key" = [])),
-    params(("lot" = String, Path, description = "Lot id")),
-    request_body = BlockRequest,
+    params(("lot" = String, Path, description = "Lot id"), ("gate" = String, Path, description = "Gate id")),
     responses(
-        (status = 201, description = "The plate is held at the lot's entries"),
+        (status = 204, description = "Removed: its reads are refused from now on"),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 403, description = "This key's role may not do this", body = ErrorBody),
-        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 404, description = "No such lot or gate (or not this caller's)", body = ErrorBody),
+        (status = 409, description = "A camera is registered to the gate: revoke it first", body = ErrorBody),
     ),
 )]
-pub async fn add_block(
+pub async fn remove_gate(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
-    ApiPath(lot): ApiPath<String>,
-    ApiJson(request): ApiJson<BlockRequest>,
+    ApiPath((lot, gate)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let lot = own_lot(&state, &scope, &lot)?;
-    let plate = Plate::parse(&request.plate)
-        .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
-    let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
-    let plan = Plan {
-        blocks: vec![BlockPlan {
-            lot: lot.id,
-            plate,
-            reason,
-        }],
-        ..Plan::default()
-    };
-    apply(&state, &plan).await?;
-    Ok(StatusCode::CREATED)
-}
-
-/// `DELETE /v1/lots/{lot}/blocks/{plate}` (idempotent).
-#[utoipa::path(
-    delete, path = "/v1/lots/{lot}/blocks/{plate}", tag = "operators",
-    security(("api_key" = [])),
-    params(("lot" = String, Path, description = "Lot id"), ("plate" = String, Path, description = "The blocked plate")),
-    responses(
-        (status = 204, description = "Unblocked (also when it was not blocked)"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
-        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
-    ),
-)]
-pub async fn remove_block(
-    StaffAdmin(scope): StaffAdmin,
-    State(state): State<AppState>,
-    ApiPath((lot, plate)): ApiPath<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let lot = own_lot(&state, &scope, &lot)?;
-    let plate =
-        Plate::parse(&plate).map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
-    crate::store::sessions::unblock(&state.db, &lot.id, &plate).await?;
-    state
-        .gates
-        .send(GateMessage::Reload { now: Utc::now() })
-        .await;
+    let gate = GateId::parse(&gate).map_err(|_| ApiError::NotFound("gate"))?;
+    match crate::store::provision::remove_gate(&state.db, &lot.id, &gate).await? {
+        GateRemoval::Removed => {}
+        GateRemoval::NotFound => return Err(ApiError::NotFound("gate")),
+        GateRemoval::HasDevice => {
+            return Err(ApiError::conflict(
+                "gate_has_device",
+                "a camera is registered to this gate: revoke it first",
+            ));
+        }
+    }
+    state.registry.reload(&state.db).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -101,6 +101,29 @@ pub async fn enrol(
     Ok((driver, key))
 }
 
+/// Changes what is given of a driver's name, payment account and auto-debit consent.
+pub async fn update(
+    db: &Db,
+    id: Uuid,
+    name: Option<&str>,
+    payment_account: Option<&str>,
+    auto_debit: Option<bool>,
+) -> Result<(), StoreError> {
+    on_db!(db, pool => sqlx::query(
+        "UPDATE drivers SET name = COALESCE($2, name), payment_account = COALESCE($3, payment_account),
+             auto_debit = COALESCE($4, auto_debit)
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(payment_account)
+    .bind(auto_debit)
+    .execute(pool)
+    .await
+    .map(drop)?);
+    Ok(())
+}
+
 /// A driver and their plates.
 pub async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, StoreError> {
     let row: Option<(String, String, bool)> = on_db!(db, pool => sqlx::query_as(

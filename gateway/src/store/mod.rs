@@ -5,6 +5,7 @@ pub mod audit;
 pub mod devices;
 pub mod drivers;
 pub mod keys;
+pub mod passes;
 pub mod provision;
 pub mod registry;
 pub mod review;

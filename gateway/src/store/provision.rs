@@ -270,3 +270,37 @@ pub async fn create_lot(db: &Db, lot: &LotPlan, now: DateTime<Utc>) -> Result<bo
     .map(|r| r.rows_affected())?);
     Ok(inserted == 1)
 }
+
+/// What removing a gate did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateRemoval {
+    Removed,
+    NotFound,
+    /// A camera not revoked is registered to it.
+    HasDevice,
+}
+
+/// Removes a lane from a lot unless a live camera is registered to it.
+pub async fn remove_gate(db: &Db, lot: &LotId, gate: &GateId) -> Result<GateRemoval, StoreError> {
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let (devices,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM devices WHERE lot_id = $1 AND gate_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(lot.as_str())
+        .bind(gate.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        if devices > 0 {
+            return Ok(GateRemoval::HasDevice);
+        }
+        let removed = sqlx::query("DELETE FROM gates WHERE lot_id = $1 AND id = $2")
+            .bind(lot.as_str())
+            .bind(gate.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(if removed == 1 { GateRemoval::Removed } else { GateRemoval::NotFound })
+    })
+}

@@ -1,0 +1,220 @@
+//! Who parks free and who may not enter: a lot's passes (added, listed, revoked with an audit
+//! entry) and its blocked plates. Each change reloads the gate and occupancy actors' facts.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use parkflow_protocol::Plate;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::{Accountable, Staff, StaffAdmin};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiPath, free_text};
+use super::registry::{apply, own_lot};
+use crate::gate::GateMessage;
+use crate::occupancy::OccupancyMessage;
+use crate::store::audit::{self, AuditEntry};
+use crate::store::passes::{self, PassView};
+use crate::store::provision::{BlockPlan, Plan};
+
+/// The most passes one listing returns.
+const MAX_LIST: u32 = 1_000;
+
+/// The gate and occupancy actors read passes and blocks again.
+async fn reload_facts(state: &AppState) {
+    state
+        .gates
+        .send(GateMessage::Reload { now: Utc::now() })
+        .await;
+    state.occupancy.send(OccupancyMessage::ReloadPasses).await;
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"plate": "浙A12345", "valid_from": "2026-12-01T00:00:00Z", "valid_until": "2027-01-01T00:00:00Z"}))]
+pub struct PassRequest {
+    plate: String,
+    valid_from: DateTime<Utc>,
+    valid_until: DateTime<Utc>,
+}
+
+/// `POST /v1/lots/{lot}/passes`: the plate parks free in the lot between the two times.
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/passes", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    request_body = PassRequest,
+    responses(
+        (status = 201, description = "The pass (its id revokes it)", body = PassView),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
+pub async fn add_pass(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+    ApiJson(request): ApiJson<PassRequest>,
+) -> Result<(StatusCode, Json<PassView>), ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    let plate = Plate::parse(&request.plate)
+        .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
+    if request.valid_until <= request.valid_from {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "valid_until must be after valid_from",
+        ));
+    }
+    let pass = passes::add(
+        &state.db,
+        &lot.id,
+        &plate,
+        (request.valid_from, request.valid_until),
+        Utc::now(),
+    )
+    .await?;
+    reload_facts(&state).await;
+    Ok((StatusCode::CREATED, Json(pass)))
+}
+
+/// `GET /v1/lots/{lot}/passes`
+#[utoipa::path(
+    get, path = "/v1/lots/{lot}/passes", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    responses(
+        (status = 200, description = "The lot's passes, the latest to start first", body = [PassView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+    ),
+)]
+pub async fn list_passes(
+    Staff(scope): Staff,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+) -> Result<Json<Vec<PassView>>, ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    Ok(Json(passes::of_lot(&state.db, &lot.id, MAX_LIST).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Why (kept in the audit trail).
+    reason: String,
+}
+
+/// `POST /v1/lots/{lot}/passes/{id}/revoke`: the pass is gone from now on; audited.
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/passes/{id}/revoke", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id"), ("id" = uuid::Uuid, Path, description = "Pass id")),
+    request_body = RevokeRequest,
+    responses(
+        (status = 200, description = "Revoked; the audit entry written", body = AuditEntry),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot or pass (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
+pub async fn revoke_pass(
+    who: Accountable,
+    State(state): State<AppState>,
+    ApiPath((lot, id)): ApiPath<(String, Uuid)>,
+    ApiJson(request): ApiJson<RevokeRequest>,
+) -> Result<Json<AuditEntry>, ApiError> {
+    let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
+    let lot = own_lot(&state, &who.scope, &lot)?;
+    if !passes::remove(&state.db, &lot.id, id).await? {
+        return Err(ApiError::NotFound("pass"));
+    }
+    reload_facts(&state).await;
+    let entry = AuditEntry {
+        id: Uuid::now_v7(),
+        at: Utc::now(),
+        actor_role: who.role.to_owned(),
+        actor_key: who.key,
+        operator_id: Some(lot.operator_id),
+        action: "pass_revoked".into(),
+        object: format!("{}/passes/{id}", lot.id),
+        reason,
+        details: None,
+    };
+    audit::record(&state.db, &entry).await?;
+    Ok(Json(entry))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRequest {
+    plate: String,
+    reason: String,
+}
+
+/// `POST /v1/lots/{lot}/blocks`: the plate is held at the lot's entries.
+#[utoipa::path(
+    post, path = "/v1/lots/{lot}/blocks", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    request_body = BlockRequest,
+    responses(
+        (status = 201, description = "The plate is held at the lot's entries"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+    ),
+)]
+pub async fn add_block(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+    ApiJson(request): ApiJson<BlockRequest>,
+) -> Result<StatusCode, ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    let plate = Plate::parse(&request.plate)
+        .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
+    let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
+    let plan = Plan {
+        blocks: vec![BlockPlan {
+            lot: lot.id,
+            plate,
+            reason,
+        }],
+        ..Plan::default()
+    };
+    apply(&state, &plan).await?;
+    Ok(StatusCode::CREATED)
+}
+
+/// `DELETE /v1/lots/{lot}/blocks/{plate}` (idempotent).
+#[utoipa::path(
+    delete, path = "/v1/lots/{lot}/blocks/{plate}", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id"), ("plate" = String, Path, description = "The blocked plate")),
+    responses(
+        (status = 204, description = "Unblocked (also when it was not blocked)"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+    ),
+)]
+pub async fn remove_block(
+    StaffAdmin(scope): StaffAdmin,
+    State(state): State<AppState>,
+    ApiPath((lot, plate)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    let plate =
+        Plate::parse(&plate).map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
+    crate::store::sessions::unblock(&state.db, &lot.id, &plate).await?;
+    reload_facts(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}

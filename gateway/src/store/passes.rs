@@ -1,0 +1,73 @@
+//! A lot's passes (monthly, whitelist): plates that park free in the lot between two instants
+//! (SPEC §4). Operators add, list and revoke them; the gate and occupancy actors reload them.
+
+use chrono::{DateTime, Utc};
+use parkflow_protocol::{LotId, Plate};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Db, StoreError, db_time, on_db};
+
+/// A pass as its operator sees it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct PassView {
+    pub id: Uuid,
+    pub plate: String,
+    #[serde(with = "parkflow_protocol::time::rfc3339")]
+    pub valid_from: DateTime<Utc>,
+    #[serde(with = "parkflow_protocol::time::rfc3339")]
+    pub valid_until: DateTime<Utc>,
+}
+
+/// Adds a pass for `plate` in `lot`, valid `[from, until)`.
+pub async fn add(
+    db: &Db,
+    lot: &LotId,
+    plate: &Plate,
+    (from, until): (DateTime<Utc>, DateTime<Utc>),
+    now: DateTime<Utc>,
+) -> Result<PassView, StoreError> {
+    let pass = PassView {
+        id: Uuid::now_v7(),
+        plate: plate.as_str().to_owned(),
+        valid_from: db_time(from),
+        valid_until: db_time(until),
+    };
+    on_db!(db, pool => sqlx::query(
+        "INSERT INTO passes (id, lot_id, plate, kind, valid_from, valid_until, created_at)
+         VALUES ($1, $2, $3, 'monthly', $4, $5, $6)",
+    )
+    .bind(pass.id)
+    .bind(lot.as_str())
+    .bind(&pass.plate)
+    .bind(pass.valid_from)
+    .bind(pass.valid_until)
+    .bind(db_time(now))
+    .execute(pool)
+    .await
+    .map(drop)?);
+    Ok(pass)
+}
+
+/// The lot's passes, the latest to start first.
+pub async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<PassView>, StoreError> {
+    Ok(on_db!(db, pool => sqlx::query_as(
+        "SELECT id, plate, valid_from, valid_until FROM passes WHERE lot_id = $1
+         ORDER BY valid_from DESC, id LIMIT $2",
+    )
+    .bind(lot.as_str())
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?))
+}
+
+/// Revokes pass `id` of `lot`; whether it existed.
+pub async fn remove(db: &Db, lot: &LotId, id: Uuid) -> Result<bool, StoreError> {
+    let removed = on_db!(db, pool => sqlx::query("DELETE FROM passes WHERE id = $1 AND lot_id = $2")
+        .bind(id)
+        .bind(lot.as_str())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected())?);
+    Ok(removed == 1)
+}

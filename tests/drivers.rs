@@ -1,0 +1,94 @@
+//! A driver manages their own account (issue: operators, drivers and security): withdrawing
+//! auto-debit consent makes their cars pay at the exit; giving it back lets them leave first and
+//! pay later again, at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Broker, Database, Setup, TestDevice, TestPlatform, World};
+use parkflow_protocol::{Direction, GateAction, GateReason};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn call(
+    platform: &TestPlatform,
+    key: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    platform.call(key, method, path, body.as_ref()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_withdrawn_means_paying_at_the_exit_until_it_is_given_back() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let plate = "浙L24680";
+    let (status, enrolled) = call(
+        &platform,
+        None,
+        Method::POST,
+        "/v1/drivers",
+        Some(
+            json!({"name": "Lin", "plates": [{"plate": plate}], "payment_account": "acct-lin",
+                    "auto_debit_consent": true}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{enrolled}");
+    let key = enrolled["api_key"].as_str().unwrap();
+    let visit = |entry: &mut TestDevice, exit: &mut TestDevice| {
+        let (entry_read, exit_read) = (
+            entry.read_at(
+                plate,
+                Direction::Entry,
+                chrono::Utc::now() - chrono::Duration::minutes(40),
+            ),
+            exit.read(plate, Direction::Exit),
+        );
+        (entry_read, exit_read)
+    };
+
+    let (read_in, read_out) = visit(&mut entry, &mut exit);
+    entry.decide(&read_in).await;
+    assert_eq!(exit.decide(&read_out).await.reason, GateReason::BillLater);
+
+    let (status, me) = call(
+        &platform,
+        Some(key),
+        Method::PATCH,
+        "/v1/me",
+        Some(json!({"auto_debit_consent": false, "payment_account": "acct-lin-2"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["auto_debit"], false);
+    let (read_in, read_out) = visit(&mut entry, &mut exit);
+    entry.decide(&read_in).await;
+    let held = exit.decide(&read_out).await;
+    assert_eq!(
+        (held.action, held.reason),
+        (GateAction::Hold, GateReason::PaymentRequired)
+    );
+    assert!(held.amount_due.is_some() && held.pay_url.is_some());
+
+    let (status, me) = call(
+        &platform,
+        Some(key),
+        Method::PATCH,
+        "/v1/me",
+        Some(json!({"auto_debit_consent": true})),
+    )
+    .await;
+    assert_eq!((status, &me["auto_debit"]), (StatusCode::OK, &json!(true)));
+    // With consent again, the next visit leaves first and pays later.
+    let (read_in, read_out) = visit(&mut entry, &mut exit);
+    entry.decide(&read_in).await;
+    assert_eq!(exit.decide(&read_out).await.reason, GateReason::BillLater);
+    platform.stop().await;
+}
