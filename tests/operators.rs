@@ -596,3 +596,43 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     assert_eq!(queue, json!([]));
     platform.stop().await;
 }
+
+/// Tariff versions sent at once are each numbered after the last, and a repeated
+/// `effective_from` is a conflict, never a server error (PostgreSQL once numbered two alike).
+async fn concurrent_tariff_versions(setup: Setup) {
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start(setup, &world).await;
+    let own = operator_admin(&platform, "op-test").await;
+    let path = format!("/v1/lots/{}/tariffs", world.lot);
+    let requests = (0..32).map(|i| {
+        let mut tariff: Value = serde_json::from_str(TARIFF).unwrap();
+        // Two requests per instant: one of each pair is the conflict.
+        tariff["effective_from"] = json!(format!("2031-01-{:02}T00:00:00Z", i / 2 + 1));
+        let (platform, own, path) = (&platform, own.clone(), path.clone());
+        async move {
+            call(platform, &own, Method::POST, &path, Some(tariff))
+                .await
+                .0
+        }
+    });
+    let mut statuses: Vec<u16> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(|s| s.as_u16())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [[201; 16], [409; 16]].concat());
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tariff_versions_on_sqlite() {
+    concurrent_tariff_versions(Setup::available(Database::Sqlite, Broker::Embedded).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tariff_versions_on_postgres() {
+    if let Some(setup) = Setup::available(Database::Postgres, Broker::Embedded) {
+        concurrent_tariff_versions(setup).await;
+    }
+}

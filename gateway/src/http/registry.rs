@@ -375,7 +375,7 @@ pub async fn add_tariff(
     ApiPath(lot): ApiPath<String>,
     ApiJson(definition): ApiJson<TariffDefinition>,
 ) -> Result<StatusCode, ApiError> {
-    let mut lot = own_lot(&state, &scope, &lot)?;
+    let lot = own_lot(&state, &scope, &lot)?;
     parkflow_billing::Tariff::try_from(definition.clone())
         .map_err(|e| ApiError::bad_request("invalid_tariff", e.to_string()))?;
     let before = versions(&state, &lot.id);
@@ -387,21 +387,13 @@ pub async fn add_tariff(
             "a new version takes effect from now or later",
         ));
     }
-    lot.tariffs.push(definition);
-    apply(
-        &state,
-        &Plan {
-            lots: vec![lot.clone()],
-            ..Plan::default()
-        },
-    )
-    .await?;
-    if versions(&state, &lot.id) == before {
+    if !crate::store::provision::add_tariff(&state.db, &lot.id, &definition, Utc::now()).await? {
         return Err(ApiError::conflict(
             "tariff_exists",
             "a version with this effective_from exists",
         ));
     }
+    state.registry.reload(&state.db).await?;
     Ok(StatusCode::CREATED)
 }
 

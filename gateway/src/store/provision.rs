@@ -154,11 +154,7 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
             }
             for tariff in &lot.tariffs {
                 let definition = serde_json::to_string(tariff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                sqlx::query(
-                    "INSERT INTO tariffs (lot_id, version, effective_from, definition, created_at)
-                     VALUES ($1, (SELECT COALESCE(MAX(version), 0) + 1 FROM tariffs WHERE lot_id = $1), $2, $3, $4)
-                     ON CONFLICT (lot_id, effective_from) DO NOTHING",
-                )
+                sqlx::query(INSERT_TARIFF)
                 .bind(lot.id.as_str())
                 .bind(db_time(tariff.effective_from))
                 .bind(definition)
@@ -302,5 +298,42 @@ pub async fn remove_gate(db: &Db, lot: &LotId, gate: &GateId) -> Result<GateRemo
             .rows_affected();
         tx.commit().await?;
         Ok(if removed == 1 { GateRemoval::Removed } else { GateRemoval::NotFound })
+    })
+}
+
+/// A lot's next tariff version, numbered after its last; nothing when one with the same
+/// `effective_from` exists.
+const INSERT_TARIFF: &str =
+    "INSERT INTO tariffs (lot_id, version, effective_from, definition, created_at)
+     VALUES ($1, (SELECT COALESCE(MAX(version), 0) + 1 FROM tariffs WHERE lot_id = $1), $2, $3, $4)
+     ON CONFLICT (lot_id, effective_from) DO NOTHING";
+
+/// Adds a tariff version to `lot`; false when a version with its `effective_from` exists.
+pub async fn add_tariff(
+    db: &Db,
+    lot: &LotId,
+    tariff: &TariffDefinition,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let definition =
+        serde_json::to_string(tariff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        // Write first: the lot row's lock orders concurrent versions, so each is numbered after
+        // the one committed before it (PostgreSQL numbered two at once alike, and failed one).
+        sqlx::query("UPDATE lots SET name = name WHERE id = $1")
+            .bind(lot.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let added = sqlx::query(INSERT_TARIFF)
+            .bind(lot.as_str())
+            .bind(db_time(tariff.effective_from))
+            .bind(definition)
+            .bind(db_time(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(added == 1)
     })
 }
