@@ -153,10 +153,12 @@ impl GateActor {
                 GateMessage::ManualOpen {
                     lot,
                     gate,
+                    command_id,
+                    event_id,
                     at,
                     reply,
                 } => {
-                    let _ = reply.send(self.manual_open(&lot, &gate, at));
+                    let _ = reply.send(self.manual_open(&lot, &gate, command_id, event_id, at));
                 }
                 GateMessage::TakeOpen {
                     lot,
@@ -432,15 +434,15 @@ impl GateActor {
         &mut self,
         lot: &LotId,
         gate: &GateId,
+        command_id: Uuid,
+        event_id: EventId,
         at: DateTime<Utc>,
     ) -> Result<GateCommand, String> {
         let registry = self.registry.snapshot();
         let lot = registry.lot_by_id(lot).ok_or("unknown lot")?;
         registry.gate(lot.idx, gate).ok_or("unknown gate")?;
-        let event_id =
-            EventId::parse(&format!("manual-{}", Uuid::now_v7())).map_err(|e| e.to_string())?;
         let command = GateCommand {
-            command_id: Uuid::now_v7(),
+            command_id,
             event_id,
             action: GateAction::Open,
             reason: GateReason::Manual,

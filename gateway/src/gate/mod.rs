@@ -68,10 +68,13 @@ pub enum GateMessage {
         now: DateTime<Utc>,
     },
     /// An operator opens a barrier by hand: a signed `open` (reason `manual`) answering no read,
-    /// its `event_id` made up (`manual-…`). Answers with the command, or why it was not sent.
+    /// with the ids the audit trail recorded (`event_id` `manual-…`). Answers with the command, or
+    /// why it was not sent.
     ManualOpen {
         lot: LotId,
         gate: GateId,
+        command_id: uuid::Uuid,
+        event_id: parkflow_protocol::EventId,
         at: DateTime<Utc>,
         reply: tokio::sync::oneshot::Sender<Result<parkflow_protocol::GateCommand, String>>,
     },

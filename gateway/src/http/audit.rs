@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use parkflow_protocol::{GateId, Plate, PlateColor};
+use parkflow_protocol::{EventId, GateId, Plate, PlateColor};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -66,28 +66,14 @@ pub async fn manual_open(
             .ok_or(ApiError::NotFound("gate"))?;
         (found.id.clone(), found.operator_id.clone())
     };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let at = Utc::now();
-    state
-        .gates
-        .send(GateMessage::ManualOpen {
-            lot: lot.clone(),
-            gate: gate.clone(),
-            at,
-            reply,
-        })
-        .await;
-    let command = answer
-        .await
-        .map_err(|_| ApiError::Unavailable)?
-        .map_err(|message| ApiError::Status {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "not_sent",
-            message,
-        })?;
-    let entry = AuditEntry {
+    // Recorded before the barrier moves: the trail never misses an opening, and an attempt
+    // that fails is followed by an entry saying so.
+    let command_id = Uuid::now_v7();
+    let event_id = EventId::parse(&format!("manual-{command_id}"))
+        .map_err(|e| ApiError::Store(crate::store::StoreError::Corrupt(e.to_string())))?;
+    let mut entry = AuditEntry {
         id: Uuid::now_v7(),
-        at,
+        at: Utc::now(),
         actor_role: who.role.to_owned(),
         actor_key: who.key,
         operator_id: Some(operator),
@@ -95,15 +81,43 @@ pub async fn manual_open(
         object: format!("{lot}/{gate}"),
         reason,
         details: Some(
-            serde_json::json!({ "command_id": command.command_id, "event_id": command.event_id })
-                .to_string(),
+            serde_json::json!({ "command_id": command_id, "event_id": event_id }).to_string(),
         ),
     };
     audit::record(&state.db, &entry).await?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    state
+        .gates
+        .send(GateMessage::ManualOpen {
+            lot: lot.clone(),
+            gate: gate.clone(),
+            command_id,
+            event_id: event_id.clone(),
+            at: entry.at,
+            reply,
+        })
+        .await;
+    let sent = answer
+        .await
+        .unwrap_or_else(|_| Err("the gate actor is gone".into()));
+    if let Err(message) = sent {
+        entry.id = Uuid::now_v7();
+        entry.at = Utc::now();
+        entry.action = "manual_open_failed".into();
+        entry.details =
+            Some(serde_json::json!({ "command_id": command_id, "error": message }).to_string());
+        audit::record(&state.db, &entry).await?;
+        return Err(ApiError::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "not_sent",
+            message,
+        });
+    }
+    let audit_id = entry.id;
     Ok(Json(Opened {
-        command_id: command.command_id,
-        event_id: command.event_id.to_string(),
-        audit_id: entry.id,
+        command_id,
+        event_id: event_id.to_string(),
+        audit_id,
     }))
 }
 
@@ -201,6 +215,7 @@ impl ResolveRequest {
             },
             Resolution::Split => Correction::Split {
                 at: self.at.ok_or_else(|| missing("at"))?,
+                second: Uuid::now_v7(),
             },
         };
         let expected = match correction {
@@ -280,25 +295,15 @@ pub async fn resolve(
             );
         }
     }
-    let at = Utc::now();
-    let created = match review::resolve(&state.db, id, lot, &correction, at).await {
-        Ok(created) => created,
-        Err(error) => {
-            if let Some(session) = taken {
-                state.gates.send(GateMessage::Restore(session)).await;
-            }
-            return Err(error.into());
-        }
-    };
     let details = serde_json::json!({
         "session_id": session,
         "with_session": match correction { Correction::Merge { with_session } => Some(with_session), _ => None },
-        "new_session": created,
-        "at": match correction { Correction::Split { at } => Some(at), _ => None },
+        "new_session": match correction { Correction::Split { second, .. } => Some(second), _ => None },
+        "at": match correction { Correction::Split { at, .. } => Some(at), _ => None },
     });
     let entry = AuditEntry {
         id: Uuid::now_v7(),
-        at,
+        at: Utc::now(),
         actor_role: who.role.to_owned(),
         actor_key: who.key,
         operator_id: Some(lot.operator_id.clone()),
@@ -307,6 +312,11 @@ pub async fn resolve(
         reason,
         details: Some(details.to_string()),
     };
-    audit::record(&state.db, &entry).await?;
+    if let Err(error) = review::resolve(&state.db, id, lot, &correction, &entry).await {
+        if let Some(session) = taken {
+            state.gates.send(GateMessage::Restore(session)).await;
+        }
+        return Err(error.into());
+    }
     Ok(Json(entry))
 }

@@ -35,7 +35,8 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
     }
 }
 
-/// `Json` with the API's error shape (and unknown fields refused by the body types).
+/// `Json` with the API's error shape: a JSON object (serde would also read a struct from an
+/// array), its unknown fields refused by the body types.
 pub struct ApiJson<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for ApiJson<T> {
@@ -45,8 +46,32 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Ap
         request: axum::extract::Request,
         state: &AppState,
     ) -> Result<Self, ApiError> {
-        axum::Json::<T>::from_request(request, state)
+        let json = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|t| t.to_str().ok())
+            .map(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .is_some_and(|t| {
+                t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+            });
+        if !json {
+            return Err(rejection(
+                "expected a request with `Content-Type: application/json`",
+            ));
+        }
+        let body = axum::body::Bytes::from_request(request, state)
             .await
+            .map_err(|e| rejection(e.body_text()))?;
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(rejection("the body must be a JSON object"));
+        }
+        axum::Json::<T>::from_bytes(&body)
             .map(|axum::Json(v)| Self(v))
             .map_err(|e| rejection(e.body_text()))
     }

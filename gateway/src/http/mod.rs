@@ -143,15 +143,10 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(reports::sessions))
 }
 
-/// The OpenAPI document of the whole API, as `GET /v1/openapi.json` serves it.
-pub fn document(state: &AppState) -> utoipa::openapi::OpenApi {
-    routes(state).into_openapi()
-}
-
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let (routes, document) = routes(&state).split_for_parts();
-    let document = openapi::Document(match document.to_json() {
+    let document = openapi::Document(match openapi::complete(document).to_json() {
         Ok(json) => json.into(),
         // Serializing a document of plain strings and maps cannot fail; answer 500s if it did.
         Err(error) => {

@@ -57,3 +57,40 @@ pub async fn document(Extension(document): Extension<Document>) -> impl IntoResp
 /// The document rendered once, when the router is built.
 #[derive(Clone)]
 pub struct Document(pub bytes::Bytes);
+
+/// Completes the document the router collected: every operation that takes a path or query
+/// parameter or a body may answer 422 (its extractor refuses what does not parse), in the one
+/// error shape.
+pub fn complete(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let invalid = ResponseBuilder::new()
+        .description("Invalid request: the code says which field")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let takes_input = operation.request_body.is_some()
+                || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            if takes_input {
+                operation
+                    .responses
+                    .responses
+                    .entry("422".into())
+                    .or_insert_with(|| RefOr::T(invalid.clone()));
+            }
+        }
+    }
+    document
+}

@@ -16,7 +16,7 @@ use super::extract::{ApiJson, ApiPath, free_text};
 use super::registry::{apply, own_lot};
 use crate::gate::GateMessage;
 use crate::occupancy::OccupancyMessage;
-use crate::store::audit::{self, AuditEntry};
+use crate::store::audit::AuditEntry;
 use crate::store::passes::{self, PassView};
 use crate::store::provision::{BlockPlan, Plan};
 
@@ -132,10 +132,6 @@ pub async fn revoke_pass(
 ) -> Result<Json<AuditEntry>, ApiError> {
     let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
     let lot = own_lot(&state, &who.scope, &lot)?;
-    if !passes::remove(&state.db, &lot.id, id).await? {
-        return Err(ApiError::NotFound("pass"));
-    }
-    reload_facts(&state).await;
     let entry = AuditEntry {
         id: Uuid::now_v7(),
         at: Utc::now(),
@@ -147,7 +143,10 @@ pub async fn revoke_pass(
         reason,
         details: None,
     };
-    audit::record(&state.db, &entry).await?;
+    if !passes::remove(&state.db, &lot.id, id, &entry).await? {
+        return Err(ApiError::NotFound("pass"));
+    }
+    reload_facts(&state).await;
     Ok(Json(entry))
 }
 

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Db, StoreError, db_time, on_db};
+use super::{Db, StoreError, on_db};
 
 /// One entry, as recorded and as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -26,23 +26,34 @@ pub struct AuditEntry {
     pub details: Option<String>,
 }
 
+/// Inserts an `AuditEntry` through `$executor`: a pool, or the transaction that writes the change
+/// it records, so that the change and its entry commit together.
+macro_rules! insert_entry {
+    ($executor:expr, $entry:expr) => {{
+        let entry: &$crate::store::audit::AuditEntry = $entry;
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, actor_role, actor_key, operator_id, action, object, reason, details)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(entry.id)
+        .bind($crate::store::db_time(entry.at))
+        .bind(&entry.actor_role)
+        .bind(entry.actor_key)
+        .bind(entry.operator_id.as_deref())
+        .bind(&entry.action)
+        .bind(&entry.object)
+        .bind(&entry.reason)
+        .bind(entry.details.as_deref())
+        .execute($executor)
+        .await
+        .map(drop)
+    }};
+}
+pub(crate) use insert_entry;
+
+/// Records an entry on its own (for an action outside the database, recorded before it is taken).
 pub async fn record(db: &Db, entry: &AuditEntry) -> Result<(), StoreError> {
-    on_db!(db, pool => sqlx::query(
-        "INSERT INTO audit_log (id, at, actor_role, actor_key, operator_id, action, object, reason, details)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(entry.id)
-    .bind(db_time(entry.at))
-    .bind(&entry.actor_role)
-    .bind(entry.actor_key)
-    .bind(entry.operator_id.as_deref())
-    .bind(&entry.action)
-    .bind(&entry.object)
-    .bind(&entry.reason)
-    .bind(entry.details.as_deref())
-    .execute(pool)
-    .await
-    .map(drop)?);
+    on_db!(db, pool => insert_entry!(pool, entry)?);
     Ok(())
 }
 

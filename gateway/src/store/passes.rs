@@ -6,6 +6,7 @@ use parkflow_protocol::{LotId, Plate};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::audit::{AuditEntry, insert_entry};
 use super::{Db, StoreError, db_time, on_db};
 
 /// A pass as its operator sees it.
@@ -61,13 +62,26 @@ pub async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<PassView>, S
     .await?))
 }
 
-/// Revokes pass `id` of `lot`; whether it existed.
-pub async fn remove(db: &Db, lot: &LotId, id: Uuid) -> Result<bool, StoreError> {
-    let removed = on_db!(db, pool => sqlx::query("DELETE FROM passes WHERE id = $1 AND lot_id = $2")
-        .bind(id)
-        .bind(lot.as_str())
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected())?);
-    Ok(removed == 1)
+/// Revokes pass `id` of `lot`, recording `entry` in the same commit; whether it existed.
+pub async fn remove(
+    db: &Db,
+    lot: &LotId,
+    id: Uuid,
+    entry: &AuditEntry,
+) -> Result<bool, StoreError> {
+    on_db!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let removed = sqlx::query("DELETE FROM passes WHERE id = $1 AND lot_id = $2")
+            .bind(id)
+            .bind(lot.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed != 1 {
+            return Ok(false);
+        }
+        insert_entry!(&mut *tx, entry)?;
+        tx.commit().await?;
+    });
+    Ok(true)
 }

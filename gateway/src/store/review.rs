@@ -15,6 +15,7 @@ use parkflow_billing::Stay;
 use parkflow_protocol::{Plate, PlateColor};
 use uuid::Uuid;
 
+use super::audit::{AuditEntry, insert_entry};
 use super::{Db, StoreError, db_time, on_db};
 use crate::registry::Lot;
 
@@ -61,6 +62,8 @@ pub enum Correction {
     },
     Split {
         at: DateTime<Utc>,
+        /// The id the second stay gets.
+        second: Uuid,
     },
 }
 
@@ -165,19 +168,19 @@ fn price(lot: &Lot, stay: &Stay) -> Result<Priced, ResolveError> {
     })
 }
 
-/// Resolves case `id` with `correction`, in one transaction: the case, its session(s) and the
-/// charge queue change together or not at all. `lot` is the case's lot (its tariffs price the
-/// stays a correction closes).
+/// Resolves case `id` with `correction`, in one transaction: the case, its session(s), the charge
+/// queue and the audit `entry` change together or not at all. `lot` is the case's lot (its
+/// tariffs price the stays a correction closes).
 pub async fn resolve(
     db: &Db,
     id: Uuid,
     lot: &Lot,
     correction: &Correction,
-    now: DateTime<Utc>,
-) -> Result<Option<Uuid>, ResolveError> {
-    let now = db_time(now);
+    entry: &AuditEntry,
+) -> Result<(), ResolveError> {
+    let now = db_time(entry.at);
     let resolution = correction.resolution();
-    let created = on_db!(db, pool => {
+    on_db!(db, pool => {
         let mut tx = pool.begin().await.map_err(StoreError::from)?;
         let resolved = sqlx::query(
             "UPDATE review_items SET resolved_at = $2, resolution = $3 WHERE id = $1 AND resolved_at IS NULL",
@@ -204,7 +207,6 @@ pub async fn resolve(
         };
         let in_review = |stay: Option<StayRow>| stay.filter(|s| s.status == "review").ok_or(ResolveError::SessionNotInReview);
         let lot_id = lot.id.as_str();
-        let mut created = None;
         let mut closings: Vec<Closing> = Vec::new();
         let mut voided = None;
         match correction {
@@ -259,14 +261,13 @@ pub async fn resolve(
                     .await
                     .map_err(StoreError::from)?;
             }
-            Correction::Split { at } => {
+            Correction::Split { at, second } => {
                 let stay = in_review(stay)?;
                 let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
                 let at = db_time(*at);
                 if !(stay.entered_at < at && at < exited_at) {
                     return Err(ResolveError::OutsideStay);
                 }
-                let second = Uuid::now_v7();
                 sqlx::query(
                     "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, updated_at)
                      VALUES ($1, $2, $3, $4, 'review', $5, $6, $7)",
@@ -282,8 +283,7 @@ pub async fn resolve(
                 .await
                 .map_err(StoreError::from)?;
                 closings.push((stay.id, stay.plate.clone(), stay.plate_color.clone(), stay.entered_at, at, None, None));
-                closings.push((second, stay.plate.clone(), stay.plate_color.clone(), at, exited_at, stay.exit_gate.clone(), stay.exit_event_id.clone()));
-                created = Some(second);
+                closings.push((*second, stay.plate.clone(), stay.plate_color.clone(), at, exited_at, stay.exit_gate.clone(), stay.exit_event_id.clone()));
             }
         }
         if let Some(voided) = voided {
@@ -345,8 +345,8 @@ pub async fn resolve(
                 .await
                 .map_err(StoreError::from)?;
         }
+        insert_entry!(&mut *tx, entry).map_err(StoreError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
-        created
     });
-    Ok(created)
+    Ok(())
 }
