@@ -194,6 +194,8 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (Method::PATCH, format!("/v1/lots/{lot}"), Some(json!({"name": "Matrix lot"})), [401, 401, 200, 200, 403, 404, 403, 403]),
         (Method::DELETE, format!("/v1/lots/{lot}/gates/in-9"), None, [401, 401, 204, 404, 403, 404, 403, 403]),
         (Method::GET, format!("/v1/lots/{lot}/passes"), None, [401, 401, 200, 200, 200, 404, 403, 403]),
+        (Method::GET, format!("/v1/lots/{lot}/blocks"), None, [401, 401, 200, 200, 200, 404, 403, 403]),
+        (Method::GET, format!("/v1/lots/{lot}/tariffs"), None, [401, 401, 200, 200, 200, 404, 403, 403]),
         (Method::POST, format!("/v1/lots/{lot}/passes/{unknown}/revoke"), Some(json!({"reason": "matrix"})), [401, 401, 404, 404, 403, 404, 403, 403]),
         (Method::PATCH, "/v1/me".into(), Some(json!({"name": "Matrix driver"})), [401, 401, 403, 403, 403, 403, 200, 403]),
         (Method::POST, format!("/v1/review/{unknown}/resolve"), Some(json!({"action": "accept", "reason": "matrix"})), [401, 401, 404, 404, 403, 404, 403, 403]),

@@ -303,6 +303,17 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
         "valid_from": "2026-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z"});
     let (status, added) = call(&platform, &own, Method::POST, &passes, Some(pass)).await;
     assert_eq!(status, StatusCode::CREATED, "{added}");
+    let (_, blocked) = call(&platform, &own, Method::GET, &blocks, None).await;
+    assert!(
+        blocked
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["plate"] == world.unenrolled.as_str() && b["reason"] == "stolen"),
+        "{blocked}"
+    );
+    let (_, versions) = call(&platform, &own, Method::GET, &tariffs, None).await;
+    assert!(versions.as_array().unwrap().len() >= 2, "{versions}");
     let (_, listed) = call(&platform, &own, Method::GET, &passes, None).await;
     assert!(
         listed

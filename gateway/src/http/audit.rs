@@ -23,6 +23,7 @@ const MAX_LIMIT: u32 = 1_000;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "ambulance waiting at the entry"}))]
 pub struct OpenRequest {
     /// Why the barrier is opened by hand (kept in the audit trail).
     reason: String,

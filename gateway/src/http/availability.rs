@@ -283,6 +283,7 @@ pub async fn bays(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"occupied": 312}))]
 pub struct RecountRequest {
     /// Cars counted in the lot now.
     occupied: u32,

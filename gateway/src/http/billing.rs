@@ -129,6 +129,7 @@ pub async fn reconciliation(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"amount": "5.00", "reason": "barrier fault, driver waited"}))]
 pub struct RefundRequest {
     /// A decimal string in the charge's currency (`"5.00"`).
     amount: String,

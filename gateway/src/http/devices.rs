@@ -31,6 +31,7 @@ impl From<DeviceError> for ApiError {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "cam-westlake-in-1", "kind": "gate_camera", "gate": "in-1"}))]
 pub struct DeviceRequest {
     id: String,
     kind: DeviceKind,

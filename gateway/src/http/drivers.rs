@@ -37,6 +37,7 @@ impl From<DriverError> for ApiError {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"plate": "浙AD12345", "plate_color": "green"}))]
 pub struct PlateRequest {
     plate: String,
     plate_color: Option<String>,
@@ -65,6 +66,7 @@ impl PlateRequest {
 /// Enrolment. The server owns the id, the status and the key; a body naming them is refused.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Lin Wei", "payment_account": "acct-6222020200112233", "auto_debit_consent": true, "plates": [{"plate": "浙A12345", "plate_color": "blue"}]}))]
 pub struct EnrolRequest {
     name: String,
     payment_account: String,
@@ -356,6 +358,7 @@ pub async fn my_invoices(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"payment_account": "acct-6222020200112233"}))]
 pub struct PayInvoiceRequest {
     /// Another account to pay from (the enrolled one when absent).
     payment_account: Option<String>,

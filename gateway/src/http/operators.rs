@@ -17,6 +17,7 @@ use crate::store::keys::{self, KeyRole, KeyView, OperatorView};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "op-westlake", "name": "West Lake Parking Co."}))]
 pub struct OperatorRequest {
     /// `[a-z0-9][a-z0-9-]{0,63}`, like every id.
     id: String,
@@ -78,6 +79,7 @@ pub async fn operators(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "operator_viewer", "operator_id": "op-westlake"}))]
 pub struct KeyRequest {
     role: KeyRole,
     /// The operator of an operator admin or viewer key (an operator's admin may leave it out).

@@ -17,10 +17,10 @@ use super::registry::{apply, own_lot};
 use crate::gate::GateMessage;
 use crate::occupancy::OccupancyMessage;
 use crate::store::audit::AuditEntry;
-use crate::store::passes::{self, PassView};
+use crate::store::passes::{self, BlockView, PassView};
 use crate::store::provision::{BlockPlan, Plan};
 
-/// The most passes one listing returns.
+/// The most passes or blocks one listing returns.
 const MAX_LIST: u32 = 1_000;
 
 /// The gate and occupancy actors read passes and blocks again.
@@ -105,6 +105,7 @@ pub async fn list_passes(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "monthly contract ended"}))]
 pub struct RevokeRequest {
     /// Why (kept in the audit trail).
     reason: String,
@@ -152,9 +153,33 @@ pub async fn revoke_pass(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"plate": "浙A12345", "reason": "stolen vehicle report 2026-118"}))]
 pub struct BlockRequest {
     plate: String,
     reason: String,
+}
+
+/// `GET /v1/lots/{lot}/blocks`
+#[utoipa::path(
+    get, path = "/v1/lots/{lot}/blocks", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    responses(
+        (status = 200, description = "The lot's blocked plates, the latest first", body = [BlockView]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+    ),
+)]
+pub async fn list_blocks(
+    Staff(scope): Staff,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+) -> Result<Json<Vec<BlockView>>, ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    Ok(Json(
+        passes::blocks_of_lot(&state.db, &lot.id, MAX_LIST).await?,
+    ))
 }
 
 /// `POST /v1/lots/{lot}/blocks`: the plate is held at the lot's entries.

@@ -33,6 +33,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"payment_account": "acct-6222020200112233"}))]
 pub struct PayRequest {
     /// The payment account (provider token) to debit.
     payment_account: String,

@@ -142,6 +142,7 @@ pub async fn lots(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "lot-westlake-p1", "name": "West Lake P1", "kind": "off_street", "location": {"lat": 30.2425, "lon": 120.1485}, "capacity": 400, "time_zone": "Asia/Shanghai", "device_auth": "signed", "max_stay_minutes": 1440}))]
 pub struct LotRequest {
     id: String,
     name: String,
@@ -262,6 +263,7 @@ pub async fn create_lot(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "in-1", "direction": "entry"}))]
 pub struct GateRequest {
     id: String,
     direction: GateDirection,
@@ -304,6 +306,7 @@ pub async fn add_gate(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"bays": ["b-001", "b-002", "b-003"]}))]
 pub struct BaysRequest {
     bays: Vec<String>,
 }
@@ -395,6 +398,34 @@ pub async fn add_tariff(
     }
     state.registry.reload(&state.db).await?;
     Ok(StatusCode::CREATED)
+}
+
+/// `GET /v1/lots/{lot}/tariffs`: every version, the earliest first.
+#[utoipa::path(
+    get, path = "/v1/lots/{lot}/tariffs", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    responses(
+        (status = 200, description = "The lot's tariff versions, each from its `effective_from`", body = [TariffDefinition]),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 403, description = "This key's role may not do this", body = ErrorBody),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+    ),
+)]
+pub async fn tariffs(
+    Staff(scope): Staff,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+) -> Result<Json<Vec<TariffDefinition>>, ApiError> {
+    let registry = state.registry.snapshot();
+    let lot = scope.lot(&registry, &lot)?;
+    Ok(Json(
+        lot.tariffs
+            .versions()
+            .iter()
+            .map(|t| t.definition().clone())
+            .collect(),
+    ))
 }
 
 fn versions(state: &AppState, lot: &LotId) -> usize {

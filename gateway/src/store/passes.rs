@@ -1,5 +1,6 @@
 //! A lot's passes (monthly, whitelist): plates that park free in the lot between two instants
-//! (SPEC §4). Operators add, list and revoke them; the gate and occupancy actors reload them.
+//! (SPEC §4), and its blocked plates. Operators add, list and revoke them; the gate and
+//! occupancy actors reload them.
 
 use chrono::{DateTime, Utc};
 use parkflow_protocol::{LotId, Plate};
@@ -84,4 +85,25 @@ pub async fn remove(
         tx.commit().await?;
     });
     Ok(true)
+}
+
+/// A blocked plate as its operator sees it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct BlockView {
+    pub plate: String,
+    pub reason: String,
+    #[serde(with = "parkflow_protocol::time::rfc3339")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// The lot's blocked plates, the latest first.
+pub async fn blocks_of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<BlockView>, StoreError> {
+    Ok(on_db!(db, pool => sqlx::query_as(
+        "SELECT plate, reason, created_at FROM blocked_plates WHERE lot_id = $1
+         ORDER BY created_at DESC, plate LIMIT $2",
+    )
+    .bind(lot.as_str())
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?))
 }
