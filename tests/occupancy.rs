@@ -594,6 +594,40 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
     .await;
     assert_eq!(review["bay_id"], "b-01");
     assert_eq!(review["plate"], Value::Null);
+    // The operator reads the plate from the bay camera's images: the stay becomes the plate's
+    // session, priced like any other (fee = quote).
+    let (status, audited) = platform
+        .call(
+            Some(common::ADMIN_KEY),
+            reqwest::Method::POST,
+            &format!("/v1/review/{}/resolve", review["id"].as_str().unwrap()),
+            Some(&serde_json::json!({"action": "edit_plate", "plate": "浙N13579", "plate_color": "blue",
+                                     "reason": "plate read from the bay camera's images"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{audited}");
+    let corrected = platform
+        .sessions(&zone.lot)
+        .await
+        .into_iter()
+        .find(|s| s["plate"] == "浙N13579")
+        .unwrap();
+    assert_eq!(
+        (&corrected["status"], &corrected["bay_id"]),
+        (&Value::from("closed"), &Value::from("b-01"))
+    );
+    let quote: Value = reqwest::get(platform.url(&format!(
+        "/v1/lots/{}/quote?entered_at={}&exited_at={}&plate_color=blue",
+        zone.lot,
+        urlencode(&corrected["entered_at"]),
+        urlencode(&corrected["exited_at"]),
+    )))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(corrected["fee"], quote["amount"], "fee = quote: {quote}");
 
     // A car leaves and the next arrives at once (often in one round of writes): the first stay
     // closes before the second opens, and the database takes both.

@@ -1,5 +1,6 @@
 //! Corrections through the review queue (SPEC §3): a misread exit merged with the entry it ends,
-//! one recorded stay split in two, a stay given its right plate. Each stay a correction closes is
+//! one recorded stay split in two, a stay given its right plate, a doubtful stay accepted as
+//! recorded; a car held at an exit is never merged away. Each stay a correction closes is
 //! priced like any other (fee = the quote) and billed exactly once; the billing audit is clean
 //! afterwards; every correction is in the audit trail; wrong corrections are refused and change
 //! nothing.
@@ -251,6 +252,73 @@ async fn corrections_price_each_stay_and_bill_it_once(setup: Setup) {
         quote(&platform, &world, &edited).await
     );
 
+    // Accepting a doubtful stay as recorded prices it as recorded.
+    let read = entry.read_at(
+        "浙M24680",
+        Direction::Entry,
+        now - chrono::Duration::minutes(20),
+    );
+    entry.decide(&read).await;
+    open_session(&platform, &world, "浙M24680").await;
+    entry
+        .decide(&entry.read("浙M24680", Direction::Entry))
+        .await;
+    let doubtful = case(&platform, &world, "missed_exit", "浙M24680").await;
+    let (status, _) = call(
+        &platform,
+        Method::POST,
+        &resolve(&doubtful["id"]),
+        Some(json!({"action": "accept", "reason": "the car stayed until its next entry"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let accepted = session(&platform, doubtful["session_id"].as_str().unwrap()).await;
+    assert_eq!(accepted["status"], "closed");
+    assert_eq!(
+        accepted["fee"].as_str().unwrap(),
+        quote(&platform, &world, &accepted).await
+    );
+
+    // A car held at an exit for payment leaves through its own session: no merge takes it.
+    let read = entry.read(world.unenrolled.as_str(), Direction::Entry);
+    entry.decide(&read).await;
+    let held_session = open_session(&platform, &world, world.unenrolled.as_str()).await;
+    let held = exit
+        .decide(&exit.read(world.unenrolled.as_str(), Direction::Exit))
+        .await;
+    assert_eq!(held.reason, GateReason::PaymentRequired);
+    let read = exit.read("浙Q66666", Direction::Exit);
+    assert_eq!(exit.decide(&read).await.reason, GateReason::ReviewLater);
+    let stray = case(&platform, &world, "exit_without_entry", "浙Q66666").await;
+    let (status, body) = call(
+        &platform,
+        Method::POST,
+        &resolve(&stray["id"]),
+        Some(json!({"action": "merge", "with_session": held_session["id"], "reason": "misread"})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::CONFLICT, &json!("session_not_open"))
+    );
+    let still = session(&platform, held_session["id"].as_str().unwrap()).await;
+    assert_eq!(still["status"], "open");
+    let (_, queue) = call(
+        &platform,
+        Method::GET,
+        &format!("/v1/review?lot={}", world.lot),
+        None,
+    )
+    .await;
+    assert!(
+        queue
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == stray["id"]),
+        "the case stays open: {queue}"
+    );
+
     // Every correction is in the trail; every stay it closed is charged once; the books balance.
     let (_, trail) = call(&platform, Method::GET, "/v1/audit", None).await;
     let actions: Vec<&str> = trail
@@ -265,7 +333,7 @@ async fn corrections_price_each_stay_and_bill_it_once(setup: Setup) {
     let db = parkflow_gateway::store::Db::connect(&platform.database_url)
         .await
         .unwrap();
-    let closed = [&merged, &first, &second, &edited]
+    let closed = [&merged, &first, &second, &edited, &accepted]
         .map(|s| uuid::Uuid::parse_str(s["id"].as_str().unwrap()).unwrap());
     common::eventually(Duration::from_secs(20), "the corrected stays charged", || async {
         let mut charged = 0;
@@ -278,7 +346,7 @@ async fn corrections_price_each_stay_and_bill_it_once(setup: Setup) {
             assert!(count <= 1, "a session charged twice");
             charged += count;
         }
-        (charged == 4).then_some(())
+        (charged == 5).then_some(())
     })
     .await;
     let report = parkflow_billing::audit::audit(&db).await.unwrap();

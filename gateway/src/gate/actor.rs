@@ -411,6 +411,10 @@ impl GateActor {
     }
 
     fn take_open(&mut self, lot: &LotId, session: Uuid) -> Option<OpenSession> {
+        // A car held at an exit for payment is leaving through its own session.
+        if self.held.contains_key(&session) {
+            return None;
+        }
         let open = &mut self.state.lots.get_mut(lot)?.open;
         let plate = open.iter().find(|(_, s)| s.id == session)?.0.clone();
         let taken = open.remove(&plate);

@@ -79,7 +79,8 @@ pub enum GateMessage {
         reply: tokio::sync::oneshot::Sender<Result<parkflow_protocol::GateCommand, String>>,
     },
     /// An operator's correction ends an open session: no read may end it from now on. Answers
-    /// with the session, or `None` when it is not open (a read ended it first).
+    /// with the session, or `None` when it is not open (a read ended it first) or its car is
+    /// held at an exit for payment.
     TakeOpen {
         lot: LotId,
         session: uuid::Uuid,

@@ -16,7 +16,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, free_text};
 use crate::gate::GateMessage;
 use crate::store::audit::{self, AuditEntry};
-use crate::store::review::{self, Correction, Resolution};
+use crate::store::review::{self, Correction, Resolution, ResolveError};
 
 /// The most entries one listing returns.
 const MAX_LIMIT: u32 = 1_000;
@@ -253,6 +253,7 @@ impl ResolveRequest {
         (status = 404, description = "No such review case (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Resolved already, or the sessions are not in a state this correction applies to", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
+        (status = 503, description = "The gate actor did not answer", body = ErrorBody),
     ),
 )]
 pub async fn resolve(
@@ -263,7 +264,7 @@ pub async fn resolve(
 ) -> Result<Json<AuditEntry>, ApiError> {
     let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
     let correction = request.correction()?;
-    let (lot, session, _) = review::case(&state.db, id)
+    let (lot, session, resolved) = review::case(&state.db, id)
         .await?
         .ok_or(ApiError::NotFound("review case"))?;
     let registry = state.registry.snapshot();
@@ -271,6 +272,9 @@ pub async fn resolve(
         .scope
         .lot(&registry, &lot)
         .map_err(|_| ApiError::NotFound("review case"))?;
+    if resolved {
+        return Err(ResolveError::Resolved.into());
+    }
     // An open session merged with an exit leaves the gate actor first, so that no read ends it
     // meanwhile; should the correction fail, it is open again.
     let mut taken = None;
@@ -291,7 +295,10 @@ pub async fn resolve(
                     .await
                     .map_err(|_| ApiError::Unavailable)?
                     .ok_or_else(|| {
-                        ApiError::conflict("session_not_open", "with_session has just ended")
+                        ApiError::conflict(
+                            "session_not_open",
+                            "with_session is no longer open at the gates: it ended, or its car is held at an exit for payment",
+                        )
                     })?,
             );
         }

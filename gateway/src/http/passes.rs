@@ -111,7 +111,8 @@ pub struct RevokeRequest {
     reason: String,
 }
 
-/// `POST /v1/lots/{lot}/passes/{id}/revoke`: the pass is gone from now on; audited.
+/// `POST /v1/lots/{lot}/passes/{id}/revoke`: the pass ends now (one not yet begun is removed);
+/// audited.
 #[utoipa::path(
     post, path = "/v1/lots/{lot}/passes/{id}/revoke", tag = "operators",
     security(("api_key" = [])),
@@ -121,7 +122,7 @@ pub struct RevokeRequest {
         (status = 200, description = "Revoked; the audit entry written", body = AuditEntry),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 403, description = "This key's role may not do this", body = ErrorBody),
-        (status = 404, description = "No such lot or pass (or not this caller's)", body = ErrorBody),
+        (status = 404, description = "No such lot or pass still to revoke (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
@@ -144,7 +145,7 @@ pub async fn revoke_pass(
         reason,
         details: None,
     };
-    if !passes::remove(&state.db, &lot.id, id, &entry).await? {
+    if !passes::revoke(&state.db, &lot.id, id, &entry).await? {
         return Err(ApiError::NotFound("pass"));
     }
     reload_facts(&state).await;

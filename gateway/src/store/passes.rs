@@ -63,22 +63,35 @@ pub async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<PassView>, S
     .await?))
 }
 
-/// Revokes pass `id` of `lot`, recording `entry` in the same commit; whether it existed.
-pub async fn remove(
+/// Revokes pass `id` of `lot` at `entry.at`, recording `entry` in the same commit; whether there
+/// was a pass still to revoke. A pass in force ends then (its history stays: stays it covered
+/// were free); one not yet begun is removed.
+pub async fn revoke(
     db: &Db,
     lot: &LotId,
     id: Uuid,
     entry: &AuditEntry,
 ) -> Result<bool, StoreError> {
+    let now = db_time(entry.at);
     on_db!(db, pool => {
         let mut tx = pool.begin().await?;
-        let removed = sqlx::query("DELETE FROM passes WHERE id = $1 AND lot_id = $2")
+        let ended = sqlx::query(
+            "UPDATE passes SET valid_until = $3 WHERE id = $1 AND lot_id = $2 AND valid_from < $3 AND valid_until > $3",
+        )
+        .bind(id)
+        .bind(lot.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let removed = sqlx::query("DELETE FROM passes WHERE id = $1 AND lot_id = $2 AND valid_from >= $3")
             .bind(id)
             .bind(lot.as_str())
+            .bind(now)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if removed != 1 {
+        if ended + removed != 1 {
             return Ok(false);
         }
         insert_entry!(&mut *tx, entry)?;

@@ -3,9 +3,10 @@
 //! until it closes a stay, priced like any other and queued for its one charge in the same
 //! commit. A closed (billed) session is corrected by a refund instead.
 //!
-//! - accept: the case stands as recorded;
+//! - accept: the case stands as recorded (a stay in review that ended is priced as it is);
 //! - void: the stay did not happen;
-//! - edit plate: the stay was read wrong (or not at all): it is the corrected plate's, priced;
+//! - edit plate: the stay was read wrong (or not at all: an on-street stay without a plate
+//!   becomes a session): it is the corrected plate's, priced;
 //! - merge: the case's session is the other end of another session's stay (a misread exit and
 //!   its entry): the entry's session takes the exit and is priced, the case's is voided;
 //! - split: one recorded stay was two, cut at a given instant: both are priced.
@@ -126,27 +127,61 @@ pub struct StayRow {
     pub exited_at: Option<DateTime<Utc>>,
     pub exit_gate: Option<String>,
     pub exit_event_id: Option<String>,
+    pub bay_id: Option<String>,
 }
 
 const STAY: &str =
     "SELECT id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at,
-                           exit_gate, exit_event_id FROM sessions WHERE id = $1";
+                           exit_gate, exit_event_id, bay_id FROM sessions WHERE id = $1";
 
 /// A session's lot and status, if it exists.
 pub async fn stay(db: &Db, id: Uuid) -> Result<Option<StayRow>, StoreError> {
     Ok(on_db!(db, pool => sqlx::query_as(STAY).bind(id).fetch_optional(pool).await?))
 }
 
-/// A stay a correction closes: (session, plate, colour, entered, exited, exit gate, exit event).
-type Closing = (
-    Uuid,
-    String,
-    Option<String>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    Option<String>,
-    Option<String>,
-);
+/// A stay a correction closes and prices.
+struct Closing {
+    session: Uuid,
+    plate: String,
+    colour: Option<String>,
+    entered_at: DateTime<Utc>,
+    exited_at: DateTime<Utc>,
+    exit_gate: Option<String>,
+    exit_event: Option<String>,
+    /// The session recorded a pass at its entry.
+    pass_at_entry: bool,
+}
+
+impl Closing {
+    /// `stay` as recorded, for `plate` in `colour`, ending at `exited_at`.
+    fn whole(
+        stay: &StayRow,
+        plate: String,
+        colour: Option<String>,
+        exited_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            session: stay.id,
+            plate,
+            colour,
+            entered_at: stay.entered_at,
+            exited_at,
+            exit_gate: stay.exit_gate.clone(),
+            exit_event: stay.exit_event_id.clone(),
+            pass_at_entry: stay.pass_holder,
+        }
+    }
+}
+
+/// A review case as a correction reads it.
+#[derive(sqlx::FromRow)]
+struct CaseRow {
+    kind: String,
+    session_id: Option<Uuid>,
+    gate_id: Option<String>,
+    event_id: Option<String>,
+    created_at: DateTime<Utc>,
+}
 
 /// A stay's price: the tariff version in force at entry, the fee in minor units, its currency.
 struct Priced {
@@ -195,28 +230,71 @@ pub async fn resolve(
         if resolved != 1 {
             return Err(ResolveError::Resolved);
         }
-        let (session, gate, event, created_at): (Option<Uuid>, Option<String>, Option<String>, DateTime<Utc>) =
-            sqlx::query_as("SELECT session_id, gate_id, event_id, created_at FROM review_items WHERE id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-        let stay: Option<StayRow> = match session {
+        let case: CaseRow = sqlx::query_as(
+            "SELECT kind, session_id, gate_id, event_id, created_at FROM review_items WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        let mut stay: Option<StayRow> = match case.session_id {
             Some(session) => sqlx::query_as(STAY).bind(session).fetch_optional(&mut *tx).await.map_err(StoreError::from)?,
             None => None,
         };
-        let in_review = |stay: Option<StayRow>| stay.filter(|s| s.status == "review").ok_or(ResolveError::SessionNotInReview);
         let lot_id = lot.id.as_str();
+        // An on-street stay that ended without a plate has no session yet: the plate an operator
+        // reads from the camera's images makes it one (in review until priced below).
+        if let (None, "no_plate", Correction::EditPlate { plate, plate_color }) = (&stay, case.kind.as_str(), correction) {
+            let bay: Option<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+                "SELECT bay_id, started_at, ended_at FROM bay_sessions WHERE id = $1 AND lot_id = $2",
+            )
+            .bind(id)
+            .bind(lot_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            let (bay, started_at, ended_at) = bay.ok_or(ResolveError::SessionNotInReview)?;
+            let ended_at = ended_at.ok_or(ResolveError::NoExit)?;
+            sqlx::query(
+                "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at, bay_id, updated_at)
+                 VALUES ($1, $2, $3, $4, 'review', $5, $6, $7, $8, $9)",
+            )
+            .bind(id)
+            .bind(lot_id)
+            .bind(plate.as_str())
+            .bind(plate_color.map(PlateColor::as_str))
+            .bind(false)
+            .bind(started_at)
+            .bind(ended_at)
+            .bind(&bay)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            stay = sqlx::query_as(STAY).bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?;
+        }
+        let in_review = |stay: Option<StayRow>| stay.filter(|s| s.status == "review").ok_or(ResolveError::SessionNotInReview);
         let mut closings: Vec<Closing> = Vec::new();
         let mut voided = None;
         match correction {
-            Correction::Accept => {}
+            Correction::Accept => {
+                // The stay stands as recorded: one in review that ended (a doubtful exit match,
+                // say) is priced and billed as it is; anything else only leaves the queue.
+                if let Some(stay) = stay.filter(|s| s.status == "review")
+                    && let Some(exited_at) = stay.exited_at
+                {
+                    closings.push(Closing::whole(&stay, stay.plate.clone(), stay.plate_color.clone(), exited_at));
+                }
+            }
             Correction::VoidSession => voided = Some(in_review(stay)?.id),
             Correction::EditPlate { plate, plate_color } => {
                 let stay = in_review(stay)?;
                 let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
                 let colour = plate_color.map(|c| c.as_str().to_owned()).or(stay.plate_color.clone());
-                closings.push((stay.id, plate.as_str().to_owned(), colour, stay.entered_at, exited_at, stay.exit_gate.clone(), stay.exit_event_id.clone()));
+                let mut closing = Closing::whole(&stay, plate.as_str().to_owned(), colour, exited_at);
+                // A pass recorded at entry was the misread plate's, not this one's.
+                closing.pass_at_entry = closing.pass_at_entry && stay.plate == plate.as_str();
+                closings.push(closing);
             }
             Correction::Merge { with_session } => {
                 // The exit: the case's session's (in review), or, for an exit without an entry,
@@ -227,7 +305,7 @@ pub async fn resolve(
                         (stay.exited_at.ok_or(ResolveError::NoExit)?, stay.exit_gate, stay.exit_event_id, stay.plate_color, Some(stay.id))
                     }
                     None => {
-                        let (Some(gate), Some(event)) = (gate, event) else {
+                        let (Some(gate), Some(event)) = (case.gate_id, case.event_id) else {
                             return Err(ResolveError::NoExit);
                         };
                         let observed: Option<(DateTime<Utc>,)> = sqlx::query_as(
@@ -239,7 +317,7 @@ pub async fn resolve(
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(StoreError::from)?;
-                        (observed.map_or(created_at, |(at,)| at), Some(gate), Some(event), None, None)
+                        (observed.map_or(case.created_at, |(at,)| at), Some(gate), Some(event), None, None)
                     }
                 };
                 let entry: StayRow = sqlx::query_as::<_, StayRow>(STAY)
@@ -250,7 +328,9 @@ pub async fn resolve(
                     .filter(|e| Some(e.id) != exit_session && e.lot_id == lot_id
                         && (e.status == "open" || e.status == "review") && e.entered_at <= exited_at)
                     .ok_or(ResolveError::NotMergeable)?;
-                closings.push((entry.id, entry.plate.clone(), entry.plate_color.clone().or(colour), entry.entered_at, exited_at, exit_gate, exit_event));
+                let mut closing = Closing::whole(&entry, entry.plate.clone(), entry.plate_color.clone().or(colour), exited_at);
+                (closing.exit_gate, closing.exit_event) = (exit_gate, exit_event);
+                closings.push(closing);
                 voided = exit_session;
                 // The entry's own unresolved cases (a missed exit, say) are settled by the merge.
                 sqlx::query("UPDATE review_items SET resolved_at = $2, resolution = $3 WHERE session_id = $1 AND resolved_at IS NULL")
@@ -269,8 +349,8 @@ pub async fn resolve(
                     return Err(ResolveError::OutsideStay);
                 }
                 sqlx::query(
-                    "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, updated_at)
-                     VALUES ($1, $2, $3, $4, 'review', $5, $6, $7)",
+                    "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, bay_id, updated_at)
+                     VALUES ($1, $2, $3, $4, 'review', $5, $6, $7, $8)",
                 )
                 .bind(second)
                 .bind(&stay.lot_id)
@@ -278,40 +358,58 @@ pub async fn resolve(
                 .bind(&stay.plate_color)
                 .bind(stay.pass_holder)
                 .bind(at)
+                .bind(&stay.bay_id)
                 .bind(now)
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
-                closings.push((stay.id, stay.plate.clone(), stay.plate_color.clone(), stay.entered_at, at, None, None));
-                closings.push((*second, stay.plate.clone(), stay.plate_color.clone(), at, exited_at, stay.exit_gate.clone(), stay.exit_event_id.clone()));
+                let mut first = Closing::whole(&stay, stay.plate.clone(), stay.plate_color.clone(), at);
+                (first.exit_gate, first.exit_event) = (None, None);
+                let mut then = Closing::whole(&stay, stay.plate.clone(), stay.plate_color.clone(), exited_at);
+                (then.session, then.entered_at) = (*second, at);
+                closings.extend([first, then]);
             }
         }
         if let Some(voided) = voided {
-            sqlx::query("UPDATE sessions SET status = 'void', updated_at = $2 WHERE id = $1 AND status = 'review'")
+            let voided = sqlx::query("UPDATE sessions SET status = 'void', updated_at = $2 WHERE id = $1 AND status = 'review'")
                 .bind(voided)
                 .bind(now)
                 .execute(&mut *tx)
                 .await
-                .map_err(StoreError::from)?;
+                .map_err(StoreError::from)?
+                .rows_affected();
+            if voided != 1 {
+                return Err(ResolveError::SessionNotInReview);
+            }
         }
-        for (session, plate, colour, entered_at, exited_at, exit_gate, exit_event) in closings {
-            // A pass for the plate at either end of the stay makes it free, as at the gates.
+        for closing in closings {
+            // A session with a charge is billed already (a car that paid at the exit, say).
+            let (charged,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM charges WHERE session_id = $1")
+                .bind(closing.session)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            if charged > 0 {
+                return Err(ResolveError::NotMergeable);
+            }
+            // A pass recorded at entry, or one for the plate at either end of the stay, makes it
+            // free, as at the gates.
             let (passes,): (i64,) = sqlx::query_as(
                 "SELECT COUNT(*) FROM passes WHERE lot_id = $1 AND plate = $2
                      AND ((valid_from <= $3 AND valid_until > $3) OR (valid_from <= $4 AND valid_until > $4))",
             )
             .bind(lot_id)
-            .bind(&plate)
-            .bind(entered_at)
-            .bind(exited_at)
+            .bind(&closing.plate)
+            .bind(closing.entered_at)
+            .bind(closing.exited_at)
             .fetch_one(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-            let pass_holder = passes > 0;
+            let pass_holder = closing.pass_at_entry || passes > 0;
             let priced = price(lot, &Stay {
-                entered_at,
-                exited_at,
-                plate_color: colour.as_deref().and_then(PlateColor::parse),
+                entered_at: closing.entered_at,
+                exited_at: closing.exited_at,
+                plate_color: closing.colour.as_deref().and_then(PlateColor::parse),
                 pass_holder,
             })?;
             let closed = sqlx::query(
@@ -320,13 +418,13 @@ pub async fn resolve(
                      currency = $10, billed_plate = NULL, updated_at = $11
                  WHERE id = $1 AND status IN ('open', 'review')",
             )
-            .bind(session)
-            .bind(&plate)
-            .bind(&colour)
+            .bind(closing.session)
+            .bind(&closing.plate)
+            .bind(&closing.colour)
             .bind(pass_holder)
-            .bind(exited_at)
-            .bind(&exit_gate)
-            .bind(&exit_event)
+            .bind(closing.exited_at)
+            .bind(&closing.exit_gate)
+            .bind(&closing.exit_event)
             .bind(db_time(priced.tariff_from))
             .bind(priced.fee_minor)
             .bind(&priced.currency)
@@ -339,7 +437,7 @@ pub async fn resolve(
                 return Err(ResolveError::NotMergeable);
             }
             sqlx::query("INSERT INTO charge_queue (session_id, queued_at) VALUES ($1, $2) ON CONFLICT (session_id) DO NOTHING")
-                .bind(session)
+                .bind(closing.session)
                 .bind(now)
                 .execute(&mut *tx)
                 .await
