@@ -647,3 +647,81 @@ async fn concurrent_tariff_versions_on_postgres() {
         concurrent_tariff_versions(setup).await;
     }
 }
+
+/// A lot changes field by field: a maximum stay can be removed again, and adding a lane (which
+/// provisions the lot's plan) never undoes an operator's change.
+async fn lot_changes_stand(setup: Setup) {
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start(setup, &world).await;
+    let own = operator_admin(&platform, "op-test").await;
+    let path = format!("/v1/lots/{}", world.lot);
+    let (status, lot) = call(
+        &platform,
+        &own,
+        Method::PATCH,
+        &path,
+        Some(json!({"max_stay_minutes": 90})),
+    )
+    .await;
+    assert_eq!(
+        (status, &lot["max_stay_minutes"]),
+        (StatusCode::OK, &json!(90)),
+        "{lot}"
+    );
+    let (status, lot) = call(
+        &platform,
+        &own,
+        Method::PATCH,
+        &path,
+        Some(json!({"max_stay_minutes": null, "capacity": 50, "location": {"lat": 30.3, "lon": 120.2}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{lot}");
+    assert_eq!(
+        (&lot["max_stay_minutes"], &lot["capacity"]),
+        (&Value::Null, &json!(50))
+    );
+    assert_eq!(lot["location"], json!({"lat": 30.3, "lon": 120.2}));
+    assert_eq!(lot["name"], "Test lot", "fields not given stay");
+    let gates = format!("/v1/lots/{}/gates", world.lot);
+    let (status, _) = call(
+        &platform,
+        &own,
+        Method::POST,
+        &gates,
+        Some(json!({"id": "in-3", "direction": "entry"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, lots) = call(
+        &platform,
+        &own,
+        Method::GET,
+        "/v1/operators/op-test/lots",
+        None,
+    )
+    .await;
+    let listed = lots
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == world.lot.as_str())
+        .unwrap();
+    assert_eq!(
+        (&listed["capacity"], &listed["max_stay_minutes"]),
+        (&json!(50), &Value::Null)
+    );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lot_changes_stand_on_sqlite() {
+    lot_changes_stand(Setup::available(Database::Sqlite, Broker::Embedded).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lot_changes_stand_on_postgres() {
+    if let Some(setup) = Setup::available(Database::Postgres, Broker::Embedded) {
+        lot_changes_stand(setup).await;
+    }
+}

@@ -20,7 +20,7 @@ use crate::registry::Location;
 use crate::registry::{GateDirection, Lot, LotKind};
 use crate::store::keys;
 use crate::store::provision::{
-    GateRemoval, LotPlan, Plan, create_lot as create_lot_row, provision,
+    GateRemoval, LotChange, LotPlan, Plan, create_lot as create_lot_row, provision,
 };
 
 /// The most bays one request adds.
@@ -440,7 +440,7 @@ fn versions(state: &AppState, lot: &LotId) -> usize {
 /// zone (which dates its settlements) never change.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"name": "West Lake P2", "capacity": 420}))]
+#[schema(example = json!({"name": "West Lake P2", "capacity": 420, "max_stay_minutes": null}))]
 pub struct LotUpdate {
     #[serde(default)]
     name: Option<String>,
@@ -450,8 +450,19 @@ pub struct LotUpdate {
     capacity: Option<u32>,
     #[serde(default)]
     device_auth: Option<DeviceAuth>,
-    #[serde(default)]
-    max_stay_minutes: Option<u32>,
+    /// `null` removes the maximum stay.
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = Option<u32>)]
+    max_stay_minutes: Option<Option<u32>>,
+}
+
+/// A field that may be `null`: absent is `None`, `null` is `Some(None)`.
+fn given<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// `PATCH /v1/lots/{lot}`
@@ -474,35 +485,27 @@ pub async fn update_lot(
     ApiPath(lot): ApiPath<String>,
     ApiJson(request): ApiJson<LotUpdate>,
 ) -> Result<Json<LotView>, ApiError> {
-    let mut lot = own_lot(&state, &scope, &lot)?;
-    if let Some(name) = request.name {
-        lot.name = name;
-    }
-    if let Some(Location { lat, lon }) = request.location {
-        (lot.lat, lot.lon) = (lat, lon);
-    }
-    lot.capacity = request.capacity.unwrap_or(lot.capacity);
-    lot.device_auth = request.device_auth.unwrap_or(lot.device_auth);
-    lot.max_stay_minutes = request.max_stay_minutes.or(lot.max_stay_minutes);
-    lot.name = checked_lot_fields(
-        &lot.name,
-        Location {
+    let lot = own_lot(&state, &scope, &lot)?;
+    // Each given field is checked as the lot would have it; only given fields are written.
+    let name = checked_lot_fields(
+        request.name.as_deref().unwrap_or(&lot.name),
+        request.location.unwrap_or(Location {
             lat: lot.lat,
             lon: lot.lon,
-        },
-        lot.capacity,
-        lot.max_stay_minutes,
+        }),
+        request.capacity.unwrap_or(lot.capacity),
+        request.max_stay_minutes.unwrap_or(lot.max_stay_minutes),
     )?;
-    let id = lot.id.clone();
-    apply(
-        &state,
-        &Plan {
-            lots: vec![lot],
-            ..Plan::default()
-        },
-    )
-    .await?;
-    Ok(Json(lot_view(&state, &id)?))
+    let change = LotChange {
+        name: request.name.map(|_| name),
+        location: request.location.map(|l| (l.lat, l.lon)),
+        capacity: request.capacity,
+        device_auth: request.device_auth,
+        max_stay_minutes: request.max_stay_minutes,
+    };
+    crate::store::provision::update_lot(&state.db, &lot.id, &change).await?;
+    state.registry.reload(&state.db).await?;
+    Ok(Json(lot_view(&state, &lot.id)?))
 }
 
 /// `DELETE /v1/lots/{lot}/gates/{gate}`: a lane out of service (its camera revoked first).

@@ -1,6 +1,7 @@
 //! Provisioning: writing a whole plan of operators, lots, gates, bays, devices, drivers, passes and
-//! blocks in one transaction. Used by the demo city and by tests; idempotent (re-running a plan
-//! updates what it names and leaves everything else alone).
+//! blocks in one transaction. Used by the demo city, by tests and by the operator API; idempotent
+//! (re-running a plan adds what is missing; a lot that exists keeps its fields, which only
+//! `update_lot` changes).
 
 use chrono::{DateTime, Utc};
 use parkflow_billing::TariffDefinition;
@@ -9,6 +10,28 @@ use uuid::Uuid;
 
 use super::{Db, StoreError, db_time, on_db};
 use crate::registry::{DeviceKind, GateDirection, LotKind, password_hash};
+
+/// The INSERT of a lot that does not exist yet (nothing when its id is taken).
+macro_rules! insert_lot {
+    ($lot:expr, $now:expr) => {{
+        let lot: &LotPlan = $lot;
+        sqlx::query(
+            "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(lot.id.as_str())
+        .bind(&lot.operator_id)
+        .bind(&lot.name)
+        .bind(lot.kind.as_str())
+        .bind(lot.lat)
+        .bind(lot.lon)
+        .bind(i64::from(lot.capacity))
+        .bind(&lot.time_zone)
+        .bind(lot.device_auth.as_str())
+        .bind(lot.max_stay_minutes.map(i64::from))
+        .bind($now)
+    }};
+}
 
 /// Everything to provision.
 #[derive(Debug, Clone, Default)]
@@ -113,26 +136,9 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
             .await?;
         }
         for lot in &plan.lots {
-            sqlx::query(
-                "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, lat = excluded.lat, lon = excluded.lon,
-                     capacity = excluded.capacity, time_zone = excluded.time_zone, device_auth = excluded.device_auth,
-                     max_stay_minutes = excluded.max_stay_minutes",
-            )
-            .bind(lot.id.as_str())
-            .bind(&lot.operator_id)
-            .bind(&lot.name)
-            .bind(lot.kind.as_str())
-            .bind(lot.lat)
-            .bind(lot.lon)
-            .bind(i64::from(lot.capacity))
-            .bind(&lot.time_zone)
-            .bind(lot.device_auth.as_str())
-            .bind(lot.max_stay_minutes.map(i64::from))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            // A lot that exists keeps its row: a plan adds gates, bays and tariffs to it, and
+            // never undoes an operator's change (`update_lot` is how a lot changes).
+            insert_lot!(lot, now).execute(&mut *tx).await?;
             for (gate, direction) in &lot.gates {
                 sqlx::query(
                     "INSERT INTO gates (lot_id, id, direction) VALUES ($1, $2, $3)
@@ -246,25 +252,45 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
 /// Creates a lot that must not exist yet (an operator's new lot): `false` if the id is taken, in
 /// which case nothing changes — another operator's lot is never overwritten.
 pub async fn create_lot(db: &Db, lot: &LotPlan, now: DateTime<Utc>) -> Result<bool, StoreError> {
-    let inserted = on_db!(db, pool => sqlx::query(
-        "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+    let now = db_time(now);
+    let inserted = on_db!(db, pool => insert_lot!(lot, now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected())?);
+    Ok(inserted == 1)
+}
+
+/// What an operator changes of a lot; `None` keeps a field as it is (`Some(None)` clears the
+/// maximum stay).
+#[derive(Debug, Clone, Default)]
+pub struct LotChange {
+    pub name: Option<String>,
+    pub location: Option<(f64, f64)>,
+    pub capacity: Option<u32>,
+    pub device_auth: Option<DeviceAuth>,
+    pub max_stay_minutes: Option<Option<u32>>,
+}
+
+/// Applies `change` to `lot`, field by field, so that two changes to different fields both stand.
+pub async fn update_lot(db: &Db, lot: &LotId, change: &LotChange) -> Result<(), StoreError> {
+    on_db!(db, pool => sqlx::query(
+        "UPDATE lots SET name = COALESCE($2, name), lat = COALESCE($3, lat), lon = COALESCE($4, lon),
+             capacity = COALESCE($5, capacity), device_auth = COALESCE($6, device_auth),
+             max_stay_minutes = CASE WHEN $7 THEN $8 ELSE max_stay_minutes END
+         WHERE id = $1",
     )
-    .bind(lot.id.as_str())
-    .bind(&lot.operator_id)
-    .bind(&lot.name)
-    .bind(lot.kind.as_str())
-    .bind(lot.lat)
-    .bind(lot.lon)
-    .bind(i64::from(lot.capacity))
-    .bind(&lot.time_zone)
-    .bind(lot.device_auth.as_str())
-    .bind(lot.max_stay_minutes.map(i64::from))
-    .bind(db_time(now))
+    .bind(lot.as_str())
+    .bind(change.name.as_deref())
+    .bind(change.location.map(|(lat, _)| lat))
+    .bind(change.location.map(|(_, lon)| lon))
+    .bind(change.capacity.map(i64::from))
+    .bind(change.device_auth.map(DeviceAuth::as_str))
+    .bind(change.max_stay_minutes.is_some())
+    .bind(change.max_stay_minutes.flatten().map(i64::from))
     .execute(pool)
     .await
-    .map(|r| r.rows_affected())?);
-    Ok(inserted == 1)
+    .map(drop)?);
+    Ok(())
 }
 
 /// What removing a gate did.
