@@ -44,8 +44,6 @@ pub struct Opened {
     request_body = OpenRequest,
     responses(
         (status = 200, description = "The signed open command was published; the audit trail has who, when and why", body = Opened),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot or gate (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
         (status = 503, description = "The gate actor did not answer", body = ErrorBody),
@@ -136,8 +134,6 @@ pub struct AuditQuery {
     params(AuditQuery),
     responses(
         (status = 200, description = "Audit entries, newest first", body = [AuditEntry]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
@@ -248,8 +244,6 @@ impl ResolveRequest {
     request_body = ResolveRequest,
     responses(
         (status = 200, description = "Resolved; the audit entry written", body = AuditEntry),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such review case (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Resolved already, or the sessions are not in a state this correction applies to", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),

@@ -48,7 +48,6 @@ fn json(body: Bytes) -> Response {
     responses(
         (status = 200, description = "The lot's live counts", body = LotAvailabilityView),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn one(
@@ -86,7 +85,6 @@ fn parse_point(near: &str) -> Option<(f64, f64)> {
     responses(
         (status = 200, description = "Lots within the radius, nearest first; each is a lot's availability with its `distance_m` first", body = [LotAvailabilityView]),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn near(
@@ -139,7 +137,6 @@ pub async fn near(
     get, path = "/v1/availability/stream", tag = "public",
     responses(
         (status = 200, description = "Server-sent events: one `availability` event (a lot's availability as JSON) per lot change", content_type = "text/event-stream", body = String),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn stream(
@@ -215,7 +212,6 @@ fn status_word(status: parkflow_protocol::LotStatus) -> &'static str {
     get, path = "/v1/feeds/fiware", tag = "public",
     responses(
         (status = 200, description = "NGSI-LD key-values OffStreetParking / OnStreetParking entities (FIWARE dataModel.Parking)", content_type = "application/ld+json", body = Vec<serde_json::Value>),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn fiware(State(state): State<AppState>) -> Response {
@@ -233,7 +229,6 @@ pub async fn fiware(State(state): State<AppState>) -> Response {
     get, path = "/v1/feeds/datex2", tag = "public",
     responses(
         (status = 200, description = "DATEX II v3 parking status publication", content_type = "application/xml", body = String),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -258,8 +253,6 @@ pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError>
     params(("lot" = String, Path, description = "Lot id")),
     responses(
         (status = 200, description = "Every bay of the lot with its sensor's health and open stay", body = [crate::occupancy::BayView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
@@ -307,8 +300,6 @@ pub struct RecountResponse {
     request_body = RecountRequest,
     responses(
         (status = 200, description = "The lot's counts after the recount", body = RecountResponse),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),

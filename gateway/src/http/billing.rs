@@ -71,8 +71,6 @@ impl Days {
     params(Days),
     responses(
         (status = 200, description = "The days settled again (same data, same figures)", body = [Settlement]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
@@ -94,8 +92,6 @@ pub async fn run(
     params(Days),
     responses(
         (status = 200, description = "Stored settlements per operator, lot and local day", body = [Settlement]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
@@ -116,8 +112,6 @@ pub async fn list(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Every difference between the platform's and the provider's records", body = [Mismatch]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
     ),
 )]
 pub async fn reconciliation(
@@ -151,8 +145,6 @@ pub struct RefundResponse {
     request_body = RefundRequest,
     responses(
         (status = 201, description = "Refunded (the same key again answers the same refund)", body = RefundResponse),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such charge (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
@@ -228,8 +220,6 @@ impl From<parkflow_billing::arrears::WriteOffError> for ApiError {
     params(("id" = uuid::Uuid, Path, description = "Invoice id")),
     responses(
         (status = 204, description = "The debt moved to bad debt"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such invoice (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
     ),

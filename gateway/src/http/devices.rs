@@ -92,8 +92,6 @@ fn credentials(kind: DeviceKind) -> (String, String) {
     request_body = DeviceRequest,
     responses(
         (status = 201, description = "Registered: the credentials are shown this once", body = Credentials),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
@@ -179,8 +177,6 @@ pub async fn register(
     params(("lot" = String, Path, description = "Lot id")),
     responses(
         (status = 200, description = "The lot's devices (never their secrets)", body = [DeviceView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
@@ -200,8 +196,6 @@ pub async fn list(
     params(("id" = String, Path, description = "Device id")),
     responses(
         (status = 200, description = "New credentials, shown this once; the old ones stop working", body = Credentials),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such device (or not this caller's)", body = ErrorBody),
     ),
 )]
@@ -238,8 +232,6 @@ pub async fn rotate(
     params(("id" = String, Path, description = "Device id")),
     responses(
         (status = 204, description = "Revoked: the broker refuses the device from now on"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such device (or not this caller's)", body = ErrorBody),
     ),
 )]

@@ -90,7 +90,6 @@ pub struct Enrolled {
         (status = 201, description = "Enrolled: the driver's API key is shown this once", body = Enrolled),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn enrol(
@@ -167,10 +166,7 @@ pub struct DriverUpdate {
     request_body = DriverUpdate,
     responses(
         (status = 200, description = "The driver as they are now", body = DriverView),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn update_me(
@@ -223,9 +219,6 @@ pub async fn update_me(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The driver, their plates and standing", body = DriverView),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn me(
@@ -245,11 +238,8 @@ pub async fn me(
     request_body = PlateRequest,
     responses(
         (status = 201, description = "Added", body = DriverView),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn add_plate(
@@ -293,10 +283,7 @@ pub async fn add_plate(
     params(("plate" = String, Path, description = "One of the driver's plates")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such plate (or not this caller's)", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn remove_plate(
@@ -324,9 +311,6 @@ pub async fn remove_plate(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The driver's sessions, newest first", body = [SessionView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn my_sessions(
@@ -344,9 +328,6 @@ pub async fn my_sessions(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The driver's invoices", body = [InvoiceView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn my_invoices(
@@ -382,12 +363,9 @@ pub struct InvoicePaid {
     request_body = PayInvoiceRequest,
     responses(
         (status = 200, description = "Paid (the same key again pays nothing more)", body = InvoicePaid),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such invoice (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
         (status = 202, description = "The provider has not answered yet: retry with the same Idempotency-Key", body = ErrorBody),
         (status = 402, description = "The payment was declined", body = ErrorBody),
     ),

@@ -22,7 +22,6 @@ fn lot_id(raw: &str) -> Result<LotId, ApiError> {
     responses(
         (status = 200, description = "The tariff version in force now (SPEC §4)", body = TariffDefinition),
         (status = 404, description = "No such lot or tariff (or not this caller's)", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn tariff(
@@ -59,7 +58,6 @@ pub const MAX_QUOTED_STAY_DAYS: i64 = 31;
         (status = 200, description = "The fee of the stay under the tariff in force at entry", body = Money),
         (status = 404, description = "No such lot or tariff (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
-        (status = 429, description = "Rate limited: retry after the Retry-After header's seconds", body = ErrorBody),
     ),
 )]
 pub async fn quote(

@@ -58,20 +58,34 @@ pub async fn document(Extension(document): Extension<Document>) -> impl IntoResp
 #[derive(Clone)]
 pub struct Document(pub bytes::Bytes);
 
-/// Completes the document the router collected: every operation that takes a path or query
-/// parameter or a body may answer 422 (its extractor refuses what does not parse), in the one
-/// error shape.
+/// Completes the document the router collected with the answers many operations share, each in
+/// the one error shape: 401 and 403 for every keyed operation, 429 for the rate-limited public
+/// and driver operations, 422 for every operation that takes a parameter or a body (its
+/// extractor refuses what does not parse).
 pub fn complete(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-    let invalid = ResponseBuilder::new()
-        .description("Invalid request: the code says which field")
-        .content(
-            "application/json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
                 .build(),
         )
-        .build();
+    };
+    let shared = [
+        ("401", "Missing or invalid API key"),
+        ("403", "This key's role may not do this"),
+        ("422", "Invalid request: the code says which field"),
+        (
+            "429",
+            "Rate limited: retry after the Retry-After header's seconds",
+        ),
+    ];
     for item in document.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
@@ -81,14 +95,26 @@ pub fn complete(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::Open
             &mut item.delete,
         ];
         for operation in operations.into_iter().flatten() {
+            let keyed = operation.security.as_ref().is_some_and(|s| !s.is_empty());
             let takes_input = operation.request_body.is_some()
                 || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
-            if takes_input {
-                operation
-                    .responses
-                    .responses
-                    .entry("422".into())
-                    .or_insert_with(|| RefOr::T(invalid.clone()));
+            let limited = operation
+                .tags
+                .as_ref()
+                .is_some_and(|tags| tags.iter().any(|t| t == "public" || t == "drivers"));
+            for (status, description) in shared {
+                let applies = match status {
+                    "401" | "403" => keyed,
+                    "422" => takes_input,
+                    _ => limited,
+                };
+                if applies {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.into())
+                        .or_insert_with(|| error(description));
+                }
             }
         }
     }

@@ -31,8 +31,6 @@ pub struct OperatorRequest {
     request_body = OperatorRequest,
     responses(
         (status = 201, description = "Created", body = OperatorView),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
@@ -66,8 +64,6 @@ pub async fn create_operator(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Operators this key sees", body = [OperatorView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
     ),
 )]
 pub async fn operators(
@@ -101,8 +97,6 @@ pub struct IssuedKey {
     request_body = KeyRequest,
     responses(
         (status = 201, description = "The key, shown this once", body = IssuedKey),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such operator (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
@@ -150,8 +144,6 @@ pub async fn issue(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Keys this key may manage (never their secrets)", body = [KeyView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
     ),
 )]
 pub async fn list(
@@ -168,8 +160,6 @@ pub async fn list(
     params(("id" = uuid::Uuid, Path, description = "Key id")),
     responses(
         (status = 204, description = "Revoked: the key is refused from now on"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such key (or not this caller's)", body = ErrorBody),
     ),
 )]

@@ -49,8 +49,6 @@ pub struct PassRequest {
     request_body = PassRequest,
     responses(
         (status = 201, description = "The pass (its id revokes it)", body = PassView),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
@@ -89,8 +87,6 @@ pub async fn add_pass(
     params(("lot" = String, Path, description = "Lot id")),
     responses(
         (status = 200, description = "The lot's passes, the latest to start first", body = [PassView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
@@ -120,8 +116,6 @@ pub struct RevokeRequest {
     request_body = RevokeRequest,
     responses(
         (status = 200, description = "Revoked; the audit entry written", body = AuditEntry),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot or pass still to revoke (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
@@ -167,8 +161,6 @@ pub struct BlockRequest {
     params(("lot" = String, Path, description = "Lot id")),
     responses(
         (status = 200, description = "The lot's blocked plates, the latest first", body = [BlockView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
@@ -191,8 +183,6 @@ pub async fn list_blocks(
     request_body = BlockRequest,
     responses(
         (status = 201, description = "The plate is held at the lot's entries"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
@@ -226,8 +216,6 @@ pub async fn add_block(
     params(("lot" = String, Path, description = "Lot id"), ("plate" = String, Path, description = "The blocked plate")),
     responses(
         (status = 204, description = "Unblocked (also when it was not blocked)"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]

@@ -116,8 +116,6 @@ fn lot_view(state: &AppState, id: &LotId) -> Result<LotView, ApiError> {
     params(("operator" = String, Path, description = "Operator id")),
     responses(
         (status = 200, description = "The operator's lots", body = [LotView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such operator (or not this caller's)", body = ErrorBody),
     ),
 )]
@@ -195,8 +193,6 @@ fn checked_lot_fields(
     request_body = LotRequest,
     responses(
         (status = 201, description = "Created", body = LotView),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such operator (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
@@ -277,8 +273,6 @@ pub struct GateRequest {
     request_body = GateRequest,
     responses(
         (status = 201, description = "Added (a gate that exists takes the new direction)"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
@@ -319,8 +313,6 @@ pub struct BaysRequest {
     request_body = BaysRequest,
     responses(
         (status = 201, description = "Added (bays that exist stay as they are)"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
@@ -365,8 +357,6 @@ pub async fn add_bays(
     request_body = TariffDefinition,
     responses(
         (status = 201, description = "The version takes effect from its `effective_from`"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
@@ -407,8 +397,6 @@ pub async fn add_tariff(
     params(("lot" = String, Path, description = "Lot id")),
     responses(
         (status = 200, description = "The lot's tariff versions, each from its `effective_from`", body = [TariffDefinition]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
@@ -473,8 +461,6 @@ where
     request_body = LotUpdate,
     responses(
         (status = 200, description = "The lot as it is now", body = LotView),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
@@ -515,8 +501,6 @@ pub async fn update_lot(
     params(("lot" = String, Path, description = "Lot id"), ("gate" = String, Path, description = "Gate id")),
     responses(
         (status = 204, description = "Removed: its reads are refused from now on"),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such lot or gate (or not this caller's)", body = ErrorBody),
         (status = 409, description = "A camera is registered to the gate: revoke it first", body = ErrorBody),
     ),

@@ -59,8 +59,6 @@ pub struct SettlementReport {
     params(SettlementReport),
     responses(
         (status = 200, description = "Settlements as CSV", content_type = "text/csv", body = String),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
@@ -130,8 +128,6 @@ pub struct SessionReport {
     params(SessionReport),
     responses(
         (status = 200, description = "Sessions as CSV, newest first", content_type = "text/csv", body = String),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]

@@ -48,8 +48,6 @@ fn instant(code: &'static str, value: Option<&str>) -> Result<Option<DateTime<Ut
     params(SessionQuery),
     responses(
         (status = 200, description = "Sessions, newest first", body = [SessionView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
@@ -98,8 +96,6 @@ pub async fn list(
     params(("id" = uuid::Uuid, Path, description = "Session id")),
     responses(
         (status = 200, description = "The session", body = SessionView),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 404, description = "No such session (or not this caller's)", body = ErrorBody),
     ),
 )]
@@ -135,8 +131,6 @@ pub struct ReviewQuery {
     params(ReviewQuery),
     responses(
         (status = 200, description = "Unresolved review cases, oldest first", body = [ReviewView]),
-        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 403, description = "This key's role may not do this", body = ErrorBody),
         (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
