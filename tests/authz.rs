@@ -479,6 +479,20 @@ async fn a_navigation_app_key_earns_a_higher_public_rate() {
         admin_statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
         "{admin_statuses:?}"
     );
+    // Made-up keys spend the address's budget (before any lookup): slowed down like no key.
+    let mut made_up = Vec::new();
+    for i in 0..10 {
+        let key = format!("pf_made-up-{i}");
+        made_up.push(
+            send(&platform, Some(&key), Method::GET, &path, None)
+                .await
+                .0,
+        );
+    }
+    assert!(
+        made_up.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{made_up:?}"
+    );
     platform.stop().await;
 }
 

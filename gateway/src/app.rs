@@ -309,9 +309,12 @@ impl Gateway {
         tracker.spawn(all_connected(links_connected, all_connected_tx));
         tracker.spawn(track_connection(connected_rx.clone(), metrics.clone()));
         let public_limit = http::limit::PublicLimit::per_second(config.public_rate_per_second);
-        let driver_limit = http::limit::PublicLimit::per_second(config.driver_rate_per_second);
-        tracker.spawn(forget_idle_clients(public_limit.clone(), token.clone()));
-        tracker.spawn(forget_idle_clients(driver_limit.clone(), token.clone()));
+        let driver_limit = http::limit::AddressLimit::per_second(config.driver_rate_per_second);
+        tracker.spawn(forget_idle_clients(
+            public_limit.clone(),
+            driver_limit.clone(),
+            token.clone(),
+        ));
 
         let state = AppState {
             db: db.clone(),
@@ -355,13 +358,20 @@ impl Gateway {
     }
 }
 
-/// Keeps the rate limiter's memory to the clients seen lately.
-async fn forget_idle_clients(limit: http::limit::PublicLimit, token: CancellationToken) {
+/// Keeps the rate limiters' memory to the clients seen lately.
+async fn forget_idle_clients(
+    public: http::limit::PublicLimit,
+    drivers: http::limit::AddressLimit,
+    token: CancellationToken,
+) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
-            _ = every.tick() => limit.forget_idle(),
+            _ = every.tick() => {
+                public.forget_idle();
+                drivers.forget_idle();
+            }
         }
     }
 }

@@ -1,15 +1,22 @@
-//! Rate limits on public reads (GCRA, from `governor`): per client address, or per key for a
-//! navigation app presenting its key, which gets [`APP_FACTOR`] times the rate. A client over its
-//! rate gets `429 rate_limited` with `Retry-After`, and nobody else notices.
+//! Rate limits (GCRA, from `governor`). Public reads: per client address, or per key for a
+//! navigation app presenting its key, which gets [`APP_FACTOR`] times the rate. Driver endpoints:
+//! per client address. A client over its rate gets `429 rate_limited` with `Retry-After`, and
+//! nobody else notices.
+//!
+//! A key on a public read is looked up only after its request has spent the address's budget,
+//! so made-up keys cannot buy database lookups; a key found to be a navigation app's is
+//! remembered for [`APP_RECHECK`] and spends its own budget from then on.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -19,14 +26,9 @@ use super::error::ApiError;
 
 /// A navigation app's rate, as a multiple of an anonymous client's.
 pub const APP_FACTOR: u32 = 20;
-
-/// Requests allowed per client per second, and in a burst.
-#[derive(Clone)]
-pub struct PublicLimit {
-    by_address: Arc<DefaultKeyedRateLimiter<IpAddr>>,
-    /// Navigation apps, by their key's hash.
-    by_app: Arc<DefaultKeyedRateLimiter<String>>,
-}
+/// How long a key stays known as a navigation app's before it is looked up again (a revoked
+/// key keeps the app's larger budget at most this long; public reads need no key anyway).
+pub const APP_RECHECK: Duration = Duration::from_secs(60);
 
 fn quota(rate: u32) -> Quota {
     let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -34,20 +36,63 @@ fn quota(rate: u32) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
-impl PublicLimit {
-    /// `rate` requests a second per client address (and [`APP_FACTOR`] times that per
-    /// navigation app), with bursts of up to twice that.
+/// Requests allowed per client address per second, and in a burst.
+#[derive(Clone)]
+pub struct AddressLimit(Arc<DefaultKeyedRateLimiter<IpAddr>>);
+
+impl AddressLimit {
+    /// `rate` requests a second per client address, with bursts of up to twice that.
     pub fn per_second(rate: u32) -> Self {
-        Self {
-            by_address: Arc::new(RateLimiter::keyed(quota(rate))),
-            by_app: Arc::new(RateLimiter::keyed(quota(rate.saturating_mul(APP_FACTOR)))),
-        }
+        Self(Arc::new(RateLimiter::keyed(quota(rate))))
+    }
+
+    /// The `429` answer when the request's address is over its rate.
+    fn refusal(&self, request: &Request) -> Option<Response> {
+        self.0
+            .check_key(&address(request))
+            .err()
+            .map(|not_until| too_many(&not_until))
     }
 
     /// Forgets clients that have been quiet long enough to be back at a full burst.
     pub fn forget_idle(&self) {
-        self.by_address.retain_recent();
+        self.0.retain_recent();
+    }
+}
+
+/// The public reads' limits: per address, and per navigation app.
+#[derive(Clone)]
+pub struct PublicLimit {
+    by_address: AddressLimit,
+    /// Navigation apps, by their key's hash.
+    by_app: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Keys known to be navigation apps', by hash, with when they were looked up.
+    apps: Arc<DashMap<String, Instant>>,
+}
+
+impl PublicLimit {
+    /// `rate` requests a second per client address and [`APP_FACTOR`] times that per
+    /// navigation app, with bursts of up to twice that.
+    pub fn per_second(rate: u32) -> Self {
+        Self {
+            by_address: AddressLimit::per_second(rate),
+            by_app: Arc::new(RateLimiter::keyed(quota(rate.saturating_mul(APP_FACTOR)))),
+            apps: Arc::new(DashMap::new()),
+        }
+    }
+
+    fn known_app(&self, hash: &str) -> bool {
+        self.apps
+            .get(hash)
+            .is_some_and(|seen| seen.elapsed() < APP_RECHECK)
+    }
+
+    /// Forgets clients that have been quiet long enough to be back at a full burst, and apps'
+    /// keys due to be looked up again.
+    pub fn forget_idle(&self) {
+        self.by_address.forget_idle();
         self.by_app.retain_recent();
+        self.apps.retain(|_, seen| seen.elapsed() < APP_RECHECK);
     }
 }
 
@@ -62,23 +107,29 @@ fn address(request: &Request) -> IpAddr {
 
 /// The middleware of public reads: checks the client's budget before the handler runs.
 pub async fn limit_public(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    // A navigation app's key earns its own, larger budget; any other key (or a bad one) counts
-    // as no key: public reads need none.
-    let app = match caller(&parts, &state).await {
-        Ok(Some(Caller::NavigationApp)) => bearer(&parts).map(crate::registry::password_hash),
-        _ => None,
-    };
-    let request = Request::from_parts(parts, body);
     let limit = &state.public_limit;
-    let checked = match app {
-        Some(app) => limit.by_app.check_key(&app),
-        None => limit.by_address.check_key(&address(&request)),
-    };
-    match checked {
-        Ok(()) => next.run(request).await,
-        Err(not_until) => too_many(&not_until),
+    let (parts, body) = request.into_parts();
+    let key = bearer(&parts).map(crate::registry::password_hash);
+    let request = Request::from_parts(parts, body);
+    if let Some(app) = key.as_deref().filter(|hash| limit.known_app(hash)) {
+        return match limit.by_app.check_key(&app.to_owned()) {
+            Ok(()) => next.run(request).await,
+            Err(not_until) => too_many(&not_until),
+        };
     }
+    // Anonymous, or a key not known yet: the address pays, then the key is looked up.
+    if let Some(refusal) = limit.by_address.refusal(&request) {
+        return refusal;
+    }
+    if let Some(hash) = key {
+        let (parts, body) = request.into_parts();
+        // Any other key (or a bad one) counts as no key: public reads need none.
+        if let Ok(Some(Caller::NavigationApp)) = caller(&parts, &state).await {
+            limit.apps.insert(hash, Instant::now());
+        }
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    next.run(request).await
 }
 
 /// The middleware of the driver endpoints (enrolment is anonymous): per client address.
@@ -87,9 +138,9 @@ pub async fn limit_drivers(
     request: Request,
     next: Next,
 ) -> Response {
-    match state.driver_limit.by_address.check_key(&address(&request)) {
-        Ok(()) => next.run(request).await,
-        Err(not_until) => too_many(&not_until),
+    match state.driver_limit.refusal(&request) {
+        None => next.run(request).await,
+        Some(refusal) => refusal,
     }
 }
 

@@ -60,7 +60,7 @@ pub struct AppState {
     pub occupancy: OccupancyHandle,
     pub public_limit: limit::PublicLimit,
     /// The driver endpoints' budget, per client address.
-    pub driver_limit: limit::PublicLimit,
+    pub driver_limit: limit::AddressLimit,
     /// Cancelled at shutdown: long-lived responses (the availability stream) end with it.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
