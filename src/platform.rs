@@ -14,7 +14,6 @@ use parkflow_billing::provider::{FaultConfig, SimulatedProvider};
 use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login};
 use parkflow_gateway::gate::GateMessage;
 use parkflow_gateway::gate::actor::DecisionConfig;
-use parkflow_gateway::gate::decide::Standing;
 use parkflow_gateway::http::auth::constant_time_eq;
 use parkflow_gateway::mqtt::MqttConfig;
 use parkflow_gateway::occupancy::OccupancyConfig;
@@ -24,7 +23,6 @@ pub use parkflow_gateway::registry::{random_device_key, random_secret};
 use parkflow_gateway::store::provision::{Plan, provision};
 use parkflow_gateway::store::{Db, registry as gateway_store};
 use parkflow_gateway::{Gateway, GatewayConfig};
-use parkflow_protocol::Plate;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -329,17 +327,7 @@ impl Platform {
         // Suspensions and reinstatements reach the gate actor, which holds or frees exits.
         tracker.spawn(async move {
             while let Some(change) = standing_rx.recv().await {
-                let plates = change
-                    .plates
-                    .iter()
-                    .filter_map(|p| Plate::parse(p).ok())
-                    .collect();
-                let standing = if change.suspended {
-                    Standing::Suspended
-                } else {
-                    Standing::Enrolled
-                };
-                gates.send(GateMessage::Standing { plates, standing }).await;
+                gates.send(GateMessage::standing(&change)).await;
             }
         });
         let result = self.gateway.run(token.clone()).await;

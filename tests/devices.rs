@@ -14,17 +14,7 @@ use parkflow_gateway::store::provision::OperatorPlan;
 use parkflow_protocol::{DeviceId, Direction, GateAction, GateId};
 use reqwest::{Method, StatusCode};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
-use serde_json::{Value, json};
-
-async fn call(
-    platform: &TestPlatform,
-    key: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    platform.call(Some(key), method, path, body.as_ref()).await
-}
+use serde_json::json;
 
 /// Whether the broker lets `id` log in with `password`.
 async fn logs_in(platform: &TestPlatform, id: &str, password: &str) -> bool {
@@ -39,14 +29,14 @@ async fn logs_in(platform: &TestPlatform, id: &str, password: &str) -> bool {
 }
 
 async fn key(platform: &TestPlatform, operator: &str) -> String {
-    let (status, body) = call(
-        platform,
-        ADMIN_KEY,
-        Method::POST,
-        "/v1/keys",
-        Some(json!({"role": "operator_admin", "operator_id": operator})),
-    )
-    .await;
+    let (status, body) = platform
+        .call_as(
+            ADMIN_KEY,
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"role": "operator_admin", "operator_id": operator})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     body["key"].as_str().unwrap().to_owned()
 }
@@ -72,36 +62,28 @@ async fn a_registered_camera_works_until_rotated_or_revoked() {
     let register = json!({"id": id.as_str(), "kind": "gate_camera", "gate": "in-2"});
     let devices = format!("/v1/lots/{}/devices", world.lot);
 
-    let (status, _) = call(
-        &platform,
-        &other,
-        Method::POST,
-        &devices,
-        Some(register.clone()),
-    )
-    .await;
+    let (status, _) = platform
+        .call_as(&other, Method::POST, &devices, Some(register.clone()))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "another operator's lot");
-    let (status, created) = call(
-        &platform,
-        &own,
-        Method::POST,
-        &devices,
-        Some(register.clone()),
-    )
-    .await;
+    let (status, created) = platform
+        .call_as(&own, Method::POST, &devices, Some(register.clone()))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let (status, _) = call(&platform, &own, Method::POST, &devices, Some(register)).await;
+    let (status, _) = platform
+        .call_as(&own, Method::POST, &devices, Some(register))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    let (status, _) = call(
-        &platform,
-        &own,
-        Method::POST,
-        &devices,
-        Some(json!({"id": "cam-nowhere", "kind": "gate_camera", "gate": "no-such-gate"})),
-    )
-    .await;
+    let (status, _) = platform
+        .call_as(
+            &own,
+            Method::POST,
+            &devices,
+            Some(json!({"id": "cam-nowhere", "kind": "gate_camera", "gate": "no-such-gate"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let (_, listed) = call(&platform, &own, Method::GET, &devices, None).await;
+    let (_, listed) = platform.call_as(&own, Method::GET, &devices, None).await;
     let listed = listed.as_array().unwrap();
     assert!(listed.iter().any(|d| d["id"] == id.as_str()));
     assert!(
@@ -122,10 +104,13 @@ async fn a_registered_camera_works_until_rotated_or_revoked() {
     // Rotated: the old password no longer logs in, the old key's signatures are refused.
     let rotate = format!("/v1/devices/{id}/rotate");
     assert_eq!(
-        call(&platform, &other, Method::POST, &rotate, None).await.0,
+        platform
+            .call_as(&other, Method::POST, &rotate, None)
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
-    let (status, rotated) = call(&platform, &own, Method::POST, &rotate, None).await;
+    let (status, rotated) = platform.call_as(&own, Method::POST, &rotate, None).await;
     assert_eq!(status, StatusCode::OK, "{rotated}");
     let new_password = rotated["mqtt_password"].as_str().unwrap().to_owned();
     assert!(!logs_in(&platform, id.as_str(), &password).await);
@@ -159,15 +144,18 @@ async fn a_registered_camera_works_until_rotated_or_revoked() {
     // Revoked: it cannot log in any more, and it is gone for another operator too.
     let path = format!("/v1/devices/{id}");
     assert_eq!(
-        call(&platform, &other, Method::DELETE, &path, None).await.0,
+        platform
+            .call_as(&other, Method::DELETE, &path, None)
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        call(&platform, &own, Method::DELETE, &path, None).await.0,
+        platform.call_as(&own, Method::DELETE, &path, None).await.0,
         StatusCode::NO_CONTENT
     );
     assert!(!logs_in(&platform, id.as_str(), &new_password).await);
-    let (status, _) = call(&platform, &own, Method::POST, &rotate, None).await;
+    let (status, _) = platform.call_as(&own, Method::POST, &rotate, None).await;
     assert_eq!(
         status,
         StatusCode::CONFLICT,

@@ -76,6 +76,24 @@ async fn consent_withdrawn_means_paying_at_the_exit_until_it_is_given_back() {
         (GateAction::Hold, GateReason::PaymentRequired)
     );
     assert!(held.amount_due.is_some() && held.pay_url.is_some());
+    // A plate added meanwhile is no exception: without consent it pays at the exit too.
+    let (status, _) = call(
+        &platform,
+        Some(key),
+        Method::POST,
+        "/v1/me/plates",
+        Some(json!({"plate": "浙L13579"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    entry
+        .decide(&entry.read("浙L13579", Direction::Entry))
+        .await;
+    let held = exit.decide(&exit.read("浙L13579", Direction::Exit)).await;
+    assert_eq!(
+        (held.action, held.reason),
+        (GateAction::Hold, GateReason::PaymentRequired)
+    );
 
     let (status, me) = call(
         &platform,

@@ -13,16 +13,6 @@ use parkflow_protocol::{DeviceId, Direction, EventId, GateAction, GateId, GateRe
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-async fn call(
-    platform: &TestPlatform,
-    key: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    platform.call(Some(key), method, path, body.as_ref()).await
-}
-
 async fn operator_admin(platform: &TestPlatform, operator: &str) -> String {
     platform.issue_key("operator_admin", Some(operator)).await
 }
@@ -51,16 +41,20 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
 
     let lots = "/v1/operators/op-test/lots";
     assert_eq!(
-        call(&platform, &other, Method::POST, lots, Some(create.clone()))
+        platform
+            .call_as(&other, Method::POST, lots, Some(create.clone()))
             .await
             .0,
         404
     );
-    let (status, created) = call(&platform, &own, Method::POST, lots, Some(create.clone())).await;
+    let (status, created) = platform
+        .call_as(&own, Method::POST, lots, Some(create.clone()))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(created["device_auth"], "signed");
     assert_eq!(
-        call(&platform, &own, Method::POST, lots, Some(create))
+        platform
+            .call_as(&own, Method::POST, lots, Some(create))
             .await
             .0,
         409
@@ -68,14 +62,18 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     let bad = json!({"id": "lot-bad", "name": "Bad", "kind": "off_street",
         "location": {"lat": 95.0, "lon": 0.0}, "capacity": 10, "time_zone": "Asia/Shanghai"});
     assert_eq!(
-        call(&platform, &own, Method::POST, lots, Some(bad)).await.0,
+        platform
+            .call_as(&own, Method::POST, lots, Some(bad))
+            .await
+            .0,
         422
     );
     let zero_stay = json!({"id": "lot-zero", "name": "Zero", "kind": "on_street",
         "location": {"lat": 30.0, "lon": 120.0}, "capacity": 10, "time_zone": "Asia/Shanghai",
         "max_stay_minutes": 0});
     assert_eq!(
-        call(&platform, &own, Method::POST, lots, Some(zero_stay))
+        platform
+            .call_as(&own, Method::POST, lots, Some(zero_stay))
             .await
             .0,
         422
@@ -83,10 +81,13 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     let nul = json!({"id": "lot-nul", "name": "Bad\u{0}name", "kind": "on_street",
         "location": {"lat": 30.0, "lon": 120.0}, "capacity": 10, "time_zone": "Asia/Shanghai"});
     assert_eq!(
-        call(&platform, &own, Method::POST, lots, Some(nul)).await.0,
+        platform
+            .call_as(&own, Method::POST, lots, Some(nul))
+            .await
+            .0,
         422
     );
-    let (_, listed) = call(&platform, &own, Method::GET, lots, None).await;
+    let (_, listed) = platform.call_as(&own, Method::GET, lots, None).await;
     assert!(
         listed
             .as_array()
@@ -95,72 +96,59 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
             .any(|l| l["id"] == lot.as_str())
     );
     assert_eq!(
-        call(&platform, &other, Method::GET, lots, None).await.0,
+        platform.call_as(&other, Method::GET, lots, None).await.0,
         404
     );
 
     // Lanes, a tariff version (the same one twice is a conflict), cameras.
     for (gate, direction) in [("in-1", "entry"), ("out-1", "exit")] {
-        let (status, _) = call(
-            &platform,
-            &own,
-            Method::POST,
-            &format!("/v1/lots/{lot}/gates"),
-            Some(json!({"id": gate, "direction": direction})),
-        )
-        .await;
+        let (status, _) = platform
+            .call_as(
+                &own,
+                Method::POST,
+                &format!("/v1/lots/{lot}/gates"),
+                Some(json!({"id": gate, "direction": direction})),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED);
     }
     let tariffs = format!("/v1/lots/{lot}/tariffs");
     let tariff: Value = serde_json::from_str(TARIFF).unwrap();
     assert_eq!(
-        call(
-            &platform,
-            &other,
-            Method::POST,
-            &tariffs,
-            Some(tariff.clone())
-        )
-        .await
-        .0,
+        platform
+            .call_as(&other, Method::POST, &tariffs, Some(tariff.clone()))
+            .await
+            .0,
         404
     );
     assert_eq!(
-        call(
-            &platform,
-            &own,
-            Method::POST,
-            &tariffs,
-            Some(tariff.clone())
-        )
-        .await
-        .0,
+        platform
+            .call_as(&own, Method::POST, &tariffs, Some(tariff.clone()))
+            .await
+            .0,
         201
     );
     // Later versions take effect from now on (a past start would reprice billed stays), once.
     assert_eq!(
-        call(
-            &platform,
-            &own,
-            Method::POST,
-            &tariffs,
-            Some(tariff.clone())
-        )
-        .await
-        .0,
+        platform
+            .call_as(&own, Method::POST, &tariffs, Some(tariff.clone()))
+            .await
+            .0,
         422,
         "backdated"
     );
     let mut next = tariff.clone();
     next["effective_from"] = json!("2099-01-01T00:00:00Z");
     assert_eq!(
-        call(&platform, &own, Method::POST, &tariffs, Some(next.clone()))
+        platform
+            .call_as(&own, Method::POST, &tariffs, Some(next.clone()))
             .await
             .0,
         201
     );
     assert_eq!(
-        call(&platform, &own, Method::POST, &tariffs, Some(next))
+        platform
+            .call_as(&own, Method::POST, &tariffs, Some(next))
             .await
             .0,
         409
@@ -169,19 +157,15 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     overlapping["bands"][0]["to"] = json!("22:00");
     overlapping["effective_from"] = json!("2099-02-01T00:00:00Z");
     assert_eq!(
-        call(&platform, &own, Method::POST, &tariffs, Some(overlapping))
+        platform
+            .call_as(&own, Method::POST, &tariffs, Some(overlapping))
             .await
             .0,
         422
     );
-    let (status, served) = call(
-        &platform,
-        &own,
-        Method::GET,
-        &format!("/v1/lots/{lot}/tariff"),
-        None,
-    )
-    .await;
+    let (status, served) = platform
+        .call_as(&own, Method::GET, &format!("/v1/lots/{lot}/tariff"), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(served["unit_minutes"], 15);
 
@@ -190,14 +174,14 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     lot_world.secrets.clear();
     for (gate, camera) in [("in-1", "cam-new-in"), ("out-1", "cam-new-out")] {
         let id = DeviceId::parse(&format!("{camera}-{lot}")).unwrap();
-        let (status, device) = call(
-            &platform,
-            &own,
-            Method::POST,
-            &format!("/v1/lots/{lot}/devices"),
-            Some(json!({"id": id.as_str(), "kind": "gate_camera", "gate": gate})),
-        )
-        .await;
+        let (status, device) = platform
+            .call_as(
+                &own,
+                Method::POST,
+                &format!("/v1/lots/{lot}/devices"),
+                Some(json!({"id": id.as_str(), "kind": "gate_camera", "gate": gate})),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{device}");
         lot_world.secrets.push((
             id.clone(),
@@ -223,19 +207,15 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     let blocks = format!("/v1/lots/{lot}/blocks");
     let block = json!({"plate": world.unenrolled.as_str(), "reason": "stolen"});
     assert_eq!(
-        call(
-            &platform,
-            &other,
-            Method::POST,
-            &blocks,
-            Some(block.clone())
-        )
-        .await
-        .0,
+        platform
+            .call_as(&other, Method::POST, &blocks, Some(block.clone()))
+            .await
+            .0,
         404
     );
     assert_eq!(
-        call(&platform, &own, Method::POST, &blocks, Some(block))
+        platform
+            .call_as(&own, Method::POST, &blocks, Some(block))
             .await
             .0,
         201
@@ -243,15 +223,15 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     let pass = json!({"plate": world.suspended.as_str(),
         "valid_from": "2026-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z"});
     assert_eq!(
-        call(
-            &platform,
-            &own,
-            Method::POST,
-            &format!("/v1/lots/{lot}/passes"),
-            Some(pass)
-        )
-        .await
-        .0,
+        platform
+            .call_as(
+                &own,
+                Method::POST,
+                &format!("/v1/lots/{lot}/passes"),
+                Some(pass)
+            )
+            .await
+            .0,
         201
     );
 
@@ -276,20 +256,23 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     let later = "浙F88888";
     let block = json!({"plate": later, "reason": "dispute"});
     assert_eq!(
-        call(&platform, &own, Method::POST, &blocks, Some(block))
+        platform
+            .call_as(&own, Method::POST, &blocks, Some(block))
             .await
             .0,
         201
     );
     let unblock = format!("/v1/lots/{lot}/blocks/{later}");
     assert_eq!(
-        call(&platform, &other, Method::DELETE, &unblock, None)
+        platform
+            .call_as(&other, Method::DELETE, &unblock, None)
             .await
             .0,
         404
     );
     assert_eq!(
-        call(&platform, &own, Method::DELETE, &unblock, None)
+        platform
+            .call_as(&own, Method::DELETE, &unblock, None)
             .await
             .0,
         204
@@ -301,9 +284,11 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     let passes = format!("/v1/lots/{lot}/passes");
     let pass = json!({"plate": "浙G12121",
         "valid_from": "2026-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z"});
-    let (status, added) = call(&platform, &own, Method::POST, &passes, Some(pass)).await;
+    let (status, added) = platform
+        .call_as(&own, Method::POST, &passes, Some(pass))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{added}");
-    let (_, blocked) = call(&platform, &own, Method::GET, &blocks, None).await;
+    let (_, blocked) = platform.call_as(&own, Method::GET, &blocks, None).await;
     assert!(
         blocked
             .as_array()
@@ -312,9 +297,9 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
             .any(|b| b["plate"] == world.unenrolled.as_str() && b["reason"] == "stolen"),
         "{blocked}"
     );
-    let (_, versions) = call(&platform, &own, Method::GET, &tariffs, None).await;
+    let (_, versions) = platform.call_as(&own, Method::GET, &tariffs, None).await;
     assert!(versions.as_array().unwrap().len() >= 2, "{versions}");
-    let (_, listed) = call(&platform, &own, Method::GET, &passes, None).await;
+    let (_, listed) = platform.call_as(&own, Method::GET, &passes, None).await;
     assert!(
         listed
             .as_array()
@@ -324,24 +309,28 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
         "{listed}"
     );
     assert_eq!(
-        call(&platform, &other, Method::GET, &passes, None).await.0,
+        platform.call_as(&other, Method::GET, &passes, None).await.0,
         404
     );
     let revoke = format!("{passes}/{}/revoke", added["id"].as_str().unwrap());
     let why = json!({"reason": "contract ended"});
     assert_eq!(
-        call(&platform, &other, Method::POST, &revoke, Some(why.clone()))
+        platform
+            .call_as(&other, Method::POST, &revoke, Some(why.clone()))
             .await
             .0,
         404
     );
-    let (status, audited) = call(&platform, &own, Method::POST, &revoke, Some(why.clone())).await;
+    let (status, audited) = platform
+        .call_as(&own, Method::POST, &revoke, Some(why.clone()))
+        .await;
     assert_eq!(
         (status, &audited["action"]),
         (StatusCode::OK, &json!("pass_revoked"))
     );
     assert_eq!(
-        call(&platform, &own, Method::POST, &revoke, Some(why))
+        platform
+            .call_as(&own, Method::POST, &revoke, Some(why))
             .await
             .0,
         404
@@ -352,15 +341,10 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     // The lot changed (name, capacity); id, operator, kind and time zone are not the client's.
     let path = format!("/v1/lots/{lot}");
     assert_eq!(
-        call(
-            &platform,
-            &other,
-            Method::PATCH,
-            &path,
-            Some(json!({"capacity": 7}))
-        )
-        .await
-        .0,
+        platform
+            .call_as(&other, Method::PATCH, &path, Some(json!({"capacity": 7})))
+            .await
+            .0,
         404
     );
     for refused in [
@@ -369,20 +353,21 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
         json!({"operator_id": "op-other"}),
     ] {
         assert_eq!(
-            call(&platform, &own, Method::PATCH, &path, Some(refused))
+            platform
+                .call_as(&own, Method::PATCH, &path, Some(refused))
                 .await
                 .0,
             422
         );
     }
-    let (status, changed) = call(
-        &platform,
-        &own,
-        Method::PATCH,
-        &path,
-        Some(json!({"name": "Renamed lot", "capacity": 7})),
-    )
-    .await;
+    let (status, changed) = platform
+        .call_as(
+            &own,
+            Method::PATCH,
+            &path,
+            Some(json!({"name": "Renamed lot", "capacity": 7})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{changed}");
     assert_eq!(
         (&changed["name"], &changed["capacity"]),
@@ -393,14 +378,14 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
         std::time::Duration::from_secs(10),
         "the new capacity published",
         || async {
-            let (_, board) = call(
-                &platform,
-                &own,
-                Method::GET,
-                &format!("/v1/lots/{lot}/availability"),
-                None,
-            )
-            .await;
+            let (_, board) = platform
+                .call_as(
+                    &own,
+                    Method::GET,
+                    &format!("/v1/lots/{lot}/availability"),
+                    None,
+                )
+                .await;
             (board["total"] == 7 && board["name"] == "Renamed lot").then_some(())
         },
     )
@@ -408,59 +393,40 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
 
     // A lane out of service: not while its camera is registered; a spare lane goes at once.
     let gates = format!("/v1/lots/{lot}/gates");
-    let (status, body) = call(
-        &platform,
-        &own,
-        Method::DELETE,
-        &format!("{gates}/out-1"),
-        None,
-    )
-    .await;
+    let (status, body) = platform
+        .call_as(&own, Method::DELETE, &format!("{gates}/out-1"), None)
+        .await;
     assert_eq!(
         (status, &body["error"]["code"]),
         (StatusCode::CONFLICT, &json!("gate_has_device"))
     );
     let spare = json!({"id": "in-2", "direction": "entry"});
     assert_eq!(
-        call(&platform, &own, Method::POST, &gates, Some(spare))
+        platform
+            .call_as(&own, Method::POST, &gates, Some(spare))
             .await
             .0,
         201
     );
     assert_eq!(
-        call(
-            &platform,
-            &other,
-            Method::DELETE,
-            &format!("{gates}/in-2"),
-            None
-        )
-        .await
-        .0,
+        platform
+            .call_as(&other, Method::DELETE, &format!("{gates}/in-2"), None)
+            .await
+            .0,
         404
     );
     assert_eq!(
-        call(
-            &platform,
-            &own,
-            Method::DELETE,
-            &format!("{gates}/in-2"),
-            None
-        )
-        .await
-        .0,
+        platform
+            .call_as(&own, Method::DELETE, &format!("{gates}/in-2"), None)
+            .await
+            .0,
         204
     );
     assert_eq!(
-        call(
-            &platform,
-            &own,
-            Method::DELETE,
-            &format!("{gates}/in-2"),
-            None
-        )
-        .await
-        .0,
+        platform
+            .call_as(&own, Method::DELETE, &format!("{gates}/in-2"), None)
+            .await
+            .0,
         404
     );
 
@@ -469,12 +435,13 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     let open = format!("/v1/lots/{lot}/gates/in-1/open");
     let why = json!({"reason": "ambulance waiting"});
     assert_eq!(
-        call(&platform, &other, Method::POST, &open, Some(why.clone()))
+        platform
+            .call_as(&other, Method::POST, &open, Some(why.clone()))
             .await
             .0,
         404
     );
-    let (status, opened) = call(&platform, &own, Method::POST, &open, Some(why)).await;
+    let (status, opened) = platform.call_as(&own, Method::POST, &open, Some(why)).await;
     assert_eq!(status, StatusCode::OK, "{opened}");
     let event_id = EventId::parse(opened["event_id"].as_str().unwrap()).unwrap();
     let command = entry.command_for(&event_id).await;
@@ -482,14 +449,16 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
         (command.action, command.reason),
         (GateAction::Open, GateReason::Manual)
     );
-    let (_, trail) = call(&platform, &own, Method::GET, "/v1/audit", None).await;
+    let (_, trail) = platform.call_as(&own, Method::GET, "/v1/audit", None).await;
     let audited = &trail[0];
     assert_eq!(audited["action"], "manual_open");
     assert_eq!(audited["reason"], "ambulance waiting");
     assert_eq!(audited["actor_role"], "operator_admin");
     assert!(audited["actor_key"].is_string() && audited["at"].is_string());
     assert_eq!(audited["object"], format!("{lot}/in-1"));
-    let (_, others) = call(&platform, &other, Method::GET, "/v1/audit", None).await;
+    let (_, others) = platform
+        .call_as(&other, Method::GET, "/v1/audit", None)
+        .await;
     assert_eq!(others, json!([]));
 
     // The review queue, worked through the API: a car read entering twice (its first stay ends
@@ -512,7 +481,7 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
             let path = format!("/v1/review?lot={lot}");
             let (platform, own) = (&platform, own.clone());
             async move {
-                let (_, queue) = call(platform, &own, Method::GET, &path, None).await;
+                let (_, queue) = platform.call_as(&own, Method::GET, &path, None).await;
                 (queue.as_array()?.len() == 2).then_some(queue)
             }
         },
@@ -532,78 +501,58 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     let void = json!({"action": "void_session", "reason": "a test car"});
     let accept = json!({"action": "accept", "reason": "the car left"});
     assert_eq!(
-        call(
-            &platform,
-            &other,
-            Method::POST,
-            &resolve(&stray["id"]),
-            Some(accept.clone())
-        )
-        .await
-        .0,
+        platform
+            .call_as(
+                &other,
+                Method::POST,
+                &resolve(&stray["id"]),
+                Some(accept.clone())
+            )
+            .await
+            .0,
         404
     );
     assert_eq!(
-        call(
-            &platform,
+        platform
+            .call_as(
+                &own,
+                Method::POST,
+                &resolve(&stray["id"]),
+                Some(void.clone())
+            )
+            .await
+            .0,
+        409
+    );
+    let (status, audited) = platform
+        .call_as(
             &own,
             Method::POST,
             &resolve(&stray["id"]),
-            Some(void.clone())
+            Some(accept.clone()),
         )
-        .await
-        .0,
-        409
-    );
-    let (status, audited) = call(
-        &platform,
-        &own,
-        Method::POST,
-        &resolve(&stray["id"]),
-        Some(accept.clone()),
-    )
-    .await;
+        .await;
     assert_eq!(status, StatusCode::OK, "{audited}");
     assert_eq!(audited["action"], "review_accepted");
     assert_eq!(
-        call(
-            &platform,
-            &own,
-            Method::POST,
-            &resolve(&stray["id"]),
-            Some(accept)
-        )
-        .await
-        .0,
+        platform
+            .call_as(&own, Method::POST, &resolve(&stray["id"]), Some(accept))
+            .await
+            .0,
         409
     );
-    let (status, _) = call(
-        &platform,
-        &own,
-        Method::POST,
-        &resolve(&missed["id"]),
-        Some(void),
-    )
-    .await;
+    let (status, _) = platform
+        .call_as(&own, Method::POST, &resolve(&missed["id"]), Some(void))
+        .await;
     assert_eq!(status, StatusCode::OK);
     let session = missed["session_id"].as_str().unwrap();
-    let (_, voided) = call(
-        &platform,
-        &own,
-        Method::GET,
-        &format!("/v1/sessions/{session}"),
-        None,
-    )
-    .await;
+    let (_, voided) = platform
+        .call_as(&own, Method::GET, &format!("/v1/sessions/{session}"), None)
+        .await;
     assert_eq!(voided["status"], "void");
-    let (_, queue) = call(
-        &platform,
-        &own,
-        Method::GET,
-        &format!("/v1/review?lot={lot}"),
-        None,
-    )
-    .await;
+    let (_, queue) = platform
+        .call_as(&own, Method::GET, &format!("/v1/review?lot={lot}"), None)
+        .await;
     assert_eq!(queue, json!([]));
     platform.stop().await;
 }
@@ -621,7 +570,8 @@ async fn concurrent_tariff_versions(setup: Setup) {
         tariff["effective_from"] = json!(format!("2031-01-{:02}T00:00:00Z", i / 2 + 1));
         let (platform, own, path) = (&platform, own.clone(), path.clone());
         async move {
-            call(platform, &own, Method::POST, &path, Some(tariff))
+            platform
+                .call_as(&own, Method::POST, &path, Some(tariff))
                 .await
                 .0
         }
@@ -636,18 +586,6 @@ async fn concurrent_tariff_versions(setup: Setup) {
     platform.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_tariff_versions_on_sqlite() {
-    concurrent_tariff_versions(Setup::available(Database::Sqlite, Broker::Embedded).unwrap()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_tariff_versions_on_postgres() {
-    if let Some(setup) = Setup::available(Database::Postgres, Broker::Embedded) {
-        concurrent_tariff_versions(setup).await;
-    }
-}
-
 /// A lot changes field by field: a maximum stay can be removed again, and adding a lane (which
 /// provisions the lot's plan) never undoes an operator's change.
 async fn lot_changes_stand(setup: Setup) {
@@ -655,22 +593,20 @@ async fn lot_changes_stand(setup: Setup) {
     let platform = TestPlatform::start(setup, &world).await;
     let own = operator_admin(&platform, "op-test").await;
     let path = format!("/v1/lots/{}", world.lot);
-    let (status, lot) = call(
-        &platform,
-        &own,
-        Method::PATCH,
-        &path,
-        Some(json!({"max_stay_minutes": 90})),
-    )
-    .await;
+    let (status, lot) = platform
+        .call_as(
+            &own,
+            Method::PATCH,
+            &path,
+            Some(json!({"max_stay_minutes": 90})),
+        )
+        .await;
     assert_eq!(
         (status, &lot["max_stay_minutes"]),
         (StatusCode::OK, &json!(90)),
         "{lot}"
     );
-    let (status, lot) = call(
-        &platform,
-        &own,
+    let (status, lot) = platform.call_as(&own,
         Method::PATCH,
         &path,
         Some(json!({"max_stay_minutes": null, "capacity": 50, "location": {"lat": 30.3, "lon": 120.2}})),
@@ -684,23 +620,18 @@ async fn lot_changes_stand(setup: Setup) {
     assert_eq!(lot["location"], json!({"lat": 30.3, "lon": 120.2}));
     assert_eq!(lot["name"], "Test lot", "fields not given stay");
     let gates = format!("/v1/lots/{}/gates", world.lot);
-    let (status, _) = call(
-        &platform,
-        &own,
-        Method::POST,
-        &gates,
-        Some(json!({"id": "in-3", "direction": "entry"})),
-    )
-    .await;
+    let (status, _) = platform
+        .call_as(
+            &own,
+            Method::POST,
+            &gates,
+            Some(json!({"id": "in-3", "direction": "entry"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (_, lots) = call(
-        &platform,
-        &own,
-        Method::GET,
-        "/v1/operators/op-test/lots",
-        None,
-    )
-    .await;
+    let (_, lots) = platform
+        .call_as(&own, Method::GET, "/v1/operators/op-test/lots", None)
+        .await;
     let listed = lots
         .as_array()
         .unwrap()
@@ -714,14 +645,6 @@ async fn lot_changes_stand(setup: Setup) {
     platform.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lot_changes_stand_on_sqlite() {
-    lot_changes_stand(Setup::available(Database::Sqlite, Broker::Embedded).unwrap()).await;
-}
+on_each_database!(concurrent_tariff_versions);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lot_changes_stand_on_postgres() {
-    if let Some(setup) = Setup::available(Database::Postgres, Broker::Embedded) {
-        lot_changes_stand(setup).await;
-    }
-}
+on_each_database!(lot_changes_stand);

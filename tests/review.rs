@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World};
+use common::{ADMIN_KEY, Setup, TestDevice, TestPlatform, World};
 use parkflow_protocol::{Direction, GateReason};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -354,16 +354,4 @@ async fn corrections_price_each_stay_and_bill_it_once(setup: Setup) {
     platform.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrections_on_sqlite() {
-    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
-    corrections_price_each_stay_and_bill_it_once(setup).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrections_on_postgres() {
-    let Some(setup) = Setup::available(Database::Postgres, Broker::Embedded) else {
-        return;
-    };
-    corrections_price_each_stay_and_bill_it_once(setup).await;
-}
+on_each_database!(corrections_price_each_stay_and_bill_it_once);

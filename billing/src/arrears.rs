@@ -120,9 +120,8 @@ macro_rules! reinstate_if_clear {
                     .bind($now)
                     .execute(&mut *$tx)
                     .await?;
-                let plates: Vec<(String,)> =
-                    sqlx::query_as("SELECT plate FROM driver_plates WHERE driver_id = $1").bind(driver).fetch_all(&mut *$tx).await?;
-                Some($crate::arrears::StandingChange { driver_id: driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: false })
+                let plates = sqlx::query_as($crate::arrears::DRIVER_PLATES).bind(driver).fetch_all(&mut *$tx).await?;
+                Some($crate::arrears::StandingChange::new(driver, plates, false))
             }
             None => None,
         }
@@ -135,6 +134,24 @@ pub struct StandingChange {
     pub driver_id: Uuid,
     pub plates: Vec<String>,
     pub suspended: bool,
+    /// Whether the driver consents to auto-debit (without it, their cars pay at the exit).
+    pub auto_debit: bool,
+}
+
+/// A driver's plates, each with the driver's auto-debit consent: `(plate, auto_debit)` rows.
+pub const DRIVER_PLATES: &str = "SELECT p.plate, d.auto_debit FROM driver_plates p
+     JOIN drivers d ON d.id = p.driver_id WHERE p.driver_id = $1";
+
+impl StandingChange {
+    /// `driver`'s change from their [`DRIVER_PLATES`] rows.
+    pub fn new(driver_id: Uuid, plates: Vec<(String, bool)>, suspended: bool) -> Self {
+        Self {
+            driver_id,
+            auto_debit: plates.first().is_none_or(|(_, consent)| *consent),
+            plates: plates.into_iter().map(|(plate, _)| plate).collect(),
+            suspended,
+        }
+    }
 }
 
 /// How the arrears worker behaves.
@@ -222,11 +239,8 @@ impl ArrearsWorker {
             .await?;
             let mut changes = Vec::with_capacity(suspended.len() + reinstated.len());
             for (driver,) in &reinstated {
-                let plates: Vec<(String,)> = sqlx::query_as("SELECT plate FROM driver_plates WHERE driver_id = $1")
-                    .bind(driver)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                changes.push(StandingChange { driver_id: *driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: false });
+                let plates = sqlx::query_as(DRIVER_PLATES).bind(driver).fetch_all(&mut *tx).await?;
+                changes.push(StandingChange::new(*driver, plates, false));
             }
             for (driver,) in &suspended {
                 sqlx::query("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) VALUES ($1, $2, NULL, 'suspended', $3)")
@@ -235,11 +249,8 @@ impl ArrearsWorker {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                let plates: Vec<(String,)> = sqlx::query_as("SELECT plate FROM driver_plates WHERE driver_id = $1")
-                    .bind(driver)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                changes.push(StandingChange { driver_id: *driver, plates: plates.into_iter().map(|(p,)| p).collect(), suspended: true });
+                let plates = sqlx::query_as(DRIVER_PLATES).bind(driver).fetch_all(&mut *tx).await?;
+                changes.push(StandingChange::new(*driver, plates, true));
             }
             let reminders: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
                 "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1 AND i.due_at > $2

@@ -29,6 +29,31 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// Whole-platform tests of `scenario` (an `async fn(Setup)`) on each database with the embedded
+/// broker: `scenario::on_sqlite`, and `scenario::on_postgres` (skipped, outside CI, when
+/// PostgreSQL is not configured).
+#[macro_export]
+macro_rules! on_each_database {
+    ($scenario:ident) => {
+        mod $scenario {
+            use $crate::common::{Broker, Database, Setup};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                let setup = Setup::available(Database::Sqlite, Broker::Embedded);
+                super::$scenario(setup.expect("sqlite is always available")).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                if let Some(setup) = Setup::available(Database::Postgres, Broker::Embedded) {
+                    super::$scenario(setup).await;
+                }
+            }
+        }
+    };
+}
+
 pub const ADMIN_KEY: &str = "test-admin-key";
 
 /// Logs to the test's output when `RUST_LOG` is set.
@@ -291,6 +316,17 @@ impl TestPlatform {
             return (status, serde_json::Value::Null);
         }
         (status, response.json().await.unwrap_or_default())
+    }
+
+    /// [`TestPlatform::call`] with `key`, the body given by value.
+    pub async fn call_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.call(Some(key), method, path, body.as_ref()).await
     }
 
     /// A new API key of `role` (for `operator`), issued by the platform admin.

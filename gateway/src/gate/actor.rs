@@ -509,16 +509,8 @@ async fn load_facts(db: &Db, state: &mut GateState, now: DateTime<Utc>) -> Resul
     let blocked = sessions::blocked_plates(db).await?;
     state.drivers = enrolled
         .into_iter()
-        .map(|(plate, suspended)| {
-            (
-                plate,
-                if suspended {
-                    Standing::Suspended
-                } else {
-                    Standing::Enrolled
-                },
-            )
-        })
+        // Enrolled plates are those of drivers who consent to auto-debit.
+        .map(|(plate, suspended)| (plate, Standing::of(true, suspended)))
         .collect();
     for lot in state.lots.values_mut() {
         lot.passes.clear();

@@ -13,6 +13,18 @@ pub enum Standing {
     NotEnrolled,
 }
 
+impl Standing {
+    /// An enrolled driver's standing: leave first only with auto-debit consent and while not
+    /// suspended for arrears.
+    pub fn of(auto_debit: bool, suspended: bool) -> Self {
+        match (auto_debit, suspended) {
+            (false, _) => Self::NotEnrolled,
+            (true, true) => Self::Suspended,
+            (true, false) => Self::Enrolled,
+        }
+    }
+}
+
 /// What the platform knows when a car arrives at an entry lane.
 #[derive(Debug, Clone, Copy)]
 pub struct EntryFacts {

@@ -90,6 +90,20 @@ pub enum GateMessage {
     Restore(crate::session::OpenSession),
 }
 
+impl GateMessage {
+    /// The gate's view of a driver whose standing billing changed (suspended, reinstated).
+    pub fn standing(change: &parkflow_billing::arrears::StandingChange) -> Self {
+        Self::Standing {
+            plates: change
+                .plates
+                .iter()
+                .filter_map(|p| Plate::parse(p).ok())
+                .collect(),
+            standing: decide::Standing::of(change.auto_debit, change.suspended),
+        }
+    }
+}
+
 /// Sends work to the gate actor.
 #[derive(Clone)]
 pub struct GateHandle {

@@ -45,7 +45,6 @@ pub struct Opened {
     responses(
         (status = 200, description = "The signed open command was published; the audit trail has who, when and why", body = Opened),
         (status = 404, description = "No such lot or gate (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
         (status = 503, description = "The gate actor did not answer", body = ErrorBody),
     ),
 )]
@@ -134,7 +133,6 @@ pub struct AuditQuery {
     params(AuditQuery),
     responses(
         (status = 200, description = "Audit entries, newest first", body = [AuditEntry]),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn entries(
@@ -246,7 +244,6 @@ impl ResolveRequest {
         (status = 200, description = "Resolved; the audit entry written", body = AuditEntry),
         (status = 404, description = "No such review case (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Resolved already, or the sessions are not in a state this correction applies to", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
         (status = 503, description = "The gate actor did not answer", body = ErrorBody),
     ),
 )]
@@ -273,7 +270,7 @@ pub async fn resolve(
     // meanwhile; should the correction fail, it is open again.
     let mut taken = None;
     if let Correction::Merge { with_session } = correction {
-        let entry = review::stay(&state.db, with_session).await?;
+        let entry = crate::store::sessions::session(&state.db, with_session).await?;
         if entry.is_some_and(|e| e.status == "open" && e.lot_id == lot.id.as_str()) {
             let (reply, answer) = tokio::sync::oneshot::channel();
             state

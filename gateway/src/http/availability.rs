@@ -84,7 +84,6 @@ fn parse_point(near: &str) -> Option<(f64, f64)> {
     params(NearQuery),
     responses(
         (status = 200, description = "Lots within the radius, nearest first; each is a lot's availability with its `distance_m` first", body = [LotAvailabilityView]),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn near(
@@ -301,7 +300,6 @@ pub struct RecountResponse {
     responses(
         (status = 200, description = "The lot's counts after the recount", body = RecountResponse),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn recount(

@@ -71,7 +71,6 @@ impl Days {
     params(Days),
     responses(
         (status = 200, description = "The days settled again (same data, same figures)", body = [Settlement]),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn run(
@@ -92,7 +91,6 @@ pub async fn run(
     params(Days),
     responses(
         (status = 200, description = "Stored settlements per operator, lot and local day", body = [Settlement]),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn list(
@@ -147,7 +145,6 @@ pub struct RefundResponse {
         (status = 201, description = "Refunded (the same key again answers the same refund)", body = RefundResponse),
         (status = 404, description = "No such charge (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
         (status = 202, description = "The provider has not answered yet: retry with the same key", body = ErrorBody),
     ),
 )]
@@ -231,17 +228,9 @@ pub async fn write_off(
 ) -> Result<StatusCode, ApiError> {
     let change = parkflow_billing::arrears::write_off(&state.db, invoice, Utc::now()).await?;
     if let Some(change) = change {
-        let plates = change
-            .plates
-            .iter()
-            .filter_map(|p| parkflow_protocol::Plate::parse(p).ok())
-            .collect();
         state
             .gates
-            .send(crate::gate::GateMessage::Standing {
-                plates,
-                standing: crate::gate::decide::Standing::Enrolled,
-            })
+            .send(crate::gate::GateMessage::standing(&change))
             .await;
     }
     Ok(StatusCode::NO_CONTENT)

@@ -94,7 +94,6 @@ fn credentials(kind: DeviceKind) -> (String, String) {
         (status = 201, description = "Registered: the credentials are shown this once", body = Credentials),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn register(

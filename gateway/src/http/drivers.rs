@@ -89,7 +89,6 @@ pub struct Enrolled {
     responses(
         (status = 201, description = "Enrolled: the driver's API key is shown this once", body = Enrolled),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn enrol(
@@ -166,7 +165,6 @@ pub struct DriverUpdate {
     request_body = DriverUpdate,
     responses(
         (status = 200, description = "The driver as they are now", body = DriverView),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn update_me(
@@ -195,12 +193,7 @@ pub async fn update_me(
     let me = drivers::driver(&state.db, driver)
         .await?
         .ok_or(ApiError::NotFound("driver"))?;
-    // The gate decides exits by standing: without consent a car pays at the exit.
-    let standing = match (me.auto_debit, me.status.as_str()) {
-        (false, _) => Standing::NotEnrolled,
-        (true, "suspended") => Standing::Suspended,
-        (true, _) => Standing::Enrolled,
-    };
+    let standing = standing_of(&me);
     let plates = me
         .plates
         .iter()
@@ -211,6 +204,11 @@ pub async fn update_me(
         .send(GateMessage::Standing { plates, standing })
         .await;
     Ok(Json(me))
+}
+
+/// How the gate treats a driver's cars at the exit.
+fn standing_of(driver: &DriverView) -> Standing {
+    Standing::of(driver.auto_debit, driver.status == "suspended")
 }
 
 /// `GET /v1/me`
@@ -239,7 +237,6 @@ pub async fn me(
     responses(
         (status = 201, description = "Added", body = DriverView),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn add_plate(
@@ -258,16 +255,11 @@ pub async fn add_plate(
     }
     let (plate, color) = request.parse()?;
     drivers::add_plate(&state.db, driver, &plate, color, Utc::now()).await?;
-    let standing = if me.status == "suspended" {
-        Standing::Suspended
-    } else {
-        Standing::Enrolled
-    };
     state
         .gates
         .send(GateMessage::Standing {
             plates: vec![plate],
-            standing,
+            standing: standing_of(&me),
         })
         .await;
     let me = drivers::driver(&state.db, driver)
@@ -365,7 +357,6 @@ pub struct InvoicePaid {
         (status = 200, description = "Paid (the same key again pays nothing more)", body = InvoicePaid),
         (status = 404, description = "No such invoice (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
         (status = 202, description = "The provider has not answered yet: retry with the same Idempotency-Key", body = ErrorBody),
         (status = 402, description = "The payment was declined", body = ErrorBody),
     ),
@@ -392,18 +383,7 @@ pub async fn pay_invoice(
         .await?;
     let reinstated = paid.reinstated.is_some();
     if let Some(change) = paid.reinstated {
-        let plates = change
-            .plates
-            .iter()
-            .filter_map(|p| Plate::parse(p).ok())
-            .collect();
-        state
-            .gates
-            .send(GateMessage::Standing {
-                plates,
-                standing: Standing::Enrolled,
-            })
-            .await;
+        state.gates.send(GateMessage::standing(&change)).await;
     }
     Ok(Json(InvoicePaid {
         payment_id: paid.payment_id,

@@ -57,7 +57,6 @@ pub const MAX_QUOTED_STAY_DAYS: i64 = 31;
     responses(
         (status = 200, description = "The fee of the stay under the tariff in force at entry", body = Money),
         (status = 404, description = "No such lot or tariff (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn quote(

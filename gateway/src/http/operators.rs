@@ -32,7 +32,6 @@ pub struct OperatorRequest {
     responses(
         (status = 201, description = "Created", body = OperatorView),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn create_operator(
@@ -98,7 +97,6 @@ pub struct IssuedKey {
     responses(
         (status = 201, description = "The key, shown this once", body = IssuedKey),
         (status = 404, description = "No such operator (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn issue(

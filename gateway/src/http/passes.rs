@@ -50,7 +50,6 @@ pub struct PassRequest {
     responses(
         (status = 201, description = "The pass (its id revokes it)", body = PassView),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn add_pass(
@@ -117,7 +116,6 @@ pub struct RevokeRequest {
     responses(
         (status = 200, description = "Revoked; the audit entry written", body = AuditEntry),
         (status = 404, description = "No such lot or pass still to revoke (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn revoke_pass(
@@ -184,7 +182,6 @@ pub async fn list_blocks(
     responses(
         (status = 201, description = "The plate is held at the lot's entries"),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn add_block(

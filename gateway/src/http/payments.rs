@@ -56,7 +56,6 @@ pub struct PayResponse {
         (status = 200, description = "Paid: the waiting barrier opens", body = PayResponse),
         (status = 404, description = "No such session (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
         (status = 202, description = "The provider has not answered yet: retry with the same Idempotency-Key", body = ErrorBody),
         (status = 402, description = "The payment was declined", body = ErrorBody),
     ),

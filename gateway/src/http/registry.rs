@@ -195,7 +195,6 @@ fn checked_lot_fields(
         (status = 201, description = "Created", body = LotView),
         (status = 404, description = "No such operator (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn create_lot(
@@ -274,7 +273,6 @@ pub struct GateRequest {
     responses(
         (status = 201, description = "Added (a gate that exists takes the new direction)"),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn add_gate(
@@ -314,7 +312,6 @@ pub struct BaysRequest {
     responses(
         (status = 201, description = "Added (bays that exist stay as they are)"),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn add_bays(
@@ -359,7 +356,6 @@ pub async fn add_bays(
         (status = 201, description = "The version takes effect from its `effective_from`"),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn add_tariff(
@@ -462,7 +458,6 @@ where
     responses(
         (status = 200, description = "The lot as it is now", body = LotView),
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn update_lot(

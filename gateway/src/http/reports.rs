@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::auth::Staff;
-use super::error::{ApiError, ErrorBody};
+use super::error::ApiError;
 use super::extract::ApiQuery;
 use crate::store::StoreError;
 use crate::store::sessions::{self, SessionFilter};
@@ -59,7 +59,6 @@ pub struct SettlementReport {
     params(SettlementReport),
     responses(
         (status = 200, description = "Settlements as CSV", content_type = "text/csv", body = String),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn settlements(
@@ -128,7 +127,6 @@ pub struct SessionReport {
     params(SessionReport),
     responses(
         (status = 200, description = "Sessions as CSV, newest first", content_type = "text/csv", body = String),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn sessions(

@@ -48,7 +48,6 @@ fn instant(code: &'static str, value: Option<&str>) -> Result<Option<DateTime<Ut
     params(SessionQuery),
     responses(
         (status = 200, description = "Sessions, newest first", body = [SessionView]),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn list(
@@ -131,7 +130,6 @@ pub struct ReviewQuery {
     params(ReviewQuery),
     responses(
         (status = 200, description = "Unresolved review cases, oldest first", body = [ReviewView]),
-        (status = 422, description = "Invalid request: the code says which field", body = ErrorBody),
     ),
 )]
 pub async fn review(

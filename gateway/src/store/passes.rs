@@ -21,6 +21,11 @@ pub struct PassView {
     pub valid_until: DateTime<Utc>,
 }
 
+/// A pass: `(id, lot, plate, valid_from, valid_until, created_at)`.
+pub(super) const INSERT_PASS: &str =
+    "INSERT INTO passes (id, lot_id, plate, kind, valid_from, valid_until, created_at)
+     VALUES ($1, $2, $3, 'monthly', $4, $5, $6)";
+
 /// Adds a pass for `plate` in `lot`, valid `[from, until)`.
 pub async fn add(
     db: &Db,
@@ -35,10 +40,7 @@ pub async fn add(
         valid_from: db_time(from),
         valid_until: db_time(until),
     };
-    on_db!(db, pool => sqlx::query(
-        "INSERT INTO passes (id, lot_id, plate, kind, valid_from, valid_until, created_at)
-         VALUES ($1, $2, $3, 'monthly', $4, $5, $6)",
-    )
+    on_db!(db, pool => sqlx::query(INSERT_PASS)
     .bind(pass.id)
     .bind(lot.as_str())
     .bind(&pass.plate)

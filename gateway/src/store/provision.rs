@@ -219,10 +219,7 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
             }
         }
         for pass in &plan.passes {
-            sqlx::query(
-                "INSERT INTO passes (id, lot_id, plate, kind, valid_from, valid_until, created_at)
-                 VALUES ($1, $2, $3, 'monthly', $4, $5, $6)",
-            )
+            sqlx::query(super::passes::INSERT_PASS)
             .bind(Uuid::now_v7())
             .bind(pass.lot.as_str())
             .bind(pass.plate.as_str())

@@ -17,6 +17,7 @@ use parkflow_protocol::{Plate, PlateColor};
 use uuid::Uuid;
 
 use super::audit::{AuditEntry, insert_entry};
+use super::sessions::{SESSION_COLUMNS, SessionView};
 use super::{Db, StoreError, db_time, on_db};
 use crate::registry::Lot;
 
@@ -114,31 +115,6 @@ pub async fn case(db: &Db, id: Uuid) -> Result<Option<(String, Option<Uuid>, boo
     Ok(row.map(|(lot, session, resolved)| (lot, session, resolved.is_some())))
 }
 
-/// A session as a correction reads it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StayRow {
-    pub id: Uuid,
-    pub lot_id: String,
-    pub plate: String,
-    pub plate_color: Option<String>,
-    pub status: String,
-    pub pass_holder: bool,
-    pub entered_at: DateTime<Utc>,
-    pub exited_at: Option<DateTime<Utc>>,
-    pub exit_gate: Option<String>,
-    pub exit_event_id: Option<String>,
-    pub bay_id: Option<String>,
-}
-
-const STAY: &str =
-    "SELECT id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at,
-                           exit_gate, exit_event_id, bay_id FROM sessions WHERE id = $1";
-
-/// A session's lot and status, if it exists.
-pub async fn stay(db: &Db, id: Uuid) -> Result<Option<StayRow>, StoreError> {
-    Ok(on_db!(db, pool => sqlx::query_as(STAY).bind(id).fetch_optional(pool).await?))
-}
-
 /// A stay a correction closes and prices.
 struct Closing {
     session: Uuid,
@@ -155,7 +131,7 @@ struct Closing {
 impl Closing {
     /// `stay` as recorded, for `plate` in `colour`, ending at `exited_at`.
     fn whole(
-        stay: &StayRow,
+        stay: &SessionView,
         plate: String,
         colour: Option<String>,
         exited_at: DateTime<Utc>,
@@ -237,8 +213,9 @@ pub async fn resolve(
         .fetch_one(&mut *tx)
         .await
         .map_err(StoreError::from)?;
-        let mut stay: Option<StayRow> = match case.session_id {
-            Some(session) => sqlx::query_as(STAY).bind(session).fetch_optional(&mut *tx).await.map_err(StoreError::from)?,
+        let stay_sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+        let mut stay: Option<SessionView> = match case.session_id {
+            Some(session) => sqlx::query_as(&stay_sql).bind(session).fetch_optional(&mut *tx).await.map_err(StoreError::from)?,
             None => None,
         };
         let lot_id = lot.id.as_str();
@@ -271,9 +248,9 @@ pub async fn resolve(
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-            stay = sqlx::query_as(STAY).bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?;
+            stay = sqlx::query_as(&stay_sql).bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?;
         }
-        let in_review = |stay: Option<StayRow>| stay.filter(|s| s.status == "review").ok_or(ResolveError::SessionNotInReview);
+        let in_review = |stay: Option<SessionView>| stay.filter(|s| s.status == "review").ok_or(ResolveError::SessionNotInReview);
         let mut closings: Vec<Closing> = Vec::new();
         let mut voided = None;
         match correction {
@@ -320,7 +297,7 @@ pub async fn resolve(
                         (observed.map_or(case.created_at, |(at,)| at), Some(gate), Some(event), None, None)
                     }
                 };
-                let entry: StayRow = sqlx::query_as::<_, StayRow>(STAY)
+                let entry: SessionView = sqlx::query_as::<_, SessionView>(&stay_sql)
                     .bind(with_session)
                     .fetch_optional(&mut *tx)
                     .await

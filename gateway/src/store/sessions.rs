@@ -256,7 +256,7 @@ pub struct SessionView {
     pub fee: Option<String>,
 }
 
-const SESSION_COLUMNS: &str =
+pub(crate) const SESSION_COLUMNS: &str =
     "id, lot_id, plate, plate_color, status, pass_holder, entry_gate, entry_event_id, entered_at,
      exit_gate, exit_event_id, exited_at, exit_match, exit_match_score, bay_id, fee_minor, currency";
 
