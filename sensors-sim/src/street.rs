@@ -59,6 +59,9 @@ impl StreetConfig {
     }
 }
 
+/// How long a device stays at the end of a run for its last messages to be acknowledged.
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// What the street traffic did, counted.
 #[derive(Debug, Default)]
 pub struct StreetStats {
@@ -195,17 +198,26 @@ impl ZoneTask {
             true,
         ));
         let (client, mut eventloop) = AsyncClient::new(options, 2_000);
-        let poll_token = token.clone();
+        // QoS 1 messages handed to the client, and the broker's acknowledgements: at the end the
+        // device stays until everything it sent is acknowledged, as a real one keeps its events.
+        let published = Arc::new(AtomicU64::new(0));
+        let (acked_tx, mut acked) = tokio::sync::watch::channel(0_u64);
+        let stop_polling = CancellationToken::new();
+        let poll_token = stop_polling.clone();
         let online = client.clone();
         let online_topic = status.clone();
+        let online_published = published.clone();
         let poller = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = poll_token.cancelled() => break,
                     event = eventloop.poll() => match event {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            let _ = online.try_publish(online_topic.as_str(), QoS::AtLeastOnce, true, DeviceStatus::Online.as_str());
+                            if online.try_publish(online_topic.as_str(), QoS::AtLeastOnce, true, DeviceStatus::Online.as_str()).is_ok() {
+                                online_published.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
+                        Ok(Event::Incoming(Packet::PubAck(_))) => acked_tx.send_modify(|n| *n += 1),
                         Ok(_) => {}
                         Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                     },
@@ -283,10 +295,14 @@ impl ZoneTask {
                 {
                     break;
                 }
+                published.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let sent = published.load(Ordering::Relaxed);
+        let _ = tokio::time::timeout(DRAIN, acked.wait_for(|n| *n >= sent)).await;
         let _ = client.disconnect().await;
-        poller.abort();
+        stop_polling.cancel();
+        let _ = poller.await;
     }
 
     fn heartbeat(&self, i: u32, bay: &Bay, now: DateTime<Utc>) -> (String, Vec<u8>) {
