@@ -645,6 +645,50 @@ async fn lot_changes_stand(setup: Setup) {
     platform.stop().await;
 }
 
+/// Removing a gate and registering a camera to it at the same moment: either the camera is
+/// registered and the gate stays (409), or the gate is gone and the camera refused — never a
+/// camera on a removed gate.
+async fn gate_removal_races_camera_registration(setup: Setup) {
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start(setup, &world).await;
+    let own = operator_admin(&platform, "op-test").await;
+    let gates = format!("/v1/lots/{}/gates", world.lot);
+    let devices = format!("/v1/lots/{}/devices", world.lot);
+    for i in 0..16 {
+        let gate = json!({"id": format!("race-{i}"), "direction": "entry"});
+        let status = platform
+            .call_as(&own, Method::POST, &gates, Some(gate))
+            .await
+            .0;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let races = (0..16).map(|i| {
+        let (platform, own, gates, devices) = (&platform, own.clone(), &gates, &devices);
+        async move {
+            let camera = json!({"id": format!("race-cam-{i}"), "kind": "gate_camera", "gate": format!("race-{i}")});
+            let removal = format!("{gates}/race-{i}");
+            let (registered, removed) = tokio::join!(
+                platform.call_as(&own, Method::POST, devices, Some(camera)),
+                platform.call_as(&own, Method::DELETE, &removal, None),
+            );
+            (registered.0.as_u16(), removed.0.as_u16())
+        }
+    });
+    for (i, outcome) in futures::future::join_all(races)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert!(
+            matches!(outcome, (201, 409) | (422, 204)),
+            "gate race-{i}: registration and removal answered {outcome:?}"
+        );
+    }
+    platform.stop().await;
+}
+
 on_each_database!(concurrent_tariff_versions);
+
+on_each_database!(gate_removal_races_camera_registration);
 
 on_each_database!(lot_changes_stand);

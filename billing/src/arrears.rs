@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, StoreError, db_time, on_db};
+use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -217,7 +217,7 @@ impl ArrearsWorker {
         // Writes come first in the transaction, so that on SQLite it holds the write lock before
         // it reads (a read-then-write transaction can fail to upgrade while others commit).
         let (report, suspended) = on_db!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let suspended: Vec<(Uuid,)> = sqlx::query_as(
                 "UPDATE drivers SET status = 'suspended', suspended_at = $1
                  WHERE status = 'active' AND id IN (SELECT driver_id FROM invoices WHERE status = 'open' AND due_at <= $1)
@@ -318,7 +318,7 @@ pub async fn write_off(
 ) -> Result<Option<StandingChange>, WriteOffError> {
     let now = db_time(now);
     let change = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         let written: Option<(i64, String, Option<Uuid>, String)> = sqlx::query_as(
             "UPDATE invoices SET status = 'written_off' WHERE id = $1 AND status = 'open'
              RETURNING amount_minor, currency, driver_id, (SELECT lot_id FROM charges c WHERE c.id = invoices.charge_id)",

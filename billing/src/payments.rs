@@ -10,7 +10,7 @@
 //! payment also takes the session's charge slot (`exit_pending`) so auto-debit never charges it too.
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, StoreError, db_time, on_db};
+use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
 use uuid::Uuid;
 
 use crate::arrears::StandingChange;
@@ -235,7 +235,7 @@ pub async fn pay_invoice<P: PaymentProvider>(
         DebitOutcome::Pending | DebitOutcome::Unknown => return Err(PayError::Pending),
     };
     let reinstated = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         let finished = sqlx::query("UPDATE payments SET status = 'succeeded', provider_ref = $2 WHERE id = $1 AND status = 'pending'")
             .bind(payment.id)
             .bind(&provider_ref)
@@ -331,7 +331,7 @@ pub async fn pay_exit<P: PaymentProvider>(
                 .date_naive()
                 .to_string();
             let started = on_db!(db, pool => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let payment_row = sqlx::query(
                     "INSERT INTO payments (id, idempotency_key, kind, session_id, amount_minor, currency, status, created_at)
                      VALUES ($1, $2, 'exit', $3, $4, $5, 'pending', $6) ON CONFLICT DO NOTHING",
@@ -390,7 +390,7 @@ pub async fn pay_exit<P: PaymentProvider>(
         DebitOutcome::Succeeded { provider_ref } => provider_ref,
         DebitOutcome::Declined { reason } => {
             on_db!(db, pool => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 sqlx::query("UPDATE payments SET status = 'declined' WHERE id = $1 AND status = 'pending'")
                     .bind(payment.id)
                     .execute(&mut *tx)
@@ -407,7 +407,7 @@ pub async fn pay_exit<P: PaymentProvider>(
         DebitOutcome::Pending | DebitOutcome::Unknown => return Err(PayError::Pending),
     };
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         let finished = sqlx::query("UPDATE payments SET status = 'succeeded', provider_ref = $2 WHERE id = $1 AND status = 'pending'")
             .bind(payment.id)
             .bind(&provider_ref)

@@ -2,7 +2,7 @@
 //! collected (SPEC §4), each recorded once per idempotency key with its journal entry.
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, StoreError, db_time, on_db};
+use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
 use uuid::Uuid;
 
 use crate::charging::idempotency_key;
@@ -145,7 +145,7 @@ pub async fn refund<P: PaymentProvider>(
     let id = Uuid::now_v7();
     let provider_name = charge_provider.unwrap_or_else(|| provider.name().to_owned());
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO refunds (id, charge_id, idempotency_key, amount_minor, currency, reason, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",

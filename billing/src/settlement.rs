@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, StoreError, db_time, on_db};
+use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
 use serde::Serialize;
 
 use crate::charging::idempotency_key;
@@ -51,9 +51,8 @@ pub async fn settle(
 ) -> Result<Vec<Settlement>, StoreError> {
     let now = db_time(now);
     let rows = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
-        // Replace the days' figures: the delete comes first, so the transaction writes before it
-        // reads, and days that no longer have charges keep no stale figures.
+        let mut tx = pool.begin_write().await?;
+        // Replace the days' figures: days that no longer have charges keep no stale figures.
         sqlx::query("DELETE FROM settlements WHERE day >= $1 AND day <= $2").bind(from).bind(to).execute(&mut *tx).await?;
         let rows: Vec<Settlement> = sqlx::query_as(COMPUTE).bind(from).bind(to).fetch_all(&mut *tx).await?;
         for chunk in rows.chunks(2_000) {

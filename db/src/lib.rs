@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{PgPool, SqlitePool, Transaction};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -83,6 +83,37 @@ macro_rules! on_db {
             $crate::Db::Postgres($pool) => $body,
         }
     };
+}
+
+/// Beginning a transaction that writes; implemented by both pools, so an [`on_db!`] body calls
+/// `pool.begin_write()` whichever engine it runs on.
+pub trait BeginWrite {
+    type Database: sqlx::Database;
+
+    /// Begins a transaction that will write. SQLite takes its write lock at once (`BEGIN
+    /// IMMEDIATE`), waiting up to the busy timeout while another connection writes: a deferred
+    /// transaction that reads first fails at its first write with `SQLITE_BUSY_SNAPSHOT`, at once
+    /// and whatever the busy timeout, when another connection committed after its read.
+    /// PostgreSQL begins as usual (its row locks and constraints order writers).
+    fn begin_write(
+        &self,
+    ) -> impl Future<Output = Result<Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+}
+
+impl BeginWrite for SqlitePool {
+    type Database = sqlx::Sqlite;
+
+    async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Database = sqlx::Postgres;
+
+    async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
 }
 
 impl Db {
@@ -157,6 +188,55 @@ pub fn db_time(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transaction that reads, then writes, while another connection commits in between: with
+    /// a deferred `BEGIN` SQLite refused its write at once (`SQLITE_BUSY_SNAPSHOT`, seen as a 500
+    /// when an operator removed a gate while traffic was being recorded).
+    #[tokio::test]
+    async fn a_transaction_that_reads_then_writes_waits_for_another_writer_on_sqlite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let db = Db::connect(&url).await.expect("connect");
+        let Db::Sqlite(pool) = &db else {
+            unreachable!("a sqlite url")
+        };
+        sqlx::query("CREATE TABLE t (n INTEGER)")
+            .execute(pool)
+            .await
+            .expect("create");
+
+        let mut tx = pool.begin_write().await.expect("begin");
+        let (before,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("read");
+        let mut other = tokio::spawn({
+            let pool = pool.clone();
+            async move { sqlx::query("INSERT INTO t VALUES (2)").execute(&pool).await }
+        });
+        // Give the other writer every chance to commit first (it cannot: it waits for our lock).
+        let other_went_first = tokio::time::timeout(Duration::from_millis(300), &mut other)
+            .await
+            .is_ok();
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .expect("our write");
+        tx.commit().await.expect("commit");
+        assert!(
+            !other_went_first,
+            "another connection wrote inside our transaction"
+        );
+        other
+            .await
+            .expect("join")
+            .expect("the other write, after ours");
+        let (after,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        assert_eq!((before, after), (0, 2));
+    }
 
     #[test]
     fn both_engines_have_the_same_migrations() {

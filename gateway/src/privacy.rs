@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use parkflow_protocol::Plate;
 
-use crate::store::{Db, StoreError, db_time, on_db};
+use crate::store::{BeginWrite, Db, StoreError, db_time, on_db};
 
 /// What pseudonyms start with (no plate does: plates are letters and digits only).
 pub const PSEUDONYM_PREFIX: &str = "anon-";
@@ -97,7 +97,7 @@ pub async fn pseudonymise(
     for (plate,) in &plates {
         let pseudonym = key.pseudonym(plate);
         on_db!(db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "UPDATE sessions SET plate = $2,
                      billed_plate = CASE WHEN billed_plate IS NULL THEN NULL ELSE $2 END

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, StoreError, db_time, on_db};
+use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
 use uuid::Uuid;
 
 use super::{ChargingConfig, Claimed};
@@ -70,7 +70,7 @@ pub async fn record(
     }
 
     let recorded = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         let mut written: Vec<(Uuid,)> = Vec::with_capacity(updates.len());
         // 4 binds a row: chunks stay far below both engines' bind limits.
         for chunk in updates.chunks(2_000) {

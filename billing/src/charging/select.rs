@@ -1,7 +1,7 @@
 //! Charging's reads and claims: new charges for closed sessions, and leases on charges to collect.
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, StoreError, db_time, on_db};
+use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
 use parkflow_protocol::PlateColor;
 use uuid::Uuid;
 
@@ -130,7 +130,7 @@ pub async fn enqueue(
     }
     let now = db_time(now);
     let inserted: usize = on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         let mut inserted = Vec::with_capacity(charges.len());
         // 13 binds a row, under SQLite's bind limit.
         for chunk in charges.chunks(2_000) {

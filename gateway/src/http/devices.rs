@@ -24,6 +24,7 @@ impl From<DeviceError> for ApiError {
         match error {
             DeviceError::Exists => Self::conflict("device_exists", error.to_string()),
             DeviceError::GateTaken => Self::conflict("gate_has_camera", error.to_string()),
+            DeviceError::UnknownGate => Self::bad_request("unknown_gate", error.to_string()),
             DeviceError::Store(e) => Self::Store(e),
         }
     }

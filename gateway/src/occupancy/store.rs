@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::ack::Ticket;
 use crate::registry::{BayIdx, Registry};
 use crate::store::writer::retry_transient;
-use crate::store::{Db, StoreError, db_time, on_db};
+use crate::store::{BeginWrite, Db, StoreError, db_time, on_db};
 
 /// Batches waiting for the writer (each is one actor round, up to thousands of events).
 pub const BAY_WRITER_CHANNEL_CAPACITY: usize = 64;
@@ -229,7 +229,7 @@ fn plate_fields(
 async fn write(db: &Db, segments: &[Segment]) -> Result<(), StoreError> {
     let now = db_time(Utc::now());
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         for segment in segments {
         let registry = &segment.registry;
         let bays = registry.bays();

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use parkflow_protocol::{BayId, DeviceId, GateId, LotId};
 use serde::Serialize;
 
-use super::{Db, StoreError, db_time, on_db};
+use super::{BeginWrite, Db, StoreError, db_time, on_db};
 use crate::registry::{DeviceKind, password_hash};
 
 /// A device as the API shows it: never its password or secret.
@@ -43,32 +43,55 @@ pub enum DeviceError {
     Exists,
     #[error("the gate has a camera already")]
     GateTaken,
+    #[error("the lot has no such gate")]
+    UnknownGate,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Registers a device; its id is also its MQTT username.
+///
+/// A gate camera's gate row is written first: a gate being removed at the same moment either
+/// waits for this registration (and then finds the camera and stays) or is gone before it (and
+/// the camera is refused), never a camera on a removed gate.
 pub async fn register(
     db: &Db,
     device: &NewDevice<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), DeviceError> {
-    let inserted = on_db!(db, pool => sqlx::query(
-        "INSERT INTO devices (id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, created_at)
-         VALUES ($1, $2, $3, $4, $5, $1, $6, $7, $8) ON CONFLICT DO NOTHING",
-    )
-    .bind(device.id.as_str())
-    .bind(device.kind.as_str())
-    .bind(device.lot.as_str())
-    .bind(device.gate.map(GateId::as_str))
-    .bind(device.bay.map(BayId::as_str))
-    .bind(password_hash(device.password))
-    .bind(device.secret)
-    .bind(db_time(now))
-    .execute(pool)
-    .await
-    .map(|r| r.rows_affected())
-    .map_err(StoreError::from)?);
+    let inserted = on_db!(db, pool => {
+        let mut tx = pool.begin_write().await.map_err(StoreError::from)?;
+        if let Some(gate) = device.gate {
+            let locked = sqlx::query("UPDATE gates SET direction = direction WHERE lot_id = $1 AND id = $2")
+                .bind(device.lot.as_str())
+                .bind(gate.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?
+                .rows_affected();
+            if locked == 0 {
+                return Err(DeviceError::UnknownGate);
+            }
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO devices (id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, created_at)
+             VALUES ($1, $2, $3, $4, $5, $1, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(device.id.as_str())
+        .bind(device.kind.as_str())
+        .bind(device.lot.as_str())
+        .bind(device.gate.map(GateId::as_str))
+        .bind(device.bay.map(BayId::as_str))
+        .bind(password_hash(device.password))
+        .bind(device.secret)
+        .bind(db_time(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected();
+        tx.commit().await.map_err(StoreError::from)?;
+        inserted
+    });
     if inserted == 1 {
         return Ok(());
     }

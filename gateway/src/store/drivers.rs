@@ -5,7 +5,7 @@ use parkflow_protocol::{Plate, PlateColor};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Db, StoreError, db_time, on_db};
+use super::{BeginWrite, Db, StoreError, db_time, on_db};
 use crate::registry::password_hash;
 
 use super::keys::new_key;
@@ -66,7 +66,7 @@ pub async fn enrol(
     let key = new_key();
     let now = db_time(now);
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         sqlx::query(
             "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at) VALUES ($1, $2, 'active', $3, $4, $5)",
         )

@@ -12,4 +12,4 @@ pub mod review;
 pub mod sessions;
 pub mod writer;
 
-pub use parkflow_db::{Db, StoreError, db_time, on_db};
+pub use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};

@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::audit::{AuditEntry, insert_entry};
-use super::{Db, StoreError, db_time, on_db};
+use super::{BeginWrite, Db, StoreError, db_time, on_db};
 
 /// A pass as its operator sees it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -76,7 +76,7 @@ pub async fn revoke(
 ) -> Result<bool, StoreError> {
     let now = db_time(entry.at);
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         let ended = sqlx::query(
             "UPDATE passes SET valid_until = $3 WHERE id = $1 AND lot_id = $2 AND valid_from < $3 AND valid_until > $3",
         )

@@ -8,7 +8,7 @@ use parkflow_billing::TariffDefinition;
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId, Plate, PlateColor};
 use uuid::Uuid;
 
-use super::{Db, StoreError, db_time, on_db};
+use super::{BeginWrite, Db, StoreError, db_time, on_db};
 use crate::registry::{DeviceKind, GateDirection, LotKind, password_hash};
 
 /// The INSERT of a lot that does not exist yet (nothing when its id is taken).
@@ -123,7 +123,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), StoreError> {
     let now = db_time(now);
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         for operator in &plan.operators {
             sqlx::query(
                 "INSERT INTO operators (id, name, created_at) VALUES ($1, $2, $3)
@@ -302,7 +302,18 @@ pub enum GateRemoval {
 /// Removes a lane from a lot unless a live camera is registered to it.
 pub async fn remove_gate(db: &Db, lot: &LotId, gate: &GateId) -> Result<GateRemoval, StoreError> {
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
+        // The delete comes first: it waits for a camera being registered to this gate (which
+        // writes the gate row first), so the count below sees that camera.
+        let removed = sqlx::query("DELETE FROM gates WHERE lot_id = $1 AND id = $2")
+            .bind(lot.as_str())
+            .bind(gate.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Ok(GateRemoval::NotFound);
+        }
         let (devices,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM devices WHERE lot_id = $1 AND gate_id = $2 AND revoked_at IS NULL",
         )
@@ -313,14 +324,8 @@ pub async fn remove_gate(db: &Db, lot: &LotId, gate: &GateId) -> Result<GateRemo
         if devices > 0 {
             return Ok(GateRemoval::HasDevice);
         }
-        let removed = sqlx::query("DELETE FROM gates WHERE lot_id = $1 AND id = $2")
-            .bind(lot.as_str())
-            .bind(gate.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
         tx.commit().await?;
-        Ok(if removed == 1 { GateRemoval::Removed } else { GateRemoval::NotFound })
+        Ok(GateRemoval::Removed)
     })
 }
 
@@ -341,9 +346,9 @@ pub async fn add_tariff(
     let definition =
         serde_json::to_string(tariff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
-        // Write first: the lot row's lock orders concurrent versions, so each is numbered after
-        // the one committed before it (PostgreSQL numbered two at once alike, and failed one).
+        let mut tx = pool.begin_write().await?;
+        // Write first: on PostgreSQL the lot row's lock orders concurrent versions, so each is
+        // numbered after the one committed before it (two at once were numbered alike).
         sqlx::query("UPDATE lots SET name = name WHERE id = $1")
             .bind(lot.as_str())
             .execute(&mut *tx)

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::audit::{AuditEntry, insert_entry};
 use super::sessions::{SESSION_COLUMNS, SessionView};
-use super::{Db, StoreError, db_time, on_db};
+use super::{BeginWrite, Db, StoreError, db_time, on_db};
 use crate::registry::Lot;
 
 /// What an operator decides about a case.
@@ -192,7 +192,7 @@ pub async fn resolve(
     let now = db_time(entry.at);
     let resolution = correction.resolution();
     on_db!(db, pool => {
-        let mut tx = pool.begin().await.map_err(StoreError::from)?;
+        let mut tx = pool.begin_write().await.map_err(StoreError::from)?;
         let resolved = sqlx::query(
             "UPDATE review_items SET resolved_at = $2, resolution = $3 WHERE id = $1 AND resolved_at IS NULL",
         )

@@ -16,7 +16,7 @@ use parkflow_protocol::{Direction, EventId, GateCommand, GateId, LotId, Plate, P
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Db, StoreError, db_time};
+use super::{BeginWrite, Db, StoreError, db_time};
 use crate::metrics::Metrics;
 use crate::mqtt::ack::Ticket;
 use crate::session::{OpenSession, ReviewItem, SessionEnd, SessionStatus};
@@ -173,7 +173,7 @@ where
 /// Applies `writes` in one transaction.
 pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
     crate::store::on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_write().await?;
         for write in writes {
             match write {
                 Write::OpenSession(s) => {
