@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool, Transaction};
+use sqlx::{PgPool, SqlitePool, Transaction, TransactionManager};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -131,6 +131,16 @@ impl Db {
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(10))
+                // A caller cancelled while its `BEGIN` was being acknowledged (a request past its
+                // timeout, a worker stopped mid-step) leaves that transaction open on the
+                // connection it gives back; whoever took the connection next would write inside
+                // it (a plain `BEGIN` became a savepoint, its commit a release: writes never
+                // committed). Such a connection is closed instead of being handed out again.
+                .before_acquire(|connection, _| {
+                    Box::pin(async move {
+                        Ok(<<sqlx::Sqlite as sqlx::Database>::TransactionManager as TransactionManager>::get_transaction_depth(connection) == 0)
+                    })
+                })
                 .connect_with(options)
                 .await
                 .map_err(StoreError::Connect)?;
