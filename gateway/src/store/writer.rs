@@ -8,6 +8,7 @@
 //! others. A batch the database still refuses is kept in `dead_letters` (logged and counted) and
 //! its message acknowledged: a re-delivery would fail the same way.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,112 +171,247 @@ where
     }
 }
 
-/// Applies `writes` in one transaction.
+/// Rows per multi-row INSERT: a gate read binds 17 values, and SQLite allows 32,766 a statement.
+const ROWS_PER_INSERT: usize = 1_000;
+
+/// The writes of a group, cut into segments that can each be applied kind by kind: sessions
+/// closed first, then sessions opened, review cases, gate reads and queued charges, each kind
+/// as multi-row statements. A segment ends before the close of a session it opens, so every
+/// close finds its session stored; a close coming before another open of the same plate (the
+/// order the gate produces) stays before it.
+#[derive(Debug, Default)]
+struct Segment<'a> {
+    ends: Vec<&'a SessionEnd>,
+    opens: Vec<&'a OpenSession>,
+    reviews: Vec<&'a ReviewItem>,
+    reads: Vec<&'a GateReadRecord>,
+}
+
+fn segments<'a>(writes: impl Iterator<Item = &'a Write>) -> Vec<Segment<'a>> {
+    let mut segments = vec![Segment::default()];
+    let (mut opened, mut closed) = (HashSet::new(), HashSet::new());
+    for write in writes {
+        if let Write::EndSession(end) = write
+            && opened.contains(&end.id)
+        {
+            segments.push(Segment::default());
+            opened.clear();
+            closed.clear();
+        }
+        let Some(segment) = segments.last_mut() else {
+            unreachable!("there is always a segment")
+        };
+        match write {
+            Write::OpenSession(session) => {
+                opened.insert(session.id);
+                segment.opens.push(session);
+            }
+            // A session closes once: a second close, in order, would find it closed already.
+            Write::EndSession(end) => {
+                if closed.insert(end.id) {
+                    segment.ends.push(end);
+                }
+            }
+            Write::Review(item) => segment.reviews.push(item),
+            Write::GateRead(read) => segment.reads.push(read),
+        }
+    }
+    segments
+}
+
+/// Applies `writes` in one transaction, segment by segment (see [`Segment`]).
 pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
+    let segments = segments(writes);
     crate::store::on_db!(db, pool => {
         let mut tx = pool.begin_write().await?;
-        for write in writes {
-            match write {
-                Write::OpenSession(s) => {
-                    sqlx::query(
-                        "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entry_gate,
-                             entry_event_id, entered_at, updated_at)
-                         VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $9)
-                         ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(s.id)
-                    .bind(s.lot.as_str())
-                    .bind(s.plate.as_str())
-                    .bind(s.plate_color.map(PlateColor::as_str))
-                    .bind(s.pass_holder)
-                    .bind(s.entry_gate.as_ref().map(GateId::as_str))
-                    .bind(s.entry_event.as_ref().map(EventId::as_str))
-                    .bind(db_time(s.entered_at))
-                    .bind(db_time(s.entered_at))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Write::EndSession(end) => {
-                    let ended = sqlx::query(
-                        "UPDATE sessions SET status = $2, exit_gate = $3, exit_event_id = $4, exited_at = $5,
-                             exit_match = $6, exit_match_score = $7, tariff_from = $8, fee_minor = $9, currency = $10,
-                             billed_plate = $11, plate_color = COALESCE(plate_color, $12), pass_holder = $13, updated_at = $5
-                         WHERE id = $1 AND status = 'open'",
-                    )
-                    .bind(end.id)
-                    .bind(end.status.as_str())
-                    .bind(end.exit_gate.as_ref().map(GateId::as_str))
-                    .bind(end.exit_event.as_ref().map(EventId::as_str))
-                    .bind(db_time(end.exited_at))
-                    .bind(end.exit_match.map(|(m, _)| m.as_str()))
-                    .bind(end.exit_match.map(|(_, score)| score))
-                    .bind(end.tariff_from.map(db_time))
-                    .bind(end.fee.as_ref().map(|(minor, _)| *minor))
-                    .bind(end.fee.as_ref().map(|(_, currency)| currency.as_str()))
-                    .bind(end.billed_plate.as_ref().map(Plate::as_str))
-                    .bind(end.plate_color.map(PlateColor::as_str))
-                    .bind(end.pass_holder)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    // A priced session now waits for its charge (billing's queue), in the same commit.
-                    if ended == 1 && end.status == SessionStatus::Closed {
-                        sqlx::query("INSERT INTO charge_queue (session_id, queued_at) VALUES ($1, $2) ON CONFLICT (session_id) DO NOTHING")
-                            .bind(end.id)
-                            .bind(db_time(end.exited_at))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-                Write::Review(item) => {
-                    sqlx::query(
-                        "INSERT INTO review_items (id, lot_id, kind, session_id, gate_id, event_id, plate, score, created_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                         ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(item.id)
-                    .bind(item.lot.as_str())
-                    .bind(item.kind.as_str())
-                    .bind(item.session_id)
-                    .bind(item.gate.as_ref().map(GateId::as_str))
-                    .bind(item.event_id.as_ref().map(EventId::as_str))
-                    .bind(item.plate.as_ref().map(Plate::as_str))
-                    .bind(item.score)
-                    .bind(db_time(item.created_at))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Write::GateRead(read) => {
-                    sqlx::query(
-                        "INSERT INTO gate_reads (lot_id, gate_id, event_id, plate, plate_color, confidence, direction,
-                             observed_at, received_at, command_id, action, reason, issued_at, amount_due_minor,
-                             currency, pay_url, session_id)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-                         ON CONFLICT (lot_id, gate_id, event_id) DO NOTHING",
-                    )
-                    .bind(read.lot.as_str())
-                    .bind(read.gate.as_str())
-                    .bind(read.event_id.as_str())
-                    .bind(read.plate.as_str())
-                    .bind(read.plate_color.map(PlateColor::as_str))
-                    .bind(read.confidence)
-                    .bind(read.direction.as_str())
-                    .bind(db_time(read.observed_at))
-                    .bind(db_time(read.received_at))
-                    .bind(read.command.command_id)
-                    .bind(read.command.action.as_str())
-                    .bind(read.command.reason.as_str())
-                    .bind(db_time(read.command.issued_at))
-                    .bind(read.amount_due_minor)
-                    .bind(read.command.currency.as_deref())
-                    .bind(read.command.pay_url.as_deref())
-                    .bind(read.session_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+        for segment in &segments {
+            // A priced session waits for its charge (billing's queue), in the same commit.
+            let mut queued: Vec<(Uuid, String, DateTime<Utc>)> = Vec::new();
+            for chunk in segment.ends.chunks(ROWS_PER_INSERT) {
+                let mut update = sqlx::QueryBuilder::new(
+                    "WITH ended (end_id, end_status, end_gate, end_event_id, end_at, end_match, end_match_score,
+                         end_tariff_from, end_fee_minor, end_currency, end_billed_plate, end_plate_color,
+                         end_pass_holder) AS (",
+                );
+                update.push_values(chunk, |mut row, end| {
+                    row.push_bind(end.id)
+                        .push_bind(end.status.as_str())
+                        .push_bind(end.exit_gate.as_ref().map(GateId::as_str))
+                        .push_bind(end.exit_event.as_ref().map(EventId::as_str))
+                        .push_bind(db_time(end.exited_at))
+                        .push_bind(end.exit_match.map(|(m, _)| m.as_str()))
+                        .push_bind(end.exit_match.map(|(_, score)| score))
+                        .push_bind(end.tariff_from.map(db_time))
+                        .push_bind(end.fee.as_ref().map(|(minor, _)| *minor))
+                        .push_bind(end.fee.as_ref().map(|(_, currency)| currency.as_str()))
+                        .push_bind(end.billed_plate.as_ref().map(Plate::as_str))
+                        .push_bind(end.plate_color.map(PlateColor::as_str))
+                        .push_bind(end.pass_holder);
+                });
+                update.push(
+                    ") UPDATE sessions SET status = end_status, exit_gate = end_gate, exit_event_id = end_event_id,
+                         exited_at = end_at, exit_match = end_match, exit_match_score = end_match_score,
+                         tariff_from = end_tariff_from, fee_minor = end_fee_minor, currency = end_currency,
+                         billed_plate = end_billed_plate, plate_color = COALESCE(plate_color, end_plate_color),
+                         pass_holder = end_pass_holder, updated_at = end_at
+                     FROM ended WHERE id = end_id AND status = 'open'
+                     RETURNING id, status, exited_at",
+                );
+                queued.extend(update.build_query_as().fetch_all(&mut *tx).await?);
+            }
+            queued.retain(|(_, status, _)| status == SessionStatus::Closed.as_str());
+            for chunk in segment.opens.chunks(ROWS_PER_INSERT) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entry_gate,
+                         entry_event_id, entered_at, updated_at) ",
+                );
+                insert.push_values(chunk, |mut row, s| {
+                    row.push_bind(s.id)
+                        .push_bind(s.lot.as_str())
+                        .push_bind(s.plate.as_str())
+                        .push_bind(s.plate_color.map(PlateColor::as_str))
+                        .push_bind("open")
+                        .push_bind(s.pass_holder)
+                        .push_bind(s.entry_gate.as_ref().map(GateId::as_str))
+                        .push_bind(s.entry_event.as_ref().map(EventId::as_str))
+                        .push_bind(db_time(s.entered_at))
+                        .push_bind(db_time(s.entered_at));
+                });
+                insert.push(" ON CONFLICT (id) DO NOTHING");
+                insert.build().execute(&mut *tx).await?;
+            }
+            for chunk in segment.reviews.chunks(ROWS_PER_INSERT) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO review_items (id, lot_id, kind, session_id, gate_id, event_id, plate, score, created_at) ",
+                );
+                insert.push_values(chunk, |mut row, item| {
+                    row.push_bind(item.id)
+                        .push_bind(item.lot.as_str())
+                        .push_bind(item.kind.as_str())
+                        .push_bind(item.session_id)
+                        .push_bind(item.gate.as_ref().map(GateId::as_str))
+                        .push_bind(item.event_id.as_ref().map(EventId::as_str))
+                        .push_bind(item.plate.as_ref().map(Plate::as_str))
+                        .push_bind(item.score)
+                        .push_bind(db_time(item.created_at));
+                });
+                insert.push(" ON CONFLICT (id) DO NOTHING");
+                insert.build().execute(&mut *tx).await?;
+            }
+            for chunk in segment.reads.chunks(ROWS_PER_INSERT) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO gate_reads (lot_id, gate_id, event_id, plate, plate_color, confidence, direction,
+                         observed_at, received_at, command_id, action, reason, issued_at, amount_due_minor,
+                         currency, pay_url, session_id) ",
+                );
+                insert.push_values(chunk, |mut row, read| {
+                    row.push_bind(read.lot.as_str())
+                        .push_bind(read.gate.as_str())
+                        .push_bind(read.event_id.as_str())
+                        .push_bind(read.plate.as_str())
+                        .push_bind(read.plate_color.map(PlateColor::as_str))
+                        .push_bind(read.confidence)
+                        .push_bind(read.direction.as_str())
+                        .push_bind(db_time(read.observed_at))
+                        .push_bind(db_time(read.received_at))
+                        .push_bind(read.command.command_id)
+                        .push_bind(read.command.action.as_str())
+                        .push_bind(read.command.reason.as_str())
+                        .push_bind(db_time(read.command.issued_at))
+                        .push_bind(read.amount_due_minor)
+                        .push_bind(read.command.currency.as_deref())
+                        .push_bind(read.command.pay_url.as_deref())
+                        .push_bind(read.session_id);
+                });
+                insert.push(" ON CONFLICT (lot_id, gate_id, event_id) DO NOTHING");
+                insert.build().execute(&mut *tx).await?;
+            }
+            for chunk in queued.chunks(ROWS_PER_INSERT) {
+                let mut insert = sqlx::QueryBuilder::new("INSERT INTO charge_queue (session_id, queued_at) ");
+                insert.push_values(chunk, |mut row, (id, _, exited_at)| {
+                    row.push_bind(id).push_bind(exited_at);
+                });
+                insert.push(" ON CONFLICT (session_id) DO NOTHING");
+                insert.build().execute(&mut *tx).await?;
             }
         }
         tx.commit().await?;
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(id: u128, plate: &str) -> Write {
+        Write::OpenSession(OpenSession {
+            id: Uuid::from_u128(id),
+            lot: LotId::parse("lot-1").unwrap(),
+            plate: Plate::parse(plate).unwrap(),
+            plate_color: None,
+            pass_holder: false,
+            entry_gate: None,
+            entry_event: None,
+            entered_at: Utc::now(),
+        })
+    }
+
+    fn end(id: u128) -> Write {
+        Write::EndSession(SessionEnd {
+            id: Uuid::from_u128(id),
+            status: SessionStatus::Closed,
+            exit_gate: None,
+            exit_event: None,
+            exited_at: Utc::now(),
+            exit_match: None,
+            tariff_from: None,
+            billed_plate: None,
+            plate_color: None,
+            pass_holder: false,
+            fee: Some((100, "CNY".into())),
+        })
+    }
+
+    /// Each segment as (opened ids, closed ids).
+    fn shape(writes: &[Write]) -> Vec<(Vec<u128>, Vec<u128>)> {
+        segments(writes.iter())
+            .iter()
+            .map(|s| {
+                (
+                    s.opens.iter().map(|o| o.id.as_u128()).collect(),
+                    s.ends.iter().map(|e| e.id.as_u128()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_of_many_sessions_share_one_segment() {
+        let writes = [open(1, "浙A11111"), end(7), open(2, "浙A22222"), end(8)];
+        assert_eq!(shape(&writes), [(vec![1, 2], vec![7, 8])]);
+    }
+
+    #[test]
+    fn a_session_closed_in_the_group_that_opened_it_starts_a_segment() {
+        // Entered, left and entered again within one group: the close follows its open, and the
+        // second open (the same plate) follows the close.
+        let writes = [
+            open(1, "浙A11111"),
+            end(1),
+            open(2, "浙A11111"),
+            end(9),
+            end(2),
+        ];
+        assert_eq!(
+            shape(&writes),
+            [(vec![1], vec![]), (vec![2], vec![1, 9]), (vec![], vec![2])]
+        );
+    }
+
+    #[test]
+    fn a_repeated_close_is_applied_once() {
+        let writes = [end(3), end(3), open(4, "浙A44444")];
+        assert_eq!(shape(&writes), [(vec![4], vec![3])]);
+    }
 }
