@@ -355,3 +355,51 @@ async fn corrections_price_each_stay_and_bill_it_once(setup: Setup) {
 }
 
 on_each_database!(corrections_price_each_stay_and_bill_it_once);
+
+/// A merge that fails after taking the open session from the gates gives it back: the car's exit
+/// still ends its own session (and is not an exit without entry).
+async fn a_failed_merge_gives_the_session_back(setup: Setup) {
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let now = Utc::now();
+    // A stray exit an hour ago, then the car's entry 50 minutes ago: that exit cannot end a stay
+    // that began after it.
+    let stray_read = exit.read_at(
+        "浙Q55555",
+        Direction::Exit,
+        now - chrono::Duration::hours(1),
+    );
+    assert_eq!(
+        exit.decide(&stray_read).await.reason,
+        GateReason::ReviewLater
+    );
+    let stray = case(&platform, &world, "exit_without_entry", "浙Q55555").await;
+    let plate = world.enrolled.as_str();
+    let read = entry.read_at(plate, Direction::Entry, now - chrono::Duration::minutes(50));
+    assert_eq!(entry.decide(&read).await.reason, GateReason::Entered);
+    let entered = open_session(&platform, &world, plate).await;
+    let (status, body) = call(
+        &platform,
+        Method::POST,
+        &resolve(&stray["id"]),
+        Some(json!({"action": "merge", "with_session": entered["id"], "reason": "misread"})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::CONFLICT, &json!("not_mergeable"))
+    );
+    let read = exit.read(plate, Direction::Exit);
+    assert_eq!(exit.decide(&read).await.reason, GateReason::BillLater);
+    let id = entered["id"].as_str().unwrap();
+    let ended = common::eventually(Duration::from_secs(10), "the session ended", || async {
+        Some(session(&platform, id).await).filter(|s| s["status"] != "open")
+    })
+    .await;
+    assert_eq!(ended["exit_event_id"], read.event_id.as_str(), "{ended}");
+    platform.stop().await;
+}
+
+on_each_database!(a_failed_merge_gives_the_session_back);

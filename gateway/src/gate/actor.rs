@@ -167,7 +167,7 @@ impl GateActor {
                 } => {
                     let _ = reply.send(self.take_open(&lot, session));
                 }
-                GateMessage::Restore(session) => self.restore(session),
+                GateMessage::Restore(session) => self.restore(session).await,
                 GateMessage::Reload { now } => {
                     if let Err(error) = load_facts(&self.db, &mut self.state, now).await {
                         tracing::error!(error = %error, "failed to reload drivers, passes and blocks");
@@ -422,7 +422,15 @@ impl GateActor {
         taken
     }
 
-    fn restore(&mut self, session: OpenSession) {
+    async fn restore(&mut self, session: OpenSession) {
+        match sessions::session(&self.db, session.id).await {
+            Ok(Some(stored)) if stored.status == "open" => {}
+            Ok(_) => return,
+            Err(error) => {
+                // The correction that took it failed on the database too, most likely.
+                tracing::warn!(error = %error, session = %session.id, "failed to check a session given back; restoring it");
+            }
+        }
         let lot = session.lot.clone();
         self.state
             .lots

@@ -86,7 +86,8 @@ pub enum GateMessage {
         session: uuid::Uuid,
         reply: tokio::sync::oneshot::Sender<Option<crate::session::OpenSession>>,
     },
-    /// The correction that took this session failed: it is open again.
+    /// The correction that took this session did not commit: it is open again (if the database
+    /// says so).
     Restore(crate::session::OpenSession),
 }
 
@@ -125,6 +126,46 @@ impl GateHandle {
         if self.tx.send(message).await.is_err() {
             // Only during shutdown: the event loop has stopped, so nothing is acknowledged any more.
             tracing::debug!("gate actor is gone; message dropped");
+        }
+    }
+}
+
+/// An open session an operator's correction took from the gate actor (`TakeOpen`). Unless it is
+/// [`kept`](Self::kept) once the correction has committed, dropping it gives the session back —
+/// also when the request is dropped half-way (past its timeout) — and the actor restores it only
+/// while the database still has it open (a correction may commit just before its request is
+/// dropped).
+pub struct TakenSession {
+    gates: GateHandle,
+    session: Option<crate::session::OpenSession>,
+}
+
+impl TakenSession {
+    pub fn new(gates: GateHandle, session: crate::session::OpenSession) -> Self {
+        Self {
+            gates,
+            session: Some(session),
+        }
+    }
+
+    /// The correction committed: the session stays out of the gate actor.
+    pub fn kept(mut self) {
+        self.session = None;
+    }
+}
+
+impl Drop for TakenSession {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let id = session.id;
+            if self
+                .gates
+                .tx
+                .try_send(GateMessage::Restore(session))
+                .is_err()
+            {
+                tracing::error!(session = %id, "gate actor full or gone: a session taken for a correction was not given back (its exit will go to review)");
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use super::AppState;
 use super::auth::{Accountable, Staff};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, free_text};
-use crate::gate::GateMessage;
+use crate::gate::{GateMessage, TakenSession};
 use crate::store::audit::{self, AuditEntry};
 use crate::store::review::{self, Correction, Resolution, ResolveError};
 
@@ -281,17 +281,16 @@ pub async fn resolve(
                     reply,
                 })
                 .await;
-            taken = Some(
-                answer
-                    .await
-                    .map_err(|_| ApiError::Unavailable)?
-                    .ok_or_else(|| {
-                        ApiError::conflict(
-                            "session_not_open",
-                            "with_session is no longer open at the gates: it ended, or its car is held at an exit for payment",
-                        )
-                    })?,
-            );
+            let session = answer
+                .await
+                .map_err(|_| ApiError::Unavailable)?
+                .ok_or_else(|| {
+                    ApiError::conflict(
+                        "session_not_open",
+                        "with_session is no longer open at the gates: it ended, or its car is held at an exit for payment",
+                    )
+                })?;
+            taken = Some(TakenSession::new(state.gates.clone(), session));
         }
     }
     let details = serde_json::json!({
@@ -311,11 +310,10 @@ pub async fn resolve(
         reason,
         details: Some(details.to_string()),
     };
-    if let Err(error) = review::resolve(&state.db, id, lot, &correction, &entry).await {
-        if let Some(session) = taken {
-            state.gates.send(GateMessage::Restore(session)).await;
-        }
-        return Err(error.into());
+    // Should the correction fail (or this request be dropped), `taken` gives the session back.
+    review::resolve(&state.db, id, lot, &correction, &entry).await?;
+    if let Some(taken) = taken {
+        taken.kept();
     }
     Ok(Json(entry))
 }
