@@ -133,11 +133,14 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(10))
                 // A caller cancelled while its `BEGIN` was being acknowledged (a request past its
                 // timeout, a worker stopped mid-step) leaves that transaction open on the
-                // connection it gives back; whoever took the connection next would write inside
-                // it (a plain `BEGIN` became a savepoint, its commit a release: writes never
-                // committed). Such a connection is closed instead of being handed out again.
-                .before_acquire(|connection, _| {
+                // connection it gives back — holding the write lock, after `BEGIN IMMEDIATE`.
+                // Whoever took the connection next would write inside it (a plain `BEGIN` became
+                // a savepoint, its commit a release: writes never committed). Such a connection
+                // is closed as it comes back (after a ping, which runs any rollback queued by a
+                // dropped transaction first).
+                .after_release(|connection, _| {
                     Box::pin(async move {
+                        sqlx::Connection::ping(&mut *connection).await?;
                         Ok(<<sqlx::Sqlite as sqlx::Database>::TransactionManager as TransactionManager>::get_transaction_depth(connection) == 0)
                     })
                 })
@@ -246,6 +249,44 @@ mod tests {
             .await
             .expect("count");
         assert_eq!((before, after), (0, 2));
+    }
+
+    /// A transaction whose owner vanished without rolling back (as when a `BEGIN` is answered
+    /// after its caller was cancelled) must not keep its connection, and the write lock, in the pool.
+    #[tokio::test]
+    async fn a_connection_given_back_inside_a_transaction_is_closed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let db = Db::connect(&url).await.expect("connect");
+        let Db::Sqlite(pool) = &db else {
+            unreachable!("a sqlite url")
+        };
+        sqlx::query("CREATE TABLE t (n INTEGER)")
+            .execute(pool)
+            .await
+            .expect("create");
+
+        let mut connection = pool.acquire().await.expect("acquire");
+        let leaked = sqlx::Connection::begin_with(&mut *connection, "BEGIN IMMEDIATE")
+            .await
+            .expect("begin");
+        std::mem::forget(leaked);
+        drop(connection);
+
+        for n in 0..8 {
+            let mut tx = pool.begin_write().await.expect("a write transaction");
+            sqlx::query("INSERT INTO t VALUES ($1)")
+                .bind(n)
+                .execute(&mut *tx)
+                .await
+                .expect("write");
+            tx.commit().await.expect("commit");
+        }
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        assert_eq!(count, 8);
     }
 
     #[test]

@@ -171,14 +171,19 @@ where
     }
 }
 
-/// Rows per multi-row INSERT: a gate read binds 17 values, and SQLite allows 32,766 a statement.
+/// Rows per multi-row statement: a gate read binds 17 values, and SQLite allows 32,766 a
+/// statement. The statements are not kept prepared (`persistent(false)`): each row count is a
+/// statement of its own, and they would push the API's and billing's out of the connection's cache.
 const ROWS_PER_INSERT: usize = 1_000;
 
 /// The writes of a group, cut into segments that can each be applied kind by kind: sessions
 /// closed first, then sessions opened, review cases, gate reads and queued charges, each kind
 /// as multi-row statements. A segment ends before the close of a session it opens, so every
-/// close finds its session stored; a close coming before another open of the same plate (the
-/// order the gate produces) stays before it.
+/// close finds its session stored and every read or case its session; a close coming before
+/// another open of the same plate (the order the gate produces) stays before it. The result is
+/// that of applying the writes in order, except that a close may move ahead of an earlier open of
+/// its plate — an order the gate never produces, which in order would break the one-open-session
+/// rule and here succeeds.
 #[derive(Debug, Default)]
 struct Segment<'a> {
     ends: Vec<&'a SessionEnd>,
@@ -257,7 +262,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                      FROM ended WHERE id = end_id AND status = 'open'
                      RETURNING id, status, exited_at",
                 );
-                queued.extend(update.build_query_as().fetch_all(&mut *tx).await?);
+                queued.extend(update.build_query_as().persistent(false).fetch_all(&mut *tx).await?);
             }
             queued.retain(|(_, status, _)| status == SessionStatus::Closed.as_str());
             for chunk in segment.opens.chunks(ROWS_PER_INSERT) {
@@ -278,7 +283,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                         .push_bind(db_time(s.entered_at));
                 });
                 insert.push(" ON CONFLICT (id) DO NOTHING");
-                insert.build().execute(&mut *tx).await?;
+                insert.build().persistent(false).execute(&mut *tx).await?;
             }
             for chunk in segment.reviews.chunks(ROWS_PER_INSERT) {
                 let mut insert = sqlx::QueryBuilder::new(
@@ -296,7 +301,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                         .push_bind(db_time(item.created_at));
                 });
                 insert.push(" ON CONFLICT (id) DO NOTHING");
-                insert.build().execute(&mut *tx).await?;
+                insert.build().persistent(false).execute(&mut *tx).await?;
             }
             for chunk in segment.reads.chunks(ROWS_PER_INSERT) {
                 let mut insert = sqlx::QueryBuilder::new(
@@ -324,7 +329,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                         .push_bind(read.session_id);
                 });
                 insert.push(" ON CONFLICT (lot_id, gate_id, event_id) DO NOTHING");
-                insert.build().execute(&mut *tx).await?;
+                insert.build().persistent(false).execute(&mut *tx).await?;
             }
             for chunk in queued.chunks(ROWS_PER_INSERT) {
                 let mut insert = sqlx::QueryBuilder::new("INSERT INTO charge_queue (session_id, queued_at) ");
@@ -332,7 +337,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                     row.push_bind(id).push_bind(exited_at);
                 });
                 insert.push(" ON CONFLICT (session_id) DO NOTHING");
-                insert.build().execute(&mut *tx).await?;
+                insert.build().persistent(false).execute(&mut *tx).await?;
             }
         }
         tx.commit().await?;
