@@ -172,8 +172,8 @@ where
 }
 
 /// Rows per multi-row statement: a gate read binds 17 values, and SQLite allows 32,766 a
-/// statement. The statements are not kept prepared (`persistent(false)`): each row count is a
-/// statement of its own, and they would push the API's and billing's out of the connection's cache.
+/// statement. Only full-size statements are kept prepared: each row count is a statement of its
+/// own, and the others would push the API's and billing's out of the connection's cache.
 const ROWS_PER_INSERT: usize = 1_000;
 
 /// The writes of a group, cut into segments that can each be applied kind by kind: sessions
@@ -262,7 +262,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                      FROM ended WHERE id = end_id AND status = 'open'
                      RETURNING id, status, exited_at",
                 );
-                queued.extend(update.build_query_as().persistent(false).fetch_all(&mut *tx).await?);
+                queued.extend(update.build_query_as().persistent(chunk.len() == ROWS_PER_INSERT).fetch_all(&mut *tx).await?);
             }
             queued.retain(|(_, status, _)| status == SessionStatus::Closed.as_str());
             for chunk in segment.opens.chunks(ROWS_PER_INSERT) {
@@ -283,7 +283,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                         .push_bind(db_time(s.entered_at));
                 });
                 insert.push(" ON CONFLICT (id) DO NOTHING");
-                insert.build().persistent(false).execute(&mut *tx).await?;
+                insert.build().persistent(chunk.len() == ROWS_PER_INSERT).execute(&mut *tx).await?;
             }
             for chunk in segment.reviews.chunks(ROWS_PER_INSERT) {
                 let mut insert = sqlx::QueryBuilder::new(
@@ -301,7 +301,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                         .push_bind(db_time(item.created_at));
                 });
                 insert.push(" ON CONFLICT (id) DO NOTHING");
-                insert.build().persistent(false).execute(&mut *tx).await?;
+                insert.build().persistent(chunk.len() == ROWS_PER_INSERT).execute(&mut *tx).await?;
             }
             for chunk in segment.reads.chunks(ROWS_PER_INSERT) {
                 let mut insert = sqlx::QueryBuilder::new(
@@ -329,7 +329,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                         .push_bind(read.session_id);
                 });
                 insert.push(" ON CONFLICT (lot_id, gate_id, event_id) DO NOTHING");
-                insert.build().persistent(false).execute(&mut *tx).await?;
+                insert.build().persistent(chunk.len() == ROWS_PER_INSERT).execute(&mut *tx).await?;
             }
             for chunk in queued.chunks(ROWS_PER_INSERT) {
                 let mut insert = sqlx::QueryBuilder::new("INSERT INTO charge_queue (session_id, queued_at) ");
@@ -337,7 +337,7 @@ pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Resu
                     row.push_bind(id).push_bind(exited_at);
                 });
                 insert.push(" ON CONFLICT (session_id) DO NOTHING");
-                insert.build().persistent(false).execute(&mut *tx).await?;
+                insert.build().persistent(chunk.len() == ROWS_PER_INSERT).execute(&mut *tx).await?;
             }
         }
         tx.commit().await?;
