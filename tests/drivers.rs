@@ -86,8 +86,13 @@ async fn consent_withdrawn_means_paying_at_the_exit_until_it_is_given_back() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
+    // Entered well before (a read taken in the same millisecond as the exit's is a free stay).
     entry
-        .decide(&entry.read("浙L13579", Direction::Entry))
+        .decide(&entry.read_at(
+            "浙L13579",
+            Direction::Entry,
+            chrono::Utc::now() - chrono::Duration::minutes(40),
+        ))
         .await;
     let held = exit.decide(&exit.read("浙L13579", Direction::Exit)).await;
     assert_eq!(

@@ -280,7 +280,11 @@ async fn corrections_price_each_stay_and_bill_it_once(setup: Setup) {
     );
 
     // A car held at an exit for payment leaves through its own session: no merge takes it.
-    let read = entry.read(world.unenrolled.as_str(), Direction::Entry);
+    let read = entry.read_at(
+        world.unenrolled.as_str(),
+        Direction::Entry,
+        now - chrono::Duration::minutes(40),
+    );
     entry.decide(&read).await;
     let held_session = open_session(&platform, &world, world.unenrolled.as_str()).await;
     let held = exit
