@@ -202,21 +202,27 @@ pub fn db_time(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc
 mod tests {
     use super::*;
 
+    /// A SQLite database in a temp folder (kept while the folder lives) with one table, `t (n)`.
+    async fn scratch() -> (tempfile::TempDir, SqlitePool) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let Db::Sqlite(pool) = Db::connect(&url).await.expect("connect") else {
+            unreachable!("a sqlite url")
+        };
+        sqlx::query("CREATE TABLE t (n INTEGER)")
+            .execute(&pool)
+            .await
+            .expect("create");
+        (dir, pool)
+    }
+
     /// A transaction that reads, then writes, while another connection commits in between: with
     /// a deferred `BEGIN` SQLite refused its write at once (`SQLITE_BUSY_SNAPSHOT`, seen as a 500
     /// when an operator removed a gate while traffic was being recorded).
     #[tokio::test]
     async fn a_transaction_that_reads_then_writes_waits_for_another_writer_on_sqlite() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite:{}", dir.path().join("t.db").display());
-        let db = Db::connect(&url).await.expect("connect");
-        let Db::Sqlite(pool) = &db else {
-            unreachable!("a sqlite url")
-        };
-        sqlx::query("CREATE TABLE t (n INTEGER)")
-            .execute(pool)
-            .await
-            .expect("create");
+        let (_dir, pool) = scratch().await;
+        let pool = &pool;
 
         let mut tx = pool.begin_write().await.expect("begin");
         let (before,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
@@ -255,16 +261,8 @@ mod tests {
     /// after its caller was cancelled) must not keep its connection, and the write lock, in the pool.
     #[tokio::test]
     async fn a_connection_given_back_inside_a_transaction_is_closed() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite:{}", dir.path().join("t.db").display());
-        let db = Db::connect(&url).await.expect("connect");
-        let Db::Sqlite(pool) = &db else {
-            unreachable!("a sqlite url")
-        };
-        sqlx::query("CREATE TABLE t (n INTEGER)")
-            .execute(pool)
-            .await
-            .expect("create");
+        let (_dir, pool) = scratch().await;
+        let pool = &pool;
 
         let mut connection = pool.acquire().await.expect("acquire");
         let leaked = sqlx::Connection::begin_with(&mut *connection, "BEGIN IMMEDIATE")

@@ -31,11 +31,27 @@ use crate::demo::demo_tariff;
 const ROWS_PER_INSERT: usize = 1_000;
 
 /// One car's visit: what the gate path writes for its entry and its exit.
-struct Visit {
+pub struct Visit {
     session: OpenSession,
     end: SessionEnd,
     entry: GateReadRecord,
     exit: GateReadRecord,
+}
+
+impl Visit {
+    /// The writes of the car's entry and of its exit, one batch each, as the gate path submits them.
+    pub fn writes(self) -> (Vec<Write>, Vec<Write>) {
+        (
+            vec![
+                Write::OpenSession(self.session),
+                Write::GateRead(Box::new(self.entry)),
+            ],
+            vec![
+                Write::EndSession(self.end),
+                Write::GateRead(Box::new(self.exit)),
+            ],
+        )
+    }
 }
 
 fn read(
@@ -75,7 +91,14 @@ fn read(
     })
 }
 
-fn visits(lot: &LotId, gate: &GateId, n: usize, now: DateTime<Utc>) -> anyhow::Result<Vec<Visit>> {
+/// `n` cars, each with a plate of its own, that entered 90 minutes before `now` and stayed 75
+/// (closed, priced at 11.00).
+pub fn visits(
+    lot: &LotId,
+    gate: &GateId,
+    n: usize,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Visit>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let tariff_from = demo_tariff(0).effective_from;
     // Every car a different plate: a plate has at most one open session in a lot.
@@ -212,21 +235,19 @@ async fn gate_path(db: &Db, visits: Vec<Visit>) -> Duration {
     let started = Instant::now();
     let mut exits = Vec::with_capacity(visits.len());
     for visit in visits {
+        let (entry, exit) = visit.writes();
         handle
             .submit(Batch {
-                writes: vec![
-                    Write::OpenSession(visit.session),
-                    Write::GateRead(Box::new(visit.entry)),
-                ],
+                writes: entry,
                 ticket: None,
             })
             .await;
-        exits.push((visit.end, visit.exit));
+        exits.push(exit);
     }
-    for (end, exit) in exits {
+    for writes in exits {
         handle
             .submit(Batch {
-                writes: vec![Write::EndSession(end), Write::GateRead(Box::new(exit))],
+                writes,
                 ticket: None,
             })
             .await;
