@@ -2,9 +2,14 @@
 //! migrations of both (`migrations/sqlite` and `migrations/postgres`, the same version list).
 //!
 //! Both engines run the same SQL text (`$1…$N` placeholders, `RETURNING`, `ON CONFLICT`, partial
-//! indexes); [`on_db!`] expands one body for each pool type. Money is stored as BIGINT minor
-//! units, timestamps in UTC cut to microseconds (PostgreSQL's precision). Each service crate keeps
-//! its own queries (`gateway::store`, `billing::store`).
+//! indexes): a statement is written once as a [`Query`] and runs on a [`Db`] or in a [`Tx`] of
+//! either engine (`query.rs` says why it is built that way). Money is stored as BIGINT minor
+//! units, timestamps in UTC cut to microseconds (PostgreSQL's precision). Each table has one
+//! writing crate (ARCHITECTURE.md lists them).
+
+mod query;
+
+pub use query::{Executor, On, Query, QueryBuilder, Row, Separated, Value, query};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -74,6 +79,21 @@ pub enum Db {
     Postgres(PgPool),
 }
 
+/// Which engine a pool or transaction runs on, where their SQL must differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A transaction of either engine (from [`Db::begin_write`]); dropped without
+/// [`commit`](Tx::commit), it rolls back.
+#[derive(Debug)]
+pub enum Tx {
+    Sqlite(Transaction<'static, sqlx::Sqlite>),
+    Postgres(Transaction<'static, sqlx::Postgres>),
+}
+
 /// Runs one body against whichever pool `db` holds; `$pool` is bound to the concrete pool.
 #[macro_export]
 macro_rules! on_db {
@@ -98,6 +118,16 @@ pub trait BeginWrite {
     fn begin_write(
         &self,
     ) -> impl Future<Output = Result<Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+}
+
+impl Engine {
+    /// The engine's name, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
 }
 
 impl BeginWrite for SqlitePool {
@@ -167,22 +197,32 @@ impl Db {
         Ok(db)
     }
 
-    /// Which engine this is, for logs and metrics.
-    pub fn engine(&self) -> &'static str {
+    /// Which engine this is.
+    pub fn engine(&self) -> Engine {
         match self {
-            Self::Sqlite(_) => "sqlite",
-            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => Engine::Sqlite,
+            Self::Postgres(_) => Engine::Postgres,
         }
+    }
+
+    /// Begins a transaction that will write (see [`BeginWrite`] for why SQLite's is `IMMEDIATE`).
+    pub async fn begin_write(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_write().await?),
+            Self::Postgres(pool) => Tx::Postgres(pool.begin_write().await?),
+        })
     }
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)?);
-        Ok(())
+        query("SELECT 1").execute(self).await.map(drop)
     }
 
     pub async fn close(&self) {
-        on_db!(self, pool => pool.close().await)
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
     }
 }
 

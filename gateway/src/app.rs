@@ -141,7 +141,7 @@ impl Gateway {
         );
         let payments = payments(db.clone());
         tracing::info!(
-            engine = db.engine(),
+            engine = db.engine().as_str(),
             lots = registry.snapshot().lots().len(),
             bays = registry.snapshot().bays().len(),
             "gateway built"
