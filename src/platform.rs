@@ -254,14 +254,8 @@ impl Platform {
             .reload(&db)
             .await
             .context("failed to reload the registry")?;
-        self.gateway
-            .gates()
-            .send(GateMessage::Reload { now: Utc::now() })
-            .await;
-        self.gateway
-            .occupancy()
-            .send(parkflow_gateway::occupancy::OccupancyMessage::ReloadPasses)
-            .await;
+        self.gateway.gates().reload(&db).await;
+        self.gateway.occupancy().reload_passes(&db).await;
         Ok(())
     }
 

@@ -125,6 +125,7 @@ impl Gateway {
         .await?
         .with_occupancy(occupancy.clone());
         let (gates, gate_rx) = GateHandle::channel();
+        let actor = actor.with_inbox(&gates);
         let restored = crate::occupancy::store::restore(&db, &registry.snapshot()).await?;
         let (bay_writer_handle, bay_writer) = bay_writer(db.clone(), metrics.clone());
         let availability = AvailabilityHandle::new(Default::default());
@@ -136,7 +137,6 @@ impl Gateway {
             bay_writer_handle,
             Some(bay_client.clone()),
             metrics.clone(),
-            db.clone(),
             Utc::now(),
         );
         let payments = payments(db.clone());

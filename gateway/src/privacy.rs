@@ -7,7 +7,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use parkflow_protocol::Plate;
 
-use crate::store::{BeginWrite, Db, StoreError, db_time, on_db};
+use parkflow_db::query;
+use parkflow_session::repo;
+
+use crate::session::SessionStatus;
+use crate::store::{Db, StoreError, db_time};
 
 /// What pseudonyms start with (no plate does: plates are letters and digits only).
 pub const PSEUDONYM_PREFIX: &str = "anon-";
@@ -82,52 +86,39 @@ pub async fn pseudonymise(
 ) -> Result<usize, StoreError> {
     let cutoff = db_time(cutoff);
     let pattern = format!("{PSEUDONYM_PREFIX}%");
-    let plates: Vec<(String,)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT plate FROM sessions WHERE status <> 'open' AND exited_at < $1 AND plate NOT LIKE $2
+    let plates: Vec<(String,)> = query(
+        "SELECT plate FROM sessions WHERE status <> $4 AND exited_at < $1 AND plate NOT LIKE $2
          UNION SELECT plate FROM gate_reads WHERE observed_at < $1 AND plate NOT LIKE $2
-         UNION SELECT plate FROM review_items WHERE created_at < $1 AND plate IS NOT NULL AND plate NOT LIKE $2
-         UNION SELECT plate FROM bay_sessions WHERE ended_at < $1 AND plate IS NOT NULL AND plate NOT LIKE $2
+         UNION SELECT plate FROM review_items
+             WHERE created_at < $1 AND plate IS NOT NULL AND plate NOT LIKE $2
+         UNION SELECT plate FROM bay_sessions
+             WHERE ended_at < $1 AND plate IS NOT NULL AND plate NOT LIKE $2
          LIMIT $3",
     )
     .bind(cutoff)
     .bind(&pattern)
     .bind(i64::from(batch))
-    .fetch_all(pool)
-    .await?);
+    .bind(SessionStatus::Open.as_str())
+    .fetch_all(db)
+    .await?;
     for (plate,) in &plates {
         let pseudonym = key.pseudonym(plate);
-        on_db!(db, pool => {
-            let mut tx = pool.begin_write().await?;
-            sqlx::query(
-                "UPDATE sessions SET plate = $2,
-                     billed_plate = CASE WHEN billed_plate IS NULL THEN NULL ELSE $2 END
-                 WHERE plate = $1 AND status <> 'open' AND exited_at < $3",
-            )
+        let mut tx = db.begin_write().await?;
+        // Sessions and review cases belong to the session lifecycle; reads and stays are ours.
+        repo::pseudonymise(&mut tx, plate, &pseudonym, cutoff).await?;
+        query("UPDATE gate_reads SET plate = $2 WHERE plate = $1 AND observed_at < $3")
             .bind(plate)
             .bind(&pseudonym)
             .bind(cutoff)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-            sqlx::query("UPDATE gate_reads SET plate = $2 WHERE plate = $1 AND observed_at < $3")
-                .bind(plate)
-                .bind(&pseudonym)
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE bay_sessions SET plate = $2 WHERE plate = $1 AND ended_at < $3")
-                .bind(plate)
-                .bind(&pseudonym)
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE review_items SET plate = $2 WHERE plate = $1 AND created_at < $3")
-                .bind(plate)
-                .bind(&pseudonym)
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
+        query("UPDATE bay_sessions SET plate = $2 WHERE plate = $1 AND ended_at < $3")
+            .bind(plate)
+            .bind(&pseudonym)
+            .bind(cutoff)
+            .execute(&mut tx)
+            .await?;
+        tx.commit().await?;
     }
     Ok(plates.len())
 }

@@ -1,7 +1,8 @@
 //! The gate actor: decides, publishes, then records.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use parkflow_protocol::sign::MAX_AHEAD;
@@ -20,7 +21,7 @@ use crate::mqtt::publish::CommandPublisher;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
 use crate::privacy::PlateKey;
 use crate::registry::{GateDirection, Lot, Registry, RegistryHandle};
-use crate::session::OpenSession;
+use crate::session::{OpenSession, SessionStatus};
 use crate::store::writer::{Batch, GateReadRecord, Write, WriterHandle};
 use crate::store::{Db, StoreError, sessions};
 
@@ -67,6 +68,49 @@ pub struct GateActor {
     held: HashMap<Uuid, Held>,
     /// Told each lot's open sessions, which count a gated lot's occupancy when it has no bay sensors.
     occupancy: Option<OccupancyHandle>,
+    /// Where the actor's database tasks send their answers ([`Done`]).
+    inbox: Option<mpsc::WeakSender<GateMessage>>,
+    /// Standing changes of the last minute, re-applied over facts read before they arrived.
+    recent_standing: VecDeque<(Instant, Vec<Plate>, Standing)>,
+}
+
+/// How long standing changes are kept to be re-applied over facts read before them.
+const STANDING_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a task the actor started for the database answers.
+#[derive(Debug)]
+pub enum Done {
+    /// The stored decision for a late read (`None`: it was never decided).
+    LateRead {
+        read: Box<GateRead>,
+        stored: Option<Box<sessions::StoredDecision>>,
+    },
+    /// A session a correction gave back is still open in the database.
+    StillOpen(OpenSession),
+}
+
+/// The facts decisions depend on (drivers, passes, blocks), as read from the database by
+/// whoever changed them ([`Facts::read`]), so the actor never waits for that read.
+#[derive(Debug)]
+pub struct Facts {
+    /// When the read began: standing changes the actor received since then are newer.
+    read_at: Instant,
+    enrolled: Vec<(Plate, bool)>,
+    passes: Vec<(LotId, Plate, DateTime<Utc>, DateTime<Utc>)>,
+    blocked: Vec<(LotId, Plate)>,
+}
+
+impl Facts {
+    /// Reads enrolled plates and their standing, passes valid at `now`, and blocks.
+    pub async fn read(db: &Db, now: DateTime<Utc>) -> Result<Self, StoreError> {
+        let read_at = Instant::now();
+        Ok(Self {
+            read_at,
+            enrolled: sessions::enrolled_plates(db).await?,
+            passes: sessions::passes(db, now).await?,
+            blocked: sessions::blocked_plates(db).await?,
+        })
+    }
 }
 
 impl GateActor {
@@ -74,6 +118,37 @@ impl GateActor {
     pub fn with_occupancy(mut self, occupancy: OccupancyHandle) -> Self {
         self.occupancy = Some(occupancy);
         self
+    }
+
+    /// Lets the actor hand database work to tasks that answer through `gates`.
+    pub fn with_inbox(mut self, gates: &super::GateHandle) -> Self {
+        self.inbox = Some(gates.downgrade());
+        self
+    }
+
+    /// Runs `work` on a task of its own and hands its answer back as a message, so the actor
+    /// goes on deciding meanwhile. Without an inbox (never in the platform) it is not run.
+    fn off_actor<F>(&self, what: &'static str, work: F)
+    where
+        F: Future<Output = Option<Done>> + Send + 'static,
+    {
+        let Some(inbox) = self.inbox.clone() else {
+            tracing::error!(what, "gate actor has no inbox; database work not done");
+            return;
+        };
+        tokio::spawn(async move {
+            let Some(done) = work.await else {
+                return;
+            };
+            match inbox.upgrade() {
+                Some(gates) => {
+                    if gates.send(GateMessage::Done(done)).await.is_err() {
+                        tracing::debug!(what, "gate actor stopped before an answer came back");
+                    }
+                }
+                None => tracing::debug!(what, "gate actor stopped before an answer came back"),
+            }
+        });
     }
 
     /// Tells the occupancy actor how many sessions of `lot` are open (it ignores repeats).
@@ -99,7 +174,7 @@ impl GateActor {
         now: DateTime<Utc>,
     ) -> Result<Self, StoreError> {
         let mut state = GateState::new(config.recent_window);
-        load_facts(&db, &mut state, now).await?;
+        apply_facts(&mut state, Facts::read(&db, now).await?);
         for session in sessions::open_sessions(&db).await? {
             state
                 .lots
@@ -140,6 +215,8 @@ impl GateActor {
             metrics,
             held: HashMap::new(),
             occupancy: None,
+            inbox: None,
+            recent_standing: VecDeque::new(),
         })
     }
 
@@ -147,7 +224,7 @@ impl GateActor {
     pub async fn run(mut self, mut rx: mpsc::Receiver<GateMessage>) {
         while let Some(message) = rx.recv().await {
             match message {
-                GateMessage::PlateRead(read) => self.plate_read(*read).await,
+                GateMessage::PlateRead(read) => self.plate_read(*read, false).await,
                 GateMessage::Standing { plates, standing } => self.standing(plates, standing).await,
                 GateMessage::ExitPaid(paid) => self.exit_paid(paid),
                 GateMessage::ManualOpen {
@@ -167,18 +244,17 @@ impl GateActor {
                 } => {
                     let _ = reply.send(self.take_open(&lot, session));
                 }
-                GateMessage::Restore(session) => self.restore(session).await,
-                GateMessage::Reload { now } => {
-                    if let Err(error) = load_facts(&self.db, &mut self.state, now).await {
-                        tracing::error!(error = %error, "failed to reload drivers, passes and blocks");
-                    }
-                }
+                GateMessage::Restore(session) => self.restore(session),
+                GateMessage::Facts(facts) => self.facts(*facts),
+                GateMessage::Done(done) => self.done(done).await,
             }
         }
         tracing::debug!("gate actor drained and stopped");
     }
 
-    async fn plate_read(&mut self, mut read: GateRead) {
+    /// Decides a read. `looked_up`: a late read whose stored decision was looked for already
+    /// (and not found).
+    async fn plate_read(&mut self, mut read: GateRead, looked_up: bool) {
         let now = read.received_at;
         self.state.recent.expire(now);
         self.held
@@ -201,20 +277,25 @@ impl GateActor {
             self.publish(&registry, lot, &read, &command);
             return;
         }
-        if read.observed_at < now - (self.state.recent.window() - MAX_AHEAD) {
-            match sessions::decision(&self.db, &read.lot, &read.gate, &read.event_id).await {
-                Ok(Some(stored)) => {
-                    self.publish(&registry, lot, &read, &stored.command);
-                    return;
+        if !looked_up && read.observed_at < now - (self.state.recent.window() - MAX_AHEAD) {
+            // Older than the decisions kept in memory: it may have been answered long ago. A task
+            // looks it up; the actor goes on with other reads and decides this one when it answers.
+            let db = self.db.clone();
+            self.off_actor("late read", async move {
+                match sessions::decision(&db, &read.lot, &read.gate, &read.event_id).await {
+                    Ok(stored) => Some(Done::LateRead {
+                        read: Box::new(read),
+                        stored: stored.map(Box::new),
+                    }),
+                    Err(error) => {
+                        // Deciding without knowing could open a second session: no answer, and
+                        // the camera, which re-sends until answered, asks again.
+                        tracing::error!(error = %error, "failed to look up a late read's decision; not answered");
+                        None
+                    }
                 }
-                Ok(None) => {}
-                Err(error) => {
-                    // Deciding without knowing could open a second session: no answer, and the
-                    // camera, which re-sends until answered, asks again.
-                    tracing::error!(error = %error, "failed to look up a late read's decision; not answered");
-                    return;
-                }
-            }
+            });
+            return;
         }
 
         // The same car read again at the same lane moments later: one read, answered alike.
@@ -317,16 +398,71 @@ impl GateActor {
             .await;
     }
 
-    /// A held car paid through the API (its session is closed and billed by then): the barrier opens.
-    /// A driver's standing changed. A car of theirs held at an exit for payment while they were
-    /// suspended leaves at once when they are reinstated (its stay is billed later, as any).
-    async fn standing(&mut self, plates: Vec<Plate>, standing: Standing) {
-        for plate in &plates {
+    /// An answer from a task the actor started.
+    async fn done(&mut self, done: Done) {
+        match done {
+            Done::LateRead { read, stored: None } => self.plate_read(*read, true).await,
+            Done::LateRead {
+                read,
+                stored: Some(stored),
+            } => {
+                let registry = self.registry.snapshot();
+                if let Some(lot) = registry.lot_by_id(&read.lot) {
+                    self.publish(&registry, lot, &read, &stored.command);
+                }
+            }
+            Done::StillOpen(session) => {
+                let lot = session.lot.clone();
+                self.state
+                    .lots
+                    .entry(lot.clone())
+                    .or_default()
+                    .open
+                    .entry(session.plate.clone())
+                    .or_insert(session);
+                self.report_open(&self.registry.snapshot(), &lot);
+            }
+        }
+    }
+
+    /// New drivers, passes and blocks; standing changes that arrived after they were read stand.
+    fn facts(&mut self, facts: Facts) {
+        let read_at = facts.read_at;
+        apply_facts(&mut self.state, facts);
+        let newer: Vec<_> = self
+            .recent_standing
+            .iter()
+            .filter(|(at, _, _)| *at >= read_at)
+            .map(|(_, plates, standing)| (plates.clone(), *standing))
+            .collect();
+        for (plates, standing) in newer {
+            self.set_standing(&plates, standing);
+        }
+    }
+
+    fn set_standing(&mut self, plates: &[Plate], standing: Standing) {
+        for plate in plates {
             match standing {
                 Standing::NotEnrolled => self.state.drivers.remove(plate),
                 standing => self.state.drivers.insert(plate.clone(), standing),
             };
         }
+    }
+
+    /// A driver's standing changed. A car of theirs held at an exit for payment while they were
+    /// suspended leaves at once when they are reinstated (its stay is billed later, as any).
+    async fn standing(&mut self, plates: Vec<Plate>, standing: Standing) {
+        self.set_standing(&plates, standing);
+        let now = Instant::now();
+        while self
+            .recent_standing
+            .front()
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > STANDING_KEPT)
+        {
+            self.recent_standing.pop_front();
+        }
+        self.recent_standing
+            .push_back((now, plates.clone(), standing));
         if standing != Standing::Enrolled {
             return;
         }
@@ -422,24 +558,20 @@ impl GateActor {
         taken
     }
 
-    async fn restore(&mut self, session: OpenSession) {
-        match sessions::session(&self.db, session.id).await {
-            Ok(Some(stored)) if stored.status == "open" => {}
-            Ok(_) => return,
-            Err(error) => {
-                // The correction that took it failed on the database too, most likely.
-                tracing::warn!(error = %error, session = %session.id, "failed to check a session given back; restoring it");
+    /// A session a correction took is given back once the database says it is still open.
+    fn restore(&mut self, session: OpenSession) {
+        let db = self.db.clone();
+        self.off_actor("restore", async move {
+            match sessions::session(&db, session.id).await {
+                Ok(Some(stored)) if stored.status == SessionStatus::Open.as_str() => {}
+                Ok(_) => return None,
+                Err(error) => {
+                    // The correction that took it failed on the database too, most likely.
+                    tracing::warn!(error = %error, session = %session.id, "failed to check a session given back; restoring it");
+                }
             }
-        }
-        let lot = session.lot.clone();
-        self.state
-            .lots
-            .entry(lot.clone())
-            .or_default()
-            .open
-            .entry(session.plate.clone())
-            .or_insert(session);
-        self.report_open(&self.registry.snapshot(), &lot);
+            Some(Done::StillOpen(session))
+        });
     }
 
     fn manual_open(
@@ -510,12 +642,10 @@ impl GateActor {
     }
 }
 
-/// Loads the facts decisions depend on: enrolled plates and their standing, passes, blocks.
-async fn load_facts(db: &Db, state: &mut GateState, now: DateTime<Utc>) -> Result<(), StoreError> {
-    let enrolled = sessions::enrolled_plates(db).await?;
-    let passes = sessions::passes(db, now).await?;
-    let blocked = sessions::blocked_plates(db).await?;
-    state.drivers = enrolled
+/// Replaces the actor's drivers, passes and blocks with `facts`.
+fn apply_facts(state: &mut GateState, facts: Facts) {
+    state.drivers = facts
+        .enrolled
         .into_iter()
         // Enrolled plates are those of drivers who consent to auto-debit.
         .map(|(plate, suspended)| (plate, Standing::of(true, suspended)))
@@ -524,7 +654,7 @@ async fn load_facts(db: &Db, state: &mut GateState, now: DateTime<Utc>) -> Resul
         lot.passes.clear();
         lot.blocked.clear();
     }
-    for (lot, plate, from, until) in passes {
+    for (lot, plate, from, until) in facts.passes {
         state
             .lots
             .entry(lot)
@@ -534,10 +664,9 @@ async fn load_facts(db: &Db, state: &mut GateState, now: DateTime<Utc>) -> Resul
             .or_default()
             .push((from, until));
     }
-    for (lot, plate) in blocked {
+    for (lot, plate) in facts.blocked {
         state.lots.entry(lot).or_default().blocked.insert(plate);
     }
-    Ok(())
 }
 
 fn record(read: &GateRead, command: &GateCommand, session_id: Option<Uuid>) -> Write {

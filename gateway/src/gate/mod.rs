@@ -63,10 +63,8 @@ pub enum GateMessage {
     },
     /// Open the barrier for a held car that paid.
     ExitPaid(PaidExit),
-    /// Re-read drivers, passes and blocks from the database.
-    Reload {
-        now: DateTime<Utc>,
-    },
+    /// Drivers, passes and blocks read again from the database (by [`GateHandle::reload`]).
+    Facts(Box<actor::Facts>),
     /// An operator opens a barrier by hand: a signed `open` (reason `manual`) answering no read,
     /// with the ids the audit trail recorded (`event_id` `manual-…`). Answers with the command, or
     /// why it was not sent.
@@ -89,6 +87,9 @@ pub enum GateMessage {
     /// The correction that took this session did not commit: it is open again (if the database
     /// says so).
     Restore(crate::session::OpenSession),
+    /// Answers from work the actor handed to a task, so that it never waits for the database
+    /// itself (one slow query would stall every barrier in the city).
+    Done(actor::Done),
 }
 
 impl GateMessage {
@@ -117,9 +118,25 @@ impl GateHandle {
         (Self { tx }, rx)
     }
 
+    /// A sender that does not keep the actor alive (for the actor's own tasks' answers).
+    pub fn downgrade(&self) -> mpsc::WeakSender<GateMessage> {
+        self.tx.downgrade()
+    }
+
     /// Hands a read to the actor (waits while it is behind).
     pub async fn plate_read(&self, read: GateRead) {
         self.send(GateMessage::PlateRead(Box::new(read))).await;
+    }
+
+    /// Reads drivers, passes and blocks again (here, not in the actor) and hands them over; the
+    /// actor decides the reads that follow with them.
+    pub async fn reload(&self, db: &crate::store::Db) {
+        match actor::Facts::read(db, Utc::now()).await {
+            Ok(facts) => self.send(GateMessage::Facts(Box::new(facts))).await,
+            Err(error) => {
+                tracing::error!(error = %error, "failed to reload drivers, passes and blocks");
+            }
+        }
     }
 
     pub async fn send(&self, message: GateMessage) {

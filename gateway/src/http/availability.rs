@@ -322,16 +322,11 @@ pub async fn recount(
             format!("the lot has {} bays", lot.capacity),
         ));
     }
-    let (reply, answer) = oneshot::channel();
-    state
+    let counts: LotCounts = state
         .occupancy
-        .send(OccupancyMessage::Recount {
-            lot: lot.idx,
-            occupied: request.occupied,
-            reply,
-        })
-        .await;
-    let counts: LotCounts = answer.await.map_err(|_| ApiError::Unavailable)??;
+        .recount(&state.db, lot, request.occupied)
+        .await?
+        .ok_or(ApiError::Unavailable)?;
     Ok(Json(RecountResponse {
         lot: lot.id.to_string(),
         total: counts.total,

@@ -14,8 +14,6 @@ use super::auth::{Accountable, Staff, StaffAdmin};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, free_text};
 use super::registry::{apply, own_lot};
-use crate::gate::GateMessage;
-use crate::occupancy::OccupancyMessage;
 use crate::store::audit::AuditEntry;
 use crate::store::passes::{self, BlockView, PassView};
 use crate::store::provision::{BlockPlan, Plan};
@@ -25,11 +23,8 @@ const MAX_LIST: u32 = 1_000;
 
 /// The gate and occupancy actors read passes and blocks again.
 async fn reload_facts(state: &AppState) {
-    state
-        .gates
-        .send(GateMessage::Reload { now: Utc::now() })
-        .await;
-    state.occupancy.send(OccupancyMessage::ReloadPasses).await;
+    state.gates.reload(&state.db).await;
+    state.occupancy.reload_passes(&state.db).await;
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -14,8 +14,6 @@ use super::AppState;
 use super::auth::{Scope, Staff, StaffAdmin};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, free_text};
-use crate::gate::GateMessage;
-use crate::occupancy::OccupancyMessage;
 use crate::registry::Location;
 use crate::registry::{GateDirection, Lot, LotKind};
 use crate::store::keys;
@@ -92,11 +90,8 @@ pub(super) async fn apply(state: &AppState, plan: &Plan) -> Result<(), ApiError>
     provision(&state.db, plan, Utc::now()).await?;
     state.registry.reload(&state.db).await?;
     if !plan.passes.is_empty() || !plan.blocks.is_empty() {
-        state
-            .gates
-            .send(GateMessage::Reload { now: Utc::now() })
-            .await;
-        state.occupancy.send(OccupancyMessage::ReloadPasses).await;
+        state.gates.reload(&state.db).await;
+        state.occupancy.reload_passes(&state.db).await;
     }
     Ok(())
 }

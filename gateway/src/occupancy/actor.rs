@@ -93,15 +93,30 @@ pub enum OccupancyMessage {
         lot: LotIdx,
         reply: oneshot::Sender<Vec<BayView>>,
     },
-    /// Passes were issued or changed: read them again.
-    ReloadPasses,
-    /// An operator counted the cars in a gated lot.
-    Recount {
+    /// Passes valid now, read again after they were issued or changed ([`OccupancyHandle::reload_passes`]).
+    Passes(Vec<PassRow>),
+    /// How many sessions of a gated lot are open now (an operator is about to record a recount).
+    GatedOpenNow {
+        lot: LotIdx,
+        reply: oneshot::Sender<u32>,
+    },
+    /// An operator's recount of a gated lot, recorded: `occupied` cars counted while `open`
+    /// sessions were open. Answers with the lot's counts.
+    Recounted {
         lot: LotIdx,
         occupied: u32,
-        reply: oneshot::Sender<Result<LotCounts, crate::store::StoreError>>,
+        open: u32,
+        reply: oneshot::Sender<LotCounts>,
     },
 }
+
+/// A pass as the occupancy actor reads it: lot, plate, valid from, valid until.
+pub type PassRow = (
+    parkflow_protocol::LotId,
+    parkflow_protocol::Plate,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
 
 /// A bay as its operator sees it.
 #[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
@@ -129,6 +144,43 @@ impl OccupancyHandle {
     pub fn channel() -> (Self, mpsc::Receiver<OccupancyMessage>) {
         let (tx, rx) = mpsc::channel(OCCUPANCY_CHANNEL_CAPACITY);
         (Self { tx }, rx)
+    }
+
+    /// Reads passes again (here, not in the actor) and hands them over.
+    pub async fn reload_passes(&self, db: &crate::store::Db) {
+        match crate::store::sessions::passes(db, Utc::now()).await {
+            Ok(rows) => self.send(OccupancyMessage::Passes(rows)).await,
+            Err(error) => tracing::error!(%error, "failed to reload passes"),
+        }
+    }
+
+    /// Records an operator's recount of a gated lot (`occupied` cars) against the sessions open
+    /// now, then applies it; answers with the lot's counts (`None`: the actor is gone).
+    pub async fn recount(
+        &self,
+        db: &crate::store::Db,
+        lot: &crate::registry::Lot,
+        occupied: u32,
+    ) -> Result<Option<LotCounts>, crate::store::StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(OccupancyMessage::GatedOpenNow {
+            lot: lot.idx,
+            reply,
+        })
+        .await;
+        let Ok(open) = answer.await else {
+            return Ok(None);
+        };
+        super::store::recount(db, lot.id.as_str(), occupied, open, Utc::now()).await?;
+        let (reply, answer) = oneshot::channel();
+        self.send(OccupancyMessage::Recounted {
+            lot: lot.idx,
+            occupied,
+            open,
+            reply,
+        })
+        .await;
+        Ok(answer.await.ok())
     }
 
     /// Queues a message; waits while the actor is behind (back-pressure to ingest).
@@ -182,7 +234,6 @@ pub struct OccupancyActor {
     writer: BayWriterHandle,
     client: Option<AsyncClient>,
     metrics: Arc<Metrics>,
-    db: crate::store::Db,
     round: BayBatch,
     /// Valid passes by lot and plate: a pass holder's on-street stay is free.
     passes: Passes,
@@ -193,14 +244,7 @@ type Passes = std::collections::HashMap<
     Vec<(DateTime<Utc>, DateTime<Utc>)>,
 >;
 
-fn passes_by_plate(
-    rows: Vec<(
-        parkflow_protocol::LotId,
-        parkflow_protocol::Plate,
-        DateTime<Utc>,
-        DateTime<Utc>,
-    )>,
-) -> Passes {
+fn passes_by_plate(rows: Vec<PassRow>) -> Passes {
     let mut passes = Passes::new();
     for (lot, plate, from, until) in rows {
         passes.entry((lot, plate)).or_default().push((from, until));
@@ -220,7 +264,6 @@ impl OccupancyActor {
         writer: BayWriterHandle,
         client: Option<AsyncClient>,
         metrics: Arc<Metrics>,
-        db: crate::store::Db,
         now: DateTime<Utc>,
     ) -> Self {
         let registry_handle = registry.clone();
@@ -264,7 +307,6 @@ impl OccupancyActor {
             writer,
             client,
             metrics,
-            db,
             round: BayBatch::default(),
             registry,
             registry_handle,
@@ -535,24 +577,25 @@ impl OccupancyActor {
                     self.mqtt_dirty[lot as usize] = true;
                 }
             }
-            OccupancyMessage::ReloadPasses => {
-                match crate::store::sessions::passes(&self.db, Utc::now()).await {
-                    Ok(rows) => self.passes = passes_by_plate(rows),
-                    Err(error) => tracing::error!(%error, "failed to reload passes"),
-                }
-            }
+            OccupancyMessage::Passes(rows) => self.passes = passes_by_plate(rows),
             OccupancyMessage::Bays { lot, reply } => {
                 // The asker may have given up waiting.
                 let _ = reply.send(self.bay_views(lot));
             }
-            OccupancyMessage::Recount {
+            OccupancyMessage::GatedOpenNow { lot, reply } => {
+                let open = self.gated.get(lot as usize).map_or(0, |g| g.open);
+                // The asker may have given up waiting.
+                let _ = reply.send(open);
+            }
+            OccupancyMessage::Recounted {
                 lot,
                 occupied,
+                open,
                 reply,
             } => {
-                let result = self.recount(lot, occupied).await;
+                let counts = self.recounted(lot, occupied, open);
                 // The asker may have given up waiting.
-                let _ = reply.send(result);
+                let _ = reply.send(counts);
             }
         }
     }
@@ -581,25 +624,14 @@ impl OccupancyActor {
             .collect()
     }
 
-    async fn recount(
-        &mut self,
-        lot: LotIdx,
-        occupied: u32,
-    ) -> Result<LotCounts, crate::store::StoreError> {
-        let open = self.gated.get(lot as usize).map_or(0, |g| g.open);
-        let lot_id = self
-            .registry
-            .lots()
-            .get(lot as usize)
-            .map(|l| l.id.clone())
-            .ok_or_else(|| crate::store::StoreError::Corrupt(format!("lot number {lot}")))?;
-        super::store::recount(&self.db, lot_id.as_str(), occupied, open, Utc::now()).await?;
+    /// Applies a recorded recount: the lot's count is corrected by what the operator saw.
+    fn recounted(&mut self, lot: LotIdx, occupied: u32, open: u32) -> LotCounts {
         if let Some(gated) = self.gated.get_mut(lot as usize) {
             gated.correction = i64::from(occupied) - i64::from(open);
+            self.dirty[lot as usize] = true;
+            self.mqtt_dirty[lot as usize] = true;
         }
-        self.dirty[lot as usize] = true;
-        self.mqtt_dirty[lot as usize] = true;
-        Ok(self.counts(lot))
+        self.counts(lot)
     }
 
     /// Silent sensors' bays turn unknown; overstays are flagged.

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use parkflow_protocol::{EventId, Plate, PlateColor};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -19,8 +18,11 @@ use super::sessions::{BayEnd, BayPlate, BaySessionWrite, OpenBaySession};
 use crate::metrics::Metrics;
 use crate::mqtt::ack::Ticket;
 use crate::registry::{BayIdx, Registry};
+use crate::session::SessionStatus;
 use crate::store::writer::retry_transient;
-use crate::store::{BeginWrite, Db, StoreError, db_time, on_db};
+use crate::store::{Db, StoreError, db_time};
+use parkflow_db::{QueryBuilder, Tx, query};
+use parkflow_session::repo::{self, StreetEnd, StreetStay};
 
 /// Batches waiting for the writer (each is one actor round, up to thousands of events).
 pub const BAY_WRITER_CHANNEL_CAPACITY: usize = 64;
@@ -191,21 +193,15 @@ impl BayWriter {
 }
 
 async fn dead_letter(db: &Db, writes: &str, error: &StoreError) {
-    let result: Result<(), StoreError> = async {
-        on_db!(db, pool => sqlx::query(
-            "INSERT INTO dead_letters (id, writes, error, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(writes)
-        .bind(error.to_string())
-        .bind(db_time(Utc::now()))
-        .execute(pool)
-        .await
-        .map(drop)?);
-        Ok(())
-    }
-    .await;
-    if let Err(error) = result {
+    let kept =
+        query("INSERT INTO dead_letters (id, writes, error, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(Uuid::now_v7())
+            .bind(writes)
+            .bind(error.to_string())
+            .bind(db_time(Utc::now()))
+            .execute(db)
+            .await;
+    if let Err(error) = kept {
         tracing::error!(%error, "failed to keep a dead letter");
     }
 }
@@ -228,184 +224,195 @@ fn plate_fields(
 /// (a bay's stay closes before its next one opens), consecutive openings in multi-row statements.
 async fn write(db: &Db, segments: &[Segment]) -> Result<(), StoreError> {
     let now = db_time(Utc::now());
-    on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        for segment in segments {
-        let registry = &segment.registry;
-        let bays = registry.bays();
-        let lot_of = |bay: BayIdx| registry.lot(bays.lot_of(bay)).id.as_str();
-        for chunk in segment.states.chunks(ROWS_PER_STATEMENT) {
-            let mut query = sqlx::QueryBuilder::new(
-                "INSERT INTO bay_states (lot_id, bay_id, occupied, seq, observed_at, battery_pct) ",
-            );
-            query.push_values(chunk, |mut row, state| {
-                row.push_bind(lot_of(state.bay))
-                    .push_bind(bays.name(state.bay))
-                    .push_bind(state.occupied)
-                    .push_bind(i64::try_from(state.seq).unwrap_or(i64::MAX))
-                    .push_bind(db_time(state.observed_at))
-                    .push_bind(state.battery_pct.map(i16::from));
-            });
-            query.push(
-                " ON CONFLICT (lot_id, bay_id) DO UPDATE SET occupied = excluded.occupied, seq = excluded.seq,
-                  observed_at = excluded.observed_at, battery_pct = COALESCE(excluded.battery_pct, bay_states.battery_pct)
-                  WHERE excluded.seq >= bay_states.seq",
-            );
-            query.build().execute(&mut *tx).await?;
-        }
+    let mut tx = db.begin_write().await?;
+    for segment in segments {
+        write_states(&mut tx, segment).await?;
         // Runs of consecutive openings, each run written before the write that follows it.
         let mut position = 0;
         while position < segment.sessions.len() {
-        let run: Vec<_> = segment.sessions[position..]
-            .iter()
-            .map_while(|write| match write {
-                BaySessionWrite::Open { id, bay, started_at, plate } => Some((id, bay, started_at, plate)),
-                _ => None,
-            })
-            .collect();
-        position += run.len();
-        for chunk in run.chunks(ROWS_PER_STATEMENT) {
-            let mut query = sqlx::QueryBuilder::new(
-                "INSERT INTO bay_sessions (id, lot_id, bay_id, status, started_at, plate, plate_color,
-                     plate_confidence, plate_event_id, updated_at) ",
-            );
-            query.push_values(chunk, |mut row, (id, bay, started_at, plate)| {
-                let (plate, color, confidence, event) = plate_fields(plate.as_ref());
-                row.push_bind(**id)
-                    .push_bind(lot_of(**bay))
-                    .push_bind(bays.name(**bay))
-                    .push_bind("open")
-                    .push_bind(db_time(**started_at))
-                    .push_bind(plate)
-                    .push_bind(color)
-                    .push_bind(confidence)
-                    .push_bind(event)
-                    .push_bind(now);
-            });
-            query.push(" ON CONFLICT (id) DO NOTHING");
-            query.build().execute(&mut *tx).await?;
-        }
-        if let Some(write) = segment.sessions.get(position) {
-            position += 1;
-            match write {
-                BaySessionWrite::Open { .. } => {}
-                BaySessionWrite::Plate { id, plate } => {
-                    let (plate, color, confidence, event) = plate_fields(Some(plate));
-                    sqlx::query(
-                        "UPDATE bay_sessions SET plate = $2, plate_color = $3, plate_confidence = $4, plate_event_id = $5,
-                             updated_at = $6 WHERE id = $1 AND status = 'open'",
-                    )
-                    .bind(id)
-                    .bind(plate)
-                    .bind(color)
-                    .bind(confidence)
-                    .bind(event)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                BaySessionWrite::Overstay { id, at, .. } => {
-                    sqlx::query("UPDATE bay_sessions SET overstay_at = $2, updated_at = $3 WHERE id = $1 AND overstay_at IS NULL")
-                        .bind(id)
-                        .bind(db_time(*at))
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                BaySessionWrite::Close { id, bay, started_at, ended_at, end } => {
-                    let (lot, bay_id) = (lot_of(*bay), bays.name(*bay));
-                    let (status, plate) = match end {
-                        BayEnd::Priced { plate, .. } => ("closed", Some(plate)),
-                        BayEnd::Unpriced { plate } => ("review", Some(plate)),
-                        BayEnd::NoPlate => ("review", None),
-                        BayEnd::Interrupted { plate } => ("review", plate.as_ref()),
-                    };
-                    let (plate_text, color, confidence, event) = plate_fields(plate);
-                    let closed = sqlx::query(
-                        "UPDATE bay_sessions SET status = $2, ended_at = $3, plate = $4, plate_color = $5,
-                             plate_confidence = $6, plate_event_id = $7, updated_at = $8
-                         WHERE id = $1 AND status = 'open'",
-                    )
-                    .bind(id)
-                    .bind(status)
-                    .bind(db_time(*ended_at))
-                    .bind(plate_text)
-                    .bind(color)
-                    .bind(confidence)
-                    .bind(event)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if closed == 0 {
-                        // Closed already (a re-run of this write): nothing more to do.
-                        continue;
-                    }
-                    let (fee_minor, currency, tariff_from) = match end {
-                        BayEnd::Priced { fee_minor, currency, tariff_from, .. } => {
-                            (Some(*fee_minor), Some(currency.as_str()), Some(db_time(*tariff_from)))
-                        }
-                        _ => (None, None, None),
-                    };
-                    if let Some(plate) = plate {
-                        sqlx::query(
-                            "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at,
-                                 tariff_from, fee_minor, currency, bay_id, updated_at)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                             ON CONFLICT (id) DO NOTHING",
-                        )
-                        .bind(id)
-                        .bind(lot)
-                        .bind(plate.plate.as_str())
-                        .bind(plate.color.map(PlateColor::as_str))
-                        .bind(status)
-                        .bind(matches!(end, BayEnd::Priced { pass_holder: true, .. }))
-                        .bind(db_time(*started_at))
-                        .bind(db_time(*ended_at))
-                        .bind(tariff_from)
-                        .bind(fee_minor)
-                        .bind(currency)
-                        .bind(bay_id)
-                        .bind(db_time(*ended_at))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    if let BayEnd::Priced { .. } = end {
-                        // A priced stay waits for its charge (billing's queue), in the same commit.
-                        sqlx::query("INSERT INTO charge_queue (session_id, queued_at) VALUES ($1, $2) ON CONFLICT (session_id) DO NOTHING")
-                            .bind(id)
-                            .bind(db_time(*ended_at))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    if status == "review" {
-                        // The review item takes the stay's id, so a re-run adds no second one.
-                        let (kind, session_id) = match end {
-                            BayEnd::Unpriced { .. } => ("unpriced", Some(*id)),
-                            BayEnd::Interrupted { plate: Some(_) } => ("missed_exit", Some(*id)),
-                            _ => ("no_plate", None),
-                        };
-                        sqlx::query(
-                            "INSERT INTO review_items (id, lot_id, kind, session_id, plate, bay_id, created_at)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-                        )
-                        .bind(id)
-                        .bind(lot)
-                        .bind(kind)
-                        .bind(session_id)
-                        .bind(plate_text)
-                        .bind(bay_id)
-                        .bind(db_time(*ended_at))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
+            let run: Vec<_> = segment.sessions[position..]
+                .iter()
+                .map_while(|write| match write {
+                    BaySessionWrite::Open {
+                        id,
+                        bay,
+                        started_at,
+                        plate,
+                    } => Some((*id, *bay, *started_at, plate.as_ref())),
+                    _ => None,
+                })
+                .collect();
+            position += run.len();
+            open_stays(&mut tx, segment, &run, now).await?;
+            if let Some(write) = segment.sessions.get(position) {
+                position += 1;
+                write_stay(&mut tx, segment, write, now).await?;
             }
         }
+    }
+    tx.commit().await
+}
+
+/// Upserts bays' states; a state older than the stored one (by `seq`) changes nothing.
+async fn write_states(tx: &mut Tx, segment: &Segment) -> Result<(), StoreError> {
+    let bays = segment.registry.bays();
+    let lot_of = |bay: BayIdx| segment.registry.lot(bays.lot_of(bay)).id.as_str();
+    for chunk in segment.states.chunks(ROWS_PER_STATEMENT) {
+        let mut upsert = QueryBuilder::new(
+            "INSERT INTO bay_states (lot_id, bay_id, occupied, seq, observed_at, battery_pct) ",
+        );
+        upsert.push_values(chunk, |mut row, state| {
+            row.push_bind(lot_of(state.bay))
+                .push_bind(bays.name(state.bay))
+                .push_bind(state.occupied)
+                .push_bind(i64::try_from(state.seq).unwrap_or(i64::MAX))
+                .push_bind(db_time(state.observed_at))
+                .push_bind(state.battery_pct.map(i16::from));
+        });
+        upsert.push(
+            " ON CONFLICT (lot_id, bay_id) DO UPDATE SET occupied = excluded.occupied, \
+             seq = excluded.seq, observed_at = excluded.observed_at, \
+             battery_pct = COALESCE(excluded.battery_pct, bay_states.battery_pct) \
+             WHERE excluded.seq >= bay_states.seq",
+        );
+        upsert.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// Opens on-street stays (one stored already stays as it is).
+async fn open_stays(
+    tx: &mut Tx,
+    segment: &Segment,
+    run: &[(Uuid, BayIdx, DateTime<Utc>, Option<&BayPlate>)],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let bays = segment.registry.bays();
+    let lot_of = |bay: BayIdx| segment.registry.lot(bays.lot_of(bay)).id.as_str();
+    for chunk in run.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO bay_sessions (id, lot_id, bay_id, status, started_at, plate, \
+             plate_color, plate_confidence, plate_event_id, updated_at) ",
+        );
+        insert.push_values(chunk, |mut row, (id, bay, started_at, plate)| {
+            let (plate, color, confidence, event) = plate_fields(*plate);
+            row.push_bind(*id)
+                .push_bind(lot_of(*bay))
+                .push_bind(bays.name(*bay))
+                .push_bind(SessionStatus::Open.as_str())
+                .push_bind(db_time(*started_at))
+                .push_bind(plate)
+                .push_bind(color)
+                .push_bind(confidence)
+                .push_bind(event)
+                .push_bind(now);
+        });
+        insert.push(" ON CONFLICT (id) DO NOTHING");
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// A stay's plate read, overstay flag or end. An ended stay with a plate becomes a session (the
+/// session lifecycle's repository writes it, with its charge or its review case).
+async fn write_stay(
+    tx: &mut Tx,
+    segment: &Segment,
+    write: &BaySessionWrite,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let bays = segment.registry.bays();
+    let lot_of = |bay: BayIdx| segment.registry.lot(bays.lot_of(bay)).id.as_str();
+    match write {
+        BaySessionWrite::Open { .. } => {}
+        BaySessionWrite::Plate { id, plate } => {
+            let (plate, color, confidence, event) = plate_fields(Some(plate));
+            query(
+                "UPDATE bay_sessions SET plate = $2, plate_color = $3, plate_confidence = $4,
+                     plate_event_id = $5, updated_at = $6
+                 WHERE id = $1 AND status = $7",
+            )
+            .bind(*id)
+            .bind(plate)
+            .bind(color)
+            .bind(confidence)
+            .bind(event)
+            .bind(now)
+            .bind(SessionStatus::Open.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
+        BaySessionWrite::Overstay { id, at, .. } => {
+            query(
+                "UPDATE bay_sessions SET overstay_at = $2, updated_at = $3
+                 WHERE id = $1 AND overstay_at IS NULL",
+            )
+            .bind(*id)
+            .bind(db_time(*at))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
-        tx.commit().await?;
-    });
+        BaySessionWrite::Close {
+            id,
+            bay,
+            started_at,
+            ended_at,
+            end,
+        } => {
+            let (plate, end) = match end {
+                BayEnd::Priced {
+                    plate,
+                    pass_holder,
+                    tariff_from,
+                    fee_minor,
+                    currency,
+                } => (
+                    Some(plate),
+                    StreetEnd::Priced {
+                        pass_holder: *pass_holder,
+                        tariff_from: *tariff_from,
+                        fee_minor: *fee_minor,
+                        currency,
+                    },
+                ),
+                BayEnd::Unpriced { plate } => (Some(plate), StreetEnd::Unpriced),
+                BayEnd::NoPlate => (None, StreetEnd::NoPlate),
+                BayEnd::Interrupted { plate } => (plate.as_ref(), StreetEnd::Interrupted),
+            };
+            let (plate_text, color, confidence, event) = plate_fields(plate);
+            let closed = query(
+                "UPDATE bay_sessions SET status = $2, ended_at = $3, plate = $4, plate_color = $5,
+                     plate_confidence = $6, plate_event_id = $7, updated_at = $8
+                 WHERE id = $1 AND status = $9",
+            )
+            .bind(*id)
+            .bind(end.status().as_str())
+            .bind(db_time(*ended_at))
+            .bind(plate_text)
+            .bind(color)
+            .bind(confidence)
+            .bind(event)
+            .bind(now)
+            .bind(SessionStatus::Open.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if closed == 0 {
+                // Closed already (a re-run of this write): nothing more to do.
+                return Ok(());
+            }
+            let stay = StreetStay {
+                id: *id,
+                lot: lot_of(*bay),
+                bay: bays.name(*bay),
+                plate: plate.map(|p| (&p.plate, p.color)),
+                started_at: *started_at,
+                ended_at: *ended_at,
+                end,
+            };
+            repo::end_street_stay(tx, &stay).await?;
+        }
+    }
     Ok(())
 }
 
@@ -460,63 +467,68 @@ pub async fn restore(db: &Db, registry: &Registry) -> Result<Restored, StoreErro
         passes: crate::store::sessions::passes(db, Utc::now()).await?,
         ..Restored::default()
     };
-    on_db!(db, pool => {
-        let mut rows = sqlx::query_as::<_, BayStateLoadRow>(
-            "SELECT lot_id, bay_id, occupied, seq FROM bay_states",
-        )
-        .fetch(pool);
-        while let Some(row) = rows.try_next().await? {
+    query("SELECT lot_id, bay_id, occupied, seq FROM bay_states")
+        .for_each(db, |row: BayStateLoadRow| {
             if let Some(bay) = bay_of(&row.lot_id, &row.bay_id) {
-                restored.states.push((bay, row.occupied, u64::try_from(row.seq).unwrap_or(0)));
+                let seq = u64::try_from(row.seq).unwrap_or(0);
+                restored.states.push((bay, row.occupied, seq));
             }
-        }
-        drop(rows);
-        let open: Vec<OpenBaySessionRow> = sqlx::query_as(
-            "SELECT id, lot_id, bay_id, started_at, plate, plate_color, plate_confidence, plate_event_id, overstay_at
-             FROM bay_sessions WHERE status = 'open'",
-        )
-        .fetch_all(pool)
+            Ok(())
+        })
         .await?;
-        for row in open {
-            let Some(bay) = bay_of(&row.lot_id, &row.bay_id) else { continue };
-            let plate = match (row.plate.as_deref().map(Plate::parse), row.plate_event_id.as_deref().map(EventId::parse)) {
-                (Some(Ok(plate)), Some(Ok(event_id))) => Some(BayPlate {
-                    plate,
-                    color: row.plate_color.as_deref().and_then(PlateColor::parse),
-                    confidence: row.plate_confidence.unwrap_or(0.0),
-                    event_id,
-                    observed_at: row.started_at,
-                }),
-                _ => None,
-            };
-            restored.open.push((bay, OpenBaySession {
-                id: row.id,
-                started_at: row.started_at,
+    let open: Vec<OpenBaySessionRow> = query(
+        "SELECT id, lot_id, bay_id, started_at, plate, plate_color, plate_confidence,
+             plate_event_id, overstay_at
+         FROM bay_sessions WHERE status = $1",
+    )
+    .bind(SessionStatus::Open.as_str())
+    .fetch_all(db)
+    .await?;
+    for row in open {
+        let Some(bay) = bay_of(&row.lot_id, &row.bay_id) else {
+            continue;
+        };
+        let plate = match (
+            row.plate.as_deref().map(Plate::parse),
+            row.plate_event_id.as_deref().map(EventId::parse),
+        ) {
+            (Some(Ok(plate)), Some(Ok(event_id))) => Some(BayPlate {
                 plate,
-                overstay_flagged: row.overstay_at.is_some(),
-            }));
-        }
-        let gated: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT lot_id, COUNT(*) FROM sessions WHERE status = 'open' GROUP BY lot_id",
-        )
-        .fetch_all(pool)
-        .await?;
-        restored.gated_open = gated
-            .into_iter()
-            .map(|(lot, n)| (lot, u32::try_from(n).unwrap_or(u32::MAX)))
-            .collect();
-        let recounts: Vec<(String, i32, i32)> = sqlx::query_as(
-            "SELECT lot_id, occupied, open_sessions FROM lot_recounts",
-        )
-        .fetch_all(pool)
-        .await?;
-        restored.recounts = recounts
-            .into_iter()
-            .map(|(lot, occupied, open)| {
-                (lot, (u32::try_from(occupied).unwrap_or(0), u32::try_from(open).unwrap_or(0)))
-            })
-            .collect();
-    });
+                color: row.plate_color.as_deref().and_then(PlateColor::parse),
+                confidence: row.plate_confidence.unwrap_or(0.0),
+                event_id,
+                observed_at: row.started_at,
+            }),
+            _ => None,
+        };
+        let session = OpenBaySession {
+            id: row.id,
+            started_at: row.started_at,
+            plate,
+            overstay_flagged: row.overstay_at.is_some(),
+        };
+        restored.open.push((bay, session));
+    }
+    let gated: Vec<(String, i64)> =
+        query("SELECT lot_id, COUNT(*) FROM sessions WHERE status = $1 GROUP BY lot_id")
+            .bind(SessionStatus::Open.as_str())
+            .fetch_all(db)
+            .await?;
+    restored.gated_open = gated
+        .into_iter()
+        .map(|(lot, n)| (lot, u32::try_from(n).unwrap_or(u32::MAX)))
+        .collect();
+    let recounts: Vec<(String, i32, i32)> =
+        query("SELECT lot_id, occupied, open_sessions FROM lot_recounts")
+            .fetch_all(db)
+            .await?;
+    restored.recounts = recounts
+        .into_iter()
+        .map(|(lot, occupied, open)| {
+            let count = |n: i32| u32::try_from(n).unwrap_or(0);
+            (lot, (count(occupied), count(open)))
+        })
+        .collect();
     Ok(restored)
 }
 
@@ -528,17 +540,17 @@ pub async fn recount(
     open_sessions: u32,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    on_db!(db, pool => sqlx::query(
-        "INSERT INTO lot_recounts (lot_id, occupied, open_sessions, counted_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (lot_id) DO UPDATE SET occupied = excluded.occupied, open_sessions = excluded.open_sessions,
-             counted_at = excluded.counted_at",
+    query(
+        "INSERT INTO lot_recounts (lot_id, occupied, open_sessions, counted_at)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (lot_id) DO UPDATE SET occupied = excluded.occupied,
+             open_sessions = excluded.open_sessions, counted_at = excluded.counted_at",
     )
     .bind(lot)
     .bind(i64::from(occupied))
     .bind(i64::from(open_sessions))
     .bind(db_time(at))
-    .execute(pool)
+    .execute(db)
     .await
-    .map(drop)?);
-    Ok(())
+    .map(drop)
 }

@@ -51,6 +51,28 @@ macro_rules! insert_entry {
 }
 pub(crate) use insert_entry;
 
+/// Inserts an `AuditEntry` inside the transaction that writes the change it records, so that the
+/// change and its entry commit together.
+pub async fn insert(tx: &mut parkflow_db::Tx, entry: &AuditEntry) -> Result<(), StoreError> {
+    parkflow_db::query(
+        "INSERT INTO audit_log (id, at, actor_role, actor_key, operator_id, action, object,
+             reason, details)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(entry.id)
+    .bind(super::db_time(entry.at))
+    .bind(&entry.actor_role)
+    .bind(entry.actor_key)
+    .bind(entry.operator_id.as_deref())
+    .bind(&entry.action)
+    .bind(&entry.object)
+    .bind(&entry.reason)
+    .bind(entry.details.as_deref())
+    .execute(tx)
+    .await
+    .map(drop)
+}
+
 /// Records an entry on its own (for an action outside the database, recorded before it is taken).
 pub async fn record(db: &Db, entry: &AuditEntry) -> Result<(), StoreError> {
     on_db!(db, pool => insert_entry!(pool, entry)?);

@@ -16,39 +16,15 @@ use parkflow_billing::Stay;
 use parkflow_protocol::{Plate, PlateColor};
 use uuid::Uuid;
 
-use super::audit::{AuditEntry, insert_entry};
+use parkflow_db::{Tx, query};
+pub use parkflow_session::Resolution;
+use parkflow_session::repo::{self, CorrectedStay, StayForReview};
+
+use super::audit::{self, AuditEntry};
 use super::sessions::{SESSION_COLUMNS, SessionView};
-use super::{BeginWrite, Db, StoreError, db_time, on_db};
+use super::{Db, StoreError, db_time};
 use crate::registry::Lot;
-
-/// What an operator decides about a case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Resolution {
-    /// The case stands as recorded.
-    Accept,
-    /// The case's session (in review: never priced, never charged) did not happen.
-    VoidSession,
-    /// The case's session is the stay of another plate (`plate`): priced and billed as such.
-    EditPlate,
-    /// The case's session is the exit of another session's stay (`with_session`, open or in
-    /// review, same lot): that session takes the exit and is priced; the case's is voided.
-    Merge,
-    /// The case's session was two stays, the second from `at`: both are priced.
-    Split,
-}
-
-impl Resolution {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Accept => "accepted",
-            Self::VoidSession => "session_voided",
-            Self::EditPlate => "plate_edited",
-            Self::Merge => "merged",
-            Self::Split => "split",
-        }
-    }
-}
+use crate::session::{ReviewKind, SessionStatus};
 
 /// What a correction needs besides the case.
 #[derive(Debug, Clone)]
@@ -106,12 +82,11 @@ pub enum ResolveError {
 
 /// A case's lot and session, if it is unresolved.
 pub async fn case(db: &Db, id: Uuid) -> Result<Option<(String, Option<Uuid>, bool)>, StoreError> {
-    let row: Option<(String, Option<Uuid>, Option<DateTime<Utc>>)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT lot_id, session_id, resolved_at FROM review_items WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?);
+    let row: Option<(String, Option<Uuid>, Option<DateTime<Utc>>)> =
+        query("SELECT lot_id, session_id, resolved_at FROM review_items WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
     Ok(row.map(|(lot, session, resolved)| (lot, session, resolved.is_some())))
 }
 
@@ -191,237 +166,231 @@ pub async fn resolve(
 ) -> Result<(), ResolveError> {
     let now = db_time(entry.at);
     let resolution = correction.resolution();
-    on_db!(db, pool => {
-        let mut tx = pool.begin_write().await.map_err(StoreError::from)?;
-        let resolved = sqlx::query(
-            "UPDATE review_items SET resolved_at = $2, resolution = $3 WHERE id = $1 AND resolved_at IS NULL",
+    let mut tx = db.begin_write().await?;
+    if !repo::resolve_case(&mut tx, id, resolution, now).await? {
+        return Err(ResolveError::Resolved);
+    }
+    let case: CaseRow = query(
+        "SELECT kind, session_id, gate_id, event_id, created_at FROM review_items WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut tx)
+    .await?;
+    let kind = ReviewKind::parse(&case.kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("kind of review case {id}")))?;
+    let mut stay = match case.session_id {
+        Some(session) => self::stay(&mut tx, session).await?,
+        None => None,
+    };
+    let lot_id = lot.id.as_str();
+    // An on-street stay that ended without a plate has no session yet: the plate an operator
+    // reads from the camera's images makes it one (in review until priced below).
+    if let (None, ReviewKind::NoPlate, Correction::EditPlate { plate, plate_color }) =
+        (&stay, kind, correction)
+    {
+        let bay: Option<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = query(
+            "SELECT bay_id, started_at, ended_at FROM bay_sessions WHERE id = $1 AND lot_id = $2",
         )
         .bind(id)
-        .bind(now)
-        .bind(resolution.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected();
-        if resolved != 1 {
-            return Err(ResolveError::Resolved);
-        }
-        let case: CaseRow = sqlx::query_as(
-            "SELECT kind, session_id, gate_id, event_id, created_at FROM review_items WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        let stay_sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
-        let mut stay: Option<SessionView> = match case.session_id {
-            Some(session) => sqlx::query_as(&stay_sql).bind(session).fetch_optional(&mut *tx).await.map_err(StoreError::from)?,
-            None => None,
+        .bind(lot_id)
+        .fetch_optional(&mut tx)
+        .await?;
+        let (bay, started_at, ended_at) = bay.ok_or(ResolveError::SessionNotInReview)?;
+        let ended_at = ended_at.ok_or(ResolveError::NoExit)?;
+        let new = StayForReview {
+            id,
+            lot: lot_id,
+            plate: plate.as_str(),
+            plate_color: plate_color.map(PlateColor::as_str),
+            pass_holder: false,
+            entered_at: started_at,
+            exited_at: Some(ended_at),
+            bay: Some(&bay),
         };
-        let lot_id = lot.id.as_str();
-        // An on-street stay that ended without a plate has no session yet: the plate an operator
-        // reads from the camera's images makes it one (in review until priced below).
-        if let (None, "no_plate", Correction::EditPlate { plate, plate_color }) = (&stay, case.kind.as_str(), correction) {
-            let bay: Option<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-                "SELECT bay_id, started_at, ended_at FROM bay_sessions WHERE id = $1 AND lot_id = $2",
-            )
-            .bind(id)
-            .bind(lot_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            let (bay, started_at, ended_at) = bay.ok_or(ResolveError::SessionNotInReview)?;
-            let ended_at = ended_at.ok_or(ResolveError::NoExit)?;
-            sqlx::query(
-                "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at, bay_id, updated_at)
-                 VALUES ($1, $2, $3, $4, 'review', $5, $6, $7, $8, $9)",
-            )
-            .bind(id)
-            .bind(lot_id)
-            .bind(plate.as_str())
-            .bind(plate_color.map(PlateColor::as_str))
-            .bind(false)
-            .bind(started_at)
-            .bind(ended_at)
-            .bind(&bay)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            stay = sqlx::query_as(&stay_sql).bind(id).fetch_optional(&mut *tx).await.map_err(StoreError::from)?;
+        repo::insert_for_review(&mut tx, &new, now).await?;
+        stay = self::stay(&mut tx, id).await?;
+    }
+    let in_review = |stay: Option<SessionView>| {
+        stay.filter(|s| SessionStatus::parse(&s.status) == Some(SessionStatus::Review))
+            .ok_or(ResolveError::SessionNotInReview)
+    };
+    let mut closings: Vec<Closing> = Vec::new();
+    let mut voided = None;
+    match correction {
+        Correction::Accept => {
+            // The stay stands as recorded: one in review that ended (a doubtful exit match,
+            // say) is priced and billed as it is; anything else only leaves the queue.
+            if let Some(stay) =
+                stay.filter(|s| SessionStatus::parse(&s.status) == Some(SessionStatus::Review))
+                && let Some(exited_at) = stay.exited_at
+            {
+                let (plate, colour) = (stay.plate.clone(), stay.plate_color.clone());
+                closings.push(Closing::whole(&stay, plate, colour, exited_at));
+            }
         }
-        let in_review = |stay: Option<SessionView>| stay.filter(|s| s.status == "review").ok_or(ResolveError::SessionNotInReview);
-        let mut closings: Vec<Closing> = Vec::new();
-        let mut voided = None;
-        match correction {
-            Correction::Accept => {
-                // The stay stands as recorded: one in review that ended (a doubtful exit match,
-                // say) is priced and billed as it is; anything else only leaves the queue.
-                if let Some(stay) = stay.filter(|s| s.status == "review")
-                    && let Some(exited_at) = stay.exited_at
-                {
-                    closings.push(Closing::whole(&stay, stay.plate.clone(), stay.plate_color.clone(), exited_at));
+        Correction::VoidSession => voided = Some(in_review(stay)?.id),
+        Correction::EditPlate { plate, plate_color } => {
+            let stay = in_review(stay)?;
+            let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
+            let colour = plate_color
+                .map(|c| c.as_str().to_owned())
+                .or(stay.plate_color.clone());
+            let mut closing = Closing::whole(&stay, plate.as_str().to_owned(), colour, exited_at);
+            // A pass recorded at entry was the misread plate's, not this one's.
+            closing.pass_at_entry = closing.pass_at_entry && stay.plate == plate.as_str();
+            closings.push(closing);
+        }
+        Correction::Merge { with_session } => {
+            // The exit: the case's session's (in review), or, for an exit without an entry,
+            // the case's own read.
+            let (exited_at, exit_gate, exit_event, colour, exit_session) = match stay {
+                Some(stay) => {
+                    let stay = in_review(Some(stay))?;
+                    let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
+                    let colour = stay.plate_color;
+                    (
+                        exited_at,
+                        stay.exit_gate,
+                        stay.exit_event_id,
+                        colour,
+                        Some(stay.id),
+                    )
                 }
-            }
-            Correction::VoidSession => voided = Some(in_review(stay)?.id),
-            Correction::EditPlate { plate, plate_color } => {
-                let stay = in_review(stay)?;
-                let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
-                let colour = plate_color.map(|c| c.as_str().to_owned()).or(stay.plate_color.clone());
-                let mut closing = Closing::whole(&stay, plate.as_str().to_owned(), colour, exited_at);
-                // A pass recorded at entry was the misread plate's, not this one's.
-                closing.pass_at_entry = closing.pass_at_entry && stay.plate == plate.as_str();
-                closings.push(closing);
-            }
-            Correction::Merge { with_session } => {
-                // The exit: the case's session's (in review), or, for an exit without an entry,
-                // the case's own read.
-                let (exited_at, exit_gate, exit_event, colour, exit_session) = match stay {
-                    Some(stay) => {
-                        let stay = in_review(Some(stay))?;
-                        (stay.exited_at.ok_or(ResolveError::NoExit)?, stay.exit_gate, stay.exit_event_id, stay.plate_color, Some(stay.id))
-                    }
-                    None => {
-                        let (Some(gate), Some(event)) = (case.gate_id, case.event_id) else {
-                            return Err(ResolveError::NoExit);
-                        };
-                        let observed: Option<(DateTime<Utc>,)> = sqlx::query_as(
-                            "SELECT observed_at FROM gate_reads WHERE lot_id = $1 AND gate_id = $2 AND event_id = $3",
-                        )
-                        .bind(lot_id)
-                        .bind(&gate)
-                        .bind(&event)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(StoreError::from)?;
-                        (observed.map_or(case.created_at, |(at,)| at), Some(gate), Some(event), None, None)
-                    }
-                };
-                let entry: SessionView = sqlx::query_as::<_, SessionView>(&stay_sql)
-                    .bind(with_session)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StoreError::from)?
-                    .filter(|e| Some(e.id) != exit_session && e.lot_id == lot_id
-                        && (e.status == "open" || e.status == "review") && e.entered_at <= exited_at)
-                    .ok_or(ResolveError::NotMergeable)?;
-                let mut closing = Closing::whole(&entry, entry.plate.clone(), entry.plate_color.clone().or(colour), exited_at);
-                (closing.exit_gate, closing.exit_event) = (exit_gate, exit_event);
-                closings.push(closing);
-                voided = exit_session;
-                // The entry's own unresolved cases (a missed exit, say) are settled by the merge.
-                sqlx::query("UPDATE review_items SET resolved_at = $2, resolution = $3 WHERE session_id = $1 AND resolved_at IS NULL")
-                    .bind(entry.id)
-                    .bind(now)
-                    .bind(resolution.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::from)?;
-            }
-            Correction::Split { at, second } => {
-                let stay = in_review(stay)?;
-                let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
-                let at = db_time(*at);
-                if !(stay.entered_at < at && at < exited_at) {
-                    return Err(ResolveError::OutsideStay);
+                None => {
+                    let (Some(gate), Some(event)) = (case.gate_id, case.event_id) else {
+                        return Err(ResolveError::NoExit);
+                    };
+                    let observed: Option<(DateTime<Utc>,)> = query(
+                        "SELECT observed_at FROM gate_reads
+                         WHERE lot_id = $1 AND gate_id = $2 AND event_id = $3",
+                    )
+                    .bind(lot_id)
+                    .bind(&gate)
+                    .bind(&event)
+                    .fetch_optional(&mut tx)
+                    .await?;
+                    let exited_at = observed.map_or(case.created_at, |(at,)| at);
+                    (exited_at, Some(gate), Some(event), None, None)
                 }
-                sqlx::query(
-                    "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, bay_id, updated_at)
-                     VALUES ($1, $2, $3, $4, 'review', $5, $6, $7, $8)",
-                )
-                .bind(second)
-                .bind(&stay.lot_id)
-                .bind(&stay.plate)
-                .bind(&stay.plate_color)
-                .bind(stay.pass_holder)
-                .bind(at)
-                .bind(&stay.bay_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-                let mut first = Closing::whole(&stay, stay.plate.clone(), stay.plate_color.clone(), at);
-                (first.exit_gate, first.exit_event) = (None, None);
-                let mut then = Closing::whole(&stay, stay.plate.clone(), stay.plate_color.clone(), exited_at);
-                (then.session, then.entered_at) = (*second, at);
-                closings.extend([first, then]);
-            }
+            };
+            let entry = self::stay(&mut tx, *with_session)
+                .await?
+                .filter(|e| {
+                    Some(e.id) != exit_session
+                        && e.lot_id == lot_id
+                        && SessionStatus::parse(&e.status)
+                            .is_some_and(SessionStatus::is_correctable)
+                        && e.entered_at <= exited_at
+                })
+                .ok_or(ResolveError::NotMergeable)?;
+            let colour = entry.plate_color.clone().or(colour);
+            let mut closing = Closing::whole(&entry, entry.plate.clone(), colour, exited_at);
+            (closing.exit_gate, closing.exit_event) = (exit_gate, exit_event);
+            closings.push(closing);
+            voided = exit_session;
+            // The entry's own unresolved cases (a missed exit, say) are settled by the merge.
+            repo::resolve_cases_of(&mut tx, entry.id, resolution, now).await?;
         }
-        if let Some(voided) = voided {
-            let voided = sqlx::query("UPDATE sessions SET status = 'void', updated_at = $2 WHERE id = $1 AND status = 'review'")
-                .bind(voided)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?
-                .rows_affected();
-            if voided != 1 {
-                return Err(ResolveError::SessionNotInReview);
+        Correction::Split { at, second } => {
+            let stay = in_review(stay)?;
+            let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
+            let at = db_time(*at);
+            if !(stay.entered_at < at && at < exited_at) {
+                return Err(ResolveError::OutsideStay);
             }
+            let new = StayForReview {
+                id: *second,
+                lot: &stay.lot_id,
+                plate: &stay.plate,
+                plate_color: stay.plate_color.as_deref(),
+                pass_holder: stay.pass_holder,
+                entered_at: at,
+                exited_at: None,
+                bay: stay.bay_id.as_deref(),
+            };
+            repo::insert_for_review(&mut tx, &new, now).await?;
+            let (plate, colour) = (stay.plate.clone(), stay.plate_color.clone());
+            let mut first = Closing::whole(&stay, plate.clone(), colour.clone(), at);
+            (first.exit_gate, first.exit_event) = (None, None);
+            let mut then = Closing::whole(&stay, plate, colour, exited_at);
+            (then.session, then.entered_at) = (*second, at);
+            closings.extend([first, then]);
         }
-        for closing in closings {
-            // A session with a charge is billed already (a car that paid at the exit, say).
-            let (charged,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM charges WHERE session_id = $1")
-                .bind(closing.session)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-            if charged > 0 {
-                return Err(ResolveError::NotMergeable);
-            }
-            // A pass recorded at entry, or one for the plate at either end of the stay, makes it
-            // free, as at the gates.
-            let (passes,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM passes WHERE lot_id = $1 AND plate = $2
-                     AND ((valid_from <= $3 AND valid_until > $3) OR (valid_from <= $4 AND valid_until > $4))",
-            )
-            .bind(lot_id)
-            .bind(&closing.plate)
-            .bind(closing.entered_at)
-            .bind(closing.exited_at)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            let pass_holder = closing.pass_at_entry || passes > 0;
-            let priced = price(lot, &Stay {
-                entered_at: closing.entered_at,
-                exited_at: closing.exited_at,
-                plate_color: closing.colour.as_deref().and_then(PlateColor::parse),
-                pass_holder,
-            })?;
-            let closed = sqlx::query(
-                "UPDATE sessions SET status = 'closed', plate = $2, plate_color = $3, pass_holder = $4,
-                     exited_at = $5, exit_gate = $6, exit_event_id = $7, tariff_from = $8, fee_minor = $9,
-                     currency = $10, billed_plate = NULL, updated_at = $11
-                 WHERE id = $1 AND status IN ('open', 'review')",
-            )
-            .bind(closing.session)
-            .bind(&closing.plate)
-            .bind(&closing.colour)
-            .bind(pass_holder)
-            .bind(closing.exited_at)
-            .bind(&closing.exit_gate)
-            .bind(&closing.exit_event)
-            .bind(db_time(priced.tariff_from))
-            .bind(priced.fee_minor)
-            .bind(&priced.currency)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?
-            .rows_affected();
-            if closed != 1 {
-                return Err(ResolveError::NotMergeable);
-            }
-            sqlx::query("INSERT INTO charge_queue (session_id, queued_at) VALUES ($1, $2) ON CONFLICT (session_id) DO NOTHING")
-                .bind(closing.session)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-        }
-        insert_entry!(&mut *tx, entry).map_err(StoreError::from)?;
-        tx.commit().await.map_err(StoreError::from)?;
-    });
+    }
+    if let Some(voided) = voided
+        && !repo::void(&mut tx, voided, now).await?
+    {
+        return Err(ResolveError::SessionNotInReview);
+    }
+    for closing in closings {
+        close(&mut tx, lot, &closing, now).await?;
+    }
+    audit::insert(&mut tx, entry).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A session as corrections read it.
+async fn stay(tx: &mut Tx, session: Uuid) -> Result<Option<SessionView>, StoreError> {
+    query(format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+    ))
+    .bind(session)
+    .fetch_optional(tx)
+    .await
+}
+
+/// Prices a stay a correction closes and closes it (queued for its one charge).
+async fn close(
+    tx: &mut Tx,
+    lot: &Lot,
+    closing: &Closing,
+    now: DateTime<Utc>,
+) -> Result<(), ResolveError> {
+    // A session with a charge is billed already (a car that paid at the exit, say).
+    let (charged,): (i64,) = query("SELECT COUNT(*) FROM charges WHERE session_id = $1")
+        .bind(closing.session)
+        .fetch_one(&mut *tx)
+        .await?;
+    if charged > 0 {
+        return Err(ResolveError::NotMergeable);
+    }
+    // A pass recorded at entry, or one for the plate at either end of the stay, makes it
+    // free, as at the gates.
+    let (passes,): (i64,) = query(
+        "SELECT COUNT(*) FROM passes WHERE lot_id = $1 AND plate = $2
+             AND ((valid_from <= $3 AND valid_until > $3) OR (valid_from <= $4 AND valid_until > $4))",
+    )
+    .bind(lot.id.as_str())
+    .bind(&closing.plate)
+    .bind(closing.entered_at)
+    .bind(closing.exited_at)
+    .fetch_one(&mut *tx)
+    .await?;
+    let pass_holder = closing.pass_at_entry || passes > 0;
+    let priced = price(
+        lot,
+        &Stay {
+            entered_at: closing.entered_at,
+            exited_at: closing.exited_at,
+            plate_color: closing.colour.as_deref().and_then(PlateColor::parse),
+            pass_holder,
+        },
+    )?;
+    let corrected = CorrectedStay {
+        session: closing.session,
+        plate: &closing.plate,
+        plate_color: closing.colour.as_deref(),
+        pass_holder,
+        exited_at: closing.exited_at,
+        exit_gate: closing.exit_gate.as_deref(),
+        exit_event: closing.exit_event.as_deref(),
+        tariff_from: priced.tariff_from,
+        fee_minor: priced.fee_minor,
+        currency: &priced.currency,
+    };
+    if !repo::close_corrected(tx, &corrected, now).await? {
+        return Err(ResolveError::NotMergeable);
+    }
     Ok(())
 }

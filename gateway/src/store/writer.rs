@@ -17,10 +17,13 @@ use parkflow_protocol::{Direction, EventId, GateCommand, GateId, LotId, Plate, P
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{BeginWrite, Db, StoreError, db_time};
+use parkflow_db::{QueryBuilder, Tx, query};
+use parkflow_session::repo;
+
+use super::{Db, StoreError, db_time};
 use crate::metrics::Metrics;
 use crate::mqtt::ack::Ticket;
-use crate::session::{OpenSession, ReviewItem, SessionEnd, SessionStatus};
+use crate::session::{OpenSession, ReviewItem, SessionEnd};
 
 /// Batches waiting for the writer.
 pub const WRITER_CHANNEL_CAPACITY: usize = 20_000;
@@ -132,17 +135,16 @@ impl Writer {
                 .unwrap_or_default()
         );
         let kept = retry_transient(|| async {
-            crate::store::on_db!(&self.db, pool => sqlx::query(
+            query(
                 "INSERT INTO dead_letters (id, writes, error, created_at) VALUES ($1, $2, $3, $4)",
             )
             .bind(Uuid::now_v7())
             .bind(&writes)
             .bind(&cause)
             .bind(db_time(chrono::Utc::now()))
-            .execute(pool)
+            .execute(&self.db)
             .await
             .map(drop)
-            .map_err(StoreError::from))
         })
         .await;
         if let Err(error) = kept {
@@ -170,11 +172,6 @@ where
         }
     }
 }
-
-/// Rows per multi-row statement: a gate read binds 17 values, and SQLite allows 32,766 a
-/// statement. Only full-size statements are kept prepared: each row count is a statement of its
-/// own, and the others would push the API's and billing's out of the connection's cache.
-const ROWS_PER_INSERT: usize = 1_000;
 
 /// The writes of a group, cut into segments that can each be applied kind by kind: sessions
 /// closed first, then sessions opened, review cases, gate reads and queued charges, each kind
@@ -224,130 +221,61 @@ fn segments<'a>(writes: impl Iterator<Item = &'a Write>) -> Vec<Segment<'a>> {
     segments
 }
 
-/// Applies `writes` in one transaction, segment by segment (see [`Segment`]).
+/// Applies `writes` in one transaction, segment by segment (see [`Segment`]): the session
+/// lifecycle's repository writes the sessions and cases, this module the reads.
 pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
     let segments = segments(writes);
-    crate::store::on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        for segment in &segments {
-            // A priced session waits for its charge (billing's queue), in the same commit.
-            let mut queued: Vec<(Uuid, String, DateTime<Utc>)> = Vec::new();
-            for chunk in segment.ends.chunks(ROWS_PER_INSERT) {
-                let mut update = sqlx::QueryBuilder::new(
-                    "WITH ended (end_id, end_status, end_gate, end_event_id, end_at, end_match, end_match_score,
-                         end_tariff_from, end_fee_minor, end_currency, end_billed_plate, end_plate_color,
-                         end_pass_holder) AS (",
-                );
-                update.push_values(chunk, |mut row, end| {
-                    row.push_bind(end.id)
-                        .push_bind(end.status.as_str())
-                        .push_bind(end.exit_gate.as_ref().map(GateId::as_str))
-                        .push_bind(end.exit_event.as_ref().map(EventId::as_str))
-                        .push_bind(db_time(end.exited_at))
-                        .push_bind(end.exit_match.map(|(m, _)| m.as_str()))
-                        .push_bind(end.exit_match.map(|(_, score)| score))
-                        .push_bind(end.tariff_from.map(db_time))
-                        .push_bind(end.fee.as_ref().map(|(minor, _)| *minor))
-                        .push_bind(end.fee.as_ref().map(|(_, currency)| currency.as_str()))
-                        .push_bind(end.billed_plate.as_ref().map(Plate::as_str))
-                        .push_bind(end.plate_color.map(PlateColor::as_str))
-                        .push_bind(end.pass_holder);
-                });
-                update.push(
-                    ") UPDATE sessions SET status = end_status, exit_gate = end_gate, exit_event_id = end_event_id,
-                         exited_at = end_at, exit_match = end_match, exit_match_score = end_match_score,
-                         tariff_from = end_tariff_from, fee_minor = end_fee_minor, currency = end_currency,
-                         billed_plate = end_billed_plate, plate_color = COALESCE(plate_color, end_plate_color),
-                         pass_holder = end_pass_holder, updated_at = end_at
-                     FROM ended WHERE id = end_id AND status = 'open'
-                     RETURNING id, status, exited_at",
-                );
-                queued.extend(update.build_query_as().persistent(chunk.len() == ROWS_PER_INSERT).fetch_all(&mut *tx).await?);
-            }
-            queued.retain(|(_, status, _)| status == SessionStatus::Closed.as_str());
-            for chunk in segment.opens.chunks(ROWS_PER_INSERT) {
-                let mut insert = sqlx::QueryBuilder::new(
-                    "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entry_gate,
-                         entry_event_id, entered_at, updated_at) ",
-                );
-                insert.push_values(chunk, |mut row, s| {
-                    row.push_bind(s.id)
-                        .push_bind(s.lot.as_str())
-                        .push_bind(s.plate.as_str())
-                        .push_bind(s.plate_color.map(PlateColor::as_str))
-                        .push_bind("open")
-                        .push_bind(s.pass_holder)
-                        .push_bind(s.entry_gate.as_ref().map(GateId::as_str))
-                        .push_bind(s.entry_event.as_ref().map(EventId::as_str))
-                        .push_bind(db_time(s.entered_at))
-                        .push_bind(db_time(s.entered_at));
-                });
-                insert.push(" ON CONFLICT (id) DO NOTHING");
-                insert.build().persistent(chunk.len() == ROWS_PER_INSERT).execute(&mut *tx).await?;
-            }
-            for chunk in segment.reviews.chunks(ROWS_PER_INSERT) {
-                let mut insert = sqlx::QueryBuilder::new(
-                    "INSERT INTO review_items (id, lot_id, kind, session_id, gate_id, event_id, plate, score, created_at) ",
-                );
-                insert.push_values(chunk, |mut row, item| {
-                    row.push_bind(item.id)
-                        .push_bind(item.lot.as_str())
-                        .push_bind(item.kind.as_str())
-                        .push_bind(item.session_id)
-                        .push_bind(item.gate.as_ref().map(GateId::as_str))
-                        .push_bind(item.event_id.as_ref().map(EventId::as_str))
-                        .push_bind(item.plate.as_ref().map(Plate::as_str))
-                        .push_bind(item.score)
-                        .push_bind(db_time(item.created_at));
-                });
-                insert.push(" ON CONFLICT (id) DO NOTHING");
-                insert.build().persistent(chunk.len() == ROWS_PER_INSERT).execute(&mut *tx).await?;
-            }
-            for chunk in segment.reads.chunks(ROWS_PER_INSERT) {
-                let mut insert = sqlx::QueryBuilder::new(
-                    "INSERT INTO gate_reads (lot_id, gate_id, event_id, plate, plate_color, confidence, direction,
-                         observed_at, received_at, command_id, action, reason, issued_at, amount_due_minor,
-                         currency, pay_url, session_id) ",
-                );
-                insert.push_values(chunk, |mut row, read| {
-                    row.push_bind(read.lot.as_str())
-                        .push_bind(read.gate.as_str())
-                        .push_bind(read.event_id.as_str())
-                        .push_bind(read.plate.as_str())
-                        .push_bind(read.plate_color.map(PlateColor::as_str))
-                        .push_bind(read.confidence)
-                        .push_bind(read.direction.as_str())
-                        .push_bind(db_time(read.observed_at))
-                        .push_bind(db_time(read.received_at))
-                        .push_bind(read.command.command_id)
-                        .push_bind(read.command.action.as_str())
-                        .push_bind(read.command.reason.as_str())
-                        .push_bind(db_time(read.command.issued_at))
-                        .push_bind(read.amount_due_minor)
-                        .push_bind(read.command.currency.as_deref())
-                        .push_bind(read.command.pay_url.as_deref())
-                        .push_bind(read.session_id);
-                });
-                insert.push(" ON CONFLICT (lot_id, gate_id, event_id) DO NOTHING");
-                insert.build().persistent(chunk.len() == ROWS_PER_INSERT).execute(&mut *tx).await?;
-            }
-            for chunk in queued.chunks(ROWS_PER_INSERT) {
-                let mut insert = sqlx::QueryBuilder::new("INSERT INTO charge_queue (session_id, queued_at) ");
-                insert.push_values(chunk, |mut row, (id, _, exited_at)| {
-                    row.push_bind(id).push_bind(exited_at);
-                });
-                insert.push(" ON CONFLICT (session_id) DO NOTHING");
-                insert.build().persistent(chunk.len() == ROWS_PER_INSERT).execute(&mut *tx).await?;
-            }
-        }
-        tx.commit().await?;
-    });
+    let mut tx = db.begin_write().await?;
+    for segment in &segments {
+        repo::end_sessions(&mut tx, &segment.ends).await?;
+        repo::open_sessions(&mut tx, &segment.opens).await?;
+        repo::open_cases(&mut tx, &segment.reviews).await?;
+        insert_reads(&mut tx, &segment.reads).await?;
+    }
+    tx.commit().await
+}
+
+/// Records gate reads with the commands that answered them (a read stored already stays).
+async fn insert_reads(tx: &mut Tx, reads: &[&GateReadRecord]) -> Result<(), StoreError> {
+    for chunk in reads.chunks(repo::ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO gate_reads (lot_id, gate_id, event_id, plate, plate_color, confidence, \
+             direction, observed_at, received_at, command_id, action, reason, issued_at, \
+             amount_due_minor, currency, pay_url, session_id) ",
+        );
+        insert.push_values(chunk, |mut row, read| {
+            row.push_bind(read.lot.as_str())
+                .push_bind(read.gate.as_str())
+                .push_bind(read.event_id.as_str())
+                .push_bind(read.plate.as_str())
+                .push_bind(read.plate_color.map(PlateColor::as_str))
+                .push_bind(read.confidence)
+                .push_bind(read.direction.as_str())
+                .push_bind(db_time(read.observed_at))
+                .push_bind(db_time(read.received_at))
+                .push_bind(read.command.command_id)
+                .push_bind(read.command.action.as_str())
+                .push_bind(read.command.reason.as_str())
+                .push_bind(db_time(read.command.issued_at))
+                .push_bind(read.amount_due_minor)
+                .push_bind(read.command.currency.as_deref())
+                .push_bind(read.command.pay_url.as_deref())
+                .push_bind(read.session_id);
+        });
+        insert.push(" ON CONFLICT (lot_id, gate_id, event_id) DO NOTHING");
+        insert
+            .build()
+            .persistent(chunk.len() == repo::ROWS_PER_STATEMENT)
+            .execute(&mut *tx)
+            .await?;
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::SessionStatus;
 
     fn open(id: u128, plate: &str) -> Write {
         Write::OpenSession(OpenSession {

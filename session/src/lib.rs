@@ -1,0 +1,17 @@
+//! A parking session's lifecycle, in one place below the gateway and billing.
+//!
+//! - [`status`]: what a session, a review case and a correction can be — enums end to end,
+//!   text only at the row edge;
+//! - [`model`]: an open session, how one ends, a review case;
+//! - [`repo`]: the one writer of `sessions`, `review_items` and `charge_queue`. The gate's group
+//!   writer, the bay writer, review corrections, paid exits, the retention job and billing's
+//!   charge worker all write those tables through it, inside their own transactions.
+//!
+//! See ARCHITECTURE.md ("Tables") for who writes every other table.
+
+pub mod model;
+pub mod repo;
+pub mod status;
+
+pub use model::{OpenSession, ReviewItem, SessionEnd};
+pub use status::{ExitMatch, Resolution, ReviewKind, SessionStatus};
