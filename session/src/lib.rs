@@ -9,9 +9,11 @@
 //!
 //! See ARCHITECTURE.md ("Tables") for who writes every other table.
 
+pub mod correction;
 pub mod model;
 pub mod repo;
 pub mod status;
 
+pub use correction::{Correction, CorrectionError};
 pub use model::{OpenSession, ReviewItem, SessionEnd};
 pub use status::{ExitMatch, Resolution, ReviewKind, SessionStatus};

@@ -237,14 +237,12 @@ impl GateActor {
                 } => {
                     let _ = reply.send(self.manual_open(&lot, &gate, command_id, event_id, at));
                 }
-                GateMessage::TakeOpen {
+                GateMessage::EndOpen {
                     lot,
                     session,
+                    work,
                     reply,
-                } => {
-                    let _ = reply.send(self.take_open(&lot, session));
-                }
-                GateMessage::Restore(session) => self.restore(session),
+                } => self.end_open(&lot, session, work, reply),
                 GateMessage::Facts(facts) => self.facts(*facts),
                 GateMessage::Done(done) => self.done(done).await,
             }
@@ -546,8 +544,41 @@ impl GateActor {
             .inc();
     }
 
+    /// See [`GateMessage::EndOpen`].
+    fn end_open(
+        &mut self,
+        lot: &LotId,
+        session: Uuid,
+        work: super::Correction,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    ) {
+        let Some(taken) = self.take_open(lot, session) else {
+            let _ = reply.send(false);
+            return;
+        };
+        let _ = reply.send(true);
+        let db = self.db.clone();
+        self.off_actor("correction", async move {
+            if work.0.await {
+                return None;
+            }
+            // Not committed, as far as the work knows (a commit that failed on the way back may
+            // have committed all the same): the session is given back if it is still open.
+            match sessions::session(&db, taken.id).await {
+                Ok(Some(stored)) if stored.status != SessionStatus::Open.as_str() => None,
+                Ok(None) => None,
+                Ok(Some(_)) => Some(Done::StillOpen(taken)),
+                Err(error) => {
+                    tracing::warn!(error = %error, session = %taken.id, "failed to check a session a correction gave back; restoring it");
+                    Some(Done::StillOpen(taken))
+                }
+            }
+        });
+    }
+
+    /// Takes an open session out of the gate's open sessions, unless its car is held at an exit
+    /// for payment (it is leaving through its own session).
     fn take_open(&mut self, lot: &LotId, session: Uuid) -> Option<OpenSession> {
-        // A car held at an exit for payment is leaving through its own session.
         if self.held.contains_key(&session) {
             return None;
         }
@@ -556,22 +587,6 @@ impl GateActor {
         let taken = open.remove(&plate);
         self.report_open(&self.registry.snapshot(), lot);
         taken
-    }
-
-    /// A session a correction took is given back once the database says it is still open.
-    fn restore(&mut self, session: OpenSession) {
-        let db = self.db.clone();
-        self.off_actor("restore", async move {
-            match sessions::session(&db, session.id).await {
-                Ok(Some(stored)) if stored.status == SessionStatus::Open.as_str() => {}
-                Ok(_) => return None,
-                Err(error) => {
-                    // The correction that took it failed on the database too, most likely.
-                    tracing::warn!(error = %error, session = %session.id, "failed to check a session given back; restoring it");
-                }
-            }
-            Some(Done::StillOpen(session))
-        });
     }
 
     fn manual_open(

@@ -21,6 +21,15 @@ use self::decide::Standing;
 
 use crate::mqtt::ack::Ticket;
 
+/// A correction's transaction, run for the actor on a task: `true` once it committed.
+pub struct Correction(pub std::pin::Pin<Box<dyn Future<Output = bool> + Send>>);
+
+impl std::fmt::Debug for Correction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Correction(…)")
+    }
+}
+
 /// Plate reads waiting for the gate actor.
 pub const GATE_CHANNEL_CAPACITY: usize = 10_000;
 
@@ -76,17 +85,18 @@ pub enum GateMessage {
         at: DateTime<Utc>,
         reply: tokio::sync::oneshot::Sender<Result<parkflow_protocol::GateCommand, String>>,
     },
-    /// An operator's correction ends an open session: no read may end it from now on. Answers
-    /// with the session, or `None` when it is not open (a read ended it first) or its car is
-    /// held at an exit for payment.
-    TakeOpen {
+    /// An operator's correction ends an open session. The actor takes the session out of its
+    /// open sessions (no read can end it meanwhile), runs `work` (the correction's transaction)
+    /// on a task, and puts the session back unless the work committed, so it never waits for
+    /// the database and a request given up half-way changes nothing. Answers `false` at once
+    /// when the session is not open at the gates (a read ended it, or its car is held at an exit
+    /// for payment); the work's own outcome goes wherever `work` sends it.
+    EndOpen {
         lot: LotId,
-        session: uuid::Uuid,
-        reply: tokio::sync::oneshot::Sender<Option<crate::session::OpenSession>>,
+        session: Uuid,
+        work: Correction,
+        reply: tokio::sync::oneshot::Sender<bool>,
     },
-    /// The correction that took this session did not commit: it is open again (if the database
-    /// says so).
-    Restore(crate::session::OpenSession),
     /// Answers from work the actor handed to a task, so that it never waits for the database
     /// itself (one slow query would stall every barrier in the city).
     Done(actor::Done),
@@ -143,46 +153,6 @@ impl GateHandle {
         if self.tx.send(message).await.is_err() {
             // Only during shutdown: the event loop has stopped, so nothing is acknowledged any more.
             tracing::debug!("gate actor is gone; message dropped");
-        }
-    }
-}
-
-/// An open session an operator's correction took from the gate actor (`TakeOpen`). Unless it is
-/// [`kept`](Self::kept) once the correction has committed, dropping it gives the session back —
-/// also when the request is dropped half-way (past its timeout) — and the actor restores it only
-/// while the database still has it open (a correction may commit just before its request is
-/// dropped).
-pub struct TakenSession {
-    gates: GateHandle,
-    session: Option<crate::session::OpenSession>,
-}
-
-impl TakenSession {
-    pub fn new(gates: GateHandle, session: crate::session::OpenSession) -> Self {
-        Self {
-            gates,
-            session: Some(session),
-        }
-    }
-
-    /// The correction committed: the session stays out of the gate actor.
-    pub fn kept(mut self) {
-        self.session = None;
-    }
-}
-
-impl Drop for TakenSession {
-    fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            let id = session.id;
-            if self
-                .gates
-                .tx
-                .try_send(GateMessage::Restore(session))
-                .is_err()
-            {
-                tracing::error!(session = %id, "gate actor full or gone: a session taken for a correction was not given back (its exit will go to review)");
-            }
         }
     }
 }

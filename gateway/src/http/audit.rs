@@ -14,7 +14,8 @@ use super::AppState;
 use super::auth::{Accountable, Staff};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery, free_text};
-use crate::gate::{GateMessage, TakenSession};
+use crate::gate::GateMessage;
+use crate::session::SessionStatus;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::review::{self, Correction, Resolution, ResolveError};
 
@@ -266,33 +267,6 @@ pub async fn resolve(
     if resolved {
         return Err(ResolveError::Resolved.into());
     }
-    // An open session merged with an exit leaves the gate actor first, so that no read ends it
-    // meanwhile; should the correction fail, it is open again.
-    let mut taken = None;
-    if let Correction::Merge { with_session } = correction {
-        let entry = crate::store::sessions::session(&state.db, with_session).await?;
-        if entry.is_some_and(|e| e.status == "open" && e.lot_id == lot.id.as_str()) {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            state
-                .gates
-                .send(GateMessage::TakeOpen {
-                    lot: lot.id.clone(),
-                    session: with_session,
-                    reply,
-                })
-                .await;
-            let session = answer
-                .await
-                .map_err(|_| ApiError::Unavailable)?
-                .ok_or_else(|| {
-                    ApiError::conflict(
-                        "session_not_open",
-                        "with_session is no longer open at the gates: it ended, or its car is held at an exit for payment",
-                    )
-                })?;
-            taken = Some(TakenSession::new(state.gates.clone(), session));
-        }
-    }
     let details = serde_json::json!({
         "session_id": session,
         "with_session": match correction { Correction::Merge { with_session } => Some(with_session), _ => None },
@@ -310,10 +284,43 @@ pub async fn resolve(
         reason,
         details: Some(details.to_string()),
     };
-    // Should the correction fail (or this request be dropped), `taken` gives the session back.
-    review::resolve(&state.db, id, lot, &correction, &entry).await?;
-    if let Some(taken) = taken {
-        taken.kept();
+    // Merging an exit into a session open at the gates: the gate actor, which owns the open
+    // sessions, runs the correction, so that no read ends that session meanwhile.
+    if let Correction::Merge { with_session } = correction {
+        let entry_session = crate::store::sessions::session(&state.db, with_session).await?;
+        if entry_session.is_some_and(|e| {
+            e.status == SessionStatus::Open.as_str() && e.lot_id == lot.id.as_str()
+        }) {
+            let (outcome, resolved) = tokio::sync::oneshot::channel();
+            let work = {
+                let (db, lot, entry) = (state.db.clone(), lot.clone(), entry.clone());
+                crate::gate::Correction(Box::pin(async move {
+                    let result = review::resolve(&db, id, &lot, &correction, &entry).await;
+                    let committed = result.is_ok();
+                    let _ = outcome.send(result);
+                    committed
+                }))
+            };
+            let (reply, taken) = tokio::sync::oneshot::channel();
+            state
+                .gates
+                .send(GateMessage::EndOpen {
+                    lot: lot.id.clone(),
+                    session: with_session,
+                    work,
+                    reply,
+                })
+                .await;
+            if !taken.await.map_err(|_| ApiError::Unavailable)? {
+                return Err(ApiError::conflict(
+                    "session_not_open",
+                    "with_session is no longer open at the gates: it ended, or its car is held at an exit for payment",
+                ));
+            }
+            resolved.await.map_err(|_| ApiError::Unavailable)??;
+            return Ok(Json(entry));
+        }
     }
+    review::resolve(&state.db, id, lot, &correction, &entry).await?;
     Ok(Json(entry))
 }

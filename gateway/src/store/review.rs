@@ -1,61 +1,23 @@
 //! Resolving review cases (SPEC §3: corrections leave an audit trail, sessions are never deleted).
-//! A case's session is in review: never priced, never charged, so a correction moves no money
-//! until it closes a stay, priced like any other and queued for its one charge in the same
-//! commit. A closed (billed) session is corrected by a refund instead.
-//!
-//! - accept: the case stands as recorded (a stay in review that ended is priced as it is);
-//! - void: the stay did not happen;
-//! - edit plate: the stay was read wrong (or not at all: an on-street stay without a plate
-//!   becomes a session): it is the corrected plate's, priced;
-//! - merge: the case's session is the other end of another session's stay (a misread exit and
-//!   its entry): the entry's session takes the exit and is priced, the case's is voided;
-//! - split: one recorded stay was two, cut at a given instant: both are priced.
+//! What a correction writes is decided by `parkflow_session::correction::plan`, a pure function;
+//! this module reads what it needs, prices the stays it closes with the lot's tariffs, and writes
+//! the plan through the session repository with the case's resolution and its audit entry, in
+//! one transaction. A closed (billed) session is corrected by a refund instead.
 
 use chrono::{DateTime, Utc};
 use parkflow_billing::Stay;
-use parkflow_protocol::{Plate, PlateColor};
-use uuid::Uuid;
-
 use parkflow_db::{Tx, query};
-pub use parkflow_session::Resolution;
+use parkflow_protocol::PlateColor;
+use parkflow_session::correction::{self, BayStay, Case, Closing, CorrectionError};
 use parkflow_session::repo::{self, CorrectedStay, StayForReview};
+pub use parkflow_session::{Correction, Resolution};
+use uuid::Uuid;
 
 use super::audit::{self, AuditEntry};
 use super::sessions::{SESSION_COLUMNS, SessionView};
 use super::{Db, StoreError, db_time};
 use crate::registry::Lot;
 use crate::session::{ReviewKind, SessionStatus};
-
-/// What a correction needs besides the case.
-#[derive(Debug, Clone)]
-pub enum Correction {
-    Accept,
-    VoidSession,
-    EditPlate {
-        plate: Plate,
-        plate_color: Option<PlateColor>,
-    },
-    Merge {
-        with_session: Uuid,
-    },
-    Split {
-        at: DateTime<Utc>,
-        /// The id the second stay gets.
-        second: Uuid,
-    },
-}
-
-impl Correction {
-    pub fn resolution(&self) -> Resolution {
-        match self {
-            Self::Accept => Resolution::Accept,
-            Self::VoidSession => Resolution::VoidSession,
-            Self::EditPlate { .. } => Resolution::EditPlate,
-            Self::Merge { .. } => Resolution::Merge,
-            Self::Split { .. } => Resolution::Split,
-        }
-    }
-}
 
 /// Why a case could not be resolved so.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +42,17 @@ pub enum ResolveError {
     Store(#[from] StoreError),
 }
 
+impl From<CorrectionError> for ResolveError {
+    fn from(error: CorrectionError) -> Self {
+        match error {
+            CorrectionError::SessionNotInReview => Self::SessionNotInReview,
+            CorrectionError::NoExit => Self::NoExit,
+            CorrectionError::NotMergeable => Self::NotMergeable,
+            CorrectionError::OutsideStay => Self::OutsideStay,
+        }
+    }
+}
+
 /// A case's lot and session, if it is unresolved.
 pub async fn case(db: &Db, id: Uuid) -> Result<Option<(String, Option<Uuid>, bool)>, StoreError> {
     let row: Option<(String, Option<Uuid>, Option<DateTime<Utc>>)> =
@@ -88,40 +61,6 @@ pub async fn case(db: &Db, id: Uuid) -> Result<Option<(String, Option<Uuid>, boo
             .fetch_optional(db)
             .await?;
     Ok(row.map(|(lot, session, resolved)| (lot, session, resolved.is_some())))
-}
-
-/// A stay a correction closes and prices.
-struct Closing {
-    session: Uuid,
-    plate: String,
-    colour: Option<String>,
-    entered_at: DateTime<Utc>,
-    exited_at: DateTime<Utc>,
-    exit_gate: Option<String>,
-    exit_event: Option<String>,
-    /// The session recorded a pass at its entry.
-    pass_at_entry: bool,
-}
-
-impl Closing {
-    /// `stay` as recorded, for `plate` in `colour`, ending at `exited_at`.
-    fn whole(
-        stay: &SessionView,
-        plate: String,
-        colour: Option<String>,
-        exited_at: DateTime<Utc>,
-    ) -> Self {
-        Self {
-            session: stay.id,
-            plate,
-            colour,
-            entered_at: stay.entered_at,
-            exited_at,
-            exit_gate: stay.exit_gate.clone(),
-            exit_event: stay.exit_event_id.clone(),
-            pass_at_entry: stay.pass_holder,
-        }
-    }
 }
 
 /// A review case as a correction reads it.
@@ -165,179 +104,126 @@ pub async fn resolve(
     entry: &AuditEntry,
 ) -> Result<(), ResolveError> {
     let now = db_time(entry.at);
-    let resolution = correction.resolution();
     let mut tx = db.begin_write().await?;
-    if !repo::resolve_case(&mut tx, id, resolution, now).await? {
+    if !repo::resolve_case(&mut tx, id, correction.resolution(), now).await? {
         return Err(ResolveError::Resolved);
     }
-    let case: CaseRow = query(
-        "SELECT kind, session_id, gate_id, event_id, created_at FROM review_items WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_one(&mut tx)
-    .await?;
-    let kind = ReviewKind::parse(&case.kind)
-        .ok_or_else(|| StoreError::Corrupt(format!("kind of review case {id}")))?;
-    let mut stay = match case.session_id {
-        Some(session) => self::stay(&mut tx, session).await?,
-        None => None,
+    let case = read_case(&mut tx, id, lot).await?;
+    let other = match correction {
+        Correction::Merge { with_session } => stay(&mut tx, *with_session).await?,
+        _ => None,
     };
-    let lot_id = lot.id.as_str();
-    // An on-street stay that ended without a plate has no session yet: the plate an operator
-    // reads from the camera's images makes it one (in review until priced below).
-    if let (None, ReviewKind::NoPlate, Correction::EditPlate { plate, plate_color }) =
-        (&stay, kind, correction)
-    {
-        let bay: Option<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = query(
-            "SELECT bay_id, started_at, ended_at FROM bay_sessions WHERE id = $1 AND lot_id = $2",
-        )
-        .bind(id)
-        .bind(lot_id)
-        .fetch_optional(&mut tx)
-        .await?;
-        let (bay, started_at, ended_at) = bay.ok_or(ResolveError::SessionNotInReview)?;
-        let ended_at = ended_at.ok_or(ResolveError::NoExit)?;
+    let plan = correction::plan(&case, other.as_ref(), correction)?;
+    for new in &plan.insert {
         let new = StayForReview {
-            id,
-            lot: lot_id,
-            plate: plate.as_str(),
-            plate_color: plate_color.map(PlateColor::as_str),
-            pass_holder: false,
-            entered_at: started_at,
-            exited_at: Some(ended_at),
-            bay: Some(&bay),
+            id: new.id,
+            lot: &case.lot,
+            plate: &new.plate,
+            plate_color: new.plate_color.as_deref(),
+            pass_holder: new.pass_holder,
+            entered_at: new.entered_at,
+            exited_at: new.exited_at,
+            bay: new.bay.as_deref(),
         };
         repo::insert_for_review(&mut tx, &new, now).await?;
-        stay = self::stay(&mut tx, id).await?;
     }
-    let in_review = |stay: Option<SessionView>| {
-        stay.filter(|s| SessionStatus::parse(&s.status) == Some(SessionStatus::Review))
-            .ok_or(ResolveError::SessionNotInReview)
-    };
-    let mut closings: Vec<Closing> = Vec::new();
-    let mut voided = None;
-    match correction {
-        Correction::Accept => {
-            // The stay stands as recorded: one in review that ended (a doubtful exit match,
-            // say) is priced and billed as it is; anything else only leaves the queue.
-            if let Some(stay) =
-                stay.filter(|s| SessionStatus::parse(&s.status) == Some(SessionStatus::Review))
-                && let Some(exited_at) = stay.exited_at
-            {
-                let (plate, colour) = (stay.plate.clone(), stay.plate_color.clone());
-                closings.push(Closing::whole(&stay, plate, colour, exited_at));
-            }
-        }
-        Correction::VoidSession => voided = Some(in_review(stay)?.id),
-        Correction::EditPlate { plate, plate_color } => {
-            let stay = in_review(stay)?;
-            let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
-            let colour = plate_color
-                .map(|c| c.as_str().to_owned())
-                .or(stay.plate_color.clone());
-            let mut closing = Closing::whole(&stay, plate.as_str().to_owned(), colour, exited_at);
-            // A pass recorded at entry was the misread plate's, not this one's.
-            closing.pass_at_entry = closing.pass_at_entry && stay.plate == plate.as_str();
-            closings.push(closing);
-        }
-        Correction::Merge { with_session } => {
-            // The exit: the case's session's (in review), or, for an exit without an entry,
-            // the case's own read.
-            let (exited_at, exit_gate, exit_event, colour, exit_session) = match stay {
-                Some(stay) => {
-                    let stay = in_review(Some(stay))?;
-                    let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
-                    let colour = stay.plate_color;
-                    (
-                        exited_at,
-                        stay.exit_gate,
-                        stay.exit_event_id,
-                        colour,
-                        Some(stay.id),
-                    )
-                }
-                None => {
-                    let (Some(gate), Some(event)) = (case.gate_id, case.event_id) else {
-                        return Err(ResolveError::NoExit);
-                    };
-                    let observed: Option<(DateTime<Utc>,)> = query(
-                        "SELECT observed_at FROM gate_reads
-                         WHERE lot_id = $1 AND gate_id = $2 AND event_id = $3",
-                    )
-                    .bind(lot_id)
-                    .bind(&gate)
-                    .bind(&event)
-                    .fetch_optional(&mut tx)
-                    .await?;
-                    let exited_at = observed.map_or(case.created_at, |(at,)| at);
-                    (exited_at, Some(gate), Some(event), None, None)
-                }
-            };
-            let entry = self::stay(&mut tx, *with_session)
-                .await?
-                .filter(|e| {
-                    Some(e.id) != exit_session
-                        && e.lot_id == lot_id
-                        && SessionStatus::parse(&e.status)
-                            .is_some_and(SessionStatus::is_correctable)
-                        && e.entered_at <= exited_at
-                })
-                .ok_or(ResolveError::NotMergeable)?;
-            let colour = entry.plate_color.clone().or(colour);
-            let mut closing = Closing::whole(&entry, entry.plate.clone(), colour, exited_at);
-            (closing.exit_gate, closing.exit_event) = (exit_gate, exit_event);
-            closings.push(closing);
-            voided = exit_session;
-            // The entry's own unresolved cases (a missed exit, say) are settled by the merge.
-            repo::resolve_cases_of(&mut tx, entry.id, resolution, now).await?;
-        }
-        Correction::Split { at, second } => {
-            let stay = in_review(stay)?;
-            let exited_at = stay.exited_at.ok_or(ResolveError::NoExit)?;
-            let at = db_time(*at);
-            if !(stay.entered_at < at && at < exited_at) {
-                return Err(ResolveError::OutsideStay);
-            }
-            let new = StayForReview {
-                id: *second,
-                lot: &stay.lot_id,
-                plate: &stay.plate,
-                plate_color: stay.plate_color.as_deref(),
-                pass_holder: stay.pass_holder,
-                entered_at: at,
-                exited_at: None,
-                bay: stay.bay_id.as_deref(),
-            };
-            repo::insert_for_review(&mut tx, &new, now).await?;
-            let (plate, colour) = (stay.plate.clone(), stay.plate_color.clone());
-            let mut first = Closing::whole(&stay, plate.clone(), colour.clone(), at);
-            (first.exit_gate, first.exit_event) = (None, None);
-            let mut then = Closing::whole(&stay, plate, colour, exited_at);
-            (then.session, then.entered_at) = (*second, at);
-            closings.extend([first, then]);
-        }
+    if let Some(session) = plan.settle_cases_of {
+        repo::resolve_cases_of(&mut tx, session, correction.resolution(), now).await?;
     }
-    if let Some(voided) = voided
+    if let Some(voided) = plan.void
         && !repo::void(&mut tx, voided, now).await?
     {
         return Err(ResolveError::SessionNotInReview);
     }
-    for closing in closings {
-        close(&mut tx, lot, &closing, now).await?;
+    for closing in &plan.close {
+        close(&mut tx, lot, closing, now).await?;
     }
     audit::insert(&mut tx, entry).await?;
     tx.commit().await?;
     Ok(())
 }
 
+/// The case as the plan needs it: its session, or the bay's stay of an on-street case without
+/// one, or the read of an exit without an entry.
+async fn read_case(tx: &mut Tx, id: Uuid, lot: &Lot) -> Result<Case, ResolveError> {
+    let row: CaseRow = query(
+        "SELECT kind, session_id, gate_id, event_id, created_at FROM review_items WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let kind = ReviewKind::parse(&row.kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("kind of review case {id}")))?;
+    let stay = match row.session_id {
+        Some(session) => self::stay(tx, session).await?,
+        None => None,
+    };
+    let bay_stay = if stay.is_none() && kind == ReviewKind::NoPlate {
+        let bay: Option<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = query(
+            "SELECT bay_id, started_at, ended_at FROM bay_sessions WHERE id = $1 AND lot_id = $2",
+        )
+        .bind(id)
+        .bind(lot.id.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        bay.map(|(bay, started_at, ended_at)| BayStay {
+            bay,
+            started_at,
+            ended_at,
+        })
+    } else {
+        None
+    };
+    let exit_read = match (row.gate_id, row.event_id) {
+        (Some(gate), Some(event)) if stay.is_none() => {
+            let observed: Option<(DateTime<Utc>,)> = query(
+                "SELECT observed_at FROM gate_reads
+                 WHERE lot_id = $1 AND gate_id = $2 AND event_id = $3",
+            )
+            .bind(lot.id.as_str())
+            .bind(&gate)
+            .bind(&event)
+            .fetch_optional(&mut *tx)
+            .await?;
+            Some((gate, event, observed.map_or(row.created_at, |(at,)| at)))
+        }
+        _ => None,
+    };
+    Ok(Case {
+        id,
+        lot: lot.id.as_str().to_owned(),
+        stay,
+        bay_stay,
+        exit_read,
+    })
+}
+
 /// A session as corrections read it.
-async fn stay(tx: &mut Tx, session: Uuid) -> Result<Option<SessionView>, StoreError> {
-    query(format!(
+async fn stay(tx: &mut Tx, session: Uuid) -> Result<Option<correction::Stay>, StoreError> {
+    let view: Option<SessionView> = query(format!(
         "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
     ))
     .bind(session)
     .fetch_optional(tx)
-    .await
+    .await?;
+    view.map(|s| {
+        let status = SessionStatus::parse(&s.status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status of session {}", s.id)))?;
+        Ok(correction::Stay {
+            id: s.id,
+            lot: s.lot_id,
+            plate: s.plate,
+            plate_color: s.plate_color,
+            status,
+            pass_holder: s.pass_holder,
+            entered_at: s.entered_at,
+            exited_at: s.exited_at,
+            exit_gate: s.exit_gate,
+            exit_event: s.exit_event_id,
+            bay: s.bay_id,
+        })
+    })
+    .transpose()
 }
 
 /// Prices a stay a correction closes and closes it (queued for its one charge).
@@ -373,14 +259,14 @@ async fn close(
         &Stay {
             entered_at: closing.entered_at,
             exited_at: closing.exited_at,
-            plate_color: closing.colour.as_deref().and_then(PlateColor::parse),
+            plate_color: closing.plate_color.as_deref().and_then(PlateColor::parse),
             pass_holder,
         },
     )?;
     let corrected = CorrectedStay {
         session: closing.session,
         plate: &closing.plate,
-        plate_color: closing.colour.as_deref(),
+        plate_color: closing.plate_color.as_deref(),
         pass_holder,
         exited_at: closing.exited_at,
         exit_gate: closing.exit_gate.as_deref(),
