@@ -85,8 +85,9 @@ pub enum Done {
         read: Box<GateRead>,
         stored: Option<Box<sessions::StoredDecision>>,
     },
-    /// A session a correction gave back is still open in the database.
-    StillOpen(OpenSession),
+    /// A session a correction gave back is still open in the database; the sender is dropped
+    /// once it is back among the open ones.
+    StillOpen(OpenSession, tokio::sync::oneshot::Sender<()>),
 }
 
 /// The facts decisions depend on (drivers, passes, blocks), as read from the database by
@@ -242,7 +243,8 @@ impl GateActor {
                     session,
                     work,
                     reply,
-                } => self.end_open(&lot, session, work, reply),
+                    settled,
+                } => self.end_open(&lot, session, work, reply, settled),
                 GateMessage::Facts(facts) => self.facts(*facts),
                 GateMessage::Done(done) => self.done(done).await,
             }
@@ -409,7 +411,7 @@ impl GateActor {
                     self.publish(&registry, lot, &read, &stored.command);
                 }
             }
-            Done::StillOpen(session) => {
+            Done::StillOpen(session, _settled) => {
                 let lot = session.lot.clone();
                 self.state
                     .lots
@@ -551,6 +553,7 @@ impl GateActor {
         session: Uuid,
         work: super::Correction,
         reply: tokio::sync::oneshot::Sender<bool>,
+        settled: tokio::sync::oneshot::Sender<()>,
     ) {
         let Some(taken) = self.take_open(lot, session) else {
             let _ = reply.send(false);
@@ -567,10 +570,10 @@ impl GateActor {
             match sessions::session(&db, taken.id).await {
                 Ok(Some(stored)) if stored.status != SessionStatus::Open.as_str() => None,
                 Ok(None) => None,
-                Ok(Some(_)) => Some(Done::StillOpen(taken)),
+                Ok(Some(_)) => Some(Done::StillOpen(taken, settled)),
                 Err(error) => {
                     tracing::warn!(error = %error, session = %taken.id, "failed to check a session a correction gave back; restoring it");
-                    Some(Done::StillOpen(taken))
+                    Some(Done::StillOpen(taken, settled))
                 }
             }
         });

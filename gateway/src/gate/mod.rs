@@ -90,12 +90,15 @@ pub enum GateMessage {
     /// on a task, and puts the session back unless the work committed, so it never waits for
     /// the database and a request given up half-way changes nothing. Answers `false` at once
     /// when the session is not open at the gates (a read ended it, or its car is held at an exit
-    /// for payment); the work's own outcome goes wherever `work` sends it.
+    /// for payment); the work's own outcome goes wherever `work` sends it. `settled` is dropped
+    /// once the session is either out for good or back among the open ones, so that whoever
+    /// answers the operator does so only when the gates see the outcome.
     EndOpen {
         lot: LotId,
         session: Uuid,
         work: Correction,
         reply: tokio::sync::oneshot::Sender<bool>,
+        settled: tokio::sync::oneshot::Sender<()>,
     },
     /// Answers from work the actor handed to a task, so that it never waits for the database
     /// itself (one slow query would stall every barrier in the city).

@@ -302,6 +302,7 @@ pub async fn resolve(
                 }))
             };
             let (reply, taken) = tokio::sync::oneshot::channel();
+            let (settled, gates_settled) = tokio::sync::oneshot::channel();
             state
                 .gates
                 .send(GateMessage::EndOpen {
@@ -309,6 +310,7 @@ pub async fn resolve(
                     session: with_session,
                     work,
                     reply,
+                    settled,
                 })
                 .await;
             if !taken.await.map_err(|_| ApiError::Unavailable)? {
@@ -317,7 +319,10 @@ pub async fn resolve(
                     "with_session is no longer open at the gates: it ended, or its car is held at an exit for payment",
                 ));
             }
-            resolved.await.map_err(|_| ApiError::Unavailable)??;
+            let resolved = resolved.await.map_err(|_| ApiError::Unavailable)?;
+            // The gates see the outcome (a session given back is open again) before the answer.
+            let _ = gates_settled.await;
+            resolved?;
             return Ok(Json(entry));
         }
     }
