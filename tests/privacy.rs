@@ -5,17 +5,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+// The platform tests' support; this binary uses a part of it.
+#[allow(dead_code, unused_imports, unused_macros)]
+#[path = "platform/support/mod.rs"]
+mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
 use parkflow_gateway::privacy::{PSEUDONYM_PREFIX, PlateKey, pseudonymise};
 use parkflow_protocol::{Direction, GateAction};
 use serde_json::{Value, json};
+use support::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
 
 /// Every log line, kept for the test to read.
 #[derive(Clone, Default)]

@@ -1,20 +1,16 @@
 //! Leave first, pay later, on SQLite and PostgreSQL: exactly-once charging through provider faults
 //! and worker crashes, settlement that re-runs to the same figures, and the audit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::support::{Broker, Database, Setup, TestDatabase};
 use chrono::{DateTime, Utc};
-use common::{Broker, Database, Setup, TestDatabase};
 use parkflow::demo::demo_tariff;
 use parkflow_billing::charging::{ChargingConfig, ChargingWorker, idempotency_key};
 use parkflow_billing::provider::{FaultConfig, SimulatedProvider};
 use parkflow_billing::{Stay, audit, settlement};
-use parkflow_db::{Db, on_db};
+use parkflow_db::{Db, query};
 use parkflow_gateway::registry::LotKind;
 use parkflow_gateway::store::provision::{DriverPlan, LotPlan, OperatorPlan, Plan, provision};
 use parkflow_protocol::{DeviceAuth, LotId, Plate, PlateColor};
@@ -89,13 +85,13 @@ async fn fixture(db: &Db) -> Fixture {
         } else {
             format!("acct-{i}")
         };
-        on_db!(db, pool => sqlx::query("UPDATE drivers SET payment_account = $1 WHERE id = (SELECT driver_id FROM driver_plates WHERE plate = $2)")
+        query("UPDATE drivers SET payment_account = $1 WHERE id = (SELECT driver_id FROM driver_plates WHERE plate = $2)")
             .bind(account)
             .bind(plate.as_str())
-            .execute(pool)
+            .execute(db)
             .await
             .map(drop)
-            .unwrap());
+            .unwrap();
     }
     let base: DateTime<Utc> = Utc::now() - chrono::Duration::days(3);
     for i in 0..SESSIONS {
@@ -111,7 +107,7 @@ async fn fixture(db: &Db) -> Fixture {
         };
         let id = Uuid::now_v7();
         let fee = tariff.fee(&stay).unwrap().to_minor().unwrap();
-        on_db!(db, pool => sqlx::query(
+        query(
             "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at, tariff_from,
                  fee_minor, currency, updated_at)
              VALUES ($1, $2, $3, 'blue', 'closed', $4, $5, $6, $7, $8, 'CNY', $6)",
@@ -124,24 +120,25 @@ async fn fixture(db: &Db) -> Fixture {
         .bind(parkflow_db::db_time(exited_at))
         .bind(parkflow_db::db_time(tariff.effective_from()))
         .bind(fee)
-        .execute(pool)
+        .execute(db)
         .await
         .map(drop)
-        .unwrap());
+        .unwrap();
         // As the gateway does when it closes a session: the session waits for its charge.
-        on_db!(db, pool => sqlx::query("INSERT INTO charge_queue (session_id, queued_at) VALUES ($1, $2)")
+        query("INSERT INTO charge_queue (session_id, queued_at) VALUES ($1, $2)")
             .bind(id)
             .bind(parkflow_db::db_time(exited_at))
-            .execute(pool)
+            .execute(db)
             .await
             .map(drop)
-            .unwrap());
+            .unwrap();
     }
     Fixture { plates, lots }
 }
 
 async fn count(db: &Db, sql: &str) -> i64 {
-    on_db!(db, pool => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap())
+    let (n,): (i64,) = query(sql).fetch_one(db).await.unwrap();
+    n
 }
 
 async fn charging_is_exactly_once_through_faults_and_crashes(database: Database) {
@@ -191,12 +188,12 @@ async fn charging_is_exactly_once_through_faults_and_crashes(database: Database)
                             idle_steps = if report.is_idle() { idle_steps + 1 } else { 0 };
                         }
                     }
-                    let unsettled: i64 = on_db!(&db, pool => sqlx::query_scalar(
+                    let (unsettled,): (i64,) = query(
                         "SELECT COUNT(*) FROM charges WHERE status IN ('pending', 'unknown')"
-                    ).fetch_one(pool).await.unwrap());
-                    let uncharged: i64 = on_db!(&db, pool => sqlx::query_scalar(
+                    ).fetch_one(&db).await.unwrap();
+                    let (uncharged,): (i64,) = query(
                         "SELECT COUNT(*) FROM sessions s WHERE s.status = 'closed' AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.session_id = s.id)"
-                    ).fetch_one(pool).await.unwrap());
+                    ).fetch_one(&db).await.unwrap();
                     if unsettled == 0 && uncharged == 0 && idle_steps > 0 {
                         return restarts;
                     }
@@ -220,11 +217,14 @@ async fn charging_is_exactly_once_through_faults_and_crashes(database: Database)
         SESSIONS as i64
     );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM (SELECT session_id FROM charges GROUP BY session_id HAVING COUNT(*) > 1) d").await, 0);
-    let sessions: Vec<Uuid> = on_db!(&db, pool => sqlx::query_scalar("SELECT id FROM sessions").fetch_all(pool).await.unwrap());
+    let sessions: Vec<(Uuid,)> = query("SELECT id FROM sessions")
+        .fetch_all(&db)
+        .await
+        .unwrap();
     assert!(
         sessions
             .iter()
-            .all(|s| provider.times_charged(&idempotency_key(*s)) <= 1),
+            .all(|(s,)| provider.times_charged(&idempotency_key(*s)) <= 1),
         "a session was charged twice"
     );
     let succeeded = count(
@@ -304,9 +304,9 @@ async fn refunds_never_exceed_what_was_collected(database: Database) {
             .await
             .unwrap();
     while !worker.step(Utc::now()).await.unwrap().is_idle() {}
-    let (charge, amount): (Uuid, i64) = on_db!(&db, pool => sqlx::query_as(
+    let (charge, amount): (Uuid, i64) = query(
         "SELECT id, amount_minor FROM charges WHERE status = 'succeeded' AND amount_minor > 100 ORDER BY id LIMIT 1"
-    ).fetch_one(pool).await.unwrap());
+    ).fetch_one(&db).await.unwrap();
     let refund = |minor: i64, key: &'static str| {
         let db = db.clone();
         let provider = provider.clone();
@@ -333,27 +333,37 @@ async fn refunds_never_exceed_what_was_collected(database: Database) {
     refund(amount - 100, "r3").await.unwrap();
     assert!(refund(1, "r4").await.is_err());
     // A key belongs to its charge: "r1" sent for another charge is that charge's own refund.
-    let (other,): (Uuid,) = on_db!(&db, pool => sqlx::query_as(
+    let (other,): (Uuid,) = query(
         "SELECT id FROM charges WHERE status = 'succeeded' AND amount_minor > 100 AND id <> $1 ORDER BY id LIMIT 1"
-    ).bind(charge).fetch_one(pool).await.unwrap());
+    ).bind(charge).fetch_one(&db).await.unwrap();
     let elsewhere =
         parkflow_billing::refunds::refund(&db, &provider, other, 50, "test", "r1", Utc::now())
             .await
             .unwrap();
     assert_eq!(elsewhere.amount_minor, 50);
-    let refunded_there: (i64,) = on_db!(&db, pool => sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM refunds WHERE charge_id = $1"
-    ).bind(other).fetch_one(pool).await.unwrap());
+    let refunded_there: (i64,) = query(
+        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM refunds WHERE charge_id = $1",
+    )
+    .bind(other)
+    .fetch_one(&db)
+    .await
+    .unwrap();
     assert_eq!(refunded_there.0, 50);
     // The money went back through the provider, exactly what was collected.
-    let (session,): (Uuid,) = on_db!(&db, pool => sqlx::query_as("SELECT session_id FROM charges WHERE id = $1").bind(charge).fetch_one(pool).await.unwrap());
+    let (session,): (Uuid,) = query("SELECT session_id FROM charges WHERE id = $1")
+        .bind(charge)
+        .fetch_one(&db)
+        .await
+        .unwrap();
     assert_eq!(provider.refunded(&idempotency_key(session)), amount);
     assert_eq!(audit::audit(&db).await.unwrap().violations, Vec::new());
     // The ledger refuses to be rewritten.
-    let rewrite = on_db!(&db, pool => sqlx::query("UPDATE ledger SET amount_minor = 0").execute(pool).await.map(drop));
+    let rewrite = query("UPDATE ledger SET amount_minor = 0")
+        .execute(&db)
+        .await
+        .map(drop);
     assert!(rewrite.is_err(), "ledger rows must never be updated");
-    let erase =
-        on_db!(&db, pool => sqlx::query("DELETE FROM ledger").execute(pool).await.map(drop));
+    let erase = query("DELETE FROM ledger").execute(&db).await.map(drop);
     assert!(erase.is_err(), "ledger rows must never be deleted");
     db.close().await;
     test_db.drop_database().await;
@@ -431,7 +441,11 @@ async fn write_offs_balance_and_the_audit_names_broken_rows(database: Database) 
     );
 
     // A written-off invoice: bad debt, no longer outstanding, the books still balanced.
-    let invoice: Uuid = on_db!(&db, pool => sqlx::query_scalar("SELECT id FROM invoices WHERE status = 'open' ORDER BY id LIMIT 1").fetch_one(pool).await.unwrap());
+    let (invoice,): (Uuid,) =
+        query("SELECT id FROM invoices WHERE status = 'open' ORDER BY id LIMIT 1")
+            .fetch_one(&db)
+            .await
+            .unwrap();
     parkflow_billing::arrears::write_off(&db, invoice, Utc::now())
         .await
         .unwrap();
@@ -455,21 +469,24 @@ async fn write_offs_balance_and_the_audit_names_broken_rows(database: Database) 
 
     // Plant two faults: a closed session nobody charged, and a journal entry that does not balance.
     let uncharged = Uuid::now_v7();
-    let (lot, plate): (String, String) = on_db!(&db, pool => sqlx::query_as("SELECT lot_id, plate FROM sessions LIMIT 1").fetch_one(pool).await.unwrap());
+    let (lot, plate): (String, String) = query("SELECT lot_id, plate FROM sessions LIMIT 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
     let at = parkflow_db::db_time(Utc::now() - chrono::Duration::hours(1));
-    on_db!(&db, pool => sqlx::query(
+    query(
         "INSERT INTO sessions (id, lot_id, plate, status, pass_holder, entered_at, exited_at, fee_minor, currency, updated_at)
          VALUES ($1, $2, $3, 'closed', $4, $5, $5, 300, 'CNY', $5)",
     )
     .bind(uncharged).bind(&lot).bind(&plate).bind(false).bind(at)
-    .execute(pool).await.map(drop).unwrap());
+    .execute(&db).await.map(drop).unwrap();
     let unbalanced = Uuid::now_v7();
-    on_db!(&db, pool => sqlx::query(
+    query(
         "INSERT INTO ledger (entry_id, line, kind, reference, account, amount_minor, currency, created_at)
          VALUES ($1, 0, 'fee', $2, 'receivable:drivers', 100, 'CNY', $3)",
     )
     .bind(unbalanced).bind(Uuid::now_v7()).bind(at)
-    .execute(pool).await.map(drop).unwrap());
+    .execute(&db).await.map(drop).unwrap();
     let report = audit::audit(&db).await.unwrap();
     let named = |rule: &str, id: Uuid| {
         report

@@ -3,11 +3,7 @@
 //! the lot works at once: cars enter and leave, the blocked plate is held, the pass holder parks
 //! free. Another operator sees none of it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{Broker, Database, Setup, TestDevice, TestPlatform, World};
+use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World};
 use parkflow_gateway::store::provision::OperatorPlan;
 use parkflow_protocol::{DeviceId, Direction, EventId, GateAction, GateId, GateReason, LotId};
 use reqwest::{Method, StatusCode};
@@ -374,7 +370,7 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
         (&json!("Renamed lot"), &json!(7))
     );
     assert_eq!(changed["time_zone"], "Asia/Shanghai");
-    common::eventually(
+    crate::support::eventually(
         std::time::Duration::from_secs(10),
         "the new capacity published",
         || async {
@@ -474,7 +470,7 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     entry.decide(&earlier).await;
     let read = exit.read("浙J99999", Direction::Exit);
     assert_eq!(exit.decide(&read).await.reason, GateReason::ReviewLater);
-    let queue = common::eventually(
+    let queue = crate::support::eventually(
         std::time::Duration::from_secs(10),
         "two review cases",
         || {

@@ -2,14 +2,10 @@
 //! availability, stays and review cases through the HTTP API, as a navigation app and an
 //! operator would. Runs on SQLite and PostgreSQL with the embedded broker, and with Mosquitto.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
+use crate::support::{Broker, Database, Setup, TestPlatform, World, eventually};
 use chrono::{DateTime, Utc};
-use common::{Broker, Database, Setup, TestPlatform, World, eventually};
 use parkflow_gateway::registry::{DeviceKind, LotKind};
 use parkflow_gateway::store::provision::{DevicePlan, LotPlan, PassPlan};
 use parkflow_protocol::sign::{plain, seal};
@@ -598,7 +594,7 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
     // session, priced like any other (fee = quote).
     let (status, audited) = platform
         .call(
-            Some(common::ADMIN_KEY),
+            Some(crate::support::ADMIN_KEY),
             reqwest::Method::POST,
             &format!("/v1/review/{}/resolve", review["id"].as_str().unwrap()),
             Some(&serde_json::json!({"action": "edit_plate", "plate": "浙N13579", "plate_color": "blue",
@@ -753,9 +749,11 @@ fn urlencode(value: &Value) -> String {
 async fn gated_lots_count_entries_and_exits_and_take_an_operators_recount(setup: Setup) {
     let (world, _zone, platform, _publisher) = start(setup).await;
     let mut entry =
-        common::TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+        crate::support::TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry)
+            .await;
     let mut exit =
-        common::TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+        crate::support::TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit)
+            .await;
     assert_eq!(
         counts(&availability(&platform, &world.lot).await),
         (10, 10, 0, 0)
@@ -767,7 +765,7 @@ async fn gated_lots_count_entries_and_exits_and_take_an_operators_recount(setup:
 
     let recount = reqwest::Client::new()
         .post(platform.url(&format!("/v1/lots/{}/recount", world.lot)))
-        .bearer_auth(common::ADMIN_KEY)
+        .bearer_auth(crate::support::ADMIN_KEY)
         .json(&serde_json::json!({ "occupied": 7 }))
         .send()
         .await
@@ -786,7 +784,7 @@ async fn gated_lots_count_entries_and_exits_and_take_an_operators_recount(setup:
 
     let too_many = reqwest::Client::new()
         .post(platform.url(&format!("/v1/lots/{}/recount", world.lot)))
-        .bearer_auth(common::ADMIN_KEY)
+        .bearer_auth(crate::support::ADMIN_KEY)
         .json(&serde_json::json!({ "occupied": 11 }))
         .send()
         .await

@@ -2,14 +2,10 @@
 //! past the window they are suspended and their next exit is held; paying the invoice lets the
 //! held car out at once.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
+use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
 use chrono::Utc;
-use common::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
 use parkflow_protocol::{Direction, GateAction, GateReason};
 use serde_json::{Value, json};
 

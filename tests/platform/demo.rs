@@ -1,15 +1,11 @@
 //! The README's first command: `parkflow run --demo` brings up a demo city whose simulated traffic
 //! opens and closes priced sessions within a minute, visible in `/metrics`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, free_addr};
+use crate::support::{eventually, free_addr};
 
 /// Kills the demo when the test ends, however it ends.
 struct Child(std::process::Child);

@@ -3,14 +3,10 @@
 //! runs on SQLite with the embedded broker, on PostgreSQL, and with Mosquitto as an external
 //! broker (`device_auth = broker`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
+use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
 use chrono::Utc;
-use common::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
 use parkflow_protocol::{DeviceAuth, Direction, GateAction, GateReason};
 use rust_decimal::Decimal;
 

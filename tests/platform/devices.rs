@@ -2,13 +2,11 @@
 //! gets its credentials once; the camera works; rotating its credentials shuts the old ones out at
 //! once (login and signatures); revoking it shuts it out; another operator cannot touch it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
+use crate::support::{
+    ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World, eventually,
+};
 use parkflow_gateway::registry::GateDirection;
 use parkflow_gateway::store::provision::OperatorPlan;
 use parkflow_protocol::{DeviceId, Direction, GateAction, GateId};

@@ -1,15 +1,11 @@
 //! The gateway's store writer on SQLite and PostgreSQL: a group of batches is applied as
 //! multi-row statements with the effect of applying them in order.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
+use crate::support::{Setup, TestDatabase, World};
 use chrono::{DateTime, Duration, Utc};
-use common::{Setup, TestDatabase, World};
 use parkflow::bench::persist::visits;
 use parkflow::demo::demo_tariff;
-use parkflow_db::{Db, on_db};
+use parkflow_db::{Db, query};
 use parkflow_gateway::session::{OpenSession, ReviewItem, ReviewKind, SessionEnd, SessionStatus};
 use parkflow_gateway::store::provision::provision;
 use parkflow_gateway::store::writer::{Write, apply};
@@ -17,7 +13,8 @@ use parkflow_protocol::{LotId, Plate};
 use uuid::Uuid;
 
 async fn count(db: &Db, sql: &str) -> i64 {
-    on_db!(db, pool => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap())
+    let (n,): (i64,) = query(sql).fetch_one(db).await.unwrap();
+    n
 }
 
 /// A fresh database holding the test world's lot.
@@ -101,21 +98,27 @@ async fn a_group_applies_as_if_in_order(setup: Setup) {
     let stored = |id: Uuid| {
         let db = db.clone();
         async move {
-            on_db!(&db, pool => sqlx::query_as::<_, (String, Option<i64>)>("SELECT status, fee_minor FROM sessions WHERE id = $1")
+            query("SELECT status, fee_minor FROM sessions WHERE id = $1")
                 .bind(id)
-                .fetch_one(pool)
+                .fetch_one::<(String, Option<i64>)>(&db)
                 .await
-                .unwrap())
+                .unwrap()
         }
     };
     // The first close stands; the repeated one (another status) changed nothing.
-    assert_eq!(stored(first).await, ("closed".to_string(), Some(500)));
-    assert_eq!(stored(second).await.0, "open");
-    assert_eq!(stored(doubtful).await.0, "review");
-    let queued: Vec<Uuid> = on_db!(&db, pool => sqlx::query_scalar("SELECT session_id FROM charge_queue")
-        .fetch_all(pool)
+    assert_eq!(
+        stored(first).await,
+        (SessionStatus::Closed.as_str().to_string(), Some(500))
+    );
+    assert_eq!(stored(second).await.0, SessionStatus::Open.as_str());
+    assert_eq!(stored(doubtful).await.0, SessionStatus::Review.as_str());
+    let queued: Vec<Uuid> = query("SELECT session_id FROM charge_queue")
+        .fetch_all::<(Uuid,)>(&db)
         .await
-        .unwrap());
+        .unwrap()
+        .into_iter()
+        .map(|(id,)| id)
+        .collect();
     assert_eq!(queued, [first]);
     assert_eq!(count(&db, "SELECT COUNT(*) FROM review_items").await, 2);
     // Applying the same group again changes nothing (a re-delivered message).

@@ -2,11 +2,7 @@
 //! operator's object, against the running platform; server-owned fields in request bodies are
 //! refused; a revoked key stops working at once.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World};
+use crate::support::{ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World};
 use parkflow_gateway::registry::LotKind;
 use parkflow_gateway::store::provision::{LotPlan, OperatorPlan};
 use parkflow_protocol::{Direction, LotId};
@@ -114,7 +110,7 @@ async fn platform() -> (TestPlatform, World, Vec<Caller>, String) {
     let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
     let read = entry.read(world.enrolled.as_str(), Direction::Entry);
     entry.decide(&read).await;
-    let sessions = common::eventually(
+    let sessions = crate::support::eventually(
         std::time::Duration::from_secs(10),
         "the session recorded",
         || async {

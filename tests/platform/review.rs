@@ -5,14 +5,11 @@
 //! afterwards; every correction is in the audit trail; wrong corrections are refused and change
 //! nothing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
+use crate::support::{ADMIN_KEY, Setup, TestDevice, TestPlatform, World};
 use chrono::{DateTime, Utc};
-use common::{ADMIN_KEY, Setup, TestDevice, TestPlatform, World};
+use parkflow_db::query;
 use parkflow_protocol::{Direction, GateReason};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -31,7 +28,7 @@ async fn call(
 /// The unresolved case of `kind` whose plate or session matches, once it is recorded.
 async fn case(platform: &TestPlatform, world: &World, kind: &str, plate: &str) -> Value {
     let path = format!("/v1/review?lot={}", world.lot);
-    common::eventually(Duration::from_secs(10), kind, || async {
+    crate::support::eventually(Duration::from_secs(10), kind, || async {
         let (_, queue) = call(platform, Method::GET, &path, None).await;
         queue
             .as_array()?
@@ -50,7 +47,7 @@ async fn session(platform: &TestPlatform, id: &str) -> Value {
 
 /// The session `plate` has open, once it is recorded.
 async fn open_session(platform: &TestPlatform, world: &World, plate: &str) -> Value {
-    common::eventually(Duration::from_secs(10), "the open session", || async {
+    crate::support::eventually(Duration::from_secs(10), "the open session", || async {
         platform
             .sessions(&world.lot)
             .await
@@ -339,19 +336,23 @@ async fn corrections_price_each_stay_and_bill_it_once(setup: Setup) {
         .unwrap();
     let closed = [&merged, &first, &second, &edited, &accepted]
         .map(|s| uuid::Uuid::parse_str(s["id"].as_str().unwrap()).unwrap());
-    common::eventually(Duration::from_secs(20), "the corrected stays charged", || async {
-        let mut charged = 0;
-        for id in closed {
-            let (count,): (i64,) = parkflow_gateway::store::on_db!(&db, pool => sqlx::query_as("SELECT COUNT(*) FROM charges WHERE session_id = $1")
-                .bind(id)
-                .fetch_one(pool)
-                .await
-                .unwrap());
-            assert!(count <= 1, "a session charged twice");
-            charged += count;
-        }
-        (charged == 5).then_some(())
-    })
+    crate::support::eventually(
+        Duration::from_secs(20),
+        "the corrected stays charged",
+        || async {
+            let mut charged = 0;
+            for id in closed {
+                let (count,): (i64,) = query("SELECT COUNT(*) FROM charges WHERE session_id = $1")
+                    .bind(id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+                assert!(count <= 1, "a session charged twice");
+                charged += count;
+            }
+            (charged == 5).then_some(())
+        },
+    )
     .await;
     let report = parkflow_billing::audit::audit(&db).await.unwrap();
     assert_eq!(report.violations, Vec::new());
@@ -398,10 +399,11 @@ async fn a_failed_merge_gives_the_session_back(setup: Setup) {
     let read = exit.read(plate, Direction::Exit);
     assert_eq!(exit.decide(&read).await.reason, GateReason::BillLater);
     let id = entered["id"].as_str().unwrap();
-    let ended = common::eventually(Duration::from_secs(10), "the session ended", || async {
-        Some(session(&platform, id).await).filter(|s| s["status"] != "open")
-    })
-    .await;
+    let ended =
+        crate::support::eventually(Duration::from_secs(10), "the session ended", || async {
+            Some(session(&platform, id).await).filter(|s| s["status"] != "open")
+        })
+        .await;
     assert_eq!(ended["exit_event_id"], read.event_id.as_str(), "{ended}");
     platform.stop().await;
 }

@@ -2,14 +2,10 @@
 //! reads that need no database are answered as usual meanwhile, and a read that does need it (a
 //! late read, looked up among stored decisions) is answered once the database is back.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World};
 use chrono::Utc;
-use common::{Broker, Database, Setup, TestDevice, TestPlatform, World};
 use parkflow_protocol::{Direction, GateAction};
 
 /// How long the test holds the database.

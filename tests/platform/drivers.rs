@@ -2,11 +2,7 @@
 //! auto-debit consent makes their cars pay at the exit; giving it back lets them leave first and
 //! pay later again, at once.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{Broker, Database, Setup, TestDevice, TestPlatform, World};
+use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World};
 use parkflow_protocol::{Direction, GateAction, GateReason};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
