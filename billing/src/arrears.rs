@@ -5,10 +5,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
+use parkflow_db::{Db, QueryBuilder, StoreError, Tx, db_time, query};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::ledger::Entry;
+use crate::ledger::store::insert_entries;
 
 /// Standing changes waiting for the gateway.
 pub const STANDING_CHANNEL_CAPACITY: usize = 10_000;
@@ -47,85 +50,82 @@ impl NewInvoice {
     }
 }
 
-/// Opens `$invoices` (a `&[NewInvoice]`) and queues their `invoice_created` notices, within the
-/// transaction `$tx`; an invoice already open for a charge is skipped. Evaluates to `Result<(), StoreError>`.
-#[macro_export]
-macro_rules! insert_invoices {
-    ($tx:expr, $invoices:expr) => {{
-        let invoices: &[$crate::arrears::NewInvoice] = $invoices;
-        let mut result: Result<(), parkflow_db::StoreError> = Ok(());
-        // 8 binds a row.
-        for chunk in invoices.chunks(3_000) {
-            let mut builder = sqlx::QueryBuilder::new(
-                "INSERT INTO invoices (id, charge_id, driver_id, amount_minor, currency, status, due_at, created_at) ",
-            );
-            builder.push_values(chunk, |mut row, i| {
-                row.push_bind(i.id)
-                    .push_bind(i.charge_id)
-                    .push_bind(i.driver_id)
-                    .push_bind(i.amount_minor)
-                    .push_bind(i.currency.as_str())
-                    .push_bind("open")
-                    .push_bind(i.due_at)
-                    .push_bind(i.created_at);
-            });
-            builder.push(" ON CONFLICT (charge_id) DO NOTHING RETURNING id, driver_id");
-            let opened: Vec<(uuid::Uuid, Option<uuid::Uuid>)> = match builder.build_query_as().fetch_all(&mut *$tx).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    result = Err(e.into());
-                    break;
-                }
-            };
-            if opened.is_empty() {
-                continue;
-            }
-            let created_at = chunk[0].created_at;
-            let mut notices = sqlx::QueryBuilder::new("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) ");
-            notices.push_values(opened, |mut row, (invoice, driver)| {
-                row.push_bind(uuid::Uuid::now_v7()).push_bind(driver).push_bind(invoice).push_bind("invoice_created").push_bind(created_at);
-            });
-            notices.push(" ON CONFLICT (invoice_id, kind) DO NOTHING");
-            if let Err(e) = notices.build().execute(&mut *$tx).await {
-                result = Err(e.into());
-                break;
-            }
+/// Opens `invoices` and queues their `invoice_created` notices, within the transaction; an
+/// invoice already open for a charge is skipped.
+pub async fn insert_invoices(tx: &mut Tx, invoices: &[NewInvoice]) -> Result<(), StoreError> {
+    // 8 binds a row.
+    for chunk in invoices.chunks(3_000) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO invoices (id, charge_id, driver_id, amount_minor, currency, status, due_at, \
+             created_at) ",
+        );
+        insert.push_values(chunk, |mut row, i| {
+            row.push_bind(i.id)
+                .push_bind(i.charge_id)
+                .push_bind(i.driver_id)
+                .push_bind(i.amount_minor)
+                .push_bind(i.currency.as_str())
+                .push_bind("open")
+                .push_bind(i.due_at)
+                .push_bind(i.created_at);
+        });
+        insert.push(" ON CONFLICT (charge_id) DO NOTHING RETURNING id, driver_id");
+        let opened: Vec<(Uuid, Option<Uuid>)> =
+            insert.build().persistent(false).fetch_all(&mut *tx).await?;
+        if opened.is_empty() {
+            continue;
         }
-        result
-    }};
+        let created_at = chunk[0].created_at;
+        let mut notices = QueryBuilder::new(
+            "INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) ",
+        );
+        notices.push_values(opened, |mut row, (invoice, driver)| {
+            row.push_bind(Uuid::now_v7())
+                .push_bind(driver)
+                .push_bind(invoice)
+                .push_bind("invoice_created")
+                .push_bind(created_at);
+        });
+        notices.push(" ON CONFLICT (invoice_id, kind) DO NOTHING");
+        notices.build().persistent(false).execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
-/// Within the transaction `$tx`: reinstates `$driver` if suspended and nothing of theirs is
-/// overdue at `$now`, with a `reinstated` notice. Evaluates to `Option<StandingChange>`; database
-/// errors return from the enclosing function with `?` (its error must convert from `sqlx::Error`).
-#[macro_export]
-macro_rules! reinstate_if_clear {
-    ($tx:expr, $driver:expr, $now:expr) => {{
-        let driver: uuid::Uuid = $driver;
-        let reinstated: Option<(uuid::Uuid,)> = sqlx::query_as(
-            "UPDATE drivers SET status = 'active', suspended_at = NULL
-             WHERE id = $1 AND status = 'suspended'
-               AND NOT EXISTS (SELECT 1 FROM invoices WHERE driver_id = $1 AND status = 'open' AND due_at <= $2)
-             RETURNING id",
-        )
+/// Within the transaction: reinstates `driver` if suspended and nothing of theirs is overdue at
+/// `now`, with a `reinstated` notice. Returns the standing change, if any.
+pub async fn reinstate_if_clear(
+    tx: &mut Tx,
+    driver: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<StandingChange>, StoreError> {
+    let reinstated: Option<(Uuid,)> = query(
+        "UPDATE drivers SET status = 'active', suspended_at = NULL
+         WHERE id = $1 AND status = 'suspended'
+           AND NOT EXISTS (SELECT 1 FROM invoices WHERE driver_id = $1 AND status = 'open' AND due_at <= $2)
+         RETURNING id",
+    )
+    .bind(driver)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if reinstated.is_none() {
+        return Ok(None);
+    }
+    query(
+        "INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at)
+         VALUES ($1, $2, NULL, 'reinstated', $3)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(driver)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let plates = query(DRIVER_PLATES)
         .bind(driver)
-        .bind($now)
-        .fetch_optional(&mut *$tx)
+        .fetch_all(&mut *tx)
         .await?;
-        match reinstated {
-            Some(_) => {
-                sqlx::query("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) VALUES ($1, $2, NULL, 'reinstated', $3)")
-                    .bind(uuid::Uuid::now_v7())
-                    .bind(driver)
-                    .bind($now)
-                    .execute(&mut *$tx)
-                    .await?;
-                let plates = sqlx::query_as($crate::arrears::DRIVER_PLATES).bind(driver).fetch_all(&mut *$tx).await?;
-                Some($crate::arrears::StandingChange::new(driver, plates, false))
-            }
-            None => None,
-        }
-    }};
+    Ok(Some(StandingChange::new(driver, plates, false)))
 }
 
 /// A driver's leave-first privilege changed; the gateway must know their plates' new standing.
@@ -216,75 +216,91 @@ impl ArrearsWorker {
         );
         // Writes come first in the transaction, so that on SQLite it holds the write lock before
         // it reads (a read-then-write transaction can fail to upgrade while others commit).
-        let (report, suspended) = on_db!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let suspended: Vec<(Uuid,)> = sqlx::query_as(
-                "UPDATE drivers SET status = 'suspended', suspended_at = $1
-                 WHERE status = 'active' AND id IN (SELECT driver_id FROM invoices WHERE status = 'open' AND due_at <= $1)
-                 RETURNING id",
+        let mut tx = self.db.begin_write().await?;
+        let suspended: Vec<(Uuid,)> = query(
+            "UPDATE drivers SET status = 'suspended', suspended_at = $1
+             WHERE status = 'active' AND id IN (SELECT driver_id FROM invoices WHERE status = 'open' AND due_at <= $1)
+             RETURNING id",
+        )
+        .bind(now)
+        .fetch_all(&mut tx)
+        .await?;
+        // Self-healing: a driver suspended while a payment committed (two transactions that did
+        // not see each other) owes nothing overdue, and is reinstated here.
+        let reinstated: Vec<(Uuid,)> = query(
+            "UPDATE drivers SET status = 'active', suspended_at = NULL
+             WHERE status = 'suspended' AND suspended_at IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.driver_id = drivers.id AND i.status = 'open' AND i.due_at <= $1)
+             RETURNING id",
+        )
+        .bind(now)
+        .fetch_all(&mut tx)
+        .await?;
+        let mut changes = Vec::with_capacity(suspended.len() + reinstated.len());
+        for (driver,) in &reinstated {
+            let plates = query(DRIVER_PLATES)
+                .bind(*driver)
+                .fetch_all(&mut tx)
+                .await?;
+            changes.push(StandingChange::new(*driver, plates, false));
+        }
+        for (driver,) in &suspended {
+            query(
+                "INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at)
+                 VALUES ($1, $2, NULL, 'suspended', $3)",
             )
+            .bind(Uuid::now_v7())
+            .bind(*driver)
             .bind(now)
-            .fetch_all(&mut *tx)
+            .execute(&mut tx)
             .await?;
-            // Self-healing: a driver suspended while a payment committed (two transactions that did
-            // not see each other) owes nothing overdue, and is reinstated here.
-            let reinstated: Vec<(Uuid,)> = sqlx::query_as(
-                "UPDATE drivers SET status = 'active', suspended_at = NULL
-                 WHERE status = 'suspended' AND suspended_at IS NOT NULL
-                   AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.driver_id = drivers.id AND i.status = 'open' AND i.due_at <= $1)
-                 RETURNING id",
-            )
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut changes = Vec::with_capacity(suspended.len() + reinstated.len());
-            for (driver,) in &reinstated {
-                let plates = sqlx::query_as(DRIVER_PLATES).bind(driver).fetch_all(&mut *tx).await?;
-                changes.push(StandingChange::new(*driver, plates, false));
-            }
-            for (driver,) in &suspended {
-                sqlx::query("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) VALUES ($1, $2, NULL, 'suspended', $3)")
-                    .bind(Uuid::now_v7())
-                    .bind(driver)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                let plates = sqlx::query_as(DRIVER_PLATES).bind(driver).fetch_all(&mut *tx).await?;
-                changes.push(StandingChange::new(*driver, plates, true));
-            }
-            let reminders: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
-                "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1 AND i.due_at > $2
-                   AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'payment_reminder')",
-            )
-            .bind(remind_from)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            let overdue: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
-                "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1
-                   AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'invoice_overdue')",
-            )
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            let notices: Vec<(&(Uuid, Option<Uuid>), &str)> = reminders
-                .iter()
-                .map(|r| (r, "payment_reminder"))
-                .chain(overdue.iter().map(|o| (o, "invoice_overdue")))
-                .collect();
-            for chunk in notices.chunks(5_000) {
-                let mut builder = sqlx::QueryBuilder::new("INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) ");
-                builder.push_values(chunk, |mut row, ((invoice, driver), kind)| {
-                    row.push_bind(Uuid::now_v7()).push_bind(*driver).push_bind(*invoice).push_bind(*kind).push_bind(now);
-                });
-                builder.push(" ON CONFLICT (invoice_id, kind) DO NOTHING");
-                builder.build().execute(&mut *tx).await?;
-            }
-            let (reminders, overdue) = (reminders.len(), overdue.len());
-            tx.commit().await?;
-            (ArrearsReport { reminders, overdue, suspended: changes.iter().filter(|c| c.suspended).count() }, changes)
-        });
-        for change in suspended {
+            let plates = query(DRIVER_PLATES)
+                .bind(*driver)
+                .fetch_all(&mut tx)
+                .await?;
+            changes.push(StandingChange::new(*driver, plates, true));
+        }
+        let reminders: Vec<(Uuid, Option<Uuid>)> = query(
+            "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1 AND i.due_at > $2
+               AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'payment_reminder')",
+        )
+        .bind(remind_from)
+        .bind(now)
+        .fetch_all(&mut tx)
+        .await?;
+        let overdue: Vec<(Uuid, Option<Uuid>)> = query(
+            "SELECT i.id, i.driver_id FROM invoices i WHERE i.status = 'open' AND i.due_at <= $1
+               AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.invoice_id = i.id AND n.kind = 'invoice_overdue')",
+        )
+        .bind(now)
+        .fetch_all(&mut tx)
+        .await?;
+        let notices: Vec<(&(Uuid, Option<Uuid>), &str)> = reminders
+            .iter()
+            .map(|r| (r, "payment_reminder"))
+            .chain(overdue.iter().map(|o| (o, "invoice_overdue")))
+            .collect();
+        for chunk in notices.chunks(5_000) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, ((invoice, driver), kind)| {
+                row.push_bind(Uuid::now_v7())
+                    .push_bind(*driver)
+                    .push_bind(*invoice)
+                    .push_bind(*kind)
+                    .push_bind(now);
+            });
+            insert.push(" ON CONFLICT (invoice_id, kind) DO NOTHING");
+            insert.build().persistent(false).execute(&mut tx).await?;
+        }
+        tx.commit().await?;
+        let report = ArrearsReport {
+            reminders: reminders.len(),
+            overdue: overdue.len(),
+            suspended: changes.iter().filter(|c| c.suspended).count(),
+        };
+        for change in changes {
             tracing::info!(driver = %change.driver_id, suspended = change.suspended, "driver standing changed");
             if self.standing.send(change).await.is_err() {
                 tracing::warn!("nobody listens for standing changes");
@@ -303,12 +319,6 @@ pub enum WriteOffError {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for WriteOffError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
 /// Gives up an open invoice: bad debt instead of receivable (a journal entry), and the driver is
 /// reinstated if nothing else is overdue. Returns the standing change, if any.
 pub async fn write_off(
@@ -317,23 +327,30 @@ pub async fn write_off(
     now: DateTime<Utc>,
 ) -> Result<Option<StandingChange>, WriteOffError> {
     let now = db_time(now);
-    let change = on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        let written: Option<(i64, String, Option<Uuid>, String)> = sqlx::query_as(
-            "UPDATE invoices SET status = 'written_off' WHERE id = $1 AND status = 'open'
-             RETURNING amount_minor, currency, driver_id, (SELECT lot_id FROM charges c WHERE c.id = invoices.charge_id)",
-        )
-        .bind(invoice)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (amount_minor, currency, driver, lot) = written.ok_or(WriteOffError::NotOpen)?;
-        crate::insert_entries!(tx, &[crate::ledger::Entry::write_off(invoice, &lot, amount_minor, &currency, now)])?;
-        let change = match driver {
-            Some(driver) => crate::reinstate_if_clear!(tx, driver, now),
-            None => None,
-        };
-        tx.commit().await?;
-        change
-    });
+    let mut tx = db.begin_write().await?;
+    let written: Option<(i64, String, Option<Uuid>, String)> = query(
+        "UPDATE invoices SET status = 'written_off' WHERE id = $1 AND status = 'open'
+         RETURNING amount_minor, currency, driver_id, (SELECT lot_id FROM charges c WHERE c.id = invoices.charge_id)",
+    )
+    .bind(invoice)
+    .fetch_optional(&mut tx)
+    .await?;
+    let (amount_minor, currency, driver, lot) = written.ok_or(WriteOffError::NotOpen)?;
+    insert_entries(
+        &mut tx,
+        &[Entry::write_off(
+            invoice,
+            &lot,
+            amount_minor,
+            &currency,
+            now,
+        )],
+    )
+    .await?;
+    let change = match driver {
+        Some(driver) => reinstate_if_clear(&mut tx, driver, now).await?,
+        None => None,
+    };
+    tx.commit().await?;
     Ok(change)
 }

@@ -5,8 +5,9 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, StoreError, on_db};
+use parkflow_db::{Db, Engine, StoreError, query};
 use parkflow_protocol::PlateColor;
+use parkflow_session::SessionStatus;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -118,31 +119,30 @@ pub async fn audit(db: &Db) -> Result<AuditReport, StoreError> {
     let mut report = AuditReport::default();
     for (rule, sql) in QUERIES {
         // UUIDs are stored as BLOBs in SQLite: compare them as hex there.
-        let rows: Vec<String> = match db {
-            Db::Sqlite(pool) => {
-                let sql = sql
-                    .replace("CAST(s.id AS TEXT)", "lower(hex(s.id))")
-                    .replace("CAST(session_id AS TEXT)", "lower(hex(session_id))")
-                    .replace("CAST(c.id AS TEXT)", "lower(hex(c.id))")
-                    .replace("CAST(entry_id AS TEXT)", "lower(hex(entry_id))")
-                    .replace("CAST(i.id AS TEXT)", "lower(hex(i.id))")
-                    .replace("CAST(p.id AS TEXT)", "lower(hex(p.id))")
-                    .replace("CAST(r.id AS TEXT)", "lower(hex(r.id))")
-                    .replace("CAST(invoice_id AS TEXT)", "lower(hex(invoice_id))");
-                sqlx::query_scalar(&sql).fetch_all(pool).await?
-            }
-            Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
+        let sql = match db.engine() {
+            Engine::Sqlite => sql
+                .replace("CAST(s.id AS TEXT)", "lower(hex(s.id))")
+                .replace("CAST(session_id AS TEXT)", "lower(hex(session_id))")
+                .replace("CAST(c.id AS TEXT)", "lower(hex(c.id))")
+                .replace("CAST(entry_id AS TEXT)", "lower(hex(entry_id))")
+                .replace("CAST(i.id AS TEXT)", "lower(hex(i.id))")
+                .replace("CAST(p.id AS TEXT)", "lower(hex(p.id))")
+                .replace("CAST(r.id AS TEXT)", "lower(hex(r.id))")
+                .replace("CAST(invoice_id AS TEXT)", "lower(hex(invoice_id))"),
+            Engine::Postgres => (*sql).to_owned(),
         };
+        let rows: Vec<(String,)> = query(sql).fetch_all(db).await?;
         report
             .violations
-            .extend(rows.into_iter().map(|row| Violation { rule, row }));
+            .extend(rows.into_iter().map(|(row,)| Violation { rule, row }));
     }
-    let (closed, charges, entries): (i64, i64, i64) = on_db!(db, pool => sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM sessions WHERE status = 'closed'), (SELECT COUNT(*) FROM charges),
+    let (closed, charges, entries): (i64, i64, i64) = query(
+        "SELECT (SELECT COUNT(*) FROM sessions WHERE status = $1), (SELECT COUNT(*) FROM charges),
                 (SELECT COUNT(DISTINCT entry_id) FROM ledger)",
     )
-    .fetch_one(pool)
-    .await?);
+    .bind(SessionStatus::Closed.as_str())
+    .fetch_one(db)
+    .await?;
     (
         report.closed_sessions,
         report.charges,
@@ -152,12 +152,13 @@ pub async fn audit(db: &Db) -> Result<AuditReport, StoreError> {
     // Recomputing a fee gives the stored fee: sessions priced by a tariff (not paid at an exit for
     // an amount fixed when the car was held).
     let lots = LotBook::load(db).await?;
-    let sessions: Vec<PricedSession> = on_db!(db, pool => sqlx::query_as(
+    let sessions: Vec<PricedSession> = query(
         "SELECT id, lot_id, plate_color, pass_holder, entered_at, exited_at, fee_minor FROM sessions
-         WHERE status = 'closed' AND tariff_from IS NOT NULL",
+         WHERE status = $1 AND tariff_from IS NOT NULL",
     )
-    .fetch_all(pool)
-    .await?);
+    .bind(SessionStatus::Closed.as_str())
+    .fetch_all(db)
+    .await?;
     for session in sessions {
         let stay = Stay {
             entered_at: session.entered_at,

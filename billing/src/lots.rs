@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono_tz::Tz;
-use parkflow_db::{Db, StoreError, on_db};
+use parkflow_db::{Db, StoreError, query};
 
 use crate::tariff::{TariffDefinition, TariffSchedule};
 
@@ -28,11 +28,13 @@ pub struct LotBook {
 
 impl LotBook {
     pub async fn load(db: &Db) -> Result<Self, StoreError> {
-        let (lots, tariffs): (Vec<LotRow>, Vec<TariffRow>) = on_db!(db, pool => {
-            let lots = sqlx::query_as("SELECT id, operator_id, time_zone FROM lots").fetch_all(pool).await?;
-            let tariffs = sqlx::query_as("SELECT lot_id, definition FROM tariffs ORDER BY lot_id, version").fetch_all(pool).await?;
-            (lots, tariffs)
-        });
+        let lots: Vec<LotRow> = query("SELECT id, operator_id, time_zone FROM lots")
+            .fetch_all(db)
+            .await?;
+        let tariffs: Vec<TariffRow> =
+            query("SELECT lot_id, definition FROM tariffs ORDER BY lot_id, version")
+                .fetch_all(db)
+                .await?;
         let mut schedules: HashMap<String, TariffSchedule> = HashMap::new();
         for (lot, definition) in tariffs {
             let corrupt = || StoreError::Corrupt(format!("tariff of lot {lot}"));

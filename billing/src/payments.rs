@@ -10,12 +10,14 @@
 //! payment also takes the session's charge slot (`exit_pending`) so auto-debit never charges it too.
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
+use parkflow_db::{Db, StoreError, db_time, query};
+use parkflow_session::SessionStatus;
+use parkflow_session::repo::{PaidExit, close_paid_exit};
 use uuid::Uuid;
 
-use crate::arrears::StandingChange;
-use crate::insert_entries;
+use crate::arrears::{StandingChange, reinstate_if_clear};
 use crate::ledger::Entry;
+use crate::ledger::store::insert_entries;
 use crate::lots::LotBook;
 use crate::money::{Currency, Money};
 use crate::provider::{Debit, DebitOutcome, PaymentProvider};
@@ -39,12 +41,6 @@ pub enum PayError {
     KeyReused,
     #[error("payment store failed")]
     Store(#[from] StoreError),
-}
-
-impl From<sqlx::Error> for PayError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Store(e.into())
-    }
 }
 
 /// A payment that went through.
@@ -89,12 +85,12 @@ struct PaymentRow {
 }
 
 async fn by_key(db: &Db, key: &str) -> Result<Option<PaymentRow>, PayError> {
-    let row = on_db!(db, pool => sqlx::query_as(
+    let row = query(
         "SELECT id, kind, invoice_id, session_id, amount_minor, currency, status FROM payments WHERE idempotency_key = $1",
     )
     .bind(key)
-    .fetch_optional(pool)
-    .await?);
+    .fetch_optional(db)
+    .await?;
     Ok(row)
 }
 
@@ -173,13 +169,13 @@ pub async fn pay_invoice<P: PaymentProvider>(
         Earlier::Paid(paid) => return Ok(paid),
         Earlier::Resume(p) => (p, false),
         Earlier::None => {
-            let row: Option<(i64, String, String)> = on_db!(db, pool => sqlx::query_as(
+            let row: Option<(i64, String, String)> = query(
                 "SELECT amount_minor, currency, status FROM invoices WHERE id = $1 AND driver_id = $2",
             )
             .bind(invoice)
             .bind(driver)
-            .fetch_optional(pool)
-            .await?);
+            .fetch_optional(db)
+            .await?;
             let (minor, currency, status) = row.ok_or(PayError::NotFound("invoice"))?;
             if status != "open" {
                 return Err(PayError::NothingDue("the invoice is not open"));
@@ -193,7 +189,7 @@ pub async fn pay_invoice<P: PaymentProvider>(
                 currency,
                 status: "pending".into(),
             };
-            let inserted = on_db!(db, pool => sqlx::query(
+            let inserted = query(
                 "INSERT INTO payments (id, idempotency_key, kind, invoice_id, driver_id, amount_minor, currency, status, created_at)
                  VALUES ($1, $2, 'invoice', $3, $4, $5, $6, 'pending', $7) ON CONFLICT DO NOTHING",
             )
@@ -204,9 +200,8 @@ pub async fn pay_invoice<P: PaymentProvider>(
             .bind(minor)
             .bind(&payment.currency)
             .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected());
+            .execute(db)
+            .await?;
             if inserted == 0 {
                 return Err(PayError::InProgress);
             }
@@ -225,38 +220,49 @@ pub async fn pay_invoice<P: PaymentProvider>(
     let provider_ref = match outcome {
         DebitOutcome::Succeeded { provider_ref } => provider_ref,
         DebitOutcome::Declined { reason } => {
-            on_db!(db, pool => sqlx::query("UPDATE payments SET status = 'declined' WHERE id = $1 AND status = 'pending'")
+            query("UPDATE payments SET status = 'declined' WHERE id = $1 AND status = 'pending'")
                 .bind(payment.id)
-                .execute(pool)
-                .await
-                .map(drop)?);
+                .execute(db)
+                .await?;
             return Err(PayError::Declined(reason));
         }
         DebitOutcome::Pending | DebitOutcome::Unknown => return Err(PayError::Pending),
     };
-    let reinstated = on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        let finished = sqlx::query("UPDATE payments SET status = 'succeeded', provider_ref = $2 WHERE id = $1 AND status = 'pending'")
-            .bind(payment.id)
-            .bind(&provider_ref)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if finished == 0 {
-            // A concurrent retry under the same key finished it.
-            return Ok(Paid { payment_id: payment.id, amount, reinstated: None });
-        }
-        sqlx::query("UPDATE invoices SET status = 'paid', paid_at = $2 WHERE id = $1 AND status = 'open'")
-            .bind(invoice)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        insert_entries!(tx, &[Entry::payment(payment.id, provider.name(), payment.amount_minor, &payment.currency, now)])?;
-        // Reinstate a suspended driver who owes nothing overdue any more.
-        let reinstated = crate::reinstate_if_clear!(tx, driver, now);
-        tx.commit().await?;
-        reinstated
-    });
+    let mut tx = db.begin_write().await?;
+    let finished = query(
+        "UPDATE payments SET status = 'succeeded', provider_ref = $2 WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(payment.id)
+    .bind(&provider_ref)
+    .execute(&mut tx)
+    .await?;
+    if finished == 0 {
+        // A concurrent retry under the same key finished it.
+        return Ok(Paid {
+            payment_id: payment.id,
+            amount,
+            reinstated: None,
+        });
+    }
+    query("UPDATE invoices SET status = 'paid', paid_at = $2 WHERE id = $1 AND status = 'open'")
+        .bind(invoice)
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+    insert_entries(
+        &mut tx,
+        &[Entry::payment(
+            payment.id,
+            provider.name(),
+            payment.amount_minor,
+            &payment.currency,
+            now,
+        )],
+    )
+    .await?;
+    // Reinstate a suspended driver who owes nothing overdue any more.
+    let reinstated = reinstate_if_clear(&mut tx, driver, now).await?;
+    tx.commit().await?;
     Ok(Paid {
         payment_id: payment.id,
         amount,
@@ -287,15 +293,15 @@ pub async fn pay_exit<P: PaymentProvider>(
     now: DateTime<Utc>,
 ) -> Result<ExitPaid, PayError> {
     let now = db_time(now);
-    let held: Option<HeldExit> = on_db!(db, pool => sqlx::query_as(
+    let held: Option<HeldExit> = query(
         "SELECT r.lot_id, r.gate_id, r.event_id, r.observed_at, s.entered_at, s.status, r.amount_due_minor, r.currency
          FROM gate_reads r JOIN sessions s ON s.id = r.session_id
          WHERE r.session_id = $1 AND r.action = 'hold' AND r.reason = 'payment_required'
          ORDER BY r.received_at DESC LIMIT 1",
     )
     .bind(session)
-    .fetch_optional(pool)
-    .await?);
+    .fetch_optional(db)
+    .await?;
     let held = held.ok_or(PayError::NotFound("held exit"))?;
     let (Some(minor), Some(currency)) = (held.amount_due_minor, held.currency.clone()) else {
         return Err(PayError::NothingDue("the exit was not held for payment"));
@@ -312,7 +318,7 @@ pub async fn pay_exit<P: PaymentProvider>(
         Earlier::Paid(paid) => return Ok(exit_paid(paid)),
         Earlier::Resume(p) => (p, false),
         Earlier::None => {
-            if held.status != "open" {
+            if SessionStatus::parse(&held.status) != Some(SessionStatus::Open) {
                 return Err(PayError::NothingDue("the session is not open"));
             }
             let payment = PaymentRow {
@@ -330,47 +336,42 @@ pub async fn pay_exit<P: PaymentProvider>(
                 .with_timezone(&terms.time_zone)
                 .date_naive()
                 .to_string();
-            let started = on_db!(db, pool => {
-                let mut tx = pool.begin_write().await?;
-                let payment_row = sqlx::query(
-                    "INSERT INTO payments (id, idempotency_key, kind, session_id, amount_minor, currency, status, created_at)
-                     VALUES ($1, $2, 'exit', $3, $4, $5, 'pending', $6) ON CONFLICT DO NOTHING",
-                )
-                .bind(payment.id)
-                .bind(key)
-                .bind(session)
-                .bind(minor)
-                .bind(&currency)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                // The session's one charge: taken now, so auto-debit stays away while the money moves.
-                let charge_row = sqlx::query(
-                    "INSERT INTO charges (id, session_id, operator_id, lot_id, local_day, amount_minor, currency, method, status,
-                         next_attempt_at, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'exit_payment', 'exit_pending', $8, $8, $8)
-                     ON CONFLICT (session_id) DO NOTHING",
-                )
-                .bind(Uuid::now_v7())
-                .bind(session)
-                .bind(&terms.operator_id)
-                .bind(&held.lot_id)
-                .bind(&local_day)
-                .bind(minor)
-                .bind(&currency)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                let started = payment_row == 1 && charge_row == 1;
-                if started {
-                    tx.commit().await?;
-                } else {
-                    tx.rollback().await?;
-                }
-                started
-            });
+            let mut tx = db.begin_write().await?;
+            let payment_row = query(
+                "INSERT INTO payments (id, idempotency_key, kind, session_id, amount_minor, currency, status, created_at)
+                 VALUES ($1, $2, 'exit', $3, $4, $5, 'pending', $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(payment.id)
+            .bind(key)
+            .bind(session)
+            .bind(minor)
+            .bind(&currency)
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+            // The session's one charge: taken now, so auto-debit stays away while the money moves.
+            let charge_row = query(
+                "INSERT INTO charges (id, session_id, operator_id, lot_id, local_day, amount_minor, currency, method, status,
+                     next_attempt_at, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'exit_payment', 'exit_pending', $8, $8, $8)
+                 ON CONFLICT (session_id) DO NOTHING",
+            )
+            .bind(Uuid::now_v7())
+            .bind(session)
+            .bind(&terms.operator_id)
+            .bind(&held.lot_id)
+            .bind(&local_day)
+            .bind(minor)
+            .bind(&currency)
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+            let started = payment_row == 1 && charge_row == 1;
+            if started {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
             if !started {
                 return Err(PayError::InProgress);
             }
@@ -389,70 +390,65 @@ pub async fn pay_exit<P: PaymentProvider>(
     let provider_ref = match outcome {
         DebitOutcome::Succeeded { provider_ref } => provider_ref,
         DebitOutcome::Declined { reason } => {
-            on_db!(db, pool => {
-                let mut tx = pool.begin_write().await?;
-                sqlx::query("UPDATE payments SET status = 'declined' WHERE id = $1 AND status = 'pending'")
-                    .bind(payment.id)
-                    .execute(&mut *tx)
-                    .await?;
-                // The session's charge slot goes back to auto-debit (or to the next payment).
-                sqlx::query("DELETE FROM charges WHERE session_id = $1 AND status = 'exit_pending'")
-                    .bind(session)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            });
+            let mut tx = db.begin_write().await?;
+            query("UPDATE payments SET status = 'declined' WHERE id = $1 AND status = 'pending'")
+                .bind(payment.id)
+                .execute(&mut tx)
+                .await?;
+            // The session's charge slot goes back to auto-debit (or to the next payment).
+            query("DELETE FROM charges WHERE session_id = $1 AND status = 'exit_pending'")
+                .bind(session)
+                .execute(&mut tx)
+                .await?;
+            tx.commit().await?;
             return Err(PayError::Declined(reason));
         }
         DebitOutcome::Pending | DebitOutcome::Unknown => return Err(PayError::Pending),
     };
-    on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        let finished = sqlx::query("UPDATE payments SET status = 'succeeded', provider_ref = $2 WHERE id = $1 AND status = 'pending'")
-            .bind(payment.id)
-            .bind(&provider_ref)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if finished == 1 {
-            // The session may have been ended meanwhile by the gate (the car read again): its end
-            // stands; the fee is what was paid.
-            sqlx::query(
-                "UPDATE sessions SET status = 'closed', exit_gate = $2, exit_event_id = $3, exited_at = $4, fee_minor = $5,
-                     currency = $6, updated_at = $7
-                 WHERE id = $1 AND status = 'open'",
+    let mut tx = db.begin_write().await?;
+    let finished = query(
+        "UPDATE payments SET status = 'succeeded', provider_ref = $2 WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(payment.id)
+    .bind(&provider_ref)
+    .execute(&mut tx)
+    .await?;
+    if finished == 1 {
+        let paid = PaidExit {
+            session,
+            exit_gate: &held.gate_id,
+            exit_event: &held.event_id,
+            exited_at: held.observed_at.max(held.entered_at),
+            fee_minor: payment.amount_minor,
+            currency: &payment.currency,
+        };
+        close_paid_exit(&mut tx, &paid, now).await?;
+        let charge: Option<(Uuid,)> = query(
+            "UPDATE charges SET status = 'succeeded', provider = $2, provider_ref = $3, updated_at = $4
+             WHERE session_id = $1 AND status = 'exit_pending' RETURNING id",
+        )
+        .bind(session)
+        .bind(provider.name())
+        .bind(&provider_ref)
+        .bind(now)
+        .fetch_optional(&mut tx)
+        .await?;
+        if let Some((charge,)) = charge {
+            insert_entries(
+                &mut tx,
+                &[Entry::collection(
+                    charge,
+                    &held.lot_id,
+                    provider.name(),
+                    payment.amount_minor,
+                    &payment.currency,
+                    now,
+                )],
             )
-            .bind(session)
-            .bind(&held.gate_id)
-            .bind(&held.event_id)
-            .bind(db_time(held.observed_at.max(held.entered_at)))
-            .bind(payment.amount_minor)
-            .bind(&payment.currency)
-            .bind(now)
-            .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE sessions SET fee_minor = $2, currency = $3 WHERE id = $1 AND status = 'closed'")
-                .bind(session)
-                .bind(payment.amount_minor)
-                .bind(&payment.currency)
-                .execute(&mut *tx)
-                .await?;
-            let charge: Option<(Uuid,)> = sqlx::query_as(
-                "UPDATE charges SET status = 'succeeded', provider = $2, provider_ref = $3, updated_at = $4
-                 WHERE session_id = $1 AND status = 'exit_pending' RETURNING id",
-            )
-            .bind(session)
-            .bind(provider.name())
-            .bind(&provider_ref)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((charge,)) = charge {
-                insert_entries!(tx, &[Entry::collection(charge, &held.lot_id, provider.name(), payment.amount_minor, &payment.currency, now)])?;
-            }
         }
-        tx.commit().await?;
-    });
+    }
+    tx.commit().await?;
     Ok(exit_paid(Paid {
         payment_id: payment.id,
         amount,

@@ -2,12 +2,12 @@
 //! collected (SPEC §4), each recorded once per idempotency key with its journal entry.
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
+use parkflow_db::{Db, StoreError, db_time, query};
 use uuid::Uuid;
 
 use crate::charging::idempotency_key;
-use crate::insert_entries;
 use crate::ledger::Entry;
+use crate::ledger::store::insert_entries;
 use crate::money::{Currency, Money};
 use crate::payments::payment_key;
 use crate::provider::{PaymentProvider, Refund, RefundOutcome};
@@ -29,12 +29,6 @@ pub enum RefundError {
     Pending,
     #[error("refund store failed")]
     Store(#[from] StoreError),
-}
-
-impl From<sqlx::Error> for RefundError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Store(e.into())
-    }
 }
 
 /// A refund that was recorded (or had been, under the same key).
@@ -74,13 +68,13 @@ fn scoped_key(charge: Uuid, key: &str) -> String {
 }
 
 async fn earlier(db: &Db, charge: Uuid, key: &str) -> Result<Option<Refunded>, RefundError> {
-    let row: Option<(Uuid, i64, String)> = on_db!(db, pool => sqlx::query_as(
+    let row: Option<(Uuid, i64, String)> = query(
         "SELECT id, amount_minor, currency FROM refunds WHERE idempotency_key = $1 AND charge_id = $2",
     )
     .bind(scoped_key(charge, key))
     .bind(charge)
-    .fetch_optional(pool)
-    .await?);
+    .fetch_optional(db)
+    .await?;
     Ok(row.map(|(refund_id, amount_minor, currency)| Refunded {
         refund_id,
         amount_minor,
@@ -104,8 +98,7 @@ pub async fn refund<P: PaymentProvider>(
     if let Some(refunded) = earlier(db, charge, key).await? {
         return Ok(refunded);
     }
-    let collected: Option<Collected> =
-        on_db!(db, pool => sqlx::query_as(COLLECTED).bind(charge).fetch_optional(pool).await?);
+    let collected: Option<Collected> = query(COLLECTED).bind(charge).fetch_optional(db).await?;
     let (
         lot,
         currency,
@@ -144,30 +137,38 @@ pub async fn refund<P: PaymentProvider>(
     let now = db_time(now);
     let id = Uuid::now_v7();
     let provider_name = charge_provider.unwrap_or_else(|| provider.name().to_owned());
-    on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO refunds (id, charge_id, idempotency_key, amount_minor, currency, reason, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .bind(id)
-        .bind(charge)
-        .bind(scoped_key(charge, key))
-        .bind(amount_minor)
-        .bind(&currency)
-        .bind(reason)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            // The same key, concurrently: that refund stands (the provider refunded once).
-            tx.rollback().await?;
-            return earlier(db, charge, key).await?.ok_or(RefundError::Pending);
-        }
-        insert_entries!(tx, &[Entry::refund(id, &lot, &provider_name, amount_minor, &currency, now)])?;
-        tx.commit().await?;
-    });
+    let mut tx = db.begin_write().await?;
+    let inserted = query(
+        "INSERT INTO refunds (id, charge_id, idempotency_key, amount_minor, currency, reason, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(id)
+    .bind(charge)
+    .bind(scoped_key(charge, key))
+    .bind(amount_minor)
+    .bind(&currency)
+    .bind(reason)
+    .bind(now)
+    .execute(&mut tx)
+    .await?;
+    if inserted == 0 {
+        // The same key, concurrently: that refund stands (the provider refunded once).
+        tx.rollback().await?;
+        return earlier(db, charge, key).await?.ok_or(RefundError::Pending);
+    }
+    insert_entries(
+        &mut tx,
+        &[Entry::refund(
+            id,
+            &lot,
+            &provider_name,
+            amount_minor,
+            &currency,
+            now,
+        )],
+    )
+    .await?;
+    tx.commit().await?;
     Ok(Refunded {
         refund_id: id,
         amount_minor,

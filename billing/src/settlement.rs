@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
+use parkflow_db::{Db, QueryBuilder, StoreError, db_time, query};
 use serde::Serialize;
 
 use crate::charging::idempotency_key;
@@ -50,33 +50,38 @@ pub async fn settle(
     now: DateTime<Utc>,
 ) -> Result<Vec<Settlement>, StoreError> {
     let now = db_time(now);
-    let rows = on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        // Replace the days' figures: days that no longer have charges keep no stale figures.
-        sqlx::query("DELETE FROM settlements WHERE day >= $1 AND day <= $2").bind(from).bind(to).execute(&mut *tx).await?;
-        let rows: Vec<Settlement> = sqlx::query_as(COMPUTE).bind(from).bind(to).fetch_all(&mut *tx).await?;
-        for chunk in rows.chunks(2_000) {
-            let mut builder = sqlx::QueryBuilder::new(
-                "INSERT INTO settlements (operator_id, lot_id, day, currency, sessions, gross_minor, collected_minor,
-                     outstanding_minor, refunded_minor, computed_at) ",
-            );
-            builder.push_values(chunk, |mut row, s| {
-                row.push_bind(&s.operator_id)
-                    .push_bind(&s.lot_id)
-                    .push_bind(&s.day)
-                    .push_bind(&s.currency)
-                    .push_bind(s.sessions)
-                    .push_bind(s.gross_minor)
-                    .push_bind(s.collected_minor)
-                    .push_bind(s.outstanding_minor)
-                    .push_bind(s.refunded_minor)
-                    .push_bind(now);
-            });
-            builder.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        rows
-    });
+    let mut tx = db.begin_write().await?;
+    // Replace the days' figures: days that no longer have charges keep no stale figures.
+    query("DELETE FROM settlements WHERE day >= $1 AND day <= $2")
+        .bind(from)
+        .bind(to)
+        .execute(&mut tx)
+        .await?;
+    let rows: Vec<Settlement> = query(COMPUTE)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut tx)
+        .await?;
+    for chunk in rows.chunks(2_000) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO settlements (operator_id, lot_id, day, currency, sessions, gross_minor, collected_minor,
+                 outstanding_minor, refunded_minor, computed_at) ",
+        );
+        insert.push_values(chunk, |mut row, s| {
+            row.push_bind(&s.operator_id)
+                .push_bind(&s.lot_id)
+                .push_bind(&s.day)
+                .push_bind(&s.currency)
+                .push_bind(s.sessions)
+                .push_bind(s.gross_minor)
+                .push_bind(s.collected_minor)
+                .push_bind(s.outstanding_minor)
+                .push_bind(s.refunded_minor)
+                .push_bind(now);
+        });
+        insert.build().persistent(false).execute(&mut tx).await?;
+    }
+    tx.commit().await?;
     Ok(rows)
 }
 
@@ -87,16 +92,15 @@ pub async fn stored(
     from: &str,
     to: &str,
 ) -> Result<Vec<Settlement>, StoreError> {
-    let rows = on_db!(db, pool => sqlx::query_as(
+    query(
         "SELECT operator_id, lot_id, day, currency, sessions, gross_minor, collected_minor, outstanding_minor, refunded_minor
          FROM settlements WHERE ($1 IS NULL OR lot_id = $1) AND day >= $2 AND day <= $3 ORDER BY lot_id, day, currency",
     )
     .bind(lot)
     .bind(from)
     .bind(to)
-    .fetch_all(pool)
-    .await?);
-    Ok(rows)
+    .fetch_all(db)
+    .await
 }
 
 /// A difference between the platform's records and the provider's.
@@ -125,18 +129,16 @@ pub async fn reconcile<P: PaymentProvider>(
     db: &Db,
     provider: &P,
 ) -> Result<Vec<Mismatch>, StoreError> {
-    let (charges, payments): (Vec<ChargeRow>, Vec<PaymentRow>) = on_db!(db, pool => {
-        let charges = sqlx::query_as(
-            "SELECT session_id, amount_minor FROM charges WHERE status = 'succeeded' AND method = 'auto_debit' AND provider = $1",
-        )
-        .bind(provider.name())
-        .fetch_all(pool)
-        .await?;
-        let payments = sqlx::query_as("SELECT id, amount_minor FROM payments WHERE status = 'succeeded'")
-            .fetch_all(pool)
+    let charges: Vec<ChargeRow> = query(
+        "SELECT session_id, amount_minor FROM charges WHERE status = 'succeeded' AND method = 'auto_debit' AND provider = $1",
+    )
+    .bind(provider.name())
+    .fetch_all(db)
+    .await?;
+    let payments: Vec<PaymentRow> =
+        query("SELECT id, amount_minor FROM payments WHERE status = 'succeeded'")
+            .fetch_all(db)
             .await?;
-        (charges, payments)
-    });
     let mut platform: HashMap<String, i64> = charges
         .into_iter()
         .map(|(session, minor)| (idempotency_key(session), minor))

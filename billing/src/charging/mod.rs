@@ -195,13 +195,12 @@ pub async fn nudge(db: &Db, key: &str, now: DateTime<Utc>) -> Result<bool, Store
     else {
         return Ok(false);
     };
-    let nudged = parkflow_db::on_db!(db, pool => sqlx::query(
+    let nudged = parkflow_db::query(
         "UPDATE charges SET next_attempt_at = $2 WHERE session_id = $1 AND status = 'unknown'",
     )
     .bind(session)
     .bind(parkflow_db::db_time(now))
-    .execute(pool)
-    .await?
-    .rows_affected());
+    .execute(db)
+    .await?;
     Ok(nudged > 0)
 }

@@ -3,14 +3,14 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
+use parkflow_db::{Db, QueryBuilder, StoreError, db_time};
 use uuid::Uuid;
 
 use super::{ChargingConfig, Claimed};
-use crate::arrears::NewInvoice;
+use crate::arrears::{NewInvoice, insert_invoices};
 use crate::ledger::Entry;
+use crate::ledger::store::insert_entries;
 use crate::provider::DebitOutcome;
-use crate::{insert_entries, insert_invoices};
 
 /// What a record step wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,52 +69,79 @@ pub async fn record(
         });
     }
 
-    let recorded = on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        let mut written: Vec<(Uuid,)> = Vec::with_capacity(updates.len());
-        // 4 binds a row: chunks stay far below both engines' bind limits.
-        for chunk in updates.chunks(2_000) {
-            let mut builder = sqlx::QueryBuilder::new("WITH v (id, status, provider_ref, next_attempt_at) AS (");
-            builder.push_values(chunk, |mut row, u| {
-                row.push_bind(u.id).push_bind(u.status).push_bind(u.provider_ref.as_deref()).push_bind(u.next_attempt_at);
-            });
-            builder
-                .push(") UPDATE charges SET status = v.status, provider_ref = v.provider_ref, next_attempt_at = v.next_attempt_at, ")
-                .push("provider = ")
-                .push_bind(provider)
-                .push(", locked_by = NULL, locked_until = NULL, updated_at = ")
-                .push_bind(now)
-                .push(" FROM v WHERE charges.id = v.id AND charges.locked_by = ")
-                .push_bind(config.worker_id.as_str())
-                .push(" AND charges.status IN ('pending', 'unknown') RETURNING charges.id");
-            written.extend(builder.build_query_as::<(Uuid,)>().fetch_all(&mut *tx).await?);
-        }
-        let written: HashSet<Uuid> = written.into_iter().map(|(id,)| id).collect();
+    let mut tx = db.begin_write().await?;
+    let mut written: Vec<(Uuid,)> = Vec::with_capacity(updates.len());
+    // 4 binds a row: chunks stay far below both engines' bind limits.
+    for chunk in updates.chunks(2_000) {
+        let mut update =
+            QueryBuilder::new("WITH v (id, status, provider_ref, next_attempt_at) AS (");
+        update.push_values(chunk, |mut row, u| {
+            row.push_bind(u.id)
+                .push_bind(u.status)
+                .push_bind(u.provider_ref.as_deref())
+                .push_bind(u.next_attempt_at);
+        });
+        update
+            .push(") UPDATE charges SET status = v.status, provider_ref = v.provider_ref, next_attempt_at = v.next_attempt_at, ")
+            .push("provider = ")
+            .push_bind(provider)
+            .push(", locked_by = NULL, locked_until = NULL, updated_at = ")
+            .push_bind(now)
+            .push(" FROM v WHERE charges.id = v.id AND charges.locked_by = ")
+            .push_bind(config.worker_id.as_str())
+            .push(" AND charges.status IN ('pending', 'unknown') RETURNING charges.id");
+        written.extend(
+            update
+                .build()
+                .persistent(false)
+                .fetch_all::<(Uuid,)>(&mut tx)
+                .await?,
+        );
+    }
+    let written: HashSet<Uuid> = written.into_iter().map(|(id,)| id).collect();
 
-        let mut entries = Vec::new();
-        let mut invoices = Vec::new();
-        let mut recorded = Recorded::default();
-        for (charge, update) in claimed.iter().zip(&updates) {
-            if !written.contains(&charge.id) {
-                continue;
-            }
-            match update.status {
-                "succeeded" => {
-                    recorded.succeeded += 1;
-                    entries.push(Entry::collection(charge.id, &charge.lot_id, provider, charge.amount_minor, &charge.currency, now));
-                }
-                "declined" => {
-                    recorded.declined += 1;
-                    entries.push(Entry::fee(charge.id, &charge.lot_id, charge.amount_minor, &charge.currency, now));
-                    invoices.push(NewInvoice::new(charge.id, charge.driver_id, charge.amount_minor, &charge.currency, now, config.payment_window));
-                }
-                _ => recorded.unresolved += 1,
-            }
+    let mut entries = Vec::new();
+    let mut invoices = Vec::new();
+    let mut recorded = Recorded::default();
+    for (charge, update) in claimed.iter().zip(&updates) {
+        if !written.contains(&charge.id) {
+            continue;
         }
-        insert_entries!(tx, &entries)?;
-        insert_invoices!(tx, &invoices)?;
-        tx.commit().await?;
-        recorded
-    });
+        match update.status {
+            "succeeded" => {
+                recorded.succeeded += 1;
+                entries.push(Entry::collection(
+                    charge.id,
+                    &charge.lot_id,
+                    provider,
+                    charge.amount_minor,
+                    &charge.currency,
+                    now,
+                ));
+            }
+            "declined" => {
+                recorded.declined += 1;
+                entries.push(Entry::fee(
+                    charge.id,
+                    &charge.lot_id,
+                    charge.amount_minor,
+                    &charge.currency,
+                    now,
+                ));
+                invoices.push(NewInvoice::new(
+                    charge.id,
+                    charge.driver_id,
+                    charge.amount_minor,
+                    &charge.currency,
+                    now,
+                    config.payment_window,
+                ));
+            }
+            _ => recorded.unresolved += 1,
+        }
+    }
+    insert_entries(&mut tx, &entries).await?;
+    insert_invoices(&mut tx, &invoices).await?;
+    tx.commit().await?;
     Ok(recorded)
 }

@@ -1,16 +1,18 @@
 //! Charging's reads and claims: new charges for closed sessions, and leases on charges to collect.
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
+use parkflow_db::{Db, Engine, QueryBuilder, StoreError, db_time, query};
 use parkflow_protocol::PlateColor;
+use parkflow_session::SessionStatus;
+use parkflow_session::repo::dequeue_charges;
 use uuid::Uuid;
 
 use super::{ChargingConfig, Claimed};
-use crate::arrears::NewInvoice;
+use crate::arrears::{NewInvoice, insert_invoices};
 use crate::ledger::Entry;
+use crate::ledger::store::insert_entries;
 use crate::lots::LotBook;
 use crate::tariff::Stay;
-use crate::{insert_entries, insert_invoices};
 
 #[derive(sqlx::FromRow)]
 struct ClosedSession {
@@ -53,7 +55,7 @@ pub async fn enqueue(
     let limit = i64::try_from(config.batch).unwrap_or(i64::MAX);
     // The queue holds only what waits: a step never walks the history of every session. Session ids
     // are time-ordered (UUIDv7), so the primary key gives the oldest first without a sort.
-    let sessions: Vec<ClosedSession> = on_db!(db, pool => sqlx::query_as(
+    let sessions: Vec<ClosedSession> = query(
         "SELECT s.id, s.lot_id, s.status, s.plate_color, s.pass_holder, s.entered_at, s.exited_at, s.fee_minor, s.currency,
                 d.id AS driver_id, d.payment_account, d.auto_debit
          FROM charge_queue q
@@ -63,13 +65,17 @@ pub async fn enqueue(
          ORDER BY q.session_id LIMIT $1",
     )
     .bind(limit)
-    .fetch_all(pool)
-    .await?);
+    .fetch_all(db)
+    .await?;
     let queued: Vec<Uuid> = sessions.iter().map(|s| s.id).collect();
     // Only closed sessions are charged; anything else leaves the queue (an operator's review decides).
     let sessions: Vec<ClosedSession> = sessions
         .into_iter()
-        .filter(|s| s.status == "closed" && s.exited_at.is_some() && s.fee_minor.is_some())
+        .filter(|s| {
+            SessionStatus::parse(&s.status) == Some(SessionStatus::Closed)
+                && s.exited_at.is_some()
+                && s.fee_minor.is_some()
+        })
         .collect();
     if queued.is_empty() {
         return Ok(0);
@@ -129,60 +135,64 @@ pub async fn enqueue(
         });
     }
     let now = db_time(now);
-    let inserted: usize = on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        let mut inserted = Vec::with_capacity(charges.len());
-        // 13 binds a row, under SQLite's bind limit.
-        for chunk in charges.chunks(2_000) {
-            let mut builder = sqlx::QueryBuilder::new(
-                "INSERT INTO charges (id, session_id, operator_id, lot_id, local_day, driver_id, account, amount_minor,
-                     currency, method, status, next_attempt_at, created_at, updated_at) ",
-            );
-            builder.push_values(chunk, |mut row, c| {
-                row.push_bind(c.id)
-                    .push_bind(c.session_id)
-                    .push_bind(c.operator_id.as_str())
-                    .push_bind(c.lot_id.as_str())
-                    .push_bind(c.local_day.as_str())
-                    .push_bind(c.driver_id)
-                    .push_bind(c.account.as_deref())
-                    .push_bind(c.amount_minor)
-                    .push_bind(c.currency.as_str())
-                    .push_bind("auto_debit")
-                    .push_bind(c.status)
-                    .push_bind(now)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            builder.push(" ON CONFLICT (session_id) DO NOTHING RETURNING id");
-            let ids: Vec<(Uuid,)> = builder.build_query_as().fetch_all(&mut *tx).await?;
-            inserted.extend(ids.into_iter().map(|(id,)| id));
-        }
-        // A charge with nobody to debit is owed at once: a fee entry, and an invoice when there is a driver.
-        let inserted_set: std::collections::HashSet<Uuid> = inserted.iter().copied().collect();
-        let owed: Vec<&NewCharge> = charges.iter().filter(|c| c.status == "no_account" && inserted_set.contains(&c.id)).collect();
-        let entries: Vec<Entry> = owed.iter().map(|c| Entry::fee(c.id, &c.lot_id, c.amount_minor, &c.currency, now)).collect();
-        insert_entries!(tx, &entries)?;
-        let invoices: Vec<NewInvoice> = owed
-            .iter()
-            .filter(|c| c.driver_id.is_some())
-            .map(|c| NewInvoice::new(c.id, c.driver_id, c.amount_minor, &c.currency, now, config.payment_window))
-            .collect();
-        insert_invoices!(tx, &invoices)?;
-        // The queued sessions are dealt with: charged now, charged already, or not to be charged.
-        for chunk in queued.chunks(5_000) {
-            let mut builder = sqlx::QueryBuilder::new("DELETE FROM charge_queue WHERE session_id IN (");
-            let mut ids = builder.separated(", ");
-            for id in chunk {
-                ids.push_bind(*id);
-            }
-            builder.push(")");
-            builder.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        queued.len().max(inserted.len())
-    });
-    Ok(inserted)
+    let mut tx = db.begin_write().await?;
+    let mut inserted = Vec::with_capacity(charges.len());
+    // 13 binds a row, under SQLite's bind limit.
+    for chunk in charges.chunks(2_000) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO charges (id, session_id, operator_id, lot_id, local_day, driver_id, account, amount_minor,
+                 currency, method, status, next_attempt_at, created_at, updated_at) ",
+        );
+        insert.push_values(chunk, |mut row, c| {
+            row.push_bind(c.id)
+                .push_bind(c.session_id)
+                .push_bind(c.operator_id.as_str())
+                .push_bind(c.lot_id.as_str())
+                .push_bind(c.local_day.as_str())
+                .push_bind(c.driver_id)
+                .push_bind(c.account.as_deref())
+                .push_bind(c.amount_minor)
+                .push_bind(c.currency.as_str())
+                .push_bind("auto_debit")
+                .push_bind(c.status)
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        insert.push(" ON CONFLICT (session_id) DO NOTHING RETURNING id");
+        let ids: Vec<(Uuid,)> = insert.build().persistent(false).fetch_all(&mut tx).await?;
+        inserted.extend(ids.into_iter().map(|(id,)| id));
+    }
+    // A charge with nobody to debit is owed at once: a fee entry, and an invoice when there is a driver.
+    let inserted_set: std::collections::HashSet<Uuid> = inserted.iter().copied().collect();
+    let owed: Vec<&NewCharge> = charges
+        .iter()
+        .filter(|c| c.status == "no_account" && inserted_set.contains(&c.id))
+        .collect();
+    let entries: Vec<Entry> = owed
+        .iter()
+        .map(|c| Entry::fee(c.id, &c.lot_id, c.amount_minor, &c.currency, now))
+        .collect();
+    insert_entries(&mut tx, &entries).await?;
+    let invoices: Vec<NewInvoice> = owed
+        .iter()
+        .filter(|c| c.driver_id.is_some())
+        .map(|c| {
+            NewInvoice::new(
+                c.id,
+                c.driver_id,
+                c.amount_minor,
+                &c.currency,
+                now,
+                config.payment_window,
+            )
+        })
+        .collect();
+    insert_invoices(&mut tx, &invoices).await?;
+    // The queued sessions are dealt with: charged now, charged already, or not to be charged.
+    dequeue_charges(&mut tx, &queued).await?;
+    tx.commit().await?;
+    Ok(queued.len().max(inserted.len()))
 }
 
 /// Leases up to a batch of charges to collect to this worker.
@@ -200,26 +210,16 @@ pub async fn claim(
          WHERE id IN (SELECT id FROM charges WHERE status IN ('pending', 'unknown') AND next_attempt_at <= $3
                       AND (locked_until IS NULL OR locked_until < $3) ORDER BY next_attempt_at LIMIT $4{LOCK})
          RETURNING id, session_id, lot_id, driver_id, account, amount_minor, currency, status, attempts";
-    let claimed: Vec<Claimed> = match db {
-        Db::Sqlite(pool) => {
-            sqlx::query_as(&CLAIM.replace("{LOCK}", ""))
-                .bind(&config.worker_id)
-                .bind(until)
-                .bind(now)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-        }
+    let lock = match db.engine() {
+        Engine::Sqlite => "",
         // Concurrent workers skip the rows another is claiming instead of waiting for them.
-        Db::Postgres(pool) => {
-            sqlx::query_as(&CLAIM.replace("{LOCK}", " FOR UPDATE SKIP LOCKED"))
-                .bind(&config.worker_id)
-                .bind(until)
-                .bind(now)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-        }
+        Engine::Postgres => " FOR UPDATE SKIP LOCKED",
     };
-    Ok(claimed)
+    query(CLAIM.replace("{LOCK}", lock))
+        .bind(&config.worker_id)
+        .bind(until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(db)
+        .await
 }

@@ -1,6 +1,6 @@
 //! Writing journal entries: many rows per statement, idempotent per (kind, reference, line).
 
-use parkflow_db::StoreError;
+use parkflow_db::{QueryBuilder, StoreError, Tx, db_time};
 
 use super::{Entry, Line};
 
@@ -31,39 +31,31 @@ pub fn check(entries: &[Entry]) -> Result<(), StoreError> {
     }
 }
 
-/// Inserts `$entries` (a `&[Entry]`) within the transaction `$tx` of either engine; an entry
-/// already recorded is skipped. Evaluates to `Result<(), StoreError>`.
-#[macro_export]
-macro_rules! insert_entries {
-    ($tx:expr, $entries:expr) => {{
-        let entries: &[$crate::ledger::Entry] = $entries;
-        match $crate::ledger::store::check(entries) {
-            Err(e) => Err(e),
-            Ok(()) => {
-                let rows = $crate::ledger::store::rows(entries);
-                let mut result = Ok(());
-                for chunk in rows.chunks($crate::ledger::store::ROWS_PER_STATEMENT) {
-                    let mut builder = sqlx::QueryBuilder::new(
-                        "INSERT INTO ledger (entry_id, line, kind, reference, account, amount_minor, currency, created_at) ",
-                    );
-                    builder.push_values(chunk.iter(), |mut row, (entry, line_no, line)| {
-                        row.push_bind(entry.id)
-                            .push_bind(*line_no)
-                            .push_bind(entry.kind.as_str())
-                            .push_bind(entry.reference)
-                            .push_bind(line.account.as_str())
-                            .push_bind(line.amount_minor)
-                            .push_bind(entry.currency.as_str())
-                            .push_bind(parkflow_db::db_time(entry.created_at));
-                    });
-                    builder.push(" ON CONFLICT (kind, reference, line) DO NOTHING");
-                    if let Err(e) = builder.build().execute(&mut *$tx).await {
-                        result = Err(parkflow_db::StoreError::from(e));
-                        break;
-                    }
-                }
-                result
-            }
-        }
-    }};
+/// Inserts `entries` within the transaction; an entry already recorded is skipped.
+pub async fn insert_entries(tx: &mut Tx, entries: &[Entry]) -> Result<(), StoreError> {
+    check(entries)?;
+    let rows = rows(entries);
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO ledger (entry_id, line, kind, reference, account, amount_minor, currency, \
+             created_at) ",
+        );
+        insert.push_values(chunk, |mut row, (entry, line_no, line)| {
+            row.push_bind(entry.id)
+                .push_bind(*line_no)
+                .push_bind(entry.kind.as_str())
+                .push_bind(entry.reference)
+                .push_bind(line.account.as_str())
+                .push_bind(line.amount_minor)
+                .push_bind(entry.currency.as_str())
+                .push_bind(db_time(entry.created_at));
+        });
+        insert.push(" ON CONFLICT (kind, reference, line) DO NOTHING");
+        insert
+            .build()
+            .persistent(chunk.len() == ROWS_PER_STATEMENT)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
