@@ -40,26 +40,14 @@ impl From<DriverError> for ApiError {
 #[schema(example = json!({"plate": "浙AD12345", "plate_color": "green"}))]
 pub struct PlateRequest {
     plate: String,
-    plate_color: Option<String>,
+    plate_color: Option<PlateColor>,
 }
 
 impl PlateRequest {
     fn parse(&self) -> Result<(Plate, Option<PlateColor>), ApiError> {
         let plate = Plate::parse(&self.plate)
             .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
-        let color = self
-            .plate_color
-            .as_deref()
-            .map(|c| {
-                PlateColor::parse(c).ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_plate_color",
-                        "plate_color must be blue, yellow, green, white or black",
-                    )
-                })
-            })
-            .transpose()?;
-        Ok((plate, color))
+        Ok((plate, self.plate_color))
     }
 }
 

@@ -44,7 +44,7 @@ pub async fn tariff(
 pub struct QuoteQuery {
     entered_at: DateTime<Utc>,
     exited_at: DateTime<Utc>,
-    plate_color: Option<String>,
+    plate_color: Option<PlateColor>,
 }
 
 /// The longest stay a quote prices: walking its units is work an anonymous client can ask for.
@@ -68,18 +68,7 @@ pub async fn quote(
     let lot = registry
         .lot_by_id(&lot_id(&lot)?)
         .ok_or(ApiError::NotFound("lot"))?;
-    let plate_color = query
-        .plate_color
-        .as_deref()
-        .map(|c| {
-            PlateColor::parse(c).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_plate_color",
-                    "plate_color must be blue, yellow, green, white or black",
-                )
-            })
-        })
-        .transpose()?;
+    let plate_color = query.plate_color;
     let tariff = lot
         .tariffs
         .in_force_at(query.entered_at)
