@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, db_time, on_db};
+use parkflow_db::{Db, Engine, QueryBuilder, db_time, query};
 use parkflow_gateway::metrics::Metrics;
 use parkflow_gateway::registry::{GateDirection, LotKind};
 use parkflow_gateway::session::{ExitMatch, OpenSession, SessionEnd, SessionStatus};
@@ -21,7 +21,6 @@ use parkflow_protocol::{
 };
 use parkflow_sensors_sim::city::random_plate;
 use rand::SeedableRng;
-use sqlx::QueryBuilder;
 use uuid::Uuid;
 
 use super::{on_engine, ratio};
@@ -159,48 +158,49 @@ const BASELINE_TABLES: [&str; 3] = [
 /// Inserts each visit's rows (a closed session, two reads, a queued charge) in bulk, `MAX_BATCH`
 /// reads' worth a transaction; returns the time taken.
 async fn baseline(db: &Db, visits: &[Visit]) -> anyhow::Result<Duration> {
-    let (uuid, bigint, time) = match db {
-        Db::Sqlite(_) => ("BLOB", "INTEGER", "TEXT"),
-        Db::Postgres(_) => ("UUID", "BIGINT", "TIMESTAMPTZ"),
+    let (uuid, bigint, time) = match db.engine() {
+        Engine::Sqlite => ("BLOB", "INTEGER", "TEXT"),
+        Engine::Postgres => ("UUID", "BIGINT", "TIMESTAMPTZ"),
     };
     for table in BASELINE_TABLES {
         let create = table
             .replace("{UUID}", uuid)
             .replace("{BIGINT}", bigint)
             .replace("{TIME}", time);
-        on_db!(db, pool => sqlx::query(&create).execute(pool).await.map(drop)?);
+        query(create).execute(db).await?;
     }
     let started = Instant::now();
-    on_db!(db, pool => {
-        for group in visits.chunks(MAX_BATCH / 2) {
-            let mut tx = pool.begin().await?;
-            for chunk in group.chunks(ROWS_PER_INSERT / 2) {
-                let mut sessions = QueryBuilder::new(
-                    "INSERT INTO bench_sessions (id, lot_id, plate, plate_color, status, pass_holder, entry_gate,
-                         entry_event_id, entered_at, exit_gate, exit_event_id, exited_at, fee_minor, currency) ",
-                );
-                sessions.push_values(chunk, |mut row, v| {
-                    row.push_bind(v.session.id)
-                        .push_bind(v.session.lot.as_str())
-                        .push_bind(v.session.plate.as_str())
-                        .push_bind("blue")
-                        .push_bind("closed")
-                        .push_bind(false)
-                        .push_bind(v.entry.gate.as_str())
-                        .push_bind(v.entry.event_id.as_str())
-                        .push_bind(db_time(v.session.entered_at))
-                        .push_bind(v.exit.gate.as_str())
-                        .push_bind(v.exit.event_id.as_str())
-                        .push_bind(db_time(v.end.exited_at))
-                        .push_bind(1_100i64)
-                        .push_bind("CNY");
-                });
-                sessions.build().execute(&mut *tx).await?;
-                let mut reads = QueryBuilder::new(
-                    "INSERT INTO bench_reads (lot_id, gate_id, event_id, plate, direction, observed_at,
-                         received_at, command_id, action, reason, issued_at, session_id) ",
-                );
-                reads.push_values(chunk.iter().flat_map(|v| [&v.entry, &v.exit]), |mut row, r| {
+    for group in visits.chunks(MAX_BATCH / 2) {
+        let mut tx = db.begin_write().await?;
+        for chunk in group.chunks(ROWS_PER_INSERT / 2) {
+            let mut sessions = QueryBuilder::new(
+                "INSERT INTO bench_sessions (id, lot_id, plate, plate_color, status, pass_holder, entry_gate,
+                     entry_event_id, entered_at, exit_gate, exit_event_id, exited_at, fee_minor, currency) ",
+            );
+            sessions.push_values(chunk, |mut row, v| {
+                row.push_bind(v.session.id)
+                    .push_bind(v.session.lot.as_str())
+                    .push_bind(v.session.plate.as_str())
+                    .push_bind(PlateColor::Blue.as_str())
+                    .push_bind(SessionStatus::Closed.as_str())
+                    .push_bind(false)
+                    .push_bind(v.entry.gate.as_str())
+                    .push_bind(v.entry.event_id.as_str())
+                    .push_bind(db_time(v.session.entered_at))
+                    .push_bind(v.exit.gate.as_str())
+                    .push_bind(v.exit.event_id.as_str())
+                    .push_bind(db_time(v.end.exited_at))
+                    .push_bind(1_100i64)
+                    .push_bind("CNY");
+            });
+            sessions.build().execute(&mut tx).await?;
+            let mut reads = QueryBuilder::new(
+                "INSERT INTO bench_reads (lot_id, gate_id, event_id, plate, direction, observed_at,
+                     received_at, command_id, action, reason, issued_at, session_id) ",
+            );
+            reads.push_values(
+                chunk.iter().flat_map(|v| [&v.entry, &v.exit]),
+                |mut row, r| {
                     row.push_bind(r.lot.as_str())
                         .push_bind(r.gate.as_str())
                         .push_bind(r.event_id.as_str())
@@ -213,17 +213,18 @@ async fn baseline(db: &Db, visits: &[Visit]) -> anyhow::Result<Duration> {
                         .push_bind(r.command.reason.as_str())
                         .push_bind(db_time(r.command.issued_at))
                         .push_bind(r.session_id);
-                });
-                reads.build().execute(&mut *tx).await?;
-                let mut queue = QueryBuilder::new("INSERT INTO bench_queue (session_id, queued_at) ");
-                queue.push_values(chunk, |mut row, v| {
-                    row.push_bind(v.session.id).push_bind(db_time(v.end.exited_at));
-                });
-                queue.build().execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
+                },
+            );
+            reads.build().execute(&mut tx).await?;
+            let mut queue = QueryBuilder::new("INSERT INTO bench_queue (session_id, queued_at) ");
+            queue.push_values(chunk, |mut row, v| {
+                row.push_bind(v.session.id)
+                    .push_bind(db_time(v.end.exited_at));
+            });
+            queue.build().execute(&mut tx).await?;
         }
-    });
+        tx.commit().await?;
+    }
     Ok(started.elapsed())
 }
 
@@ -300,12 +301,13 @@ async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()
         rows / baseline,
         sessions as f64 / persist
     );
-    let (stored, closed, reads, queued): (i64, i64, i64, i64) = on_db!(&db, pool => sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM sessions WHERE status = 'closed'),
-                (SELECT COUNT(*) FROM gate_reads), (SELECT COUNT(*) FROM charge_queue)"
+    let (stored, closed, reads, queued): (i64, i64, i64, i64) = query(
+        "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM sessions WHERE status = $1),
+                (SELECT COUNT(*) FROM gate_reads), (SELECT COUNT(*) FROM charge_queue)",
     )
-    .fetch_one(pool)
-    .await?);
+    .bind(SessionStatus::Closed.as_str())
+    .fetch_one(&db)
+    .await?;
     let expected = i64::try_from(sessions)?;
     println!(
         "sessions_stored={stored} closed={closed} reads={reads} queued={queued} lost={}",

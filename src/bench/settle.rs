@@ -4,7 +4,7 @@
 //! session into a bare table, the floor of writing anything per session. SQLite in a temp file by
 //! default, or a fresh PostgreSQL database (created, then dropped) under the given server URL.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,13 +12,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use parkflow_billing::charging::{ChargingConfig, ChargingWorker};
 use parkflow_billing::provider::{FaultConfig, SimulatedProvider};
 use parkflow_billing::{Stay, Tariff};
-use parkflow_db::{Db, db_time, on_db};
+use parkflow_db::{Db, Engine, QueryBuilder, db_time, query};
 use parkflow_gateway::registry::LotKind;
 use parkflow_gateway::store::provision::{DriverPlan, LotPlan, OperatorPlan, Plan, provision};
 use parkflow_protocol::{DeviceAuth, LotId, Plate, PlateColor};
 use parkflow_sensors_sim::city::random_plate;
+use parkflow_session::{ExitMatch, OpenSession, SessionEnd, SessionStatus, repo};
 use rand::{Rng, SeedableRng};
-use sqlx::QueryBuilder;
 use uuid::Uuid;
 
 use super::{Latency, on_engine, ratio};
@@ -42,8 +42,6 @@ fn batch(db: &Db) -> usize {
     }
 }
 
-/// SQLite's bind limit per statement (PostgreSQL's is 65,535).
-const MAX_BINDS: usize = 32_766;
 /// Rows per INSERT in the baseline: the charging worker's chunk.
 const CHARGE_CHUNK: usize = 2_000;
 
@@ -181,46 +179,64 @@ impl Fleet {
 /// Provisions the fleet (every driver with a payment account) and inserts the closed sessions.
 async fn set_up(db: &Db, fleet: &Fleet, now: DateTime<Utc>) -> anyhow::Result<()> {
     provision(db, &fleet.plan(), now).await?;
-    let now = db_time(now);
-    on_db!(db, pool => {
-        let mut tx = pool.begin().await?;
-        for chunk in fleet.sessions.chunks(MAX_BINDS / 14) {
-            let mut builder = QueryBuilder::new(
-                "INSERT INTO sessions (id, lot_id, plate, billed_plate, plate_color, status, pass_holder, entered_at,
-                     exited_at, exit_match, tariff_from, fee_minor, currency, updated_at) ",
-            );
-            builder.push_values(chunk, |mut row, s| {
-                let lot = &fleet.lots[s.lot];
-                let driver = &fleet.drivers[s.driver];
-                row.push_bind(s.id)
-                    .push_bind(lot.id.as_str())
-                    .push_bind(driver.plate.as_str())
-                    .push_bind(driver.plate.as_str())
-                    .push_bind(driver.color.as_str())
-                    .push_bind("closed")
-                    .push_bind(false)
-                    .push_bind(s.entered_at)
-                    .push_bind(s.exited_at)
-                    .push_bind("exact")
-                    .push_bind(db_time(lot.tariff.effective_from()))
-                    .push_bind(s.fee_minor)
-                    .push_bind(lot.currency.as_str())
-                    .push_bind(now);
-            });
-            builder.build().execute(&mut *tx).await?;
-            // As the gateway does when it closes a session: the session waits for its charge.
-            let mut queue = QueryBuilder::new("INSERT INTO charge_queue (session_id, queued_at) ");
-            queue.push_values(chunk, |mut row, s| {
-                row.push_bind(s.id).push_bind(s.exited_at);
-            });
-            queue.build().execute(&mut *tx).await?;
+    // Through the session repository, as the gate writer stores them: opened, then ended
+    // priced, which queues each for its charge. A car has one open session a lot, so a
+    // driver's later stays in a lot go in later rounds.
+    let mut rounds: Vec<Vec<&Closed>> = Vec::new();
+    let mut stays: HashMap<(usize, usize), usize> = HashMap::new();
+    for session in &fleet.sessions {
+        let round = stays.entry((session.lot, session.driver)).or_default();
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
         }
-        tx.commit().await?;
-    });
+        rounds[*round].push(session);
+        *round += 1;
+    }
+    let mut tx = db.begin_write().await?;
+    for chunk in rounds
+        .iter()
+        .flat_map(|round| round.chunks(repo::ROWS_PER_STATEMENT))
+    {
+        let opens: Vec<OpenSession> = chunk
+            .iter()
+            .map(|s| OpenSession {
+                id: s.id,
+                lot: fleet.lots[s.lot].id.clone(),
+                plate: fleet.drivers[s.driver].plate.clone(),
+                plate_color: Some(fleet.drivers[s.driver].color),
+                pass_holder: false,
+                entry_gate: None,
+                entry_event: None,
+                entered_at: s.entered_at,
+            })
+            .collect();
+        let ends: Vec<SessionEnd> = chunk
+            .iter()
+            .map(|s| {
+                let (lot, driver) = (&fleet.lots[s.lot], &fleet.drivers[s.driver]);
+                SessionEnd {
+                    id: s.id,
+                    status: SessionStatus::Closed,
+                    exit_gate: None,
+                    exit_event: None,
+                    exited_at: s.exited_at,
+                    exit_match: Some((ExitMatch::Exact, 1.0)),
+                    tariff_from: Some(lot.tariff.effective_from()),
+                    billed_plate: Some(driver.plate.clone()),
+                    plate_color: Some(driver.color),
+                    pass_holder: false,
+                    fee: Some((s.fee_minor, lot.currency.clone())),
+                }
+            })
+            .collect();
+        repo::open_sessions(&mut tx, &opens.iter().collect::<Vec<_>>()).await?;
+        repo::end_sessions(&mut tx, &ends.iter().collect::<Vec<_>>()).await?;
+    }
+    tx.commit().await?;
     // Statistics, as a running server's autovacuum would have gathered: without them the planner
     // joins every uncharged session to its driver before the enqueue query sorts and limits.
-    if let Db::Postgres(pool) = db {
-        sqlx::query("ANALYZE").execute(pool).await?;
+    if db.engine() == Engine::Postgres {
+        query("ANALYZE").execute(db).await?;
     }
     Ok(())
 }
@@ -233,15 +249,15 @@ const BASELINE_TABLE: &str = "CREATE TABLE bench_charges (id {UUID}, session_id 
 
 /// Writes one charge-shaped row per session, a worker's batch a transaction; returns the time taken.
 async fn baseline(db: &Db, fleet: &Fleet, now: DateTime<Utc>) -> anyhow::Result<Duration> {
-    let (uuid, bigint, time) = match db {
-        Db::Sqlite(_) => ("BLOB", "INTEGER", "TEXT"),
-        Db::Postgres(_) => ("UUID", "BIGINT", "TIMESTAMPTZ"),
+    let (uuid, bigint, time) = match db.engine() {
+        Engine::Sqlite => ("BLOB", "INTEGER", "TEXT"),
+        Engine::Postgres => ("UUID", "BIGINT", "TIMESTAMPTZ"),
     };
     let create = BASELINE_TABLE
         .replace("{UUID}", uuid)
         .replace("{BIGINT}", bigint)
         .replace("{TIME}", time);
-    on_db!(db, pool => sqlx::query(&create).execute(pool).await.map(drop)?);
+    query(create).execute(db).await?;
     // Only the writing is timed: the rows' values are made before the clock starts.
     let rows: Vec<(&Closed, String, Uuid)> = fleet
         .sessions
@@ -254,36 +270,34 @@ async fn baseline(db: &Db, fleet: &Fleet, now: DateTime<Utc>) -> anyhow::Result<
         .collect();
     let now = db_time(now);
     let started = Instant::now();
-    on_db!(db, pool => {
-        for commit in rows.chunks(batch(db)) {
-            let mut tx = pool.begin().await?;
-            for chunk in commit.chunks(CHARGE_CHUNK) {
-                let mut builder = QueryBuilder::new(
-                    "INSERT INTO bench_charges (id, session_id, operator_id, lot_id, local_day, driver_id, account,
-                         amount_minor, currency, method, status, next_attempt_at, created_at, updated_at) ",
-                );
-                builder.push_values(chunk, |mut row, (s, day, id)| {
-                    let (lot, driver) = (&fleet.lots[s.lot], &fleet.drivers[s.driver]);
-                    row.push_bind(*id)
-                        .push_bind(s.id)
-                        .push_bind(OPERATOR)
-                        .push_bind(lot.id.as_str())
-                        .push_bind(day.as_str())
-                        .push_bind(driver.id)
-                        .push_bind(driver.account.as_str())
-                        .push_bind(s.fee_minor)
-                        .push_bind(lot.currency.as_str())
-                        .push_bind("auto_debit")
-                        .push_bind("pending")
-                        .push_bind(now)
-                        .push_bind(now)
-                        .push_bind(now);
-                });
-                builder.build().execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
+    for commit in rows.chunks(batch(db)) {
+        let mut tx = db.begin_write().await?;
+        for chunk in commit.chunks(CHARGE_CHUNK) {
+            let mut builder = QueryBuilder::new(
+                "INSERT INTO bench_charges (id, session_id, operator_id, lot_id, local_day, driver_id, account,
+                     amount_minor, currency, method, status, next_attempt_at, created_at, updated_at) ",
+            );
+            builder.push_values(chunk, |mut row, (s, day, id)| {
+                let (lot, driver) = (&fleet.lots[s.lot], &fleet.drivers[s.driver]);
+                row.push_bind(*id)
+                    .push_bind(s.id)
+                    .push_bind(OPERATOR)
+                    .push_bind(lot.id.as_str())
+                    .push_bind(day.as_str())
+                    .push_bind(driver.id)
+                    .push_bind(driver.account.as_str())
+                    .push_bind(s.fee_minor)
+                    .push_bind(lot.currency.as_str())
+                    .push_bind("auto_debit")
+                    .push_bind("pending")
+                    .push_bind(now)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            builder.build().execute(&mut tx).await?;
         }
-    });
+        tx.commit().await?;
+    }
     Ok(started.elapsed())
 }
 
@@ -309,11 +323,10 @@ async fn charge_all(
             break;
         }
     }
-    let waiting: i64 = on_db!(db, pool => sqlx::query_scalar(
-        "SELECT COUNT(*) FROM charges WHERE status IN ('pending', 'unknown')",
-    )
-    .fetch_one(pool)
-    .await?);
+    let (waiting,): (i64,) =
+        query("SELECT COUNT(*) FROM charges WHERE status IN ('pending', 'unknown')")
+            .fetch_one(db)
+            .await?;
     anyhow::ensure!(waiting == 0, "{waiting} charges still unanswered");
     Ok(steps)
 }
@@ -363,7 +376,7 @@ async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()
     let audit = parkflow_billing::audit::audit(&db).await?;
     let audit_s = started.elapsed().as_secs_f64();
     let (charges, duplicates, succeeded, declined, invoices, entries): Figures =
-        on_db!(&db, pool => sqlx::query_as(FIGURES).fetch_one(pool).await?);
+        query(FIGURES).fetch_one(&db).await?;
     let gross: i64 = settlements.iter().map(|s| s.gross_minor).sum();
     let fees: i64 = fleet.sessions.iter().map(|s| s.fee_minor).sum();
     let applied = i64::try_from(provider.applied_count())?;
