@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
 
 /// ParkFlow: leave first, pay later.
 #[derive(Debug, Parser)]
@@ -38,7 +39,7 @@ pub enum Command {
             env = "PARKFLOW_DATABASE_URL",
             default_value = "sqlite:parkflow.db"
         )]
-        database_url: String,
+        database_url: SecretString,
     },
 }
 
@@ -101,7 +102,7 @@ pub enum Scenario {
         sessions: usize,
         /// A PostgreSQL URL to run against (a fresh database is made there); SQLite otherwise.
         #[arg(long)]
-        database_url: Option<String>,
+        database_url: Option<SecretString>,
     },
     /// Settlement of closed sessions (price, charge, ledger, settle), beside a raw bulk insert.
     Settle {
@@ -109,7 +110,7 @@ pub enum Scenario {
         sessions: usize,
         /// A PostgreSQL URL to run against (a fresh database is made there); SQLite otherwise.
         #[arg(long)]
-        database_url: Option<String>,
+        database_url: Option<SecretString>,
     },
 }
 
@@ -155,7 +156,7 @@ pub struct SimArgs {
         hide_env_values = true,
         required_if_eq("verify", "true")
     )]
-    pub admin_key: Option<String>,
+    pub admin_key: Option<SecretString>,
     /// The longest stay, in simulated seconds (default: 90 s in real time, 5 h with --speed);
     /// the cars inside leave within it after the run.
     #[arg(long)]
@@ -180,10 +181,10 @@ pub struct RunArgs {
         env = "PARKFLOW_DATABASE_URL",
         default_value = "sqlite:parkflow.db"
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
     /// An external MQTT broker, `mqtt://[user:password@]host[:port]`, instead of the embedded one.
-    #[arg(long, env = "PARKFLOW_MQTT_URL")]
-    pub mqtt_url: Option<url::Url>,
+    #[arg(long, env = "PARKFLOW_MQTT_URL", hide_env_values = true, value_parser = secret_url)]
+    pub mqtt_url: Option<SecretString>,
     /// The platform's MQTT client id (its persistent session lives under it).
     #[arg(
         long,
@@ -193,7 +194,7 @@ pub struct RunArgs {
     pub mqtt_client_id: String,
     /// The platform admin's API key; generated and printed with --demo when not given.
     #[arg(long, env = "PARKFLOW_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<String>,
+    pub admin_key: Option<SecretString>,
     /// The address drivers reach the API at, for payment links (defaults to the HTTP address).
     #[arg(long, env = "PARKFLOW_PUBLIC_URL")]
     pub public_url: Option<url::Url>,
@@ -206,7 +207,7 @@ pub struct RunArgs {
     /// The key plates are hashed under in logs and pseudonyms (random per start when unset:
     /// set it for tags and pseudonyms that stay the same across restarts).
     #[arg(long, env = "PARKFLOW_PLATE_KEY", hide_env_values = true)]
-    pub plate_key: Option<String>,
+    pub plate_key: Option<SecretString>,
     /// Plates of sessions that ended longer ago than this are pseudonymised.
     #[arg(long, env = "PARKFLOW_PLATE_RETENTION_DAYS", default_value_t = 180)]
     pub plate_retention_days: u32,
@@ -231,10 +232,24 @@ pub struct RunArgs {
     pub demo_devices: Option<PathBuf>,
 }
 
+/// A URL that may carry a password: checked as a URL, then kept where it never prints.
+fn secret_url(s: &str) -> Result<SecretString, url::ParseError> {
+    url::Url::parse(s)?;
+    Ok(s.into())
+}
+
 impl RunArgs {
+    /// The external broker's URL, password included.
+    pub fn mqtt_url(&self) -> Option<url::Url> {
+        // Parsed once already, by clap.
+        self.mqtt_url
+            .as_ref()
+            .and_then(|url| url::Url::parse(url.expose_secret()).ok())
+    }
+
     /// Checks what clap cannot: the broker URL's scheme and host.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(url) = &self.mqtt_url {
+        if let Some(url) = &self.mqtt_url() {
             if url.scheme() != "mqtt" && url.scheme() != "tcp" {
                 return Err(format!(
                     "--mqtt-url must start with mqtt://, not {}://",
@@ -245,8 +260,8 @@ impl RunArgs {
                 return Err("--mqtt-url needs a host".into());
             }
         }
-        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres"))
-        {
+        let database_url = self.database_url.expose_secret();
+        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres")) {
             return Err("--database-url must be sqlite:FILE or postgres://…".into());
         }
         if self.mqtt_url.is_none() && self.mqtt_listen.port() == 0 {
@@ -265,5 +280,77 @@ impl RunArgs {
             return Err("--mqtt-client-id must not be empty".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::{Cli, Command};
+    use crate::platform::{MqttSetup, PlatformConfig};
+
+    const SECRETS: [&str; 4] = ["adm1n-secret", "pl4te-secret", "db-p4ss", "mqtt-p4ss"];
+
+    /// The URL is for connecting with: it carries the password.
+    #[test]
+    fn the_broker_url_keeps_its_password_for_connecting() {
+        let cli = Cli::try_parse_from([
+            "parkflow",
+            "run",
+            "--mqtt-url",
+            "mqtt://gateway:mqtt-p4ss@broker.internal:1883",
+        ])
+        .unwrap();
+        let Command::Run(args) = &cli.command else {
+            panic!("not a run command");
+        };
+        assert_eq!(args.mqtt_url().unwrap().password(), Some(SECRETS[3]));
+        let bad = Cli::try_parse_from(["parkflow", "run", "--mqtt-url", "not a url"]);
+        assert!(bad.is_err());
+    }
+
+    /// A configuration printed whole (a `{:?}` in a log line, a panic) shows none of its secrets.
+    #[test]
+    fn no_secret_in_printed_configuration() {
+        let cli = Cli::try_parse_from([
+            "parkflow",
+            "run",
+            "--admin-key",
+            SECRETS[0],
+            "--plate-key",
+            SECRETS[1],
+            "--database-url",
+            "postgres://parkflow:db-p4ss@db.internal/parkflow",
+            "--mqtt-url",
+            "mqtt://gateway:mqtt-p4ss@broker.internal:1883",
+        ])
+        .unwrap();
+        let Command::Run(args) = &cli.command else {
+            panic!("not a run command");
+        };
+        let mut config = PlatformConfig::new(
+            args.http_listen,
+            args.database_url.clone(),
+            MqttSetup::External {
+                host: "broker.internal".into(),
+                port: 1883,
+                credentials: Some(("gateway".into(), SECRETS[3].into())),
+            },
+        );
+        config.admin_key.clone_from(&args.admin_key);
+        let gateway = config.gateway_config("platform-p4ss");
+        for printed in [
+            format!("{cli:?}"),
+            format!("{config:?}"),
+            format!("{gateway:?}"),
+            format!("{:?}", gateway.mqtt),
+        ] {
+            for secret in SECRETS {
+                assert!(!printed.contains(secret), "{secret} printed in {printed}");
+            }
+        }
     }
 }

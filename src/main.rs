@@ -15,6 +15,7 @@ use parkflow_gateway::privacy::PlateKey;
 use parkflow_sensors_sim::clock::SimClock;
 use parkflow_sensors_sim::traffic::{Shared, TrafficConfig};
 use parkflow_sensors_sim::{CityConfig, Stats};
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
@@ -60,7 +61,9 @@ fn main() -> ExitCode {
             }
             runtime.block_on(run(*args))
         }
-        Command::Audit { database_url } => return runtime.block_on(audit(&database_url)),
+        Command::Audit { database_url } => {
+            return runtime.block_on(audit(database_url.expose_secret()));
+        }
         Command::Sim(args) => {
             match runtime.block_on(parkflow::sim::run(*args, shutdown_signal())) {
                 Ok(true) => Ok(()),
@@ -76,7 +79,10 @@ fn main() -> ExitCode {
             Scenario::Persist {
                 sessions,
                 database_url,
-            } => runtime.block_on(parkflow::bench::persist::run(sessions, database_url)),
+            } => runtime.block_on(parkflow::bench::persist::run(
+                sessions,
+                exposed(database_url),
+            )),
             Scenario::All { quick } => runtime.block_on(parkflow::bench::all(quick)),
             Scenario::Ingest { events } => runtime.block_on(parkflow::bench::city::ingest(events)),
             Scenario::Broker { messages } => {
@@ -90,7 +96,10 @@ fn main() -> ExitCode {
             Scenario::Settle {
                 sessions,
                 database_url,
-            } => runtime.block_on(parkflow::bench::settle::run(sessions, database_url)),
+            } => runtime.block_on(parkflow::bench::settle::run(
+                sessions,
+                exposed(database_url),
+            )),
         },
     };
     match result {
@@ -100,6 +109,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A URL given on the command line, for the benches that connect with it.
+fn exposed(url: Option<SecretString>) -> Option<String> {
+    url.map(|url| url.expose_secret().to_owned())
 }
 
 /// `parkflow audit`: prints what it checked and every violation; exit 1 when there is one.
@@ -168,17 +182,17 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             args.http_listen = moved;
         }
         if args.admin_key.is_none() {
-            args.admin_key = Some(parkflow::platform::random_secret());
+            args.admin_key = Some(parkflow::platform::random_secret().into());
         }
     }
-    let mqtt = match &args.mqtt_url {
+    let mqtt = match &args.mqtt_url() {
         Some(url) => MqttSetup::External {
             host: url.host_str().unwrap_or_default().to_owned(),
             port: url.port().unwrap_or(1883),
             credentials: (!url.username().is_empty()).then(|| {
                 (
                     url.username().to_owned(),
-                    url.password().unwrap_or_default().to_owned(),
+                    url.password().unwrap_or_default().into(),
                 )
             }),
         },
@@ -199,8 +213,10 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         public_url,
         plate_key: args
             .plate_key
-            .as_deref()
-            .map_or_else(PlateKey::random, |key| PlateKey::new(key.as_bytes())),
+            .as_ref()
+            .map_or_else(PlateKey::random, |key| {
+                PlateKey::new(key.expose_secret().as_bytes())
+            }),
         ..DecisionConfig::default()
     };
     config.retention.retention = chrono::Duration::days(i64::from(args.plate_retention_days));
@@ -247,9 +263,14 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             "embedded"
         }
     );
-    println!("  database      {}", redact(&args.database_url));
+    println!(
+        "  database      {}",
+        redact(args.database_url.expose_secret())
+    );
     if let Some(demo) = &demo {
         if let Some(key) = &args.admin_key {
+            // Generated for the demo unless given: the newcomer needs it to try the API.
+            let key = key.expose_secret();
             println!("  admin key     {key}  (Authorization: Bearer …)");
         }
         if let Some(first) = demo.city.lots.first() {

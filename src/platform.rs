@@ -23,6 +23,7 @@ pub use parkflow_gateway::registry::{random_device_key, random_secret};
 use parkflow_gateway::store::provision::{Plan, provision};
 use parkflow_gateway::store::{Db, registry as gateway_store};
 use parkflow_gateway::{Gateway, GatewayConfig};
+use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,19 +40,21 @@ pub enum MqttSetup {
     External {
         host: String,
         port: u16,
-        credentials: Option<(String, String)>,
+        /// User name and password.
+        credentials: Option<(String, SecretString)>,
     },
 }
 
-/// Everything the platform needs to start.
-#[derive(Clone)]
+/// Everything the platform needs to start; printed, it shows none of its secrets.
+#[derive(Debug, Clone)]
 pub struct PlatformConfig {
     pub http_listen: SocketAddr,
-    pub database_url: String,
+    /// `sqlite:FILE` or `postgres://…` (a URL may carry a password).
+    pub database_url: SecretString,
     pub mqtt: MqttSetup,
     /// The platform's MQTT client id; the broker keeps its persistent session under it.
     pub mqtt_client_id: String,
-    pub admin_key: Option<String>,
+    pub admin_key: Option<SecretString>,
     pub decisions: DecisionConfig,
     pub occupancy: OccupancyConfig,
     /// Public reads allowed per client address per second.
@@ -68,20 +71,13 @@ pub struct PlatformConfig {
     pub retention: RetentionConfig,
 }
 
-/// Shows the configuration without its secrets.
-impl std::fmt::Debug for PlatformConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PlatformConfig")
-            .field("http_listen", &self.http_listen)
-            .field("mqtt_client_id", &self.mqtt_client_id)
-            .field("admin_key", &self.admin_key.as_ref().map(|_| "***"))
-            .finish_non_exhaustive()
-    }
-}
-
 impl PlatformConfig {
     /// The defaults around the addresses and the database.
-    pub fn new(http_listen: SocketAddr, database_url: impl Into<String>, mqtt: MqttSetup) -> Self {
+    pub fn new(
+        http_listen: SocketAddr,
+        database_url: impl Into<SecretString>,
+        mqtt: MqttSetup,
+    ) -> Self {
         Self {
             http_listen,
             database_url: database_url.into(),
@@ -102,6 +98,39 @@ impl PlatformConfig {
             arrears: ArrearsConfig::default(),
             settle_every: Duration::from_secs(600),
             retention: RetentionConfig::default(),
+        }
+    }
+
+    /// The gateway's part; on the embedded broker the platform logs in with `platform_password`.
+    pub fn gateway_config(&self, platform_password: &str) -> GatewayConfig {
+        let (host, port, credentials) = match &self.mqtt {
+            MqttSetup::Embedded { listen } => (
+                listen.ip().to_string(),
+                listen.port(),
+                Some((PLATFORM_USER.to_owned(), platform_password.into())),
+            ),
+            MqttSetup::External {
+                host,
+                port,
+                credentials,
+            } => (host.clone(), *port, credentials.clone()),
+        };
+        GatewayConfig {
+            http_listen: self.http_listen,
+            database_url: self.database_url.clone(),
+            mqtt: MqttConfig {
+                host,
+                port,
+                client_id: self.mqtt_client_id.clone(),
+                credentials,
+                keep_alive: Duration::from_secs(30),
+                inflight: 1_000,
+            },
+            decisions: self.decisions.clone(),
+            occupancy: self.occupancy.clone(),
+            public_rate_per_second: self.public_rate_per_second,
+            driver_rate_per_second: self.driver_rate_per_second,
+            admin_key: self.admin_key.clone(),
         }
     }
 }
@@ -155,38 +184,12 @@ impl Platform {
     /// the embedded broker.
     pub async fn build(config: PlatformConfig) -> anyhow::Result<Self> {
         let platform_password = random_secret();
-        let (host, port, credentials) = match &config.mqtt {
-            MqttSetup::Embedded { listen } => (
-                listen.ip().to_string(),
-                listen.port(),
-                Some((PLATFORM_USER.to_owned(), platform_password.clone())),
-            ),
-            MqttSetup::External {
-                host,
-                port,
-                credentials,
-            } => (host.clone(), *port, credentials.clone()),
-        };
+        let gateway_config = config.gateway_config(&platform_password);
+        let host = gateway_config.mqtt.host.clone();
+        let port = gateway_config.mqtt.port;
         let provider = SimulatedProvider::new(config.provider_faults.clone())
             .context("invalid payment provider faults")?;
         let payments_provider = provider.clone();
-        let gateway_config = GatewayConfig {
-            http_listen: config.http_listen,
-            database_url: config.database_url.clone(),
-            mqtt: MqttConfig {
-                host: host.clone(),
-                port,
-                client_id: config.mqtt_client_id.clone(),
-                credentials,
-                keep_alive: Duration::from_secs(30),
-                inflight: 1_000,
-            },
-            decisions: config.decisions.clone(),
-            occupancy: config.occupancy.clone(),
-            public_rate_per_second: config.public_rate_per_second,
-            driver_rate_per_second: config.driver_rate_per_second,
-            admin_key: config.admin_key.clone(),
-        };
         let gateway = Gateway::build(gateway_config, move |db| {
             Arc::new(Payments::new(db, payments_provider))
         })

@@ -57,7 +57,11 @@ pub async fn run(args: SimArgs, interrupted: impl Future<Output = ()>) -> anyhow
         .timeout(Duration::from_secs(30))
         .build()?;
     let verifier = match (&args.admin_key, args.verify) {
-        (Some(key), true) => Some(Verifier::new(args.api_url.as_str(), key, http.clone())),
+        (Some(key), true) => Some(Verifier::new(
+            args.api_url.as_str(),
+            key.clone(),
+            http.clone(),
+        )),
         _ => None,
     };
     let refused_before = match &verifier {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::Utc;
 use parkflow_protocol::topic::filter;
 use rumqttc::{AsyncClient, EventLoop};
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -86,7 +87,7 @@ impl Gateway {
         config: GatewayConfig,
         payments: impl FnOnce(Db) -> Arc<dyn PaymentsApi>,
     ) -> Result<Self, GatewayError> {
-        let db = Db::connect(&config.database_url).await?;
+        let db = Db::connect(config.database_url.expose_secret()).await?;
         let registry = RegistryHandle::load(&db).await?;
         let listener = TcpListener::bind(config.http_listen)
             .await
@@ -323,7 +324,7 @@ impl Gateway {
             gates,
             payments,
             mqtt_connected: connected_rx,
-            admin_key: config.admin_key.map(Arc::from),
+            admin_key: config.admin_key.map(Arc::new),
             availability,
             occupancy,
             public_limit,

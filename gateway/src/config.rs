@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 
+use secrecy::SecretString;
+
 use crate::gate::actor::DecisionConfig;
 use crate::mqtt::MqttConfig;
 use crate::occupancy::OccupancyConfig;
@@ -12,8 +14,8 @@ use crate::occupancy::OccupancyConfig;
 pub struct GatewayConfig {
     /// The HTTP API's listen address (port 0 picks a free port).
     pub http_listen: SocketAddr,
-    /// `sqlite:path.db` or `postgres://…`.
-    pub database_url: String,
+    /// `sqlite:path.db` or `postgres://…` (a URL may carry a password).
+    pub database_url: SecretString,
     pub mqtt: MqttConfig,
     pub decisions: DecisionConfig,
     pub occupancy: OccupancyConfig,
@@ -22,5 +24,5 @@ pub struct GatewayConfig {
     /// Driver endpoints' requests allowed per client IP address per second.
     pub driver_rate_per_second: u32,
     /// The platform admin's API key (`Authorization: Bearer …`); admin endpoints are closed without one.
-    pub admin_key: Option<String>,
+    pub admin_key: Option<SecretString>,
 }

@@ -14,6 +14,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use parkflow_protocol::LotId;
@@ -88,8 +89,8 @@ async fn identify(
     let Some(key) = bearer(parts) else {
         return Ok(None);
     };
-    if let Some(admin) = state.admin_key.as_deref()
-        && constant_time_eq(key.as_bytes(), admin.as_bytes())
+    if let Some(admin) = &state.admin_key
+        && constant_time_eq(key.as_bytes(), admin.expose_secret().as_bytes())
     {
         return Ok(Some((Caller::PlatformAdmin, None)));
     }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::{Extension, Router};
+use secrecy::SecretString;
 use tokio::sync::watch;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -55,7 +56,8 @@ pub struct AppState {
     pub gates: GateHandle,
     pub payments: Arc<dyn PaymentsApi>,
     pub mqtt_connected: watch::Receiver<bool>,
-    pub admin_key: Option<Arc<str>>,
+    /// Shared, not copied, by the per-request clones of the state.
+    pub admin_key: Option<Arc<SecretString>>,
     pub availability: AvailabilityHandle,
     pub occupancy: OccupancyHandle,
     pub public_limit: limit::PublicLimit,

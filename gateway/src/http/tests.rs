@@ -54,7 +54,7 @@ impl Api {
             gates,
             payments: Arc::new(Payments::new(db.clone(), provider)),
             mqtt_connected,
-            admin_key: Some(Arc::from(ADMIN_KEY)),
+            admin_key: Some(Arc::new(ADMIN_KEY.into())),
             availability: AvailabilityHandle::new(Default::default()),
             occupancy,
             public_limit: limit::PublicLimit::per_second(1_000),

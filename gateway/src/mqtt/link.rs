@@ -9,6 +9,7 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS, SubscribeFilter,
     SubscribeReasonCode,
 };
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -20,26 +21,17 @@ const REQUEST_CHANNEL_CAPACITY: usize = 10_000;
 pub const INBOUND_CHANNEL_CAPACITY: usize = 10_000;
 
 /// Where and as whom the platform connects.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
     /// Stable across restarts: the broker keeps the persistent session under it.
     pub client_id: String,
-    pub credentials: Option<(String, String)>,
+    /// User name and password.
+    pub credentials: Option<(String, SecretString)>,
     pub keep_alive: Duration,
     /// QoS 1 messages the broker may have in flight to us.
     pub inflight: u16,
-}
-
-impl std::fmt::Debug for MqttConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("client_id", &self.client_id)
-            .finish_non_exhaustive()
-    }
 }
 
 /// One message as it arrived.
@@ -64,7 +56,7 @@ pub fn connect(config: &MqttConfig) -> (AsyncClient, EventLoop) {
         .set_max_packet_size(1024 * 1024, 1024 * 1024)
         .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
     if let Some((username, password)) = &config.credentials {
-        options.set_credentials(username, password);
+        options.set_credentials(username, password.expose_secret());
     }
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
     let mut network = NetworkOptions::new();

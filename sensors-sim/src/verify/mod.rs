@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use parkflow_protocol::{GateAction, GateReason, LotId};
 use rust_decimal::Decimal;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::journal::JourneyRecord;
@@ -56,7 +57,7 @@ pub enum VerifyError {
 #[derive(Debug, Clone)]
 pub struct Verifier {
     api: String,
-    admin_key: String,
+    admin_key: SecretString,
     http: reqwest::Client,
 }
 
@@ -153,10 +154,10 @@ impl Report {
 
 impl Verifier {
     /// `api` is the platform's base URL (`http://host:port`).
-    pub fn new(api: &str, admin_key: &str, http: reqwest::Client) -> Self {
+    pub fn new(api: &str, admin_key: SecretString, http: reqwest::Client) -> Self {
         Self {
             api: api.trim_end_matches('/').to_owned(),
-            admin_key: admin_key.to_owned(),
+            admin_key,
             http,
         }
     }
@@ -170,7 +171,7 @@ impl Verifier {
         let response = self
             .http
             .get(&url)
-            .bearer_auth(&self.admin_key)
+            .bearer_auth(self.admin_key.expose_secret())
             .query(query)
             .send()
             .await

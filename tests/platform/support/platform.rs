@@ -313,7 +313,7 @@ fn config(
     };
     let mut config = PlatformConfig::new("127.0.0.1:0".parse().unwrap(), database_url, mqtt);
     config.mqtt_client_id = client_id.to_owned();
-    config.admin_key = Some(ADMIN_KEY.to_owned());
+    config.admin_key = Some(ADMIN_KEY.into());
     // Billing at test speed: a payment window of two seconds, workers that look often.
     config.charging.payment_window = Duration::from_secs(2);
     config.charging.idle_poll = Duration::from_millis(50);
