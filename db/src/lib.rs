@@ -94,32 +94,6 @@ pub enum Tx {
     Postgres(Transaction<'static, sqlx::Postgres>),
 }
 
-/// Runs one body against whichever pool `db` holds; `$pool` is bound to the concrete pool.
-#[macro_export]
-macro_rules! on_db {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            $crate::Db::Sqlite($pool) => $body,
-            $crate::Db::Postgres($pool) => $body,
-        }
-    };
-}
-
-/// Beginning a transaction that writes; implemented by both pools, so an [`on_db!`] body calls
-/// `pool.begin_write()` whichever engine it runs on.
-pub trait BeginWrite {
-    type Database: sqlx::Database;
-
-    /// Begins a transaction that will write. SQLite takes its write lock at once (`BEGIN
-    /// IMMEDIATE`), waiting up to the busy timeout while another connection writes: a deferred
-    /// transaction that reads first fails at its first write with `SQLITE_BUSY_SNAPSHOT`, at once
-    /// and whatever the busy timeout, when another connection committed after its read.
-    /// PostgreSQL begins as usual (its row locks and constraints order writers).
-    fn begin_write(
-        &self,
-    ) -> impl Future<Output = Result<Transaction<'static, Self::Database>, sqlx::Error>> + Send;
-}
-
 impl Engine {
     /// The engine's name, for logs and metrics.
     pub fn as_str(self) -> &'static str {
@@ -127,22 +101,6 @@ impl Engine {
             Self::Sqlite => "sqlite",
             Self::Postgres => "postgres",
         }
-    }
-}
-
-impl BeginWrite for SqlitePool {
-    type Database = sqlx::Sqlite;
-
-    async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.begin_with("BEGIN IMMEDIATE").await
-    }
-}
-
-impl BeginWrite for PgPool {
-    type Database = sqlx::Postgres;
-
-    async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        self.begin().await
     }
 }
 
@@ -205,11 +163,15 @@ impl Db {
         }
     }
 
-    /// Begins a transaction that will write (see [`BeginWrite`] for why SQLite's is `IMMEDIATE`).
+    /// Begins a transaction that will write. SQLite takes its write lock at once (`BEGIN
+    /// IMMEDIATE`), waiting up to the busy timeout while another connection writes: a deferred
+    /// transaction that reads first fails at its first write with `SQLITE_BUSY_SNAPSHOT`, at once
+    /// and whatever the busy timeout, when another connection committed after its read.
+    /// PostgreSQL begins as usual (its row locks and constraints order writers).
     pub async fn begin_write(&self) -> Result<Tx, StoreError> {
         Ok(match self {
-            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_write().await?),
-            Self::Postgres(pool) => Tx::Postgres(pool.begin_write().await?),
+            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
 
@@ -243,17 +205,24 @@ mod tests {
     use super::*;
 
     /// A SQLite database in a temp folder (kept while the folder lives) with one table, `t (n)`.
-    async fn scratch() -> (tempfile::TempDir, SqlitePool) {
+    async fn scratch() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite:{}", dir.path().join("t.db").display());
-        let Db::Sqlite(pool) = Db::connect(&url).await.expect("connect") else {
-            unreachable!("a sqlite url")
-        };
-        sqlx::query("CREATE TABLE t (n INTEGER)")
-            .execute(&pool)
+        let db = Db::connect(&url).await.expect("connect");
+        assert_eq!(db.engine(), Engine::Sqlite);
+        query("CREATE TABLE t (n INTEGER)")
+            .execute(&db)
             .await
             .expect("create");
-        (dir, pool)
+        (dir, db)
+    }
+
+    async fn count(db: &Db) -> i64 {
+        let (n,): (i64,) = query("SELECT COUNT(*) FROM t")
+            .fetch_one(db)
+            .await
+            .expect("count");
+        n
     }
 
     /// A transaction that reads, then writes, while another connection commits in between: with
@@ -261,24 +230,23 @@ mod tests {
     /// when an operator removed a gate while traffic was being recorded).
     #[tokio::test]
     async fn a_transaction_that_reads_then_writes_waits_for_another_writer_on_sqlite() {
-        let (_dir, pool) = scratch().await;
-        let pool = &pool;
+        let (_dir, db) = scratch().await;
 
-        let mut tx = pool.begin_write().await.expect("begin");
-        let (before,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
-            .fetch_one(&mut *tx)
+        let mut tx = db.begin_write().await.expect("begin");
+        let (before,): (i64,) = query("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut tx)
             .await
             .expect("read");
         let mut other = tokio::spawn({
-            let pool = pool.clone();
-            async move { sqlx::query("INSERT INTO t VALUES (2)").execute(&pool).await }
+            let db = db.clone();
+            async move { query("INSERT INTO t VALUES (2)").execute(&db).await }
         });
         // Give the other writer every chance to commit first (it cannot: it waits for our lock).
         let other_went_first = tokio::time::timeout(Duration::from_millis(300), &mut other)
             .await
             .is_ok();
-        sqlx::query("INSERT INTO t VALUES (1)")
-            .execute(&mut *tx)
+        query("INSERT INTO t VALUES (1)")
+            .execute(&mut tx)
             .await
             .expect("our write");
         tx.commit().await.expect("commit");
@@ -290,19 +258,17 @@ mod tests {
             .await
             .expect("join")
             .expect("the other write, after ours");
-        let (after,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
-            .fetch_one(pool)
-            .await
-            .expect("count");
-        assert_eq!((before, after), (0, 2));
+        assert_eq!((before, count(&db).await), (0, 2));
     }
 
     /// A transaction whose owner vanished without rolling back (as when a `BEGIN` is answered
     /// after its caller was cancelled) must not keep its connection, and the write lock, in the pool.
     #[tokio::test]
     async fn a_connection_given_back_inside_a_transaction_is_closed() {
-        let (_dir, pool) = scratch().await;
-        let pool = &pool;
+        let (_dir, db) = scratch().await;
+        let Db::Sqlite(pool) = &db else {
+            unreachable!("a sqlite database")
+        };
 
         let mut connection = pool.acquire().await.expect("acquire");
         let leaked = sqlx::Connection::begin_with(&mut *connection, "BEGIN IMMEDIATE")
@@ -311,20 +277,16 @@ mod tests {
         std::mem::forget(leaked);
         drop(connection);
 
-        for n in 0..8 {
-            let mut tx = pool.begin_write().await.expect("a write transaction");
-            sqlx::query("INSERT INTO t VALUES ($1)")
+        for n in 0..8_i64 {
+            let mut tx = db.begin_write().await.expect("a write transaction");
+            query("INSERT INTO t VALUES ($1)")
                 .bind(n)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await
                 .expect("write");
             tx.commit().await.expect("commit");
         }
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t")
-            .fetch_one(pool)
-            .await
-            .expect("count");
-        assert_eq!(count, 8);
+        assert_eq!(count(&db).await, 8);
     }
 
     #[test]

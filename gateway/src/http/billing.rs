@@ -188,11 +188,11 @@ async fn charge_currency(
     state: &AppState,
     charge: Uuid,
 ) -> Result<(parkflow_billing::Currency, String), ApiError> {
-    let row: Option<(String, String)> = crate::store::on_db!(&state.db, pool => sqlx::query_as("SELECT currency, operator_id FROM charges WHERE id = $1")
-        .bind(charge)
-        .fetch_optional(pool)
-        .await
-        .map_err(crate::store::StoreError::from)?);
+    let row: Option<(String, String)> =
+        parkflow_db::query("SELECT currency, operator_id FROM charges WHERE id = $1")
+            .bind(charge)
+            .fetch_optional(&state.db)
+            .await?;
     let (currency, operator) = row.ok_or(ApiError::NotFound("charge"))?;
     let currency = parkflow_billing::Currency::new(&currency).map_err(|_| {
         ApiError::Store(crate::store::StoreError::Corrupt("charge currency".into()))

@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Db, StoreError, on_db};
+use parkflow_db::{Executor, query};
+
+use super::{Db, StoreError, db_time};
 
 /// One entry, as recorded and as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -26,41 +28,16 @@ pub struct AuditEntry {
     pub details: Option<String>,
 }
 
-/// Inserts an `AuditEntry` through `$executor`: a pool, or the transaction that writes the change
-/// it records, so that the change and its entry commit together.
-macro_rules! insert_entry {
-    ($executor:expr, $entry:expr) => {{
-        let entry: &$crate::store::audit::AuditEntry = $entry;
-        sqlx::query(
-            "INSERT INTO audit_log (id, at, actor_role, actor_key, operator_id, action, object, reason, details)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(entry.id)
-        .bind($crate::store::db_time(entry.at))
-        .bind(&entry.actor_role)
-        .bind(entry.actor_key)
-        .bind(entry.operator_id.as_deref())
-        .bind(&entry.action)
-        .bind(&entry.object)
-        .bind(&entry.reason)
-        .bind(entry.details.as_deref())
-        .execute($executor)
-        .await
-        .map(drop)
-    }};
-}
-pub(crate) use insert_entry;
-
-/// Inserts an `AuditEntry` inside the transaction that writes the change it records, so that the
-/// change and its entry commit together.
-pub async fn insert(tx: &mut parkflow_db::Tx, entry: &AuditEntry) -> Result<(), StoreError> {
-    parkflow_db::query(
+/// Inserts an `AuditEntry`: inside the transaction that writes the change it records, so that the
+/// change and its entry commit together, or on the pool for an entry of its own.
+pub async fn insert<'c>(on: impl Executor<'c>, entry: &AuditEntry) -> Result<(), StoreError> {
+    query(
         "INSERT INTO audit_log (id, at, actor_role, actor_key, operator_id, action, object,
              reason, details)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(entry.id)
-    .bind(super::db_time(entry.at))
+    .bind(db_time(entry.at))
     .bind(&entry.actor_role)
     .bind(entry.actor_key)
     .bind(entry.operator_id.as_deref())
@@ -68,15 +45,14 @@ pub async fn insert(tx: &mut parkflow_db::Tx, entry: &AuditEntry) -> Result<(), 
     .bind(&entry.object)
     .bind(&entry.reason)
     .bind(entry.details.as_deref())
-    .execute(tx)
+    .execute(on)
     .await
     .map(drop)
 }
 
 /// Records an entry on its own (for an action outside the database, recorded before it is taken).
 pub async fn record(db: &Db, entry: &AuditEntry) -> Result<(), StoreError> {
-    on_db!(db, pool => insert_entry!(pool, entry)?);
-    Ok(())
+    insert(db, entry).await
 }
 
 /// The newest entries, of one operator or of all.
@@ -85,12 +61,12 @@ pub async fn entries(
     operator: Option<&str>,
     limit: u32,
 ) -> Result<Vec<AuditEntry>, StoreError> {
-    Ok(on_db!(db, pool => sqlx::query_as(
+    query(
         "SELECT id, at, actor_role, actor_key, operator_id, action, object, reason, details FROM audit_log
          WHERE ($1 IS NULL OR operator_id = $1) ORDER BY at DESC, id LIMIT $2",
     )
     .bind(operator)
     .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?))
+    .fetch_all(db)
+    .await
 }

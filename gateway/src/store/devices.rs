@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use parkflow_protocol::{BayId, DeviceId, GateId, LotId};
 use serde::Serialize;
 
-use super::{BeginWrite, Db, StoreError, db_time, on_db};
+use parkflow_db::query;
+
+use super::{Db, StoreError, db_time};
 use crate::registry::{DeviceKind, password_hash};
 
 /// A device as the API shows it: never its password or secret.
@@ -59,39 +61,32 @@ pub async fn register(
     device: &NewDevice<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), DeviceError> {
-    let inserted = on_db!(db, pool => {
-        let mut tx = pool.begin_write().await.map_err(StoreError::from)?;
-        if let Some(gate) = device.gate {
-            let locked = sqlx::query("UPDATE gates SET direction = direction WHERE lot_id = $1 AND id = $2")
-                .bind(device.lot.as_str())
-                .bind(gate.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?
-                .rows_affected();
-            if locked == 0 {
-                return Err(DeviceError::UnknownGate);
-            }
+    let mut tx = db.begin_write().await?;
+    if let Some(gate) = device.gate {
+        let locked = query("UPDATE gates SET direction = direction WHERE lot_id = $1 AND id = $2")
+            .bind(device.lot.as_str())
+            .bind(gate.as_str())
+            .execute(&mut tx)
+            .await?;
+        if locked == 0 {
+            return Err(DeviceError::UnknownGate);
         }
-        let inserted = sqlx::query(
-            "INSERT INTO devices (id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, created_at)
-             VALUES ($1, $2, $3, $4, $5, $1, $6, $7, $8) ON CONFLICT DO NOTHING",
-        )
-        .bind(device.id.as_str())
-        .bind(device.kind.as_str())
-        .bind(device.lot.as_str())
-        .bind(device.gate.map(GateId::as_str))
-        .bind(device.bay.map(BayId::as_str))
-        .bind(password_hash(device.password))
-        .bind(device.secret)
-        .bind(db_time(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected();
-        tx.commit().await.map_err(StoreError::from)?;
-        inserted
-    });
+    }
+    let inserted = query(
+        "INSERT INTO devices (id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, created_at)
+         VALUES ($1, $2, $3, $4, $5, $1, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(device.id.as_str())
+    .bind(device.kind.as_str())
+    .bind(device.lot.as_str())
+    .bind(device.gate.map(GateId::as_str))
+    .bind(device.bay.map(BayId::as_str))
+    .bind(password_hash(device.password))
+    .bind(device.secret)
+    .bind(db_time(now))
+    .execute(&mut tx)
+    .await?;
+    tx.commit().await?;
     if inserted == 1 {
         return Ok(());
     }
@@ -105,23 +100,23 @@ pub async fn register(
 
 async fn device_by_id(db: &Db, id: &str) -> Result<Option<DeviceView>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM devices WHERE id = $1 OR mqtt_username = $1");
-    Ok(on_db!(db, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+    query(sql).bind(id).fetch_optional(db).await
 }
 
 /// One device.
 pub async fn device(db: &Db, id: &DeviceId) -> Result<Option<DeviceView>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM devices WHERE id = $1");
-    Ok(on_db!(db, pool => sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(pool).await?))
+    query(sql).bind(id.as_str()).fetch_optional(db).await
 }
 
 /// A lot's devices, by id.
 pub async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<DeviceView>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM devices WHERE lot_id = $1 ORDER BY id LIMIT $2");
-    Ok(on_db!(db, pool => sqlx::query_as(&sql)
+    query(sql)
         .bind(lot.as_str())
         .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?))
+        .fetch_all(db)
+        .await
 }
 
 /// Gives a live device new credentials; the old ones stop working with the next registry load.
@@ -132,25 +127,23 @@ pub async fn rotate(
     password: &str,
     secret: &str,
 ) -> Result<bool, StoreError> {
-    let changed = on_db!(db, pool => sqlx::query(
+    let changed = query(
         "UPDATE devices SET mqtt_password_hash = $2, secret = $3 WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(id.as_str())
     .bind(password_hash(password))
     .bind(secret)
-    .execute(pool)
-    .await
-    .map(|r| r.rows_affected())?);
+    .execute(db)
+    .await?;
     Ok(changed == 1)
 }
 
 /// Revokes a device (idempotent).
 pub async fn revoke(db: &Db, id: &DeviceId, now: DateTime<Utc>) -> Result<(), StoreError> {
-    on_db!(db, pool => sqlx::query("UPDATE devices SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+    query("UPDATE devices SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
         .bind(id.as_str())
         .bind(db_time(now))
-        .execute(pool)
+        .execute(db)
         .await
-        .map(drop)?);
-    Ok(())
+        .map(drop)
 }

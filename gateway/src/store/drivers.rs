@@ -5,7 +5,9 @@ use parkflow_protocol::{Plate, PlateColor};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{BeginWrite, Db, StoreError, db_time, on_db};
+use parkflow_db::query;
+
+use super::{Db, StoreError, db_time};
 use crate::registry::password_hash;
 
 use super::keys::new_key;
@@ -16,12 +18,11 @@ pub enum DriverError {
     #[error("plate is enrolled by another driver")]
     PlateTaken,
     #[error("driver store failed")]
-    Store(#[from] StoreError),
+    Store(#[source] StoreError),
 }
 
-impl From<sqlx::Error> for DriverError {
-    fn from(e: sqlx::Error) -> Self {
-        let e = StoreError::from(e);
+impl From<StoreError> for DriverError {
+    fn from(e: StoreError) -> Self {
         match e.constraint() {
             Some(c) if c.contains("plate") => Self::PlateTaken,
             _ => match &e {
@@ -37,6 +38,10 @@ impl From<sqlx::Error> for DriverError {
         }
     }
 }
+
+/// A driver's plate: `(plate, driver, plate_color, created_at)`.
+const INSERT_PLATE: &str =
+    "INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)";
 
 /// A driver as the API shows them.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -65,36 +70,34 @@ pub async fn enrol(
     let id = Uuid::now_v7();
     let key = new_key();
     let now = db_time(now);
-    on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at) VALUES ($1, $2, 'active', $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(true)
-        .bind(payment_account)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        for (plate, color) in plates {
-            sqlx::query("INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(plate.as_str())
-                .bind(id)
-                .bind(color.map(PlateColor::as_str))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("INSERT INTO api_keys (id, key_hash, role, driver_id, created_at) VALUES ($1, $2, 'driver', $3, $4)")
-            .bind(Uuid::now_v7())
-            .bind(password_hash(&key))
+    let mut tx = db.begin_write().await?;
+    query(
+        "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at) VALUES ($1, $2, 'active', $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(true)
+    .bind(payment_account)
+    .bind(now)
+    .execute(&mut tx)
+    .await?;
+    for (plate, color) in plates {
+        query(INSERT_PLATE)
+            .bind(plate.as_str())
             .bind(id)
+            .bind(color.map(PlateColor::as_str))
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        tx.commit().await?;
-    });
+    }
+    query("INSERT INTO api_keys (id, key_hash, role, driver_id, created_at) VALUES ($1, $2, 'driver', $3, $4)")
+        .bind(Uuid::now_v7())
+        .bind(password_hash(&key))
+        .bind(id)
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+    tx.commit().await?;
     let driver = driver(db, id)
         .await?
         .ok_or_else(|| StoreError::Corrupt("enrolled driver vanished".into()))?;
@@ -109,7 +112,7 @@ pub async fn update(
     payment_account: Option<&str>,
     auto_debit: Option<bool>,
 ) -> Result<(), StoreError> {
-    on_db!(db, pool => sqlx::query(
+    query(
         "UPDATE drivers SET name = COALESCE($2, name), payment_account = COALESCE($3, payment_account),
              auto_debit = COALESCE($4, auto_debit)
          WHERE id = $1",
@@ -118,29 +121,26 @@ pub async fn update(
     .bind(name)
     .bind(payment_account)
     .bind(auto_debit)
-    .execute(pool)
+    .execute(db)
     .await
-    .map(drop)?);
-    Ok(())
+    .map(drop)
 }
 
 /// A driver and their plates.
 pub async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, StoreError> {
-    let row: Option<(String, String, bool)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT name, status, auto_debit FROM drivers WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?);
+    let row: Option<(String, String, bool)> =
+        query("SELECT name, status, auto_debit FROM drivers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
     let Some((name, status, auto_debit)) = row else {
         return Ok(None);
     };
-    let plates: Vec<PlateView> = on_db!(db, pool => sqlx::query_as(
-        "SELECT plate, plate_color FROM driver_plates WHERE driver_id = $1 ORDER BY plate",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?);
+    let plates: Vec<PlateView> =
+        query("SELECT plate, plate_color FROM driver_plates WHERE driver_id = $1 ORDER BY plate")
+            .bind(id)
+            .fetch_all(db)
+            .await?;
     Ok(Some(DriverView {
         id,
         name,
@@ -158,34 +158,32 @@ pub async fn add_plate(
     color: Option<PlateColor>,
     now: DateTime<Utc>,
 ) -> Result<(), DriverError> {
-    let existing: Option<(Uuid,)> = on_db!(db, pool => sqlx::query_as("SELECT driver_id FROM driver_plates WHERE plate = $1")
+    let existing: Option<(Uuid,)> = query("SELECT driver_id FROM driver_plates WHERE plate = $1")
         .bind(plate.as_str())
-        .fetch_optional(pool)
-        .await?);
+        .fetch_optional(db)
+        .await?;
     match existing {
         Some((owner,)) if owner == driver => return Ok(()),
         Some(_) => return Err(DriverError::PlateTaken),
         None => {}
     }
-    on_db!(db, pool => sqlx::query("INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)")
+    query(INSERT_PLATE)
         .bind(plate.as_str())
         .bind(driver)
         .bind(color.map(PlateColor::as_str))
         .bind(db_time(now))
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected())?);
+        .execute(db)
+        .await?;
     Ok(())
 }
 
 /// Removes one of a driver's plates; whether it was theirs.
 pub async fn remove_plate(db: &Db, driver: Uuid, plate: &Plate) -> Result<bool, StoreError> {
-    let removed = on_db!(db, pool => sqlx::query("DELETE FROM driver_plates WHERE plate = $1 AND driver_id = $2")
+    let removed = query("DELETE FROM driver_plates WHERE plate = $1 AND driver_id = $2")
         .bind(plate.as_str())
         .bind(driver)
-        .execute(pool)
-        .await?
-        .rows_affected());
+        .execute(db)
+        .await?;
     Ok(removed == 1)
 }
 
@@ -205,12 +203,12 @@ pub struct InvoiceView {
 
 /// A driver's invoices, newest first.
 pub async fn invoices(db: &Db, driver: Uuid) -> Result<Vec<InvoiceView>, StoreError> {
-    let rows: Vec<InvoiceView> = on_db!(db, pool => sqlx::query_as(
+    let rows: Vec<InvoiceView> = query(
         "SELECT id, amount_minor, currency, status, due_at FROM invoices WHERE driver_id = $1 ORDER BY created_at DESC",
     )
     .bind(driver)
-    .fetch_all(pool)
-    .await?);
+    .fetch_all(db)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|mut i| {
@@ -224,6 +222,9 @@ pub async fn invoices(db: &Db, driver: Uuid) -> Result<Vec<InvoiceView>, StoreEr
 
 /// The payment account a driver enrolled.
 pub async fn payment_account(db: &Db, driver: Uuid) -> Result<Option<String>, StoreError> {
-    let row: Option<(Option<String>,)> = on_db!(db, pool => sqlx::query_as("SELECT payment_account FROM drivers WHERE id = $1").bind(driver).fetch_optional(pool).await?);
+    let row: Option<(Option<String>,)> = query("SELECT payment_account FROM drivers WHERE id = $1")
+        .bind(driver)
+        .fetch_optional(db)
+        .await?;
     Ok(row.and_then(|(account,)| account))
 }

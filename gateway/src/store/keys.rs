@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Db, StoreError, db_time, on_db};
+use parkflow_db::query;
+
+use super::{Db, StoreError, db_time};
 use crate::registry::password_hash;
 
 /// Who an API key speaks for.
@@ -30,12 +32,12 @@ pub fn new_key() -> String {
 
 /// Who `key` speaks for, if it is a live key.
 pub async fn principal(db: &Db, key: &str) -> Result<Option<Principal>, StoreError> {
-    let row: Option<(Uuid, String, Option<String>, Option<Uuid>)> = on_db!(db, pool => sqlx::query_as(
+    let row: Option<(Uuid, String, Option<String>, Option<Uuid>)> = query(
         "SELECT id, role, operator_id, driver_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
     )
     .bind(password_hash(key))
-    .fetch_optional(pool)
-    .await?);
+    .fetch_optional(db)
+    .await?;
     Ok(row.map(|(id, role, operator_id, driver_id)| Principal {
         id,
         role,
@@ -95,7 +97,7 @@ pub async fn issue(
     let key = new_key();
     let id = Uuid::now_v7();
     let now = db_time(now);
-    on_db!(db, pool => sqlx::query(
+    query(
         "INSERT INTO api_keys (id, key_hash, role, operator_id, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
@@ -103,9 +105,8 @@ pub async fn issue(
     .bind(role.as_str())
     .bind(operator)
     .bind(now)
-    .execute(pool)
-    .await
-    .map(drop)?);
+    .execute(db)
+    .await?;
     let view = KeyView {
         id,
         role: role.as_str().to_owned(),
@@ -122,26 +123,23 @@ pub async fn list(db: &Db, operator: Option<&str>) -> Result<Vec<KeyView>, Store
         "SELECT {KEY_COLUMNS} FROM api_keys WHERE role <> 'driver' AND ($1 IS NULL OR operator_id = $1)
          ORDER BY created_at DESC, id"
     );
-    Ok(on_db!(db, pool => sqlx::query_as(&sql).bind(operator).fetch_all(pool).await?))
+    query(sql).bind(operator).fetch_all(db).await
 }
 
 /// One staff or app key.
 pub async fn key(db: &Db, id: Uuid) -> Result<Option<KeyView>, StoreError> {
     let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND role <> 'driver'");
-    Ok(on_db!(db, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+    query(sql).bind(id).fetch_optional(db).await
 }
 
 /// Revokes a key at once (the next request with it answers 401); revoking twice changes nothing.
 pub async fn revoke(db: &Db, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
-    on_db!(db, pool => sqlx::query(
-        "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-    )
-    .bind(id)
-    .bind(db_time(now))
-    .execute(pool)
-    .await
-    .map(drop)?);
-    Ok(())
+    query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(id)
+        .bind(db_time(now))
+        .execute(db)
+        .await
+        .map(drop)
 }
 
 /// An operator as the API shows it.
@@ -155,12 +153,10 @@ pub struct OperatorView {
 
 /// Operators, one or all.
 pub async fn operators(db: &Db, only: Option<&str>) -> Result<Vec<OperatorView>, StoreError> {
-    Ok(on_db!(db, pool => sqlx::query_as(
-        "SELECT id, name, created_at FROM operators WHERE ($1 IS NULL OR id = $1) ORDER BY id",
-    )
-    .bind(only)
-    .fetch_all(pool)
-    .await?))
+    query("SELECT id, name, created_at FROM operators WHERE ($1 IS NULL OR id = $1) ORDER BY id")
+        .bind(only)
+        .fetch_all(db)
+        .await
 }
 
 /// Creates an operator; `false` if the id is taken.
@@ -170,14 +166,13 @@ pub async fn create_operator(
     name: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let done = on_db!(db, pool => sqlx::query(
+    let done = query(
         "INSERT INTO operators (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
     .bind(name)
     .bind(db_time(now))
-    .execute(pool)
-    .await
-    .map(|r| r.rows_affected())?);
+    .execute(db)
+    .await?;
     Ok(done == 1)
 }

@@ -1,5 +1,6 @@
 //! The gateway's persistence: the registry, provisioning, sessions and gate reads, and the
-//! group-commit writer. The pool and the engine macro come from `parkflow-db`.
+//! group-commit writer. The pool and the queries that run on either engine come from
+//! `parkflow-db`.
 
 pub mod audit;
 pub mod devices;
@@ -12,4 +13,4 @@ pub mod review;
 pub mod sessions;
 pub mod writer;
 
-pub use parkflow_db::{BeginWrite, Db, StoreError, db_time, on_db};
+pub use parkflow_db::{Db, StoreError, db_time};

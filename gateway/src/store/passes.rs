@@ -7,8 +7,10 @@ use parkflow_protocol::{LotId, Plate};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::audit::{AuditEntry, insert_entry};
-use super::{BeginWrite, Db, StoreError, db_time, on_db};
+use parkflow_db::query;
+
+use super::audit::{self, AuditEntry};
+use super::{Db, StoreError, db_time};
 
 /// A pass as its operator sees it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -40,29 +42,28 @@ pub async fn add(
         valid_from: db_time(from),
         valid_until: db_time(until),
     };
-    on_db!(db, pool => sqlx::query(INSERT_PASS)
-    .bind(pass.id)
-    .bind(lot.as_str())
-    .bind(&pass.plate)
-    .bind(pass.valid_from)
-    .bind(pass.valid_until)
-    .bind(db_time(now))
-    .execute(pool)
-    .await
-    .map(drop)?);
+    query(INSERT_PASS)
+        .bind(pass.id)
+        .bind(lot.as_str())
+        .bind(&pass.plate)
+        .bind(pass.valid_from)
+        .bind(pass.valid_until)
+        .bind(db_time(now))
+        .execute(db)
+        .await?;
     Ok(pass)
 }
 
 /// The lot's passes, the latest to start first.
 pub async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<PassView>, StoreError> {
-    Ok(on_db!(db, pool => sqlx::query_as(
+    query(
         "SELECT id, plate, valid_from, valid_until FROM passes WHERE lot_id = $1
          ORDER BY valid_from DESC, id LIMIT $2",
     )
     .bind(lot.as_str())
     .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?))
+    .fetch_all(db)
+    .await
 }
 
 /// Revokes pass `id` of `lot` at `entry.at`, recording `entry` in the same commit; whether there
@@ -75,30 +76,27 @@ pub async fn revoke(
     entry: &AuditEntry,
 ) -> Result<bool, StoreError> {
     let now = db_time(entry.at);
-    on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        let ended = sqlx::query(
-            "UPDATE passes SET valid_until = $3 WHERE id = $1 AND lot_id = $2 AND valid_from < $3 AND valid_until > $3",
-        )
+    let mut tx = db.begin_write().await?;
+    let ended = query(
+        "UPDATE passes SET valid_until = $3
+         WHERE id = $1 AND lot_id = $2 AND valid_from < $3 AND valid_until > $3",
+    )
+    .bind(id)
+    .bind(lot.as_str())
+    .bind(now)
+    .execute(&mut tx)
+    .await?;
+    let removed = query("DELETE FROM passes WHERE id = $1 AND lot_id = $2 AND valid_from >= $3")
         .bind(id)
         .bind(lot.as_str())
         .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let removed = sqlx::query("DELETE FROM passes WHERE id = $1 AND lot_id = $2 AND valid_from >= $3")
-            .bind(id)
-            .bind(lot.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if ended + removed != 1 {
-            return Ok(false);
-        }
-        insert_entry!(&mut *tx, entry)?;
-        tx.commit().await?;
-    });
+        .execute(&mut tx)
+        .await?;
+    if ended + removed != 1 {
+        return Ok(false);
+    }
+    audit::insert(&mut tx, entry).await?;
+    tx.commit().await?;
     Ok(true)
 }
 
@@ -113,12 +111,12 @@ pub struct BlockView {
 
 /// The lot's blocked plates, the latest first.
 pub async fn blocks_of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<BlockView>, StoreError> {
-    Ok(on_db!(db, pool => sqlx::query_as(
+    query(
         "SELECT plate, reason, created_at FROM blocked_plates WHERE lot_id = $1
          ORDER BY created_at DESC, plate LIMIT $2",
     )
     .bind(lot.as_str())
     .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?))
+    .fetch_all(db)
+    .await
 }

@@ -8,30 +8,10 @@ use parkflow_billing::TariffDefinition;
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId, Plate, PlateColor};
 use uuid::Uuid;
 
-use super::{BeginWrite, Db, StoreError, db_time, on_db};
-use crate::registry::{DeviceKind, GateDirection, LotKind, password_hash};
+use parkflow_db::{Executor, QueryBuilder, query};
 
-/// The INSERT of a lot that does not exist yet (nothing when its id is taken).
-macro_rules! insert_lot {
-    ($lot:expr, $now:expr) => {{
-        let lot: &LotPlan = $lot;
-        sqlx::query(
-            "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(lot.id.as_str())
-        .bind(&lot.operator_id)
-        .bind(&lot.name)
-        .bind(lot.kind.as_str())
-        .bind(lot.lat)
-        .bind(lot.lon)
-        .bind(i64::from(lot.capacity))
-        .bind(&lot.time_zone)
-        .bind(lot.device_auth.as_str())
-        .bind(lot.max_stay_minutes.map(i64::from))
-        .bind($now)
-    }};
-}
+use super::{Db, StoreError, db_time};
+use crate::registry::{DeviceKind, GateDirection, LotKind, password_hash};
 
 /// Everything to provision.
 #[derive(Debug, Clone, Default)]
@@ -119,142 +99,160 @@ pub struct BlockPlan {
 /// Rows per multi-row statement (bays and devices come by the hundred thousand in a city).
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// Inserts a lot that does not exist yet (nothing when its id is taken); the rows inserted.
+async fn insert_lot<'c>(
+    on: impl Executor<'c>,
+    lot: &LotPlan,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    query(
+        "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(lot.id.as_str())
+    .bind(&lot.operator_id)
+    .bind(&lot.name)
+    .bind(lot.kind.as_str())
+    .bind(lot.lat)
+    .bind(lot.lon)
+    .bind(i64::from(lot.capacity))
+    .bind(&lot.time_zone)
+    .bind(lot.device_auth.as_str())
+    .bind(lot.max_stay_minutes.map(i64::from))
+    .bind(now)
+    .execute(on)
+    .await
+}
+
 /// Writes `plan` in one transaction.
 pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), StoreError> {
     let now = db_time(now);
-    on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        for operator in &plan.operators {
-            sqlx::query(
-                "INSERT INTO operators (id, name, created_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+    let mut tx = db.begin_write().await?;
+    for operator in &plan.operators {
+        query(
+            "INSERT INTO operators (id, name, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+        )
+        .bind(&operator.id)
+        .bind(&operator.name)
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+    }
+    for lot in &plan.lots {
+        // A lot that exists keeps its row: a plan adds gates, bays and tariffs to it, and
+        // never undoes an operator's change (`update_lot` is how a lot changes).
+        insert_lot(&mut tx, lot, now).await?;
+        for (gate, direction) in &lot.gates {
+            query(
+                "INSERT INTO gates (lot_id, id, direction) VALUES ($1, $2, $3)
+                 ON CONFLICT (lot_id, id) DO UPDATE SET direction = excluded.direction",
             )
-            .bind(&operator.id)
-            .bind(&operator.name)
-            .bind(now)
-            .execute(&mut *tx)
+            .bind(lot.id.as_str())
+            .bind(gate.as_str())
+            .bind(direction.as_str())
+            .execute(&mut tx)
             .await?;
         }
-        for lot in &plan.lots {
-            // A lot that exists keeps its row: a plan adds gates, bays and tariffs to it, and
-            // never undoes an operator's change (`update_lot` is how a lot changes).
-            insert_lot!(lot, now).execute(&mut *tx).await?;
-            for (gate, direction) in &lot.gates {
-                sqlx::query(
-                    "INSERT INTO gates (lot_id, id, direction) VALUES ($1, $2, $3)
-                     ON CONFLICT (lot_id, id) DO UPDATE SET direction = excluded.direction",
-                )
-                .bind(lot.id.as_str())
-                .bind(gate.as_str())
-                .bind(direction.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            for chunk in lot.bays.chunks(ROWS_PER_STATEMENT) {
-                let mut query = sqlx::QueryBuilder::new("INSERT INTO bays (lot_id, id) ");
-                query.push_values(chunk, |mut row, bay| {
-                    row.push_bind(lot.id.as_str()).push_bind(bay.as_str());
-                });
-                query.push(" ON CONFLICT (lot_id, id) DO NOTHING");
-                query.build().execute(&mut *tx).await?;
-            }
-            for tariff in &lot.tariffs {
-                let definition = serde_json::to_string(tariff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                sqlx::query(INSERT_TARIFF)
+        for chunk in lot.bays.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::new("INSERT INTO bays (lot_id, id) ");
+            insert.push_values(chunk, |mut row, bay| {
+                row.push_bind(lot.id.as_str()).push_bind(bay.as_str());
+            });
+            insert.push(" ON CONFLICT (lot_id, id) DO NOTHING");
+            insert.build().persistent(false).execute(&mut tx).await?;
+        }
+        for tariff in &lot.tariffs {
+            let definition =
+                serde_json::to_string(tariff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            query(INSERT_TARIFF)
                 .bind(lot.id.as_str())
                 .bind(db_time(tariff.effective_from))
                 .bind(definition)
                 .bind(now)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
-            }
         }
-        for chunk in plan.devices.chunks(ROWS_PER_STATEMENT) {
-            let mut query = sqlx::QueryBuilder::new(
-                "INSERT INTO devices (id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, created_at) ",
-            );
-            query.push_values(chunk, |mut row, device| {
-                row.push_bind(device.id.as_str())
-                    .push_bind(device.kind.as_str())
-                    .push_bind(device.lot.as_ref().map(LotId::as_str))
-                    .push_bind(device.gate.as_ref().map(GateId::as_str))
-                    .push_bind(device.bay.as_ref().map(BayId::as_str))
-                    .push_bind(&device.mqtt_username)
-                    .push_bind(password_hash(&device.mqtt_password))
-                    .push_bind(&device.secret)
-                    .push_bind(now);
-            });
-            query.push(
-                " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, lot_id = excluded.lot_id, gate_id = excluded.gate_id,
-                     bay_id = excluded.bay_id, mqtt_username = excluded.mqtt_username,
-                     mqtt_password_hash = excluded.mqtt_password_hash, secret = excluded.secret, revoked_at = NULL",
-            );
-            query.build().execute(&mut *tx).await?;
-        }
-        for driver in &plan.drivers {
-            sqlx::query(
-                "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at) VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = excluded.status,
-                     payment_account = excluded.payment_account",
+    }
+    for chunk in plan.devices.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO devices (id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, device| {
+            row.push_bind(device.id.as_str())
+                .push_bind(device.kind.as_str())
+                .push_bind(device.lot.as_ref().map(LotId::as_str))
+                .push_bind(device.gate.as_ref().map(GateId::as_str))
+                .push_bind(device.bay.as_ref().map(BayId::as_str))
+                .push_bind(&device.mqtt_username)
+                .push_bind(password_hash(&device.mqtt_password))
+                .push_bind(&device.secret)
+                .push_bind(now);
+        });
+        insert.push(
+            " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, lot_id = excluded.lot_id, gate_id = excluded.gate_id,
+                 bay_id = excluded.bay_id, mqtt_username = excluded.mqtt_username,
+                 mqtt_password_hash = excluded.mqtt_password_hash, secret = excluded.secret, revoked_at = NULL",
+        );
+        insert.build().persistent(false).execute(&mut tx).await?;
+    }
+    for driver in &plan.drivers {
+        query(
+            "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = excluded.status,
+                 payment_account = excluded.payment_account",
+        )
+        .bind(driver.id)
+        .bind(&driver.name)
+        .bind(if driver.suspended { "suspended" } else { "active" })
+        .bind(true)
+        .bind(driver.payment_account.as_deref())
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        for (plate, color) in &driver.plates {
+            query(
+                "INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (plate) DO UPDATE SET driver_id = excluded.driver_id, plate_color = excluded.plate_color",
             )
+            .bind(plate.as_str())
             .bind(driver.id)
-            .bind(&driver.name)
-            .bind(if driver.suspended { "suspended" } else { "active" })
-            .bind(true)
-            .bind(driver.payment_account.as_deref())
+            .bind(color.map(PlateColor::as_str))
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-            for (plate, color) in &driver.plates {
-                sqlx::query(
-                    "INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (plate) DO UPDATE SET driver_id = excluded.driver_id, plate_color = excluded.plate_color",
-                )
-                .bind(plate.as_str())
-                .bind(driver.id)
-                .bind(color.map(PlateColor::as_str))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
         }
-        for pass in &plan.passes {
-            sqlx::query(super::passes::INSERT_PASS)
+    }
+    for pass in &plan.passes {
+        query(super::passes::INSERT_PASS)
             .bind(Uuid::now_v7())
             .bind(pass.lot.as_str())
             .bind(pass.plate.as_str())
             .bind(db_time(pass.valid_from))
             .bind(db_time(pass.valid_until))
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
-        }
-        for block in &plan.blocks {
-            sqlx::query(
-                "INSERT INTO blocked_plates (lot_id, plate, reason, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (lot_id, plate) DO UPDATE SET reason = excluded.reason",
-            )
-            .bind(block.lot.as_str())
-            .bind(block.plate.as_str())
-            .bind(&block.reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-    });
-    Ok(())
+    }
+    for block in &plan.blocks {
+        query(
+            "INSERT INTO blocked_plates (lot_id, plate, reason, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (lot_id, plate) DO UPDATE SET reason = excluded.reason",
+        )
+        .bind(block.lot.as_str())
+        .bind(block.plate.as_str())
+        .bind(&block.reason)
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 /// Creates a lot that must not exist yet (an operator's new lot): `false` if the id is taken, in
 /// which case nothing changes — another operator's lot is never overwritten.
 pub async fn create_lot(db: &Db, lot: &LotPlan, now: DateTime<Utc>) -> Result<bool, StoreError> {
-    let now = db_time(now);
-    let inserted = on_db!(db, pool => insert_lot!(lot, now)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected())?);
-    Ok(inserted == 1)
+    Ok(insert_lot(db, lot, db_time(now)).await? == 1)
 }
 
 /// What an operator changes of a lot; `None` keeps a field as it is (`Some(None)` clears the
@@ -270,7 +268,7 @@ pub struct LotChange {
 
 /// Applies `change` to `lot`, field by field, so that two changes to different fields both stand.
 pub async fn update_lot(db: &Db, lot: &LotId, change: &LotChange) -> Result<(), StoreError> {
-    on_db!(db, pool => sqlx::query(
+    query(
         "UPDATE lots SET name = COALESCE($2, name), lat = COALESCE($3, lat), lon = COALESCE($4, lon),
              capacity = COALESCE($5, capacity), device_auth = COALESCE($6, device_auth),
              max_stay_minutes = CASE WHEN $7 THEN $8 ELSE max_stay_minutes END
@@ -284,10 +282,9 @@ pub async fn update_lot(db: &Db, lot: &LotId, change: &LotChange) -> Result<(), 
     .bind(change.device_auth.map(DeviceAuth::as_str))
     .bind(change.max_stay_minutes.is_some())
     .bind(change.max_stay_minutes.flatten().map(i64::from))
-    .execute(pool)
+    .execute(db)
     .await
-    .map(drop)?);
-    Ok(())
+    .map(drop)
 }
 
 /// What removing a gate did.
@@ -301,32 +298,29 @@ pub enum GateRemoval {
 
 /// Removes a lane from a lot unless a live camera is registered to it.
 pub async fn remove_gate(db: &Db, lot: &LotId, gate: &GateId) -> Result<GateRemoval, StoreError> {
-    on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        // The delete comes first: it waits for a camera being registered to this gate (which
-        // writes the gate row first), so the count below sees that camera.
-        let removed = sqlx::query("DELETE FROM gates WHERE lot_id = $1 AND id = $2")
-            .bind(lot.as_str())
-            .bind(gate.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 0 {
-            return Ok(GateRemoval::NotFound);
-        }
-        let (devices,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM devices WHERE lot_id = $1 AND gate_id = $2 AND revoked_at IS NULL",
-        )
+    let mut tx = db.begin_write().await?;
+    // The delete comes first: it waits for a camera being registered to this gate (which
+    // writes the gate row first), so the count below sees that camera.
+    let removed = query("DELETE FROM gates WHERE lot_id = $1 AND id = $2")
         .bind(lot.as_str())
         .bind(gate.as_str())
-        .fetch_one(&mut *tx)
+        .execute(&mut tx)
         .await?;
-        if devices > 0 {
-            return Ok(GateRemoval::HasDevice);
-        }
-        tx.commit().await?;
-        Ok(GateRemoval::Removed)
-    })
+    if removed == 0 {
+        return Ok(GateRemoval::NotFound);
+    }
+    let (devices,): (i64,) = query(
+        "SELECT COUNT(*) FROM devices WHERE lot_id = $1 AND gate_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(lot.as_str())
+    .bind(gate.as_str())
+    .fetch_one(&mut tx)
+    .await?;
+    if devices > 0 {
+        return Ok(GateRemoval::HasDevice);
+    }
+    tx.commit().await?;
+    Ok(GateRemoval::Removed)
 }
 
 /// A lot's next tariff version, numbered after its last; nothing when one with the same
@@ -345,23 +339,20 @@ pub async fn add_tariff(
 ) -> Result<bool, StoreError> {
     let definition =
         serde_json::to_string(tariff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    on_db!(db, pool => {
-        let mut tx = pool.begin_write().await?;
-        // Write first: on PostgreSQL the lot row's lock orders concurrent versions, so each is
-        // numbered after the one committed before it (two at once were numbered alike).
-        sqlx::query("UPDATE lots SET name = name WHERE id = $1")
-            .bind(lot.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let added = sqlx::query(INSERT_TARIFF)
-            .bind(lot.as_str())
-            .bind(db_time(tariff.effective_from))
-            .bind(definition)
-            .bind(db_time(now))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(added == 1)
-    })
+    let mut tx = db.begin_write().await?;
+    // Write first: on PostgreSQL the lot row's lock orders concurrent versions, so each is
+    // numbered after the one committed before it (two at once were numbered alike).
+    query("UPDATE lots SET name = name WHERE id = $1")
+        .bind(lot.as_str())
+        .execute(&mut tx)
+        .await?;
+    let added = query(INSERT_TARIFF)
+        .bind(lot.as_str())
+        .bind(db_time(tariff.effective_from))
+        .bind(definition)
+        .bind(db_time(now))
+        .execute(&mut tx)
+        .await?;
+    tx.commit().await?;
+    Ok(added == 1)
 }

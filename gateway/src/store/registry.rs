@@ -5,13 +5,13 @@
 
 use std::collections::HashMap;
 
-use futures::TryStreamExt;
-
 use chrono::{DateTime, Utc};
 use parkflow_billing::{TariffDefinition, TariffSchedule};
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId};
 
-use super::{Db, StoreError, on_db};
+use parkflow_db::query;
+
+use super::{Db, StoreError};
 use crate::registry::{
     BayDeviceKind, BayTable, BayTableBuilder, Device, DeviceKind, Gate, GateDirection, Location,
     Lot, LotIdx, LotKind, Registry, password_hash,
@@ -57,29 +57,39 @@ struct DeviceRow {
     revoked_at: Option<DateTime<Utc>>,
 }
 
+#[derive(sqlx::FromRow)]
+struct BayDeviceRow {
+    id: String,
+    kind: String,
+    lot_id: Option<String>,
+    bay_id: Option<String>,
+    secret: String,
+}
+
 fn corrupt(what: &str, id: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} {id}"))
 }
 
 /// Reads the whole registry. Lots are indexed by creation order, so indices stay stable as lots are added.
 pub async fn load(db: &Db) -> Result<Registry, StoreError> {
-    let (lot_rows, tariff_rows, gate_rows, device_rows) = on_db!(db, pool => {
-        let lots: Vec<LotRow> = sqlx::query_as(
-            "SELECT id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes FROM lots ORDER BY created_at, id",
-        )
-        .fetch_all(pool)
+    let lot_rows: Vec<LotRow> = query(
+        "SELECT id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes FROM lots ORDER BY created_at, id",
+    )
+    .fetch_all(db)
+    .await?;
+    let tariff_rows: Vec<TariffRow> =
+        query("SELECT lot_id, definition FROM tariffs ORDER BY lot_id, version")
+            .fetch_all(db)
+            .await?;
+    let gate_rows: Vec<GateRow> = query("SELECT lot_id, id, direction FROM gates")
+        .fetch_all(db)
         .await?;
-        let tariffs: Vec<TariffRow> =
-            sqlx::query_as("SELECT lot_id, definition FROM tariffs ORDER BY lot_id, version").fetch_all(pool).await?;
-        let gates: Vec<GateRow> = sqlx::query_as("SELECT lot_id, id, direction FROM gates").fetch_all(pool).await?;
-        let devices: Vec<DeviceRow> = sqlx::query_as(
-            "SELECT id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, revoked_at FROM devices
-             WHERE kind IN ('gate_camera', 'bridge')",
-        )
-        .fetch_all(pool)
-        .await?;
-        (lots, tariffs, gates, devices)
-    });
+    let device_rows: Vec<DeviceRow> = query(
+        "SELECT id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, revoked_at FROM devices
+         WHERE kind IN ('gate_camera', 'bridge')",
+    )
+    .fetch_all(db)
+    .await?;
 
     let mut schedules: HashMap<String, TariffSchedule> = HashMap::new();
     for row in tariff_rows {
@@ -196,30 +206,29 @@ async fn load_bays(
     let mut next_lot = 0usize;
     let mut current: Vec<String> = Vec::new();
     let mut skipped = 0u64;
-    on_db!(db, pool => {
-        let mut rows = sqlx::query_as::<_, (String, String)>(
-            "SELECT b.lot_id, b.id FROM bays b JOIN lots l ON l.id = b.lot_id ORDER BY l.created_at, l.id",
-        )
-        .fetch(pool);
-        while let Some((lot_id, bay_id)) = rows.try_next().await? {
-            if !lot_index.contains_key(&lot_id) {
-                // A lot created after the lots were read: its bays come with the next reload.
-                skipped += 1;
-                continue;
-            }
-            // Close the lots before this row's lot (some have no bays).
-            while next_lot < lots.len() && lots[next_lot].id.as_str() != lot_id {
-                builder.lot(std::mem::take(&mut current));
-                next_lot += 1;
-            }
-            if next_lot == lots.len() {
-                // Rows come in lot order, so this cannot happen; if it does, skip rather than misplace.
-                skipped += 1;
-                continue;
-            }
-            current.push(bay_id);
+    query(
+        "SELECT b.lot_id, b.id FROM bays b JOIN lots l ON l.id = b.lot_id ORDER BY l.created_at, l.id",
+    )
+    .for_each(db, |(lot_id, bay_id): (String, String)| {
+        if !lot_index.contains_key(&lot_id) {
+            // A lot created after the lots were read: its bays come with the next reload.
+            skipped += 1;
+            return Ok(());
         }
-    });
+        // Close the lots before this row's lot (some have no bays).
+        while next_lot < lots.len() && lots[next_lot].id.as_str() != lot_id {
+            builder.lot(std::mem::take(&mut current));
+            next_lot += 1;
+        }
+        if next_lot == lots.len() {
+            // Rows come in lot order, so this cannot happen; if it does, skip rather than misplace.
+            skipped += 1;
+            return Ok(());
+        }
+        current.push(bay_id);
+        Ok(())
+    })
+    .await?;
     while next_lot < lots.len() {
         builder.lot(std::mem::take(&mut current));
         next_lot += 1;
@@ -232,27 +241,27 @@ async fn load_bays(
     }
     builder.finish_bays();
     let mut unplaced = 0u64;
-    on_db!(db, pool => {
-        let mut rows = sqlx::query_as::<_, (String, String, Option<String>, Option<String>, String)>(
-            "SELECT id, kind, lot_id, bay_id, secret FROM devices
-             WHERE kind IN ('bay_sensor', 'bay_camera') AND revoked_at IS NULL",
-        )
-        .fetch(pool);
-        while let Some((id, kind, lot_id, bay_id, secret)) = rows.try_next().await? {
-            let kind = match kind.as_str() {
-                "bay_camera" => BayDeviceKind::Camera,
-                _ => BayDeviceKind::Sensor,
-            };
-            let bay = lot_id
-                .and_then(|lot| lot_index.get(&lot).copied())
-                .zip(bay_id)
-                .and_then(|(lot, bay)| builder.find(lot, &bay));
-            match bay {
-                Some(bay) => builder.device(&id, &secret, bay, kind),
-                None => unplaced += 1,
-            }
+    query(
+        "SELECT id, kind, lot_id, bay_id, secret FROM devices
+         WHERE kind IN ('bay_sensor', 'bay_camera') AND revoked_at IS NULL",
+    )
+    .for_each(db, |row: BayDeviceRow| {
+        let kind = match row.kind.as_str() {
+            "bay_camera" => BayDeviceKind::Camera,
+            _ => BayDeviceKind::Sensor,
+        };
+        let bay = row
+            .lot_id
+            .and_then(|lot| lot_index.get(&lot).copied())
+            .zip(row.bay_id)
+            .and_then(|(lot, bay)| builder.find(lot, &bay));
+        match bay {
+            Some(bay) => builder.device(&row.id, &row.secret, bay, kind),
+            None => unplaced += 1,
         }
-    });
+        Ok(())
+    })
+    .await?;
     if unplaced > 0 {
         tracing::warn!(
             devices = unplaced,
@@ -270,12 +279,12 @@ pub async fn authenticate(
     username: &str,
     password: &str,
 ) -> Result<bool, StoreError> {
-    let row: Option<(String, String)> = on_db!(db, pool => sqlx::query_as(
+    let row: Option<(String, String)> = query(
         "SELECT id, mqtt_password_hash FROM devices
          WHERE mqtt_username = $1 AND revoked_at IS NULL AND kind IN ('bay_sensor', 'bay_camera')",
     )
     .bind(username)
-    .fetch_optional(pool)
-    .await?);
+    .fetch_optional(db)
+    .await?;
     Ok(row.is_some_and(|(id, hash)| id == client_id && hash == password_hash(password)))
 }

@@ -7,7 +7,9 @@ use parkflow_protocol::{
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Db, StoreError, db_time, on_db};
+use parkflow_db::query;
+
+use super::{Db, StoreError, db_time};
 use crate::session::{OpenSession, SessionStatus};
 
 #[derive(sqlx::FromRow)]
@@ -51,12 +53,13 @@ impl TryFrom<OpenSessionRow> for OpenSession {
 
 /// Every open session.
 pub async fn open_sessions(db: &Db) -> Result<Vec<OpenSession>, StoreError> {
-    let rows: Vec<OpenSessionRow> = on_db!(db, pool => sqlx::query_as(
+    let rows: Vec<OpenSessionRow> = query(
         "SELECT id, lot_id, plate, plate_color, pass_holder, entry_gate, entry_event_id, entered_at
-         FROM sessions WHERE status = 'open'",
+         FROM sessions WHERE status = $1",
     )
-    .fetch_all(pool)
-    .await?);
+    .bind(SessionStatus::Open.as_str())
+    .fetch_all(db)
+    .await?;
     rows.into_iter().map(OpenSession::try_from).collect()
 }
 
@@ -142,8 +145,7 @@ pub async fn decisions_since(
     let sql = format!(
         "SELECT {DECISION_COLUMNS} FROM gate_reads WHERE received_at >= $1 ORDER BY received_at"
     );
-    let rows: Vec<DecisionRow> =
-        on_db!(db, pool => sqlx::query_as(&sql).bind(db_time(since)).fetch_all(pool).await?);
+    let rows: Vec<DecisionRow> = query(sql).bind(db_time(since)).fetch_all(db).await?;
     rows.into_iter().map(StoredDecision::try_from).collect()
 }
 
@@ -157,22 +159,22 @@ pub async fn decision(
     let sql = format!(
         "SELECT {DECISION_COLUMNS} FROM gate_reads WHERE lot_id = $1 AND gate_id = $2 AND event_id = $3"
     );
-    let row: Option<DecisionRow> = on_db!(db, pool => sqlx::query_as(&sql)
+    let row: Option<DecisionRow> = query(sql)
         .bind(lot.as_str())
         .bind(gate.as_str())
         .bind(event.as_str())
-        .fetch_optional(pool)
-        .await?);
+        .fetch_optional(db)
+        .await?;
     row.map(StoredDecision::try_from).transpose()
 }
 
 /// Enrolled plates and whether their driver is suspended.
 pub async fn enrolled_plates(db: &Db) -> Result<Vec<(Plate, bool)>, StoreError> {
-    let rows: Vec<(String, String)> = on_db!(db, pool => sqlx::query_as(
+    let rows: Vec<(String, String)> = query(
         "SELECT p.plate, d.status FROM driver_plates p JOIN drivers d ON d.id = p.driver_id WHERE d.auto_debit",
     )
-    .fetch_all(pool)
-    .await?);
+    .fetch_all(db)
+    .await?;
     rows.into_iter()
         .map(|(plate, status)| {
             let plate =
@@ -187,12 +189,11 @@ pub async fn passes(
     db: &Db,
     now: DateTime<Utc>,
 ) -> Result<Vec<(LotId, Plate, DateTime<Utc>, DateTime<Utc>)>, StoreError> {
-    let rows: Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> = on_db!(db, pool => sqlx::query_as(
-        "SELECT lot_id, plate, valid_from, valid_until FROM passes WHERE valid_until > $1",
-    )
-    .bind(db_time(now))
-    .fetch_all(pool)
-    .await?);
+    let rows: Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> =
+        query("SELECT lot_id, plate, valid_from, valid_until FROM passes WHERE valid_until > $1")
+            .bind(db_time(now))
+            .fetch_all(db)
+            .await?;
     rows.into_iter()
         .map(|(lot, plate, from, until)| {
             let lot = LotId::parse(&lot).map_err(|_| StoreError::Corrupt("lot of pass".into()))?;
@@ -205,7 +206,9 @@ pub async fn passes(
 
 /// Blocked plates per lot.
 pub async fn blocked_plates(db: &Db) -> Result<Vec<(LotId, Plate)>, StoreError> {
-    let rows: Vec<(String, String)> = on_db!(db, pool => sqlx::query_as("SELECT lot_id, plate FROM blocked_plates").fetch_all(pool).await?);
+    let rows: Vec<(String, String)> = query("SELECT lot_id, plate FROM blocked_plates")
+        .fetch_all(db)
+        .await?;
     rows.into_iter()
         .map(|(lot, plate)| {
             let lot = LotId::parse(&lot).map_err(|_| StoreError::Corrupt("lot of block".into()))?;
@@ -218,13 +221,12 @@ pub async fn blocked_plates(db: &Db) -> Result<Vec<(LotId, Plate)>, StoreError> 
 
 /// Lifts a block (idempotent).
 pub async fn unblock(db: &Db, lot: &LotId, plate: &Plate) -> Result<(), StoreError> {
-    on_db!(db, pool => sqlx::query("DELETE FROM blocked_plates WHERE lot_id = $1 AND plate = $2")
+    query("DELETE FROM blocked_plates WHERE lot_id = $1 AND plate = $2")
         .bind(lot.as_str())
         .bind(plate.as_str())
-        .execute(pool)
+        .execute(db)
         .await
-        .map(drop)?);
-    Ok(())
+        .map(drop)
 }
 
 /// A session as the API shows it.
@@ -278,8 +280,7 @@ fn with_fee(mut view: SessionView) -> SessionView {
 /// One session by id.
 pub async fn session(db: &Db, id: Uuid) -> Result<Option<SessionView>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
-    let row: Option<SessionView> =
-        on_db!(db, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+    let row: Option<SessionView> = query(sql).bind(id).fetch_optional(db).await?;
     Ok(row.map(with_fee))
 }
 
@@ -307,7 +308,7 @@ pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView
            AND ($7 IS NULL OR lot_id IN (SELECT id FROM lots WHERE operator_id = $7))
          ORDER BY entered_at DESC, id LIMIT $4"
     );
-    let rows: Vec<SessionView> = on_db!(db, pool => sqlx::query_as(&sql)
+    let rows: Vec<SessionView> = query(sql)
         .bind(filter.lot.as_ref().map(LotId::as_str))
         .bind(filter.plate.as_ref().map(Plate::as_str))
         .bind(filter.status.map(SessionStatus::as_str))
@@ -315,8 +316,8 @@ pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView
         .bind(filter.entered_from.map(db_time))
         .bind(filter.entered_to.map(db_time))
         .bind(filter.operator.as_deref())
-        .fetch_all(pool)
-        .await?);
+        .fetch_all(db)
+        .await?;
     Ok(rows.into_iter().map(with_fee).collect())
 }
 
@@ -344,7 +345,7 @@ pub async fn open_reviews(
     lot: Option<&LotId>,
     limit: u32,
 ) -> Result<Vec<ReviewView>, StoreError> {
-    let rows: Vec<ReviewView> = on_db!(db, pool => sqlx::query_as(
+    query(
         "SELECT id, lot_id, kind, session_id, gate_id, event_id, plate, score, bay_id, created_at FROM review_items
          WHERE resolved_at IS NULL AND ($1 IS NULL OR lot_id = $1)
            AND ($3 IS NULL OR lot_id IN (SELECT id FROM lots WHERE operator_id = $3))
@@ -353,9 +354,8 @@ pub async fn open_reviews(
     .bind(lot.map(LotId::as_str))
     .bind(i64::from(limit))
     .bind(operator)
-    .fetch_all(pool)
-    .await?);
-    Ok(rows)
+    .fetch_all(db)
+    .await
 }
 
 /// Sessions of the plates a driver has enrolled, newest first.
@@ -369,6 +369,10 @@ pub async fn sessions_of_driver(
          WHERE plate IN (SELECT plate FROM driver_plates WHERE driver_id = $1)
          ORDER BY entered_at DESC, id LIMIT $2"
     );
-    let rows: Vec<SessionView> = on_db!(db, pool => sqlx::query_as(&sql).bind(driver).bind(i64::from(limit)).fetch_all(pool).await?);
+    let rows: Vec<SessionView> = query(sql)
+        .bind(driver)
+        .bind(i64::from(limit))
+        .fetch_all(db)
+        .await?;
     Ok(rows.into_iter().map(with_fee).collect())
 }
