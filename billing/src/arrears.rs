@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::drivers;
 use crate::ledger::Entry;
 use crate::ledger::store::insert_entries;
 
@@ -99,17 +100,7 @@ pub async fn reinstate_if_clear(
     driver: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Option<StandingChange>, StoreError> {
-    let reinstated: Option<(Uuid,)> = query(
-        "UPDATE drivers SET status = 'active', suspended_at = NULL
-         WHERE id = $1 AND status = 'suspended'
-           AND NOT EXISTS (SELECT 1 FROM invoices WHERE driver_id = $1 AND status = 'open' AND due_at <= $2)
-         RETURNING id",
-    )
-    .bind(driver)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if reinstated.is_none() {
+    if !drivers::reinstate_if_clear(tx, driver, now).await? {
         return Ok(None);
     }
     query(
@@ -217,34 +208,19 @@ impl ArrearsWorker {
         // Writes come first in the transaction, so that on SQLite it holds the write lock before
         // it reads (a read-then-write transaction can fail to upgrade while others commit).
         let mut tx = self.db.begin_write().await?;
-        let suspended: Vec<(Uuid,)> = query(
-            "UPDATE drivers SET status = 'suspended', suspended_at = $1
-             WHERE status = 'active' AND id IN (SELECT driver_id FROM invoices WHERE status = 'open' AND due_at <= $1)
-             RETURNING id",
-        )
-        .bind(now)
-        .fetch_all(&mut tx)
-        .await?;
+        let suspended = drivers::suspend_overdue(&mut tx, now).await?;
         // Self-healing: a driver suspended while a payment committed (two transactions that did
         // not see each other) owes nothing overdue, and is reinstated here.
-        let reinstated: Vec<(Uuid,)> = query(
-            "UPDATE drivers SET status = 'active', suspended_at = NULL
-             WHERE status = 'suspended' AND suspended_at IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.driver_id = drivers.id AND i.status = 'open' AND i.due_at <= $1)
-             RETURNING id",
-        )
-        .bind(now)
-        .fetch_all(&mut tx)
-        .await?;
+        let reinstated = drivers::reinstate_cleared(&mut tx, now).await?;
         let mut changes = Vec::with_capacity(suspended.len() + reinstated.len());
-        for (driver,) in &reinstated {
+        for driver in &reinstated {
             let plates = query(DRIVER_PLATES)
                 .bind(*driver)
                 .fetch_all(&mut tx)
                 .await?;
             changes.push(StandingChange::new(*driver, plates, false));
         }
-        for (driver,) in &suspended {
+        for driver in &suspended {
             query(
                 "INSERT INTO notifications (id, driver_id, invoice_id, kind, created_at)
                  VALUES ($1, $2, NULL, 'suspended', $3)",

@@ -9,6 +9,7 @@
 pub mod arrears;
 pub mod audit;
 pub mod charging;
+pub mod drivers;
 pub mod ledger;
 pub mod lots;
 pub mod money;

@@ -16,4 +16,4 @@ pub mod status;
 
 pub use correction::{Correction, CorrectionError};
 pub use model::{OpenSession, ReviewItem, SessionEnd};
-pub use status::{ExitMatch, Resolution, ReviewKind, SessionStatus};
+pub use status::{ExitMatch, Resolution, ReviewKind, SessionStatus, Unknown};

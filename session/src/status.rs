@@ -130,6 +130,39 @@ impl Resolution {
     }
 }
 
+/// A status or kind the database holds that the code does not know (a newer version wrote it,
+/// or the row was edited by hand).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}")]
+pub struct Unknown {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// Rows decode a status through this (`#[sqlx(try_from = "String")]`).
+impl TryFrom<String> for SessionStatus {
+    type Error = Unknown;
+
+    fn try_from(value: String) -> Result<Self, Unknown> {
+        Self::parse(&value).ok_or(Unknown {
+            what: "session status",
+            value,
+        })
+    }
+}
+
+/// Rows decode a kind through this (`#[sqlx(try_from = "String")]`).
+impl TryFrom<String> for ReviewKind {
+    type Error = Unknown;
+
+    fn try_from(value: String) -> Result<Self, Unknown> {
+        Self::parse(&value).ok_or(Unknown {
+            what: "review kind",
+            value,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -568,7 +568,7 @@ impl GateActor {
             // Not committed, as far as the work knows (a commit that failed on the way back may
             // have committed all the same): the session is given back if it is still open.
             match sessions::session(&db, taken.id).await {
-                Ok(Some(stored)) if stored.status != SessionStatus::Open.as_str() => None,
+                Ok(Some(stored)) if stored.status != SessionStatus::Open => None,
                 Ok(None) => None,
                 Ok(Some(_)) => Some(Done::StillOpen(taken, settled)),
                 Err(error) => {

@@ -288,9 +288,9 @@ pub async fn resolve(
     // sessions, runs the correction, so that no read ends that session meanwhile.
     if let Correction::Merge { with_session } = correction {
         let entry_session = crate::store::sessions::session(&state.db, with_session).await?;
-        if entry_session.is_some_and(|e| {
-            e.status == SessionStatus::Open.as_str() && e.lot_id == lot.id.as_str()
-        }) {
+        if entry_session
+            .is_some_and(|e| e.status == SessionStatus::Open && e.lot_id == lot.id.as_str())
+        {
             let (outcome, resolved) = tokio::sync::oneshot::channel();
             let work = {
                 let (db, lot, entry) = (state.db.clone(), lot.clone(), entry.clone());

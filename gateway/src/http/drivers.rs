@@ -18,6 +18,7 @@ use crate::gate::GateMessage;
 use crate::gate::decide::Standing;
 use crate::store::drivers::{self, DriverError, DriverView, InvoiceView};
 use crate::store::sessions::{self, SessionView};
+use parkflow_billing::drivers::DriverStatus;
 
 /// Plates one driver may enrol.
 const MAX_PLATES: usize = 10;
@@ -196,7 +197,7 @@ pub async fn update_me(
 
 /// How the gate treats a driver's cars at the exit.
 fn standing_of(driver: &DriverView) -> Standing {
-    Standing::of(driver.auto_debit, driver.status == "suspended")
+    Standing::of(driver.auto_debit, driver.status == DriverStatus::Suspended)
 }
 
 /// `GET /v1/me`

@@ -219,7 +219,7 @@ pub async fn remove_block(
     let lot = own_lot(&state, &scope, &lot)?;
     let plate =
         Plate::parse(&plate).map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
-    crate::store::sessions::unblock(&state.db, &lot.id, &plate).await?;
+    crate::store::passes::unblock(&state.db, &lot.id, &plate).await?;
     reload_facts(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }

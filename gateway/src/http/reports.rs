@@ -170,7 +170,7 @@ pub async fn sessions(
             s.bay_id.clone().unwrap_or_default(),
             s.plate.clone(),
             s.plate_color.clone().unwrap_or_default(),
-            s.status.clone(),
+            s.status.as_str().to_owned(),
             parkflow_protocol::time::format(&s.entered_at),
             s.exited_at
                 .as_ref()

@@ -1,10 +1,15 @@
 //! Drivers, their plates and their API keys (keys are random, shown once, stored as SHA-256).
+//! The driver rows themselves are billing's to write (`parkflow_billing::drivers`): enrolment
+//! writes them through it, in the transaction that also issues the driver's key.
 
 use chrono::{DateTime, Utc};
 use parkflow_protocol::{Plate, PlateColor};
 use serde::Serialize;
 use uuid::Uuid;
 
+use parkflow_billing::drivers::{self, DriverStatus, NewDriver};
+/// Billing writes drivers (ARCHITECTURE.md, "Who writes each table"); these are its.
+pub use parkflow_billing::drivers::{remove_plate, update};
 use parkflow_db::query;
 
 use super::{Db, StoreError, db_time};
@@ -39,16 +44,12 @@ impl From<StoreError> for DriverError {
     }
 }
 
-/// A driver's plate: `(plate, driver, plate_color, created_at)`.
-const INSERT_PLATE: &str =
-    "INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)";
-
 /// A driver as the API shows them.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DriverView {
     pub id: Uuid,
     pub name: String,
-    pub status: String,
+    pub status: DriverStatus,
     pub auto_debit: bool,
     pub plates: Vec<PlateView>,
 }
@@ -71,24 +72,16 @@ pub async fn enrol(
     let key = new_key();
     let now = db_time(now);
     let mut tx = db.begin_write().await?;
-    query(
-        "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at) VALUES ($1, $2, 'active', $3, $4, $5)",
-    )
-    .bind(id)
-    .bind(name)
-    .bind(true)
-    .bind(payment_account)
-    .bind(now)
-    .execute(&mut tx)
-    .await?;
+    let enrolled = NewDriver {
+        id,
+        name,
+        status: DriverStatus::Active,
+        auto_debit: true,
+        payment_account: Some(payment_account),
+    };
+    drivers::insert(&mut tx, &enrolled, now).await?;
     for (plate, color) in plates {
-        query(INSERT_PLATE)
-            .bind(plate.as_str())
-            .bind(id)
-            .bind(color.map(PlateColor::as_str))
-            .bind(now)
-            .execute(&mut tx)
-            .await?;
+        drivers::add_plate(&mut tx, id, plate, *color, now).await?;
     }
     query("INSERT INTO api_keys (id, key_hash, role, driver_id, created_at) VALUES ($1, $2, 'driver', $3, $4)")
         .bind(Uuid::now_v7())
@@ -104,28 +97,6 @@ pub async fn enrol(
     Ok((driver, key))
 }
 
-/// Changes what is given of a driver's name, payment account and auto-debit consent.
-pub async fn update(
-    db: &Db,
-    id: Uuid,
-    name: Option<&str>,
-    payment_account: Option<&str>,
-    auto_debit: Option<bool>,
-) -> Result<(), StoreError> {
-    query(
-        "UPDATE drivers SET name = COALESCE($2, name), payment_account = COALESCE($3, payment_account),
-             auto_debit = COALESCE($4, auto_debit)
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(name)
-    .bind(payment_account)
-    .bind(auto_debit)
-    .execute(db)
-    .await
-    .map(drop)
-}
-
 /// A driver and their plates.
 pub async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, StoreError> {
     let row: Option<(String, String, bool)> =
@@ -136,6 +107,8 @@ pub async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, StoreError>
     let Some((name, status, auto_debit)) = row else {
         return Ok(None);
     };
+    let status = DriverStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("status of driver {id}")))?;
     let plates: Vec<PlateView> =
         query("SELECT plate, plate_color FROM driver_plates WHERE driver_id = $1 ORDER BY plate")
             .bind(id)
@@ -167,24 +140,8 @@ pub async fn add_plate(
         Some(_) => return Err(DriverError::PlateTaken),
         None => {}
     }
-    query(INSERT_PLATE)
-        .bind(plate.as_str())
-        .bind(driver)
-        .bind(color.map(PlateColor::as_str))
-        .bind(db_time(now))
-        .execute(db)
-        .await?;
+    drivers::add_plate(db, driver, plate, color, now).await?;
     Ok(())
-}
-
-/// Removes one of a driver's plates; whether it was theirs.
-pub async fn remove_plate(db: &Db, driver: Uuid, plate: &Plate) -> Result<bool, StoreError> {
-    let removed = query("DELETE FROM driver_plates WHERE plate = $1 AND driver_id = $2")
-        .bind(plate.as_str())
-        .bind(driver)
-        .execute(db)
-        .await?;
-    Ok(removed == 1)
 }
 
 /// An invoice as its driver sees it.

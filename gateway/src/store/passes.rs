@@ -120,3 +120,13 @@ pub async fn blocks_of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<Block
     .fetch_all(db)
     .await
 }
+
+/// Lifts a block (idempotent).
+pub async fn unblock(db: &Db, lot: &LotId, plate: &Plate) -> Result<(), StoreError> {
+    query("DELETE FROM blocked_plates WHERE lot_id = $1 AND plate = $2")
+        .bind(lot.as_str())
+        .bind(plate.as_str())
+        .execute(db)
+        .await
+        .map(drop)
+}

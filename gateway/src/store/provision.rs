@@ -8,6 +8,7 @@ use parkflow_billing::TariffDefinition;
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId, Plate, PlateColor};
 use uuid::Uuid;
 
+use parkflow_billing::drivers::{self, DriverStatus, NewDriver};
 use parkflow_db::{Executor, QueryBuilder, query};
 
 use super::{Db, StoreError, db_time};
@@ -197,30 +198,20 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
         insert.build().persistent(false).execute(&mut tx).await?;
     }
     for driver in &plan.drivers {
-        query(
-            "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = excluded.status,
-                 payment_account = excluded.payment_account",
-        )
-        .bind(driver.id)
-        .bind(&driver.name)
-        .bind(if driver.suspended { "suspended" } else { "active" })
-        .bind(true)
-        .bind(driver.payment_account.as_deref())
-        .bind(now)
-        .execute(&mut tx)
-        .await?;
+        let stored = NewDriver {
+            id: driver.id,
+            name: &driver.name,
+            status: if driver.suspended {
+                DriverStatus::Suspended
+            } else {
+                DriverStatus::Active
+            },
+            auto_debit: true,
+            payment_account: driver.payment_account.as_deref(),
+        };
+        drivers::upsert(&mut tx, &stored, now).await?;
         for (plate, color) in &driver.plates {
-            query(
-                "INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (plate) DO UPDATE SET driver_id = excluded.driver_id, plate_color = excluded.plate_color",
-            )
-            .bind(plate.as_str())
-            .bind(driver.id)
-            .bind(color.map(PlateColor::as_str))
-            .bind(now)
-            .execute(&mut tx)
-            .await?;
+            drivers::assign_plate(&mut tx, driver.id, plate, *color, now).await?;
         }
     }
     for pass in &plan.passes {

@@ -17,7 +17,7 @@ use super::audit::{self, AuditEntry};
 use super::sessions::{SESSION_COLUMNS, SessionView};
 use super::{Db, StoreError, db_time};
 use crate::registry::Lot;
-use crate::session::{ReviewKind, SessionStatus};
+use crate::session::ReviewKind;
 
 /// Why a case could not be resolved so.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,8 @@ pub async fn case(db: &Db, id: Uuid) -> Result<Option<(String, Option<Uuid>, boo
 /// A review case as a correction reads it.
 #[derive(sqlx::FromRow)]
 struct CaseRow {
-    kind: String,
+    #[sqlx(try_from = "String")]
+    kind: ReviewKind,
     session_id: Option<Uuid>,
     gate_id: Option<String>,
     event_id: Option<String>,
@@ -152,8 +153,7 @@ async fn read_case(tx: &mut Tx, id: Uuid, lot: &Lot) -> Result<Case, ResolveErro
     .bind(id)
     .fetch_one(&mut *tx)
     .await?;
-    let kind = ReviewKind::parse(&row.kind)
-        .ok_or_else(|| StoreError::Corrupt(format!("kind of review case {id}")))?;
+    let kind = row.kind;
     let stay = match row.session_id {
         Some(session) => self::stay(tx, session).await?,
         None => None,
@@ -206,24 +206,19 @@ async fn stay(tx: &mut Tx, session: Uuid) -> Result<Option<correction::Stay>, St
     .bind(session)
     .fetch_optional(tx)
     .await?;
-    view.map(|s| {
-        let status = SessionStatus::parse(&s.status)
-            .ok_or_else(|| StoreError::Corrupt(format!("status of session {}", s.id)))?;
-        Ok(correction::Stay {
-            id: s.id,
-            lot: s.lot_id,
-            plate: s.plate,
-            plate_color: s.plate_color,
-            status,
-            pass_holder: s.pass_holder,
-            entered_at: s.entered_at,
-            exited_at: s.exited_at,
-            exit_gate: s.exit_gate,
-            exit_event: s.exit_event_id,
-            bay: s.bay_id,
-        })
-    })
-    .transpose()
+    Ok(view.map(|s| correction::Stay {
+        id: s.id,
+        lot: s.lot_id,
+        plate: s.plate,
+        plate_color: s.plate_color,
+        status: s.status,
+        pass_holder: s.pass_holder,
+        entered_at: s.entered_at,
+        exited_at: s.exited_at,
+        exit_gate: s.exit_gate,
+        exit_event: s.exit_event_id,
+        bay: s.bay_id,
+    }))
 }
 
 /// Prices a stay a correction closes and closes it (queued for its one charge).

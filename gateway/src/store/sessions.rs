@@ -7,10 +7,11 @@ use parkflow_protocol::{
 use serde::Serialize;
 use uuid::Uuid;
 
+use parkflow_billing::drivers::DriverStatus;
 use parkflow_db::query;
 
 use super::{Db, StoreError, db_time};
-use crate::session::{OpenSession, SessionStatus};
+use crate::session::{OpenSession, ReviewKind, SessionStatus};
 
 #[derive(sqlx::FromRow)]
 struct OpenSessionRow {
@@ -179,7 +180,9 @@ pub async fn enrolled_plates(db: &Db) -> Result<Vec<(Plate, bool)>, StoreError> 
         .map(|(plate, status)| {
             let plate =
                 Plate::parse(&plate).map_err(|_| StoreError::Corrupt("enrolled plate".into()))?;
-            Ok((plate, status == "suspended"))
+            let status = DriverStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt("status of an enrolled driver".into()))?;
+            Ok((plate, status == DriverStatus::Suspended))
         })
         .collect()
 }
@@ -219,16 +222,6 @@ pub async fn blocked_plates(db: &Db) -> Result<Vec<(LotId, Plate)>, StoreError> 
         .collect()
 }
 
-/// Lifts a block (idempotent).
-pub async fn unblock(db: &Db, lot: &LotId, plate: &Plate) -> Result<(), StoreError> {
-    query("DELETE FROM blocked_plates WHERE lot_id = $1 AND plate = $2")
-        .bind(lot.as_str())
-        .bind(plate.as_str())
-        .execute(db)
-        .await
-        .map(drop)
-}
-
 /// A session as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SessionView {
@@ -236,7 +229,8 @@ pub struct SessionView {
     pub lot_id: String,
     pub plate: String,
     pub plate_color: Option<String>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: SessionStatus,
     pub pass_holder: bool,
     pub entry_gate: Option<String>,
     pub entry_event_id: Option<String>,
@@ -326,7 +320,8 @@ pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView
 pub struct ReviewView {
     pub id: Uuid,
     pub lot_id: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: ReviewKind,
     pub session_id: Option<Uuid>,
     pub gate_id: Option<String>,
     pub event_id: Option<String>,

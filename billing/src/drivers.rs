@@ -1,0 +1,235 @@
+//! Drivers, the payers: their payment account, their consent to auto-debit, their standing and
+//! the plates billed to them. The one writer of `drivers` and `driver_plates`: enrolment and
+//! provisioning (the gateway) and arrears (suspensions) all write through here.
+
+use chrono::{DateTime, Utc};
+use parkflow_db::{Db, StoreError, Tx, db_time, query};
+use parkflow_protocol::{Plate, PlateColor};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// A driver's standing: a suspended driver's exits are held until what is overdue is paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverStatus {
+    Active,
+    Suspended,
+}
+
+impl DriverStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Active, Self::Suspended]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
+}
+
+/// A status the database holds that the code does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown driver status {0:?}")]
+pub struct UnknownStatus(String);
+
+/// Rows decode a status through this (`#[sqlx(try_from = "String")]`).
+impl TryFrom<String> for DriverStatus {
+    type Error = UnknownStatus;
+
+    fn try_from(value: String) -> Result<Self, UnknownStatus> {
+        Self::parse(&value).ok_or(UnknownStatus(value))
+    }
+}
+
+/// A driver to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDriver<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub status: DriverStatus,
+    pub auto_debit: bool,
+    pub payment_account: Option<&'a str>,
+}
+
+/// Enrols a driver (a new id).
+pub async fn insert(
+    tx: &mut Tx,
+    driver: &NewDriver<'_>,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(driver.id)
+    .bind(driver.name)
+    .bind(driver.status.as_str())
+    .bind(driver.auto_debit)
+    .bind(driver.payment_account)
+    .bind(db_time(at))
+    .execute(tx)
+    .await
+    .map(drop)
+}
+
+/// Stores a driver as a plan describes them: inserted, or brought back to the plan's name,
+/// standing and account.
+pub async fn upsert(
+    tx: &mut Tx,
+    driver: &NewDriver<'_>,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = excluded.status,
+             payment_account = excluded.payment_account",
+    )
+    .bind(driver.id)
+    .bind(driver.name)
+    .bind(driver.status.as_str())
+    .bind(driver.auto_debit)
+    .bind(driver.payment_account)
+    .bind(db_time(at))
+    .execute(tx)
+    .await
+    .map(drop)
+}
+
+/// Changes what is given of a driver's name, payment account and auto-debit consent.
+pub async fn update(
+    db: &Db,
+    id: Uuid,
+    name: Option<&str>,
+    payment_account: Option<&str>,
+    auto_debit: Option<bool>,
+) -> Result<(), StoreError> {
+    query(
+        "UPDATE drivers SET name = COALESCE($2, name), payment_account = COALESCE($3, payment_account),
+             auto_debit = COALESCE($4, auto_debit)
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(payment_account)
+    .bind(auto_debit)
+    .execute(db)
+    .await
+    .map(drop)
+}
+
+/// Gives a driver a plate; fails on the plate's key when another driver has it.
+pub async fn add_plate(
+    on: impl parkflow_db::Executor<'_>,
+    driver: Uuid,
+    plate: &Plate,
+    color: Option<PlateColor>,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(plate.as_str())
+    .bind(driver)
+    .bind(color.map(PlateColor::as_str))
+    .bind(db_time(at))
+    .execute(on)
+    .await
+    .map(drop)
+}
+
+/// Gives a driver a plate as a plan describes it, whoever had it before.
+pub async fn assign_plate(
+    tx: &mut Tx,
+    driver: Uuid,
+    plate: &Plate,
+    color: Option<PlateColor>,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (plate) DO UPDATE SET driver_id = excluded.driver_id, plate_color = excluded.plate_color",
+    )
+    .bind(plate.as_str())
+    .bind(driver)
+    .bind(color.map(PlateColor::as_str))
+    .bind(db_time(at))
+    .execute(tx)
+    .await
+    .map(drop)
+}
+
+/// Takes a plate from a driver; whether it was theirs.
+pub async fn remove_plate(db: &Db, driver: Uuid, plate: &Plate) -> Result<bool, StoreError> {
+    let removed = query("DELETE FROM driver_plates WHERE plate = $1 AND driver_id = $2")
+        .bind(plate.as_str())
+        .bind(driver)
+        .execute(db)
+        .await?;
+    Ok(removed == 1)
+}
+
+/// Suspends every active driver with an open invoice due by `now`; the suspended ones.
+pub(crate) async fn suspend_overdue(
+    tx: &mut Tx,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, StoreError> {
+    let suspended: Vec<(Uuid,)> = query(
+        "UPDATE drivers SET status = $2, suspended_at = $1
+         WHERE status = $3
+           AND id IN (SELECT driver_id FROM invoices WHERE status = 'open' AND due_at <= $1)
+         RETURNING id",
+    )
+    .bind(db_time(now))
+    .bind(DriverStatus::Suspended.as_str())
+    .bind(DriverStatus::Active.as_str())
+    .fetch_all(tx)
+    .await?;
+    Ok(suspended.into_iter().map(|(id,)| id).collect())
+}
+
+/// Reinstates the drivers arrears suspended (not those provisioned suspended) who owe nothing
+/// overdue at `now`: a suspension that raced a payment heals here. The reinstated ones.
+pub(crate) async fn reinstate_cleared(
+    tx: &mut Tx,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, StoreError> {
+    let reinstated: Vec<(Uuid,)> = query(
+        "UPDATE drivers SET status = $2, suspended_at = NULL
+         WHERE status = $3 AND suspended_at IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM invoices i
+                           WHERE i.driver_id = drivers.id AND i.status = 'open' AND i.due_at <= $1)
+         RETURNING id",
+    )
+    .bind(db_time(now))
+    .bind(DriverStatus::Active.as_str())
+    .bind(DriverStatus::Suspended.as_str())
+    .fetch_all(tx)
+    .await?;
+    Ok(reinstated.into_iter().map(|(id,)| id).collect())
+}
+
+/// Reinstates `driver` if suspended and nothing of theirs is overdue at `now`; whether it did.
+pub(crate) async fn reinstate_if_clear(
+    tx: &mut Tx,
+    driver: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let reinstated = query(
+        "UPDATE drivers SET status = $3, suspended_at = NULL
+         WHERE id = $1 AND status = $4
+           AND NOT EXISTS (SELECT 1 FROM invoices
+                           WHERE driver_id = $1 AND status = 'open' AND due_at <= $2)",
+    )
+    .bind(driver)
+    .bind(db_time(now))
+    .bind(DriverStatus::Active.as_str())
+    .bind(DriverStatus::Suspended.as_str())
+    .execute(tx)
+    .await?;
+    Ok(reinstated == 1)
+}
