@@ -109,8 +109,8 @@ impl Demo {
                     gate: Some(lane.gate.clone()),
                     bay: None,
                     mqtt_username: entry.mqtt_username.clone(),
-                    mqtt_password: entry.mqtt_password.clone(),
-                    secret: entry.secret.clone(),
+                    mqtt_password: entry.mqtt_password.clone().into(),
+                    secret: entry.secret.clone().into(),
                 });
                 devices.devices.push(entry);
             }
@@ -132,11 +132,14 @@ impl Demo {
                 name: format!("Demo driver {}", n + 1),
                 suspended: driver.suspended,
                 // One card in twenty is declined, so the demo shows invoices and arrears too.
-                payment_account: Some(if n % 20 == 7 {
-                    format!("decline-{n}")
-                } else {
-                    format!("acct-{n}")
-                }),
+                payment_account: Some(
+                    if n % 20 == 7 {
+                        format!("decline-{n}")
+                    } else {
+                        format!("acct-{n}")
+                    }
+                    .into(),
+                ),
                 plates: vec![(driver.plate.clone(), Some(driver.plate_color))],
             });
         }
@@ -311,8 +314,8 @@ pub fn zone_plan(
             gate: None,
             bay: entry.bay.clone(),
             mqtt_username: entry.mqtt_username.clone(),
-            mqtt_password: entry.mqtt_password.clone(),
-            secret: entry.secret.clone(),
+            mqtt_password: entry.mqtt_password.clone().into(),
+            secret: entry.secret.clone().into(),
         };
         (plan, entry)
     };

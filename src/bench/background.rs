@@ -2,6 +2,7 @@
 //! a fixed rate (nine heartbeats, QoS 0, to one occupancy change, QoS 1), signed, through their
 //! own connection — so the barrier's round trip is measured beside a city's chatter.
 
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -50,14 +51,19 @@ impl SensorZone {
                 gate: None,
                 bay: Some(bay.clone()),
                 mqtt_username: id.to_string(),
-                mqtt_password: random_device_key(),
-                secret: secret.clone(),
+                mqtt_password: random_device_key().into(),
+                secret: secret.clone().into(),
             });
             sensors.push((bay, id, secret));
         }
         let login = devices
             .first()
-            .map(|d| (d.mqtt_username.clone(), d.mqtt_password.clone()))
+            .map(|d| {
+                (
+                    d.mqtt_username.clone(),
+                    d.mqtt_password.expose_secret().to_owned(),
+                )
+            })
             .unwrap_or_default();
         let plan = LotPlan {
             id: lot.clone(),

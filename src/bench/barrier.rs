@@ -122,8 +122,8 @@ impl Fixture {
                 gate: Some(self.gate.clone()),
                 bay: None,
                 mqtt_username: self.camera.mqtt_username.clone(),
-                mqtt_password: self.camera.mqtt_password.clone(),
-                secret: self.camera.secret.clone(),
+                mqtt_password: self.camera.mqtt_password.clone().into(),
+                secret: self.camera.secret.clone().into(),
             }],
             drivers: self
                 .plates

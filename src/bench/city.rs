@@ -109,8 +109,8 @@ async fn provision_city(db: &Db, bays: usize) -> anyhow::Result<BenchCity> {
                     lot: Some(zone.clone()),
                     gate: None,
                     bay: Some(bay_id(b)?),
-                    mqtt_password: random_device_key(),
-                    secret: secret.clone(),
+                    mqtt_password: random_device_key().into(),
+                    secret: secret.clone().into(),
                 });
                 city.sensor_keys.push(secret);
             }
@@ -123,8 +123,8 @@ async fn provision_city(db: &Db, bays: usize) -> anyhow::Result<BenchCity> {
                 gate: None,
                 bay: None,
                 mqtt_username: bridge.to_string(),
-                mqtt_password: password.clone(),
-                secret: secret.clone(),
+                mqtt_password: password.clone().into(),
+                secret: secret.clone().into(),
             });
             city.bridge_keys.push((bridge, password, secret));
             city.zones.push(zone);

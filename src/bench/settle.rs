@@ -167,7 +167,7 @@ impl Fleet {
                     id: d.id,
                     name: "Bench driver".into(),
                     suspended: false,
-                    payment_account: Some(d.account.clone()),
+                    payment_account: Some(d.account.clone().into()),
                     plates: vec![(d.plate.clone(), Some(d.color))],
                 })
                 .collect(),

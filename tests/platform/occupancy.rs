@@ -72,8 +72,8 @@ impl Zone {
             gate: None,
             bay: bay.cloned(),
             mqtt_username: id.to_string(),
-            mqtt_password: format!("pw-{id}"),
-            secret: secret.to_owned(),
+            mqtt_password: format!("pw-{id}").into(),
+            secret: secret.to_owned().into(),
         };
         for (i, bay) in bays.iter().enumerate() {
             world.plan.devices.push(plan_device(
@@ -90,7 +90,7 @@ impl Zone {
             ));
         }
         let mut bridge_plan = plan_device(&bridge.0, DeviceKind::Bridge, None, &bridge.2);
-        bridge_plan.mqtt_password = bridge.1.clone();
+        bridge_plan.mqtt_password = bridge.1.clone().into();
         world.plan.devices.push(bridge_plan);
         // The gated lot's pass holder holds a pass for the zone too.
         world.plan.passes.push(PassPlan {

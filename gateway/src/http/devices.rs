@@ -42,8 +42,9 @@ pub struct DeviceRequest {
     bay: Option<String>,
 }
 
-/// A device with the credentials it connects and signs with: shown only in this answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// A device with the credentials it connects and signs with: shown only in this answer (and,
+/// holding them, not `Debug`: it is never printed).
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Credentials {
     #[serde(flatten)]
     device: DeviceView,

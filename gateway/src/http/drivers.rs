@@ -64,7 +64,8 @@ pub struct EnrolRequest {
     plates: Vec<PlateRequest>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// Holding the driver's key, it is not `Debug`: it is never printed.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Enrolled {
     driver: DriverView,
     /// Shown once; the platform keeps only its hash.

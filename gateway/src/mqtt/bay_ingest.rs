@@ -9,6 +9,7 @@ use parkflow_protocol::{
     BayId, BayPlateRead, BridgeBatch, BridgeEvent, DeviceId, Heartbeat, LotId, OccupancyEvent,
     Plate, Topic,
 };
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -164,7 +165,9 @@ pub fn bridge(
         .and_then(|lot| registry.lot_by_id(lot))
         .ok_or(Rejection::NotRegistered)?;
     let opened = open::<RawBatch, _>(payload, &topic.to_string(), lot.device_auth, |id| {
-        registry.device(id).map(|d| d.secret.clone())
+        registry
+            .device(id)
+            .map(|d| d.secret.expose_secret().to_owned())
     })?;
     if opened
         .signer

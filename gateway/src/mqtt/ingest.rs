@@ -2,6 +2,7 @@
 //! window, payload) and hands what passes to its owner. What fails is counted by reason and
 //! logged at most once per reason every few seconds; it never stops ingestion.
 
+use secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -258,7 +259,9 @@ fn open_from_gate<T: DeserializeOwned>(
 ) -> Result<T, Rejection> {
     registry.gate(lot.idx, gate).ok_or(Rejection::UnknownGate)?;
     let opened = open(payload, &topic.to_string(), lot.device_auth, |id| {
-        registry.device(id).map(|device| device.secret.clone())
+        registry
+            .device(id)
+            .map(|device| device.secret.expose_secret().to_owned())
     })?;
     if let Some(signer) = &opened.signer {
         let device = registry.device(signer).ok_or(Rejection::NotRegistered)?;

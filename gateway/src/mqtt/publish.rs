@@ -3,6 +3,7 @@
 use parkflow_protocol::sign::{plain, seal};
 use parkflow_protocol::{DeviceAuth, GateCommand, GateId, Topic};
 use rumqttc::{AsyncClient, QoS};
+use secrecy::ExposeSecret;
 
 use crate::registry::{Lot, Registry};
 
@@ -42,7 +43,12 @@ impl CommandPublisher {
             .and_then(|g| g.camera.as_ref())
             .and_then(|id| registry.device(id));
         let payload = match camera {
-            Some(camera) => seal(&topic, command, &camera.id, camera.secret.as_bytes()),
+            Some(camera) => seal(
+                &topic,
+                command,
+                &camera.id,
+                camera.secret.expose_secret().as_bytes(),
+            ),
             None => {
                 if lot.device_auth == DeviceAuth::Signed {
                     tracing::debug!(lot = %lot.id, gate = %gate, "gate has no registered camera; command sent unsigned");

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parkflow_billing::TariffSchedule;
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -144,7 +145,7 @@ impl DeviceKind {
 }
 
 /// A registered device and what it may speak for.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Device {
     pub id: DeviceId,
     pub kind: DeviceKind,
@@ -155,18 +156,8 @@ pub struct Device {
     /// SHA-256 of the MQTT password, hex. Passwords are random 32-byte secrets, so a fast hash is enough.
     pub mqtt_password_hash: String,
     /// The HMAC key of the device's signed messages (SPEC §2), as the registry issued it.
-    pub secret: String,
+    pub secret: SecretString,
     pub revoked: bool,
-}
-
-impl std::fmt::Debug for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device")
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .field("revoked", &self.revoked)
-            .finish()
-    }
 }
 
 /// The SHA-256 hex digest under which an MQTT password is stored.

@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use parkflow_billing::TariffDefinition;
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId, Plate, PlateColor};
+use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use parkflow_billing::drivers::{self, DriverStatus, NewDriver};
@@ -50,7 +51,7 @@ pub struct LotPlan {
     pub tariffs: Vec<TariffDefinition>,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct DevicePlan {
     pub id: DeviceId,
     pub kind: DeviceKind,
@@ -59,17 +60,8 @@ pub struct DevicePlan {
     pub bay: Option<BayId>,
     pub mqtt_username: String,
     /// Stored hashed.
-    pub mqtt_password: String,
-    pub secret: String,
-}
-
-impl std::fmt::Debug for DevicePlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevicePlan")
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .finish_non_exhaustive()
-    }
+    pub mqtt_password: SecretString,
+    pub secret: SecretString,
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +70,7 @@ pub struct DriverPlan {
     pub name: String,
     pub suspended: bool,
     /// The payment account (provider token) auto-debits go to.
-    pub payment_account: Option<String>,
+    pub payment_account: Option<SecretString>,
     pub plates: Vec<(Plate, Option<PlateColor>)>,
 }
 
@@ -186,8 +178,8 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
                 .push_bind(device.gate.as_ref().map(GateId::as_str))
                 .push_bind(device.bay.as_ref().map(BayId::as_str))
                 .push_bind(&device.mqtt_username)
-                .push_bind(password_hash(&device.mqtt_password))
-                .push_bind(&device.secret)
+                .push_bind(password_hash(device.mqtt_password.expose_secret()))
+                .push_bind(device.secret.expose_secret())
                 .push_bind(now);
         });
         insert.push(
@@ -207,7 +199,10 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
                 DriverStatus::Active
             },
             auto_debit: true,
-            payment_account: driver.payment_account.as_deref(),
+            payment_account: driver
+                .payment_account
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
         };
         drivers::upsert(&mut tx, &stored, now).await?;
         for (plate, color) in &driver.plates {
@@ -346,4 +341,49 @@ pub async fn add_tariff(
         .await?;
     tx.commit().await?;
     Ok(added == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Device;
+
+    /// Plans and registered devices printed whole (a `{:?}` in a log line, a panic) show none of
+    /// the secrets they carry.
+    #[test]
+    fn no_secret_in_printed_plans_or_devices() {
+        let id = DeviceId::parse("cam-1").expect("an id");
+        let device = DevicePlan {
+            id: id.clone(),
+            kind: DeviceKind::GateCamera,
+            lot: None,
+            gate: None,
+            bay: None,
+            mqtt_username: "cam-1".into(),
+            mqtt_password: "mqtt-pw-s3cret".into(),
+            secret: "hmac-s3cret".into(),
+        };
+        let driver = DriverPlan {
+            id: Uuid::nil(),
+            name: "Lin".into(),
+            suspended: false,
+            payment_account: Some("acct-s3cret".into()),
+            plates: Vec::new(),
+        };
+        let registered = Device {
+            id,
+            kind: DeviceKind::GateCamera,
+            lot: None,
+            gate: None,
+            bay: None,
+            mqtt_username: "cam-1".into(),
+            mqtt_password_hash: password_hash("mqtt-pw-s3cret"),
+            secret: "hmac-s3cret".into(),
+            revoked: false,
+        };
+        let printed = format!("{device:?} {driver:?} {registered:?}");
+        for secret in ["mqtt-pw-s3cret", "hmac-s3cret", "acct-s3cret"] {
+            assert!(!printed.contains(secret), "{secret} printed in {printed}");
+        }
+    }
 }

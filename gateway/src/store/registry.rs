@@ -177,7 +177,7 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
                 .map_err(|_| corrupt("bay of device", &row.id))?,
             mqtt_username: row.mqtt_username,
             mqtt_password_hash: row.mqtt_password_hash,
-            secret: row.secret,
+            secret: row.secret.into(),
             revoked: row.revoked_at.is_some(),
         };
         if let (DeviceKind::GateCamera, false, Some(lot), Some(gate_id)) =

@@ -64,8 +64,8 @@ impl World {
                 gate: Some(gate.clone()),
                 bay: None,
                 mqtt_username: id.to_string(),
-                mqtt_password: password.clone(),
-                secret: secret.clone(),
+                mqtt_password: password.clone().into(),
+                secret: secret.clone().into(),
             })
             .collect();
         let driver = |plates: Vec<Plate>, suspended| DriverPlan {
