@@ -298,11 +298,11 @@ impl Platform {
                 loop {
                     let today = Utc::now().date_naive();
                     let (from, to) = (
-                        (today - chrono::Duration::days(3)).to_string(),
-                        (today + chrono::Duration::days(1)).to_string(),
+                        today - chrono::Duration::days(3),
+                        today + chrono::Duration::days(1),
                     );
                     if let Err(error) =
-                        parkflow_billing::settlement::settle(&db, &from, &to, Utc::now()).await
+                        parkflow_billing::settlement::settle(&db, from, to, Utc::now()).await
                     {
                         tracing::warn!(error = %error, "settlement run failed");
                     }

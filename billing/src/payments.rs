@@ -27,6 +27,9 @@ use crate::provider::{Debit, DebitOutcome, PaymentProvider};
 pub enum PayError {
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The lot of a held exit is not among the lots the payments know (one added since start).
+    #[error("lot not found")]
+    UnknownLot,
     #[error("nothing to pay: {0}")]
     NothingDue(&'static str),
     #[error("another payment for this is in progress or made")]
@@ -306,7 +309,7 @@ pub async fn pay_exit<P: PaymentProvider>(
     let (Some(minor), Some(currency)) = (held.amount_due_minor, held.currency.clone()) else {
         return Err(PayError::NothingDue("the exit was not held for payment"));
     };
-    let terms = lots.get(&held.lot_id).ok_or(PayError::NotFound("lot"))?;
+    let terms = lots.get(&held.lot_id).ok_or(PayError::UnknownLot)?;
     let exit_paid = |paid| ExitPaid {
         paid,
         session_id: session,
@@ -573,7 +576,7 @@ impl<P: PaymentProvider> PaymentsApi for Payments<P> {
                 )
                 .await
             };
-            if let Err(PayError::NotFound("lot")) = result {
+            if let Err(PayError::UnknownLot) = result {
                 // A lot added since start: learn it and try once more.
                 *self.lots.write().await = LotBook::load(&self.db).await?;
                 let lots = self.lots.read().await;

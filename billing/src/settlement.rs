@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use parkflow_db::{Db, QueryBuilder, StoreError, db_time, query};
 use serde::Serialize;
 
@@ -42,24 +42,26 @@ const COMPUTE: &str = "
     GROUP BY c.operator_id, c.lot_id, c.local_day, c.currency
     ORDER BY c.lot_id, c.local_day, c.currency";
 
-/// Computes and stores the settlements of the days `from..=to` (`YYYY-MM-DD`, lots' local days).
+/// Computes and stores the settlements of the days `from..=to` (lots' local days).
 pub async fn settle(
     db: &Db,
-    from: &str,
-    to: &str,
+    from: NaiveDate,
+    to: NaiveDate,
     now: DateTime<Utc>,
 ) -> Result<Vec<Settlement>, StoreError> {
     let now = db_time(now);
+    // Days are stored as `YYYY-MM-DD`, which orders as the days do.
+    let (from, to) = (from.to_string(), to.to_string());
     let mut tx = db.begin_write().await?;
     // Replace the days' figures: days that no longer have charges keep no stale figures.
     query("DELETE FROM settlements WHERE day >= $1 AND day <= $2")
-        .bind(from)
-        .bind(to)
+        .bind(&from)
+        .bind(&to)
         .execute(&mut tx)
         .await?;
     let rows: Vec<Settlement> = query(COMPUTE)
-        .bind(from)
-        .bind(to)
+        .bind(&from)
+        .bind(&to)
         .fetch_all(&mut tx)
         .await?;
     for chunk in rows.chunks(2_000) {
@@ -89,16 +91,16 @@ pub async fn settle(
 pub async fn stored(
     db: &Db,
     lot: Option<&str>,
-    from: &str,
-    to: &str,
+    from: NaiveDate,
+    to: NaiveDate,
 ) -> Result<Vec<Settlement>, StoreError> {
     query(
         "SELECT operator_id, lot_id, day, currency, sessions, gross_minor, collected_minor, outstanding_minor, refunded_minor
          FROM settlements WHERE ($1 IS NULL OR lot_id = $1) AND day >= $2 AND day <= $3 ORDER BY lot_id, day, currency",
     )
     .bind(lot)
-    .bind(from)
-    .bind(to)
+    .bind(from.to_string())
+    .bind(to.to_string())
     .fetch_all(db)
     .await
 }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use parkflow_billing::charging::{ChargingConfig, ChargingWorker};
 use parkflow_billing::provider::{FaultConfig, SimulatedProvider};
 use parkflow_billing::{Stay, Tariff};
@@ -23,6 +23,12 @@ use uuid::Uuid;
 
 use super::{Latency, on_engine, ratio};
 use crate::demo::demo_tariff;
+
+/// Every day a charge of these runs can fall on.
+const EVERY_DAY: (NaiveDate, NaiveDate) = (
+    NaiveDate::from_ymd_opt(2000, 1, 1).expect("a date"),
+    NaiveDate::from_ymd_opt(2999, 12, 31).expect("a date"),
+);
 
 const OPERATOR: &str = "bench-operator";
 const LOTS: usize = 20;
@@ -358,7 +364,7 @@ async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()
     let charge = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let settlements =
-        parkflow_billing::settlement::settle(&db, "2000-01-01", "2999-12-31", Utc::now()).await?;
+        parkflow_billing::settlement::settle(&db, EVERY_DAY.0, EVERY_DAY.1, Utc::now()).await?;
     let settle = started.elapsed().as_secs_f64();
     let total = charge + settle;
     let (first, last) = (steps.first().copied(), steps.last().copied());

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::support::{Broker, Database, Setup, TestDatabase};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use parkflow::demo::demo_tariff;
 use parkflow_billing::charging::{ChargingConfig, ChargingWorker, idempotency_key};
 use parkflow_billing::provider::{FaultConfig, SimulatedProvider};
@@ -18,6 +18,12 @@ use parkflow_sensors_sim::city::random_plate;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
+
+/// Every day a charge of these runs can fall on.
+const EVERY_DAY: (NaiveDate, NaiveDate) = (
+    NaiveDate::from_ymd_opt(2000, 1, 1).expect("a date"),
+    NaiveDate::from_ymd_opt(2999, 12, 31).expect("a date"),
+);
 
 const SESSIONS: usize = 1_200;
 const DRIVERS: usize = 300;
@@ -256,15 +262,15 @@ async fn charging_is_exactly_once_through_faults_and_crashes(database: Database)
     assert_eq!(report.closed_sessions, SESSIONS as i64);
 
     // Settlement: the same figures however often it runs, and every fee counted once.
-    let first = settlement::settle(&db, "2000-01-01", "2999-12-31", Utc::now())
+    let first = settlement::settle(&db, EVERY_DAY.0, EVERY_DAY.1, Utc::now())
         .await
         .unwrap();
-    let again = settlement::settle(&db, "2000-01-01", "2999-12-31", Utc::now())
+    let again = settlement::settle(&db, EVERY_DAY.0, EVERY_DAY.1, Utc::now())
         .await
         .unwrap();
     assert_eq!(first, again);
     assert_eq!(
-        settlement::stored(&db, None, "2000-01-01", "2999-12-31")
+        settlement::stored(&db, None, EVERY_DAY.0, EVERY_DAY.1)
             .await
             .unwrap(),
         first
@@ -456,7 +462,7 @@ async fn write_offs_balance_and_the_audit_names_broken_rows(database: Database) 
         "an invoice is written off once"
     );
     assert_eq!(audit::audit(&db).await.unwrap().violations, Vec::new());
-    let settled = settlement::settle(&db, "2000-01-01", "2999-12-31", Utc::now())
+    let settled = settlement::settle(&db, EVERY_DAY.0, EVERY_DAY.1, Utc::now())
         .await
         .unwrap();
     let outstanding: i64 = settled.iter().map(|s| s.outstanding_minor).sum();

@@ -52,14 +52,14 @@ pub struct Days {
 }
 
 impl Days {
-    fn range(&self) -> Result<(String, String), ApiError> {
+    fn range(&self) -> Result<(NaiveDate, NaiveDate), ApiError> {
         if self.to < self.from {
             return Err(ApiError::bad_request(
                 "invalid_range",
                 "to must not be before from",
             ));
         }
-        Ok((self.from.to_string(), self.to.to_string()))
+        Ok((self.from, self.to))
     }
 }
 
@@ -80,7 +80,7 @@ pub async fn run(
 ) -> Result<Json<Vec<Settlement>>, ApiError> {
     let (from, to) = days.range()?;
     Ok(Json(
-        settlement::settle(&state.db, &from, &to, Utc::now()).await?,
+        settlement::settle(&state.db, from, to, Utc::now()).await?,
     ))
 }
 
@@ -99,7 +99,7 @@ pub async fn list(
     ApiQuery(days): ApiQuery<Days>,
 ) -> Result<Json<Vec<Settlement>>, ApiError> {
     let (from, to) = days.range()?;
-    let mut settlements = settlement::stored(&state.db, days.lot.as_deref(), &from, &to).await?;
+    let mut settlements = settlement::stored(&state.db, days.lot.as_deref(), from, to).await?;
     settlements.retain(|s| scope.sees(&s.operator_id));
     Ok(Json(settlements))
 }

@@ -101,6 +101,7 @@ impl From<parkflow_billing::payments::PayError> for ApiError {
         };
         match error {
             PayError::NotFound(what) => Self::NotFound(what),
+            PayError::UnknownLot => Self::NotFound("lot"),
             PayError::NothingDue(_) => status(StatusCode::CONFLICT, "nothing_due", &error),
             PayError::InProgress => status(StatusCode::CONFLICT, "payment_in_progress", &error),
             PayError::Declined(_) => {

@@ -72,13 +72,9 @@ pub async fn settlements(
             "to must not be before from",
         ));
     }
-    let rows = parkflow_billing::settlement::stored(
-        &state.db,
-        query.lot.as_deref(),
-        &query.from.to_string(),
-        &query.to.to_string(),
-    )
-    .await?;
+    let rows =
+        parkflow_billing::settlement::stored(&state.db, query.lot.as_deref(), query.from, query.to)
+            .await?;
     let mut out = csv::Writer::from_writer(Vec::new());
     out.write_record([
         "operator_id",
