@@ -4,13 +4,19 @@
 //! barrier command) → `store::writer` (group commit) → `mqtt::ack` (acknowledged once durable).
 //! See ARCHITECTURE.md for the whole picture.
 
-pub mod app;
-pub mod availability;
-pub mod config;
+//! Public: what the `parkflow` binary composes (the gateway, its configuration, provisioning,
+//! the registry and the privacy job), and what its benches and tests drive. Everything else is
+//! `pub(crate)`; `unreachable_pub` keeps it so.
+
+#![warn(unreachable_pub)]
+
+mod app;
+mod availability;
+mod config;
 pub mod gate;
-pub mod http;
+mod http;
 pub mod metrics;
-pub mod mqtt;
+mod mqtt;
 pub mod occupancy;
 pub mod privacy;
 pub mod registry;
@@ -19,3 +25,5 @@ pub mod store;
 
 pub use app::{Gateway, GatewayError};
 pub use config::GatewayConfig;
+pub use http::auth::constant_time_eq;
+pub use mqtt::MqttConfig;

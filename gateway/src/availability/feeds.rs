@@ -40,7 +40,7 @@ const DATEX_RECORD_VERSION: &str = "1";
 
 /// One lot as the feeds show it (counts only: never a plate).
 #[derive(Debug, Clone)]
-pub struct FeedLot<'a> {
+pub(crate) struct FeedLot<'a> {
     /// Lot id, `[a-z0-9][a-z0-9-]{0,63}`.
     pub id: &'a str,
     /// Display name; any text (it is escaped where needed).
@@ -57,8 +57,6 @@ pub struct FeedLot<'a> {
     pub free: u32,
     /// Bays known to be occupied.
     pub occupied: u32,
-    /// Bays whose state is not known (silent sensor, offline device).
-    pub unknown: u32,
     /// One of `spacesAvailable`, `almostFull`, `full`, `closed`.
     pub status: &'static str,
     /// When these counts were observed.
@@ -66,7 +64,7 @@ pub struct FeedLot<'a> {
 }
 
 /// The FIWARE feed: an NGSI-LD key-values array with one entity per lot.
-pub fn fiware(lots: &[FeedLot<'_>]) -> Value {
+pub(crate) fn fiware(lots: &[FeedLot<'_>]) -> Value {
     Value::Array(lots.iter().map(fiware_entity).collect())
 }
 
@@ -115,7 +113,7 @@ fn is_fiware_status(status: &str) -> bool {
 
 /// The DATEX II v3 feed: a parking status publication with one site status per lot.
 /// Writing into memory does not fail in practice; the error is passed on rather than assumed away.
-pub fn datex2(lots: &[FeedLot<'_>], publication_time: DateTime<Utc>) -> io::Result<String> {
+pub(crate) fn datex2(lots: &[FeedLot<'_>], publication_time: DateTime<Utc>) -> io::Result<String> {
     let mut writer = Writer::new_with_indent(Vec::new(), b' ', 2);
     write_publication(&mut writer, lots, publication_time)?;
     // Every piece written is a &str or escaped from one, so the bytes are UTF-8.
@@ -280,7 +278,6 @@ mod tests {
             total,
             free,
             occupied,
-            unknown,
             status,
             observed_at,
         }

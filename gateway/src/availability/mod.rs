@@ -7,7 +7,7 @@
 //! that is dropped, so nobody buffers for a slow client and nobody waits for one. `feeds` renders
 //! FIWARE and DATEX II from the same snapshot.
 
-pub mod feeds;
+pub(crate) mod feeds;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +23,11 @@ use crate::occupancy::LotCounts;
 use crate::registry::{Location, Lot, LotKind};
 
 /// Availability events kept for stream subscribers; one further behind is dropped.
-pub const STREAM_BUFFER: usize = 4_096;
+pub(crate) const STREAM_BUFFER: usize = 4_096;
 /// How often changed lots are published to readers and subscribers.
-pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
+pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_millis(200);
 /// The retained MQTT topic carries at most one update per lot per this interval.
-pub const MQTT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const MQTT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When a lot counts as almost full.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -27,7 +27,7 @@ impl Standing {
 
 /// What the platform knows when a car arrives at an entry lane.
 #[derive(Debug, Clone, Copy)]
-pub struct EntryFacts {
+pub(crate) struct EntryFacts {
     pub blocked: bool,
     pub pass_holder: bool,
     pub capacity: u32,
@@ -36,20 +36,20 @@ pub struct EntryFacts {
 
 /// The answer at an entry lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EntryDecision {
+pub(crate) struct EntryDecision {
     pub action: GateAction,
     pub reason: GateReason,
 }
 
 impl EntryDecision {
     /// Whether this decision opens a session.
-    pub fn opens_session(&self) -> bool {
+    pub(crate) fn opens_session(&self) -> bool {
         self.action == GateAction::Open
     }
 }
 
 /// SPEC §3 gated entry: open unless blocked; a full lot holds unless the plate holds a pass.
-pub fn entry(facts: EntryFacts) -> EntryDecision {
+pub(crate) fn entry(facts: EntryFacts) -> EntryDecision {
     let (action, reason) = if facts.blocked {
         (GateAction::Hold, GateReason::Blocked)
     } else if facts.pass_holder {
@@ -64,7 +64,7 @@ pub fn entry(facts: EntryFacts) -> EntryDecision {
 
 /// How sure the platform is of the session an exit read belongs to.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Found {
+pub(crate) enum Found {
     /// No open session resembles the plate.
     Nothing,
     /// A session matched with this confidence (1.0 for an exact match).
@@ -73,7 +73,7 @@ pub enum Found {
 
 /// What the stay costs, as far as the platform can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fee {
+pub(crate) enum Fee {
     Due,
     Free,
     /// The stay could not be priced (no tariff in force, a stay too long to price).
@@ -82,7 +82,7 @@ pub enum Fee {
 
 /// What the platform knows when a car arrives at an exit lane.
 #[derive(Debug, Clone, Copy)]
-pub struct ExitFacts {
+pub(crate) struct ExitFacts {
     pub found: Found,
     pub standing: Standing,
     pub pass_holder: bool,
@@ -93,7 +93,7 @@ pub struct ExitFacts {
 
 /// The answer at an exit lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitDecision {
+pub(crate) struct ExitDecision {
     pub action: GateAction,
     pub reason: GateReason,
     /// Whether the found session ends now (the car leaves).
@@ -106,7 +106,7 @@ pub struct ExitDecision {
 /// without an entry, a doubtful match, or a stay the platform cannot price opens and goes to review. A confident match opens
 /// for enrolled drivers in good standing and pass holders (billed later), and for stays that cost
 /// nothing; everyone else is held until they pay.
-pub fn exit(facts: ExitFacts) -> ExitDecision {
+pub(crate) fn exit(facts: ExitFacts) -> ExitDecision {
     let open = |reason, review| ExitDecision {
         action: GateAction::Open,
         reason,

@@ -6,9 +6,9 @@
 //! needs (enrolled plates, passes, blocks). The decisions themselves are pure (`decide`).
 
 pub mod actor;
-pub mod decide;
-pub mod plan;
-pub mod state;
+pub(crate) mod decide;
+pub(crate) mod plan;
+pub(crate) mod state;
 
 use std::time::Instant;
 

@@ -16,7 +16,7 @@ use crate::store::writer::Write;
 
 /// What a decision does.
 #[derive(Debug)]
-pub struct Planned {
+pub(crate) struct Planned {
     pub command: GateCommand,
     /// The session the read opened, ended or was matched to.
     pub session_id: Option<Uuid>,
@@ -28,7 +28,7 @@ pub struct Planned {
 }
 
 /// A command answering `read`.
-pub fn command(read: &GateRead, action: GateAction, reason: GateReason) -> GateCommand {
+pub(crate) fn command(read: &GateRead, action: GateAction, reason: GateReason) -> GateCommand {
     GateCommand {
         command_id: Uuid::now_v7(),
         event_id: read.event_id.clone(),
@@ -63,7 +63,7 @@ fn review(
 
 /// SPEC §3 gated entry: decides, opens the session in `state`, and ends a session left open by a
 /// missed exit (for review).
-pub fn entry(lot: &Lot, state: &mut LotState, read: &GateRead) -> Planned {
+pub(crate) fn entry(lot: &Lot, state: &mut LotState, read: &GateRead) -> Planned {
     let pass_holder = state.has_pass(&read.plate, read.observed_at);
     let decision = decide::entry(EntryFacts {
         blocked: state.blocked.contains(&read.plate),
@@ -142,7 +142,7 @@ fn price(
 
 /// SPEC §3 gated exit: finds the session (exact, then fuzzy), decides, and ends the session when
 /// the car leaves. `pay_base` is where `pay_url`s point.
-pub fn exit(
+pub(crate) fn exit(
     lot: &Lot,
     state: &mut LotState,
     read: &GateRead,

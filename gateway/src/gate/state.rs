@@ -12,11 +12,11 @@ use crate::session::OpenSession;
 use crate::session::matching::similarity;
 
 /// When a pass is valid: `[from, until)`.
-pub type Validity = (DateTime<Utc>, DateTime<Utc>);
+pub(crate) type Validity = (DateTime<Utc>, DateTime<Utc>);
 
 /// A lot's share of the state.
 #[derive(Debug, Default)]
-pub struct LotState {
+pub(crate) struct LotState {
     /// Open sessions by plate: at most one per plate and lot.
     pub open: HashMap<Plate, OpenSession>,
     pub blocked: HashSet<Plate>,
@@ -25,7 +25,7 @@ pub struct LotState {
 
 impl LotState {
     /// Whether `plate` holds a pass for this lot at `at`.
-    pub fn has_pass(&self, plate: &Plate, at: DateTime<Utc>) -> bool {
+    pub(crate) fn has_pass(&self, plate: &Plate, at: DateTime<Utc>) -> bool {
         self.passes.get(plate).is_some_and(|passes| {
             passes
                 .iter()
@@ -35,13 +35,13 @@ impl LotState {
 }
 
 /// Identifies one read: a device's event id on one gate.
-pub type ReadKey = (LotId, GateId, EventId);
+pub(crate) type ReadKey = (LotId, GateId, EventId);
 /// A lane and the way cars pass it.
-pub type LaneKey = (LotId, GateId, Direction);
+pub(crate) type LaneKey = (LotId, GateId, Direction);
 
 /// A decision that was made, kept to answer repeats.
 #[derive(Debug, Clone)]
-pub struct Decided {
+pub(crate) struct Decided {
     pub command: GateCommand,
     pub plate: Plate,
     pub session_id: Option<Uuid>,
@@ -54,7 +54,7 @@ pub struct Decided {
 /// Recent decisions: by read (a repeated event id gets the same command) and by lane (the same
 /// car read again moments later is the same read), forgotten after their windows.
 #[derive(Debug)]
-pub struct RecentDecisions {
+pub(crate) struct RecentDecisions {
     window: Duration,
     by_read: HashMap<ReadKey, Decided>,
     order: VecDeque<(DateTime<Utc>, ReadKey)>,
@@ -64,7 +64,7 @@ pub struct RecentDecisions {
 }
 
 impl RecentDecisions {
-    pub fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Duration) -> Self {
         Self {
             window,
             by_read: HashMap::new(),
@@ -75,11 +75,11 @@ impl RecentDecisions {
     }
 
     /// How long decisions are remembered by read.
-    pub fn window(&self) -> Duration {
+    pub(crate) fn window(&self) -> Duration {
         self.window
     }
 
-    pub fn by_read(&self, key: &ReadKey) -> Option<&Decided> {
+    pub(crate) fn by_read(&self, key: &ReadKey) -> Option<&Decided> {
         self.by_read.get(key)
     }
 
@@ -88,7 +88,7 @@ impl RecentDecisions {
     /// within `within` of `observed_at` too (a lane forwarding its backlog sends reads received
     /// together but seen hours apart), unless that car was decided on since at another lane (it
     /// went in, or out, in between). `at` is (received, observed).
-    pub fn repeat_of(
+    pub(crate) fn repeat_of(
         &mut self,
         lane: &LaneKey,
         plate: &Plate,
@@ -111,7 +111,7 @@ impl RecentDecisions {
         (last == Some(&previous.at)).then(|| previous.clone())
     }
 
-    pub fn remember(&mut self, read: ReadKey, lane: LaneKey, decided: Decided) {
+    pub(crate) fn remember(&mut self, read: ReadKey, lane: LaneKey, decided: Decided) {
         self.order.push_back((decided.at, read.clone()));
         self.last_by_car
             .insert((lane.0.clone(), decided.plate.clone()), decided.at);
@@ -123,7 +123,7 @@ impl RecentDecisions {
     }
 
     /// Forgets what is older than the window.
-    pub fn expire(&mut self, now: DateTime<Utc>) {
+    pub(crate) fn expire(&mut self, now: DateTime<Utc>) {
         while self
             .order
             .front()
@@ -146,18 +146,19 @@ impl RecentDecisions {
         self.last_by_car.retain(|_, at| now - *at <= window);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_read.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_read.is_empty()
     }
 }
 
 /// Everything the gate actor owns.
 #[derive(Debug)]
-pub struct GateState {
+pub(crate) struct GateState {
     pub lots: HashMap<LotId, LotState>,
     /// Enrolled plates and their driver's standing.
     pub drivers: HashMap<Plate, Standing>,
@@ -165,7 +166,7 @@ pub struct GateState {
 }
 
 impl GateState {
-    pub fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Duration) -> Self {
         Self {
             lots: HashMap::new(),
             drivers: HashMap::new(),
@@ -175,11 +176,11 @@ impl GateState {
 }
 
 /// How long a car held at an exit waits for its driver's reinstatement to open the barrier.
-pub const HELD_FOR: Duration = Duration::minutes(15);
+pub(crate) const HELD_FOR: Duration = Duration::minutes(15);
 
 /// The read a car was held on, kept to answer it again.
 #[derive(Debug, Clone)]
-pub struct HeldRead {
+pub(crate) struct HeldRead {
     pub lot: parkflow_protocol::LotId,
     gate: parkflow_protocol::GateId,
     event_id: parkflow_protocol::EventId,
@@ -191,7 +192,7 @@ pub struct HeldRead {
 }
 
 impl HeldRead {
-    pub fn of(read: &GateRead) -> Self {
+    pub(crate) fn of(read: &GateRead) -> Self {
         Self {
             lot: read.lot.clone(),
             gate: read.gate.clone(),
@@ -204,7 +205,7 @@ impl HeldRead {
         }
     }
 
-    pub fn replay(&self) -> GateRead {
+    pub(crate) fn replay(&self) -> GateRead {
         GateRead {
             lot: self.lot.clone(),
             gate: self.gate.clone(),
@@ -223,7 +224,7 @@ impl HeldRead {
 
 /// A car waiting at an exit for payment.
 #[derive(Debug, Clone)]
-pub struct Held {
+pub(crate) struct Held {
     pub session_plate: Plate,
     pub read: HeldRead,
 }

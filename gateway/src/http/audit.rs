@@ -25,13 +25,13 @@ const MAX_LIMIT: u32 = 1_000;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"reason": "ambulance waiting at the entry"}))]
-pub struct OpenRequest {
+pub(crate) struct OpenRequest {
     /// Why the barrier is opened by hand (kept in the audit trail).
     reason: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Opened {
+pub(crate) struct Opened {
     command_id: Uuid,
     event_id: String,
     audit_id: Uuid,
@@ -49,7 +49,7 @@ pub struct Opened {
         (status = 503, description = "The gate actor did not answer", body = ErrorBody),
     ),
 )]
-pub async fn manual_open(
+pub(crate) async fn manual_open(
     who: Accountable,
     State(state): State<AppState>,
     ApiPath((lot, gate)): ApiPath<(String, String)>,
@@ -122,7 +122,7 @@ pub async fn manual_open(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct AuditQuery {
+pub(crate) struct AuditQuery {
     limit: Option<u32>,
 }
 
@@ -136,7 +136,7 @@ pub struct AuditQuery {
         (status = 200, description = "Audit entries, newest first", body = [AuditEntry]),
     ),
 )]
-pub async fn entries(
+pub(crate) async fn entries(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AuditQuery>,
@@ -168,7 +168,7 @@ impl From<crate::store::review::ResolveError> for ApiError {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"action": "edit_plate", "plate": "浙A12345", "reason": "plate read from the lane photo"}))]
-pub struct ResolveRequest {
+pub(crate) struct ResolveRequest {
     action: Resolution,
     /// Why (kept in the audit trail).
     reason: String,
@@ -248,7 +248,7 @@ impl ResolveRequest {
         (status = 503, description = "The gate actor did not answer", body = ErrorBody),
     ),
 )]
-pub async fn resolve(
+pub(crate) async fn resolve(
     who: Accountable,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,

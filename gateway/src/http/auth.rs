@@ -25,7 +25,7 @@ use crate::registry::{Lot, Registry};
 
 /// A caller resolved from their key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
+pub(crate) enum Caller {
     PlatformAdmin,
     OperatorAdmin(String),
     OperatorViewer(String),
@@ -35,14 +35,14 @@ pub enum Caller {
 
 /// What a staff caller may see: everything, or one operator's objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     All,
     Operator(String),
 }
 
 impl Scope {
     /// The operator to filter by; `None` for every operator.
-    pub fn operator(&self) -> Option<&str> {
+    pub(crate) fn operator(&self) -> Option<&str> {
         match self {
             Self::All => None,
             Self::Operator(id) => Some(id),
@@ -50,13 +50,13 @@ impl Scope {
     }
 
     /// Whether an object of `operator` is visible (else it answers 404).
-    pub fn sees(&self, operator: &str) -> bool {
+    pub(crate) fn sees(&self, operator: &str) -> bool {
         self.operator().is_none_or(|own| own == operator)
     }
 
     /// The lot `raw` names, if this scope sees it: an unknown lot and another operator's answer
     /// the same 404.
-    pub fn lot<'r>(&self, registry: &'r Registry, raw: &str) -> Result<&'r Lot, ApiError> {
+    pub(crate) fn lot<'r>(&self, registry: &'r Registry, raw: &str) -> Result<&'r Lot, ApiError> {
         LotId::parse(raw)
             .ok()
             .and_then(|id| registry.lot_by_id(&id))
@@ -66,7 +66,7 @@ impl Scope {
 }
 
 /// The key presented, if any.
-pub fn bearer(parts: &Parts) -> Option<&str> {
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
     parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
@@ -113,7 +113,7 @@ async fn identify(
 }
 
 /// Resolves the caller from the request's key; `None` without a valid key.
-pub async fn caller(parts: &Parts, state: &AppState) -> Result<Option<Caller>, ApiError> {
+pub(crate) async fn caller(parts: &Parts, state: &AppState) -> Result<Option<Caller>, ApiError> {
     Ok(identify(parts, state).await?.map(|(caller, _)| caller))
 }
 
@@ -122,7 +122,7 @@ async fn require(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
 }
 
 /// The platform admin.
-pub struct Admin;
+pub(crate) struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -136,7 +136,7 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 /// The platform admin or an operator's admin or viewer: reads, scoped.
-pub struct Staff(pub Scope);
+pub(crate) struct Staff(pub Scope);
 
 impl FromRequestParts<AppState> for Staff {
     type Rejection = ApiError;
@@ -153,7 +153,7 @@ impl FromRequestParts<AppState> for Staff {
 }
 
 /// The platform admin or an operator's admin: writes, scoped.
-pub struct StaffAdmin(pub Scope);
+pub(crate) struct StaffAdmin(pub Scope);
 
 impl FromRequestParts<AppState> for StaffAdmin {
     type Rejection = ApiError;
@@ -169,7 +169,7 @@ impl FromRequestParts<AppState> for StaffAdmin {
 
 /// The platform admin or an operator's admin, for actions that leave an audit trail: their scope,
 /// their role and the key they used.
-pub struct Accountable {
+pub(crate) struct Accountable {
     pub scope: Scope,
     pub role: &'static str,
     /// `None` for the platform admin's configured key.
@@ -200,7 +200,7 @@ impl FromRequestParts<AppState> for Accountable {
 }
 
 /// A driver: their id.
-pub struct DriverKey(pub Uuid);
+pub(crate) struct DriverKey(pub Uuid);
 
 impl FromRequestParts<AppState> for DriverKey {
     type Rejection = ApiError;

@@ -28,9 +28,9 @@ use crate::occupancy::{LotCounts, OccupancyMessage};
 use crate::registry::{LotKind, Registry};
 
 /// The widest `near` search.
-pub const MAX_RADIUS_M: f64 = 50_000.0;
+pub(crate) const MAX_RADIUS_M: f64 = 50_000.0;
 /// The most lots one `near` answer lists.
-pub const MAX_NEAR_LIMIT: usize = 200;
+pub(crate) const MAX_NEAR_LIMIT: usize = 200;
 
 fn lot_of<'r>(registry: &'r Registry, raw: &str) -> Result<&'r crate::registry::Lot, ApiError> {
     let id = LotId::parse(raw).map_err(|_| ApiError::NotFound("lot"))?;
@@ -50,7 +50,7 @@ fn json(body: Bytes) -> Response {
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn one(
+pub(crate) async fn one(
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
 ) -> Result<Response, ApiError> {
@@ -65,7 +65,7 @@ pub async fn one(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct NearQuery {
+pub(crate) struct NearQuery {
     /// `lat,lon` in degrees.
     near: String,
     radius_m: Option<f64>,
@@ -86,7 +86,7 @@ fn parse_point(near: &str) -> Option<(f64, f64)> {
         (status = 200, description = "Lots within the radius, nearest first; each is a lot's availability with its `distance_m` first", body = [LotAvailabilityView]),
     ),
 )]
-pub async fn near(
+pub(crate) async fn near(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<NearQuery>,
 ) -> Result<Response, ApiError> {
@@ -138,7 +138,7 @@ pub async fn near(
         (status = 200, description = "Server-sent events: one `availability` event (a lot's availability as JSON) per lot change", content_type = "text/event-stream", body = String),
     ),
 )]
-pub async fn stream(
+pub(crate) async fn stream(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // The stream ends at shutdown, or the server would wait for its clients forever.
@@ -188,7 +188,6 @@ fn feed_lots<'r>(registry: &'r Registry, board: &Board) -> Vec<FeedLot<'r>> {
                 total: a.counts.total,
                 free: a.counts.free,
                 occupied: a.counts.occupied,
-                unknown: a.counts.unknown,
                 status: status_word(a.status),
                 observed_at: a.observed_at,
             })
@@ -213,7 +212,7 @@ fn status_word(status: parkflow_protocol::LotStatus) -> &'static str {
         (status = 200, description = "NGSI-LD key-values OffStreetParking / OnStreetParking entities (FIWARE dataModel.Parking)", content_type = "application/ld+json", body = Vec<serde_json::Value>),
     ),
 )]
-pub async fn fiware(State(state): State<AppState>) -> Response {
+pub(crate) async fn fiware(State(state): State<AppState>) -> Response {
     let board = state.availability.board();
     let body = feeds::fiware(&feed_lots(&board.registry, &board));
     (
@@ -230,7 +229,7 @@ pub async fn fiware(State(state): State<AppState>) -> Response {
         (status = 200, description = "DATEX II v3 parking status publication", content_type = "application/xml", body = String),
     ),
 )]
-pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError> {
     let board = state.availability.board();
     let xml = feeds::datex2(&feed_lots(&board.registry, &board), Utc::now()).map_err(|error| {
         ApiError::Store(crate::store::StoreError::Corrupt(format!(
@@ -255,7 +254,7 @@ pub async fn datex2(State(state): State<AppState>) -> Result<Response, ApiError>
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn bays(
+pub(crate) async fn bays(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -276,13 +275,13 @@ pub async fn bays(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"occupied": 312}))]
-pub struct RecountRequest {
+pub(crate) struct RecountRequest {
     /// Cars counted in the lot now.
     occupied: u32,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RecountResponse {
+pub(crate) struct RecountResponse {
     lot: String,
     total: u32,
     free: u32,
@@ -302,7 +301,7 @@ pub struct RecountResponse {
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn recount(
+pub(crate) async fn recount(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,

@@ -45,7 +45,7 @@ impl From<RefundError> for ApiError {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct Days {
+pub(crate) struct Days {
     from: NaiveDate,
     to: NaiveDate,
     lot: Option<String>,
@@ -73,7 +73,7 @@ impl Days {
         (status = 200, description = "The days settled again (same data, same figures)", body = [Settlement]),
     ),
 )]
-pub async fn run(
+pub(crate) async fn run(
     _: Admin,
     State(state): State<AppState>,
     ApiQuery(days): ApiQuery<Days>,
@@ -93,7 +93,7 @@ pub async fn run(
         (status = 200, description = "Stored settlements per operator, lot and local day", body = [Settlement]),
     ),
 )]
-pub async fn list(
+pub(crate) async fn list(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiQuery(days): ApiQuery<Days>,
@@ -112,7 +112,7 @@ pub async fn list(
         (status = 200, description = "Every difference between the platform's and the provider's records", body = [Mismatch]),
     ),
 )]
-pub async fn reconciliation(
+pub(crate) async fn reconciliation(
     _: Admin,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<Mismatch>>, ApiError> {
@@ -122,14 +122,14 @@ pub async fn reconciliation(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"amount": "5.00", "reason": "barrier fault, driver waited"}))]
-pub struct RefundRequest {
+pub(crate) struct RefundRequest {
     /// A decimal string in the charge's currency (`"5.00"`).
     amount: String,
     reason: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RefundResponse {
+pub(crate) struct RefundResponse {
     refund_id: Uuid,
     amount: String,
     currency: String,
@@ -148,7 +148,7 @@ pub struct RefundResponse {
         (status = 202, description = "The provider has not answered yet: retry with the same key", body = ErrorBody),
     ),
 )]
-pub async fn refund(
+pub(crate) async fn refund(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(charge): ApiPath<Uuid>,
@@ -221,7 +221,7 @@ impl From<parkflow_billing::arrears::WriteOffError> for ApiError {
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
     ),
 )]
-pub async fn write_off(
+pub(crate) async fn write_off(
     _: Admin,
     State(state): State<AppState>,
     ApiPath(invoice): ApiPath<Uuid>,

@@ -33,7 +33,7 @@ impl From<DeviceError> for ApiError {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"id": "cam-westlake-in-1", "kind": "gate_camera", "gate": "in-1"}))]
-pub struct DeviceRequest {
+pub(crate) struct DeviceRequest {
     id: String,
     kind: DeviceKind,
     /// A gate camera's gate.
@@ -45,7 +45,7 @@ pub struct DeviceRequest {
 /// A device with the credentials it connects and signs with: shown only in this answer (and,
 /// holding them, not `Debug`: it is never printed).
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     #[serde(flatten)]
     device: DeviceView,
     mqtt_password: String,
@@ -98,7 +98,7 @@ fn credentials(kind: DeviceKind) -> (String, String) {
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
     ),
 )]
-pub async fn register(
+pub(crate) async fn register(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -181,7 +181,7 @@ pub async fn register(
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn list(
+pub(crate) async fn list(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -200,7 +200,7 @@ pub async fn list(
         (status = 404, description = "No such device (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn rotate(
+pub(crate) async fn rotate(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -236,7 +236,7 @@ pub async fn rotate(
         (status = 404, description = "No such device (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn revoke(
+pub(crate) async fn revoke(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

@@ -39,7 +39,7 @@ impl From<DriverError> for ApiError {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"plate": "浙AD12345", "plate_color": "green"}))]
-pub struct PlateRequest {
+pub(crate) struct PlateRequest {
     plate: String,
     plate_color: Option<PlateColor>,
 }
@@ -56,7 +56,7 @@ impl PlateRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "Lin Wei", "payment_account": "acct-6222020200112233", "auto_debit_consent": true, "plates": [{"plate": "浙A12345", "plate_color": "blue"}]}))]
-pub struct EnrolRequest {
+pub(crate) struct EnrolRequest {
     name: String,
     payment_account: String,
     /// Consent to password-free auto-debit: leave-first, pay-later needs it.
@@ -66,7 +66,7 @@ pub struct EnrolRequest {
 
 /// Holding the driver's key, it is not `Debug`: it is never printed.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct Enrolled {
+pub(crate) struct Enrolled {
     driver: DriverView,
     /// Shown once; the platform keeps only its hash.
     api_key: String,
@@ -81,7 +81,7 @@ pub struct Enrolled {
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
     ),
 )]
-pub async fn enrol(
+pub(crate) async fn enrol(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<EnrolRequest>,
 ) -> Result<(StatusCode, Json<Enrolled>), ApiError> {
@@ -138,7 +138,7 @@ pub async fn enrol(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"payment_account": "acct-new-card", "auto_debit_consent": true}))]
-pub struct DriverUpdate {
+pub(crate) struct DriverUpdate {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -157,7 +157,7 @@ pub struct DriverUpdate {
         (status = 200, description = "The driver as they are now", body = DriverView),
     ),
 )]
-pub async fn update_me(
+pub(crate) async fn update_me(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<DriverUpdate>,
@@ -209,7 +209,7 @@ fn standing_of(driver: &DriverView) -> Standing {
         (status = 200, description = "The driver, their plates and standing", body = DriverView),
     ),
 )]
-pub async fn me(
+pub(crate) async fn me(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
 ) -> Result<Json<DriverView>, ApiError> {
@@ -229,7 +229,7 @@ pub async fn me(
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
     ),
 )]
-pub async fn add_plate(
+pub(crate) async fn add_plate(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PlateRequest>,
@@ -268,7 +268,7 @@ pub async fn add_plate(
         (status = 404, description = "No such plate (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn remove_plate(
+pub(crate) async fn remove_plate(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
     ApiPath(plate): ApiPath<String>,
@@ -295,7 +295,7 @@ pub async fn remove_plate(
         (status = 200, description = "The driver's sessions, newest first", body = [SessionView]),
     ),
 )]
-pub async fn my_sessions(
+pub(crate) async fn my_sessions(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
@@ -312,7 +312,7 @@ pub async fn my_sessions(
         (status = 200, description = "The driver's invoices", body = [InvoiceView]),
     ),
 )]
-pub async fn my_invoices(
+pub(crate) async fn my_invoices(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<InvoiceView>>, ApiError> {
@@ -322,13 +322,13 @@ pub async fn my_invoices(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"payment_account": "acct-6222020200112233"}))]
-pub struct PayInvoiceRequest {
+pub(crate) struct PayInvoiceRequest {
     /// Another account to pay from (the enrolled one when absent).
     payment_account: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct InvoicePaid {
+pub(crate) struct InvoicePaid {
     payment_id: Uuid,
     amount: String,
     currency: String,
@@ -351,7 +351,7 @@ pub struct InvoicePaid {
         (status = 402, description = "The payment was declined", body = ErrorBody),
     ),
 )]
-pub async fn pay_invoice(
+pub(crate) async fn pay_invoice(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
     ApiPath(invoice): ApiPath<Uuid>,

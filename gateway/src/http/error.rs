@@ -10,12 +10,12 @@ use crate::store::StoreError;
 /// The body of every error answer.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"error": {"code": "not_found", "message": "lot not found"}}))]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Stable, snake_case: clients branch on it.
     pub code: String,
     /// For people; may change.
@@ -24,7 +24,7 @@ pub struct ErrorDetail {
 
 /// An error answered by the API.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{message}")]
@@ -46,14 +46,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::BadRequest {
             code,
             message: message.into(),
         }
     }
 
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::Status {
             status: StatusCode::CONFLICT,
             code,
@@ -119,6 +119,6 @@ impl From<parkflow_billing::payments::PayError> for ApiError {
 }
 
 /// Answers a path or query that does not parse with the API's error shape.
-pub fn rejection(message: impl std::fmt::Display) -> ApiError {
+pub(crate) fn rejection(message: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("invalid_request", message.to_string())
 }

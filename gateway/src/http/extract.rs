@@ -8,7 +8,7 @@ use super::AppState;
 use super::error::{ApiError, rejection};
 
 /// `Query` with the API's error shape.
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
     type Rejection = ApiError;
@@ -22,7 +22,7 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
 }
 
 /// `Path` with the API's error shape.
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub T);
 
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
     type Rejection = ApiError;
@@ -37,7 +37,7 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
 
 /// `Json` with the API's error shape: a JSON object (serde would also read a struct from an
 /// array), its unknown fields refused by the body types.
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
@@ -80,7 +80,7 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Ap
 /// Free text from a client (a name, a reason): trimmed, 1 to `max` characters, no control
 /// characters (PostgreSQL refuses NUL; logs and CSV want none). `field` names it in the error,
 /// whose code is `invalid_{field}`.
-pub fn free_text(
+pub(crate) fn free_text(
     code: &'static str,
     field: &str,
     value: &str,

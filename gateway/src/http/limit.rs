@@ -25,10 +25,10 @@ use super::auth::{Caller, bearer, caller};
 use super::error::ApiError;
 
 /// A navigation app's rate, as a multiple of an anonymous client's.
-pub const APP_FACTOR: u32 = 20;
+pub(crate) const APP_FACTOR: u32 = 20;
 /// How long a key stays known as a navigation app's before it is looked up again (a revoked
 /// key keeps the app's larger budget at most this long; public reads need no key anyway).
-pub const APP_RECHECK: Duration = Duration::from_secs(60);
+pub(crate) const APP_RECHECK: Duration = Duration::from_secs(60);
 
 fn quota(rate: u32) -> Quota {
     let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -38,11 +38,11 @@ fn quota(rate: u32) -> Quota {
 
 /// Requests allowed per client address per second, and in a burst.
 #[derive(Clone)]
-pub struct AddressLimit(Arc<DefaultKeyedRateLimiter<IpAddr>>);
+pub(crate) struct AddressLimit(Arc<DefaultKeyedRateLimiter<IpAddr>>);
 
 impl AddressLimit {
     /// `rate` requests a second per client address, with bursts of up to twice that.
-    pub fn per_second(rate: u32) -> Self {
+    pub(crate) fn per_second(rate: u32) -> Self {
         Self(Arc::new(RateLimiter::keyed(quota(rate))))
     }
 
@@ -55,14 +55,14 @@ impl AddressLimit {
     }
 
     /// Forgets clients that have been quiet long enough to be back at a full burst.
-    pub fn forget_idle(&self) {
+    pub(crate) fn forget_idle(&self) {
         self.0.retain_recent();
     }
 }
 
 /// The public reads' limits: per address, and per navigation app.
 #[derive(Clone)]
-pub struct PublicLimit {
+pub(crate) struct PublicLimit {
     by_address: AddressLimit,
     /// Navigation apps, by their key's hash.
     by_app: Arc<DefaultKeyedRateLimiter<String>>,
@@ -73,7 +73,7 @@ pub struct PublicLimit {
 impl PublicLimit {
     /// `rate` requests a second per client address and [`APP_FACTOR`] times that per
     /// navigation app, with bursts of up to twice that.
-    pub fn per_second(rate: u32) -> Self {
+    pub(crate) fn per_second(rate: u32) -> Self {
         Self {
             by_address: AddressLimit::per_second(rate),
             by_app: Arc::new(RateLimiter::keyed(quota(rate.saturating_mul(APP_FACTOR)))),
@@ -89,7 +89,7 @@ impl PublicLimit {
 
     /// Forgets clients that have been quiet long enough to be back at a full burst, and apps'
     /// keys due to be looked up again.
-    pub fn forget_idle(&self) {
+    pub(crate) fn forget_idle(&self) {
         self.by_address.forget_idle();
         self.by_app.retain_recent();
         self.apps.retain(|_, seen| seen.elapsed() < APP_RECHECK);
@@ -106,7 +106,11 @@ fn address(request: &Request) -> IpAddr {
 }
 
 /// The middleware of public reads: checks the client's budget before the handler runs.
-pub async fn limit_public(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn limit_public(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let limit = &state.public_limit;
     let (parts, body) = request.into_parts();
     let key = bearer(&parts).map(crate::registry::password_hash);
@@ -133,7 +137,7 @@ pub async fn limit_public(State(state): State<AppState>, request: Request, next:
 }
 
 /// The middleware of the driver endpoints (enrolment is anonymous): per client address.
-pub async fn limit_drivers(
+pub(crate) async fn limit_drivers(
     State(state): State<AppState>,
     request: Request,
     next: Next,

@@ -24,7 +24,7 @@ fn lot_id(raw: &str) -> Result<LotId, ApiError> {
         (status = 404, description = "No such lot or tariff (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn tariff(
+pub(crate) async fn tariff(
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
 ) -> Result<Json<Tariff>, ApiError> {
@@ -41,14 +41,14 @@ pub async fn tariff(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct QuoteQuery {
+pub(crate) struct QuoteQuery {
     entered_at: DateTime<Utc>,
     exited_at: DateTime<Utc>,
     plate_color: Option<PlateColor>,
 }
 
 /// The longest stay a quote prices: walking its units is work an anonymous client can ask for.
-pub const MAX_QUOTED_STAY_DAYS: i64 = 31;
+pub(crate) const MAX_QUOTED_STAY_DAYS: i64 = 31;
 
 /// `GET /v1/lots/{lot}/quote?entered_at=…&exited_at=…&plate_color=…`
 #[utoipa::path(
@@ -59,7 +59,7 @@ pub const MAX_QUOTED_STAY_DAYS: i64 = 31;
         (status = 404, description = "No such lot or tariff (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn quote(
+pub(crate) async fn quote(
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
     ApiQuery(query): ApiQuery<QuoteQuery>,

@@ -1,23 +1,23 @@
 //! The HTTP API (SPEC §5), served by axum: one router, one state, one error shape.
 
-pub mod audit;
-pub mod auth;
-pub mod availability;
-pub mod billing;
-pub mod devices;
-pub mod drivers;
-pub mod error;
-pub mod extract;
-pub mod limit;
-pub mod lots;
-pub mod openapi;
-pub mod operators;
-pub mod ops;
-pub mod passes;
-pub mod payments;
-pub mod registry;
-pub mod reports;
-pub mod sessions;
+pub(crate) mod audit;
+pub(crate) mod auth;
+pub(crate) mod availability;
+pub(crate) mod billing;
+pub(crate) mod devices;
+pub(crate) mod drivers;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod limit;
+pub(crate) mod lots;
+pub(crate) mod openapi;
+pub(crate) mod operators;
+pub(crate) mod ops;
+pub(crate) mod passes;
+pub(crate) mod payments;
+pub(crate) mod registry;
+pub(crate) mod reports;
+pub(crate) mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,13 +43,13 @@ use crate::registry::RegistryHandle;
 use crate::store::Db;
 
 /// Request bodies larger than this are refused.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Every request answers within this.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every handler may use.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub db: Db,
     pub registry: RegistryHandle,
     pub metrics: Arc<Metrics>,
@@ -146,7 +146,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
 }
 
 /// The whole API.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let (routes, document) = routes(&state).split_for_parts();
     let document = openapi::Document(match openapi::complete(document).to_json() {
         Ok(json) => json.into(),

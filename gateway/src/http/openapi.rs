@@ -28,10 +28,10 @@ use utoipa::{Modify, OpenApi};
         (name = "ops", description = "Health, readiness and metrics"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The security scheme every keyed endpoint names.
-pub const API_KEY: &str = "api_key";
+pub(crate) const API_KEY: &str = "api_key";
 
 struct ApiKeys;
 
@@ -50,19 +50,19 @@ impl Modify for ApiKeys {
     get, path = "/v1/openapi.json", tag = "ops",
     responses((status = 200, description = "The OpenAPI 3 document of this API", body = serde_json::Value)),
 )]
-pub async fn document(Extension(document): Extension<Document>) -> impl IntoResponse {
+pub(crate) async fn document(Extension(document): Extension<Document>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document.0)
 }
 
 /// The document rendered once, when the router is built.
 #[derive(Clone)]
-pub struct Document(pub bytes::Bytes);
+pub(crate) struct Document(pub bytes::Bytes);
 
 /// Completes the document the router collected with the answers many operations share, each in
 /// the one error shape: 401 and 403 for every keyed operation, 429 for the rate-limited public
 /// and driver operations, 422 for every operation that takes a parameter or a body (its
 /// extractor refuses what does not parse).
-pub fn complete(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+pub(crate) fn complete(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
     let error = |description: &str| {
         RefOr::T(

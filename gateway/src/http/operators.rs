@@ -18,7 +18,7 @@ use crate::store::keys::{self, KeyRole, KeyView, OperatorView};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"id": "op-westlake", "name": "West Lake Parking Co."}))]
-pub struct OperatorRequest {
+pub(crate) struct OperatorRequest {
     /// `[a-z0-9][a-z0-9-]{0,63}`, like every id.
     id: String,
     name: String,
@@ -34,7 +34,7 @@ pub struct OperatorRequest {
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
     ),
 )]
-pub async fn create_operator(
+pub(crate) async fn create_operator(
     _: Admin,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<OperatorRequest>,
@@ -65,7 +65,7 @@ pub async fn create_operator(
         (status = 200, description = "Operators this key sees", body = [OperatorView]),
     ),
 )]
-pub async fn operators(
+pub(crate) async fn operators(
     Staff(scope): Staff,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<OperatorView>>, ApiError> {
@@ -75,7 +75,7 @@ pub async fn operators(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"role": "operator_viewer", "operator_id": "op-westlake"}))]
-pub struct KeyRequest {
+pub(crate) struct KeyRequest {
     role: KeyRole,
     /// The operator of an operator admin or viewer key (an operator's admin may leave it out).
     operator_id: Option<String>,
@@ -83,7 +83,7 @@ pub struct KeyRequest {
 
 /// A key just issued: the only time the key itself is shown.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct IssuedKey {
+pub(crate) struct IssuedKey {
     #[serde(flatten)]
     view: KeyView,
     key: String,
@@ -99,7 +99,7 @@ pub struct IssuedKey {
         (status = 404, description = "No such operator (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn issue(
+pub(crate) async fn issue(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<KeyRequest>,
@@ -144,7 +144,7 @@ pub async fn issue(
         (status = 200, description = "Keys this key may manage (never their secrets)", body = [KeyView]),
     ),
 )]
-pub async fn list(
+pub(crate) async fn list(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
@@ -161,7 +161,7 @@ pub async fn list(
         (status = 404, description = "No such key (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn revoke(
+pub(crate) async fn revoke(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,

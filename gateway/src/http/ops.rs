@@ -15,7 +15,7 @@ use super::error::ApiError;
         (status = 200, description = "The process answers", body = serde_json::Value, example = json!({"status": "ok"})),
     ),
 )]
-pub async fn healthz() -> impl IntoResponse {
+pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
@@ -26,7 +26,7 @@ pub async fn healthz() -> impl IntoResponse {
         (status = 503, description = "Not ready: the body says which part is down", body = serde_json::Value),
     ),
 )]
-pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mqtt = *state.mqtt_connected.borrow();
     let database = state.db.ping().await.is_ok();
     if mqtt && database {
@@ -45,7 +45,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
         (status = 200, description = "Prometheus / OpenMetrics text", content_type = "application/openmetrics-text", body = String),
     ),
 )]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

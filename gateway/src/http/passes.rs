@@ -30,7 +30,7 @@ async fn reload_facts(state: &AppState) {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"plate": "浙A12345", "valid_from": "2026-12-01T00:00:00Z", "valid_until": "2027-01-01T00:00:00Z"}))]
-pub struct PassRequest {
+pub(crate) struct PassRequest {
     plate: String,
     valid_from: DateTime<Utc>,
     valid_until: DateTime<Utc>,
@@ -47,7 +47,7 @@ pub struct PassRequest {
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn add_pass(
+pub(crate) async fn add_pass(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -84,7 +84,7 @@ pub async fn add_pass(
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn list_passes(
+pub(crate) async fn list_passes(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -96,7 +96,7 @@ pub async fn list_passes(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"reason": "monthly contract ended"}))]
-pub struct RevokeRequest {
+pub(crate) struct RevokeRequest {
     /// Why (kept in the audit trail).
     reason: String,
 }
@@ -113,7 +113,7 @@ pub struct RevokeRequest {
         (status = 404, description = "No such lot or pass still to revoke (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn revoke_pass(
+pub(crate) async fn revoke_pass(
     who: Accountable,
     State(state): State<AppState>,
     ApiPath((lot, id)): ApiPath<(String, Uuid)>,
@@ -142,7 +142,7 @@ pub async fn revoke_pass(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"plate": "浙A12345", "reason": "stolen vehicle report 2026-118"}))]
-pub struct BlockRequest {
+pub(crate) struct BlockRequest {
     plate: String,
     reason: String,
 }
@@ -157,7 +157,7 @@ pub struct BlockRequest {
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn list_blocks(
+pub(crate) async fn list_blocks(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -179,7 +179,7 @@ pub async fn list_blocks(
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn add_block(
+pub(crate) async fn add_block(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -211,7 +211,7 @@ pub async fn add_block(
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn remove_block(
+pub(crate) async fn remove_block(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath((lot, plate)): ApiPath<(String, String)>,

@@ -17,7 +17,7 @@ use crate::gate::{GateMessage, PaidExit};
 const MAX_KEY_LEN: usize = 200;
 
 /// The client's `Idempotency-Key`: required, so a retried request never pays twice.
-pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -34,13 +34,13 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"payment_account": "acct-6222020200112233"}))]
-pub struct PayRequest {
+pub(crate) struct PayRequest {
     /// The payment account (provider token) to debit.
     payment_account: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PayResponse {
+pub(crate) struct PayResponse {
     payment_id: Uuid,
     session_id: Uuid,
     amount: String,
@@ -60,7 +60,7 @@ pub struct PayResponse {
         (status = 402, description = "The payment was declined", body = ErrorBody),
     ),
 )]
-pub async fn pay_exit(
+pub(crate) async fn pay_exit(
     State(state): State<AppState>,
     ApiPath(session): ApiPath<Uuid>,
     headers: HeaderMap,

@@ -30,7 +30,7 @@ const MAX_STAY_MINUTES: u32 = 366 * 24 * 60;
 
 /// A lot as its operator sees it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct LotView {
+pub(crate) struct LotView {
     id: String,
     operator_id: String,
     name: String,
@@ -114,7 +114,7 @@ fn lot_view(state: &AppState, id: &LotId) -> Result<LotView, ApiError> {
         (status = 404, description = "No such operator (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn lots(
+pub(crate) async fn lots(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiPath(operator): ApiPath<String>,
@@ -136,7 +136,7 @@ pub async fn lots(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"id": "lot-westlake-p1", "name": "West Lake P1", "kind": "off_street", "location": {"lat": 30.2425, "lon": 120.1485}, "capacity": 400, "time_zone": "Asia/Shanghai", "device_auth": "signed", "max_stay_minutes": 1440}))]
-pub struct LotRequest {
+pub(crate) struct LotRequest {
     id: String,
     name: String,
     kind: LotKind,
@@ -192,7 +192,7 @@ fn checked_lot_fields(
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
     ),
 )]
-pub async fn create_lot(
+pub(crate) async fn create_lot(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(operator): ApiPath<String>,
@@ -254,7 +254,7 @@ pub async fn create_lot(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"id": "in-1", "direction": "entry"}))]
-pub struct GateRequest {
+pub(crate) struct GateRequest {
     id: String,
     direction: GateDirection,
 }
@@ -270,7 +270,7 @@ pub struct GateRequest {
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn add_gate(
+pub(crate) async fn add_gate(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -294,7 +294,7 @@ pub async fn add_gate(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"bays": ["b-001", "b-002", "b-003"]}))]
-pub struct BaysRequest {
+pub(crate) struct BaysRequest {
     bays: Vec<String>,
 }
 
@@ -309,7 +309,7 @@ pub struct BaysRequest {
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn add_bays(
+pub(crate) async fn add_bays(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -353,7 +353,7 @@ pub async fn add_bays(
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
     ),
 )]
-pub async fn add_tariff(
+pub(crate) async fn add_tariff(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -391,7 +391,7 @@ pub async fn add_tariff(
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn tariffs(
+pub(crate) async fn tariffs(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -420,7 +420,7 @@ fn versions(state: &AppState, lot: &LotId) -> usize {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "West Lake P2", "capacity": 420, "max_stay_minutes": null}))]
-pub struct LotUpdate {
+pub(crate) struct LotUpdate {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -455,7 +455,7 @@ where
         (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn update_lot(
+pub(crate) async fn update_lot(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
@@ -495,7 +495,7 @@ pub async fn update_lot(
         (status = 409, description = "A camera is registered to the gate: revoke it first", body = ErrorBody),
     ),
 )]
-pub async fn remove_gate(
+pub(crate) async fn remove_gate(
     StaffAdmin(scope): StaffAdmin,
     State(state): State<AppState>,
     ApiPath((lot, gate)): ApiPath<(String, String)>,

@@ -46,7 +46,7 @@ fn money(minor: i64, currency: &str) -> String {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct SettlementReport {
+pub(crate) struct SettlementReport {
     from: NaiveDate,
     to: NaiveDate,
     lot: Option<String>,
@@ -61,7 +61,7 @@ pub struct SettlementReport {
         (status = 200, description = "Settlements as CSV", content_type = "text/csv", body = String),
     ),
 )]
-pub async fn settlements(
+pub(crate) async fn settlements(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<SettlementReport>,
@@ -109,7 +109,7 @@ pub async fn settlements(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct SessionReport {
+pub(crate) struct SessionReport {
     lot: Option<String>,
     entered_from: Option<chrono::DateTime<chrono::Utc>>,
     entered_to: Option<chrono::DateTime<chrono::Utc>>,
@@ -125,7 +125,7 @@ pub struct SessionReport {
         (status = 200, description = "Sessions as CSV, newest first", content_type = "text/csv", body = String),
     ),
 )]
-pub async fn sessions(
+pub(crate) async fn sessions(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<SessionReport>,

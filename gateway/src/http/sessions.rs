@@ -19,7 +19,7 @@ const MAX_LIMIT: u32 = 1_000;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct SessionQuery {
+pub(crate) struct SessionQuery {
     lot: Option<String>,
     plate: Option<String>,
     status: Option<String>,
@@ -50,7 +50,7 @@ fn instant(code: &'static str, value: Option<&str>) -> Result<Option<DateTime<Ut
         (status = 200, description = "Sessions, newest first", body = [SessionView]),
     ),
 )]
-pub async fn list(
+pub(crate) async fn list(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<SessionQuery>,
@@ -98,7 +98,7 @@ pub async fn list(
         (status = 404, description = "No such session (or not this caller's)", body = ErrorBody),
     ),
 )]
-pub async fn get(
+pub(crate) async fn get(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
@@ -118,7 +118,7 @@ pub async fn get(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ReviewQuery {
+pub(crate) struct ReviewQuery {
     lot: Option<String>,
     limit: Option<u32>,
 }
@@ -132,7 +132,7 @@ pub struct ReviewQuery {
         (status = 200, description = "Unresolved review cases, oldest first", body = [ReviewView]),
     ),
 )]
-pub async fn review(
+pub(crate) async fn review(
     Staff(scope): Staff,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ReviewQuery>,

@@ -13,7 +13,7 @@ use rumqttc::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 
 /// Messages in flight between arrival and acknowledgement; the broker's in-flight window is smaller.
-pub const ACK_CHANNEL_CAPACITY: usize = 65_536;
+pub(crate) const ACK_CHANNEL_CAPACITY: usize = 65_536;
 
 enum AckEvent {
     Arrived(u64, Publish),
@@ -66,14 +66,14 @@ impl std::fmt::Debug for AckEvent {
 }
 
 /// Issues tickets (used by the event loop task).
-pub struct TicketIssuer {
+pub(crate) struct TicketIssuer {
     next: u64,
     tx: mpsc::Sender<AckEvent>,
 }
 
 impl TicketIssuer {
     /// Registers a QoS 1 message and returns its ticket.
-    pub async fn issue(&mut self, publish: Publish) -> Option<Ticket> {
+    pub(crate) async fn issue(&mut self, publish: Publish) -> Option<Ticket> {
         let seq = self.next;
         self.next += 1;
         self.tx.send(AckEvent::Arrived(seq, publish)).await.ok()?;
@@ -85,7 +85,7 @@ impl TicketIssuer {
     }
 
     /// Forgets every outstanding message (the broker re-sends them after a reconnect).
-    pub async fn reconnected(&mut self) {
+    pub(crate) async fn reconnected(&mut self) {
         let _ = self.tx.send(AckEvent::Reconnected).await;
     }
 }
@@ -93,7 +93,7 @@ impl TicketIssuer {
 /// The order acknowledgements must keep: messages arrive numbered; they finish in any order;
 /// an acknowledgement may go out only for a finished message all of whose predecessors went out.
 #[derive(Debug)]
-pub struct AckOrder<T> {
+pub(crate) struct AckOrder<T> {
     pending: VecDeque<(u64, T)>,
     finished: BTreeSet<u64>,
 }
@@ -108,11 +108,11 @@ impl<T> Default for AckOrder<T> {
 }
 
 impl<T> AckOrder<T> {
-    pub fn arrived(&mut self, seq: u64, message: T) {
+    pub(crate) fn arrived(&mut self, seq: u64, message: T) {
         self.pending.push_back((seq, message));
     }
 
-    pub fn finished(&mut self, seq: u64) {
+    pub(crate) fn finished(&mut self, seq: u64) {
         // A message forgotten at a reconnect may still finish later: it is older than every pending one.
         if self
             .pending
@@ -124,13 +124,13 @@ impl<T> AckOrder<T> {
     }
 
     /// Forgets everything outstanding (the broker re-delivers it after a reconnect).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.pending.clear();
         self.finished.clear();
     }
 
     /// The oldest message, if it is finished and may be acknowledged now.
-    pub fn next_ready(&self) -> Option<&T> {
+    pub(crate) fn next_ready(&self) -> Option<&T> {
         self.pending
             .front()
             .filter(|(seq, _)| self.finished.contains(seq))
@@ -138,7 +138,7 @@ impl<T> AckOrder<T> {
     }
 
     /// Marks the oldest message acknowledged.
-    pub fn acknowledged(&mut self) {
+    pub(crate) fn acknowledged(&mut self) {
         if let Some((seq, _)) = self.pending.pop_front() {
             self.finished.remove(&seq);
         }
@@ -146,14 +146,14 @@ impl<T> AckOrder<T> {
 }
 
 /// Sends PUBACKs in arrival order.
-pub struct Acker {
+pub(crate) struct Acker {
     rx: mpsc::Receiver<AckEvent>,
     client: AsyncClient,
     order: AckOrder<Publish>,
 }
 
 /// Creates the issuer (for the event loop) and the acker task's state.
-pub fn channel(client: AsyncClient) -> (TicketIssuer, Acker) {
+pub(crate) fn channel(client: AsyncClient) -> (TicketIssuer, Acker) {
     let (tx, rx) = mpsc::channel(ACK_CHANNEL_CAPACITY);
     (
         TicketIssuer { next: 0, tx },
@@ -167,7 +167,7 @@ pub fn channel(client: AsyncClient) -> (TicketIssuer, Acker) {
 
 impl Acker {
     /// Runs until the event loop task and every ticket are gone.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut retry = tokio::time::interval(Duration::from_millis(20));
         loop {
             tokio::select! {

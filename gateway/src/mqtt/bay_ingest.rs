@@ -90,7 +90,7 @@ fn sensor_report(
 }
 
 /// `lots/{lot}/bays/{bay}/occupancy`.
-pub fn occupancy(
+pub(crate) fn occupancy(
     registry: &Registry,
     lot: &LotId,
     bay_id: &BayId,
@@ -105,7 +105,7 @@ pub fn occupancy(
 }
 
 /// `lots/{lot}/bays/{bay}/heartbeat`.
-pub fn heartbeat(
+pub(crate) fn heartbeat(
     registry: &Registry,
     lot: &LotId,
     bay_id: &BayId,
@@ -119,7 +119,7 @@ pub fn heartbeat(
 }
 
 /// `lots/{lot}/bays/{bay}/plate`.
-pub fn plate(
+pub(crate) fn plate(
     registry: &Registry,
     lot: &LotId,
     bay_id: &BayId,
@@ -148,7 +148,7 @@ pub fn plate(
 }
 
 /// `bridge/{device}/occupancy`: the batch's good events, and why each bad one was refused.
-pub fn bridge(
+pub(crate) fn bridge(
     registry: &Registry,
     device: &DeviceId,
     topic: &Topic,

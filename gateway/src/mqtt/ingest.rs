@@ -26,7 +26,7 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why ingest refused a message (the `reason` label of `parkflow_events_rejected_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     UnknownTopic,
     Oversized,
     UnknownLot,
@@ -38,7 +38,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Self::UnknownTopic => "unknown_topic",
             Self::Oversized => "oversized",
@@ -59,7 +59,7 @@ impl From<MessageError> for Rejection {
 }
 
 /// The ingest task's state.
-pub struct Ingest {
+pub(crate) struct Ingest {
     registry: RegistryHandle,
     metrics: Arc<Metrics>,
     gates: GateHandle,
@@ -68,7 +68,7 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(
+    pub(crate) fn new(
         registry: RegistryHandle,
         metrics: Arc<Metrics>,
         gates: GateHandle,
@@ -84,7 +84,7 @@ impl Ingest {
     }
 
     /// Runs until the event loop task stops, having handled everything queued.
-    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>) {
+    pub(crate) async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>) {
         while let Some(message) = inbound.recv().await {
             if let Err(rejection) = self.handle(message).await {
                 self.reject(rejection);

@@ -18,7 +18,7 @@ use super::ack::{Ticket, TicketIssuer};
 /// Requests (publishes, acks, subscribes) queued for the event loop.
 const REQUEST_CHANNEL_CAPACITY: usize = 10_000;
 /// Messages between the event loop task and ingest.
-pub const INBOUND_CHANNEL_CAPACITY: usize = 10_000;
+pub(crate) const INBOUND_CHANNEL_CAPACITY: usize = 10_000;
 
 /// Where and as whom the platform connects.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub struct MqttConfig {
 
 /// One message as it arrived.
 #[derive(Debug)]
-pub struct Inbound {
+pub(crate) struct Inbound {
     pub topic: Result<Topic, String>,
     pub payload: Bytes,
     pub received_at: DateTime<Utc>,
@@ -46,7 +46,7 @@ pub struct Inbound {
 }
 
 /// Creates the client and its event loop: persistent session, manual acks, TCP_NODELAY.
-pub fn connect(config: &MqttConfig) -> (AsyncClient, EventLoop) {
+pub(crate) fn connect(config: &MqttConfig) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options
         .set_clean_session(false)
@@ -69,13 +69,13 @@ pub fn connect(config: &MqttConfig) -> (AsyncClient, EventLoop) {
 /// The filters a connection subscribes to, and those it must not hold (another connection's: a
 /// persistent session kept from an older layout may still have them).
 #[derive(Debug, Clone)]
-pub struct Filters {
+pub(crate) struct Filters {
     pub own: Vec<String>,
     pub foreign: Vec<String>,
 }
 
 /// The event loop task: polls, subscribes on every (re)connection, stamps and forwards messages.
-pub async fn run(
+pub(crate) async fn run(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filters: Filters,

@@ -6,10 +6,10 @@
 //! The event loop task only polls, stamps and forwards (`link`); verification and decoding happen
 //! in `ingest`; acknowledgements go out in arrival order from `ack`; commands are signed in `publish`.
 
-pub mod ack;
-pub mod bay_ingest;
-pub mod ingest;
-pub mod link;
-pub mod publish;
+pub(crate) mod ack;
+pub(crate) mod bay_ingest;
+pub(crate) mod ingest;
+pub(crate) mod link;
+pub(crate) mod publish;
 
 pub use link::MqttConfig;

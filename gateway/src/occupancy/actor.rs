@@ -23,7 +23,7 @@ use crate::mqtt::ack::Ticket;
 use crate::registry::{BayIdx, LotIdx, Registry, RegistryHandle};
 
 /// Messages waiting for the actor.
-pub const OCCUPANCY_CHANNEL_CAPACITY: usize = 8_192;
+pub(crate) const OCCUPANCY_CHANNEL_CAPACITY: usize = 8_192;
 /// The most messages handled in one round (one batch to the writer).
 const MAX_ROUND: usize = 1_024;
 /// A battery below this share is reported low.
@@ -111,7 +111,7 @@ pub enum OccupancyMessage {
 }
 
 /// A pass as the occupancy actor reads it: lot, plate, valid from, valid until.
-pub type PassRow = (
+pub(crate) type PassRow = (
     parkflow_protocol::LotId,
     parkflow_protocol::Plate,
     DateTime<Utc>,

@@ -6,12 +6,12 @@
 //! per-lot counts kept in step. `sessions` is the pure core of on-street stays. `actor` owns both
 //! (and the gated lots' counts), `store` makes what it applies durable and reads it back at start.
 
-pub mod actor;
-pub mod sessions;
-pub mod state;
-pub mod store;
+pub(crate) mod actor;
+pub(crate) mod sessions;
+pub(crate) mod state;
+pub(crate) mod store;
 
 pub use actor::{
     BayEvent, BayView, OccupancyActor, OccupancyConfig, OccupancyHandle, OccupancyMessage,
 };
-pub use state::{Change, LotCounts, Occupancy, OccupancyState};
+pub(crate) use state::{LotCounts, Occupancy};

@@ -15,7 +15,7 @@ use super::Occupancy;
 use crate::registry::{BayIdx, Lot};
 
 /// A plate read waits this long for its bay to go occupied (a camera may fire before the sensor).
-pub const PENDING_PLATE_WINDOW: Duration = Duration::seconds(120);
+pub(crate) const PENDING_PLATE_WINDOW: Duration = Duration::seconds(120);
 
 /// The best plate read of a stay.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,7 +86,7 @@ pub enum BaySessionWrite {
 
 /// Every open stay, by bay.
 #[derive(Debug, Default)]
-pub struct BaySessions {
+pub(crate) struct BaySessions {
     open: HashMap<BayIdx, OpenBaySession>,
     /// Plate reads that came before their bay went occupied.
     pending: HashMap<BayIdx, BayPlate>,
@@ -96,7 +96,7 @@ pub struct BaySessions {
 
 impl BaySessions {
     /// Stays that were open when the platform last stopped.
-    pub fn restore(open: impl IntoIterator<Item = (BayIdx, OpenBaySession)>) -> Self {
+    pub(crate) fn restore(open: impl IntoIterator<Item = (BayIdx, OpenBaySession)>) -> Self {
         Self {
             open: open.into_iter().collect(),
             pending: HashMap::new(),
@@ -106,7 +106,7 @@ impl BaySessions {
 
     /// Renumbers the bays after the registry changed; stays of bays that are gone are forgotten
     /// here (their rows stay open in the database for an operator).
-    pub fn remap(&mut self, new_of: impl Fn(BayIdx) -> Option<BayIdx>) {
+    pub(crate) fn remap(&mut self, new_of: impl Fn(BayIdx) -> Option<BayIdx>) {
         self.open = std::mem::take(&mut self.open)
             .into_iter()
             .filter_map(|(bay, session)| Some((new_of(bay)?, session)))
@@ -121,17 +121,19 @@ impl BaySessions {
             .collect();
     }
 
-    pub fn open_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open_count(&self) -> usize {
         self.open.len()
     }
 
-    pub fn get(&self, bay: BayIdx) -> Option<&OpenBaySession> {
+    pub(crate) fn get(&self, bay: BayIdx) -> Option<&OpenBaySession> {
         self.open.get(&bay)
     }
 
     /// A bay's occupancy changed at `at`: opens a stay when it became occupied, closes (and
     /// prices) the stay when it became free. A bay going unknown (silent sensor) keeps its stay.
-    pub fn on_change(
+    #[cfg(test)]
+    pub(crate) fn on_change(
         &mut self,
         lot: &Lot,
         bay: BayIdx,
@@ -142,7 +144,7 @@ impl BaySessions {
     }
 
     /// [`Self::on_change`], knowing which plates hold a pass for the lot at a time.
-    pub fn on_change_with_passes(
+    pub(crate) fn on_change_with_passes(
         &mut self,
         lot: &Lot,
         bay: BayIdx,
@@ -189,7 +191,7 @@ impl BaySessions {
 
     /// The sensor of an occupied bay skipped `seq`s and still says occupied: the stay in progress
     /// may be two cars'. It ends for review at `last_heard` and a new one starts at `at`.
-    pub fn interrupted(
+    pub(crate) fn interrupted(
         &mut self,
         bay: BayIdx,
         last_heard: Option<DateTime<Utc>>,
@@ -231,7 +233,7 @@ impl BaySessions {
 
     /// A plate read for a bay: attached to its stay if better than what it has; kept for a
     /// moment if the bay is not occupied yet.
-    pub fn plate(&mut self, bay: BayIdx, read: BayPlate) -> Option<BaySessionWrite> {
+    pub(crate) fn plate(&mut self, bay: BayIdx, read: BayPlate) -> Option<BaySessionWrite> {
         let Some(session) = self.open.get_mut(&bay) else {
             if self
                 .freed
@@ -273,7 +275,7 @@ impl BaySessions {
     }
 
     /// Flags the stays past their lot's maximum, once each.
-    pub fn overstays(
+    pub(crate) fn overstays(
         &mut self,
         now: DateTime<Utc>,
         max_stay_of: impl Fn(BayIdx) -> Option<Duration>,

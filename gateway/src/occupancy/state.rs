@@ -7,13 +7,13 @@
 use chrono::{DateTime, Duration, Utc};
 
 /// A bay's number in the dense array.
-pub type BayIdx = u32;
+pub(crate) type BayIdx = u32;
 /// A lot's number (the registry's `LotIdx`).
-pub type LotNo = u32;
+pub(crate) type LotNo = u32;
 
 /// What the platform believes about a bay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Occupancy {
+pub(crate) enum Occupancy {
     /// Never heard from, or silent past its heartbeat deadline.
     Unknown,
     Free,
@@ -76,7 +76,7 @@ impl LotCounts {
 
 /// What a call did to a bay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// An event no newer than what was applied already (a repeat, or out of order): nothing changed.
     Stale,
     /// Heard from, same state.
@@ -91,7 +91,7 @@ pub enum Change {
 
 /// Every bay of the city.
 #[derive(Debug, Clone)]
-pub struct OccupancyState {
+pub(crate) struct OccupancyState {
     bays: Vec<Bay>,
     /// `lot_starts[lot]` is the first bay of `lot`; the last entry is the number of bays.
     lot_starts: Vec<BayIdx>,
@@ -102,7 +102,7 @@ pub struct OccupancyState {
 impl OccupancyState {
     /// A city whose lot `i` has `bays_per_lot[i]` bays, all unknown. Times are kept as seconds
     /// since `epoch` (a u32 lasts 136 years).
-    pub fn new(bays_per_lot: &[u32], epoch: DateTime<Utc>) -> Self {
+    pub(crate) fn new(bays_per_lot: &[u32], epoch: DateTime<Utc>) -> Self {
         let mut lot_starts = Vec::with_capacity(bays_per_lot.len() + 1);
         let mut next: BayIdx = 0;
         for bays in bays_per_lot {
@@ -128,7 +128,7 @@ impl OccupancyState {
 
     /// The same city after the registry changed: a state for `bays_per_lot`, where new bay `n`
     /// carries what old bay `old_of(n)` knew (a bay without an old one starts unknown).
-    pub fn remapped(
+    pub(crate) fn remapped(
         &self,
         bays_per_lot: &[u32],
         old_of: impl Fn(BayIdx) -> Option<BayIdx>,
@@ -145,40 +145,41 @@ impl OccupancyState {
         state
     }
 
-    pub fn bays(&self) -> usize {
+    pub(crate) fn bays(&self) -> usize {
         self.bays.len()
     }
 
     /// The lot a bay belongs to.
-    pub fn lot_of(&self, bay: BayIdx) -> LotNo {
+    pub(crate) fn lot_of(&self, bay: BayIdx) -> LotNo {
         // The last start not after `bay`.
         (self.lot_starts.partition_point(|&start| start <= bay) - 1) as LotNo
     }
 
     /// The bay numbers of `lot`.
-    pub fn bays_of(&self, lot: LotNo) -> std::ops::Range<BayIdx> {
+    #[cfg(test)]
+    pub(crate) fn bays_of(&self, lot: LotNo) -> std::ops::Range<BayIdx> {
         self.lot_starts[lot as usize]..self.lot_starts[lot as usize + 1]
     }
 
-    pub fn counts(&self, lot: LotNo) -> LotCounts {
+    pub(crate) fn counts(&self, lot: LotNo) -> LotCounts {
         self.counts[lot as usize]
     }
 
-    pub fn occupancy(&self, bay: BayIdx) -> Occupancy {
+    pub(crate) fn occupancy(&self, bay: BayIdx) -> Occupancy {
         self.bays[bay as usize].occupancy()
     }
 
-    pub fn battery_low(&self, bay: BayIdx) -> bool {
+    pub(crate) fn battery_low(&self, bay: BayIdx) -> bool {
         self.bays[bay as usize].flags & BATTERY_LOW != 0
     }
 
     /// The `seq` of the last occupancy event applied to the bay (0: none).
-    pub fn seq(&self, bay: BayIdx) -> u64 {
+    pub(crate) fn seq(&self, bay: BayIdx) -> u64 {
         self.bays[bay as usize].seq
     }
 
     /// When the bay's sensor was last heard (`None`: never).
-    pub fn heard_at(&self, bay: BayIdx) -> Option<DateTime<Utc>> {
+    pub(crate) fn heard_at(&self, bay: BayIdx) -> Option<DateTime<Utc>> {
         let heard = self.bays[bay as usize].heard;
         (heard > 0).then(|| self.epoch + Duration::seconds(i64::from(heard)))
     }
@@ -201,7 +202,13 @@ impl OccupancyState {
     }
 
     /// An occupancy event: applied only if its `seq` is above the last applied one.
-    pub fn apply(&mut self, bay: BayIdx, occupied: bool, seq: u64, at: DateTime<Utc>) -> Change {
+    pub(crate) fn apply(
+        &mut self,
+        bay: BayIdx,
+        occupied: bool,
+        seq: u64,
+        at: DateTime<Utc>,
+    ) -> Change {
         let heard = self.seconds(at);
         let state = &mut self.bays[bay as usize];
         if seq <= state.seq {
@@ -221,7 +228,7 @@ impl OccupancyState {
 
     /// A heartbeat: the sensor is alive, and its current state wins unless it is older than an
     /// event already applied (`seq` below the applied one).
-    pub fn heartbeat(
+    pub(crate) fn heartbeat(
         &mut self,
         bay: BayIdx,
         occupied: bool,
@@ -252,7 +259,7 @@ impl OccupancyState {
     }
 
     /// Bays not heard from within `deadline` of `now` become unknown; returns those that did.
-    pub fn expire(&mut self, now: DateTime<Utc>, deadline: Duration) -> Vec<BayIdx> {
+    pub(crate) fn expire(&mut self, now: DateTime<Utc>, deadline: Duration) -> Vec<BayIdx> {
         let cutoff = self.seconds(now - deadline);
         let silent: Vec<BayIdx> = (0..self.bays.len() as BayIdx)
             .filter(|&b| {
@@ -267,7 +274,7 @@ impl OccupancyState {
     }
 
     /// A bay's state as remembered from before a restart, heard at `at`.
-    pub fn restore(&mut self, bay: BayIdx, occupied: bool, seq: u64, at: DateTime<Utc>) {
+    pub(crate) fn restore(&mut self, bay: BayIdx, occupied: bool, seq: u64, at: DateTime<Utc>) {
         let heard = self.seconds(at);
         let state = &mut self.bays[bay as usize];
         state.seq = state.seq.max(seq);
@@ -283,7 +290,7 @@ impl OccupancyState {
     }
 
     /// Records what a sensor said of its battery (`None`: it said nothing).
-    pub fn set_battery_low(&mut self, bay: BayIdx, low: Option<bool>) {
+    pub(crate) fn set_battery_low(&mut self, bay: BayIdx, low: Option<bool>) {
         if let Some(low) = low {
             let state = &mut self.bays[bay as usize];
             state.flags = if low {
@@ -295,7 +302,7 @@ impl OccupancyState {
     }
 
     /// A bay whose device went offline (its last will) is unknown until heard from again.
-    pub fn offline(&mut self, bay: BayIdx) -> Change {
+    pub(crate) fn offline(&mut self, bay: BayIdx) -> Change {
         self.transition(bay, Occupancy::Unknown)
     }
 }

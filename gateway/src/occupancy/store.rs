@@ -25,7 +25,7 @@ use parkflow_db::{QueryBuilder, Tx, query};
 use parkflow_session::repo::{self, StreetEnd, StreetStay};
 
 /// Batches waiting for the writer (each is one actor round, up to thousands of events).
-pub const BAY_WRITER_CHANNEL_CAPACITY: usize = 64;
+pub(crate) const BAY_WRITER_CHANNEL_CAPACITY: usize = 64;
 /// The most batches merged into one transaction.
 const MAX_GROUP: usize = 64;
 /// Rows per multi-row statement (SQLite allows 32,766 parameters; PostgreSQL 65,535).
@@ -74,13 +74,13 @@ impl BayWriterHandle {
 }
 
 /// The bay writer task.
-pub struct BayWriter {
+pub(crate) struct BayWriter {
     db: Db,
     rx: mpsc::Receiver<(Arc<Registry>, BayBatch)>,
     metrics: Arc<Metrics>,
 }
 
-pub fn bay_writer(db: Db, metrics: Arc<Metrics>) -> (BayWriterHandle, BayWriter) {
+pub(crate) fn bay_writer(db: Db, metrics: Arc<Metrics>) -> (BayWriterHandle, BayWriter) {
     let (tx, rx) = mpsc::channel(BAY_WRITER_CHANNEL_CAPACITY);
     (BayWriterHandle { tx }, BayWriter { db, rx, metrics })
 }
@@ -131,7 +131,7 @@ fn segments(group: Vec<(Arc<Registry>, BayBatch)>, tickets: &mut Vec<Ticket>) ->
 
 impl BayWriter {
     /// Runs until every handle is dropped and the queue is drained.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         while self.rx.recv_many(&mut group, MAX_GROUP).await > 0 {
             let mut tickets = Vec::new();
@@ -457,7 +457,7 @@ pub struct Restored {
 }
 
 /// Reads bay states (streamed: one row per bay), open stays and gated counts.
-pub async fn restore(db: &Db, registry: &Registry) -> Result<Restored, StoreError> {
+pub(crate) async fn restore(db: &Db, registry: &Registry) -> Result<Restored, StoreError> {
     let bay_of = |lot_id: &str, bay_id: &str| {
         registry
             .lot_by_id(&parkflow_protocol::LotId::parse(lot_id).ok()?)
@@ -533,7 +533,7 @@ pub async fn restore(db: &Db, registry: &Registry) -> Result<Restored, StoreErro
 }
 
 /// Records an operator's recount of a gated lot.
-pub async fn recount(
+pub(crate) async fn recount(
     db: &Db,
     lot: &str,
     occupied: u32,

@@ -10,7 +10,7 @@ use super::{Db, StoreError, db_time};
 
 /// One entry, as recorded and as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct AuditEntry {
+pub(crate) struct AuditEntry {
     pub id: Uuid,
     #[serde(with = "parkflow_protocol::time::rfc3339")]
     pub at: DateTime<Utc>,
@@ -30,7 +30,10 @@ pub struct AuditEntry {
 
 /// Inserts an `AuditEntry`: inside the transaction that writes the change it records, so that the
 /// change and its entry commit together, or on the pool for an entry of its own.
-pub async fn insert<'c>(on: impl Executor<'c>, entry: &AuditEntry) -> Result<(), StoreError> {
+pub(crate) async fn insert<'c>(
+    on: impl Executor<'c>,
+    entry: &AuditEntry,
+) -> Result<(), StoreError> {
     query(
         "INSERT INTO audit_log (id, at, actor_role, actor_key, operator_id, action, object,
              reason, details)
@@ -51,12 +54,12 @@ pub async fn insert<'c>(on: impl Executor<'c>, entry: &AuditEntry) -> Result<(),
 }
 
 /// Records an entry on its own (for an action outside the database, recorded before it is taken).
-pub async fn record(db: &Db, entry: &AuditEntry) -> Result<(), StoreError> {
+pub(crate) async fn record(db: &Db, entry: &AuditEntry) -> Result<(), StoreError> {
     insert(db, entry).await
 }
 
 /// The newest entries, of one operator or of all.
-pub async fn entries(
+pub(crate) async fn entries(
     db: &Db,
     operator: Option<&str>,
     limit: u32,

@@ -12,7 +12,7 @@ use crate::registry::{DeviceKind, password_hash};
 
 /// A device as the API shows it: never its password or secret.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct DeviceView {
+pub(crate) struct DeviceView {
     pub id: String,
     pub kind: String,
     pub lot_id: Option<String>,
@@ -28,7 +28,7 @@ pub struct DeviceView {
 const COLUMNS: &str = "id, kind, lot_id, gate_id, bay_id, mqtt_username, created_at, revoked_at";
 
 /// A device to register, with its credentials in clear (stored: the password hashed).
-pub struct NewDevice<'a> {
+pub(crate) struct NewDevice<'a> {
     pub id: &'a DeviceId,
     pub kind: DeviceKind,
     pub lot: &'a LotId,
@@ -40,7 +40,7 @@ pub struct NewDevice<'a> {
 
 /// Why a device could not be registered.
 #[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
+pub(crate) enum DeviceError {
     #[error("a device with this id exists")]
     Exists,
     #[error("the gate has a camera already")]
@@ -56,7 +56,7 @@ pub enum DeviceError {
 /// A gate camera's gate row is written first: a gate being removed at the same moment either
 /// waits for this registration (and then finds the camera and stays) or is gone before it (and
 /// the camera is refused), never a camera on a removed gate.
-pub async fn register(
+pub(crate) async fn register(
     db: &Db,
     device: &NewDevice<'_>,
     now: DateTime<Utc>,
@@ -104,13 +104,17 @@ async fn device_by_id(db: &Db, id: &str) -> Result<Option<DeviceView>, StoreErro
 }
 
 /// One device.
-pub async fn device(db: &Db, id: &DeviceId) -> Result<Option<DeviceView>, StoreError> {
+pub(crate) async fn device(db: &Db, id: &DeviceId) -> Result<Option<DeviceView>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM devices WHERE id = $1");
     query(sql).bind(id.as_str()).fetch_optional(db).await
 }
 
 /// A lot's devices, by id.
-pub async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<DeviceView>, StoreError> {
+pub(crate) async fn of_lot(
+    db: &Db,
+    lot: &LotId,
+    limit: u32,
+) -> Result<Vec<DeviceView>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM devices WHERE lot_id = $1 ORDER BY id LIMIT $2");
     query(sql)
         .bind(lot.as_str())
@@ -121,7 +125,7 @@ pub async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<DeviceView>,
 
 /// Gives a live device new credentials; the old ones stop working with the next registry load.
 /// `false` if the device is unknown or revoked.
-pub async fn rotate(
+pub(crate) async fn rotate(
     db: &Db,
     id: &DeviceId,
     password: &str,
@@ -139,7 +143,7 @@ pub async fn rotate(
 }
 
 /// Revokes a device (idempotent).
-pub async fn revoke(db: &Db, id: &DeviceId, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub(crate) async fn revoke(db: &Db, id: &DeviceId, now: DateTime<Utc>) -> Result<(), StoreError> {
     query("UPDATE devices SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
         .bind(id.as_str())
         .bind(db_time(now))

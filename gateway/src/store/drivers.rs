@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use parkflow_billing::drivers::{self, DriverStatus, NewDriver};
 /// Billing writes drivers (ARCHITECTURE.md, "Who writes each table"); these are its.
-pub use parkflow_billing::drivers::{remove_plate, update};
+pub(crate) use parkflow_billing::drivers::{remove_plate, update};
 use parkflow_db::query;
 
 use super::{Db, StoreError, db_time};
@@ -19,7 +19,7 @@ use super::keys::new_key;
 
 /// Why a driver change was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum DriverError {
+pub(crate) enum DriverError {
     #[error("plate is enrolled by another driver")]
     PlateTaken,
     #[error("driver store failed")]
@@ -46,7 +46,7 @@ impl From<StoreError> for DriverError {
 
 /// A driver as the API shows them.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct DriverView {
+pub(crate) struct DriverView {
     pub id: Uuid,
     pub name: String,
     pub status: DriverStatus,
@@ -55,13 +55,13 @@ pub struct DriverView {
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct PlateView {
+pub(crate) struct PlateView {
     pub plate: String,
     pub plate_color: Option<String>,
 }
 
 /// Enrols a driver with their plates and payment account; returns the driver and their API key.
-pub async fn enrol(
+pub(crate) async fn enrol(
     db: &Db,
     name: &str,
     payment_account: &str,
@@ -98,7 +98,7 @@ pub async fn enrol(
 }
 
 /// A driver and their plates.
-pub async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, StoreError> {
+pub(crate) async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, StoreError> {
     let row: Option<(String, String, bool)> =
         query("SELECT name, status, auto_debit FROM drivers WHERE id = $1")
             .bind(id)
@@ -124,7 +124,7 @@ pub async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, StoreError>
 }
 
 /// Adds a plate to a driver (a plate belongs to one driver at a time).
-pub async fn add_plate(
+pub(crate) async fn add_plate(
     db: &Db,
     driver: Uuid,
     plate: &Plate,
@@ -146,7 +146,7 @@ pub async fn add_plate(
 
 /// An invoice as its driver sees it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct InvoiceView {
+pub(crate) struct InvoiceView {
     pub id: Uuid,
     #[serde(skip)]
     pub amount_minor: i64,
@@ -159,7 +159,7 @@ pub struct InvoiceView {
 }
 
 /// A driver's invoices, newest first.
-pub async fn invoices(db: &Db, driver: Uuid) -> Result<Vec<InvoiceView>, StoreError> {
+pub(crate) async fn invoices(db: &Db, driver: Uuid) -> Result<Vec<InvoiceView>, StoreError> {
     let rows: Vec<InvoiceView> = query(
         "SELECT id, amount_minor, currency, status, due_at FROM invoices WHERE driver_id = $1 ORDER BY created_at DESC",
     )
@@ -178,7 +178,7 @@ pub async fn invoices(db: &Db, driver: Uuid) -> Result<Vec<InvoiceView>, StoreEr
 }
 
 /// The payment account a driver enrolled.
-pub async fn payment_account(db: &Db, driver: Uuid) -> Result<Option<String>, StoreError> {
+pub(crate) async fn payment_account(db: &Db, driver: Uuid) -> Result<Option<String>, StoreError> {
     let row: Option<(Option<String>,)> = query("SELECT payment_account FROM drivers WHERE id = $1")
         .bind(driver)
         .fetch_optional(db)

@@ -12,7 +12,7 @@ use crate::registry::password_hash;
 
 /// Who an API key speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
+pub(crate) struct Principal {
     /// The key's id.
     pub id: Uuid,
     pub role: String,
@@ -21,7 +21,7 @@ pub struct Principal {
 }
 
 /// A new random API key: `pf_` and 43 URL-safe characters.
-pub fn new_key() -> String {
+pub(crate) fn new_key() -> String {
     use base64::Engine;
     let bytes: [u8; 32] = rand::random();
     format!(
@@ -31,7 +31,7 @@ pub fn new_key() -> String {
 }
 
 /// Who `key` speaks for, if it is a live key.
-pub async fn principal(db: &Db, key: &str) -> Result<Option<Principal>, StoreError> {
+pub(crate) async fn principal(db: &Db, key: &str) -> Result<Option<Principal>, StoreError> {
     let row: Option<(Uuid, String, Option<String>, Option<Uuid>)> = query(
         "SELECT id, role, operator_id, driver_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
     )
@@ -49,7 +49,7 @@ pub async fn principal(db: &Db, key: &str) -> Result<Option<Principal>, StoreErr
 /// Roles a staff or app key may have (driver keys come with enrolment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum KeyRole {
+pub(crate) enum KeyRole {
     PlatformAdmin,
     OperatorAdmin,
     OperatorViewer,
@@ -57,7 +57,7 @@ pub enum KeyRole {
 }
 
 impl KeyRole {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::PlatformAdmin => "platform_admin",
             Self::OperatorAdmin => "operator_admin",
@@ -67,14 +67,14 @@ impl KeyRole {
     }
 
     /// Whether keys of this role belong to an operator.
-    pub fn is_operators(self) -> bool {
+    pub(crate) fn is_operators(self) -> bool {
         matches!(self, Self::OperatorAdmin | Self::OperatorViewer)
     }
 }
 
 /// A key as the API lists it: never the key itself.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct KeyView {
+pub(crate) struct KeyView {
     pub id: Uuid,
     pub role: String,
     pub operator_id: Option<String>,
@@ -88,7 +88,7 @@ const KEY_COLUMNS: &str = "id, role, operator_id, created_at, revoked_at";
 
 /// Issues a key of `role` (for `operator` when the role is an operator's); returns it with the
 /// key in clear, which is never stored.
-pub async fn issue(
+pub(crate) async fn issue(
     db: &Db,
     role: KeyRole,
     operator: Option<&str>,
@@ -118,7 +118,7 @@ pub async fn issue(
 }
 
 /// Staff and app keys, of one operator or of all; newest first.
-pub async fn list(db: &Db, operator: Option<&str>) -> Result<Vec<KeyView>, StoreError> {
+pub(crate) async fn list(db: &Db, operator: Option<&str>) -> Result<Vec<KeyView>, StoreError> {
     let sql = format!(
         "SELECT {KEY_COLUMNS} FROM api_keys WHERE role <> 'driver' AND ($1 IS NULL OR operator_id = $1)
          ORDER BY created_at DESC, id"
@@ -127,13 +127,13 @@ pub async fn list(db: &Db, operator: Option<&str>) -> Result<Vec<KeyView>, Store
 }
 
 /// One staff or app key.
-pub async fn key(db: &Db, id: Uuid) -> Result<Option<KeyView>, StoreError> {
+pub(crate) async fn key(db: &Db, id: Uuid) -> Result<Option<KeyView>, StoreError> {
     let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND role <> 'driver'");
     query(sql).bind(id).fetch_optional(db).await
 }
 
 /// Revokes a key at once (the next request with it answers 401); revoking twice changes nothing.
-pub async fn revoke(db: &Db, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub(crate) async fn revoke(db: &Db, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
     query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
         .bind(id)
         .bind(db_time(now))
@@ -144,7 +144,7 @@ pub async fn revoke(db: &Db, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreEr
 
 /// An operator as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct OperatorView {
+pub(crate) struct OperatorView {
     pub id: String,
     pub name: String,
     #[serde(with = "parkflow_protocol::time::rfc3339")]
@@ -152,7 +152,10 @@ pub struct OperatorView {
 }
 
 /// Operators, one or all.
-pub async fn operators(db: &Db, only: Option<&str>) -> Result<Vec<OperatorView>, StoreError> {
+pub(crate) async fn operators(
+    db: &Db,
+    only: Option<&str>,
+) -> Result<Vec<OperatorView>, StoreError> {
     query("SELECT id, name, created_at FROM operators WHERE ($1 IS NULL OR id = $1) ORDER BY id")
         .bind(only)
         .fetch_all(db)
@@ -160,7 +163,7 @@ pub async fn operators(db: &Db, only: Option<&str>) -> Result<Vec<OperatorView>,
 }
 
 /// Creates an operator; `false` if the id is taken.
-pub async fn create_operator(
+pub(crate) async fn create_operator(
     db: &Db,
     id: &str,
     name: &str,

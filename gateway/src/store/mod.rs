@@ -2,15 +2,15 @@
 //! group-commit writer. The pool and the queries that run on either engine come from
 //! `parkflow-db`.
 
-pub mod audit;
-pub mod devices;
-pub mod drivers;
-pub mod keys;
-pub mod passes;
+pub(crate) mod audit;
+pub(crate) mod devices;
+pub(crate) mod drivers;
+pub(crate) mod keys;
+pub(crate) mod passes;
 pub mod provision;
 pub mod registry;
-pub mod review;
-pub mod sessions;
+pub(crate) mod review;
+pub(crate) mod sessions;
 pub mod writer;
 
 pub use parkflow_db::{Db, StoreError, db_time};

@@ -14,7 +14,7 @@ use super::{Db, StoreError, db_time};
 
 /// A pass as its operator sees it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct PassView {
+pub(crate) struct PassView {
     pub id: Uuid,
     pub plate: String,
     #[serde(with = "parkflow_protocol::time::rfc3339")]
@@ -29,7 +29,7 @@ pub(super) const INSERT_PASS: &str =
      VALUES ($1, $2, $3, 'monthly', $4, $5, $6)";
 
 /// Adds a pass for `plate` in `lot`, valid `[from, until)`.
-pub async fn add(
+pub(crate) async fn add(
     db: &Db,
     lot: &LotId,
     plate: &Plate,
@@ -55,7 +55,7 @@ pub async fn add(
 }
 
 /// The lot's passes, the latest to start first.
-pub async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<PassView>, StoreError> {
+pub(crate) async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<PassView>, StoreError> {
     query(
         "SELECT id, plate, valid_from, valid_until FROM passes WHERE lot_id = $1
          ORDER BY valid_from DESC, id LIMIT $2",
@@ -69,7 +69,7 @@ pub async fn of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<PassView>, S
 /// Revokes pass `id` of `lot` at `entry.at`, recording `entry` in the same commit; whether there
 /// was a pass still to revoke. A pass in force ends then (its history stays: stays it covered
 /// were free); one not yet begun is removed.
-pub async fn revoke(
+pub(crate) async fn revoke(
     db: &Db,
     lot: &LotId,
     id: Uuid,
@@ -102,7 +102,7 @@ pub async fn revoke(
 
 /// A blocked plate as its operator sees it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct BlockView {
+pub(crate) struct BlockView {
     pub plate: String,
     pub reason: String,
     #[serde(with = "parkflow_protocol::time::rfc3339")]
@@ -110,7 +110,11 @@ pub struct BlockView {
 }
 
 /// The lot's blocked plates, the latest first.
-pub async fn blocks_of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<BlockView>, StoreError> {
+pub(crate) async fn blocks_of_lot(
+    db: &Db,
+    lot: &LotId,
+    limit: u32,
+) -> Result<Vec<BlockView>, StoreError> {
     query(
         "SELECT plate, reason, created_at FROM blocked_plates WHERE lot_id = $1
          ORDER BY created_at DESC, plate LIMIT $2",
@@ -122,7 +126,7 @@ pub async fn blocks_of_lot(db: &Db, lot: &LotId, limit: u32) -> Result<Vec<Block
 }
 
 /// Lifts a block (idempotent).
-pub async fn unblock(db: &Db, lot: &LotId, plate: &Plate) -> Result<(), StoreError> {
+pub(crate) async fn unblock(db: &Db, lot: &LotId, plate: &Plate) -> Result<(), StoreError> {
     query("DELETE FROM blocked_plates WHERE lot_id = $1 AND plate = $2")
         .bind(lot.as_str())
         .bind(plate.as_str())

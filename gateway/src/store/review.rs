@@ -10,7 +10,7 @@ use parkflow_db::{Tx, query};
 use parkflow_protocol::PlateColor;
 use parkflow_session::correction::{self, BayStay, Case, Closing, CorrectionError};
 use parkflow_session::repo::{self, CorrectedStay, StayForReview};
-pub use parkflow_session::{Correction, Resolution};
+pub(crate) use parkflow_session::{Correction, Resolution};
 use uuid::Uuid;
 
 use super::audit::{self, AuditEntry};
@@ -21,7 +21,7 @@ use crate::session::ReviewKind;
 
 /// Why a case could not be resolved so.
 #[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
+pub(crate) enum ResolveError {
     #[error("the case is resolved already")]
     Resolved,
     #[error(
@@ -54,7 +54,10 @@ impl From<CorrectionError> for ResolveError {
 }
 
 /// A case's lot and session, if it is unresolved.
-pub async fn case(db: &Db, id: Uuid) -> Result<Option<(String, Option<Uuid>, bool)>, StoreError> {
+pub(crate) async fn case(
+    db: &Db,
+    id: Uuid,
+) -> Result<Option<(String, Option<Uuid>, bool)>, StoreError> {
     let row: Option<(String, Option<Uuid>, Option<DateTime<Utc>>)> =
         query("SELECT lot_id, session_id, resolved_at FROM review_items WHERE id = $1")
             .bind(id)
@@ -97,7 +100,7 @@ fn price(lot: &Lot, stay: &Stay) -> Result<Priced, ResolveError> {
 /// Resolves case `id` with `correction`, in one transaction: the case, its session(s), the charge
 /// queue and the audit `entry` change together or not at all. `lot` is the case's lot (its
 /// tariffs price the stays a correction closes).
-pub async fn resolve(
+pub(crate) async fn resolve(
     db: &Db,
     id: Uuid,
     lot: &Lot,

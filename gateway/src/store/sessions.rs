@@ -53,7 +53,7 @@ impl TryFrom<OpenSessionRow> for OpenSession {
 }
 
 /// Every open session.
-pub async fn open_sessions(db: &Db) -> Result<Vec<OpenSession>, StoreError> {
+pub(crate) async fn open_sessions(db: &Db) -> Result<Vec<OpenSession>, StoreError> {
     let rows: Vec<OpenSessionRow> = query(
         "SELECT id, lot_id, plate, plate_color, pass_holder, entry_gate, entry_event_id, entered_at
          FROM sessions WHERE status = $1",
@@ -139,7 +139,7 @@ const DECISION_COLUMNS: &str =
      issued_at, amount_due_minor, currency, pay_url, session_id";
 
 /// Decisions received since `since` (to warm the actor's cache at start).
-pub async fn decisions_since(
+pub(crate) async fn decisions_since(
     db: &Db,
     since: DateTime<Utc>,
 ) -> Result<Vec<StoredDecision>, StoreError> {
@@ -151,7 +151,7 @@ pub async fn decisions_since(
 }
 
 /// The decision that answered one read, if any (the slow path for late, repeated reads).
-pub async fn decision(
+pub(crate) async fn decision(
     db: &Db,
     lot: &LotId,
     gate: &GateId,
@@ -170,7 +170,7 @@ pub async fn decision(
 }
 
 /// Enrolled plates and whether their driver is suspended.
-pub async fn enrolled_plates(db: &Db) -> Result<Vec<(Plate, bool)>, StoreError> {
+pub(crate) async fn enrolled_plates(db: &Db) -> Result<Vec<(Plate, bool)>, StoreError> {
     let rows: Vec<(String, String)> = query(
         "SELECT p.plate, d.status FROM driver_plates p JOIN drivers d ON d.id = p.driver_id WHERE d.auto_debit",
     )
@@ -188,7 +188,7 @@ pub async fn enrolled_plates(db: &Db) -> Result<Vec<(Plate, bool)>, StoreError> 
 }
 
 /// Passes still valid at `now`: (lot, plate, from, until).
-pub async fn passes(
+pub(crate) async fn passes(
     db: &Db,
     now: DateTime<Utc>,
 ) -> Result<Vec<(LotId, Plate, DateTime<Utc>, DateTime<Utc>)>, StoreError> {
@@ -208,7 +208,7 @@ pub async fn passes(
 }
 
 /// Blocked plates per lot.
-pub async fn blocked_plates(db: &Db) -> Result<Vec<(LotId, Plate)>, StoreError> {
+pub(crate) async fn blocked_plates(db: &Db) -> Result<Vec<(LotId, Plate)>, StoreError> {
     let rows: Vec<(String, String)> = query("SELECT lot_id, plate FROM blocked_plates")
         .fetch_all(db)
         .await?;
@@ -224,7 +224,7 @@ pub async fn blocked_plates(db: &Db) -> Result<Vec<(LotId, Plate)>, StoreError> 
 
 /// A session as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct SessionView {
+pub(crate) struct SessionView {
     pub id: Uuid,
     pub lot_id: String,
     pub plate: String,
@@ -272,7 +272,7 @@ fn with_fee(mut view: SessionView) -> SessionView {
 }
 
 /// One session by id.
-pub async fn session(db: &Db, id: Uuid) -> Result<Option<SessionView>, StoreError> {
+pub(crate) async fn session(db: &Db, id: Uuid) -> Result<Option<SessionView>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
     let row: Option<SessionView> = query(sql).bind(id).fetch_optional(db).await?;
     Ok(row.map(with_fee))
@@ -280,7 +280,7 @@ pub async fn session(db: &Db, id: Uuid) -> Result<Option<SessionView>, StoreErro
 
 /// A filter over sessions.
 #[derive(Debug, Default, Clone)]
-pub struct SessionFilter {
+pub(crate) struct SessionFilter {
     /// Only this operator's lots.
     pub operator: Option<String>,
     pub lot: Option<LotId>,
@@ -294,7 +294,10 @@ pub struct SessionFilter {
 }
 
 /// Sessions matching `filter`, newest first.
-pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView>, StoreError> {
+pub(crate) async fn sessions(
+    db: &Db,
+    filter: &SessionFilter,
+) -> Result<Vec<SessionView>, StoreError> {
     let sql = format!(
         "SELECT {SESSION_COLUMNS} FROM sessions
          WHERE ($1 IS NULL OR lot_id = $1) AND ($2 IS NULL OR plate = $2) AND ($3 IS NULL OR status = $3)
@@ -317,7 +320,7 @@ pub async fn sessions(db: &Db, filter: &SessionFilter) -> Result<Vec<SessionView
 
 /// A review case as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct ReviewView {
+pub(crate) struct ReviewView {
     pub id: Uuid,
     pub lot_id: String,
     #[sqlx(try_from = "String")]
@@ -334,7 +337,7 @@ pub struct ReviewView {
 }
 
 /// Unresolved review cases of a lot (or of every lot of `operator`, or of every lot), oldest first.
-pub async fn open_reviews(
+pub(crate) async fn open_reviews(
     db: &Db,
     operator: Option<&str>,
     lot: Option<&LotId>,
@@ -354,7 +357,7 @@ pub async fn open_reviews(
 }
 
 /// Sessions of the plates a driver has enrolled, newest first.
-pub async fn sessions_of_driver(
+pub(crate) async fn sessions_of_driver(
     db: &Db,
     driver: Uuid,
     limit: u32,
