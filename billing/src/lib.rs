@@ -1,7 +1,8 @@
 //! The money side of ParkFlow (SPEC §4).
 //!
 //! Pure core: money (currencies, amounts, the one rounding rule), tariffs and fees, journal
-//! entries. Around it, the work that touches the database and the payment provider: charging
+//! entries. Around it, the work that touches the database and the payment provider: drivers
+//! (the one writer of `drivers` and `driver_plates`: accounts, consent, standing), charging
 //! (exactly one charge per closed session, collected with idempotency keys), arrears (invoices,
 //! reminders, suspension), payments through the API, settlement and reconciliation, and the audit
 //! of every invariant.
