@@ -156,7 +156,9 @@ impl<'q> Query<'q> {
             values,
             persistent,
         } = self;
-        let affected = match on.on() {
+        let on = on.on();
+        let sql = for_engine(&sql, &on);
+        let affected = match on {
             On::SqlitePool(pool) => sqlx::query_with(&sql, arguments::<Sqlite>(&values)?)
                 .persistent(persistent)
                 .execute(pool)
@@ -188,7 +190,9 @@ impl<'q> Query<'q> {
             values,
             persistent,
         } = self;
-        let rows = match on.on() {
+        let on = on.on();
+        let sql = for_engine(&sql, &on);
+        let rows = match on {
             On::SqlitePool(pool) => {
                 sqlx::query_as_with::<_, T, _>(&sql, arguments::<Sqlite>(&values)?)
                     .persistent(persistent)
@@ -227,7 +231,9 @@ impl<'q> Query<'q> {
             values,
             persistent,
         } = self;
-        let row = match on.on() {
+        let on = on.on();
+        let sql = for_engine(&sql, &on);
+        let row = match on {
             On::SqlitePool(pool) => {
                 sqlx::query_as_with::<_, T, _>(&sql, arguments::<Sqlite>(&values)?)
                     .persistent(persistent)
@@ -274,7 +280,9 @@ impl<'q> Query<'q> {
             values,
             persistent,
         } = self;
-        match on.on() {
+        let on = on.on();
+        let sql = for_engine(&sql, &on);
+        match on {
             On::SqlitePool(pool) => {
                 let mut rows = sqlx::query_as_with::<_, T, _>(&sql, arguments::<Sqlite>(&values)?)
                     .persistent(persistent)
@@ -312,6 +320,62 @@ impl<'q> Query<'q> {
         }
         Ok(())
     }
+}
+
+/// The statement's text for the engine it runs on. SQLite reads `$1` as a *named* parameter and
+/// looks each name up among those seen so far, while it parses and again for every value bound:
+/// a multi-row statement with thousands of them took seconds (quadratic). A statement that names
+/// its parameters in order, each once (every multi-row statement a [`QueryBuilder`] makes), runs
+/// with anonymous `?`, which SQLite numbers as it goes; any other with `?N`, which it finds by
+/// number while parsing. PostgreSQL takes `$1` as written.
+fn for_engine<'s>(sql: &'s str, on: &On<'_>) -> Cow<'s, str> {
+    if matches!(on, On::Postgres(_) | On::PgPool(_)) || !sql.contains('$') {
+        return Cow::Borrowed(sql);
+    }
+    let placeholders = placeholders(sql);
+    let in_order = placeholders.iter().enumerate().all(|(i, p)| p.1 == i + 1);
+    let mut out = String::with_capacity(sql.len());
+    let mut last = 0;
+    for (at, number, len) in placeholders.into_iter().map(|(at, n)| (at, n, digits(n))) {
+        out.push_str(&sql[last..at]);
+        out.push('?');
+        if !in_order {
+            out.push_str(&number.to_string());
+        }
+        last = at + 1 + len;
+    }
+    out.push_str(&sql[last..]);
+    Cow::Owned(out)
+}
+
+/// Where each `$N` outside a quoted literal starts, and its `N`.
+fn placeholders(sql: &str) -> Vec<(usize, usize)> {
+    let bytes = sql.as_bytes();
+    let mut found = Vec::new();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' => quoted = !quoted,
+            b'$' if !quoted => {
+                let len = bytes[i + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                if let Ok(number) = sql[i + 1..i + 1 + len].parse() {
+                    found.push((i, number));
+                    i += len;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    found
+}
+
+fn digits(n: usize) -> usize {
+    n.to_string().len()
 }
 
 /// The engine's argument list for `values`; the one place values meet a driver.
@@ -482,6 +546,31 @@ impl Tx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sqlite_runs_numbered_parameters_and_keeps_dollars_in_literals() {
+        let db = Db::connect("sqlite::memory:").await.expect("connect");
+        let on = (&db).on();
+        assert_eq!(
+            for_engine("SELECT $1, '$2 stays', $10 FROM t WHERE a = $2", &on),
+            "SELECT ?1, '$2 stays', ?10 FROM t WHERE a = ?2"
+        );
+        assert_eq!(
+            for_engine(
+                "INSERT INTO t VALUES ($1, $2), ($3, $4), ($5, $6), ($7, $8), ($9, $10), ($11, $12)",
+                &on
+            ),
+            "INSERT INTO t VALUES (?, ?), (?, ?), (?, ?), (?, ?), (?, ?), (?, ?)"
+        );
+        assert!(matches!(for_engine("SELECT 1", &on), Cow::Borrowed(_)));
+        let (a, b, c): (i64, String, i64) = query("SELECT $2, '$1', $1")
+            .bind(7_i64)
+            .bind(9_i64)
+            .fetch_one(&db)
+            .await
+            .expect("select");
+        assert_eq!((a, b.as_str(), c), (9, "$1", 7));
+    }
 
     #[test]
     fn placeholders_are_numbered_as_values_are_pushed() {

@@ -53,7 +53,8 @@ impl PlateRequest {
 }
 
 /// Enrolment. The server owns the id, the status and the key; a body naming them is refused.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// Holding a payment account, it is not `Debug`: it is never printed.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "Lin Wei", "payment_account": "acct-6222020200112233", "auto_debit_consent": true, "plates": [{"plate": "浙A12345", "plate_color": "blue"}]}))]
 pub(crate) struct EnrolRequest {
@@ -135,7 +136,8 @@ pub(crate) async fn enrol(
 }
 
 /// A driver's change of name, payment account or auto-debit consent: the fields given change.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// Holding a payment account, it is not `Debug`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"payment_account": "acct-new-card", "auto_debit_consent": true}))]
 pub(crate) struct DriverUpdate {

@@ -81,8 +81,8 @@ pub(crate) struct KeyRequest {
     operator_id: Option<String>,
 }
 
-/// A key just issued: the only time the key itself is shown.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// A key just issued: the only time the key itself is shown (and, holding it, not `Debug`).
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct IssuedKey {
     #[serde(flatten)]
     view: KeyView,

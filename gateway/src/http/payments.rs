@@ -31,7 +31,8 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// Holding a payment account, it is not `Debug`: it is never printed.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"payment_account": "acct-6222020200112233"}))]
 pub(crate) struct PayRequest {
