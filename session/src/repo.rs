@@ -7,7 +7,7 @@
 //! A session that ends priced is queued for its one charge in the same statement group; billing
 //! takes it off the queue when the charge exists ([`dequeue_charges`]).
 //!
-//! A test (`tests/platform/ownership.rs`) fails when SQL writing these tables appears anywhere else.
+//! A test (`session/tests/ownership.rs`) fails when SQL writing these tables appears anywhere else.
 
 use chrono::{DateTime, Utc};
 use parkflow_db::{QueryBuilder, StoreError, Tx, db_time, query};
@@ -54,9 +54,10 @@ pub async fn end_sessions(tx: &mut Tx, ends: &[&SessionEnd]) -> Result<(), Store
              fee_minor = end_fee_minor, currency = end_currency, billed_plate = end_billed_plate, \
              plate_color = COALESCE(plate_color, end_plate_color), pass_holder = end_pass_holder, \
              updated_at = end_at \
-             FROM ended WHERE id = end_id AND status = 'open' \
-             RETURNING id, status, exited_at",
+             FROM ended WHERE id = end_id AND status = ",
         );
+        update.push_bind(SessionStatus::Open.as_str());
+        update.push(" RETURNING id, status, exited_at");
         queued.extend(
             update
                 .build()
