@@ -71,6 +71,62 @@ impl StepReport {
     }
 }
 
+/// Where a charge is: to be debited (`Pending`), asked about again (`Unknown`: the provider's
+/// answer was lost), answered (`Succeeded`, `Declined`), or owed without a debit (`Waived`: no
+/// fee; `NoAccount`: nobody to debit; `ExitPending`: paid at a held exit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeStatus {
+    Pending,
+    Unknown,
+    Succeeded,
+    Declined,
+    Waived,
+    NoAccount,
+    ExitPending,
+}
+
+impl ChargeStatus {
+    pub const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::Unknown,
+        Self::Succeeded,
+        Self::Declined,
+        Self::Waived,
+        Self::NoAccount,
+        Self::ExitPending,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Unknown => "unknown",
+            Self::Succeeded => "succeeded",
+            Self::Declined => "declined",
+            Self::Waived => "waived",
+            Self::NoAccount => "no_account",
+            Self::ExitPending => "exit_pending",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+}
+
+/// A status the database holds that the code does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown charge status {0:?}")]
+pub struct UnknownChargeStatus(String);
+
+/// Rows decode a status through this (`#[sqlx(try_from = "String")]`).
+impl TryFrom<String> for ChargeStatus {
+    type Error = UnknownChargeStatus;
+
+    fn try_from(value: String) -> Result<Self, UnknownChargeStatus> {
+        Self::parse(&value).ok_or(UnknownChargeStatus(value))
+    }
+}
+
 /// A charge leased to this worker.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -81,7 +137,8 @@ pub struct Claimed {
     pub account: Option<String>,
     pub amount_minor: i64,
     pub currency: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ChargeStatus,
     pub attempts: i32,
 }
 
@@ -161,7 +218,7 @@ impl<P: PaymentProvider> ChargingWorker<P> {
     /// of the debit and debits (under the same key) only if the provider never saw it.
     async fn collect(&self, charge: &Claimed) -> DebitOutcome {
         let key = idempotency_key(charge.session_id);
-        if charge.status == "unknown" {
+        if charge.status == ChargeStatus::Unknown {
             match self.provider.status(&key).await {
                 DebitOutcome::Unknown => {}
                 known => return known,

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use parkflow_db::{Db, QueryBuilder, StoreError, db_time};
 use uuid::Uuid;
 
-use super::{ChargingConfig, Claimed};
+use super::{ChargeStatus, ChargingConfig, Claimed};
 use crate::arrears::{NewInvoice, insert_invoices};
 use crate::ledger::Entry;
 use crate::ledger::store::insert_entries;
@@ -22,7 +22,7 @@ pub struct Recorded {
 
 struct Update {
     id: Uuid,
-    status: &'static str,
+    status: ChargeStatus,
     provider_ref: Option<String>,
     next_attempt_at: DateTime<Utc>,
 }
@@ -45,9 +45,9 @@ pub async fn record(
     for (charge, outcome) in claimed.iter().zip(outcomes) {
         let (status, provider_ref, next_attempt_at) = match outcome {
             DebitOutcome::Succeeded { provider_ref } => {
-                ("succeeded", Some(provider_ref.clone()), now)
+                (ChargeStatus::Succeeded, Some(provider_ref.clone()), now)
             }
-            DebitOutcome::Declined { .. } => ("declined", None, now),
+            DebitOutcome::Declined { .. } => (ChargeStatus::Declined, None, now),
             DebitOutcome::Pending | DebitOutcome::Unknown => {
                 let doublings = u32::try_from(charge.attempts.clamp(1, 10) - 1).unwrap_or(0);
                 let wait = config
@@ -55,7 +55,7 @@ pub async fn record(
                     .saturating_mul(1 << doublings)
                     .min(std::time::Duration::from_secs(3600));
                 (
-                    "unknown",
+                    ChargeStatus::Unknown,
                     None,
                     now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1)),
                 )
@@ -77,7 +77,7 @@ pub async fn record(
             QueryBuilder::new("WITH v (id, status, provider_ref, next_attempt_at) AS (");
         update.push_values(chunk, |mut row, u| {
             row.push_bind(u.id)
-                .push_bind(u.status)
+                .push_bind(u.status.as_str())
                 .push_bind(u.provider_ref.as_deref())
                 .push_bind(u.next_attempt_at);
         });
@@ -108,7 +108,7 @@ pub async fn record(
             continue;
         }
         match update.status {
-            "succeeded" => {
+            ChargeStatus::Succeeded => {
                 recorded.succeeded += 1;
                 entries.push(Entry::collection(
                     charge.id,
@@ -119,7 +119,7 @@ pub async fn record(
                     now,
                 ));
             }
-            "declined" => {
+            ChargeStatus::Declined => {
                 recorded.declined += 1;
                 entries.push(Entry::fee(
                     charge.id,

@@ -7,7 +7,7 @@ use parkflow_session::SessionStatus;
 use parkflow_session::repo::dequeue_charges;
 use uuid::Uuid;
 
-use super::{ChargingConfig, Claimed};
+use super::{ChargeStatus, ChargingConfig, Claimed};
 use crate::arrears::{NewInvoice, insert_invoices};
 use crate::ledger::Entry;
 use crate::ledger::store::insert_entries;
@@ -41,7 +41,7 @@ struct NewCharge {
     account: Option<String>,
     amount_minor: i64,
     currency: String,
-    status: &'static str,
+    status: ChargeStatus,
 }
 
 /// Creates the charges of closed sessions that have none; returns how many were created.
@@ -114,9 +114,9 @@ pub async fn enqueue(
             &session.payment_account,
             session.auto_debit,
         ) {
-            (0, _, _, _) => "waived",
-            (_, Some(_), Some(_), Some(true)) => "pending",
-            _ => "no_account",
+            (0, _, _, _) => ChargeStatus::Waived,
+            (_, Some(_), Some(_), Some(true)) => ChargeStatus::Pending,
+            _ => ChargeStatus::NoAccount,
         };
         charges.push(NewCharge {
             id: Uuid::now_v7(),
@@ -128,7 +128,9 @@ pub async fn enqueue(
                 .date_naive()
                 .to_string(),
             driver_id: session.driver_id,
-            account: session.payment_account.filter(|_| status == "pending"),
+            account: session
+                .payment_account
+                .filter(|_| status == ChargeStatus::Pending),
             amount_minor: fee_minor,
             currency,
             status,
@@ -154,7 +156,7 @@ pub async fn enqueue(
                 .push_bind(c.amount_minor)
                 .push_bind(c.currency.as_str())
                 .push_bind("auto_debit")
-                .push_bind(c.status)
+                .push_bind(c.status.as_str())
                 .push_bind(now)
                 .push_bind(now)
                 .push_bind(now);
@@ -167,7 +169,7 @@ pub async fn enqueue(
     let inserted_set: std::collections::HashSet<Uuid> = inserted.iter().copied().collect();
     let owed: Vec<&NewCharge> = charges
         .iter()
-        .filter(|c| c.status == "no_account" && inserted_set.contains(&c.id))
+        .filter(|c| c.status == ChargeStatus::NoAccount && inserted_set.contains(&c.id))
         .collect();
     let entries: Vec<Entry> = owed
         .iter()
