@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parkflow_db::{Db, QueryBuilder, StoreError, Tx, db_time, query};
+use parkflow_session::Unknown;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -51,6 +52,41 @@ impl NewInvoice {
     }
 }
 
+/// Where an invoice is: owed (`Open`), paid, or written off by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvoiceStatus {
+    Open,
+    Paid,
+    WrittenOff,
+}
+
+impl InvoiceStatus {
+    pub const ALL: [Self; 3] = [Self::Open, Self::Paid, Self::WrittenOff];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Paid => "paid",
+            Self::WrittenOff => "written_off",
+        }
+    }
+}
+
+/// Rows decode a status through this.
+impl TryFrom<String> for InvoiceStatus {
+    type Error = Unknown;
+
+    fn try_from(value: String) -> Result<Self, Unknown> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == value)
+            .ok_or(Unknown {
+                what: "invoice status",
+                value,
+            })
+    }
+}
+
 /// Opens `invoices` and queues their `invoice_created` notices, within the transaction; an
 /// invoice already open for a charge is skipped.
 pub async fn insert_invoices(tx: &mut Tx, invoices: &[NewInvoice]) -> Result<(), StoreError> {
@@ -66,7 +102,7 @@ pub async fn insert_invoices(tx: &mut Tx, invoices: &[NewInvoice]) -> Result<(),
                 .push_bind(i.driver_id)
                 .push_bind(i.amount_minor)
                 .push_bind(i.currency.as_str())
-                .push_bind("open")
+                .push_bind(InvoiceStatus::Open.as_str())
                 .push_bind(i.due_at)
                 .push_bind(i.created_at);
         });

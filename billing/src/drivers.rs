@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use parkflow_db::{Db, StoreError, Tx, db_time, query};
 use parkflow_protocol::{Plate, PlateColor};
+use parkflow_session::Unknown;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -31,17 +32,15 @@ impl DriverStatus {
     }
 }
 
-/// A status the database holds that the code does not know.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown driver status {0:?}")]
-pub struct UnknownStatus(String);
-
 /// Rows decode a status through this (`#[sqlx(try_from = "String")]`).
 impl TryFrom<String> for DriverStatus {
-    type Error = UnknownStatus;
+    type Error = Unknown;
 
-    fn try_from(value: String) -> Result<Self, UnknownStatus> {
-        Self::parse(&value).ok_or(UnknownStatus(value))
+    fn try_from(value: String) -> Result<Self, Unknown> {
+        Self::parse(&value).ok_or(Unknown {
+            what: "driver status",
+            value,
+        })
     }
 }
 

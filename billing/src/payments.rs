@@ -11,11 +11,12 @@
 
 use chrono::{DateTime, Utc};
 use parkflow_db::{Db, StoreError, db_time, query};
-use parkflow_session::SessionStatus;
-use parkflow_session::repo::{PaidExit, close_paid_exit};
+use parkflow_session::lifecycle::HeldExit;
+use parkflow_session::repo::close_paid_exit;
+use parkflow_session::{SessionStatus, Unknown};
 use uuid::Uuid;
 
-use crate::arrears::{StandingChange, reinstate_if_clear};
+use crate::arrears::{InvoiceStatus, StandingChange, reinstate_if_clear};
 use crate::ledger::Entry;
 use crate::ledger::store::insert_entries;
 use crate::lots::LotBook;
@@ -76,15 +77,83 @@ pub fn payment_key(payment: Uuid) -> String {
     format!("payment:{payment}")
 }
 
+/// What a payment pays: an invoice, or the fee of a session held at an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PaymentKind {
+    Invoice,
+    Exit,
+}
+
+impl PaymentKind {
+    const ALL: [Self; 2] = [Self::Invoice, Self::Exit];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Invoice => "invoice",
+            Self::Exit => "exit",
+        }
+    }
+}
+
+impl TryFrom<String> for PaymentKind {
+    type Error = Unknown;
+
+    fn try_from(value: String) -> Result<Self, Unknown> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == value)
+            .ok_or(Unknown {
+                what: "payment kind",
+                value,
+            })
+    }
+}
+
+/// Where a payment is: recorded and in flight (`Pending`), or answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PaymentStatus {
+    Pending,
+    Succeeded,
+    Declined,
+}
+
+impl PaymentStatus {
+    const ALL: [Self; 3] = [Self::Pending, Self::Succeeded, Self::Declined];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Declined => "declined",
+        }
+    }
+}
+
+impl TryFrom<String> for PaymentStatus {
+    type Error = Unknown;
+
+    fn try_from(value: String) -> Result<Self, Unknown> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == value)
+            .ok_or(Unknown {
+                what: "payment status",
+                value,
+            })
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct PaymentRow {
     id: Uuid,
-    kind: String,
+    #[sqlx(try_from = "String")]
+    kind: PaymentKind,
     invoice_id: Option<Uuid>,
     session_id: Option<Uuid>,
     amount_minor: i64,
     currency: String,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: PaymentStatus,
 }
 
 async fn by_key(db: &Db, key: &str) -> Result<Option<PaymentRow>, PayError> {
@@ -109,26 +178,27 @@ enum Earlier {
 
 /// Looks up `key`, which must have been used for this `kind` of payment of `target` (an invoice
 /// or a session) if it was used at all.
-async fn earlier(db: &Db, key: &str, kind: &str, target: Uuid) -> Result<Earlier, PayError> {
+async fn earlier(db: &Db, key: &str, kind: PaymentKind, target: Uuid) -> Result<Earlier, PayError> {
     let Some(payment) = by_key(db, key).await? else {
         return Ok(Earlier::None);
     };
-    let paid_for = if kind == "invoice" {
-        payment.invoice_id
-    } else {
-        payment.session_id
+    let paid_for = match kind {
+        PaymentKind::Invoice => payment.invoice_id,
+        PaymentKind::Exit => payment.session_id,
     };
     if payment.kind != kind || paid_for != Some(target) {
         return Err(PayError::KeyReused);
     }
-    match payment.status.as_str() {
-        "succeeded" => Ok(Earlier::Paid(Paid {
+    match payment.status {
+        PaymentStatus::Succeeded => Ok(Earlier::Paid(Paid {
             payment_id: payment.id,
             amount: money(payment.amount_minor, &payment.currency)?,
             reinstated: None,
         })),
-        "declined" => Err(PayError::Declined("declined earlier under this key".into())),
-        _ => Ok(Earlier::Resume(payment)),
+        PaymentStatus::Declined => {
+            Err(PayError::Declined("declined earlier under this key".into()))
+        }
+        PaymentStatus::Pending => Ok(Earlier::Resume(payment)),
     }
 }
 
@@ -168,7 +238,7 @@ pub async fn pay_invoice<P: PaymentProvider>(
     now: DateTime<Utc>,
 ) -> Result<Paid, PayError> {
     let now = db_time(now);
-    let (payment, first) = match earlier(db, key, "invoice", invoice).await? {
+    let (payment, first) = match earlier(db, key, PaymentKind::Invoice, invoice).await? {
         Earlier::Paid(paid) => return Ok(paid),
         Earlier::Resume(p) => (p, false),
         Earlier::None => {
@@ -180,17 +250,19 @@ pub async fn pay_invoice<P: PaymentProvider>(
             .fetch_optional(db)
             .await?;
             let (minor, currency, status) = row.ok_or(PayError::NotFound("invoice"))?;
-            if status != "open" {
+            let status = InvoiceStatus::try_from(status)
+                .map_err(|unknown| StoreError::Corrupt(unknown.to_string()))?;
+            if status != InvoiceStatus::Open {
                 return Err(PayError::NothingDue("the invoice is not open"));
             }
             let payment = PaymentRow {
                 id: Uuid::now_v7(),
-                kind: "invoice".into(),
+                kind: PaymentKind::Invoice,
                 invoice_id: Some(invoice),
                 session_id: None,
                 amount_minor: minor,
                 currency,
-                status: "pending".into(),
+                status: PaymentStatus::Pending,
             };
             let inserted = query(
                 "INSERT INTO payments (id, idempotency_key, kind, invoice_id, driver_id, amount_minor, currency, status, created_at)
@@ -273,14 +345,16 @@ pub async fn pay_invoice<P: PaymentProvider>(
     })
 }
 
+/// A held exit's read and session, as stored.
 #[derive(sqlx::FromRow)]
-struct HeldExit {
+struct HeldRow {
     lot_id: String,
     gate_id: String,
     event_id: String,
     observed_at: DateTime<Utc>,
     entered_at: DateTime<Utc>,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: SessionStatus,
     amount_due_minor: Option<i64>,
     currency: Option<String>,
 }
@@ -296,7 +370,7 @@ pub async fn pay_exit<P: PaymentProvider>(
     now: DateTime<Utc>,
 ) -> Result<ExitPaid, PayError> {
     let now = db_time(now);
-    let held: Option<HeldExit> = query(
+    let held: Option<HeldRow> = query(
         "SELECT r.lot_id, r.gate_id, r.event_id, r.observed_at, s.entered_at, s.status, r.amount_due_minor, r.currency
          FROM gate_reads r JOIN sessions s ON s.id = r.session_id
          WHERE r.session_id = $1 AND r.action = 'hold' AND r.reason = 'payment_required'
@@ -310,6 +384,14 @@ pub async fn pay_exit<P: PaymentProvider>(
         return Err(PayError::NothingDue("the exit was not held for payment"));
     };
     let terms = lots.get(&held.lot_id).ok_or(PayError::UnknownLot)?;
+    let exit = HeldExit {
+        session,
+        status: held.status,
+        entered_at: held.entered_at,
+        gate: &held.gate_id,
+        event: &held.event_id,
+        held_at: held.observed_at,
+    };
     let exit_paid = |paid| ExitPaid {
         paid,
         session_id: session,
@@ -317,25 +399,24 @@ pub async fn pay_exit<P: PaymentProvider>(
         gate_id: held.gate_id.clone(),
         event_id: held.event_id.clone(),
     };
-    let (payment, first) = match earlier(db, key, "exit", session).await? {
+    let (payment, first) = match earlier(db, key, PaymentKind::Exit, session).await? {
         Earlier::Paid(paid) => return Ok(exit_paid(paid)),
         Earlier::Resume(p) => (p, false),
         Earlier::None => {
-            if SessionStatus::parse(&held.status) != Some(SessionStatus::Open) {
+            if exit.payable().is_err() {
                 return Err(PayError::NothingDue("the session is not open"));
             }
             let payment = PaymentRow {
                 id: Uuid::now_v7(),
-                kind: "exit".into(),
+                kind: PaymentKind::Exit,
                 invoice_id: None,
                 session_id: Some(session),
                 amount_minor: minor,
                 currency: currency.clone(),
-                status: "pending".into(),
+                status: PaymentStatus::Pending,
             };
-            let local_day = held
-                .observed_at
-                .max(held.entered_at)
+            let local_day = exit
+                .exited_at()
                 .with_timezone(&terms.time_zone)
                 .date_naive()
                 .to_string();
@@ -417,14 +498,7 @@ pub async fn pay_exit<P: PaymentProvider>(
     .execute(&mut tx)
     .await?;
     if finished == 1 {
-        let paid = PaidExit {
-            session,
-            exit_gate: &held.gate_id,
-            exit_event: &held.event_id,
-            exited_at: held.observed_at.max(held.entered_at),
-            fee_minor: payment.amount_minor,
-            currency: &payment.currency,
-        };
+        let paid = exit.paid(payment.amount_minor, &payment.currency);
         close_paid_exit(&mut tx, &paid, now).await?;
         let charge: Option<(Uuid,)> = query(
             "UPDATE charges SET status = 'succeeded', provider = $2, provider_ref = $3, updated_at = $4

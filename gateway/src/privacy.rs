@@ -8,13 +8,12 @@ use chrono::{DateTime, Utc};
 use parkflow_protocol::Plate;
 
 use parkflow_db::query;
-use parkflow_session::repo;
+use parkflow_session::{lifecycle, repo};
 
 use crate::session::SessionStatus;
 use crate::store::{Db, StoreError, db_time};
 
-/// What pseudonyms start with (no plate does: plates are letters and digits only).
-pub const PSEUDONYM_PREFIX: &str = "anon-";
+pub use parkflow_session::lifecycle::PSEUDONYM_PREFIX;
 
 /// The key plates are hashed under. Set it (`--plate-key`) for tags and pseudonyms that stay the
 /// same across restarts; a random one is used otherwise.
@@ -102,19 +101,23 @@ pub async fn pseudonymise(
     .fetch_all(db)
     .await?;
     for (plate,) in &plates {
-        let pseudonym = key.pseudonym(plate);
+        // The query skipped pseudonyms, and ours always start with the prefix.
+        let Ok(change) = lifecycle::pseudonymise(plate, key.pseudonym(plate), cutoff) else {
+            continue;
+        };
+        let pseudonym = change.pseudonym.as_str();
         let mut tx = db.begin_write().await?;
         // Sessions and review cases belong to the session lifecycle; reads and stays are ours.
-        repo::pseudonymise(&mut tx, plate, &pseudonym, cutoff).await?;
+        repo::pseudonymise(&mut tx, &change).await?;
         query("UPDATE gate_reads SET plate = $2 WHERE plate = $1 AND observed_at < $3")
             .bind(plate)
-            .bind(&pseudonym)
+            .bind(pseudonym)
             .bind(cutoff)
             .execute(&mut tx)
             .await?;
         query("UPDATE bay_sessions SET plate = $2 WHERE plate = $1 AND ended_at < $3")
             .bind(plate)
-            .bind(&pseudonym)
+            .bind(pseudonym)
             .bind(cutoff)
             .execute(&mut tx)
             .await?;

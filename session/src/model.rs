@@ -35,7 +35,8 @@ pub struct SessionEnd {
     /// The plate colour and pass the fee was priced with, so that it recomputes the same.
     pub plate_color: Option<PlateColor>,
     pub pass_holder: bool,
-    /// The fee in minor units and its currency; `None` for a session left for review.
+    /// The fee in minor units and its currency; `None` when unpriced. A doubtful match in
+    /// review keeps the fee an operator's confirmation bills.
     pub fee: Option<(i64, String)>,
 }
 

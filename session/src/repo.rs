@@ -14,8 +14,9 @@ use parkflow_db::{QueryBuilder, StoreError, Tx, db_time, query};
 use parkflow_protocol::{EventId, GateId, Plate, PlateColor};
 use uuid::Uuid;
 
+use crate::lifecycle::{PaidExit, Pseudonymisation, StreetEnd};
 use crate::model::{OpenSession, ReviewItem, SessionEnd};
-use crate::status::{Resolution, ReviewKind, SessionStatus};
+use crate::status::{Resolution, SessionStatus};
 
 /// Rows per multi-row statement: SQLite allows 32,766 values a statement. Only full-size
 /// statements are kept prepared: each row count is a statement of its own, and the others would
@@ -163,44 +164,6 @@ pub async fn dequeue_charges(tx: &mut Tx, sessions: &[Uuid]) -> Result<(), Store
         delete.build().persistent(false).execute(&mut *tx).await?;
     }
     Ok(())
-}
-
-/// How an on-street stay ended, as the bay writer records it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum StreetEnd<'a> {
-    /// Priced by the lot's tariff: a closed session, queued for its charge.
-    Priced {
-        pass_holder: bool,
-        tariff_from: DateTime<Utc>,
-        fee_minor: i64,
-        currency: &'a str,
-    },
-    /// A plate but no tariff in force: in review.
-    Unpriced,
-    /// No plate was read: a case without a session (an operator may give the plate).
-    NoPlate,
-    /// The sensor fell silent or the platform restarted mid-stay: in review.
-    Interrupted,
-}
-
-impl StreetEnd<'_> {
-    /// The status of the stay's session (and of its `bay_sessions` row).
-    pub fn status(self) -> SessionStatus {
-        match self {
-            Self::Priced { .. } => SessionStatus::Closed,
-            _ => SessionStatus::Review,
-        }
-    }
-
-    /// The case an operator gets, if any, and whether it names the stay's session.
-    pub fn case(self, has_plate: bool) -> Option<(ReviewKind, bool)> {
-        match self {
-            Self::Priced { .. } => None,
-            Self::Unpriced if has_plate => Some((ReviewKind::Unpriced, true)),
-            Self::Interrupted if has_plate => Some((ReviewKind::MissedExit, true)),
-            _ => Some((ReviewKind::NoPlate, false)),
-        }
-    }
 }
 
 /// An on-street stay that ended (the bay writer closed its `bay_sessions` row).
@@ -419,17 +382,6 @@ pub async fn close_corrected(
     Ok(true)
 }
 
-/// A held exit that was paid: where and when the car left, and what it paid.
-#[derive(Debug, Clone, Copy)]
-pub struct PaidExit<'a> {
-    pub session: Uuid,
-    pub exit_gate: &'a str,
-    pub exit_event: &'a str,
-    pub exited_at: DateTime<Utc>,
-    pub fee_minor: i64,
-    pub currency: &'a str,
-}
-
 /// Closes a session whose car paid at the exit. It may have been ended meanwhile by the gate
 /// (the car read again): its end stands, and the fee is what was paid. The payment holds the
 /// session's charge slot, so it is not queued.
@@ -464,13 +416,10 @@ pub async fn close_paid_exit(
     Ok(())
 }
 
-/// Replaces `plate` by `pseudonym` in sessions that ended and cases opened before `cutoff`.
-pub async fn pseudonymise(
-    tx: &mut Tx,
-    plate: &str,
-    pseudonym: &str,
-    cutoff: DateTime<Utc>,
-) -> Result<(), StoreError> {
+/// Replaces a plate by its pseudonym in sessions that ended and cases opened before the cutoff
+/// (as [`Pseudonymisation::applies_to_session`] and `applies_to_case` say).
+pub async fn pseudonymise(tx: &mut Tx, change: &Pseudonymisation<'_>) -> Result<(), StoreError> {
+    let (plate, pseudonym, cutoff) = (change.plate, change.pseudonym.as_str(), change.cutoff);
     query(
         "UPDATE sessions SET plate = $2,
              billed_plate = CASE WHEN billed_plate IS NULL THEN NULL ELSE $2 END
@@ -489,38 +438,4 @@ pub async fn pseudonymise(
         .execute(&mut *tx)
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_street_stay_goes_to_review_unless_priced_and_names_its_session_only_with_a_plate() {
-        let priced = StreetEnd::Priced {
-            pass_holder: false,
-            tariff_from: Utc::now(),
-            fee_minor: 300,
-            currency: "CNY",
-        };
-        assert_eq!(priced.status(), SessionStatus::Closed);
-        assert_eq!(priced.case(true), None);
-        assert_eq!(StreetEnd::Unpriced.status(), SessionStatus::Review);
-        assert_eq!(
-            StreetEnd::Unpriced.case(true),
-            Some((ReviewKind::Unpriced, true))
-        );
-        assert_eq!(
-            StreetEnd::Interrupted.case(true),
-            Some((ReviewKind::MissedExit, true))
-        );
-        assert_eq!(
-            StreetEnd::Interrupted.case(false),
-            Some((ReviewKind::NoPlate, false))
-        );
-        assert_eq!(
-            StreetEnd::NoPlate.case(false),
-            Some((ReviewKind::NoPlate, false))
-        );
-    }
 }

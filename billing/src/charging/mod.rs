@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parkflow_db::{Db, StoreError};
+use parkflow_session::Unknown;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -113,17 +114,15 @@ impl ChargeStatus {
     }
 }
 
-/// A status the database holds that the code does not know.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown charge status {0:?}")]
-pub struct UnknownChargeStatus(String);
-
 /// Rows decode a status through this (`#[sqlx(try_from = "String")]`).
 impl TryFrom<String> for ChargeStatus {
-    type Error = UnknownChargeStatus;
+    type Error = Unknown;
 
-    fn try_from(value: String) -> Result<Self, UnknownChargeStatus> {
-        Self::parse(&value).ok_or(UnknownChargeStatus(value))
+    fn try_from(value: String) -> Result<Self, Unknown> {
+        Self::parse(&value).ok_or(Unknown {
+            what: "charge status",
+            value,
+        })
     }
 }
 

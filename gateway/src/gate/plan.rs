@@ -11,8 +11,9 @@ use super::decide::{self, EntryFacts, ExitFacts, Fee, Found, Standing};
 use super::state::LotState;
 use crate::registry::Lot;
 use crate::session::matching::{self, MatchKind};
-use crate::session::{ExitMatch, OpenSession, ReviewItem, ReviewKind, SessionEnd, SessionStatus};
+use crate::session::{ExitMatch, OpenSession};
 use crate::store::writer::Write;
+use parkflow_session::lifecycle::{self, Exit, Priced, Sighting};
 
 /// What a decision does.
 #[derive(Debug)]
@@ -41,24 +42,16 @@ pub(crate) fn command(read: &GateRead, action: GateAction, reason: GateReason) -
     }
 }
 
-fn review(
-    lot: &Lot,
-    kind: ReviewKind,
-    session_id: Option<Uuid>,
-    read: &GateRead,
-    score: Option<f64>,
-) -> Write {
-    Write::Review(ReviewItem {
-        id: Uuid::now_v7(),
-        lot: lot.id.clone(),
-        kind,
-        session_id,
-        gate: Some(read.gate.clone()),
-        event_id: Some(read.event_id.clone()),
-        plate: Some(read.plate.clone()),
-        score,
-        created_at: read.received_at,
-    })
+/// Where and when `read` saw its plate, as the session lifecycle takes it.
+fn sighting(read: &GateRead) -> Sighting<'_> {
+    Sighting {
+        gate: &read.gate,
+        event: &read.event_id,
+        plate: &read.plate,
+        plate_color: read.plate_color,
+        observed_at: read.observed_at,
+        received_at: read.received_at,
+    }
 }
 
 /// SPEC §3 gated entry: decides, opens the session in `state`, and ends a session left open by a
@@ -83,38 +76,12 @@ pub(crate) fn entry(lot: &Lot, state: &mut LotState, read: &GateRead) -> Planned
         return planned;
     }
     if let Some(missed) = state.open.remove(&read.plate) {
-        planned.writes.push(Write::EndSession(SessionEnd {
-            id: missed.id,
-            status: SessionStatus::Review,
-            exit_gate: None,
-            exit_event: None,
-            exited_at: read.observed_at.max(missed.entered_at),
-            exit_match: None,
-            tariff_from: None,
-            fee: None,
-            billed_plate: None,
-            plate_color: missed.plate_color,
-            pass_holder: missed.pass_holder,
-        }));
-        planned.writes.push(review(
-            lot,
-            ReviewKind::MissedExit,
-            Some(missed.id),
-            read,
-            None,
-        ));
+        let (end, case) = lifecycle::missed_exit(Uuid::now_v7(), &missed, sighting(read));
+        planned.writes.push(Write::EndSession(end));
+        planned.writes.push(Write::Review(case));
         planned.reviews += 1;
     }
-    let session = OpenSession {
-        id: Uuid::now_v7(),
-        lot: lot.id.clone(),
-        plate: read.plate.clone(),
-        plate_color: read.plate_color,
-        pass_holder,
-        entry_gate: Some(read.gate.clone()),
-        entry_event: Some(read.event_id.clone()),
-        entered_at: read.observed_at,
-    };
+    let session = lifecycle::open(Uuid::now_v7(), &lot.id, sighting(read), pass_holder);
     planned.session_id = Some(session.id);
     planned.opened = true;
     state.open.insert(read.plate.clone(), session.clone());
@@ -225,15 +192,16 @@ pub(crate) fn exit(
         ));
     }
     if decision.review {
-        let kind = match (&session, &priced_minor) {
-            (None, _) => ReviewKind::ExitWithoutEntry,
-            (Some(_), None) => ReviewKind::Unpriced,
-            (Some(_), Some(_)) => ReviewKind::LowConfidenceMatch,
-        };
+        let kind = lifecycle::exit_case_kind(session.is_some(), priced_minor.is_some());
         let score = found.as_ref().map(|(_, score, _)| *score);
-        planned
-            .writes
-            .push(review(lot, kind, planned.session_id, read, score));
+        planned.writes.push(Write::Review(lifecycle::case(
+            Uuid::now_v7(),
+            &lot.id,
+            kind,
+            planned.session_id,
+            sighting(read),
+            score,
+        )));
         planned.reviews += 1;
     }
     if let (true, Some(session), Some((_, score, kind))) =
@@ -245,25 +213,22 @@ pub(crate) fn exit(
             MatchKind::Fuzzy => ExitMatch::Fuzzy,
         };
         planned.closed_fee_minor = priced_minor.map(|(_, minor, _)| minor);
-        planned.writes.push(Write::EndSession(SessionEnd {
-            id: session.id,
+        let exit = Exit {
+            read: sighting(read),
+            matched: (exit_match, *score),
+            priced: priced_minor.map(|(tariff_from, fee_minor, money)| Priced {
+                tariff_from,
+                fee_minor,
+                currency: money.currency().as_str().to_owned(),
+            }),
             // A doubtful match is not billed until an operator confirms it.
-            status: if priced_minor.is_some() && !decision.review {
-                SessionStatus::Closed
-            } else {
-                SessionStatus::Review
-            },
-            exit_gate: Some(read.gate.clone()),
-            exit_event: Some(read.event_id.clone()),
-            exited_at,
-            exit_match: Some((exit_match, *score)),
-            tariff_from: priced_minor.map(|(from, _, _)| from),
-            fee: priced_minor
-                .map(|(_, minor, money)| (minor, money.currency().as_str().to_owned())),
+            doubtful: decision.review,
             billed_plate,
-            plate_color: session.plate_color.or(read.plate_color),
             pass_holder,
-        }));
+        };
+        planned
+            .writes
+            .push(Write::EndSession(lifecycle::close(session, exit)));
     }
     planned
 }

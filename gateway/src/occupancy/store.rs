@@ -22,7 +22,8 @@ use crate::session::SessionStatus;
 use crate::store::writer::retry_transient;
 use crate::store::{Db, StoreError, db_time};
 use parkflow_db::{QueryBuilder, Tx, query};
-use parkflow_session::repo::{self, StreetEnd, StreetStay};
+use parkflow_session::lifecycle::StreetEnd;
+use parkflow_session::repo::{self, StreetStay};
 
 /// Batches waiting for the writer (each is one actor round, up to thousands of events).
 pub(crate) const BAY_WRITER_CHANNEL_CAPACITY: usize = 64;
