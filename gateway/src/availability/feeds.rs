@@ -15,6 +15,7 @@
 use std::io::{self, Write};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use parkflow_protocol::LotStatus;
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
 use serde_json::{Map, Value, json};
@@ -58,7 +59,7 @@ pub(crate) struct FeedLot<'a> {
     /// Bays known to be occupied.
     pub occupied: u32,
     /// One of `spacesAvailable`, `almostFull`, `full`, `closed`.
-    pub status: &'static str,
+    pub status: LotStatus,
     /// When these counts were observed.
     pub observed_at: DateTime<Utc>,
 }
@@ -95,20 +96,14 @@ fn fiware_entity(lot: &FeedLot<'_>) -> Value {
         set("occupancyDetectionType", json!(["singleSpaceDetection"]));
     } else {
         // Off-street lots are gated, a barrier per lane (SPEC §1). Only OffStreetParking defines
-        // `status`; a value outside its enum is left out rather than published invalid.
+        // `status`, whose values are ours (`LotStatus` is FIWARE's enum).
         set("category", json!(["barrierAccess"]));
-        if is_fiware_status(lot.status) {
-            set("status", json!([lot.status]));
-        }
+        set("status", json!([lot.status]));
     }
     set("dateModified", json!(observed));
     set("observationDateTime", json!(observed));
     set("@context", json!(NGSI_LD_CONTEXT));
     Value::Object(entity)
-}
-
-fn is_fiware_status(status: &str) -> bool {
-    matches!(status, "spacesAvailable" | "almostFull" | "full" | "closed")
 }
 
 /// The DATEX II v3 feed: a parking status publication with one site status per lot.
@@ -217,13 +212,12 @@ fn occupancy_percent(lot: &FeedLot<'_>) -> Option<f64> {
 
 /// DATEX II `parkingSiteStatus` and `parkingSiteOpeningStatus` for a FIWARE status. The DATEX
 /// site status has no "closed": a closed lot says so through its opening status alone.
-fn datex_status(status: &str) -> (Option<&'static str>, Option<&'static str>) {
+fn datex_status(status: LotStatus) -> (Option<&'static str>, Option<&'static str>) {
     match status {
-        "spacesAvailable" => (Some("spacesAvailable"), Some("open")),
-        "almostFull" => (Some("almostFull"), Some("open")),
-        "full" => (Some("full"), Some("open")),
-        "closed" => (None, Some("closed")),
-        _ => (Some("unknown"), None),
+        LotStatus::SpacesAvailable => (Some("spacesAvailable"), Some("open")),
+        LotStatus::AlmostFull => (Some("almostFull"), Some("open")),
+        LotStatus::Full => (Some("full"), Some("open")),
+        LotStatus::Closed => (None, Some("closed")),
     }
 }
 
@@ -264,7 +258,7 @@ mod tests {
         id: &'static str,
         on_street: bool,
         counts: [u32; 3],
-        status: &'static str,
+        status: LotStatus,
     ) -> FeedLot<'static> {
         let [free, occupied, unknown] = counts;
         let total = free + occupied + unknown;
@@ -286,16 +280,16 @@ mod tests {
     /// Off- and on-street lots: one full, one with unknown bays and an awkward name, two closed
     /// (one of them without bays).
     fn sample_lots() -> Vec<FeedLot<'static>> {
-        let street = lot("street-7", true, [3, 9, 4], "almostFull");
+        let street = lot("street-7", true, [3, 9, 4], LotStatus::AlmostFull);
         vec![
-            lot("garage-a", false, [40, 60, 0], "spacesAvailable"),
-            lot("garage-full", false, [0, 120, 0], "full"),
+            lot("garage-a", false, [40, 60, 0], LotStatus::SpacesAvailable),
+            lot("garage-full", false, [0, 120, 0], LotStatus::Full),
             FeedLot {
                 name: AWKWARD_NAME,
                 ..street
             },
-            lot("street-closed", true, [0, 0, 12], "closed"),
-            lot("garage-empty", false, [0, 0, 0], "closed"),
+            lot("street-closed", true, [0, 0, 12], LotStatus::Closed),
+            lot("garage-empty", false, [0, 0, 0], LotStatus::Closed),
         ]
     }
 

@@ -188,21 +188,11 @@ fn feed_lots<'r>(registry: &'r Registry, board: &Board) -> Vec<FeedLot<'r>> {
                 total: a.counts.total,
                 free: a.counts.free,
                 occupied: a.counts.occupied,
-                status: status_word(a.status),
+                status: a.status,
                 observed_at: a.observed_at,
             })
         })
         .collect()
-}
-
-fn status_word(status: parkflow_protocol::LotStatus) -> &'static str {
-    use parkflow_protocol::LotStatus::*;
-    match status {
-        SpacesAvailable => "spacesAvailable",
-        AlmostFull => "almostFull",
-        Full => "full",
-        Closed => "closed",
-    }
 }
 
 /// `GET /v1/feeds/fiware`: NGSI-LD key-values entities (`application/ld+json`: each carries its `@context`).

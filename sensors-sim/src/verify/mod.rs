@@ -21,6 +21,16 @@ use crate::traffic::ROGUE_PLATE_PREFIX;
 /// Rows the sessions listing returns at most; a full page is split in two and asked again.
 const PAGE: usize = 1_000;
 
+/// A session's `status` in the API (SPEC §4), as a client reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Open,
+    Closed,
+    Review,
+    Void,
+}
+
 /// A session as `GET /v1/sessions` shows it (the fields verification reads).
 #[derive(Debug, Clone, Deserialize)]
 pub struct RecordedSession {
@@ -28,7 +38,7 @@ pub struct RecordedSession {
     pub lot_id: String,
     pub plate: String,
     pub plate_color: Option<String>,
-    pub status: String,
+    pub status: SessionStatus,
     pub pass_holder: bool,
     pub entry_event_id: Option<String>,
     pub entered_at: DateTime<Utc>,
@@ -295,7 +305,9 @@ impl Verifier {
     ) -> Result<(), VerifyError> {
         let closed: Vec<&RecordedSession> = recorded
             .iter()
-            .filter(|s| s.status == "closed" && s.fee.is_some() && s.exited_at.is_some())
+            .filter(|s| {
+                s.status == SessionStatus::Closed && s.fee.is_some() && s.exited_at.is_some()
+            })
             .collect();
         let step = (closed.len() / sample.max(1)).max(1);
         let mut tariffs: HashMap<&str, fee::Tariff> = HashMap::new();
@@ -401,10 +413,10 @@ pub fn compare(journeys: &[JourneyRecord], recorded: &[RecordedSession]) -> Repo
         let let_out = exit.action == GateAction::Open || journey.paid_at_exit;
         if !let_out {
             report.exits_unpaid += 1;
-            if session.status != "open" {
+            if session.status != SessionStatus::Open {
                 report.exits_lost += 1;
                 report.fault(format!(
-                    "session {} of a car held at the exit is {}",
+                    "session {} of a car held at the exit is {:?}",
                     session.id, session.status
                 ));
             }
@@ -414,16 +426,19 @@ pub fn compare(journeys: &[JourneyRecord], recorded: &[RecordedSession]) -> Repo
         let closed_here = session.exit_event_id.as_deref() == Some(exit.event_ids[0].as_str())
             && session.exited_at.map(|t| t.timestamp_millis())
                 == Some(exit.observed_at.timestamp_millis())
-            && matches!(session.status.as_str(), "closed" | "review");
+            && matches!(
+                session.status,
+                SessionStatus::Closed | SessionStatus::Review
+            );
         if closed_here {
             report.exits_recorded += 1;
-        } else if exit.reason == GateReason::ReviewLater && session.status == "open" {
+        } else if exit.reason == GateReason::ReviewLater && session.status == SessionStatus::Open {
             // A misread the fuzzy match could not place: the car left, the case is in review.
             report.exits_to_review += 1;
         } else {
             report.exits_lost += 1;
             report.fault(format!(
-                "session {} ({}) did not close at exit read {}",
+                "session {} ({:?}) did not close at exit read {}",
                 session.id, session.status, exit.event_ids[0]
             ));
         }
@@ -495,7 +510,11 @@ mod tests {
             lot_id: "lot-1".into(),
             plate: "浙A12345".into(),
             plate_color: Some("blue".into()),
-            status: if closed { "closed" } else { "open" }.into(),
+            status: if closed {
+                SessionStatus::Closed
+            } else {
+                SessionStatus::Open
+            },
             pass_holder: false,
             entry_event_id: Some(format!("ev-{n}")),
             entered_at: at(0),
