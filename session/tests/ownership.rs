@@ -3,6 +3,8 @@
 //! of the migrations, and fails when SQL that writes a table (`INSERT INTO`, `UPDATE`, `DELETE
 //! FROM`) appears in another crate, or in a file of its crate the list does not name.
 //! Whole-platform tests are not scanned (they may seed what they check).
+//!
+//! It also fails when service code compares a status or kind with a string literal.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -153,5 +155,60 @@ fn every_table_is_written_only_by_its_owner() {
     assert!(
         strays.is_empty(),
         "tables written outside their owner (ARCHITECTURE.md, \"Who writes each table\"): {strays:?}"
+    );
+}
+
+/// Whether `line` compares a status or kind with a string literal (`status == "open"`,
+/// `"review" != kind`, `match status.as_str() {`): statuses are enums, text only at the row edge.
+fn compares_status_with_literal(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    if !(lower.contains("status") || lower.contains("kind")) {
+        return false;
+    }
+    let literal_comparison = ["== \"", "!= \"", "\" ==", "\" !="]
+        .iter()
+        .any(|pattern| line.contains(pattern));
+    let matched_on_text = lower.contains("match ") && lower.contains(".as_str()");
+    literal_comparison || matched_on_text
+}
+
+#[test]
+fn no_status_is_compared_as_a_string_literal() {
+    assert!(compares_status_with_literal(r#"if status != "open" {"#));
+    assert!(compares_status_with_literal(
+        r#"match payment.status.as_str() {"#
+    ));
+    assert!(!compares_status_with_literal(
+        r#"if status != SessionStatus::Open {"#
+    ));
+    let root = root();
+    let mut found = Vec::new();
+    for (folder, _) in CRATES {
+        let mut files = Vec::new();
+        rust_files(&root.join(folder), &mut files);
+        for file in files {
+            if file.file_name().is_some_and(|name| name == "tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).expect("source");
+            // Unit tests sit at the end of a file, after `#[cfg(test)]`: they may check text.
+            let service = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (number, line) in service.lines().enumerate() {
+                if compares_status_with_literal(line) {
+                    let relative = file.strip_prefix(&root).expect("inside the root");
+                    found.push(format!(
+                        "{}:{}: {}",
+                        relative.display(),
+                        number + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "statuses compared as text:\n{}",
+        found.join("\n")
     );
 }

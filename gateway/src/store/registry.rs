@@ -246,8 +246,8 @@ async fn load_bays(
          WHERE kind IN ('bay_sensor', 'bay_camera') AND revoked_at IS NULL",
     )
     .for_each(db, |row: BayDeviceRow| {
-        let kind = match row.kind.as_str() {
-            "bay_camera" => BayDeviceKind::Camera,
+        let kind = match DeviceKind::parse(&row.kind) {
+            Some(DeviceKind::BayCamera) => BayDeviceKind::Camera,
             _ => BayDeviceKind::Sensor,
         };
         let bay = row
