@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use parkflow_gateway::registry::{PLATFORM_CLIENT_PREFIX, is_platform_client_id};
 use secrecy::{ExposeSecret, SecretString};
 
 /// ParkFlow: leave first, pay later.
@@ -185,7 +186,8 @@ pub struct RunArgs {
     /// An external MQTT broker, `mqtt://[user:password@]host[:port]`, instead of the embedded one.
     #[arg(long, env = "PARKFLOW_MQTT_URL", hide_env_values = true, value_parser = secret_url)]
     pub mqtt_url: Option<SecretString>,
-    /// The platform's MQTT client id (its persistent session lives under it).
+    /// The platform's MQTT client id (its persistent session lives under it); it begins with
+    /// `parkflow-`, a prefix no device may use.
     #[arg(
         long,
         env = "PARKFLOW_MQTT_CLIENT_ID",
@@ -276,8 +278,10 @@ impl RunArgs {
         if self.heartbeat_deadline_secs == 0 || self.public_rate == 0 {
             return Err("--heartbeat-deadline-secs and --public-rate must be above 0".into());
         }
-        if self.mqtt_client_id.is_empty() {
-            return Err("--mqtt-client-id must not be empty".into());
+        if !is_platform_client_id(&self.mqtt_client_id) {
+            return Err(format!(
+                "--mqtt-client-id must begin with {PLATFORM_CLIENT_PREFIX:?} (ids reserved for the platform, refused to devices)"
+            ));
         }
         Ok(())
     }
@@ -310,6 +314,20 @@ mod tests {
         assert_eq!(args.mqtt_url().unwrap().password(), Some(SECRETS[3]));
         let bad = Cli::try_parse_from(["parkflow", "run", "--mqtt-url", "not a url"]);
         assert!(bad.is_err());
+    }
+
+    /// The platform's client id is one no device may take.
+    #[test]
+    fn the_platform_client_id_is_reserved() {
+        let run = |id: &str| {
+            let cli = Cli::try_parse_from(["parkflow", "run", "--mqtt-client-id", id]).unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("not a run command");
+            };
+            args.validate()
+        };
+        assert!(run("parkflow-gateway-2").is_ok());
+        assert!(run("gateway").unwrap_err().contains("parkflow-"));
     }
 
     /// A configuration printed whole (a `{:?}` in a log line, a panic) shows none of its secrets.

@@ -16,7 +16,7 @@ use parkflow_gateway::gate::GateMessage;
 use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::occupancy::OccupancyConfig;
 use parkflow_gateway::privacy::{PlateKey, RetentionConfig, run_retention};
-use parkflow_gateway::registry::RegistryHandle;
+use parkflow_gateway::registry::{RegistryHandle, is_platform_client_id};
 pub use parkflow_gateway::registry::{random_device_key, random_secret};
 use parkflow_gateway::store::provision::{Plan, provision};
 use parkflow_gateway::store::{Db, registry as gateway_store};
@@ -145,6 +145,10 @@ impl Authenticator for Logins {
         if username == PLATFORM_USER {
             let allowed = constant_time_eq(password.as_bytes(), self.platform_password.as_bytes());
             return Box::pin(std::future::ready(allowed));
+        }
+        if is_platform_client_id(&client_id) {
+            // Only the platform connects as the platform, whatever a device's credentials.
+            return Box::pin(std::future::ready(false));
         }
         let registry = self.registry.snapshot();
         if let Some(allowed) = registry.authenticate(&client_id, &username, &password) {

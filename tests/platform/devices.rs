@@ -172,3 +172,65 @@ fn world_with(world: &World, id: &DeviceId, password: &str) -> World {
     }
     world
 }
+
+/// Whether the broker lets `username` log in with `password` under MQTT client id `client_id`.
+async fn logs_in_as(
+    platform: &TestPlatform,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> bool {
+    let mut options = MqttOptions::new(client_id, &platform.mqtt.0, platform.mqtt.1);
+    options.set_credentials(username, password);
+    let (_client, mut eventloop): (AsyncClient, _) = AsyncClient::new(options, 10);
+    let first = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await;
+    matches!(
+        first,
+        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) if ack.code == ConnectReturnCode::Success
+    )
+}
+
+/// The attack (issue 13): an operator registers a device under the platform's own MQTT client id
+/// and logs in with it; the broker drops the platform's connection and hands the device the
+/// platform's persistent session, and every barrier waits. The platform's ids (`parkflow-…`) are
+/// refused as device ids, and no device's credentials log in under one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_device_takes_the_platforms_client_id() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start(setup, &world).await;
+    let own = key(&platform, "op-test").await;
+    let devices = format!("/v1/lots/{}/devices", world.lot);
+    let platform_ids = [
+        platform.client_id.clone(),
+        format!("{}-bays", platform.client_id),
+    ];
+    for id in platform_ids
+        .iter()
+        .map(String::as_str)
+        .chain(["parkflow-gateway"])
+    {
+        let register = json!({"id": id, "kind": "bridge"});
+        let (status, body) = platform
+            .call_as(&own, Method::POST, &devices, Some(register))
+            .await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("reserved_id")),
+            "{id}: {body}"
+        );
+    }
+    // A camera's own credentials under the platform's client ids are refused.
+    let (password, _) = world.device(&world.entry_camera);
+    let username = world.entry_camera.as_str();
+    assert!(logs_in_as(&platform, username, username, &password).await);
+    for client_id in &platform_ids {
+        assert!(!logs_in_as(&platform, client_id, username, &password).await);
+    }
+    // The platform kept its connection: a read is still answered.
+    let mut camera =
+        TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let read = camera.read(world.enrolled.as_str(), Direction::Entry);
+    assert_eq!(camera.decide(&read).await.action, GateAction::Open);
+    platform.stop().await;
+}

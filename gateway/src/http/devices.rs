@@ -13,7 +13,9 @@ use super::AppState;
 use super::auth::{Scope, Staff, StaffAdmin};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
-use crate::registry::{DeviceKind, random_device_key, random_secret};
+use crate::registry::{
+    DeviceKind, PLATFORM_CLIENT_PREFIX, is_platform_client_id, random_device_key, random_secret,
+};
 use crate::store::devices::{self, DeviceError, DeviceView, NewDevice};
 
 /// The most devices one listing returns.
@@ -107,6 +109,12 @@ pub(crate) async fn register(
     let lot = own_lot(&state, &scope, &lot)?;
     let id = DeviceId::parse(&request.id)
         .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    if is_platform_client_id(id.as_str()) {
+        return Err(ApiError::bad_request(
+            "reserved_id",
+            format!("device ids beginning with {PLATFORM_CLIENT_PREFIX:?} are the platform's own"),
+        ));
+    }
     let registry = state.registry.snapshot();
     let lot_idx = registry.lot_by_id(&lot).map(|l| l.idx);
     let (gate, bay) = match (request.kind, request.gate, request.bay) {

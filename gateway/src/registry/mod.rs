@@ -113,6 +113,17 @@ pub struct Gate {
     pub camera: Option<DeviceId>,
 }
 
+/// MQTT client ids that begin with this are the platform's own (`parkflow-gateway` and its
+/// `-bays` connection): no device is registered under one, and no device logs in with one. A
+/// device with the platform's client id would make the broker drop the platform's connection
+/// and hand the device the platform's persistent session.
+pub const PLATFORM_CLIENT_PREFIX: &str = "parkflow-";
+
+/// Whether `id` is reserved for the platform's own MQTT connections.
+pub fn is_platform_client_id(id: &str) -> bool {
+    id.starts_with(PLATFORM_CLIENT_PREFIX)
+}
+
 /// What a device is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -251,7 +262,9 @@ impl Registry {
             .get(username)
             .and_then(|id| self.device(id))?;
         Some(
-            device.id.as_str() == client_id && device.mqtt_password_hash == password_hash(password),
+            !is_platform_client_id(client_id)
+                && device.id.as_str() == client_id
+                && device.mqtt_password_hash == password_hash(password),
         )
     }
 }
