@@ -175,6 +175,10 @@ impl GateReason {
     }
 }
 
+/// How long after it is issued a gate may carry out a command (SPEC §2: `expires_at` at most
+/// 30 s after `issued_at`). A captured `open` is worth nothing to whoever replays it later.
+pub const COMMAND_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
 /// `lots/{lot}/gates/{gate}/command`: the platform's answer to one plate read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateCommand {
@@ -184,6 +188,9 @@ pub struct GateCommand {
     pub reason: GateReason,
     #[serde(with = "rfc3339")]
     pub issued_at: DateTime<Utc>,
+    /// After this a gate ignores the command ([`COMMAND_LIFETIME`] after `issued_at`).
+    #[serde(with = "rfc3339")]
+    pub expires_at: DateTime<Utc>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -194,6 +201,49 @@ pub struct GateCommand {
     pub currency: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pay_url: Option<String>,
+}
+
+impl GateCommand {
+    /// A command without payment details, issued at `issued_at` and live for
+    /// [`COMMAND_LIFETIME`].
+    pub fn new(
+        command_id: Uuid,
+        event_id: EventId,
+        action: GateAction,
+        reason: GateReason,
+        issued_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            command_id,
+            event_id,
+            action,
+            reason,
+            issued_at,
+            expires_at: issued_at + COMMAND_LIFETIME,
+            amount_due: None,
+            currency: None,
+            pay_url: None,
+        }
+    }
+
+    /// Whether a gate may carry the command out at `now` (by its own clock): not expired, and
+    /// not claiming a longer life than the protocol allows.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        now <= self.expires_at && self.expires_at <= self.issued_at + COMMAND_LIFETIME
+    }
+
+    /// The same command (same id and decision) sent again at `now`, for a gate that asked
+    /// again: issued anew once it has expired, so that the gate can still carry it out.
+    pub fn resent_at(&self, now: DateTime<Utc>) -> Self {
+        if now < self.expires_at {
+            return self.clone();
+        }
+        Self {
+            issued_at: now,
+            expires_at: now + COMMAND_LIFETIME,
+            ..self.clone()
+        }
+    }
 }
 
 /// What a gate reports about its barrier.
@@ -304,23 +354,27 @@ mod tests {
 
     #[test]
     fn a_hold_command_carries_money_as_a_decimal_string() {
+        let issued_at = DateTime::parse_from_rfc3339("2026-11-29T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let command = GateCommand {
-            command_id: Uuid::nil(),
-            event_id: EventId::parse("e-1").unwrap(),
-            action: GateAction::Hold,
-            reason: GateReason::PaymentRequired,
-            issued_at: DateTime::parse_from_rfc3339("2026-11-29T08:00:00Z")
-                .unwrap()
-                .with_timezone(&Utc),
             amount_due: Some(Decimal::new(1250, 2)),
             currency: Some("CNY".into()),
             pay_url: Some("http://localhost/pay".into()),
+            ..GateCommand::new(
+                Uuid::nil(),
+                EventId::parse("e-1").unwrap(),
+                GateAction::Hold,
+                GateReason::PaymentRequired,
+                issued_at,
+            )
         };
         let json = serde_json::to_value(&command).unwrap();
         assert_eq!(json["amount_due"], "12.50");
         assert_eq!(json["action"], "hold");
         assert_eq!(json["reason"], "payment_required");
         assert_eq!(json["issued_at"], "2026-11-29T08:00:00.000Z");
+        assert_eq!(json["expires_at"], "2026-11-29T08:00:30.000Z");
         assert_eq!(
             serde_json::from_value::<GateCommand>(json).unwrap(),
             command
@@ -328,17 +382,41 @@ mod tests {
     }
 
     #[test]
-    fn an_open_command_omits_the_payment_fields() {
-        let command = GateCommand {
-            command_id: Uuid::nil(),
-            event_id: EventId::parse("e-1").unwrap(),
-            action: GateAction::Open,
-            reason: GateReason::Entered,
-            issued_at: Utc::now(),
-            amount_due: None,
-            currency: None,
-            pay_url: None,
+    fn a_command_lives_thirty_seconds_and_a_resent_one_lives_again() {
+        let issued = Utc::now();
+        let command = GateCommand::new(
+            Uuid::nil(),
+            EventId::parse("e-1").unwrap(),
+            GateAction::Open,
+            GateReason::Entered,
+            issued,
+        );
+        assert!(command.is_live(issued + chrono::TimeDelta::seconds(30)));
+        let later = issued + chrono::TimeDelta::seconds(31);
+        assert!(!command.is_live(later), "a replayed open is not obeyed");
+        let stretched = GateCommand {
+            expires_at: issued + chrono::TimeDelta::hours(1),
+            ..command.clone()
         };
+        assert!(
+            !stretched.is_live(issued),
+            "no command lives longer than the protocol allows"
+        );
+        assert_eq!(command.resent_at(issued), command);
+        let resent = command.resent_at(later);
+        assert_eq!(resent.command_id, command.command_id);
+        assert!(resent.is_live(later));
+    }
+
+    #[test]
+    fn an_open_command_omits_the_payment_fields() {
+        let command = GateCommand::new(
+            Uuid::nil(),
+            EventId::parse("e-1").unwrap(),
+            GateAction::Open,
+            GateReason::Entered,
+            Utc::now(),
+        );
         let json = serde_json::to_value(&command).unwrap();
         assert!(json.get("amount_due").is_none() && json.get("pay_url").is_none());
     }

@@ -2,7 +2,7 @@
 //! lot whose broker enforces ACLs), re-sends the same read after 2 s and then with back-off until
 //! a `command` answering its `event_id` arrives, and obeys only commands it can verify.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -265,6 +265,7 @@ pub fn spawn(
         waiting: HashMap::new(),
         answered: HashMap::new(),
         answered_order: std::collections::VecDeque::new(),
+        carried_out: HashSet::new(),
     };
     tracker.spawn(camera.run(rx, inbound_rx, token));
     CameraHandle { tx }
@@ -283,6 +284,30 @@ struct Camera {
     /// The command id that answered each recent read, oldest first in `answered_order`.
     answered: HashMap<EventId, Uuid>,
     answered_order: std::collections::VecDeque<EventId>,
+    /// The ids of the commands carried out, for the reads in `answered`.
+    carried_out: HashSet<Uuid>,
+}
+
+/// What a gate does with a command whose signature verified.
+#[derive(Debug, PartialEq, Eq)]
+enum Obey {
+    Carry,
+    /// Past its `expires_at` (or claiming a longer life than the protocol allows): a late or
+    /// replayed command.
+    Expired,
+    /// Carried out already: a replay.
+    Replayed,
+}
+
+/// SPEC §2: a gate ignores expired commands and command ids it has carried out.
+fn obey(command: &GateCommand, now: DateTime<Utc>, carried_out: &HashSet<Uuid>) -> Obey {
+    if !command.is_live(now) {
+        Obey::Expired
+    } else if carried_out.contains(&command.command_id) {
+        Obey::Replayed
+    } else {
+        Obey::Carry
+    }
 }
 
 impl Camera {
@@ -431,6 +456,18 @@ impl Camera {
             }
         };
         Stats::add(&self.stats.commands_received);
+        match obey(&command, Utc::now(), &self.carried_out) {
+            Obey::Carry => {}
+            Obey::Expired => {
+                tracing::warn!(device = %self.device.id, command = %command.command_id, "expired command ignored");
+                Stats::add(&self.stats.commands_expired);
+                return;
+            }
+            Obey::Replayed => {
+                Stats::add(&self.stats.commands_replayed);
+                return;
+            }
+        }
         if let Some(reply) = self.waiting.remove(&command.event_id) {
             let _ = reply.send(Ok(command));
             return;
@@ -457,11 +494,47 @@ impl Camera {
     fn remember(&mut self, command: &GateCommand) {
         if self.answered_order.len() >= ANSWERED_MEMORY
             && let Some(oldest) = self.answered_order.pop_front()
+            && let Some(carried) = self.answered.remove(&oldest)
         {
-            self.answered.remove(&oldest);
+            self.carried_out.remove(&carried);
         }
+        self.carried_out.insert(command.command_id);
         self.answered
             .insert(command.event_id.clone(), command.command_id);
         self.answered_order.push_back(command.event_id.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parkflow_protocol::{GateAction, GateReason};
+
+    fn open_command(issued_at: DateTime<Utc>) -> GateCommand {
+        GateCommand::new(
+            Uuid::now_v7(),
+            EventId::parse("e-1").unwrap(),
+            GateAction::Open,
+            GateReason::Entered,
+            issued_at,
+        )
+    }
+
+    /// A captured `open` replayed to the gate later, or again, is not carried out.
+    #[test]
+    fn a_gate_ignores_expired_and_replayed_commands() {
+        let now = Utc::now();
+        let mut carried_out = HashSet::new();
+        let fresh = open_command(now);
+        assert_eq!(obey(&fresh, now, &carried_out), Obey::Carry);
+        carried_out.insert(fresh.command_id);
+        assert_eq!(obey(&fresh, now, &carried_out), Obey::Replayed);
+        let old = open_command(now - chrono::TimeDelta::seconds(31));
+        assert_eq!(obey(&old, now, &carried_out), Obey::Expired);
+        let stretched = GateCommand {
+            expires_at: now + chrono::TimeDelta::days(1),
+            ..open_command(now - chrono::TimeDelta::minutes(5))
+        };
+        assert_eq!(obey(&stretched, now, &carried_out), Obey::Expired);
     }
 }

@@ -10,6 +10,10 @@ pub struct Stats {
     pub commands_received: AtomicU64,
     pub commands_unmatched: AtomicU64,
     pub commands_bad_signature: AtomicU64,
+    /// Commands that arrived after their `expires_at`: not carried out.
+    pub commands_expired: AtomicU64,
+    /// Commands whose id the gate had carried out already (a replay): not carried out again.
+    pub commands_replayed: AtomicU64,
     pub reads_unanswered: AtomicU64,
     pub entries_opened: AtomicU64,
     pub entries_held: AtomicU64,
@@ -33,7 +37,7 @@ impl Stats {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "reads_sent={} reads_resent={} commands={} unmatched_commands={} bad_signatures={} unanswered={} \
+            "reads_sent={} reads_resent={} commands={} unmatched_commands={} bad_signatures={} expired_commands={} replayed_commands={} unanswered={} \
              entries_opened={} entries_held={} exits_opened={} exits_held={} exits_paid={} misreads={} double_reads={} \
              conflicting_answers={} rogue_reads={} reconnects={}",
             get(&self.reads_sent),
@@ -41,6 +45,8 @@ impl Stats {
             get(&self.commands_received),
             get(&self.commands_unmatched),
             get(&self.commands_bad_signature),
+            get(&self.commands_expired),
+            get(&self.commands_replayed),
             get(&self.reads_unanswered),
             get(&self.entries_opened),
             get(&self.entries_held),

@@ -235,16 +235,13 @@ async fn echo(host: String, port: u16, fixture: Arc<Fixture>, token: Cancellatio
                 ) else {
                     continue;
                 };
-                let command = GateCommand {
-                    command_id: Uuid::now_v7(),
-                    event_id: read.body.event_id,
-                    action: GateAction::Open,
-                    reason: GateReason::Entered,
-                    issued_at: Utc::now(),
-                    amount_due: None,
-                    currency: None,
-                    pay_url: None,
-                };
+                let command = GateCommand::new(
+                    Uuid::now_v7(),
+                    read.body.event_id,
+                    GateAction::Open,
+                    GateReason::Entered,
+                    Utc::now(),
+                );
                 let payload = seal(
                     &command_topic,
                     &command,

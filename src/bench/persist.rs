@@ -72,19 +72,16 @@ fn read(
         direction,
         observed_at: at,
         received_at: at,
-        command: GateCommand {
-            command_id: Uuid::now_v7(),
+        command: GateCommand::new(
+            Uuid::now_v7(),
             event_id,
-            action: GateAction::Open,
-            reason: match direction {
+            GateAction::Open,
+            match direction {
                 Direction::Entry => GateReason::Entered,
                 Direction::Exit => GateReason::BillLater,
             },
-            issued_at: at,
-            amount_due: None,
-            currency: None,
-            pay_url: None,
-        },
+            at,
+        ),
         amount_due_minor: None,
         session_id: Some(session),
     })

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
 use chrono::Utc;
-use parkflow_protocol::{DeviceAuth, Direction, GateAction, GateReason};
+use parkflow_protocol::{COMMAND_LIFETIME, DeviceAuth, Direction, GateAction, GateReason};
 use rust_decimal::Decimal;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -115,6 +115,9 @@ async fn a_repeated_event_id_gets_the_same_command_and_no_second_session(setup: 
 
     let read = entry.read(world.enrolled.as_str(), Direction::Entry);
     let first = entry.decide(&read).await;
+    // A command lives 30 s (SPEC §2): a captured one is worth nothing later.
+    assert_eq!(first.expires_at, first.issued_at + COMMAND_LIFETIME);
+    assert!(first.is_live(chrono::Utc::now()));
     entry.publish(&read).await;
     entry.publish(&read).await;
     eventually(WAIT, "three answers to three deliveries", || {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use chrono::{DateTime, Duration, Utc};
 use parkflow_protocol::sign::MAX_AHEAD;
 use parkflow_protocol::{
-    Direction, EventId, GateAction, GateCommand, GateId, GateReason, LotId, Plate,
+    COMMAND_LIFETIME, Direction, EventId, GateAction, GateCommand, GateId, GateReason, LotId, Plate,
 };
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -273,7 +273,7 @@ impl GateActor {
 
         // A repeated event id: the very same command again, nothing else.
         if let Some(decided) = self.state.recent.by_read(&read_key) {
-            let command = decided.command.clone();
+            let command = decided.command.resent_at(now);
             self.publish(&registry, lot, &read, &command);
             return;
         }
@@ -312,6 +312,7 @@ impl GateActor {
                 command_id: Uuid::now_v7(),
                 event_id: read.event_id.clone(),
                 issued_at: now,
+                expires_at: now + COMMAND_LIFETIME,
                 ..previous.command
             };
             self.publish(&registry, lot, &read, &command);
@@ -408,7 +409,8 @@ impl GateActor {
             } => {
                 let registry = self.registry.snapshot();
                 if let Some(lot) = registry.lot_by_id(&read.lot) {
-                    self.publish(&registry, lot, &read, &stored.command);
+                    let command = stored.command.resent_at(Utc::now());
+                    self.publish(&registry, lot, &read, &command);
                 }
             }
             Done::StillOpen(session, _settled) => {
@@ -524,16 +526,13 @@ impl GateActor {
                 .open
                 .retain(|_, session| session.id != paid.session_id);
         }
-        let command = GateCommand {
-            command_id: Uuid::now_v7(),
-            event_id: paid.event_id.clone(),
-            action: GateAction::Open,
-            reason: GateReason::Paid,
-            issued_at: paid.paid_at,
-            amount_due: None,
-            currency: None,
-            pay_url: None,
-        };
+        let command = GateCommand::new(
+            Uuid::now_v7(),
+            paid.event_id.clone(),
+            GateAction::Open,
+            GateReason::Paid,
+            paid.paid_at,
+        );
         if let Err(error) = self.publisher.publish(&registry, lot, &paid.gate, &command) {
             tracing::error!(error = %error, lot = %lot.id, gate = %paid.gate, "paid exit's open command not published");
             return;
@@ -603,16 +602,13 @@ impl GateActor {
         let registry = self.registry.snapshot();
         let lot = registry.lot_by_id(lot).ok_or("unknown lot")?;
         registry.gate(lot.idx, gate).ok_or("unknown gate")?;
-        let command = GateCommand {
+        let command = GateCommand::new(
             command_id,
             event_id,
-            action: GateAction::Open,
-            reason: GateReason::Manual,
-            issued_at: at,
-            amount_due: None,
-            currency: None,
-            pay_url: None,
-        };
+            GateAction::Open,
+            GateReason::Manual,
+            at,
+        );
         self.publisher
             .publish(&registry, lot, gate, &command)
             .map_err(|e| e.to_string())?;

@@ -30,16 +30,13 @@ pub(crate) struct Planned {
 
 /// A command answering `read`.
 pub(crate) fn command(read: &GateRead, action: GateAction, reason: GateReason) -> GateCommand {
-    GateCommand {
-        command_id: Uuid::now_v7(),
-        event_id: read.event_id.clone(),
+    GateCommand::new(
+        Uuid::now_v7(),
+        read.event_id.clone(),
         action,
         reason,
-        issued_at: read.received_at,
-        amount_due: None,
-        currency: None,
-        pay_url: None,
-    }
+        read.received_at,
+    )
 }
 
 /// Where and when `read` saw its plate, as the session lifecycle takes it.

@@ -236,16 +236,13 @@ mod tests {
 
     fn decided(plate: &str, at: DateTime<Utc>) -> Decided {
         Decided {
-            command: GateCommand {
-                command_id: Uuid::now_v7(),
-                event_id: EventId::parse("e").unwrap(),
-                action: GateAction::Open,
-                reason: GateReason::Entered,
-                issued_at: at,
-                amount_due: None,
-                currency: None,
-                pay_url: None,
-            },
+            command: GateCommand::new(
+                Uuid::now_v7(),
+                EventId::parse("e").unwrap(),
+                GateAction::Open,
+                GateReason::Entered,
+                at,
+            ),
             plate: Plate::parse(plate).unwrap(),
             session_id: None,
             at,

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use parkflow_protocol::{
-    EventId, GateAction, GateCommand, GateId, GateReason, LotId, Plate, PlateColor,
+    COMMAND_LIFETIME, EventId, GateAction, GateCommand, GateId, GateReason, LotId, Plate,
+    PlateColor,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -125,6 +126,7 @@ impl TryFrom<DecisionRow> for StoredDecision {
                 action: GateAction::parse(&row.action).ok_or_else(|| bad("action"))?,
                 reason: GateReason::parse(&row.reason).ok_or_else(|| bad("reason"))?,
                 issued_at: row.issued_at,
+                expires_at: row.issued_at + COMMAND_LIFETIME,
                 amount_due,
                 currency: row.currency,
                 pay_url: row.pay_url,
