@@ -311,8 +311,9 @@ pub struct Availability {
     pub observed_at: DateTime<Utc>,
 }
 
-/// `devices/{device}/status` (retained, also the device's last will): the payload is this word alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Whether a device is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DeviceStatus {
     Online,
     Offline,
@@ -325,14 +326,24 @@ impl DeviceStatus {
             Self::Offline => "offline",
         }
     }
+}
 
-    pub fn parse(payload: &[u8]) -> Option<Self> {
-        match payload {
-            b"online" => Some(Self::Online),
-            b"offline" => Some(Self::Offline),
-            _ => None,
-        }
-    }
+/// `devices/{device}/status` (retained): a device's connection came or went. Signed like every
+/// device message; the device's last will is the signed `offline` of the same `connection`, so
+/// the platform applies an `offline` only for the connection it last saw `online`, and a forged
+/// or replayed one changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub status: DeviceStatus,
+    /// A random value the device picks for each connection (at most
+    /// [`StatusReport::MAX_CONNECTION_LEN`] characters).
+    pub connection: String,
+    #[serde(with = "rfc3339")]
+    pub observed_at: DateTime<Utc>,
+}
+
+impl StatusReport {
+    pub const MAX_CONNECTION_LEN: usize = 64;
 }
 
 #[cfg(test)]

@@ -9,10 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use parkflow_protocol::sign::{open, plain, seal};
 use parkflow_protocol::{
-    DeviceAuth, DeviceId, DeviceStatus, Direction, EventId, GateCommand, GatePlateRead, PlateColor,
-    Topic,
+    DeviceAuth, DeviceId, Direction, EventId, GateCommand, GatePlateRead, PlateColor, Topic,
 };
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::devices::DeviceEntry;
+use crate::presence::Presence;
 use crate::stats::Stats;
 
 /// Reads waiting for a camera task.
@@ -183,20 +183,12 @@ pub fn spawn(
 ) -> CameraHandle {
     let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
     let (inbound_tx, inbound_rx) = mpsc::channel(REQUEST_CAPACITY);
-    let status_topic = Topic::DeviceStatus {
-        device: device.id.clone(),
-    }
-    .to_string();
+    let mut presence = Presence::new(device.id.clone(), device.secret.clone(), config.auth);
     let mut options = MqttOptions::new(device.id.as_str(), &config.host, config.port);
     options.set_credentials(&device.mqtt_username, &device.mqtt_password);
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_session(true);
-    options.set_last_will(LastWill::new(
-        &status_topic,
-        DeviceStatus::Offline.as_str(),
-        QoS::AtLeastOnce,
-        true,
-    ));
+    options.set_last_will(presence.next_connection());
     let (client, mut eventloop) = AsyncClient::new(options, 1_000);
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
@@ -226,10 +218,10 @@ pub fn spawn(
                     backoff = Duration::from_millis(100);
                     let _ = poll_client.try_subscribe(subscribe_topic.as_str(), QoS::AtLeastOnce);
                     let _ = poll_client.try_publish(
-                        &status_topic,
+                        presence.topic(),
                         QoS::AtLeastOnce,
                         true,
-                        DeviceStatus::Online.as_str(),
+                        presence.online(),
                     );
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -240,6 +232,10 @@ pub fn spawn(
                 Ok(_) => {}
                 Err(error) => {
                     tracing::debug!(%error, "camera connection failed; retrying");
+                    // The next connection is another: its own value, its own will.
+                    eventloop
+                        .mqtt_options
+                        .set_last_will(presence.next_connection());
                     tokio::select! {
                         () = poll_token.cancelled() => break,
                         () = tokio::time::sleep(backoff) => {}

@@ -8,6 +8,7 @@ pub mod city;
 pub mod clock;
 pub mod devices;
 pub mod journal;
+pub mod presence;
 pub mod stats;
 pub mod street;
 pub mod traffic;

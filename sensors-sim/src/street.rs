@@ -11,17 +11,18 @@ use std::time::Duration;
 use chrono::{DateTime, Timelike, Utc};
 use parkflow_protocol::sign::{plain, seal};
 use parkflow_protocol::{
-    BayPlateRead, BridgeBatch, BridgeEvent, DeviceAuth, DeviceId, DeviceStatus, EventId, Heartbeat,
+    BayPlateRead, BridgeBatch, BridgeEvent, DeviceAuth, DeviceId, EventId, Heartbeat,
     OccupancyEvent, Topic,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::city::{Driver, Zone, misread};
+use crate::presence::Presence;
 
 /// How the streets behave.
 #[derive(Debug, Clone)]
@@ -183,20 +184,16 @@ impl ZoneTask {
     }
 
     async fn run(mut self, host: String, port: u16, token: CancellationToken) {
-        let status = Topic::DeviceStatus {
-            device: self.keys.bridge.clone(),
-        }
-        .to_string();
+        let mut presence = Presence::new(
+            self.keys.bridge.clone(),
+            self.keys.bridge_secret.clone(),
+            self.config.auth,
+        );
         let mut options = MqttOptions::new(self.keys.bridge.as_str(), host, port);
         options.set_credentials(&self.keys.bridge_username, &self.keys.bridge_password);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
-        options.set_last_will(LastWill::new(
-            &status,
-            DeviceStatus::Offline.as_str(),
-            QoS::AtLeastOnce,
-            true,
-        ));
+        options.set_last_will(presence.next_connection());
         let (client, mut eventloop) = AsyncClient::new(options, 2_000);
         // QoS 1 messages handed to the client, and the broker's acknowledgements: at the end the
         // device stays until everything it sent is acknowledged, as a real one keeps its events.
@@ -205,7 +202,6 @@ impl ZoneTask {
         let stop_polling = CancellationToken::new();
         let poll_token = stop_polling.clone();
         let online = client.clone();
-        let online_topic = status.clone();
         let online_published = published.clone();
         let poller = tokio::spawn(async move {
             loop {
@@ -213,13 +209,16 @@ impl ZoneTask {
                     _ = poll_token.cancelled() => break,
                     event = eventloop.poll() => match event {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            if online.try_publish(online_topic.as_str(), QoS::AtLeastOnce, true, DeviceStatus::Online.as_str()).is_ok() {
+                            if online.try_publish(presence.topic(), QoS::AtLeastOnce, true, presence.online()).is_ok() {
                                 online_published.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         Ok(Event::Incoming(Packet::PubAck(_))) => acked_tx.send_modify(|n| *n += 1),
                         Ok(_) => {}
-                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                        Err(_) => {
+                            eventloop.mqtt_options.set_last_will(presence.next_connection());
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
                     },
                 }
             }

@@ -10,8 +10,8 @@ use parkflow_gateway::registry::{DeviceKind, LotKind};
 use parkflow_gateway::store::provision::{DevicePlan, LotPlan, PassPlan};
 use parkflow_protocol::sign::{plain, seal};
 use parkflow_protocol::{
-    BayId, BayPlateRead, BridgeEvent, DeviceAuth, DeviceId, Direction, EventId, Heartbeat, LotId,
-    OccupancyEvent, PlateColor, Topic,
+    BayId, BayPlateRead, BridgeEvent, DeviceAuth, DeviceId, DeviceStatus, Direction, EventId,
+    Heartbeat, LotId, OccupancyEvent, PlateColor, StatusReport, Topic,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -138,6 +138,23 @@ impl Zone {
             observed_at: at,
             seq,
             battery_pct: Some(80),
+        };
+        (
+            topic.to_string(),
+            self.encode(&topic, &body, &self.sensors[bay]),
+        )
+    }
+
+    /// Bay `bay`'s sensor reports its connection `connection` as `status`, as its own (or its
+    /// last will) would.
+    fn status(&self, bay: usize, status: DeviceStatus, connection: &str) -> (String, Vec<u8>) {
+        let topic = Topic::DeviceStatus {
+            device: self.sensors[bay].0.clone(),
+        };
+        let body = StatusReport {
+            status,
+            connection: connection.to_owned(),
+            observed_at: Utc::now(),
         };
         (
             topic.to_string(),
@@ -492,15 +509,61 @@ async fn a_silent_sensor_turns_its_bay_unknown_and_availability_stays_consistent
     })
     .await;
 
-    // A sensor's last will: its bay is unknown at once, and known again when it speaks.
+    // Bay 2's sensor connects (connection c-2). A forged `offline` (unsigned, or signed by
+    // another sensor) and a replayed one from an earlier connection change nothing.
     publisher
-        .send((
-            Topic::DeviceStatus {
-                device: zone.sensors[2].0.clone(),
-            }
-            .to_string(),
-            b"offline".to_vec(),
-        ))
+        .send(zone.status(2, DeviceStatus::Online, "c-2"))
+        .await;
+    let status_topic = Topic::DeviceStatus {
+        device: zone.sensors[2].0.clone(),
+    };
+    let forged_by_other = {
+        let body = StatusReport {
+            status: DeviceStatus::Offline,
+            connection: "c-2".into(),
+            observed_at: Utc::now(),
+        };
+        zone.encode(&status_topic, &body, &zone.sensors[3])
+    };
+    let rejected = |reason: &'static str| {
+        let platform = &platform;
+        async move {
+            platform
+                .metric(&format!(
+                    "parkflow_events_rejected_total{{reason=\"{reason}\"}}"
+                ))
+                .await
+        }
+    };
+    let stale_before = rejected("stale_status").await;
+    publisher
+        .send((status_topic.to_string(), b"offline".to_vec()))
+        .await;
+    if zone.auth == DeviceAuth::Signed {
+        // (With `device_auth: broker` the broker is trusted to keep others off this topic.)
+        publisher
+            .send((status_topic.to_string(), forged_by_other))
+            .await;
+    }
+    publisher
+        .send(zone.status(2, DeviceStatus::Offline, "c-1"))
+        .await;
+    eventually(WAIT, "the replayed offline refused as stale", || async {
+        (rejected("stale_status").await > stale_before).then_some(())
+    })
+    .await;
+    let bays = platform
+        .admin_get(&format!("/v1/lots/{}/bays", zone.lot))
+        .await;
+    assert_ne!(
+        bays[2]["state"], "unknown",
+        "the forged and replayed offlines changed nothing"
+    );
+
+    // The sensor's last will (the signed offline of its connection): its bay is unknown at once,
+    // and known again when it speaks.
+    publisher
+        .send(zone.status(2, DeviceStatus::Offline, "c-2"))
         .await;
     wait_counts(
         &platform,

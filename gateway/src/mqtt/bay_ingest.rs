@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use parkflow_protocol::sign::{check_observed_at, open};
 use parkflow_protocol::{
     BayId, BayPlateRead, BridgeBatch, BridgeEvent, DeviceId, Heartbeat, LotId, OccupancyEvent,
-    Plate, Topic,
+    Plate, StatusReport, Topic,
 };
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -201,4 +201,48 @@ pub(crate) fn bridge(
         }
     }
     Ok((events, rejected))
+}
+
+/// `devices/{device}/status`: a device's own report of its connection, signed by it (on a
+/// `signed` lot) like anything else it sends. A bay sensor's bay comes back with it (its
+/// `offline` turns the bay unknown); other devices' reports are checked all the same.
+pub(crate) fn status(
+    registry: &Registry,
+    device: &DeviceId,
+    topic: &Topic,
+    payload: &[u8],
+) -> Result<(Option<BayIdx>, StatusReport), Rejection> {
+    let bays = registry.bays();
+    let (lot, sensor) = match bays.device_by_id(device.as_str()) {
+        Some(bay_device) => (
+            registry.lot(bays.lot_of(bay_device.bay)),
+            (bay_device.kind == BayDeviceKind::Sensor).then_some(bay_device.bay),
+        ),
+        None => {
+            let lot = registry
+                .device(device)
+                .and_then(|registered| registered.lot.as_ref())
+                .and_then(|lot| registry.lot_by_id(lot))
+                .ok_or(Rejection::NotRegistered)?;
+            (lot, None)
+        }
+    };
+    // Only the device itself speaks for its status.
+    let opened =
+        open::<StatusReport, Vec<u8>>(payload, &topic.to_string(), lot.device_auth, |id| {
+            if id != device {
+                return None;
+            }
+            match bays.device_by_id(id.as_str()) {
+                Some(bay_device) => Some(bay_device.key.bytes().into_owned()),
+                None => registry
+                    .device(id)
+                    .map(|d| d.secret.expose_secret().as_bytes().to_vec()),
+            }
+        })?;
+    let report = opened.body;
+    if report.connection.is_empty() || report.connection.len() > StatusReport::MAX_CONNECTION_LEN {
+        return Err(Rejection::Message("malformed"));
+    }
+    Ok((sensor, report))
 }

@@ -4,6 +4,7 @@
 
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use super::link::Inbound;
 use crate::gate::{GateHandle, GateRead};
 use crate::metrics::Metrics;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
-use crate::registry::{BayDeviceKind, DeviceKind, Lot, Registry, RegistryHandle};
+use crate::registry::{BayIdx, DeviceKind, Lot, Registry, RegistryHandle};
 
 /// One rejection log line per reason per this interval; the counter counts them all.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -65,6 +66,10 @@ pub(crate) struct Ingest {
     gates: GateHandle,
     occupancy: OccupancyHandle,
     last_logged: HashMap<&'static str, (Instant, u64)>,
+    /// The connection each bay sensor was last seen `online` with (hashed under a key of this
+    /// process): only that connection's `offline` turns its bay unknown.
+    online: HashMap<BayIdx, u64>,
+    connections: RandomState,
 }
 
 impl Ingest {
@@ -80,6 +85,8 @@ impl Ingest {
             gates,
             occupancy,
             last_logged: HashMap::new(),
+            online: HashMap::new(),
+            connections: RandomState::new(),
         }
     }
 
@@ -208,23 +215,28 @@ impl Ingest {
                 Ok(())
             }
             Topic::DeviceStatus { device } => {
-                let status =
-                    DeviceStatus::parse(&message.payload).ok_or(Rejection::Message("malformed"))?;
-                let sensor = registry
-                    .bays()
-                    .device_by_id(device.as_str())
-                    .filter(|d| d.kind == BayDeviceKind::Sensor);
-                match (status, sensor.map(|s| s.bay)) {
+                let (sensor, report) =
+                    bay_ingest::status(&registry, device, topic, &message.payload)?;
+                let connection = self.connections.hash_one(&report.connection);
+                match (report.status, sensor) {
+                    // The bay stays unknown until its sensor speaks.
+                    (DeviceStatus::Online, Some(bay)) => {
+                        self.online.insert(bay, connection);
+                    }
                     (DeviceStatus::Offline, Some(bay)) => {
+                        if self.online.get(&bay) != Some(&connection) {
+                            // An earlier connection's will, or a replay: the sensor is not
+                            // known to be offline.
+                            return Err(Rejection::Message("stale_status"));
+                        }
+                        self.online.remove(&bay);
                         self.occupancy
                             .send(OccupancyMessage::Offline { registry, bay })
                             .await;
                     }
-                    (DeviceStatus::Offline, None) => {
-                        tracing::debug!(device = %device, "device offline");
+                    (status, None) => {
+                        tracing::debug!(device = %device, status = status.as_str(), "device status");
                     }
-                    // Online: the bay stays unknown until its sensor speaks.
-                    (DeviceStatus::Online, _) => {}
                 }
                 Ok(())
             }
