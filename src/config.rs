@@ -197,6 +197,10 @@ pub struct RunArgs {
     /// The platform admin's API key; generated and printed with --demo when not given.
     #[arg(long, env = "PARKFLOW_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<SecretString>,
+    /// The key an external broker (EMQX, VerneMQ) shows to `POST /v1/broker/authenticate` and
+    /// `/v1/broker/authorize`, which answer only when it is set (README, "Production broker").
+    #[arg(long, env = "PARKFLOW_BROKER_HOOK_KEY", hide_env_values = true)]
+    pub broker_hook_key: Option<SecretString>,
     /// The address drivers reach the API at, for payment links (defaults to the HTTP address).
     #[arg(long, env = "PARKFLOW_PUBLIC_URL")]
     pub public_url: Option<url::Url>,

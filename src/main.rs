@@ -209,6 +209,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let mut config = PlatformConfig::new(args.http_listen, args.database_url.clone(), mqtt);
     config.mqtt_client_id = args.mqtt_client_id.clone();
     config.admin_key = args.admin_key.clone();
+    config.broker_hook_key = args.broker_hook_key.clone();
     config.decisions = DecisionConfig {
         public_url,
         plate_key: args

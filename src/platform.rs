@@ -16,11 +16,12 @@ use parkflow_gateway::gate::GateMessage;
 use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::occupancy::OccupancyConfig;
 use parkflow_gateway::privacy::{PlateKey, RetentionConfig, run_retention};
-use parkflow_gateway::registry::{RegistryHandle, is_platform_client_id};
+use parkflow_gateway::registry::RegistryHandle;
+use parkflow_gateway::registry::access::{self, PlatformLogin};
 pub use parkflow_gateway::registry::{random_device_key, random_secret};
 use parkflow_gateway::store::provision::{Plan, provision};
-use parkflow_gateway::store::{Db, registry as gateway_store};
-use parkflow_gateway::{Gateway, GatewayConfig, MqttConfig, constant_time_eq};
+use parkflow_gateway::store::Db;
+use parkflow_gateway::{Gateway, GatewayConfig, MqttConfig};
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,7 @@ pub struct PlatformConfig {
     /// The platform's MQTT client id; the broker keeps its persistent session under it.
     pub mqtt_client_id: String,
     pub admin_key: Option<SecretString>,
+    pub broker_hook_key: Option<SecretString>,
     pub decisions: DecisionConfig,
     pub occupancy: OccupancyConfig,
     /// Public reads allowed per client address per second.
@@ -82,6 +84,7 @@ impl PlatformConfig {
             mqtt,
             mqtt_client_id: "parkflow-gateway".into(),
             admin_key: None,
+            broker_hook_key: None,
             decisions: DecisionConfig::default(),
             occupancy: OccupancyConfig::default(),
             public_rate_per_second: 50,
@@ -129,41 +132,35 @@ impl PlatformConfig {
             public_rate_per_second: self.public_rate_per_second,
             driver_rate_per_second: self.driver_rate_per_second,
             admin_key: self.admin_key.clone(),
+            broker_hook_key: self.broker_hook_key.clone(),
         }
     }
 }
 
 /// Broker logins: the platform's own, or a registered device's.
 struct Logins {
-    platform_password: String,
+    platform: PlatformLogin,
     registry: RegistryHandle,
     db: Db,
 }
 
 impl Authenticator for Logins {
     fn authenticate(&self, client_id: String, username: String, password: String) -> Login {
-        if username == PLATFORM_USER {
-            let allowed = constant_time_eq(password.as_bytes(), self.platform_password.as_bytes());
-            return Box::pin(std::future::ready(allowed));
-        }
-        if is_platform_client_id(&client_id) {
-            // Only the platform connects as the platform, whatever a device's credentials.
-            return Box::pin(std::future::ready(false));
-        }
-        let registry = self.registry.snapshot();
-        if let Some(allowed) = registry.authenticate(&client_id, &username, &password) {
-            return Box::pin(std::future::ready(allowed));
-        }
-        // Not a gate camera or bridge: a bay device, whose credentials stay in the database.
-        let db = self.db.clone();
+        let (registry, db, platform) = (
+            self.registry.snapshot(),
+            self.db.clone(),
+            self.platform.clone(),
+        );
         Box::pin(async move {
-            match gateway_store::authenticate(&db, &client_id, &username, &password).await {
-                Ok(allowed) => allowed,
-                Err(error) => {
-                    tracing::warn!(%error, "device login could not be checked; refused");
-                    false
-                }
-            }
+            access::may_log_in(
+                &registry,
+                &db,
+                Some(&platform),
+                &client_id,
+                &username,
+                &password,
+            )
+            .await
         })
     }
 }
@@ -201,7 +198,10 @@ impl Platform {
         let broker = match config.mqtt {
             MqttSetup::Embedded { listen } => {
                 let logins = Arc::new(Logins {
-                    platform_password,
+                    platform: PlatformLogin {
+                        username: PLATFORM_USER.to_owned(),
+                        password: platform_password.into(),
+                    },
                     registry: gateway.registry(),
                     db: gateway.db(),
                 });

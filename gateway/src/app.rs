@@ -36,6 +36,7 @@ use crate::mqtt::{ack, link};
 use crate::occupancy::store::{BayWriter, bay_writer};
 use crate::occupancy::{OccupancyActor, OccupancyHandle, OccupancyMessage};
 use crate::registry::RegistryHandle;
+use crate::registry::access::PlatformLogin;
 use crate::store::writer::{self, Writer};
 use crate::store::{Db, StoreError};
 
@@ -330,6 +331,16 @@ impl Gateway {
             public_limit,
             driver_limit,
             shutdown: token.clone(),
+            broker_hook: config.broker_hook_key.map(|key| {
+                Arc::new(http::BrokerHook {
+                    key,
+                    platform: config
+                        .mqtt
+                        .credentials
+                        .clone()
+                        .map(|(username, password)| PlatformLogin { username, password }),
+                })
+            }),
         };
         let server = axum::serve(
             listener,

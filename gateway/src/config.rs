@@ -25,4 +25,7 @@ pub struct GatewayConfig {
     pub driver_rate_per_second: u32,
     /// The platform admin's API key (`Authorization: Bearer …`); admin endpoints are closed without one.
     pub admin_key: Option<SecretString>,
+    /// The key brokers show to `POST /v1/broker/authenticate` and `/authorize`; without one
+    /// those endpoints are not served.
+    pub broker_hook_key: Option<SecretString>,
 }

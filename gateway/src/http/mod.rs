@@ -2,6 +2,9 @@
 
 pub(crate) mod audit;
 pub(crate) mod auth;
+mod broker;
+
+pub(crate) use broker::BrokerHook;
 pub(crate) mod availability;
 pub(crate) mod billing;
 pub(crate) mod devices;
@@ -65,6 +68,8 @@ pub(crate) struct AppState {
     pub driver_limit: limit::AddressLimit,
     /// Cancelled at shutdown: long-lived responses (the availability stream) end with it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The broker hooks' key and the platform's broker login; without it they are not served.
+    pub broker_hook: Option<Arc<broker::BrokerHook>>,
 }
 
 /// Drivers' endpoints and paying a held exit: rate-limited per client address (enrolment and
@@ -143,6 +148,9 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(billing::write_off))
         .routes(routes!(reports::settlements))
         .routes(routes!(reports::sessions))
+        // Brokers asking who may connect and what they may do.
+        .routes(routes!(broker::authenticate))
+        .routes(routes!(broker::authorize))
 }
 
 /// The whole API.

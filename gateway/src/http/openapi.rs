@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi};
         (name = "sessions", description = "Sessions, the review queue and the audit trail"),
         (name = "billing", description = "Settlements, refunds, reconciliation and reports"),
         (name = "ops", description = "Health, readiness and metrics"),
+        (name = "broker", description = "For MQTT brokers (EMQX, VerneMQ) that ask the platform who may connect and what each client may publish or subscribe to (`--broker-hook-key`)"),
     )
 )]
 pub(crate) struct ApiDoc;
@@ -40,6 +41,10 @@ impl Modify for ApiKeys {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             API_KEY,
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "broker_key",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }

@@ -22,9 +22,74 @@ use crate::availability::AvailabilityHandle;
 use crate::gate::{GateHandle, GateMessage};
 use crate::metrics::Metrics;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
-use crate::registry::RegistryHandle;
+use crate::registry::access::PlatformLogin;
+use crate::registry::{DeviceKind, GateDirection, LotKind, RegistryHandle};
+use crate::store::provision::{DevicePlan, LotPlan, OperatorPlan, Plan, provision};
+use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId};
 
 const ADMIN_KEY: &str = "router-test-admin-key";
+const BROKER_KEY: &str = "router-test-broker-key";
+
+/// A gated lot with camera `cam-1` at gate `in-1`, and a street with sensor `sensor-1` at bay
+/// `b-1` (MQTT password `pw-{device}`).
+fn small_city() -> Plan {
+    let lot = |id: &str, kind, gates, bays| LotPlan {
+        id: LotId::parse(id).unwrap(),
+        operator_id: "op-1".into(),
+        name: id.into(),
+        kind,
+        lat: 30.27,
+        lon: 120.15,
+        capacity: 10,
+        time_zone: "Asia/Shanghai".into(),
+        device_auth: DeviceAuth::Signed,
+        gates,
+        bays,
+        max_stay_minutes: None,
+        tariffs: Vec::new(),
+    };
+    let device = |id: &str, kind, lot: &str, gate: Option<&str>, bay: Option<&str>| DevicePlan {
+        id: DeviceId::parse(id).unwrap(),
+        kind,
+        lot: Some(LotId::parse(lot).unwrap()),
+        gate: gate.map(|g| GateId::parse(g).unwrap()),
+        bay: bay.map(|b| BayId::parse(b).unwrap()),
+        mqtt_username: id.into(),
+        mqtt_password: format!("pw-{id}").into(),
+        secret: format!("secret-{id}").into(),
+    };
+    Plan {
+        operators: vec![OperatorPlan {
+            id: "op-1".into(),
+            name: "Operator".into(),
+        }],
+        lots: vec![
+            lot(
+                "lot-a",
+                LotKind::OffStreet,
+                vec![(GateId::parse("in-1").unwrap(), GateDirection::Entry)],
+                Vec::new(),
+            ),
+            lot(
+                "street-a",
+                LotKind::OnStreet,
+                Vec::new(),
+                vec![BayId::parse("b-1").unwrap()],
+            ),
+        ],
+        devices: vec![
+            device("cam-1", DeviceKind::GateCamera, "lot-a", Some("in-1"), None),
+            device(
+                "sensor-1",
+                DeviceKind::BaySensor,
+                "street-a",
+                None,
+                Some("b-1"),
+            ),
+        ],
+        ..Plan::default()
+    }
+}
 
 /// A state over a fresh SQLite database. The actors' inboxes are kept, never served: a request
 /// that reached an actor would hang, and none of these may.
@@ -40,6 +105,11 @@ struct Api {
 
 impl Api {
     async fn new() -> Self {
+        Self::with(&Plan::default()).await
+    }
+
+    /// A state over a database holding `plan`.
+    async fn with(plan: &Plan) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::connect(&format!("sqlite:{}", dir.path().join("api.db").display()))
             .await
@@ -48,6 +118,9 @@ impl Api {
         let (occupancy, occupancy_inbox) = OccupancyHandle::channel();
         let (connected, mqtt_connected) = watch::channel(true);
         let provider = SimulatedProvider::new(FaultConfig::none()).unwrap();
+        provision(&db, plan, chrono::Utc::now())
+            .await
+            .unwrap();
         let state = AppState {
             registry: RegistryHandle::load(&db).await.unwrap(),
             metrics: Arc::new(Metrics::new()),
@@ -60,6 +133,13 @@ impl Api {
             public_limit: limit::PublicLimit::per_second(1_000),
             driver_limit: limit::AddressLimit::per_second(1_000),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            broker_hook: Some(Arc::new(super::BrokerHook {
+                key: BROKER_KEY.into(),
+                platform: Some(PlatformLogin {
+                    username: "gateway".into(),
+                    password: "pw-gateway".into(),
+                }),
+            })),
             db,
         };
         Self {
@@ -235,4 +315,364 @@ fn paths_in_logs_never_carry_a_plate() {
         loggable_path("/v1/lots/lot-1/availability"),
         "/v1/lots/lot-1/availability"
     );
+}
+
+/// A broker's call to a hook: EMQX's (a bearer key) or VerneMQ's (`vernemq-hook`, the key as
+/// the password of the endpoint's user info).
+async fn hook(
+    api: &Api,
+    path: &str,
+    vernemq: Option<&str>,
+    key: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/json");
+    request = match vernemq {
+        Some(name) => {
+            use base64::Engine;
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("vernemq:{key}"));
+            request
+                .header("vernemq-hook", name)
+                .header(header::AUTHORIZATION, format!("Basic {basic}"))
+        }
+        None => request.header(header::AUTHORIZATION, format!("Bearer {key}")),
+    };
+    let request = request.body(Body::from(body.to_string())).unwrap();
+    let response = router(api.state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// EMQX's HTTP authentication and authorization, with the request bodies README configures.
+#[tokio::test]
+async fn emqx_asks_who_may_connect_and_what_each_device_may_do() {
+    let api = Api::with(&small_city()).await;
+    let authn = |clientid: &str, username: &str, password: &str| json!({"clientid": clientid, "username": username, "password": password});
+    let allowed = |answer: (StatusCode, Value)| {
+        assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+        answer.1["result"] == "allow"
+    };
+    let path = "/v1/broker/authenticate";
+    assert!(allowed(
+        hook(
+            &api,
+            path,
+            None,
+            BROKER_KEY,
+            authn("cam-1", "cam-1", "pw-cam-1")
+        )
+        .await
+    ));
+    assert!(allowed(
+        hook(
+            &api,
+            path,
+            None,
+            BROKER_KEY,
+            authn("sensor-1", "sensor-1", "pw-sensor-1")
+        )
+        .await
+    ));
+    assert!(allowed(
+        hook(
+            &api,
+            path,
+            None,
+            BROKER_KEY,
+            authn("parkflow-gateway", "gateway", "pw-gateway")
+        )
+        .await
+    ));
+    assert!(!allowed(
+        hook(
+            &api,
+            path,
+            None,
+            BROKER_KEY,
+            authn("cam-1", "cam-1", "wrong")
+        )
+        .await
+    ));
+    assert!(!allowed(
+        hook(
+            &api,
+            path,
+            None,
+            BROKER_KEY,
+            authn("sensor-1", "sensor-1", "pw-cam-1")
+        )
+        .await
+    ));
+    // A device's own credentials under the platform's client id: refused.
+    assert!(!allowed(
+        hook(
+            &api,
+            path,
+            None,
+            BROKER_KEY,
+            authn("parkflow-gateway", "cam-1", "pw-cam-1")
+        )
+        .await
+    ));
+    // Only the broker may ask: without the key the hook answers nothing useful.
+    let (status, _) = hook(
+        &api,
+        path,
+        None,
+        "guess",
+        authn("cam-1", "cam-1", "pw-cam-1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let authz = |clientid: &str, username: &str, action: &str, topic: &str, retain: &str| json!({"clientid": clientid, "username": username, "action": action, "topic": topic, "retain": retain});
+    let path = "/v1/broker/authorize";
+    let gate = "parkflow/v1/lots/lot-a/gates/in-1";
+    let cases = [
+        (
+            authz(
+                "cam-1",
+                "cam-1",
+                "publish",
+                &format!("{gate}/plate"),
+                "false",
+            ),
+            true,
+        ),
+        (
+            authz(
+                "cam-1",
+                "cam-1",
+                "subscribe",
+                &format!("{gate}/command"),
+                "false",
+            ),
+            true,
+        ),
+        (
+            authz(
+                "cam-1",
+                "cam-1",
+                "publish",
+                &format!("{gate}/command"),
+                "false",
+            ),
+            false,
+        ),
+        (
+            authz("cam-1", "cam-1", "subscribe", "parkflow/v1/#", "false"),
+            false,
+        ),
+        (
+            authz("sensor-1", "sensor-1", "subscribe", "#", "false"),
+            false,
+        ),
+        (
+            authz(
+                "sensor-1",
+                "sensor-1",
+                "subscribe",
+                &format!("{gate}/plate"),
+                "false",
+            ),
+            false,
+        ),
+        (
+            authz(
+                "sensor-1",
+                "sensor-1",
+                "publish",
+                "parkflow/v1/lots/street-a/bays/b-1/heartbeat",
+                "false",
+            ),
+            true,
+        ),
+        (
+            authz(
+                "sensor-1",
+                "sensor-1",
+                "publish",
+                "parkflow/v1/lots/street-a/bays/b-1/heartbeat",
+                "true",
+            ),
+            false,
+        ),
+        (
+            authz(
+                "sensor-1",
+                "sensor-1",
+                "publish",
+                "parkflow/v1/devices/sensor-1/status",
+                "true",
+            ),
+            true,
+        ),
+        (
+            authz(
+                "sensor-1",
+                "sensor-1",
+                "publish",
+                "parkflow/v1/devices/cam-1/status",
+                "true",
+            ),
+            false,
+        ),
+        (
+            authz(
+                "sensor-1",
+                "sensor-1",
+                "subscribe",
+                "parkflow/v1/lots/+/availability",
+                "false",
+            ),
+            true,
+        ),
+        (
+            authz(
+                "sensor-1",
+                "sensor-1",
+                "publish",
+                "parkflow/v1/lots/street-a/availability",
+                "true",
+            ),
+            false,
+        ),
+        (
+            authz(
+                "sensor-1",
+                "sensor-1",
+                "subscribe",
+                "$CONTROL/dynamic-security/v1/response",
+                "false",
+            ),
+            false,
+        ),
+        (
+            authz(
+                "parkflow-gateway",
+                "gateway",
+                "subscribe",
+                "parkflow/v1/#",
+                "false",
+            ),
+            true,
+        ),
+        (
+            authz(
+                "stranger",
+                "stranger",
+                "subscribe",
+                "parkflow/v1/lots/+/availability",
+                "false",
+            ),
+            false,
+        ),
+    ];
+    for (request, expected) in cases {
+        assert_eq!(
+            allowed(hook(&api, path, None, BROKER_KEY, request.clone()).await),
+            expected,
+            "{request}"
+        );
+    }
+}
+
+/// VerneMQ's webhooks, with the payloads its documentation shows.
+#[tokio::test]
+async fn vernemq_webhooks_get_verne_shaped_answers() {
+    let api = Api::with(&small_city()).await;
+    let register = |client_id: &str, password: &str| {
+        json!({"peer_addr": "127.0.0.1", "peer_port": 8888, "username": client_id, "password": password,
+               "mountpoint": "", "client_id": client_id, "clean_session": false})
+    };
+    let path = "/v1/broker/authenticate";
+    let (status, ok) = hook(
+        &api,
+        path,
+        Some("auth_on_register"),
+        BROKER_KEY,
+        register("cam-1", "pw-cam-1"),
+    )
+    .await;
+    assert_eq!((status, ok), (StatusCode::OK, json!({"result": "ok"})));
+    let (_, refused) = hook(
+        &api,
+        path,
+        Some("auth_on_register"),
+        BROKER_KEY,
+        register("cam-1", "nope"),
+    )
+    .await;
+    assert_eq!(refused, json!({"result": {"error": "not_allowed"}}));
+    let (status, _) = hook(
+        &api,
+        path,
+        Some("auth_on_register"),
+        "guess",
+        register("cam-1", "pw-cam-1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let path = "/v1/broker/authorize";
+    let publish = |topic: &str| {
+        json!({"username": "cam-1", "client_id": "cam-1", "mountpoint": "", "qos": 1,
+               "topic": topic, "payload": "eyJ9", "retain": false})
+    };
+    let (_, ok) = hook(
+        &api,
+        path,
+        Some("auth_on_publish"),
+        BROKER_KEY,
+        publish("parkflow/v1/lots/lot-a/gates/in-1/plate"),
+    )
+    .await;
+    assert_eq!(ok, json!({"result": "ok"}));
+    let (_, refused) = hook(
+        &api,
+        path,
+        Some("auth_on_publish"),
+        BROKER_KEY,
+        publish("parkflow/v1/lots/lot-a/gates/in-2/plate"),
+    )
+    .await;
+    assert_eq!(refused, json!({"result": {"error": "not_allowed"}}));
+
+    let subscribe = json!({"client_id": "cam-1", "mountpoint": "", "username": "cam-1", "topics": [
+        {"topic": "parkflow/v1/lots/lot-a/gates/in-1/command", "qos": 1},
+        {"topic": "parkflow/v1/#", "qos": 1}
+    ]});
+    let (_, answer) = hook(
+        &api,
+        path,
+        Some("auth_on_subscribe"),
+        BROKER_KEY,
+        subscribe.clone(),
+    )
+    .await;
+    assert_eq!(
+        answer,
+        json!({"result": "ok", "topics": [
+            {"topic": "parkflow/v1/lots/lot-a/gates/in-1/command", "qos": 1},
+            {"topic": "parkflow/v1/#", "qos": 128}
+        ]})
+    );
+    let (_, answer) = hook(
+        &api,
+        path,
+        Some("auth_on_subscribe_m5"),
+        BROKER_KEY,
+        subscribe,
+    )
+    .await;
+    assert_eq!(answer["modifiers"]["topics"][1]["qos"], 135);
 }

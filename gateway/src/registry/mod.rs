@@ -5,6 +5,7 @@
 //! dense integer indices ([`LotIdx`]) and bays dense numbers ([`BayIdx`], see [`bays`]) so that
 //! hot state can be kept in vectors; [`near`] finds the lots near a point.
 
+pub mod access;
 pub mod bays;
 pub mod near;
 

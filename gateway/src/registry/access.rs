@@ -1,0 +1,360 @@
+//! What each MQTT client may publish and subscribe to, for brokers that ask the platform
+//! (`POST /v1/broker/authorize`, SPEC §2 topics): a device speaks only for itself and reads only
+//! what is its own.
+//!
+//! - a gate camera publishes its gate's `plate` and `state` and subscribes to its gate's
+//!   `command`;
+//! - a bay sensor publishes its bay's `occupancy` and `heartbeat`, a bay camera its bay's `plate`,
+//!   a bridge its own `bridge/{device}/occupancy`;
+//! - every device publishes its own `devices/{device}/status` (retained: its last will);
+//! - anyone logged in may read availability (`lots/{lot}/availability`, or `lots/+/availability`);
+//!   only the platform writes it;
+//! - nothing else: no other wildcard, no `$CONTROL/…` or `$SYS/…`, no retained message except a
+//!   device's status. The platform itself may do anything.
+
+use parkflow_protocol::topic::PREFIX;
+use parkflow_protocol::{BayId, DeviceId, GateId, LotId, Topic};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{DeviceKind, Registry, is_platform_client_id};
+use crate::constant_time_eq;
+use crate::registry::BayDeviceKind;
+use crate::store::{Db, registry as store};
+
+/// The platform's own broker login.
+#[derive(Debug, Clone)]
+pub struct PlatformLogin {
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl PlatformLogin {
+    fn is(&self, username: &str) -> bool {
+        username == self.username
+    }
+}
+
+/// Whether `username`/`password` may connect as MQTT client `client_id`: the platform with its
+/// own login, or a registered device that is not revoked, with its own password, under its own
+/// id as client id. The platform's client ids (`parkflow-…`) are the platform's alone.
+pub async fn may_log_in(
+    registry: &Registry,
+    db: &Db,
+    platform: Option<&PlatformLogin>,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> bool {
+    if let Some(platform) = platform.filter(|p| p.is(username)) {
+        return constant_time_eq(
+            password.as_bytes(),
+            platform.password.expose_secret().as_bytes(),
+        );
+    }
+    if is_platform_client_id(client_id) {
+        return false;
+    }
+    if let Some(allowed) = registry.authenticate(client_id, username, password) {
+        return allowed;
+    }
+    // Not a gate camera or bridge: a bay device, whose credentials stay in the database.
+    match store::authenticate(db, client_id, username, password).await {
+        Ok(allowed) => allowed,
+        Err(error) => {
+            tracing::warn!(%error, "device login could not be checked; refused");
+            false
+        }
+    }
+}
+
+/// The client logged in as `client_id` with `username`: the platform, or a device.
+pub fn client(
+    registry: &Registry,
+    platform: Option<&PlatformLogin>,
+    client_id: &str,
+    username: &str,
+) -> Option<Client> {
+    if platform.is_some_and(|p| p.is(username)) {
+        return Some(Client::Platform);
+    }
+    device_client(registry, client_id)
+}
+
+/// What a client asks to do with a topic (or, to subscribe, a topic filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Publish { retain: bool },
+    Subscribe,
+}
+
+/// A client, as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Client {
+    Platform,
+    GateCamera {
+        id: DeviceId,
+        lot: LotId,
+        gate: GateId,
+    },
+    BaySensor {
+        id: DeviceId,
+        lot: LotId,
+        bay: BayId,
+    },
+    BayCamera {
+        id: DeviceId,
+        lot: LotId,
+        bay: BayId,
+    },
+    Bridge {
+        id: DeviceId,
+    },
+}
+
+impl Client {
+    fn id(&self) -> Option<&DeviceId> {
+        match self {
+            Self::Platform => None,
+            Self::GateCamera { id, .. }
+            | Self::BaySensor { id, .. }
+            | Self::BayCamera { id, .. }
+            | Self::Bridge { id } => Some(id),
+        }
+    }
+}
+
+/// The device logged in as MQTT client `client_id`, if the registry knows it (and it is not
+/// revoked). The broker checked the client's password against the same registry.
+pub fn device_client(registry: &Registry, client_id: &str) -> Option<Client> {
+    let id = DeviceId::parse(client_id).ok()?;
+    if let Some(device) = registry.device(&id) {
+        return match (device.kind, &device.lot, &device.gate) {
+            (DeviceKind::GateCamera, Some(lot), Some(gate)) => Some(Client::GateCamera {
+                id: id.clone(),
+                lot: lot.clone(),
+                gate: gate.clone(),
+            }),
+            (DeviceKind::Bridge, _, _) => Some(Client::Bridge { id: id.clone() }),
+            _ => None,
+        };
+    }
+    let bays = registry.bays();
+    let device = bays.device_by_id(client_id)?;
+    let lot = registry.lot(bays.lot_of(device.bay)).id.clone();
+    let bay = BayId::parse(bays.name(device.bay)).ok()?;
+    Some(match device.kind {
+        BayDeviceKind::Sensor => Client::BaySensor { id, lot, bay },
+        BayDeviceKind::Camera => Client::BayCamera { id, lot, bay },
+    })
+}
+
+/// Whether `filter` names the availability of every lot or of one.
+fn is_availability(filter: &str) -> bool {
+    filter
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.strip_prefix("lots/"))
+        .and_then(|rest| rest.strip_suffix("/availability"))
+        .is_some_and(|lot| lot == "+" || LotId::parse(lot).is_ok())
+}
+
+/// Whether `client` may do `access` on `topic` (a topic filter when subscribing).
+pub fn allows(client: &Client, access: Access, topic: &str) -> bool {
+    if *client == Client::Platform {
+        return true;
+    }
+    if access == Access::Subscribe && is_availability(topic) {
+        return true;
+    }
+    // Wildcards and anything outside protocol v1 do not parse: refused.
+    let Ok(topic) = Topic::parse(topic) else {
+        return false;
+    };
+    if let Topic::DeviceStatus { device } = &topic {
+        return matches!(access, Access::Publish { .. }) && client.id() == Some(device);
+    }
+    if access == (Access::Publish { retain: true }) {
+        return false;
+    }
+    match (client, access, &topic) {
+        (
+            Client::GateCamera { lot, gate, .. },
+            Access::Publish { .. },
+            Topic::GatePlate { lot: l, gate: g } | Topic::GateState { lot: l, gate: g },
+        )
+        | (
+            Client::GateCamera { lot, gate, .. },
+            Access::Subscribe,
+            Topic::GateCommand { lot: l, gate: g },
+        ) => l == lot && g == gate,
+        (
+            Client::BaySensor { lot, bay, .. },
+            Access::Publish { .. },
+            Topic::BayOccupancy { lot: l, bay: b } | Topic::BayHeartbeat { lot: l, bay: b },
+        )
+        | (
+            Client::BayCamera { lot, bay, .. },
+            Access::Publish { .. },
+            Topic::BayPlate { lot: l, bay: b },
+        ) => l == lot && b == bay,
+        (Client::Bridge { id }, Access::Publish { .. }, Topic::BridgeOccupancy { device }) => {
+            device == id
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PUBLISH: Access = Access::Publish { retain: false };
+
+    fn camera() -> Client {
+        Client::GateCamera {
+            id: DeviceId::parse("cam-1").unwrap(),
+            lot: LotId::parse("lot-a").unwrap(),
+            gate: GateId::parse("in-1").unwrap(),
+        }
+    }
+
+    fn sensor() -> Client {
+        Client::BaySensor {
+            id: DeviceId::parse("sensor-1").unwrap(),
+            lot: LotId::parse("lot-a").unwrap(),
+            bay: BayId::parse("b-1").unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_gate_camera_speaks_and_listens_for_its_own_gate_only() {
+        let camera = camera();
+        let gate = "parkflow/v1/lots/lot-a/gates/in-1";
+        assert!(allows(&camera, PUBLISH, &format!("{gate}/plate")));
+        assert!(allows(&camera, PUBLISH, &format!("{gate}/state")));
+        assert!(allows(
+            &camera,
+            Access::Subscribe,
+            &format!("{gate}/command")
+        ));
+        assert!(
+            !allows(&camera, PUBLISH, &format!("{gate}/command")),
+            "commands are the platform's"
+        );
+        assert!(!allows(
+            &camera,
+            Access::Subscribe,
+            &format!("{gate}/plate")
+        ));
+        let other = "parkflow/v1/lots/lot-a/gates/in-2";
+        assert!(!allows(&camera, PUBLISH, &format!("{other}/plate")));
+        assert!(!allows(
+            &camera,
+            Access::Subscribe,
+            &format!("{other}/command")
+        ));
+        assert!(!allows(
+            &camera,
+            PUBLISH,
+            "parkflow/v1/lots/lot-a/bays/b-1/occupancy"
+        ));
+    }
+
+    #[test]
+    fn a_device_cannot_spy_with_wildcards_or_the_brokers_control_topics() {
+        for client in [camera(), sensor()] {
+            for filter in [
+                "#",
+                "parkflow/v1/#",
+                "parkflow/v1/lots/+/gates/+/plate",
+                "parkflow/v1/lots/lot-a/gates/in-1/+",
+                "$CONTROL/dynamic-security/v1",
+                "$SYS/#",
+            ] {
+                assert!(!allows(&client, Access::Subscribe, filter), "{filter}");
+                assert!(!allows(&client, PUBLISH, filter), "{filter}");
+            }
+        }
+        assert!(allows(
+            &Client::Platform,
+            Access::Subscribe,
+            "parkflow/v1/#"
+        ));
+    }
+
+    #[test]
+    fn availability_is_readable_by_anyone_and_written_by_the_platform_alone() {
+        let sensor = sensor();
+        assert!(allows(
+            &sensor,
+            Access::Subscribe,
+            "parkflow/v1/lots/+/availability"
+        ));
+        assert!(allows(
+            &sensor,
+            Access::Subscribe,
+            "parkflow/v1/lots/lot-b/availability"
+        ));
+        assert!(!allows(
+            &sensor,
+            PUBLISH,
+            "parkflow/v1/lots/lot-a/availability"
+        ));
+        assert!(allows(
+            &Client::Platform,
+            Access::Publish { retain: true },
+            "parkflow/v1/lots/lot-a/availability"
+        ));
+    }
+
+    #[test]
+    fn a_device_reports_only_its_own_status_and_retains_nothing_else() {
+        let sensor = sensor();
+        let retained = Access::Publish { retain: true };
+        assert!(allows(
+            &sensor,
+            retained,
+            "parkflow/v1/devices/sensor-1/status"
+        ));
+        assert!(
+            !allows(&sensor, retained, "parkflow/v1/devices/sensor-2/status"),
+            "another's status"
+        );
+        assert!(!allows(
+            &sensor,
+            Access::Subscribe,
+            "parkflow/v1/devices/sensor-1/status"
+        ));
+        assert!(allows(
+            &sensor,
+            PUBLISH,
+            "parkflow/v1/lots/lot-a/bays/b-1/heartbeat"
+        ));
+        assert!(!allows(
+            &sensor,
+            retained,
+            "parkflow/v1/lots/lot-a/bays/b-1/heartbeat"
+        ));
+        assert!(!allows(
+            &sensor,
+            PUBLISH,
+            "parkflow/v1/lots/lot-a/bays/b-2/occupancy"
+        ));
+        assert!(
+            !allows(&sensor, PUBLISH, "parkflow/v1/lots/lot-a/bays/b-1/plate"),
+            "a camera's"
+        );
+        let bridge = Client::Bridge {
+            id: DeviceId::parse("bridge-1").unwrap(),
+        };
+        assert!(allows(
+            &bridge,
+            PUBLISH,
+            "parkflow/v1/bridge/bridge-1/occupancy"
+        ));
+        assert!(!allows(
+            &bridge,
+            PUBLISH,
+            "parkflow/v1/bridge/bridge-2/occupancy"
+        ));
+    }
+}
