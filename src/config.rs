@@ -201,6 +201,20 @@ pub struct RunArgs {
     /// `/v1/broker/authorize`, which answer only when it is set (README, "Production broker").
     #[arg(long, env = "PARKFLOW_BROKER_HOOK_KEY", hide_env_values = true)]
     pub broker_hook_key: Option<SecretString>,
+    /// A reverse proxy (CIDR, repeatable) whose `X-Forwarded-For` gives the client's address
+    /// for rate limits and stream caps; from anyone else the header is ignored.
+    #[arg(long, env = "PARKFLOW_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+    /// Open availability streams (`/v1/availability/stream`) allowed per client address.
+    #[arg(long, env = "PARKFLOW_MAX_STREAMS_PER_ADDRESS", default_value_t = 4)]
+    pub max_streams_per_address: u32,
+    /// Open availability streams allowed in all.
+    #[arg(long, env = "PARKFLOW_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: u32,
+    /// Serve `/metrics` without a key on this (private) address for Prometheus; on the API
+    /// listener it needs the platform admin's key, since it carries revenue figures.
+    #[arg(long, env = "PARKFLOW_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// The address drivers reach the API at, for payment links (defaults to the HTTP address).
     #[arg(long, env = "PARKFLOW_PUBLIC_URL")]
     pub public_url: Option<url::Url>,

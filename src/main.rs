@@ -210,6 +210,10 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     config.mqtt_client_id = args.mqtt_client_id.clone();
     config.admin_key = args.admin_key.clone();
     config.broker_hook_key = args.broker_hook_key.clone();
+    config.trusted_proxies.clone_from(&args.trusted_proxy);
+    config.max_streams_per_address = args.max_streams_per_address;
+    config.max_streams = args.max_streams;
+    config.metrics_listen = args.metrics_listen;
     config.decisions = DecisionConfig {
         public_url,
         plate_key: args
@@ -254,8 +258,11 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
 
     println!("ParkFlow is running");
     println!(
-        "  HTTP API      http://{http}/v1/  (health /healthz, readiness /readyz, metrics /metrics)"
+        "  HTTP API      http://{http}/v1/  (health /healthz, readiness /readyz, metrics /metrics with the admin key)"
     );
+    if let Some(metrics) = platform.metrics_addr() {
+        println!("  metrics       http://{metrics}/metrics  (no key: keep this address private)");
+    }
     println!(
         "  MQTT broker   mqtt://{mqtt_host}:{mqtt_port}  ({})",
         if args.mqtt_url.is_some() {

@@ -19,8 +19,8 @@ use parkflow_gateway::privacy::{PlateKey, RetentionConfig, run_retention};
 use parkflow_gateway::registry::RegistryHandle;
 use parkflow_gateway::registry::access::{self, PlatformLogin};
 pub use parkflow_gateway::registry::{random_device_key, random_secret};
-use parkflow_gateway::store::provision::{Plan, provision};
 use parkflow_gateway::store::Db;
+use parkflow_gateway::store::provision::{Plan, provision};
 use parkflow_gateway::{Gateway, GatewayConfig, MqttConfig};
 use secrecy::SecretString;
 use tokio::sync::mpsc;
@@ -55,6 +55,13 @@ pub struct PlatformConfig {
     pub mqtt_client_id: String,
     pub admin_key: Option<SecretString>,
     pub broker_hook_key: Option<SecretString>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Open availability streams per client address, and in all.
+    pub max_streams_per_address: u32,
+    pub max_streams: u32,
+    /// `/metrics` without a key, on a private address.
+    pub metrics_listen: Option<SocketAddr>,
     pub decisions: DecisionConfig,
     pub occupancy: OccupancyConfig,
     /// Public reads allowed per client address per second.
@@ -85,6 +92,10 @@ impl PlatformConfig {
             mqtt_client_id: "parkflow-gateway".into(),
             admin_key: None,
             broker_hook_key: None,
+            trusted_proxies: Vec::new(),
+            max_streams_per_address: 4,
+            max_streams: 10_000,
+            metrics_listen: None,
             decisions: DecisionConfig::default(),
             occupancy: OccupancyConfig::default(),
             public_rate_per_second: 50,
@@ -133,6 +144,10 @@ impl PlatformConfig {
             driver_rate_per_second: self.driver_rate_per_second,
             admin_key: self.admin_key.clone(),
             broker_hook_key: self.broker_hook_key.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+            max_streams_per_address: self.max_streams_per_address,
+            max_streams: self.max_streams,
+            metrics_listen: self.metrics_listen,
         }
     }
 }
@@ -197,6 +212,12 @@ impl Platform {
 
         let broker = match config.mqtt {
             MqttSetup::Embedded { listen } => {
+                if !listen.ip().is_loopback() {
+                    tracing::warn!(
+                        %listen,
+                        "the embedded broker cannot enforce topic permissions: any device that logs in can read every plate read and command; for devices beyond this machine use a broker that asks the platform (README, \"Production broker\")"
+                    );
+                }
                 let logins = Arc::new(Logins {
                     platform: PlatformLogin {
                         username: PLATFORM_USER.to_owned(),
@@ -225,6 +246,11 @@ impl Platform {
             retention: config.retention,
             plate_key: config.decisions.plate_key.clone(),
         })
+    }
+
+    /// Where `/metrics` is served without a key (`--metrics-listen`), if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.gateway.metrics_addr()
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -111,7 +111,10 @@ async fn no_plate_in_clear_in_logs_or_metrics_and_old_plates_are_pseudonymised()
     })
     .await;
 
-    let metrics = reqwest::get(platform.url("/metrics"))
+    let metrics = reqwest::Client::new()
+        .get(platform.url("/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
         .await
         .unwrap()
         .text()

@@ -53,6 +53,11 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("failed to bind the metrics listener {addr} (change --metrics-listen)")]
+    MetricsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A gateway, built and ready to run: its state is loaded, its listener bound.
@@ -63,6 +68,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     listener: TcpListener,
     http_addr: SocketAddr,
+    /// `/metrics` without a key, for Prometheus on a private address (`--metrics-listen`).
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
     client: AsyncClient,
     eventloop: EventLoop,
     /// A second connection for bay sensors, cameras and bridges, so a city's bay traffic never
@@ -102,6 +109,15 @@ impl Gateway {
                 addr: config.http_listen,
                 source,
             })?;
+        let metrics_listener = match config.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let bind = |source| GatewayError::MetricsBind { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(bind)?;
+                let local = listener.local_addr().map_err(bind)?;
+                Some((listener, local))
+            }
+        };
         let metrics = Arc::new(Metrics::new());
         let mut config = config;
         if config.decisions.public_url.is_empty() {
@@ -155,6 +171,7 @@ impl Gateway {
             metrics,
             listener,
             http_addr,
+            metrics_listener,
             client,
             eventloop,
             bay_client,
@@ -174,6 +191,11 @@ impl Gateway {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where `/metrics` is served without a key, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     pub fn registry(&self) -> RegistryHandle {
@@ -207,6 +229,7 @@ impl Gateway {
             registry,
             metrics,
             listener,
+            metrics_listener,
             client,
             eventloop,
             bay_client,
@@ -331,6 +354,11 @@ impl Gateway {
             public_limit,
             driver_limit,
             shutdown: token.clone(),
+            trusted_proxies: http::limit::TrustedProxies::new(config.trusted_proxies.clone()),
+            streams: http::limit::StreamLimit::new(
+                config.max_streams_per_address,
+                config.max_streams,
+            ),
             broker_hook: config.broker_hook_key.map(|key| {
                 Arc::new(http::BrokerHook {
                     key,
@@ -342,6 +370,18 @@ impl Gateway {
                 })
             }),
         };
+        if let Some((metrics_listener, _)) = metrics_listener {
+            let server = axum::serve(
+                metrics_listener,
+                http::metrics_router(state.metrics.clone()),
+            )
+            .with_graceful_shutdown(token.clone().cancelled_owned());
+            tracker.spawn(async move {
+                if let Err(error) = server.await {
+                    tracing::error!(%error, "metrics server failed");
+                }
+            });
+        }
         let server = axum::serve(
             listener,
             http::router(state).into_make_service_with_connect_info::<SocketAddr>(),

@@ -28,4 +28,12 @@ pub struct GatewayConfig {
     /// The key brokers show to `POST /v1/broker/authenticate` and `/authorize`; without one
     /// those endpoints are not served.
     pub broker_hook_key: Option<SecretString>,
+    /// Reverse proxies whose `X-Forwarded-For` gives the client's address (rate limits, stream caps).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Open availability streams allowed per client address, and in all.
+    pub max_streams_per_address: u32,
+    pub max_streams: u32,
+    /// Where `/metrics` is served without a key (a private address for Prometheus); on the API
+    /// listener it needs the platform admin's key.
+    pub metrics_listen: Option<SocketAddr>,
 }

@@ -175,7 +175,7 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (Method::GET, "/v1/feeds/datex2".into(), None, [200; 8]),
         (Method::GET, "/healthz".into(), None, [200; 8]),
         (Method::GET, "/readyz".into(), None, [200; 8]),
-        (Method::GET, "/metrics".into(), None, [200; 8]),
+        (Method::GET, "/metrics".into(), None, [401, 401, 200, 403, 403, 403, 403, 403]),
         (Method::GET, "/v1/openapi.json".into(), None, [200; 8]),
         (Method::POST, "/v1/operators".into(), Some(json!({"id": "op-matrix", "name": "Matrix"})), [401, 401, 201, 403, 403, 403, 403, 403]),
         (Method::DELETE, format!("/v1/keys/{unknown}"), None, [401, 401, 404, 404, 403, 404, 403, 403]),

@@ -17,6 +17,17 @@ impl Drop for Child {
     }
 }
 
+/// `/metrics` as the platform admin reads it (it carries revenue figures: no key, no answer).
+async fn metrics_text(url: &str, admin_key: &str) -> Option<String> {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(admin_key)
+        .send()
+        .await
+        .ok()?;
+    response.text().await.ok()
+}
+
 /// Starts `parkflow run --demo` (plus `extra` flags) on a fresh database and free ports, writing
 /// its devices file to `devices`; returns the process and its HTTP address.
 fn start_demo(
@@ -59,7 +70,12 @@ fn start_demo(
 async fn the_demo_opens_and_closes_priced_sessions_within_a_minute() {
     let dir = tempfile::tempdir().unwrap();
     let devices = dir.path().join("devices.json");
-    let (_child, http) = start_demo(dir.path(), &devices, free_addr(), &[]);
+    let (_child, http) = start_demo(
+        dir.path(),
+        &devices,
+        free_addr(),
+        &["--admin-key", "demo-admin-key"],
+    );
 
     // The devices file lets an outside device join: every lot leaves a camera unsimulated.
     let file: serde_json::Value =
@@ -83,7 +99,7 @@ async fn the_demo_opens_and_closes_priced_sessions_within_a_minute() {
         || {
             let url = format!("{http}/metrics");
             async move {
-                let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+                let text = metrics_text(&url, "demo-admin-key").await?;
                 let value = |name: &str| -> f64 {
                     text.lines()
                         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
@@ -195,7 +211,7 @@ async fn the_simulator_verifies_that_nothing_was_lost_or_duplicated() {
         || {
             let url = format!("{http}/metrics");
             async move {
-                let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+                let text = metrics_text(&url, "verify-admin-key").await?;
                 let value = |name: &str| -> f64 {
                     text.lines()
                         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use super::AppState;
 use super::auth::{Staff, StaffAdmin};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::limit::ClientAddress;
 use crate::availability::feeds::{self, FeedLot};
 use crate::availability::{Board, LotAvailabilityView};
 use crate::occupancy::{LotCounts, OccupancyMessage};
@@ -136,17 +137,32 @@ pub(crate) async fn near(
     get, path = "/v1/availability/stream", tag = "public",
     responses(
         (status = 200, description = "Server-sent events: one `availability` event (a lot's availability as JSON) per lot change", content_type = "text/event-stream", body = String),
+        (status = 429, description = "Too many open streams from this client address (`too_many_streams`), or in all", body = super::error::ErrorBody),
     ),
 )]
 pub(crate) async fn stream(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    // The stream ends at shutdown, or the server would wait for its clients forever.
+    ClientAddress(address): ClientAddress,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = state
+        .streams
+        .admit(address)
+        .ok_or_else(|| ApiError::Status {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "too_many_streams",
+            message: "too many open availability streams; close one or read the board".to_owned(),
+        })?;
+    // The stream ends at shutdown, or the server would wait for its clients forever; its slot
+    // is freed when it ends.
     let events = futures::StreamExt::take_until(
         events(state.availability.subscribe()),
         state.shutdown.clone().cancelled_owned(),
     );
-    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let events = futures::StreamExt::map(events, move |event| {
+        let _held = &slot;
+        event
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// A subscriber's events; the stream ends when the subscriber fell too far behind.

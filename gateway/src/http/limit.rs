@@ -12,13 +12,15 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
 
 use super::AppState;
 use super::auth::{Caller, bearer, caller};
@@ -46,10 +48,10 @@ impl AddressLimit {
         Self(Arc::new(RateLimiter::keyed(quota(rate))))
     }
 
-    /// The `429` answer when the request's address is over its rate.
-    fn refusal(&self, request: &Request) -> Option<Response> {
+    /// The `429` answer when the client at `address` is over its rate.
+    fn refusal(&self, address: IpAddr) -> Option<Response> {
         self.0
-            .check_key(&address(request))
+            .check_key(&address)
             .err()
             .map(|not_until| too_many(&not_until))
     }
@@ -96,13 +98,129 @@ impl PublicLimit {
     }
 }
 
-/// The client's address (behind a proxy every client shares the proxy's address; deployments
-/// put the limit there).
-fn address(request: &Request) -> IpAddr {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+/// The proxies whose `X-Forwarded-For` is believed (`--trusted-proxy CIDR`): TLS usually ends
+/// at a reverse proxy, and behind it every client would otherwise share the proxy's address.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TrustedProxies(Arc<[IpNet]>);
+
+impl TrustedProxies {
+    pub(crate) fn new(nets: Vec<IpNet>) -> Self {
+        Self(nets.into())
+    }
+
+    fn trusts(&self, address: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&address))
+    }
+
+    /// The client's address: the peer's, unless the peer is a trusted proxy; then the last
+    /// address in `X-Forwarded-For` that is not one of ours (addresses to its left are the
+    /// client's to claim, so they are not believed).
+    pub(crate) fn client(&self, parts: &Parts) -> IpAddr {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        let mut client = peer;
+        for hop in forwarded.iter().rev() {
+            match hop.parse::<IpAddr>() {
+                Ok(address) if self.trusts(address) => client = address,
+                Ok(address) => return address,
+                // A hop we cannot read: believe nothing further left.
+                Err(_) => return client,
+            }
+        }
+        client
+    }
+}
+
+/// The client's address, as the rate limits see it.
+pub(crate) struct ClientAddress(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(state.trusted_proxies.client(parts)))
+    }
+}
+
+/// Open availability streams, per client address and in all (`--max-streams…`): each holds a
+/// connection and a task, so one address cannot take them all.
+#[derive(Clone)]
+pub(crate) struct StreamLimit {
+    per_address: u32,
+    total: u32,
+    open: Arc<std::sync::Mutex<(std::collections::HashMap<IpAddr, u32>, u32)>>,
+}
+
+/// One open stream; dropping it frees its place.
+pub(crate) struct StreamSlot {
+    limit: StreamLimit,
+    address: IpAddr,
+}
+
+impl StreamLimit {
+    pub(crate) fn new(per_address: u32, total: u32) -> Self {
+        Self {
+            per_address,
+            total,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for a stream of the client at `address`, if it and the platform have one left.
+    pub(crate) fn admit(&self, address: IpAddr) -> Option<StreamSlot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (by_address, total) = &mut *open;
+        let mine = by_address.entry(address).or_insert(0);
+        if *mine >= self.per_address || *total >= self.total {
+            if *mine == 0 {
+                by_address.remove(&address);
+            }
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(StreamSlot {
+            limit: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .limit
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (by_address, total) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = by_address.get_mut(&self.address) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// The middleware of public reads: checks the client's budget before the handler runs.
@@ -114,6 +232,7 @@ pub(crate) async fn limit_public(
     let limit = &state.public_limit;
     let (parts, body) = request.into_parts();
     let key = bearer(&parts).map(crate::registry::password_hash);
+    let address = state.trusted_proxies.client(&parts);
     let request = Request::from_parts(parts, body);
     if let Some(app) = key.as_deref().filter(|hash| limit.known_app(hash)) {
         return match limit.by_app.check_key(&app.to_owned()) {
@@ -122,7 +241,7 @@ pub(crate) async fn limit_public(
         };
     }
     // Anonymous, or a key not known yet: the address pays, then the key is looked up.
-    if let Some(refusal) = limit.by_address.refusal(&request) {
+    if let Some(refusal) = limit.by_address.refusal(address) {
         return refusal;
     }
     if let Some(hash) = key {
@@ -142,7 +261,10 @@ pub(crate) async fn limit_drivers(
     request: Request,
     next: Next,
 ) -> Response {
-    match state.driver_limit.refusal(&request) {
+    let (parts, body) = request.into_parts();
+    let address = state.trusted_proxies.client(&parts);
+    let request = Request::from_parts(parts, body);
+    match state.driver_limit.refusal(address) {
         None => next.run(request).await,
         Some(refusal) => refusal,
     }
@@ -162,4 +284,75 @@ fn too_many(not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>) ->
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(peer: [u8; 4], forwarded: Option<&str>) -> Parts {
+        let mut request = axum::http::Request::builder();
+        if let Some(forwarded) = forwarded {
+            request = request.header("x-forwarded-for", forwarded);
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        parts
+            .extensions
+            .insert(ConnectInfo(SocketAddr::from((peer, 1_000))));
+        parts
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// A client cannot pick its own address: only a trusted proxy's header is read, and only
+    /// the hop the proxy itself saw.
+    #[test]
+    fn the_client_address_is_believed_from_trusted_proxies_only() {
+        let proxies = TrustedProxies::new(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ]);
+        assert_eq!(
+            proxies.client(&parts([192, 0, 2, 1], None)),
+            ip("192.0.2.1")
+        );
+        assert_eq!(
+            proxies.client(&parts([192, 0, 2, 1], Some("198.51.100.9"))),
+            ip("192.0.2.1"),
+            "not a proxy: its header is ignored"
+        );
+        assert_eq!(
+            proxies.client(&parts([10, 0, 0, 5], Some("198.51.100.9"))),
+            ip("198.51.100.9")
+        );
+        assert_eq!(
+            proxies.client(&parts(
+                [10, 0, 0, 5],
+                Some("203.0.113.66, 198.51.100.9, 10.1.1.1")
+            )),
+            ip("198.51.100.9"),
+            "the client's own claim (leftmost) is not believed"
+        );
+        assert_eq!(
+            proxies.client(&parts([10, 0, 0, 5], Some("garbage"))),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            TrustedProxies::default().client(&parts([10, 0, 0, 5], Some("198.51.100.9"))),
+            ip("10.0.0.5"),
+            "no proxy trusted by default"
+        );
+    }
+
+    #[test]
+    fn a_stream_slot_is_freed_when_its_stream_ends() {
+        let limit = StreamLimit::new(1, 2);
+        let a = ip("192.0.2.1");
+        let slot = limit.admit(a).unwrap();
+        assert!(limit.admit(a).is_none());
+        drop(slot);
+        assert!(limit.admit(a).is_some());
+    }
 }

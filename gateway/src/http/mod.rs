@@ -70,6 +70,10 @@ pub(crate) struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The broker hooks' key and the platform's broker login; without it they are not served.
     pub broker_hook: Option<Arc<broker::BrokerHook>>,
+    /// Whose `X-Forwarded-For` gives the client's address.
+    pub trusted_proxies: limit::TrustedProxies,
+    /// Open availability streams.
+    pub streams: limit::StreamLimit,
 }
 
 /// Drivers' endpoints and paying a held exit: rate-limited per client address (enrolment and
@@ -151,6 +155,17 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         // Brokers asking who may connect and what they may do.
         .routes(routes!(broker::authenticate))
         .routes(routes!(broker::authorize))
+}
+
+/// `/metrics` alone, without a key: for `--metrics-listen`, a private address Prometheus scrapes.
+pub(crate) fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { ops::metrics_text(&metrics) }
+        }),
+    )
 }
 
 /// The whole API.

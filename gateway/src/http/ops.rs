@@ -7,7 +7,9 @@ use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::AppState;
+use super::auth::Admin;
 use super::error::ApiError;
+use crate::metrics::Metrics;
 
 #[utoipa::path(
     get, path = "/healthz", tag = "ops",
@@ -39,18 +41,25 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<impl IntoRes
     }
 }
 
+/// `/metrics` carries revenue figures: on the API listener only the platform admin reads it;
+/// Prometheus scrapes `--metrics-listen`, a private address, without a key.
 #[utoipa::path(
     get, path = "/metrics", tag = "ops",
+    security(("api_key" = [])),
     responses(
-        (status = 200, description = "Prometheus / OpenMetrics text", content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "Prometheus / OpenMetrics text (the platform admin's key; or without a key on `--metrics-listen`)", content_type = "application/openmetrics-text", body = String),
     ),
 )]
-pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(_: Admin, State(state): State<AppState>) -> impl IntoResponse {
+    metrics_text(&state.metrics)
+}
+
+pub(crate) fn metrics_text(metrics: &Metrics) -> impl IntoResponse + use<> {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(),
+        metrics.encode(),
     )
 }

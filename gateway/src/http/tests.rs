@@ -118,9 +118,7 @@ impl Api {
         let (occupancy, occupancy_inbox) = OccupancyHandle::channel();
         let (connected, mqtt_connected) = watch::channel(true);
         let provider = SimulatedProvider::new(FaultConfig::none()).unwrap();
-        provision(&db, plan, chrono::Utc::now())
-            .await
-            .unwrap();
+        provision(&db, plan, chrono::Utc::now()).await.unwrap();
         let state = AppState {
             registry: RegistryHandle::load(&db).await.unwrap(),
             metrics: Arc::new(Metrics::new()),
@@ -133,6 +131,8 @@ impl Api {
             public_limit: limit::PublicLimit::per_second(1_000),
             driver_limit: limit::AddressLimit::per_second(1_000),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            trusted_proxies: limit::TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]),
+            streams: limit::StreamLimit::new(2, 3),
             broker_hook: Some(Arc::new(super::BrokerHook {
                 key: BROKER_KEY.into(),
                 platform: Some(PlatformLogin {
@@ -675,4 +675,84 @@ async fn vernemq_webhooks_get_verne_shaped_answers() {
     )
     .await;
     assert_eq!(answer["modifiers"]["topics"][1]["qos"], 135);
+}
+
+/// An availability stream opened by the client at `peer` (through a proxy when `forwarded_for`
+/// is given); the response is kept, so the stream stays open.
+async fn open_stream(
+    api: &Api,
+    peer: [u8; 4],
+    forwarded_for: Option<&str>,
+) -> axum::response::Response {
+    let mut request = Request::builder()
+        .method(Method::GET)
+        .uri("/v1/availability/stream");
+    if let Some(forwarded) = forwarded_for {
+        request = request.header("x-forwarded-for", forwarded);
+    }
+    let mut request = request.body(Body::empty()).unwrap();
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from((peer, 40_000))));
+    router(api.state.clone()).oneshot(request).await.unwrap()
+}
+
+/// One address cannot hold every stream: 2 per address and 3 in all here. Behind a trusted
+/// proxy (10.0.0.0/8) each forwarded client counts as itself; a header from anyone else is
+/// ignored.
+#[tokio::test]
+async fn availability_streams_are_capped_per_client_and_in_all() {
+    let api = Api::new().await;
+    let first = open_stream(&api, [192, 0, 2, 1], None).await;
+    let second = open_stream(&api, [192, 0, 2, 1], None).await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    // A third from the same address, even claiming another one without being a proxy: refused.
+    let third = open_stream(&api, [192, 0, 2, 1], Some("198.51.100.9")).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = axum::body::to_bytes(third.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("too_many_streams"));
+    // Through the proxy, a client of its own.
+    let proxied = open_stream(&api, [10, 0, 0, 5], Some("198.51.100.9")).await;
+    assert_eq!(proxied.status(), StatusCode::OK);
+    // Three open in all: nobody else gets one until one closes.
+    let other = open_stream(&api, [203, 0, 113, 4], None).await;
+    assert_eq!(other.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(first);
+    let again = open_stream(&api, [203, 0, 113, 4], None).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    drop((second, proxied, again));
+}
+
+/// `/metrics` carries revenue figures: on the API listener only the platform admin reads it.
+#[tokio::test]
+async fn metrics_need_the_platform_admins_key() {
+    let api = Api::new().await;
+    let (status, _) = api.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let request = Request::builder()
+        .uri("/metrics")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = router(api.state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let private = super::metrics_router(api.state.metrics.clone())
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        private.status(),
+        StatusCode::OK,
+        "the private listener needs no key"
+    );
 }

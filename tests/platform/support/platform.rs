@@ -228,7 +228,10 @@ impl TestPlatform {
 
     /// The value of a metric line (`name{labels}`), 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
+        let text = reqwest::Client::new()
+            .get(self.url("/metrics"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
             .await
             .unwrap()
             .text()
@@ -314,6 +317,8 @@ fn config(
     let mut config = PlatformConfig::new("127.0.0.1:0".parse().unwrap(), database_url, mqtt);
     config.mqtt_client_id = client_id.to_owned();
     config.admin_key = Some(ADMIN_KEY.into());
+    // Tests open many availability streams from one address (the cap has a router test).
+    config.max_streams_per_address = 1_000;
     // Billing at test speed: a payment window of two seconds, workers that look often.
     config.charging.payment_window = Duration::from_secs(2);
     config.charging.idle_poll = Duration::from_millis(50);
