@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import paho.mqtt.client as mqtt
 
@@ -172,6 +172,13 @@ def main() -> int:
                 raise ValueError(f"event_id {eid!r} is not one of our reads")
             if cmd.get("action") not in ("open", "hold") or not cmd.get("command_id"):
                 raise ValueError(f"bad action/command_id: {cmd!r}")
+            # SPEC §2: a command lives at most 30 s; a late or replayed one is not carried out.
+            issued = datetime.fromisoformat(str(cmd.get("issued_at")))
+            expires = datetime.fromisoformat(str(cmd.get("expires_at")))
+            if expires - issued > timedelta(seconds=30):
+                raise ValueError(f"expires_at more than 30 s after issued_at: {cmd!r}")
+            if datetime.now(timezone.utc) > expires:
+                raise ValueError(f"expired command, not carried out: {cmd['command_id']}")
             if cmd["action"] == "hold" and not all(cmd.get(k) for k in ("amount_due", "currency", "pay_url")):
                 raise ValueError(f"hold without amount_due/currency/pay_url: {cmd!r}")
             if decisions.get(eid, cmd["command_id"]) != cmd["command_id"]:
