@@ -176,6 +176,16 @@ pub struct RunArgs {
     /// The embedded MQTT broker's address (ignored with --mqtt-url).
     #[arg(long, env = "PARKFLOW_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
     pub mqtt_listen: SocketAddr,
+    /// The embedded broker's TLS listener for devices beyond this machine, with
+    /// --mqtt-tls-cert and --mqtt-tls-key (PEM files).
+    #[arg(long, env = "PARKFLOW_MQTT_TLS_LISTEN", default_value = "0.0.0.0:8883")]
+    pub mqtt_tls_listen: SocketAddr,
+    /// The certificate chain of the embedded broker's TLS listener (PEM).
+    #[arg(long, env = "PARKFLOW_MQTT_TLS_CERT", requires = "mqtt_tls_key")]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// The private key of that certificate (PEM).
+    #[arg(long, env = "PARKFLOW_MQTT_TLS_KEY", requires = "mqtt_tls_cert")]
+    pub mqtt_tls_key: Option<PathBuf>,
     /// `sqlite:FILE` (created if missing) or `postgres://user@host/db`.
     #[arg(
         long,
@@ -283,6 +293,9 @@ impl RunArgs {
         let database_url = self.database_url.expose_secret();
         if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres")) {
             return Err("--database-url must be sqlite:FILE or postgres://…".into());
+        }
+        if self.mqtt_url.is_some() && self.mqtt_tls_cert.is_some() {
+            return Err("--mqtt-tls-cert is for the embedded broker; with --mqtt-url the external broker holds the certificate".into());
         }
         if self.mqtt_url.is_none() && self.mqtt_listen.port() == 0 {
             return Err(

@@ -210,6 +210,13 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     config.mqtt_client_id = args.mqtt_client_id.clone();
     config.admin_key = args.admin_key.clone();
     config.broker_hook_key = args.broker_hook_key.clone();
+    if let (Some(cert), Some(key)) = (&args.mqtt_tls_cert, &args.mqtt_tls_key) {
+        config.mqtt_tls = Some(parkflow_broker::TlsListener {
+            listen: args.mqtt_tls_listen,
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
     config.trusted_proxies.clone_from(&args.trusted_proxy);
     config.max_streams_per_address = args.max_streams_per_address;
     config.max_streams = args.max_streams;
@@ -271,6 +278,9 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             "embedded"
         }
     );
+    if let (Some(_), None) = (&args.mqtt_tls_cert, &args.mqtt_url) {
+        println!("  MQTT over TLS mqtts://{}", args.mqtt_tls_listen);
+    }
     println!(
         "  database      {}",
         redact(args.database_url.expose_secret())

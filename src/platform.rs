@@ -11,7 +11,7 @@ use parkflow_billing::arrears::{ArrearsConfig, ArrearsWorker, STANDING_CHANNEL_C
 use parkflow_billing::charging::{ChargingConfig, ChargingWorker};
 use parkflow_billing::payments::Payments;
 use parkflow_billing::provider::{FaultConfig, SimulatedProvider};
-use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login};
+use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login, TlsListener};
 use parkflow_gateway::gate::GateMessage;
 use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::occupancy::OccupancyConfig;
@@ -55,6 +55,8 @@ pub struct PlatformConfig {
     pub mqtt_client_id: String,
     pub admin_key: Option<SecretString>,
     pub broker_hook_key: Option<SecretString>,
+    /// The embedded broker's TLS listener, if any.
+    pub mqtt_tls: Option<TlsListener>,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Open availability streams per client address, and in all.
@@ -92,6 +94,7 @@ impl PlatformConfig {
             mqtt_client_id: "parkflow-gateway".into(),
             admin_key: None,
             broker_hook_key: None,
+            mqtt_tls: None,
             trusted_proxies: Vec::new(),
             max_streams_per_address: 4,
             max_streams: 10_000,
@@ -212,7 +215,10 @@ impl Platform {
 
         let broker = match config.mqtt {
             MqttSetup::Embedded { listen } => {
-                if !listen.ip().is_loopback() {
+                let exposed = std::iter::once(listen)
+                    .chain(config.mqtt_tls.as_ref().map(|tls| tls.listen))
+                    .find(|addr| !addr.ip().is_loopback());
+                if let Some(listen) = exposed {
                     tracing::warn!(
                         %listen,
                         "the embedded broker cannot enforce topic permissions: any device that logs in can read every plate read and command; for devices beyond this machine use a broker that asks the platform (README, \"Production broker\")"
@@ -226,7 +232,8 @@ impl Platform {
                     registry: gateway.registry(),
                     db: gateway.db(),
                 });
-                let broker_config = BrokerConfig::new(listen, logins);
+                let mut broker_config = BrokerConfig::new(listen, logins);
+                broker_config.tls = config.mqtt_tls.clone();
                 let broker =
                     tokio::task::spawn_blocking(move || EmbeddedBroker::start(broker_config))
                         .await

@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rumqttd::protocol::v4::V4;
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings, TlsConfig,
+};
 use tokio::runtime::Runtime;
 
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, TlsListener};
 use crate::nodelay;
 
 /// How long start-up waits for rumqttd's listener to appear.
@@ -27,12 +29,17 @@ pub enum BrokerError {
     NotListening(SocketAddr),
     #[error("failed to set TCP_NODELAY on the mqtt listener")]
     NoDelay(#[source] io::Error),
+    #[error(
+        "the mqtt tls certificate or key file does not exist (--mqtt-tls-cert, --mqtt-tls-key)"
+    )]
+    TlsFiles,
 }
 
 /// A running embedded broker. Dropping it (or [`EmbeddedBroker::stop`]) closes its port and every
 /// connection; retained messages and sessions live in memory only and are gone with it.
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     runtime: Option<Runtime>,
 }
 
@@ -56,15 +63,32 @@ impl EmbeddedBroker {
 
         // The router runs on a thread of its own that rumqttd spawns; it idles once its server is gone.
         let router_tx = Router::new(0, router_config(&config)).spawn();
-        let mut server = Server::new(server_settings(&config), router_tx, V4);
+        let mut server = Server::new(server_settings(&config, None), router_tx.clone(), V4);
         let serving = runtime.spawn(async move { server.start(LinkType::Remote).await });
+        if let Some(tls) = &config.tls {
+            if !(tls.cert.is_file() && tls.key.is_file()) {
+                runtime.shutdown_background();
+                return Err(BrokerError::TlsFiles);
+            }
+            let mut tls_server = Server::new(server_settings(&config, Some(tls)), router_tx, V4);
+            runtime.spawn(async move {
+                if let Err(error) = tls_server.start(LinkType::Remote).await {
+                    tracing::error!(%error, "the mqtt tls listener stopped");
+                }
+            });
+        }
 
         let deadline = Instant::now() + LISTEN_TIMEOUT;
         loop {
-            if nodelay::set_on_listener(addr).map_err(BrokerError::NoDelay)? {
-                tracing::info!(%addr, "embedded mqtt broker listening");
+            let tls_up = match &config.tls {
+                None => true,
+                Some(tls) => nodelay::set_on_listener(tls.listen).map_err(BrokerError::NoDelay)?,
+            };
+            if tls_up && nodelay::set_on_listener(addr).map_err(BrokerError::NoDelay)? {
+                tracing::info!(%addr, tls = ?config.tls.as_ref().map(|t| t.listen), "embedded mqtt broker listening");
                 return Ok(Self {
                     addr,
+                    tls_addr: config.tls.as_ref().map(|tls| tls.listen),
                     runtime: Some(runtime),
                 });
             }
@@ -97,7 +121,10 @@ impl EmbeddedBroker {
             // The runtime's tasks drop (and the listener closes) on its own threads: wait for the
             // port, so that a restart on the same address right away finds it free.
             let deadline = Instant::now() + LISTEN_TIMEOUT;
-            while probe(self.addr).is_err() && Instant::now() < deadline {
+            let taken = |addr: SocketAddr| probe(addr).is_err();
+            while (taken(self.addr) || self.tls_addr.is_some_and(taken))
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(2));
             }
             tracing::info!(addr = %self.addr, "embedded mqtt broker stopped");
@@ -134,7 +161,8 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
     }
 }
 
-fn server_settings(config: &BrokerConfig) -> ServerSettings {
+/// The plain listener's settings, or with `tls` the TLS listener's.
+fn server_settings(config: &BrokerConfig, tls: Option<&TlsListener>) -> ServerSettings {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: config.max_payload_bytes,
@@ -157,9 +185,18 @@ fn server_settings(config: &BrokerConfig) -> ServerSettings {
         },
     );
     ServerSettings {
-        name: "parkflow-v4".to_owned(),
-        listen: config.listen,
-        tls: None,
+        name: if tls.is_some() {
+            "parkflow-v4-tls"
+        } else {
+            "parkflow-v4"
+        }
+        .to_owned(),
+        listen: tls.map_or(config.listen, |tls| tls.listen),
+        tls: tls.map(|tls| TlsConfig::Rustls {
+            capath: None,
+            certpath: tls.cert.display().to_string(),
+            keypath: tls.key.display().to_string(),
+        }),
         next_connection_delay_ms: 0,
         connections,
     }

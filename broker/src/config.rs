@@ -1,6 +1,7 @@
 //! What the embedded broker needs to know: where to listen, how big its logs are, who may log in.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Decides whether a device may log in. The registry of devices lives outside the broker; the
@@ -14,11 +15,23 @@ pub trait Authenticator: Send + Sync + 'static {
 /// The answer to a login, once known.
 pub type Login = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
+/// A TLS listener for devices beyond this machine: a certificate chain and its private key, both
+/// PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Configuration of the embedded broker.
 #[derive(Clone)]
 pub struct BrokerConfig {
     /// The MQTT 3.1.1 listener (loopback by default; port 0 is not possible with rumqttd).
     pub listen: SocketAddr,
+    /// The same broker over TLS (`--mqtt-tls-listen`, `--mqtt-tls-cert`, `--mqtt-tls-key`), so
+    /// that passwords and plate reads do not cross a network in clear.
+    pub tls: Option<TlsListener>,
     /// Size of one segment of a subscription filter's in-memory log.
     ///
     /// rumqttd keeps every message published on a filter in that log, read or not, and drops the
@@ -45,6 +58,7 @@ impl BrokerConfig {
     pub fn new(listen: SocketAddr, authenticator: Arc<dyn Authenticator>) -> Self {
         Self {
             listen,
+            tls: None,
             segment_bytes: 16 * 1024 * 1024,
             segment_count: 8,
             max_payload_bytes: 512 * 1024,

@@ -7,4 +7,4 @@ mod config;
 mod nodelay;
 
 pub use app::{BrokerError, EmbeddedBroker};
-pub use config::{Authenticator, BrokerConfig, Login};
+pub use config::{Authenticator, BrokerConfig, Login, TlsListener};

@@ -111,3 +111,73 @@ fn a_taken_port_is_a_clear_error() {
     assert!(matches!(error, BrokerError::PortTaken(a) if a == addr));
     assert!(error.to_string().contains("--mqtt-listen"));
 }
+
+/// Devices beyond this machine connect over TLS (a certificate the test makes for `localhost`):
+/// the login and the messages travel encrypted, and the plain listener stays as it was.
+#[tokio::test]
+async fn devices_connect_over_tls_with_the_brokers_certificate() {
+    let dir = std::env::temp_dir().join(format!("parkflow-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+
+    let (plain, tls_addr) = (free_addr(), free_addr());
+    let mut config = config(plain);
+    config.tls = Some(parkflow_broker::TlsListener {
+        listen: tls_addr,
+        cert,
+        key,
+    });
+    let _broker = EmbeddedBroker::start(config).unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let over_tls = |client_id: &str, password: &str| {
+        let mut options = MqttOptions::new(client_id, "localhost", tls_addr.port());
+        options.set_credentials(client_id, password);
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls.clone())),
+        ));
+        AsyncClient::new(options, 10)
+    };
+    let (client, mut events) = over_tls("alice", "secret");
+    client.subscribe("t/tls", QoS::AtLeastOnce).await.unwrap();
+    client
+        .publish("t/tls", QoS::AtLeastOnce, false, "over tls")
+        .await
+        .unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) = events.poll().await.unwrap() {
+                return publish.payload;
+            }
+        }
+    })
+    .await
+    .expect("the message came back over tls");
+    assert_eq!(&received[..], b"over tls");
+    // The login is checked over TLS as over plain TCP; plain TCP still works on its own port.
+    let (_refused, mut refused_events) = over_tls("alice", "wrong");
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match refused_events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return false,
+                Ok(_) => continue,
+                Err(_) => return true,
+            }
+        }
+    })
+    .await
+    .unwrap_or(true);
+    assert!(refused, "a wrong password is refused over tls too");
+    assert!(connects(plain, "alice", "secret").await);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
