@@ -97,6 +97,21 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         let db = Db::connect(config.database_url.expose_secret()).await?;
         let registry = RegistryHandle::load(&db).await?;
+        if config.broker_hook_key.is_none() {
+            let trusting: Vec<String> = registry
+                .snapshot()
+                .lots()
+                .iter()
+                .filter(|lot| lot.device_auth == parkflow_protocol::DeviceAuth::Broker)
+                .map(|lot| lot.id.to_string())
+                .collect();
+            if !trusting.is_empty() {
+                tracing::warn!(
+                    lots = ?trusting,
+                    "these lots accept unsigned device messages (device_auth broker) but no broker asks the platform for permissions (--broker-hook-key): unless the broker enforces topic ACLs of its own, any device can speak for them"
+                );
+            }
+        }
         let listener = TcpListener::bind(config.http_listen)
             .await
             .map_err(|source| GatewayError::HttpBind {

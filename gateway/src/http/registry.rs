@@ -225,6 +225,7 @@ pub(crate) async fn create_lot(
             "time_zone must be an IANA zone such as Asia/Shanghai",
         ));
     }
+    enforced(&state, request.device_auth)?;
     let Location { lat, lon } = request.location;
     let lot = LotPlan {
         id: id.clone(),
@@ -444,6 +445,19 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// A lot may trust its broker for who speaks for its devices (`device_auth: broker`, unsigned
+/// messages) only when the broker enforces each device's permissions: it asks the platform
+/// (`--broker-hook-key`). The embedded broker enforces none.
+fn enforced(state: &AppState, device_auth: Option<DeviceAuth>) -> Result<(), ApiError> {
+    if device_auth == Some(DeviceAuth::Broker) && state.broker_hook.is_none() {
+        return Err(ApiError::bad_request(
+            "broker_auth_unenforced",
+            "device_auth broker needs a broker that enforces each device's topics (run with --broker-hook-key and EMQX or VerneMQ; README, \"Production broker\"); keep signed",
+        ));
+    }
+    Ok(())
+}
+
 /// `PATCH /v1/lots/{lot}`
 #[utoipa::path(
     patch, path = "/v1/lots/{lot}", tag = "operators",
@@ -462,6 +476,7 @@ pub(crate) async fn update_lot(
     ApiJson(request): ApiJson<LotUpdate>,
 ) -> Result<Json<LotView>, ApiError> {
     let lot = own_lot(&state, &scope, &lot)?;
+    enforced(&state, request.device_auth)?;
     // Each given field is checked as the lot would have it; only given fields are written.
     let name = checked_lot_fields(
         request.name.as_deref().unwrap_or(&lot.name),

@@ -756,3 +756,71 @@ async fn metrics_need_the_platform_admins_key() {
         "the private listener needs no key"
     );
 }
+
+/// The attack (issue 13): an operator sets a lot to `device_auth: broker` on a platform whose
+/// broker enforces nothing (the embedded one): from then on any device may publish unsigned
+/// reads for that lot's gates. `broker` is accepted only when a broker asks the platform what
+/// each device may do (`--broker-hook-key`).
+#[tokio::test]
+async fn broker_auth_needs_a_broker_that_enforces_permissions() {
+    let mut api = Api::with(&small_city()).await;
+    let hooks = api.state.broker_hook.take();
+    let lot = |id: &str| {
+        json!({"id": id, "name": id, "kind": "off_street", "location": {"lat": 30.2, "lon": 120.1},
+               "capacity": 10, "time_zone": "Asia/Shanghai", "device_auth": "broker"})
+        .to_string()
+    };
+    let broker = json!({"device_auth": "broker"}).to_string();
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/operators/op-1/lots",
+            Some(ADMIN_KEY),
+            Some(&lot("lot-b")),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!("broker_auth_unenforced")
+        ),
+        "{body}"
+    );
+    let (status, body) = api
+        .call(
+            Method::PATCH,
+            "/v1/lots/lot-a",
+            Some(ADMIN_KEY),
+            Some(&broker),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, lots) = api
+        .call(
+            Method::GET,
+            "/v1/operators/op-1/lots",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert!(
+        lots.as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["device_auth"] == "signed"),
+        "{lots}"
+    );
+    // With a broker that asks the platform, a lot may trust it.
+    api.state.broker_hook = hooks;
+    let (status, body) = api
+        .call(
+            Method::PATCH,
+            "/v1/lots/lot-a",
+            Some(ADMIN_KEY),
+            Some(&broker),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["device_auth"], "broker");
+}
