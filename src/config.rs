@@ -4,8 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use parkflow_gateway::gate::actor::DecisionConfig;
+use parkflow_gateway::privacy::PlateKey;
 use parkflow_gateway::registry::{PLATFORM_CLIENT_PREFIX, is_platform_client_id};
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::{MqttSetup, PlatformConfig};
 
 /// ParkFlow: leave first, pay later.
 #[derive(Debug, Parser)]
@@ -315,6 +319,65 @@ impl RunArgs {
             ));
         }
         Ok(())
+    }
+}
+
+impl RunArgs {
+    /// The platform these flags describe.
+    pub fn platform_config(&self) -> PlatformConfig {
+        let mqtt = match &self.mqtt_url() {
+            Some(url) => MqttSetup::External {
+                host: url.host_str().unwrap_or_default().to_owned(),
+                port: url.port().unwrap_or(1883),
+                credentials: (!url.username().is_empty()).then(|| {
+                    (
+                        url.username().to_owned(),
+                        url.password().unwrap_or_default().into(),
+                    )
+                }),
+            },
+            None => MqttSetup::Embedded {
+                listen: self.mqtt_listen,
+            },
+        };
+        // Without --public-url, payment links point at the address the API is bound to.
+        let public_url = self
+            .public_url
+            .as_ref()
+            .map(|url| url.as_str().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        let mut config = PlatformConfig::new(self.http_listen, self.database_url.clone(), mqtt);
+        config.mqtt_client_id = self.mqtt_client_id.clone();
+        config.admin_key = self.admin_key.clone();
+        config.broker_hook_key = self.broker_hook_key.clone();
+        if let (Some(cert), Some(key)) = (&self.mqtt_tls_cert, &self.mqtt_tls_key) {
+            config.mqtt_tls = Some(parkflow_broker::TlsListener {
+                listen: self.mqtt_tls_listen,
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        config.trusted_proxies.clone_from(&self.trusted_proxy);
+        config.max_streams_per_address = self.max_streams_per_address;
+        config.max_streams = self.max_streams;
+        config.metrics_listen = self.metrics_listen;
+        config.decisions = DecisionConfig {
+            public_url,
+            plate_key: self
+                .plate_key
+                .as_ref()
+                .map_or_else(PlateKey::random, |key| {
+                    PlateKey::new(key.expose_secret().as_bytes())
+                }),
+            ..DecisionConfig::default()
+        };
+        config.retention.retention = chrono::Duration::days(i64::from(self.plate_retention_days));
+        config.occupancy.heartbeat_deadline =
+            chrono::Duration::seconds(i64::from(self.heartbeat_deadline_secs));
+        config.occupancy.thresholds.almost_full_ratio = self.almost_full_ratio;
+        config.public_rate_per_second = self.public_rate;
+        config.driver_rate_per_second = self.driver_rate;
+        config
     }
 }
 

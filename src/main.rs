@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use parkflow::Platform;
 use parkflow::config::{Cli, Command, RunArgs, Scenario};
 use parkflow::demo::Demo;
-use parkflow::{MqttSetup, Platform, PlatformConfig};
-use parkflow_gateway::gate::actor::DecisionConfig;
-use parkflow_gateway::privacy::PlateKey;
 use parkflow_sensors_sim::clock::SimClock;
 use parkflow_sensors_sim::traffic::{Shared, TrafficConfig};
 use parkflow_sensors_sim::{CityConfig, Stats};
@@ -185,59 +183,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             args.admin_key = Some(parkflow::platform::random_secret().into());
         }
     }
-    let mqtt = match &args.mqtt_url() {
-        Some(url) => MqttSetup::External {
-            host: url.host_str().unwrap_or_default().to_owned(),
-            port: url.port().unwrap_or(1883),
-            credentials: (!url.username().is_empty()).then(|| {
-                (
-                    url.username().to_owned(),
-                    url.password().unwrap_or_default().into(),
-                )
-            }),
-        },
-        None => MqttSetup::Embedded {
-            listen: args.mqtt_listen,
-        },
-    };
-    // Without --public-url, payment links point at the address the API is bound to.
-    let public_url = args
-        .public_url
-        .as_ref()
-        .map(|url| url.as_str().trim_end_matches('/').to_owned())
-        .unwrap_or_default();
-    let mut config = PlatformConfig::new(args.http_listen, args.database_url.clone(), mqtt);
-    config.mqtt_client_id = args.mqtt_client_id.clone();
-    config.admin_key = args.admin_key.clone();
-    config.broker_hook_key = args.broker_hook_key.clone();
-    if let (Some(cert), Some(key)) = (&args.mqtt_tls_cert, &args.mqtt_tls_key) {
-        config.mqtt_tls = Some(parkflow_broker::TlsListener {
-            listen: args.mqtt_tls_listen,
-            cert: cert.clone(),
-            key: key.clone(),
-        });
-    }
-    config.trusted_proxies.clone_from(&args.trusted_proxy);
-    config.max_streams_per_address = args.max_streams_per_address;
-    config.max_streams = args.max_streams;
-    config.metrics_listen = args.metrics_listen;
-    config.decisions = DecisionConfig {
-        public_url,
-        plate_key: args
-            .plate_key
-            .as_ref()
-            .map_or_else(PlateKey::random, |key| {
-                PlateKey::new(key.expose_secret().as_bytes())
-            }),
-        ..DecisionConfig::default()
-    };
-    config.retention.retention = chrono::Duration::days(i64::from(args.plate_retention_days));
-    config.occupancy.heartbeat_deadline =
-        chrono::Duration::seconds(i64::from(args.heartbeat_deadline_secs));
-    config.occupancy.thresholds.almost_full_ratio = args.almost_full_ratio;
-    config.public_rate_per_second = args.public_rate;
-    config.driver_rate_per_second = args.driver_rate;
-    let platform = Platform::build(config).await?;
+    let platform = Platform::build(args.platform_config()).await?;
     let http = platform.http_addr();
     let (mqtt_host, mqtt_port) = platform.mqtt_addr();
 

@@ -178,8 +178,8 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (Method::GET, "/metrics".into(), None, [401, 401, 200, 403, 403, 403, 403, 403]),
         (Method::GET, "/v1/openapi.json".into(), None, [200; 8]),
         // Brokers' hooks take the broker's key, not an API key; this platform runs without one.
-        (Method::POST, "/v1/broker/authenticate".into(), Some(json!({"clientid": "c", "username": "u", "password": "p"})), [404; 8]),
-        (Method::POST, "/v1/broker/authorize".into(), Some(json!({"clientid": "c", "username": "u", "topic": "t", "action": "publish"})), [404; 8]),
+        (Method::POST, "/v1/broker/authenticate".into(), Some(json!({"clientid": "c", "username": "u", "password": "p"})), [401, 404, 404, 404, 404, 404, 404, 404]),
+        (Method::POST, "/v1/broker/authorize".into(), Some(json!({"clientid": "c", "username": "u", "topic": "t", "action": "publish"})), [401, 404, 404, 404, 404, 404, 404, 404]),
         (Method::POST, "/v1/operators".into(), Some(json!({"id": "op-matrix", "name": "Matrix"})), [401, 401, 201, 403, 403, 403, 403, 403]),
         (Method::DELETE, format!("/v1/keys/{unknown}"), None, [401, 401, 404, 404, 403, 404, 403, 403]),
         (Method::POST, "/v1/operators/op-test/lots".into(), Some(bad_lot), [401, 401, 422, 422, 403, 404, 403, 403]),

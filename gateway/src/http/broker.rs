@@ -41,6 +41,9 @@ pub(crate) struct BrokerHook {
 
 /// The hook configuration, once the caller has shown the key.
 fn checked<'s>(state: &'s AppState, headers: &HeaderMap) -> Result<&'s BrokerHook, ApiError> {
+    if !headers.contains_key(AUTHORIZATION) {
+        return Err(ApiError::Unauthorized);
+    }
     let hook = state
         .broker_hook
         .as_deref()
