@@ -139,11 +139,13 @@ struct Gateway {
     child: Child,
     http: u16,
     mqtt: u16,
+    /// `/metrics` without a key (`--metrics-listen`), as Prometheus scrapes it.
+    metrics: u16,
 }
 
 impl Gateway {
     fn spawn(database_url: &str) -> anyhow::Result<Self> {
-        let (http, mqtt) = (free_port()?, free_port()?);
+        let (http, mqtt, metrics) = (free_port()?, free_port()?, free_port()?);
         let child = Command::new(std::env::current_exe()?)
             .args([
                 "run",
@@ -153,6 +155,8 @@ impl Gateway {
                 &format!("127.0.0.1:{http}"),
                 "--mqtt-listen",
                 &format!("127.0.0.1:{mqtt}"),
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics}"),
                 "--public-rate",
                 "1000000",
             ])
@@ -161,7 +165,12 @@ impl Gateway {
             .stderr(Stdio::inherit())
             .spawn()
             .context("failed to start the gateway process")?;
-        Ok(Self { child, http, mqtt })
+        Ok(Self {
+            child,
+            http,
+            mqtt,
+            metrics,
+        })
     }
 
     async fn wait_ready(&mut self, client: &reqwest::Client) -> anyhow::Result<()> {
@@ -196,9 +205,10 @@ impl Gateway {
 
     async fn metric(&self, client: &reqwest::Client, series: &str) -> anyhow::Result<f64> {
         let text = client
-            .get(format!("http://127.0.0.1:{}/metrics", self.http))
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics))
             .send()
             .await?
+            .error_for_status()?
             .text()
             .await?;
         Ok(text
@@ -213,9 +223,10 @@ impl Gateway {
     /// The sum of every series starting with `prefix` (a family's labelled series).
     async fn metric_sum(&self, client: &reqwest::Client, prefix: &str) -> anyhow::Result<f64> {
         let text = client
-            .get(format!("http://127.0.0.1:{}/metrics", self.http))
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics))
             .send()
             .await?
+            .error_for_status()?
             .text()
             .await?;
         Ok(text
