@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use parkflow_gateway::MqttTls;
 use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::privacy::PlateKey;
 use parkflow_gateway::registry::{PLATFORM_CLIENT_PREFIX, is_platform_client_id};
@@ -180,6 +181,10 @@ pub struct RunArgs {
     /// The embedded MQTT broker's address (ignored with --mqtt-url).
     #[arg(long, env = "PARKFLOW_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
     pub mqtt_listen: SocketAddr,
+    /// With `--mqtt-url mqtts://…`: trust only the CA certificates of this PEM file (default:
+    /// the system's roots).
+    #[arg(long, env = "PARKFLOW_MQTT_CA")]
+    pub mqtt_ca: Option<PathBuf>,
     /// The embedded broker's TLS listener for devices beyond this machine, with
     /// --mqtt-tls-cert and --mqtt-tls-key (PEM files).
     #[arg(long, env = "PARKFLOW_MQTT_TLS_LISTEN", default_value = "0.0.0.0:8883")]
@@ -197,7 +202,8 @@ pub struct RunArgs {
         default_value = "sqlite:parkflow.db"
     )]
     pub database_url: SecretString,
-    /// An external MQTT broker, `mqtt://[user:password@]host[:port]`, instead of the embedded one.
+    /// An external MQTT broker, `mqtt[s]://[user:password@]host[:port]`, instead of the embedded
+    /// one (`mqtts`: TLS, port 8883 by default).
     #[arg(long, env = "PARKFLOW_MQTT_URL", hide_env_values = true, value_parser = secret_url)]
     pub mqtt_url: Option<SecretString>,
     /// The platform's MQTT client id (its persistent session lives under it); it begins with
@@ -284,9 +290,9 @@ impl RunArgs {
     /// Checks what clap cannot: the broker URL's scheme and host.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(url) = &self.mqtt_url() {
-            if url.scheme() != "mqtt" && url.scheme() != "tcp" {
+            if !matches!(url.scheme(), "mqtt" | "tcp" | "mqtts") {
                 return Err(format!(
-                    "--mqtt-url must start with mqtt://, not {}://",
+                    "--mqtt-url must start with mqtt:// or mqtts://, not {}://",
                     url.scheme()
                 ));
             }
@@ -328,7 +334,12 @@ impl RunArgs {
         let mqtt = match &self.mqtt_url() {
             Some(url) => MqttSetup::External {
                 host: url.host_str().unwrap_or_default().to_owned(),
-                port: url.port().unwrap_or(1883),
+                port: url
+                    .port()
+                    .unwrap_or(if url.scheme() == "mqtts" { 8883 } else { 1883 }),
+                tls: (url.scheme() == "mqtts").then(|| MqttTls {
+                    ca: self.mqtt_ca.clone(),
+                }),
                 credentials: (!url.username().is_empty()).then(|| {
                     (
                         url.username().to_owned(),
@@ -388,9 +399,14 @@ mod tests {
     use clap::Parser;
 
     use super::{Cli, Command};
-    use crate::platform::{MqttSetup, PlatformConfig};
 
-    const SECRETS: [&str; 4] = ["adm1n-secret", "pl4te-secret", "db-p4ss", "mqtt-p4ss"];
+    const SECRETS: [&str; 5] = [
+        "adm1n-secret",
+        "pl4te-secret",
+        "db-p4ss",
+        "mqtt-p4ss",
+        "h00k-secret",
+    ];
 
     /// The URL is for connecting with: it carries the password.
     #[test]
@@ -437,22 +453,16 @@ mod tests {
             "--database-url",
             "postgres://parkflow:db-p4ss@db.internal/parkflow",
             "--mqtt-url",
-            "mqtt://gateway:mqtt-p4ss@broker.internal:1883",
+            "mqtts://gateway:mqtt-p4ss@broker.internal",
+            "--broker-hook-key",
+            "h00k-secret",
         ])
         .unwrap();
         let Command::Run(args) = &cli.command else {
             panic!("not a run command");
         };
-        let mut config = PlatformConfig::new(
-            args.http_listen,
-            args.database_url.clone(),
-            MqttSetup::External {
-                host: "broker.internal".into(),
-                port: 1883,
-                credentials: Some(("gateway".into(), SECRETS[3].into())),
-            },
-        );
-        config.admin_key.clone_from(&args.admin_key);
+        args.validate().unwrap();
+        let config = args.platform_config();
         let gateway = config.gateway_config("platform-p4ss");
         for printed in [
             format!("{cli:?}"),

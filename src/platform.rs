@@ -21,7 +21,7 @@ use parkflow_gateway::registry::access::{self, PlatformLogin};
 pub use parkflow_gateway::registry::{random_device_key, random_secret};
 use parkflow_gateway::store::Db;
 use parkflow_gateway::store::provision::{Plan, provision};
-use parkflow_gateway::{Gateway, GatewayConfig, MqttConfig};
+use parkflow_gateway::{Gateway, GatewayConfig, MqttConfig, MqttTls};
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,8 @@ pub enum MqttSetup {
         port: u16,
         /// User name and password.
         credentials: Option<(String, SecretString)>,
+        /// `mqtts://`: TLS to the broker.
+        tls: Option<MqttTls>,
     },
 }
 
@@ -118,17 +120,19 @@ impl PlatformConfig {
 
     /// The gateway's part; on the embedded broker the platform logs in with `platform_password`.
     pub fn gateway_config(&self, platform_password: &str) -> GatewayConfig {
-        let (host, port, credentials) = match &self.mqtt {
+        let (host, port, credentials, tls) = match &self.mqtt {
             MqttSetup::Embedded { listen } => (
                 listen.ip().to_string(),
                 listen.port(),
                 Some((PLATFORM_USER.to_owned(), platform_password.into())),
+                None,
             ),
             MqttSetup::External {
                 host,
                 port,
                 credentials,
-            } => (host.clone(), *port, credentials.clone()),
+                tls,
+            } => (host.clone(), *port, credentials.clone(), tls.clone()),
         };
         GatewayConfig {
             http_listen: self.http_listen,
@@ -140,6 +144,7 @@ impl PlatformConfig {
                 credentials,
                 keep_alive: Duration::from_secs(30),
                 inflight: 1_000,
+                tls,
             },
             decisions: self.decisions.clone(),
             occupancy: self.occupancy.clone(),

@@ -53,6 +53,8 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the broker's TLS could not be set up (--mqtt-url mqtts://, --mqtt-ca)")]
+    MqttTls(#[from] crate::mqtt::link::TlsSetupError),
     #[error("failed to bind the metrics listener {addr} (change --metrics-listen)")]
     MetricsBind {
         addr: SocketAddr,
@@ -138,12 +140,16 @@ impl Gateway {
         if config.decisions.public_url.is_empty() {
             config.decisions.public_url = format!("http://{http_addr}");
         }
-        let (client, eventloop) = link::connect(&config.mqtt);
+        let tls = match &config.mqtt.tls {
+            None => None,
+            Some(tls) => Some(Arc::new(tls.client_config()?)),
+        };
+        let (client, eventloop) = link::connect(&config.mqtt, tls.as_ref());
         let bay_mqtt = crate::mqtt::MqttConfig {
             client_id: format!("{}-bays", config.mqtt.client_id),
             ..config.mqtt.clone()
         };
-        let (bay_client, bay_eventloop) = link::connect(&bay_mqtt);
+        let (bay_client, bay_eventloop) = link::connect(&bay_mqtt, tls.as_ref());
         let (writer_handle, writer) = writer::writer(db.clone(), metrics.clone());
         let (occupancy, occupancy_rx) = OccupancyHandle::channel();
         let actor = GateActor::load(

@@ -26,4 +26,4 @@ pub mod store;
 pub use app::{Gateway, GatewayError};
 pub use config::GatewayConfig;
 pub use http::auth::constant_time_eq;
-pub use mqtt::MqttConfig;
+pub use mqtt::{MqttConfig, MqttTls};

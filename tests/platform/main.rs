@@ -16,6 +16,7 @@ mod demo;
 mod devices;
 mod drivers;
 mod gated_lot;
+mod mqtts;
 mod occupancy;
 mod operators;
 mod review;

@@ -32,6 +32,67 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// QoS 1 messages the broker may have in flight to us.
     pub inflight: u16,
+    /// Connect over TLS (`mqtts://`), trusting these roots.
+    pub tls: Option<MqttTls>,
+}
+
+/// TLS to the broker: the system's roots, or only the certificates of a CA file (PEM).
+#[derive(Debug, Clone, Default)]
+pub struct MqttTls {
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// Why the broker's TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("the CA file {path} could not be read as PEM certificates")]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("no trusted root certificate (the CA file is empty, or the system has none)")]
+    NoRoots,
+    #[error("TLS configuration failed")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl MqttTls {
+    /// The client configuration: TLS 1.2 or 1.3 with ring, and the roots this trusts.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsSetupError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(path) => {
+                for cert in
+                    CertificateDer::pem_file_iter(path).map_err(|source| TlsSetupError::CaFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                {
+                    let cert = cert.map_err(|source| TlsSetupError::CaFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    roots.add(cert)?;
+                }
+            }
+            None => {
+                let (added, _ignored) =
+                    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                tracing::debug!(roots = added, "system roots loaded for the broker's TLS");
+            }
+        }
+        if roots.is_empty() {
+            return Err(TlsSetupError::NoRoots);
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
 }
 
 /// One message as it arrived.
@@ -46,7 +107,10 @@ pub(crate) struct Inbound {
 }
 
 /// Creates the client and its event loop: persistent session, manual acks, TCP_NODELAY.
-pub(crate) fn connect(config: &MqttConfig) -> (AsyncClient, EventLoop) {
+pub(crate) fn connect(
+    config: &MqttConfig,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options
         .set_clean_session(false)
@@ -57,6 +121,11 @@ pub(crate) fn connect(config: &MqttConfig) -> (AsyncClient, EventLoop) {
         .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
     if let Some((username, password)) = &config.credentials {
         options.set_credentials(username, password.expose_secret());
+    }
+    if let Some(tls) = tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
     }
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
     let mut network = NetworkOptions::new();

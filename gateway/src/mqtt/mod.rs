@@ -12,4 +12,4 @@ pub(crate) mod ingest;
 pub(crate) mod link;
 pub(crate) mod publish;
 
-pub use link::MqttConfig;
+pub use link::{MqttConfig, MqttTls};

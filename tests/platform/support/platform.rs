@@ -311,6 +311,7 @@ fn config(
                 host: url.host_str().unwrap().to_owned(),
                 port: url.port().unwrap_or(1883),
                 credentials: None,
+                tls: None,
             }
         }
     };
