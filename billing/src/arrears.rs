@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parkflow_db::{Db, QueryBuilder, StoreError, Tx, db_time, query};
-use parkflow_session::Unknown;
+use parkflow_session::{Unknown, from_text};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -77,13 +77,7 @@ impl TryFrom<String> for InvoiceStatus {
     type Error = Unknown;
 
     fn try_from(value: String) -> Result<Self, Unknown> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == value)
-            .ok_or(Unknown {
-                what: "invoice status",
-                value,
-            })
+        from_text(value, &Self::ALL, Self::as_str, "invoice status")
     }
 }
 

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use parkflow_db::{Db, StoreError, Tx, db_time, query};
 use parkflow_protocol::{Plate, PlateColor};
-use parkflow_session::Unknown;
+use parkflow_session::{Unknown, from_text};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -37,10 +37,12 @@ impl TryFrom<String> for DriverStatus {
     type Error = Unknown;
 
     fn try_from(value: String) -> Result<Self, Unknown> {
-        Self::parse(&value).ok_or(Unknown {
-            what: "driver status",
+        from_text(
             value,
-        })
+            &[Self::Active, Self::Suspended],
+            Self::as_str,
+            "driver status",
+        )
     }
 }
 

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use parkflow_db::{Db, StoreError, db_time, query};
 use parkflow_session::lifecycle::HeldExit;
 use parkflow_session::repo::close_paid_exit;
-use parkflow_session::{SessionStatus, Unknown};
+use parkflow_session::{SessionStatus, Unknown, from_text};
 use uuid::Uuid;
 
 use crate::arrears::{InvoiceStatus, StandingChange, reinstate_if_clear};
@@ -99,13 +99,7 @@ impl TryFrom<String> for PaymentKind {
     type Error = Unknown;
 
     fn try_from(value: String) -> Result<Self, Unknown> {
-        Self::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == value)
-            .ok_or(Unknown {
-                what: "payment kind",
-                value,
-            })
+        from_text(value, &Self::ALL, Self::as_str, "payment kind")
     }
 }
 
@@ -133,13 +127,7 @@ impl TryFrom<String> for PaymentStatus {
     type Error = Unknown;
 
     fn try_from(value: String) -> Result<Self, Unknown> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == value)
-            .ok_or(Unknown {
-                what: "payment status",
-                value,
-            })
+        from_text(value, &Self::ALL, Self::as_str, "payment status")
     }
 }
 

@@ -20,4 +20,4 @@ pub mod status;
 
 pub use correction::{Correction, CorrectionError};
 pub use model::{OpenSession, ReviewItem, SessionEnd};
-pub use status::{ExitMatch, Resolution, ReviewKind, SessionStatus, Unknown};
+pub use status::{ExitMatch, Resolution, ReviewKind, SessionStatus, Unknown, from_text};

@@ -139,15 +139,27 @@ pub struct Unknown {
     pub value: String,
 }
 
+/// Reads a status (or kind) stored as text: the one of `all` whose `text` is `value`, or
+/// [`Unknown`]. Every status enum's `TryFrom<String>` (what `#[sqlx(try_from = "String")]`
+/// decodes rows with) is this.
+pub fn from_text<T: Copy>(
+    value: String,
+    all: &[T],
+    text: fn(T) -> &'static str,
+    what: &'static str,
+) -> Result<T, Unknown> {
+    match all.iter().copied().find(|variant| text(*variant) == value) {
+        Some(variant) => Ok(variant),
+        None => Err(Unknown { what, value }),
+    }
+}
+
 /// Rows decode a status through this (`#[sqlx(try_from = "String")]`).
 impl TryFrom<String> for SessionStatus {
     type Error = Unknown;
 
     fn try_from(value: String) -> Result<Self, Unknown> {
-        Self::parse(&value).ok_or(Unknown {
-            what: "session status",
-            value,
-        })
+        from_text(value, &Self::ALL, Self::as_str, "session status")
     }
 }
 
@@ -156,10 +168,7 @@ impl TryFrom<String> for ReviewKind {
     type Error = Unknown;
 
     fn try_from(value: String) -> Result<Self, Unknown> {
-        Self::parse(&value).ok_or(Unknown {
-            what: "review kind",
-            value,
-        })
+        from_text(value, &Self::ALL, Self::as_str, "review kind")
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parkflow_db::{Db, StoreError};
-use parkflow_session::Unknown;
+use parkflow_session::{Unknown, from_text};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -119,10 +119,7 @@ impl TryFrom<String> for ChargeStatus {
     type Error = Unknown;
 
     fn try_from(value: String) -> Result<Self, Unknown> {
-        Self::parse(&value).ok_or(Unknown {
-            what: "charge status",
-            value,
-        })
+        from_text(value, &Self::ALL, Self::as_str, "charge status")
     }
 }
 
