@@ -20,7 +20,7 @@ use super::link::Inbound;
 use crate::gate::{GateHandle, GateRead};
 use crate::metrics::Metrics;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
-use crate::registry::{BayIdx, DeviceKind, Lot, Registry, RegistryHandle};
+use crate::registry::{DeviceKind, Lot, Registry, RegistryHandle};
 
 /// One rejection log line per reason per this interval; the counter counts them all.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -66,9 +66,10 @@ pub(crate) struct Ingest {
     gates: GateHandle,
     occupancy: OccupancyHandle,
     last_logged: HashMap<&'static str, (Instant, u64)>,
-    /// The connection each bay sensor was last seen `online` with (hashed under a key of this
-    /// process): only that connection's `offline` turns its bay unknown.
-    online: HashMap<BayIdx, u64>,
+    /// The connection each bay sensor was last seen `online` with, by device (both hashed
+    /// under a key of this process, so that a registry reload renumbering bays changes
+    /// nothing): only that connection's `offline` turns its bay unknown.
+    online: HashMap<u64, u64>,
     connections: RandomState,
 }
 
@@ -218,18 +219,19 @@ impl Ingest {
                 let (sensor, report) =
                     bay_ingest::status(&registry, device, topic, &message.payload)?;
                 let connection = self.connections.hash_one(&report.connection);
+                let sensor_key = self.connections.hash_one(device.as_str());
                 match (report.status, sensor) {
                     // The bay stays unknown until its sensor speaks.
-                    (DeviceStatus::Online, Some(bay)) => {
-                        self.online.insert(bay, connection);
+                    (DeviceStatus::Online, Some(_)) => {
+                        self.online.insert(sensor_key, connection);
                     }
                     (DeviceStatus::Offline, Some(bay)) => {
-                        if self.online.get(&bay) != Some(&connection) {
+                        if self.online.get(&sensor_key) != Some(&connection) {
                             // An earlier connection's will, or a replay: the sensor is not
                             // known to be offline.
                             return Err(Rejection::Message("stale_status"));
                         }
-                        self.online.remove(&bay);
+                        self.online.remove(&sensor_key);
                         self.occupancy
                             .send(OccupancyMessage::Offline { registry, bay })
                             .await;
