@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod logging;
 pub mod platform;
 pub mod sim;
 

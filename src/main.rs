@@ -10,13 +10,16 @@ use clap::Parser;
 use parkflow::Platform;
 use parkflow::config::{Cli, Command, RunArgs, Scenario};
 use parkflow::demo::Demo;
+use parkflow::logging::QuietDisconnects;
 use parkflow_sensors_sim::clock::SimClock;
 use parkflow_sensors_sim::traffic::{Shared, TrafficConfig};
 use parkflow_sensors_sim::{CityConfig, Stats};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Exit code for a bad command line or configuration (BSD's EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -40,7 +43,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_filter(QuietDisconnects))
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
