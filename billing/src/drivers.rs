@@ -62,19 +62,7 @@ pub async fn insert(
     driver: &NewDriver<'_>,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    query(
-        "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(driver.id)
-    .bind(driver.name)
-    .bind(driver.status.as_str())
-    .bind(driver.auto_debit)
-    .bind(driver.payment_account)
-    .bind(db_time(at))
-    .execute(tx)
-    .await
-    .map(drop)
+    write(tx, driver, at, "").await
 }
 
 /// Stores a driver as a plan describes them: inserted, or brought back to the plan's name,
@@ -84,12 +72,27 @@ pub async fn upsert(
     driver: &NewDriver<'_>,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    query(
-        "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = excluded.status,
+    write(
+        tx,
+        driver,
+        at,
+        " ON CONFLICT (id) DO UPDATE SET name = excluded.name, status = excluded.status,
              payment_account = excluded.payment_account",
     )
+    .await
+}
+
+/// Inserts `driver`, with `on_conflict` deciding what an existing row becomes.
+async fn write(
+    tx: &mut Tx,
+    driver: &NewDriver<'_>,
+    at: DateTime<Utc>,
+    on_conflict: &str,
+) -> Result<(), StoreError> {
+    query(format!(
+        "INSERT INTO drivers (id, name, status, auto_debit, payment_account, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6){on_conflict}"
+    ))
     .bind(driver.id)
     .bind(driver.name)
     .bind(driver.status.as_str())

@@ -213,33 +213,28 @@ pub(crate) fn status(
     payload: &[u8],
 ) -> Result<(Option<BayIdx>, StatusReport), Rejection> {
     let bays = registry.bays();
-    let (lot, sensor) = match bays.device_by_id(device.as_str()) {
+    // The device's lot, its bay when it is a sensor, and its key: looked up once.
+    let (lot, sensor, key) = match bays.device_by_id(device.as_str()) {
         Some(bay_device) => (
             registry.lot(bays.lot_of(bay_device.bay)),
             (bay_device.kind == BayDeviceKind::Sensor).then_some(bay_device.bay),
+            std::borrow::Cow::Owned(bay_device.key.bytes().into_owned()),
         ),
         None => {
-            let lot = registry
-                .device(device)
-                .and_then(|registered| registered.lot.as_ref())
+            let registered = registry.device(device).ok_or(Rejection::NotRegistered)?;
+            let lot = registered
+                .lot
+                .as_ref()
                 .and_then(|lot| registry.lot_by_id(lot))
                 .ok_or(Rejection::NotRegistered)?;
-            (lot, None)
+            let key = registered.secret.expose_secret().as_bytes();
+            (lot, None, std::borrow::Cow::Borrowed(key))
         }
     };
     // Only the device itself speaks for its status.
-    let opened =
-        open::<StatusReport, Vec<u8>>(payload, &topic.to_string(), lot.device_auth, |id| {
-            if id != device {
-                return None;
-            }
-            match bays.device_by_id(id.as_str()) {
-                Some(bay_device) => Some(bay_device.key.bytes().into_owned()),
-                None => registry
-                    .device(id)
-                    .map(|d| d.secret.expose_secret().as_bytes().to_vec()),
-            }
-        })?;
+    let opened = open::<StatusReport, _>(payload, &topic.to_string(), lot.device_auth, |id| {
+        (id == device).then_some(key)
+    })?;
     let report = opened.body;
     if report.connection.is_empty() || report.connection.len() > StatusReport::MAX_CONNECTION_LEN {
         return Err(Rejection::Message("malformed"));
