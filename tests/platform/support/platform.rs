@@ -122,7 +122,7 @@ impl TestPlatform {
             .unwrap();
         db.close().await;
         let client_id = format!("parkflow-test-{}", Uuid::new_v4().simple());
-        let running = boot(setup, &database_url, &client_id, free_addr(), &configure).await;
+        let running = boot_anywhere(setup, &database_url, &client_id, &configure).await;
         let platform = Self {
             configure,
             setup,
@@ -266,6 +266,42 @@ struct Running {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// Boots on a free broker port. rumqttd cannot bind port 0, so the port is found free first and
+/// another test may take it in between: then another free port is tried.
+async fn boot_anywhere(
+    setup: Setup,
+    database_url: &str,
+    client_id: &str,
+    configure: &Configure,
+) -> Running {
+    for _ in 0..4 {
+        let config = config(setup, database_url, client_id, free_addr(), configure);
+        match Platform::build(config).await {
+            Ok(platform) => return running(platform),
+            Err(error)
+                if matches!(
+                    error.downcast_ref::<parkflow_broker::BrokerError>(),
+                    Some(parkflow_broker::BrokerError::PortTaken(_))
+                ) => {}
+            Err(error) => panic!("platform builds: {error:?}"),
+        }
+    }
+    panic!("no free broker port in four tries");
+}
+
+fn running(platform: Platform) -> Running {
+    let http = platform.http_addr();
+    let mqtt = platform.mqtt_addr();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(platform.run(token.clone()));
+    Running {
+        http,
+        mqtt,
+        token,
+        task,
+    }
+}
+
 async fn boot(
     setup: Setup,
     database_url: &str,
@@ -282,16 +318,7 @@ async fn boot(
     ))
     .await
     .expect("platform builds");
-    let http = platform.http_addr();
-    let mqtt = platform.mqtt_addr();
-    let token = CancellationToken::new();
-    let task = tokio::spawn(platform.run(token.clone()));
-    Running {
-        http,
-        mqtt,
-        token,
-        task,
-    }
+    running(platform)
 }
 
 fn config(
