@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::platform::{random_device_key, random_secret};
+use crate::platform::{mqtt_password, random_device_key, random_secret};
 
 /// The demo's operator.
 pub const OPERATOR: &str = "demo-operator";
@@ -91,6 +91,7 @@ impl Demo {
             for lane in &lot.lanes {
                 let id = DeviceId::parse(&format!("cam-{}-{}", lot.id, lane.gate))
                     .unwrap_or_else(|_| unreachable!("lot and gate ids make a valid device id"));
+                let secret = random_secret();
                 let entry = DeviceEntry {
                     id: id.clone(),
                     kind: DeviceKind::GateCamera,
@@ -98,8 +99,8 @@ impl Demo {
                     gate: Some(lane.gate.clone()),
                     bay: None,
                     mqtt_username: id.to_string(),
-                    mqtt_password: random_secret(),
-                    secret: random_secret(),
+                    mqtt_password: mqtt_password(&secret),
+                    secret,
                     simulated: lane.simulated,
                 };
                 plan.devices.push(DevicePlan {
@@ -109,7 +110,6 @@ impl Demo {
                     gate: Some(lane.gate.clone()),
                     bay: None,
                     mqtt_username: entry.mqtt_username.clone(),
-                    mqtt_password: entry.mqtt_password.clone().into(),
                     secret: entry.secret.clone().into(),
                 });
                 devices.devices.push(entry);
@@ -286,6 +286,12 @@ pub fn zone_plan(
         tariffs: vec![demo_tariff(tariff)],
     };
     let device = |id: DeviceId, kind: DeviceKind, bay| {
+        // Bay devices get 16-byte keys, which the registry keeps packed.
+        let secret = if kind == DeviceKind::Bridge {
+            random_secret()
+        } else {
+            random_device_key()
+        };
         let entry = DeviceEntry {
             id: id.clone(),
             kind,
@@ -293,13 +299,8 @@ pub fn zone_plan(
             gate: None,
             bay,
             mqtt_username: id.to_string(),
-            mqtt_password: random_secret(),
-            // Bay devices get 16-byte keys, which the registry keeps packed.
-            secret: if kind == DeviceKind::Bridge {
-                random_secret()
-            } else {
-                random_device_key()
-            },
+            mqtt_password: mqtt_password(&secret),
+            secret,
             simulated: true,
         };
         let plan = DevicePlan {
@@ -314,7 +315,6 @@ pub fn zone_plan(
             gate: None,
             bay: entry.bay.clone(),
             mqtt_username: entry.mqtt_username.clone(),
-            mqtt_password: entry.mqtt_password.clone().into(),
             secret: entry.secret.clone().into(),
         };
         (plan, entry)

@@ -18,7 +18,7 @@ use parkflow_gateway::occupancy::OccupancyConfig;
 use parkflow_gateway::privacy::{PlateKey, RetentionConfig, run_retention};
 use parkflow_gateway::registry::RegistryHandle;
 use parkflow_gateway::registry::access::{self, PlatformLogin};
-pub use parkflow_gateway::registry::{random_device_key, random_secret};
+pub use parkflow_gateway::registry::{mqtt_password, random_device_key, random_secret};
 use parkflow_gateway::store::Db;
 use parkflow_gateway::store::provision::{Plan, provision};
 use parkflow_gateway::{Gateway, GatewayConfig, MqttConfig, MqttTls};

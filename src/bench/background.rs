@@ -51,7 +51,6 @@ impl SensorZone {
                 gate: None,
                 bay: Some(bay.clone()),
                 mqtt_username: id.to_string(),
-                mqtt_password: random_device_key().into(),
                 secret: secret.clone().into(),
             });
             sensors.push((bay, id, secret));
@@ -61,7 +60,7 @@ impl SensorZone {
             .map(|d| {
                 (
                     d.mqtt_username.clone(),
-                    d.mqtt_password.expose_secret().to_owned(),
+                    d.mqtt_password().expose_secret().to_owned(),
                 )
             })
             .unwrap_or_default();

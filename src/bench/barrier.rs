@@ -31,7 +31,7 @@ use uuid::Uuid;
 use super::background::SensorZone;
 use super::{Latency, ratio};
 use crate::demo::demo_tariff;
-use crate::platform::random_secret;
+use crate::platform::{mqtt_password, random_secret};
 use crate::{MqttSetup, Platform, PlatformConfig};
 
 /// Plates driving in and out during the run.
@@ -58,6 +58,7 @@ impl Fixture {
         let lot = LotId::parse("bench-lot")?;
         let gate = GateId::parse("lane-1")?;
         let id = DeviceId::parse("cam-bench")?;
+        let secret = random_secret();
         let camera = DeviceEntry {
             id: id.clone(),
             kind: DeviceKind::GateCamera,
@@ -65,8 +66,8 @@ impl Fixture {
             gate: Some(gate.clone()),
             bay: None,
             mqtt_username: id.to_string(),
-            mqtt_password: random_secret(),
-            secret: random_secret(),
+            mqtt_password: mqtt_password(&secret),
+            secret,
             simulated: true,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -122,7 +123,6 @@ impl Fixture {
                 gate: Some(self.gate.clone()),
                 bay: None,
                 mqtt_username: self.camera.mqtt_username.clone(),
-                mqtt_password: self.camera.mqtt_password.clone().into(),
                 secret: self.camera.secret.clone().into(),
             }],
             drivers: self

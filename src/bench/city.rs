@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::ratio;
 use crate::demo::demo_tariff;
-use crate::platform::random_device_key;
+use crate::platform::{mqtt_password, random_device_key};
 
 /// Bays per zone, as in the Hangzhou preset.
 const BAYS_PER_ZONE: u32 = 400;
@@ -109,13 +109,13 @@ async fn provision_city(db: &Db, bays: usize) -> anyhow::Result<BenchCity> {
                     lot: Some(zone.clone()),
                     gate: None,
                     bay: Some(bay_id(b)?),
-                    mqtt_password: random_device_key().into(),
                     secret: secret.clone().into(),
                 });
                 city.sensor_keys.push(secret);
             }
             let bridge = DeviceId::parse(&format!("nb-{zone}"))?;
-            let (password, secret) = (random_device_key(), random_device_key());
+            let secret = random_device_key();
+            let password = mqtt_password(&secret);
             plan.devices.push(DevicePlan {
                 id: bridge.clone(),
                 kind: DeviceKind::Bridge,
@@ -123,7 +123,6 @@ async fn provision_city(db: &Db, bays: usize) -> anyhow::Result<BenchCity> {
                 gate: None,
                 bay: None,
                 mqtt_username: bridge.to_string(),
-                mqtt_password: password.clone().into(),
                 secret: secret.clone().into(),
             });
             city.bridge_keys.push((bridge, password, secret));

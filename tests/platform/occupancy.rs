@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::{Broker, Database, Setup, TestPlatform, World, eventually};
 use chrono::{DateTime, Utc};
-use parkflow_gateway::registry::{DeviceKind, LotKind};
+use parkflow_gateway::registry::{DeviceKind, LotKind, mqtt_password};
 use parkflow_gateway::store::provision::{DevicePlan, LotPlan, PassPlan};
 use parkflow_protocol::sign::{plain, seal};
 use parkflow_protocol::{
@@ -47,10 +47,11 @@ impl Zone {
         };
         let sensors: Vec<_> = (0..BAYS).map(|i| device("sensor", i)).collect();
         let cameras: Vec<_> = (0..BAYS).map(|i| device("bcam", i)).collect();
+        let bridge_secret = format!("secret-{}", Uuid::new_v4());
         let bridge = (
             DeviceId::parse(&format!("bridge-{suffix}")).unwrap(),
-            format!("pw-{}", Uuid::new_v4()),
-            format!("secret-{}", Uuid::new_v4()),
+            mqtt_password(&bridge_secret),
+            bridge_secret,
         );
         let mut zone_plan = world.plan.lots[0].clone();
         zone_plan = LotPlan {
@@ -72,7 +73,6 @@ impl Zone {
             gate: None,
             bay: bay.cloned(),
             mqtt_username: id.to_string(),
-            mqtt_password: format!("pw-{id}").into(),
             secret: secret.to_owned().into(),
         };
         for (i, bay) in bays.iter().enumerate() {
@@ -89,9 +89,10 @@ impl Zone {
                 &cameras[i].1,
             ));
         }
-        let mut bridge_plan = plan_device(&bridge.0, DeviceKind::Bridge, None, &bridge.2);
-        bridge_plan.mqtt_password = bridge.1.clone().into();
-        world.plan.devices.push(bridge_plan);
+        world
+            .plan
+            .devices
+            .push(plan_device(&bridge.0, DeviceKind::Bridge, None, &bridge.2));
         // The gated lot's pass holder holds a pass for the zone too.
         world.plan.passes.push(PassPlan {
             lot: lot.clone(),
@@ -589,8 +590,8 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
     let (world, zone, platform, publisher) = start(setup).await;
     // Bay 0's camera logs in with its own credentials (checked against the database).
     let camera = zone.cameras[0].0.as_str();
-    let cameras =
-        Publisher::connect(&platform, camera, Some((camera, &format!("pw-{camera}")))).await;
+    let password = mqtt_password(&zone.cameras[0].1);
+    let cameras = Publisher::connect(&platform, camera, Some((camera, &password))).await;
     let arrived = Utc::now() - chrono::Duration::minutes(40);
     publisher.send(zone.occupancy(0, true, 1, arrived)).await;
     publisher.send(zone.occupancy(1, true, 1, arrived)).await;
@@ -706,8 +707,8 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
 
     // A pass holder's stay is free.
     let camera = zone.cameras[3].0.as_str();
-    let third =
-        Publisher::connect(&platform, camera, Some((camera, &format!("pw-{camera}")))).await;
+    let password = mqtt_password(&zone.cameras[3].1);
+    let third = Publisher::connect(&platform, camera, Some((camera, &password))).await;
     publisher.send(zone.occupancy(3, true, 1, arrived)).await;
     eventually(WAIT, "bay 3's stay open", || async {
         let bays = platform
@@ -752,7 +753,7 @@ async fn retained_availability(platform: &TestPlatform, zone: &Zone) -> Value {
     let sensor = zone.sensors[5].0.as_str();
     let mut options = MqttOptions::new(sensor, &platform.mqtt.0, platform.mqtt.1);
     if platform.setup.broker == Broker::Embedded {
-        options.set_credentials(sensor, format!("pw-{sensor}"));
+        options.set_credentials(sensor, mqtt_password(&zone.sensors[5].1));
     }
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     let topic = Topic::LotAvailability {

@@ -14,7 +14,8 @@ use super::auth::{Scope, Staff, StaffAdmin};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::registry::{
-    DeviceKind, PLATFORM_CLIENT_PREFIX, is_platform_client_id, random_device_key, random_secret,
+    DeviceKind, PLATFORM_CLIENT_PREFIX, is_platform_client_id, mqtt_password, random_device_key,
+    random_secret,
 };
 use crate::store::devices::{self, DeviceError, DeviceView, NewDevice};
 
@@ -79,13 +80,14 @@ async fn reload(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A new device key and the MQTT password derived from it.
 fn credentials(kind: DeviceKind) -> (String, String) {
     let secret = match kind {
         // Bay devices' keys are 16 bytes, which the registry keeps packed.
         DeviceKind::BaySensor | DeviceKind::BayCamera => random_device_key(),
         DeviceKind::GateCamera | DeviceKind::Bridge => random_secret(),
     };
-    (random_secret(), secret)
+    (mqtt_password(&secret), secret)
 }
 
 /// `POST /v1/lots/{lot}/devices`

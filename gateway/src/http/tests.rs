@@ -23,15 +23,20 @@ use crate::gate::{GateHandle, GateMessage};
 use crate::metrics::Metrics;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
 use crate::registry::access::PlatformLogin;
-use crate::registry::{DeviceKind, GateDirection, LotKind, RegistryHandle};
+use crate::registry::{DeviceKind, GateDirection, LotKind, RegistryHandle, mqtt_password};
 use crate::store::provision::{DevicePlan, LotPlan, OperatorPlan, Plan, provision};
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId};
 
 const ADMIN_KEY: &str = "router-test-admin-key";
 const BROKER_KEY: &str = "router-test-broker-key";
 
+/// The MQTT password of a device of [`small_city`].
+fn pw(device: &str) -> String {
+    mqtt_password(&format!("secret-{device}"))
+}
+
 /// A gated lot with camera `cam-1` at gate `in-1`, and a street with sensor `sensor-1` at bay
-/// `b-1` (MQTT password `pw-{device}`).
+/// `b-1` (signing key `secret-{device}`, MQTT password [`pw`]).
 fn small_city() -> Plan {
     let lot = |id: &str, kind, gates, bays| LotPlan {
         id: LotId::parse(id).unwrap(),
@@ -55,7 +60,6 @@ fn small_city() -> Plan {
         gate: gate.map(|g| GateId::parse(g).unwrap()),
         bay: bay.map(|b| BayId::parse(b).unwrap()),
         mqtt_username: id.into(),
-        mqtt_password: format!("pw-{id}").into(),
         secret: format!("secret-{id}").into(),
     };
     Plan {
@@ -368,7 +372,7 @@ async fn emqx_asks_who_may_connect_and_what_each_device_may_do() {
             path,
             None,
             BROKER_KEY,
-            authn("cam-1", "cam-1", "pw-cam-1")
+            authn("cam-1", "cam-1", &pw("cam-1"))
         )
         .await
     ));
@@ -378,7 +382,7 @@ async fn emqx_asks_who_may_connect_and_what_each_device_may_do() {
             path,
             None,
             BROKER_KEY,
-            authn("sensor-1", "sensor-1", "pw-sensor-1")
+            authn("sensor-1", "sensor-1", &pw("sensor-1"))
         )
         .await
     ));
@@ -408,7 +412,7 @@ async fn emqx_asks_who_may_connect_and_what_each_device_may_do() {
             path,
             None,
             BROKER_KEY,
-            authn("sensor-1", "sensor-1", "pw-cam-1")
+            authn("sensor-1", "sensor-1", &pw("cam-1"))
         )
         .await
     ));
@@ -419,7 +423,7 @@ async fn emqx_asks_who_may_connect_and_what_each_device_may_do() {
             path,
             None,
             BROKER_KEY,
-            authn("parkflow-gateway", "cam-1", "pw-cam-1")
+            authn("parkflow-gateway", "cam-1", &pw("cam-1"))
         )
         .await
     ));
@@ -429,7 +433,7 @@ async fn emqx_asks_who_may_connect_and_what_each_device_may_do() {
         path,
         None,
         "guess",
-        authn("cam-1", "cam-1", "pw-cam-1"),
+        authn("cam-1", "cam-1", &pw("cam-1")),
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -600,7 +604,7 @@ async fn vernemq_webhooks_get_verne_shaped_answers() {
         path,
         Some("auth_on_register"),
         BROKER_KEY,
-        register("cam-1", "pw-cam-1"),
+        register("cam-1", &pw("cam-1")),
     )
     .await;
     assert_eq!((status, ok), (StatusCode::OK, json!({"result": "ok"})));
@@ -618,7 +622,7 @@ async fn vernemq_webhooks_get_verne_shaped_answers() {
         path,
         Some("auth_on_register"),
         "guess",
-        register("cam-1", "pw-cam-1"),
+        register("cam-1", &pw("cam-1")),
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -203,6 +203,84 @@ pub fn allows(client: &Client, access: Access, topic: &str) -> bool {
     }
 }
 
+/// The availability of every lot, as a topic filter: anyone logged in may subscribe to it (or
+/// to one lot's).
+pub const AVAILABILITY_FILTER: &str = "parkflow/v1/lots/+/availability";
+
+/// Everything `client` may do, as literal topics, for brokers that keep permission lists of
+/// their own (Mosquitto's dynamic security): what [`allows`] grants a device, beside reading
+/// availability ([`AVAILABILITY_FILTER`]). The platform's own permissions are not listed.
+pub fn grants(client: &Client) -> Vec<(Access, Topic)> {
+    let publish = Access::Publish { retain: false };
+    let status = |id: &DeviceId| {
+        (
+            Access::Publish { retain: true },
+            Topic::DeviceStatus { device: id.clone() },
+        )
+    };
+    match client {
+        Client::Platform => Vec::new(),
+        Client::GateCamera { id, lot, gate } => vec![
+            (
+                publish,
+                Topic::GatePlate {
+                    lot: lot.clone(),
+                    gate: gate.clone(),
+                },
+            ),
+            (
+                publish,
+                Topic::GateState {
+                    lot: lot.clone(),
+                    gate: gate.clone(),
+                },
+            ),
+            (
+                Access::Subscribe,
+                Topic::GateCommand {
+                    lot: lot.clone(),
+                    gate: gate.clone(),
+                },
+            ),
+            status(id),
+        ],
+        Client::BaySensor { id, lot, bay } => vec![
+            (
+                publish,
+                Topic::BayOccupancy {
+                    lot: lot.clone(),
+                    bay: bay.clone(),
+                },
+            ),
+            (
+                publish,
+                Topic::BayHeartbeat {
+                    lot: lot.clone(),
+                    bay: bay.clone(),
+                },
+            ),
+            status(id),
+        ],
+        Client::BayCamera { id, lot, bay } => vec![
+            (
+                publish,
+                Topic::BayPlate {
+                    lot: lot.clone(),
+                    bay: bay.clone(),
+                },
+            ),
+            status(id),
+        ],
+        Client::Bridge { id } => vec![
+            (
+                publish,
+                Topic::BridgeOccupancy { device: id.clone() },
+            ),
+            status(id),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +301,36 @@ mod tests {
             lot: LotId::parse("lot-a").unwrap(),
             bay: BayId::parse("b-1").unwrap(),
         }
+    }
+
+    #[test]
+    fn the_listed_grants_are_exactly_what_allows_permits() {
+        let bay_camera = Client::BayCamera {
+            id: DeviceId::parse("bcam-1").unwrap(),
+            lot: LotId::parse("lot-a").unwrap(),
+            bay: BayId::parse("b-1").unwrap(),
+        };
+        let bridge = Client::Bridge {
+            id: DeviceId::parse("bridge-1").unwrap(),
+        };
+        let clients = [camera(), sensor(), bay_camera, bridge];
+        for client in &clients {
+            let own = grants(client);
+            for (access, topic) in &own {
+                assert!(allows(client, *access, &topic.to_string()), "{topic}");
+            }
+            // Every other device's grants are refused to this one.
+            for other in clients.iter().filter(|other| *other != client) {
+                for (access, topic) in grants(other) {
+                    let mine = own.iter().any(|(_, t)| *t == topic);
+                    assert!(
+                        mine || !allows(client, access, &topic.to_string()),
+                        "{client:?} may {access:?} {topic}"
+                    );
+                }
+            }
+        }
+        assert!(allows(&sensor(), Access::Subscribe, AVAILABILITY_FILTER));
     }
 
     #[test]

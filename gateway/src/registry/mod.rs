@@ -301,6 +301,19 @@ impl RegistryHandle {
     }
 }
 
+/// The MQTT password of the device whose signing key is `secret`: derived from it, so that the
+/// platform, which must keep the key to check signatures, can give a broker that keeps logins of
+/// its own (Mosquitto's dynamic security, [`dynsec`]) every device's login again at any time. A
+/// device sees only a random-looking password: HMAC-SHA256 of a fixed label under its key.
+pub fn mqtt_password(secret: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(b"parkflow/v1 mqtt password");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+}
+
 /// A bay device's key: 16 random bytes, URL-safe base64 (the registry keeps such keys in 16 bytes).
 pub fn random_device_key() -> String {
     use base64::Engine;

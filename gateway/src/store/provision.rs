@@ -13,7 +13,7 @@ use parkflow_billing::drivers::{self, DriverStatus, NewDriver};
 use parkflow_db::{Executor, QueryBuilder, query};
 
 use super::{Db, StoreError, db_time};
-use crate::registry::{DeviceKind, GateDirection, LotKind, password_hash};
+use crate::registry::{DeviceKind, GateDirection, LotKind, mqtt_password, password_hash};
 
 /// Everything to provision.
 #[derive(Debug, Clone, Default)]
@@ -59,9 +59,16 @@ pub struct DevicePlan {
     pub gate: Option<GateId>,
     pub bay: Option<BayId>,
     pub mqtt_username: String,
-    /// Stored hashed.
-    pub mqtt_password: SecretString,
+    /// The HMAC key of its signed messages; its MQTT password is derived from it
+    /// ([`DevicePlan::mqtt_password`]) and stored hashed.
     pub secret: SecretString,
+}
+
+impl DevicePlan {
+    /// The MQTT password the device logs in with.
+    pub fn mqtt_password(&self) -> SecretString {
+        mqtt_password(self.secret.expose_secret()).into()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -178,7 +185,7 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
                 .push_bind(device.gate.as_ref().map(GateId::as_str))
                 .push_bind(device.bay.as_ref().map(BayId::as_str))
                 .push_bind(&device.mqtt_username)
-                .push_bind(password_hash(device.mqtt_password.expose_secret()))
+                .push_bind(password_hash(device.mqtt_password().expose_secret()))
                 .push_bind(device.secret.expose_secret())
                 .push_bind(now);
         });
@@ -360,7 +367,6 @@ mod tests {
             gate: None,
             bay: None,
             mqtt_username: "cam-1".into(),
-            mqtt_password: "mqtt-pw-s3cret".into(),
             secret: "hmac-s3cret".into(),
         };
         let driver = DriverPlan {

@@ -3,7 +3,7 @@
 use super::*;
 use chrono::Utc;
 use parkflow::demo::demo_tariff;
-use parkflow_gateway::registry::{DeviceKind, GateDirection, LotKind};
+use parkflow_gateway::registry::{DeviceKind, GateDirection, LotKind, mqtt_password};
 use parkflow_gateway::store::provision::{
     BlockPlan, DevicePlan, DriverPlan, LotPlan, OperatorPlan, PassPlan, Plan,
 };
@@ -47,24 +47,20 @@ impl World {
         let secrets: Vec<(DeviceId, String, String)> = [&entry_camera, &exit_camera]
             .into_iter()
             .map(|id| {
-                (
-                    id.clone(),
-                    format!("pw-{}", Uuid::new_v4()),
-                    format!("secret-{}", Uuid::new_v4()),
-                )
+                let secret = format!("secret-{}", Uuid::new_v4());
+                (id.clone(), mqtt_password(&secret), secret)
             })
             .collect();
         let devices = secrets
             .iter()
             .zip([&entry, &exit])
-            .map(|((id, password, secret), gate)| DevicePlan {
+            .map(|((id, _, secret), gate)| DevicePlan {
                 id: id.clone(),
                 kind: DeviceKind::GateCamera,
                 lot: Some(lot.clone()),
                 gate: Some(gate.clone()),
                 bay: None,
                 mqtt_username: id.to_string(),
-                mqtt_password: password.clone().into(),
                 secret: secret.clone().into(),
             })
             .collect();
