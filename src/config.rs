@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use parkflow_gateway::MqttTls;
 use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::privacy::PlateKey;
 use parkflow_gateway::registry::{PLATFORM_CLIENT_PREFIX, is_platform_client_id};
+use parkflow_gateway::{BrokerAcl, MqttTls};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{MqttSetup, PlatformConfig};
@@ -172,6 +172,13 @@ pub struct SimArgs {
     pub fee_sample: usize,
 }
 
+/// `--broker-acl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerAclArg {
+    /// Mosquitto 2's dynamic-security plugin.
+    MosquittoDynsec,
+}
+
 /// `parkflow run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -221,6 +228,11 @@ pub struct RunArgs {
     /// `/v1/broker/authorize`, which answer only when it is set (README, "Production broker").
     #[arg(long, env = "PARKFLOW_BROKER_HOOK_KEY", hide_env_values = true)]
     pub broker_hook_key: Option<SecretString>,
+    /// Keep the external broker's per-device permissions in step with the registry:
+    /// `mosquitto-dynsec` (Mosquitto 2's dynamic-security plugin; --mqtt-url names its admin
+    /// user). README, "Production broker".
+    #[arg(long, env = "PARKFLOW_BROKER_ACL", value_enum)]
+    pub broker_acl: Option<BrokerAclArg>,
     /// A reverse proxy (CIDR, repeatable) whose `X-Forwarded-For` gives the client's address
     /// for rate limits and stream caps; from anyone else the header is ignored.
     #[arg(long, env = "PARKFLOW_TRUSTED_PROXY", value_delimiter = ',')]
@@ -304,6 +316,13 @@ impl RunArgs {
         if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres")) {
             return Err("--database-url must be sqlite:FILE or postgres://…".into());
         }
+        if self.broker_acl.is_some()
+            && self
+                .mqtt_url()
+                .is_none_or(|url| url.username().is_empty() || url.password().is_none())
+        {
+            return Err("--broker-acl keeps an external broker's permissions: give --mqtt-url mqtt[s]://ADMIN:PASSWORD@host with the broker's admin login".into());
+        }
         if self.mqtt_url.is_some() && self.mqtt_tls_cert.is_some() {
             return Err("--mqtt-tls-cert is for the embedded broker; with --mqtt-url the external broker holds the certificate".into());
         }
@@ -361,6 +380,9 @@ impl RunArgs {
         config.mqtt_client_id = self.mqtt_client_id.clone();
         config.admin_key = self.admin_key.clone();
         config.broker_hook_key = self.broker_hook_key.clone();
+        config.broker_acl = self.broker_acl.map(|acl| match acl {
+            BrokerAclArg::MosquittoDynsec => BrokerAcl::MosquittoDynsec,
+        });
         if let (Some(cert), Some(key)) = (&self.mqtt_tls_cert, &self.mqtt_tls_key) {
             config.mqtt_tls = Some(parkflow_broker::TlsListener {
                 listen: self.mqtt_tls_listen,

@@ -21,7 +21,7 @@ use parkflow_gateway::registry::access::{self, PlatformLogin};
 pub use parkflow_gateway::registry::{mqtt_password, random_device_key, random_secret};
 use parkflow_gateway::store::Db;
 use parkflow_gateway::store::provision::{Plan, provision};
-use parkflow_gateway::{Gateway, GatewayConfig, MqttConfig, MqttTls};
+use parkflow_gateway::{BrokerAcl, Gateway, GatewayConfig, MqttConfig, MqttTls};
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,8 @@ pub struct PlatformConfig {
     pub mqtt_client_id: String,
     pub admin_key: Option<SecretString>,
     pub broker_hook_key: Option<SecretString>,
+    /// An external broker's permissions kept by the platform (`--broker-acl`).
+    pub broker_acl: Option<BrokerAcl>,
     /// The embedded broker's TLS listener, if any.
     pub mqtt_tls: Option<TlsListener>,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
@@ -96,6 +98,7 @@ impl PlatformConfig {
             mqtt_client_id: "parkflow-gateway".into(),
             admin_key: None,
             broker_hook_key: None,
+            broker_acl: None,
             mqtt_tls: None,
             trusted_proxies: Vec::new(),
             max_streams_per_address: 4,
@@ -152,6 +155,7 @@ impl PlatformConfig {
             driver_rate_per_second: self.driver_rate_per_second,
             admin_key: self.admin_key.clone(),
             broker_hook_key: self.broker_hook_key.clone(),
+            broker_acl: self.broker_acl,
             trusted_proxies: self.trusted_proxies.clone(),
             max_streams_per_address: self.max_streams_per_address,
             max_streams: self.max_streams,

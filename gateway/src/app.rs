@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::GatewayConfig;
+use crate::config::{BrokerAcl, GatewayConfig};
 use crate::gate::actor::GateActor;
 use crate::gate::{GateHandle, GateMessage};
 use parkflow_billing::payments::PaymentsApi;
@@ -29,6 +29,7 @@ use parkflow_billing::payments::PaymentsApi;
 use crate::availability::AvailabilityHandle;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::mqtt::dynsec::Dynsec;
 use crate::mqtt::ingest::Ingest;
 use crate::mqtt::link::INBOUND_CHANNEL_CAPACITY;
 use crate::mqtt::publish::CommandPublisher;
@@ -55,6 +56,8 @@ pub enum GatewayError {
     },
     #[error("the broker's TLS could not be set up (--mqtt-url mqtts://, --mqtt-ca)")]
     MqttTls(#[from] crate::mqtt::link::TlsSetupError),
+    #[error("the broker's permissions could not be set up (--broker-acl)")]
+    BrokerAcl(#[from] crate::mqtt::dynsec::DynsecError),
     #[error("failed to bind the metrics listener {addr} (change --metrics-listen)")]
     MetricsBind {
         addr: SocketAddr,
@@ -88,6 +91,9 @@ pub struct Gateway {
     occupancy_rx: mpsc::Receiver<OccupancyMessage>,
     bay_writer: BayWriter,
     availability: AvailabilityHandle,
+    /// The broker's permission lists, kept by the platform (`--broker-acl`), and what stops
+    /// their connection.
+    broker_acl: Option<(Arc<Dynsec>, CancellationToken)>,
 }
 
 impl Gateway {
@@ -99,7 +105,7 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         let db = Db::connect(config.database_url.expose_secret()).await?;
         let registry = RegistryHandle::load(&db).await?;
-        if config.broker_hook_key.is_none() {
+        if config.broker_hook_key.is_none() && config.broker_acl.is_none() {
             let trusting: Vec<String> = registry
                 .snapshot()
                 .lots()
@@ -110,7 +116,7 @@ impl Gateway {
             if !trusting.is_empty() {
                 tracing::warn!(
                     lots = ?trusting,
-                    "these lots accept unsigned device messages (device_auth broker) but no broker asks the platform for permissions (--broker-hook-key): unless the broker enforces topic ACLs of its own, any device can speak for them"
+                    "these lots accept unsigned device messages (device_auth broker) but the platform keeps no broker's permissions (--broker-hook-key, --broker-acl): unless the broker enforces topic ACLs of its own, any device can speak for them"
                 );
             }
         }
@@ -143,6 +149,27 @@ impl Gateway {
         let tls = match &config.mqtt.tls {
             None => None,
             Some(tls) => Some(Arc::new(tls.client_config()?)),
+        };
+        // Devices' permissions are in place before the platform's own links connect (which
+        // need the platform's role on such a broker).
+        let broker_acl = match config.broker_acl {
+            None => None,
+            Some(BrokerAcl::MosquittoDynsec) => {
+                let stop = CancellationToken::new();
+                let dynsec = Arc::new(Dynsec::connect(&config.mqtt, tls.as_ref(), stop.clone()));
+                match dynsec.prepare(&db).await {
+                    Ok(report) => tracing::info!(
+                        put = report.put,
+                        deleted = report.deleted,
+                        "mosquitto dynamic security in step with the registry"
+                    ),
+                    Err(error) => {
+                        stop.cancel();
+                        return Err(error.into());
+                    }
+                }
+                Some((dynsec, stop))
+            }
         };
         let (client, eventloop) = link::connect(&config.mqtt, tls.as_ref());
         let bay_mqtt = crate::mqtt::MqttConfig {
@@ -207,6 +234,7 @@ impl Gateway {
             occupancy_rx,
             bay_writer,
             availability,
+            broker_acl,
         })
     }
 
@@ -265,6 +293,7 @@ impl Gateway {
             occupancy_rx,
             bay_writer,
             availability,
+            broker_acl,
             ..
         } = self;
         let tracker = TaskTracker::new();
@@ -354,6 +383,9 @@ impl Gateway {
         let (all_connected_tx, connected_rx) = watch::channel(false);
         tracker.spawn(all_connected(links_connected, all_connected_tx));
         tracker.spawn(track_connection(connected_rx.clone(), metrics.clone()));
+        if let Some((dynsec, _)) = &broker_acl {
+            tracker.spawn(dynsec.clone().keep_in_step(db.clone(), token.clone()));
+        }
         let public_limit = http::limit::PublicLimit::per_second(config.public_rate_per_second);
         let driver_limit = http::limit::AddressLimit::per_second(config.driver_rate_per_second);
         tracker.spawn(forget_idle_clients(
@@ -390,6 +422,7 @@ impl Gateway {
                         .map(|(username, password)| PlatformLogin { username, password }),
                 })
             }),
+            broker_acl: broker_acl.as_ref().map(|(dynsec, _)| dynsec.clone()),
         };
         if let Some((metrics_listener, _)) = metrics_listener {
             let server = axum::serve(
@@ -417,6 +450,9 @@ impl Gateway {
         });
 
         token.cancelled().await;
+        if let Some((_, stop)) = &broker_acl {
+            stop.cancel();
+        }
         tracker.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
             .await

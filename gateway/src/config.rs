@@ -9,6 +9,13 @@ use crate::gate::actor::DecisionConfig;
 use crate::mqtt::MqttConfig;
 use crate::occupancy::OccupancyConfig;
 
+/// A broker whose permission lists the platform keeps in step with its registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerAcl {
+    /// Mosquitto 2 with the dynamic-security plugin ([`crate::mqtt::dynsec`]).
+    MosquittoDynsec,
+}
+
 /// Everything the gateway needs to start.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -28,6 +35,8 @@ pub struct GatewayConfig {
     /// The key brokers show to `POST /v1/broker/authenticate` and `/authorize`; without one
     /// those endpoints are not served.
     pub broker_hook_key: Option<SecretString>,
+    /// Permissions the platform keeps in the broker itself (`--broker-acl`).
+    pub broker_acl: Option<BrokerAcl>,
     /// Reverse proxies whose `X-Forwarded-For` gives the client's address (rate limits, stream caps).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Open availability streams allowed per client address, and in all.

@@ -24,6 +24,7 @@ pub mod session;
 pub mod store;
 
 pub use app::{Gateway, GatewayError};
-pub use config::GatewayConfig;
+pub use config::{BrokerAcl, GatewayConfig};
 pub use http::auth::constant_time_eq;
+pub use mqtt::dynsec::DynsecError;
 pub use mqtt::{MqttConfig, MqttTls};

@@ -12,6 +12,7 @@ mod support;
 mod arrears;
 mod authz;
 mod billing;
+mod broker_acl;
 mod demo;
 mod devices;
 mod drivers;

@@ -80,6 +80,23 @@ async fn reload(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Gives the broker's permission lists (`--broker-acl`) the device as it is now. The
+/// credentials were stored and are shown either way: a broker that cannot be told now is told by
+/// the next reconciliation (within a minute).
+async fn put_in_broker(state: &AppState, id: &DeviceId) {
+    let Some(acl) = &state.broker_acl else {
+        return;
+    };
+    let result = match crate::store::registry::broker_device(&state.db, id).await {
+        Ok(Some(device)) => acl.put(&device).await,
+        Ok(None) => Ok(()),
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = result {
+        tracing::warn!(device = %id, error = %error, "the broker could not be given the device's permissions yet; the next reconciliation retries");
+    }
+}
+
 /// A new device key and the MQTT password derived from it.
 fn credentials(kind: DeviceKind) -> (String, String) {
     let secret = match kind {
@@ -168,6 +185,7 @@ pub(crate) async fn register(
     )
     .await?;
     reload(&state).await?;
+    put_in_broker(&state, &id).await;
     let device = devices::device(&state.db, &id)
         .await?
         .ok_or(ApiError::NotFound("device"))?;
@@ -229,6 +247,7 @@ pub(crate) async fn rotate(
         ));
     }
     reload(&state).await?;
+    put_in_broker(&state, &id).await;
     Ok(Json(Credentials {
         device,
         mqtt_password: password,
@@ -243,6 +262,7 @@ pub(crate) async fn rotate(
     params(("id" = String, Path, description = "Device id")),
     responses(
         (status = 204, description = "Revoked: the broker refuses the device from now on"),
+        (status = 503, description = "Revoked in the registry, but the broker keeping permission lists (--broker-acl) could not be told yet: repeat the call", body = ErrorBody),
         (status = 404, description = "No such device (or not this caller's)", body = ErrorBody),
     ),
 )]
@@ -252,7 +272,22 @@ pub(crate) async fn revoke(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = own_device(&state, &scope, &id).await?;
+    let device = devices::device(&state.db, &id)
+        .await?
+        .ok_or(ApiError::NotFound("device"))?;
     devices::revoke(&state.db, &id, Utc::now()).await?;
     reload(&state).await?;
+    // A revoked device that the broker still lets in is not revoked: say so (the call may be
+    // repeated; the reconciliation also retries).
+    if let Some(acl) = &state.broker_acl
+        && let Err(error) = acl.delete(&device.mqtt_username, id.as_str()).await
+    {
+        tracing::error!(device = %id, error = %error, "a revoked device could not be removed from the broker");
+        return Err(ApiError::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "broker_unavailable",
+            message: "revoked in the registry, but the broker could not be told yet: repeat the call (the platform also retries within a minute)".into(),
+        });
+    }
     Ok(StatusCode::NO_CONTENT)
 }

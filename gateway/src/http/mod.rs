@@ -74,6 +74,8 @@ pub(crate) struct AppState {
     pub trusted_proxies: limit::TrustedProxies,
     /// Open availability streams.
     pub streams: limit::StreamLimit,
+    /// The broker's permission lists, which registration, rotation and revocation change at once.
+    pub broker_acl: Option<Arc<crate::mqtt::dynsec::Dynsec>>,
 }
 
 /// Drivers' endpoints and paying a held exit: rate-limited per client address (enrolment and

@@ -447,12 +447,16 @@ where
 
 /// A lot may trust its broker for who speaks for its devices (`device_auth: broker`, unsigned
 /// messages) only when the broker enforces each device's permissions: it asks the platform
-/// (`--broker-hook-key`). The embedded broker enforces none.
+/// (`--broker-hook-key`) or takes the platform's lists (`--broker-acl`). The embedded broker
+/// enforces none.
 fn enforced(state: &AppState, device_auth: Option<DeviceAuth>) -> Result<(), ApiError> {
-    if device_auth == Some(DeviceAuth::Broker) && state.broker_hook.is_none() {
+    if device_auth == Some(DeviceAuth::Broker)
+        && state.broker_hook.is_none()
+        && state.broker_acl.is_none()
+    {
         return Err(ApiError::bad_request(
             "broker_auth_unenforced",
-            "device_auth broker needs a broker that enforces each device's topics (run with --broker-hook-key and EMQX or VerneMQ; README, \"Production broker\"); keep signed",
+            "device_auth broker needs a broker that enforces each device's topics (run with --broker-acl and Mosquitto, or --broker-hook-key and EMQX or VerneMQ; README, \"Production broker\"); keep signed",
         ));
     }
     Ok(())

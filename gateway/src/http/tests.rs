@@ -145,6 +145,7 @@ impl Api {
                 }),
             })),
             db,
+            broker_acl: None,
         };
         Self {
             state,

@@ -8,6 +8,7 @@
 
 pub(crate) mod ack;
 pub(crate) mod bay_ingest;
+pub(crate) mod dynsec;
 pub(crate) mod ingest;
 pub(crate) mod link;
 pub(crate) mod publish;

@@ -272,10 +272,7 @@ pub fn grants(client: &Client) -> Vec<(Access, Topic)> {
             status(id),
         ],
         Client::Bridge { id } => vec![
-            (
-                publish,
-                Topic::BridgeOccupancy { device: id.clone() },
-            ),
+            (publish, Topic::BridgeOccupancy { device: id.clone() }),
             status(id),
         ],
     }

@@ -10,8 +10,10 @@ use parkflow_billing::{TariffDefinition, TariffSchedule};
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId};
 
 use parkflow_db::query;
+use secrecy::SecretString;
 
 use super::{Db, StoreError};
+use crate::registry::access::Client;
 use crate::registry::{
     BayDeviceKind, BayTable, BayTableBuilder, Device, DeviceKind, Gate, GateDirection, Location,
     Lot, LotIdx, LotKind, Registry, password_hash,
@@ -287,4 +289,91 @@ pub async fn authenticate(
     .fetch_optional(db)
     .await?;
     Ok(row.is_some_and(|(id, hash)| id == client_id && hash == password_hash(password)))
+}
+
+/// An active device as a broker that keeps its own permission lists needs it
+/// ([`crate::mqtt::dynsec`]).
+#[derive(Debug, Clone)]
+pub struct BrokerDevice {
+    pub id: DeviceId,
+    /// What it is and where, for its grants.
+    pub client: Client,
+    pub mqtt_username: String,
+    pub mqtt_password_hash: String,
+    pub secret: SecretString,
+}
+
+/// Every device not revoked, as brokers see it. Devices that name no lot, gate or bay of their
+/// kind get no permissions (and are counted in the log).
+pub async fn broker_devices(db: &Db) -> Result<Vec<BrokerDevice>, StoreError> {
+    let rows: Vec<DeviceRow> = query(format!(
+        "SELECT {BROKER_COLUMNS} FROM devices WHERE revoked_at IS NULL ORDER BY id"
+    ))
+    .fetch_all(db)
+    .await?;
+    let mut devices = Vec::with_capacity(rows.len());
+    let mut unplaced = 0u64;
+    for row in rows {
+        match broker_device_of(row)? {
+            Some(device) => devices.push(device),
+            None => unplaced += 1,
+        }
+    }
+    if unplaced > 0 {
+        tracing::warn!(
+            devices = unplaced,
+            "devices placed at no lot, gate or bay of their kind get no broker permissions"
+        );
+    }
+    Ok(devices)
+}
+
+/// One device as brokers see it; `None` if it is revoked, unknown or placed nowhere.
+pub async fn broker_device(db: &Db, id: &DeviceId) -> Result<Option<BrokerDevice>, StoreError> {
+    let row: Option<DeviceRow> = query(format!(
+        "SELECT {BROKER_COLUMNS} FROM devices WHERE id = $1 AND revoked_at IS NULL"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(db)
+    .await?;
+    Ok(match row {
+        Some(row) => broker_device_of(row)?,
+        None => None,
+    })
+}
+
+const BROKER_COLUMNS: &str =
+    "id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, revoked_at";
+
+fn broker_device_of(row: DeviceRow) -> Result<Option<BrokerDevice>, StoreError> {
+    let id = DeviceId::parse(&row.id).map_err(|_| corrupt("device id", &row.id))?;
+    let lot = row.lot_id.as_deref().and_then(|l| LotId::parse(l).ok());
+    let gate = row.gate_id.as_deref().and_then(|g| GateId::parse(g).ok());
+    let bay = row.bay_id.as_deref().and_then(|b| BayId::parse(b).ok());
+    let client = match (DeviceKind::parse(&row.kind), lot, gate, bay) {
+        (Some(DeviceKind::GateCamera), Some(lot), Some(gate), _) => Client::GateCamera {
+            id: id.clone(),
+            lot,
+            gate,
+        },
+        (Some(DeviceKind::BaySensor), Some(lot), _, Some(bay)) => Client::BaySensor {
+            id: id.clone(),
+            lot,
+            bay,
+        },
+        (Some(DeviceKind::BayCamera), Some(lot), _, Some(bay)) => Client::BayCamera {
+            id: id.clone(),
+            lot,
+            bay,
+        },
+        (Some(DeviceKind::Bridge), ..) => Client::Bridge { id: id.clone() },
+        _ => return Ok(None),
+    };
+    Ok(Some(BrokerDevice {
+        id,
+        client,
+        mqtt_username: row.mqtt_username,
+        mqtt_password_hash: row.mqtt_password_hash,
+        secret: row.secret.into(),
+    }))
 }

@@ -44,7 +44,7 @@ impl TestDevice {
     ) -> Self {
         let (password, secret) = world.device(id);
         let mut options = MqttOptions::new(id.as_str(), &platform.mqtt.0, platform.mqtt.1);
-        if platform.setup.broker == Broker::Embedded {
+        if platform.setup.broker.checks_logins() {
             options.set_credentials(id.as_str(), &password);
         }
         options.set_keep_alive(Duration::from_secs(10));

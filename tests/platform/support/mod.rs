@@ -13,7 +13,7 @@ mod world;
 
 pub use database::TestDatabase;
 pub use device::TestDevice;
-pub use platform::TestPlatform;
+pub use platform::{TestPlatform, admin_login};
 pub use setup::{Broker, Database, Setup};
 pub use world::World;
 

@@ -7,8 +7,10 @@ use super::database::{drop_postgres_database, fresh_postgres_database};
 use super::*;
 use chrono::Utc;
 use parkflow::{MqttSetup, Platform, PlatformConfig};
+use parkflow_gateway::BrokerAcl;
 use parkflow_protocol::LotId;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -197,9 +199,9 @@ impl TestPlatform {
 
     pub async fn stop(mut self) {
         self.stop_platform().await;
-        if self.setup.broker == Broker::Mosquitto {
-            forget_persistent_session(&self.mqtt, &self.client_id).await;
-            forget_persistent_session(&self.mqtt, &format!("{}-bays", self.client_id)).await;
+        if let Some(url) = self.setup.broker.url() {
+            forget_persistent_session(&url, &self.client_id).await;
+            forget_persistent_session(&url, &format!("{}-bays", self.client_id)).await;
         }
         if let Some(name) = self.pg_database.take() {
             drop_postgres_database(&name).await;
@@ -332,18 +334,21 @@ fn config(
         Broker::Embedded => MqttSetup::Embedded {
             listen: mqtt_listen,
         },
-        Broker::Mosquitto => {
-            let url = url::Url::parse(&std::env::var("PARKFLOW_TEST_MQTT_URL").unwrap()).unwrap();
+        Broker::Mosquitto | Broker::MosquittoDynsec => {
+            let url = setup.broker.url().expect("the broker's URL is set");
             MqttSetup::External {
                 host: url.host_str().unwrap().to_owned(),
                 port: url.port().unwrap_or(1883),
-                credentials: None,
+                credentials: admin_login(&url),
                 tls: None,
             }
         }
     };
     let mut config = PlatformConfig::new("127.0.0.1:0".parse().unwrap(), database_url, mqtt);
     config.mqtt_client_id = client_id.to_owned();
+    if setup.broker == Broker::MosquittoDynsec {
+        config.broker_acl = Some(BrokerAcl::MosquittoDynsec);
+    }
     config.admin_key = Some(ADMIN_KEY.into());
     // Tests open many availability streams from one address (the cap has a router test).
     config.max_streams_per_address = 1_000;
@@ -359,10 +364,27 @@ fn config(
     configure(&mut config);
     config
 }
+/// The user name and password of a broker URL, if it has them.
+pub fn admin_login(url: &url::Url) -> Option<(String, SecretString)> {
+    (!url.username().is_empty()).then(|| {
+        (
+            url.username().to_owned(),
+            url.password().unwrap_or_default().into(),
+        )
+    })
+}
+
 /// Ends the persistent session a test's platform left on the shared broker.
-async fn forget_persistent_session(mqtt: &(String, u16), client_id: &str) {
-    let mut options = MqttOptions::new(client_id, &mqtt.0, mqtt.1);
+async fn forget_persistent_session(url: &url::Url, client_id: &str) {
+    let mut options = MqttOptions::new(
+        client_id,
+        url.host_str().unwrap(),
+        url.port().unwrap_or(1883),
+    );
     options.set_clean_session(true);
+    if let Some((user, password)) = admin_login(url) {
+        options.set_credentials(user, password.expose_secret());
+    }
     let (client, mut events) = AsyncClient::new(options, 10);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         loop {

@@ -14,7 +14,33 @@ pub enum Database {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Broker {
     Embedded,
+    /// Mosquitto that lets anyone do anything (`PARKFLOW_TEST_MQTT_URL`).
     Mosquitto,
+    /// Mosquitto with the dynamic-security plugin, whose permissions the platform keeps
+    /// (`PARKFLOW_TEST_DYNSEC_URL`, `mqtt://ADMIN:PASSWORD@host:port`).
+    MosquittoDynsec,
+}
+
+impl Broker {
+    /// Whether devices log in with their credentials (an open Mosquitto takes anyone).
+    pub fn checks_logins(self) -> bool {
+        self != Self::Mosquitto
+    }
+
+    /// Whether the broker outlives the platform (and keeps its persistent sessions).
+    pub fn is_external(self) -> bool {
+        self != Self::Embedded
+    }
+
+    /// The external broker's URL.
+    pub fn url(self) -> Option<url::Url> {
+        let var = match self {
+            Self::Embedded => return None,
+            Self::Mosquitto => "PARKFLOW_TEST_MQTT_URL",
+            Self::MosquittoDynsec => "PARKFLOW_TEST_DYNSEC_URL",
+        };
+        Some(url::Url::parse(&std::env::var(var).ok()?).expect("a broker URL"))
+    }
 }
 
 /// A combination to test; `None` from [`Setup::available`] when its services are not switched on.
@@ -30,6 +56,10 @@ impl Setup {
         for (on, var) in [
             (database == Database::Postgres, "PARKFLOW_TEST_POSTGRES_URL"),
             (broker == Broker::Mosquitto, "PARKFLOW_TEST_MQTT_URL"),
+            (
+                broker == Broker::MosquittoDynsec,
+                "PARKFLOW_TEST_DYNSEC_URL",
+            ),
         ] {
             if on && std::env::var(var).is_err() {
                 // CI runs every variant: a missing service there is a failure, not a skip.
@@ -41,11 +71,12 @@ impl Setup {
         Some(Self { database, broker })
     }
 
-    /// With an external broker that enforces ACLs, lots accept plain JSON (SPEC §2 `broker` mode).
+    /// With an external broker, lots accept plain JSON (SPEC §2 `broker` mode): on the open
+    /// Mosquitto that is the protocol's test, on the dynsec one its production use.
     pub fn device_auth(&self) -> DeviceAuth {
         match self.broker {
             Broker::Embedded => DeviceAuth::Signed,
-            Broker::Mosquitto => DeviceAuth::Broker,
+            Broker::Mosquitto | Broker::MosquittoDynsec => DeviceAuth::Broker,
         }
     }
 }

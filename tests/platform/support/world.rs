@@ -3,11 +3,13 @@
 use super::*;
 use chrono::Utc;
 use parkflow::demo::demo_tariff;
-use parkflow_gateway::registry::{DeviceKind, GateDirection, LotKind, mqtt_password};
+use parkflow_gateway::registry::{
+    DeviceKind, GateDirection, LotKind, mqtt_password, random_device_key,
+};
 use parkflow_gateway::store::provision::{
     BlockPlan, DevicePlan, DriverPlan, LotPlan, OperatorPlan, PassPlan, Plan,
 };
-use parkflow_protocol::{DeviceId, GateId, LotId, Plate, PlateColor};
+use parkflow_protocol::{BayId, DeviceId, GateId, LotId, Plate, PlateColor};
 use uuid::Uuid;
 
 /// The test city: one gated lot with an entry and an exit lane, a few drivers.
@@ -129,6 +131,36 @@ impl World {
             pass_holder,
             plan,
         }
+    }
+
+    /// Adds a street of one bay (`b-1`) with a sensor; returns the street and the sensor.
+    pub fn add_bay_sensor(&mut self) -> (LotId, DeviceId) {
+        let suffix = &Uuid::new_v4().simple().to_string()[..10];
+        let street = LotId::parse(&format!("street-{suffix}")).unwrap();
+        let bay = BayId::parse("b-1").unwrap();
+        self.plan.lots.push(LotPlan {
+            id: street.clone(),
+            name: "Test street".into(),
+            kind: LotKind::OnStreet,
+            capacity: 1,
+            gates: Vec::new(),
+            bays: vec![bay.clone()],
+            ..self.plan.lots[0].clone()
+        });
+        let sensor = DeviceId::parse(&format!("sensor-{suffix}")).unwrap();
+        let secret = random_device_key();
+        self.plan.devices.push(DevicePlan {
+            id: sensor.clone(),
+            kind: DeviceKind::BaySensor,
+            lot: Some(street.clone()),
+            gate: None,
+            bay: Some(bay),
+            mqtt_username: sensor.to_string(),
+            secret: secret.clone().into(),
+        });
+        self.secrets
+            .push((sensor.clone(), mqtt_password(&secret), secret));
+        (street, sensor)
     }
 
     pub fn device(&self, id: &DeviceId) -> (String, String) {
