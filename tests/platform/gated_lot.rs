@@ -268,11 +268,15 @@ async fn malformed_and_oversized_payloads_are_counted_and_ingestion_goes_on(setu
         )
         .await;
 
+    // A broker that enforces permissions drops the read for a lot the camera is not at; any
+    // other lets it through to the platform, which refuses it. (On a shared broker other tests'
+    // lots are unknown here too, so the count is only checked where this read must add to it.)
+    let unknown_lot_arrives = setup.broker != Broker::MosquittoDynsec;
     let reason = |r: &str| format!("parkflow_events_rejected_total{{reason=\"{r}\"}}");
     eventually(WAIT, "every bad message counted", || async {
         let counted = platform.metric(&reason("oversized")).await == 1.0
             && platform.metric(&reason("invalid_plate")).await == 1.0
-            && platform.metric(&reason("unknown_lot")).await >= 1.0;
+            && (!unknown_lot_arrives || platform.metric(&reason("unknown_lot")).await >= 1.0);
         let malformed =
             platform.metric(&reason("malformed")).await + platform.metric(&reason("bad_jws")).await;
         (counted && malformed == 2.0).then_some(())

@@ -174,6 +174,8 @@ impl Dynsec {
                     }
                     Ok(_) => {}
                     Err(error) => {
+                        // The batch in flight will get no answer on this connection.
+                        answers.lock().unwrap_or_else(|e| e.into_inner()).take();
                         if ready_tx.send_replace(false) {
                             tracing::warn!(%error, "dynsec connection lost; reconnecting");
                         }
@@ -229,26 +231,36 @@ impl Dynsec {
             &["Role already exists"],
         )
         .await?;
-        // Mosquitto answers a role given twice with "Internal error": ask first.
+        // Mosquitto answers a role given twice with "Internal error": ask first, and after a
+        // refusal ask again (another platform starting beside this one may have given it).
+        if !self.admin_has_platform_role().await? {
+            let added = self
+                .run(
+                    vec![json!({"command": "addClientRole", "username": self.admin, "rolename": PLATFORM_ROLE})],
+                    &[],
+                )
+                .await;
+            if let Err(error) = added
+                && !self.admin_has_platform_role().await?
+            {
+                return Err(error);
+            }
+        }
+        self.reconcile(db).await
+    }
+
+    async fn admin_has_platform_role(&self) -> Result<bool, DynsecError> {
         let admin = self
             .run(
                 vec![json!({"command": "getClient", "username": self.admin})],
                 &[],
             )
             .await?;
-        let has_role = admin
+        Ok(admin
             .first()
             .and_then(|r| r.data.as_ref())
             .and_then(|data| data["client"]["roles"].as_array())
-            .is_some_and(|roles| roles.iter().any(|r| r["rolename"] == PLATFORM_ROLE));
-        if !has_role {
-            self.run(
-                vec![json!({"command": "addClientRole", "username": self.admin, "rolename": PLATFORM_ROLE})],
-                &[],
-            )
-            .await?;
-        }
-        self.reconcile(db).await
+            .is_some_and(|roles| roles.iter().any(|r| r["rolename"] == PLATFORM_ROLE)))
     }
 
     /// Gives the broker `device` as the registry has it now (replacing, and so disconnecting, an
@@ -396,27 +408,43 @@ impl Dynsec {
         tolerated: &[&str],
     ) -> Result<Vec<Response>, DynsecError> {
         let _turn = self.turn.lock().await;
-        let batch = Uuid::new_v4().simple().to_string();
-        let commands: Vec<Value> = commands
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut command)| {
-                command["correlationData"] = json!(format!("{batch}/{i}"));
-                command
-            })
-            .collect();
-        let (tx, rx) = oneshot::channel();
-        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Some((batch, tx));
-        let payload = serde_json::to_vec(&json!({ "commands": commands }))
-            .unwrap_or_else(|_| unreachable!("JSON values serialize"));
-        self.client
-            .publish(COMMANDS, QoS::AtLeastOnce, false, payload)
-            .await
-            .map_err(|_| DynsecError::NoAnswer(ANSWER_TIMEOUT))?;
-        let responses = tokio::time::timeout(ANSWER_TIMEOUT, rx)
-            .await
-            .map_err(|_| DynsecError::NoAnswer(ANSWER_TIMEOUT))?
-            .map_err(|_| DynsecError::NoAnswer(ANSWER_TIMEOUT))?;
+        let payload = |batch: &str| {
+            let commands: Vec<Value> = commands
+                .iter()
+                .enumerate()
+                .map(|(i, command)| {
+                    let mut command = command.clone();
+                    command["correlationData"] = json!(format!("{batch}/{i}"));
+                    command
+                })
+                .collect();
+            serde_json::to_vec(&json!({ "commands": commands }))
+                .unwrap_or_else(|_| unreachable!("JSON values serialize"))
+        };
+        // The broker disconnects the admin's connections when the admin's roles change (another
+        // platform starting beside this one): a batch whose connection was lost is sent again
+        // (every batch is safe to repeat: puts delete first, creations tolerate what exists).
+        let mut attempts = 0;
+        let responses = loop {
+            attempts += 1;
+            let mut ready = self.ready.clone();
+            tokio::time::timeout(ANSWER_TIMEOUT, ready.wait_for(|ready| *ready))
+                .await
+                .map_err(|_| DynsecError::NoAnswer(ANSWER_TIMEOUT))?
+                .map_err(|_| DynsecError::NoAnswer(ANSWER_TIMEOUT))?;
+            let batch = Uuid::new_v4().simple().to_string();
+            let (tx, rx) = oneshot::channel();
+            *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Some((batch.clone(), tx));
+            self.client
+                .publish(COMMANDS, QoS::AtLeastOnce, false, payload(&batch))
+                .await
+                .map_err(|_| DynsecError::NoAnswer(ANSWER_TIMEOUT))?;
+            match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+                Ok(Ok(responses)) => break responses,
+                Ok(Err(_lost)) if attempts < 3 => {}
+                _ => return Err(DynsecError::NoAnswer(ANSWER_TIMEOUT)),
+            }
+        };
         for response in &responses {
             if let Some(error) = &response.error
                 && !tolerated.contains(&error.as_str())
