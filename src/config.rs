@@ -67,6 +67,13 @@ pub enum Scenario {
         /// Sensor messages a second in the background (0: none).
         #[arg(long, default_value_t = 10_000)]
         background_rate: u32,
+        /// Run both sides through this external broker instead of the embedded one
+        /// (`mqtt://[ADMIN:PASSWORD@]host:port`; the echo logs in with the same login).
+        #[arg(long, value_parser = secret_url)]
+        mqtt_url: Option<SecretString>,
+        /// With --mqtt-url: keep the broker's per-device permissions (`mosquitto-dynsec`).
+        #[arg(long, value_enum, requires = "mqtt_url")]
+        broker_acl: Option<BrokerAclArg>,
     },
     /// Every scenario in turn; `--quick`: each small (about two minutes in all), for CI.
     All {
@@ -177,6 +184,14 @@ pub struct SimArgs {
 pub enum BrokerAclArg {
     /// Mosquitto 2's dynamic-security plugin.
     MosquittoDynsec,
+}
+
+impl From<BrokerAclArg> for BrokerAcl {
+    fn from(acl: BrokerAclArg) -> Self {
+        match acl {
+            BrokerAclArg::MosquittoDynsec => Self::MosquittoDynsec,
+        }
+    }
 }
 
 /// `parkflow run`.
@@ -380,9 +395,7 @@ impl RunArgs {
         config.mqtt_client_id = self.mqtt_client_id.clone();
         config.admin_key = self.admin_key.clone();
         config.broker_hook_key = self.broker_hook_key.clone();
-        config.broker_acl = self.broker_acl.map(|acl| match acl {
-            BrokerAclArg::MosquittoDynsec => BrokerAcl::MosquittoDynsec,
-        });
+        config.broker_acl = self.broker_acl.map(BrokerAcl::from);
         if let (Some(cert), Some(key)) = (&self.mqtt_tls_cert, &self.mqtt_tls_key) {
             config.mqtt_tls = Some(parkflow_broker::TlsListener {
                 listen: self.mqtt_tls_listen,

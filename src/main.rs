@@ -79,7 +79,20 @@ fn main() -> ExitCode {
             Scenario::Barrier {
                 reads,
                 background_rate,
-            } => runtime.block_on(parkflow::bench::barrier::run(reads, background_rate)),
+                mqtt_url,
+                broker_acl,
+            } => {
+                let external = mqtt_url.map(|url| parkflow::bench::barrier::External {
+                    url: url::Url::parse(url.expose_secret())
+                        .unwrap_or_else(|_| unreachable!("checked by clap")),
+                    acl: broker_acl.map(|acl| acl.into()),
+                });
+                runtime.block_on(parkflow::bench::barrier::run(
+                    reads,
+                    background_rate,
+                    external,
+                ))
+            }
             Scenario::Persist {
                 sessions,
                 database_url,

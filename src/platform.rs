@@ -303,6 +303,10 @@ impl Platform {
             .context("failed to reload the registry")?;
         self.gateway.gates().reload(&db).await;
         self.gateway.occupancy().reload_passes(&db).await;
+        self.gateway
+            .sync_broker()
+            .await
+            .context("failed to give the broker the devices' permissions")?;
         Ok(())
     }
 

@@ -259,6 +259,16 @@ impl Gateway {
         self.metrics.clone()
     }
 
+    /// Brings the broker's permission lists (`--broker-acl`) in step with the registry now,
+    /// rather than at the next minute's reconciliation (after provisioning). Nothing to do
+    /// without such a broker.
+    pub async fn sync_broker(&self) -> Result<(), GatewayError> {
+        if let Some((dynsec, _)) = &self.broker_acl {
+            dynsec.reconcile(&self.db).await?;
+        }
+        Ok(())
+    }
+
     /// Talks to the gate actor (standing changes, paid exits, reloads).
     pub fn gates(&self) -> GateHandle {
         self.gates.clone()

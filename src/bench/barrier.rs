@@ -33,6 +33,7 @@ use super::{Latency, ratio};
 use crate::demo::demo_tariff;
 use crate::platform::{mqtt_password, random_secret};
 use crate::{MqttSetup, Platform, PlatformConfig};
+use parkflow_gateway::BrokerAcl;
 
 /// Plates driving in and out during the run.
 const PLATES: usize = 200;
@@ -195,9 +196,15 @@ impl Authenticator for AllowAll {
 }
 
 /// Answers every plate read at once with a signed `open`: the floor of what any platform can do.
-async fn echo(host: String, port: u16, fixture: Arc<Fixture>, token: CancellationToken) {
+async fn echo(
+    host: String,
+    port: u16,
+    login: (String, String),
+    fixture: Arc<Fixture>,
+    token: CancellationToken,
+) {
     let mut options = MqttOptions::new("echo", host, port);
-    options.set_credentials("echo", "echo");
+    options.set_credentials(login.0, login.1);
     let (client, mut eventloop) = AsyncClient::new(options, 1_000);
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
@@ -275,28 +282,124 @@ fn background(
     (task, sent)
 }
 
-/// Runs the scenario and prints its figures.
-pub async fn run(reads: usize, background_rate: u32) -> anyhow::Result<()> {
+/// An external broker both sides run through, and the permissions the platform keeps in it.
+pub struct External {
+    /// `mqtt://[USER:PASSWORD@]host:port`; the echo logs in as the same user.
+    pub url: url::Url,
+    pub acl: Option<BrokerAcl>,
+}
+
+impl External {
+    fn login(&self) -> Option<(String, String)> {
+        (!self.url.username().is_empty()).then(|| {
+            (
+                self.url.username().to_owned(),
+                self.url.password().unwrap_or_default().to_owned(),
+            )
+        })
+    }
+
+    async fn addr(&self) -> anyhow::Result<SocketAddr> {
+        let host = self.url.host_str().context("--mqtt-url needs a host")?;
+        tokio::net::lookup_host((host, self.url.port().unwrap_or(1883)))
+            .await?
+            .next()
+            .context("--mqtt-url's host has no address")
+    }
+}
+
+/// The platform's client id on an external broker: the same every run, so the permission lists
+/// it keeps there are replaced, not piled up.
+const BENCH_CLIENT_ID: &str = "parkflow-bench-barrier";
+
+/// Ends the platform's persistent sessions on an external broker, so the echo run's traffic
+/// does not queue for the next run.
+async fn forget_sessions(addr: SocketAddr, login: Option<&(String, String)>) {
+    for id in [
+        BENCH_CLIENT_ID.to_owned(),
+        format!("{BENCH_CLIENT_ID}-bays"),
+    ] {
+        let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        options.set_clean_session(true);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
+        let (client, mut events) = AsyncClient::new(options, 10);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.disconnect().await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Runs the scenario and prints its figures: on the embedded broker, or with `external` both
+/// sides through that broker.
+pub async fn run(
+    reads: usize,
+    background_rate: u32,
+    external: Option<External>,
+) -> anyhow::Result<()> {
     let warmup = (reads / 10).max(20);
     let fixture = Arc::new(Fixture::new()?);
     let stats = Arc::new(Stats::default());
+    let broker = match &external {
+        None => "embedded",
+        Some(External { acl: Some(_), .. }) => "mosquitto-dynsec",
+        Some(_) => "external",
+    };
     println!(
-        "scenario=barrier reads={reads} warmup={warmup} database=sqlite broker=embedded background_msgs_per_s={background_rate}"
+        "scenario=barrier reads={reads} warmup={warmup} database=sqlite broker={broker} background_msgs_per_s={background_rate}"
     );
 
     // ParkFlow.
     let dir = std::env::temp_dir().join(format!("parkflow-bench-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
-    let mqtt_listen = free_addr()?;
-    let config = PlatformConfig::new(
+    let (setup, mqtt_listen) = match &external {
+        None => {
+            let listen = free_addr()?;
+            (MqttSetup::Embedded { listen }, listen)
+        }
+        Some(external) => {
+            let addr = external.addr().await?;
+            let setup = MqttSetup::External {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                credentials: external
+                    .login()
+                    .map(|(user, password)| (user, password.into())),
+                tls: None,
+            };
+            (setup, addr)
+        }
+    };
+    let mut config = PlatformConfig::new(
         "127.0.0.1:0".parse()?,
         format!("sqlite:{}", dir.join("bench.db").display()),
-        MqttSetup::Embedded {
-            listen: mqtt_listen,
-        },
+        setup,
     );
+    if let Some(external) = &external {
+        config.mqtt_client_id = BENCH_CLIENT_ID.into();
+        config.broker_acl = external.acl;
+    }
     let platform = Platform::build(config).await?;
+    let provisioning = Instant::now();
     platform.provision(&fixture.plan()).await?;
+    if external.as_ref().is_some_and(|e| e.acl.is_some()) {
+        let devices = fixture.zone_plan.1.len() + 1;
+        let secs = provisioning.elapsed().as_secs_f64();
+        println!(
+            "broker_acl_devices={devices} broker_acl_provision_secs={secs:.2} broker_acl_devices_per_s={:.0}",
+            devices as f64 / secs
+        );
+    }
     let token = CancellationToken::new();
     let running = tokio::spawn(platform.run(token.clone()));
     let camera_token = token.child_token();
@@ -329,15 +432,26 @@ pub async fn run(reads: usize, background_rate: u32) -> anyhow::Result<()> {
     println!("{}", parkflow.line("parkflow"));
 
     // The echo baseline on the same broker.
-    let echo_listen = free_addr()?;
-    let broker = tokio::task::spawn_blocking(move || {
-        EmbeddedBroker::start(BrokerConfig::new(echo_listen, Arc::new(AllowAll)))
-    })
-    .await??;
+    let login = external.as_ref().and_then(External::login);
+    let (echo_listen, broker) = match &external {
+        None => {
+            let listen = free_addr()?;
+            let broker = tokio::task::spawn_blocking(move || {
+                EmbeddedBroker::start(BrokerConfig::new(listen, Arc::new(AllowAll)))
+            })
+            .await??;
+            (listen, Some(broker))
+        }
+        Some(_) => {
+            forget_sessions(mqtt_listen, login.as_ref()).await;
+            (mqtt_listen, None)
+        }
+    };
     let echo_token = CancellationToken::new();
     let responder = tokio::spawn(echo(
         echo_listen.ip().to_string(),
         echo_listen.port(),
+        login.unwrap_or_else(|| ("echo".into(), "echo".into())),
         fixture.clone(),
         echo_token.clone(),
     ));
@@ -363,7 +477,9 @@ pub async fn run(reads: usize, background_rate: u32) -> anyhow::Result<()> {
     cameras.close();
     cameras.wait().await;
     let _ = responder.await;
-    broker.stop();
+    if let Some(broker) = broker {
+        broker.stop();
+    }
     let baseline = Latency::of(&mut baseline);
     println!("{}", baseline.line("echo"));
     println!("camera {}", stats.summary());

@@ -65,7 +65,10 @@ pub async fn all(quick: bool) -> anyhow::Result<()> {
         .ok()
         .filter(|url| !url.is_empty());
     let mut outcomes: Vec<(&str, anyhow::Result<()>)> = vec![
-        ("barrier", barrier::run(scale(200, 2_000), 10_000).await),
+        (
+            "barrier",
+            barrier::run(scale(200, 2_000), 10_000, None).await,
+        ),
         ("broker", broker::run(scale(20_000, 200_000) as u64).await),
         ("ingest", city::ingest(scale(8_000, 200_000)).await),
         ("burst", city::run(scale(8_000, 848_000), true).await),
