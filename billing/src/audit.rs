@@ -69,7 +69,8 @@ const QUERIES: &[(&str, &str)] = &[
     (
         "refunds exceed what was collected",
         "SELECT CAST(c.id AS TEXT) FROM charges c LEFT JOIN invoices i ON i.charge_id = c.id
-         JOIN (SELECT charge_id, SUM(amount_minor) AS refunded FROM refunds GROUP BY charge_id) r ON r.charge_id = c.id
+         JOIN (SELECT charge_id, SUM(amount_minor) AS refunded FROM refunds WHERE status <> 'refused' GROUP BY charge_id) r
+           ON r.charge_id = c.id
          WHERE r.refunded > CASE WHEN c.status = 'succeeded' OR i.status = 'paid' THEN c.amount_minor ELSE 0 END",
     ),
     (
@@ -89,7 +90,7 @@ const QUERIES: &[(&str, &str)] = &[
     (
         "refund without its journal entry",
         "SELECT CAST(r.id AS TEXT) FROM refunds r
-         WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.reference = r.id AND l.kind = 'refund')",
+         WHERE r.status = 'refunded' AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.reference = r.id AND l.kind = 'refund')",
     ),
     (
         "invoice paid more than once",

@@ -104,26 +104,56 @@ async fn write(
     .map(drop)
 }
 
-/// Changes what is given of a driver's name, payment account and auto-debit consent.
+/// A driver who owes: suspended, or with an invoice not yet paid or written off. Such a driver
+/// can neither take a plate off their account nor withdraw their auto-debit consent: the debt
+/// stays with the debtor.
+const OWES: &str = "(EXISTS (SELECT 1 FROM drivers o WHERE o.id = $1 AND o.status = 'suspended')
+     OR EXISTS (SELECT 1 FROM invoices o WHERE o.driver_id = $1 AND o.status = 'open'))";
+
+/// What became of a change a debt may stand in the way of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Done,
+    /// Nothing of the driver's by that name (or no such driver).
+    NotFound,
+    /// Refused while the driver owes.
+    Owing,
+    /// Refused while a car under the plate is parked: its stay will be billed to this driver.
+    Parked,
+}
+
+/// Changes what is given of a driver's name, payment account and auto-debit consent; withdrawing
+/// the consent is refused while the driver owes.
 pub async fn update(
     db: &Db,
     id: Uuid,
     name: Option<&str>,
     payment_account: Option<&str>,
     auto_debit: Option<bool>,
-) -> Result<(), StoreError> {
-    query(
+) -> Result<Change, StoreError> {
+    let updated = query(format!(
         "UPDATE drivers SET name = COALESCE($2, name), payment_account = COALESCE($3, payment_account),
              auto_debit = COALESCE($4, auto_debit)
-         WHERE id = $1",
-    )
+         WHERE id = $1 AND NOT (COALESCE($4, auto_debit) = FALSE AND auto_debit = TRUE AND {OWES})"
+    ))
     .bind(id)
     .bind(name)
     .bind(payment_account)
     .bind(auto_debit)
     .execute(db)
-    .await
-    .map(drop)
+    .await?;
+    if updated == 1 {
+        return Ok(Change::Done);
+    }
+    let exists: Option<(Uuid,)> = query("SELECT id FROM drivers WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(if exists.is_some() {
+        Change::Owing
+    } else {
+        Change::NotFound
+    })
 }
 
 /// Gives a driver a plate; fails on the plate's key when another driver has it.
@@ -167,14 +197,33 @@ pub async fn assign_plate(
     .map(drop)
 }
 
-/// Takes a plate from a driver; whether it was theirs.
-pub async fn remove_plate(db: &Db, driver: Uuid, plate: &Plate) -> Result<bool, StoreError> {
-    let removed = query("DELETE FROM driver_plates WHERE plate = $1 AND driver_id = $2")
-        .bind(plate.as_str())
-        .bind(driver)
-        .execute(db)
-        .await?;
-    Ok(removed == 1)
+/// Takes a plate from a driver, unless they owe or a car under it is parked (the driver its stay
+/// is billed to is fixed when it leaves: removing the plate first would leave nobody to bill).
+pub async fn remove_plate(db: &Db, driver: Uuid, plate: &Plate) -> Result<Change, StoreError> {
+    const PARKED: &str =
+        "EXISTS (SELECT 1 FROM sessions s WHERE s.plate = $2 AND s.status = 'open')";
+    let removed = query(format!(
+        "DELETE FROM driver_plates WHERE driver_id = $1 AND plate = $2 AND NOT {OWES} AND NOT {PARKED}"
+    ))
+    .bind(driver)
+    .bind(plate.as_str())
+    .execute(db)
+    .await?;
+    if removed == 1 {
+        return Ok(Change::Done);
+    }
+    let theirs: Option<(bool,)> = query(format!(
+        "SELECT {PARKED} FROM driver_plates WHERE driver_id = $1 AND plate = $2"
+    ))
+    .bind(driver)
+    .bind(plate.as_str())
+    .fetch_optional(db)
+    .await?;
+    Ok(match theirs {
+        None => Change::NotFound,
+        Some((true,)) => Change::Parked,
+        Some((false,)) => Change::Owing,
+    })
 }
 
 /// Suspends every active driver with an open invoice due by `now`; the suspended ones.

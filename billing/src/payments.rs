@@ -41,7 +41,7 @@ pub enum PayError {
         "the payment provider has not confirmed the payment yet; retry with the same idempotency key"
     )]
     Pending,
-    #[error("the idempotency key was used for another payment")]
+    #[error("the idempotency key was used for another payment (another invoice or account)")]
     KeyReused,
     #[error("payment store failed")]
     Store(#[from] StoreError),
@@ -142,11 +142,30 @@ struct PaymentRow {
     currency: String,
     #[sqlx(try_from = "String")]
     status: PaymentStatus,
+    request_digest: Option<String>,
+}
+
+/// What was asked under a payment's key, kept as a digest (salted with the payment's id) so the
+/// account itself is not stored again.
+fn request_digest(payment: Uuid, account: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(payment.as_bytes())
+        .chain_update(account.as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Idempotency keys are the caller's own: a driver's for invoices, a session's for its `pay_url`.
+/// Nobody can take, probe or collide with another caller's key.
+fn scoped_key(scope: &str, owner: Uuid, key: &str) -> String {
+    format!("{scope}:{owner}:{key}")
 }
 
 async fn by_key(db: &Db, key: &str) -> Result<Option<PaymentRow>, PayError> {
     let row = query(
-        "SELECT id, kind, invoice_id, session_id, amount_minor, currency, status FROM payments WHERE idempotency_key = $1",
+        "SELECT id, kind, invoice_id, session_id, amount_minor, currency, status, request_digest
+         FROM payments WHERE idempotency_key = $1",
     )
     .bind(key)
     .fetch_optional(db)
@@ -164,9 +183,15 @@ enum Earlier {
     Resume(PaymentRow),
 }
 
-/// Looks up `key`, which must have been used for this `kind` of payment of `target` (an invoice
-/// or a session) if it was used at all.
-async fn earlier(db: &Db, key: &str, kind: PaymentKind, target: Uuid) -> Result<Earlier, PayError> {
+/// Looks up `key` (already scoped to its caller), which must have been used for this `kind` of
+/// payment of `target` (an invoice or a session) from the same `account` if it was used at all.
+async fn earlier(
+    db: &Db,
+    key: &str,
+    kind: PaymentKind,
+    target: Uuid,
+    account: &str,
+) -> Result<Earlier, PayError> {
     let Some(payment) = by_key(db, key).await? else {
         return Ok(Earlier::None);
     };
@@ -174,7 +199,11 @@ async fn earlier(db: &Db, key: &str, kind: PaymentKind, target: Uuid) -> Result<
         PaymentKind::Invoice => payment.invoice_id,
         PaymentKind::Exit => payment.session_id,
     };
-    if payment.kind != kind || paid_for != Some(target) {
+    let same_body = payment
+        .request_digest
+        .as_ref()
+        .is_none_or(|digest| *digest == request_digest(payment.id, account));
+    if payment.kind != kind || paid_for != Some(target) || !same_body {
         return Err(PayError::KeyReused);
     }
     match payment.status {
@@ -226,7 +255,8 @@ pub async fn pay_invoice<P: PaymentProvider>(
     now: DateTime<Utc>,
 ) -> Result<Paid, PayError> {
     let now = db_time(now);
-    let (payment, first) = match earlier(db, key, PaymentKind::Invoice, invoice).await? {
+    let key = &scoped_key("driver", driver, key);
+    let (payment, first) = match earlier(db, key, PaymentKind::Invoice, invoice, account).await? {
         Earlier::Paid(paid) => return Ok(paid),
         Earlier::Resume(p) => (p, false),
         Earlier::None => {
@@ -251,10 +281,12 @@ pub async fn pay_invoice<P: PaymentProvider>(
                 amount_minor: minor,
                 currency,
                 status: PaymentStatus::Pending,
+                request_digest: None,
             };
             let inserted = query(
-                "INSERT INTO payments (id, idempotency_key, kind, invoice_id, driver_id, amount_minor, currency, status, created_at)
-                 VALUES ($1, $2, 'invoice', $3, $4, $5, $6, 'pending', $7) ON CONFLICT DO NOTHING",
+                "INSERT INTO payments (id, idempotency_key, kind, invoice_id, driver_id, amount_minor, currency, status,
+                     request_digest, created_at)
+                 VALUES ($1, $2, 'invoice', $3, $4, $5, $6, 'pending', $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(payment.id)
             .bind(key)
@@ -262,6 +294,7 @@ pub async fn pay_invoice<P: PaymentProvider>(
             .bind(driver)
             .bind(minor)
             .bind(&payment.currency)
+            .bind(request_digest(payment.id, account))
             .bind(now)
             .execute(db)
             .await?;
@@ -387,7 +420,8 @@ pub async fn pay_exit<P: PaymentProvider>(
         gate_id: held.gate_id.clone(),
         event_id: held.event_id.clone(),
     };
-    let (payment, first) = match earlier(db, key, PaymentKind::Exit, session).await? {
+    let key = &scoped_key("session", session, key);
+    let (payment, first) = match earlier(db, key, PaymentKind::Exit, session, account).await? {
         Earlier::Paid(paid) => return Ok(exit_paid(paid)),
         Earlier::Resume(p) => (p, false),
         Earlier::None => {
@@ -402,6 +436,7 @@ pub async fn pay_exit<P: PaymentProvider>(
                 amount_minor: minor,
                 currency: currency.clone(),
                 status: PaymentStatus::Pending,
+                request_digest: None,
             };
             let local_day = exit
                 .exited_at()
@@ -410,14 +445,16 @@ pub async fn pay_exit<P: PaymentProvider>(
                 .to_string();
             let mut tx = db.begin_write().await?;
             let payment_row = query(
-                "INSERT INTO payments (id, idempotency_key, kind, session_id, amount_minor, currency, status, created_at)
-                 VALUES ($1, $2, 'exit', $3, $4, $5, 'pending', $6) ON CONFLICT DO NOTHING",
+                "INSERT INTO payments (id, idempotency_key, kind, session_id, amount_minor, currency, status,
+                     request_digest, created_at)
+                 VALUES ($1, $2, 'exit', $3, $4, $5, 'pending', $6, $7) ON CONFLICT DO NOTHING",
             )
             .bind(payment.id)
             .bind(key)
             .bind(session)
             .bind(minor)
             .bind(&currency)
+            .bind(request_digest(payment.id, account))
             .bind(now)
             .execute(&mut tx)
             .await?;

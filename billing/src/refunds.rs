@@ -2,7 +2,7 @@
 //! collected (SPEC §4), each recorded once per idempotency key with its journal entry.
 
 use chrono::{DateTime, Utc};
-use parkflow_db::{Db, StoreError, db_time, query};
+use parkflow_db::{Db, Engine, StoreError, db_time, query};
 use uuid::Uuid;
 
 use crate::charging::idempotency_key;
@@ -27,6 +27,8 @@ pub enum RefundError {
     Refused(String),
     #[error("the payment provider has not answered; retry with the same idempotency key")]
     Pending,
+    #[error("the idempotency key was used for another refund (another amount or reason)")]
+    KeyReused,
     #[error("refund store failed")]
     Store(#[from] StoreError),
 }
@@ -39,7 +41,7 @@ pub struct Refunded {
     pub currency: String,
 }
 
-/// (lot, currency, provider, collected, refunded so far, session, how it was collected).
+/// (lot, currency, provider, collected, refunded or reserved so far, session, how it was collected).
 type Collected = (
     String,
     String,
@@ -52,9 +54,12 @@ type Collected = (
     String,
 );
 
+/// What a charge collected and what is refunded or reserved on it, read after the charge's row is
+/// locked (`FOR UPDATE` on PostgreSQL; SQLite's write transaction admits one writer at a time).
 const COLLECTED: &str = "SELECT c.lot_id, c.currency, c.provider,
         CASE WHEN c.status = 'succeeded' OR i.status = 'paid' THEN c.amount_minor ELSE 0 END,
-        (SELECT COALESCE(CAST(SUM(r.amount_minor) AS BIGINT), 0) FROM refunds r WHERE r.charge_id = c.id),
+        (SELECT COALESCE(CAST(SUM(r.amount_minor) AS BIGINT), 0) FROM refunds r
+         WHERE r.charge_id = c.id AND r.status <> 'refused'),
         c.session_id,
         (SELECT p.id FROM payments p WHERE p.session_id = c.session_id AND p.status = 'succeeded'),
         (SELECT p.id FROM payments p WHERE p.invoice_id = i.id AND p.status = 'succeeded'),
@@ -67,22 +72,101 @@ fn scoped_key(charge: Uuid, key: &str) -> String {
     format!("{charge}:{key}")
 }
 
-async fn earlier(db: &Db, charge: Uuid, key: &str) -> Result<Option<Refunded>, RefundError> {
-    let row: Option<(Uuid, i64, String)> = query(
-        "SELECT id, amount_minor, currency FROM refunds WHERE idempotency_key = $1 AND charge_id = $2",
-    )
-    .bind(scoped_key(charge, key))
-    .bind(charge)
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|(refund_id, amount_minor, currency)| Refunded {
-        refund_id,
-        amount_minor,
-        currency,
-    }))
+/// A refund row: reserved before the provider is asked, then refunded or refused.
+#[derive(sqlx::FromRow)]
+struct RefundRow {
+    id: Uuid,
+    amount_minor: i64,
+    currency: String,
+    reason: String,
+    status: String,
 }
 
-/// Refunds `amount_minor` of `charge` through `provider`.
+/// What the reservation came to.
+enum Reserved {
+    /// Refunded earlier under the same key: the same answer again.
+    Done(Refunded),
+    /// Reserved now or earlier (still pending): ask the provider.
+    Ask { id: Uuid, collected: Collected },
+}
+
+/// Reserves the refund under the charge's lock: the amount is checked against what was collected
+/// less every refund made or in flight, and the reservation is what the next check sees.
+async fn reserve(
+    db: &Db,
+    charge: Uuid,
+    amount_minor: i64,
+    reason: &str,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Result<Reserved, RefundError> {
+    let mut tx = db.begin_write().await?;
+    if tx.engine() == Engine::Postgres {
+        // Its own statement: under READ COMMITTED a statement sees what was committed when it
+        // began, so sums read in the statement that waited for the lock would be stale.
+        query("SELECT id FROM charges WHERE id = $1 FOR UPDATE")
+            .bind(charge)
+            .fetch_optional::<(Uuid,)>(&mut tx)
+            .await?;
+    }
+    let collected: Option<Collected> = query(COLLECTED)
+        .bind(charge)
+        .fetch_optional(&mut tx)
+        .await?;
+    let collected = collected.ok_or(RefundError::NotFound)?;
+    let earlier: Option<RefundRow> = query(
+        "SELECT id, amount_minor, currency, reason, status FROM refunds WHERE idempotency_key = $1",
+    )
+    .bind(scoped_key(charge, key))
+    .fetch_optional(&mut tx)
+    .await?;
+    if let Some(earlier) = earlier {
+        tx.rollback().await?;
+        // Stripe's rule: a key names one request; the same key with another body is a mistake.
+        if earlier.amount_minor != amount_minor || earlier.reason != reason {
+            return Err(RefundError::KeyReused);
+        }
+        return match earlier.status.as_str() {
+            "refunded" => Ok(Reserved::Done(Refunded {
+                refund_id: earlier.id,
+                amount_minor: earlier.amount_minor,
+                currency: earlier.currency,
+            })),
+            "refused" => Err(RefundError::Refused(
+                "refused earlier under this key".into(),
+            )),
+            _ => Ok(Reserved::Ask {
+                id: earlier.id,
+                collected,
+            }),
+        };
+    }
+    let remaining_minor = collected.3 - collected.4;
+    if amount_minor > remaining_minor {
+        tx.rollback().await?;
+        return Err(RefundError::ExceedsCollected { remaining_minor });
+    }
+    let id = Uuid::now_v7();
+    query(
+        "INSERT INTO refunds (id, charge_id, idempotency_key, amount_minor, currency, reason, status, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
+    )
+    .bind(id)
+    .bind(charge)
+    .bind(scoped_key(charge, key))
+    .bind(amount_minor)
+    .bind(&collected.1)
+    .bind(reason)
+    .bind(db_time(now))
+    .execute(&mut tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Reserved::Ask { id, collected })
+}
+
+/// Refunds `amount_minor` of `charge` through `provider`. The same `key` again (same amount and
+/// reason) answers the same refund, finishing it if the provider had not answered; another body
+/// under that key is refused.
 pub async fn refund<P: PaymentProvider>(
     db: &Db,
     provider: &P,
@@ -95,26 +179,12 @@ pub async fn refund<P: PaymentProvider>(
     if amount_minor <= 0 {
         return Err(RefundError::NotPositive);
     }
-    if let Some(refunded) = earlier(db, charge, key).await? {
-        return Ok(refunded);
-    }
-    let collected: Option<Collected> = query(COLLECTED).bind(charge).fetch_optional(db).await?;
-    let (
-        lot,
-        currency,
-        charge_provider,
-        collected,
-        refunded,
-        session,
-        exit_payment,
-        invoice_payment,
-        method,
-    ) = collected.ok_or(RefundError::NotFound)?;
-    if amount_minor > collected - refunded {
-        return Err(RefundError::ExceedsCollected {
-            remaining_minor: collected - refunded,
-        });
-    }
+    let (id, collected) = match reserve(db, charge, amount_minor, reason, key, now).await? {
+        Reserved::Done(refunded) => return Ok(refunded),
+        Reserved::Ask { id, collected } => (id, collected),
+    };
+    let (lot, currency, charge_provider, _, _, session, exit_payment, invoice_payment, method) =
+        collected;
     // Where the money came from: the auto-debit, the exit payment, or the invoice's payment.
     let debit_key = match (method.as_str(), exit_payment, invoice_payment) {
         ("exit_payment", Some(payment), _) | (_, _, Some(payment)) => payment_key(payment),
@@ -131,43 +201,39 @@ pub async fn refund<P: PaymentProvider>(
         .await;
     match outcome {
         RefundOutcome::Refunded { .. } => {}
-        RefundOutcome::Refused { reason } => return Err(RefundError::Refused(reason)),
+        RefundOutcome::Refused { reason } => {
+            // The reservation no longer counts against what can be refunded.
+            query("UPDATE refunds SET status = 'refused' WHERE id = $1 AND status = 'pending'")
+                .bind(id)
+                .execute(db)
+                .await?;
+            return Err(RefundError::Refused(reason));
+        }
         RefundOutcome::Unknown => return Err(RefundError::Pending),
     }
-    let now = db_time(now);
-    let id = Uuid::now_v7();
     let provider_name = charge_provider.unwrap_or_else(|| provider.name().to_owned());
     let mut tx = db.begin_write().await?;
-    let inserted = query(
-        "INSERT INTO refunds (id, charge_id, idempotency_key, amount_minor, currency, reason, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
-    )
-    .bind(id)
-    .bind(charge)
-    .bind(scoped_key(charge, key))
-    .bind(amount_minor)
-    .bind(&currency)
-    .bind(reason)
-    .bind(now)
-    .execute(&mut tx)
-    .await?;
-    if inserted == 0 {
-        // The same key, concurrently: that refund stands (the provider refunded once).
-        tx.rollback().await?;
-        return earlier(db, charge, key).await?.ok_or(RefundError::Pending);
+    let finished =
+        query("UPDATE refunds SET status = 'refunded' WHERE id = $1 AND status = 'pending'")
+            .bind(id)
+            .execute(&mut tx)
+            .await?;
+    if finished == 1 {
+        // Only the request that moved the row records the money: a concurrent retry under the
+        // same key finds it refunded.
+        insert_entries(
+            &mut tx,
+            &[Entry::refund(
+                id,
+                &lot,
+                &provider_name,
+                amount_minor,
+                &currency,
+                db_time(now),
+            )],
+        )
+        .await?;
     }
-    insert_entries(
-        &mut tx,
-        &[Entry::refund(
-            id,
-            &lot,
-            &provider_name,
-            amount_minor,
-            &currency,
-            now,
-        )],
-    )
-    .await?;
     tx.commit().await?;
     Ok(Refunded {
         refund_id: id,

@@ -37,7 +37,7 @@ const COMPUTE: &str = "
            CAST(COALESCE(SUM(r.refunded), 0) AS BIGINT) AS refunded_minor
     FROM charges c
     LEFT JOIN invoices i ON i.charge_id = c.id
-    LEFT JOIN (SELECT charge_id, SUM(amount_minor) AS refunded FROM refunds GROUP BY charge_id) r ON r.charge_id = c.id
+    LEFT JOIN (SELECT charge_id, SUM(amount_minor) AS refunded FROM refunds WHERE status = 'refunded' GROUP BY charge_id) r ON r.charge_id = c.id
     WHERE c.local_day >= $1 AND c.local_day <= $2
     GROUP BY c.operator_id, c.lot_id, c.local_day, c.currency
     ORDER BY c.lot_id, c.local_day, c.currency";

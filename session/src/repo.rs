@@ -54,6 +54,8 @@ pub async fn end_sessions(tx: &mut Tx, ends: &[&SessionEnd]) -> Result<(), Store
              exit_match_score = end_match_score, tariff_from = end_tariff_from, \
              fee_minor = end_fee_minor, currency = end_currency, billed_plate = end_billed_plate, \
              plate_color = COALESCE(plate_color, end_plate_color), pass_holder = end_pass_holder, \
+             billed_driver = (SELECT p.driver_id FROM driver_plates p \
+                              WHERE p.plate = COALESCE(end_billed_plate, sessions.plate)), \
              updated_at = end_at \
              FROM ended WHERE id = end_id AND status = ",
         );
@@ -199,8 +201,9 @@ pub async fn end_street_stay(tx: &mut Tx, stay: &StreetStay<'_>) -> Result<(), S
     if let Some((plate, color)) = stay.plate {
         query(
             "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at,
-                 exited_at, tariff_from, fee_minor, currency, bay_id, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 exited_at, tariff_from, fee_minor, currency, bay_id, updated_at, billed_driver)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                     (SELECT driver_id FROM driver_plates WHERE plate = $3))
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(stay.id)
@@ -356,7 +359,8 @@ pub async fn close_corrected(
     let closed = query(
         "UPDATE sessions SET status = $12, plate = $2, plate_color = $3, pass_holder = $4,
              exited_at = $5, exit_gate = $6, exit_event_id = $7, tariff_from = $8, fee_minor = $9,
-             currency = $10, billed_plate = NULL, updated_at = $11
+             currency = $10, billed_plate = NULL, updated_at = $11,
+             billed_driver = (SELECT driver_id FROM driver_plates WHERE plate = $2)
          WHERE id = $1 AND status IN ($13, $14)",
     )
     .bind(stay.session)

@@ -85,6 +85,37 @@ async fn a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid(setup: Set
     })
     .await;
 
+    // The debt stays with the debtor: the plate cannot leave the account (to be enrolled again by
+    // a driver in good standing), nor can auto-debit be withdrawn.
+    let shed = client
+        .delete(platform.url(&format!("/v1/me/plates/{plate}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), 409);
+    let shed: Value = shed.json().await.unwrap();
+    assert_eq!(shed["error"]["code"], "debt_outstanding", "{shed}");
+    let withdrawn = client
+        .patch(platform.url("/v1/me"))
+        .bearer_auth(&key)
+        .json(&json!({ "auto_debit_consent": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(withdrawn.status(), 409);
+    let again = client
+        .post(platform.url("/v1/drivers"))
+        .json(&json!({ "name": "Fresh start", "payment_account": "acct", "auto_debit_consent": true, "plates": [{ "plate": plate }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    assert_eq!(
+        driver_get(&platform, &key, "/v1/me").await["plates"][0]["plate"],
+        plate
+    );
+
     // Back again for twenty minutes (a stay that costs something): the entry opens, the exit holds
     // for payment. (Reads a millisecond apart would be a free stay.)
     let back_at = Utc::now() - chrono::Duration::minutes(20);
@@ -128,6 +159,19 @@ async fn a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid(setup: Set
     })
     .await;
     assert_eq!(opened.reason, GateReason::BillLater);
+    // The same key with another body is a mistake, not the earlier payment.
+    let other_body = client
+        .post(platform.url(&format!(
+            "/v1/me/invoices/{}/pay",
+            invoice["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&key)
+        .header("Idempotency-Key", "invoice-1")
+        .json(&json!({ "payment_account": "another-card" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_body.status(), 422);
     // Paying again with the same key pays nothing more.
     let again: Value = pay().await.json().await.unwrap();
     assert_eq!(again["payment_id"], paid["payment_id"]);

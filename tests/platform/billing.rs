@@ -115,8 +115,9 @@ async fn fixture(db: &Db) -> Fixture {
         let fee = tariff.fee(&stay).unwrap().to_minor().unwrap();
         query(
             "INSERT INTO sessions (id, lot_id, plate, plate_color, status, pass_holder, entered_at, exited_at, tariff_from,
-                 fee_minor, currency, updated_at)
-             VALUES ($1, $2, $3, 'blue', 'closed', $4, $5, $6, $7, $8, 'CNY', $6)",
+                 fee_minor, currency, updated_at, billed_driver)
+             VALUES ($1, $2, $3, 'blue', 'closed', $4, $5, $6, $7, $8, 'CNY', $6,
+                     (SELECT driver_id FROM driver_plates WHERE plate = $3))",
         )
         .bind(id)
         .bind(lots[lot].as_str())
@@ -355,6 +356,57 @@ async fn refunds_never_exceed_what_was_collected(database: Database) {
     .await
     .unwrap();
     assert_eq!(refunded_there.0, 50);
+    // Two refunds of everything, at once, under different keys: the platform itself refuses one
+    // (it never leaves the over-refund for the provider to catch).
+    let fresh: Vec<(Uuid, i64)> = query(
+        "SELECT id, amount_minor FROM charges WHERE status = 'succeeded' AND amount_minor > 0
+         AND id NOT IN (SELECT charge_id FROM refunds) ORDER BY id LIMIT 20",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(fresh.len(), 20);
+    for (charge, amount) in fresh {
+        let both = |key: &'static str| {
+            let db = db.clone();
+            let provider = provider.clone();
+            async move {
+                parkflow_billing::refunds::refund(
+                    &db,
+                    &provider,
+                    charge,
+                    amount,
+                    "race",
+                    key,
+                    Utc::now(),
+                )
+                .await
+            }
+        };
+        let (a, b) = tokio::join!(both("race-a"), both("race-b"));
+        let refunded = [&a, &b].iter().filter(|r| r.is_ok()).count();
+        let refused = [&a, &b]
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Err(parkflow_billing::refunds::RefundError::ExceedsCollected {
+                        remaining_minor: 0
+                    })
+                )
+            })
+            .count();
+        assert_eq!(
+            (refunded, refused),
+            (1, 1),
+            "charge {charge}: {a:?} / {b:?}"
+        );
+    }
+    // The same key with another amount is another request: refused, not answered with the first.
+    assert!(matches!(
+        refund(99, "r1").await,
+        Err(parkflow_billing::refunds::RefundError::KeyReused)
+    ));
     // The money went back through the provider, exactly what was collected.
     let (session,): (Uuid,) = query("SELECT session_id FROM charges WHERE id = $1")
         .bind(charge)

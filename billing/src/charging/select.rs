@@ -60,8 +60,7 @@ pub async fn enqueue(
                 d.id AS driver_id, d.payment_account, d.auto_debit
          FROM charge_queue q
          JOIN sessions s ON s.id = q.session_id
-         LEFT JOIN driver_plates p ON p.plate = COALESCE(s.billed_plate, s.plate)
-         LEFT JOIN drivers d ON d.id = p.driver_id
+         LEFT JOIN drivers d ON d.id = s.billed_driver
          ORDER BY q.session_id LIMIT $1",
     )
     .bind(limit)

@@ -37,6 +37,11 @@ impl From<RefundError> for ApiError {
                 code: "refund_pending",
                 message: error.to_string(),
             },
+            RefundError::KeyReused => Self::Status {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "idempotency_key_reused",
+                message: error.to_string(),
+            },
             RefundError::Store(e) => Self::Store(e),
         }
     }
@@ -146,6 +151,7 @@ pub(crate) struct RefundResponse {
         (status = 404, description = "No such charge (or not this caller's)", body = ErrorBody),
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
         (status = 202, description = "The provider has not answered yet: retry with the same key", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with another amount or reason", body = ErrorBody),
     ),
 )]
 pub(crate) async fn refund(

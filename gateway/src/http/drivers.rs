@@ -18,7 +18,7 @@ use crate::gate::GateMessage;
 use crate::gate::decide::Standing;
 use crate::store::drivers::{self, DriverError, DriverView, InvoiceView};
 use crate::store::sessions::{self, SessionView};
-use parkflow_billing::drivers::DriverStatus;
+use parkflow_billing::drivers::{Change, DriverStatus};
 
 /// Plates one driver may enrol.
 const MAX_PLATES: usize = 10;
@@ -157,6 +157,7 @@ pub(crate) struct DriverUpdate {
     request_body = DriverUpdate,
     responses(
         (status = 200, description = "The driver as they are now", body = DriverView),
+        (status = 409, description = "Auto-debit cannot be withdrawn while the driver owes (`debt_outstanding`)", body = ErrorBody),
     ),
 )]
 pub(crate) async fn update_me(
@@ -174,7 +175,7 @@ pub(crate) async fn update_me(
         .as_deref()
         .map(|account| free_text("invalid_payment_account", "payment_account", account, 200))
         .transpose()?;
-    drivers::update(
+    let change = drivers::update(
         &state.db,
         driver,
         name.as_deref(),
@@ -182,6 +183,7 @@ pub(crate) async fn update_me(
         request.auto_debit_consent,
     )
     .await?;
+    refuse_while_owing(change, "driver")?;
     let me = drivers::driver(&state.db, driver)
         .await?
         .ok_or(ApiError::NotFound("driver"))?;
@@ -196,6 +198,23 @@ pub(crate) async fn update_me(
         .send(GateMessage::Standing { plates, standing })
         .await;
     Ok(Json(me))
+}
+
+/// A change a debt stands in the way of: `409 debt_outstanding` while the driver owes.
+fn refuse_while_owing(change: Change, what: &'static str) -> Result<(), ApiError> {
+    match change {
+        Change::Done => Ok(()),
+        Change::NotFound => Err(ApiError::NotFound(what)),
+        Change::Owing => Err(ApiError::conflict(
+            "debt_outstanding",
+            "settle your unpaid invoices first: a plate cannot leave an account, nor auto-debit \
+             be withdrawn, while its driver owes",
+        )),
+        Change::Parked => Err(ApiError::conflict(
+            "car_parked",
+            "a car under this plate is parked: remove the plate once it has left",
+        )),
+    }
 }
 
 /// How the gate treats a driver's cars at the exit.
@@ -268,6 +287,7 @@ pub(crate) async fn add_plate(
     responses(
         (status = 204, description = "Removed"),
         (status = 404, description = "No such plate (or not this caller's)", body = ErrorBody),
+        (status = 409, description = "The driver owes (`debt_outstanding`) or the car is parked (`car_parked`): the plate stays", body = ErrorBody),
     ),
 )]
 pub(crate) async fn remove_plate(
@@ -276,9 +296,10 @@ pub(crate) async fn remove_plate(
     ApiPath(plate): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let plate = Plate::parse(&plate).map_err(|_| ApiError::NotFound("plate"))?;
-    if !drivers::remove_plate(&state.db, driver, &plate).await? {
-        return Err(ApiError::NotFound("plate"));
-    }
+    refuse_while_owing(
+        drivers::remove_plate(&state.db, driver, &plate).await?,
+        "plate",
+    )?;
     state
         .gates
         .send(GateMessage::Standing {
