@@ -305,6 +305,9 @@ fn secret_url(s: &str) -> Result<SecretString, url::ParseError> {
     Ok(s.into())
 }
 
+/// The platform admin key's shortest length: 128 bits written as hex (issue 14).
+const MIN_ADMIN_KEY_CHARS: usize = 32;
+
 impl RunArgs {
     /// The external broker's URL, password included.
     pub fn mqtt_url(&self) -> Option<url::Url> {
@@ -316,6 +319,14 @@ impl RunArgs {
 
     /// Checks what clap cannot: the broker URL's scheme and host.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(key) = &self.admin_key
+            && key.expose_secret().chars().count() < MIN_ADMIN_KEY_CHARS
+        {
+            return Err(format!(
+                "--admin-key must have at least {MIN_ADMIN_KEY_CHARS} characters (128 bits as hex; \
+                 `openssl rand -hex 16` makes one)"
+            ));
+        }
         if let Some(url) = &self.mqtt_url() {
             if !matches!(url.scheme(), "mqtt" | "tcp" | "mqtts") {
                 return Err(format!(
@@ -436,7 +447,7 @@ mod tests {
     use super::{Cli, Command};
 
     const SECRETS: [&str; 5] = [
-        "adm1n-secret",
+        "adm1n-secret-0123456789abcdef01234",
         "pl4te-secret",
         "db-p4ss",
         "mqtt-p4ss",
@@ -459,6 +470,21 @@ mod tests {
         assert_eq!(args.mqtt_url().unwrap().password(), Some(SECRETS[3]));
         let bad = Cli::try_parse_from(["parkflow", "run", "--mqtt-url", "not a url"]);
         assert!(bad.is_err());
+    }
+
+    /// A guessable admin key is refused at start: it opens every operator's lots and money.
+    #[test]
+    fn a_short_admin_key_is_refused() {
+        let run = |key: &str| {
+            let cli = Cli::try_parse_from(["parkflow", "run", "--admin-key", key]).unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("not a run command");
+            };
+            args.validate()
+        };
+        assert!(run("admin").unwrap_err().contains("at least 32"));
+        assert!(run(&"7".repeat(31)).is_err());
+        assert!(run("0123456789abcdef0123456789abcdef").is_ok());
     }
 
     /// The platform's client id is one no device may take.

@@ -74,7 +74,7 @@ async fn the_demo_opens_and_closes_priced_sessions_within_a_minute() {
         dir.path(),
         &devices,
         free_addr(),
-        &["--admin-key", "demo-admin-key"],
+        &["--admin-key", "demo-admin-key-0123456789abcdef01"],
     );
 
     // The devices file lets an outside device join: every lot leaves a camera unsimulated.
@@ -99,7 +99,7 @@ async fn the_demo_opens_and_closes_priced_sessions_within_a_minute() {
         || {
             let url = format!("{http}/metrics");
             async move {
-                let text = metrics_text(&url, "demo-admin-key").await?;
+                let text = metrics_text(&url, "demo-admin-key-0123456789abcdef01").await?;
                 let value = |name: &str| -> f64 {
                     text.lines()
                         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
@@ -128,7 +128,11 @@ async fn the_simulator_verifies_that_nothing_was_lost_or_duplicated() {
         dir.path(),
         &devices,
         mqtt,
-        &["--demo-idle", "--admin-key", "verify-admin-key"],
+        &[
+            "--demo-idle",
+            "--admin-key",
+            "verify-admin-key-0123456789abcdef",
+        ],
     );
     eventually(Duration::from_secs(20), "the platform ready", || {
         let url = format!("{http}/readyz");
@@ -148,7 +152,12 @@ async fn the_simulator_verifies_that_nothing_was_lost_or_duplicated() {
             .arg(&devices)
             .arg("--mqtt-url")
             .arg(format!("mqtt://{mqtt}"))
-            .args(["--api-url", &http, "--admin-key", "verify-admin-key"])
+            .args([
+                "--api-url",
+                &http,
+                "--admin-key",
+                "verify-admin-key-0123456789abcdef",
+            ])
             .args(extra)
             .env("PARKFLOW_LOG", "warn")
             .output()
@@ -211,7 +220,7 @@ async fn the_simulator_verifies_that_nothing_was_lost_or_duplicated() {
         || {
             let url = format!("{http}/metrics");
             async move {
-                let text = metrics_text(&url, "verify-admin-key").await?;
+                let text = metrics_text(&url, "verify-admin-key-0123456789abcdef").await?;
                 let value = |name: &str| -> f64 {
                     text.lines()
                         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())

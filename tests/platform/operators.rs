@@ -333,6 +333,44 @@ async fn an_operator_builds_a_lot_through_the_api_and_it_works_at_once() {
     );
     let read = entry.read("浙G12121", Direction::Entry);
     assert_eq!(entry.decide(&read).await.reason, GateReason::Entered);
+    // Every pass and block set or lifted is in the operator's audit trail, with who did it.
+    let (status, trail) = platform.call_as(&own, Method::GET, "/v1/audit", None).await;
+    assert_eq!(status, StatusCode::OK, "{trail}");
+    let actions: Vec<(&str, &str)> = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["object"].as_str().unwrap()))
+        .collect();
+    for (action, object) in [
+        (
+            "plate_blocked",
+            format!("{lot}/blocks/{}", world.unenrolled.as_str()),
+        ),
+        ("plate_blocked", format!("{lot}/blocks/{later}")),
+        ("plate_unblocked", format!("{lot}/blocks/{later}")),
+        (
+            "pass_added",
+            format!("{lot}/passes/{}", added["id"].as_str().unwrap()),
+        ),
+        (
+            "pass_revoked",
+            format!("{lot}/passes/{}", added["id"].as_str().unwrap()),
+        ),
+    ] {
+        assert!(
+            actions.contains(&(action, object.as_str())),
+            "{action} {object} missing from {actions:?}"
+        );
+    }
+    assert!(
+        trail
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor_role"] == "operator_admin" && e["actor_key"].is_string()),
+        "{trail}"
+    );
 
     // The lot changed (name, capacity); id, operator, kind and time zone are not the client's.
     let path = format!("/v1/lots/{lot}");

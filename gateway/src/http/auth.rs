@@ -176,6 +176,30 @@ pub(crate) struct Accountable {
     pub key: Option<Uuid>,
 }
 
+impl Accountable {
+    /// An audit entry of this caller's, now.
+    pub(crate) fn entry(
+        &self,
+        operator: &str,
+        action: &str,
+        object: String,
+        reason: String,
+        details: Option<serde_json::Value>,
+    ) -> crate::store::audit::AuditEntry {
+        crate::store::audit::AuditEntry {
+            id: uuid::Uuid::now_v7(),
+            at: chrono::Utc::now(),
+            actor_role: self.role.to_owned(),
+            actor_key: self.key,
+            operator_id: Some(operator.to_owned()),
+            action: action.to_owned(),
+            object,
+            reason,
+            details: details.map(|d| d.to_string()),
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Accountable {
     type Rejection = ApiError;
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{Accountable, Staff, StaffAdmin};
+use super::auth::{Accountable, Staff};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, free_text};
 use super::registry::{apply, own_lot};
@@ -48,12 +48,12 @@ pub(crate) struct PassRequest {
     ),
 )]
 pub(crate) async fn add_pass(
-    StaffAdmin(scope): StaffAdmin,
+    who: Accountable,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
     ApiJson(request): ApiJson<PassRequest>,
 ) -> Result<(StatusCode, Json<PassView>), ApiError> {
-    let lot = own_lot(&state, &scope, &lot)?;
+    let lot = own_lot(&state, &who.scope, &lot)?;
     let plate = Plate::parse(&request.plate)
         .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
     if request.valid_until <= request.valid_from {
@@ -62,12 +62,24 @@ pub(crate) async fn add_pass(
             "valid_until must be after valid_from",
         ));
     }
+    let id = Uuid::now_v7();
+    let entry = who.entry(
+        &lot.operator_id,
+        "pass_added",
+        format!("{}/passes/{id}", lot.id),
+        String::new(),
+        Some(serde_json::json!({
+            "plate": plate.as_str(),
+            "valid_from": request.valid_from,
+            "valid_until": request.valid_until,
+        })),
+    );
     let pass = passes::add(
         &state.db,
         &lot.id,
         &plate,
-        (request.valid_from, request.valid_until),
-        Utc::now(),
+        (id, request.valid_from, request.valid_until),
+        &entry,
     )
     .await?;
     reload_facts(&state).await;
@@ -121,17 +133,13 @@ pub(crate) async fn revoke_pass(
 ) -> Result<Json<AuditEntry>, ApiError> {
     let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
     let lot = own_lot(&state, &who.scope, &lot)?;
-    let entry = AuditEntry {
-        id: Uuid::now_v7(),
-        at: Utc::now(),
-        actor_role: who.role.to_owned(),
-        actor_key: who.key,
-        operator_id: Some(lot.operator_id),
-        action: "pass_revoked".into(),
-        object: format!("{}/passes/{id}", lot.id),
+    let entry = who.entry(
+        &lot.operator_id,
+        "pass_revoked",
+        format!("{}/passes/{id}", lot.id),
         reason,
-        details: None,
-    };
+        None,
+    );
     if !passes::revoke(&state.db, &lot.id, id, &entry).await? {
         return Err(ApiError::NotFound("pass"));
     }
@@ -180,15 +188,25 @@ pub(crate) async fn list_blocks(
     ),
 )]
 pub(crate) async fn add_block(
-    StaffAdmin(scope): StaffAdmin,
+    who: Accountable,
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
     ApiJson(request): ApiJson<BlockRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let lot = own_lot(&state, &scope, &lot)?;
+    let lot = own_lot(&state, &who.scope, &lot)?;
     let plate = Plate::parse(&request.plate)
         .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
     let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
+    // Recorded before it is taken (the block is written by provisioning): an entry for a block
+    // that then failed is better than a block without one.
+    let entry = who.entry(
+        &lot.operator_id,
+        "plate_blocked",
+        format!("{}/blocks/{}", lot.id, plate.as_str()),
+        reason.clone(),
+        None,
+    );
+    crate::store::audit::record(&state.db, &entry).await?;
     let plan = Plan {
         blocks: vec![BlockPlan {
             lot: lot.id,
@@ -212,14 +230,21 @@ pub(crate) async fn add_block(
     ),
 )]
 pub(crate) async fn remove_block(
-    StaffAdmin(scope): StaffAdmin,
+    who: Accountable,
     State(state): State<AppState>,
     ApiPath((lot, plate)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let lot = own_lot(&state, &scope, &lot)?;
+    let lot = own_lot(&state, &who.scope, &lot)?;
     let plate =
         Plate::parse(&plate).map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
-    crate::store::passes::unblock(&state.db, &lot.id, &plate).await?;
+    let entry = who.entry(
+        &lot.operator_id,
+        "plate_unblocked",
+        format!("{}/blocks/{}", lot.id, plate.as_str()),
+        String::new(),
+        None,
+    );
+    crate::store::passes::unblock(&state.db, &lot.id, &plate, &entry).await?;
     reload_facts(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -33,24 +33,27 @@ pub(crate) async fn add(
     db: &Db,
     lot: &LotId,
     plate: &Plate,
-    (from, until): (DateTime<Utc>, DateTime<Utc>),
-    now: DateTime<Utc>,
+    (id, from, until): (Uuid, DateTime<Utc>, DateTime<Utc>),
+    entry: &AuditEntry,
 ) -> Result<PassView, StoreError> {
     let pass = PassView {
-        id: Uuid::now_v7(),
+        id,
         plate: plate.as_str().to_owned(),
         valid_from: db_time(from),
         valid_until: db_time(until),
     };
+    let mut tx = db.begin_write().await?;
     query(INSERT_PASS)
         .bind(pass.id)
         .bind(lot.as_str())
         .bind(&pass.plate)
         .bind(pass.valid_from)
         .bind(pass.valid_until)
-        .bind(db_time(now))
-        .execute(db)
+        .bind(db_time(entry.at))
+        .execute(&mut tx)
         .await?;
+    audit::insert(&mut tx, entry).await?;
+    tx.commit().await?;
     Ok(pass)
 }
 
@@ -126,11 +129,21 @@ pub(crate) async fn blocks_of_lot(
 }
 
 /// Lifts a block (idempotent).
-pub(crate) async fn unblock(db: &Db, lot: &LotId, plate: &Plate) -> Result<(), StoreError> {
-    query("DELETE FROM blocked_plates WHERE lot_id = $1 AND plate = $2")
+/// A block lifted is audited with `entry`; lifting one that is not there changes and records nothing.
+pub(crate) async fn unblock(
+    db: &Db,
+    lot: &LotId,
+    plate: &Plate,
+    entry: &AuditEntry,
+) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().await?;
+    let lifted = query("DELETE FROM blocked_plates WHERE lot_id = $1 AND plate = $2")
         .bind(lot.as_str())
         .bind(plate.as_str())
-        .execute(db)
-        .await
-        .map(drop)
+        .execute(&mut tx)
+        .await?;
+    if lifted == 1 {
+        audit::insert(&mut tx, entry).await?;
+    }
+    tx.commit().await
 }
