@@ -445,12 +445,6 @@ impl Journey {
                     paid = true;
                     break;
                 }
-                // The hold is written just after it is published: a moment later it is there.
-                Ok(response)
-                    if response.status() == reqwest::StatusCode::NOT_FOUND && attempt < 2 =>
-                {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
                 // Refused (declined, already paid): asking again changes nothing.
                 Ok(response) if response.status().is_client_error() => {
                     tracing::warn!(status = %response.status(), "payment at the exit refused");

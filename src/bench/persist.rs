@@ -238,6 +238,7 @@ async fn gate_path(db: &Db, visits: Vec<Visit>) -> Duration {
             .submit(Batch {
                 writes: entry,
                 ticket: None,
+                durable: None,
             })
             .await;
         exits.push(exit);
@@ -247,6 +248,7 @@ async fn gate_path(db: &Db, visits: Vec<Visit>) -> Duration {
             .submit(Batch {
                 writes,
                 ticket: None,
+                durable: None,
             })
             .await;
     }

@@ -246,6 +246,15 @@ impl GateActor {
                     settled,
                 } => self.end_open(&lot, session, work, reply, settled),
                 GateMessage::Facts(facts) => self.facts(*facts),
+                GateMessage::Durable(durable) => {
+                    self.writer
+                        .submit(Batch {
+                            writes: Vec::new(),
+                            ticket: None,
+                            durable: Some(durable),
+                        })
+                        .await;
+                }
                 GateMessage::Done(done) => self.done(done).await,
             }
         }
@@ -322,6 +331,7 @@ impl GateActor {
                 .submit(Batch {
                     writes,
                     ticket: read.ticket,
+                    durable: None,
                 })
                 .await;
             return;
@@ -395,6 +405,7 @@ impl GateActor {
             .submit(Batch {
                 writes,
                 ticket: read.ticket,
+                durable: None,
             })
             .await;
     }
@@ -510,6 +521,7 @@ impl GateActor {
                 .submit(Batch {
                     writes: planned.writes,
                     ticket: None,
+                    durable: None,
                 })
                 .await;
         }

@@ -100,6 +100,9 @@ pub enum GateMessage {
         reply: tokio::sync::oneshot::Sender<bool>,
         settled: tokio::sync::oneshot::Sender<()>,
     },
+    /// Dropped once everything the gates decided before it is durable: a `pay_url` asked for
+    /// the moment its hold is published waits for this instead of answering 404.
+    Durable(tokio::sync::oneshot::Sender<()>),
     /// Answers from work the actor handed to a task, so that it never waits for the database
     /// itself (one slow query would stall every barrier in the city).
     Done(actor::Done),
@@ -150,6 +153,15 @@ impl GateHandle {
                 tracing::error!(error = %error, "failed to reload drivers, passes and blocks");
             }
         }
+    }
+
+    /// Waits (at most `limit`) until everything the gates decided before now is durable;
+    /// whether it is.
+    pub async fn durable(&self, limit: std::time::Duration) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(GateMessage::Durable(tx)).await;
+        // Never sent on: the sender dropped with its group is the answer.
+        tokio::time::timeout(limit, rx).await.is_ok()
     }
 
     pub async fn send(&self, message: GateMessage) {

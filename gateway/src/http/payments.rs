@@ -13,6 +13,9 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::gate::{GateMessage, PaidExit};
 
+/// How long a payment for a hold not yet on record waits for the gates' writes.
+const HOLD_RECORDED_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 200;
 
@@ -68,10 +71,21 @@ pub(crate) async fn pay_exit(
     ApiJson(request): ApiJson<PayRequest>,
 ) -> Result<Json<PayResponse>, ApiError> {
     let key = idempotency_key(&headers)?;
-    let paid = state
-        .payments
-        .pay_exit(session, key, request.payment_account)
-        .await?;
+    let pay = || {
+        state
+            .payments
+            .pay_exit(session, key.clone(), request.payment_account.clone())
+    };
+    let paid = match pay().await {
+        // The hold is published before its record is written: a driver quick enough to pay in
+        // between waits for the record rather than being told there is nothing to pay.
+        Err(parkflow_billing::payments::PayError::NotFound(_))
+            if state.gates.durable(HOLD_RECORDED_WITHIN).await =>
+        {
+            pay().await?
+        }
+        paid => paid?,
+    };
     let (Ok(lot), Ok(gate), Ok(event_id)) = (
         parkflow_protocol::LotId::parse(&paid.lot_id),
         parkflow_protocol::GateId::parse(&paid.gate_id),

@@ -61,6 +61,9 @@ pub enum Write {
 pub struct Batch {
     pub writes: Vec<Write>,
     pub ticket: Option<Ticket>,
+    /// Dropped, like the ticket, once the batch's group is durable: whoever holds the receiver
+    /// learns that everything queued before it is in the database.
+    pub durable: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Submits batches to the writer.
