@@ -312,6 +312,20 @@ pub async fn pay_invoice<P: PaymentProvider>(
         format!("invoice {invoice}"),
     )
     .await?;
+    finish_invoice(db, provider, &payment, driver, invoice, outcome, now).await
+}
+
+/// Records what the provider answered for an invoice payment: paid (the invoice cleared, the
+/// driver reinstated when nothing else is overdue), declined, or still pending.
+async fn finish_invoice<P: PaymentProvider>(
+    db: &Db,
+    provider: &P,
+    payment: &PaymentRow,
+    driver: Uuid,
+    invoice: Uuid,
+    outcome: DebitOutcome,
+    now: DateTime<Utc>,
+) -> Result<Paid, PayError> {
     let amount = money(payment.amount_minor, &payment.currency)?;
     let provider_ref = match outcome {
         DebitOutcome::Succeeded { provider_ref } => provider_ref,
@@ -380,6 +394,33 @@ struct HeldRow {
     currency: Option<String>,
 }
 
+/// The latest read of `session` held for payment at an exit.
+async fn held_exit(db: &Db, session: Uuid) -> Result<HeldRow, PayError> {
+    let held: Option<HeldRow> = query(
+        "SELECT r.lot_id, r.gate_id, r.event_id, r.observed_at, s.entered_at, s.status, r.amount_due_minor, r.currency
+         FROM gate_reads r JOIN sessions s ON s.id = r.session_id
+         WHERE r.session_id = $1 AND r.action = 'hold' AND r.reason = 'payment_required'
+         ORDER BY r.received_at DESC LIMIT 1",
+    )
+    .bind(session)
+    .fetch_optional(db)
+    .await?;
+    held.ok_or(PayError::NotFound("held exit"))
+}
+
+impl HeldRow {
+    fn exit(&self, session: Uuid) -> HeldExit<'_> {
+        HeldExit {
+            session,
+            status: self.status,
+            entered_at: self.entered_at,
+            gate: &self.gate_id,
+            event: &self.event_id,
+            held_at: self.observed_at,
+        }
+    }
+}
+
 /// Pays the fee of a session held at an exit (`pay_url`); the session closes at the held read's time.
 pub async fn pay_exit<P: PaymentProvider>(
     db: &Db,
@@ -391,28 +432,12 @@ pub async fn pay_exit<P: PaymentProvider>(
     now: DateTime<Utc>,
 ) -> Result<ExitPaid, PayError> {
     let now = db_time(now);
-    let held: Option<HeldRow> = query(
-        "SELECT r.lot_id, r.gate_id, r.event_id, r.observed_at, s.entered_at, s.status, r.amount_due_minor, r.currency
-         FROM gate_reads r JOIN sessions s ON s.id = r.session_id
-         WHERE r.session_id = $1 AND r.action = 'hold' AND r.reason = 'payment_required'
-         ORDER BY r.received_at DESC LIMIT 1",
-    )
-    .bind(session)
-    .fetch_optional(db)
-    .await?;
-    let held = held.ok_or(PayError::NotFound("held exit"))?;
+    let held = held_exit(db, session).await?;
     let (Some(minor), Some(currency)) = (held.amount_due_minor, held.currency.clone()) else {
         return Err(PayError::NothingDue("the exit was not held for payment"));
     };
     let terms = lots.get(&held.lot_id).ok_or(PayError::UnknownLot)?;
-    let exit = HeldExit {
-        session,
-        status: held.status,
-        entered_at: held.entered_at,
-        gate: &held.gate_id,
-        event: &held.event_id,
-        held_at: held.observed_at,
-    };
+    let exit = held.exit(session);
     let exit_paid = |paid| ExitPaid {
         paid,
         session_id: session,
@@ -495,6 +520,22 @@ pub async fn pay_exit<P: PaymentProvider>(
         format!("parking at {}", held.lot_id),
     )
     .await?;
+    finish_exit(db, provider, &payment, &exit, &held.lot_id, outcome, now)
+        .await
+        .map(exit_paid)
+}
+
+/// Records what the provider answered for a held exit's payment: paid (the session closed at the
+/// held read's time, its charge collected), declined (the charge slot freed), or still pending.
+async fn finish_exit<P: PaymentProvider>(
+    db: &Db,
+    provider: &P,
+    payment: &PaymentRow,
+    exit: &HeldExit<'_>,
+    lot: &str,
+    outcome: DebitOutcome,
+    now: DateTime<Utc>,
+) -> Result<Paid, PayError> {
     let amount = money(payment.amount_minor, &payment.currency)?;
     let provider_ref = match outcome {
         DebitOutcome::Succeeded { provider_ref } => provider_ref,
@@ -506,7 +547,7 @@ pub async fn pay_exit<P: PaymentProvider>(
                 .await?;
             // The session's charge slot goes back to auto-debit (or to the next payment).
             query("DELETE FROM charges WHERE session_id = $1 AND status = 'exit_pending'")
-                .bind(session)
+                .bind(exit.session)
                 .execute(&mut tx)
                 .await?;
             tx.commit().await?;
@@ -529,7 +570,7 @@ pub async fn pay_exit<P: PaymentProvider>(
             "UPDATE charges SET status = 'succeeded', provider = $2, provider_ref = $3, updated_at = $4
              WHERE session_id = $1 AND status = 'exit_pending' RETURNING id",
         )
-        .bind(session)
+        .bind(exit.session)
         .bind(provider.name())
         .bind(&provider_ref)
         .bind(now)
@@ -540,7 +581,7 @@ pub async fn pay_exit<P: PaymentProvider>(
                 &mut tx,
                 &[Entry::collection(
                     charge,
-                    &held.lot_id,
+                    lot,
                     provider.name(),
                     payment.amount_minor,
                     &payment.currency,
@@ -551,11 +592,102 @@ pub async fn pay_exit<P: PaymentProvider>(
         }
     }
     tx.commit().await?;
-    Ok(exit_paid(Paid {
+    Ok(Paid {
         payment_id: payment.id,
         amount,
         reinstated: None,
-    }))
+    })
+}
+
+/// How long a payment may stay pending before it is asked about again and, when the provider
+/// never received it, given up: a car held at an exit is never stuck behind a payment nobody
+/// answers (the driver pays again, under another key).
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What resolving stale payments came to.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// Held exits whose payment went through after all: their barriers are to open.
+    pub exits_paid: Vec<ExitPaid>,
+    /// Drivers reinstated by an invoice payment that went through after all.
+    pub reinstated: Vec<StandingChange>,
+    /// Payments given up (declined, or never received by the provider).
+    pub failed: usize,
+    /// Payments the provider holds but has not confirmed: asked again next time.
+    pub still_pending: usize,
+}
+
+/// Asks the provider about every payment pending for longer than `stale_after` and records its
+/// answer; one the provider never received is failed, so its invoice or exit can be paid again.
+pub async fn resolve_stale<P: PaymentProvider>(
+    db: &Db,
+    provider: &P,
+    stale_after: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Result<Resolved, PayError> {
+    let now = db_time(now);
+    let cutoff = now - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+    let stale: Vec<(Uuid, Option<Uuid>)> = query(
+        "SELECT id, driver_id FROM payments WHERE status = 'pending' AND created_at <= $1
+         ORDER BY id LIMIT 100",
+    )
+    .bind(cutoff)
+    .fetch_all(db)
+    .await?;
+    let mut resolved = Resolved::default();
+    for (id, driver) in stale {
+        let Some(payment) = query(
+            "SELECT id, kind, invoice_id, session_id, amount_minor, currency, status, request_digest
+             FROM payments WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional::<PaymentRow>(db)
+        .await?
+        else {
+            continue;
+        };
+        let outcome = match provider.status(&payment_key(payment.id)).await {
+            DebitOutcome::Unknown => DebitOutcome::Declined {
+                reason: "the payment provider never received it".into(),
+            },
+            known => known,
+        };
+        let finished = match (payment.kind, payment.invoice_id, payment.session_id, driver) {
+            (PaymentKind::Invoice, Some(invoice), _, Some(driver)) => {
+                finish_invoice(db, provider, &payment, driver, invoice, outcome, now)
+                    .await
+                    .map(|paid| resolved.reinstated.extend(paid.reinstated))
+            }
+            (PaymentKind::Exit, _, Some(session), _) => {
+                let held = held_exit(db, session).await?;
+                let exit = held.exit(session);
+                finish_exit(db, provider, &payment, &exit, &held.lot_id, outcome, now)
+                    .await
+                    .map(|paid| {
+                        resolved.exits_paid.push(ExitPaid {
+                            paid,
+                            session_id: session,
+                            lot_id: held.lot_id.clone(),
+                            gate_id: held.gate_id.clone(),
+                            event_id: held.event_id.clone(),
+                        });
+                    })
+            }
+            _ => Err(PayError::Store(StoreError::Corrupt(format!(
+                "payment {id} names nothing to pay"
+            )))),
+        };
+        match finished {
+            Ok(()) => {}
+            Err(PayError::Declined(reason)) => {
+                tracing::warn!(payment = %id, %reason, "a stale pending payment failed");
+                resolved.failed += 1;
+            }
+            Err(PayError::Pending) => resolved.still_pending += 1,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(resolved)
 }
 
 /// Payments as the HTTP API needs them, object-safe so the API does not depend on which provider
@@ -585,6 +717,8 @@ pub trait PaymentsApi: Send + Sync + 'static {
         key: String,
         account: String,
     ) -> futures::future::BoxFuture<'_, Result<ExitPaid, PayError>>;
+    /// Resolves payments pending longer than [`STALE_AFTER`] ([`resolve_stale`]).
+    fn resolve_stale(&self) -> futures::future::BoxFuture<'_, Result<Resolved, PayError>>;
 }
 
 /// [`PaymentsApi`] over a database and a provider.
@@ -606,6 +740,15 @@ impl<P: PaymentProvider> Payments<P> {
 }
 
 impl<P: PaymentProvider> PaymentsApi for Payments<P> {
+    fn resolve_stale(&self) -> futures::future::BoxFuture<'_, Result<Resolved, PayError>> {
+        Box::pin(resolve_stale(
+            &self.db,
+            &self.provider,
+            STALE_AFTER,
+            Utc::now(),
+        ))
+    }
+
     fn reconcile(
         &self,
     ) -> futures::future::BoxFuture<'_, Result<Vec<crate::settlement::Mismatch>, StoreError>> {

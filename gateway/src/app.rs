@@ -404,6 +404,11 @@ impl Gateway {
             token.clone(),
         ));
 
+        tracker.spawn(resolve_stale_payments(
+            payments.clone(),
+            gates.clone(),
+            token.clone(),
+        ));
         let state = AppState {
             db: db.clone(),
             registry,
@@ -520,6 +525,37 @@ async fn track_connection(mut connected: watch::Receiver<bool>, metrics: Arc<Met
             .set(i64::from(*connected.borrow_and_update()));
         if connected.changed().await.is_err() {
             break;
+        }
+    }
+}
+
+/// Every half minute, payments the provider has not answered for [`STALE_AFTER`] are asked about
+/// again and settled: one that went through opens its held barrier (or reinstates its driver), one
+/// the provider never received is failed so the driver can pay again.
+///
+/// [`STALE_AFTER`]: parkflow_billing::payments::STALE_AFTER
+async fn resolve_stale_payments(
+    payments: Arc<dyn PaymentsApi>,
+    gates: GateHandle,
+    token: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => break,
+            () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+        }
+        match payments.resolve_stale().await {
+            Ok(resolved) => {
+                for paid in &resolved.exits_paid {
+                    if let Some(open) = GateMessage::exit_paid(paid) {
+                        gates.send(open).await;
+                    }
+                }
+                for change in &resolved.reinstated {
+                    gates.send(GateMessage::standing(change)).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "resolving stale payments failed"),
         }
     }
 }

@@ -427,6 +427,117 @@ async fn refunds_never_exceed_what_was_collected(database: Database) {
     test_db.drop_database().await;
 }
 
+/// A payment the provider never answered does not block its invoice for ever: asked again, it is
+/// failed (never received) or finished (confirmed late).
+async fn stale_pending_payments_are_resolved(database: Database) {
+    use parkflow_billing::payments::{PayError, pay_invoice, resolve_stale};
+    let Some(_) = Setup::available(database, Broker::Embedded) else {
+        return;
+    };
+    let test_db = TestDatabase::new(database).await;
+    let db = Db::connect(&test_db.url).await.unwrap();
+    fixture(&db).await;
+    let provider = SimulatedProvider::new(FaultConfig::none()).unwrap();
+    let mut worker =
+        ChargingWorker::new(db.clone(), provider.clone(), ChargingConfig::new("stale"))
+            .await
+            .unwrap();
+    while !worker.step(Utc::now()).await.unwrap().is_idle() {}
+    let open: Vec<(Uuid, Uuid, i64, String)> = query(
+        "SELECT id, driver_id, amount_minor, currency FROM invoices
+         WHERE status = 'open' AND driver_id IS NOT NULL ORDER BY id LIMIT 2",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(open.len(), 2);
+
+    // The platform recorded a payment and died before asking the provider.
+    let (invoice, driver, minor, currency) = open[0].clone();
+    query(
+        "INSERT INTO payments (id, idempotency_key, kind, invoice_id, driver_id, amount_minor, currency, status, created_at)
+         VALUES ($1, $2, 'invoice', $3, $4, $5, $6, 'pending', $7)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(format!("driver:{driver}:lost"))
+    .bind(invoice)
+    .bind(driver)
+    .bind(minor)
+    .bind(currency)
+    .bind(parkflow_db::db_time(Utc::now() - chrono::Duration::minutes(3)))
+    .execute(&db)
+    .await
+    .map(drop)
+    .unwrap();
+    let blocked = pay_invoice(
+        &db,
+        &provider,
+        driver,
+        invoice,
+        "again",
+        "acct-ok",
+        Utc::now(),
+    )
+    .await;
+    assert!(matches!(blocked, Err(PayError::InProgress)), "{blocked:?}");
+    let resolved = resolve_stale(
+        &db,
+        &provider,
+        parkflow_billing::payments::STALE_AFTER,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((resolved.failed, resolved.still_pending), (1, 0));
+    pay_invoice(
+        &db,
+        &provider,
+        driver,
+        invoice,
+        "again",
+        "acct-ok",
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+
+    // A provider that confirms late: pending at first, paid once asked again.
+    let late = SimulatedProvider::new(FaultConfig {
+        late_confirmation_rate: 1.0,
+        late_confirmation_after: Duration::from_millis(50),
+        ..FaultConfig::none()
+    })
+    .unwrap();
+    let (invoice, driver, _, _) = open[1].clone();
+    let pending = pay_invoice(&db, &late, driver, invoice, "late", "acct-ok", Utc::now()).await;
+    assert!(matches!(pending, Err(PayError::Pending)), "{pending:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let resolved = resolve_stale(&db, &late, Duration::ZERO, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!((resolved.failed, resolved.still_pending), (0, 0));
+    let paid: Vec<(String,)> = query("SELECT status FROM invoices WHERE id IN ($1, $2)")
+        .bind(open[0].0)
+        .bind(open[1].0)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(paid, vec![("paid".to_owned(),), ("paid".to_owned(),)]);
+    assert_eq!(audit::audit(&db).await.unwrap().violations, Vec::new());
+    db.close().await;
+    test_db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pending_payments_are_resolved_on_sqlite() {
+    stale_pending_payments_are_resolved(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pending_payments_are_resolved_on_postgres() {
+    stale_pending_payments_are_resolved(Database::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn charging_is_exactly_once_through_faults_and_crashes_on_sqlite() {
     charging_is_exactly_once_through_faults_and_crashes(Database::Sqlite).await;

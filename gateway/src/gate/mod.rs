@@ -110,6 +110,17 @@ pub enum GateMessage {
 
 impl GateMessage {
     /// The gate's view of a driver whose standing billing changed (suspended, reinstated).
+    /// Opens the barrier for a held exit that was paid; `None` when its stored ids do not parse.
+    pub fn exit_paid(paid: &parkflow_billing::payments::ExitPaid) -> Option<Self> {
+        Some(Self::ExitPaid(PaidExit {
+            session_id: paid.session_id,
+            lot: LotId::parse(&paid.lot_id).ok()?,
+            gate: GateId::parse(&paid.gate_id).ok()?,
+            event_id: EventId::parse(&paid.event_id).ok()?,
+            paid_at: Utc::now(),
+        }))
+    }
+
     pub fn standing(change: &parkflow_billing::arrears::StandingChange) -> Self {
         Self::Standing {
             plates: change

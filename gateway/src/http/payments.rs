@@ -4,14 +4,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
-use crate::gate::{GateMessage, PaidExit};
+use crate::gate::GateMessage;
 
 /// How long a payment for a hold not yet on record waits for the gates' writes.
 const HOLD_RECORDED_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -86,25 +85,10 @@ pub(crate) async fn pay_exit(
         }
         paid => paid?,
     };
-    let (Ok(lot), Ok(gate), Ok(event_id)) = (
-        parkflow_protocol::LotId::parse(&paid.lot_id),
-        parkflow_protocol::GateId::parse(&paid.gate_id),
-        parkflow_protocol::EventId::parse(&paid.event_id),
-    ) else {
-        return Err(ApiError::Store(crate::store::StoreError::Corrupt(
-            "held exit ids".into(),
-        )));
-    };
-    state
-        .gates
-        .send(GateMessage::ExitPaid(PaidExit {
-            session_id: session,
-            lot,
-            gate,
-            event_id,
-            paid_at: Utc::now(),
-        }))
-        .await;
+    let open = GateMessage::exit_paid(&paid).ok_or_else(|| {
+        ApiError::Store(crate::store::StoreError::Corrupt("held exit ids".into()))
+    })?;
+    state.gates.send(open).await;
     Ok(Json(PayResponse {
         payment_id: paid.paid.payment_id,
         session_id: session,
