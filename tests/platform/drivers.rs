@@ -111,3 +111,61 @@ async fn consent_withdrawn_means_paying_at_the_exit_until_it_is_given_back() {
     assert_eq!(exit.decide(&read_out).await.reason, GateReason::BillLater);
     platform.stop().await;
 }
+
+/// Enrolling a stranger's plate shows nothing of where that car has been, nor where it is now:
+/// a driver sees a plate's stays only from the moment it became theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolling_a_strangers_plate_shows_none_of_its_earlier_stays() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let plate = "浙M13579";
+    // The owner's car came and went yesterday, and is parked now.
+    let yesterday = chrono::Utc::now() - chrono::Duration::hours(30);
+    entry
+        .decide(&entry.read_at(plate, Direction::Entry, yesterday))
+        .await;
+    exit.decide(&exit.read_at(
+        plate,
+        Direction::Exit,
+        yesterday + chrono::Duration::hours(2),
+    ))
+    .await;
+    let parked = entry
+        .decide(&entry.read_at(
+            plate,
+            Direction::Entry,
+            chrono::Utc::now() - chrono::Duration::minutes(30),
+        ))
+        .await;
+    assert_eq!(parked.action, GateAction::Open);
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the stays on record",
+        || async { (!platform.sessions(&world.lot).await.is_empty()).then_some(()) },
+    )
+    .await;
+
+    // Someone else enrols the plate and asks where it has been.
+    let (status, enrolled) = call(
+        &platform,
+        None,
+        Method::POST,
+        "/v1/drivers",
+        Some(
+            json!({"name": "Stalker", "plates": [{"plate": plate}], "payment_account": "acct-x",
+                    "auto_debit_consent": true}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{enrolled}");
+    let key = enrolled["api_key"].as_str().unwrap();
+    let (status, stays) = call(&platform, Some(key), Method::GET, "/v1/me/sessions", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stays, json!([]), "earlier stays shown to a new enrolment");
+    // (The stays still on record: the answer is empty because they are not this driver's.)
+    assert!(!platform.sessions(&world.lot).await.is_empty());
+    platform.stop().await;
+}

@@ -366,7 +366,9 @@ pub(crate) async fn sessions_of_driver(
 ) -> Result<Vec<SessionView>, StoreError> {
     let sql = format!(
         "SELECT {SESSION_COLUMNS} FROM sessions
-         WHERE plate IN (SELECT plate FROM driver_plates WHERE driver_id = $1)
+         WHERE EXISTS (SELECT 1 FROM driver_plates p
+                       WHERE p.plate = sessions.plate AND p.driver_id = $1
+                         AND p.created_at <= sessions.entered_at)
          ORDER BY entered_at DESC, id LIMIT $2"
     );
     let rows: Vec<SessionView> = query(sql)
