@@ -14,3 +14,7 @@ ALTER TABLE sessions ADD COLUMN billed_driver UUID REFERENCES drivers (id);
 UPDATE sessions SET billed_driver = (SELECT p.driver_id FROM driver_plates p
                                      WHERE p.plate = COALESCE(sessions.billed_plate, sessions.plate))
 WHERE id IN (SELECT session_id FROM charge_queue);
+
+-- Keys: which key issued each key (NULL: the configured platform admin key, or a driver's
+-- enrolment); issuing and revoking are also in the audit trail.
+ALTER TABLE api_keys ADD COLUMN issued_by UUID REFERENCES api_keys (id);

@@ -169,3 +169,110 @@ async fn enrolling_a_strangers_plate_shows_none_of_its_earlier_stays() {
     assert!(!platform.sessions(&world.lot).await.is_empty());
     platform.stop().await;
 }
+
+/// A driver rotates their key: the new key is issued by the old one, the old one is revoked at
+/// once, and both steps are in the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_rotates_and_revokes_their_own_keys() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let (status, enrolled) = call(
+        &platform,
+        None,
+        Method::POST,
+        "/v1/drivers",
+        Some(
+            json!({"name": "Wu", "plates": [{"plate": "浙N11223"}], "payment_account": "acct-wu",
+                    "auto_debit_consent": true}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{enrolled}");
+    let old = enrolled["api_key"].as_str().unwrap().to_owned();
+    let (_, keys) = call(&platform, Some(&old), Method::GET, "/v1/me/keys", None).await;
+    let old_id = keys[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(keys[0]["issued_by"], Value::Null, "enrolment issued it");
+
+    let (status, issued) = call(&platform, Some(&old), Method::POST, "/v1/me/keys", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let new = issued["api_key"].as_str().unwrap().to_owned();
+    assert_eq!(issued["issued_by"], json!(old_id));
+    let (status, _) = call(
+        &platform,
+        Some(&new),
+        Method::DELETE,
+        &format!("/v1/me/keys/{old_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        call(&platform, Some(&old), Method::GET, "/v1/me", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&platform, Some(&new), Method::GET, "/v1/me", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // Another driver cannot revoke this driver's key.
+    let (_, other) = call(
+        &platform,
+        None,
+        Method::POST,
+        "/v1/drivers",
+        Some(
+            json!({"name": "Other", "plates": [{"plate": "浙N44556"}], "payment_account": "acct-o",
+                    "auto_debit_consent": true}),
+        ),
+    )
+    .await;
+    let new_id = issued["id"].as_str().unwrap();
+    assert_eq!(
+        call(
+            &platform,
+            other["api_key"].as_str(),
+            Method::DELETE,
+            &format!("/v1/me/keys/{new_id}"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, trail) = call(
+        &platform,
+        Some(crate::support::ADMIN_KEY),
+        Method::GET,
+        "/v1/audit",
+        None,
+    )
+    .await;
+    let trail: Vec<(String, String, String)> = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["object"].as_str().unwrap().to_owned(),
+                e["actor_key"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(trail.contains(&(
+        "key_issued".into(),
+        format!("keys/{new_id}"),
+        old_id.clone()
+    )));
+    assert!(trail.contains(&(
+        "key_revoked".into(),
+        format!("keys/{old_id}"),
+        new_id.to_owned()
+    )));
+    platform.stop().await;
+}

@@ -180,7 +180,7 @@ impl Accountable {
     /// An audit entry of this caller's, now.
     pub(crate) fn entry(
         &self,
-        operator: &str,
+        operator: Option<&str>,
         action: &str,
         object: String,
         reason: String,
@@ -191,7 +191,7 @@ impl Accountable {
             at: chrono::Utc::now(),
             actor_role: self.role.to_owned(),
             actor_key: self.key,
-            operator_id: Some(operator.to_owned()),
+            operator_id: operator.map(str::to_owned),
             action: action.to_owned(),
             object,
             reason,
@@ -233,6 +233,24 @@ impl FromRequestParts<AppState> for DriverKey {
         match require(parts, state).await? {
             Caller::Driver(driver) => Ok(Self(driver)),
             _ => Err(ApiError::Forbidden),
+        }
+    }
+}
+
+/// A driver and the key they called with (to issue and revoke their own keys, audited).
+pub(crate) struct DriverWithKey {
+    pub driver: Uuid,
+    pub key: Uuid,
+}
+
+impl FromRequestParts<AppState> for DriverWithKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match identify(parts, state).await? {
+            Some((Caller::Driver(driver), Some(key))) => Ok(Self { driver, key }),
+            Some(_) => Err(ApiError::Forbidden),
+            None => Err(ApiError::Unauthorized),
         }
     }
 }

@@ -10,13 +10,15 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::DriverKey;
+use super::auth::{DriverKey, DriverWithKey};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, free_text};
 use super::payments::idempotency_key;
 use crate::gate::GateMessage;
 use crate::gate::decide::Standing;
+use crate::store::audit::AuditEntry;
 use crate::store::drivers::{self, DriverError, DriverView, InvoiceView};
+use crate::store::keys::{self, DriverKeyView};
 use crate::store::sessions::{self, SessionView};
 use parkflow_billing::drivers::{Change, DriverStatus};
 
@@ -404,4 +406,95 @@ pub(crate) async fn pay_invoice(
         currency: paid.amount.currency().as_str().to_owned(),
         reinstated,
     }))
+}
+
+/// A driver's audit entry about one of their keys.
+fn key_entry(who: &DriverWithKey, action: &str, key: Uuid) -> AuditEntry {
+    AuditEntry {
+        id: Uuid::now_v7(),
+        at: Utc::now(),
+        actor_role: "driver".into(),
+        actor_key: Some(who.key),
+        operator_id: None,
+        action: action.into(),
+        object: format!("keys/{key}"),
+        reason: String::new(),
+        details: None,
+    }
+}
+
+/// `GET /v1/me/keys`: the driver's keys, live and revoked (never the keys themselves).
+#[utoipa::path(
+    get, path = "/v1/me/keys", tag = "drivers",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The driver's keys, newest first", body = [DriverKeyView]),
+    ),
+)]
+pub(crate) async fn my_keys(
+    DriverKey(driver): DriverKey,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<DriverKeyView>>, ApiError> {
+    Ok(Json(keys::driver_keys(&state.db, driver).await?))
+}
+
+/// A driver's key just issued: the only time it is shown (and, holding it, not `Debug`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct IssuedDriverKey {
+    #[serde(flatten)]
+    view: DriverKeyView,
+    api_key: String,
+}
+
+/// `POST /v1/me/keys`: another key for the driver, issued by the key in use (to rotate: issue,
+/// switch, then revoke the old one). Audited.
+#[utoipa::path(
+    post, path = "/v1/me/keys", tag = "drivers",
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "The new key, shown this once", body = IssuedDriverKey),
+        (status = 409, description = "Too many live keys (`too_many_keys`): revoke one first", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn issue_key(
+    who: DriverWithKey,
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<IssuedDriverKey>), ApiError> {
+    let id = Uuid::now_v7();
+    let entry = key_entry(&who, "key_issued", id);
+    let (view, api_key) = keys::issue_driver_key(&state.db, id, who.driver, &entry)
+        .await?
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "too_many_keys",
+                format!(
+                    "a driver holds at most {} live keys: revoke one first",
+                    keys::MAX_DRIVER_KEYS
+                ),
+            )
+        })?;
+    Ok((StatusCode::CREATED, Json(IssuedDriverKey { view, api_key })))
+}
+
+/// `DELETE /v1/me/keys/{id}`: revokes one of the driver's keys at once (the one in use too).
+/// Audited.
+#[utoipa::path(
+    delete, path = "/v1/me/keys/{id}", tag = "drivers",
+    security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path, description = "One of the driver's keys")),
+    responses(
+        (status = 204, description = "Revoked: the key is refused from now on"),
+        (status = 404, description = "No such live key of this driver", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn revoke_key(
+    who: DriverWithKey,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let entry = key_entry(&who, "key_revoked", id);
+    if !keys::revoke_driver_key(&state.db, who.driver, id, &entry).await? {
+        return Err(ApiError::NotFound("key"));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -88,6 +88,8 @@ fn driver_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(drivers::remove_plate))
         .routes(routes!(drivers::my_sessions))
         .routes(routes!(drivers::my_invoices))
+        .routes(routes!(drivers::my_keys, drivers::issue_key))
+        .routes(routes!(drivers::revoke_key))
         .routes(routes!(drivers::pay_invoice))
         .routes(routes!(payments::pay_exit))
         .route_layer(axum::middleware::from_fn_with_state(

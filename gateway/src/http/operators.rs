@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{Admin, Scope, Staff, StaffAdmin};
+use super::auth::{Accountable, Admin, Scope, Staff, StaffAdmin};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, free_text};
 use crate::store::keys::{self, KeyRole, KeyView, OperatorView};
@@ -100,11 +100,11 @@ pub(crate) struct IssuedKey {
     ),
 )]
 pub(crate) async fn issue(
-    StaffAdmin(scope): StaffAdmin,
+    who: Accountable,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<KeyRequest>,
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
-    let operator = match (&scope, request.role.is_operators(), request.operator_id) {
+    let operator = match (&who.scope, request.role.is_operators(), request.operator_id) {
         (Scope::Operator(own), true, None) => Some(own.clone()),
         (Scope::Operator(own), true, Some(operator)) if *own == operator => Some(operator),
         (Scope::Operator(_), true, Some(_)) => return Err(ApiError::NotFound("operator")),
@@ -132,7 +132,15 @@ pub(crate) async fn issue(
         }
         (Scope::All, false, None) => None,
     };
-    let (view, key) = keys::issue(&state.db, request.role, operator.as_deref(), Utc::now()).await?;
+    let id = Uuid::now_v7();
+    let entry = who.entry(
+        operator.as_deref(),
+        "key_issued",
+        format!("keys/{id}"),
+        String::new(),
+        Some(serde_json::json!({ "role": request.role.as_str() })),
+    );
+    let (view, key) = keys::issue(&state.db, id, request.role, operator.as_deref(), &entry).await?;
     Ok((StatusCode::CREATED, Json(IssuedKey { view, key })))
 }
 
@@ -162,17 +170,24 @@ pub(crate) async fn list(
     ),
 )]
 pub(crate) async fn revoke(
-    StaffAdmin(scope): StaffAdmin,
+    who: Accountable,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     let key = keys::key(&state.db, id)
         .await?
-        .filter(|k| match &scope {
+        .filter(|k| match &who.scope {
             Scope::All => true,
             Scope::Operator(own) => k.operator_id.as_deref() == Some(own.as_str()),
         })
         .ok_or(ApiError::NotFound("key"))?;
-    keys::revoke(&state.db, key.id, Utc::now()).await?;
+    let entry = who.entry(
+        key.operator_id.as_deref(),
+        "key_revoked",
+        format!("keys/{}", key.id),
+        String::new(),
+        None,
+    );
+    keys::revoke(&state.db, key.id, &entry).await?;
     Ok(StatusCode::NO_CONTENT)
 }

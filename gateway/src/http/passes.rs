@@ -64,7 +64,7 @@ pub(crate) async fn add_pass(
     }
     let id = Uuid::now_v7();
     let entry = who.entry(
-        &lot.operator_id,
+        Some(&lot.operator_id),
         "pass_added",
         format!("{}/passes/{id}", lot.id),
         String::new(),
@@ -134,7 +134,7 @@ pub(crate) async fn revoke_pass(
     let reason = free_text("invalid_reason", "reason", &request.reason, 500)?;
     let lot = own_lot(&state, &who.scope, &lot)?;
     let entry = who.entry(
-        &lot.operator_id,
+        Some(&lot.operator_id),
         "pass_revoked",
         format!("{}/passes/{id}", lot.id),
         reason,
@@ -200,7 +200,7 @@ pub(crate) async fn add_block(
     // Recorded before it is taken (the block is written by provisioning): an entry for a block
     // that then failed is better than a block without one.
     let entry = who.entry(
-        &lot.operator_id,
+        Some(&lot.operator_id),
         "plate_blocked",
         format!("{}/blocks/{}", lot.id, plate.as_str()),
         reason.clone(),
@@ -238,7 +238,7 @@ pub(crate) async fn remove_block(
     let plate =
         Plate::parse(&plate).map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
     let entry = who.entry(
-        &lot.operator_id,
+        Some(&lot.operator_id),
         "plate_unblocked",
         format!("{}/blocks/{}", lot.id, plate.as_str()),
         String::new(),
