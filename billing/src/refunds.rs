@@ -11,6 +11,7 @@ use crate::ledger::store::insert_entries;
 use crate::money::{Currency, Money};
 use crate::payments::payment_key;
 use crate::provider::{PaymentProvider, Refund, RefundOutcome};
+use parkflow_session::{Unknown, from_text};
 
 /// Why a refund was refused.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,34 @@ fn scoped_key(charge: Uuid, key: &str) -> String {
     format!("{charge}:{key}")
 }
 
+/// Where a refund is: reserved and asked of the provider, or answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefundStatus {
+    Pending,
+    Refunded,
+    Refused,
+}
+
+impl RefundStatus {
+    const ALL: [Self; 3] = [Self::Pending, Self::Refunded, Self::Refused];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Refunded => "refunded",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl TryFrom<String> for RefundStatus {
+    type Error = Unknown;
+
+    fn try_from(value: String) -> Result<Self, Unknown> {
+        from_text(value, &Self::ALL, Self::as_str, "refund status")
+    }
+}
+
 /// A refund row: reserved before the provider is asked, then refunded or refused.
 #[derive(sqlx::FromRow)]
 struct RefundRow {
@@ -79,7 +108,8 @@ struct RefundRow {
     amount_minor: i64,
     currency: String,
     reason: String,
-    status: String,
+    #[sqlx(try_from = "String")]
+    status: RefundStatus,
 }
 
 /// What the reservation came to.
@@ -126,16 +156,16 @@ async fn reserve(
         if earlier.amount_minor != amount_minor || earlier.reason != reason {
             return Err(RefundError::KeyReused);
         }
-        return match earlier.status.as_str() {
-            "refunded" => Ok(Reserved::Done(Refunded {
+        return match earlier.status {
+            RefundStatus::Refunded => Ok(Reserved::Done(Refunded {
                 refund_id: earlier.id,
                 amount_minor: earlier.amount_minor,
                 currency: earlier.currency,
             })),
-            "refused" => Err(RefundError::Refused(
+            RefundStatus::Refused => Err(RefundError::Refused(
                 "refused earlier under this key".into(),
             )),
-            _ => Ok(Reserved::Ask {
+            RefundStatus::Pending => Ok(Reserved::Ask {
                 id: earlier.id,
                 collected,
             }),

@@ -276,3 +276,77 @@ async fn a_driver_rotates_and_revokes_their_own_keys() {
     )));
     platform.stop().await;
 }
+
+/// The driver to bill is fixed when the car leaves: a plate cannot be taken off the account while
+/// its car is parked, and taking it off right after the exit (before the charge is made) still
+/// leaves the debt with that driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_plate_right_after_the_exit_sheds_no_debt() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 10);
+    // Charges are made five seconds apart: the plate goes before this car's charge is made.
+    let platform = TestPlatform::start_with(setup, &world, |config| {
+        config.charging.idle_poll = std::time::Duration::from_secs(5);
+    })
+    .await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let plate = "浙P97531";
+    let (_, enrolled) = call(
+        &platform,
+        None,
+        Method::POST,
+        "/v1/drivers",
+        Some(
+            json!({"name": "Zhao", "plates": [{"plate": plate}], "payment_account": "decline-card",
+                    "auto_debit_consent": true}),
+        ),
+    )
+    .await;
+    let key = enrolled["api_key"].as_str().unwrap().to_owned();
+    entry
+        .decide(&entry.read_at(
+            plate,
+            Direction::Entry,
+            chrono::Utc::now() - chrono::Duration::minutes(45),
+        ))
+        .await;
+    let path = format!("/v1/me/plates/{plate}");
+    let parked = crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the stay on record",
+        || async {
+            let (status, body) = call(&platform, Some(&key), Method::DELETE, &path, None).await;
+            (status == StatusCode::CONFLICT).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(parked["error"]["code"], "car_parked", "{parked}");
+    let out = exit.decide(&exit.read(plate, Direction::Exit)).await;
+    assert_eq!(out.reason, GateReason::BillLater);
+    // Off the account the moment the exit is on record, before the charge is made.
+    crate::support::eventually(
+        std::time::Duration::from_secs(4),
+        "the plate removed",
+        || async {
+            let (status, _) = call(&platform, Some(&key), Method::DELETE, &path, None).await;
+            (status == StatusCode::NO_CONTENT).then_some(())
+        },
+    )
+    .await;
+    let (_, me) = call(&platform, Some(&key), Method::GET, "/v1/me", None).await;
+    assert_eq!(me["plates"], json!([]), "{me}");
+    // The declined debit still becomes this driver's invoice.
+    let invoices = crate::support::eventually(
+        std::time::Duration::from_secs(15),
+        "the driver's invoice",
+        || async {
+            let (_, invoices) =
+                call(&platform, Some(&key), Method::GET, "/v1/me/invoices", None).await;
+            (!invoices.as_array().unwrap().is_empty()).then_some(invoices)
+        },
+    )
+    .await;
+    assert_eq!(invoices[0]["status"], "open", "{invoices}");
+    platform.stop().await;
+}
