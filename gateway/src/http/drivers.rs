@@ -22,6 +22,9 @@ use crate::store::keys::{self, DriverKeyView};
 use crate::store::sessions::{self, SessionView};
 use parkflow_billing::drivers::{Change, DriverStatus};
 
+/// How long removing a plate waits for the gates' writes to be durable.
+const GATES_DURABLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Plates one driver may enrol.
 const MAX_PLATES: usize = 10;
 
@@ -290,6 +293,7 @@ pub(crate) async fn add_plate(
         (status = 204, description = "Removed"),
         (status = 404, description = "No such plate (or not this caller's)", body = ErrorBody),
         (status = 409, description = "The driver owes (`debt_outstanding`) or the car is parked (`car_parked`): the plate stays", body = ErrorBody),
+        (status = 503, description = "The gates' latest decisions are not on record yet: retry", body = ErrorBody),
     ),
 )]
 pub(crate) async fn remove_plate(
@@ -298,6 +302,11 @@ pub(crate) async fn remove_plate(
     ApiPath(plate): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let plate = Plate::parse(&plate).map_err(|_| ApiError::NotFound("plate"))?;
+    // A car the gates let in a moment ago may not be on record yet: wait until what they decided
+    // is durable, so that "parked" sees it.
+    if !state.gates.durable(GATES_DURABLE_WITHIN).await {
+        return Err(ApiError::Unavailable);
+    }
     refuse_while_owing(
         drivers::remove_plate(&state.db, driver, &plate).await?,
         "plate",
