@@ -152,6 +152,35 @@ impl Demo {
         }
     }
 
+    /// Gives every device already stored (by a previous run on this database) its stored secret
+    /// instead of the fresh one, so that a restarted demo keeps its city: devices in the field
+    /// keep working. Returns how many kept theirs.
+    pub fn keep_stored_credentials(
+        &mut self,
+        config: &CityConfig,
+        stored: &HashMap<String, secrecy::SecretString>,
+    ) -> anyhow::Result<usize> {
+        use secrecy::ExposeSecret;
+        let mut kept = 0;
+        for device in &mut self.plan.devices {
+            if let Some(secret) = stored.get(device.id.as_str()) {
+                device.secret = secret.expose_secret().to_owned().into();
+            }
+        }
+        for entry in &mut self.devices.devices {
+            if let Some(secret) = stored.get(entry.id.as_str()) {
+                entry.secret = secret.expose_secret().to_owned();
+                entry.mqtt_password = mqtt_password(&entry.secret);
+                kept += 1;
+            }
+        }
+        if kept > 0 {
+            // The zones' keys were drawn with the fresh secrets: draw them from the file again.
+            self.zones = Self::from_devices(config, self.devices.clone())?.zones;
+        }
+        Ok(kept)
+    }
+
     /// The city `config` lays out, driven with the credentials of a devices file (as the platform
     /// that provisioned it wrote them): a device missing from the file is an error.
     pub fn from_devices(config: &CityConfig, devices: DevicesFile) -> anyhow::Result<Self> {

@@ -211,6 +211,14 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let demo = if args.demo {
         let city = CityConfig::preset(&args.demo_city).unwrap_or_else(CityConfig::demo);
         let mut demo = Demo::new(&city);
+        // Run again on the same database, the demo keeps its city and its devices' credentials.
+        let stored = parkflow_gateway::store::provision::stored_secrets(&platform.db())
+            .await
+            .context("failed to read the stored devices")?;
+        let kept = demo.keep_stored_credentials(&city, &stored)?;
+        if kept > 0 {
+            println!("demo city found in the database: {kept} devices keep their credentials");
+        }
         platform.provision(&demo.plan).await?;
         if let Some(path) = &args.demo_devices {
             demo.devices

@@ -64,10 +64,6 @@ pub async fn run(args: SimArgs, interrupted: impl Future<Output = ()>) -> anyhow
         )),
         _ => None,
     };
-    let refused_before = match &verifier {
-        Some(verifier) => verifier.not_registered().await?,
-        None => 0,
-    };
     let shared = Shared {
         clock,
         stats: Arc::new(Stats::default()),
@@ -142,12 +138,8 @@ pub async fn run(args: SimArgs, interrupted: impl Future<Output = ()>) -> anyhow
     let journeys = shared.journal.records();
     let deadline = tokio::time::Instant::now() + SETTLE_FOR;
     let report = loop {
-        let refused = verifier
-            .not_registered()
-            .await?
-            .saturating_sub(refused_before);
         let report = verifier
-            .verify(&journeys, &shared.stats, from, refused, args.fee_sample)
+            .verify(&journeys, &shared.stats, from, args.fee_sample)
             .await?;
         if report.passed() || tokio::time::Instant::now() >= deadline {
             break report;

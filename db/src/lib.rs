@@ -37,7 +37,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same statement later may succeed (connection trouble, not a bad row).
+    /// Whether retrying the same statement later may succeed: the connection or the server is in
+    /// trouble (lost, restarting, busy, out of disk space or memory, an I/O error), not the row.
+    /// A write refused for such a reason must be retried, never given up: the message that
+    /// carried it is acknowledged only once it is durable.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Query(e) => {
@@ -47,16 +50,10 @@ impl StoreError {
                         | sqlx::Error::PoolTimedOut
                         | sqlx::Error::PoolClosed
                         | sqlx::Error::Protocol(_)
-                ) || e.as_database_error().is_some_and(|db| {
-                    // PostgreSQL: admin shutdown (57P01) and friends; SQLite: busy/locked.
-                    db.code().is_some_and(|code| {
-                        // SQLite reports extended codes (517, 261 …) whose low byte is the primary
-                        // code; PostgreSQL's are five characters.
-                        let sqlite_busy_or_locked = code.len() < 5
-                            && code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
-                        code.starts_with("57") || code.starts_with("08") || sqlite_busy_or_locked
-                    })
-                })
+                ) || e
+                    .as_database_error()
+                    .and_then(|db| db.code())
+                    .is_some_and(|code| is_transient_code(&code))
             }
             Self::Connect(_) => true,
             _ => false,
@@ -70,6 +67,24 @@ impl StoreError {
             _ => None,
         }
     }
+}
+
+/// Whether a database error code names a passing condition. SQLite reports extended codes
+/// (517, 261 …) whose low byte is the primary one: BUSY (5), LOCKED (6), IOERR (10), FULL (13),
+/// CANTOPEN (14, a journal that cannot be created on a full disk). PostgreSQL's five-character
+/// SQLSTATEs by class: 08 connection, 53 insufficient resources (53100 disk full), 57 operator
+/// intervention (shutdown), 58 system error (58030 I/O), and 40001 / 40P01 (serialization,
+/// deadlock) and 25006 (a read-only standby after a failover).
+fn is_transient_code(code: &str) -> bool {
+    if code.len() < 5 {
+        return code
+            .parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14));
+    }
+    ["08", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || matches!(code, "40001" | "40P01" | "25006")
 }
 
 /// A connection pool of either engine.
@@ -223,6 +238,47 @@ mod tests {
             .await
             .expect("count");
         n
+    }
+
+    /// A disk that fills up refuses writes for a while, not for good: `SQLITE_FULL` (a database
+    /// held at its page limit, as a full filesystem does) must read as transient, or the writer
+    /// gives the write up and acknowledges a message it never stored.
+    #[tokio::test]
+    async fn a_full_database_is_a_passing_condition() {
+        let (_dir, db) = scratch().await;
+        let Db::Sqlite(pool) = &db else {
+            unreachable!("a sqlite database")
+        };
+        let mut connection = pool.acquire().await.expect("acquire");
+        let (pages,): (i64,) = sqlx::query_as("PRAGMA page_count")
+            .fetch_one(&mut *connection)
+            .await
+            .expect("page count");
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+            .execute(&mut *connection)
+            .await
+            .expect("limit");
+        let error = sqlx::query("INSERT INTO t VALUES (zeroblob(1000000))")
+            .execute(&mut *connection)
+            .await
+            .map(drop)
+            .map_err(StoreError::from)
+            .expect_err("the database is full");
+        assert!(error.is_transient(), "{error:?}");
+    }
+
+    #[test]
+    fn codes_of_passing_and_lasting_conditions() {
+        for code in [
+            "5", "517", "6", "13", "10", "3338", "14", "53100", "57P01", "08006", "58030", "40001",
+            "25006",
+        ] {
+            assert!(is_transient_code(code), "{code}");
+        }
+        // A constraint (SQLite 19 / 2067, PostgreSQL 23505) or a bad statement lasts.
+        for code in ["19", "2067", "1", "23505", "23503", "42P01", "22P02"] {
+            assert!(!is_transient_code(code), "{code}");
+        }
     }
 
     /// A transaction that reads, then writes, while another connection commits in between: with

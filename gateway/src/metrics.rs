@@ -33,6 +33,7 @@ pub struct Metrics {
     pub store_batches: Counter,
     pub store_batch_size: Histogram,
     pub store_write_errors: Counter,
+    pub store_writes_failing: Gauge,
     pub mqtt_connected: Gauge,
     pub bay_events: Family<OutcomeLabel, Counter>,
     pub bay_heartbeats: Counter,
@@ -119,6 +120,12 @@ impl Metrics {
             "Writes the store failed to make",
             store_write_errors.clone(),
         );
+        let store_writes_failing = Gauge::default();
+        registry.register(
+            "store_writes_failing",
+            "Store writers whose database write is failing for now and being retried (its messages wait unacknowledged)",
+            store_writes_failing.clone(),
+        );
         let mqtt_connected = Gauge::default();
         registry.register(
             "mqtt_connected",
@@ -194,6 +201,7 @@ impl Metrics {
             store_batches,
             store_batch_size,
             store_write_errors,
+            store_writes_failing,
             mqtt_connected,
         }
     }

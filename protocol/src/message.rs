@@ -137,10 +137,13 @@ pub enum GateReason {
     Blocked,
     /// Not enrolled or suspended for arrears: pay `amount_due` at `pay_url` first.
     PaymentRequired,
+    /// The camera's clock is off (its read is from too far ahead or too long ago to be trusted):
+    /// the barrier stays shut and the lane calls an attendant; the device needs its clock set.
+    DeviceClock,
 }
 
 impl GateReason {
-    pub const ALL: [GateReason; 11] = [
+    pub const ALL: [GateReason; 12] = [
         Self::Entered,
         Self::BillLater,
         Self::PassHolder,
@@ -152,6 +155,7 @@ impl GateReason {
         Self::LotFull,
         Self::Blocked,
         Self::PaymentRequired,
+        Self::DeviceClock,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -171,6 +175,7 @@ impl GateReason {
             Self::LotFull => "lot_full",
             Self::Blocked => "blocked",
             Self::PaymentRequired => "payment_required",
+            Self::DeviceClock => "device_clock",
         }
     }
 }

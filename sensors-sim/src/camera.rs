@@ -9,7 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use parkflow_protocol::sign::{open, plain, seal};
 use parkflow_protocol::{
-    DeviceAuth, DeviceId, Direction, EventId, GateCommand, GatePlateRead, PlateColor, Topic,
+    DeviceAuth, DeviceId, Direction, EventId, GateAction, GateCommand, GatePlateRead, PlateColor,
+    Topic,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
@@ -93,6 +94,8 @@ const ANSWERED_MEMORY: usize = 50_000;
 
 struct Pending {
     payload: Vec<u8>,
+    /// When the read was first sent: the lane waits from then until its answer.
+    sent: Instant,
     attempts: u32,
     wait: Duration,
     next: Instant,
@@ -278,7 +281,7 @@ struct Camera {
     /// Reads whose next command someone awaits.
     waiting: HashMap<EventId, oneshot::Sender<Result<GateCommand, CameraError>>>,
     /// The command id that answered each recent read, oldest first in `answered_order`.
-    answered: HashMap<EventId, Uuid>,
+    answered: HashMap<EventId, (Uuid, GateAction)>,
     answered_order: std::collections::VecDeque<EventId>,
     /// The ids of the commands carried out, for the reads in `answered`.
     carried_out: HashSet<Uuid>,
@@ -392,6 +395,7 @@ impl Camera {
         let wait = self.config.first_retry;
         let pending = Pending {
             payload,
+            sent: Instant::now(),
             attempts: 1,
             wait,
             next: Instant::now() + wait,
@@ -464,22 +468,36 @@ impl Camera {
                 return;
             }
         }
-        if let Some(reply) = self.waiting.remove(&command.event_id) {
+        // A held car waits for the `open` its payment brings; another `hold` for the same read
+        // (the read re-sent while the platform restarted, decided again) is not that answer.
+        if command.action == GateAction::Open
+            && let Some(reply) = self.waiting.remove(&command.event_id)
+        {
+            self.remember(&command);
             let _ = reply.send(Ok(command));
             return;
         }
         match self.pending.remove(&command.event_id) {
             Some(pending) => {
+                let waited = u64::try_from(pending.sent.elapsed().as_millis()).unwrap_or(u64::MAX);
+                self.stats
+                    .longest_wait_ms
+                    .fetch_max(waited, std::sync::atomic::Ordering::Relaxed);
                 self.remember(&command);
                 let _ = pending.reply.send(Ok(command));
             }
-            // A re-sent answer to a read already answered: it must be the same decision.
+            // A re-sent answer to a read already answered (told by its event id): the same
+            // command again is a repeat; another command is a conflict only if it decides
+            // otherwise (open where the lane was told hold, or the reverse) — a read decided
+            // again alike after a restart let the car do what the first answer said.
             None => {
                 Stats::add(&self.stats.commands_unmatched);
                 if self
                     .answered
                     .get(&command.event_id)
-                    .is_some_and(|first| *first != command.command_id)
+                    .is_some_and(|(id, action)| {
+                        *id != command.command_id && *action != command.action
+                    })
                 {
                     Stats::add(&self.stats.answers_conflicting);
                 }
@@ -490,13 +508,18 @@ impl Camera {
     fn remember(&mut self, command: &GateCommand) {
         if self.answered_order.len() >= ANSWERED_MEMORY
             && let Some(oldest) = self.answered_order.pop_front()
-            && let Some(carried) = self.answered.remove(&oldest)
+            && let Some((carried, _)) = self.answered.remove(&oldest)
         {
             self.carried_out.remove(&carried);
         }
         self.carried_out.insert(command.command_id);
-        self.answered
-            .insert(command.event_id.clone(), command.command_id);
+        // The `open` after a payment replaces the read's `hold` (which, replayed, does nothing).
+        if let Some((replaced, _)) = self.answered.insert(
+            command.event_id.clone(),
+            (command.command_id, command.action),
+        ) {
+            self.carried_out.remove(&replaced);
+        }
         self.answered_order.push_back(command.event_id.clone());
     }
 }

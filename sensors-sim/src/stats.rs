@@ -26,6 +26,8 @@ pub struct Stats {
     pub exits_paid: AtomicU64,
     pub rogue_reads: AtomicU64,
     pub reconnects: AtomicU64,
+    /// The longest a lane waited from sending a read to its answer, in milliseconds.
+    pub longest_wait_ms: AtomicU64,
 }
 
 impl Stats {
@@ -39,7 +41,7 @@ impl Stats {
         format!(
             "reads_sent={} reads_resent={} commands={} unmatched_commands={} bad_signatures={} expired_commands={} replayed_commands={} unanswered={} \
              entries_opened={} entries_held={} exits_opened={} exits_held={} exits_paid={} misreads={} double_reads={} \
-             conflicting_answers={} rogue_reads={} reconnects={}",
+             conflicting_answers={} rogue_reads={} reconnects={} longest_wait_ms={}",
             get(&self.reads_sent),
             get(&self.reads_resent),
             get(&self.commands_received),
@@ -58,6 +60,7 @@ impl Stats {
             get(&self.answers_conflicting),
             get(&self.rogue_reads),
             get(&self.reconnects),
+            get(&self.longest_wait_ms),
         )
     }
 }

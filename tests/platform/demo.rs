@@ -234,3 +234,80 @@ async fn the_simulator_verifies_that_nothing_was_lost_or_duplicated() {
     )
     .await;
 }
+
+/// `parkflow run --demo` run again on the same database keeps its city: every device keeps the
+/// credentials it was given (a restart that drew fresh ones refused every device in the field,
+/// while `/readyz` said ready).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_restarted_on_its_database_keeps_its_devices_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices.json");
+    let secrets = |path: &std::path::Path| -> std::collections::BTreeMap<String, (String, String)> {
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        file["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["id"].as_str().unwrap().to_owned(),
+                    (
+                        d["secret"].as_str().unwrap().to_owned(),
+                        d["mqtt_password"].as_str().unwrap().to_owned(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let flags = [
+        "--demo-idle",
+        "--admin-key",
+        "restart-admin-key-0123456789abcdef",
+    ];
+    let (first, _) = start_demo(dir.path(), &devices, free_addr(), &flags);
+    drop(first);
+    let before = secrets(&devices);
+    assert!(!before.is_empty());
+
+    let mqtt = free_addr();
+    let (_second, http) = start_demo(dir.path(), &devices, mqtt, &flags);
+    assert_eq!(secrets(&devices), before, "a device's credentials changed");
+    eventually(Duration::from_secs(20), "the platform ready", || {
+        let url = format!("{http}/readyz");
+        async move {
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(drop)
+        }
+    })
+    .await;
+
+    // A camera of the first run logs in to the second with what it was given then.
+    let (id, (_, password)) = before
+        .iter()
+        .find(|(id, _)| id.starts_with("cam-"))
+        .expect("a gate camera");
+    let mut options = rumqttc::MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
+    options.set_credentials(id, password);
+    let (_client, mut events) = rumqttc::AsyncClient::new(options, 10);
+    let accepted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                    break ack.code == rumqttc::ConnectReturnCode::Success;
+                }
+                Ok(_) => {}
+                Err(_) => break false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        accepted,
+        Ok(true),
+        "the camera was refused after the restart"
+    );
+}

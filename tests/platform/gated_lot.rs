@@ -484,6 +484,85 @@ async fn exits_without_entry_and_unpaid_stays_follow_the_rules(setup: Setup) {
     platform.stop().await;
 }
 
+/// A camera whose clock is off (2 hours ahead, 4 days behind) is who it says it is, but its
+/// reads' times cannot open or close a stay: each gets a signed `hold` with reason
+/// `device_clock` (the same command again when re-sent), no session, a count, and the camera
+/// shows as faulty to its operator until a read with a good clock comes.
+async fn a_camera_with_a_bad_clock_gets_hold_and_shows_as_faulty(setup: Setup) {
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let fault = || async {
+        let devices = platform
+            .admin_get(&format!("/v1/lots/{}/devices", world.lot))
+            .await;
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == world.entry_camera.as_str())
+            .unwrap()["clock_fault_at"]
+            .clone()
+    };
+
+    let ahead = entry.read_at(
+        world.unenrolled.as_str(),
+        Direction::Entry,
+        Utc::now() + chrono::Duration::hours(2),
+    );
+    let command = entry.decide(&ahead).await;
+    assert_eq!(
+        (command.action, command.reason),
+        (GateAction::Hold, GateReason::DeviceClock)
+    );
+    entry.publish(&ahead).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let resent = loop {
+        let commands = entry.commands_for(&ahead.event_id);
+        if commands.len() >= 2 {
+            break commands;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the re-sent read got no answer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        resent.iter().all(|c| c.command_id == command.command_id),
+        "{resent:?}"
+    );
+
+    let behind = entry.read_at(
+        world.enrolled.as_str(),
+        Direction::Entry,
+        Utc::now() - chrono::Duration::days(4),
+    );
+    let command = entry.decide(&behind).await;
+    assert_eq!(
+        (command.action, command.reason),
+        (GateAction::Hold, GateReason::DeviceClock)
+    );
+    let reason = |r: &str| format!("parkflow_events_rejected_total{{reason=\"{r}\"}}");
+    assert!(platform.metric(&reason("clock_skew")).await >= 1.0);
+    assert!(platform.metric(&reason("too_old")).await >= 1.0);
+    eventually(WAIT, "the camera shown as faulty", || async {
+        fault().await.as_str().map(ToOwned::to_owned)
+    })
+    .await;
+    assert!(platform.sessions(&world.lot).await.is_empty());
+
+    // The clock is set right: the next read opens, and the fault is gone.
+    let good = entry.read(world.unenrolled.as_str(), Direction::Entry);
+    assert_eq!(entry.decide(&good).await.action, GateAction::Open);
+    eventually(WAIT, "the fault cleared", || async {
+        fault().await.is_null().then_some(())
+    })
+    .await;
+    assert_eq!(platform.sessions(&world.lot).await.len(), 1);
+    platform.stop().await;
+}
+
 macro_rules! scenarios {
     ($module:ident, $database:expr, $broker:expr) => {
         mod $module {
@@ -530,6 +609,11 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn exits_without_entry_and_unpaid_stays_follow_the_rules() {
                 run(super::exits_without_entry_and_unpaid_stays_follow_the_rules).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_camera_with_a_bad_clock_gets_hold_and_shows_as_faulty() {
+                run(super::a_camera_with_a_bad_clock_gets_hold_and_shows_as_faulty).await;
             }
         }
     };

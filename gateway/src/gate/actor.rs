@@ -226,6 +226,7 @@ impl GateActor {
         while let Some(message) = rx.recv().await {
             match message {
                 GateMessage::PlateRead(read) => self.plate_read(*read, false).await,
+                GateMessage::ClockRefused(read) => self.clock_refused(*read).await,
                 GateMessage::Standing { plates, standing } => self.standing(plates, standing).await,
                 GateMessage::ExitPaid(paid) => self.exit_paid(paid),
                 GateMessage::ManualOpen {
@@ -401,6 +402,46 @@ impl GateActor {
         writes.push(record(&read, &command, session_id));
         self.remember(read_key, lane, &read, &command, session_id);
         self.report_open(&registry, &read.lot);
+        self.writer
+            .submit(Batch {
+                writes,
+                ticket: read.ticket,
+                durable: None,
+            })
+            .await;
+    }
+
+    /// A read refused for its camera's clock: never `open` (its time cannot be trusted to open
+    /// or close a stay), but a signed `hold` with reason `device_clock`, so that the lane calls
+    /// an attendant instead of waiting for an answer that never comes. Recorded like any
+    /// answered read; a re-sent read gets the same command.
+    async fn clock_refused(&mut self, read: GateRead) {
+        let now = read.received_at;
+        self.state.recent.expire(now);
+        let registry = self.registry.snapshot();
+        let Some(lot) = registry.lot_by_id(&read.lot) else {
+            return;
+        };
+        let read_key: ReadKey = (read.lot.clone(), read.gate.clone(), read.event_id.clone());
+        if let Some(decided) = self.state.recent.by_read(&read_key) {
+            let command = decided.command.resent_at(now);
+            self.publish(&registry, lot, &read, &command);
+            return;
+        }
+        let command = plan::command(&read, GateAction::Hold, GateReason::DeviceClock);
+        self.publish(&registry, lot, &read, &command);
+        tracing::warn!(lot = %read.lot, gate = %read.gate, observed_at = %read.observed_at, "camera clock is off; read held for an attendant");
+        self.state.recent.remember_read(
+            read_key,
+            Decided {
+                command: command.clone(),
+                plate: read.plate.clone(),
+                session_id: None,
+                at: now,
+                observed_at: read.observed_at,
+            },
+        );
+        let writes = vec![record(&read, &command, None)];
         self.writer
             .submit(Batch {
                 writes,

@@ -65,6 +65,9 @@ pub struct PaidExit {
 #[derive(Debug)]
 pub enum GateMessage {
     PlateRead(Box<GateRead>),
+    /// A read correctly signed by its gate's camera but refused for its time (the camera's clock
+    /// is off): answered with a signed `hold`, reason `device_clock`, and recorded; no session.
+    ClockRefused(Box<GateRead>),
     /// These plates' drivers now have this standing (enrolled, suspended, or no longer enrolled).
     Standing {
         plates: Vec<Plate>,
@@ -153,6 +156,11 @@ impl GateHandle {
     /// Hands a read to the actor (waits while it is behind).
     pub async fn plate_read(&self, read: GateRead) {
         self.send(GateMessage::PlateRead(Box::new(read))).await;
+    }
+
+    /// A read refused for its camera's clock, to be answered with `hold` (`device_clock`).
+    pub(crate) async fn clock_refused(&self, read: GateRead) {
+        self.send(GateMessage::ClockRefused(Box::new(read))).await;
     }
 
     /// Reads drivers, passes and blocks again (here, not in the actor) and hands them over; the

@@ -122,6 +122,13 @@ impl RecentDecisions {
         self.by_read.insert(read, decided);
     }
 
+    /// Remembers a decision by its read only: a read that decided nothing about its car (refused
+    /// for its camera's clock) must not make the car's next read a repeat of it.
+    pub(crate) fn remember_read(&mut self, read: ReadKey, decided: Decided) {
+        self.order.push_back((decided.at, read.clone()));
+        self.by_read.insert(read, decided);
+    }
+
     /// Forgets what is older than the window.
     pub(crate) fn expire(&mut self, now: DateTime<Utc>) {
         while self

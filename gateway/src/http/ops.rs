@@ -2,13 +2,12 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::AppState;
 use super::auth::Admin;
-use super::error::ApiError;
 use crate::metrics::Metrics;
 
 #[utoipa::path(
@@ -21,23 +20,49 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
+/// How long `/readyz` waits for the database: a stalled database is a 503 within a second, never
+/// a hung probe.
+const READY_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
 #[utoipa::path(
     get, path = "/readyz", tag = "ops",
     responses(
-        (status = 200, description = "Database and MQTT are up", body = serde_json::Value, example = json!({"status": "ready", "database": true, "mqtt": true})),
-        (status = 503, description = "Not ready: the body says which part is down", body = serde_json::Value),
+        (status = 200, description = "Database and MQTT are up, and writes go through", body = serde_json::Value, example = json!({"status": "ready", "database": true, "mqtt": true, "writes": true})),
+        (status = 503, description = "Not ready, within a second: the body says which part is down", body = serde_json::Value, example = json!({"status": "not_ready", "database": false, "mqtt": true, "writes": false, "reason": "database does not answer within 800 ms"})),
     ),
 )]
-pub(crate) async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let mqtt = *state.mqtt_connected.borrow();
-    let database = state.db.ping().await.is_ok();
-    if mqtt && database {
-        Ok(Json(
-            json!({ "status": "ready", "database": true, "mqtt": true }),
-        ))
-    } else {
-        tracing::debug!(mqtt, database, "not ready");
-        Err(ApiError::Unavailable)
+    let ping = tokio::time::timeout(READY_PING_TIMEOUT, state.db.ping()).await;
+    let writes = state.metrics.store_writes_failing.get() == 0;
+    let (database, reason) = match ping {
+        Ok(Ok(())) => (true, None),
+        Ok(Err(error)) => (false, Some(format!("database: {error}"))),
+        Err(_) => (
+            false,
+            Some(format!(
+                "database does not answer within {} ms",
+                READY_PING_TIMEOUT.as_millis()
+            )),
+        ),
+    };
+    let reason = reason
+        .or_else(|| (!writes).then(|| "database writes are failing and being retried".to_owned()))
+        .or_else(|| (!mqtt).then(|| "not connected to the MQTT broker".to_owned()));
+    match reason {
+        None => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "database": true, "mqtt": true, "writes": true })),
+        ),
+        Some(reason) => {
+            tracing::debug!(mqtt, database, writes, reason, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    json!({ "status": "not_ready", "database": database, "mqtt": mqtt, "writes": writes, "reason": reason }),
+                ),
+            )
+        }
     }
 }
 

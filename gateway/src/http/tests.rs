@@ -305,6 +305,46 @@ async fn not_ready_while_the_broker_link_is_down() {
     );
 }
 
+#[tokio::test]
+async fn not_ready_while_database_writes_fail_and_within_a_second_while_it_stalls() {
+    let api = Api::new().await;
+    api.state.metrics.store_writes_failing.inc();
+    let (status, body) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["writes"], false, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("writes"),
+        "{body}"
+    );
+    api.state.metrics.store_writes_failing.dec();
+
+    // A database that takes no new work (here: every connection held, as a stalled server
+    // holds them) is a 503 within a second, not a probe that hangs.
+    let Db::Sqlite(pool) = &api.state.db else {
+        unreachable!("the API tests run on SQLite")
+    };
+    let mut held = Vec::new();
+    while let Ok(Ok(connection)) =
+        tokio::time::timeout(std::time::Duration::from_millis(200), pool.acquire()).await
+    {
+        held.push(connection);
+    }
+    let started = std::time::Instant::now();
+    let (status, body) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["database"], false, "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held);
+    assert_eq!(
+        api.call(Method::GET, "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
+}
+
 #[test]
 fn paths_in_logs_never_carry_a_plate() {
     assert_eq!(

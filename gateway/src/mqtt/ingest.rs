@@ -115,7 +115,7 @@ impl Ingest {
                 let lot = registry.lot_by_id(lot).ok_or(Rejection::UnknownLot)?;
                 let read: GatePlateRead =
                     open_from_gate(&registry, lot, gate, topic, &message.payload)?;
-                check_observed_at(read.observed_at, message.received_at)?;
+                let clock = check_observed_at(read.observed_at, message.received_at);
                 if !(0.0..=1.0).contains(&read.confidence) {
                     return Err(Rejection::Message("malformed"));
                 }
@@ -134,6 +134,13 @@ impl Ingest {
                     received: message.received,
                     ticket: message.ticket,
                 };
+                if let Err(error) = clock {
+                    // The camera is who it says it is, but its clock is off: counted as refused,
+                    // and answered with a `hold` (`device_clock`) so the lane calls an attendant.
+                    self.reject(error.into());
+                    self.gates.clock_refused(read).await;
+                    return Ok(());
+                }
                 self.gates.plate_read(read).await;
                 Ok(())
             }

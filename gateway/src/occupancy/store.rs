@@ -138,7 +138,7 @@ impl BayWriter {
             let mut tickets = Vec::new();
             let segments = segments(std::mem::take(&mut group), &mut tickets);
             let states: usize = segments.iter().map(|s| s.states.len()).sum();
-            match retry_transient(|| write(&self.db, &segments)).await {
+            match retry_transient(&self.metrics, || write(&self.db, &segments)).await {
                 Ok(()) => {
                     self.metrics.bay_states_written.inc_by(states as u64);
                 }
@@ -163,7 +163,11 @@ impl BayWriter {
                 states: segment.states.clone(),
                 sessions: Vec::new(),
             };
-            match retry_transient(|| write(&self.db, std::slice::from_ref(&states))).await {
+            match retry_transient(&self.metrics, || {
+                write(&self.db, std::slice::from_ref(&states))
+            })
+            .await
+            {
                 Ok(()) => {
                     self.metrics
                         .bay_states_written
@@ -177,8 +181,10 @@ impl BayWriter {
                     states: Vec::new(),
                     sessions: vec![session.clone()],
                 };
-                if let Err(error) =
-                    retry_transient(|| write(&self.db, std::slice::from_ref(&one))).await
+                if let Err(error) = retry_transient(&self.metrics, || {
+                    write(&self.db, std::slice::from_ref(&one))
+                })
+                .await
                 {
                     self.refused(&format!("{session:?}"), &error).await;
                 }

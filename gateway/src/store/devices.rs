@@ -2,7 +2,7 @@
 //! registry is reloaded by the caller after every change, so the broker and ingest see it at once.
 
 use chrono::{DateTime, Utc};
-use parkflow_protocol::{BayId, DeviceId, GateId, LotId};
+use parkflow_protocol::{BayId, DeviceId, GateId, GateReason, LotId};
 use serde::Serialize;
 
 use parkflow_db::query;
@@ -23,9 +23,25 @@ pub(crate) struct DeviceView {
     pub created_at: DateTime<Utc>,
     #[serde(with = "parkflow_protocol::time::rfc3339::option")]
     pub revoked_at: Option<DateTime<Utc>>,
+    /// A gate camera whose clock is off: when its latest read was refused for its time (and
+    /// answered `hold`, `device_clock`). Cleared by the next read with a good clock.
+    #[serde(with = "parkflow_protocol::time::rfc3339::option")]
+    pub clock_fault_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "id, kind, lot_id, gate_id, bay_id, mqtt_username, created_at, revoked_at";
+/// The columns of a [`DeviceView`]. A camera's clock fault is read from its gate's reads (the
+/// one record of what it sent), so nothing else has to keep it.
+fn columns() -> String {
+    format!(
+        "id, kind, lot_id, gate_id, bay_id, mqtt_username, created_at, revoked_at, \
+         (SELECT MAX(r.received_at) FROM gate_reads r \
+          WHERE r.lot_id = devices.lot_id AND r.gate_id = devices.gate_id AND r.reason = '{clock}' \
+            AND NOT EXISTS (SELECT 1 FROM gate_reads g WHERE g.lot_id = r.lot_id \
+              AND g.gate_id = r.gate_id AND g.received_at > r.received_at AND g.reason <> '{clock}')) \
+         AS clock_fault_at",
+        clock = GateReason::DeviceClock.as_str()
+    )
+}
 
 /// A device to register, with its credentials in clear (stored: the password hashed).
 pub(crate) struct NewDevice<'a> {
@@ -99,13 +115,16 @@ pub(crate) async fn register(
 }
 
 async fn device_by_id(db: &Db, id: &str) -> Result<Option<DeviceView>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM devices WHERE id = $1 OR mqtt_username = $1");
+    let sql = format!(
+        "SELECT {} FROM devices WHERE id = $1 OR mqtt_username = $1",
+        columns()
+    );
     query(sql).bind(id).fetch_optional(db).await
 }
 
 /// One device.
 pub(crate) async fn device(db: &Db, id: &DeviceId) -> Result<Option<DeviceView>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM devices WHERE id = $1");
+    let sql = format!("SELECT {} FROM devices WHERE id = $1", columns());
     query(sql).bind(id.as_str()).fetch_optional(db).await
 }
 
@@ -115,7 +134,10 @@ pub(crate) async fn of_lot(
     lot: &LotId,
     limit: u32,
 ) -> Result<Vec<DeviceView>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM devices WHERE lot_id = $1 ORDER BY id LIMIT $2");
+    let sql = format!(
+        "SELECT {} FROM devices WHERE lot_id = $1 ORDER BY id LIMIT $2",
+        columns()
+    );
     query(sql)
         .bind(lot.as_str())
         .bind(i64::from(limit))

@@ -242,6 +242,22 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
     tx.commit().await
 }
 
+/// The signing secrets of the devices stored already, by device id. Provisioning the same city
+/// again (a restarted demo) gives each device these instead of fresh ones, so that devices in
+/// the field, which hold them, go on working.
+pub async fn stored_secrets(
+    db: &Db,
+) -> Result<std::collections::HashMap<String, SecretString>, StoreError> {
+    let rows: Vec<(String, String)> =
+        query("SELECT id, secret FROM devices WHERE revoked_at IS NULL")
+            .fetch_all(db)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, secret)| (id, SecretString::from(secret)))
+        .collect())
+}
+
 /// Creates a lot that must not exist yet (an operator's new lot): `false` if the id is taken, in
 /// which case nothing changes — another operator's lot is never overwritten.
 pub async fn create_lot(db: &Db, lot: &LotPlan, now: DateTime<Utc>) -> Result<bool, StoreError> {

@@ -3,10 +3,12 @@
 //! Callers submit a [`Batch`] of writes belonging to one event together with the event's ack
 //! [`Ticket`]. The writer drains whatever is queued (up to [`MAX_BATCH`] batches), applies it in
 //! one transaction, commits, and only then drops the tickets, which acknowledges the messages.
-//! A failed commit is retried: transient failures (connection lost, database restarting) after a
-//! back-off with the whole group; otherwise batch by batch, so one bad write cannot hold back the
-//! others. A batch the database still refuses is kept in `dead_letters` (logged and counted) and
-//! its message acknowledged: a re-delivery would fail the same way.
+//! A failed commit is retried: a passing failure (connection lost, database restarting, disk or
+//! memory full) after a back-off with the whole group, for as long as it lasts — its messages stay
+//! unacknowledged meanwhile, and the broker's in-flight window, not this queue, bounds how many
+//! wait; otherwise batch by batch, so one bad write cannot hold back the others. A batch the
+//! database refuses for good (a constraint) is kept in `dead_letters` (logged and counted) and its
+//! message acknowledged: a re-delivery would fail the same way.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -112,10 +114,12 @@ impl Writer {
 
     async fn commit(&self, group: &mut Vec<Batch>) {
         let all = || group.iter().flat_map(|b| &b.writes);
-        if let Err(error) = retry_transient(|| apply(&self.db, all())).await {
+        if let Err(error) = retry_transient(&self.metrics, || apply(&self.db, all())).await {
             tracing::warn!(error = %error, batches = group.len(), "group commit failed; committing batch by batch");
             for batch in group.iter() {
-                if let Err(error) = retry_transient(|| apply(&self.db, batch.writes.iter())).await {
+                if let Err(error) =
+                    retry_transient(&self.metrics, || apply(&self.db, batch.writes.iter())).await
+                {
                     self.dead_letter(batch, &error).await;
                 }
             }
@@ -131,13 +135,8 @@ impl Writer {
         self.metrics.store_write_errors.inc();
         tracing::error!(error = %error, constraint = ?error.constraint(), "write rejected by the database; kept as a dead letter");
         let writes = format!("{:?}", batch.writes);
-        let cause = format!(
-            "{error}: {}",
-            std::error::Error::source(error)
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        );
-        let kept = retry_transient(|| async {
+        let cause = format!("{error}: {}", cause(error));
+        let kept = retry_transient(&self.metrics, || async {
             query(
                 "INSERT INTO dead_letters (id, writes, error, created_at) VALUES ($1, $2, $3, $4)",
             )
@@ -157,23 +156,52 @@ impl Writer {
 }
 
 /// Runs `attempt` until it succeeds or fails for a reason other than a transient one (a lost
-/// connection, a busy database), backing off between tries.
-pub(crate) async fn retry_transient<F, Fut>(mut attempt: F) -> Result<(), StoreError>
+/// connection, a busy or full database), backing off between tries. While it retries, the
+/// `store_writes_failing` gauge counts it (so `/readyz` answers 503).
+pub(crate) async fn retry_transient<F, Fut>(
+    metrics: &Metrics,
+    mut attempt: F,
+) -> Result<(), StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), StoreError>>,
 {
     let mut backoff = Duration::from_millis(50);
+    let mut failing = None;
     loop {
         match attempt().await {
             Err(error) if error.is_transient() => {
-                tracing::warn!(error = %error, retry_in = ?backoff, "database busy or unreachable; retrying");
+                failing.get_or_insert_with(|| Failing::new(metrics));
+                tracing::warn!(error = %error, cause = %cause(&error), retry_in = ?backoff, "database write failing for now; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             result => return result,
         }
     }
+}
+
+/// Counts a writer in `store_writes_failing` while it lives.
+struct Failing<'a>(&'a Metrics);
+
+impl<'a> Failing<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.store_writes_failing.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for Failing<'_> {
+    fn drop(&mut self) {
+        self.0.store_writes_failing.dec();
+    }
+}
+
+/// The database's own words for an error (sqlx's display alone says only "query failed").
+fn cause(error: &StoreError) -> String {
+    std::error::Error::source(error)
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }
 
 /// The writes of a group, cut into segments that can each be applied kind by kind: sessions
@@ -307,6 +335,126 @@ mod tests {
             pass_holder: false,
             fee: Some((100, "CNY".into())),
         })
+    }
+
+    /// A disk that fills up mid-traffic: the writer keeps every write, retries, and reports
+    /// nothing durable (so acknowledges no message) until space is freed; then all of it is
+    /// stored once and nothing is a dead letter. (A SQLite database at its page limit refuses
+    /// writes with `SQLITE_FULL` exactly as a full filesystem does.)
+    #[tokio::test]
+    async fn a_full_disk_holds_writes_back_until_space_is_freed_and_loses_none() {
+        use crate::registry::LotKind;
+        use crate::store::provision::{LotPlan, OperatorPlan, Plan, provision};
+        use parkflow_protocol::DeviceAuth;
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+        use std::str::FromStr;
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("full.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        let plan = Plan {
+            operators: vec![OperatorPlan {
+                id: "op-1".into(),
+                name: "op".into(),
+            }],
+            lots: vec![LotPlan {
+                id: LotId::parse("lot-1").unwrap(),
+                operator_id: "op-1".into(),
+                name: "lot".into(),
+                kind: LotKind::OffStreet,
+                lat: 30.27,
+                lon: 120.15,
+                capacity: 10_000,
+                time_zone: "Asia/Shanghai".into(),
+                device_auth: DeviceAuth::Signed,
+                gates: Vec::new(),
+                bays: Vec::new(),
+                max_stay_minutes: None,
+                tariffs: Vec::new(),
+            }],
+            ..Plan::default()
+        };
+        provision(&db, &plan, Utc::now()).await.unwrap();
+        let (pages,): (i64,) = query("PRAGMA page_count").fetch_one(&db).await.unwrap();
+        db.close().await;
+
+        // One connection whose database may grow by two pages: full after a few sessions.
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .pragma("max_page_count", (pages + 2).to_string());
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let db = Db::Sqlite(pool.clone());
+        let metrics = Arc::new(Metrics::new());
+        let (handle, writer) = writer(db.clone(), metrics.clone());
+        let running = tokio::spawn(writer.run());
+
+        const SESSIONS: u128 = 300;
+        let mut durable = Vec::new();
+        for n in 0..SESSIONS {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            handle
+                .submit(Batch {
+                    writes: vec![open(n + 1, &format!("浙A{:05}", n))],
+                    ticket: None,
+                    durable: Some(tx),
+                })
+                .await;
+            durable.push(rx);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metrics.store_writes_failing.get() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the disk never filled"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let last = durable.last_mut().unwrap();
+        assert!(
+            matches!(
+                last.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+            ),
+            "a write reported durable while the disk was full"
+        );
+
+        // Space is freed: the same connection may grow again.
+        let mut connection = pool.acquire().await.unwrap();
+        sqlx::query("PRAGMA max_page_count = 1000000")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        drop(connection);
+        for rx in durable {
+            tokio::time::timeout(Duration::from_secs(20), rx)
+                .await
+                .expect("durable once space was freed")
+                .unwrap_err();
+        }
+        drop(handle);
+        running.await.unwrap();
+        let (sessions,): (i64,) = query("SELECT COUNT(*) FROM sessions")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        let (dead,): (i64,) = query("SELECT COUNT(*) FROM dead_letters")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!((sessions, dead), (SESSIONS as i64, 0));
+        assert_eq!(metrics.store_writes_failing.get(), 0);
+        let (check,): (String,) = query("PRAGMA integrity_check")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(check, "ok");
     }
 
     /// Each segment as (opened ids, closed ids).

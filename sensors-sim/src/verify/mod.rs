@@ -198,25 +198,6 @@ impl Verifier {
         Ok(response)
     }
 
-    /// Reads from device-not-registered rejections so far (`/metrics`).
-    pub async fn not_registered(&self) -> Result<u64, VerifyError> {
-        let url = format!("{}/metrics", self.api);
-        let text = self
-            .get("/metrics", &[])
-            .await?
-            .text()
-            .await
-            .map_err(|source| VerifyError::Http { url, source })?;
-        Ok(text
-            .lines()
-            .filter(|l| {
-                l.starts_with("parkflow_events_rejected_total{") && l.contains("\"not_registered\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum())
-    }
-
     /// Every session of `lot` entered in `[from, to)`, however many: a full page is split in two.
     pub async fn sessions(
         &self,
@@ -269,14 +250,14 @@ impl Verifier {
     }
 
     /// Compares `journeys` (driven from `from` on, simulated time) with what the platform recorded;
-    /// `rogue_refused` is the rise of not-registered rejections during the run. Checks the fees of
-    /// up to `fee_sample` closed sessions.
+    /// The rogue's reads count as refused when none of them caused a session (judged from this
+    /// run's own journal and the platform's records, never from the platform's counters, which
+    /// a restart resets). Checks the fees of up to `fee_sample` closed sessions.
     pub async fn verify(
         &self,
         journeys: &[JourneyRecord],
         stats: &Stats,
         from: DateTime<Utc>,
-        rogue_refused: u64,
         fee_sample: usize,
     ) -> Result<Report, VerifyError> {
         let lots: BTreeSet<&LotId> = journeys.iter().map(|j| &j.lot).collect();
@@ -292,7 +273,11 @@ impl Verifier {
         report.unanswered = get(&stats.reads_unanswered);
         report.duplicated += get(&stats.answers_conflicting);
         report.rogue_sent = get(&stats.rogue_reads);
-        report.rogue_refused = rogue_refused;
+        let rogue_sessions = recorded
+            .iter()
+            .filter(|s| s.plate.starts_with(ROGUE_PLATE_PREFIX))
+            .count() as u64;
+        report.rogue_refused = report.rogue_sent.saturating_sub(rogue_sessions);
         self.check_fees(&recorded, fee_sample, &mut report).await?;
         Ok(report)
     }
