@@ -37,6 +37,25 @@ pub enum Command {
     /// Drive a city's devices against a running platform (one started with `run --demo
     /// --demo-idle --demo-devices FILE`, on any broker).
     Sim(Box<SimArgs>),
+    /// Inject faults into a running platform and judge what it lost (see BENCHMARKS.md): each
+    /// scenario starts its own gateway, Mosquitto and database, drives the simulator with
+    /// --verify, injects the fault, audits; exits 1 when any scenario fails.
+    Chaos {
+        /// gateway-kill, broker-restart, db-stall, partition, disk-full, clock-skew,
+        /// embedded-kill, failover, or all.
+        scenario: String,
+        /// Shorter traffic and faults (CI).
+        #[arg(long)]
+        quick: bool,
+        /// A PostgreSQL server the scenarios create their databases on (`…/DATABASE` to
+        /// connect to first).
+        #[arg(
+            long,
+            env = "PARKFLOW_CHAOS_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/test"
+        )]
+        postgres_url: SecretString,
+    },
     /// Check SPEC §4's invariants against the database; exits 1 naming the rows that break one.
     Audit {
         /// `sqlite:FILE` or `postgres://…`.

@@ -2,6 +2,7 @@
 //! into one platform. `main.rs` parses the command line; tests start a [`Platform`] directly.
 
 pub mod bench;
+pub mod chaos;
 pub mod config;
 pub mod demo;
 pub mod logging;

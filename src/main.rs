@@ -65,6 +65,21 @@ fn main() -> ExitCode {
             }
             runtime.block_on(run(*args))
         }
+        Command::Chaos {
+            scenario,
+            quick,
+            postgres_url,
+        } => {
+            match runtime.block_on(parkflow::chaos::run(
+                &scenario,
+                quick,
+                postgres_url.expose_secret(),
+            )) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::FAILURE,
+                Err(error) => Err(error),
+            }
+        }
         Command::Audit { database_url } => {
             return runtime.block_on(audit(database_url.expose_secret()));
         }

@@ -1,0 +1,352 @@
+//! The parts a fault scenario runs as separate processes it controls: the gateway (`parkflow
+//! run --demo --demo-idle`), an external Mosquitto of its own, a PostgreSQL database of its own
+//! on the machine's server, the simulator (`parkflow sim --verify`) and `parkflow audit`.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sqlx::Connection;
+use tokio::process::{Child, Command};
+
+/// The admin key the scenarios' platforms are started with.
+pub const ADMIN_KEY: &str = "chaos-admin-key-0123456789abcdefghij";
+
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn parkflow() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the parkflow binary")
+}
+
+/// A process killed (SIGKILL) when dropped, its output in a log file.
+struct Process {
+    child: Option<Child>,
+}
+
+impl Process {
+    fn spawn(program: &Path, args: &[OsString], log: &Path) -> anyhow::Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let child = Command::new(program)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PARKFLOW_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        Ok(Self { child: Some(child) })
+    }
+
+    /// kill -9, and reaps it.
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// The gateway: `parkflow run` with the demo city, restartable with the same flags.
+pub struct Gateway {
+    args: Vec<OsString>,
+    pub http: SocketAddr,
+    log: PathBuf,
+    process: Option<Process>,
+}
+
+impl Gateway {
+    /// The flags of a demo platform on `database_url` and either an external broker (`mqtt_url`)
+    /// or the embedded one listening on `mqtt_listen`.
+    pub fn new(
+        dir: &Path,
+        database_url: &str,
+        mqtt: Broker,
+        devices: &Path,
+    ) -> anyhow::Result<Self> {
+        let http = free_addr()?;
+        let mut args: Vec<OsString> = [
+            "run",
+            "--demo",
+            "--demo-idle",
+            "--admin-key",
+            ADMIN_KEY,
+            "--database-url",
+            database_url,
+        ]
+        .map(OsString::from)
+        .to_vec();
+        args.extend(["--http-listen".into(), http.to_string().into()]);
+        args.extend(["--demo-devices".into(), devices.as_os_str().to_owned()]);
+        match mqtt {
+            Broker::External(url) => args.extend(["--mqtt-url".into(), url.into()]),
+            Broker::Embedded(listen) => {
+                args.extend(["--mqtt-listen".into(), listen.to_string().into()]);
+            }
+        }
+        Ok(Self {
+            args,
+            http,
+            log: dir.join("gateway.log"),
+            process: None,
+        })
+    }
+
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        self.process = Some(Process::spawn(&parkflow()?, &self.args, &self.log)?);
+        Ok(())
+    }
+
+    /// kill -9.
+    pub async fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill().await;
+        }
+    }
+
+    /// Waits until `/readyz` answers 200; how long that took.
+    pub async fn ready(&self, within: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let url = format!("http://{}/readyz", self.http);
+        loop {
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                anyhow::bail!(
+                    "the gateway was not ready within {within:?} (its log: {})",
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://{}", self.http)
+    }
+}
+
+/// How the gateway reaches its broker.
+pub enum Broker {
+    External(String),
+    Embedded(SocketAddr),
+}
+
+/// A Mosquitto of the scenario's own, on a free port, persisting to its folder; restartable.
+pub struct Mosquitto {
+    pub addr: SocketAddr,
+    conf: PathBuf,
+    log: PathBuf,
+    process: Option<Process>,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let addr = free_addr()?;
+        let data = dir.join("mosquitto");
+        std::fs::create_dir_all(&data)?;
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\n\
+                 allow_anonymous true\n\
+                 set_tcp_nodelay true\n\
+                 persistence true\n\
+                 persistence_location {data}/\n\
+                 autosave_interval 1\n\
+                 max_queued_messages 1000000\n\
+                 max_inflight_messages 1000\n",
+                port = addr.port(),
+                data = data.display()
+            ),
+        )?;
+        let mut mosquitto = Self {
+            addr,
+            conf,
+            log: dir.join("mosquitto.log"),
+            process: None,
+        };
+        mosquitto.restart()?;
+        Ok(mosquitto)
+    }
+
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let args = ["-c".into(), self.conf.as_os_str().to_owned()];
+        self.process = Some(Process::spawn(Path::new("mosquitto"), &args, &self.log)?);
+        Ok(())
+    }
+
+    /// kill -9.
+    pub async fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill().await;
+        }
+    }
+
+    /// Waits until it accepts connections.
+    pub async fn listening(&self) -> anyhow::Result<()> {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("mosquitto did not listen (its log: {})", self.log.display())
+    }
+}
+
+/// A database of the scenario's own on a PostgreSQL server, dropped at the end.
+pub struct PgDatabase {
+    server: String,
+    name: String,
+    /// The server's address, for a proxy to stand in front of.
+    pub addr: SocketAddr,
+}
+
+impl PgDatabase {
+    /// `server`: a URL of the server with a database to connect to first (`postgres://…/test`).
+    pub async fn create(server: &str) -> anyhow::Result<Self> {
+        let url = url::Url::parse(server).context("--postgres-url is not a URL")?;
+        let host = url.host_str().unwrap_or("127.0.0.1");
+        let port = url.port().unwrap_or(5432);
+        let addr = tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .context("PostgreSQL's host does not resolve")?;
+        let name = format!("parkflow_chaos_{}", uuid::Uuid::new_v4().simple());
+        let mut connection = sqlx::PgConnection::connect(server)
+            .await
+            .with_context(|| format!("cannot reach PostgreSQL at {host}:{port}"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await?;
+        Ok(Self {
+            server: server.to_owned(),
+            name,
+            addr,
+        })
+    }
+
+    /// The database's URL, reached at `via` (the server itself, or a proxy in front of it).
+    pub fn url(&self, via: SocketAddr) -> anyhow::Result<String> {
+        let mut url = url::Url::parse(&self.server)?;
+        url.set_ip_host(via.ip())
+            .map_err(|()| anyhow::anyhow!("cannot set the host"))?;
+        url.set_port(Some(via.port()))
+            .map_err(|()| anyhow::anyhow!("cannot set the port"))?;
+        url.set_path(&self.name);
+        Ok(url.to_string())
+    }
+
+    pub async fn drop_database(self) -> anyhow::Result<()> {
+        let mut connection = sqlx::PgConnection::connect(&self.server).await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut connection)
+        .await?;
+        Ok(())
+    }
+}
+
+/// What the simulator reported.
+#[derive(Debug, Default)]
+pub struct SimReport {
+    pub text: String,
+    pub passed: bool,
+}
+
+impl SimReport {
+    /// A `key=value` figure of the report, as it stood at the end (0 when absent).
+    pub fn figure(&self, key: &str) -> u64 {
+        self.text
+            .split_whitespace()
+            .filter_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .next_back()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// `parkflow sim --verify` against the gateway, in the background.
+pub struct Sim {
+    child: Child,
+}
+
+impl Sim {
+    pub fn start(
+        devices: &Path,
+        mqtt: SocketAddr,
+        api: &str,
+        seconds: u64,
+    ) -> anyhow::Result<Self> {
+        let child = Command::new(parkflow()?)
+            .args(["sim", "--verify", "--devices"])
+            .arg(devices)
+            .args(["--mqtt-url", &format!("mqtt://{mqtt}")])
+            .args(["--api-url", api, "--admin-key", ADMIN_KEY])
+            .args(["--duration-secs", &seconds.to_string()])
+            .args(["--max-stay-secs", &(seconds / 2).max(5).to_string()])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PARKFLOW_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the simulator")?;
+        Ok(Self { child })
+    }
+
+    pub async fn report(self) -> anyhow::Result<SimReport> {
+        let output = self.child.wait_with_output().await?;
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            text.push_str(&String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(SimReport {
+            passed: output.status.success() && text.contains("verify=pass"),
+            text,
+        })
+    }
+}
+
+/// `parkflow audit` on `database_url` once the platform's backlog (charges of the last stays)
+/// has drained: asked again for up to `within` while it finds violations. Whether it is clean,
+/// and what it printed last.
+pub async fn audit(database_url: &str, within: Duration) -> anyhow::Result<(bool, String)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let output = Command::new(parkflow()?)
+            .args(["audit", "--database-url", database_url])
+            .env_clear()
+            .env("PARKFLOW_LOG", "error")
+            .output()
+            .await?;
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        if output.status.success() || Instant::now() >= deadline {
+            return Ok((output.status.success(), text));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
