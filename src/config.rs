@@ -196,6 +196,10 @@ pub struct SimArgs {
     /// Closed sessions whose fee --verify recomputes independently.
     #[arg(long, default_value_t = 200)]
     pub fee_sample: usize,
+    /// Mean arrivals per simulated minute at each lot at peak (default: 20 in real time, 0.5
+    /// with --speed).
+    #[arg(long)]
+    pub arrivals_per_minute: Option<f64>,
 }
 
 /// `--broker-acl`.

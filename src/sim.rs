@@ -42,6 +42,9 @@ pub async fn run(args: SimArgs, interrupted: impl Future<Output = ()>) -> anyhow
     } else {
         TrafficConfig::demo()
     };
+    if let Some(rate) = args.arrivals_per_minute {
+        traffic.arrivals_per_minute = rate.max(0.0);
+    }
     if let Some(max) = args.max_stay_secs {
         traffic.max_stay = Duration::from_secs(max.max(1));
         traffic.min_stay = traffic.min_stay.min(traffic.max_stay);

@@ -268,7 +268,11 @@ impl Rig {
         self.gateway.kill().await;
         self.mosquitto.kill().await;
         if let Some(database) = self.database.take() {
-            database.drop_database().await?;
+            if std::env::var_os("PARKFLOW_CHAOS_KEEP").is_some() {
+                println!("kept for inspection: {}", self.audit_url);
+            } else {
+                database.drop_database().await?;
+            }
         }
         drop(self.dir);
         Ok(Outcome {
@@ -552,18 +556,13 @@ async fn disk_full_on(timing: Timing, dir: &Path, mount: &Path) -> anyhow::Resul
                 .map(str::to_owned),
         );
     }
-    let integrity = std::process::Command::new("sqlite3")
-        .arg(mount.join("parkflow.db"))
-        .arg("PRAGMA integrity_check")
-        .output();
-    if let Ok(output) = integrity
-        && output.status.success()
-        && String::from_utf8_lossy(&output.stdout).trim() != "ok"
-    {
-        problems.push(format!(
-            "the database is corrupt: {}",
-            String::from_utf8_lossy(&output.stdout).trim()
-        ));
+    // A full disk must never corrupt the database.
+    let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&database).await?;
+    let (integrity,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+        .fetch_one(&mut connection)
+        .await?;
+    if integrity != "ok" {
+        problems.push(format!("the database is corrupt: {integrity}"));
     }
     Ok(Outcome {
         fault: "disk-full",

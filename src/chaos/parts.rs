@@ -305,6 +305,8 @@ impl Sim {
             .args(["--api-url", api, "--admin-key", ADMIN_KEY])
             .args(["--duration-secs", &seconds.to_string()])
             .args(["--max-stay-secs", &(seconds / 2).max(5).to_string()])
+            // Busier than the demo, so that every fault window has reads in flight.
+            .args(["--arrivals-per-minute", "90"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("PARKFLOW_LOG", "error")

@@ -373,6 +373,46 @@ async fn a_misread_exit_plate_still_closes_the_right_session(setup: Setup) {
     platform.stop().await;
 }
 
+/// Found by `parkflow chaos partition`: a car that left under a misread plate and came back
+/// within the repeat window was taken for a repeat of its first entry read (the exit was
+/// remembered under the misread plate), answered with the closed session's command, and its
+/// new stay never recorded.
+async fn a_car_back_soon_after_a_misread_exit_gets_a_new_session(setup: Setup) {
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let plate = world.enrolled.as_str();
+    let first = entry.decide(&entry.read(plate, Direction::Entry)).await;
+    assert_eq!(first.reason, GateReason::Entered);
+    // 浙A0B818 read as 浙ADB818 at the exit: one confusion, matched, the stay closed.
+    assert_eq!(
+        exit.decide(&exit.read("浙ADB818", Direction::Exit))
+            .await
+            .reason,
+        GateReason::BillLater
+    );
+    // Back at the entry a few seconds later: a new stay.
+    let again = entry.read(plate, Direction::Entry);
+    let command = entry.decide(&again).await;
+    assert_eq!(
+        (command.action, command.reason),
+        (GateAction::Open, GateReason::Entered)
+    );
+    assert_ne!(command.command_id, first.command_id);
+    let open = eventually(WAIT, "the new stay recorded", || async {
+        platform
+            .sessions(&world.lot)
+            .await
+            .into_iter()
+            .find(|s| s["entry_event_id"] == again.event_id.as_str())
+    })
+    .await;
+    assert_eq!(open["status"], "open");
+    assert_eq!(session_count(&platform, &world, "closed").await, 1);
+    platform.stop().await;
+}
+
 async fn exits_without_entry_and_unpaid_stays_follow_the_rules(setup: Setup) {
     let world = World::new(setup, 1);
     let platform = TestPlatform::start(setup, &world).await;
@@ -609,6 +649,11 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn exits_without_entry_and_unpaid_stays_follow_the_rules() {
                 run(super::exits_without_entry_and_unpaid_stays_follow_the_rules).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_car_back_soon_after_a_misread_exit_gets_a_new_session() {
+                run(super::a_car_back_soon_after_a_misread_exit_gets_a_new_session).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

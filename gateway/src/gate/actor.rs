@@ -317,6 +317,18 @@ impl GateActor {
             self.config.repeat_window,
             self.config.review_threshold,
         );
+        // An entry repeats an earlier entry only while the stay that one opened is still open:
+        // the car may have left since (read out under a misread plate, which the lane's memory
+        // files under that plate) and come back.
+        let repeat = repeat.filter(|previous| match (read.direction, previous.session_id) {
+            (Direction::Entry, Some(opened)) => self
+                .state
+                .lots
+                .get(&read.lot)
+                .and_then(|l| l.open.get(&previous.plate))
+                .is_some_and(|s| s.id == opened),
+            _ => true,
+        });
         if let Some(previous) = repeat {
             let command = GateCommand {
                 command_id: Uuid::now_v7(),
