@@ -430,8 +430,14 @@ impl Journey {
         let body = serde_json::json!({ "payment_account": self.walk_in_account });
         // The driver reads the amount on the display before paying.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // A driver at a closed barrier keeps trying while the platform cannot answer (a
+        // restart, a full disk); a car cannot leave the lane, nor come back in, meanwhile.
         let mut paid = false;
-        for attempt in 0..5u32 {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
+        for attempt in 0u32.. {
+            if tokio::time::Instant::now() >= give_up {
+                break;
+            }
             let sent = self
                 .shared
                 .http
@@ -452,11 +458,11 @@ impl Journey {
                 }
                 Ok(response) => {
                     tracing::debug!(status = %response.status(), "payment at the exit failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(3))).await;
                 }
                 Err(error) => {
                     tracing::debug!(%error, "payment at the exit failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(3))).await;
                 }
             }
         }

@@ -516,6 +516,10 @@ async fn disk_full(timing: Timing) -> anyhow::Result<Outcome> {
         }
     }
     let result = disk_full_on(timing, dir.path(), &mount).await;
+    if std::env::var_os("PARKFLOW_CHAOS_KEEP").is_some() {
+        println!("kept for inspection: {}", dir.keep().display());
+        return result;
+    }
     let _ = std::process::Command::new("umount")
         .arg("-l")
         .arg(&mount)

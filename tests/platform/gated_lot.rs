@@ -410,6 +410,21 @@ async fn a_car_back_soon_after_a_misread_exit_gets_a_new_session(setup: Setup) {
     .await;
     assert_eq!(open["status"], "open");
     assert_eq!(session_count(&platform, &world, "closed").await, 1);
+
+    // And out again at once, read right this time: that closes the new stay (it is no repeat of
+    // the misread exit moments ago, which the lane's memory holds under the misread plate).
+    let out = exit.read(plate, Direction::Exit);
+    let command = exit.decide(&out).await;
+    assert_eq!(command.reason, GateReason::BillLater);
+    let closed = eventually(WAIT, "the new stay closed", || async {
+        platform
+            .sessions(&world.lot)
+            .await
+            .into_iter()
+            .find(|s| s["entry_event_id"] == again.event_id.as_str() && s["status"] == "closed")
+    })
+    .await;
+    assert_eq!(closed["exit_event_id"], out.event_id.as_str());
     platform.stop().await;
 }
 

@@ -317,17 +317,20 @@ impl GateActor {
             self.config.repeat_window,
             self.config.review_threshold,
         );
-        // An entry repeats an earlier entry only while the stay that one opened is still open:
-        // the car may have left since (read out under a misread plate, which the lane's memory
-        // files under that plate) and come back.
+        // A read repeats an earlier one only while the car is where that decision left it. The
+        // lane's memory files a decision under the plate it read, so a car that went out under a
+        // misread plate and came back in (or came in and is going out again) would otherwise be
+        // taken for its own earlier read: an entry repeats only while the stay it opened is still
+        // open; an exit does not repeat while the plate read now has another open stay.
+        let open = self.state.lots.get(&read.lot).map(|l| &l.open);
         let repeat = repeat.filter(|previous| match (read.direction, previous.session_id) {
-            (Direction::Entry, Some(opened)) => self
-                .state
-                .lots
-                .get(&read.lot)
-                .and_then(|l| l.open.get(&previous.plate))
+            (Direction::Entry, Some(opened)) => open
+                .and_then(|o| o.get(&previous.plate))
                 .is_some_and(|s| s.id == opened),
-            _ => true,
+            (Direction::Entry, None) => true,
+            (Direction::Exit, decided) => open
+                .and_then(|o| o.get(&read.plate))
+                .is_none_or(|s| Some(s.id) == decided),
         });
         if let Some(previous) = repeat {
             let command = GateCommand {

@@ -61,6 +61,7 @@ pub(crate) struct PayResponse {
         (status = 409, description = "Conflicts with what exists", body = ErrorBody),
         (status = 202, description = "The provider has not answered yet: retry with the same Idempotency-Key", body = ErrorBody),
         (status = 402, description = "The payment was declined", body = ErrorBody),
+        (status = 503, description = "The gates' records are behind (the database stalls): retry with the same Idempotency-Key", body = ErrorBody),
     ),
 )]
 pub(crate) async fn pay_exit(
@@ -77,10 +78,13 @@ pub(crate) async fn pay_exit(
     };
     let paid = match pay().await {
         // The hold is published before its record is written: a driver quick enough to pay in
-        // between waits for the record rather than being told there is nothing to pay.
-        Err(parkflow_billing::payments::PayError::NotFound(_))
-            if state.gates.durable(HOLD_RECORDED_WITHIN).await =>
-        {
+        // between waits for the record rather than being told there is nothing to pay. When the
+        // gates' records cannot be made durable meanwhile (the database stalls, its disk is
+        // full), nobody knows yet: 503, retry — never a 404 the driver would give up on.
+        Err(parkflow_billing::payments::PayError::NotFound(_)) => {
+            if !state.gates.durable(HOLD_RECORDED_WITHIN).await {
+                return Err(ApiError::Unavailable);
+            }
             pay().await?
         }
         paid => paid?,
