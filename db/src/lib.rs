@@ -70,21 +70,24 @@ impl StoreError {
 }
 
 /// Whether a database error code names a passing condition. SQLite reports extended codes
-/// (517, 261 …) whose low byte is the primary one: BUSY (5), LOCKED (6), IOERR (10), FULL (13),
-/// CANTOPEN (14, a journal that cannot be created on a full disk). PostgreSQL's five-character
-/// SQLSTATEs by class: 08 connection, 53 insufficient resources (53100 disk full), 57 operator
-/// intervention (shutdown), 58 system error (58030 I/O), and 40001 / 40P01 (serialization,
-/// deadlock) and 25006 (a read-only standby after a failover).
+/// (517, 261 …) whose low byte is the primary one: BUSY (5), LOCKED (6), FULL (13), and IOERR
+/// (10) but for the extended codes that say the file system or the data is broken
+/// (IOERR_DATA 8202, IOERR_CORRUPTFS 8458). PostgreSQL's five-character SQLSTATEs: class 08
+/// (connection), 53100 / 53200 / 53300 (disk full, out of memory, too many connections), class
+/// 57 but 57P04 (the database was dropped), 58000 / 58030 (system and I/O errors), 40001 /
+/// 40P01 (serialization, deadlock) and 25006 (a read-only standby, as during a failover).
 fn is_transient_code(code: &str) -> bool {
     if code.len() < 5 {
-        return code
-            .parse::<i32>()
-            .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14));
+        return code.parse::<i32>().is_ok_and(|c| {
+            matches!(c & 0xff, 5 | 6 | 13) || (c & 0xff == 10 && !matches!(c, 8202 | 8458))
+        });
     }
-    ["08", "53", "57", "58"]
-        .iter()
-        .any(|class| code.starts_with(class))
-        || matches!(code, "40001" | "40P01" | "25006")
+    code.starts_with("08")
+        || (code.starts_with("57") && code != "57P04")
+        || matches!(
+            code,
+            "53100" | "53200" | "53300" | "58000" | "58030" | "40001" | "40P01" | "25006"
+        )
 }
 
 /// A connection pool of either engine.
@@ -270,13 +273,17 @@ mod tests {
     #[test]
     fn codes_of_passing_and_lasting_conditions() {
         for code in [
-            "5", "517", "6", "13", "10", "3338", "14", "53100", "57P01", "08006", "58030", "40001",
-            "25006",
+            "5", "517", "6", "13", "10", "3338", "778", "53100", "57P01", "08006", "58030",
+            "40001", "25006",
         ] {
             assert!(is_transient_code(code), "{code}");
         }
-        // A constraint (SQLite 19 / 2067, PostgreSQL 23505) or a bad statement lasts.
-        for code in ["19", "2067", "1", "23505", "23503", "42P01", "22P02"] {
+        // A constraint (SQLite 19 / 2067, PostgreSQL 23505) or a bad statement lasts, as do a
+        // broken file system or file, a dropped database and a configured limit.
+        for code in [
+            "19", "2067", "1", "14", "8202", "8458", "23505", "23503", "42P01", "22P02", "57P04",
+            "58P01", "53400",
+        ] {
             assert!(!is_transient_code(code), "{code}");
         }
     }

@@ -263,6 +263,7 @@ pub fn spawn(
         pending: HashMap::new(),
         waiting: HashMap::new(),
         answered: HashMap::new(),
+        replaced: HashMap::new(),
         answered_order: std::collections::VecDeque::new(),
         carried_out: HashSet::new(),
     };
@@ -285,6 +286,9 @@ struct Camera {
     answered_order: std::collections::VecDeque<EventId>,
     /// The ids of the commands carried out, for the reads in `answered`.
     carried_out: HashSet<Uuid>,
+    /// A read's earlier command (its `hold`) once a later one (the `open` after payment)
+    /// answered it.
+    replaced: HashMap<EventId, Uuid>,
 }
 
 /// What a gate does with a command whose signature verified.
@@ -511,14 +515,18 @@ impl Camera {
             && let Some((carried, _)) = self.answered.remove(&oldest)
         {
             self.carried_out.remove(&carried);
+            if let Some(replaced) = self.replaced.remove(&oldest) {
+                self.carried_out.remove(&replaced);
+            }
         }
         self.carried_out.insert(command.command_id);
-        // The `open` after a payment replaces the read's `hold` (which, replayed, does nothing).
+        // The `open` after a payment follows the read's `hold`: both stay carried out (a
+        // re-delivered hold is a replay, not a conflict) until the read is forgotten.
         if let Some((replaced, _)) = self.answered.insert(
             command.event_id.clone(),
             (command.command_id, command.action),
         ) {
-            self.carried_out.remove(&replaced);
+            self.replaced.insert(command.event_id.clone(), replaced);
         }
         self.answered_order.push_back(command.event_id.clone());
     }

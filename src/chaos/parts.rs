@@ -212,12 +212,40 @@ impl Mosquitto {
     }
 }
 
-/// A database of the scenario's own on a PostgreSQL server, dropped at the end.
+/// A database of the scenario's own on a PostgreSQL server, dropped at the end — also when the
+/// scenario fails half-way (then by [`Drop`], on a thread of its own).
 pub struct PgDatabase {
     server: String,
     name: String,
     /// The server's address, for a proxy to stand in front of.
     pub addr: SocketAddr,
+    dropped: bool,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if self.dropped || std::env::var_os("PARKFLOW_CHAOS_KEEP").is_some() {
+            return;
+        }
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(drop_database(&server, &name))
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("warning: database {} was not dropped: {error:#}", self.name);
+        }
+    }
+}
+
+async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
+    let mut connection = sqlx::PgConnection::connect(server).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut connection)
+        .await?;
+    Ok(())
 }
 
 impl PgDatabase {
@@ -241,6 +269,7 @@ impl PgDatabase {
             server: server.to_owned(),
             name,
             addr,
+            dropped: false,
         })
     }
 
@@ -255,15 +284,9 @@ impl PgDatabase {
         Ok(url.to_string())
     }
 
-    pub async fn drop_database(self) -> anyhow::Result<()> {
-        let mut connection = sqlx::PgConnection::connect(&self.server).await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut connection)
-        .await?;
-        Ok(())
+    pub async fn drop_database(mut self) -> anyhow::Result<()> {
+        self.dropped = true;
+        drop_database(&self.server, &self.name).await
     }
 }
 

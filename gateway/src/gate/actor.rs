@@ -198,7 +198,13 @@ impl GateActor {
                 at: decision.received_at,
                 observed_at: decision.observed_at,
             };
-            state.recent.remember(read, lane, decided);
+            // A read held for its camera's clock decided nothing about its car (see
+            // `clock_refused`): remembered by read only, as when it was answered.
+            if decided.command.reason == GateReason::DeviceClock {
+                state.recent.remember_read(read, decided);
+            } else {
+                state.recent.remember(read, lane, decided);
+            }
         }
         let open: usize = state.lots.values().map(|l| l.open.len()).sum();
         tracing::info!(
@@ -321,7 +327,9 @@ impl GateActor {
         // lane's memory files a decision under the plate it read, so a car that went out under a
         // misread plate and came back in (or came in and is going out again) would otherwise be
         // taken for its own earlier read: an entry repeats only while the stay it opened is still
-        // open; an exit does not repeat while the plate read now has another open stay.
+        // open; an exit does not repeat while the plate read now has a stay that began after
+        // the earlier exit (a stay older than it is another car's, whose plate this read may
+        // be a misread of: the read stays a repeat).
         let open = self.state.lots.get(&read.lot).map(|l| &l.open);
         let repeat = repeat.filter(|previous| match (read.direction, previous.session_id) {
             (Direction::Entry, Some(opened)) => open
@@ -330,7 +338,7 @@ impl GateActor {
             (Direction::Entry, None) => true,
             (Direction::Exit, decided) => open
                 .and_then(|o| o.get(&read.plate))
-                .is_none_or(|s| Some(s.id) == decided),
+                .is_none_or(|s| Some(s.id) == decided || s.entered_at < previous.observed_at),
         });
         if let Some(previous) = repeat {
             let command = GateCommand {

@@ -22,13 +22,13 @@ pub(crate) async fn healthz() -> impl IntoResponse {
 
 /// How long `/readyz` waits for the database: a stalled database is a 503 within a second, never
 /// a hung probe.
-const READY_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+const READY_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[utoipa::path(
     get, path = "/readyz", tag = "ops",
     responses(
         (status = 200, description = "Database and MQTT are up, and writes go through", body = serde_json::Value, example = json!({"status": "ready", "database": true, "mqtt": true, "writes": true})),
-        (status = 503, description = "Not ready, within a second: the body says which part is down", body = serde_json::Value, example = json!({"status": "not_ready", "database": false, "mqtt": true, "writes": false, "reason": "database does not answer within 800 ms"})),
+        (status = 503, description = "Not ready, within a second: the body says which part is down", body = serde_json::Value, example = json!({"status": "not_ready", "database": false, "mqtt": true, "writes": false, "reason": "database does not answer within 500 ms"})),
     ),
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::ack::Ticket;
 use crate::registry::{BayIdx, Registry};
 use crate::session::SessionStatus;
-use crate::store::writer::retry_transient;
+use crate::store::writer::{GROUP_RETRY_FOR, retry_transient, retry_transient_for};
 use crate::store::{Db, StoreError, db_time};
 use parkflow_db::{QueryBuilder, Tx, query};
 use parkflow_session::lifecycle::StreetEnd;
@@ -138,7 +138,11 @@ impl BayWriter {
             let mut tickets = Vec::new();
             let segments = segments(std::mem::take(&mut group), &mut tickets);
             let states: usize = segments.iter().map(|s| s.states.len()).sum();
-            match retry_transient(&self.metrics, || write(&self.db, &segments)).await {
+            match retry_transient_for(&self.metrics, Some(GROUP_RETRY_FOR), || {
+                write(&self.db, &segments)
+            })
+            .await
+            {
                 Ok(()) => {
                     self.metrics.bay_states_written.inc_by(states as u64);
                 }

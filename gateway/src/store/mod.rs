@@ -6,6 +6,7 @@ pub(crate) mod audit;
 pub(crate) mod devices;
 pub(crate) mod drivers;
 pub(crate) mod keys;
+pub mod leases;
 pub(crate) mod passes;
 pub mod provision;
 pub mod registry;

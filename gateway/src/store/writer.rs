@@ -114,7 +114,11 @@ impl Writer {
 
     async fn commit(&self, group: &mut Vec<Batch>) {
         let all = || group.iter().flat_map(|b| &b.writes);
-        if let Err(error) = retry_transient(&self.metrics, || apply(&self.db, all())).await {
+        if let Err(error) = retry_transient_for(&self.metrics, Some(GROUP_RETRY_FOR), || {
+            apply(&self.db, all())
+        })
+        .await
+        {
             tracing::warn!(error = %error, batches = group.len(), "group commit failed; committing batch by batch");
             for batch in group.iter() {
                 if let Err(error) =
@@ -158,19 +162,35 @@ impl Writer {
 /// Runs `attempt` until it succeeds or fails for a reason other than a transient one (a lost
 /// connection, a busy or full database), backing off between tries. While it retries, the
 /// `store_writes_failing` gauge counts it (so `/readyz` answers 503).
-pub(crate) async fn retry_transient<F, Fut>(
+pub(crate) async fn retry_transient<F, Fut>(metrics: &Metrics, attempt: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    retry_transient_for(metrics, None, attempt).await
+}
+
+/// How long a whole group is retried before it is tried batch by batch: a passing failure that
+/// only a large group meets (a temporary file for a big statement, the space a big transaction
+/// needs) must not hold every gate back while each batch alone would commit.
+pub(crate) const GROUP_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// [`retry_transient`], giving a passing failure up after `limit` (and returning it).
+pub(crate) async fn retry_transient_for<F, Fut>(
     metrics: &Metrics,
+    limit: Option<Duration>,
     mut attempt: F,
 ) -> Result<(), StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), StoreError>>,
 {
+    let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut failing = None;
     loop {
         match attempt().await {
-            Err(error) if error.is_transient() => {
+            Err(error) if error.is_transient() && limit.is_none_or(|l| started.elapsed() < l) => {
                 failing.get_or_insert_with(|| Failing::new(metrics));
                 tracing::warn!(error = %error, cause = %cause(&error), retry_in = ?backoff, "database write failing for now; retrying");
                 tokio::time::sleep(backoff).await;
