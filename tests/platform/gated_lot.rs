@@ -428,6 +428,48 @@ async fn a_car_back_soon_after_a_misread_exit_gets_a_new_session(setup: Setup) {
     platform.stop().await;
 }
 
+/// Repeated reads are compared with the car's first read at the lane, not with the last one:
+/// a chain of reads each one confusion away from the one before drifted, read by read, to
+/// plates nothing like the first, and every one of them was answered as that first read (one
+/// way several different cars at one exit could all be "matched" to the same stay).
+async fn repeats_are_measured_from_the_first_read_not_chained(setup: Setup) {
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    // Each plate one confusion (0/D, 1/7, 2/Z, 5/S, 8/B) from the one before.
+    let chain = [
+        "浙K01258",
+        "浙KD1258",
+        "浙KD7258",
+        "浙KD7Z58",
+        "浙KD7ZS8",
+        "浙KD7ZSB",
+    ];
+    for plate in chain {
+        let command = exit.decide(&exit.read(plate, Direction::Exit)).await;
+        assert_eq!(command.action, GateAction::Open, "{plate}");
+    }
+    // Nobody entered: each car the platform took for a new one is an exit without entry, a
+    // stay for review. The last plates are five confusions from the first: not that car.
+    let reviewed = eventually(WAIT, "exits without entry recorded", || async {
+        let cases = platform
+            .admin_get(&format!("/v1/review?lot={}", world.lot))
+            .await;
+        let n = cases
+            .as_array()?
+            .iter()
+            .filter(|c| c["kind"] == "exit_without_entry")
+            .count();
+        (n >= 2).then_some(n)
+    })
+    .await;
+    assert!(
+        reviewed < chain.len(),
+        "{reviewed}: the first reads are one car"
+    );
+    platform.stop().await;
+}
+
 async fn exits_without_entry_and_unpaid_stays_follow_the_rules(setup: Setup) {
     let world = World::new(setup, 1);
     let platform = TestPlatform::start(setup, &world).await;
@@ -669,6 +711,11 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_car_back_soon_after_a_misread_exit_gets_a_new_session() {
                 run(super::a_car_back_soon_after_a_misread_exit_gets_a_new_session).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn repeats_are_measured_from_the_first_read_not_chained() {
+                run(super::repeats_are_measured_from_the_first_read_not_chained).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -349,7 +349,19 @@ impl GateActor {
                 ..previous.command
             };
             self.publish(&registry, lot, &read, &command);
-            self.remember(read_key, lane, &read, &command, previous.session_id);
+            // Remembered under the car's first plate: the next read is measured against it, so
+            // that reads one confusion from each other cannot drift, read by read, to another car.
+            self.state.recent.remember(
+                read_key,
+                lane,
+                Decided {
+                    command: command.clone(),
+                    plate: previous.plate.clone(),
+                    session_id: previous.session_id,
+                    at: read.received_at,
+                    observed_at: read.observed_at,
+                },
+            );
             let writes = vec![record(&read, &command, previous.session_id)];
             self.writer
                 .submit(Batch {
