@@ -102,6 +102,13 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT CAST(i.id AS TEXT) FROM invoices i WHERE i.status = 'paid'
          AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.invoice_id = i.id AND p.status = 'succeeded')",
     ),
+    (
+        // Several gateway nodes: each lease of a lot ends before the next one begins.
+        "lot owned by two nodes at once",
+        "SELECT h.lot_id || ' lease ' || CAST(h.token AS TEXT) FROM lot_lease_history h
+         JOIN lot_lease_history n ON n.lot_id = h.lot_id AND n.token > h.token
+         WHERE h.released_at IS NULL OR n.acquired_at < h.released_at",
+    ),
 ];
 
 #[derive(sqlx::FromRow)]

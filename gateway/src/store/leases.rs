@@ -378,6 +378,28 @@ mod tests {
         .await
         .unwrap();
         assert!(overlaps.is_empty(), "{overlaps:?}");
+        // `parkflow audit` checks the same.
+        let report = parkflow_billing::audit::audit(&db).await.unwrap();
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+        // … and would see a second owner.
+        let (lot, _) = round_a.held.iter().next().unwrap();
+        query(
+            "INSERT INTO lot_lease_history (lot_id, token, node_id, acquired_at)
+             VALUES ($1, 999, 'node-z', clock_timestamp())",
+        )
+        .bind(lot)
+        .execute(&db)
+        .await
+        .unwrap();
+        let report = parkflow_billing::audit::audit(&db).await.unwrap();
+        assert!(
+            report
+                .violations
+                .iter()
+                .any(|v| v.rule == "lot owned by two nodes at once"),
+            "{:?}",
+            report.violations
+        );
         let (leases,): (i64,) = query("SELECT COUNT(*) FROM lot_lease_history")
             .fetch_one(&db)
             .await
