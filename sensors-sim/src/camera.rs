@@ -363,6 +363,9 @@ impl Camera {
                 self.waiting.insert(event_id, reply);
             }
             Request::Rogue { topic, read } => {
+                if let Ok(mut rogue) = self.stats.rogue_events.lock() {
+                    rogue.insert(read.event_id.clone());
+                }
                 let payload = seal(
                     &topic,
                     &read,
@@ -496,6 +499,15 @@ impl Camera {
             // again alike after a restart let the car do what the first answer said.
             None => {
                 Stats::add(&self.stats.commands_unmatched);
+                // A command for a read this gate never sent: the rogue's, accepted.
+                if self
+                    .stats
+                    .rogue_events
+                    .lock()
+                    .is_ok_and(|rogue| rogue.contains(&command.event_id))
+                {
+                    Stats::add(&self.stats.rogue_answered);
+                }
                 if self
                     .answered
                     .get(&command.event_id)

@@ -28,6 +28,9 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     /// The longest a lane waited from sending a read to its answer, in milliseconds.
     pub longest_wait_ms: AtomicU64,
+    /// The rogue's reads (their event ids), and how many of them a gate was answered for.
+    pub rogue_events: std::sync::Mutex<std::collections::HashSet<parkflow_protocol::EventId>>,
+    pub rogue_answered: AtomicU64,
 }
 
 impl Stats {

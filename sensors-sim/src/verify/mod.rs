@@ -250,9 +250,9 @@ impl Verifier {
     }
 
     /// Compares `journeys` (driven from `from` on, simulated time) with what the platform recorded;
-    /// The rogue's reads count as refused when none of them caused a session (judged from this
-    /// run's own journal and the platform's records, never from the platform's counters, which
-    /// a restart resets). Checks the fees of up to `fee_sample` closed sessions.
+    /// The rogue's reads count as refused when none of them caused a session nor got its target
+    /// gate a command (judged from this run's own devices and the platform's records, never from
+    /// the platform's counters, which a restart resets). Checks the fees of up to `fee_sample` closed sessions.
     pub async fn verify(
         &self,
         journeys: &[JourneyRecord],
@@ -277,7 +277,10 @@ impl Verifier {
             .iter()
             .filter(|s| s.plate.starts_with(ROGUE_PLATE_PREFIX))
             .count() as u64;
-        report.rogue_refused = report.rogue_sent.saturating_sub(rogue_sessions);
+        // A rogue read is refused when it caused no session and no gate was answered for it.
+        report.rogue_refused = report
+            .rogue_sent
+            .saturating_sub(rogue_sessions.max(get(&stats.rogue_answered)));
         self.check_fees(&recorded, fee_sample, &mut report).await?;
         Ok(report)
     }
