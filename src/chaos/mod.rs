@@ -81,6 +81,8 @@ struct Outcome {
     problems: Vec<String>,
     /// Losses within a documented window are reported, not failed.
     loss_allowed: bool,
+    /// The gateway's resident memory when the fault began and its peak during it, in bytes.
+    rss_mb: Option<(u64, u64)>,
 }
 
 impl Outcome {
@@ -128,6 +130,13 @@ impl Outcome {
             self.sim.figure("longest_wait_ms"),
             self.recovery.as_secs_f64(),
         );
+        if let Some((before, peak)) = self.rss_mb {
+            out.push_str(&format!(
+                " rss_mb={:.0} rss_peak_mb={:.0}",
+                before as f64 / 1e6,
+                peak as f64 / 1e6
+            ));
+        }
         for problem in &self.problems {
             out.push_str(&format!("\nproblem: {problem}"));
         }
@@ -341,7 +350,17 @@ async fn db_stall(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome>
     let mut problems = Vec::new();
     tokio::time::sleep(timing.warm_up).await;
     proxy.set(Mode::Hold);
-    problems.extend(not_ready_while(&rig.gateway, timing.stall, "the database stalled").await);
+    let before = rig.gateway.rss().unwrap_or(0);
+    let mut rss_peak = before;
+    problems.extend(
+        not_ready_while(
+            &rig.gateway,
+            timing.stall,
+            "the database stalled",
+            &mut rss_peak,
+        )
+        .await,
+    );
     proxy.set(Mode::Pass);
     let mut recovery = rig.gateway.ready(Duration::from_secs(60)).await?;
     // The crash: every connection broken, new ones refused for a few seconds.
@@ -354,17 +373,26 @@ async fn db_stall(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome>
     recovery = recovery.max(rig.gateway.ready(Duration::from_secs(60)).await?);
     let mut outcome = rig.finish("db-stall", sim, recovery).await?;
     outcome.problems.extend(problems);
+    outcome.rss_mb = Some((before, rss_peak));
     Ok(outcome)
 }
 
 /// Watches `/readyz` for `window` while a part is down: every answer must come within a second,
 /// and it must say 503 before the window ends (a database that stalls says so at once; a disk
-/// that fills says so once a write fails). `None` when it did.
-async fn not_ready_while(gateway: &Gateway, window: Duration, what: &str) -> Option<String> {
+/// that fills says so once a write fails). `None` when it did. Meanwhile samples the gateway's
+/// resident memory into `rss_peak`.
+async fn not_ready_while(
+    gateway: &Gateway,
+    window: Duration,
+    what: &str,
+    rss_peak: &mut u64,
+) -> Option<String> {
     let client = reqwest::Client::new();
     let until = Instant::now() + window;
     let mut said_503 = false;
     while Instant::now() < until {
+        // Writes queue while the part is down: the memory they take must stay bounded.
+        *rss_peak = (*rss_peak).max(gateway.rss().unwrap_or(0));
         let started = Instant::now();
         let answer = client
             .get(format!("{}/readyz", gateway.api()))
@@ -559,7 +587,10 @@ async fn disk_full_on(timing: Timing, dir: &Path, mount: &Path) -> anyhow::Resul
     let filler = mount.join("filler");
     fill(&filler).await?;
     let mut problems = Vec::new();
-    problems.extend(not_ready_while(&gateway, timing.stall, "the disk was full").await);
+    let before = gateway.rss().unwrap_or(0);
+    let mut rss_peak = before;
+    problems
+        .extend(not_ready_while(&gateway, timing.stall, "the disk was full", &mut rss_peak).await);
     tokio::fs::remove_file(&filler).await?;
     let recovery = gateway.ready(Duration::from_secs(60)).await?;
     let report = sim.report().await?;
@@ -588,6 +619,7 @@ async fn disk_full_on(timing: Timing, dir: &Path, mount: &Path) -> anyhow::Resul
         audit_clean,
         recovery,
         problems,
+        rss_mb: Some((before, rss_peak)),
         ..Outcome::default()
     })
 }

@@ -140,6 +140,17 @@ impl Gateway {
     pub fn api(&self) -> String {
         format!("http://{}", self.http)
     }
+
+    /// The gateway process's resident memory now, in bytes (`None` when it is not running).
+    pub fn rss(&self) -> Option<u64> {
+        let pid = self.process.as_ref()?.child.as_ref()?.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+        Some(kb * 1024)
+    }
 }
 
 /// How the gateway reaches its broker.
