@@ -32,6 +32,45 @@ pub struct Demo {
     pub street_stats: Arc<StreetStats>,
 }
 
+/// Each zone of `city` with the keys its devices have in `devices` (a device missing from it is
+/// an error).
+fn zone_keys(city: &City, devices: &DevicesFile) -> anyhow::Result<Vec<(Zone, ZoneKeys)>> {
+    let by_id: HashMap<&DeviceId, &DeviceEntry> =
+        devices.devices.iter().map(|d| (&d.id, d)).collect();
+    let find = |id: &DeviceId| {
+        by_id
+            .get(id)
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("device {id} is not in the devices file"))
+    };
+    let mut zones = Vec::with_capacity(city.zones.len());
+    for zone in &city.zones {
+        let bridge = find(&zone.bridge())?;
+        let sensors = (0..zone.bays)
+            .map(|i| find(&zone.sensor(i)).map(|d| d.secret.clone()))
+            .collect::<anyhow::Result<_>>()?;
+        let cameras = if zone.cameras {
+            (0..zone.bays)
+                .map(|i| find(&zone.camera(i)).map(|d| d.secret.clone()))
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        zones.push((
+            zone.clone(),
+            ZoneKeys {
+                bridge: bridge.id.clone(),
+                bridge_username: bridge.mqtt_username.clone(),
+                bridge_password: bridge.mqtt_password.clone(),
+                bridge_secret: bridge.secret.clone(),
+                sensors,
+                cameras,
+            },
+        ));
+    }
+    Ok(zones)
+}
+
 /// Tariff of the `i`-th demo lot. Short demo stays (seconds to minutes) still cost something:
 /// the grace period is 0 or 1 minute and a first-unit price applies; the night band is capped,
 /// days are capped, 1 October is free and green plates pay half.
@@ -157,7 +196,6 @@ impl Demo {
     /// keep working. Returns how many kept theirs.
     pub fn keep_stored_credentials(
         &mut self,
-        config: &CityConfig,
         stored: &HashMap<String, secrecy::SecretString>,
     ) -> anyhow::Result<usize> {
         use secrecy::ExposeSecret;
@@ -175,8 +213,8 @@ impl Demo {
             }
         }
         if kept > 0 {
-            // The zones' keys were drawn with the fresh secrets: draw them from the file again.
-            self.zones = Self::from_devices(config, self.devices.clone())?.zones;
+            // The zones' keys were drawn with the fresh secrets: take them from the file again.
+            self.zones = zone_keys(&self.city, &self.devices)?;
         }
         Ok(kept)
     }
@@ -185,39 +223,7 @@ impl Demo {
     /// that provisioned it wrote them): a device missing from the file is an error.
     pub fn from_devices(config: &CityConfig, devices: DevicesFile) -> anyhow::Result<Self> {
         let city = City::generate(config);
-        let by_id: HashMap<&DeviceId, &DeviceEntry> =
-            devices.devices.iter().map(|d| (&d.id, d)).collect();
-        let find = |id: &DeviceId| {
-            by_id
-                .get(id)
-                .copied()
-                .ok_or_else(|| anyhow::anyhow!("device {id} is not in the devices file"))
-        };
-        let mut zones = Vec::with_capacity(city.zones.len());
-        for zone in &city.zones {
-            let bridge = find(&zone.bridge())?;
-            let sensors = (0..zone.bays)
-                .map(|i| find(&zone.sensor(i)).map(|d| d.secret.clone()))
-                .collect::<anyhow::Result<_>>()?;
-            let cameras = if zone.cameras {
-                (0..zone.bays)
-                    .map(|i| find(&zone.camera(i)).map(|d| d.secret.clone()))
-                    .collect::<anyhow::Result<_>>()?
-            } else {
-                Vec::new()
-            };
-            zones.push((
-                zone.clone(),
-                ZoneKeys {
-                    bridge: bridge.id.clone(),
-                    bridge_username: bridge.mqtt_username.clone(),
-                    bridge_password: bridge.mqtt_password.clone(),
-                    bridge_secret: bridge.secret.clone(),
-                    sensors,
-                    cameras,
-                },
-            ));
-        }
+        let zones = zone_keys(&city, &devices)?;
         let mut devices = devices;
         devices.devices.retain(|d| d.kind == DeviceKind::GateCamera);
         Ok(Self {

@@ -230,7 +230,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let stored = parkflow_gateway::store::provision::stored_secrets(&platform.db())
             .await
             .context("failed to read the stored devices")?;
-        let kept = demo.keep_stored_credentials(&city, &stored)?;
+        let kept = demo.keep_stored_credentials(&stored)?;
         if kept > 0 {
             println!("demo city found in the database: {kept} devices keep their credentials");
         }

@@ -233,13 +233,15 @@ impl Rig {
         let mosquitto = Mosquitto::start(dir.path())?;
         mosquitto.listening().await?;
         let database = PgDatabase::create(postgres_url).await?;
-        let db_proxy = match db_proxy {
-            true => Some(FaultProxy::start(database.addr).await?),
-            false => None,
+        let db_proxy = if db_proxy {
+            Some(FaultProxy::start(database.addr).await?)
+        } else {
+            None
         };
-        let broker_proxy = match broker_proxy {
-            true => Some(FaultProxy::start(mosquitto.addr).await?),
-            false => None,
+        let broker_proxy = if broker_proxy {
+            Some(FaultProxy::start(mosquitto.addr).await?)
+        } else {
+            None
         };
         let db_url = database.url(db_proxy.as_ref().map_or(database.addr, FaultProxy::addr))?;
         let mqtt = broker_proxy
@@ -282,17 +284,7 @@ impl Rig {
         recovery: Duration,
     ) -> anyhow::Result<Outcome> {
         let report = sim.report().await?;
-        let (audit_clean, audit_text) = audit(&self.audit_url, AUDIT_SETTLE).await?;
-        let mut problems = Vec::new();
-        if !audit_clean {
-            problems.extend(
-                audit_text
-                    .lines()
-                    .filter(|l| l.starts_with("violation"))
-                    .take(5)
-                    .map(str::to_owned),
-            );
-        }
+        let problems = audit(&self.audit_url, AUDIT_SETTLE).await?;
         self.gateway.kill().await;
         self.mosquitto.kill().await;
         if let Some(database) = self.database.take() {
@@ -306,7 +298,7 @@ impl Rig {
         Ok(Outcome {
             fault,
             sim: report,
-            audit_clean,
+            audit_clean: problems.is_empty(),
             recovery,
             problems,
             ..Outcome::default()
@@ -576,52 +568,92 @@ async fn disk_full(timing: Timing) -> anyhow::Result<Outcome> {
 }
 
 async fn disk_full_on(timing: Timing, dir: &Path, mount: &Path) -> anyhow::Result<Outcome> {
-    let database = format!("sqlite:{}", mount.join("parkflow.db").display());
-    let devices = dir.join("devices.json");
-    let broker = free_addr()?;
-    let mut gateway = Gateway::new(dir, &database, Broker::Embedded(broker), &devices)?;
-    gateway.start()?;
-    gateway.ready(Duration::from_secs(120)).await?;
-    let sim = Sim::start(&devices, broker, &gateway.api(), timing.traffic.as_secs())?;
+    let rig = Embedded::start(dir, &mount.join("parkflow.db")).await?;
+    let sim = rig.traffic(timing)?;
     tokio::time::sleep(timing.warm_up).await;
     let filler = mount.join("filler");
     fill(&filler).await?;
-    let mut problems = Vec::new();
-    let before = gateway.rss().unwrap_or(0);
+    let before = rig.gateway.rss().unwrap_or(0);
     let mut rss_peak = before;
-    problems
-        .extend(not_ready_while(&gateway, timing.stall, "the disk was full", &mut rss_peak).await);
+    let full = not_ready_while(
+        &rig.gateway,
+        timing.stall,
+        "the disk was full",
+        &mut rss_peak,
+    )
+    .await;
     tokio::fs::remove_file(&filler).await?;
-    let recovery = gateway.ready(Duration::from_secs(60)).await?;
-    let report = sim.report().await?;
-    let (audit_clean, audit_text) = audit(&database, AUDIT_SETTLE).await?;
-    gateway.kill().await;
-    if !audit_clean {
-        problems.extend(
-            audit_text
-                .lines()
-                .filter(|l| l.starts_with("violation"))
-                .take(5)
-                .map(str::to_owned),
-        );
-    }
+    let recovery = rig.gateway.ready(Duration::from_secs(60)).await?;
+    let database = rig.database.clone();
+    let mut outcome = rig.finish("disk-full", sim, recovery).await?;
+    outcome.problems.extend(full);
+    outcome.rss_mb = Some((before, rss_peak));
     // A full disk must never corrupt the database.
     let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&database).await?;
     let (integrity,): (String,) = sqlx::query_as("PRAGMA integrity_check")
         .fetch_one(&mut connection)
         .await?;
     if integrity != "ok" {
-        problems.push(format!("the database is corrupt: {integrity}"));
+        outcome
+            .problems
+            .push(format!("the database is corrupt: {integrity}"));
     }
-    Ok(Outcome {
-        fault: "disk-full",
-        sim: report,
-        audit_clean,
-        recovery,
-        problems,
-        rss_mb: Some((before, rss_peak)),
-        ..Outcome::default()
-    })
+    Ok(outcome)
+}
+
+/// The embedded defaults: a gateway with its own broker on a SQLite file.
+struct Embedded {
+    gateway: Gateway,
+    devices: std::path::PathBuf,
+    broker: std::net::SocketAddr,
+    database: String,
+}
+
+impl Embedded {
+    async fn start(dir: &Path, file: &Path) -> anyhow::Result<Self> {
+        let database = format!("sqlite:{}", file.display());
+        let devices = dir.join("devices.json");
+        let broker = free_addr()?;
+        let mut gateway = Gateway::new(dir, &database, Broker::Embedded(broker), &devices)?;
+        gateway.start()?;
+        gateway.ready(Duration::from_secs(120)).await?;
+        Ok(Self {
+            gateway,
+            devices,
+            broker,
+            database,
+        })
+    }
+
+    fn traffic(&self, timing: Timing) -> anyhow::Result<Sim> {
+        Sim::start(
+            &self.devices,
+            self.broker,
+            &self.gateway.api(),
+            timing.traffic.as_secs(),
+        )
+    }
+
+    /// Waits for the simulator's verdict and the audit's (the gateway still running, so that
+    /// billing drains), then stops the gateway.
+    async fn finish(
+        mut self,
+        fault: &'static str,
+        sim: Sim,
+        recovery: Duration,
+    ) -> anyhow::Result<Outcome> {
+        let report = sim.report().await?;
+        let problems = audit(&self.database, AUDIT_SETTLE).await?;
+        self.gateway.kill().await;
+        Ok(Outcome {
+            fault,
+            sim: report,
+            audit_clean: problems.is_empty(),
+            recovery,
+            problems,
+            ..Outcome::default()
+        })
+    }
 }
 
 /// Writes `path` until the filesystem is full.
@@ -644,37 +676,13 @@ async fn fill(path: &Path) -> anyhow::Result<()> {
 /// (a read answered in the milliseconds before its commit) lost is reported, not failed.
 async fn embedded_kill(timing: Timing) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
-    let database = format!("sqlite:{}", dir.path().join("parkflow.db").display());
-    let devices = dir.path().join("devices.json");
-    let broker = free_addr()?;
-    let mut gateway = Gateway::new(dir.path(), &database, Broker::Embedded(broker), &devices)?;
-    gateway.start()?;
-    gateway.ready(Duration::from_secs(120)).await?;
-    let sim = Sim::start(&devices, broker, &gateway.api(), timing.traffic.as_secs())?;
+    let mut rig = Embedded::start(dir.path(), &dir.path().join("parkflow.db")).await?;
+    let sim = rig.traffic(timing)?;
     tokio::time::sleep(timing.warm_up).await;
-    gateway.kill().await;
-    gateway.start()?;
-    let recovery = gateway.ready(Duration::from_secs(60)).await?;
-    let report = sim.report().await?;
-    let (audit_clean, audit_text) = audit(&database, AUDIT_SETTLE).await?;
-    gateway.kill().await;
-    let problems = if audit_clean {
-        Vec::new()
-    } else {
-        audit_text
-            .lines()
-            .filter(|l| l.starts_with("violation"))
-            .take(5)
-            .map(str::to_owned)
-            .collect()
-    };
-    Ok(Outcome {
-        fault: "embedded-kill",
-        sim: report,
-        audit_clean,
-        recovery,
-        problems,
-        loss_allowed: true,
-        ..Outcome::default()
-    })
+    rig.gateway.kill().await;
+    rig.gateway.start()?;
+    let recovery = rig.gateway.ready(Duration::from_secs(60)).await?;
+    let mut outcome = rig.finish("embedded-kill", sim, recovery).await?;
+    outcome.loss_allowed = true;
+    Ok(outcome)
 }

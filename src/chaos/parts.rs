@@ -172,6 +172,13 @@ impl Mosquitto {
         let addr = free_addr()?;
         let data = dir.join("mosquitto");
         std::fs::create_dir_all(&data)?;
+        // Started as root, Mosquitto drops to its own user: without these it cannot save its
+        // persistence file (it logs "Permission denied" and goes on without persistence).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777))?;
+        }
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -367,9 +374,9 @@ impl Sim {
 }
 
 /// `parkflow audit` on `database_url` once the platform's backlog (charges of the last stays)
-/// has drained: asked again for up to `within` while it finds violations. Whether it is clean,
-/// and what it printed last.
-pub async fn audit(database_url: &str, within: Duration) -> anyhow::Result<(bool, String)> {
+/// has drained: asked again for up to `within` while it finds violations. The violations it
+/// printed last (the first five; none: clean); an audit that could not run is one of them.
+pub async fn audit(database_url: &str, within: Duration) -> anyhow::Result<Vec<String>> {
     let deadline = Instant::now() + within;
     loop {
         let output = Command::new(parkflow()?)
@@ -378,10 +385,24 @@ pub async fn audit(database_url: &str, within: Duration) -> anyhow::Result<(bool
             .env("PARKFLOW_LOG", "error")
             .output()
             .await?;
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        if output.status.success() || Instant::now() >= deadline {
-            return Ok((output.status.success(), text));
+        if output.status.success() {
+            return Ok(Vec::new());
+        }
+        if Instant::now() >= deadline {
+            let text = String::from_utf8_lossy(&output.stdout);
+            let mut violations: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("violation"))
+                .take(5)
+                .map(str::to_owned)
+                .collect();
+            if violations.is_empty() {
+                violations.push(format!(
+                    "audit failed: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ));
+            }
+            return Ok(violations);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

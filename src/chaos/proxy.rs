@@ -224,8 +224,16 @@ mod tests {
 
         // Refused: nobody listens; then the port serves again.
         proxy.set(Mode::Refuse);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(TcpStream::connect(proxy.addr()).await.is_err());
+        let mut refused = false;
+        for _ in 0..40 {
+            if TcpStream::connect(proxy.addr()).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(refused, "the proxy still listens");
         proxy.set(Mode::Pass);
         let mut again = None;
         for _ in 0..20 {

@@ -28,6 +28,21 @@ async fn metrics_text(url: &str, admin_key: &str) -> Option<String> {
     response.text().await.ok()
 }
 
+/// Waits until the platform at `http` answers `/readyz` with 200.
+async fn ready(http: &str) {
+    eventually(Duration::from_secs(20), "the platform ready", || {
+        let url = format!("{http}/readyz");
+        async move {
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(drop)
+        }
+    })
+    .await;
+}
+
 /// Starts `parkflow run --demo` (plus `extra` flags) on a fresh database and free ports, writing
 /// its devices file to `devices`; returns the process and its HTTP address.
 fn start_demo(
@@ -134,17 +149,7 @@ async fn the_simulator_verifies_that_nothing_was_lost_or_duplicated() {
             "verify-admin-key-0123456789abcdef",
         ],
     );
-    eventually(Duration::from_secs(20), "the platform ready", || {
-        let url = format!("{http}/readyz");
-        async move {
-            reqwest::get(&url)
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(drop)
-        }
-    })
-    .await;
+    ready(&http).await;
 
     let sim = |extra: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_parkflow"))
@@ -273,17 +278,7 @@ async fn the_demo_restarted_on_its_database_keeps_its_devices_credentials() {
     let mqtt = free_addr();
     let (_second, http) = start_demo(dir.path(), &devices, mqtt, &flags);
     assert_eq!(secrets(&devices), before, "a device's credentials changed");
-    eventually(Duration::from_secs(20), "the platform ready", || {
-        let url = format!("{http}/readyz");
-        async move {
-            reqwest::get(&url)
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(drop)
-        }
-    })
-    .await;
+    ready(&http).await;
 
     // A camera of the first run logs in to the second with what it was given then.
     let (id, (_, password)) = before

@@ -17,6 +17,7 @@ use super::plan::{self, Planned};
 use super::state::{Decided, GateState, HELD_FOR, Held, HeldRead, LaneKey, ReadKey};
 use super::{GateMessage, GateRead, PaidExit};
 use crate::metrics::{ActionLabel, Metrics};
+use crate::mqtt::ack::Ticket;
 use crate::mqtt::publish::CommandPublisher;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
 use crate::privacy::PlateKey;
@@ -114,6 +115,17 @@ impl Facts {
     }
 }
 
+/// How a read reached the actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// From ingest.
+    Fresh,
+    /// A late read whose stored decision was looked for already, and not found.
+    LookedUp,
+    /// Correctly signed by its gate's camera, refused only for its time.
+    ClockRefused,
+}
+
 impl GateActor {
     /// Reports each lot's open sessions to the occupancy actor from now on.
     pub fn with_occupancy(mut self, occupancy: OccupancyHandle) -> Self {
@@ -199,7 +211,7 @@ impl GateActor {
                 observed_at: decision.observed_at,
             };
             // A read held for its camera's clock decided nothing about its car (see
-            // `clock_refused`): remembered by read only, as when it was answered.
+            // `hold_for_clock`): remembered by read only, as when it was answered.
             if decided.command.reason == GateReason::DeviceClock {
                 state.recent.remember_read(read, decided);
             } else {
@@ -231,8 +243,10 @@ impl GateActor {
     pub async fn run(mut self, mut rx: mpsc::Receiver<GateMessage>) {
         while let Some(message) = rx.recv().await {
             match message {
-                GateMessage::PlateRead(read) => self.plate_read(*read, false).await,
-                GateMessage::ClockRefused(read) => self.clock_refused(*read).await,
+                GateMessage::PlateRead(read) => self.plate_read(*read, Arrival::Fresh).await,
+                GateMessage::ClockRefused(read) => {
+                    self.plate_read(*read, Arrival::ClockRefused).await;
+                }
                 GateMessage::Standing { plates, standing } => self.standing(plates, standing).await,
                 GateMessage::ExitPaid(paid) => self.exit_paid(paid),
                 GateMessage::ManualOpen {
@@ -268,9 +282,8 @@ impl GateActor {
         tracing::debug!("gate actor drained and stopped");
     }
 
-    /// Decides a read. `looked_up`: a late read whose stored decision was looked for already
-    /// (and not found).
-    async fn plate_read(&mut self, mut read: GateRead, looked_up: bool) {
+    /// Decides a read (see [`Arrival`]).
+    async fn plate_read(&mut self, mut read: GateRead, arrival: Arrival) {
         let now = read.received_at;
         self.state.recent.expire(now);
         self.held
@@ -293,7 +306,13 @@ impl GateActor {
             self.publish(&registry, lot, &read, &command);
             return;
         }
-        if !looked_up && read.observed_at < now - (self.state.recent.window() - MAX_AHEAD) {
+        if arrival == Arrival::ClockRefused {
+            self.hold_for_clock(&registry, lot, read, read_key).await;
+            return;
+        }
+        if arrival == Arrival::Fresh
+            && read.observed_at < now - (self.state.recent.window() - MAX_AHEAD)
+        {
             // Older than the decisions kept in memory: it may have been answered long ago. A task
             // looks it up; the actor goes on with other reads and decides this one when it answers.
             let db = self.db.clone();
@@ -362,14 +381,11 @@ impl GateActor {
                     observed_at: read.observed_at,
                 },
             );
-            let writes = vec![record(&read, &command, previous.session_id)];
-            self.writer
-                .submit(Batch {
-                    writes,
-                    ticket: read.ticket,
-                    durable: None,
-                })
-                .await;
+            self.submit(
+                vec![record(&read, &command, previous.session_id)],
+                read.ticket,
+            )
+            .await;
             return;
         }
 
@@ -437,50 +453,42 @@ impl GateActor {
         writes.push(record(&read, &command, session_id));
         self.remember(read_key, lane, &read, &command, session_id);
         self.report_open(&registry, &read.lot);
-        self.writer
-            .submit(Batch {
-                writes,
-                ticket: read.ticket,
-                durable: None,
-            })
-            .await;
+        self.submit(writes, read.ticket).await;
     }
 
     /// A read refused for its camera's clock: never `open` (its time cannot be trusted to open
     /// or close a stay), but a signed `hold` with reason `device_clock`, so that the lane calls
     /// an attendant instead of waiting for an answer that never comes. Recorded like any
-    /// answered read; a re-sent read gets the same command.
-    async fn clock_refused(&mut self, read: GateRead) {
-        let now = read.received_at;
-        self.state.recent.expire(now);
-        let registry = self.registry.snapshot();
-        let Some(lot) = registry.lot_by_id(&read.lot) else {
-            return;
-        };
-        let read_key: ReadKey = (read.lot.clone(), read.gate.clone(), read.event_id.clone());
-        if let Some(decided) = self.state.recent.by_read(&read_key) {
-            let command = decided.command.resent_at(now);
-            self.publish(&registry, lot, &read, &command);
-            return;
-        }
+    /// answered read, and remembered by read only (it decided nothing about its car).
+    async fn hold_for_clock(
+        &mut self,
+        registry: &Registry,
+        lot: &Lot,
+        read: GateRead,
+        key: ReadKey,
+    ) {
         let command = plan::command(&read, GateAction::Hold, GateReason::DeviceClock);
-        self.publish(&registry, lot, &read, &command);
-        tracing::warn!(lot = %read.lot, gate = %read.gate, observed_at = %read.observed_at, "camera clock is off; read held for an attendant");
+        self.publish(registry, lot, &read, &command);
         self.state.recent.remember_read(
-            read_key,
+            key,
             Decided {
                 command: command.clone(),
                 plate: read.plate.clone(),
                 session_id: None,
-                at: now,
+                at: read.received_at,
                 observed_at: read.observed_at,
             },
         );
-        let writes = vec![record(&read, &command, None)];
+        self.submit(vec![record(&read, &command, None)], read.ticket)
+            .await;
+    }
+
+    /// Hands a read's writes to the store writer with its ack ticket.
+    async fn submit(&self, writes: Vec<Write>, ticket: Option<Ticket>) {
         self.writer
             .submit(Batch {
                 writes,
-                ticket: read.ticket,
+                ticket,
                 durable: None,
             })
             .await;
@@ -489,7 +497,9 @@ impl GateActor {
     /// An answer from a task the actor started.
     async fn done(&mut self, done: Done) {
         match done {
-            Done::LateRead { read, stored: None } => self.plate_read(*read, true).await,
+            Done::LateRead { read, stored: None } => {
+                self.plate_read(*read, Arrival::LookedUp).await;
+            }
             Done::LateRead {
                 read,
                 stored: Some(stored),
@@ -593,13 +603,7 @@ impl GateActor {
             }
             self.report_open(&registry, &held.read.lot);
             // The held read itself stays recorded with its hold; the session's end is what changes.
-            self.writer
-                .submit(Batch {
-                    writes: planned.writes,
-                    ticket: None,
-                    durable: None,
-                })
-                .await;
+            self.submit(planned.writes, None).await;
         }
     }
 

@@ -230,9 +230,7 @@ pub async fn fence(tx: &mut Tx, node: &str, lots: &[(&str, i64)]) -> Result<bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::LotKind;
-    use crate::store::provision::{LotPlan, OperatorPlan, Plan, provision};
-    use parkflow_protocol::{DeviceAuth, LotId};
+    use crate::store::provision::{lots_only, provision};
 
     /// A fresh database on the PostgreSQL server the whole-platform tests use, with `lots`
     /// lots; `None` when no server is named.
@@ -246,30 +244,8 @@ mod tests {
             .unwrap();
         let (base, _) = server.rsplit_once('/').unwrap();
         let db = Db::connect(&format!("{base}/{name}")).await.unwrap();
-        let plan = Plan {
-            operators: vec![OperatorPlan {
-                id: "op-1".into(),
-                name: "op".into(),
-            }],
-            lots: (0..lots)
-                .map(|i| LotPlan {
-                    id: LotId::parse(&format!("lot-{i}")).unwrap(),
-                    operator_id: "op-1".into(),
-                    name: format!("lot {i}"),
-                    kind: LotKind::OffStreet,
-                    lat: 30.27,
-                    lon: 120.15,
-                    capacity: 10,
-                    time_zone: "Asia/Shanghai".into(),
-                    device_auth: DeviceAuth::Signed,
-                    gates: Vec::new(),
-                    bays: Vec::new(),
-                    max_stay_minutes: None,
-                    tariffs: Vec::new(),
-                })
-                .collect(),
-            ..Plan::default()
-        };
+        let ids: Vec<String> = (0..lots).map(|i| format!("lot-{i}")).collect();
+        let plan = lots_only(&ids.iter().map(String::as_str).collect::<Vec<_>>());
         provision(&db, &plan, chrono::Utc::now()).await.unwrap();
         Some((db, Scratch { admin, name }))
     }

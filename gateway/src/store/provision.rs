@@ -366,6 +366,37 @@ pub async fn add_tariff(
     Ok(added == 1)
 }
 
+/// A plan of one operator (`op-1`) and off-street lots with these ids, nothing else: the
+/// smallest city a store test writes into.
+#[cfg(test)]
+pub(crate) fn lots_only(ids: &[&str]) -> Plan {
+    Plan {
+        operators: vec![OperatorPlan {
+            id: "op-1".into(),
+            name: "op".into(),
+        }],
+        lots: ids
+            .iter()
+            .map(|id| LotPlan {
+                id: LotId::parse(id).unwrap_or_else(|e| panic!("lot id {id}: {e}")),
+                operator_id: "op-1".into(),
+                name: (*id).into(),
+                kind: LotKind::OffStreet,
+                lat: 30.27,
+                lon: 120.15,
+                capacity: 10_000,
+                time_zone: "Asia/Shanghai".into(),
+                device_auth: DeviceAuth::Signed,
+                gates: Vec::new(),
+                bays: Vec::new(),
+                max_stay_minutes: None,
+                tariffs: Vec::new(),
+            })
+            .collect(),
+        ..Plan::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

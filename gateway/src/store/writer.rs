@@ -363,37 +363,14 @@ mod tests {
     /// writes with `SQLITE_FULL` exactly as a full filesystem does.)
     #[tokio::test]
     async fn a_full_disk_holds_writes_back_until_space_is_freed_and_loses_none() {
-        use crate::registry::LotKind;
-        use crate::store::provision::{LotPlan, OperatorPlan, Plan, provision};
-        use parkflow_protocol::DeviceAuth;
+        use crate::store::provision::{lots_only, provision};
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
         use std::str::FromStr;
 
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("full.db").display());
         let db = Db::connect(&url).await.unwrap();
-        let plan = Plan {
-            operators: vec![OperatorPlan {
-                id: "op-1".into(),
-                name: "op".into(),
-            }],
-            lots: vec![LotPlan {
-                id: LotId::parse("lot-1").unwrap(),
-                operator_id: "op-1".into(),
-                name: "lot".into(),
-                kind: LotKind::OffStreet,
-                lat: 30.27,
-                lon: 120.15,
-                capacity: 10_000,
-                time_zone: "Asia/Shanghai".into(),
-                device_auth: DeviceAuth::Signed,
-                gates: Vec::new(),
-                bays: Vec::new(),
-                max_stay_minutes: None,
-                tariffs: Vec::new(),
-            }],
-            ..Plan::default()
-        };
+        let plan = lots_only(&["lot-1"]);
         provision(&db, &plan, Utc::now()).await.unwrap();
         let (pages,): (i64,) = query("PRAGMA page_count").fetch_one(&db).await.unwrap();
         db.close().await;
@@ -435,7 +412,6 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let last = durable.last_mut().unwrap();
         assert!(
             matches!(
