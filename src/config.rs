@@ -285,6 +285,11 @@ pub struct RunArgs {
     /// listener it needs the platform admin's key, since it carries revenue figures.
     #[arg(long, env = "PARKFLOW_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Run as one of several gateway nodes sharing the city's lots (any number, each with its
+    /// own id, against one PostgreSQL and one external broker): README, "Running more than one
+    /// node".
+    #[arg(long, env = "PARKFLOW_NODE_ID")]
+    pub node_id: Option<String>,
     /// The address drivers reach the API at, for payment links (defaults to the HTTP address).
     #[arg(long, env = "PARKFLOW_PUBLIC_URL")]
     pub public_url: Option<url::Url>,
@@ -381,6 +386,22 @@ impl RunArgs {
                     .into(),
             );
         }
+        if let Some(node) = &self.node_id {
+            if node.is_empty()
+                || node.len() > 64
+                || !node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err("--node-id must be 1 to 64 letters, digits, '-' or '_'".into());
+            }
+            if !database_url.starts_with("postgres") {
+                return Err("--node-id needs --database-url postgres://… (the nodes share it; SQLite is one process's database)".into());
+            }
+            if self.mqtt_url.is_none() {
+                return Err("--node-id needs --mqtt-url (the nodes share one external broker; the embedded one lives in one process)".into());
+            }
+        }
         if !(0.0..1.0).contains(&self.almost_full_ratio) {
             return Err("--almost-full-ratio must be at least 0 and below 1".into());
         }
@@ -441,6 +462,7 @@ impl RunArgs {
         config.max_streams_per_address = self.max_streams_per_address;
         config.max_streams = self.max_streams;
         config.metrics_listen = self.metrics_listen;
+        config.node_id = self.node_id.clone();
         config.decisions = DecisionConfig {
             public_url,
             plate_key: self

@@ -68,6 +68,8 @@ pub struct PlatformConfig {
     pub max_streams: u32,
     /// `/metrics` without a key, on a private address.
     pub metrics_listen: Option<SocketAddr>,
+    /// One of several gateway nodes (README, "Running more than one node").
+    pub node_id: Option<String>,
     pub decisions: DecisionConfig,
     pub occupancy: OccupancyConfig,
     /// Public reads allowed per client address per second.
@@ -104,6 +106,7 @@ impl PlatformConfig {
             max_streams_per_address: 4,
             max_streams: 10_000,
             metrics_listen: None,
+            node_id: None,
             decisions: DecisionConfig::default(),
             occupancy: OccupancyConfig::default(),
             public_rate_per_second: 50,
@@ -160,6 +163,7 @@ impl PlatformConfig {
             max_streams_per_address: self.max_streams_per_address,
             max_streams: self.max_streams,
             metrics_listen: self.metrics_listen,
+            node_id: self.node_id.clone(),
         }
     }
 }

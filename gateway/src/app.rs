@@ -27,6 +27,7 @@ use crate::gate::{GateHandle, GateMessage};
 use parkflow_billing::payments::PaymentsApi;
 
 use crate::availability::AvailabilityHandle;
+use crate::cluster::{self, Keeper, Ownership, Peers};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::mqtt::dynsec::Dynsec;
@@ -38,6 +39,7 @@ use crate::occupancy::store::{BayWriter, bay_writer};
 use crate::occupancy::{OccupancyActor, OccupancyHandle, OccupancyMessage};
 use crate::registry::RegistryHandle;
 use crate::registry::access::PlatformLogin;
+use crate::store::leases::Leases;
 use crate::store::writer::{self, Writer};
 use crate::store::{Db, StoreError};
 
@@ -58,6 +60,8 @@ pub enum GatewayError {
     MqttTls(#[from] crate::mqtt::link::TlsSetupError),
     #[error("the broker's permissions could not be set up (--broker-acl)")]
     BrokerAcl(#[from] crate::mqtt::dynsec::DynsecError),
+    #[error("--node-id: {0}")]
+    Node(#[from] crate::store::leases::LeaseError),
     #[error("failed to bind the metrics listener {addr} (change --metrics-listen)")]
     MetricsBind {
         addr: SocketAddr,
@@ -94,6 +98,8 @@ pub struct Gateway {
     /// The broker's permission lists, kept by the platform (`--broker-acl`), and what stops
     /// their connection.
     broker_acl: Option<(Arc<Dynsec>, CancellationToken)>,
+    /// On a gateway node: its leases and the lots it holds.
+    node: Option<(Leases, Arc<Ownership>)>,
 }
 
 impl Gateway {
@@ -171,13 +177,33 @@ impl Gateway {
                 Some((dynsec, stop))
             }
         };
-        let (client, eventloop) = link::connect(&config.mqtt, tls.as_ref());
+        let node = match &config.node_id {
+            None => None,
+            Some(id) => Some((
+                Leases::new(db.clone(), id, crate::cluster::LEASE_TTL)?,
+                Arc::new(Ownership::new(id)),
+            )),
+        };
+        let ownership = node.as_ref().map(|(_, ownership)| ownership.clone());
+        // Each node keeps persistent sessions of its own.
+        let gate_mqtt = crate::mqtt::MqttConfig {
+            client_id: match &config.node_id {
+                Some(id) => format!("{}-{id}", config.mqtt.client_id),
+                None => config.mqtt.client_id.clone(),
+            },
+            ..config.mqtt.clone()
+        };
+        let (client, eventloop) = link::connect(&gate_mqtt, tls.as_ref());
         let bay_mqtt = crate::mqtt::MqttConfig {
-            client_id: format!("{}-bays", config.mqtt.client_id),
+            client_id: format!("{}-bays", gate_mqtt.client_id),
             ..config.mqtt.clone()
         };
         let (bay_client, bay_eventloop) = link::connect(&bay_mqtt, tls.as_ref());
         let (writer_handle, writer) = writer::writer(db.clone(), metrics.clone());
+        let writer = match &config.node_id {
+            Some(id) => writer.fenced(id),
+            None => writer,
+        };
         let (occupancy, occupancy_rx) = OccupancyHandle::channel();
         let actor = GateActor::load(
             config.decisions.clone(),
@@ -190,9 +216,13 @@ impl Gateway {
         )
         .await?
         .with_occupancy(occupancy.clone());
+        let actor = match &ownership {
+            Some(ownership) => actor.with_ownership(ownership.clone()),
+            None => actor,
+        };
         let (gates, gate_rx) = GateHandle::channel();
         let actor = actor.with_inbox(&gates);
-        let restored = crate::occupancy::store::restore(&db, &registry.snapshot()).await?;
+        let restored = crate::occupancy::store::restore(&db, &registry.snapshot(), None).await?;
         let (bay_writer_handle, bay_writer) = bay_writer(db.clone(), metrics.clone());
         let availability = AvailabilityHandle::new(Default::default());
         let occupancy_actor = OccupancyActor::new(
@@ -205,6 +235,10 @@ impl Gateway {
             metrics.clone(),
             Utc::now(),
         );
+        let occupancy_actor = match &ownership {
+            Some(ownership) => occupancy_actor.with_ownership(ownership.clone()),
+            None => occupancy_actor,
+        };
         let payments = payments(db.clone());
         tracing::info!(
             engine = db.engine().as_str(),
@@ -235,6 +269,7 @@ impl Gateway {
             bay_writer,
             availability,
             broker_acl,
+            node,
         })
     }
 
@@ -304,6 +339,7 @@ impl Gateway {
             bay_writer,
             availability,
             broker_acl,
+            node,
             ..
         } = self;
         let tracker = TaskTracker::new();
@@ -336,24 +372,100 @@ impl Gateway {
             filter::all_bridges(),
             filter::all_device_status(),
         ];
+        let ownership = node.as_ref().map(|(_, ownership)| ownership.clone());
+        let links = match &node {
+            None => [
+                link::Filters {
+                    own: gate_filters.clone(),
+                    foreign: bay_filters.clone(),
+                    lots: None,
+                },
+                link::Filters {
+                    own: bay_filters,
+                    foreign: gate_filters,
+                    lots: None,
+                },
+            ],
+            // A node subscribes per lot, as its leases say; on the bay link it also follows
+            // every lot's availability (the lots other nodes run). The single gateway's
+            // wildcards, kept by a persistent session, go.
+            Some(_) => {
+                let mut wildcards = gate_filters;
+                wildcards.extend(bay_filters);
+                [
+                    link::Filters {
+                        own: Vec::new(),
+                        foreign: wildcards.clone(),
+                        lots: Some(Default::default()),
+                    },
+                    link::Filters {
+                        own: vec![filter::all_device_status(), filter::all_availability()],
+                        foreign: wildcards
+                            .into_iter()
+                            .filter(|f| *f != filter::all_device_status())
+                            .collect(),
+                        lots: Some(Default::default()),
+                    },
+                ]
+            }
+        };
+        let node_state = node
+            .as_ref()
+            .map(|(_, ownership)| (ownership.clone(), Peers::new(db.clone(), ownership.node())));
+        if let Some((ownership, peers)) = &node_state {
+            registry.tell_peers(peers.clone());
+            gates.tell_peers(peers.clone());
+            tracker.spawn(cluster::listen(
+                peers.clone(),
+                ownership.clone(),
+                registry.clone(),
+                gates.clone(),
+                config.decisions.recent_window,
+                token.clone(),
+            ));
+        }
+        if let Some((leases, ownership)) = node {
+            let [gate_link, bay_link] = &links;
+            let keeper = Keeper {
+                leases,
+                ownership,
+                db: db.clone(),
+                registry: registry.clone(),
+                gates: gates.clone(),
+                occupancy: occupancy.clone(),
+                links: vec![
+                    cluster::Link {
+                        client: client.clone(),
+                        filters: gate_link.lots.clone().unwrap_or_default(),
+                        of_lot: cluster::gate_filters,
+                    },
+                    cluster::Link {
+                        client: bay_client.clone(),
+                        filters: bay_link.lots.clone().unwrap_or_default(),
+                        of_lot: cluster::bay_filters,
+                    },
+                ],
+                recent_window: config.decisions.recent_window,
+                metrics: metrics.clone(),
+                last_renewed: std::sync::Mutex::new(std::time::Instant::now()),
+            };
+            // Before the links connect: the lots it holds are adopted before their queued
+            // messages arrive.
+            keeper.start().await;
+            tracker.spawn(keeper.run(token.clone()));
+        }
         let links = [
             (
                 ["mqtt event loop", "ingest", "acker"],
                 client,
                 eventloop,
-                link::Filters {
-                    own: gate_filters.clone(),
-                    foreign: bay_filters.clone(),
-                },
+                links[0].clone(),
             ),
             (
                 ["mqtt event loop (bays)", "ingest (bays)", "acker (bays)"],
                 bay_client,
                 bay_eventloop,
-                link::Filters {
-                    own: bay_filters,
-                    foreign: gate_filters,
-                },
+                links[1].clone(),
             ),
         ];
         let mut links_connected = Vec::with_capacity(links.len());
@@ -378,7 +490,8 @@ impl Gateway {
                 metrics.clone(),
                 gates.clone(),
                 occupancy.clone(),
-            );
+            )
+            .with_ownership(ownership.clone());
             core(ingest_name, Box::pin(ingest.run(inbound_rx)));
             core(acker_name, Box::pin(acker.run()));
             links_connected.push(connected);
@@ -438,6 +551,7 @@ impl Gateway {
                 })
             }),
             broker_acl: broker_acl.as_ref().map(|(dynsec, _)| dynsec.clone()),
+            node: node_state,
         };
         if let Some((metrics_listener, _)) = metrics_listener {
             let server = axum::serve(

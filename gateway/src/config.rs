@@ -45,4 +45,7 @@ pub struct GatewayConfig {
     /// Where `/metrics` is served without a key (a private address for Prometheus); on the API
     /// listener it needs the platform admin's key.
     pub metrics_listen: Option<SocketAddr>,
+    /// One of several gateway nodes sharing the city's lots by leases (PostgreSQL and an
+    /// external broker; `cluster`): this node's id.
+    pub node_id: Option<String>,
 }

@@ -12,6 +12,7 @@
 
 mod app;
 mod availability;
+pub mod cluster;
 mod config;
 pub mod gate;
 mod http;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub store_batch_size: Histogram,
     pub store_write_errors: Counter,
     pub store_writes_failing: Gauge,
+    pub store_writes_fenced: Counter,
+    pub lots_held: Gauge,
     pub mqtt_connected: Gauge,
     pub bay_events: Family<OutcomeLabel, Counter>,
     pub bay_heartbeats: Counter,
@@ -126,6 +128,18 @@ impl Metrics {
             "Store writers whose database write is failing for now and being retried (its messages wait unacknowledged)",
             store_writes_failing.clone(),
         );
+        let store_writes_fenced = Counter::default();
+        registry.register(
+            "store_writes_fenced",
+            "Writes not made because this gateway node lost the lot's lease after deciding them",
+            store_writes_fenced.clone(),
+        );
+        let lots_held = Gauge::default();
+        registry.register(
+            "lots_held",
+            "Lots this gateway node runs now (with --node-id)",
+            lots_held.clone(),
+        );
         let mqtt_connected = Gauge::default();
         registry.register(
             "mqtt_connected",
@@ -202,6 +216,8 @@ impl Metrics {
             store_batch_size,
             store_write_errors,
             store_writes_failing,
+            store_writes_fenced,
+            lots_held,
             mqtt_connected,
         }
     }

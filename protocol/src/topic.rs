@@ -118,6 +118,31 @@ pub mod filter {
         format!("{PREFIX}lots/{lot}/#")
     }
 
+    /// One lot's gate plate reads.
+    pub fn lot_gate_plates(lot: &LotId) -> String {
+        format!("{PREFIX}lots/{lot}/gates/+/plate")
+    }
+
+    /// One lot's gate state reports.
+    pub fn lot_gate_states(lot: &LotId) -> String {
+        format!("{PREFIX}lots/{lot}/gates/+/state")
+    }
+
+    /// One lot's bay sensors' and bay cameras' messages.
+    pub fn lot_bays(lot: &LotId) -> String {
+        format!("{PREFIX}lots/{lot}/bays/+/+")
+    }
+
+    /// One bridge's batches.
+    pub fn bridge(device: &crate::id::DeviceId) -> String {
+        format!("{PREFIX}bridge/{device}/occupancy")
+    }
+
+    /// Every lot's retained availability (a gateway node follows the lots other nodes run).
+    pub fn all_availability() -> String {
+        format!("{PREFIX}lots/+/availability")
+    }
+
     /// Every gate plate read of every lot.
     pub fn all_gate_plates() -> String {
         format!("{PREFIX}lots/+/gates/+/plate")

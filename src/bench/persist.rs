@@ -239,6 +239,7 @@ async fn gate_path(db: &Db, visits: Vec<Visit>) -> Duration {
                 writes: entry,
                 ticket: None,
                 durable: None,
+                lease: None,
             })
             .await;
         exits.push(exit);
@@ -249,6 +250,7 @@ async fn gate_path(db: &Db, visits: Vec<Visit>) -> Duration {
                 writes,
                 ticket: None,
                 durable: None,
+                lease: None,
             })
             .await;
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use parts::{Broker, Gateway, Mosquitto, PgDatabase, Sim, SimReport, audit, free_addr};
+use parts::{Broker, Gateway, Mosquitto, PgDatabase, Sim, SimReport, audit, free_addr, owners};
 use proxy::{FaultProxy, Mode};
 
 /// How long the platform has after the traffic to bill the last stays before the audit counts
@@ -183,14 +183,7 @@ pub async fn run(scenario: &str, quick: bool, postgres_url: &str) -> anyhow::Res
             "disk-full" => disk_full(timing).await,
             "clock-skew" => clock_skew(timing, postgres_url).await,
             "embedded-kill" => embedded_kill(timing).await,
-            _ => Ok(Outcome {
-                fault: "failover",
-                skipped: Some(
-                    "several gateways sharing the lots (--node-id, leases) are not built yet"
-                        .into(),
-                ),
-                ..Outcome::default()
-            }),
+            _ => failover(timing, postgres_url).await,
         };
         let outcome = outcome.with_context(|| format!("scenario {name} could not run"))?;
         println!("{}", outcome.render());
@@ -685,4 +678,118 @@ async fn embedded_kill(timing: Timing) -> anyhow::Result<Outcome> {
     let mut outcome = rig.finish("embedded-kill", sim, recovery).await?;
     outcome.loss_allowed = true;
     Ok(outcome)
+}
+
+/// Two gateway nodes share the lots (`--node-id`); node `a` is killed -9 during traffic, its
+/// lots move to `b`, and `a` comes back and takes a share again. `recovery_s`: from the kill
+/// until `b` holds every lot. The audit checks that no lot had two owners at once.
+async fn failover(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome> {
+    let dir = tempfile::tempdir()?;
+    let devices = dir.path().join("devices.json");
+    let mosquitto = Mosquitto::start(dir.path())?;
+    mosquitto.listening().await?;
+    let database = PgDatabase::create(postgres_url).await?;
+    let db_url = database.url(database.addr)?;
+    let broker = || Broker::External(format!("mqtt://{}", mosquitto.addr));
+    let node = |name: &str, devices: &Path| -> anyhow::Result<Gateway> {
+        let dir = dir.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Gateway::new(&dir, &db_url, broker(), devices)?.node(name))
+    };
+    // `a` provisions the demo city; `b` finds it stored and keeps it.
+    let mut a = node("a", &devices)?;
+    a.start()?;
+    a.ready(Duration::from_secs(120)).await?;
+    let mut b = node("b", &dir.path().join("devices-b.json"))?;
+    b.start()?;
+    b.ready(Duration::from_secs(120)).await?;
+    let lots = lots_in(&db_url).await?;
+    let mut problems = Vec::new();
+    if let Err(error) = until_owned(&db_url, Duration::from_secs(15), |o| {
+        o.len() == 2 && o.values().sum::<i64>() == lots
+    })
+    .await
+    {
+        problems.push(format!("the two nodes did not share the lots: {error:#}"));
+    }
+    let sim = Sim::start(&devices, mosquitto.addr, &b.api(), timing.traffic.as_secs())?;
+    tokio::time::sleep(timing.warm_up).await;
+    a.kill().await;
+    let killed = Instant::now();
+    let recovery = match until_owned(&db_url, Duration::from_secs(30), |o| {
+        o.get("b") == Some(&lots)
+    })
+    .await
+    {
+        Ok(()) => killed.elapsed(),
+        Err(error) => {
+            problems.push(format!("b did not take a's lots over: {error:#}"));
+            killed.elapsed()
+        }
+    };
+    if recovery > Duration::from_secs(5) {
+        problems.push(format!(
+            "a dead node's lots moved after {:.1} s (at most 5 s)",
+            recovery.as_secs_f64()
+        ));
+    }
+    tokio::time::sleep(timing.warm_up).await;
+    a.start()?;
+    a.ready(Duration::from_secs(60)).await?;
+    if let Err(error) = until_owned(&db_url, Duration::from_secs(15), |o| {
+        o.get("a").is_some_and(|&n| n > 0) && o.values().sum::<i64>() == lots
+    })
+    .await
+    {
+        problems.push(format!("a, back, took no share again: {error:#}"));
+    }
+    let report = sim.report().await?;
+    problems.extend(audit(&db_url, AUDIT_SETTLE).await?);
+    let audit_clean = problems.is_empty();
+    a.kill().await;
+    b.kill().await;
+    let mut mosquitto = mosquitto;
+    mosquitto.kill().await;
+    if std::env::var_os("PARKFLOW_CHAOS_KEEP").is_some() {
+        println!("kept for inspection: {db_url} and {}", dir.keep().display());
+    } else {
+        database.drop_database().await?;
+    }
+    Ok(Outcome {
+        fault: "failover",
+        sim: report,
+        audit_clean,
+        recovery,
+        problems: if audit_clean { Vec::new() } else { problems },
+        ..Outcome::default()
+    })
+}
+
+/// How many lots the city has.
+async fn lots_in(database_url: &str) -> anyhow::Result<i64> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(database_url).await?;
+    let (lots,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM lots")
+        .fetch_one(&mut connection)
+        .await?;
+    Ok(lots)
+}
+
+/// Waits until the live leases satisfy `done`.
+async fn until_owned(
+    database_url: &str,
+    within: Duration,
+    done: impl Fn(&std::collections::BTreeMap<String, i64>) -> bool,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let owners = owners(database_url).await?;
+        if done(&owners) {
+            return Ok(());
+        }
+        if started.elapsed() > within {
+            anyhow::bail!("after {within:?} the leases are {owners:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -20,7 +20,18 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
 }
 
 fn parkflow() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("cannot find the parkflow binary")
+    match BINARY.get() {
+        Some(path) => Ok(path.clone()),
+        None => std::env::current_exe().context("cannot find the parkflow binary"),
+    }
+}
+
+/// The `parkflow` binary the parts run, when it is not this process's (a test's).
+static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Runs the parts with this `parkflow` binary (tests: `env!("CARGO_BIN_EXE_parkflow")`).
+pub fn use_binary(path: impl Into<PathBuf>) {
+    let _ = BINARY.set(path.into());
 }
 
 /// A process killed (SIGKILL) when dropped, its output in a log file.
@@ -102,6 +113,12 @@ impl Gateway {
         })
     }
 
+    /// One of several gateway nodes (`--node-id`).
+    pub fn node(mut self, id: &str) -> Self {
+        self.args.extend(["--node-id".into(), id.into()]);
+        self
+    }
+
     pub fn start(&mut self) -> anyhow::Result<()> {
         self.process = Some(Process::spawn(&parkflow()?, &self.args, &self.log)?);
         Ok(())
@@ -151,6 +168,18 @@ impl Gateway {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
         Some(kb * 1024)
     }
+}
+
+/// How many lots each gateway node holds now (live leases), by node.
+pub async fn owners(database_url: &str) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+    let mut connection = sqlx::PgConnection::connect(database_url).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT node_id, COUNT(*) FROM lot_leases WHERE expires_at > clock_timestamp()
+         GROUP BY node_id",
+    )
+    .fetch_all(&mut connection)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// How the gateway reaches its broker.

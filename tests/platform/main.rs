@@ -18,6 +18,7 @@ mod devices;
 mod drivers;
 mod gated_lot;
 mod mqtts;
+mod nodes;
 mod occupancy;
 mod operators;
 mod review;

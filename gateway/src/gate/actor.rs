@@ -16,6 +16,7 @@ use super::decide::Standing;
 use super::plan::{self, Planned};
 use super::state::{Decided, GateState, HELD_FOR, Held, HeldRead, LaneKey, ReadKey};
 use super::{GateMessage, GateRead, PaidExit};
+use crate::cluster::Ownership;
 use crate::metrics::{ActionLabel, Metrics};
 use crate::mqtt::ack::Ticket;
 use crate::mqtt::publish::CommandPublisher;
@@ -67,6 +68,8 @@ pub struct GateActor {
     metrics: Arc<Metrics>,
     /// Cars held at exits for payment, by session.
     held: HashMap<Uuid, Held>,
+    /// On a gateway node: the lots it runs now, with their leases' tokens (`cluster`).
+    ownership: Option<Arc<Ownership>>,
     /// Told each lot's open sessions, which count a gated lot's occupancy when it has no bay sensors.
     occupancy: Option<OccupancyHandle>,
     /// Where the actor's database tasks send their answers ([`Done`]).
@@ -115,6 +118,68 @@ impl Facts {
     }
 }
 
+/// The gates' state of some lots as stored: their open sessions and recent decisions. Read at
+/// start for every lot, or by a gateway node for a lot it adopts.
+#[derive(Debug)]
+pub struct Gates {
+    lot: Option<LotId>,
+    open: Vec<OpenSession>,
+    decisions: Vec<sessions::StoredDecision>,
+}
+
+impl Gates {
+    /// `lot`: one lot's, else every lot's; decisions received since `since`.
+    pub async fn read(
+        db: &Db,
+        lot: Option<&LotId>,
+        since: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            lot: lot.cloned(),
+            open: sessions::open_sessions(db, lot).await?,
+            decisions: sessions::decisions_since(db, since, lot).await?,
+        })
+    }
+}
+
+/// Takes stored gates' state in (what was held of the same lot before is replaced).
+fn adopt(state: &mut GateState, gates: Gates) {
+    if let Some(lot) = &gates.lot {
+        state.lots.entry(lot.clone()).or_default().open.clear();
+        state.recent.forget_lot(lot);
+    }
+    for session in gates.open {
+        state
+            .lots
+            .entry(session.lot.clone())
+            .or_default()
+            .open
+            .insert(session.plate.clone(), session);
+    }
+    for decision in gates.decisions {
+        let read = (
+            decision.lot.clone(),
+            decision.gate.clone(),
+            decision.command.event_id.clone(),
+        );
+        let lane = (decision.lot, decision.gate, decision.direction);
+        let decided = Decided {
+            command: decision.command,
+            plate: decision.plate,
+            session_id: decision.session_id,
+            at: decision.received_at,
+            observed_at: decision.observed_at,
+        };
+        // A read held for its camera's clock decided nothing about its car (see
+        // `hold_for_clock`): remembered by read only, as when it was answered.
+        if decided.command.reason == GateReason::DeviceClock {
+            state.recent.remember_read(read, decided);
+        } else {
+            state.recent.remember(read, lane, decided);
+        }
+    }
+}
+
 /// How a read reached the actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Arrival {
@@ -130,6 +195,15 @@ impl GateActor {
     /// Reports each lot's open sessions to the occupancy actor from now on.
     pub fn with_occupancy(mut self, occupancy: OccupancyHandle) -> Self {
         self.occupancy = Some(occupancy);
+        self
+    }
+
+    /// Decides only for the lots `ownership` holds (a gateway node), from their state as read
+    /// when the node adopts them (`GateMessage::Adopt`): what was loaded of every lot goes.
+    pub fn with_ownership(mut self, ownership: Arc<Ownership>) -> Self {
+        self.state.lots.clear();
+        self.state.recent = super::state::RecentDecisions::new(self.config.recent_window);
+        self.ownership = Some(ownership);
         self
     }
 
@@ -188,36 +262,10 @@ impl GateActor {
     ) -> Result<Self, StoreError> {
         let mut state = GateState::new(config.recent_window);
         apply_facts(&mut state, Facts::read(&db, now).await?);
-        for session in sessions::open_sessions(&db).await? {
-            state
-                .lots
-                .entry(session.lot.clone())
-                .or_default()
-                .open
-                .insert(session.plate.clone(), session);
-        }
-        for decision in sessions::decisions_since(&db, now - config.recent_window).await? {
-            let read = (
-                decision.lot.clone(),
-                decision.gate.clone(),
-                decision.command.event_id.clone(),
-            );
-            let lane = (decision.lot, decision.gate, decision.direction);
-            let decided = Decided {
-                command: decision.command,
-                plate: decision.plate,
-                session_id: decision.session_id,
-                at: decision.received_at,
-                observed_at: decision.observed_at,
-            };
-            // A read held for its camera's clock decided nothing about its car (see
-            // `hold_for_clock`): remembered by read only, as when it was answered.
-            if decided.command.reason == GateReason::DeviceClock {
-                state.recent.remember_read(read, decided);
-            } else {
-                state.recent.remember(read, lane, decided);
-            }
-        }
+        adopt(
+            &mut state,
+            Gates::read(&db, None, now - config.recent_window).await?,
+        );
         let open: usize = state.lots.values().map(|l| l.open.len()).sum();
         tracing::info!(
             open_sessions = open,
@@ -233,6 +281,7 @@ impl GateActor {
             publisher,
             metrics,
             held: HashMap::new(),
+            ownership: None,
             occupancy: None,
             inbox: None,
             recent_standing: VecDeque::new(),
@@ -248,7 +297,19 @@ impl GateActor {
                     self.plate_read(*read, Arrival::ClockRefused).await;
                 }
                 GateMessage::Standing { plates, standing } => self.standing(plates, standing).await,
-                GateMessage::ExitPaid(paid) => self.exit_paid(paid),
+                GateMessage::ExitPaid(paid) => {
+                    if self.runs(&paid.lot) {
+                        self.exit_paid(paid);
+                    }
+                }
+                GateMessage::Adopt(gates) => {
+                    let lot = gates.lot.clone();
+                    adopt(&mut self.state, *gates);
+                    if let Some(lot) = lot {
+                        self.report_open(&self.registry.snapshot(), &lot);
+                    }
+                }
+                GateMessage::Release(lots) => self.release(&lots),
                 GateMessage::ManualOpen {
                     lot,
                     gate,
@@ -273,6 +334,7 @@ impl GateActor {
                             writes: Vec::new(),
                             ticket: None,
                             durable: Some(durable),
+                            lease: None,
                         })
                         .await;
                 }
@@ -288,6 +350,14 @@ impl GateActor {
         self.state.recent.expire(now);
         self.held
             .retain(|_, held| now - held.read.received_at <= HELD_FOR);
+        if !self.runs(&read.lot) {
+            // Another node's lot now (it moved while the read waited): handed on to its owner.
+            self.metrics.rejected("lot_not_held");
+            if let Some(ticket) = read.ticket {
+                ticket.forward();
+            }
+            return;
+        }
         let registry = self.registry.snapshot();
         let Some(lot) = registry.lot_by_id(&read.lot) else {
             return;
@@ -382,6 +452,7 @@ impl GateActor {
                 },
             );
             self.submit(
+                &read.lot,
                 vec![record(&read, &command, previous.session_id)],
                 read.ticket,
             )
@@ -453,7 +524,7 @@ impl GateActor {
         writes.push(record(&read, &command, session_id));
         self.remember(read_key, lane, &read, &command, session_id);
         self.report_open(&registry, &read.lot);
-        self.submit(writes, read.ticket).await;
+        self.submit(&read.lot, writes, read.ticket).await;
     }
 
     /// A read refused for its camera's clock: never `open` (its time cannot be trusted to open
@@ -479,19 +550,41 @@ impl GateActor {
                 observed_at: read.observed_at,
             },
         );
-        self.submit(vec![record(&read, &command, None)], read.ticket)
+        self.submit(&read.lot, vec![record(&read, &command, None)], read.ticket)
             .await;
     }
 
-    /// Hands a read's writes to the store writer with its ack ticket.
-    async fn submit(&self, writes: Vec<Write>, ticket: Option<Ticket>) {
+    /// Hands a read's writes to the store writer with its ack ticket; on a gateway node, with
+    /// the lease they were decided under (the writer fences on it).
+    async fn submit(&self, lot: &LotId, writes: Vec<Write>, ticket: Option<Ticket>) {
+        let lease = self.ownership.as_ref().map(|ownership| {
+            // A lot not held has no token: the fence refuses token 0.
+            (lot.clone(), ownership.token(lot.as_str()).unwrap_or(0))
+        });
         self.writer
             .submit(Batch {
                 writes,
                 ticket,
                 durable: None,
+                lease,
             })
             .await;
+    }
+
+    /// Whether this actor decides for `lot`: always alone, on a gateway node while it holds it.
+    fn runs(&self, lot: &LotId) -> bool {
+        self.ownership
+            .as_ref()
+            .is_none_or(|ownership| ownership.holds(lot.as_str()))
+    }
+
+    /// Forgets lots another node runs now: their open sessions, recent decisions and held exits.
+    fn release(&mut self, lots: &[LotId]) {
+        for lot in lots {
+            self.state.lots.remove(lot);
+            self.state.recent.forget_lot(lot);
+            self.held.retain(|_, held| &held.read.lot != lot);
+        }
     }
 
     /// An answer from a task the actor started.
@@ -603,7 +696,7 @@ impl GateActor {
             }
             self.report_open(&registry, &held.read.lot);
             // The held read itself stays recorded with its hold; the session's end is what changes.
-            self.submit(planned.writes, None).await;
+            self.submit(&held.read.lot, planned.writes, None).await;
         }
     }
 

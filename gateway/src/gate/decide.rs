@@ -3,7 +3,7 @@
 use parkflow_protocol::{GateAction, GateReason};
 
 /// A driver's standing for leave-first, pay-later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Standing {
     /// Enrolled with auto-debit and in good standing: leaves at once, billed later.
     Enrolled,

@@ -19,7 +19,9 @@ use uuid::Uuid;
 
 use self::decide::Standing;
 
+use crate::cluster::{Notice, Peers};
 use crate::mqtt::ack::Ticket;
+use std::sync::{Arc, OnceLock};
 
 /// A correction's transaction, run for the actor on a task: `true` once it committed.
 pub struct Correction(pub std::pin::Pin<Box<dyn Future<Output = bool> + Send>>);
@@ -51,7 +53,7 @@ pub struct GateRead {
 }
 
 /// A held exit that was paid through the API: the session is closed and billed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PaidExit {
     pub session_id: Uuid,
     pub lot: LotId,
@@ -103,6 +105,10 @@ pub enum GateMessage {
         reply: tokio::sync::oneshot::Sender<bool>,
         settled: tokio::sync::oneshot::Sender<()>,
     },
+    /// A gateway node adopted a lot: its stored state, read by the node's lease keeper.
+    Adopt(Box<actor::Gates>),
+    /// Lots this node no longer runs: forget their state.
+    Release(Vec<LotId>),
     /// Dropped once everything the gates decided before it is durable: a `pay_url` asked for
     /// the moment its hold is published waits for this instead of answering 404.
     Durable(tokio::sync::oneshot::Sender<()>),
@@ -140,12 +146,25 @@ impl GateMessage {
 #[derive(Clone)]
 pub struct GateHandle {
     tx: mpsc::Sender<GateMessage>,
+    /// On a gateway node: the other nodes, told of standing changes, paid exits and new facts.
+    peers: Arc<OnceLock<Peers>>,
 }
 
 impl GateHandle {
     pub fn channel() -> (Self, mpsc::Receiver<GateMessage>) {
         let (tx, rx) = mpsc::channel(GATE_CHANNEL_CAPACITY);
-        (Self { tx }, rx)
+        (
+            Self {
+                tx,
+                peers: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// From now on, what changes the facts or opens a paid exit is told to the other nodes too.
+    pub(crate) fn tell_peers(&self, peers: Peers) {
+        let _ = self.peers.set(peers);
     }
 
     /// A sender that does not keep the actor alive (for the actor's own tasks' answers).
@@ -166,6 +185,14 @@ impl GateHandle {
     /// Reads drivers, passes and blocks again (here, not in the actor) and hands them over; the
     /// actor decides the reads that follow with them.
     pub async fn reload(&self, db: &crate::store::Db) {
+        if let Some(peers) = self.peers.get() {
+            peers.tell(Notice::Facts).await;
+        }
+        self.reload_here(db).await;
+    }
+
+    /// [`GateHandle::reload`] on this node only.
+    pub(crate) async fn reload_here(&self, db: &crate::store::Db) {
         match actor::Facts::read(db, Utc::now()).await {
             Ok(facts) => self.send(GateMessage::Facts(Box::new(facts))).await,
             Err(error) => {
@@ -183,7 +210,28 @@ impl GateHandle {
         tokio::time::timeout(limit, rx).await.is_ok()
     }
 
+    /// Sends to this node's actor; a standing change or a paid exit also to the other nodes'
+    /// (the lot's owner opens the barrier, every node decides with the new standing).
     pub async fn send(&self, message: GateMessage) {
+        if let Some(peers) = self.peers.get() {
+            match &message {
+                GateMessage::Standing { plates, standing } => {
+                    peers
+                        .tell(Notice::Standing {
+                            plates: plates.iter().map(|p| p.as_str().to_owned()).collect(),
+                            standing: *standing,
+                        })
+                        .await;
+                }
+                GateMessage::ExitPaid(paid) => peers.tell(Notice::ExitPaid(paid.clone())).await,
+                _ => {}
+            }
+        }
+        self.send_here(message).await;
+    }
+
+    /// [`GateHandle::send`] to this node's actor only.
+    pub(crate) async fn send_here(&self, message: GateMessage) {
         if self.tx.send(message).await.is_err() {
             // Only during shutdown: the event loop has stopped, so nothing is acknowledged any more.
             tracing::debug!("gate actor is gone; message dropped");

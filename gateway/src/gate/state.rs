@@ -129,6 +129,14 @@ impl RecentDecisions {
         self.by_read.insert(read, decided);
     }
 
+    /// Forgets every decision of a lot (its gates are another node's now).
+    pub(crate) fn forget_lot(&mut self, lot: &LotId) {
+        self.by_read.retain(|(l, _, _), _| l != lot);
+        self.order.retain(|(_, (l, _, _))| l != lot);
+        self.by_lane.retain(|(l, _, _), _| l != lot);
+        self.last_by_car.retain(|(l, _), _| l != lot);
+    }
+
     /// Forgets what is older than the window.
     pub(crate) fn expire(&mut self, now: DateTime<Utc>) {
         while self

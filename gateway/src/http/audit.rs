@@ -288,6 +288,19 @@ pub(crate) async fn resolve(
     // sessions, runs the correction, so that no read ends that session meanwhile.
     if let Correction::Merge { with_session } = correction {
         let entry_session = crate::store::sessions::session(&state.db, with_session).await?;
+        // On a gateway node, the lot's owner holds its open sessions: a correction made on
+        // another node is made in the database, and the owner reads the lot's gates again.
+        if let Some((ownership, peers)) = &state.node
+            && !ownership.holds(lot.id.as_str())
+        {
+            review::resolve(&state.db, id, lot, &correction, &entry).await?;
+            peers
+                .tell(crate::cluster::Notice::Lot {
+                    lot: lot.id.to_string(),
+                })
+                .await;
+            return Ok(Json(entry));
+        }
         if entry_session
             .is_some_and(|e| e.status == SessionStatus::Open && e.lot_id == lot.id.as_str())
         {

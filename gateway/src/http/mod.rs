@@ -76,6 +76,8 @@ pub(crate) struct AppState {
     pub streams: limit::StreamLimit,
     /// The broker's permission lists, which registration, rotation and revocation change at once.
     pub broker_acl: Option<Arc<crate::mqtt::dynsec::Dynsec>>,
+    /// On a gateway node: the lots it runs, and the other nodes.
+    pub node: Option<(Arc<crate::cluster::Ownership>, crate::cluster::Peers)>,
 }
 
 /// Drivers' endpoints and paying a held exit: rate-limited per client address (enrolment and

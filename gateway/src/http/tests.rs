@@ -146,6 +146,7 @@ impl Api {
             })),
             db,
             broker_acl: None,
+            node: None,
         };
         Self {
             state,

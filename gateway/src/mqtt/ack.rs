@@ -18,6 +18,8 @@ pub(crate) const ACK_CHANNEL_CAPACITY: usize = 65_536;
 enum AckEvent {
     Arrived(u64, Publish),
     Finished(u64),
+    /// Finished by handing it on: published again, as it came, for whoever runs its lot now.
+    Forward(u64),
     /// The connection was re-established: outstanding messages will be re-delivered, forget them.
     Reconnected,
 }
@@ -36,6 +38,19 @@ impl Ticket {
     /// before then — acknowledgements go in arrival order).
     pub fn abandon(mut self) {
         self.abandoned = true;
+    }
+
+    /// Finishes the message by publishing it again, unchanged (its signature still holds), for
+    /// the gateway node that runs its lot now, then acknowledging it: a message this node
+    /// received for a lot it no longer holds is not lost with it.
+    pub fn forward(mut self) {
+        self.abandoned = true;
+        if self.tx.try_send(AckEvent::Forward(self.seq)).is_err() {
+            tracing::error!(
+                seq = self.seq,
+                "ack channel full or closed; message will be re-delivered"
+            );
+        }
     }
 }
 
@@ -60,6 +75,7 @@ impl std::fmt::Debug for AckEvent {
         match self {
             Self::Arrived(seq, _) => write!(f, "Arrived({seq})"),
             Self::Finished(seq) => write!(f, "Finished({seq})"),
+            Self::Forward(seq) => write!(f, "Forward({seq})"),
             Self::Reconnected => write!(f, "Reconnected"),
         }
     }
@@ -137,6 +153,14 @@ impl<T> AckOrder<T> {
             .map(|(_, message)| message)
     }
 
+    /// The pending message `seq`, if it is still pending.
+    pub(crate) fn get(&self, seq: u64) -> Option<&T> {
+        self.pending
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, message)| message)
+    }
+
     /// Marks the oldest message acknowledged.
     pub(crate) fn acknowledged(&mut self) {
         if let Some((seq, _)) = self.pending.pop_front() {
@@ -150,6 +174,8 @@ pub(crate) struct Acker {
     rx: mpsc::Receiver<AckEvent>,
     client: AsyncClient,
     order: AckOrder<Publish>,
+    /// Messages to publish again before they are finished (`Ticket::forward`).
+    forward: VecDeque<u64>,
 }
 
 /// Creates the issuer (for the event loop) and the acker task's state.
@@ -161,6 +187,7 @@ pub(crate) fn channel(client: AsyncClient) -> (TicketIssuer, Acker) {
             rx,
             client,
             order: AckOrder::default(),
+            forward: VecDeque::new(),
         },
     )
 }
@@ -174,7 +201,11 @@ impl Acker {
                 event = self.rx.recv() => match event {
                     Some(AckEvent::Arrived(seq, publish)) => self.order.arrived(seq, publish),
                     Some(AckEvent::Finished(seq)) => self.order.finished(seq),
-                    Some(AckEvent::Reconnected) => self.order.clear(),
+                    Some(AckEvent::Forward(seq)) => self.forward.push_back(seq),
+                    Some(AckEvent::Reconnected) => {
+                        self.order.clear();
+                        self.forward.clear();
+                    }
                     None => break,
                 },
                 _ = retry.tick() => {}
@@ -186,6 +217,25 @@ impl Acker {
 
     /// Acknowledges the finished prefix of the pending messages.
     fn flush(&mut self) {
+        while let Some(&seq) = self.forward.front() {
+            if let Some(publish) = self.order.get(seq) {
+                // Never block; a full request queue is retried at the next tick.
+                if self
+                    .client
+                    .try_publish(
+                        publish.topic.clone(),
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        publish.payload.clone(),
+                    )
+                    .is_err()
+                {
+                    break;
+                }
+                self.order.finished(seq);
+            }
+            self.forward.pop_front();
+        }
         while let Some(publish) = self.order.next_ready() {
             // Never block: the event loop may be waiting on us. A full request queue is retried.
             if self.client.try_ack(publish).is_err() {

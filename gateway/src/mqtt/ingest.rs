@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::bay_ingest;
 use super::link::Inbound;
+use crate::cluster::Ownership;
 use crate::gate::{GateHandle, GateRead};
 use crate::metrics::Metrics;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
@@ -71,6 +72,8 @@ pub(crate) struct Ingest {
     /// nothing): only that connection's `offline` turns its bay unknown.
     online: HashMap<u64, u64>,
     connections: RandomState,
+    /// On a gateway node, the lots it runs: other lots' messages are not its own.
+    ownership: Option<Arc<Ownership>>,
 }
 
 impl Ingest {
@@ -88,7 +91,15 @@ impl Ingest {
             last_logged: HashMap::new(),
             online: HashMap::new(),
             connections: RandomState::new(),
+            ownership: None,
         }
+    }
+
+    /// Takes only the messages of the lots `ownership` holds (a gateway node), and follows the
+    /// other lots' availability as their owners publish it.
+    pub(crate) fn with_ownership(mut self, ownership: Option<Arc<Ownership>>) -> Self {
+        self.ownership = ownership;
+        self
     }
 
     /// Runs until the event loop task stops, having handled everything queued.
@@ -108,6 +119,17 @@ impl Ingest {
             .map_err(|_| Rejection::UnknownTopic)?;
         if message.payload.len() > topic.max_payload_bytes() {
             return Err(Rejection::Oversized);
+        }
+        if let (Some(ownership), Some(lot)) = (&self.ownership, topic.lot())
+            && !matches!(topic, Topic::LotAvailability { .. })
+            && !ownership.holds(lot.as_str())
+        {
+            // Another node's lot: it arrived before the unsubscription took effect, or from
+            // this node's persistent session kept while it was away. Handed on to its owner.
+            if let Some(ticket) = message.ticket {
+                ticket.forward();
+            }
+            return Err(Rejection::Message("lot_not_held"));
         }
         let registry = self.registry.snapshot();
         match topic {
@@ -247,6 +269,18 @@ impl Ingest {
                         tracing::debug!(device = %device, status = status.as_str(), "device status");
                     }
                 }
+                Ok(())
+            }
+            Topic::LotAvailability { lot } if self.ownership.is_some() => {
+                let availability: parkflow_protocol::Availability =
+                    serde_json::from_slice(&message.payload)
+                        .map_err(|_| Rejection::Message("malformed"))?;
+                if &availability.lot != lot {
+                    return Err(Rejection::Message("topic_mismatch"));
+                }
+                self.occupancy
+                    .send(OccupancyMessage::Remote(availability))
+                    .await;
                 Ok(())
             }
             _ => Err(Rejection::UnknownTopic),

@@ -141,7 +141,13 @@ pub(crate) fn connect(
 pub(crate) struct Filters {
     pub own: Vec<String>,
     pub foreign: Vec<String>,
+    /// A gateway node's per-lot filters (`cluster`), changed as its leases change: subscribed
+    /// again with the others on every (re)connection.
+    pub lots: Option<LotFilters>,
 }
+
+/// The filters of the lots a node holds now, shared between its lease keeper and its links.
+pub(crate) type LotFilters = std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
 
 /// The event loop task: polls, subscribes on every (re)connection, stamps and forwards messages.
 pub(crate) async fn run(
@@ -185,11 +191,24 @@ pub(crate) async fn run(
                 tickets.reconnected().await;
                 tracing::info!(session_present = ack.session_present, "mqtt connected");
                 // Subscribing again is harmless when the broker kept the session, and needed when it did not.
-                let subscriptions = filters
+                let mut subscriptions: Vec<SubscribeFilter> = filters
                     .own
                     .iter()
-                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                if let Err(error) = client.try_subscribe_many(subscriptions) {
+                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+                    .collect();
+                if let Some(lots) = &filters.lots {
+                    let lots = lots
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    subscriptions.extend(
+                        lots.iter()
+                            .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+                    );
+                }
+                if subscriptions.is_empty() {
+                    // A node that holds no lot yet: connected is all there is to be.
+                    connected.send_replace(true);
+                } else if let Err(error) = client.try_subscribe_many(subscriptions) {
                     tracing::error!(%error, "failed to queue the subscriptions");
                 }
                 if ack.session_present {

@@ -18,6 +18,7 @@ use crate::availability::{
     AvailabilityHandle, Board, LotAvailability, LotAvailabilityView, MQTT_INTERVAL,
     PUBLISH_INTERVAL, StatusThresholds,
 };
+use crate::cluster::Ownership;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::mqtt::ack::Ticket;
 use crate::registry::{BayIdx, LotIdx, Registry, RegistryHandle};
@@ -88,6 +89,19 @@ pub enum OccupancyMessage {
     },
     /// A gated lot's open sessions now.
     GatedOpen { lot: LotIdx, open: u32 },
+    /// A gateway node adopted a lot: its stored bays, read by the node's lease keeper.
+    Adopt {
+        registry: Arc<Registry>,
+        lot: LotIdx,
+        restored: Box<Restored>,
+    },
+    /// Lots another node runs now: their open stays are forgotten here.
+    Release {
+        registry: Arc<Registry>,
+        lots: Vec<LotIdx>,
+    },
+    /// Another node's lot's counts, as its owner published them (retained).
+    Remote(parkflow_protocol::Availability),
     /// An operator asks how a lot's bays are.
     Bays {
         lot: LotIdx,
@@ -237,6 +251,11 @@ pub struct OccupancyActor {
     round: BayBatch,
     /// Valid passes by lot and plate: a pass holder's on-street stay is free.
     passes: Passes,
+    /// On a gateway node: the lots it runs (`cluster`); the others' counts come from their
+    /// owners' retained availability (`remote`), and nothing is swept, written or published
+    /// for them here.
+    ownership: Option<Arc<Ownership>>,
+    remote: std::collections::HashMap<parkflow_protocol::LotId, LotCounts>,
 }
 
 type Passes = std::collections::HashMap<
@@ -310,6 +329,8 @@ impl OccupancyActor {
             round: BayBatch::default(),
             registry,
             registry_handle,
+            ownership: None,
+            remote: std::collections::HashMap::new(),
         };
         actor.board.lots = (0..lots as LotIdx)
             .map(|lot| actor.lot_availability(lot, now))
@@ -318,7 +339,29 @@ impl OccupancyActor {
         actor
     }
 
+    /// Runs only the lots `ownership` holds, from now on (a gateway node).
+    pub(crate) fn with_ownership(mut self, ownership: Arc<Ownership>) -> Self {
+        self.ownership = Some(ownership);
+        self
+    }
+
+    /// Whether this actor runs `lot`: always alone, on a gateway node while it holds it.
+    fn runs(&self, lot: LotIdx) -> bool {
+        self.ownership
+            .as_ref()
+            .is_none_or(|ownership| ownership.holds(self.registry.lot(lot).id.as_str()))
+    }
+
+    fn runs_bay(&self, bay: BayIdx) -> bool {
+        self.ownership.is_none() || self.runs(self.lot_of(bay))
+    }
+
     fn counts(&self, lot: LotIdx) -> LotCounts {
+        if !self.runs(lot)
+            && let Some(counts) = self.remote.get(&self.registry.lot(lot).id)
+        {
+            return *counts;
+        }
         if self.registry.has_bay_sensors(lot) {
             return self.state.counts(lot);
         }
@@ -490,6 +533,14 @@ impl OccupancyActor {
                     let Some(bay) = self.local(&registry, event.bay) else {
                         continue;
                     };
+                    if !self.runs_bay(bay) {
+                        // Another node's lot now: handed on to its owner (a message carries
+                        // one lot's events).
+                        if let Some(ticket) = ticket {
+                            ticket.forward();
+                        }
+                        return;
+                    }
                     event.bay = bay;
                     let (seq_before, heard_before) =
                         (self.state.seq(bay), self.state.heard_at(bay));
@@ -525,6 +576,9 @@ impl OccupancyActor {
                 let Some(bay) = self.local(&registry, beat.bay) else {
                     return;
                 };
+                if !self.runs_bay(bay) {
+                    return;
+                }
                 beat.bay = bay;
                 let (seq_before, heard_before) = (self.state.seq(bay), self.state.heard_at(bay));
                 self.metrics.bay_heartbeats.inc();
@@ -556,14 +610,23 @@ impl OccupancyActor {
                 read,
                 ticket,
             } => {
-                let write = self
-                    .local(&registry, bay)
-                    .and_then(|bay| self.sessions.plate(bay, read));
+                let Some(bay) = self.local(&registry, bay) else {
+                    return;
+                };
+                if !self.runs_bay(bay) {
+                    if let Some(ticket) = ticket {
+                        ticket.forward();
+                    }
+                    return;
+                }
+                let write = self.sessions.plate(bay, read);
                 self.round.sessions.extend(write);
                 self.round.tickets.extend(ticket);
             }
             OccupancyMessage::Offline { registry, bay } => {
-                if let Some(bay) = self.local(&registry, bay) {
+                if let Some(bay) = self.local(&registry, bay)
+                    && self.runs_bay(bay)
+                {
                     let change = self.state.offline(bay);
                     self.changed(change, bay, Utc::now());
                 }
@@ -578,6 +641,44 @@ impl OccupancyActor {
                 }
             }
             OccupancyMessage::Passes(rows) => self.passes = passes_by_plate(rows),
+            OccupancyMessage::Adopt {
+                registry,
+                lot,
+                restored,
+            } => self.adopt(&registry, lot, *restored),
+            OccupancyMessage::Release { registry, lots } => {
+                for lot in lots {
+                    let Some(lot) = registry
+                        .lots()
+                        .get(lot as usize)
+                        .and_then(|l| self.registry.lot_by_id(&l.id))
+                        .map(|l| l.idx)
+                    else {
+                        continue;
+                    };
+                    let bays = self.state.bays_of(lot);
+                    self.sessions.forget(|bay| bays.contains(&bay));
+                }
+            }
+            OccupancyMessage::Remote(availability) => {
+                let Some(lot) = self.registry.lot_by_id(&availability.lot).map(|l| l.idx) else {
+                    return;
+                };
+                if self.runs(lot) {
+                    // This node's own, echoed back.
+                    return;
+                }
+                self.remote.insert(
+                    availability.lot.clone(),
+                    LotCounts {
+                        total: availability.total,
+                        free: availability.free,
+                        occupied: availability.occupied,
+                        unknown: availability.unknown,
+                    },
+                );
+                self.dirty[lot as usize] = true;
+            }
             OccupancyMessage::Bays { lot, reply } => {
                 // The asker may have given up waiting.
                 let _ = reply.send(self.bay_views(lot));
@@ -634,18 +735,69 @@ impl OccupancyActor {
         self.counts(lot)
     }
 
+    /// Takes a lot's stored state in (a gateway node adopting it): its bays' states, their open
+    /// stays, its gated count and recount.
+    fn adopt(&mut self, from: &Arc<Registry>, lot: LotIdx, restored: Restored) {
+        let Some(lot) = from
+            .lots()
+            .get(lot as usize)
+            .and_then(|l| self.registry.lot_by_id(&l.id))
+            .map(|l| l.idx)
+        else {
+            return;
+        };
+        let now = Utc::now();
+        for (bay, occupied, seq) in restored.states {
+            if let Some(bay) = self.local(from, bay) {
+                self.state.restore(bay, occupied, seq, now);
+            }
+        }
+        let bays = self.state.bays_of(lot);
+        self.sessions.forget(|bay| bays.contains(&bay));
+        for (bay, session) in restored.open {
+            if let Some(bay) = self.local(from, bay) {
+                self.sessions.adopt(bay, session);
+            }
+        }
+        let id = &self.registry.lot(lot).id;
+        let gated = Gated {
+            open: restored.gated_open.get(id.as_str()).copied().unwrap_or(0),
+            correction: restored
+                .recounts
+                .get(id.as_str())
+                .map(|&(counted, open_then)| i64::from(counted) - i64::from(open_then))
+                .unwrap_or(0),
+        };
+        self.remote.remove(id);
+        if let Some(slot) = self.gated.get_mut(lot as usize) {
+            *slot = gated;
+        }
+        self.dirty[lot as usize] = true;
+        self.mqtt_dirty[lot as usize] = true;
+    }
+
     /// Silent sensors' bays turn unknown; overstays are flagged.
     fn sweep(&mut self, now: DateTime<Utc>) {
         for bay in self.state.expire(now, self.config.heartbeat_deadline) {
+            if !self.runs_bay(bay) {
+                // Another node's: its counts come from its owner.
+                continue;
+            }
             let lot = self.lot_of(bay) as usize;
             self.dirty[lot] = true;
             self.mqtt_dirty[lot] = true;
         }
         let registry = self.registry.clone();
         let state = &self.state;
-        let flagged = self
-            .sessions
-            .overstays(now, |bay| registry.lot(state.lot_of(bay)).max_stay);
+        let ownership = &self.ownership;
+        let flagged = self.sessions.overstays(now, |bay| {
+            let lot = registry.lot(state.lot_of(bay));
+            ownership
+                .as_ref()
+                .is_none_or(|o| o.holds(lot.id.as_str()))
+                .then_some(lot.max_stay)
+                .flatten()
+        });
         self.round.sessions.extend(flagged);
         self.metrics.bays_battery_low.set(
             (0..self.state.bays() as BayIdx)
@@ -702,7 +854,7 @@ impl OccupancyActor {
     fn publish_mqtt(&mut self) {
         let Some(client) = &self.client else { return };
         for lot in 0..self.mqtt_dirty.len() {
-            if !self.mqtt_dirty[lot] || self.dirty[lot] {
+            if !self.mqtt_dirty[lot] || self.dirty[lot] || !self.runs(lot as LotIdx) {
                 // Not changed, or changed but not on the board yet (next second).
                 continue;
             }

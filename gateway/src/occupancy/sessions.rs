@@ -121,6 +121,18 @@ impl BaySessions {
             .collect();
     }
 
+    /// Forgets what is known of these bays (their lot is another gateway node's now).
+    pub(crate) fn forget(&mut self, of: impl Fn(BayIdx) -> bool) {
+        self.open.retain(|&bay, _| !of(bay));
+        self.pending.retain(|&bay, _| !of(bay));
+        self.freed.retain(|&bay, _| !of(bay));
+    }
+
+    /// A stay open in the database, taken in as a gateway node adopts its lot.
+    pub(crate) fn adopt(&mut self, bay: BayIdx, session: OpenBaySession) {
+        self.open.insert(bay, session);
+    }
+
     #[cfg(test)]
     pub(crate) fn open_count(&self) -> usize {
         self.open.len()

@@ -156,7 +156,6 @@ impl OccupancyState {
     }
 
     /// The bay numbers of `lot`.
-    #[cfg(test)]
     pub(crate) fn bays_of(&self, lot: LotNo) -> std::ops::Range<BayIdx> {
         self.lot_starts[lot as usize]..self.lot_starts[lot as usize + 1]
     }

@@ -467,18 +467,25 @@ pub struct Restored {
     )>,
 }
 
-/// Reads bay states (streamed: one row per bay), open stays and gated counts.
-pub(crate) async fn restore(db: &Db, registry: &Registry) -> Result<Restored, StoreError> {
+/// Reads bay states (streamed: one row per bay), open stays and gated counts; and passes. `lot`:
+/// one lot's (a gateway node adopting it), without passes (the actor has them).
+pub(crate) async fn restore(
+    db: &Db,
+    registry: &Registry,
+    lot: Option<&parkflow_protocol::LotId>,
+) -> Result<Restored, StoreError> {
+    let only = lot.map(parkflow_protocol::LotId::as_str);
     let bay_of = |lot_id: &str, bay_id: &str| {
         registry
             .lot_by_id(&parkflow_protocol::LotId::parse(lot_id).ok()?)
             .and_then(|lot| registry.bays().find(lot.idx, bay_id))
     };
-    let mut restored = Restored {
-        passes: crate::store::sessions::passes(db, Utc::now()).await?,
-        ..Restored::default()
-    };
-    query("SELECT lot_id, bay_id, occupied, seq FROM bay_states")
+    let mut restored = Restored::default();
+    if lot.is_none() {
+        restored.passes = crate::store::sessions::passes(db, Utc::now()).await?;
+    }
+    query("SELECT lot_id, bay_id, occupied, seq FROM bay_states WHERE $1 IS NULL OR lot_id = $1")
+        .bind(only)
         .for_each(db, |row: BayStateLoadRow| {
             if let Some(bay) = bay_of(&row.lot_id, &row.bay_id) {
                 let seq = u64::try_from(row.seq).unwrap_or(0);
@@ -490,9 +497,10 @@ pub(crate) async fn restore(db: &Db, registry: &Registry) -> Result<Restored, St
     let open: Vec<OpenBaySessionRow> = query(
         "SELECT id, lot_id, bay_id, started_at, plate, plate_color, plate_confidence,
              plate_event_id, overstay_at
-         FROM bay_sessions WHERE status = $1",
+         FROM bay_sessions WHERE status = $1 AND ($2 IS NULL OR lot_id = $2)",
     )
     .bind(SessionStatus::Open.as_str())
+    .bind(only)
     .fetch_all(db)
     .await?;
     for row in open {
@@ -521,18 +529,21 @@ pub(crate) async fn restore(db: &Db, registry: &Registry) -> Result<Restored, St
         restored.open.push((bay, session));
     }
     let gated: Vec<(String, i64)> =
-        query("SELECT lot_id, COUNT(*) FROM sessions WHERE status = $1 GROUP BY lot_id")
+        query("SELECT lot_id, COUNT(*) FROM sessions WHERE status = $1 AND ($2 IS NULL OR lot_id = $2) GROUP BY lot_id")
             .bind(SessionStatus::Open.as_str())
+            .bind(only)
             .fetch_all(db)
             .await?;
     restored.gated_open = gated
         .into_iter()
         .map(|(lot, n)| (lot, u32::try_from(n).unwrap_or(u32::MAX)))
         .collect();
-    let recounts: Vec<(String, i32, i32)> =
-        query("SELECT lot_id, occupied, open_sessions FROM lot_recounts")
-            .fetch_all(db)
-            .await?;
+    let recounts: Vec<(String, i32, i32)> = query(
+        "SELECT lot_id, occupied, open_sessions FROM lot_recounts WHERE $1 IS NULL OR lot_id = $1",
+    )
+    .bind(only)
+    .fetch_all(db)
+    .await?;
     restored.recounts = recounts
         .into_iter()
         .map(|(lot, occupied, open)| {

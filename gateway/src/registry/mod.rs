@@ -254,6 +254,16 @@ impl Registry {
         self.devices.get(id).filter(|d| !d.revoked)
     }
 
+    /// The bridges that report for a lot (not revoked).
+    pub fn bridges_of<'a>(&'a self, lot: &'a LotId) -> impl Iterator<Item = &'a DeviceId> + 'a {
+        self.devices
+            .values()
+            .filter(move |d| {
+                d.kind == DeviceKind::Bridge && !d.revoked && d.lot.as_ref() == Some(lot)
+            })
+            .map(|d| &d.id)
+    }
+
     /// Whether a gate camera or bridge may log in to the broker: known, not revoked, the right
     /// password, and its MQTT client id is its device id. `None`: not such a device (a bay
     /// device's login is checked against the database, see [`crate::store::registry::authenticate`]).
@@ -274,13 +284,21 @@ impl Registry {
 #[derive(Clone, Default)]
 pub struct RegistryHandle {
     current: Arc<ArcSwap<Registry>>,
+    /// On a gateway node: the other nodes, told to reload after a change.
+    peers: Arc<std::sync::OnceLock<crate::cluster::Peers>>,
 }
 
 impl RegistryHandle {
     pub fn new(registry: Registry) -> Self {
         Self {
             current: Arc::new(ArcSwap::from_pointee(registry)),
+            peers: Arc::default(),
         }
+    }
+
+    /// From now on, a reload is told to the other nodes too.
+    pub(crate) fn tell_peers(&self, peers: crate::cluster::Peers) {
+        let _ = self.peers.set(peers);
     }
 
     /// Loads the registry from the database.
@@ -295,6 +313,15 @@ impl RegistryHandle {
 
     /// Re-reads the registry from the database and publishes it.
     pub async fn reload(&self, db: &Db) -> Result<(), StoreError> {
+        self.reload_here(db).await?;
+        if let Some(peers) = self.peers.get() {
+            peers.tell(crate::cluster::Notice::Registry).await;
+        }
+        Ok(())
+    }
+
+    /// [`RegistryHandle::reload`] on this node only.
+    pub(crate) async fn reload_here(&self, db: &Db) -> Result<(), StoreError> {
         let registry = crate::store::registry::load(db).await?;
         self.current.store(Arc::new(registry));
         Ok(())

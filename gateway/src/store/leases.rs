@@ -203,12 +203,16 @@ impl Leases {
     }
 }
 
-/// Whether `node` still holds each of `lots` under the given token, unexpired; locks those
-/// lease rows until `tx` ends, so that no other node takes one over before this write commits.
-/// `false`: fenced — the write must not be made.
-pub async fn fence(tx: &mut Tx, node: &str, lots: &[(&str, i64)]) -> Result<bool, StoreError> {
+/// Which of `lots` `node` no longer holds under the given token, unexpired (fenced: their
+/// writes must not be made); locks the lease rows it does hold until `tx` ends, so that no
+/// other node takes one over before this write commits.
+pub async fn fence(
+    tx: &mut Tx,
+    node: &str,
+    lots: &[(&str, i64)],
+) -> Result<Vec<(String, i64)>, StoreError> {
     if lots.is_empty() {
-        return Ok(true);
+        return Ok(Vec::new());
     }
     let mut select = QueryBuilder::new(
         "SELECT lot_id, token FROM lot_leases WHERE expires_at > clock_timestamp() AND node_id = ",
@@ -224,7 +228,9 @@ pub async fn fence(tx: &mut Tx, node: &str, lots: &[(&str, i64)]) -> Result<bool
     let live: BTreeMap<String, i64> = live.into_iter().collect();
     Ok(lots
         .iter()
-        .all(|(lot, token)| live.get(*lot) == Some(token)))
+        .filter(|(lot, token)| live.get(*lot) != Some(token))
+        .map(|(lot, token)| ((*lot).to_owned(), *token))
+        .collect())
 }
 
 #[cfg(test)]
@@ -323,13 +329,17 @@ mod tests {
         // a wakes up and tries to write for a lot it held: fenced.
         let (lot, token) = held_a.iter().next().unwrap();
         let mut tx = db.begin_write().await.unwrap();
-        assert!(!fence(&mut tx, "node-a", &[(lot, *token)]).await.unwrap());
+        assert_eq!(
+            fence(&mut tx, "node-a", &[(lot, *token)]).await.unwrap(),
+            vec![(lot.clone(), *token)]
+        );
         drop(tx);
         let mut tx = db.begin_write().await.unwrap();
         assert!(
             fence(&mut tx, "node-b", &[(lot, held_b[lot])])
                 .await
                 .unwrap()
+                .is_empty()
         );
         drop(tx);
         // Its next round tells it what it lost.

@@ -54,12 +54,17 @@ impl TryFrom<OpenSessionRow> for OpenSession {
 }
 
 /// Every open session.
-pub(crate) async fn open_sessions(db: &Db) -> Result<Vec<OpenSession>, StoreError> {
+/// `lot`: only that lot's (a gateway node adopting it).
+pub(crate) async fn open_sessions(
+    db: &Db,
+    lot: Option<&LotId>,
+) -> Result<Vec<OpenSession>, StoreError> {
     let rows: Vec<OpenSessionRow> = query(
         "SELECT id, lot_id, plate, plate_color, pass_holder, entry_gate, entry_event_id, entered_at
-         FROM sessions WHERE status = $1",
+         FROM sessions WHERE status = $1 AND ($2 IS NULL OR lot_id = $2)",
     )
     .bind(SessionStatus::Open.as_str())
+    .bind(lot.map(LotId::as_str))
     .fetch_all(db)
     .await?;
     rows.into_iter().map(OpenSession::try_from).collect()
@@ -144,11 +149,17 @@ const DECISION_COLUMNS: &str =
 pub(crate) async fn decisions_since(
     db: &Db,
     since: DateTime<Utc>,
+    lot: Option<&LotId>,
 ) -> Result<Vec<StoredDecision>, StoreError> {
     let sql = format!(
-        "SELECT {DECISION_COLUMNS} FROM gate_reads WHERE received_at >= $1 ORDER BY received_at"
+        "SELECT {DECISION_COLUMNS} FROM gate_reads WHERE received_at >= $1
+           AND ($2 IS NULL OR lot_id = $2) ORDER BY received_at"
     );
-    let rows: Vec<DecisionRow> = query(sql).bind(db_time(since)).fetch_all(db).await?;
+    let rows: Vec<DecisionRow> = query(sql)
+        .bind(db_time(since))
+        .bind(lot.map(LotId::as_str))
+        .fetch_all(db)
+        .await?;
     rows.into_iter().map(StoredDecision::try_from).collect()
 }
 

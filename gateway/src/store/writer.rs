@@ -66,6 +66,9 @@ pub struct Batch {
     /// Dropped, like the ticket, once the batch's group is durable: whoever holds the receiver
     /// learns that everything queued before it is in the database.
     pub durable: Option<tokio::sync::oneshot::Sender<()>>,
+    /// On a gateway node: the lot the writes are for and the token of the lease they were
+    /// decided under. The writes are made only while that lease is still the node's.
+    pub lease: Option<(LotId, i64)>,
 }
 
 /// Submits batches to the writer.
@@ -93,12 +96,31 @@ pub struct Writer {
     db: Db,
     rx: mpsc::Receiver<Batch>,
     metrics: Arc<Metrics>,
+    /// On a gateway node, its id: batches are fenced by their leases.
+    node: Option<String>,
 }
 
 /// Creates the writer and its handle.
 pub fn writer(db: Db, metrics: Arc<Metrics>) -> (WriterHandle, Writer) {
     let (tx, rx) = mpsc::channel(WRITER_CHANNEL_CAPACITY);
-    (WriterHandle { tx }, Writer { db, rx, metrics })
+    (
+        WriterHandle { tx },
+        Writer {
+            db,
+            rx,
+            metrics,
+            node: None,
+        },
+    )
+}
+
+impl Writer {
+    /// Makes each group's writes only while node `node` still holds the leases they were
+    /// decided under (`store::leases::fence`).
+    pub fn fenced(mut self, node: &str) -> Self {
+        self.node = Some(node.to_owned());
+        self
+    }
 }
 
 impl Writer {
@@ -113,18 +135,34 @@ impl Writer {
     }
 
     async fn commit(&self, group: &mut Vec<Batch>) {
-        let all = || group.iter().flat_map(|b| &b.writes);
-        if let Err(error) = retry_transient_for(&self.metrics, Some(GROUP_RETRY_FOR), || {
-            apply(&self.db, all())
-        })
-        .await
-        {
-            tracing::warn!(error = %error, batches = group.len(), "group commit failed; committing batch by batch");
-            for batch in group.iter() {
-                if let Err(error) =
-                    retry_transient(&self.metrics, || apply(&self.db, batch.writes.iter())).await
-                {
-                    self.dead_letter(batch, &error).await;
+        loop {
+            let fence = self.fence(group.iter());
+            let all = || group.iter().flat_map(|b| &b.writes);
+            match retry_transient_for(&self.metrics, Some(GROUP_RETRY_FOR), || {
+                apply_fenced(&self.db, fence.as_ref(), all())
+            })
+            .await
+            {
+                Ok(fenced) if fenced.is_empty() => break,
+                // Lots this node lost since it decided: their writes are not made (their new
+                // owner answers the devices' retries), the others are tried again.
+                Ok(fenced) => self.drop_fenced(group, &fenced),
+                Err(error) => {
+                    tracing::warn!(error = %error, batches = group.len(), "group commit failed; committing batch by batch");
+                    for batch in group.iter_mut() {
+                        let fence = self.fence(std::iter::once(&*batch));
+                        let writes = &batch.writes;
+                        match retry_transient(&self.metrics, || {
+                            apply_fenced(&self.db, fence.as_ref(), writes.iter())
+                        })
+                        .await
+                        {
+                            Ok(fenced) if fenced.is_empty() => {}
+                            Ok(fenced) => self.hand_on(batch, &fenced),
+                            Err(error) => self.dead_letter(batch, &error).await,
+                        }
+                    }
+                    break;
                 }
             }
         }
@@ -132,6 +170,44 @@ impl Writer {
         self.metrics.store_batch_size.observe(group.len() as f64);
         // Dropping the tickets acknowledges the messages, now that their writes are durable.
         group.clear();
+    }
+
+    /// The leases a group's writes were decided under, when this writer fences.
+    fn fence<'a>(&self, batches: impl Iterator<Item = &'a Batch>) -> Option<Fence> {
+        let node = self.node.clone()?;
+        let mut leases: Vec<(String, i64)> = batches
+            .filter_map(|b| b.lease.as_ref())
+            .map(|(lot, token)| (lot.as_str().to_owned(), *token))
+            .collect();
+        leases.sort_unstable();
+        leases.dedup();
+        Some(Fence { node, leases })
+    }
+
+    /// Takes out of `group` the batches of fenced lots (see [`Writer::hand_on`]).
+    fn drop_fenced(&self, group: &mut Vec<Batch>, fenced: &[(String, i64)]) {
+        let mut kept = Vec::with_capacity(group.len());
+        for mut batch in group.drain(..) {
+            if is_fenced(&batch, fenced) {
+                self.hand_on(&mut batch, fenced);
+            } else {
+                kept.push(batch);
+            }
+        }
+        *group = kept;
+    }
+
+    /// A fenced batch's writes are not made: its message is published again for the lot's
+    /// owner now, which decides it from the database as this node left it (or answers it
+    /// again, if the camera's retry reached it first), and records it.
+    fn hand_on(&self, batch: &mut Batch, fenced: &[(String, i64)]) {
+        if is_fenced(batch, fenced) {
+            self.metrics.store_writes_fenced.inc();
+            tracing::warn!(lot = ?batch.lease, "writes of a lot this node no longer holds not made (fenced); the read goes to its owner");
+            if let Some(ticket) = batch.ticket.take() {
+                ticket.forward();
+            }
+        }
     }
 
     /// Keeps a batch the database refuses for an operator, so it neither blocks the others nor vanishes.
@@ -159,13 +235,30 @@ impl Writer {
     }
 }
 
+/// A node's leases that a transaction's writes must still hold (`store::leases::fence`).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub node: String,
+    pub leases: Vec<(String, i64)>,
+}
+
+fn is_fenced(batch: &Batch, fenced: &[(String, i64)]) -> bool {
+    batch
+        .lease
+        .as_ref()
+        .is_some_and(|(lot, token)| fenced.iter().any(|(l, t)| l == lot.as_str() && t == token))
+}
+
 /// Runs `attempt` until it succeeds or fails for a reason other than a transient one (a lost
 /// connection, a busy or full database), backing off between tries. While it retries, the
 /// `store_writes_failing` gauge counts it (so `/readyz` answers 503).
-pub(crate) async fn retry_transient<F, Fut>(metrics: &Metrics, attempt: F) -> Result<(), StoreError>
+pub(crate) async fn retry_transient<T, F, Fut>(
+    metrics: &Metrics,
+    attempt: F,
+) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     retry_transient_for(metrics, None, attempt).await
 }
@@ -176,14 +269,14 @@ where
 pub(crate) const GROUP_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// [`retry_transient`], giving a passing failure up after `limit` (and returning it).
-pub(crate) async fn retry_transient_for<F, Fut>(
+pub(crate) async fn retry_transient_for<T, F, Fut>(
     metrics: &Metrics,
     limit: Option<Duration>,
     mut attempt: F,
-) -> Result<(), StoreError>
+) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
     let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(50);
@@ -275,15 +368,40 @@ fn segments<'a>(writes: impl Iterator<Item = &'a Write>) -> Vec<Segment<'a>> {
 /// Applies `writes` in one transaction, segment by segment (see [`Segment`]): the session
 /// lifecycle's repository writes the sessions and cases, this module the reads.
 pub async fn apply<'a>(db: &Db, writes: impl Iterator<Item = &'a Write>) -> Result<(), StoreError> {
+    let fenced = apply_fenced(db, None, writes).await?;
+    debug_assert!(fenced.is_empty());
+    Ok(())
+}
+
+/// [`apply`], made only if the node still holds every lease of `fence` (their rows locked until
+/// the commit, so no other node takes a lot over meanwhile). Answers the leases it no longer
+/// holds — then nothing was written.
+pub async fn apply_fenced<'a>(
+    db: &Db,
+    fence: Option<&Fence>,
+    writes: impl Iterator<Item = &'a Write>,
+) -> Result<Vec<(String, i64)>, StoreError> {
     let segments = segments(writes);
     let mut tx = db.begin_write().await?;
+    if let Some(fence) = fence {
+        let leases: Vec<(&str, i64)> = fence
+            .leases
+            .iter()
+            .map(|(lot, token)| (lot.as_str(), *token))
+            .collect();
+        let lost = super::leases::fence(&mut tx, &fence.node, &leases).await?;
+        if !lost.is_empty() {
+            return Ok(lost);
+        }
+    }
     for segment in &segments {
         repo::end_sessions(&mut tx, &segment.ends).await?;
         repo::open_sessions(&mut tx, &segment.opens).await?;
         repo::open_cases(&mut tx, &segment.reviews).await?;
         insert_reads(&mut tx, &segment.reads).await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(Vec::new())
 }
 
 /// Records gate reads with the commands that answered them (a read stored already stays).
@@ -400,6 +518,7 @@ mod tests {
                     writes: vec![open(n + 1, &format!("浙A{:05}", n))],
                     ticket: None,
                     durable: Some(tx),
+                    lease: None,
                 })
                 .await;
             durable.push(rx);
