@@ -100,6 +100,8 @@ pub struct Gateway {
     broker_acl: Option<(Arc<Dynsec>, CancellationToken)>,
     /// On a gateway node: its leases and the lots it holds.
     node: Option<(Leases, Arc<Ownership>)>,
+    /// The broker's TLS, if any.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Gateway {
@@ -270,6 +272,7 @@ impl Gateway {
             availability,
             broker_acl,
             node,
+            tls,
         })
     }
 
@@ -340,6 +343,7 @@ impl Gateway {
             availability,
             broker_acl,
             node,
+            tls,
             ..
         } = self;
         let tracker = TaskTracker::new();
@@ -438,16 +442,20 @@ impl Gateway {
                         client: client.clone(),
                         filters: gate_link.lots.clone().unwrap_or_default(),
                         of_lot: cluster::gate_filters,
+                        own: gate_link.own.clone(),
                     },
                     cluster::Link {
                         client: bay_client.clone(),
                         filters: bay_link.lots.clone().unwrap_or_default(),
                         of_lot: cluster::bay_filters,
+                        own: bay_link.own.clone(),
                     },
                 ],
                 recent_window: config.decisions.recent_window,
                 metrics: metrics.clone(),
                 last_renewed: std::sync::Mutex::new(std::time::Instant::now()),
+                mqtt: config.mqtt.clone(),
+                tls: tls.clone(),
             };
             // Before the links connect: the lots it holds are adopted before their queued
             // messages arrive.

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::gate::actor::Gates;
 use crate::gate::{GateHandle, GateMessage};
 use crate::metrics::Metrics;
+use crate::mqtt::MqttConfig;
 use crate::mqtt::link::LotFilters;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
 use crate::registry::{Registry, RegistryHandle};
@@ -84,6 +85,8 @@ pub(crate) struct Link {
     pub filters: LotFilters,
     /// The filters of one lot on this link.
     pub of_lot: fn(&Registry, &LotId) -> Vec<String>,
+    /// The filters it holds whatever its lots.
+    pub own: Vec<String>,
 }
 
 /// The gate cameras' filters of a lot.
@@ -112,6 +115,9 @@ pub(crate) struct Keeper {
     pub metrics: Arc<Metrics>,
     /// When a round last renewed the leases.
     pub last_renewed: std::sync::Mutex<Instant>,
+    /// The broker, for draining a dead node's sessions ([`drain`]).
+    pub mqtt: MqttConfig,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Keeper {
@@ -207,6 +213,36 @@ impl Keeper {
                 adopted += 1;
             } else if let Err(error) = self.leases.release(&[(lot.clone(), *token)]).await {
                 tracing::warn!(%error, lot, "a lot not adopted could not be given back; its lease expires");
+            }
+        }
+        // A dead node's broker sessions still hold what was published for its lots after it
+        // died (and what it had not acknowledged): handed on now, not when it comes back.
+        let registry = self.registry.snapshot();
+        for node in round.dead {
+            let base = self.mqtt.client_id.clone();
+            for (suffix, link) in ["", "-bays"].into_iter().zip(&self.links) {
+                let client_id = format!("{base}-{node}{suffix}");
+                // Every per-lot filter such a session may hold.
+                let mut filters: Vec<String> = registry
+                    .lots()
+                    .iter()
+                    .flat_map(|lot| (link.of_lot)(&registry, &lot.id))
+                    .collect();
+                filters.extend(link.own.iter().cloned());
+                let (mqtt, tls) = (self.mqtt.clone(), self.tls.clone());
+                tokio::spawn(async move {
+                    match drain(&mqtt, tls.as_ref(), &client_id, filters).await {
+                        Ok(0) => {}
+                        Ok(forwarded) => tracing::info!(
+                            client_id,
+                            forwarded,
+                            "a dead node's broker session handed on to the lots' owners"
+                        ),
+                        Err(error) => {
+                            tracing::warn!(client_id, %error, "a dead node's broker session not drained");
+                        }
+                    }
+                });
             }
         }
         if adopted > 0 {
@@ -500,4 +536,91 @@ pub(crate) async fn listen(
             }
         }
     }
+}
+
+/// How long a drained session may stay quiet before it counts as empty.
+const DRAIN_QUIET: Duration = Duration::from_millis(1_000);
+/// The longest a drain goes on.
+const DRAIN_AT_MOST: Duration = Duration::from_secs(60);
+
+/// Connects as `client_id` (a dead node's persistent session), drops its subscriptions
+/// (`filters`: each lot's, as a node subscribes them), takes every message the broker kept for
+/// it (published for its lots after it died, or not acknowledged by it), ends the session (a clean connection: its subscriptions would keep collecting the lots' messages, and
+/// a copy published while they stand would come back to it), then publishes each again,
+/// unchanged, for the lots' owners now: their signatures still hold, and event ids and sequence
+/// numbers make a message seen twice harmless. How many messages were handed on.
+pub(crate) async fn drain(
+    mqtt: &MqttConfig,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    client_id: &str,
+    filters: Vec<String>,
+) -> Result<usize, rumqttc::ConnectionError> {
+    use rumqttc::{Event, Outgoing, Packet};
+    let config = MqttConfig {
+        client_id: client_id.to_owned(),
+        ..mqtt.clone()
+    };
+    let (client, mut eventloop) = crate::mqtt::link::connect(&config, tls);
+    let started = Instant::now();
+    let mut kept = Vec::new();
+    // Until the broker confirms every unsubscription, messages may still come for the lots.
+    let mut unsubscribing = filters.len();
+    let unsubscriber = client.clone();
+    tokio::spawn(async move {
+        for filter in filters {
+            if unsubscriber.unsubscribe(filter).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let event = match tokio::time::timeout(DRAIN_QUIET, eventloop.poll()).await {
+            Ok(event) => event?,
+            // Quiet, its subscriptions gone: a broker sends a session's queue at once.
+            Err(_) if unsubscribing == 0 || started.elapsed() > DRAIN_AT_MOST => break,
+            Err(_) => continue,
+        };
+        match event {
+            // Nothing was kept (the broker lost it, or it was drained already).
+            Event::Incoming(Packet::ConnAck(ack)) if !ack.session_present => break,
+            Event::Incoming(Packet::UnsubAck(_)) => unsubscribing = unsubscribing.saturating_sub(1),
+            Event::Incoming(Packet::Publish(publish)) => {
+                let _ = client.ack(&publish).await;
+                kept.push((publish.topic, publish.payload));
+            }
+            _ => {}
+        }
+        if started.elapsed() > DRAIN_AT_MOST {
+            break;
+        }
+    }
+    let _ = client.disconnect().await;
+    while let Ok(Ok(event)) = tokio::time::timeout(DRAIN_QUIET, eventloop.poll()).await {
+        if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+            break;
+        }
+    }
+    // The session goes; the copies are published from a connection that subscribes to nothing.
+    let mut options = eventloop.mqtt_options.clone();
+    options.set_clean_session(true);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, kept.len() + 10);
+    let mut unconfirmed = kept.len();
+    for (topic, payload) in kept.iter().cloned() {
+        let _ = client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await;
+    }
+    let mut disconnecting = false;
+    while let Ok(Ok(event)) = tokio::time::timeout(DRAIN_QUIET * 5, eventloop.poll()).await {
+        match event {
+            Event::Incoming(Packet::PubAck(_)) => unconfirmed = unconfirmed.saturating_sub(1),
+            Event::Outgoing(Outgoing::Disconnect) => break,
+            _ => {}
+        }
+        if unconfirmed == 0 && !disconnecting {
+            disconnecting = true;
+            let _ = client.disconnect().await;
+        }
+    }
+    Ok(kept.len() - unconfirmed)
 }

@@ -681,8 +681,10 @@ async fn embedded_kill(timing: Timing) -> anyhow::Result<Outcome> {
 }
 
 /// Two gateway nodes share the lots (`--node-id`); node `a` is killed -9 during traffic, its
-/// lots move to `b`, and `a` comes back and takes a share again. `recovery_s`: from the kill
-/// until `b` holds every lot. The audit checks that no lot had two owners at once.
+/// lots move to `b`, and `a` comes back and takes a share again; then `b` is paused (SIGSTOP)
+/// past its leases' life, `a` takes every lot, and `b` wakes up fenced and takes a share again.
+/// `recovery_s`: from the kill until `b` holds every lot. The audit checks that no lot had two
+/// owners at once.
 async fn failover(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
     let devices = dir.path().join("devices.json");
@@ -742,6 +744,24 @@ async fn failover(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome>
     .await
     {
         problems.push(format!("a, back, took no share again: {error:#}"));
+    }
+    // b stops (SIGSTOP) for longer than a lease lives: a takes every lot; b, woken, finds its
+    // leases gone, and whatever it still had to write for them is fenced and handed on.
+    b.pause().await?;
+    let paused = until_owned(&db_url, Duration::from_secs(15), |o| {
+        o.get("a") == Some(&lots)
+    })
+    .await;
+    b.resume().await?;
+    if let Err(error) = paused {
+        problems.push(format!("a did not take a paused b's lots over: {error:#}"));
+    }
+    if let Err(error) = until_owned(&db_url, Duration::from_secs(15), |o| {
+        o.get("b").is_some_and(|&n| n > 0) && o.values().sum::<i64>() == lots
+    })
+    .await
+    {
+        problems.push(format!("b, woken, took no share again: {error:#}"));
     }
     let report = sim.report().await?;
     problems.extend(audit(&db_url, AUDIT_SETTLE).await?);

@@ -131,6 +131,31 @@ impl Gateway {
         }
     }
 
+    /// Stops the process without killing it (SIGSTOP), as a long pause (a stalled VM, a
+    /// debugger, swapping) looks to the others; [`Gateway::resume`] lets it go on.
+    pub async fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP").await
+    }
+
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT").await
+    }
+
+    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .process
+            .as_ref()
+            .and_then(|p| p.child.as_ref())
+            .and_then(Child::id)
+            .context("the gateway is not running")?;
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
+    }
+
     /// Waits until `/readyz` answers 200; how long that took.
     pub async fn ready(&self, within: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();

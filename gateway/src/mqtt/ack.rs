@@ -176,7 +176,14 @@ pub(crate) struct Acker {
     order: AckOrder<Publish>,
     /// Messages to publish again before they are finished (`Ticket::forward`).
     forward: VecDeque<u64>,
+    /// What was handed on lately (a hash of topic and payload, and when): a message that comes
+    /// back to be handed on again (this node was still subscribed to its lot) goes on once.
+    forwarded: std::collections::HashMap<u64, std::time::Instant>,
+    hasher: std::hash::RandomState,
 }
+
+/// How long a message handed on is remembered, so that it is handed on once.
+const FORWARDED_FOR: Duration = Duration::from_secs(30);
 
 /// Creates the issuer (for the event loop) and the acker task's state.
 pub(crate) fn channel(client: AsyncClient) -> (TicketIssuer, Acker) {
@@ -188,6 +195,8 @@ pub(crate) fn channel(client: AsyncClient) -> (TicketIssuer, Acker) {
             client,
             order: AckOrder::default(),
             forward: VecDeque::new(),
+            forwarded: std::collections::HashMap::new(),
+            hasher: std::hash::RandomState::new(),
         },
     )
 }
@@ -217,8 +226,27 @@ impl Acker {
 
     /// Acknowledges the finished prefix of the pending messages.
     fn flush(&mut self) {
+        use std::hash::BuildHasher;
+        let now = std::time::Instant::now();
+        if self.forwarded.len() > 1_000 {
+            self.forwarded
+                .retain(|_, at| now.duration_since(*at) < FORWARDED_FOR);
+        }
         while let Some(&seq) = self.forward.front() {
             if let Some(publish) = self.order.get(seq) {
+                let key = self
+                    .hasher
+                    .hash_one((publish.topic.as_str(), publish.payload.as_ref()));
+                if self
+                    .forwarded
+                    .get(&key)
+                    .is_some_and(|at| now.duration_since(*at) < FORWARDED_FOR)
+                {
+                    // Handed on already: it came back, and goes no further.
+                    self.order.finished(seq);
+                    self.forward.pop_front();
+                    continue;
+                }
                 // Never block; a full request queue is retried at the next tick.
                 if self
                     .client
@@ -232,6 +260,7 @@ impl Acker {
                 {
                     break;
                 }
+                self.forwarded.insert(key, now);
                 self.order.finished(seq);
             }
             self.forward.pop_front();

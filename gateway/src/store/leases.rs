@@ -35,6 +35,9 @@ pub struct Round {
     pub surplus: Vec<(String, i64)>,
     /// Live nodes, this one included.
     pub nodes: i64,
+    /// Nodes whose expired leases this round took over and that are not alive (not seen for a
+    /// lease's life): what their broker sessions kept is theirs no more.
+    pub dead: Vec<String>,
 }
 
 /// Why leases cannot be kept.
@@ -114,15 +117,16 @@ impl Leases {
             .await?;
         let share = usize::try_from((lots + round.nodes - 1) / round.nodes).unwrap_or(0);
         if round.held.len() < share {
-            let free: Vec<(String,)> = query(
-                "SELECT l.id FROM lots l LEFT JOIN lot_leases x ON x.lot_id = l.id
+            let free: Vec<(String, Option<String>)> = query(
+                "SELECT l.id, x.node_id FROM lots l LEFT JOIN lot_leases x ON x.lot_id = l.id
                  WHERE x.lot_id IS NULL OR x.expires_at <= clock_timestamp()
                  ORDER BY l.id LIMIT $1",
             )
             .bind(i64::try_from(share - round.held.len()).unwrap_or(i64::MAX))
             .fetch_all(&mut tx)
             .await?;
-            for (lot,) in free {
+            let mut previous = std::collections::BTreeSet::new();
+            for (lot, before) in free {
                 // Another node may take it first: then its lease is live and this changes nothing.
                 let taken: Option<(i64,)> = query(
                     "INSERT INTO lot_leases (lot_id, node_id, token, expires_at)
@@ -160,6 +164,20 @@ impl Leases {
                 .await?;
                 round.held.insert(lot.clone(), token);
                 round.acquired.push(lot);
+                previous.extend(before.filter(|node| *node != self.node));
+            }
+            for node in previous {
+                let (alive,): (bool,) = query(
+                    "SELECT EXISTS (SELECT 1 FROM gateway_nodes WHERE node_id = $1
+                       AND seen_at > clock_timestamp() - make_interval(secs => $2))",
+                )
+                .bind(&node)
+                .bind(ttl)
+                .fetch_one(&mut tx)
+                .await?;
+                if !alive {
+                    round.dead.push(node);
+                }
             }
         }
         tx.commit().await?;
