@@ -136,6 +136,21 @@ pub enum Scenario {
         #[arg(long)]
         database_url: Option<SecretString>,
     },
+    /// One gateway beside two gateway nodes sharing the lots (`--node-id`), each a process, with
+    /// the same simulated traffic (Mosquitto and PostgreSQL needed): decisions, reads, lots and
+    /// CPU per node.
+    Nodes {
+        /// Seconds of traffic for each.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// The PostgreSQL server (a fresh database is made there for each).
+        #[arg(
+            long,
+            env = "PARKFLOW_BENCH_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/test"
+        )]
+        postgres_url: String,
+    },
     /// Settlement of closed sessions (price, charge, ledger, settle), beside a raw bulk insert.
     Settle {
         #[arg(long, default_value_t = 1_000_000)]

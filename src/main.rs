@@ -116,6 +116,10 @@ fn main() -> ExitCode {
                 exposed(database_url),
             )),
             Scenario::All { quick } => runtime.block_on(parkflow::bench::all(quick)),
+            Scenario::Nodes {
+                seconds,
+                postgres_url,
+            } => runtime.block_on(parkflow::bench::nodes::run(seconds, &postgres_url)),
             Scenario::Ingest { events } => runtime.block_on(parkflow::bench::city::ingest(events)),
             Scenario::Broker { messages } => {
                 runtime.block_on(parkflow::bench::broker::run(messages))

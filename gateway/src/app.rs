@@ -424,7 +424,7 @@ impl Gateway {
                 ownership.clone(),
                 registry.clone(),
                 gates.clone(),
-                config.decisions.recent_window,
+                occupancy.clone(),
                 token.clone(),
             ));
         }

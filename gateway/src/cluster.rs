@@ -399,9 +399,11 @@ pub enum Notice {
     },
     /// A held exit was paid: its lot's owner opens the barrier.
     ExitPaid(crate::gate::PaidExit),
-    /// A lot's sessions changed outside its gates (an operator's correction made on another
-    /// node): its owner reads its gates' state again.
-    Lot { lot: String },
+    /// An operator's correction made on another node ended an open session: its lot's owner
+    /// forgets it.
+    SessionEnded { lot: String, session: uuid::Uuid },
+    /// An operator's recount of a gated lot was recorded on another node: its owner applies it.
+    Recounted { lot: String },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -451,7 +453,7 @@ pub(crate) async fn listen(
     ownership: Arc<Ownership>,
     registry: RegistryHandle,
     gates: GateHandle,
-    recent_window: chrono::Duration,
+    occupancy: OccupancyHandle,
     token: CancellationToken,
 ) {
     let crate::store::Db::Postgres(pool) = &peers.db else {
@@ -481,6 +483,7 @@ pub(crate) async fn listen(
             tracing::warn!(%error, "registry not read again");
         }
         gates.reload_here(&peers.db).await;
+        occupancy.reload_passes(&peers.db).await;
         loop {
             let notification = tokio::select! {
                 () = token.cancelled() => return,
@@ -508,7 +511,10 @@ pub(crate) async fn listen(
                         tracing::warn!(%error, "registry not read again");
                     }
                 }
-                Notice::Facts => gates.reload_here(&peers.db).await,
+                Notice::Facts => {
+                    gates.reload_here(&peers.db).await;
+                    occupancy.reload_passes(&peers.db).await;
+                }
                 Notice::Standing { plates, standing } => {
                     let plates = plates
                         .iter()
@@ -519,18 +525,38 @@ pub(crate) async fn listen(
                         .await;
                 }
                 Notice::ExitPaid(paid) => gates.send_here(GateMessage::ExitPaid(paid)).await,
-                Notice::Lot { lot } => {
-                    let Ok(lot) = LotId::parse(&lot) else {
-                        continue;
-                    };
-                    if !ownership.holds(lot.as_str()) {
+                Notice::SessionEnded { lot, session } => {
+                    if let Ok(lot) = LotId::parse(&lot)
+                        && ownership.holds(lot.as_str())
+                    {
+                        gates.send_here(GateMessage::Ended { lot, session }).await;
+                    }
+                }
+                Notice::Recounted { lot } => {
+                    if !ownership.holds(&lot) {
                         continue;
                     }
-                    match Gates::read(&peers.db, Some(&lot), Utc::now() - recent_window).await {
-                        Ok(state) => gates.send_here(GateMessage::Adopt(Box::new(state))).await,
-                        Err(error) => {
-                            tracing::warn!(%error, %lot, "a lot's gates not read again");
+                    let snapshot = registry.snapshot();
+                    let Some(idx) = LotId::parse(&lot)
+                        .ok()
+                        .and_then(|id| snapshot.lot_by_id(&id).map(|l| l.idx))
+                    else {
+                        continue;
+                    };
+                    match crate::occupancy::store::recorded_recount(&peers.db, &lot).await {
+                        Ok(Some((occupied, open))) => {
+                            let (reply, _) = tokio::sync::oneshot::channel();
+                            occupancy
+                                .send(OccupancyMessage::Recounted {
+                                    lot: idx,
+                                    occupied,
+                                    open,
+                                    reply,
+                                })
+                                .await;
                         }
+                        Ok(None) => {}
+                        Err(error) => tracing::warn!(%error, lot, "a lot's recount not read"),
                     }
                 }
             }
@@ -539,7 +565,7 @@ pub(crate) async fn listen(
 }
 
 /// How long a drained session may stay quiet before it counts as empty.
-const DRAIN_QUIET: Duration = Duration::from_millis(1_000);
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 /// The longest a drain goes on.
 const DRAIN_AT_MOST: Duration = Duration::from_secs(60);
 

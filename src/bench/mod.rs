@@ -7,6 +7,7 @@ mod background;
 pub mod barrier;
 pub mod broker;
 pub mod city;
+pub mod nodes;
 pub mod persist;
 pub mod settle;
 

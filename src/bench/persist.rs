@@ -226,9 +226,14 @@ async fn baseline(db: &Db, visits: &[Visit]) -> anyhow::Result<Duration> {
 }
 
 /// The gate path: every entry's batch, then every exit's, through the store writer; returns the
-/// time until the writer has committed the last.
-async fn gate_path(db: &Db, visits: Vec<Visit>) -> Duration {
+/// time until the writer has committed the last. `fence`: as a gateway node writes, each
+/// transaction fenced on this node's lease of the visits' lot.
+async fn gate_path(db: &Db, visits: Vec<Visit>, fence: Option<(&str, LotId, i64)>) -> Duration {
     let (handle, task) = writer(db.clone(), Arc::new(Metrics::new()));
+    let (task, lease) = match fence {
+        Some((node, lot, token)) => (task.fenced(node), Some((lot, token))),
+        None => (task, None),
+    };
     let running = tokio::spawn(task.run());
     let started = Instant::now();
     let mut exits = Vec::with_capacity(visits.len());
@@ -239,7 +244,7 @@ async fn gate_path(db: &Db, visits: Vec<Visit>) -> Duration {
                 writes: entry,
                 ticket: None,
                 durable: None,
-                lease: None,
+                lease: lease.clone(),
             })
             .await;
         exits.push(exit);
@@ -250,7 +255,7 @@ async fn gate_path(db: &Db, visits: Vec<Visit>) -> Duration {
                 writes,
                 ticket: None,
                 durable: None,
-                lease: None,
+                lease: lease.clone(),
             })
             .await;
     }
@@ -267,7 +272,165 @@ async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()
     let now = Utc::now();
     let lot = LotId::parse("persist-lot")?;
     let gate = GateId::parse("lane-1")?;
-    let plan = Plan {
+    provision(&db, &lot_plan(&lot, &gate, sessions), now).await?;
+
+    let baseline_visits = visits(&lot, &gate, sessions, now)?;
+    let baseline = baseline(&db, &baseline_visits).await?.as_secs_f64();
+    drop(baseline_visits);
+    let gate_visits = visits(&lot, &gate, sessions, now)?;
+    let persist = gate_path(&db, gate_visits, None).await.as_secs_f64();
+    let rows = sessions as f64 * 4.0;
+    println!(
+        "baseline_insert_s={baseline:.3} baseline_rows_per_s={:.0} persist_s={persist:.3} persist_sessions_per_s={:.0}",
+        rows / baseline,
+        sessions as f64 / persist
+    );
+    check(&db, &lot, sessions).await?;
+    println!(
+        "{}",
+        ratio("persist_vs_bulk_insert", baseline / persist, 0.3, false)
+    );
+    if db.engine() == Engine::Postgres {
+        lease_rounds(&db).await?;
+        fenced(&db, &gate, sessions, persist, now).await?;
+    }
+    db.close().await;
+    Ok(())
+}
+
+/// Counts what the gate path stored for `lot`: every visit once, closed, its two reads, queued.
+async fn check(db: &Db, lot: &LotId, sessions: usize) -> anyhow::Result<()> {
+    let (stored, closed, reads, queued): (i64, i64, i64, i64) = query(
+        "SELECT (SELECT COUNT(*) FROM sessions WHERE lot_id = $2),
+                (SELECT COUNT(*) FROM sessions WHERE status = $1 AND lot_id = $2),
+                (SELECT COUNT(*) FROM gate_reads WHERE lot_id = $2),
+                (SELECT COUNT(*) FROM charge_queue q JOIN sessions s ON s.id = q.session_id
+                  WHERE s.lot_id = $2)",
+    )
+    .bind(SessionStatus::Closed.as_str())
+    .bind(lot.as_str())
+    .fetch_one(db)
+    .await?;
+    let expected = i64::try_from(sessions)?;
+    println!(
+        "lot={lot} sessions_stored={stored} closed={closed} reads={reads} queued={queued} lost={}",
+        expected - closed
+    );
+    anyhow::ensure!(
+        stored == expected && closed == expected && reads == 2 * expected && queued == expected,
+        "persist bench is wrong: {stored} sessions, {closed} closed, {reads} reads, {queued} queued for {sessions}"
+    );
+    Ok(())
+}
+
+/// The same gate path as a gateway node writes it (`--node-id`): every transaction fenced on
+/// the node's lease of the lot. Prints its time beside the unfenced one.
+async fn fenced(
+    db: &Db,
+    gate: &GateId,
+    sessions: usize,
+    unfenced_s: f64,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    use parkflow_gateway::store::leases::{Held, Leases};
+    let lot = LotId::parse("persist-lot-fenced")?;
+    let mut plan = lot_plan(&lot, gate, sessions);
+    plan.operators.clear();
+    provision(db, &plan, now).await?;
+    // Alone now (the lease rounds' nodes are gone): it takes every lot, this one included, and
+    // renews its leases every second while it writes, as a node does.
+    let leases = Leases::new(
+        db.clone(),
+        "bench-node",
+        parkflow_gateway::cluster::LEASE_TTL,
+    )?;
+    let round = leases.round(&Held::new()).await?;
+    let renewing = {
+        let (leases, mut held) = (leases.clone(), round.held.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(parkflow_gateway::cluster::ROUND_EVERY).await;
+                match leases.round(&held).await {
+                    Ok(round) => held = round.held,
+                    Err(error) => eprintln!("lease round failed: {error}"),
+                }
+            }
+        })
+    };
+    let token = *round.held.get(lot.as_str()).with_context(|| {
+        format!(
+            "the bench node holds no lease on its lot (it holds {} lots, {} nodes live)",
+            round.held.len(),
+            round.nodes
+        )
+    })?;
+    let fenced_visits = visits(&lot, gate, sessions, now)?;
+    let fenced = gate_path(db, fenced_visits, Some(("bench-node", lot.clone(), token)))
+        .await
+        .as_secs_f64();
+    renewing.abort();
+    println!(
+        "fenced_s={fenced:.3} fenced_sessions_per_s={:.0} fence_cost={:.3}",
+        sessions as f64 / fenced,
+        fenced / unfenced_s
+    );
+    check(db, &lot, sessions).await
+}
+
+/// What the leases cost a city's worth of lots: one node's first round (claims every lot), a
+/// round that only renews, and a second node's arrival (the first gives half back, the second
+/// claims it).
+async fn lease_rounds(db: &Db) -> anyhow::Result<()> {
+    use parkflow_gateway::store::leases::{Held, Leases};
+    const LOTS: usize = 2_420;
+    let ids: Vec<String> = (0..LOTS).map(|i| format!("lease-lot-{i:04}")).collect();
+    let mut plan = lot_plan(&LotId::parse(&ids[0])?, &GateId::parse("g")?, 1);
+    let template = plan.lots.remove(0);
+    plan.operators.clear();
+    for id in &ids {
+        plan.lots.push(LotPlan {
+            id: LotId::parse(id)?,
+            name: id.clone(),
+            gates: Vec::new(),
+            ..template.clone()
+        });
+    }
+    provision(db, &plan, Utc::now()).await?;
+    let ttl = parkflow_gateway::cluster::LEASE_TTL;
+    let a = Leases::new(db.clone(), "lease-a", ttl)?;
+    let b = Leases::new(db.clone(), "lease-b", ttl)?;
+    let started = Instant::now();
+    let round_a = a.round(&Held::new()).await?;
+    let first = started.elapsed();
+    let started = Instant::now();
+    let round_a = a.round(&round_a.held).await?;
+    let renew = started.elapsed();
+    let round_b = b.round(&Held::new()).await?;
+    let started = Instant::now();
+    let round_a = a.round(&round_a.held).await?;
+    a.release(&round_a.surplus).await?;
+    let give_back = started.elapsed();
+    let started = Instant::now();
+    let round_b = b.round(&round_b.held).await?;
+    let take = started.elapsed();
+    println!(
+        "lease_lots={} first_round_ms={:.0} renew_round_ms={:.1} give_back_ms={:.0} take_share_ms={:.0} split={}/{}",
+        round_a.held.len(),
+        first.as_secs_f64() * 1e3,
+        renew.as_secs_f64() * 1e3,
+        give_back.as_secs_f64() * 1e3,
+        take.as_secs_f64() * 1e3,
+        round_a.held.len() - round_a.surplus.len(),
+        round_b.held.len(),
+    );
+    // Both gone, as a node is after a lease's life without a round.
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    Ok(())
+}
+
+/// The bench's operator and one lot with one two-way lane.
+fn lot_plan(lot: &LotId, gate: &GateId, sessions: usize) -> Plan {
+    Plan {
         operators: vec![OperatorPlan {
             id: "bench".into(),
             name: "Bench".into(),
@@ -288,42 +451,7 @@ async fn scenario(url: &str, engine: &str, sessions: usize) -> anyhow::Result<()
             tariffs: vec![demo_tariff(0)],
         }],
         ..Plan::default()
-    };
-    provision(&db, &plan, now).await?;
-
-    let baseline_visits = visits(&lot, &gate, sessions, now)?;
-    let baseline = baseline(&db, &baseline_visits).await?.as_secs_f64();
-    drop(baseline_visits);
-    let gate_visits = visits(&lot, &gate, sessions, now)?;
-    let persist = gate_path(&db, gate_visits).await.as_secs_f64();
-    let rows = sessions as f64 * 4.0;
-    println!(
-        "baseline_insert_s={baseline:.3} baseline_rows_per_s={:.0} persist_s={persist:.3} persist_sessions_per_s={:.0}",
-        rows / baseline,
-        sessions as f64 / persist
-    );
-    let (stored, closed, reads, queued): (i64, i64, i64, i64) = query(
-        "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM sessions WHERE status = $1),
-                (SELECT COUNT(*) FROM gate_reads), (SELECT COUNT(*) FROM charge_queue)",
-    )
-    .bind(SessionStatus::Closed.as_str())
-    .fetch_one(&db)
-    .await?;
-    let expected = i64::try_from(sessions)?;
-    println!(
-        "sessions_stored={stored} closed={closed} reads={reads} queued={queued} lost={}",
-        expected - closed
-    );
-    println!(
-        "{}",
-        ratio("persist_vs_bulk_insert", baseline / persist, 0.3, false)
-    );
-    db.close().await;
-    anyhow::ensure!(
-        stored == expected && closed == expected && reads == 2 * expected && queued == expected,
-        "persist bench is wrong: {stored} sessions, {closed} closed, {reads} reads, {queued} queued for {sessions}"
-    );
-    Ok(())
+    }
 }
 
 /// Runs the scenario on SQLite, or on PostgreSQL given a `postgres://` URL.

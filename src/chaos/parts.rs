@@ -113,6 +113,17 @@ impl Gateway {
         })
     }
 
+    /// The demo city to provision (`--demo-city`).
+    pub fn city(mut self, city: &str) -> Self {
+        self.args.extend(["--demo-city".into(), city.into()]);
+        self
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref()?.child.as_ref()?.id()
+    }
+
     /// One of several gateway nodes (`--node-id`).
     pub fn node(mut self, id: &str) -> Self {
         self.args.extend(["--node-id".into(), id.into()]);
@@ -393,6 +404,19 @@ impl Sim {
         api: &str,
         seconds: u64,
     ) -> anyhow::Result<Self> {
+        // Busier than the demo, so that every fault window has reads in flight.
+        Self::start_at(devices, mqtt, api, seconds, "90", "demo")
+    }
+
+    /// [`Sim::start`] with this many arrivals a minute at each lot, in this demo city.
+    pub fn start_at(
+        devices: &Path,
+        mqtt: SocketAddr,
+        api: &str,
+        seconds: u64,
+        arrivals_per_minute: &str,
+        city: &str,
+    ) -> anyhow::Result<Self> {
         let child = Command::new(parkflow()?)
             .args(["sim", "--verify", "--devices"])
             .arg(devices)
@@ -400,8 +424,8 @@ impl Sim {
             .args(["--api-url", api, "--admin-key", ADMIN_KEY])
             .args(["--duration-secs", &seconds.to_string()])
             .args(["--max-stay-secs", &(seconds / 2).max(5).to_string()])
-            // Busier than the demo, so that every fault window has reads in flight.
-            .args(["--arrivals-per-minute", "90"])
+            .args(["--arrivals-per-minute", arrivals_per_minute])
+            .args(["--city", city])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("PARKFLOW_LOG", "error")

@@ -310,6 +310,9 @@ impl GateActor {
                     }
                 }
                 GateMessage::Release(lots) => self.release(&lots),
+                GateMessage::Ended { lot, session } => {
+                    let _ = self.take_open(&lot, session);
+                }
                 GateMessage::ManualOpen {
                     lot,
                     gate,

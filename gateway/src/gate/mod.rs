@@ -109,6 +109,11 @@ pub enum GateMessage {
     Adopt(Box<actor::Gates>),
     /// Lots this node no longer runs: forget their state.
     Release(Vec<LotId>),
+    /// A session of a lot this node runs was ended by a correction made on another node.
+    Ended {
+        lot: LotId,
+        session: Uuid,
+    },
     /// Dropped once everything the gates decided before it is durable: a `pay_url` asked for
     /// the moment its hold is published waits for this instead of answering 404.
     Durable(tokio::sync::oneshot::Sender<()>),

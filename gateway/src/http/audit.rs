@@ -289,14 +289,16 @@ pub(crate) async fn resolve(
     if let Correction::Merge { with_session } = correction {
         let entry_session = crate::store::sessions::session(&state.db, with_session).await?;
         // On a gateway node, the lot's owner holds its open sessions: a correction made on
-        // another node is made in the database, and the owner reads the lot's gates again.
+        // another node is made in the database (a read that ends the session meanwhile finds
+        // it ended and changes nothing), and the owner forgets the session.
         if let Some((ownership, peers)) = &state.node
             && !ownership.holds(lot.id.as_str())
         {
             review::resolve(&state.db, id, lot, &correction, &entry).await?;
             peers
-                .tell(crate::cluster::Notice::Lot {
+                .tell(crate::cluster::Notice::SessionEnded {
                     lot: lot.id.to_string(),
+                    session: with_session,
                 })
                 .await;
             return Ok(Json(entry));

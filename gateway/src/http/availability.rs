@@ -267,6 +267,12 @@ pub(crate) async fn bays(
 ) -> Result<Json<Vec<crate::occupancy::BayView>>, ApiError> {
     let registry = state.registry.snapshot();
     let lot = scope.lot(&registry, &lot)?;
+    if state.runs_elsewhere(lot) {
+        // Another node runs the lot: the database's picture.
+        return Ok(Json(
+            crate::occupancy::store::bay_views(&state.db, &registry, lot).await?,
+        ));
+    }
     let (reply, answer) = oneshot::channel();
     state
         .occupancy
@@ -327,11 +333,37 @@ pub(crate) async fn recount(
             format!("the lot has {} bays", lot.capacity),
         ));
     }
-    let counts: LotCounts = state
-        .occupancy
-        .recount(&state.db, lot, request.occupied)
-        .await?
-        .ok_or(ApiError::Unavailable)?;
+    let counts: LotCounts = match &state.node {
+        // Another node runs the lot: the count is taken against the sessions open in the
+        // database, and its owner applies it.
+        Some((ownership, peers)) if !ownership.holds(lot.id.as_str()) => {
+            let open = crate::occupancy::store::open_sessions(&state.db, lot.id.as_str()).await?;
+            crate::occupancy::store::recount(
+                &state.db,
+                lot.id.as_str(),
+                request.occupied,
+                open,
+                chrono::Utc::now(),
+            )
+            .await?;
+            peers
+                .tell(crate::cluster::Notice::Recounted {
+                    lot: lot.id.to_string(),
+                })
+                .await;
+            LotCounts {
+                total: lot.capacity,
+                free: lot.capacity - request.occupied,
+                occupied: request.occupied,
+                unknown: 0,
+            }
+        }
+        _ => state
+            .occupancy
+            .recount(&state.db, lot, request.occupied)
+            .await?
+            .ok_or(ApiError::Unavailable)?,
+    };
     Ok(Json(RecountResponse {
         lot: lot.id.to_string(),
         total: counts.total,

@@ -80,6 +80,15 @@ pub(crate) struct AppState {
     pub node: Option<(Arc<crate::cluster::Ownership>, crate::cluster::Peers)>,
 }
 
+impl AppState {
+    /// Whether another gateway node runs `lot` (this one holds only its memory of it).
+    pub(crate) fn runs_elsewhere(&self, lot: &crate::registry::Lot) -> bool {
+        self.node
+            .as_ref()
+            .is_some_and(|(ownership, _)| !ownership.holds(lot.id.as_str()))
+    }
+}
+
 /// Drivers' endpoints and paying a held exit: rate-limited per client address (enrolment and
 /// payment links need no staff key).
 fn driver_routes(state: &AppState) -> OpenApiRouter<AppState> {

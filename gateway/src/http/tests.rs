@@ -870,3 +870,47 @@ async fn broker_auth_needs_a_broker_that_enforces_permissions() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["device_auth"], "broker");
 }
+
+/// On a gateway node that does not run a lot, the lot's bays and an operator's recount are
+/// answered from the database (the node's actors never see them: their inboxes here are never
+/// served, so a request that reached one would hang), and the recount is recorded.
+#[tokio::test]
+async fn a_node_answers_for_a_lot_another_node_runs_from_the_database() {
+    let mut api = Api::with(&small_city()).await;
+    api.state.node = Some((
+        Arc::new(crate::cluster::Ownership::new("node-x")),
+        crate::cluster::Peers::new(api.state.db.clone(), "node-x"),
+    ));
+    let within = std::time::Duration::from_secs(5);
+    let (status, bays) = tokio::time::timeout(
+        within,
+        api.call(Method::GET, "/v1/lots/street-a/bays", Some(ADMIN_KEY), None),
+    )
+    .await
+    .expect("answered without the occupancy actor");
+    assert_eq!(status, StatusCode::OK, "{bays}");
+    assert_eq!(bays[0]["bay"], "b-1");
+    assert_eq!(bays[0]["state"], "unknown");
+    let (status, counts) = tokio::time::timeout(
+        within,
+        api.call(
+            Method::POST,
+            "/v1/lots/lot-a/recount",
+            Some(ADMIN_KEY),
+            Some(r#"{"occupied": 3}"#),
+        ),
+    )
+    .await
+    .expect("answered without the occupancy actor");
+    assert_eq!(status, StatusCode::OK, "{counts}");
+    assert_eq!(
+        (counts["occupied"].as_u64(), counts["free"].as_u64()),
+        (Some(3), Some(7))
+    );
+    assert_eq!(
+        crate::occupancy::store::recorded_recount(&api.state.db, "lot-a")
+            .await
+            .unwrap(),
+        Some((3, 0))
+    );
+}

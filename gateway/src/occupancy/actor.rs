@@ -28,7 +28,7 @@ pub(crate) const OCCUPANCY_CHANNEL_CAPACITY: usize = 8_192;
 /// The most messages handled in one round (one batch to the writer).
 const MAX_ROUND: usize = 1_024;
 /// A battery below this share is reported low.
-const BATTERY_LOW_PCT: u8 = 20;
+pub(crate) const BATTERY_LOW_PCT: u8 = 20;
 
 /// How the actor runs.
 #[derive(Debug, Clone)]

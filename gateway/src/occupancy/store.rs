@@ -554,6 +554,87 @@ pub(crate) async fn restore(
     Ok(restored)
 }
 
+/// A lot's bays as the database has them (a gateway node asked about a lot another node runs):
+/// each bay's last applied state and its open stay. `heard_at` is the sensor's last applied
+/// event (heartbeats are not stored), and a bay never reported is `unknown`.
+pub(crate) async fn bay_views(
+    db: &Db,
+    registry: &Registry,
+    lot: &crate::registry::Lot,
+) -> Result<Vec<super::BayView>, StoreError> {
+    let states: Vec<(String, bool, DateTime<Utc>, Option<i16>)> = query(
+        "SELECT bay_id, occupied, observed_at, battery_pct FROM bay_states WHERE lot_id = $1",
+    )
+    .bind(lot.id.as_str())
+    .fetch_all(db)
+    .await?;
+    /// Bay, started at, the best plate read's confidence, flagged as an overstay at.
+    type StayRow = (String, DateTime<Utc>, Option<f64>, Option<DateTime<Utc>>);
+    let stays: Vec<StayRow> = query(
+        "SELECT bay_id, started_at, plate_confidence, overstay_at FROM bay_sessions
+         WHERE lot_id = $1 AND status = $2",
+    )
+    .bind(lot.id.as_str())
+    .bind(SessionStatus::Open.as_str())
+    .fetch_all(db)
+    .await?;
+    let states: HashMap<String, (bool, DateTime<Utc>, Option<i16>)> = states
+        .into_iter()
+        .map(|(bay, occupied, at, battery)| (bay, (occupied, at, battery)))
+        .collect();
+    let stays: HashMap<String, (DateTime<Utc>, Option<f64>, bool)> = stays
+        .into_iter()
+        .map(|(bay, started, confidence, overstay)| {
+            (bay, (started, confidence, overstay.is_some()))
+        })
+        .collect();
+    let bays = registry.bays();
+    Ok(bays
+        .bays_of(lot.idx)
+        .map(|bay| {
+            let name = bays.name(bay);
+            let state = states.get(name);
+            let stay = stays.get(name);
+            super::BayView {
+                bay: name.to_owned(),
+                state: match state {
+                    Some((true, _, _)) => "occupied",
+                    Some((false, _, _)) => "free",
+                    None => "unknown",
+                },
+                battery_low: state
+                    .and_then(|(_, _, pct)| *pct)
+                    .is_some_and(|pct| pct < i16::from(super::actor::BATTERY_LOW_PCT)),
+                heard_at: state.map(|(_, at, _)| *at),
+                stay_started_at: stay.map(|(started, _, _)| *started),
+                stay_plate_confidence: stay.and_then(|(_, confidence, _)| *confidence),
+                overstay: stay.is_some_and(|(_, _, overstay)| *overstay),
+            }
+        })
+        .collect())
+}
+
+/// How many sessions of a gated lot are open in the database.
+pub(crate) async fn open_sessions(db: &Db, lot: &str) -> Result<u32, StoreError> {
+    let (open,): (i64,) = query("SELECT COUNT(*) FROM sessions WHERE lot_id = $1 AND status = $2")
+        .bind(lot)
+        .bind(SessionStatus::Open.as_str())
+        .fetch_one(db)
+        .await?;
+    Ok(u32::try_from(open).unwrap_or(u32::MAX))
+}
+
+/// A gated lot's recorded recount: cars counted, and sessions open then.
+pub(crate) async fn recorded_recount(db: &Db, lot: &str) -> Result<Option<(u32, u32)>, StoreError> {
+    let row: Option<(i32, i32)> =
+        query("SELECT occupied, open_sessions FROM lot_recounts WHERE lot_id = $1")
+            .bind(lot)
+            .fetch_optional(db)
+            .await?;
+    let count = |n: i32| u32::try_from(n).unwrap_or(0);
+    Ok(row.map(|(occupied, open)| (count(occupied), count(open))))
+}
+
 /// Records an operator's recount of a gated lot.
 pub(crate) async fn recount(
     db: &Db,

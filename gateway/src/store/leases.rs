@@ -120,7 +120,7 @@ impl Leases {
             let free: Vec<(String, Option<String>)> = query(
                 "SELECT l.id, x.node_id FROM lots l LEFT JOIN lot_leases x ON x.lot_id = l.id
                  WHERE x.lot_id IS NULL OR x.expires_at <= clock_timestamp()
-                 ORDER BY l.id LIMIT $1",
+                 ORDER BY md5(l.id) LIMIT $1",
             )
             .bind(i64::try_from(share - round.held.len()).unwrap_or(i64::MAX))
             .fetch_all(&mut tx)
@@ -181,10 +181,13 @@ impl Leases {
             }
         }
         tx.commit().await?;
-        // Beyond the fair share (a node came back): the last lots by id go back.
-        round.surplus = round
-            .held
-            .iter()
+        // Beyond the fair share (a node came back): lots go back in an order unrelated to their
+        // ids (ids group lots of a kind — gated lots, street zones — and so their traffic), as
+        // they were claimed.
+        let mut held: Vec<(&String, &i64)> = round.held.iter().collect();
+        held.sort_by_cached_key(|(lot, _)| spread(lot));
+        round.surplus = held
+            .into_iter()
             .skip(share)
             .map(|(lot, token)| (lot.clone(), *token))
             .collect();
@@ -219,6 +222,15 @@ impl Leases {
         }
         tx.commit().await
     }
+}
+
+/// A lot's place in the order lots are shared out: a hash of its id, the same on every node.
+fn spread(lot: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same order in every process.
+    let mut hasher = std::hash::DefaultHasher::new();
+    lot.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Which of `lots` `node` no longer holds under the given token, unexpired (fenced: their
