@@ -164,7 +164,12 @@ impl Gateway {
             None => None,
             Some(BrokerAcl::MosquittoDynsec) => {
                 let stop = CancellationToken::new();
-                let dynsec = Arc::new(Dynsec::connect(&config.mqtt, tls.as_ref(), stop.clone()));
+                let dynsec = Arc::new(Dynsec::connect(
+                    &config.mqtt,
+                    config.node_id.as_deref(),
+                    tls.as_ref(),
+                    stop.clone(),
+                ));
                 match dynsec.prepare(&db).await {
                     Ok(report) => tracing::info!(
                         put = report.put,

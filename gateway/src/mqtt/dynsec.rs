@@ -116,18 +116,20 @@ pub(crate) struct Dynsec {
 }
 
 impl Dynsec {
-    /// Connects as `{client id}-acl` with the platform's (admin) login; answers are awaited until
-    /// `token` is cancelled.
+    /// Connects as `{client id}-acl` (`{client id}-{node}-acl` on a gateway node: every node
+    /// keeps the lists, with the same marker) with the platform's (admin) login; answers are
+    /// awaited until `token` is cancelled.
     pub(crate) fn connect(
         config: &MqttConfig,
+        node: Option<&str>,
         tls: Option<&Arc<rustls::ClientConfig>>,
         token: CancellationToken,
     ) -> Self {
-        let mut options = MqttOptions::new(
-            format!("{}-acl", config.client_id),
-            &config.host,
-            config.port,
-        );
+        let connection = match node {
+            Some(node) => format!("{}-{node}-acl", config.client_id),
+            None => format!("{}-acl", config.client_id),
+        };
+        let mut options = MqttOptions::new(connection, &config.host, config.port);
         options
             .set_clean_session(true)
             .set_keep_alive(config.keep_alive)
