@@ -23,6 +23,7 @@ use crate::mqtt::publish::CommandPublisher;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
 use crate::privacy::PlateKey;
 use crate::registry::{GateDirection, Lot, Registry, RegistryHandle};
+use crate::session::matching;
 use crate::session::{OpenSession, SessionStatus};
 use crate::store::writer::{Batch, GateReadRecord, Write, WriterHandle};
 use crate::store::{Db, StoreError, sessions};
@@ -419,17 +420,25 @@ impl GateActor {
         // lane's memory files a decision under the plate it read, so a car that went out under a
         // misread plate and came back in (or came in and is going out again) would otherwise be
         // taken for its own earlier read: an entry repeats only while the stay it opened is still
-        // open; an exit does not repeat while the plate read now has a stay that began after
-        // the earlier exit (a stay older than it is another car's, whose plate this read may
-        // be a misread of: the read stays a repeat).
+        // open; an exit does not repeat while the stay this read would close now (as an exit
+        // matches: exactly, or one confusion away — the car may be misread alike at both exits)
+        // began after the earlier exit (a stay older than it is another car's, whose plate this
+        // read may be a misread of: the read stays a repeat).
         let open = self.state.lots.get(&read.lot).map(|l| &l.open);
+        let review_threshold = self.config.review_threshold;
         let repeat = repeat.filter(|previous| match (read.direction, previous.session_id) {
             (Direction::Entry, Some(opened)) => open
                 .and_then(|o| o.get(&previous.plate))
                 .is_some_and(|s| s.id == opened),
             (Direction::Entry, None) => true,
             (Direction::Exit, decided) => open
-                .and_then(|o| o.get(&read.plate))
+                .and_then(|o| {
+                    let found = matching::best_match(
+                        read.plate.as_str(),
+                        o.keys().map(|plate| (plate, plate.as_str())),
+                    )?;
+                    (found.score >= review_threshold).then(|| o.get(found.key))?
+                })
                 .is_none_or(|s| Some(s.id) == decided || s.entered_at < previous.observed_at),
         });
         if let Some(previous) = repeat {
