@@ -570,28 +570,37 @@ const DRAIN_QUIET: Duration = Duration::from_millis(250);
 const DRAIN_AT_MOST: Duration = Duration::from_secs(60);
 
 /// Connects as `client_id` (a dead node's persistent session), drops its subscriptions
-/// (`filters`: each lot's, as a node subscribes them), takes every message the broker kept for
-/// it (published for its lots after it died, or not acknowledged by it), ends the session (a clean connection: its subscriptions would keep collecting the lots' messages, and
-/// a copy published while they stand would come back to it), then publishes each again,
-/// unchanged, for the lots' owners now: their signatures still hold, and event ids and sequence
-/// numbers make a message seen twice harmless. How many messages were handed on.
+/// (`filters`: each lot's, as a node subscribes them), and hands on every message the broker kept
+/// for it (published for its lots after it died, or not acknowledged by it): each is published
+/// again, unchanged, from a connection of its own that subscribes to nothing (for the lots'
+/// owners now: their signatures still hold, and event ids and sequence numbers make a message
+/// seen twice harmless), and the original is acknowledged only once the broker has the copy. If
+/// the node comes back meanwhile (it takes its session over), what was not handed on stays
+/// unacknowledged for it. Once the session is quiet it is ended (a clean connection), so that
+/// nothing more collects there. How many messages were handed on.
 pub(crate) async fn drain(
     mqtt: &MqttConfig,
     tls: Option<&Arc<rustls::ClientConfig>>,
     client_id: &str,
     filters: Vec<String>,
 ) -> Result<usize, rumqttc::ConnectionError> {
-    use rumqttc::{Event, Outgoing, Packet};
-    let config = MqttConfig {
+    use rumqttc::{Event, Outgoing, Packet, Publish};
+    use std::collections::{HashMap, VecDeque};
+    let dead_config = MqttConfig {
         client_id: client_id.to_owned(),
         ..mqtt.clone()
     };
-    let (client, mut eventloop) = crate::mqtt::link::connect(&config, tls);
+    let (dead, mut dead_loop) = crate::mqtt::link::connect(&dead_config, tls);
+    let copy_config = MqttConfig {
+        client_id: format!("{client_id}-handon"),
+        ..mqtt.clone()
+    };
+    let (copy, mut copy_loop) = crate::mqtt::link::connect(&copy_config, tls);
+    copy_loop.mqtt_options.set_clean_session(true);
     let started = Instant::now();
-    let mut kept = Vec::new();
     // Until the broker confirms every unsubscription, messages may still come for the lots.
     let mut unsubscribing = filters.len();
-    let unsubscriber = client.clone();
+    let unsubscriber = dead.clone();
     tokio::spawn(async move {
         for filter in filters {
             if unsubscriber.unsubscribe(filter).await.is_err() {
@@ -599,54 +608,81 @@ pub(crate) async fn drain(
             }
         }
     });
+    // Originals whose copies were queued, in order; then by the copy's packet id.
+    let mut queued: VecDeque<Publish> = VecDeque::new();
+    let mut sent: HashMap<u16, Publish> = HashMap::new();
+    let (mut handed_on, mut present) = (0_usize, true);
     loop {
-        let event = match tokio::time::timeout(DRAIN_QUIET, eventloop.poll()).await {
-            Ok(event) => event?,
-            // Quiet, its subscriptions gone: a broker sends a session's queue at once.
-            Err(_) if unsubscribing == 0 || started.elapsed() > DRAIN_AT_MOST => break,
-            Err(_) => continue,
-        };
-        match event {
-            // Nothing was kept (the broker lost it, or it was drained already).
-            Event::Incoming(Packet::ConnAck(ack)) if !ack.session_present => break,
-            Event::Incoming(Packet::UnsubAck(_)) => unsubscribing = unsubscribing.saturating_sub(1),
-            Event::Incoming(Packet::Publish(publish)) => {
-                let _ = client.ack(&publish).await;
-                kept.push((publish.topic, publish.payload));
+        let quiet = unsubscribing == 0 && queued.is_empty() && sent.is_empty();
+        tokio::select! {
+            event = dead_loop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
+                    // Nothing was kept (the broker lost it, or it was drained already).
+                    present = false;
+                    break;
+                }
+                Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                    unsubscribing = unsubscribing.saturating_sub(1);
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if copy
+                        .publish(publish.topic.clone(), QoS::AtLeastOnce, false, publish.payload.clone())
+                        .await
+                        .is_ok()
+                    {
+                        queued.push_back(publish);
+                    }
+                }
+                Ok(_) => {}
+                // Taken over (the node is back) or cut: what was not acknowledged stays.
+                Err(error) => {
+                    tracing::debug!(%error, client_id, "drain interrupted");
+                    return Ok(handed_on);
+                }
+            },
+            event = copy_loop.poll() => match event {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    if let Some(original) = queued.pop_front() {
+                        sent.insert(pkid, original);
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(original) = sent.remove(&ack.pkid) {
+                        let _ = dead.ack(&original).await;
+                        handed_on += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, client_id, "hand-on connection failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = tokio::time::sleep(DRAIN_QUIET), if quiet => break,
+            () = tokio::time::sleep(DRAIN_AT_MOST.saturating_sub(started.elapsed())) => break,
+        }
+    }
+    for (client, mut eventloop) in [(dead, dead_loop), (copy, copy_loop)] {
+        let _ = client.disconnect().await;
+        while let Ok(Ok(event)) = tokio::time::timeout(DRAIN_QUIET, eventloop.poll()).await {
+            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
             }
-            _ => {}
-        }
-        if started.elapsed() > DRAIN_AT_MOST {
-            break;
         }
     }
-    let _ = client.disconnect().await;
-    while let Ok(Ok(event)) = tokio::time::timeout(DRAIN_QUIET, eventloop.poll()).await {
-        if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
-            break;
+    if present {
+        // The session goes: its subscriptions are gone, what it kept is handed on.
+        let mut options = crate::mqtt::link::connect(&dead_config, tls).1.mqtt_options;
+        options.set_clean_session(true);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        while let Ok(Ok(event)) = tokio::time::timeout(DRAIN_QUIET, eventloop.poll()).await {
+            if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                let _ = client.disconnect().await;
+            }
+            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
         }
     }
-    // The session goes; the copies are published from a connection that subscribes to nothing.
-    let mut options = eventloop.mqtt_options.clone();
-    options.set_clean_session(true);
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, kept.len() + 10);
-    let mut unconfirmed = kept.len();
-    for (topic, payload) in kept.iter().cloned() {
-        let _ = client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await;
-    }
-    let mut disconnecting = false;
-    while let Ok(Ok(event)) = tokio::time::timeout(DRAIN_QUIET * 5, eventloop.poll()).await {
-        match event {
-            Event::Incoming(Packet::PubAck(_)) => unconfirmed = unconfirmed.saturating_sub(1),
-            Event::Outgoing(Outgoing::Disconnect) => break,
-            _ => {}
-        }
-        if unconfirmed == 0 && !disconnecting {
-            disconnecting = true;
-            let _ = client.disconnect().await;
-        }
-    }
-    Ok(kept.len() - unconfirmed)
+    Ok(handed_on)
 }

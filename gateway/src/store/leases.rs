@@ -116,13 +116,56 @@ impl Leases {
             .fetch_one(&mut tx)
             .await?;
         let share = usize::try_from((lots + round.nodes - 1) / round.nodes).unwrap_or(0);
+        // The renewals commit on their own: a claim that waits for another node's write (its
+        // lease rows are locked until that commits) must not hold this node's own lease rows,
+        // which its writer locks to fence every write.
+        tx.commit().await?;
         if round.held.len() < share {
+            match self.claim(share - round.held.len(), ttl).await {
+                Ok((claimed, dead)) => {
+                    for (lot, token) in claimed {
+                        round.held.insert(lot.clone(), token);
+                        round.acquired.push(lot);
+                    }
+                    round.dead = dead;
+                }
+                // A lot locked by a write of its owner until now: claimed at a next round.
+                Err(error) => tracing::warn!(%error, "lots not claimed this round"),
+            }
+        }
+        // Beyond the fair share (a node came back): lots go back in an order unrelated to their
+        // ids (ids group lots of a kind — gated lots, street zones — and so their traffic), as
+        // they were claimed.
+        let mut held: Vec<(&String, &i64)> = round.held.iter().collect();
+        held.sort_by_cached_key(|(lot, _)| spread(lot));
+        round.surplus = held
+            .into_iter()
+            .skip(share)
+            .map(|(lot, token)| (lot.clone(), *token))
+            .collect();
+        Ok(round)
+    }
+
+    /// Claims up to `wanted` free or expired lots in one transaction: the lots and their
+    /// tokens, and the previous owners of expired leases that are not alive.
+    async fn claim(
+        &self,
+        wanted: usize,
+        ttl: f64,
+    ) -> Result<(Vec<(String, i64)>, Vec<String>), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        // A lot whose row another node's write holds is left for a next round.
+        query("SET LOCAL lock_timeout = '500ms'")
+            .execute(&mut tx)
+            .await?;
+        let (mut claimed, mut dead) = (Vec::new(), Vec::new());
+        {
             let free: Vec<(String, Option<String>)> = query(
                 "SELECT l.id, x.node_id FROM lots l LEFT JOIN lot_leases x ON x.lot_id = l.id
                  WHERE x.lot_id IS NULL OR x.expires_at <= clock_timestamp()
                  ORDER BY md5(l.id) LIMIT $1",
             )
-            .bind(i64::try_from(share - round.held.len()).unwrap_or(i64::MAX))
+            .bind(i64::try_from(wanted).unwrap_or(i64::MAX))
             .fetch_all(&mut tx)
             .await?;
             let mut previous = std::collections::BTreeSet::new();
@@ -162,8 +205,7 @@ impl Leases {
                 .bind(&self.node)
                 .execute(&mut tx)
                 .await?;
-                round.held.insert(lot.clone(), token);
-                round.acquired.push(lot);
+                claimed.push((lot, token));
                 previous.extend(before.filter(|node| *node != self.node));
             }
             for node in previous {
@@ -176,22 +218,12 @@ impl Leases {
                 .fetch_one(&mut tx)
                 .await?;
                 if !alive {
-                    round.dead.push(node);
+                    dead.push(node);
                 }
             }
         }
         tx.commit().await?;
-        // Beyond the fair share (a node came back): lots go back in an order unrelated to their
-        // ids (ids group lots of a kind — gated lots, street zones — and so their traffic), as
-        // they were claimed.
-        let mut held: Vec<(&String, &i64)> = round.held.iter().collect();
-        held.sort_by_cached_key(|(lot, _)| spread(lot));
-        round.surplus = held
-            .into_iter()
-            .skip(share)
-            .map(|(lot, token)| (lot.clone(), *token))
-            .collect();
-        Ok(round)
+        Ok((claimed, dead))
     }
 
     /// Gives leases back (the node has stopped acting for these lots): another node may claim

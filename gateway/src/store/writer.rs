@@ -384,6 +384,12 @@ pub async fn apply_fenced<'a>(
     let segments = segments(writes);
     let mut tx = db.begin_write().await?;
     if let Some(fence) = fence {
+        // The fence locks the lease rows until the commit, so that no node takes a lot over
+        // meanwhile; a node paused here (a stalled VM) would hold them, and every takeover,
+        // for as long as it stays paused: the database ends such a transaction after a second.
+        query("SET LOCAL idle_in_transaction_session_timeout = 1000")
+            .execute(&mut tx)
+            .await?;
         let leases: Vec<(&str, i64)> = fence
             .leases
             .iter()
