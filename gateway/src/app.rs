@@ -219,14 +219,10 @@ impl Gateway {
             writer_handle,
             CommandPublisher::new(client.clone()),
             metrics.clone(),
-            Utc::now(),
+            ownership.clone(),
         )
         .await?
         .with_occupancy(occupancy.clone());
-        let actor = match &ownership {
-            Some(ownership) => actor.with_ownership(ownership.clone()),
-            None => actor,
-        };
         let (gates, gate_rx) = GateHandle::channel();
         let actor = actor.with_inbox(&gates);
         let restored = crate::occupancy::store::restore(&db, &registry.snapshot(), None).await?;

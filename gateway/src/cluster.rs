@@ -74,6 +74,15 @@ impl Ownership {
         self.held.load_full()
     }
 
+    /// Every lease held, as lot and token.
+    pub fn leases(&self) -> Vec<(String, i64)> {
+        self.held
+            .load()
+            .iter()
+            .map(|(lot, token)| (lot.clone(), *token))
+            .collect()
+    }
+
     fn set(&self, held: Held) {
         self.held.store(Arc::new(held));
     }
@@ -152,12 +161,7 @@ impl Keeper {
                 _ = every.tick() => self.round().await,
             }
         }
-        let held: Vec<(String, i64)> = self
-            .ownership
-            .held()
-            .iter()
-            .map(|(lot, token)| (lot.clone(), *token))
-            .collect();
+        let held = self.ownership.leases();
         self.give_up(&held).await;
         // The gateway drains its writer after this; what it still writes for these lots is
         // fenced, so their messages stay unacknowledged for the next owner's retries.
@@ -268,12 +272,7 @@ impl Keeper {
         if last.elapsed() < LEASE_TTL {
             return;
         }
-        let held: Vec<(String, i64)> = self
-            .ownership
-            .held()
-            .iter()
-            .map(|(lot, token)| (lot.clone(), *token))
-            .collect();
+        let held = self.ownership.leases();
         if !held.is_empty() {
             tracing::warn!(
                 lots = held.len(),
@@ -291,8 +290,9 @@ impl Keeper {
         };
         let registry = self.registry.snapshot();
         let Some(entry) = registry.lot_by_id(&lot_id) else {
-            // Provisioned after this node loaded its registry: read it again first.
-            if let Err(error) = self.registry.reload(&self.db).await {
+            // Provisioned after this node loaded its registry: read it again first (here only:
+            // the node that provisioned it told the others).
+            if let Err(error) = self.registry.reload_here(&self.db).await {
                 tracing::warn!(%error, lot, "registry not reloaded for a new lot");
             }
             return false;

@@ -738,11 +738,13 @@ async fn failover(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome>
     tokio::time::sleep(timing.warm_up).await;
     a.start()?;
     a.ready(Duration::from_secs(60)).await?;
-    if let Err(error) = until_owned(&db_url, Duration::from_secs(15), |o| {
-        o.get("a").is_some_and(|&n| n > 0) && o.values().sum::<i64>() == lots
-    })
-    .await
-    {
+    // `node` holds some lots, and every lot is held.
+    let shares = |node: &'static str| {
+        move |o: &std::collections::BTreeMap<String, i64>| {
+            o.get(node).is_some_and(|&n| n > 0) && o.values().sum::<i64>() == lots
+        }
+    };
+    if let Err(error) = until_owned(&db_url, Duration::from_secs(15), shares("a")).await {
         problems.push(format!("a, back, took no share again: {error:#}"));
     }
     // b stops (SIGSTOP) for longer than a lease lives: a takes every lot; b, woken, finds its
@@ -756,16 +758,13 @@ async fn failover(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome>
     if let Err(error) = paused {
         problems.push(format!("a did not take a paused b's lots over: {error:#}"));
     }
-    if let Err(error) = until_owned(&db_url, Duration::from_secs(15), |o| {
-        o.get("b").is_some_and(|&n| n > 0) && o.values().sum::<i64>() == lots
-    })
-    .await
-    {
+    if let Err(error) = until_owned(&db_url, Duration::from_secs(15), shares("b")).await {
         problems.push(format!("b, woken, took no share again: {error:#}"));
     }
     let report = sim.report().await?;
-    problems.extend(audit(&db_url, AUDIT_SETTLE).await?);
-    let audit_clean = problems.is_empty();
+    let audit_problems = audit(&db_url, AUDIT_SETTLE).await?;
+    let audit_clean = audit_problems.is_empty();
+    problems.extend(audit_problems);
     a.kill().await;
     b.kill().await;
     let mut mosquitto = mosquitto;
@@ -780,7 +779,7 @@ async fn failover(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome>
         sim: report,
         audit_clean,
         recovery,
-        problems: if audit_clean { Vec::new() } else { problems },
+        problems,
         ..Outcome::default()
     })
 }

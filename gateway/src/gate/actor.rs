@@ -199,15 +199,6 @@ impl GateActor {
         self
     }
 
-    /// Decides only for the lots `ownership` holds (a gateway node), from their state as read
-    /// when the node adopts them (`GateMessage::Adopt`): what was loaded of every lot goes.
-    pub fn with_ownership(mut self, ownership: Arc<Ownership>) -> Self {
-        self.state.lots.clear();
-        self.state.recent = super::state::RecentDecisions::new(self.config.recent_window);
-        self.ownership = Some(ownership);
-        self
-    }
-
     /// Lets the actor hand database work to tasks that answer through `gates`.
     pub fn with_inbox(mut self, gates: &super::GateHandle) -> Self {
         self.inbox = Some(gates.downgrade());
@@ -259,14 +250,18 @@ impl GateActor {
         writer: WriterHandle,
         publisher: CommandPublisher,
         metrics: Arc<Metrics>,
-        now: DateTime<Utc>,
+        ownership: Option<Arc<Ownership>>,
     ) -> Result<Self, StoreError> {
+        let now = Utc::now();
         let mut state = GateState::new(config.recent_window);
         apply_facts(&mut state, Facts::read(&db, now).await?);
-        adopt(
-            &mut state,
-            Gates::read(&db, None, now - config.recent_window).await?,
-        );
+        // A gateway node reads each lot's state as it adopts the lot (`cluster`).
+        if ownership.is_none() {
+            adopt(
+                &mut state,
+                Gates::read(&db, None, now - config.recent_window).await?,
+            );
+        }
         let open: usize = state.lots.values().map(|l| l.open.len()).sum();
         tracing::info!(
             open_sessions = open,
@@ -282,7 +277,7 @@ impl GateActor {
             publisher,
             metrics,
             held: HashMap::new(),
-            ownership: None,
+            ownership,
             occupancy: None,
             inbox: None,
             recent_standing: VecDeque::new(),

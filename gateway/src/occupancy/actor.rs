@@ -512,6 +512,12 @@ impl OccupancyActor {
         }
     }
 
+    /// A lot number of `from` in the actor's registry.
+    fn local_lot(&self, from: &Registry, lot: LotIdx) -> Option<LotIdx> {
+        let id = &from.lots().get(lot as usize)?.id;
+        self.registry.lot_by_id(id).map(|l| l.idx)
+    }
+
     /// A bay number of `from` in the actor's registry.
     fn local(&self, from: &Arc<Registry>, bay: BayIdx) -> Option<BayIdx> {
         if Arc::ptr_eq(from, &self.registry) {
@@ -648,12 +654,7 @@ impl OccupancyActor {
             } => self.adopt(&registry, lot, *restored),
             OccupancyMessage::Release { registry, lots } => {
                 for lot in lots {
-                    let Some(lot) = registry
-                        .lots()
-                        .get(lot as usize)
-                        .and_then(|l| self.registry.lot_by_id(&l.id))
-                        .map(|l| l.idx)
-                    else {
+                    let Some(lot) = self.local_lot(&registry, lot) else {
                         continue;
                     };
                     let bays = self.state.bays_of(lot);
@@ -738,12 +739,7 @@ impl OccupancyActor {
     /// Takes a lot's stored state in (a gateway node adopting it): its bays' states, their open
     /// stays, its gated count and recount.
     fn adopt(&mut self, from: &Arc<Registry>, lot: LotIdx, restored: Restored) {
-        let Some(lot) = from
-            .lots()
-            .get(lot as usize)
-            .and_then(|l| self.registry.lot_by_id(&l.id))
-            .map(|l| l.idx)
-        else {
+        let Some(lot) = self.local_lot(from, lot) else {
             return;
         };
         let now = Utc::now();

@@ -158,7 +158,7 @@ impl Writer {
                         .await
                         {
                             Ok(fenced) if fenced.is_empty() => {}
-                            Ok(fenced) => self.hand_on(batch, &fenced),
+                            Ok(_) => self.hand_on(batch),
                             Err(error) => self.dead_letter(batch, &error).await,
                         }
                     }
@@ -189,7 +189,7 @@ impl Writer {
         let mut kept = Vec::with_capacity(group.len());
         for mut batch in group.drain(..) {
             if is_fenced(&batch, fenced) {
-                self.hand_on(&mut batch, fenced);
+                self.hand_on(&mut batch);
             } else {
                 kept.push(batch);
             }
@@ -200,13 +200,11 @@ impl Writer {
     /// A fenced batch's writes are not made: its message is published again for the lot's
     /// owner now, which decides it from the database as this node left it (or answers it
     /// again, if the camera's retry reached it first), and records it.
-    fn hand_on(&self, batch: &mut Batch, fenced: &[(String, i64)]) {
-        if is_fenced(batch, fenced) {
-            self.metrics.store_writes_fenced.inc();
-            tracing::warn!(lot = ?batch.lease, "writes of a lot this node no longer holds not made (fenced); the read goes to its owner");
-            if let Some(ticket) = batch.ticket.take() {
-                ticket.forward();
-            }
+    fn hand_on(&self, batch: &mut Batch) {
+        self.metrics.store_writes_fenced.inc();
+        tracing::warn!(lot = ?batch.lease, "writes of a lot this node no longer holds not made (fenced); the read goes to its owner");
+        if let Some(ticket) = batch.ticket.take() {
+            ticket.forward();
         }
     }
 
