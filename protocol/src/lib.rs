@@ -5,6 +5,7 @@ pub mod id;
 pub mod message;
 pub mod plate;
 pub mod sign;
+pub mod standing;
 pub mod time;
 pub mod topic;
 

@@ -94,11 +94,13 @@ pub struct GatePlateRead {
 pub enum GateAction {
     Open,
     Hold,
+    /// The platform has the decision a lane made alone (`offline`) and reported: stop sending it.
+    AckOffline,
 }
 
 impl GateAction {
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Open, Self::Hold]
+        [Self::Open, Self::Hold, Self::AckOffline]
             .into_iter()
             .find(|a| a.as_str() == s)
     }
@@ -107,6 +109,7 @@ impl GateAction {
         match self {
             Self::Open => "open",
             Self::Hold => "hold",
+            Self::AckOffline => "ack_offline",
         }
     }
 }
@@ -140,10 +143,17 @@ pub enum GateReason {
     /// The camera's clock is off (its read is from too far ahead or too long ago to be trusted):
     /// the barrier stays shut and the lane calls an attendant; the device needs its clock set.
     DeviceClock,
+    /// Decided by the lane alone: a car its list does not name let out under the lot's
+    /// `open_and_invoice` policy; its plate is invoiced.
+    InvoiceLater,
+    /// Decided by the lane alone: held for an attendant (`hold_for_attendant`, or no list yet).
+    Attendant,
+    /// An `ack_offline`: the platform has reconciled the lane's decision.
+    Reconciled,
 }
 
 impl GateReason {
-    pub const ALL: [GateReason; 12] = [
+    pub const ALL: [GateReason; 15] = [
         Self::Entered,
         Self::BillLater,
         Self::PassHolder,
@@ -156,6 +166,9 @@ impl GateReason {
         Self::Blocked,
         Self::PaymentRequired,
         Self::DeviceClock,
+        Self::InvoiceLater,
+        Self::Attendant,
+        Self::Reconciled,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -176,6 +189,9 @@ impl GateReason {
             Self::Blocked => "blocked",
             Self::PaymentRequired => "payment_required",
             Self::DeviceClock => "device_clock",
+            Self::InvoiceLater => "invoice_later",
+            Self::Attendant => "attendant",
+            Self::Reconciled => "reconciled",
         }
     }
 }

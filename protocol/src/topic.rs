@@ -16,6 +16,8 @@ pub enum Topic {
     GatePlate { lot: LotId, gate: GateId },
     GateCommand { lot: LotId, gate: GateId },
     GateState { lot: LotId, gate: GateId },
+    GateStanding { lot: LotId, gate: GateId },
+    GateOffline { lot: LotId, gate: GateId },
     BridgeOccupancy { device: DeviceId },
     LotAvailability { lot: LotId },
     DeviceStatus { device: DeviceId },
@@ -52,6 +54,8 @@ impl Topic {
                     "plate" => Self::GatePlate { lot, gate },
                     "command" => Self::GateCommand { lot, gate },
                     "state" => Self::GateState { lot, gate },
+                    "standing" => Self::GateStanding { lot, gate },
+                    "offline" => Self::GateOffline { lot, gate },
                     _ => return Err(TopicError::Unknown),
                 }
             }
@@ -78,15 +82,19 @@ impl Topic {
             | Self::GatePlate { lot, .. }
             | Self::GateCommand { lot, .. }
             | Self::GateState { lot, .. }
+            | Self::GateStanding { lot, .. }
+            | Self::GateOffline { lot, .. }
             | Self::LotAvailability { lot } => Some(lot),
             Self::BridgeOccupancy { .. } | Self::DeviceStatus { .. } => None,
         }
     }
 
-    /// The largest payload accepted on this topic: a bridge batch carries up to 1,000 events.
+    /// The largest payload accepted on this topic: a bridge batch carries up to 1,000 events,
+    /// an offline report up to 100 decisions.
     pub fn max_payload_bytes(&self) -> usize {
         match self {
             Self::BridgeOccupancy { .. } => 512 * 1024,
+            Self::GateOffline { .. } => 64 * 1024,
             _ => 8 * 1024,
         }
     }
@@ -101,6 +109,10 @@ impl fmt::Display for Topic {
             Self::GatePlate { lot, gate } => write!(f, "{PREFIX}lots/{lot}/gates/{gate}/plate"),
             Self::GateCommand { lot, gate } => write!(f, "{PREFIX}lots/{lot}/gates/{gate}/command"),
             Self::GateState { lot, gate } => write!(f, "{PREFIX}lots/{lot}/gates/{gate}/state"),
+            Self::GateStanding { lot, gate } => {
+                write!(f, "{PREFIX}lots/{lot}/gates/{gate}/standing")
+            }
+            Self::GateOffline { lot, gate } => write!(f, "{PREFIX}lots/{lot}/gates/{gate}/offline"),
             Self::BridgeOccupancy { device } => write!(f, "{PREFIX}bridge/{device}/occupancy"),
             Self::LotAvailability { lot } => write!(f, "{PREFIX}lots/{lot}/availability"),
             Self::DeviceStatus { device } => write!(f, "{PREFIX}devices/{device}/status"),
@@ -128,6 +140,11 @@ pub mod filter {
         format!("{PREFIX}lots/{lot}/gates/+/state")
     }
 
+    /// One lot's lanes' reports of decisions made alone.
+    pub fn lot_gate_offline(lot: &LotId) -> String {
+        format!("{PREFIX}lots/{lot}/gates/+/offline")
+    }
+
     /// One lot's bay sensors' and bay cameras' messages.
     pub fn lot_bays(lot: &LotId) -> String {
         format!("{PREFIX}lots/{lot}/bays/+/+")
@@ -151,6 +168,11 @@ pub mod filter {
     /// Every gate state report of every lot.
     pub fn all_gate_states() -> String {
         format!("{PREFIX}lots/+/gates/+/state")
+    }
+
+    /// Every lane's reports of decisions made alone.
+    pub fn all_gate_offline() -> String {
+        format!("{PREFIX}lots/+/gates/+/offline")
     }
 
     /// Every bay sensor's and bay camera's messages (occupancy, heartbeat, plate) of every lot.
@@ -201,7 +223,15 @@ mod tests {
                 lot: lot(),
                 gate: gate.clone(),
             },
-            Topic::GateState { lot: lot(), gate },
+            Topic::GateState {
+                lot: lot(),
+                gate: gate.clone(),
+            },
+            Topic::GateStanding {
+                lot: lot(),
+                gate: gate.clone(),
+            },
+            Topic::GateOffline { lot: lot(), gate },
             Topic::BridgeOccupancy {
                 device: device.clone(),
             },
