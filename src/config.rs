@@ -42,7 +42,7 @@ pub enum Command {
     /// --verify, injects the fault, audits; exits 1 when any scenario fails.
     Chaos {
         /// gateway-kill, broker-restart, db-stall, partition, disk-full, clock-skew,
-        /// embedded-kill, failover, or all.
+        /// embedded-kill, failover, lane-offline, or all.
         scenario: String,
         /// Shorter traffic and faults (CI).
         #[arg(long)]
@@ -215,6 +215,10 @@ pub struct SimArgs {
     /// with --speed).
     #[arg(long)]
     pub arrivals_per_minute: Option<f64>,
+    /// A lane decides alone, from its gate's standing list, when no command answers a read
+    /// within this many milliseconds (SPEC §2: 1.5 s); 0: lanes wait for the platform.
+    #[arg(long, default_value_t = 1_500)]
+    pub decide_alone_after_ms: u64,
 }
 
 /// `--broker-acl`.

@@ -125,6 +125,7 @@ impl Demo {
                     .collect(),
                 bays: Vec::new(),
                 max_stay_minutes: None,
+                offline_policy: Default::default(),
                 tariffs: vec![demo_tariff(i)],
             });
             for lane in &lot.lanes {
@@ -259,7 +260,10 @@ impl Demo {
             let Some(gate) = device.gate.clone() else {
                 continue;
             };
-            let config = CameraConfig::new(host, port, DeviceAuth::Signed);
+            let config = CameraConfig {
+                decide_alone_after: traffic.decide_alone_after,
+                ..CameraConfig::new(host, port, DeviceAuth::Signed)
+            };
             let handle = camera::spawn(
                 device.clone(),
                 config,
@@ -318,6 +322,7 @@ pub fn zone_plan(
         gates: Vec::new(),
         bays: (0..zone.bays).map(|i| zone.bay(i)).collect(),
         max_stay_minutes: Some(if tariff.is_multiple_of(2) { 3 } else { 120 }),
+        offline_policy: Default::default(),
         tariffs: vec![demo_tariff(tariff)],
     };
     let device = |id: DeviceId, kind: DeviceKind, bay| {

@@ -42,6 +42,8 @@ pub async fn run(args: SimArgs, interrupted: impl Future<Output = ()>) -> anyhow
     } else {
         TrafficConfig::demo()
     };
+    traffic.decide_alone_after = (args.decide_alone_after_ms > 0)
+        .then(|| std::time::Duration::from_millis(args.decide_alone_after_ms));
     if let Some(rate) = args.arrivals_per_minute {
         traffic.arrivals_per_minute = rate.max(0.0);
     }

@@ -28,6 +28,8 @@ pub struct NewInvoice {
     pub currency: String,
     pub due_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// The plate it is owed for, when nobody enrolled pays it (a car let out without standing).
+    pub plate: Option<String>,
 }
 
 impl NewInvoice {
@@ -48,6 +50,15 @@ impl NewInvoice {
             currency: currency.to_owned(),
             due_at: db_time(now + window),
             created_at: db_time(now),
+            plate: None,
+        }
+    }
+
+    /// The same invoice, owed for `plate` (with nobody enrolled to pay it).
+    pub fn for_plate(self, plate: String) -> Self {
+        Self {
+            plate: Some(plate),
+            ..self
         }
     }
 }
@@ -84,11 +95,11 @@ impl TryFrom<String> for InvoiceStatus {
 /// Opens `invoices` and queues their `invoice_created` notices, within the transaction; an
 /// invoice already open for a charge is skipped.
 pub async fn insert_invoices(tx: &mut Tx, invoices: &[NewInvoice]) -> Result<(), StoreError> {
-    // 8 binds a row.
+    // 9 binds a row.
     for chunk in invoices.chunks(3_000) {
         let mut insert = QueryBuilder::new(
             "INSERT INTO invoices (id, charge_id, driver_id, amount_minor, currency, status, due_at, \
-             created_at) ",
+             created_at, plate) ",
         );
         insert.push_values(chunk, |mut row, i| {
             row.push_bind(i.id)
@@ -98,7 +109,8 @@ pub async fn insert_invoices(tx: &mut Tx, invoices: &[NewInvoice]) -> Result<(),
                 .push_bind(i.currency.as_str())
                 .push_bind(InvoiceStatus::Open.as_str())
                 .push_bind(i.due_at)
-                .push_bind(i.created_at);
+                .push_bind(i.created_at)
+                .push_bind(i.plate.as_deref());
         });
         insert.push(" ON CONFLICT (charge_id) DO NOTHING RETURNING id, driver_id");
         let opened: Vec<(Uuid, Option<Uuid>)> =

@@ -371,7 +371,11 @@ impl Gateway {
             };
         // Two links, each with its own event loop, ingest and acker: gate cameras on one, bay
         // sensors, cameras and bridges on the other. Each drops the other's filters.
-        let gate_filters = vec![filter::all_gate_plates(), filter::all_gate_states()];
+        let gate_filters = vec![
+            filter::all_gate_plates(),
+            filter::all_gate_states(),
+            filter::all_gate_offline(),
+        ];
         let bay_filters = vec![
             filter::all_bays(),
             filter::all_bridges(),
@@ -463,6 +467,8 @@ impl Gateway {
             keeper.start().await;
             tracker.spawn(keeper.run(token.clone()));
         }
+        // The gate link's client also sends the lanes' standing lists.
+        let standing_client = client.clone();
         let links = [
             (
                 ["mqtt event loop", "ingest", "acker"],
@@ -506,6 +512,19 @@ impl Gateway {
             links_connected.push(connected);
         }
         core("gate actor", Box::pin(actor.run(gate_rx)));
+        tracker.spawn(
+            crate::gate::standing::StandingKeeper::new(
+                db.clone(),
+                registry.clone(),
+                availability.clone(),
+                standing_client,
+                config.decisions.plate_key.standing_key(),
+                ownership.clone(),
+                metrics.clone(),
+                gates.standing_changed(),
+            )
+            .run(token.clone()),
+        );
         core("store writer", Box::pin(writer.run()));
         core(
             "occupancy actor",

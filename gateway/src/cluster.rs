@@ -100,7 +100,11 @@ pub(crate) struct Link {
 
 /// The gate cameras' filters of a lot.
 pub(crate) fn gate_filters(_: &Registry, lot: &LotId) -> Vec<String> {
-    vec![filter::lot_gate_plates(lot), filter::lot_gate_states(lot)]
+    vec![
+        filter::lot_gate_plates(lot),
+        filter::lot_gate_states(lot),
+        filter::lot_gate_offline(lot),
+    ]
 }
 
 /// The bay sensors', bay cameras' and bridges' filters of a lot.

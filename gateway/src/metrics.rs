@@ -10,6 +10,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
     pub action: &'static str,
 }
@@ -36,6 +41,12 @@ pub struct Metrics {
     pub store_writes_failing: Gauge,
     pub store_writes_fenced: Counter,
     pub lots_held: Gauge,
+    /// Standing lists published to gates, full and delta.
+    pub standing_lists: Family<KindLabel, Counter>,
+    /// Decisions lanes made alone, reconciled (each once).
+    pub offline_decisions: Counter,
+    /// Of those, decisions the platform had made otherwise (to review).
+    pub offline_conflicts: Counter,
     pub mqtt_connected: Gauge,
     pub bay_events: Family<OutcomeLabel, Counter>,
     pub bay_heartbeats: Counter,
@@ -140,6 +151,24 @@ impl Metrics {
             "Lots this gateway node runs now (with --node-id)",
             lots_held.clone(),
         );
+        let standing_lists = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "standing_lists",
+            "Standing lists published to gates for deciding alone, by kind (full, delta)",
+            standing_lists.clone(),
+        );
+        let offline_decisions = Counter::default();
+        registry.register(
+            "offline_decisions",
+            "Decisions lanes made alone while the platform was away, reconciled",
+            offline_decisions.clone(),
+        );
+        let offline_conflicts = Counter::default();
+        registry.register(
+            "offline_conflicts",
+            "Decisions lanes made alone that the platform had made otherwise (sent to review)",
+            offline_conflicts.clone(),
+        );
         let mqtt_connected = Gauge::default();
         registry.register(
             "mqtt_connected",
@@ -218,6 +247,9 @@ impl Metrics {
             store_writes_failing,
             store_writes_fenced,
             lots_held,
+            standing_lists,
+            offline_decisions,
+            offline_conflicts,
             mqtt_connected,
         }
     }

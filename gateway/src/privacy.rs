@@ -31,6 +31,12 @@ impl PlateKey {
         Self::new(&bytes)
     }
 
+    /// The key lanes' standing lists hash plates under: derived from this one, so every node
+    /// of a platform given the same `--plate-key` makes the same hashes.
+    pub fn standing_key(&self) -> parkflow_protocol::standing::StandingKey {
+        parkflow_protocol::standing::StandingKey::derive(&self.0)
+    }
+
     /// The plate's tag for logs.
     pub fn tag(&self, plate: &Plate) -> String {
         plate.tag(&self.0)

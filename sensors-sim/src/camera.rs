@@ -1,6 +1,12 @@
-//! A simulated gate camera, honest to SPEC §2: it signs each plate read (or sends plain JSON to a
-//! lot whose broker enforces ACLs), re-sends the same read after 2 s and then with back-off until
-//! a `command` answering its `event_id` arrives, and obeys only commands it can verify.
+//! A simulated gate camera and its lane, honest to SPEC §2: it signs each plate read (or sends
+//! plain JSON to a lot whose broker enforces ACLs), re-sends the same read after 2 s and then
+//! with back-off until a `command` answering its `event_id` arrives, and obeys only commands it
+//! can verify.
+//!
+//! When no command answers a read within `decide_alone_after` (1.5 s), the lane decides alone
+//! from the signed `standing` list the platform keeps on its gate, carries that decision out,
+//! keeps sending the read (a later answer changes nothing), and reports the decision on its
+//! `offline` topic every 2 s until an `ack_offline` answers it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,9 +14,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parkflow_protocol::sign::{open, plain, seal};
+use parkflow_protocol::standing::{
+    DECIDE_ALONE_AFTER, MAX_REPORTED, OfflineDecision, OfflineReport, StandingList, StandingView,
+};
 use parkflow_protocol::{
-    DeviceAuth, DeviceId, Direction, EventId, GateAction, GateCommand, GatePlateRead, PlateColor,
-    Topic,
+    DeviceAuth, DeviceId, Direction, EventId, GateAction, GateCommand, GatePlateRead, Plate,
+    PlateColor, Topic,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +47,9 @@ pub struct CameraConfig {
     pub max_retry: Duration,
     /// Sends of one read before giving up (a real camera never does: the default is unlimited).
     pub max_attempts: u32,
+    /// A read no command answered this long after it was first sent is decided by the lane
+    /// alone; `None`: the lane waits for the platform however long it takes.
+    pub decide_alone_after: Option<Duration>,
 }
 
 impl CameraConfig {
@@ -49,8 +61,26 @@ impl CameraConfig {
             first_retry: Duration::from_secs(2),
             max_retry: Duration::from_secs(16),
             max_attempts: u32::MAX,
+            decide_alone_after: None,
         }
     }
+
+    /// The same camera, deciding alone after the protocol's 1.5 s.
+    pub fn deciding_alone(self) -> Self {
+        Self {
+            decide_alone_after: Some(DECIDE_ALONE_AFTER),
+            ..self
+        }
+    }
+}
+
+/// How often a lane reports the decisions it made alone until they are acknowledged.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether a command handed back by a camera is the lane's own decision (made alone, while the
+/// platform did not answer), not the platform's: its id is nil.
+pub fn decided_alone(command: &GateCommand) -> bool {
+    command.command_id.is_nil()
 }
 
 /// Why a read got no answer.
@@ -93,13 +123,15 @@ enum Request {
 const ANSWERED_MEMORY: usize = 50_000;
 
 struct Pending {
+    read: GatePlateRead,
     payload: Vec<u8>,
     /// When the read was first sent: the lane waits from then until its answer.
     sent: Instant,
     attempts: u32,
     wait: Duration,
     next: Instant,
-    reply: oneshot::Sender<Result<GateCommand, CameraError>>,
+    /// `None` once the lane decided alone (the read is still sent until the platform answers).
+    reply: Option<oneshot::Sender<Result<GateCommand, CameraError>>>,
 }
 
 /// Talks to a running camera.
@@ -191,6 +223,8 @@ pub fn spawn(
     options.set_credentials(&device.mqtt_username, &device.mqtt_password);
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_session(true);
+    // A standing list for a lot of tens of thousands of drivers is hundreds of kilobytes.
+    options.set_max_packet_size(1024 * 1024, 64 * 1024);
     options.set_last_will(presence.next_connection());
     let (client, mut eventloop) = AsyncClient::new(options, 1_000);
     let mut network = NetworkOptions::new();
@@ -206,9 +240,19 @@ pub fn spawn(
         gate: gate.clone(),
     }
     .to_string();
+    let standing_topic = Topic::GateStanding {
+        lot: device.lot.clone(),
+        gate: gate.clone(),
+    }
+    .to_string();
+    let offline_topic = Topic::GateOffline {
+        lot: device.lot.clone(),
+        gate: gate.clone(),
+    };
     let poll_token = token.clone();
     let poll_client = client.clone();
     let subscribe_topic = command_topic.clone();
+    let subscribe_standing = standing_topic.clone();
     tracker.spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -220,6 +264,8 @@ pub fn spawn(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(100);
                     let _ = poll_client.try_subscribe(subscribe_topic.as_str(), QoS::AtLeastOnce);
+                    let _ =
+                        poll_client.try_subscribe(subscribe_standing.as_str(), QoS::AtLeastOnce);
                     let _ = poll_client.try_publish(
                         presence.topic(),
                         QoS::AtLeastOnce,
@@ -257,9 +303,15 @@ pub fn spawn(
         device,
         topic,
         command_topic,
+        standing_topic,
+        offline_topic,
         config,
         client,
         stats,
+        standing: StandingView::default(),
+        offline: std::collections::BTreeMap::new(),
+        next_report: Instant::now(),
+        inside_since_list: 0,
         pending: HashMap::new(),
         waiting: HashMap::new(),
         answered: HashMap::new(),
@@ -275,6 +327,15 @@ struct Camera {
     device: DeviceEntry,
     topic: Topic,
     command_topic: String,
+    standing_topic: String,
+    offline_topic: Topic,
+    /// What the lane decides alone with.
+    standing: StandingView,
+    /// Decisions made alone and not yet acknowledged, by read.
+    offline: std::collections::BTreeMap<EventId, OfflineDecision>,
+    next_report: Instant,
+    /// Cars this lane let in less those it let out, deciding alone since its newest list.
+    inside_since_list: i64,
     config: CameraConfig,
     client: AsyncClient,
     stats: Arc<Stats>,
@@ -329,14 +390,20 @@ impl Camera {
                     None => break,
                 },
                 publish = inbound.recv() => match publish {
+                    Some(publish) if publish.topic == self.standing_topic => self.standing(&publish),
                     Some(publish) => self.command(&publish),
                     None => break,
                 },
-                _ = tick.tick() => self.retry(),
+                _ = tick.tick() => {
+                    self.retry();
+                    self.report();
+                }
             }
         }
         for (_, pending) in self.pending.drain() {
-            let _ = pending.reply.send(Err(CameraError::Stopped));
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(Err(CameraError::Stopped));
+            }
         }
         for (_, reply) in self.waiting.drain() {
             let _ = reply.send(Err(CameraError::Stopped));
@@ -401,20 +468,130 @@ impl Camera {
         Stats::add(&self.stats.reads_sent);
         let wait = self.config.first_retry;
         let pending = Pending {
+            read: read.clone(),
             payload,
             sent: Instant::now(),
             attempts: 1,
             wait,
             next: Instant::now() + wait,
-            reply,
+            reply: Some(reply),
         };
         self.pending.insert(read.event_id, pending);
+    }
+
+    /// A standing list for this gate, signed with its own secret: what it decides alone with.
+    fn standing(&mut self, publish: &rumqttc::Publish) {
+        let own: &DeviceId = &self.device.id;
+        let opened = open::<StandingList, _>(
+            &publish.payload,
+            &self.standing_topic,
+            self.config.auth,
+            |kid| (kid == own).then(|| self.device.secret.clone()),
+        );
+        let list = match opened {
+            Ok(opened) => opened.body,
+            Err(error) => {
+                tracing::warn!(device = %self.device.id, error = %error, "standing list refused");
+                Stats::add(&self.stats.commands_bad_signature);
+                return;
+            }
+        };
+        match self.standing.apply(list, self.device.secret.as_bytes()) {
+            Ok(()) => {
+                // The list's count is the platform's now.
+                self.inside_since_list = 0;
+                Stats::add(&self.stats.standing_lists);
+            }
+            Err(error) => {
+                tracing::debug!(device = %self.device.id, %error, "standing list not taken");
+            }
+        }
+    }
+
+    /// No command answered the read in time: the lane decides alone from its list, carries
+    /// the decision out and reports it.
+    fn decide_alone(&mut self, event_id: &EventId) {
+        let Some(pending) = self.pending.get_mut(event_id) else {
+            return;
+        };
+        let Some(reply) = pending.reply.take() else {
+            return;
+        };
+        let read = &pending.read;
+        // The list hashes plates as the platform normalises them.
+        let plate = Plate::parse(&read.plate)
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|_| read.plate.clone());
+        let inside = i64::from(self.standing.occupied()) + self.inside_since_list;
+        let inside = u32::try_from(inside.max(0)).unwrap_or(u32::MAX);
+        let (action, reason) = self.standing.decide(&plate, read.direction, inside);
+        if action == GateAction::Open {
+            self.inside_since_list += match read.direction {
+                Direction::Entry => 1,
+                Direction::Exit => -1,
+            };
+        }
+        let decision = OfflineDecision {
+            event_id: event_id.clone(),
+            plate: read.plate.clone(),
+            plate_color: read.plate_color,
+            direction: read.direction,
+            observed_at: read.observed_at,
+            action,
+            reason,
+            standing_version: self.standing.version(),
+        };
+        self.offline.insert(event_id.clone(), decision);
+        self.next_report = Instant::now();
+        Stats::add(&self.stats.decided_alone);
+        let waited = u64::try_from(pending.sent.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.stats
+            .longest_wait_ms
+            .fetch_max(waited, std::sync::atomic::Ordering::Relaxed);
+        let command = GateCommand::new(Uuid::nil(), event_id.clone(), action, reason, Utc::now());
+        let _ = reply.send(Ok(command));
+    }
+
+    /// Reports the decisions made alone that are not acknowledged yet.
+    fn report(&mut self) {
+        if self.offline.is_empty() || Instant::now() < self.next_report {
+            return;
+        }
+        self.next_report = Instant::now() + REPORT_EVERY;
+        let report = OfflineReport {
+            decisions: self.offline.values().take(MAX_REPORTED).cloned().collect(),
+        };
+        let payload = match self.config.auth {
+            DeviceAuth::Signed => seal(
+                &self.offline_topic,
+                &report,
+                &self.device.id,
+                self.device.secret.as_bytes(),
+            ),
+            DeviceAuth::Broker => plain(&self.offline_topic, &report),
+        };
+        let _ = self.client.try_publish(
+            self.offline_topic.to_string(),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        );
+        Stats::add(&self.stats.offline_reports);
     }
 
     fn retry(&mut self) {
         let now = Instant::now();
         let mut gave_up = Vec::new();
+        let mut alone = Vec::new();
         for (event_id, pending) in &mut self.pending {
+            if pending.reply.is_some()
+                && self
+                    .config
+                    .decide_alone_after
+                    .is_some_and(|after| pending.sent.elapsed() >= after)
+            {
+                alone.push(event_id.clone());
+            }
             if pending.next > now {
                 continue;
             }
@@ -433,12 +610,15 @@ impl Camera {
             pending.wait = (pending.wait * 2).min(self.config.max_retry);
             pending.next = now + pending.wait;
         }
+        for event_id in alone {
+            self.decide_alone(&event_id);
+        }
         for event_id in gave_up {
-            if let Some(pending) = self.pending.remove(&event_id) {
+            if let Some(pending) = self.pending.remove(&event_id)
+                && let Some(reply) = pending.reply
+            {
                 Stats::add(&self.stats.reads_unanswered);
-                let _ = pending
-                    .reply
-                    .send(Err(CameraError::Unanswered(pending.attempts)));
+                let _ = reply.send(Err(CameraError::Unanswered(pending.attempts)));
             }
         }
     }
@@ -475,6 +655,12 @@ impl Camera {
                 return;
             }
         }
+        if command.action == GateAction::AckOffline {
+            if self.offline.remove(&command.event_id).is_some() {
+                Stats::add(&self.stats.offline_acked);
+            }
+            return;
+        }
         // A held car waits for the `open` its payment brings; another `hold` for the same read
         // (the read re-sent while the platform restarted, decided again) is not that answer.
         if command.action == GateAction::Open
@@ -485,13 +671,22 @@ impl Camera {
             return;
         }
         match self.pending.remove(&command.event_id) {
-            Some(pending) => {
-                let waited = u64::try_from(pending.sent.elapsed().as_millis()).unwrap_or(u64::MAX);
+            // Decided alone already: the lane keeps its own decision; the read stops.
+            Some(Pending { reply: None, .. }) => {
+                Stats::add(&self.stats.answered_after_alone);
+                self.remember(&command);
+            }
+            Some(Pending {
+                reply: Some(reply),
+                sent,
+                ..
+            }) => {
+                let waited = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX);
                 self.stats
                     .longest_wait_ms
                     .fetch_max(waited, std::sync::atomic::Ordering::Relaxed);
                 self.remember(&command);
-                let _ = pending.reply.send(Ok(command));
+                let _ = reply.send(Ok(command));
             }
             // A re-sent answer to a read already answered (told by its event id): the same
             // command again is a repeat; another command is a conflict only if it decides

@@ -14,6 +14,8 @@ pub struct Answered {
     pub observed_at: DateTime<Utc>,
     pub action: GateAction,
     pub reason: GateReason,
+    /// Decided by the lane alone (the platform did not answer in time).
+    pub alone: bool,
 }
 
 /// One car's visit to a gated lot.

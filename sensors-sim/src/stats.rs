@@ -31,6 +31,15 @@ pub struct Stats {
     /// The rogue's reads (their event ids), and how many of them a gate was answered for.
     pub rogue_events: std::sync::Mutex<std::collections::HashSet<parkflow_protocol::EventId>>,
     pub rogue_answered: AtomicU64,
+    /// Reads a lane decided alone (no command within 1.5 s).
+    pub decided_alone: AtomicU64,
+    /// Of those, answered by the platform later (the lane kept its own decision).
+    pub answered_after_alone: AtomicU64,
+    /// `offline` reports sent, and decisions they carried that an `ack_offline` answered.
+    pub offline_reports: AtomicU64,
+    pub offline_acked: AtomicU64,
+    /// Standing lists (full or delta) a lane took.
+    pub standing_lists: AtomicU64,
 }
 
 impl Stats {
@@ -44,7 +53,8 @@ impl Stats {
         format!(
             "reads_sent={} reads_resent={} commands={} unmatched_commands={} bad_signatures={} expired_commands={} replayed_commands={} unanswered={} \
              entries_opened={} entries_held={} exits_opened={} exits_held={} exits_paid={} misreads={} double_reads={} \
-             conflicting_answers={} rogue_reads={} reconnects={} longest_wait_ms={}",
+             conflicting_answers={} rogue_reads={} reconnects={} longest_wait_ms={} \
+             decided_alone={} answered_after_alone={} offline_reports={} offline_acked={} standing_lists={}",
             get(&self.reads_sent),
             get(&self.reads_resent),
             get(&self.commands_received),
@@ -64,6 +74,11 @@ impl Stats {
             get(&self.rogue_reads),
             get(&self.reconnects),
             get(&self.longest_wait_ms),
+            get(&self.decided_alone),
+            get(&self.answered_after_alone),
+            get(&self.offline_reports),
+            get(&self.offline_acked),
+            get(&self.standing_lists),
         )
     }
 }

@@ -41,6 +41,8 @@ pub struct TrafficConfig {
     pub walk_in_account: String,
     /// Whether arrivals follow the daily curve (morning and evening peaks, quiet nights).
     pub daily_curve: bool,
+    /// Lanes decide alone when no command answers a read this long (`None`: they wait).
+    pub decide_alone_after: Option<Duration>,
 }
 
 impl TrafficConfig {
@@ -57,6 +59,7 @@ impl TrafficConfig {
             rogue_every: Some(Duration::from_secs(5)),
             walk_in_account: "walk-in-card".into(),
             daily_curve: false,
+            decide_alone_after: Some(parkflow_protocol::standing::DECIDE_ALONE_AFTER),
         }
     }
 
@@ -68,6 +71,7 @@ impl TrafficConfig {
             min_stay: Duration::from_secs(15 * 60),
             max_stay: Duration::from_secs(5 * 3_600),
             daily_curve: true,
+            decide_alone_after: Some(parkflow_protocol::standing::DECIDE_ALONE_AFTER),
             ..Self::demo()
         }
     }
@@ -366,6 +370,7 @@ impl Journey {
                 observed_at: entered_at,
                 action: command.action,
                 reason: command.reason,
+                alone: crate::camera::decided_alone(&command),
             },
             exit: None,
             misread: false,
@@ -404,6 +409,7 @@ impl Journey {
                 observed_at: exited_at,
                 action: command.action,
                 reason: command.reason,
+                alone: crate::camera::decided_alone(&command),
             });
             match (command.action, command.pay_url) {
                 (GateAction::Open, _) => Stats::add(&stats.exits_opened),
@@ -414,7 +420,11 @@ impl Journey {
                         record.paid_at_exit = true;
                     }
                 }
-                (GateAction::Hold, None) => Stats::add(&stats.exits_held),
+                (GateAction::Hold | GateAction::AckOffline, None) => {
+                    Stats::add(&stats.exits_held);
+                }
+                // Never handed to a lane's driver: an acknowledgement answers no read.
+                (GateAction::AckOffline, Some(_)) => {}
             }
         }
         self.shared.journal.record(record);

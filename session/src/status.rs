@@ -75,15 +75,19 @@ pub enum ReviewKind {
     NoPlate,
     /// A car left but its stay could not be priced (no tariff in force).
     Unpriced,
+    /// A lane decided alone while the platform was away, and the platform had already
+    /// answered the same read otherwise (or would not have let the car through).
+    OfflineConflict,
 }
 
 impl ReviewKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::ExitWithoutEntry,
         Self::LowConfidenceMatch,
         Self::MissedExit,
         Self::NoPlate,
         Self::Unpriced,
+        Self::OfflineConflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +97,7 @@ impl ReviewKind {
             Self::MissedExit => "missed_exit",
             Self::NoPlate => "no_plate",
             Self::Unpriced => "unpriced",
+            Self::OfflineConflict => "offline_conflict",
         }
     }
 

@@ -48,6 +48,7 @@ fn plan(lots: usize) -> anyhow::Result<Plan> {
             gates: vec![(GateId::parse("in-1")?, GateDirection::Entry)],
             bays: Vec::new(),
             max_stay_minutes: None,
+            offline_policy: Default::default(),
             tariffs: vec![demo_tariff(i)],
         });
     }

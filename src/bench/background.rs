@@ -77,6 +77,7 @@ impl SensorZone {
             gates: Vec::new(),
             bays: sensors.iter().map(|(bay, _, _)| bay.clone()).collect(),
             max_stay_minutes: None,
+            offline_policy: Default::default(),
             tariffs: vec![demo_tariff(0)],
         };
         Ok((

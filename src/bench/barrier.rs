@@ -115,6 +115,7 @@ impl Fixture {
                 gates: vec![(self.gate.clone(), GateDirection::Both)],
                 bays: Vec::new(),
                 max_stay_minutes: None,
+                offline_policy: Default::default(),
                 tariffs: vec![demo_tariff(0)],
             }],
             devices: vec![DevicePlan {

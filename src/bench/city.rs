@@ -97,6 +97,7 @@ async fn provision_city(db: &Db, bays: usize) -> anyhow::Result<BenchCity> {
                 gates: Vec::new(),
                 bays: (0..n).map(bay_id).collect::<anyhow::Result<_>>()?,
                 max_stay_minutes: None,
+                offline_policy: Default::default(),
                 tariffs: vec![demo_tariff(z)],
             });
             for b in 0..n {

@@ -93,6 +93,7 @@ async fn round(nodes: usize, leased: bool, seconds: u64, postgres_url: &str) -> 
         seconds,
         ARRIVALS_PER_MINUTE,
         CITY,
+        crate::chaos::parts::Lanes::Wait,
     )?;
     let report = sim.report().await?;
     if !report.passed {

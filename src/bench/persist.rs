@@ -84,6 +84,7 @@ fn read(
         ),
         amount_due_minor: None,
         session_id: Some(session),
+        decided_offline: false,
     })
 }
 
@@ -448,6 +449,7 @@ fn lot_plan(lot: &LotId, gate: &GateId, sessions: usize) -> Plan {
             gates: vec![(gate.clone(), GateDirection::Both)],
             bays: Vec::new(),
             max_stay_minutes: None,
+            offline_policy: Default::default(),
             tariffs: vec![demo_tariff(0)],
         }],
         ..Plan::default()

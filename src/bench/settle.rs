@@ -163,6 +163,7 @@ impl Fleet {
                     gates: Vec::new(),
                     bays: Vec::new(),
                     max_stay_minutes: None,
+                    offline_policy: Default::default(),
                     tariffs: vec![lot.tariff.definition().clone()],
                 })
                 .collect(),

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use parts::{Broker, Gateway, Mosquitto, PgDatabase, Sim, SimReport, audit, free_addr, owners};
+use parts::{
+    Broker, Gateway, Lanes, Mosquitto, PgDatabase, Sim, SimReport, audit, free_addr, owners,
+};
 use proxy::{FaultProxy, Mode};
 
 /// How long the platform has after the traffic to bill the last stays before the audit counts
@@ -28,7 +30,7 @@ use proxy::{FaultProxy, Mode};
 const AUDIT_SETTLE: Duration = Duration::from_secs(30);
 
 /// Every scenario, in the order `all` runs them.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "gateway-kill",
     "broker-restart",
     "db-stall",
@@ -37,6 +39,7 @@ pub const SCENARIOS: [&str; 8] = [
     "clock-skew",
     "embedded-kill",
     "failover",
+    "lane-offline",
 ];
 
 /// How long things last: `--quick` for CI, or the figures.
@@ -46,6 +49,8 @@ struct Timing {
     warm_up: Duration,
     stall: Duration,
     partition: Duration,
+    /// How long the gateway stays down in `lane-offline`.
+    outage: Duration,
 }
 
 impl Timing {
@@ -56,6 +61,7 @@ impl Timing {
                 warm_up: Duration::from_secs(6),
                 stall: Duration::from_secs(10),
                 partition: Duration::from_secs(8),
+                outage: Duration::from_secs(15),
             }
         } else {
             Self {
@@ -63,6 +69,7 @@ impl Timing {
                 warm_up: Duration::from_secs(15),
                 stall: Duration::from_secs(30),
                 partition: Duration::from_secs(20),
+                outage: Duration::from_secs(60),
             }
         }
     }
@@ -83,6 +90,8 @@ struct Outcome {
     loss_allowed: bool,
     /// The gateway's resident memory when the fault began and its peak during it, in bytes.
     rss_mb: Option<(u64, u64)>,
+    /// Invoices raised to plates (cars lanes let out without standing), where counted.
+    plate_invoices: Option<i64>,
 }
 
 impl Outcome {
@@ -137,6 +146,16 @@ impl Outcome {
                 peak as f64 / 1e6
             ));
         }
+        if self.sim.figure("decided_alone") > 0 {
+            out.push_str(&format!(
+                " decided_alone={} offline_acked={}",
+                self.sim.figure("decided_alone"),
+                self.sim.figure("offline_acked"),
+            ));
+        }
+        if let Some(invoices) = self.plate_invoices {
+            out.push_str(&format!(" plate_invoices={invoices}"));
+        }
         for problem in &self.problems {
             out.push_str(&format!("\nproblem: {problem}"));
         }
@@ -183,7 +202,8 @@ pub async fn run(scenario: &str, quick: bool, postgres_url: &str) -> anyhow::Res
             "disk-full" => disk_full(timing).await,
             "clock-skew" => clock_skew(timing, postgres_url).await,
             "embedded-kill" => embedded_kill(timing).await,
-            _ => failover(timing, postgres_url).await,
+            "failover" => failover(timing, postgres_url).await,
+            _ => lane_offline(timing, postgres_url).await,
         };
         let outcome = outcome.with_context(|| format!("scenario {name} could not run"))?;
         println!("{}", outcome.render());
@@ -260,12 +280,13 @@ impl Rig {
         })
     }
 
-    fn traffic(&self, timing: Timing) -> anyhow::Result<Sim> {
+    fn traffic(&self, timing: Timing, lanes: Lanes) -> anyhow::Result<Sim> {
         Sim::start(
             &self.devices,
             self.mosquitto.addr,
             &self.gateway.api(),
             timing.traffic.as_secs(),
+            lanes,
         )
     }
 
@@ -277,7 +298,13 @@ impl Rig {
         recovery: Duration,
     ) -> anyhow::Result<Outcome> {
         let report = sim.report().await?;
-        let problems = audit(&self.audit_url, AUDIT_SETTLE).await?;
+        let mut problems = audit(&self.audit_url, AUDIT_SETTLE).await?;
+        let (plate_invoices, uninvoiced) = parts::plate_invoices(&self.audit_url).await?;
+        if uninvoiced > 0 {
+            problems.push(format!(
+                "{uninvoiced} charges owed with nobody to bill have no invoice to their plate"
+            ));
+        }
         self.gateway.kill().await;
         self.mosquitto.kill().await;
         if let Some(database) = self.database.take() {
@@ -294,15 +321,63 @@ impl Rig {
             audit_clean: problems.is_empty(),
             recovery,
             problems,
+            plate_invoices: Some(plate_invoices),
             ..Outcome::default()
         })
     }
 }
 
+/// What lanes deciding alone must show: every car answered within 2 s (SPEC: a lane decides
+/// alone after 1.5 s), every decision it made alone acknowledged (so reconciled).
+fn lanes_answered(outcome: &mut Outcome) {
+    let gap = outcome.sim.figure("longest_wait_ms");
+    if gap >= 2_000 {
+        outcome.problems.push(format!(
+            "a lane waited {gap} ms for its answer (2,000 at most)"
+        ));
+    }
+    let (alone, acked) = (
+        outcome.sim.figure("decided_alone"),
+        outcome.sim.figure("offline_acked"),
+    );
+    if acked < alone {
+        outcome.problems.push(format!(
+            "{} of {alone} decisions made alone were never acknowledged",
+            alone - acked
+        ));
+    }
+}
+
+/// The gateway stopped (kill -9) for a minute (15 s with --quick) while cars keep arriving and
+/// leaving: the lanes decide alone from their standing lists, report, and the platform, back,
+/// makes each decision one session event; a car let out without standing is invoiced to its plate.
+async fn lane_offline(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome> {
+    let mut rig = Rig::external(postgres_url, false, false).await?;
+    let sim = rig.traffic(timing, Lanes::DecideAlone)?;
+    tokio::time::sleep(timing.warm_up).await;
+    rig.gateway.kill().await;
+    tokio::time::sleep(timing.outage).await;
+    rig.gateway.start()?;
+    let recovery = rig.gateway.ready(Duration::from_secs(60)).await?;
+    let mut outcome = rig.finish("lane-offline", sim, recovery).await?;
+    lanes_answered(&mut outcome);
+    if outcome.sim.figure("decided_alone") == 0 {
+        outcome
+            .problems
+            .push("no lane decided alone: the outage was not felt".into());
+    }
+    if outcome.plate_invoices == Some(0) {
+        outcome
+            .problems
+            .push("no car let out without standing was invoiced to its plate".into());
+    }
+    Ok(outcome)
+}
+
 /// kill -9 the gateway twice during traffic (external broker, PostgreSQL), restarting it at once.
 async fn gateway_kill(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome> {
     let mut rig = Rig::external(postgres_url, false, false).await?;
-    let sim = rig.traffic(timing)?;
+    let sim = rig.traffic(timing, Lanes::Wait)?;
     let mut recovery = Duration::ZERO;
     for _ in 0..2 {
         tokio::time::sleep(timing.warm_up).await;
@@ -316,7 +391,7 @@ async fn gateway_kill(timing: Timing, postgres_url: &str) -> anyhow::Result<Outc
 /// kill -9 Mosquitto (persistence on) during traffic, and start it again.
 async fn broker_restart(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome> {
     let mut rig = Rig::external(postgres_url, false, false).await?;
-    let sim = rig.traffic(timing)?;
+    let sim = rig.traffic(timing, Lanes::Wait)?;
     tokio::time::sleep(timing.warm_up).await;
     rig.mosquitto.kill().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -330,7 +405,7 @@ async fn broker_restart(timing: Timing, postgres_url: &str) -> anyhow::Result<Ou
 /// a second.
 async fn db_stall(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome> {
     let rig = Rig::external(postgres_url, true, false).await?;
-    let sim = rig.traffic(timing)?;
+    let sim = rig.traffic(timing, Lanes::Wait)?;
     let proxy = rig.db_proxy.as_ref().context("the database proxy")?;
     let mut problems = Vec::new();
     tokio::time::sleep(timing.warm_up).await;
@@ -402,7 +477,7 @@ async fn not_ready_while(
 /// The gateway cut off from the broker: first every byte dropped, then connections refused.
 async fn partition(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome> {
     let rig = Rig::external(postgres_url, false, true).await?;
-    let sim = rig.traffic(timing)?;
+    let sim = rig.traffic(timing, Lanes::DecideAlone)?;
     let proxy = rig.broker_proxy.as_ref().context("the broker proxy")?;
     tokio::time::sleep(timing.warm_up).await;
     proxy.set(Mode::Hold);
@@ -411,7 +486,10 @@ async fn partition(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome
     tokio::time::sleep(timing.partition / 2).await;
     proxy.set(Mode::Pass);
     let recovery = rig.gateway.ready(Duration::from_secs(60)).await?;
-    rig.finish("partition", sim, recovery).await
+    let mut outcome = rig.finish("partition", sim, recovery).await?;
+    // The lanes decide alone while the gateway is cut off: no car waits for it.
+    lanes_answered(&mut outcome);
+    Ok(outcome)
 }
 
 /// Devices whose clocks are 2 hours ahead and 4 days behind: a lane left to the harness (the
@@ -419,7 +497,7 @@ async fn partition(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome
 /// traffic; each must be answered with a signed `hold`, reason `device_clock`.
 async fn clock_skew(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome> {
     let rig = Rig::external(postgres_url, false, false).await?;
-    let sim = rig.traffic(timing)?;
+    let sim = rig.traffic(timing, Lanes::Wait)?;
     tokio::time::sleep(timing.warm_up).await;
     let mut problems = Vec::new();
     for (skew, name) in [
@@ -624,6 +702,7 @@ impl Embedded {
             self.broker,
             &self.gateway.api(),
             timing.traffic.as_secs(),
+            Lanes::Wait,
         )
     }
 
@@ -714,7 +793,13 @@ async fn failover(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome>
     {
         problems.push(format!("the two nodes did not share the lots: {error:#}"));
     }
-    let sim = Sim::start(&devices, mosquitto.addr, &b.api(), timing.traffic.as_secs())?;
+    let sim = Sim::start(
+        &devices,
+        mosquitto.addr,
+        &b.api(),
+        timing.traffic.as_secs(),
+        Lanes::Wait,
+    )?;
     tokio::time::sleep(timing.warm_up).await;
     a.kill().await;
     let killed = Instant::now();

@@ -218,6 +218,25 @@ pub async fn owners(database_url: &str) -> anyhow::Result<std::collections::BTre
     Ok(rows.into_iter().collect())
 }
 
+/// What lanes deciding alone left behind: how many invoices were raised to plates (cars let out
+/// without standing), and the charges owed with nobody to bill that have no such invoice (none
+/// may).
+pub async fn plate_invoices(database_url: &str) -> anyhow::Result<(i64, i64)> {
+    let mut connection = sqlx::PgConnection::connect(database_url).await?;
+    let (invoiced,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM invoices WHERE plate IS NOT NULL")
+            .fetch_one(&mut connection)
+            .await?;
+    let (uninvoiced,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM charges c JOIN sessions s ON s.id = c.session_id
+         WHERE c.status = 'no_account' AND c.driver_id IS NULL
+           AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.charge_id = c.id AND i.plate = s.plate)",
+    )
+    .fetch_one(&mut connection)
+    .await?;
+    Ok((invoiced, uninvoiced))
+}
+
 /// How the gateway reaches its broker.
 pub enum Broker {
     External(String),
@@ -397,15 +416,25 @@ pub struct Sim {
     child: Child,
 }
 
+/// What the simulated lanes do when the platform does not answer a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lanes {
+    /// Wait for it however long it takes: the platform's own gap is what is measured.
+    Wait,
+    /// Decide alone after 1.5 s from the gate's standing list, and report the decision.
+    DecideAlone,
+}
+
 impl Sim {
     pub fn start(
         devices: &Path,
         mqtt: SocketAddr,
         api: &str,
         seconds: u64,
+        lanes: Lanes,
     ) -> anyhow::Result<Self> {
         // Busier than the demo, so that every fault window has reads in flight.
-        Self::start_at(devices, mqtt, api, seconds, "90", "demo")
+        Self::start_at(devices, mqtt, api, seconds, "90", "demo", lanes)
     }
 
     /// [`Sim::start`] with this many arrivals a minute at each lot, in this demo city.
@@ -416,7 +445,12 @@ impl Sim {
         seconds: u64,
         arrivals_per_minute: &str,
         city: &str,
+        lanes: Lanes,
     ) -> anyhow::Result<Self> {
+        let decide_alone_after_ms = match lanes {
+            Lanes::Wait => "0",
+            Lanes::DecideAlone => "1500",
+        };
         let child = Command::new(parkflow()?)
             .args(["sim", "--verify", "--devices"])
             .arg(devices)
@@ -426,6 +460,7 @@ impl Sim {
             .args(["--max-stay-secs", &(seconds / 2).max(5).to_string()])
             .args(["--arrivals-per-minute", arrivals_per_minute])
             .args(["--city", city])
+            .args(["--decide-alone-after-ms", decide_alone_after_ms])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("PARKFLOW_LOG", "error")

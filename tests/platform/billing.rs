@@ -69,6 +69,7 @@ async fn fixture(db: &Db) -> Fixture {
                 gates: Vec::new(),
                 bays: Vec::new(),
                 max_stay_minutes: None,
+                offline_policy: Default::default(),
                 tariffs: vec![demo_tariff(i)],
             })
             .collect(),

@@ -18,6 +18,7 @@ use crate::tariff::Stay;
 struct ClosedSession {
     id: Uuid,
     lot_id: String,
+    plate: String,
     status: String,
     plate_color: Option<String>,
     pass_holder: bool,
@@ -42,6 +43,7 @@ struct NewCharge {
     amount_minor: i64,
     currency: String,
     status: ChargeStatus,
+    plate: String,
 }
 
 /// Creates the charges of closed sessions that have none; returns how many were created.
@@ -56,7 +58,7 @@ pub async fn enqueue(
     // The queue holds only what waits: a step never walks the history of every session. Session ids
     // are time-ordered (UUIDv7), so the primary key gives the oldest first without a sort.
     let sessions: Vec<ClosedSession> = query(
-        "SELECT s.id, s.lot_id, s.status, s.plate_color, s.pass_holder, s.entered_at, s.exited_at, s.fee_minor, s.currency,
+        "SELECT s.id, s.lot_id, s.plate, s.status, s.plate_color, s.pass_holder, s.entered_at, s.exited_at, s.fee_minor, s.currency,
                 d.id AS driver_id, d.payment_account, d.auto_debit
          FROM charge_queue q
          JOIN sessions s ON s.id = q.session_id
@@ -133,6 +135,7 @@ pub async fn enqueue(
             amount_minor: fee_minor,
             currency,
             status,
+            plate: session.plate,
         });
     }
     let now = db_time(now);
@@ -164,7 +167,8 @@ pub async fn enqueue(
         let ids: Vec<(Uuid,)> = insert.build().persistent(false).fetch_all(&mut tx).await?;
         inserted.extend(ids.into_iter().map(|(id,)| id));
     }
-    // A charge with nobody to debit is owed at once: a fee entry, and an invoice when there is a driver.
+    // A charge with nobody to debit is owed at once: a fee entry, and an invoice — to its driver,
+    // or, with nobody enrolled to bill, to its plate (a car let out without standing).
     let inserted_set: std::collections::HashSet<Uuid> = inserted.iter().copied().collect();
     let owed: Vec<&NewCharge> = charges
         .iter()
@@ -177,16 +181,19 @@ pub async fn enqueue(
     insert_entries(&mut tx, &entries).await?;
     let invoices: Vec<NewInvoice> = owed
         .iter()
-        .filter(|c| c.driver_id.is_some())
         .map(|c| {
-            NewInvoice::new(
+            let invoice = NewInvoice::new(
                 c.id,
                 c.driver_id,
                 c.amount_minor,
                 &c.currency,
                 now,
                 config.payment_window,
-            )
+            );
+            match c.driver_id {
+                Some(_) => invoice,
+                None => invoice.for_plate(c.plate.clone()),
+            }
         })
         .collect();
     insert_invoices(&mut tx, &invoices).await?;

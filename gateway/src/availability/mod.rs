@@ -241,6 +241,7 @@ mod tests {
             time_zone: "Asia/Shanghai".into(),
             device_auth: parkflow_protocol::DeviceAuth::Signed,
             tariffs: Default::default(),
+            offline_policy: Default::default(),
             max_stay: None,
         };
         let availability = LotAvailability::new(

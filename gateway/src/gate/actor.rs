@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::decide::Standing;
 use super::plan::{self, Planned};
 use super::state::{Decided, GateState, HELD_FOR, Held, HeldRead, LaneKey, ReadKey};
-use super::{GateMessage, GateRead, PaidExit};
+use super::{GateMessage, GateRead, OfflineDecided, OfflineReport, PaidExit};
 use crate::cluster::Ownership;
 use crate::metrics::{ActionLabel, Metrics};
 use crate::mqtt::ack::Ticket;
@@ -93,6 +93,12 @@ pub enum Done {
     /// A session a correction gave back is still open in the database; the sender is dropped
     /// once it is back among the open ones.
     StillOpen(OpenSession, tokio::sync::oneshot::Sender<()>),
+    /// The stored decision for a lane's decision too old for the actor's memory (`None`: the
+    /// platform never answered that read).
+    OfflineLookedUp {
+        decided: Box<OfflineDecided>,
+        stored: Option<Box<sessions::StoredDecision>>,
+    },
 }
 
 /// The facts decisions depend on (drivers, passes, blocks), as read from the database by
@@ -293,6 +299,7 @@ impl GateActor {
                     self.plate_read(*read, Arrival::ClockRefused).await;
                 }
                 GateMessage::Standing { plates, standing } => self.standing(plates, standing).await,
+                GateMessage::Offline(report) => self.offline(*report).await,
                 GateMessage::ExitPaid(paid) => {
                     if self.runs(&paid.lot) {
                         self.exit_paid(paid);
@@ -481,6 +488,7 @@ impl GateActor {
                     standing_of,
                     self.config.review_threshold,
                     &self.config.public_url,
+                    false,
                 )
             }
         };
@@ -532,6 +540,259 @@ impl GateActor {
         self.remember(read_key, lane, &read, &command, session_id);
         self.report_open(&registry, &read.lot);
         self.submit(&read.lot, writes, read.ticket).await;
+    }
+
+    /// A lane's report of decisions it made alone: each is reconciled once (against the
+    /// platform's own answer to the same read, when it gave one), then acknowledged with an
+    /// `ack_offline` once what it changed is durable.
+    async fn offline(&mut self, report: OfflineReport) {
+        let OfflineReport {
+            lot,
+            gate,
+            decisions,
+            unusable,
+            ticket,
+        } = report;
+        if !self.runs(&lot) {
+            self.metrics.rejected("lot_not_held");
+            if let Some(ticket) = ticket {
+                ticket.forward();
+            }
+            return;
+        }
+        let registry = self.registry.snapshot();
+        let Some(lot_entry) = registry.lot_by_id(&lot) else {
+            return;
+        };
+        let now = Utc::now();
+        self.state.recent.expire(now);
+        let mut writes = Vec::new();
+        let mut acks = unusable;
+        for decided in decisions {
+            let key: ReadKey = (
+                lot.clone(),
+                decided.read.gate.clone(),
+                decided.read.event_id.clone(),
+            );
+            let event_id = decided.read.event_id.clone();
+            if let Some(platform) = self.state.recent.by_read(&key).cloned() {
+                writes.extend(self.reconcile(&registry, lot_entry, decided, Some(platform)));
+            } else if decided.read.observed_at < now - (self.state.recent.window() - MAX_AHEAD) {
+                // Older than the decisions in memory: the platform may have answered it long
+                // ago. Looked up beside the actor; reconciled and acknowledged when it answers.
+                let db = self.db.clone();
+                self.off_actor("offline decision", async move {
+                    let read = &decided.read;
+                    match sessions::decision(&db, &read.lot, &read.gate, &read.event_id).await {
+                        Ok(stored) => Some(Done::OfflineLookedUp {
+                            decided: Box::new(decided),
+                            stored: stored.map(Box::new),
+                        }),
+                        Err(error) => {
+                            // Not acknowledged: the lane sends it again.
+                            tracing::error!(error = %error, "failed to look up an offline decision's read; not reconciled yet");
+                            None
+                        }
+                    }
+                });
+                continue;
+            } else {
+                writes.extend(self.reconcile(&registry, lot_entry, decided, None));
+            }
+            acks.push(event_id);
+        }
+        self.submit_acked(&lot, &gate, writes, ticket, acks).await;
+    }
+
+    /// One decision a lane made alone, against the platform's own answer to that read if it
+    /// gave one: the writes that make it one session event.
+    fn reconcile(
+        &mut self,
+        registry: &Registry,
+        lot: &Lot,
+        decided: OfflineDecided,
+        platform: Option<Decided>,
+    ) -> Vec<Write> {
+        let OfflineDecided {
+            read,
+            action,
+            reason,
+            standing_version,
+        } = decided;
+        self.metrics.offline_decisions.inc();
+        tracing::debug!(
+            lot = %read.lot,
+            gate = %read.gate,
+            plate = %self.config.plate_key.tag(&read.plate),
+            action = ?action,
+            reason = ?reason,
+            standing_version,
+            "offline decision reconciled"
+        );
+        let drivers = &self.state.drivers;
+        let standing_of =
+            |plate: &Plate| drivers.get(plate).copied().unwrap_or(Standing::NotEnrolled);
+        let lot_state = self.state.lots.entry(read.lot.clone()).or_default();
+        let Some(platform) = platform else {
+            // The platform never answered it: the lane's decision is the decision.
+            let planned = match (read.direction, action) {
+                (Direction::Entry, _) => Some(plan::entry_as(
+                    lot,
+                    lot_state,
+                    &read,
+                    super::decide::EntryDecision { action, reason },
+                )),
+                (Direction::Exit, GateAction::Open) => Some(plan::exit(
+                    lot,
+                    lot_state,
+                    &read,
+                    standing_of,
+                    self.config.review_threshold,
+                    &self.config.public_url,
+                    true,
+                )),
+                // Held at the lane: the car is still inside, its stay goes on.
+                _ => None,
+            };
+            let (mut writes, session_id) = match planned {
+                Some(planned) => {
+                    self.count(&planned);
+                    (planned.writes, planned.session_id)
+                }
+                None => (Vec::new(), None),
+            };
+            let command = plan::command(&read, action, reason);
+            let mut recorded = record(&read, &command, session_id);
+            if let Write::GateRead(record) = &mut recorded {
+                record.decided_offline = true;
+            }
+            writes.push(recorded);
+            let read_key = (read.lot.clone(), read.gate.clone(), read.event_id.clone());
+            let lane = (read.lot.clone(), read.gate.clone(), read.direction);
+            self.remember(read_key, lane, &read, &command, session_id);
+            self.report_open(registry, &read.lot);
+            return writes;
+        };
+        if platform.command.action == action {
+            return Vec::new();
+        }
+        // Held for payment by the platform, let out by the lane: the car has gone; its stay
+        // ends at the exit read and is billed (invoiced to its plate if nobody enrolled pays).
+        if read.direction == Direction::Exit
+            && action == GateAction::Open
+            && platform.command.reason == GateReason::PaymentRequired
+        {
+            let Some(session_id) = platform.session_id else {
+                return Vec::new();
+            };
+            self.held.remove(&session_id);
+            if !lot_state.open.values().any(|s| s.id == session_id) {
+                // Paid or corrected meanwhile: already ended.
+                return Vec::new();
+            }
+            let planned = plan::exit(
+                lot,
+                lot_state,
+                &read,
+                standing_of,
+                self.config.review_threshold,
+                &self.config.public_url,
+                true,
+            );
+            self.count(&planned);
+            self.report_open(registry, &read.lot);
+            return planned.writes;
+        }
+        // The platform answered otherwise: an operator looks. A car the lane let in that the
+        // platform held is inside all the same: its stay opens.
+        self.metrics.offline_conflicts.inc();
+        let mut writes = vec![plan::offline_conflict(lot, &read, platform.session_id)];
+        if read.direction == Direction::Entry && action == GateAction::Open {
+            let planned = plan::entry_as(
+                lot,
+                lot_state,
+                &read,
+                super::decide::EntryDecision { action, reason },
+            );
+            self.count(&planned);
+            writes.extend(planned.writes);
+            self.report_open(registry, &read.lot);
+        }
+        writes
+    }
+
+    /// Counts what a plan opened, closed and sent to review.
+    fn count(&self, planned: &Planned) {
+        if planned.opened {
+            self.metrics.sessions_opened.inc();
+        }
+        if let Some(minor) = planned.closed_fee_minor {
+            self.metrics.sessions_closed.inc();
+            self.metrics
+                .fees_minor
+                .inc_by(u64::try_from(minor).unwrap_or(0));
+        }
+        self.metrics.review_items.inc_by(planned.reviews as u64);
+    }
+
+    /// Submits writes like [`Self::submit`], then, once they are durable, acknowledges each
+    /// reconciled decision to its lane with an `ack_offline` (so a crash before the commit
+    /// leaves the lane sending it, and nothing is lost). Not acknowledged if the lease the
+    /// writes were made under is gone: the lot's new owner reconciles it when the lane sends
+    /// it again.
+    async fn submit_acked(
+        &self,
+        lot: &LotId,
+        gate: &GateId,
+        writes: Vec<Write>,
+        ticket: Option<Ticket>,
+        acks: Vec<EventId>,
+    ) {
+        if writes.is_empty() && acks.is_empty() {
+            return;
+        }
+        let lease = self
+            .ownership
+            .as_ref()
+            .map(|ownership| (lot.clone(), ownership.token(lot.as_str()).unwrap_or(0)));
+        let (durable, committed) = tokio::sync::oneshot::channel();
+        self.writer
+            .submit(Batch {
+                writes,
+                ticket,
+                durable: Some(durable),
+                lease: lease.clone(),
+            })
+            .await;
+        let publisher = self.publisher.clone();
+        let registry = self.registry.clone();
+        let ownership = self.ownership.clone();
+        let (lot, gate) = (lot.clone(), gate.clone());
+        tokio::spawn(async move {
+            // The sender is dropped once the batch's group is durable.
+            let _ = committed.await;
+            if let (Some(ownership), Some((lot, token))) = (&ownership, &lease)
+                && ownership.token(lot.as_str()) != Some(*token)
+            {
+                return;
+            }
+            let registry = registry.snapshot();
+            let Some(lot) = registry.lot_by_id(&lot) else {
+                return;
+            };
+            for event_id in acks {
+                let command = GateCommand::new(
+                    Uuid::now_v7(),
+                    event_id,
+                    GateAction::AckOffline,
+                    GateReason::Reconciled,
+                    Utc::now(),
+                );
+                if let Err(error) = publisher.publish(&registry, lot, &gate, &command) {
+                    tracing::warn!(error = %error, "ack_offline not published; the lane sends its decision again");
+                }
+            }
+        });
     }
 
     /// A read refused for its camera's clock: never `open` (its time cannot be trusted to open
@@ -609,6 +870,33 @@ impl GateActor {
                     let command = stored.command.resent_at(Utc::now());
                     self.publish(&registry, lot, &read, &command);
                 }
+            }
+            Done::OfflineLookedUp { decided, stored } => {
+                let registry = self.registry.snapshot();
+                let Some(lot) = registry.lot_by_id(&decided.read.lot) else {
+                    return;
+                };
+                let key: ReadKey = (
+                    decided.read.lot.clone(),
+                    decided.read.gate.clone(),
+                    decided.read.event_id.clone(),
+                );
+                // Another copy of the report may have been reconciled while this one was looked up.
+                let platform = match self.state.recent.by_read(&key) {
+                    Some(decided) => Some(decided.clone()),
+                    None => stored.map(|s| Decided {
+                        command: s.command,
+                        plate: s.plate,
+                        session_id: s.session_id,
+                        at: s.received_at,
+                        observed_at: s.observed_at,
+                    }),
+                };
+                let gate = decided.read.gate.clone();
+                let event_id = decided.read.event_id.clone();
+                let writes = self.reconcile(&registry, lot, *decided, platform);
+                self.submit_acked(&lot.id, &gate, writes, None, vec![event_id])
+                    .await;
             }
             Done::StillOpen(session, _settled) => {
                 let lot = session.lot.clone();
@@ -690,6 +978,7 @@ impl GateActor {
                 |_| Standing::Enrolled,
                 self.config.review_threshold,
                 &self.config.public_url,
+                false,
             );
             if planned.command.action != GateAction::Open {
                 continue;
@@ -896,5 +1185,6 @@ fn record(read: &GateRead, command: &GateCommand, session_id: Option<Uuid>) -> W
         command: command.clone(),
         amount_due_minor,
         session_id,
+        decided_offline: false,
     }))
 }

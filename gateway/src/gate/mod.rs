@@ -8,6 +8,7 @@
 pub mod actor;
 pub(crate) mod decide;
 pub(crate) mod plan;
+pub(crate) mod standing;
 pub(crate) mod state;
 
 use std::time::Instant;
@@ -52,6 +53,30 @@ pub struct GateRead {
     pub ticket: Option<Ticket>,
 }
 
+/// A decision a lane made alone while the platform could not answer (its `offline` report),
+/// verified: the read it answered, and what the lane did.
+#[derive(Debug)]
+pub struct OfflineDecided {
+    /// The read as the lane reported it (no ticket: the report carries one for all).
+    pub read: GateRead,
+    pub action: parkflow_protocol::GateAction,
+    pub reason: parkflow_protocol::GateReason,
+    /// The standing list it was decided with (0: none).
+    pub standing_version: u64,
+}
+
+/// One `offline` report of a lane.
+#[derive(Debug)]
+pub struct OfflineReport {
+    pub lot: LotId,
+    pub gate: GateId,
+    pub decisions: Vec<OfflineDecided>,
+    /// Decisions that cannot be reconciled (their plate does not parse): acknowledged only,
+    /// so that the lane stops sending them; counted as rejected by ingest.
+    pub unusable: Vec<EventId>,
+    pub ticket: Option<Ticket>,
+}
+
 /// A held exit that was paid through the API: the session is closed and billed.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PaidExit {
@@ -75,6 +100,8 @@ pub enum GateMessage {
         plates: Vec<Plate>,
         standing: Standing,
     },
+    /// Decisions a lane made alone: each becomes one session event, then is acknowledged.
+    Offline(Box<OfflineReport>),
     /// Open the barrier for a held car that paid.
     ExitPaid(PaidExit),
     /// Drivers, passes and blocks read again from the database (by [`GateHandle::reload`]).
@@ -153,6 +180,8 @@ pub struct GateHandle {
     tx: mpsc::Sender<GateMessage>,
     /// On a gateway node: the other nodes, told of standing changes, paid exits and new facts.
     peers: Arc<OnceLock<Peers>>,
+    /// The keeper of the lanes' standing lists, told when the facts change.
+    standing: standing::StandingChanged,
 }
 
 impl GateHandle {
@@ -162,6 +191,7 @@ impl GateHandle {
             Self {
                 tx,
                 peers: Arc::default(),
+                standing: standing::StandingChanged::default(),
             },
             rx,
         )
@@ -196,8 +226,14 @@ impl GateHandle {
         self.reload_here(db).await;
     }
 
+    /// What tells the standing keeper that the facts changed.
+    pub(crate) fn standing_changed(&self) -> standing::StandingChanged {
+        self.standing.clone()
+    }
+
     /// [`GateHandle::reload`] on this node only.
     pub(crate) async fn reload_here(&self, db: &crate::store::Db) {
+        self.standing.tell();
         match actor::Facts::read(db, Utc::now()).await {
             Ok(facts) => self.send(GateMessage::Facts(Box::new(facts))).await,
             Err(error) => {
@@ -237,6 +273,9 @@ impl GateHandle {
 
     /// [`GateHandle::send`] to this node's actor only.
     pub(crate) async fn send_here(&self, message: GateMessage) {
+        if matches!(message, GateMessage::Standing { .. }) {
+            self.standing.tell();
+        }
         if self.tx.send(message).await.is_err() {
             // Only during shutdown: the event loop has stopped, so nothing is acknowledged any more.
             tracing::debug!("gate actor is gone; message dropped");

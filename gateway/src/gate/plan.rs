@@ -54,13 +54,24 @@ fn sighting(read: &GateRead) -> Sighting<'_> {
 /// SPEC §3 gated entry: decides, opens the session in `state`, and ends a session left open by a
 /// missed exit (for review).
 pub(crate) fn entry(lot: &Lot, state: &mut LotState, read: &GateRead) -> Planned {
-    let pass_holder = state.has_pass(&read.plate, read.observed_at);
     let decision = decide::entry(EntryFacts {
         blocked: state.blocked.contains(&read.plate),
-        pass_holder,
+        pass_holder: state.has_pass(&read.plate, read.observed_at),
         capacity: lot.capacity,
         open_sessions: state.open.len(),
     });
+    entry_as(lot, state, read, decision)
+}
+
+/// An entry decided already (by the platform, or by the lane alone): its session opened when
+/// the car was let in.
+pub(crate) fn entry_as(
+    lot: &Lot,
+    state: &mut LotState,
+    read: &GateRead,
+    decision: decide::EntryDecision,
+) -> Planned {
+    let pass_holder = state.has_pass(&read.plate, read.observed_at);
     let mut planned = Planned {
         command: command(read, decision.action, decision.reason),
         session_id: None,
@@ -86,6 +97,18 @@ pub(crate) fn entry(lot: &Lot, state: &mut LotState, read: &GateRead) -> Planned
     planned
 }
 
+/// A case for an operator: the lane decided `read` alone otherwise than the platform had.
+pub(crate) fn offline_conflict(lot: &Lot, read: &GateRead, session: Option<Uuid>) -> Write {
+    Write::Review(lifecycle::case(
+        Uuid::now_v7(),
+        &lot.id,
+        parkflow_session::ReviewKind::OfflineConflict,
+        session,
+        sighting(read),
+        None,
+    ))
+}
+
 /// The fee of ending `session` at `exited_at`: the tariff version in force at entry, and the fee.
 fn price(
     lot: &Lot,
@@ -105,7 +128,9 @@ fn price(
 }
 
 /// SPEC §3 gated exit: finds the session (exact, then fuzzy), decides, and ends the session when
-/// the car leaves. `pay_base` is where `pay_url`s point.
+/// the car leaves. `pay_base` is where `pay_url`s point. `let_out`: the car has left already (a
+/// lane let it out alone): a decision to hold it for payment becomes an exit billed later,
+/// which billing invoices to the plate when nobody enrolled pays for it.
 pub(crate) fn exit(
     lot: &Lot,
     state: &mut LotState,
@@ -113,6 +138,7 @@ pub(crate) fn exit(
     standing_of: impl Fn(&Plate) -> Standing,
     review_threshold: f64,
     pay_base: &str,
+    let_out: bool,
 ) -> Planned {
     let found = matching::best_match(
         read.plate.as_str(),
@@ -155,7 +181,7 @@ pub(crate) fn exit(
     let priced_minor = priced
         .as_ref()
         .and_then(|(from, money)| Some((*from, money.to_minor().ok()?, *money)));
-    let decision = decide::exit(ExitFacts {
+    let mut decision = decide::exit(ExitFacts {
         found: match &found {
             Some((_, score, _)) => Found::Session { score: *score },
             None => Found::Nothing,
@@ -169,6 +195,14 @@ pub(crate) fn exit(
         },
         review_threshold,
     });
+    if let_out && decision.action == GateAction::Hold {
+        decision = decide::ExitDecision {
+            action: GateAction::Open,
+            reason: GateReason::InvoiceLater,
+            closes_session: true,
+            review: false,
+        };
+    }
     let mut planned = Planned {
         command: command(read, decision.action, decision.reason),
         session_id: session.as_ref().map(|s| s.id),

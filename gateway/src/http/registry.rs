@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use parkflow_billing::TariffDefinition;
+use parkflow_protocol::standing::OfflinePolicy;
 use parkflow_protocol::{BayId, DeviceAuth, GateId, LotId};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,8 @@ pub(crate) struct LotView {
     time_zone: String,
     device_auth: DeviceAuth,
     max_stay_minutes: Option<i64>,
+    /// How its lanes let out, while the platform is away, a car their list does not name.
+    offline_policy: OfflinePolicy,
 }
 
 impl From<&Lot> for LotView {
@@ -54,6 +57,7 @@ impl From<&Lot> for LotView {
             time_zone: lot.time_zone.clone(),
             device_auth: lot.device_auth,
             max_stay_minutes: lot.max_stay.map(|d| d.num_minutes()),
+            offline_policy: lot.offline_policy,
         }
     }
 }
@@ -76,6 +80,7 @@ fn plan_of(lot: &Lot) -> LotPlan {
         max_stay_minutes: lot
             .max_stay
             .and_then(|d| u32::try_from(d.num_minutes()).ok()),
+        offline_policy: lot.offline_policy,
         tariffs: Vec::new(),
     }
 }
@@ -148,6 +153,9 @@ pub(crate) struct LotRequest {
     device_auth: Option<DeviceAuth>,
     #[serde(default)]
     max_stay_minutes: Option<u32>,
+    /// `open_and_invoice` (the default) or `hold_for_attendant`.
+    #[serde(default)]
+    offline_policy: Option<OfflinePolicy>,
 }
 
 /// What an operator may set on a lot, checked: its name (returned trimmed), location, capacity
@@ -240,6 +248,7 @@ pub(crate) async fn create_lot(
         gates: Vec::new(),
         bays: Vec::new(),
         max_stay_minutes: request.max_stay_minutes,
+        offline_policy: request.offline_policy.unwrap_or_default(),
         tariffs: Vec::new(),
     };
     if !create_lot_row(&state.db, &lot, Utc::now()).await? {
@@ -434,6 +443,8 @@ pub(crate) struct LotUpdate {
     #[serde(default, deserialize_with = "given")]
     #[schema(value_type = Option<u32>)]
     max_stay_minutes: Option<Option<u32>>,
+    #[serde(default)]
+    offline_policy: Option<OfflinePolicy>,
 }
 
 /// A field that may be `null`: absent is `None`, `null` is `Some(None)`.
@@ -497,6 +508,7 @@ pub(crate) async fn update_lot(
         capacity: request.capacity,
         device_auth: request.device_auth,
         max_stay_minutes: request.max_stay_minutes,
+        offline_policy: request.offline_policy,
     };
     crate::store::provision::update_lot(&state.db, &lot.id, &change).await?;
     state.registry.reload(&state.db).await?;

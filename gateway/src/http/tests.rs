@@ -51,6 +51,7 @@ fn small_city() -> Plan {
         gates,
         bays,
         max_stay_minutes: None,
+        offline_policy: Default::default(),
         tariffs: Vec::new(),
     };
     let device = |id: &str, kind, lot: &str, gate: Option<&str>, bay: Option<&str>| DevicePlan {

@@ -18,10 +18,13 @@ use tokio::sync::mpsc;
 use super::bay_ingest;
 use super::link::Inbound;
 use crate::cluster::Ownership;
-use crate::gate::{GateHandle, GateRead};
+use crate::gate::OfflineReport as GateOfflineReport;
+use crate::gate::{GateHandle, GateMessage, GateRead, OfflineDecided};
 use crate::metrics::Metrics;
 use crate::occupancy::{OccupancyHandle, OccupancyMessage};
 use crate::registry::{DeviceKind, Lot, Registry, RegistryHandle};
+use parkflow_protocol::GateAction;
+use parkflow_protocol::standing::{MAX_REPORTED, OfflineReport};
 
 /// One rejection log line per reason per this interval; the counter counts them all.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -164,6 +167,66 @@ impl Ingest {
                     return Ok(());
                 }
                 self.gates.plate_read(read).await;
+                Ok(())
+            }
+            Topic::GateOffline { lot, gate } => {
+                let lot = registry.lot_by_id(lot).ok_or(Rejection::UnknownLot)?;
+                let report: OfflineReport =
+                    open_from_gate(&registry, lot, gate, topic, &message.payload)?;
+                if report.decisions.len() > MAX_REPORTED {
+                    return Err(Rejection::Message("malformed"));
+                }
+                let mut decisions = Vec::with_capacity(report.decisions.len());
+                let mut unusable = Vec::new();
+                for decision in report.decisions {
+                    // A decision whose time cannot be trusted cannot open or close a stay; it
+                    // is acknowledged all the same, or the lane would send it for ever.
+                    let usable = check_observed_at(decision.observed_at, message.received_at)
+                        .map_err(Rejection::from)
+                        .and_then(|()| {
+                            Plate::parse(&decision.plate).map_err(|_| Rejection::InvalidPlate)
+                        })
+                        .and_then(|plate| match decision.action {
+                            GateAction::AckOffline => Err(Rejection::Message("malformed")),
+                            _ => Ok(plate),
+                        });
+                    let plate = match usable {
+                        Ok(plate) => plate,
+                        Err(rejection) => {
+                            self.reject(rejection);
+                            unusable.push(decision.event_id);
+                            continue;
+                        }
+                    };
+                    decisions.push(OfflineDecided {
+                        read: GateRead {
+                            lot: lot.id.clone(),
+                            gate: gate.clone(),
+                            event_id: decision.event_id,
+                            plate,
+                            plate_color: decision.plate_color,
+                            // The lane does not say; its decision stands whatever it was.
+                            confidence: 1.0,
+                            direction: decision.direction,
+                            observed_at: decision.observed_at,
+                            received_at: message.received_at,
+                            received: message.received,
+                            ticket: None,
+                        },
+                        action: decision.action,
+                        reason: decision.reason,
+                        standing_version: decision.standing_version,
+                    });
+                }
+                self.gates
+                    .send_here(GateMessage::Offline(Box::new(GateOfflineReport {
+                        lot: lot.id.clone(),
+                        gate: gate.clone(),
+                        decisions,
+                        unusable,
+                        ticket: message.ticket,
+                    })))
+                    .await;
                 Ok(())
             }
             Topic::GateState { lot, gate } => {

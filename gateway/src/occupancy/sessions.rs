@@ -394,6 +394,7 @@ mod tests {
             time_zone: "Asia/Shanghai".into(),
             device_auth: DeviceAuth::Signed,
             tariffs,
+            offline_policy: Default::default(),
             max_stay: Some(Duration::minutes(120)),
         }
     }

@@ -179,12 +179,14 @@ pub fn allows(client: &Client, access: Access, topic: &str) -> bool {
         (
             Client::GateCamera { lot, gate, .. },
             Access::Publish { .. },
-            Topic::GatePlate { lot: l, gate: g } | Topic::GateState { lot: l, gate: g },
+            Topic::GatePlate { lot: l, gate: g }
+            | Topic::GateState { lot: l, gate: g }
+            | Topic::GateOffline { lot: l, gate: g },
         )
         | (
             Client::GateCamera { lot, gate, .. },
             Access::Subscribe,
-            Topic::GateCommand { lot: l, gate: g },
+            Topic::GateCommand { lot: l, gate: g } | Topic::GateStanding { lot: l, gate: g },
         ) => l == lot && g == gate,
         (
             Client::BaySensor { lot, bay, .. },
@@ -236,8 +238,22 @@ pub fn grants(client: &Client) -> Vec<(Access, Topic)> {
                 },
             ),
             (
+                publish,
+                Topic::GateOffline {
+                    lot: lot.clone(),
+                    gate: gate.clone(),
+                },
+            ),
+            (
                 Access::Subscribe,
                 Topic::GateCommand {
+                    lot: lot.clone(),
+                    gate: gate.clone(),
+                },
+            ),
+            (
+                Access::Subscribe,
+                Topic::GateStanding {
                     lot: lot.clone(),
                     gate: gate.clone(),
                 },

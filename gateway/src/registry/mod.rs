@@ -74,6 +74,8 @@ pub struct Lot {
     pub tariffs: TariffSchedule,
     /// Stays longer than this are flagged as overstays (on-street zones mostly).
     pub max_stay: Option<chrono::Duration>,
+    /// How its lanes let out, while the platform is away, a car their list does not name.
+    pub offline_policy: parkflow_protocol::standing::OfflinePolicy,
 }
 
 /// Which way cars pass a gate.
@@ -244,6 +246,11 @@ impl Registry {
 
     pub fn lot_by_id(&self, id: &LotId) -> Option<&Lot> {
         self.lot_index.get(id).map(|idx| self.lot(*idx))
+    }
+
+    /// Every gate of every lot, in no order.
+    pub fn gates(&self) -> impl Iterator<Item = &Gate> {
+        self.gates.values()
     }
 
     pub fn gate(&self, lot: LotIdx, gate: &GateId) -> Option<&Gate> {

@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use parkflow_billing::TariffDefinition;
+use parkflow_protocol::standing::OfflinePolicy;
 use parkflow_protocol::{BayId, DeviceAuth, DeviceId, GateId, LotId, Plate, PlateColor};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
@@ -47,6 +48,8 @@ pub struct LotPlan {
     pub bays: Vec<BayId>,
     /// Stays longer than this are flagged as overstays.
     pub max_stay_minutes: Option<u32>,
+    /// How its lanes let out, while the platform is away, a car their list does not name.
+    pub offline_policy: OfflinePolicy,
     /// Tariff versions; each is stored once per `effective_from`.
     pub tariffs: Vec<TariffDefinition>,
 }
@@ -106,8 +109,8 @@ async fn insert_lot<'c>(
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     query(
-        "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO lots (id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, offline_policy, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
     )
     .bind(lot.id.as_str())
     .bind(&lot.operator_id)
@@ -119,6 +122,7 @@ async fn insert_lot<'c>(
     .bind(&lot.time_zone)
     .bind(lot.device_auth.as_str())
     .bind(lot.max_stay_minutes.map(i64::from))
+    .bind(lot.offline_policy.as_str())
     .bind(now)
     .execute(on)
     .await
@@ -273,6 +277,7 @@ pub struct LotChange {
     pub capacity: Option<u32>,
     pub device_auth: Option<DeviceAuth>,
     pub max_stay_minutes: Option<Option<u32>>,
+    pub offline_policy: Option<OfflinePolicy>,
 }
 
 /// Applies `change` to `lot`, field by field, so that two changes to different fields both stand.
@@ -280,7 +285,8 @@ pub async fn update_lot(db: &Db, lot: &LotId, change: &LotChange) -> Result<(), 
     query(
         "UPDATE lots SET name = COALESCE($2, name), lat = COALESCE($3, lat), lon = COALESCE($4, lon),
              capacity = COALESCE($5, capacity), device_auth = COALESCE($6, device_auth),
-             max_stay_minutes = CASE WHEN $7 THEN $8 ELSE max_stay_minutes END
+             max_stay_minutes = CASE WHEN $7 THEN $8 ELSE max_stay_minutes END,
+             offline_policy = COALESCE($9, offline_policy)
          WHERE id = $1",
     )
     .bind(lot.as_str())
@@ -291,6 +297,7 @@ pub async fn update_lot(db: &Db, lot: &LotId, change: &LotChange) -> Result<(), 
     .bind(change.device_auth.map(DeviceAuth::as_str))
     .bind(change.max_stay_minutes.is_some())
     .bind(change.max_stay_minutes.flatten().map(i64::from))
+    .bind(change.offline_policy.map(OfflinePolicy::as_str))
     .execute(db)
     .await
     .map(drop)
@@ -390,6 +397,7 @@ pub(crate) fn lots_only(ids: &[&str]) -> Plan {
                 gates: Vec::new(),
                 bays: Vec::new(),
                 max_stay_minutes: None,
+                offline_policy: Default::default(),
                 tariffs: Vec::new(),
             })
             .collect(),

@@ -31,6 +31,7 @@ struct LotRow {
     time_zone: String,
     device_auth: String,
     max_stay_minutes: Option<i32>,
+    offline_policy: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -75,7 +76,7 @@ fn corrupt(what: &str, id: &str) -> StoreError {
 /// Reads the whole registry. Lots are indexed by creation order, so indices stay stable as lots are added.
 pub async fn load(db: &Db) -> Result<Registry, StoreError> {
     let lot_rows: Vec<LotRow> = query(
-        "SELECT id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes FROM lots ORDER BY created_at, id",
+        "SELECT id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, offline_policy FROM lots ORDER BY created_at, id",
     )
     .fetch_all(db)
     .await?;
@@ -124,6 +125,8 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
             max_stay: row
                 .max_stay_minutes
                 .map(|minutes| chrono::Duration::minutes(i64::from(minutes))),
+            offline_policy: parkflow_protocol::standing::OfflinePolicy::parse(&row.offline_policy)
+                .ok_or_else(|| corrupt("offline_policy of lot", &row.id))?,
             location: Location {
                 lat: row.lat,
                 lon: row.lon,

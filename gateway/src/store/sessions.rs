@@ -220,6 +220,20 @@ pub(crate) async fn passes(
         .collect()
 }
 
+/// Plates that owe an invoice nobody enrolled pays (a car let out without standing): their
+/// lanes hold them while the platform is away.
+pub(crate) async fn owing_plates(db: &Db) -> Result<Vec<Plate>, StoreError> {
+    let rows: Vec<(String,)> = query(
+        "SELECT DISTINCT plate FROM invoices WHERE plate IS NOT NULL AND status = 'open' AND driver_id IS NULL",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(plate,)| Plate::parse(&plate).ok())
+        .collect())
+}
+
 /// Blocked plates per lot.
 pub(crate) async fn blocked_plates(db: &Db) -> Result<Vec<(LotId, Plate)>, StoreError> {
     let rows: Vec<(String, String)> = query("SELECT lot_id, plate FROM blocked_plates")

@@ -47,6 +47,8 @@ pub struct GateReadRecord {
     pub command: GateCommand,
     pub amount_due_minor: Option<i64>,
     pub session_id: Option<Uuid>,
+    /// The lane answered the read alone (its `offline` report); the command is its decision.
+    pub decided_offline: bool,
 }
 
 /// One write.
@@ -414,7 +416,7 @@ async fn insert_reads(tx: &mut Tx, reads: &[&GateReadRecord]) -> Result<(), Stor
         let mut insert = QueryBuilder::new(
             "INSERT INTO gate_reads (lot_id, gate_id, event_id, plate, plate_color, confidence, \
              direction, observed_at, received_at, command_id, action, reason, issued_at, \
-             amount_due_minor, currency, pay_url, session_id) ",
+             amount_due_minor, currency, pay_url, session_id, decided_offline) ",
         );
         insert.push_values(chunk, |mut row, read| {
             row.push_bind(read.lot.as_str())
@@ -433,7 +435,8 @@ async fn insert_reads(tx: &mut Tx, reads: &[&GateReadRecord]) -> Result<(), Stor
                 .push_bind(read.amount_due_minor)
                 .push_bind(read.command.currency.as_deref())
                 .push_bind(read.command.pay_url.as_deref())
-                .push_bind(read.session_id);
+                .push_bind(read.session_id)
+                .push_bind(read.decided_offline);
         });
         insert.push(" ON CONFLICT (lot_id, gate_id, event_id) DO NOTHING");
         insert

@@ -97,6 +97,7 @@ impl World {
                 ],
                 bays: Vec::new(),
                 max_stay_minutes: None,
+                offline_policy: Default::default(),
                 // Grace 0, 15-minute units, first unit 5.00 by day; night 1.00 capped at 5.00.
                 tariffs: vec![demo_tariff(0)],
             }],
