@@ -20,6 +20,7 @@ mod gated_lot;
 mod mqtts;
 mod nodes;
 mod occupancy;
+mod offline;
 mod operators;
 mod review;
 mod stall;

@@ -181,6 +181,28 @@ impl TestDevice {
         self.command_for(&read.event_id).await
     }
 
+    /// Publishes `read` again and waits for a barrier command answering it (not an
+    /// `ack_offline`) beyond those seen already.
+    pub async fn decide_again(&mut self, read: &GatePlateRead) -> GateCommand {
+        let before = self.commands_for(&read.event_id).len();
+        self.publish(read).await;
+        let deadline = Duration::from_secs(10);
+        tokio::time::timeout(deadline, async {
+            loop {
+                let seen = self.commands_for(&read.event_id);
+                if let Some(found) = seen[before.min(seen.len())..]
+                    .iter()
+                    .find(|c| c.action != parkflow_protocol::GateAction::AckOffline)
+                {
+                    return found.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no command answered event {} again", read.event_id))
+    }
+
     /// Commands received so far for `event_id` (after taking in what has arrived).
     pub fn commands_for(&mut self, event_id: &EventId) -> Vec<GateCommand> {
         while let Ok((topic, payload)) = self.commands.try_recv() {

@@ -1,0 +1,354 @@
+//! Lanes that keep going when the platform cannot answer (SPEC §2, `standing` and `offline`):
+//! the simulator's lanes — the reference lane device — decide alone from their gate's signed
+//! standing list while the platform is stopped, and the platform, back, makes each decision one
+//! session event and acknowledges it. Every scenario runs on SQLite with the embedded broker,
+//! on PostgreSQL, and with Mosquitto.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
+use chrono::Utc;
+use parkflow_db::{Db, query};
+use parkflow_protocol::sign::{plain, seal};
+use parkflow_protocol::standing::{OfflineDecision, OfflineReport};
+use parkflow_protocol::{DeviceAuth, Direction, GateAction, GateReason, PlateColor, Topic};
+use parkflow_sensors_sim::camera::{self, CameraConfig, CameraHandle, Sighting, decided_alone};
+use parkflow_sensors_sim::{DeviceEntry, DeviceKind, Stats};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A simulated lane for one of the world's gates, deciding alone after 1.5 s.
+fn lane(
+    platform: &TestPlatform,
+    world: &World,
+    camera: &parkflow_protocol::DeviceId,
+    gate: &parkflow_protocol::GateId,
+    stats: &Arc<Stats>,
+    tracker: &TaskTracker,
+    token: &CancellationToken,
+) -> CameraHandle {
+    let (password, secret) = world.device(camera);
+    let device = DeviceEntry {
+        id: camera.clone(),
+        kind: DeviceKind::GateCamera,
+        lot: world.lot.clone(),
+        gate: Some(gate.clone()),
+        bay: None,
+        mqtt_username: camera.to_string(),
+        mqtt_password: password,
+        secret,
+        simulated: true,
+    };
+    let config = CameraConfig::new(
+        platform.mqtt.0.clone(),
+        platform.mqtt.1,
+        platform.setup.device_auth(),
+    )
+    .deciding_alone();
+    camera::spawn(device, config, stats.clone(), tracker, token.clone())
+}
+
+fn sighting(plate: &str, direction: Direction) -> Sighting {
+    Sighting {
+        plate: plate.to_owned(),
+        plate_color: Some(PlateColor::Blue),
+        confidence: 0.97,
+        direction,
+        observed_at: Utc::now(),
+    }
+}
+
+async fn session_of(platform: &TestPlatform, world: &World, plate: &str) -> Vec<serde_json::Value> {
+    platform
+        .sessions(&world.lot)
+        .await
+        .into_iter()
+        .filter(|s| s["plate"] == plate)
+        .collect()
+}
+
+/// The platform is stopped while cars come and go: every lane answers within 2 s from its
+/// list (a driver suspended before the outage held, a plate blocked just before it held at the
+/// entry, a walk-in let out), and once the platform is back each decision is one session event,
+/// acknowledged; the walk-in's stay becomes an invoice to its plate.
+async fn lanes_decide_alone_while_the_platform_is_down(setup: Setup) {
+    let world = World::new(setup, 10);
+    let mut platform = TestPlatform::start(setup, &world).await;
+    let stats = Arc::new(Stats::default());
+    let tracker = TaskTracker::new();
+    let token = CancellationToken::new();
+    let entry = lane(
+        &platform,
+        &world,
+        &world.entry_camera,
+        &world.entry,
+        &stats,
+        &tracker,
+        &token,
+    );
+    let exit = lane(
+        &platform,
+        &world,
+        &world.exit_camera,
+        &world.exit,
+        &stats,
+        &tracker,
+        &token,
+    );
+    eventually(WAIT, "both lanes' standing lists", || async {
+        (stats.standing_lists.load(Ordering::Relaxed) >= 2).then_some(())
+    })
+    .await;
+
+    // Online: three cars in, answered by the platform.
+    for plate in [&world.enrolled, &world.unenrolled, &world.suspended] {
+        let command = entry
+            .read(sighting(plate.as_str(), Direction::Entry))
+            .await
+            .unwrap();
+        assert!(!decided_alone(&command));
+        assert_eq!(command.action, GateAction::Open);
+    }
+    // A plate blocked now reaches the entry lane's list before the outage.
+    let lists = stats.standing_lists.load(Ordering::Relaxed);
+    let late_block = "浙F13579";
+    let (status, _) = platform
+        .call_as(
+            crate::support::ADMIN_KEY,
+            reqwest::Method::POST,
+            &format!("/v1/lots/{}/blocks", world.lot),
+            Some(serde_json::json!({"plate": late_block, "reason": "stolen"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    eventually(WAIT, "the block in the lanes' lists", || async {
+        (stats.standing_lists.load(Ordering::Relaxed) >= lists + 2).then_some(())
+    })
+    .await;
+
+    platform.pause().await;
+    let newcomer = "浙G24680";
+    let cases = [
+        (
+            &exit,
+            world.enrolled.as_str(),
+            Direction::Exit,
+            GateAction::Open,
+            GateReason::BillLater,
+        ),
+        (
+            &exit,
+            world.suspended.as_str(),
+            Direction::Exit,
+            GateAction::Hold,
+            GateReason::PaymentRequired,
+        ),
+        (
+            &exit,
+            world.unenrolled.as_str(),
+            Direction::Exit,
+            GateAction::Open,
+            GateReason::InvoiceLater,
+        ),
+        (
+            &entry,
+            late_block,
+            Direction::Entry,
+            GateAction::Hold,
+            GateReason::Blocked,
+        ),
+        (
+            &entry,
+            newcomer,
+            Direction::Entry,
+            GateAction::Open,
+            GateReason::Entered,
+        ),
+    ];
+    for (lane, plate, direction, action, reason) in cases {
+        let asked = Instant::now();
+        let command = lane.read(sighting(plate, direction)).await.unwrap();
+        let waited = asked.elapsed();
+        assert!(decided_alone(&command), "{plate}: the lane decided alone");
+        assert_eq!(
+            (command.action, command.reason),
+            (action, reason),
+            "{plate}"
+        );
+        assert!(waited < Duration::from_secs(2), "{plate} waited {waited:?}");
+    }
+    assert_eq!(stats.decided_alone.load(Ordering::Relaxed), 5);
+
+    platform.resume().await;
+    eventually(WAIT, "every decision made alone acknowledged", || async {
+        (stats.offline_acked.load(Ordering::Relaxed) == 5).then_some(())
+    })
+    .await;
+    // Each decision one session event: out, out, still in (held), never in, in.
+    let status_of = |sessions: &[serde_json::Value]| {
+        sessions
+            .iter()
+            .map(|s| s["status"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        status_of(&session_of(&platform, &world, world.enrolled.as_str()).await),
+        ["closed"]
+    );
+    assert_eq!(
+        status_of(&session_of(&platform, &world, world.unenrolled.as_str()).await),
+        ["closed"]
+    );
+    assert_eq!(
+        status_of(&session_of(&platform, &world, world.suspended.as_str()).await),
+        ["open"]
+    );
+    assert!(session_of(&platform, &world, late_block).await.is_empty());
+    assert_eq!(
+        status_of(&session_of(&platform, &world, newcomer).await),
+        ["open"]
+    );
+    assert_eq!(platform.sessions(&world.lot).await.len(), 4);
+
+    // The walk-in let out without standing owes an invoice tied to its plate.
+    let db = Db::connect(&platform.database_url).await.unwrap();
+    let plate = world.unenrolled.as_str().to_owned();
+    eventually(WAIT, "the walk-in's invoice", || {
+        let (db, plate) = (db.clone(), plate.clone());
+        async move {
+            let rows: Vec<(i64,)> = query(
+                "SELECT amount_minor FROM invoices WHERE plate = $1 AND driver_id IS NULL AND status = 'open'",
+            )
+            .bind(plate)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+            (rows.len() == 1 && rows[0].0 > 0).then_some(())
+        }
+    })
+    .await;
+    // Nothing went to review: the lanes and the platform agree.
+    let cases = platform
+        .admin_get(&format!("/v1/review?lot={}", world.lot))
+        .await;
+    assert_eq!(cases.as_array().map_or(0, Vec::len), 0, "{cases}");
+
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    platform.stop().await;
+}
+
+/// A lane's report, sent twice and followed by the read it answers, opens one session; the
+/// platform acknowledges it. The same report signed by another lane's camera changes nothing.
+async fn an_offline_report_counts_once_and_only_from_its_own_lane(setup: Setup) {
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let read = entry.read_at(
+        "浙H11223",
+        Direction::Entry,
+        Utc::now() - chrono::Duration::seconds(20),
+    );
+    let decision = OfflineDecision {
+        event_id: read.event_id.clone(),
+        plate: read.plate.clone(),
+        plate_color: read.plate_color,
+        direction: Direction::Entry,
+        observed_at: read.observed_at,
+        action: GateAction::Open,
+        reason: GateReason::Entered,
+        standing_version: 1,
+    };
+    let topic = Topic::GateOffline {
+        lot: world.lot.clone(),
+        gate: world.entry.clone(),
+    };
+    let report = OfflineReport {
+        decisions: vec![decision.clone()],
+    };
+
+    // The exit camera speaks for the entry lane: refused, counted, nothing recorded.
+    let rejected = platform.metric("parkflow_events_rejected_total{reason=\"not_registered\"}").await;
+    let (_, exit_secret) = world.device(&world.exit_camera);
+    exit.publish_raw(
+        &topic.to_string(),
+        seal(&topic, &report, &world.exit_camera, exit_secret.as_bytes()),
+    )
+    .await;
+    if setup.device_auth() == DeviceAuth::Signed {
+        eventually(WAIT, "the forged report counted", || async {
+            (platform.metric("parkflow_events_rejected_total{reason=\"not_registered\"}").await > rejected).then_some(())
+        })
+        .await;
+        assert!(platform.sessions(&world.lot).await.is_empty());
+    }
+
+    let (_, secret) = world.device(&world.entry_camera);
+    let payload = match setup.device_auth() {
+        DeviceAuth::Signed => seal(&topic, &report, &world.entry_camera, secret.as_bytes()),
+        DeviceAuth::Broker => plain(&topic, &report),
+    };
+    entry.publish_raw(&topic.to_string(), payload.clone()).await;
+    entry.publish_raw(&topic.to_string(), payload).await;
+    let ack = entry.command_for(&read.event_id).await;
+    assert_eq!(
+        (ack.action, ack.reason),
+        (GateAction::AckOffline, GateReason::Reconciled)
+    );
+    // The read itself, sent late as a lane does: answered as the lane decided, nothing more.
+    let answer = entry.decide_again(&read).await;
+    assert_eq!(
+        (answer.action, answer.reason),
+        (GateAction::Open, GateReason::Entered)
+    );
+    let sessions = eventually(WAIT, "the session the lane opened", || async {
+        let sessions = platform.sessions(&world.lot).await;
+        (!sessions.is_empty()).then_some(sessions)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sessions_now = platform.sessions(&world.lot).await;
+    assert_eq!(sessions_now.len(), 1, "{sessions_now:?}");
+    assert_eq!(
+        sessions[0]["entered_at"]
+            .as_str()
+            .map(|t| t[..19].to_owned()),
+        Some(read.observed_at.format("%Y-%m-%dT%H:%M:%S").to_string()),
+    );
+    platform.stop().await;
+}
+
+macro_rules! scenarios {
+    ($module:ident, $database:expr, $broker:expr) => {
+        mod $module {
+            use super::*;
+
+            async fn run<F: std::future::Future<Output = ()>>(scenario: fn(Setup) -> F) {
+                if let Some(setup) = Setup::available($database, $broker) {
+                    scenario(setup).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn lanes_decide_alone_while_the_platform_is_down() {
+                run(super::lanes_decide_alone_while_the_platform_is_down).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn an_offline_report_counts_once_and_only_from_its_own_lane() {
+                run(super::an_offline_report_counts_once_and_only_from_its_own_lane).await;
+            }
+        }
+    };
+}
+
+scenarios!(sqlite_embedded, Database::Sqlite, Broker::Embedded);
+scenarios!(postgres_embedded, Database::Postgres, Broker::Embedded);
+scenarios!(sqlite_mosquitto, Database::Sqlite, Broker::Mosquitto);
+scenarios!(sqlite_dynsec, Database::Sqlite, Broker::MosquittoDynsec);
