@@ -274,7 +274,9 @@ async fn an_offline_report_counts_once_and_only_from_its_own_lane(setup: Setup) 
     };
 
     // The exit camera speaks for the entry lane: refused, counted, nothing recorded.
-    let rejected = platform.metric("parkflow_events_rejected_total{reason=\"not_registered\"}").await;
+    let rejected = platform
+        .metric("parkflow_events_rejected_total{reason=\"not_registered\"}")
+        .await;
     let (_, exit_secret) = world.device(&world.exit_camera);
     exit.publish_raw(
         &topic.to_string(),
@@ -283,7 +285,11 @@ async fn an_offline_report_counts_once_and_only_from_its_own_lane(setup: Setup) 
     .await;
     if setup.device_auth() == DeviceAuth::Signed {
         eventually(WAIT, "the forged report counted", || async {
-            (platform.metric("parkflow_events_rejected_total{reason=\"not_registered\"}").await > rejected).then_some(())
+            (platform
+                .metric("parkflow_events_rejected_total{reason=\"not_registered\"}")
+                .await
+                > rejected)
+                .then_some(())
         })
         .await;
         assert!(platform.sessions(&world.lot).await.is_empty());

@@ -221,7 +221,8 @@ pub(crate) fn status(
             std::borrow::Cow::Owned(bay_device.key.bytes().into_owned()),
         ),
         None => {
-            let registered = registry.device(device).ok_or(Rejection::NotRegistered)?;
+            // No device of this platform: another platform's on a shared broker, or a stray.
+            let registered = registry.device(device).ok_or(Rejection::UnknownDevice)?;
             let lot = registered
                 .lot
                 .as_ref()

@@ -30,6 +30,9 @@ pub struct TestPlatform {
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
     pg_database: Option<String>,
+    /// What the platform and the world's devices leave retained on a broker they share with
+    /// other tests (standing lists, availability, device statuses): cleared at `stop`.
+    retained: Vec<String>,
 }
 
 impl TestPlatform {
@@ -124,6 +127,34 @@ impl TestPlatform {
             .unwrap();
         db.close().await;
         let client_id = format!("parkflow-test-{}", Uuid::new_v4().simple());
+        let mut retained: Vec<String> = world
+            .plan
+            .devices
+            .iter()
+            .map(|d| {
+                parkflow_protocol::Topic::DeviceStatus {
+                    device: d.id.clone(),
+                }
+                .to_string()
+            })
+            .collect();
+        for lot in &world.plan.lots {
+            retained.push(
+                parkflow_protocol::Topic::LotAvailability {
+                    lot: lot.id.clone(),
+                }
+                .to_string(),
+            );
+            for (gate, _) in &lot.gates {
+                retained.push(
+                    parkflow_protocol::Topic::GateStanding {
+                        lot: lot.id.clone(),
+                        gate: gate.clone(),
+                    }
+                    .to_string(),
+                );
+            }
+        }
         let running = boot_anywhere(setup, &database_url, &client_id, &configure).await;
         let platform = Self {
             configure,
@@ -136,6 +167,7 @@ impl TestPlatform {
             task: Some(running.task),
             _dir: dir,
             pg_database,
+            retained,
         };
         platform.wait_ready().await;
         platform
@@ -202,6 +234,7 @@ impl TestPlatform {
         if let Some(url) = self.setup.broker.url() {
             forget_persistent_session(&url, &self.client_id).await;
             forget_persistent_session(&url, &format!("{}-bays", self.client_id)).await;
+            clear_retained(&url, &self.retained).await;
         }
         if let Some(name) = self.pg_database.take() {
             drop_postgres_database(&name).await;
@@ -375,6 +408,38 @@ pub fn admin_login(url: &url::Url) -> Option<(String, SecretString)> {
 }
 
 /// Ends the persistent session a test's platform left on the shared broker.
+/// Publishes an empty retained message on each of `topics`, which removes what is retained there.
+async fn clear_retained(url: &url::Url, topics: &[String]) {
+    let mut options = MqttOptions::new(
+        format!("parkflow-test-clear-{}", Uuid::new_v4().simple()),
+        url.host_str().unwrap(),
+        url.port().unwrap_or(1883),
+    );
+    if let Some((user, password)) = admin_login(url) {
+        options.set_credentials(user, password.expose_secret());
+    }
+    let (client, mut events) = AsyncClient::new(options, topics.len() + 10);
+    for topic in topics {
+        let _ = client.try_publish(topic.as_str(), rumqttc::QoS::AtLeastOnce, true, Vec::new());
+    }
+    let mut acked = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    if acked == topics.len() {
+                        let _ = client.disconnect().await;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+}
+
 async fn forget_persistent_session(url: &url::Url, client_id: &str) {
     let mut options = MqttOptions::new(
         client_id,
