@@ -151,6 +151,13 @@ pub enum Scenario {
         )]
         postgres_url: String,
     },
+    /// A gate's standing list for N plates (signed, keyed hashes): bytes and times, beside the
+    /// same plates in the clear.
+    Standing {
+        /// Plates that may leave first, one list each (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000, 1_000_000])]
+        plates: Vec<usize>,
+    },
     /// Settlement of closed sessions (price, charge, ledger, settle), beside a raw bulk insert.
     Settle {
         #[arg(long, default_value_t = 1_000_000)]

@@ -120,6 +120,7 @@ fn main() -> ExitCode {
                 seconds,
                 postgres_url,
             } => runtime.block_on(parkflow::bench::nodes::run(seconds, &postgres_url)),
+            Scenario::Standing { plates } => parkflow::bench::standing::run(&plates),
             Scenario::Ingest { events } => runtime.block_on(parkflow::bench::city::ingest(events)),
             Scenario::Broker { messages } => {
                 runtime.block_on(parkflow::bench::broker::run(messages))

@@ -13,7 +13,9 @@ CREATE INDEX invoices_plate ON invoices (plate) WHERE plate IS NOT NULL AND stat
 
 -- The lane's decision and the platform's differ: an operator looks. SQLite cannot change a
 -- CHECK in place: the table is made again with the new kind, rows and index kept.
-CREATE TABLE review_items_new (
+ALTER TABLE review_items RENAME TO review_items_before_0008;
+DROP INDEX review_items_open;
+CREATE TABLE review_items (
     id          BLOB PRIMARY KEY,
     lot_id      TEXT NOT NULL REFERENCES lots (id),
     kind        TEXT NOT NULL CHECK (kind IN ('exit_without_entry', 'low_confidence_match', 'missed_exit', 'no_plate', 'unpriced', 'offline_conflict')),
@@ -27,8 +29,7 @@ CREATE TABLE review_items_new (
     resolution  TEXT,
     bay_id      TEXT
 );
-INSERT INTO review_items_new (id, lot_id, kind, session_id, gate_id, event_id, plate, score, created_at, resolved_at, resolution, bay_id)
-    SELECT id, lot_id, kind, session_id, gate_id, event_id, plate, score, created_at, resolved_at, resolution, bay_id FROM review_items;
-DROP TABLE review_items;
-ALTER TABLE review_items_new RENAME TO review_items;
+INSERT INTO review_items (id, lot_id, kind, session_id, gate_id, event_id, plate, score, created_at, resolved_at, resolution, bay_id)
+    SELECT id, lot_id, kind, session_id, gate_id, event_id, plate, score, created_at, resolved_at, resolution, bay_id FROM review_items_before_0008;
+DROP TABLE review_items_before_0008;
 CREATE INDEX review_items_open ON review_items (lot_id, created_at) WHERE resolved_at IS NULL;

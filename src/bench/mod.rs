@@ -10,6 +10,7 @@ pub mod city;
 pub mod nodes;
 pub mod persist;
 pub mod settle;
+pub mod standing;
 
 use std::time::Duration;
 
@@ -78,6 +79,14 @@ pub async fn all(quick: bool) -> anyhow::Result<()> {
             api::run(scale(500, 5_000), if quick { 1 } else { 5 }).await,
         ),
         ("persist", persist::run(scale(5_000, 200_000), None).await),
+        (
+            "standing",
+            standing::run(if quick {
+                &[10_000]
+            } else {
+                &[10_000, 100_000, 1_000_000]
+            }),
+        ),
         ("settle", settle::run(scale(5_000, 1_000_000), None).await),
     ];
     if let Some(url) = postgres {
