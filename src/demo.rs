@@ -251,6 +251,8 @@ impl Demo {
         let tracker = TaskTracker::new();
         // Cameras outlive the arrivals: they answer the cars leaving.
         let camera_token = abort.child_token();
+        // A lot's lanes share one count while they decide alone, as lanes on one controller do.
+        let mut lot_counts: HashMap<_, Arc<std::sync::atomic::AtomicI64>> = HashMap::new();
         for device in self
             .devices
             .devices
@@ -262,6 +264,7 @@ impl Demo {
             };
             let config = CameraConfig {
                 decide_alone_after: traffic.decide_alone_after,
+                lot_count: Some(lot_counts.entry(device.lot.clone()).or_default().clone()),
                 ..CameraConfig::new(host, port, DeviceAuth::Signed)
             };
             let handle = camera::spawn(

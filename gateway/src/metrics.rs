@@ -160,7 +160,7 @@ impl Metrics {
         let offline_decisions = Counter::default();
         registry.register(
             "offline_decisions",
-            "Decisions lanes made alone while the platform was away, reconciled",
+            "Decisions lanes made alone that changed the record: reads the platform had not answered, or had answered otherwise",
             offline_decisions.clone(),
         );
         let offline_conflicts = Counter::default();

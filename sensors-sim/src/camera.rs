@@ -50,6 +50,10 @@ pub struct CameraConfig {
     /// A read no command answered this long after it was first sent is decided by the lane
     /// alone; `None`: the lane waits for the platform however long it takes.
     pub decide_alone_after: Option<Duration>,
+    /// The count a lot's lanes keep together while deciding alone (cars let in less cars let
+    /// out since the newest list), as lanes wired to one lot controller do; `None`: this lane
+    /// counts alone (an entry lane's count then only grows).
+    pub lot_count: Option<Arc<std::sync::atomic::AtomicI64>>,
 }
 
 impl CameraConfig {
@@ -62,6 +66,7 @@ impl CameraConfig {
             max_retry: Duration::from_secs(16),
             max_attempts: u32::MAX,
             decide_alone_after: None,
+            lot_count: None,
         }
     }
 
@@ -299,6 +304,7 @@ pub fn spawn(
         lot: device.lot.clone(),
         gate,
     };
+    let lot_count = config.lot_count.clone().unwrap_or_default();
     let camera = Camera {
         device,
         topic,
@@ -311,7 +317,7 @@ pub fn spawn(
         standing: StandingView::default(),
         offline: std::collections::BTreeMap::new(),
         next_report: Instant::now(),
-        inside_since_list: 0,
+        inside_since_list: lot_count,
         pending: HashMap::new(),
         waiting: HashMap::new(),
         answered: HashMap::new(),
@@ -334,8 +340,9 @@ struct Camera {
     /// Decisions made alone and not yet acknowledged, by read.
     offline: std::collections::BTreeMap<EventId, OfflineDecision>,
     next_report: Instant,
-    /// Cars this lane let in less those it let out, deciding alone since its newest list.
-    inside_since_list: i64,
+    /// Cars this lot's lanes let in less those they let out, deciding alone since the newest
+    /// list (shared by the lot's lanes when they share a controller).
+    inside_since_list: Arc<std::sync::atomic::AtomicI64>,
     config: CameraConfig,
     client: AsyncClient,
     stats: Arc<Stats>,
@@ -499,7 +506,8 @@ impl Camera {
         match self.standing.apply(list, self.device.secret.as_bytes()) {
             Ok(()) => {
                 // The list's count is the platform's now.
-                self.inside_since_list = 0;
+                self.inside_since_list
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
                 Stats::add(&self.stats.standing_lists);
             }
             Err(error) => {
@@ -522,14 +530,20 @@ impl Camera {
         let plate = Plate::parse(&read.plate)
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|_| read.plate.clone());
-        let inside = i64::from(self.standing.occupied()) + self.inside_since_list;
+        let inside = i64::from(self.standing.occupied())
+            + self
+                .inside_since_list
+                .load(std::sync::atomic::Ordering::Relaxed);
         let inside = u32::try_from(inside.max(0)).unwrap_or(u32::MAX);
         let (action, reason) = self.standing.decide(&plate, read.direction, inside);
         if action == GateAction::Open {
-            self.inside_since_list += match read.direction {
-                Direction::Entry => 1,
-                Direction::Exit => -1,
-            };
+            self.inside_since_list.fetch_add(
+                match read.direction {
+                    Direction::Entry => 1,
+                    Direction::Exit => -1,
+                },
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         let decision = OfflineDecision {
             event_id: event_id.clone(),
@@ -549,6 +563,8 @@ impl Camera {
             .longest_wait_ms
             .fetch_max(waited, std::sync::atomic::Ordering::Relaxed);
         let command = GateCommand::new(Uuid::nil(), event_id.clone(), action, reason, Utc::now());
+        // The lane's own answer: the platform's, when it comes, changes nothing here.
+        self.remember(&command);
         let _ = reply.send(Ok(command));
     }
 
@@ -674,7 +690,6 @@ impl Camera {
             // Decided alone already: the lane keeps its own decision; the read stops.
             Some(Pending { reply: None, .. }) => {
                 Stats::add(&self.stats.answered_after_alone);
-                self.remember(&command);
             }
             Some(Pending {
                 reply: Some(reply),
@@ -707,7 +722,9 @@ impl Camera {
                     .answered
                     .get(&command.event_id)
                     .is_some_and(|(id, action)| {
-                        *id != command.command_id && *action != command.action
+                        // A read the lane decided alone was answered by the lane itself
+                        // (a nil id): the platform's answer may well differ, and changes nothing.
+                        !id.is_nil() && *id != command.command_id && *action != command.action
                     })
                 {
                     Stats::add(&self.stats.answers_conflicting);

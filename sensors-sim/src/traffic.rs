@@ -258,7 +258,8 @@ impl Lot {
             tokio::select! {
                 () = stop.cancelled() => break,
                 Some(done) = journeys.join_next(), if !journeys.is_empty() => {
-                    if let Ok(driver) = done { away.push(driver); }
+                    // A car still inside (held at the exit) does not come again.
+                    if let Ok((driver, true)) = done { away.push(driver); }
                     continue;
                 }
                 () = shared.clock.sleep(Duration::from_secs_f64(gap)) => {}
@@ -282,11 +283,11 @@ impl Lot {
             };
             let abort = abort.clone();
             journeys.spawn(async move {
-                tokio::select! {
-                    () = abort.cancelled() => {}
-                    () = journey.run() => {}
-                }
-                driver
+                let out = tokio::select! {
+                    () = abort.cancelled() => true,
+                    out = journey.run() => out,
+                };
+                (driver, out)
             });
         }
         // No more arrivals: the cars inside leave (unless everything is aborted).
@@ -318,7 +319,9 @@ fn new_event_id() -> EventId {
 }
 
 impl Journey {
-    async fn run(self) {
+    /// Drives the car in and out; whether it is out of the lot at the end (a car held at the
+    /// exit and not let out is still inside: its driver does not come again).
+    async fn run(self) -> bool {
         let driver = &self.drivers[self.driver];
         let stats = &self.shared.stats;
         let clock = self.shared.clock;
@@ -359,7 +362,7 @@ impl Journey {
         );
         let (entered, ()) = tokio::join!(first_read, double_read);
         let Ok(command) = entered else {
-            return;
+            return true;
         };
         let mut record = JourneyRecord {
             lot: self.lot.clone(),
@@ -379,7 +382,7 @@ impl Journey {
         if command.action == GateAction::Hold {
             Stats::add(&stats.entries_held);
             self.shared.journal.record(record);
-            return;
+            return true;
         }
         Stats::add(&stats.entries_opened);
         clock.sleep(self.stay).await;
@@ -403,6 +406,7 @@ impl Journey {
         };
         // The journey is recorded even when the run is aborted before the car leaves.
         let answered = self.exit.read_as(exit_id.clone(), read).await;
+        let mut out = false;
         if let Ok(command) = answered {
             record.exit = Some(Answered {
                 event_ids: vec![exit_id.clone()],
@@ -412,12 +416,16 @@ impl Journey {
                 alone: crate::camera::decided_alone(&command),
             });
             match (command.action, command.pay_url) {
-                (GateAction::Open, _) => Stats::add(&stats.exits_opened),
+                (GateAction::Open, _) => {
+                    Stats::add(&stats.exits_opened);
+                    out = true;
+                }
                 (GateAction::Hold, Some(pay_url)) => {
                     Stats::add(&stats.exits_held);
                     if self.pay_at_exit(exit_id, &pay_url).await {
                         Stats::add(&stats.exits_paid);
                         record.paid_at_exit = true;
+                        out = true;
                     }
                 }
                 (GateAction::Hold | GateAction::AckOffline, None) => {
@@ -428,6 +436,7 @@ impl Journey {
             }
         }
         self.shared.journal.record(record);
+        out
     }
 
     /// Pays at the held barrier's `pay_url` (retrying with the same idempotency key) and waits

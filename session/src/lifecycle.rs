@@ -100,6 +100,38 @@ pub fn missed_exit(
     (end, case)
 }
 
+/// A stay the platform opened for a car its lane held at the entry (the lane decided alone and
+/// the platform answered the late read otherwise): the car never came in. It ends in review,
+/// unpriced, where it began, with a case naming it.
+pub fn never_entered(
+    case_id: Uuid,
+    session: &OpenSession,
+    read: Sighting<'_>,
+) -> (SessionEnd, ReviewItem) {
+    let end = SessionEnd {
+        id: session.id,
+        status: SessionStatus::Review,
+        exit_gate: None,
+        exit_event: None,
+        exited_at: session.entered_at,
+        exit_match: None,
+        tariff_from: None,
+        billed_plate: None,
+        plate_color: session.plate_color,
+        pass_holder: session.pass_holder,
+        fee: None,
+    };
+    let case = case(
+        case_id,
+        &session.lot,
+        ReviewKind::OfflineConflict,
+        Some(session.id),
+        read,
+        None,
+    );
+    (end, case)
+}
+
 /// A stay's price: the tariff version in force at entry, and the fee in minor units.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Priced {

@@ -28,6 +28,7 @@ fn lane(
     camera: &parkflow_protocol::DeviceId,
     gate: &parkflow_protocol::GateId,
     stats: &Arc<Stats>,
+    count: &Arc<std::sync::atomic::AtomicI64>,
     tracker: &TaskTracker,
     token: &CancellationToken,
 ) -> CameraHandle {
@@ -43,12 +44,15 @@ fn lane(
         secret,
         simulated: true,
     };
-    let config = CameraConfig::new(
-        platform.mqtt.0.clone(),
-        platform.mqtt.1,
-        platform.setup.device_auth(),
-    )
-    .deciding_alone();
+    let config = CameraConfig {
+        lot_count: Some(count.clone()),
+        ..CameraConfig::new(
+            platform.mqtt.0.clone(),
+            platform.mqtt.1,
+            platform.setup.device_auth(),
+        )
+        .deciding_alone()
+    };
     camera::spawn(device, config, stats.clone(), tracker, token.clone())
 }
 
@@ -81,12 +85,14 @@ async fn lanes_decide_alone_while_the_platform_is_down(setup: Setup) {
     let stats = Arc::new(Stats::default());
     let tracker = TaskTracker::new();
     let token = CancellationToken::new();
+    let count = Arc::default();
     let entry = lane(
         &platform,
         &world,
         &world.entry_camera,
         &world.entry,
         &stats,
+        &count,
         &tracker,
         &token,
     );
@@ -96,6 +102,7 @@ async fn lanes_decide_alone_while_the_platform_is_down(setup: Setup) {
         &world.exit_camera,
         &world.exit,
         &stats,
+        &count,
         &tracker,
         &token,
     );

@@ -619,7 +619,6 @@ impl GateActor {
             reason,
             standing_version,
         } = decided;
-        self.metrics.offline_decisions.inc();
         tracing::debug!(
             lot = %read.lot,
             gate = %read.gate,
@@ -635,6 +634,7 @@ impl GateActor {
         let lot_state = self.state.lots.entry(read.lot.clone()).or_default();
         let Some(platform) = platform else {
             // The platform never answered it: the lane's decision is the decision.
+            self.metrics.offline_decisions.inc();
             let planned = match (read.direction, action) {
                 (Direction::Entry, _) => Some(plan::entry_as(
                     lot,
@@ -676,48 +676,83 @@ impl GateActor {
         if platform.command.action == action {
             return Vec::new();
         }
-        // Held for payment by the platform, let out by the lane: the car has gone; its stay
-        // ends at the exit read and is billed (invoiced to its plate if nobody enrolled pays).
-        if read.direction == Direction::Exit
-            && action == GateAction::Open
-            && platform.command.reason == GateReason::PaymentRequired
-        {
-            let Some(session_id) = platform.session_id else {
-                return Vec::new();
-            };
-            self.held.remove(&session_id);
-            if !lot_state.open.values().any(|s| s.id == session_id) {
-                // Paid or corrected meanwhile: already ended.
-                return Vec::new();
+        self.metrics.offline_decisions.inc();
+        // What the lane did is what happened: its decision replaces the platform's, on record
+        // and in memory, so the same decision reported again changes nothing.
+        let mut writes = Vec::new();
+        let mut session_id = platform.session_id;
+        match (read.direction, action) {
+            // Held for payment by the platform, let out by the lane: the car has gone; its stay
+            // ends at the exit read and is billed (invoiced to its plate if nobody enrolled pays).
+            (Direction::Exit, GateAction::Open)
+                if platform.command.reason == GateReason::PaymentRequired =>
+            {
+                if let Some(held) = platform.session_id {
+                    self.held.remove(&held);
+                }
+                // Not open any more: paid or corrected meanwhile, already ended.
+                if platform
+                    .session_id
+                    .is_some_and(|id| lot_state.open.values().any(|s| s.id == id))
+                {
+                    let planned = plan::exit(
+                        lot,
+                        lot_state,
+                        &read,
+                        standing_of,
+                        self.config.review_threshold,
+                        &self.config.public_url,
+                        true,
+                    );
+                    self.count(&planned);
+                    writes.extend(planned.writes);
+                }
             }
-            let planned = plan::exit(
-                lot,
-                lot_state,
-                &read,
-                standing_of,
-                self.config.review_threshold,
-                &self.config.public_url,
-                true,
-            );
-            self.count(&planned);
-            self.report_open(registry, &read.lot);
-            return planned.writes;
+            // Let in by the platform, held by the lane: the car never came in.
+            (Direction::Entry, GateAction::Hold) => {
+                self.metrics.offline_conflicts.inc();
+                let ended = platform
+                    .session_id
+                    .map(|id| plan::never_entered(lot_state, id, &read))
+                    .unwrap_or_default();
+                if ended.is_empty() {
+                    writes.push(plan::offline_conflict(lot, &read, platform.session_id));
+                }
+                self.metrics.review_items.inc();
+                writes.extend(ended);
+            }
+            // Held by the platform, let in by the lane: the car is inside; its stay opens.
+            (Direction::Entry, _) => {
+                self.metrics.offline_conflicts.inc();
+                writes.push(plan::offline_conflict(lot, &read, platform.session_id));
+                let planned = plan::entry_as(
+                    lot,
+                    lot_state,
+                    &read,
+                    super::decide::EntryDecision { action, reason },
+                );
+                self.count(&planned);
+                session_id = planned.session_id;
+                writes.extend(planned.writes);
+            }
+            // Let out by the platform, held by the lane (or another disagreement): the stay
+            // the platform ended stays ended; an operator looks.
+            _ => {
+                self.metrics.offline_conflicts.inc();
+                self.metrics.review_items.inc();
+                writes.push(plan::offline_conflict(lot, &read, platform.session_id));
+            }
         }
-        // The platform answered otherwise: an operator looks. A car the lane let in that the
-        // platform held is inside all the same: its stay opens.
-        self.metrics.offline_conflicts.inc();
-        let mut writes = vec![plan::offline_conflict(lot, &read, platform.session_id)];
-        if read.direction == Direction::Entry && action == GateAction::Open {
-            let planned = plan::entry_as(
-                lot,
-                lot_state,
-                &read,
-                super::decide::EntryDecision { action, reason },
-            );
-            self.count(&planned);
-            writes.extend(planned.writes);
-            self.report_open(registry, &read.lot);
+        let command = plan::command(&read, action, reason);
+        let mut recorded = record(&read, &command, session_id);
+        if let Write::GateRead(record) = &mut recorded {
+            record.decided_offline = true;
         }
+        writes.push(recorded);
+        let read_key = (read.lot.clone(), read.gate.clone(), read.event_id.clone());
+        let lane = (read.lot.clone(), read.gate.clone(), read.direction);
+        self.remember(read_key, lane, &read, &command, session_id);
+        self.report_open(registry, &read.lot);
         writes
     }
 

@@ -109,6 +109,24 @@ pub(crate) fn offline_conflict(lot: &Lot, read: &GateRead, session: Option<Uuid>
     ))
 }
 
+/// A car the lane held at the entry, whose stay the platform had opened: taken out of the open
+/// stays and ended in review, with the case.
+pub(crate) fn never_entered(state: &mut LotState, session: Uuid, read: &GateRead) -> Vec<Write> {
+    let Some(plate) = state
+        .open
+        .iter()
+        .find(|(_, s)| s.id == session)
+        .map(|(plate, _)| plate.clone())
+    else {
+        return Vec::new();
+    };
+    let Some(open) = state.open.remove(&plate) else {
+        return Vec::new();
+    };
+    let (end, case) = lifecycle::never_entered(Uuid::now_v7(), &open, sighting(read));
+    vec![Write::EndSession(end), Write::Review(case)]
+}
+
 /// The fee of ending `session` at `exited_at`: the tariff version in force at entry, and the fee.
 fn price(
     lot: &Lot,

@@ -410,8 +410,43 @@ pub async fn apply_fenced<'a>(
     Ok(Vec::new())
 }
 
-/// Records gate reads with the commands that answered them (a read stored already stays).
+/// Records gate reads with the commands that answered them: a read stored already stays, unless
+/// its lane reports that it decided the read alone — what the lane did is what happened, so its
+/// decision replaces the platform's (once: a read decided offline is never replaced again).
 async fn insert_reads(tx: &mut Tx, reads: &[&GateReadRecord]) -> Result<(), StoreError> {
+    let (offline, online): (Vec<&GateReadRecord>, Vec<&GateReadRecord>) =
+        reads.iter().partition(|r| r.decided_offline);
+    insert_read_rows(
+        tx,
+        &online,
+        " ON CONFLICT (lot_id, gate_id, event_id) DO NOTHING",
+    )
+    .await?;
+    // One row per read in a statement (an upsert may not touch a row twice): the last stands.
+    let mut last = std::collections::HashMap::new();
+    for read in offline {
+        last.insert((&read.lot, &read.gate, &read.event_id), read);
+    }
+    let offline: Vec<&GateReadRecord> = last.into_values().collect();
+    insert_read_rows(
+        tx,
+        &offline,
+        " ON CONFLICT (lot_id, gate_id, event_id) DO UPDATE SET command_id = excluded.command_id, \
+         action = excluded.action, reason = excluded.reason, issued_at = excluded.issued_at, \
+         amount_due_minor = excluded.amount_due_minor, currency = excluded.currency, \
+         pay_url = excluded.pay_url, \
+         session_id = COALESCE(excluded.session_id, gate_reads.session_id), \
+         decided_offline = excluded.decided_offline \
+         WHERE NOT gate_reads.decided_offline",
+    )
+    .await
+}
+
+async fn insert_read_rows(
+    tx: &mut Tx,
+    reads: &[&GateReadRecord],
+    on_conflict: &str,
+) -> Result<(), StoreError> {
     for chunk in reads.chunks(repo::ROWS_PER_STATEMENT) {
         let mut insert = QueryBuilder::new(
             "INSERT INTO gate_reads (lot_id, gate_id, event_id, plate, plate_color, confidence, \
@@ -438,7 +473,7 @@ async fn insert_reads(tx: &mut Tx, reads: &[&GateReadRecord]) -> Result<(), Stor
                 .push_bind(read.session_id)
                 .push_bind(read.decided_offline);
         });
-        insert.push(" ON CONFLICT (lot_id, gate_id, event_id) DO NOTHING");
+        insert.push(on_conflict);
         insert
             .build()
             .persistent(chunk.len() == repo::ROWS_PER_STATEMENT)

@@ -98,6 +98,11 @@ pub struct Report {
     pub exits_to_review: u64,
     /// Held at the exit and never paid: their sessions stay open.
     pub exits_unpaid: u64,
+    /// Held by a lane deciding alone, whose late read the platform had answered by letting the
+    /// car in (its stay ended in review: the car never came in) or out (its stay stays ended,
+    /// a conflict case in review): the platform's record disagrees with the lane's barrier, and
+    /// says so to an operator. Reported, not a fault.
+    pub held_alone_in_review: u64,
     /// Reads the platform never answered.
     pub unanswered: u64,
     pub fees_checked: u64,
@@ -129,7 +134,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "unexpected={} foreign={} exits_sent={} exits_recorded={} exits_lost={} exits_to_review={} exits_unpaid={} unanswered={}",
+            "unexpected={} foreign={} exits_sent={} exits_recorded={} exits_lost={} exits_to_review={} exits_unpaid={} unanswered={} held_alone_in_review={}",
             self.unexpected,
             self.foreign,
             self.exits_sent,
@@ -137,7 +142,8 @@ impl Report {
             self.exits_lost,
             self.exits_to_review,
             self.exits_unpaid,
-            self.unanswered
+            self.unanswered,
+            self.held_alone_in_review,
         );
         let _ = writeln!(
             out,
@@ -359,7 +365,13 @@ pub fn compare(journeys: &[JourneyRecord], recorded: &[RecordedSession]) -> Repo
         claimed += sessions.len();
         let let_in = journey.entry.action == GateAction::Open;
         if !let_in {
-            if !sessions.is_empty() {
+            if journey.entry.alone
+                && !sessions.is_empty()
+                && sessions.iter().all(|s| s.status == SessionStatus::Review)
+            {
+                // The platform let in a car its lane held alone: that stay ended in review.
+                report.held_alone_in_review += 1;
+            } else if !sessions.is_empty() {
                 report.unexpected += sessions.len() as u64;
                 report.fault(format!("a held entry has session {}", sessions[0].id));
             }
@@ -401,7 +413,10 @@ pub fn compare(journeys: &[JourneyRecord], recorded: &[RecordedSession]) -> Repo
         let let_out = exit.action == GateAction::Open || journey.paid_at_exit;
         if !let_out {
             report.exits_unpaid += 1;
-            if session.status != SessionStatus::Open {
+            if exit.alone && session.status != SessionStatus::Open {
+                // The platform let out a car its lane held alone: a conflict case in review.
+                report.held_alone_in_review += 1;
+            } else if session.status != SessionStatus::Open {
                 report.exits_lost += 1;
                 report.fault(format!(
                     "session {} of a car held at the exit is {:?}",
