@@ -337,6 +337,80 @@ async fn an_offline_report_counts_once_and_only_from_its_own_lane(setup: Setup) 
     platform.stop().await;
 }
 
+/// The usual order after an outage: the lane's read reaches the platform before its report. The
+/// platform let the car in; the lane, deciding alone, had held it (it counted the lot full). The
+/// lane's decision stands: the stay ends in review (the car never came in), one case however
+/// often the report comes, also after a restart, and the record shows the lane's hold.
+async fn a_late_read_the_lane_held_ends_the_platforms_stay_once(setup: Setup) {
+    let world = World::new(setup, 10);
+    let mut platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let read = entry.read_at(
+        "浙J24681",
+        Direction::Entry,
+        Utc::now() - chrono::Duration::seconds(30),
+    );
+    let answer = entry.decide(&read).await;
+    assert_eq!(answer.action, GateAction::Open);
+    let report = OfflineReport {
+        decisions: vec![OfflineDecision {
+            event_id: read.event_id.clone(),
+            plate: read.plate.clone(),
+            plate_color: read.plate_color,
+            direction: Direction::Entry,
+            observed_at: read.observed_at,
+            action: GateAction::Hold,
+            reason: GateReason::LotFull,
+            standing_version: 7,
+        }],
+    };
+    let topic = Topic::GateOffline {
+        lot: world.lot.clone(),
+        gate: world.entry.clone(),
+    };
+    let (_, secret) = world.device(&world.entry_camera);
+    let payload = match setup.device_auth() {
+        DeviceAuth::Signed => seal(&topic, &report, &world.entry_camera, secret.as_bytes()),
+        DeviceAuth::Broker => plain(&topic, &report),
+    };
+    for _ in 0..3 {
+        entry.publish_raw(&topic.to_string(), payload.clone()).await;
+    }
+    let ack = entry.command_for(&read.event_id).await;
+    assert_eq!(answer.event_id, ack.event_id);
+    let session = eventually(WAIT, "the stay ended in review", || async {
+        let sessions = platform.sessions(&world.lot).await;
+        (sessions.len() == 1 && sessions[0]["status"] == "review").then(|| sessions[0].clone())
+    })
+    .await;
+    assert_eq!(session["entered_at"], session["exited_at"], "{session}");
+    // Restarted, the platform hears the report once more (a lane that missed the ack).
+    drop(entry);
+    platform.restart().await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    entry.publish_raw(&topic.to_string(), payload).await;
+    let ack = entry.command_for(&read.event_id).await;
+    assert_eq!(ack.action, GateAction::AckOffline);
+    let cases = platform
+        .admin_get(&format!("/v1/review?lot={}", world.lot))
+        .await;
+    let conflicts = cases
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "offline_conflict")
+        .count();
+    assert_eq!(conflicts, 1, "{cases}");
+    assert_eq!(platform.sessions(&world.lot).await.len(), 1);
+    // The read, sent again: answered as the lane decided.
+    let again = entry.decide_again(&read).await;
+    assert_eq!(
+        (again.action, again.reason),
+        (GateAction::Hold, GateReason::LotFull)
+    );
+    platform.stop().await;
+}
+
 macro_rules! scenarios {
     ($module:ident, $database:expr, $broker:expr) => {
         mod $module {
@@ -356,6 +430,11 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn an_offline_report_counts_once_and_only_from_its_own_lane() {
                 run(super::an_offline_report_counts_once_and_only_from_its_own_lane).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_late_read_the_lane_held_ends_the_platforms_stay_once() {
+                run(super::a_late_read_the_lane_held_ends_the_platforms_stay_once).await;
             }
         }
     };
