@@ -21,39 +21,59 @@ use tokio_util::task::TaskTracker;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A simulated lane for one of the world's gates, deciding alone after 1.5 s.
-fn lane(
-    platform: &TestPlatform,
-    world: &World,
-    camera: &parkflow_protocol::DeviceId,
-    gate: &parkflow_protocol::GateId,
-    stats: &Arc<Stats>,
-    count: &Arc<std::sync::atomic::AtomicI64>,
-    tracker: &TaskTracker,
-    token: &CancellationToken,
-) -> CameraHandle {
-    let (password, secret) = world.device(camera);
-    let device = DeviceEntry {
-        id: camera.clone(),
-        kind: DeviceKind::GateCamera,
-        lot: world.lot.clone(),
-        gate: Some(gate.clone()),
-        bay: None,
-        mqtt_username: camera.to_string(),
-        mqtt_password: password,
-        secret,
-        simulated: true,
-    };
-    let config = CameraConfig {
-        lot_count: Some(count.clone()),
-        ..CameraConfig::new(
-            platform.mqtt.0.clone(),
-            platform.mqtt.1,
-            platform.setup.device_auth(),
+/// The simulator's lanes of the world's lot: one count, as lanes on one controller share it.
+#[derive(Default)]
+struct Lanes {
+    stats: Arc<Stats>,
+    count: Arc<std::sync::atomic::AtomicI64>,
+    tracker: TaskTracker,
+    token: CancellationToken,
+}
+
+impl Lanes {
+    /// A lane for one of the world's gates, deciding alone after 1.5 s.
+    fn lane(
+        &self,
+        platform: &TestPlatform,
+        world: &World,
+        camera: &parkflow_protocol::DeviceId,
+        gate: &parkflow_protocol::GateId,
+    ) -> CameraHandle {
+        let (password, secret) = world.device(camera);
+        let device = DeviceEntry {
+            id: camera.clone(),
+            kind: DeviceKind::GateCamera,
+            lot: world.lot.clone(),
+            gate: Some(gate.clone()),
+            bay: None,
+            mqtt_username: camera.to_string(),
+            mqtt_password: password,
+            secret,
+            simulated: true,
+        };
+        let config = CameraConfig {
+            lot_count: Some(self.count.clone()),
+            ..CameraConfig::new(
+                platform.mqtt.0.clone(),
+                platform.mqtt.1,
+                platform.setup.device_auth(),
+            )
+            .deciding_alone()
+        };
+        camera::spawn(
+            device,
+            config,
+            self.stats.clone(),
+            &self.tracker,
+            self.token.clone(),
         )
-        .deciding_alone()
-    };
-    camera::spawn(device, config, stats.clone(), tracker, token.clone())
+    }
+
+    async fn stop(self) {
+        self.token.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
 }
 
 fn sighting(plate: &str, direction: Direction) -> Sighting {
@@ -82,30 +102,10 @@ async fn session_of(platform: &TestPlatform, world: &World, plate: &str) -> Vec<
 async fn lanes_decide_alone_while_the_platform_is_down(setup: Setup) {
     let world = World::new(setup, 10);
     let mut platform = TestPlatform::start(setup, &world).await;
-    let stats = Arc::new(Stats::default());
-    let tracker = TaskTracker::new();
-    let token = CancellationToken::new();
-    let count = Arc::default();
-    let entry = lane(
-        &platform,
-        &world,
-        &world.entry_camera,
-        &world.entry,
-        &stats,
-        &count,
-        &tracker,
-        &token,
-    );
-    let exit = lane(
-        &platform,
-        &world,
-        &world.exit_camera,
-        &world.exit,
-        &stats,
-        &count,
-        &tracker,
-        &token,
-    );
+    let lanes = Lanes::default();
+    let stats = lanes.stats.clone();
+    let entry = lanes.lane(&platform, &world, &world.entry_camera, &world.entry);
+    let exit = lanes.lane(&platform, &world, &world.exit_camera, &world.exit);
     eventually(WAIT, "both lanes' standing lists", || async {
         (stats.standing_lists.load(Ordering::Relaxed) >= 2).then_some(())
     })
@@ -244,9 +244,7 @@ async fn lanes_decide_alone_while_the_platform_is_down(setup: Setup) {
         .await;
     assert_eq!(cases.as_array().map_or(0, Vec::len), 0, "{cases}");
 
-    token.cancel();
-    tracker.close();
-    tracker.wait().await;
+    lanes.stop().await;
     platform.stop().await;
 }
 
