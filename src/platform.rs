@@ -323,7 +323,11 @@ impl Platform {
         let charging =
             ChargingWorker::new(db.clone(), self.provider.clone(), self.charging.clone())
                 .await
-                .context("failed to start charging")?;
+                .context("failed to start charging")?
+                .on_plate_debts({
+                    let gates = gates.clone();
+                    std::sync::Arc::new(move || gates.facts_changed())
+                });
         tracker.spawn(charging.run(token.clone()));
         // The provider's callbacks (late confirmations, sometimes twice) bring a charge forward.
         if let Some(mut callbacks) = self.provider.callbacks() {

@@ -244,6 +244,14 @@ async fn collect<P: PaymentProvider>(
     Ok(provider.debit(&debit).await)
 }
 
+/// Whose invoice is paid: a driver's, or a plate's (owed with nobody enrolled to bill, paid when
+/// the car comes again).
+#[derive(Debug, Clone, Copy)]
+enum Payer<'a> {
+    Driver(Uuid),
+    Plate(&'a str),
+}
+
 /// Pays an open invoice of `driver` from `account`.
 pub async fn pay_invoice<P: PaymentProvider>(
     db: &Db,
@@ -254,19 +262,51 @@ pub async fn pay_invoice<P: PaymentProvider>(
     account: &str,
     now: DateTime<Utc>,
 ) -> Result<Paid, PayError> {
+    let key = scoped_key("driver", driver, key);
+    pay_owed(
+        db,
+        provider,
+        Payer::Driver(driver),
+        invoice,
+        &key,
+        account,
+        now,
+    )
+    .await
+}
+
+/// Pays an open invoice of `payer` under the (scoped) idempotency `key`.
+async fn pay_owed<P: PaymentProvider>(
+    db: &Db,
+    provider: &P,
+    payer: Payer<'_>,
+    invoice: Uuid,
+    key: &str,
+    account: &str,
+    now: DateTime<Utc>,
+) -> Result<Paid, PayError> {
     let now = db_time(now);
-    let key = &scoped_key("driver", driver, key);
+    let driver = match payer {
+        Payer::Driver(driver) => Some(driver),
+        Payer::Plate(_) => None,
+    };
     let (payment, first) = match earlier(db, key, PaymentKind::Invoice, invoice, account).await? {
         Earlier::Paid(paid) => return Ok(paid),
         Earlier::Resume(p) => (p, false),
         Earlier::None => {
-            let row: Option<(i64, String, String)> = query(
-                "SELECT amount_minor, currency, status FROM invoices WHERE id = $1 AND driver_id = $2",
-            )
-            .bind(invoice)
-            .bind(driver)
-            .fetch_optional(db)
-            .await?;
+            let owed = match payer {
+                Payer::Driver(driver) => query(
+                    "SELECT amount_minor, currency, status FROM invoices WHERE id = $1 AND driver_id = $2",
+                )
+                .bind(invoice)
+                .bind(driver),
+                Payer::Plate(plate) => query(
+                    "SELECT amount_minor, currency, status FROM invoices WHERE id = $1 AND driver_id IS NULL AND plate = $2",
+                )
+                .bind(invoice)
+                .bind(plate),
+            };
+            let row: Option<(i64, String, String)> = owed.fetch_optional(db).await?;
             let (minor, currency, status) = row.ok_or(PayError::NotFound("invoice"))?;
             let status = InvoiceStatus::try_from(status)
                 .map_err(|unknown| StoreError::Corrupt(unknown.to_string()))?;
@@ -315,13 +355,64 @@ pub async fn pay_invoice<P: PaymentProvider>(
     finish_invoice(db, provider, &payment, driver, invoice, outcome, now).await
 }
 
+/// Pays, one payment each, the open invoices `plate` owed with nobody enrolled to bill (a car
+/// its lane let out without standing) that its held exit's `amount_due` included, oldest first,
+/// up to `owed_minor`. Each is idempotent under `key` and the invoice. Returns what is paid of
+/// `owed_minor` (by this call or an earlier one under the same key).
+async fn pay_plate_debts<P: PaymentProvider>(
+    db: &Db,
+    provider: &P,
+    plate: &str,
+    owed_minor: i64,
+    key: &str,
+    account: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, PayError> {
+    let invoices: Vec<(Uuid, i64, String)> = query(
+        "SELECT id, amount_minor, status FROM invoices WHERE plate = $1 AND driver_id IS NULL
+           AND status IN ('open', 'paid') ORDER BY created_at, id",
+    )
+    .bind(plate)
+    .fetch_all(db)
+    .await?;
+    let mut left = owed_minor;
+    for (invoice, minor, status) in invoices {
+        let invoice_key = format!("{key}:invoice:{invoice}");
+        if status != InvoiceStatus::Open.as_str() {
+            // Paid by an earlier try under this key: it counts, and is not paid again.
+            if by_key(db, &invoice_key)
+                .await?
+                .is_some_and(|p| p.status == PaymentStatus::Succeeded)
+            {
+                left -= minor;
+            }
+            continue;
+        }
+        if minor > left {
+            break;
+        }
+        pay_owed(
+            db,
+            provider,
+            Payer::Plate(plate),
+            invoice,
+            &invoice_key,
+            account,
+            now,
+        )
+        .await?;
+        left -= minor;
+    }
+    Ok(owed_minor - left)
+}
+
 /// Records what the provider answered for an invoice payment: paid (the invoice cleared, the
 /// driver reinstated when nothing else is overdue), declined, or still pending.
 async fn finish_invoice<P: PaymentProvider>(
     db: &Db,
     provider: &P,
     payment: &PaymentRow,
-    driver: Uuid,
+    driver: Option<Uuid>,
     invoice: Uuid,
     outcome: DebitOutcome,
     now: DateTime<Utc>,
@@ -371,7 +462,10 @@ async fn finish_invoice<P: PaymentProvider>(
     )
     .await?;
     // Reinstate a suspended driver who owes nothing overdue any more.
-    let reinstated = reinstate_if_clear(&mut tx, driver, now).await?;
+    let reinstated = match driver {
+        Some(driver) => reinstate_if_clear(&mut tx, driver, now).await?,
+        None => None,
+    };
     tx.commit().await?;
     Ok(Paid {
         payment_id: payment.id,
@@ -392,12 +486,16 @@ struct HeldRow {
     status: SessionStatus,
     amount_due_minor: Option<i64>,
     currency: Option<String>,
+    /// Of `amount_due_minor`, what the plate owed from earlier stays (paid first, apart).
+    owed_minor: Option<i64>,
+    plate: String,
 }
 
 /// The latest read of `session` held for payment at an exit.
 async fn held_exit(db: &Db, session: Uuid) -> Result<HeldRow, PayError> {
     let held: Option<HeldRow> = query(
-        "SELECT r.lot_id, r.gate_id, r.event_id, r.observed_at, s.entered_at, s.status, r.amount_due_minor, r.currency
+        "SELECT r.lot_id, r.gate_id, r.event_id, r.observed_at, s.entered_at, s.status, r.amount_due_minor, r.currency,
+                r.owed_minor, s.plate
          FROM gate_reads r JOIN sessions s ON s.id = r.session_id
          WHERE r.session_id = $1 AND r.action = 'hold' AND r.reason = 'payment_required'
          ORDER BY r.received_at DESC LIMIT 1",
@@ -433,9 +531,12 @@ pub async fn pay_exit<P: PaymentProvider>(
 ) -> Result<ExitPaid, PayError> {
     let now = db_time(now);
     let held = held_exit(db, session).await?;
-    let (Some(minor), Some(currency)) = (held.amount_due_minor, held.currency.clone()) else {
+    let (Some(due), Some(currency)) = (held.amount_due_minor, held.currency.clone()) else {
         return Err(PayError::NothingDue("the exit was not held for payment"));
     };
+    // What the plate owed from earlier stays is paid first, each invoice apart; then the stay.
+    let owed = held.owed_minor.unwrap_or(0).clamp(0, due);
+    let minor = due - owed;
     let terms = lots.get(&held.lot_id).ok_or(PayError::UnknownLot)?;
     let exit = held.exit(session);
     let exit_paid = |paid| ExitPaid {
@@ -446,6 +547,21 @@ pub async fn pay_exit<P: PaymentProvider>(
         event_id: held.event_id.clone(),
     };
     let key = &scoped_key("session", session, key);
+    let debts_paid = if owed > 0 && exit.payable().is_ok() {
+        pay_plate_debts(db, provider, &held.plate, owed, key, account, now).await?
+    } else {
+        0
+    };
+    // The answer's amount is all that was paid: the debts and the stay.
+    let exit_paid = |mut paid: Paid| {
+        if debts_paid > 0 {
+            paid.amount = Money::from_minor(
+                paid.amount.to_minor().unwrap_or(0) + debts_paid,
+                paid.amount.currency(),
+            );
+        }
+        exit_paid(paid)
+    };
     let (payment, first) = match earlier(db, key, PaymentKind::Exit, session, account).await? {
         Earlier::Paid(paid) => return Ok(exit_paid(paid)),
         Earlier::Resume(p) => (p, false),

@@ -521,7 +521,7 @@ impl Gateway {
                 config.decisions.plate_key.standing_key(),
                 ownership.clone(),
                 metrics.clone(),
-                gates.standing_changed(),
+                gates.clone(),
             )
             .run(token.clone()),
         );

@@ -7,8 +7,10 @@ ALTER TABLE lots ADD COLUMN offline_policy TEXT NOT NULL DEFAULT 'open_and_invoi
 -- A read the lane answered alone, recorded from its `offline` report.
 ALTER TABLE gate_reads ADD COLUMN decided_offline INTEGER NOT NULL DEFAULT 0;
 
--- What a plate owes with nobody enrolled to bill: collected from whoever enrols the plate.
+-- What a plate owes with nobody enrolled to bill: collected when the car is held at an exit
+-- again (the hold's amount includes it, `owed_minor`).
 ALTER TABLE invoices ADD COLUMN plate TEXT;
+ALTER TABLE gate_reads ADD COLUMN owed_minor INTEGER;
 CREATE INDEX invoices_plate ON invoices (plate) WHERE plate IS NOT NULL AND status = 'open';
 
 -- The lane's decision and the platform's differ: an operator looks. SQLite cannot change a

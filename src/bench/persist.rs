@@ -85,6 +85,7 @@ fn read(
         amount_due_minor: None,
         session_id: Some(session),
         decided_offline: false,
+        owed_minor: None,
     })
 }
 

@@ -409,6 +409,100 @@ async fn a_late_read_the_lane_held_ends_the_platforms_stay_once(setup: Setup) {
     platform.stop().await;
 }
 
+/// A walk-in its lane let out alone owes an invoice to its plate; when the car comes again and
+/// is held at the exit for that stay, the amount due includes the debt, and paying it clears
+/// both: the invoice paid (its own payment), the stay closed at its fee.
+async fn a_walk_in_let_out_alone_pays_its_debt_at_the_next_visit(setup: Setup) {
+    let world = World::new(setup, 10);
+    let mut platform = TestPlatform::start(setup, &world).await;
+    let lanes = Lanes::default();
+    let stats = lanes.stats.clone();
+    let entry = lanes.lane(&platform, &world, &world.entry_camera, &world.entry);
+    let exit = lanes.lane(&platform, &world, &world.exit_camera, &world.exit);
+    eventually(WAIT, "both lanes' standing lists", || async {
+        (stats.standing_lists.load(Ordering::Relaxed) >= 2).then_some(())
+    })
+    .await;
+    let walk_in = world.unenrolled.as_str();
+    let first = entry.read(sighting(walk_in, Direction::Entry)).await.unwrap();
+    assert_eq!(first.action, GateAction::Open);
+    platform.pause().await;
+    let out = exit.read(sighting(walk_in, Direction::Exit)).await.unwrap();
+    assert!(decided_alone(&out));
+    assert_eq!(out.reason, GateReason::InvoiceLater);
+    platform.resume().await;
+    let db = Db::connect(&platform.database_url).await.unwrap();
+    let owed = eventually(WAIT, "the walk-in's invoice", || {
+        let db = db.clone();
+        async move {
+            let rows: Vec<(i64,)> = query(
+                "SELECT amount_minor FROM invoices WHERE plate = $1 AND driver_id IS NULL AND status = 'open'",
+            )
+            .bind(walk_in)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+            rows.first().map(|(minor,)| *minor)
+        }
+    })
+    .await;
+
+    // The next visit, the platform answering: held at the exit for this stay and the debt.
+    let back = entry.read(sighting(walk_in, Direction::Entry)).await.unwrap();
+    assert!(!decided_alone(&back));
+    let owed_major = rust_decimal::Decimal::new(owed, 2);
+    // Billing tells the gates of the debt at once: the lanes' lists get it as a delta (the
+    // first since the restart), and the gate actor learns it in the same round.
+    eventually(WAIT, "the debt in the lanes' lists", || async {
+        (platform
+            .metric("parkflow_standing_lists_total{kind=\"delta\"}")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let held = exit.read(sighting(walk_in, Direction::Exit)).await.unwrap();
+    assert_eq!(
+        (held.action, held.reason),
+        (GateAction::Hold, GateReason::PaymentRequired)
+    );
+    assert!(held.amount_due.unwrap() > owed_major, "{held:?}");
+    let pay_url = held.pay_url.clone().unwrap();
+    let paid = reqwest::Client::new()
+        .post(&pay_url)
+        .header("Idempotency-Key", "next-visit")
+        .json(&serde_json::json!({ "payment_account": "acct-walk-in" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+    let paid: serde_json::Value = paid.json().await.unwrap();
+    assert_eq!(paid["amount"], held.amount_due.unwrap().to_string());
+    let open_debts: Vec<(i64,)> = query(
+        "SELECT amount_minor FROM invoices WHERE plate = $1 AND status = 'open'",
+    )
+    .bind(walk_in)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert!(open_debts.is_empty(), "{open_debts:?}");
+    let stays = session_of(&platform, &world, walk_in).await;
+    let fees: Vec<String> = stays
+        .iter()
+        .filter(|s| s["status"] == "closed")
+        .map(|s| s["fee"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(fees.len(), 2, "{stays:?}");
+    assert!(
+        fees.contains(&(held.amount_due.unwrap() - owed_major).to_string()),
+        "{fees:?}"
+    );
+    let audit = parkflow_billing::audit::audit(&db).await.unwrap();
+    assert!(audit.violations.is_empty(), "{audit:?}");
+    lanes.stop().await;
+    platform.stop().await;
+}
+
 macro_rules! scenarios {
     ($module:ident, $database:expr, $broker:expr) => {
         mod $module {
@@ -428,6 +522,11 @@ macro_rules! scenarios {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn an_offline_report_counts_once_and_only_from_its_own_lane() {
                 run(super::an_offline_report_counts_once_and_only_from_its_own_lane).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_walk_in_let_out_alone_pays_its_debt_at_the_next_visit() {
+                run(super::a_walk_in_let_out_alone_pays_its_debt_at_the_next_visit).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

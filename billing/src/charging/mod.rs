@@ -60,6 +60,8 @@ impl ChargingConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StepReport {
     pub enqueued: usize,
+    /// Invoices raised to plates nobody enrolled pays for.
+    pub plate_debts: usize,
     pub claimed: usize,
     pub succeeded: usize,
     pub declined: usize,
@@ -143,12 +145,16 @@ pub fn idempotency_key(session: Uuid) -> String {
     format!("charge:{session}")
 }
 
+/// Told when a step raised invoices to plates (the gates collect them, their lanes hold them).
+pub type PlateDebtsRaised = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// One charging worker.
 pub struct ChargingWorker<P> {
     db: Db,
     provider: P,
     config: ChargingConfig,
     lots: LotBook,
+    plate_debts: Option<PlateDebtsRaised>,
 }
 
 impl<P: PaymentProvider> ChargingWorker<P> {
@@ -159,14 +165,27 @@ impl<P: PaymentProvider> ChargingWorker<P> {
             provider,
             config,
             lots,
+            plate_debts: None,
         })
+    }
+
+    /// Calls `raised` after each step that raised invoices to plates.
+    pub fn on_plate_debts(mut self, raised: PlateDebtsRaised) -> Self {
+        self.plate_debts = Some(raised);
+        self
     }
 
     /// Runs steps until cancelled; an idle step waits `idle_poll` before the next.
     pub async fn run(mut self, token: CancellationToken) {
         let mut failures = 0u32;
         loop {
-            let wait = match self.step(Utc::now()).await {
+            let step = self.step(Utc::now()).await;
+            if let (Ok(report), Some(raised)) = (&step, &self.plate_debts)
+                && report.plate_debts > 0
+            {
+                raised();
+            }
+            let wait = match step {
                 Ok(report) if report.is_idle() => self.config.idle_poll,
                 Ok(_) => {
                     failures = 0;
@@ -189,6 +208,7 @@ impl<P: PaymentProvider> ChargingWorker<P> {
     /// One pass: enqueue, claim, collect, record.
     pub async fn step(&mut self, now: DateTime<Utc>) -> Result<StepReport, StoreError> {
         let enqueued = select::enqueue(&self.db, &mut self.lots, &self.config, now).await?;
+        let (plate_debts, enqueued) = (enqueued.plate_debts, enqueued.sessions);
         let claimed = select::claim(&self.db, &self.config, now).await?;
         let outcomes =
             futures::future::join_all(claimed.iter().map(|charge| self.collect(charge))).await;
@@ -203,6 +223,7 @@ impl<P: PaymentProvider> ChargingWorker<P> {
         .await?;
         Ok(StepReport {
             enqueued,
+            plate_debts,
             claimed: claimed.len(),
             succeeded: recorded.succeeded,
             declined: recorded.declined,

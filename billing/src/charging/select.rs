@@ -46,14 +46,23 @@ struct NewCharge {
     plate: String,
 }
 
-/// Creates the charges of closed sessions that have none; returns how many were created.
+/// What a round of [`enqueue`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Enqueued {
+    /// Queued sessions dealt with (charged now, charged already, or not to be charged).
+    pub sessions: usize,
+    /// Invoices raised to plates nobody enrolled pays for.
+    pub plate_debts: usize,
+}
+
+/// Creates the charges of closed sessions that have none.
 /// The fee is the session's; it is priced again from the tariff as a check, and a difference is logged.
 pub async fn enqueue(
     db: &Db,
     lots: &mut LotBook,
     config: &ChargingConfig,
     now: DateTime<Utc>,
-) -> Result<usize, StoreError> {
+) -> Result<Enqueued, StoreError> {
     let limit = i64::try_from(config.batch).unwrap_or(i64::MAX);
     // The queue holds only what waits: a step never walks the history of every session. Session ids
     // are time-ordered (UUIDv7), so the primary key gives the oldest first without a sort.
@@ -79,7 +88,7 @@ pub async fn enqueue(
         })
         .collect();
     if queued.is_empty() {
-        return Ok(0);
+        return Ok(Enqueued::default());
     }
     if sessions.iter().any(|s| lots.get(&s.lot_id).is_none()) {
         *lots = LotBook::load(db).await?;
@@ -196,11 +205,15 @@ pub async fn enqueue(
             }
         })
         .collect();
+    let plate_debts = invoices.iter().filter(|i| i.plate.is_some()).count();
     insert_invoices(&mut tx, &invoices).await?;
     // The queued sessions are dealt with: charged now, charged already, or not to be charged.
     dequeue_charges(&mut tx, &queued).await?;
     tx.commit().await?;
-    Ok(queued.len().max(inserted.len()))
+    Ok(Enqueued {
+        sessions: queued.len().max(inserted.len()),
+        plate_debts,
+    })
 }
 
 /// Leases up to a batch of charges to collect to this worker.

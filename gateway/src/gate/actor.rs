@@ -77,6 +77,19 @@ pub struct GateActor {
     inbox: Option<mpsc::WeakSender<GateMessage>>,
     /// Standing changes of the last minute, re-applied over facts read before they arrived.
     recent_standing: VecDeque<(Instant, Vec<Plate>, Standing)>,
+    /// What plates owe from stays nobody enrolled pays for, by currency (from the standing
+    /// keeper's reads): a held exit's amount due includes it.
+    owed: HashMap<Plate, Vec<(String, i64)>>,
+}
+
+/// What `plate` owes in `currency` (minor units).
+fn owed_in(owed: &HashMap<Plate, Vec<(String, i64)>>, plate: &Plate, currency: &str) -> i64 {
+    owed.get(plate)
+        .into_iter()
+        .flatten()
+        .filter(|(c, _)| c == currency)
+        .map(|(_, minor)| minor)
+        .sum()
 }
 
 /// How long standing changes are kept to be re-applied over facts read before them.
@@ -287,6 +300,7 @@ impl GateActor {
             occupancy: None,
             inbox: None,
             recent_standing: VecDeque::new(),
+            owed: HashMap::new(),
         })
     }
 
@@ -300,6 +314,7 @@ impl GateActor {
                 }
                 GateMessage::Standing { plates, standing } => self.standing(plates, standing).await,
                 GateMessage::Offline(report) => self.offline(*report).await,
+                GateMessage::Owed(owed) => self.owed = owed,
                 GateMessage::ExitPaid(paid) => {
                     if self.runs(&paid.lot) {
                         self.exit_paid(paid);
@@ -475,6 +490,7 @@ impl GateActor {
         }
 
         let drivers = &self.state.drivers;
+        let owed = &self.owed;
         let lot_state = self.state.lots.entry(read.lot.clone()).or_default();
         let planned = match read.direction {
             Direction::Entry => plan::entry(lot, lot_state, &read),
@@ -489,6 +505,7 @@ impl GateActor {
                     self.config.review_threshold,
                     &self.config.public_url,
                     false,
+                    |plate, currency| owed_in(owed, plate, currency),
                 )
             }
         };
@@ -499,6 +516,7 @@ impl GateActor {
             opened,
             closed_fee_minor,
             reviews,
+            owed_minor,
         } = planned;
         self.publish(&registry, lot, &read, &command);
         tracing::debug!(
@@ -536,7 +554,11 @@ impl GateActor {
                 .inc_by(u64::try_from(minor).unwrap_or(0));
         }
         self.metrics.review_items.inc_by(reviews as u64);
-        writes.push(record(&read, &command, session_id));
+        let mut recorded = record(&read, &command, session_id);
+        if let Write::GateRead(record) = &mut recorded {
+            record.owed_minor = owed_minor;
+        }
+        writes.push(recorded);
         self.remember(read_key, lane, &read, &command, session_id);
         self.report_open(&registry, &read.lot);
         self.submit(&read.lot, writes, read.ticket).await;
@@ -650,6 +672,7 @@ impl GateActor {
                     self.config.review_threshold,
                     &self.config.public_url,
                     true,
+                    |_, _| 0,
                 )),
                 // Held at the lane: the car is still inside, its stay goes on.
                 _ => None,
@@ -703,6 +726,7 @@ impl GateActor {
                         self.config.review_threshold,
                         &self.config.public_url,
                         true,
+                        |_, _| 0,
                     );
                     self.count(&planned);
                     writes.extend(planned.writes);
@@ -1014,6 +1038,7 @@ impl GateActor {
                 self.config.review_threshold,
                 &self.config.public_url,
                 false,
+                |_, _| 0,
             );
             if planned.command.action != GateAction::Open {
                 continue;
@@ -1221,5 +1246,6 @@ fn record(read: &GateRead, command: &GateCommand, session_id: Option<Uuid>) -> W
         amount_due_minor,
         session_id,
         decided_offline: false,
+        owed_minor: None,
     }))
 }

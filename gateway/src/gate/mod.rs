@@ -102,6 +102,9 @@ pub enum GateMessage {
     },
     /// Decisions a lane made alone: each becomes one session event, then is acknowledged.
     Offline(Box<OfflineReport>),
+    /// What plates owe from stays nobody enrolled pays for, by currency in minor units (all of
+    /// it, replacing what the actor knew): collected at the plate's next held exit.
+    Owed(std::collections::HashMap<Plate, Vec<(String, i64)>>),
     /// Open the barrier for a held car that paid.
     ExitPaid(PaidExit),
     /// Drivers, passes and blocks read again from the database (by [`GateHandle::reload`]).
@@ -224,6 +227,12 @@ impl GateHandle {
             peers.tell(Notice::Facts).await;
         }
         self.reload_here(db).await;
+    }
+
+    /// Tells the lanes' standing keeper that drivers, passes, blocks or debts changed (it reads
+    /// them again and sends the lanes what differs; the gate actor learns what plates owe).
+    pub fn facts_changed(&self) {
+        self.standing.tell();
     }
 
     /// What tells the standing keeper that the facts changed.

@@ -26,6 +26,8 @@ pub(crate) struct Planned {
     /// The fee of a session closed and priced, in minor units.
     pub closed_fee_minor: Option<i64>,
     pub reviews: usize,
+    /// Of a hold's `amount_due`, what the plate owed from earlier stays.
+    pub owed_minor: Option<i64>,
 }
 
 /// A command answering `read`.
@@ -79,6 +81,7 @@ pub(crate) fn entry_as(
         opened: false,
         closed_fee_minor: None,
         reviews: 0,
+        owed_minor: None,
     };
     if !decision.opens_session() {
         return planned;
@@ -157,6 +160,7 @@ pub(crate) fn exit(
     review_threshold: f64,
     pay_base: &str,
     let_out: bool,
+    owed_of: impl Fn(&Plate, &str) -> i64,
 ) -> Planned {
     let found = matching::best_match(
         read.plate.as_str(),
@@ -228,11 +232,20 @@ pub(crate) fn exit(
         opened: false,
         closed_fee_minor: None,
         reviews: 0,
+        owed_minor: None,
     };
-    if let (GateAction::Hold, Some((_, _, money)), Some(session)) =
+    if let (GateAction::Hold, Some((_, fee_minor, money)), Some(session)) =
         (decision.action, &priced_minor, &session)
     {
-        planned.command.amount_due = Some(money.amount_in_minor_digits());
+        // What the plate owes from earlier stays (a car let out without standing) is collected
+        // with this one: the amount due includes it.
+        let currency = money.currency();
+        let owed = owed_of(&session.plate, currency.as_str()).max(0);
+        let due = parkflow_billing::Money::from_minor(fee_minor + owed, currency);
+        if owed > 0 {
+            planned.owed_minor = Some(owed);
+        }
+        planned.command.amount_due = Some(due.amount_in_minor_digits());
         planned.command.currency = Some(money.currency().as_str().to_owned());
         planned.command.pay_url = Some(format!(
             "{}/v1/sessions/{}/pay",

@@ -77,6 +77,8 @@ pub(crate) struct StandingKeeper {
     ownership: Option<Arc<Ownership>>,
     metrics: Arc<Metrics>,
     changed: StandingChanged,
+    /// The gate actor, told what plates owe (a sender that does not keep it alive).
+    gates: tokio::sync::mpsc::WeakSender<super::GateMessage>,
     /// Each plate's hash, so that a million plates are hashed once, not every round.
     hashes: HashMap<Plate, u64>,
     gates: HashMap<(LotId, GateId), Kept>,
@@ -92,8 +94,10 @@ impl StandingKeeper {
         key: StandingKey,
         ownership: Option<Arc<Ownership>>,
         metrics: Arc<Metrics>,
-        changed: StandingChanged,
+        gates: super::GateHandle,
     ) -> Self {
+        let changed = gates.standing_changed();
+        let gates = gates.downgrade();
         Self {
             db,
             registry,
@@ -103,6 +107,7 @@ impl StandingKeeper {
             ownership,
             metrics,
             changed,
+            gates,
             hashes: HashMap::new(),
             gates: HashMap::new(),
         }
@@ -150,8 +155,14 @@ impl StandingKeeper {
                 leave_first.push(hash);
             }
         }
-        for plate in owing_plates {
+        let mut owed: HashMap<Plate, Vec<(String, i64)>> = HashMap::new();
+        for (plate, currency, minor) in owing_plates {
+            owed.entry(plate.clone()).or_default().push((currency, minor));
             owing.push(self.hash(plate));
+        }
+        // The gate actor collects it at the plate's next held exit (it never reads it itself).
+        if let Some(gates) = self.gates.upgrade() {
+            let _ = gates.send(super::GateMessage::Owed(owed)).await;
         }
         let mut pass_hashes: HashMap<LotId, Vec<u64>> = HashMap::new();
         for (lot, plate, from, _) in passes {

@@ -220,17 +220,19 @@ pub(crate) async fn passes(
         .collect()
 }
 
-/// Plates that owe an invoice nobody enrolled pays (a car let out without standing): their
-/// lanes hold them while the platform is away.
-pub(crate) async fn owing_plates(db: &Db) -> Result<Vec<Plate>, StoreError> {
-    let rows: Vec<(String,)> = query(
-        "SELECT DISTINCT plate FROM invoices WHERE plate IS NOT NULL AND status = 'open' AND driver_id IS NULL",
+/// What plates owe on invoices nobody enrolled pays (a car let out without standing), by
+/// currency: their lanes hold them while the platform is away, and their next held exit
+/// collects it.
+pub(crate) async fn owing_plates(db: &Db) -> Result<Vec<(Plate, String, i64)>, StoreError> {
+    let rows: Vec<(String, String, i64)> = query(
+        "SELECT plate, currency, CAST(SUM(amount_minor) AS BIGINT) FROM invoices
+         WHERE plate IS NOT NULL AND status = 'open' AND driver_id IS NULL GROUP BY plate, currency",
     )
     .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(plate,)| Plate::parse(&plate).ok())
+        .filter_map(|(plate, currency, minor)| Some((Plate::parse(&plate).ok()?, currency, minor)))
         .collect())
 }
 

@@ -49,6 +49,8 @@ pub struct GateReadRecord {
     pub session_id: Option<Uuid>,
     /// The lane answered the read alone (its `offline` report); the command is its decision.
     pub decided_offline: bool,
+    /// Of a hold's `amount_due`, what the plate owed from earlier stays.
+    pub owed_minor: Option<i64>,
 }
 
 /// One write.
@@ -434,7 +436,7 @@ async fn insert_reads(tx: &mut Tx, reads: &[&GateReadRecord]) -> Result<(), Stor
         " ON CONFLICT (lot_id, gate_id, event_id) DO UPDATE SET command_id = excluded.command_id, \
          action = excluded.action, reason = excluded.reason, issued_at = excluded.issued_at, \
          amount_due_minor = excluded.amount_due_minor, currency = excluded.currency, \
-         pay_url = excluded.pay_url, \
+         pay_url = excluded.pay_url, owed_minor = excluded.owed_minor, \
          session_id = COALESCE(excluded.session_id, gate_reads.session_id), \
          decided_offline = excluded.decided_offline \
          WHERE NOT gate_reads.decided_offline",
@@ -451,7 +453,7 @@ async fn insert_read_rows(
         let mut insert = QueryBuilder::new(
             "INSERT INTO gate_reads (lot_id, gate_id, event_id, plate, plate_color, confidence, \
              direction, observed_at, received_at, command_id, action, reason, issued_at, \
-             amount_due_minor, currency, pay_url, session_id, decided_offline) ",
+             amount_due_minor, currency, pay_url, session_id, decided_offline, owed_minor) ",
         );
         insert.push_values(chunk, |mut row, read| {
             row.push_bind(read.lot.as_str())
@@ -471,7 +473,8 @@ async fn insert_read_rows(
                 .push_bind(read.command.currency.as_deref())
                 .push_bind(read.command.pay_url.as_deref())
                 .push_bind(read.session_id)
-                .push_bind(read.decided_offline);
+                .push_bind(read.decided_offline)
+                .push_bind(read.owed_minor);
         });
         insert.push(on_conflict);
         insert
