@@ -769,7 +769,8 @@ pub async fn resolve_stale<P: PaymentProvider>(
             known => known,
         };
         let finished = match (payment.kind, payment.invoice_id, payment.session_id, driver) {
-            (PaymentKind::Invoice, Some(invoice), _, Some(driver)) => {
+            // A driver's invoice, or a plate's (paid at its next held exit: no driver).
+            (PaymentKind::Invoice, Some(invoice), _, driver) => {
                 finish_invoice(db, provider, &payment, driver, invoice, outcome, now)
                     .await
                     .map(|paid| resolved.reinstated.extend(paid.reinstated))

@@ -424,7 +424,10 @@ async fn a_walk_in_let_out_alone_pays_its_debt_at_the_next_visit(setup: Setup) {
     })
     .await;
     let walk_in = world.unenrolled.as_str();
-    let first = entry.read(sighting(walk_in, Direction::Entry)).await.unwrap();
+    let first = entry
+        .read(sighting(walk_in, Direction::Entry))
+        .await
+        .unwrap();
     assert_eq!(first.action, GateAction::Open);
     platform.pause().await;
     let out = exit.read(sighting(walk_in, Direction::Exit)).await.unwrap();
@@ -448,7 +451,10 @@ async fn a_walk_in_let_out_alone_pays_its_debt_at_the_next_visit(setup: Setup) {
     .await;
 
     // The next visit, the platform answering: held at the exit for this stay and the debt.
-    let back = entry.read(sighting(walk_in, Direction::Entry)).await.unwrap();
+    let back = entry
+        .read(sighting(walk_in, Direction::Entry))
+        .await
+        .unwrap();
     assert!(!decided_alone(&back));
     let owed_major = rust_decimal::Decimal::new(owed, 2);
     // Billing tells the gates of the debt at once: the lanes' lists get it as a delta (the
@@ -478,13 +484,12 @@ async fn a_walk_in_let_out_alone_pays_its_debt_at_the_next_visit(setup: Setup) {
     assert_eq!(paid.status(), 200);
     let paid: serde_json::Value = paid.json().await.unwrap();
     assert_eq!(paid["amount"], held.amount_due.unwrap().to_string());
-    let open_debts: Vec<(i64,)> = query(
-        "SELECT amount_minor FROM invoices WHERE plate = $1 AND status = 'open'",
-    )
-    .bind(walk_in)
-    .fetch_all(&db)
-    .await
-    .unwrap();
+    let open_debts: Vec<(i64,)> =
+        query("SELECT amount_minor FROM invoices WHERE plate = $1 AND status = 'open'")
+            .bind(walk_in)
+            .fetch_all(&db)
+            .await
+            .unwrap();
     assert!(open_debts.is_empty(), "{open_debts:?}");
     let stays = session_of(&platform, &world, walk_in).await;
     let fees: Vec<String> = stays

@@ -157,11 +157,11 @@ pub(crate) fn exit(
     state: &mut LotState,
     read: &GateRead,
     standing_of: impl Fn(&Plate) -> Standing,
-    review_threshold: f64,
-    pay_base: &str,
+    config: &super::actor::DecisionConfig,
     let_out: bool,
     owed_of: impl Fn(&Plate, &str) -> i64,
 ) -> Planned {
+    let (review_threshold, pay_base) = (config.review_threshold, config.public_url.as_str());
     let found = matching::best_match(
         read.plate.as_str(),
         state.open.keys().map(|plate| (plate, plate.as_str())),

@@ -78,7 +78,7 @@ pub(crate) struct StandingKeeper {
     metrics: Arc<Metrics>,
     changed: StandingChanged,
     /// The gate actor, told what plates owe (a sender that does not keep it alive).
-    gates: tokio::sync::mpsc::WeakSender<super::GateMessage>,
+    actor: tokio::sync::mpsc::WeakSender<super::GateMessage>,
     /// Each plate's hash, so that a million plates are hashed once, not every round.
     hashes: HashMap<Plate, u64>,
     gates: HashMap<(LotId, GateId), Kept>,
@@ -97,7 +97,7 @@ impl StandingKeeper {
         gates: super::GateHandle,
     ) -> Self {
         let changed = gates.standing_changed();
-        let gates = gates.downgrade();
+        let actor = gates.downgrade();
         Self {
             db,
             registry,
@@ -107,7 +107,7 @@ impl StandingKeeper {
             ownership,
             metrics,
             changed,
-            gates,
+            actor,
             hashes: HashMap::new(),
             gates: HashMap::new(),
         }
@@ -157,12 +157,14 @@ impl StandingKeeper {
         }
         let mut owed: HashMap<Plate, Vec<(String, i64)>> = HashMap::new();
         for (plate, currency, minor) in owing_plates {
-            owed.entry(plate.clone()).or_default().push((currency, minor));
+            owed.entry(plate.clone())
+                .or_default()
+                .push((currency, minor));
             owing.push(self.hash(plate));
         }
         // The gate actor collects it at the plate's next held exit (it never reads it itself).
-        if let Some(gates) = self.gates.upgrade() {
-            let _ = gates.send(super::GateMessage::Owed(owed)).await;
+        if let Some(actor) = self.actor.upgrade() {
+            let _ = actor.send(super::GateMessage::Owed(owed)).await;
         }
         let mut pass_hashes: HashMap<LotId, Vec<u64>> = HashMap::new();
         for (lot, plate, from, _) in passes {
