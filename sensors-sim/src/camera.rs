@@ -418,16 +418,17 @@ impl Camera {
         tracing::debug!(device = %self.device.id, "camera stopped");
     }
 
-    fn payload(&self, read: &GatePlateRead) -> Vec<u8> {
+    /// `body` as this camera publishes it on `topic`: signed, or plain JSON to a lot whose
+    /// broker enforces ACLs.
+    fn encode<T: serde::Serialize>(&self, topic: &Topic, body: &T) -> Vec<u8> {
         match self.config.auth {
-            DeviceAuth::Signed => seal(
-                &self.topic,
-                read,
-                &self.device.id,
-                self.device.secret.as_bytes(),
-            ),
-            DeviceAuth::Broker => plain(&self.topic, read),
+            DeviceAuth::Signed => seal(topic, body, &self.device.id, self.device.secret.as_bytes()),
+            DeviceAuth::Broker => plain(topic, body),
         }
+    }
+
+    fn payload(&self, read: &GatePlateRead) -> Vec<u8> {
+        self.encode(&self.topic, read)
     }
 
     fn request(&mut self, request: Request) {
@@ -577,15 +578,7 @@ impl Camera {
         let report = OfflineReport {
             decisions: self.offline.values().take(MAX_REPORTED).cloned().collect(),
         };
-        let payload = match self.config.auth {
-            DeviceAuth::Signed => seal(
-                &self.offline_topic,
-                &report,
-                &self.device.id,
-                self.device.secret.as_bytes(),
-            ),
-            DeviceAuth::Broker => plain(&self.offline_topic, &report),
-        };
+        let payload = self.encode(&self.offline_topic, &report);
         let _ = self.client.try_publish(
             self.offline_topic.to_string(),
             QoS::AtLeastOnce,

@@ -76,28 +76,8 @@ pub fn missed_exit(
     missed: &OpenSession,
     read: Sighting<'_>,
 ) -> (SessionEnd, ReviewItem) {
-    let end = SessionEnd {
-        id: missed.id,
-        status: SessionStatus::Review,
-        exit_gate: None,
-        exit_event: None,
-        exited_at: read.observed_at.max(missed.entered_at),
-        exit_match: None,
-        tariff_from: None,
-        billed_plate: None,
-        plate_color: missed.plate_color,
-        pass_holder: missed.pass_holder,
-        fee: None,
-    };
-    let case = case(
-        case_id,
-        &missed.lot,
-        ReviewKind::MissedExit,
-        Some(missed.id),
-        read,
-        None,
-    );
-    (end, case)
+    let exited_at = read.observed_at.max(missed.entered_at);
+    in_review(case_id, missed, exited_at, ReviewKind::MissedExit, read)
 }
 
 /// A stay the platform opened for a car its lane held at the entry (the lane decided alone and
@@ -108,12 +88,29 @@ pub fn never_entered(
     session: &OpenSession,
     read: Sighting<'_>,
 ) -> (SessionEnd, ReviewItem) {
+    in_review(
+        case_id,
+        session,
+        session.entered_at,
+        ReviewKind::OfflineConflict,
+        read,
+    )
+}
+
+/// `session` ended in review, unpriced, at `exited_at`, with a case of `kind` naming it.
+fn in_review(
+    case_id: Uuid,
+    session: &OpenSession,
+    exited_at: DateTime<Utc>,
+    kind: ReviewKind,
+    read: Sighting<'_>,
+) -> (SessionEnd, ReviewItem) {
     let end = SessionEnd {
         id: session.id,
         status: SessionStatus::Review,
         exit_gate: None,
         exit_event: None,
-        exited_at: session.entered_at,
+        exited_at,
         exit_match: None,
         tariff_from: None,
         billed_plate: None,
@@ -121,14 +118,7 @@ pub fn never_entered(
         pass_holder: session.pass_holder,
         fee: None,
     };
-    let case = case(
-        case_id,
-        &session.lot,
-        ReviewKind::OfflineConflict,
-        Some(session.id),
-        read,
-        None,
-    );
+    let case = case(case_id, &session.lot, kind, Some(session.id), read, None);
     (end, case)
 }
 

@@ -249,6 +249,35 @@ impl GateActor {
         });
     }
 
+    /// Whether a read observed at `observed_at` is older than the decisions kept in memory (less
+    /// the clock skew a device may have): whether it was answered is in the database only.
+    fn older_than_memory(&self, observed_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        observed_at < now - (self.state.recent.window() - MAX_AHEAD)
+    }
+
+    /// Looks up the stored decision of the read `key` beside the actor; `done` makes the answer
+    /// of `item` with it. On a database error nothing is answered: the device, which sends the
+    /// read (or its report) until answered, asks again.
+    fn look_up<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        key: ReadKey,
+        item: T,
+        done: fn(T, Option<Box<sessions::StoredDecision>>) -> Done,
+    ) {
+        let db = self.db.clone();
+        self.off_actor(what, async move {
+            let (lot, gate, event) = &key;
+            match sessions::decision(&db, lot, gate, event).await {
+                Ok(stored) => Some(done(item, stored.map(Box::new))),
+                Err(error) => {
+                    tracing::error!(error = %error, what, "failed to look up a read's stored decision; asked again when the device sends it again");
+                    None
+                }
+            }
+        });
+    }
+
     /// Tells the occupancy actor how many sessions of `lot` are open (it ignores repeats).
     fn report_open(&self, registry: &Registry, lot: &LotId) {
         let (Some(occupancy), Some(lot_entry)) = (&self.occupancy, registry.lot_by_id(lot)) else {
@@ -401,25 +430,13 @@ impl GateActor {
             self.hold_for_clock(&registry, lot, read, read_key).await;
             return;
         }
-        if arrival == Arrival::Fresh
-            && read.observed_at < now - (self.state.recent.window() - MAX_AHEAD)
-        {
-            // Older than the decisions kept in memory: it may have been answered long ago. A task
-            // looks it up; the actor goes on with other reads and decides this one when it answers.
-            let db = self.db.clone();
-            self.off_actor("late read", async move {
-                match sessions::decision(&db, &read.lot, &read.gate, &read.event_id).await {
-                    Ok(stored) => Some(Done::LateRead {
-                        read: Box::new(read),
-                        stored: stored.map(Box::new),
-                    }),
-                    Err(error) => {
-                        // Deciding without knowing could open a second session: no answer, and
-                        // the camera, which re-sends until answered, asks again.
-                        tracing::error!(error = %error, "failed to look up a late read's decision; not answered");
-                        None
-                    }
-                }
+        if arrival == Arrival::Fresh && self.older_than_memory(read.observed_at, now) {
+            // It may have been answered long ago: looked up beside the actor, decided when the
+            // answer comes (deciding without knowing could open a second session).
+            let key = read_key.clone();
+            self.look_up("late read", key, read, |read, stored| Done::LateRead {
+                read: Box::new(read),
+                stored,
             });
             return;
         }
@@ -598,22 +615,13 @@ impl GateActor {
             let event_id = decided.read.event_id.clone();
             if let Some(platform) = self.state.recent.by_read(&key).cloned() {
                 writes.extend(self.reconcile(&registry, lot_entry, decided, Some(platform)));
-            } else if decided.read.observed_at < now - (self.state.recent.window() - MAX_AHEAD) {
-                // Older than the decisions in memory: the platform may have answered it long
-                // ago. Looked up beside the actor; reconciled and acknowledged when it answers.
-                let db = self.db.clone();
-                self.off_actor("offline decision", async move {
-                    let read = &decided.read;
-                    match sessions::decision(&db, &read.lot, &read.gate, &read.event_id).await {
-                        Ok(stored) => Some(Done::OfflineLookedUp {
-                            decided: Box::new(decided),
-                            stored: stored.map(Box::new),
-                        }),
-                        Err(error) => {
-                            // Not acknowledged: the lane sends it again.
-                            tracing::error!(error = %error, "failed to look up an offline decision's read; not reconciled yet");
-                            None
-                        }
+            } else if self.older_than_memory(decided.read.observed_at, now) {
+                // The platform may have answered it long ago: reconciled and acknowledged when
+                // the lookup beside the actor answers.
+                self.look_up("offline decision", key, decided, |decided, stored| {
+                    Done::OfflineLookedUp {
+                        decided: Box::new(decided),
+                        stored,
                     }
                 });
                 continue;
@@ -653,117 +661,93 @@ impl GateActor {
         let standing_of =
             |plate: &Plate| drivers.get(plate).copied().unwrap_or(Standing::NotEnrolled);
         let lot_state = self.state.lots.entry(read.lot.clone()).or_default();
-        let Some(platform) = platform else {
-            // The platform never answered it: the lane's decision is the decision.
-            self.metrics.offline_decisions.inc();
-            let planned = match (read.direction, action) {
-                (Direction::Entry, _) => Some(plan::entry_as(
-                    lot,
-                    lot_state,
-                    &read,
-                    super::decide::EntryDecision { action, reason },
-                )),
-                (Direction::Exit, GateAction::Open) => Some(plan::exit(
-                    lot,
-                    lot_state,
-                    &read,
-                    standing_of,
-                    &self.config,
-                    true,
-                    |_, _| 0,
-                )),
-                // Held at the lane: the car is still inside, its stay goes on.
-                _ => None,
-            };
-            let (mut writes, session_id) = match planned {
-                Some(planned) => {
-                    self.count(&planned);
-                    (planned.writes, planned.session_id)
-                }
-                None => (Vec::new(), None),
-            };
-            let command = plan::command(&read, action, reason);
-            let mut recorded = record(&read, &command, session_id);
-            if let Write::GateRead(record) = &mut recorded {
-                record.decided_offline = true;
-            }
-            writes.push(recorded);
-            let read_key = (read.lot.clone(), read.gate.clone(), read.event_id.clone());
-            let lane = (read.lot.clone(), read.gate.clone(), read.direction);
-            self.remember(read_key, lane, &read, &command, session_id);
-            self.report_open(registry, &read.lot);
-            return writes;
+        let entry_as = |lot_state: &mut super::state::LotState| {
+            plan::entry_as(
+                lot,
+                lot_state,
+                &read,
+                super::decide::EntryDecision { action, reason },
+            )
         };
-        if platform.command.action == action {
-            return Vec::new();
-        }
+        let let_out = |lot_state: &mut super::state::LotState| {
+            plan::exit(
+                lot,
+                lot_state,
+                &read,
+                standing_of,
+                &self.config,
+                true,
+                |_, _| 0,
+            )
+        };
+        let (mut writes, session_id) = match platform {
+            // The platform never answered it: the lane's decision is the decision. An exit held
+            // at the lane leaves the car inside, its stay going on.
+            None => {
+                let planned = match (read.direction, action) {
+                    (Direction::Entry, _) => Some(entry_as(lot_state)),
+                    (Direction::Exit, GateAction::Open) => Some(let_out(lot_state)),
+                    _ => None,
+                };
+                if let Some(planned) = &planned {
+                    self.count(planned);
+                }
+                planned.map_or((Vec::new(), None), |p| (p.writes, p.session_id))
+            }
+            Some(platform) if platform.command.action == action => return Vec::new(),
+            // Answered otherwise: what the lane did is what happened, so its decision replaces
+            // the platform's, on record and in memory, and the same decision reported again
+            // changes nothing.
+            Some(platform) => {
+                let mut writes = Vec::new();
+                let mut session_id = platform.session_id;
+                let still_open = |lot_state: &super::state::LotState| {
+                    platform
+                        .session_id
+                        .is_some_and(|id| lot_state.open.values().any(|s| s.id == id))
+                };
+                let held_then_let_out = read.direction == Direction::Exit
+                    && action == GateAction::Open
+                    && platform.command.reason == GateReason::PaymentRequired;
+                if held_then_let_out {
+                    // The car has gone: its stay ends at the exit read and is billed (invoiced
+                    // to its plate if nobody enrolled pays), unless paid or corrected meanwhile.
+                    if let Some(held) = platform.session_id {
+                        self.held.remove(&held);
+                    }
+                    if still_open(lot_state) {
+                        let planned = let_out(lot_state);
+                        self.count(&planned);
+                        writes.extend(planned.writes);
+                    }
+                } else {
+                    // A disagreement, one case for an operator. Let in by the platform, held by
+                    // the lane: the car never came in, its stay ends in review with the case.
+                    // Held by the platform, let in by the lane: the car is inside, its stay
+                    // opens. Let out by the platform, held by the lane: the stay stays ended.
+                    self.metrics.offline_conflicts.inc();
+                    self.metrics.review_items.inc();
+                    let never_entered = match (read.direction, action, platform.session_id) {
+                        (Direction::Entry, GateAction::Hold, Some(id)) => {
+                            plan::never_entered(lot_state, id, &read)
+                        }
+                        _ => Vec::new(),
+                    };
+                    if never_entered.is_empty() {
+                        writes.push(plan::offline_conflict(lot, &read, platform.session_id));
+                    }
+                    writes.extend(never_entered);
+                    if read.direction == Direction::Entry && action == GateAction::Open {
+                        let planned = entry_as(lot_state);
+                        self.count(&planned);
+                        session_id = planned.session_id;
+                        writes.extend(planned.writes);
+                    }
+                }
+                (writes, session_id)
+            }
+        };
         self.metrics.offline_decisions.inc();
-        // What the lane did is what happened: its decision replaces the platform's, on record
-        // and in memory, so the same decision reported again changes nothing.
-        let mut writes = Vec::new();
-        let mut session_id = platform.session_id;
-        match (read.direction, action) {
-            // Held for payment by the platform, let out by the lane: the car has gone; its stay
-            // ends at the exit read and is billed (invoiced to its plate if nobody enrolled pays).
-            (Direction::Exit, GateAction::Open)
-                if platform.command.reason == GateReason::PaymentRequired =>
-            {
-                if let Some(held) = platform.session_id {
-                    self.held.remove(&held);
-                }
-                // Not open any more: paid or corrected meanwhile, already ended.
-                if platform
-                    .session_id
-                    .is_some_and(|id| lot_state.open.values().any(|s| s.id == id))
-                {
-                    let planned = plan::exit(
-                        lot,
-                        lot_state,
-                        &read,
-                        standing_of,
-                        &self.config,
-                        true,
-                        |_, _| 0,
-                    );
-                    self.count(&planned);
-                    writes.extend(planned.writes);
-                }
-            }
-            // Let in by the platform, held by the lane: the car never came in.
-            (Direction::Entry, GateAction::Hold) => {
-                self.metrics.offline_conflicts.inc();
-                let ended = platform
-                    .session_id
-                    .map(|id| plan::never_entered(lot_state, id, &read))
-                    .unwrap_or_default();
-                if ended.is_empty() {
-                    writes.push(plan::offline_conflict(lot, &read, platform.session_id));
-                }
-                self.metrics.review_items.inc();
-                writes.extend(ended);
-            }
-            // Held by the platform, let in by the lane: the car is inside; its stay opens.
-            (Direction::Entry, _) => {
-                self.metrics.offline_conflicts.inc();
-                writes.push(plan::offline_conflict(lot, &read, platform.session_id));
-                let planned = plan::entry_as(
-                    lot,
-                    lot_state,
-                    &read,
-                    super::decide::EntryDecision { action, reason },
-                );
-                self.count(&planned);
-                session_id = planned.session_id;
-                writes.extend(planned.writes);
-            }
-            // Let out by the platform, held by the lane (or another disagreement): the stay
-            // the platform ended stays ended; an operator looks.
-            _ => {
-                self.metrics.offline_conflicts.inc();
-                self.metrics.review_items.inc();
-                writes.push(plan::offline_conflict(lot, &read, platform.session_id));
-            }
-        }
         let command = plan::command(&read, action, reason);
         let mut recorded = record(&read, &command, session_id);
         if let Write::GateRead(record) = &mut recorded {
