@@ -56,6 +56,13 @@ pub enum Command {
         )]
         postgres_url: SecretString,
     },
+    /// Print the simulated vehicle register's document number for a plate: what a driver shows
+    /// to prove the plate is theirs (`registration_document`), under the register's secret.
+    RegistrationDocument {
+        plate: String,
+        #[arg(long, env = "PARKFLOW_VEHICLE_REGISTER_SECRET", hide_env_values = true)]
+        vehicle_register_secret: SecretString,
+    },
     /// Check SPEC §4's invariants against the database; exits 1 naming the rows that break one.
     Audit {
         /// `sqlite:FILE` or `postgres://…`.
@@ -329,6 +336,11 @@ pub struct RunArgs {
     /// set it for tags and pseudonyms that stay the same across restarts).
     #[arg(long, env = "PARKFLOW_PLATE_KEY", hide_env_values = true)]
     pub plate_key: Option<SecretString>,
+    /// The simulated vehicle register's secret: drivers prove a plate is theirs with its
+    /// registration document number (`parkflow registration-document PLATE` prints it). Random
+    /// per start when unset.
+    #[arg(long, env = "PARKFLOW_VEHICLE_REGISTER_SECRET", hide_env_values = true)]
+    pub vehicle_register_secret: Option<SecretString>,
     /// Plates of sessions that ended longer ago than this are pseudonymised.
     #[arg(long, env = "PARKFLOW_PLATE_RETENTION_DAYS", default_value_t = 180)]
     pub plate_retention_days: u32,
@@ -489,6 +501,9 @@ impl RunArgs {
         config.max_streams = self.max_streams;
         config.metrics_listen = self.metrics_listen;
         config.node_id = self.node_id.clone();
+        if let Some(secret) = &self.vehicle_register_secret {
+            config.vehicle_register_secret = secret.clone();
+        }
         config.decisions = DecisionConfig {
             public_url,
             plate_key: self

@@ -80,6 +80,19 @@ fn main() -> ExitCode {
                 Err(error) => Err(error),
             }
         }
+        Command::RegistrationDocument {
+            plate,
+            vehicle_register_secret,
+        } => {
+            let Ok(plate) = parkflow_protocol::Plate::parse(&plate) else {
+                eprintln!("error: not a plate: {plate}");
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let register =
+                parkflow_billing::claims::SimulatedRegister::new(vehicle_register_secret);
+            println!("{}", register.document(&plate));
+            return ExitCode::SUCCESS;
+        }
         Command::Audit { database_url } => {
             return runtime.block_on(audit(database_url.expose_secret()));
         }

@@ -84,6 +84,8 @@ pub struct PlatformConfig {
     pub settle_every: Duration,
     /// How long plates stay in clear.
     pub retention: RetentionConfig,
+    /// The simulated vehicle register's secret (drivers prove plates with its documents).
+    pub vehicle_register_secret: SecretString,
 }
 
 impl PlatformConfig {
@@ -121,6 +123,7 @@ impl PlatformConfig {
             arrears: ArrearsConfig::default(),
             settle_every: Duration::from_secs(600),
             retention: RetentionConfig::default(),
+            vehicle_register_secret: random_secret().into(),
         }
     }
 
@@ -164,6 +167,7 @@ impl PlatformConfig {
             max_streams: self.max_streams,
             metrics_listen: self.metrics_listen,
             node_id: self.node_id.clone(),
+            vehicle_register_secret: self.vehicle_register_secret.clone(),
         }
     }
 }

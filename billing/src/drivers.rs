@@ -156,24 +156,43 @@ pub async fn update(
     })
 }
 
-/// Gives a driver a plate; fails on the plate's key when another driver has it.
-pub async fn add_plate(
-    on: impl parkflow_db::Executor<'_>,
+/// Gives a driver a plate nobody holds (a claim on it proven or approved): the driver who holds
+/// it afterwards, `driver` unless another driver had it already.
+pub(crate) async fn take_free_plate(
+    tx: &mut Tx,
     driver: Uuid,
     plate: &Plate,
     color: Option<PlateColor>,
     at: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<Uuid, StoreError> {
     query(
-        "INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO driver_plates (plate, driver_id, plate_color, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (plate) DO NOTHING",
     )
     .bind(plate.as_str())
     .bind(driver)
     .bind(color.map(PlateColor::as_str))
     .bind(db_time(at))
-    .execute(on)
-    .await
-    .map(drop)
+    .execute(&mut *tx)
+    .await?;
+    let (holder,): (Uuid,) = query("SELECT driver_id FROM driver_plates WHERE plate = $1")
+        .bind(plate.as_str())
+        .fetch_one(tx)
+        .await?;
+    Ok(holder)
+}
+
+/// Takes a plate from whoever holds it (an operator handing it to a proven claimant), on the
+/// terms of [`remove_plate`].
+pub(crate) async fn release_plate(tx: &mut Tx, plate: &Plate) -> Result<Change, StoreError> {
+    let holder: Option<(Uuid,)> = query("SELECT driver_id FROM driver_plates WHERE plate = $1")
+        .bind(plate.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    match holder {
+        Some((holder,)) => remove_plate(tx, holder, plate).await,
+        None => Ok(Change::NotFound),
+    }
 }
 
 /// Gives a driver a plate as a plan describes it, whoever had it before.
@@ -199,7 +218,7 @@ pub async fn assign_plate(
 
 /// Takes a plate from a driver, unless they owe or a car under it is parked (the driver its stay
 /// is billed to is fixed when it leaves: removing the plate first would leave nobody to bill).
-pub async fn remove_plate(db: &Db, driver: Uuid, plate: &Plate) -> Result<Change, StoreError> {
+pub async fn remove_plate(tx: &mut Tx, driver: Uuid, plate: &Plate) -> Result<Change, StoreError> {
     const PARKED: &str =
         "EXISTS (SELECT 1 FROM sessions s WHERE s.plate = $2 AND s.status = 'open')";
     let removed = query(format!(
@@ -207,7 +226,7 @@ pub async fn remove_plate(db: &Db, driver: Uuid, plate: &Plate) -> Result<Change
     ))
     .bind(driver)
     .bind(plate.as_str())
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
     if removed == 1 {
         return Ok(Change::Done);
@@ -217,7 +236,7 @@ pub async fn remove_plate(db: &Db, driver: Uuid, plate: &Plate) -> Result<Change
     ))
     .bind(driver)
     .bind(plate.as_str())
-    .fetch_optional(db)
+    .fetch_optional(tx)
     .await?;
     Ok(match theirs {
         None => Change::NotFound,

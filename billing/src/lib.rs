@@ -10,6 +10,7 @@
 pub mod arrears;
 pub mod audit;
 pub mod charging;
+pub mod claims;
 pub mod drivers;
 pub mod ledger;
 pub mod lots;

@@ -551,6 +551,12 @@ impl Gateway {
             token.clone(),
         ));
         let state = AppState {
+            verifiers: parkflow_billing::claims::Verifiers::shipped(
+                db.clone(),
+                parkflow_billing::claims::SimulatedRegister::new(
+                    config.vehicle_register_secret.clone(),
+                ),
+            ),
             db: db.clone(),
             registry,
             metrics,

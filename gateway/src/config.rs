@@ -48,4 +48,7 @@ pub struct GatewayConfig {
     /// One of several gateway nodes sharing the city's lots by leases (PostgreSQL and an
     /// external broker; `cluster`): this node's id.
     pub node_id: Option<String>,
+    /// The simulated vehicle register's secret: a plate's registration document number is a
+    /// keyed hash of the plate under it (`parkflow_billing::claims::SimulatedRegister`).
+    pub vehicle_register_secret: SecretString,
 }

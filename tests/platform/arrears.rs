@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
+use crate::support::{
+    Broker, Database, Setup, TestDevice, TestPlatform, World, eventually, registration_document,
+};
 use chrono::Utc;
 use parkflow_protocol::{Direction, GateAction, GateReason};
 use serde_json::{Value, json};
@@ -39,7 +41,8 @@ async fn a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid(setup: Set
         .post(platform.url("/v1/drivers"))
         .json(
             &json!({ "name": "Lin", "payment_account": "decline-card", "auto_debit_consent": true,
-                       "plates": [{ "plate": plate, "plate_color": "blue" }] }),
+                       "plates": [{ "plate": plate, "plate_color": "blue",
+                                    "registration_document": registration_document(plate) }] }),
         )
         .send()
         .await
@@ -49,14 +52,18 @@ async fn a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid(setup: Set
         .unwrap();
     let key = enrolled["api_key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("pf_"));
-    // Someone else cannot enrol the same plate.
+    assert_eq!(enrolled["claims"][0]["status"], "granted", "{enrolled}");
+    // Someone else cannot take the plate by enrolling it: without proof their claim is pending.
     let taken = client
         .post(platform.url("/v1/drivers"))
         .json(&json!({ "name": "Other", "payment_account": "acct", "auto_debit_consent": true, "plates": [{ "plate": plate }] }))
         .send()
         .await
         .unwrap();
-    assert_eq!(taken.status(), 409);
+    assert_eq!(taken.status(), 201);
+    let taken: Value = taken.json().await.unwrap();
+    assert_eq!(taken["claims"][0]["status"], "pending", "{taken}");
+    assert_eq!(taken["driver"]["plates"], json!([]), "{taken}");
 
     // In and out: leave first; the debit fails later and becomes an invoice.
     let entered_at = Utc::now() - chrono::Duration::minutes(50);
@@ -104,13 +111,39 @@ async fn a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid(setup: Set
         .await
         .unwrap();
     assert_eq!(withdrawn.status(), 409);
-    let again = client
+    // Enrolling again as a new driver, papers in hand: the claim is proven but the plate is still
+    // the debtor's, so it is disputed, and no operator can hand it over while the debt stands.
+    let fresh_start: Value = client
         .post(platform.url("/v1/drivers"))
-        .json(&json!({ "name": "Fresh start", "payment_account": "acct", "auto_debit_consent": true, "plates": [{ "plate": plate }] }))
+        .json(&json!({ "name": "Fresh start", "payment_account": "acct", "auto_debit_consent": true,
+                       "plates": [{ "plate": plate, "registration_document": registration_document(plate) }] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh_start["claims"][0]["status"], "disputed",
+        "{fresh_start}"
+    );
+    assert_eq!(fresh_start["driver"]["plates"], json!([]), "{fresh_start}");
+    let handed_over = client
+        .post(platform.url(&format!(
+            "/v1/claims/{}/decision",
+            fresh_start["claims"][0]["id"].as_str().unwrap()
+        )))
+        .bearer_auth(crate::support::ADMIN_KEY)
+        .json(&json!({ "decision": "approve", "reason": "papers seen" }))
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status(), 409);
+    assert_eq!(handed_over.status(), 409);
+    let handed_over: Value = handed_over.json().await.unwrap();
+    assert_eq!(
+        handed_over["error"]["code"], "debt_outstanding",
+        "{handed_over}"
+    );
     assert_eq!(
         driver_get(&platform, &key, "/v1/me").await["plates"][0]["plate"],
         plate
@@ -198,6 +231,49 @@ async fn a_failed_debit_ends_in_a_held_exit_until_the_invoice_is_paid(setup: Set
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401);
+
+    // Once the debts are cleared (the last stay's declined debit written off as it comes) and the
+    // car is gone, the disputed claim can be decided: the plate changes hands.
+    let handed_over = eventually(WAIT, "the plate handed over", || {
+        let (client, id) = (client.clone(), fresh_start["claims"][0]["id"].clone());
+        let url = platform.url(&format!("/v1/claims/{}/decision", id.as_str().unwrap()));
+        let (platform, key) = (&platform, &key);
+        async move {
+            let invoices = driver_get(platform, key, "/v1/me/invoices").await;
+            for open in invoices
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["status"] == "open")
+            {
+                let path = format!("/v1/invoices/{}/write-off", open["id"].as_str().unwrap());
+                client
+                    .post(platform.url(&path))
+                    .bearer_auth(crate::support::ADMIN_KEY)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            let answer = client
+                .post(url)
+                .bearer_auth(crate::support::ADMIN_KEY)
+                .json(&json!({ "decision": "approve", "reason": "papers seen" }))
+                .send()
+                .await
+                .unwrap();
+            (answer.status() == 200).then_some(answer)
+        }
+    })
+    .await;
+    let handed_over: Value = handed_over.json().await.unwrap();
+    assert_eq!(
+        (&handed_over["status"], &handed_over["proof"]),
+        (&json!("granted"), &json!("registration"))
+    );
+    assert_eq!(
+        driver_get(&platform, &key, "/v1/me").await["plates"],
+        json!([])
+    );
     platform.stop().await;
 }
 

@@ -65,7 +65,7 @@ async fn platform() -> (TestPlatform, World, Vec<Caller>, String) {
         "/v1/drivers",
         Some(&json!({
             "name": "Matrix driver",
-            "plates": [{"plate": "浙K12345"}],
+            "plates": [{"plate": "浙K12345", "registration_document": crate::support::registration_document("浙K12345")}],
             "payment_account": "acct-matrix",
             "auto_debit_consent": true
         })),
@@ -202,7 +202,12 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (Method::POST, "/v1/me/keys".into(), None, [401, 401, 403, 403, 403, 403, 201, 403]),
         (Method::POST, format!("/v1/review/{unknown}/resolve"), Some(json!({"action": "accept", "reason": "matrix"})), [401, 401, 404, 404, 403, 404, 403, 403]),
         (Method::POST, "/v1/drivers".into(), Some(json!({"name": "No consent", "plates": [], "payment_account": "acct-x", "auto_debit_consent": false})), [422; 8]),
-        (Method::POST, "/v1/me/plates".into(), Some(json!({"plate": "浙K22222"})), [401, 401, 403, 403, 403, 403, 201, 403]),
+        (Method::POST, "/v1/me/plates".into(), Some(json!({"plate": "浙K22222", "registration_document": crate::support::registration_document("浙K22222")})), [401, 401, 403, 403, 403, 403, 201, 403]),
+        (Method::GET, "/v1/me/claims".into(), None, [401, 401, 403, 403, 403, 403, 200, 403]),
+        (Method::POST, format!("/v1/me/claims/{unknown}/proof"), Some(json!({"receipt": unknown})), [401, 401, 403, 403, 403, 403, 404, 403]),
+        // Plates are the city's, not one operator's: only the platform admin decides claims.
+        (Method::GET, "/v1/claims".into(), None, [401, 401, 200, 403, 403, 403, 403, 403]),
+        (Method::POST, format!("/v1/claims/{unknown}/decision"), Some(json!({"decision": "reject", "reason": "matrix"})), [401, 401, 404, 403, 403, 403, 403, 403]),
         (Method::DELETE, "/v1/me/plates/浙K22222".into(), None, [401, 401, 403, 403, 403, 403, 204, 403]),
         (Method::POST, format!("/v1/me/invoices/{unknown}/pay"), Some(json!({})), [401, 401, 403, 403, 403, 403, 404, 403]),
         (Method::POST, format!("/v1/sessions/{unknown}/pay"), Some(json!({"payment_account": "acct-x"})), [404; 8]),

@@ -2,7 +2,9 @@
 //! auto-debit consent makes their cars pay at the exit; giving it back lets them leave first and
 //! pay later again, at once.
 
-use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World};
+use crate::support::{
+    ADMIN_KEY, Broker, Database, Setup, TestDevice, TestPlatform, World, registration_document,
+};
 use parkflow_protocol::{Direction, GateAction, GateReason};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -31,8 +33,8 @@ async fn consent_withdrawn_means_paying_at_the_exit_until_it_is_given_back() {
         Method::POST,
         "/v1/drivers",
         Some(
-            json!({"name": "Lin", "plates": [{"plate": plate}], "payment_account": "acct-lin",
-                    "auto_debit_consent": true}),
+            json!({"name": "Lin", "plates": [{"plate": plate, "registration_document": registration_document(plate)}],
+                    "payment_account": "acct-lin", "auto_debit_consent": true}),
         ),
     )
     .await;
@@ -78,7 +80,7 @@ async fn consent_withdrawn_means_paying_at_the_exit_until_it_is_given_back() {
         Some(key),
         Method::POST,
         "/v1/me/plates",
-        Some(json!({"plate": "浙L13579"})),
+        Some(json!({"plate": "浙L13579", "registration_document": registration_document("浙L13579")})),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
@@ -112,16 +114,32 @@ async fn consent_withdrawn_means_paying_at_the_exit_until_it_is_given_back() {
     platform.stop().await;
 }
 
-/// Enrolling a stranger's plate shows nothing of where that car has been, nor where it is now:
-/// a driver sees a plate's stays only from the moment it became theirs.
+/// Enrolling a stranger's plate shows nothing of where that car has been, nor where it is now,
+/// and does not make the plate the enroller's: it is a claim, pending until proven, and its answer
+/// is the same whether or not anyone holds the plate. The owner can still claim it with their
+/// papers; and sees the plate's stays only from the moment it became theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrolling_a_strangers_plate_shows_none_of_its_earlier_stays() {
+async fn enrolling_a_strangers_plate_shows_none_of_its_stays_and_takes_nothing() {
     let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
     let world = World::new(setup, 100);
     let platform = TestPlatform::start(setup, &world).await;
     let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
     let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
     let plate = "浙M13579";
+    // A plate someone holds (proven), and one nobody has ever enrolled.
+    let held = "浙M24680";
+    let never = "浙M97531";
+    let (status, holder) = enrol(
+        &platform,
+        "Holder",
+        held,
+        Some(&registration_document(held)),
+    )
+    .await;
+    assert_eq!(
+        (status, &holder["claims"][0]["status"]),
+        (StatusCode::CREATED, &json!("granted"))
+    );
     // The owner's car came and went yesterday, and is parked now.
     let yesterday = chrono::Utc::now() - chrono::Duration::hours(30);
     entry
@@ -149,25 +167,219 @@ async fn enrolling_a_strangers_plate_shows_none_of_its_earlier_stays() {
     .await;
 
     // Someone else enrols the plate and asks where it has been.
-    let (status, enrolled) = call(
+    let (status, enrolled) = enrol(&platform, "Stalker", plate, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{enrolled}");
+    assert_eq!(enrolled["claims"][0]["status"], "pending", "{enrolled}");
+    assert_eq!(enrolled["driver"]["plates"], json!([]), "{enrolled}");
+    let key = enrolled["api_key"].as_str().unwrap().to_owned();
+    let (status, stays) = call(&platform, Some(&key), Method::GET, "/v1/me/sessions", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stays, json!([]), "stays shown to an unproven claim");
+    // (The stays still on record: the answer is empty because they are not this driver's.)
+    assert!(!platform.sessions(&world.lot).await.is_empty());
+    // A wrong document proves nothing.
+    let claim = enrolled["claims"][0]["id"].as_str().unwrap().to_owned();
+    let (status, refused) = call(
+        &platform,
+        Some(&key),
+        Method::POST,
+        &format!("/v1/me/claims/{claim}/proof"),
+        Some(json!({"registration_document": registration_document(never)})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"]["code"], "proof_not_accepted");
+
+    // Enrolled or not, the answer is the same: claims on the held plate and on the never-enrolled
+    // one look alike but for their ids, plates and times, at enrolment and when added later.
+    let shape = |claim: &Value| {
+        let mut claim = claim.clone();
+        for field in ["id", "driver_id", "plate", "created_at"] {
+            claim.as_object_mut().unwrap().remove(field);
+        }
+        claim
+    };
+    let (status_held, on_held) = enrol(&platform, "Prober", held, None).await;
+    let (status_never, on_never) = enrol(&platform, "Prober", never, None).await;
+    assert_eq!(status_held, status_never);
+    assert_eq!(shape(&on_held["claims"][0]), shape(&on_never["claims"][0]));
+    let prober = on_never["api_key"].as_str().unwrap();
+    let (status_held, added_held) = call(
+        &platform,
+        Some(prober),
+        Method::POST,
+        "/v1/me/plates",
+        Some(json!({"plate": held})),
+    )
+    .await;
+    assert_eq!(status_held, StatusCode::CREATED, "{added_held}");
+    let (_, claims) = call(&platform, Some(prober), Method::GET, "/v1/me/claims", None).await;
+    let on_never = claims
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["plate"] == never)
+        .unwrap();
+    assert_eq!(shape(&added_held), shape(on_never), "{claims}");
+
+    // The real owner claims the plate with the car's papers: it is theirs at once (the stalker
+    // never held it), and they too see its stays only from now on.
+    let (status, owner) = enrol(
+        &platform,
+        "Owner",
+        plate,
+        Some(&registration_document(plate)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{owner}");
+    assert_eq!(
+        (&owner["claims"][0]["status"], &owner["claims"][0]["proof"]),
+        (&json!("granted"), &json!("registration"))
+    );
+    assert_eq!(owner["driver"]["plates"][0]["plate"], plate);
+    let owner_key = owner["api_key"].as_str().unwrap();
+    let (_, stays) = call(
+        &platform,
+        Some(owner_key),
+        Method::GET,
+        "/v1/me/sessions",
+        None,
+    )
+    .await;
+    assert_eq!(
+        stays,
+        json!([]),
+        "stays from before the plate became theirs"
+    );
+
+    // The operator rejects the stalker's claim, and the decision is in the audit trail.
+    let (status, rejected) = call(
+        &platform,
+        Some(ADMIN_KEY),
+        Method::POST,
+        &format!("/v1/claims/{claim}/decision"),
+        Some(json!({"decision": "reject", "reason": "no papers"})),
+    )
+    .await;
+    assert_eq!(
+        (status, &rejected["status"]),
+        (StatusCode::OK, &json!("rejected"))
+    );
+    let (_, trail) = call(&platform, Some(ADMIN_KEY), Method::GET, "/v1/audit", None).await;
+    assert!(
+        trail
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "claim_rejected"
+                && e["object"] == format!("claims/{claim}")
+                && e["reason"] == "no papers"),
+        "{trail}"
+    );
+    platform.stop().await;
+}
+
+/// A driver with no papers at hand proves a plate with the receipt of paying at its held exit;
+/// a receipt of another plate proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_from_the_plates_held_exit_proves_it() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let plate = "浙Q12121";
+    entry
+        .decide(&entry.read_at(
+            plate,
+            Direction::Entry,
+            chrono::Utc::now() - chrono::Duration::minutes(40),
+        ))
+        .await;
+    let held = exit.decide(&exit.read(plate, Direction::Exit)).await;
+    assert_eq!(held.action, GateAction::Hold);
+    let pay_url = url::Url::parse(held.pay_url.as_deref().unwrap()).unwrap();
+    let (status, paid) = call(
+        &platform,
+        None,
+        Method::POST,
+        pay_url.path(),
+        Some(json!({"payment_account": "acct-walk-in"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    let receipt = paid["payment_id"].as_str().unwrap();
+
+    let (_, other) = enrol(&platform, "Other", "浙Q34343", None).await;
+    let other_claim = other["claims"][0]["id"].as_str().unwrap();
+    let (status, _) = call(
+        &platform,
+        other["api_key"].as_str(),
+        Method::POST,
+        &format!("/v1/me/claims/{other_claim}/proof"),
+        Some(json!({"receipt": receipt})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "another plate's receipt"
+    );
+
+    let (status, driver) = call(
         &platform,
         None,
         Method::POST,
         "/v1/drivers",
         Some(
-            json!({"name": "Stalker", "plates": [{"plate": plate}], "payment_account": "acct-x",
-                    "auto_debit_consent": true}),
+            json!({"name": "Walk-in", "payment_account": "acct-walk-in", "auto_debit_consent": true,
+                    "plates": [{"plate": plate, "receipt": receipt}]}),
         ),
     )
     .await;
-    assert_eq!(status, StatusCode::CREATED, "{enrolled}");
-    let key = enrolled["api_key"].as_str().unwrap();
-    let (status, stays) = call(&platform, Some(key), Method::GET, "/v1/me/sessions", None).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(stays, json!([]), "earlier stays shown to a new enrolment");
-    // (The stays still on record: the answer is empty because they are not this driver's.)
-    assert!(!platform.sessions(&world.lot).await.is_empty());
+    assert_eq!(status, StatusCode::CREATED, "{driver}");
+    assert_eq!(
+        (
+            &driver["claims"][0]["status"],
+            &driver["claims"][0]["proof"]
+        ),
+        (&json!("granted"), &json!("receipt"))
+    );
+    // From now on the car leaves first and pays later.
+    entry
+        .decide(&entry.read_at(
+            plate,
+            Direction::Entry,
+            chrono::Utc::now() - chrono::Duration::minutes(30),
+        ))
+        .await;
+    let out = exit.decide(&exit.read(plate, Direction::Exit)).await;
+    assert_eq!(out.reason, GateReason::BillLater);
     platform.stop().await;
+}
+
+/// Enrols a driver with one plate, proven by `document` when given.
+async fn enrol(
+    platform: &TestPlatform,
+    name: &str,
+    plate: &str,
+    document: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut claim = json!({"plate": plate});
+    if let Some(document) = document {
+        claim["registration_document"] = json!(document);
+    }
+    call(
+        platform,
+        None,
+        Method::POST,
+        "/v1/drivers",
+        Some(
+            json!({"name": name, "plates": [claim], "payment_account": "acct",
+                    "auto_debit_consent": true}),
+        ),
+    )
+    .await
 }
 
 /// A driver rotates their key: the new key is issued by the old one, the old one is revoked at
@@ -309,8 +521,8 @@ async fn removing_the_plate_right_after_the_exit_sheds_no_debt(database: Databas
         Method::POST,
         "/v1/drivers",
         Some(
-            json!({"name": "Zhao", "plates": [{"plate": plate}], "payment_account": "decline-card",
-                    "auto_debit_consent": true}),
+            json!({"name": "Zhao", "plates": [{"plate": plate, "registration_document": registration_document(plate)}],
+                    "payment_account": "decline-card", "auto_debit_consent": true}),
         ),
     )
     .await;

@@ -1,5 +1,6 @@
-//! The driver API: enrol (plates, payment account, auto-debit consent), manage plates, see one's
-//! sessions and invoices, pay an invoice (idempotent). A driver sees only their own.
+//! The driver API: enrol (payment account, auto-debit consent, a claim on each plate), claim and
+//! prove plates, see one's sessions and invoices, pay an invoice (idempotent). A driver sees only
+//! their own; a plate is theirs only once their claim on it is proven (`parkflow_billing::claims`).
 
 use axum::Json;
 use axum::extract::State;
@@ -17,9 +18,10 @@ use super::payments::idempotency_key;
 use crate::gate::GateMessage;
 use crate::gate::decide::Standing;
 use crate::store::audit::AuditEntry;
-use crate::store::drivers::{self, DriverError, DriverView, InvoiceView};
+use crate::store::drivers::{self, Claimed, DriverView, InvoiceView, PlateClaim};
 use crate::store::keys::{self, DriverKeyView};
 use crate::store::sessions::{self, SessionView};
+use parkflow_billing::claims::{self, Claim, ClaimStatus, Proof};
 use parkflow_billing::drivers::{Change, DriverStatus};
 
 /// How long removing a plate waits for the gates' writes to be durable.
@@ -28,32 +30,74 @@ const GATES_DURABLE_WITHIN: std::time::Duration = std::time::Duration::from_secs
 /// Plates one driver may enrol.
 const MAX_PLATES: usize = 10;
 
-impl From<DriverError> for ApiError {
-    fn from(error: DriverError) -> Self {
-        match error {
-            DriverError::PlateTaken => Self::Status {
-                status: StatusCode::CONFLICT,
-                code: "plate_taken",
-                message: error.to_string(),
-            },
-            DriverError::Store(e) => Self::Store(e),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// A plate a driver claims. Holding a registration document number, it is not `Debug`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"plate": "浙AD12345", "plate_color": "green"}))]
+#[schema(example = json!({"plate": "浙AD12345", "plate_color": "green", "registration_document": "3F9A01C2B7E4"}))]
 pub(crate) struct PlateRequest {
     plate: String,
     plate_color: Option<PlateColor>,
+    /// Proof: the number on the vehicle's registration document (the register checks it).
+    #[serde(default)]
+    registration_document: Option<String>,
+    /// Proof: the id of a payment made at this plate's held exit, from its receipt.
+    #[serde(default)]
+    receipt: Option<Uuid>,
 }
 
 impl PlateRequest {
-    fn parse(&self) -> Result<(Plate, Option<PlateColor>), ApiError> {
+    fn parse(self) -> Result<PlateClaim, ApiError> {
         let plate = Plate::parse(&self.plate)
             .map_err(|e| ApiError::bad_request("invalid_plate", e.to_string()))?;
-        Ok((plate, self.plate_color))
+        let proof = proof(self.registration_document, self.receipt)?;
+        Ok(PlateClaim {
+            plate,
+            color: self.plate_color,
+            proof,
+        })
+    }
+}
+
+/// The proof given, if any: one kind at most.
+fn proof(document: Option<String>, receipt: Option<Uuid>) -> Result<Option<Proof>, ApiError> {
+    match (document, receipt) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_proof",
+            "give either registration_document or receipt, not both",
+        )),
+        (Some(document), None) => {
+            free_text(
+                "invalid_proof",
+                "registration_document",
+                &document,
+                MAX_DOCUMENT_LEN,
+            )?;
+            Ok(Some(Proof::Registration(document.into())))
+        }
+        (None, Some(receipt)) => Ok(Some(Proof::Receipt(receipt))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Longest registration document number taken.
+const MAX_DOCUMENT_LEN: usize = 64;
+
+/// A claim as its driver sees it, with what became of the proof just shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ClaimView {
+    #[serde(flatten)]
+    claim: Claim,
+    /// Whether the proof given with this request held (absent when none was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proof_accepted: Option<bool>,
+}
+
+impl From<Claimed> for ClaimView {
+    fn from(claimed: Claimed) -> Self {
+        Self {
+            claim: claimed.claim,
+            proof_accepted: claimed.proof_accepted,
+        }
     }
 }
 
@@ -74,6 +118,10 @@ pub(crate) struct EnrolRequest {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Enrolled {
     driver: DriverView,
+    /// A claim per plate: `granted` when proven and free, `pending` until proven (an unproven
+    /// claim says nothing of whether anyone else holds the plate), `disputed` when proven but
+    /// held by another driver (an operator decides).
+    claims: Vec<ClaimView>,
     /// Shown once; the platform keeps only its hash.
     api_key: String,
 }
@@ -83,8 +131,7 @@ pub(crate) struct Enrolled {
     post, path = "/v1/drivers", tag = "drivers",
     request_body = EnrolRequest,
     responses(
-        (status = 201, description = "Enrolled: the driver's API key is shown this once", body = Enrolled),
-        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 201, description = "Enrolled, a claim per plate: the driver's API key is shown this once", body = Enrolled),
     ),
 )]
 pub(crate) async fn enrol(
@@ -118,26 +165,28 @@ pub(crate) async fn enrol(
     }
     let plates = request
         .plates
-        .iter()
+        .into_iter()
         .map(PlateRequest::parse)
         .collect::<Result<Vec<_>, _>>()?;
-    let (driver, api_key) = drivers::enrol(
+    let (driver, claims, api_key) = drivers::enrol(
         &state.db,
+        &state.verifiers,
         request.name.trim(),
         &request.payment_account,
         &plates,
         Utc::now(),
     )
     .await?;
-    let enrolled = plates.into_iter().map(|(plate, _)| plate).collect();
-    state
-        .gates
-        .send(GateMessage::Standing {
-            plates: enrolled,
-            standing: Standing::Enrolled,
-        })
-        .await;
-    Ok((StatusCode::CREATED, Json(Enrolled { driver, api_key })))
+    tell_gates(&state, &claims, Standing::Enrolled).await;
+    let claims = claims.into_iter().map(ClaimView::from).collect();
+    Ok((
+        StatusCode::CREATED,
+        Json(Enrolled {
+            driver,
+            claims,
+            api_key,
+        }),
+    ))
 }
 
 /// A driver's change of name, payment account or auto-debit consent: the fields given change.
@@ -245,43 +294,118 @@ pub(crate) async fn me(
         .ok_or(ApiError::NotFound("driver"))
 }
 
-/// `POST /v1/me/plates`
+/// Tells the gates the plates of `claims` granted are billed to a driver of `standing`.
+async fn tell_gates(state: &AppState, claims: &[Claimed], standing: Standing) {
+    let plates: Vec<Plate> = claims
+        .iter()
+        .filter(|c| c.claim.status == ClaimStatus::Granted)
+        .filter_map(|c| Plate::parse(&c.claim.plate).ok())
+        .collect();
+    if !plates.is_empty() {
+        state
+            .gates
+            .send(GateMessage::Standing { plates, standing })
+            .await;
+    }
+}
+
+/// `POST /v1/me/plates`: a claim on another plate, proven at once when a proof comes with it.
 #[utoipa::path(
     post, path = "/v1/me/plates", tag = "drivers",
     security(("api_key" = [])),
     request_body = PlateRequest,
     responses(
-        (status = 201, description = "Added", body = DriverView),
-        (status = 409, description = "Conflicts with what exists", body = ErrorBody),
+        (status = 201, description = "Claimed: `granted`, `pending` (not proven) or `disputed` (an operator decides)", body = ClaimView),
+        (status = 422, description = "Too many plates and claims (`too_many_plates`), or a bad plate or proof", body = ErrorBody),
     ),
 )]
 pub(crate) async fn add_plate(
     DriverKey(driver): DriverKey,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PlateRequest>,
-) -> Result<(StatusCode, Json<DriverView>), ApiError> {
+) -> Result<(StatusCode, Json<ClaimView>), ApiError> {
     let me = drivers::driver(&state.db, driver)
         .await?
         .ok_or(ApiError::NotFound("driver"))?;
-    if me.plates.len() >= MAX_PLATES {
+    if claims::held_or_claimed(&state.db, driver).await? >= MAX_PLATES as i64 {
         return Err(ApiError::bad_request(
             "too_many_plates",
-            format!("a driver enrols at most {MAX_PLATES} plates"),
+            format!("a driver holds and claims at most {MAX_PLATES} plates"),
         ));
     }
-    let (plate, color) = request.parse()?;
-    drivers::add_plate(&state.db, driver, &plate, color, Utc::now()).await?;
-    state
-        .gates
-        .send(GateMessage::Standing {
-            plates: vec![plate],
-            standing: standing_of(&me),
-        })
-        .await;
+    let claimed = drivers::claim_plate(
+        &state.db,
+        &state.verifiers,
+        driver,
+        request.parse()?,
+        Utc::now(),
+    )
+    .await?;
+    tell_gates(&state, std::slice::from_ref(&claimed), standing_of(&me)).await;
+    Ok((StatusCode::CREATED, Json(claimed.into())))
+}
+
+/// `GET /v1/me/claims`
+#[utoipa::path(
+    get, path = "/v1/me/claims", tag = "drivers",
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The driver's plate claims, newest first", body = [Claim]),
+    ),
+)]
+pub(crate) async fn my_claims(
+    DriverKey(driver): DriverKey,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<Claim>>, ApiError> {
+    Ok(Json(claims::of_driver(&state.db, driver).await?))
+}
+
+/// A proof for a claim made earlier. Holding a document number, it is not `Debug`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"receipt": "01938f2e-7b1c-7cc0-9a3e-5d1f0e2a4b6c"}))]
+pub(crate) struct ProofRequest {
+    #[serde(default)]
+    registration_document: Option<String>,
+    #[serde(default)]
+    receipt: Option<Uuid>,
+}
+
+/// `POST /v1/me/claims/{id}/proof`
+#[utoipa::path(
+    post, path = "/v1/me/claims/{id}/proof", tag = "drivers",
+    security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path, description = "One of the driver's claims")),
+    request_body = ProofRequest,
+    responses(
+        (status = 200, description = "The proof held: the claim is `granted`, or `disputed` when another driver holds the plate", body = ClaimView),
+        (status = 404, description = "No such claim of this driver", body = ErrorBody),
+        (status = 422, description = "The proof did not hold (`proof_not_accepted`) or none was given", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn prove_claim(
+    DriverKey(driver): DriverKey,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(request): ApiJson<ProofRequest>,
+) -> Result<Json<ClaimView>, ApiError> {
+    let proof = proof(request.registration_document, request.receipt)?.ok_or_else(|| {
+        ApiError::bad_request("invalid_proof", "give registration_document or receipt")
+    })?;
+    let claimed = drivers::prove(&state.db, &state.verifiers, driver, id, proof, Utc::now())
+        .await?
+        .ok_or(ApiError::NotFound("claim"))?;
+    if claimed.proof_accepted != Some(true) {
+        return Err(ApiError::bad_request(
+            "proof_not_accepted",
+            "the proof does not show this plate is yours",
+        ));
+    }
     let me = drivers::driver(&state.db, driver)
         .await?
         .ok_or(ApiError::NotFound("driver"))?;
-    Ok((StatusCode::CREATED, Json(me)))
+    tell_gates(&state, std::slice::from_ref(&claimed), standing_of(&me)).await;
+    Ok(Json(claimed.into()))
 }
 
 /// `DELETE /v1/me/plates/{plate}`
@@ -307,10 +431,7 @@ pub(crate) async fn remove_plate(
     if !state.gates.durable(GATES_DURABLE_WITHIN).await {
         return Err(ApiError::Unavailable);
     }
-    refuse_while_owing(
-        drivers::remove_plate(&state.db, driver, &plate).await?,
-        "plate",
-    )?;
+    refuse_while_owing(drivers::remove(&state.db, driver, &plate).await?, "plate")?;
     state
         .gates
         .send(GateMessage::Standing {

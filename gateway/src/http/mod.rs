@@ -7,6 +7,7 @@ mod broker;
 pub(crate) use broker::BrokerHook;
 pub(crate) mod availability;
 pub(crate) mod billing;
+pub(crate) mod claims;
 pub(crate) mod devices;
 pub(crate) mod drivers;
 pub(crate) mod error;
@@ -58,6 +59,8 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     pub gates: GateHandle,
     pub payments: Arc<dyn PaymentsApi>,
+    /// Who checks a driver's proof that a plate is theirs.
+    pub verifiers: parkflow_billing::claims::Verifiers,
     pub mqtt_connected: watch::Receiver<bool>,
     /// Shared, not copied, by the per-request clones of the state.
     pub admin_key: Option<Arc<SecretString>>,
@@ -97,6 +100,8 @@ fn driver_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(drivers::me, drivers::update_me))
         .routes(routes!(drivers::add_plate))
         .routes(routes!(drivers::remove_plate))
+        .routes(routes!(drivers::my_claims))
+        .routes(routes!(drivers::prove_claim))
         .routes(routes!(drivers::my_sessions))
         .routes(routes!(drivers::my_invoices))
         .routes(routes!(drivers::my_keys, drivers::issue_key))
@@ -159,6 +164,8 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::review))
         .routes(routes!(audit::resolve))
         .routes(routes!(audit::entries))
+        .routes(routes!(claims::queue))
+        .routes(routes!(claims::decide))
         // Money.
         .routes(routes!(billing::list))
         .routes(routes!(billing::run))

@@ -129,6 +129,10 @@ impl Api {
             metrics: Arc::new(Metrics::new()),
             gates,
             payments: Arc::new(Payments::new(db.clone(), provider)),
+            verifiers: parkflow_billing::claims::Verifiers::shipped(
+                db.clone(),
+                parkflow_billing::claims::SimulatedRegister::new("router tests".into()),
+            ),
             mqtt_connected,
             admin_key: Some(Arc::new(ADMIN_KEY.into())),
             availability: AvailabilityHandle::new(Default::default()),

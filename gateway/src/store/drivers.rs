@@ -1,48 +1,24 @@
-//! Drivers, their plates and their API keys (keys are random, shown once, stored as SHA-256).
-//! The driver rows themselves are billing's to write (`parkflow_billing::drivers`): enrolment
-//! writes them through it, in the transaction that also issues the driver's key.
+//! Drivers, their plate claims and their API keys (keys are random, shown once, stored as
+//! SHA-256). The driver, plate and claim rows are billing's to write (`parkflow_billing::drivers`
+//! and `::claims`): enrolment writes them through it, in the transaction that also issues the
+//! driver's key; an operator's decision on a claim commits with its audit entry.
 
 use chrono::{DateTime, Utc};
 use parkflow_protocol::{Plate, PlateColor};
 use serde::Serialize;
 use uuid::Uuid;
 
-use parkflow_billing::drivers::{self, DriverStatus, NewDriver};
-/// Billing writes drivers (ARCHITECTURE.md, "Who writes each table"); these are its.
-pub(crate) use parkflow_billing::drivers::{remove_plate, update};
+use parkflow_billing::claims::{self, Claim, Decided, Decision, Proof, Verifiers, VerifyError};
+/// Billing writes drivers and claims (ARCHITECTURE.md, "Who writes each table"); these are its.
+pub(crate) use parkflow_billing::drivers::update;
+use parkflow_billing::drivers::{self, Change, DriverStatus, NewDriver, remove_plate};
 use parkflow_db::query;
 
+use super::audit::{self, AuditEntry};
 use super::{Db, StoreError, db_time};
 use crate::registry::password_hash;
 
 use super::keys::new_key;
-
-/// Why a driver change was refused.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum DriverError {
-    #[error("plate is enrolled by another driver")]
-    PlateTaken,
-    #[error("driver store failed")]
-    Store(#[source] StoreError),
-}
-
-impl From<StoreError> for DriverError {
-    fn from(e: StoreError) -> Self {
-        match e.constraint() {
-            Some(c) if c.contains("plate") => Self::PlateTaken,
-            _ => match &e {
-                // SQLite names no constraint: a primary key clash on driver_plates is the plate.
-                StoreError::Query(q)
-                    if q.as_database_error()
-                        .is_some_and(|d| d.message().contains("driver_plates.plate")) =>
-                {
-                    Self::PlateTaken
-                }
-                _ => Self::Store(e),
-            },
-        }
-    }
-}
 
 /// A driver as the API shows them.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -60,14 +36,75 @@ pub(crate) struct PlateView {
     pub plate_color: Option<String>,
 }
 
-/// Enrols a driver with their plates and payment account; returns the driver and their API key.
+/// A plate a driver claims, with the proof they show (if any).
+pub(crate) struct PlateClaim {
+    pub plate: Plate,
+    pub color: Option<PlateColor>,
+    pub proof: Option<Proof>,
+}
+
+/// A claim and, when a proof was shown, whether it held.
+pub(crate) struct Claimed {
+    pub claim: Claim,
+    pub proof_accepted: Option<bool>,
+}
+
+/// Checks the proof of each claim, outside any transaction (the register is another service).
+/// A verifier that cannot be asked leaves its claim unproven, to be proven later.
+async fn verify_all(
+    verifiers: &Verifiers,
+    plates: &[PlateClaim],
+) -> Result<Vec<Option<bool>>, StoreError> {
+    let mut verdicts = Vec::with_capacity(plates.len());
+    for claim in plates {
+        verdicts.push(match &claim.proof {
+            None => None,
+            Some(proof) => match verifiers.verify(&claim.plate, proof).await {
+                Ok(holds) => Some(holds),
+                Err(VerifyError::Store(e)) => return Err(e),
+                Err(error) => {
+                    tracing::warn!(%error, "a plate's proof could not be checked");
+                    Some(false)
+                }
+            },
+        });
+    }
+    Ok(verdicts)
+}
+
+/// Opens `plates`' claims for `driver` in `tx`, granting (or disputing) those proven.
+async fn claim_all(
+    tx: &mut parkflow_db::Tx,
+    driver: Uuid,
+    plates: &[PlateClaim],
+    verdicts: Vec<Option<bool>>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut out = Vec::with_capacity(plates.len());
+    for (plate, proof_accepted) in plates.iter().zip(verdicts) {
+        let mut claim = claims::open(tx, driver, &plate.plate, plate.color, now).await?;
+        if let (Some(true), Some(proof)) = (proof_accepted, &plate.proof) {
+            claim = claims::proven(tx, &claim, proof.kind(), now).await?;
+        }
+        out.push(Claimed {
+            claim,
+            proof_accepted,
+        });
+    }
+    Ok(out)
+}
+
+/// Enrols a driver with their payment account and a claim on each plate (granted at once when
+/// proven and nobody holds the plate); returns the driver, the claims and the driver's API key.
 pub(crate) async fn enrol(
     db: &Db,
+    verifiers: &Verifiers,
     name: &str,
     payment_account: &str,
-    plates: &[(Plate, Option<PlateColor>)],
+    plates: &[PlateClaim],
     now: DateTime<Utc>,
-) -> Result<(DriverView, String), DriverError> {
+) -> Result<(DriverView, Vec<Claimed>, String), StoreError> {
+    let verdicts = verify_all(verifiers, plates).await?;
     let id = Uuid::now_v7();
     let key = new_key();
     let now = db_time(now);
@@ -80,9 +117,7 @@ pub(crate) async fn enrol(
         payment_account: Some(payment_account),
     };
     drivers::insert(&mut tx, &enrolled, now).await?;
-    for (plate, color) in plates {
-        drivers::add_plate(&mut tx, id, plate, *color, now).await?;
-    }
+    let claimed = claim_all(&mut tx, id, plates, verdicts, now).await?;
     query("INSERT INTO api_keys (id, key_hash, role, driver_id, created_at) VALUES ($1, $2, 'driver', $3, $4)")
         .bind(Uuid::now_v7())
         .bind(password_hash(&key))
@@ -94,7 +129,91 @@ pub(crate) async fn enrol(
     let driver = driver(db, id)
         .await?
         .ok_or_else(|| StoreError::Corrupt("enrolled driver vanished".into()))?;
-    Ok((driver, key))
+    Ok((driver, claimed, key))
+}
+
+/// A driver's claim on one more plate.
+pub(crate) async fn claim_plate(
+    db: &Db,
+    verifiers: &Verifiers,
+    driver: Uuid,
+    plate: PlateClaim,
+    now: DateTime<Utc>,
+) -> Result<Claimed, StoreError> {
+    let plates = [plate];
+    let verdicts = verify_all(verifiers, &plates).await?;
+    let mut tx = db.begin_write().await?;
+    let mut claimed = claim_all(&mut tx, driver, &plates, verdicts, now).await?;
+    tx.commit().await?;
+    claimed
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("a claim vanished".into()))
+}
+
+/// A proof shown for one of `driver`'s claims: `None` when they have no such claim.
+pub(crate) async fn prove(
+    db: &Db,
+    verifiers: &Verifiers,
+    driver: Uuid,
+    claim: Uuid,
+    proof: Proof,
+    now: DateTime<Utc>,
+) -> Result<Option<Claimed>, StoreError> {
+    let Some(claim) = claims::get(db, claim)
+        .await?
+        .filter(|claim| claim.driver_id == driver)
+    else {
+        return Ok(None);
+    };
+    let plate = Plate::parse(&claim.plate)
+        .map_err(|_| StoreError::Corrupt(format!("plate of claim {}", claim.id)))?;
+    let kind = proof.kind();
+    let plates = [PlateClaim {
+        plate,
+        color: None,
+        proof: Some(proof),
+    }];
+    let [accepted] = verify_all(verifiers, &plates).await?[..] else {
+        return Err(StoreError::Corrupt("one proof, one verdict".into()));
+    };
+    if accepted != Some(true) || !claim.status.is_live() {
+        return Ok(Some(Claimed {
+            claim,
+            proof_accepted: accepted,
+        }));
+    }
+    let mut tx = db.begin_write().await?;
+    let claim = claims::proven(&mut tx, &claim, kind, now).await?;
+    tx.commit().await?;
+    Ok(Some(Claimed {
+        claim,
+        proof_accepted: accepted,
+    }))
+}
+
+/// An operator's decision on a claim, recorded in the audit trail in the same transaction.
+pub(crate) async fn decide(
+    db: &Db,
+    claim: Uuid,
+    decision: Decision,
+    entry: &AuditEntry,
+    now: DateTime<Utc>,
+) -> Result<Decided, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let decided = claims::decide(&mut tx, claim, decision, &entry.reason, now).await?;
+    if matches!(decided, Decided::Done(_)) {
+        audit::insert(&mut tx, entry).await?;
+        tx.commit().await?;
+    }
+    Ok(decided)
+}
+
+/// Takes a plate off a driver's account, on [`remove_plate`]'s terms.
+pub(crate) async fn remove(db: &Db, driver: Uuid, plate: &Plate) -> Result<Change, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let change = remove_plate(&mut tx, driver, plate).await?;
+    tx.commit().await?;
+    Ok(change)
 }
 
 /// A driver and their plates.
@@ -121,27 +240,6 @@ pub(crate) async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, Stor
         auto_debit,
         plates,
     }))
-}
-
-/// Adds a plate to a driver (a plate belongs to one driver at a time).
-pub(crate) async fn add_plate(
-    db: &Db,
-    driver: Uuid,
-    plate: &Plate,
-    color: Option<PlateColor>,
-    now: DateTime<Utc>,
-) -> Result<(), DriverError> {
-    let existing: Option<(Uuid,)> = query("SELECT driver_id FROM driver_plates WHERE plate = $1")
-        .bind(plate.as_str())
-        .fetch_optional(db)
-        .await?;
-    match existing {
-        Some((owner,)) if owner == driver => return Ok(()),
-        Some(_) => return Err(DriverError::PlateTaken),
-        None => {}
-    }
-    drivers::add_plate(db, driver, plate, color, now).await?;
-    Ok(())
 }
 
 /// An invoice as its driver sees it.

@@ -47,6 +47,15 @@ macro_rules! on_each_database {
 
 pub const ADMIN_KEY: &str = "test-admin-key";
 
+/// The simulated vehicle register's secret in tests.
+pub const VEHICLE_REGISTER_SECRET: &str = "test-vehicle-register";
+
+/// The number on `plate`'s registration document, as its owner would show it.
+pub fn registration_document(plate: &str) -> String {
+    parkflow_billing::claims::SimulatedRegister::new(VEHICLE_REGISTER_SECRET.into())
+        .document(&parkflow_protocol::Plate::parse(plate).expect("a plate"))
+}
+
 /// Logs to the test's output when `RUST_LOG` is set.
 pub fn init_logs() {
     if std::env::var("RUST_LOG").is_ok() {

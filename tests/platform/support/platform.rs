@@ -383,6 +383,7 @@ fn config(
         config.broker_acl = Some(BrokerAcl::MosquittoDynsec);
     }
     config.admin_key = Some(ADMIN_KEY.into());
+    config.vehicle_register_secret = super::VEHICLE_REGISTER_SECRET.into();
     // Tests open many availability streams from one address (the cap has a router test).
     config.max_streams_per_address = 1_000;
     // Billing at test speed: a payment window of two seconds, workers that look often.
