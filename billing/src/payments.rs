@@ -519,6 +519,62 @@ impl HeldRow {
     }
 }
 
+/// Where the payment of a held exit stands, as its pay page shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitPayment {
+    /// Nothing paid yet (or only declined attempts).
+    Due,
+    /// Asked of the provider, not answered yet.
+    Pending,
+    /// Paid: the barrier opens.
+    Paid,
+}
+
+/// A held exit, as the person at the barrier sees it.
+#[derive(Debug, Clone)]
+pub struct ExitDue {
+    pub lot_id: String,
+    pub entered_at: DateTime<Utc>,
+    /// When the car was held at the exit.
+    pub held_at: DateTime<Utc>,
+    /// All that is due: earlier stays the plate owes and this one.
+    pub amount: Option<Money>,
+    /// Of `amount`, what earlier stays owe.
+    pub owed: Option<Money>,
+    pub payment: ExitPayment,
+}
+
+/// The held exit of `session`, if it was held for payment: what its pay page shows.
+pub async fn exit_due(db: &Db, session: Uuid) -> Result<Option<ExitDue>, PayError> {
+    let held = match held_exit(db, session).await {
+        Ok(held) => held,
+        Err(PayError::NotFound(_)) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let statuses: Vec<(String,)> = query("SELECT status FROM payments WHERE session_id = $1")
+        .bind(session)
+        .fetch_all(db)
+        .await?;
+    let has = |status: PaymentStatus| statuses.iter().any(|(s,)| s == status.as_str());
+    let payment = if has(PaymentStatus::Succeeded) {
+        ExitPayment::Paid
+    } else if has(PaymentStatus::Pending) {
+        ExitPayment::Pending
+    } else {
+        ExitPayment::Due
+    };
+    let currency = held.currency.as_deref().and_then(|c| Currency::new(c).ok());
+    let money = |minor: Option<i64>| Some(Money::from_minor(minor?, currency?));
+    Ok(Some(ExitDue {
+        lot_id: held.lot_id,
+        entered_at: held.entered_at,
+        held_at: held.observed_at,
+        amount: money(held.amount_due_minor),
+        owed: money(held.owed_minor.filter(|owed| *owed > 0)),
+        payment,
+    }))
+}
+
 /// Pays the fee of a session held at an exit (`pay_url`); the session closes at the held read's time.
 pub async fn pay_exit<P: PaymentProvider>(
     db: &Db,

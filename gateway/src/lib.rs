@@ -23,6 +23,7 @@ pub mod privacy;
 pub mod registry;
 pub mod session;
 pub mod store;
+mod ui;
 
 pub use app::{Gateway, GatewayError};
 pub use config::{BrokerAcl, GatewayConfig};

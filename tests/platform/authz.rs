@@ -211,6 +211,7 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (Method::DELETE, "/v1/me/plates/浙K22222".into(), None, [401, 401, 403, 403, 403, 403, 204, 403]),
         (Method::POST, format!("/v1/me/invoices/{unknown}/pay"), Some(json!({})), [401, 401, 403, 403, 403, 403, 404, 403]),
         (Method::POST, format!("/v1/sessions/{unknown}/pay"), Some(json!({"payment_account": "acct-x"})), [404; 8]),
+        (Method::GET, format!("/v1/sessions/{unknown}/pay"), None, [404; 8]),
     ];
     let mut wrong = Vec::new();
     for (method, path, body, expected) in &rows {

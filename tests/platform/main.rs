@@ -22,6 +22,7 @@ mod nodes;
 mod occupancy;
 mod offline;
 mod operators;
+mod pay_page;
 mod review;
 mod stall;
 mod writer;

@@ -107,7 +107,8 @@ fn driver_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(drivers::my_keys, drivers::issue_key))
         .routes(routes!(drivers::revoke_key))
         .routes(routes!(drivers::pay_invoice))
-        .routes(routes!(payments::pay_exit))
+        .routes(routes!(payments::pay_exit, crate::ui::pay::page_or_due))
+        .route("/ui/pay/{id}", axum::routing::post(crate::ui::pay::submit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit::limit_drivers,

@@ -11,9 +11,10 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use crate::gate::GateMessage;
+use parkflow_billing::payments::{ExitPaid, PayError};
 
-/// How long a payment for a hold not yet on record waits for the gates' writes.
-const HOLD_RECORDED_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a payment (or a pay page) for a hold not yet on record waits for the gates' writes.
+pub(crate) const HOLD_RECORDED_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 200;
@@ -31,6 +32,38 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
             )
         })?;
     Ok(key.to_owned())
+}
+
+/// Pays a held exit and opens its barrier: the JSON API's and the pay page's one way to pay.
+pub(crate) async fn pay_held_exit(
+    state: &AppState,
+    session: Uuid,
+    key: String,
+    account: String,
+) -> Result<ExitPaid, ApiError> {
+    let pay = || {
+        state
+            .payments
+            .pay_exit(session, key.clone(), account.clone())
+    };
+    let paid = match pay().await {
+        // The hold is published before its record is written: a driver quick enough to pay in
+        // between waits for the record rather than being told there is nothing to pay. When the
+        // gates' records cannot be made durable meanwhile (the database stalls, its disk is
+        // full), nobody knows yet: 503, retry — never a 404 the driver would give up on.
+        Err(PayError::NotFound(_)) => {
+            if !state.gates.durable(HOLD_RECORDED_WITHIN).await {
+                return Err(ApiError::Unavailable);
+            }
+            pay().await?
+        }
+        paid => paid?,
+    };
+    let open = GateMessage::exit_paid(&paid).ok_or_else(|| {
+        ApiError::Store(crate::store::StoreError::Corrupt("held exit ids".into()))
+    })?;
+    state.gates.send(open).await;
+    Ok(paid)
 }
 
 /// Holding a payment account, it is not `Debug`: it is never printed.
@@ -71,28 +104,7 @@ pub(crate) async fn pay_exit(
     ApiJson(request): ApiJson<PayRequest>,
 ) -> Result<Json<PayResponse>, ApiError> {
     let key = idempotency_key(&headers)?;
-    let pay = || {
-        state
-            .payments
-            .pay_exit(session, key.clone(), request.payment_account.clone())
-    };
-    let paid = match pay().await {
-        // The hold is published before its record is written: a driver quick enough to pay in
-        // between waits for the record rather than being told there is nothing to pay. When the
-        // gates' records cannot be made durable meanwhile (the database stalls, its disk is
-        // full), nobody knows yet: 503, retry — never a 404 the driver would give up on.
-        Err(parkflow_billing::payments::PayError::NotFound(_)) => {
-            if !state.gates.durable(HOLD_RECORDED_WITHIN).await {
-                return Err(ApiError::Unavailable);
-            }
-            pay().await?
-        }
-        paid => paid?,
-    };
-    let open = GateMessage::exit_paid(&paid).ok_or_else(|| {
-        ApiError::Store(crate::store::StoreError::Corrupt("held exit ids".into()))
-    })?;
-    state.gates.send(open).await;
+    let paid = pay_held_exit(&state, session, key, request.payment_account).await?;
     Ok(Json(PayResponse {
         payment_id: paid.paid.payment_id,
         session_id: session,

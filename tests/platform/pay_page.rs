@@ -1,0 +1,189 @@
+//! The pay page in a real browser (headless Chromium through ChromeDriver): a car held at the
+//! exit, its driver opens the `pay_url` on a phone-sized screen, sees what is due, is declined
+//! once, pays, and sees the barrier open — which the lane's camera receives as a signed `open`.
+//! Screenshots of each page go to `target/ui-screenshots/`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use parkflow_protocol::{Direction, GateAction, GateReason};
+use serde_json::json;
+
+use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
+
+/// A ChromeDriver of our own on a free port, stopped (with its browser) when dropped.
+struct Browser {
+    driver: tokio::process::Child,
+    client: Client,
+}
+
+impl Browser {
+    /// `None` (the test skipped) without `PARKFLOW_TEST_CHROMEDRIVER`, except in CI.
+    async fn start() -> Option<Self> {
+        let Ok(chromedriver) = std::env::var("PARKFLOW_TEST_CHROMEDRIVER") else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must set PARKFLOW_TEST_CHROMEDRIVER"
+            );
+            eprintln!("skipped: set PARKFLOW_TEST_CHROMEDRIVER to run the browser tests");
+            return None;
+        };
+        let port = crate::support::free_addr().port();
+        let driver = tokio::process::Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts");
+        let mut capabilities = serde_json::Map::new();
+        let chromium =
+            std::env::var("PARKFLOW_TEST_CHROMIUM").unwrap_or("/usr/bin/chromium".into());
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                // A phone's screen.
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=412,915",
+                         "--disable-dev-shm-usage"],
+            }),
+        );
+        // ChromeDriver is spoken to over plain HTTP; the client still wants a TLS provider named.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = format!("http://127.0.0.1:{port}");
+        let client = eventually(Duration::from_secs(20), "chromedriver answering", || {
+            let (url, capabilities) = (url.clone(), capabilities.clone());
+            async move {
+                ClientBuilder::rustls()
+                    .ok()?
+                    .capabilities(capabilities)
+                    .connect(&url)
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        Some(Self { driver, client })
+    }
+
+    /// Saves what the browser shows as `target/ui-screenshots/{name}.png`.
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// The text of the first element `css` selects, waiting for a page being loaded to show it.
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css} on the page: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_driver_pays_on_the_page_and_the_barrier_opens() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start(setup, &world).await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let plate = "浙R20261";
+    entry
+        .decide(&entry.read_at(
+            plate,
+            Direction::Entry,
+            chrono::Utc::now() - chrono::Duration::minutes(75),
+        ))
+        .await;
+    let held_read = exit.read(plate, Direction::Exit);
+    let held = exit.decide(&held_read).await;
+    assert_eq!(
+        (held.action, held.reason),
+        (GateAction::Hold, GateReason::PaymentRequired)
+    );
+    let due = held.amount_due.unwrap();
+    // At once: the page is there the moment the hold is published.
+    let pay_url = held.pay_url.clone().unwrap();
+    browser.client.goto(&pay_url).await.unwrap();
+    let amount = browser.text("dd.amount").await;
+    assert!(amount.contains(&due.to_string()), "{amount} shows {due}");
+    assert!(browser.text("dl").await.contains(&world.plan.lots[0].name));
+    browser.screenshot("pay-due").await;
+
+    // A declined card: the page says so and keeps the form.
+    let form = |account: &'static str| {
+        let client = browser.client.clone();
+        async move {
+            let input = client.find(Locator::Id("payment_account")).await.unwrap();
+            input.send_keys(account).await.unwrap();
+            client
+                .find(Locator::Css("button[type=submit]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+        }
+    };
+    form("decline-card").await;
+    let alert = browser.text("p.error").await;
+    assert!(alert.contains("declined"), "{alert}");
+    browser.screenshot("pay-declined").await;
+    assert!(
+        exit.commands_for(&held_read.event_id)
+            .iter()
+            .all(|c| c.action != GateAction::Open)
+    );
+
+    form("acct-on-the-phone").await;
+    let opening = browser.text("#paid").await;
+    assert!(opening.contains("barrier"), "{opening}");
+    let receipt = browser.text("#receipt").await;
+    browser.screenshot("pay-paid").await;
+    let opened = eventually(Duration::from_secs(10), "the barrier opened", || {
+        let commands = exit.commands_for(&held_read.event_id);
+        async move { commands.into_iter().find(|c| c.action == GateAction::Open) }
+    })
+    .await;
+    assert_eq!(opened.reason, GateReason::Paid);
+    // The receipt is the payment's id: it proves the plate (drivers' claims).
+    let (status, paid) = platform
+        .call(
+            None,
+            reqwest::Method::GET,
+            url::Url::parse(&pay_url).unwrap().path(),
+            None,
+        )
+        .await;
+    assert_eq!((status.as_u16(), &paid["status"]), (200, &json!("paid")));
+    assert!(uuid::Uuid::parse_str(&receipt).is_ok(), "{receipt}");
+
+    // The same page in Simplified Chinese, after paying.
+    browser
+        .client
+        .goto(&format!("{pay_url}?lang=zh"))
+        .await
+        .unwrap();
+    assert!(browser.text("h1").await.contains("已付款"));
+    browser.screenshot("pay-paid-zh").await;
+    browser.stop().await;
+    platform.stop().await;
+}
