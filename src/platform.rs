@@ -86,6 +86,8 @@ pub struct PlatformConfig {
     pub retention: RetentionConfig,
     /// The simulated vehicle register's secret (drivers prove plates with its documents).
     pub vehicle_register_secret: SecretString,
+    /// How often each driver's payment mandate is asked about again.
+    pub mandate_check: parkflow_billing::mandates::MandateCheck,
 }
 
 impl PlatformConfig {
@@ -124,6 +126,7 @@ impl PlatformConfig {
             settle_every: Duration::from_secs(600),
             retention: RetentionConfig::default(),
             vehicle_register_secret: random_secret().into(),
+            mandate_check: parkflow_billing::mandates::MandateCheck::default(),
         }
     }
 
@@ -168,6 +171,7 @@ impl PlatformConfig {
             metrics_listen: self.metrics_listen,
             node_id: self.node_id.clone(),
             vehicle_register_secret: self.vehicle_register_secret.clone(),
+            mandate_check: self.mandate_check,
         }
     }
 }
@@ -224,8 +228,9 @@ impl Platform {
         let provider = SimulatedProvider::new(config.provider_faults.clone())
             .context("invalid payment provider faults")?;
         let payments_provider = provider.clone();
+        let mandate_check = config.mandate_check;
         let gateway = Gateway::build(gateway_config, move |db| {
-            Arc::new(Payments::new(db, payments_provider))
+            Arc::new(Payments::new(db, payments_provider).with_mandate_check(mandate_check))
         })
         .await
         .context("failed to build the gateway")?;

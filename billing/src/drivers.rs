@@ -9,6 +9,9 @@ use parkflow_session::{Unknown, from_text};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::arrears::StandingChange;
+use crate::mandates::MandateState;
+
 /// A driver's standing: a suspended driver's exits are held until what is overdue is paid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -122,8 +125,9 @@ pub enum Change {
     Parked,
 }
 
-/// Changes what is given of a driver's name, payment account and auto-debit consent; withdrawing
-/// the consent is refused while the driver owes.
+/// Changes what is given of a driver's name and payment account, and withdraws their auto-debit
+/// consent when `auto_debit` is `Some(false)` (refused while the driver owes). Giving consent is
+/// [`crate::mandates::set_up`]'s: auto-debit is on only with a confirmed mandate.
 pub async fn update(
     db: &Db,
     id: Uuid,
@@ -133,7 +137,9 @@ pub async fn update(
 ) -> Result<Change, StoreError> {
     let updated = query(format!(
         "UPDATE drivers SET name = COALESCE($2, name), payment_account = COALESCE($3, payment_account),
-             auto_debit = COALESCE($4, auto_debit)
+             auto_debit = CASE WHEN $4 = FALSE THEN FALSE ELSE auto_debit END,
+             mandate_status = CASE WHEN $4 = FALSE THEN NULL ELSE mandate_status END,
+             mandate_ref = CASE WHEN $4 = FALSE THEN NULL ELSE mandate_ref END
          WHERE id = $1 AND NOT (COALESCE($4, auto_debit) = FALSE AND auto_debit = TRUE AND {OWES})"
     ))
     .bind(id)
@@ -304,4 +310,94 @@ pub(crate) async fn reinstate_if_clear(
     .execute(tx)
     .await?;
     Ok(reinstated == 1)
+}
+
+/// A driver whose mandate is due to be asked about (or set up).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct MandateDue {
+    pub driver: Uuid,
+    pub reference: Option<String>,
+    pub account: Option<String>,
+}
+
+/// Drivers on auto-debit whose mandate was last checked before `since` (or never: consent given
+/// before mandates), and drivers whose mandate request went unanswered then.
+pub(crate) async fn mandates_due(
+    db: &Db,
+    since: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<MandateDue>, StoreError> {
+    query(
+        "SELECT id AS driver, mandate_ref AS reference, payment_account AS account FROM drivers
+         WHERE (auto_debit = TRUE OR mandate_status = 'unconfirmed')
+           AND (mandate_checked_at IS NULL OR mandate_checked_at < $1)
+         ORDER BY mandate_checked_at NULLS FIRST, id LIMIT $2",
+    )
+    .bind(db_time(since))
+    .bind(i64::from(limit))
+    .fetch_all(db)
+    .await
+}
+
+/// Records where `driver`'s mandate stands: auto-debit is on exactly while it is active. The
+/// driver's new standing when that turned auto-debit on or off.
+pub(crate) async fn set_mandate(
+    db: &Db,
+    driver: Uuid,
+    state: MandateState,
+    reference: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<StandingChange>, StoreError> {
+    let active = state == MandateState::Active;
+    let mut tx = db.begin_write().await?;
+    let before: Option<(bool, String)> =
+        query("SELECT auto_debit, status FROM drivers WHERE id = $1")
+            .bind(driver)
+            .fetch_optional(&mut tx)
+            .await?;
+    let Some((was_active, status)) = before else {
+        return Ok(None);
+    };
+    query(
+        "UPDATE drivers SET auto_debit = $2, mandate_status = $3, mandate_ref = $4,
+             mandate_checked_at = $5
+         WHERE id = $1",
+    )
+    .bind(driver)
+    .bind(active)
+    .bind(state.as_str())
+    .bind(reference.filter(|_| active))
+    .bind(db_time(now))
+    .execute(&mut tx)
+    .await?;
+    let change = if was_active == active {
+        None
+    } else {
+        let plates: Vec<(String, bool)> = query(crate::arrears::DRIVER_PLATES)
+            .bind(driver)
+            .fetch_all(&mut tx)
+            .await?;
+        let suspended = DriverStatus::parse(&status) == Some(DriverStatus::Suspended);
+        let mut change = StandingChange::new(driver, plates, suspended);
+        change.auto_debit = active;
+        Some(change)
+    };
+    tx.commit().await?;
+    Ok(change)
+}
+
+/// Marks `driver` as waiting for a mandate (consent given, not confirmed yet): if asking the
+/// provider fails now, the next check asks again.
+pub async fn awaiting_mandate(
+    tx: &mut Tx,
+    driver: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    query("UPDATE drivers SET mandate_status = $2, mandate_checked_at = $3 WHERE id = $1")
+        .bind(driver)
+        .bind(MandateState::Unconfirmed.as_str())
+        .bind(db_time(now))
+        .execute(tx)
+        .await
+        .map(drop)
 }

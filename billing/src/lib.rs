@@ -14,6 +14,7 @@ pub mod claims;
 pub mod drivers;
 pub mod ledger;
 pub mod lots;
+pub mod mandates;
 pub mod money;
 pub mod payments;
 pub mod provider;

@@ -892,6 +892,19 @@ pub trait PaymentsApi: Send + Sync + 'static {
     ) -> futures::future::BoxFuture<'_, Result<ExitPaid, PayError>>;
     /// Resolves payments pending longer than [`STALE_AFTER`] ([`resolve_stale`]).
     fn resolve_stale(&self) -> futures::future::BoxFuture<'_, Result<Resolved, PayError>>;
+    /// Asks for a mandate on `account` for `driver` ([`crate::mandates::set_up`]).
+    fn set_up_mandate(
+        &self,
+        driver: Uuid,
+        account: String,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<(crate::mandates::MandateState, Option<StandingChange>), StoreError>,
+    >;
+    /// Asks about the mandates due ([`crate::mandates::check_due`]).
+    fn check_mandates(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<StandingChange>, StoreError>>;
 }
 
 /// [`PaymentsApi`] over a database and a provider.
@@ -899,6 +912,7 @@ pub struct Payments<P> {
     db: Db,
     provider: P,
     lots: tokio::sync::RwLock<LotBook>,
+    mandates: crate::mandates::MandateCheck,
 }
 
 impl<P: PaymentProvider> Payments<P> {
@@ -908,11 +922,42 @@ impl<P: PaymentProvider> Payments<P> {
             db,
             provider,
             lots: tokio::sync::RwLock::new(LotBook::default()),
+            mandates: crate::mandates::MandateCheck::default(),
         }
+    }
+
+    /// Mandates asked about as `check` says.
+    pub fn with_mandate_check(mut self, check: crate::mandates::MandateCheck) -> Self {
+        self.mandates = check;
+        self
     }
 }
 
 impl<P: PaymentProvider> PaymentsApi for Payments<P> {
+    fn set_up_mandate(
+        &self,
+        driver: Uuid,
+        account: String,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<(crate::mandates::MandateState, Option<StandingChange>), StoreError>,
+    > {
+        Box::pin(async move {
+            crate::mandates::set_up(&self.db, &self.provider, driver, &account, Utc::now()).await
+        })
+    }
+
+    fn check_mandates(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<StandingChange>, StoreError>> {
+        Box::pin(crate::mandates::check_due(
+            &self.db,
+            &self.provider,
+            self.mandates,
+            Utc::now(),
+        ))
+    }
+
     fn resolve_stale(&self) -> futures::future::BoxFuture<'_, Result<Resolved, PayError>> {
         Box::pin(resolve_stale(
             &self.db,

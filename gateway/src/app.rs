@@ -550,6 +550,12 @@ impl Gateway {
             gates.clone(),
             token.clone(),
         ));
+        tracker.spawn(check_mandates(
+            payments.clone(),
+            gates.clone(),
+            config.mandate_check.every,
+            token.clone(),
+        ));
         let state = AppState {
             verifiers: parkflow_billing::claims::Verifiers::shipped(
                 db.clone(),
@@ -673,6 +679,32 @@ async fn track_connection(mut connected: watch::Receiver<bool>, metrics: Arc<Met
             .set(i64::from(*connected.borrow_and_update()));
         if connected.changed().await.is_err() {
             break;
+        }
+    }
+}
+
+/// From the start, and then as often as mandates are due again (at most every half minute): asks
+/// the provider about drivers' mandates; one expired or revoked ends auto-debit, and the gates hold
+/// that driver's cars for payment from then on.
+async fn check_mandates(
+    payments: Arc<dyn PaymentsApi>,
+    gates: GateHandle,
+    every: std::time::Duration,
+    token: CancellationToken,
+) {
+    let pause = every.min(std::time::Duration::from_secs(30));
+    loop {
+        match payments.check_mandates().await {
+            Ok(changes) => {
+                for change in &changes {
+                    gates.send(GateMessage::standing(change)).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "checking mandates failed"),
+        }
+        tokio::select! {
+            () = token.cancelled() => break,
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -51,4 +51,6 @@ pub struct GatewayConfig {
     /// The simulated vehicle register's secret: a plate's registration document number is a
     /// keyed hash of the plate under it (`parkflow_billing::claims::SimulatedRegister`).
     pub vehicle_register_secret: SecretString,
+    /// How often each driver's payment mandate is asked about again.
+    pub mandate_check: parkflow_billing::mandates::MandateCheck,
 }

@@ -567,3 +567,90 @@ async fn removing_the_plate_right_after_the_exit_sheds_no_debt(database: Databas
     assert_eq!(invoices[0]["status"], "open", "{invoices}");
     platform.stop().await;
 }
+
+/// Leave first, pay later needs a mandate the payment provider confirms: refused, the driver's
+/// car pays at the exit; revoked at the bank, the next check ends it for that driver's cars; a
+/// new mandate on another account brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_first_needs_a_confirmed_mandate() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start_with(setup, &world, |config| {
+        config.mandate_check.every = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let mut exit = TestDevice::connect(&platform, &world, &world.exit_camera, &world.exit).await;
+    let mut visit = async |plate: &str| {
+        entry
+            .decide(&entry.read_at(
+                plate,
+                Direction::Entry,
+                chrono::Utc::now() - chrono::Duration::minutes(40),
+            ))
+            .await;
+        exit.decide(&exit.read(plate, Direction::Exit)).await.reason
+    };
+    let enrol_with = async |name: &str, plate: &str, account: &str| {
+        let (status, enrolled) = call(
+            &platform,
+            None,
+            Method::POST,
+            "/v1/drivers",
+            Some(json!({"name": name, "payment_account": account, "auto_debit_consent": true,
+                        "plates": [{"plate": plate, "registration_document": registration_document(plate)}]})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{enrolled}");
+        enrolled
+    };
+
+    let refused = enrol_with("Refusing", "浙S10001", "nomandate-card").await;
+    assert_eq!(
+        (
+            &refused["driver"]["auto_debit"],
+            &refused["driver"]["mandate"]
+        ),
+        (&json!(false), &json!("refused"))
+    );
+    assert_eq!(visit("浙S10001").await, GateReason::PaymentRequired);
+
+    let lin = enrol_with("Lin", "浙S20002", "acct-lin-mandate").await;
+    assert_eq!(
+        (&lin["driver"]["auto_debit"], &lin["driver"]["mandate"]),
+        (&json!(true), &json!("active"))
+    );
+    assert_eq!(visit("浙S20002").await, GateReason::BillLater);
+
+    // Lin revokes the mandate at the bank: the next check ends leaving first.
+    platform.provider.revoke_mandates("acct-lin-mandate");
+    let key = lin["api_key"].as_str().unwrap();
+    let me = crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the revoked mandate seen",
+        || async {
+            let (_, me) = call(&platform, Some(key), Method::GET, "/v1/me", None).await;
+            (me["mandate"] == "revoked").then_some(me)
+        },
+    )
+    .await;
+    assert_eq!(me["auto_debit"], false, "{me}");
+    assert_eq!(visit("浙S20002").await, GateReason::PaymentRequired);
+
+    // Another account, consent given again: a new mandate, and leaving first again.
+    let (status, me) = call(
+        &platform,
+        Some(key),
+        Method::PATCH,
+        "/v1/me",
+        Some(json!({"payment_account": "acct-lin-new", "auto_debit_consent": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(
+        (&me["auto_debit"], &me["mandate"]),
+        (&json!(true), &json!("active"))
+    );
+    assert_eq!(visit("浙S20002").await, GateReason::BillLater);
+    platform.stop().await;
+}

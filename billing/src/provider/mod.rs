@@ -107,6 +107,39 @@ pub trait PaymentProvider: Send + Sync + 'static {
     /// Returns part or all of a succeeded debit, once per refund key: the same key again answers
     /// as the first time; refunds of one debit never exceed it.
     fn refund(&self, refund: &Refund) -> impl Future<Output = RefundOutcome> + Send;
+
+    /// Asks the account holder's bank for a mandate to debit `account` without asking each time
+    /// (password-free auto-debit): leave first, pay later needs one confirmed.
+    fn set_up_mandate(&self, account: &str) -> impl Future<Output = MandateOutcome> + Send;
+
+    /// Where a mandate set up earlier stands now (its holder can revoke it at their bank; it
+    /// can expire).
+    fn mandate(&self, reference: &str) -> impl Future<Output = MandateStatus> + Send;
+}
+
+/// What the provider said to a mandate request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MandateOutcome {
+    Confirmed {
+        reference: String,
+    },
+    Refused {
+        reason: String,
+    },
+    /// No answer: the driver pays at the exit until a later request is confirmed.
+    Unknown,
+}
+
+/// Where a mandate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MandateStatus {
+    Active,
+    Expired,
+    Revoked,
+    /// The provider knows no such mandate.
+    Unknown,
+    /// No answer now: ask again later.
+    Unavailable,
 }
 
 /// Money to return.

@@ -10,7 +10,7 @@
 //! so paused time works). Nothing runs in the background; a consumer waiting for callbacks calls
 //! `tick`, for example at [`SimulatedProvider::next_confirmation_at`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,8 +22,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
 
 use super::{
-    Callback, Debit, DebitOutcome, KEY_REUSED, PaymentProvider, ProviderRecord, RecordStatus,
-    Refund, RefundOutcome,
+    Callback, Debit, DebitOutcome, KEY_REUSED, MandateOutcome, MandateStatus, PaymentProvider,
+    ProviderRecord, RecordStatus, Refund, RefundOutcome,
 };
 use crate::money::{Currency, Money, MoneyError};
 
@@ -56,6 +56,8 @@ pub struct FaultConfig {
     pub duplicate_callback_rate: f64,
     /// How long every answer takes.
     pub latency: Duration,
+    /// How long a mandate lasts (forever when `None`).
+    pub mandate_lifetime: Option<Duration>,
 }
 
 impl FaultConfig {
@@ -69,6 +71,7 @@ impl FaultConfig {
             late_confirmation_after: Duration::from_secs(30),
             duplicate_callback_rate: 0.0,
             latency: Duration::ZERO,
+            mandate_lifetime: None,
         }
     }
 
@@ -282,9 +285,70 @@ impl PaymentProvider for SimulatedProvider {
         self.answer_after_latency().await;
         self.with_ledger(|ledger, now| ledger.refund(refund, now))
     }
+
+    async fn set_up_mandate(&self, account: &str) -> MandateOutcome {
+        self.answer_after_latency().await;
+        if account.starts_with(MANDATE_REFUSING_PREFIX) {
+            return MandateOutcome::Refused {
+                reason: MANDATE_REFUSED.into(),
+            };
+        }
+        MandateOutcome::Confirmed {
+            reference: format!(
+                "mdt-{}-{:016x}",
+                chrono::Utc::now().timestamp_millis(),
+                account_tag(account)
+            ),
+        }
+    }
+
+    async fn mandate(&self, reference: &str) -> MandateStatus {
+        self.answer_after_latency().await;
+        let Some((issued_ms, tag)) = reference
+            .strip_prefix("mdt-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(ms, tag)| {
+                Some((ms.parse::<i64>().ok()?, u64::from_str_radix(tag, 16).ok()?))
+            })
+        else {
+            return MandateStatus::Unknown;
+        };
+        let ledger = lock(&self.shared.ledger);
+        if ledger.revoked_mandates.contains(&tag) {
+            return MandateStatus::Revoked;
+        }
+        let age = chrono::Utc::now().timestamp_millis() - issued_ms;
+        match ledger.config.mandate_lifetime {
+            Some(lifetime) if age > i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX) => {
+                MandateStatus::Expired
+            }
+            _ => MandateStatus::Active,
+        }
+    }
+}
+
+/// Accounts whose token starts with this refuse every mandate (the holder says no).
+pub const MANDATE_REFUSING_PREFIX: &str = "nomandate";
+/// The reason a refused mandate gives.
+pub const MANDATE_REFUSED: &str = "the account holder refused the mandate";
+
+/// Names an account inside a mandate reference without showing it. The simulated provider's
+/// references carry what it needs to answer after a restart: when issued, and for which account.
+fn account_tag(account: &str) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(account.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("eight bytes"))
 }
 
 impl SimulatedProvider {
+    /// The holder of `account` revokes its mandates at their bank (the simulation's hook: a test
+    /// or a simulated driver calls it).
+    pub fn revoke_mandates(&self, account: &str) {
+        lock(&self.shared.ledger)
+            .revoked_mandates
+            .insert(account_tag(account));
+    }
+
     /// Minor units refunded so far on the debit made under `debit_key`.
     pub fn refunded(&self, debit_key: &str) -> i64 {
         let ledger = lock(&self.shared.ledger);
@@ -318,6 +382,8 @@ struct Ledger {
     outbox: Vec<Callback>,
     /// Refunds by refund key: (debit key, amount, provider reference).
     refunds: HashMap<String, (String, Money, String)>,
+    /// Accounts (by tag) whose holders revoked their mandates.
+    revoked_mandates: HashSet<u64>,
 }
 
 struct Entry {
@@ -347,6 +413,7 @@ impl Ledger {
             applied: 0,
             outbox: Vec::new(),
             refunds: HashMap::new(),
+            revoked_mandates: HashSet::new(),
         }
     }
 
@@ -932,6 +999,40 @@ mod tests {
         prop::collection::vec(step, 1..40)
     }
 
+    #[tokio::test]
+    async fn mandates_are_refused_revoked_and_expire_and_survive_a_restart() {
+        let provider = SimulatedProvider::default();
+        assert!(matches!(
+            provider.set_up_mandate("nomandate-card").await,
+            MandateOutcome::Refused { .. }
+        ));
+        let MandateOutcome::Confirmed { reference } = provider.set_up_mandate("card-1").await
+        else {
+            panic!("an ordinary account's mandate is confirmed");
+        };
+        assert_eq!(provider.mandate(&reference).await, MandateStatus::Active);
+        // Another process of the provider (a restart) knows it as well.
+        assert_eq!(
+            SimulatedProvider::default().mandate(&reference).await,
+            MandateStatus::Active
+        );
+        provider.revoke_mandates("card-1");
+        assert_eq!(provider.mandate(&reference).await, MandateStatus::Revoked);
+        assert_eq!(provider.mandate("forged").await, MandateStatus::Unknown);
+
+        let short = SimulatedProvider::new(FaultConfig {
+            mandate_lifetime: Some(Duration::from_millis(20)),
+            ..FaultConfig::none()
+        })
+        .unwrap();
+        let MandateOutcome::Confirmed { reference } = short.set_up_mandate("card-2").await else {
+            panic!("confirmed");
+        };
+        assert_eq!(short.mandate(&reference).await, MandateStatus::Active);
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert_eq!(short.mandate(&reference).await, MandateStatus::Expired);
+    }
+
     fn rate() -> impl Strategy<Value = f64> {
         prop_oneof![Just(0.0), Just(1.0), 0.0..=1.0]
     }
@@ -947,6 +1048,7 @@ mod tests {
                 late_confirmation_after: Duration::from_secs(late_secs),
                 duplicate_callback_rate: duplicate,
                 latency: Duration::from_secs(latency_secs),
+                mandate_lifetime: None,
             },
         )
     }

@@ -177,7 +177,19 @@ pub(crate) async fn enrol(
         Utc::now(),
     )
     .await?;
-    tell_gates(&state, &claims, Standing::Enrolled).await;
+    // The key is the driver's now: a provider that cannot be asked leaves the mandate to the
+    // next check rather than losing the enrolment.
+    if let Err(error) = state
+        .payments
+        .set_up_mandate(driver.id, request.payment_account.clone())
+        .await
+    {
+        tracing::warn!(%error, "asking for a mandate at enrolment failed");
+    }
+    let driver = drivers::driver(&state.db, driver.id)
+        .await?
+        .ok_or(ApiError::NotFound("driver"))?;
+    tell_gates(&state, &claims, standing_of(&driver)).await;
     let claims = claims.into_iter().map(ClaimView::from).collect();
     Ok((
         StatusCode::CREATED,
@@ -229,15 +241,34 @@ pub(crate) async fn update_me(
         .as_deref()
         .map(|account| free_text("invalid_payment_account", "payment_account", account, 200))
         .transpose()?;
+    let withdrawn = request.auto_debit_consent == Some(false);
+    let before = drivers::driver(&state.db, driver)
+        .await?
+        .ok_or(ApiError::NotFound("driver"))?;
     let change = drivers::update(
         &state.db,
         driver,
         name.as_deref(),
         account.as_deref(),
-        request.auto_debit_consent,
+        withdrawn.then_some(false),
     )
     .await?;
     refuse_while_owing(change, "driver")?;
+    // Consent given, or a new account while consenting: the provider is asked for a mandate,
+    // and auto-debit is on once it confirms.
+    let consenting = request.auto_debit_consent == Some(true)
+        || (!withdrawn && account.is_some() && before.mandate.is_some());
+    if consenting {
+        let account = match account {
+            Some(account) => account,
+            None => drivers::payment_account(&state.db, driver)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::bad_request("payment_account_required", "no payment account on file")
+                })?,
+        };
+        state.payments.set_up_mandate(driver, account).await?;
+    }
     let me = drivers::driver(&state.db, driver)
         .await?
         .ok_or(ApiError::NotFound("driver"))?;

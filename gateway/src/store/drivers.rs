@@ -12,6 +12,7 @@ use parkflow_billing::claims::{self, Claim, Decided, Decision, Proof, Verifiers,
 /// Billing writes drivers and claims (ARCHITECTURE.md, "Who writes each table"); these are its.
 pub(crate) use parkflow_billing::drivers::update;
 use parkflow_billing::drivers::{self, Change, DriverStatus, NewDriver, remove_plate};
+use parkflow_billing::mandates::MandateState;
 use parkflow_db::query;
 
 use super::audit::{self, AuditEntry};
@@ -26,7 +27,10 @@ pub(crate) struct DriverView {
     pub id: Uuid,
     pub name: String,
     pub status: DriverStatus,
+    /// Whether the driver's cars leave first and pay later: consent given and a mandate active.
     pub auto_debit: bool,
+    /// Where the driver's payment mandate stands (none without consent).
+    pub mandate: Option<MandateState>,
     pub plates: Vec<PlateView>,
 }
 
@@ -109,14 +113,16 @@ pub(crate) async fn enrol(
     let key = new_key();
     let now = db_time(now);
     let mut tx = db.begin_write().await?;
+    // Auto-debit starts once the provider confirms a mandate (`mandates::set_up`).
     let enrolled = NewDriver {
         id,
         name,
         status: DriverStatus::Active,
-        auto_debit: true,
+        auto_debit: false,
         payment_account: Some(payment_account),
     };
     drivers::insert(&mut tx, &enrolled, now).await?;
+    drivers::awaiting_mandate(&mut tx, id, now).await?;
     let claimed = claim_all(&mut tx, id, plates, verdicts, now).await?;
     query("INSERT INTO api_keys (id, key_hash, role, driver_id, created_at) VALUES ($1, $2, 'driver', $3, $4)")
         .bind(Uuid::now_v7())
@@ -218,12 +224,12 @@ pub(crate) async fn remove(db: &Db, driver: Uuid, plate: &Plate) -> Result<Chang
 
 /// A driver and their plates.
 pub(crate) async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, StoreError> {
-    let row: Option<(String, String, bool)> =
-        query("SELECT name, status, auto_debit FROM drivers WHERE id = $1")
+    let row: Option<(String, String, bool, Option<String>)> =
+        query("SELECT name, status, auto_debit, mandate_status FROM drivers WHERE id = $1")
             .bind(id)
             .fetch_optional(db)
             .await?;
-    let Some((name, status, auto_debit)) = row else {
+    let Some((name, status, auto_debit, mandate)) = row else {
         return Ok(None);
     };
     let status = DriverStatus::parse(&status)
@@ -238,6 +244,7 @@ pub(crate) async fn driver(db: &Db, id: Uuid) -> Result<Option<DriverView>, Stor
         name,
         status,
         auto_debit,
+        mandate: mandate.as_deref().and_then(MandateState::parse),
         plates,
     }))
 }

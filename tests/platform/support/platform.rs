@@ -23,6 +23,8 @@ pub struct TestPlatform {
     configure: Configure,
     pub setup: Setup,
     pub http: SocketAddr,
+    /// The simulated payment provider the platform debits (a test plays the banks through it).
+    pub provider: parkflow_billing::provider::SimulatedProvider,
     pub mqtt: (String, u16),
     pub database_url: String,
     pub client_id: String,
@@ -160,6 +162,7 @@ impl TestPlatform {
             configure,
             setup,
             http: running.http,
+            provider: running.provider,
             mqtt: running.mqtt,
             database_url,
             client_id,
@@ -217,6 +220,7 @@ impl TestPlatform {
         )
         .await;
         self.http = running.http;
+        self.provider = running.provider;
         self.token = running.token;
         self.task = Some(running.task);
         self.wait_ready().await;
@@ -296,6 +300,7 @@ impl Drop for TestPlatform {
 /// A platform task and its addresses.
 struct Running {
     http: SocketAddr,
+    provider: parkflow_billing::provider::SimulatedProvider,
     mqtt: (String, u16),
     token: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -327,10 +332,12 @@ async fn boot_anywhere(
 fn running(platform: Platform) -> Running {
     let http = platform.http_addr();
     let mqtt = platform.mqtt_addr();
+    let provider = platform.provider();
     let token = CancellationToken::new();
     let task = tokio::spawn(platform.run(token.clone()));
     Running {
         http,
+        provider,
         mqtt,
         token,
         task,
