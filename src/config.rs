@@ -336,6 +336,11 @@ pub struct RunArgs {
     /// set it for tags and pseudonyms that stay the same across restarts).
     #[arg(long, env = "PARKFLOW_PLATE_KEY", hide_env_values = true)]
     pub plate_key: Option<SecretString>,
+    /// The key device signing secrets are sealed under in the database (at least 32 characters;
+    /// keep it outside the database and its backups). Without one they are stored in clear (and
+    /// the platform says so at start); with one, those stored in clear are sealed at start.
+    #[arg(long, env = "PARKFLOW_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<SecretString>,
     /// The simulated vehicle register's secret: drivers prove a plate is theirs with its
     /// registration document number (`parkflow registration-document PLATE` prints it). Random
     /// per start when unset.
@@ -501,6 +506,7 @@ impl RunArgs {
         config.max_streams = self.max_streams;
         config.metrics_listen = self.metrics_listen;
         config.node_id = self.node_id.clone();
+        config.secrets_key.clone_from(&self.secrets_key);
         if let Some(secret) = &self.vehicle_register_secret {
             config.vehicle_register_secret = secret.clone();
         }

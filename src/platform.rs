@@ -88,6 +88,8 @@ pub struct PlatformConfig {
     pub vehicle_register_secret: SecretString,
     /// How often each driver's payment mandate is asked about again.
     pub mandate_check: parkflow_billing::mandates::MandateCheck,
+    /// The key device secrets are sealed under at rest.
+    pub secrets_key: Option<SecretString>,
 }
 
 impl PlatformConfig {
@@ -127,6 +129,7 @@ impl PlatformConfig {
             retention: RetentionConfig::default(),
             vehicle_register_secret: random_secret().into(),
             mandate_check: parkflow_billing::mandates::MandateCheck::default(),
+            secrets_key: None,
         }
     }
 
@@ -172,6 +175,7 @@ impl PlatformConfig {
             node_id: self.node_id.clone(),
             vehicle_register_secret: self.vehicle_register_secret.clone(),
             mandate_check: self.mandate_check,
+            secrets_key: self.secrets_key.clone(),
         }
     }
 }

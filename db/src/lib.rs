@@ -8,8 +8,10 @@
 //! writing crate (ARCHITECTURE.md lists them).
 
 mod query;
+pub mod sealed;
 
 pub use query::{Executor, On, Query, QueryBuilder, Row, Separated, Value, query};
+pub use sealed::SecretsKey;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -90,11 +92,27 @@ fn is_transient_code(code: &str) -> bool {
         )
 }
 
-/// A connection pool of either engine.
+/// A connection pool of either engine, with the key secrets are sealed under at rest.
 #[derive(Clone, Debug)]
-pub enum Db {
+pub struct Db {
+    pool: Pool,
+    secrets: Option<std::sync::Arc<SecretsKey>>,
+}
+
+/// The pool itself, of either engine.
+#[derive(Clone, Debug)]
+pub enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
+}
+
+impl From<Pool> for Db {
+    fn from(pool: Pool) -> Self {
+        Self {
+            pool,
+            secrets: None,
+        }
+    }
 }
 
 /// Which engine a pool or transaction runs on, where their SQL must differ.
@@ -154,7 +172,7 @@ impl Db {
                 .await
                 .map_err(StoreError::Connect)?;
             SQLITE_MIGRATIONS.run(&pool).await?;
-            Self::Sqlite(pool)
+            Pool::Sqlite(pool)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(url).map_err(StoreError::Connect)?;
             let pool = PgPoolOptions::new()
@@ -166,18 +184,61 @@ impl Db {
                 .await
                 .map_err(StoreError::Connect)?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
-            Self::Postgres(pool)
+            Pool::Postgres(pool)
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
-        Ok(db)
+        Ok(db.into())
+    }
+
+    /// The same pool, sealing secrets under `key` ([`Db::seal`]).
+    pub fn with_secrets_key(mut self, key: SecretsKey) -> Self {
+        self.secrets = Some(std::sync::Arc::new(key));
+        self
+    }
+
+    /// The pool, for what only one engine does.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// `secret` as it is stored: sealed under the secrets key (bound to `owner`, the row it
+    /// belongs to), or in clear without a key.
+    pub fn seal(&self, owner: &str, secret: &str) -> String {
+        match &self.secrets {
+            Some(key) => key.seal(owner, secret),
+            None => secret.to_owned(),
+        }
+    }
+
+    /// A secret as it was stored, opened: [`StoreError::Corrupt`] when it is sealed and this pool
+    /// has no key, or not the key it was sealed under, or it belongs to another row.
+    pub fn unseal(&self, owner: &str, stored: &str) -> Result<String, StoreError> {
+        if !sealed::is_sealed(stored) {
+            return Ok(stored.to_owned());
+        }
+        let key = self.secrets.as_ref().ok_or_else(|| {
+            StoreError::Corrupt(
+                "secrets are sealed in the database: the secrets key is needed".into(),
+            )
+        })?;
+        key.unseal(owner, stored).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "the secret of {owner} does not open under this secrets key"
+            ))
+        })
+    }
+
+    /// Whether secrets written now are sealed.
+    pub fn seals(&self) -> bool {
+        self.secrets.is_some()
     }
 
     /// Which engine this is.
     pub fn engine(&self) -> Engine {
-        match self {
-            Self::Sqlite(_) => Engine::Sqlite,
-            Self::Postgres(_) => Engine::Postgres,
+        match self.pool {
+            Pool::Sqlite(_) => Engine::Sqlite,
+            Pool::Postgres(_) => Engine::Postgres,
         }
     }
 
@@ -187,9 +248,9 @@ impl Db {
     /// and whatever the busy timeout, when another connection committed after its read.
     /// PostgreSQL begins as usual (its row locks and constraints order writers).
     pub async fn begin_write(&self) -> Result<Tx, StoreError> {
-        Ok(match self {
-            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        Ok(match &self.pool {
+            Pool::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
     }
 
@@ -199,9 +260,9 @@ impl Db {
     }
 
     pub async fn close(&self) {
-        match self {
-            Self::Sqlite(pool) => pool.close().await,
-            Self::Postgres(pool) => pool.close().await,
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
         }
     }
 }
@@ -249,7 +310,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_database_is_a_passing_condition() {
         let (_dir, db) = scratch().await;
-        let Db::Sqlite(pool) = &db else {
+        let Pool::Sqlite(pool) = db.pool() else {
             unreachable!("a sqlite database")
         };
         let mut connection = pool.acquire().await.expect("acquire");
@@ -329,7 +390,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_given_back_inside_a_transaction_is_closed() {
         let (_dir, db) = scratch().await;
-        let Db::Sqlite(pool) = &db else {
+        let Pool::Sqlite(pool) = db.pool() else {
             unreachable!("a sqlite database")
         };
 

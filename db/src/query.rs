@@ -101,9 +101,9 @@ pub trait Executor<'c> {
 
 impl<'c> Executor<'c> for &'c Db {
     fn on(self) -> On<'c> {
-        match self {
-            Db::Sqlite(pool) => On::SqlitePool(pool),
-            Db::Postgres(pool) => On::PgPool(pool),
+        match self.pool() {
+            crate::Pool::Sqlite(pool) => On::SqlitePool(pool),
+            crate::Pool::Postgres(pool) => On::PgPool(pool),
         }
     }
 }

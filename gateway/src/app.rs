@@ -67,6 +67,8 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--secrets-key: {0}")]
+    SecretsKey(#[from] parkflow_db::sealed::WeakKey),
 }
 
 /// A gateway, built and ready to run: its state is loaded, its listener bound.
@@ -111,7 +113,7 @@ impl Gateway {
         config: GatewayConfig,
         payments: impl FnOnce(Db) -> Arc<dyn PaymentsApi>,
     ) -> Result<Self, GatewayError> {
-        let db = Db::connect(config.database_url.expose_secret()).await?;
+        let db = open_database(&config).await?;
         let registry = RegistryHandle::load(&db).await?;
         if config.broker_hook_key.is_none() && config.broker_acl.is_none() {
             let trusting: Vec<String> = registry
@@ -669,6 +671,27 @@ async fn all_connected(mut links: Vec<watch::Receiver<bool>>, all: watch::Sender
         }
     }
     all.send_replace(false);
+}
+
+/// Connects and migrates the database; with a secrets key, device secrets are sealed at rest (those
+/// stored in clear before are sealed now).
+async fn open_database(config: &GatewayConfig) -> Result<Db, GatewayError> {
+    let db = Db::connect(config.database_url.expose_secret()).await?;
+    let Some(key) = &config.secrets_key else {
+        tracing::warn!(
+            "device secrets are stored in clear in the database: set --secrets-key to seal them at rest"
+        );
+        return Ok(db);
+    };
+    let db = db.with_secrets_key(parkflow_db::SecretsKey::new(key.expose_secret())?);
+    let sealed = crate::store::devices::seal_clear_secrets(&db).await?;
+    if sealed > 0 {
+        tracing::info!(
+            devices = sealed,
+            "device secrets stored in clear were sealed"
+        );
+    }
+    Ok(db)
 }
 
 /// Mirrors the MQTT connection state into `parkflow_mqtt_connected`.

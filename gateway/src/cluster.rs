@@ -460,7 +460,7 @@ pub(crate) async fn listen(
     occupancy: OccupancyHandle,
     token: CancellationToken,
 ) {
-    let crate::store::Db::Postgres(pool) = &peers.db else {
+    let parkflow_db::Pool::Postgres(pool) = peers.db.pool() else {
         return;
     };
     let mut backoff = Duration::from_millis(100);

@@ -53,4 +53,6 @@ pub struct GatewayConfig {
     pub vehicle_register_secret: SecretString,
     /// How often each driver's payment mandate is asked about again.
     pub mandate_check: parkflow_billing::mandates::MandateCheck,
+    /// The key device secrets are sealed under at rest (`--secrets-key`); in clear without one.
+    pub secrets_key: Option<SecretString>,
 }

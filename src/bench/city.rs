@@ -448,7 +448,7 @@ fn single_messages(city: &BenchCity, bays: usize) -> anyhow::Result<Vec<(String,
 /// The baseline: the same number of rows bulk-inserted into a bare SQLite table.
 async fn raw_bulk_insert(dir: &std::path::Path, rows: usize) -> anyhow::Result<f64> {
     let db = Db::connect(&format!("sqlite:{}", dir.join("raw.db").display())).await?;
-    let Db::Sqlite(pool) = &db else {
+    let parkflow_db::Pool::Sqlite(pool) = db.pool() else {
         anyhow::bail!("expected sqlite")
     };
     sqlx::query("CREATE TABLE raw_states (lot_id TEXT, bay_id TEXT, occupied INTEGER, seq INTEGER, observed_at TEXT, PRIMARY KEY (lot_id, bay_id))")

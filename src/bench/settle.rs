@@ -42,9 +42,9 @@ const DAYS: i64 = 3;
 /// statement, PostgreSQL 65,535). Fewer steps is faster: each step's enqueue query walks every
 /// session already charged.
 fn batch(db: &Db) -> usize {
-    match db {
-        Db::Sqlite(_) => 8_000,
-        Db::Postgres(_) => 16_000,
+    match db.pool() {
+        parkflow_db::Pool::Sqlite(_) => 8_000,
+        parkflow_db::Pool::Postgres(_) => 16_000,
     }
 }
 

@@ -234,3 +234,85 @@ async fn no_device_takes_the_platforms_client_id() {
     assert_eq!(camera.decide(&read).await.action, GateAction::Open);
     platform.stop().await;
 }
+
+/// The secret a device's row holds, as stored.
+async fn stored_secret(platform: &TestPlatform, device: &DeviceId) -> String {
+    let db = parkflow_db::Db::connect(&platform.database_url)
+        .await
+        .unwrap();
+    let (secret,): (String,) = parkflow_db::query("SELECT secret FROM devices WHERE id = $1")
+        .bind(device.as_str())
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    secret
+}
+
+/// Device signing secrets are sealed at rest under the secrets key: the database alone (a dump, a
+/// backup) does not give them. Secrets stored in clear before a key was configured are sealed at
+/// the next start; the devices go on working; another key opens none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_secrets_are_sealed_at_rest() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 10);
+    let mut platform = TestPlatform::start_with(setup, &world, |config| {
+        config.secrets_key = None;
+    })
+    .await;
+    let clear = stored_secret(&platform, &world.entry_camera).await;
+    assert!(!parkflow_db::sealed::is_sealed(&clear));
+
+    platform.reconfigure(|config| {
+        config.secrets_key = Some(crate::support::SECRETS_KEY.into());
+    });
+    platform.pause().await;
+    platform.resume().await;
+    let sealed = stored_secret(&platform, &world.entry_camera).await;
+    assert!(parkflow_db::sealed::is_sealed(&sealed), "{sealed}");
+    assert!(!sealed.contains(&clear));
+    // The camera still signs with the secret it holds, and is obeyed.
+    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
+    let decided = entry
+        .decide(&entry.read("浙T55555", Direction::Entry))
+        .await;
+    assert_eq!(decided.action, GateAction::Open);
+
+    // A camera registered now: its secret is shown once and stored sealed.
+    let (status, registered) = platform
+        .call(
+            Some(ADMIN_KEY),
+            Method::POST,
+            &format!("/v1/lots/{}/gates", world.lot),
+            Some(&json!({"id": "in-sealed", "direction": "entry"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{registered}");
+    let (status, camera) = platform
+        .call(
+            Some(ADMIN_KEY),
+            Method::POST,
+            &format!("/v1/lots/{}/devices", world.lot),
+            Some(&json!({"id": "cam-sealed", "kind": "gate_camera", "gate": "in-sealed"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{camera}");
+    let shown = camera["secret"].as_str().unwrap();
+    let stored = stored_secret(&platform, &DeviceId::parse("cam-sealed").unwrap()).await;
+    assert!(parkflow_db::sealed::is_sealed(&stored) && !stored.contains(shown));
+
+    // Another key opens nothing: the registry does not load.
+    let db = parkflow_db::Db::connect(&platform.database_url)
+        .await
+        .unwrap()
+        .with_secrets_key(
+            parkflow_db::SecretsKey::new("another-key-of-thirty-two-characters").unwrap(),
+        );
+    assert!(
+        parkflow_gateway::registry::RegistryHandle::load(&db)
+            .await
+            .is_err()
+    );
+    db.close().await;
+    platform.stop().await;
+}

@@ -326,7 +326,7 @@ async fn not_ready_while_database_writes_fail_and_within_a_second_while_it_stall
 
     // A database that takes no new work (here: every connection held, as a stalled server
     // holds them) is a 503 within a second, not a probe that hangs.
-    let Db::Sqlite(pool) = &api.state.db else {
+    let parkflow_db::Pool::Sqlite(pool) = api.state.db.pool() else {
         unreachable!("the API tests run on SQLite")
     };
     let mut held = Vec::new();

@@ -98,7 +98,7 @@ pub(crate) async fn register(
     .bind(device.gate.map(GateId::as_str))
     .bind(device.bay.map(BayId::as_str))
     .bind(password_hash(device.password))
-    .bind(device.secret)
+    .bind(db.seal(device.id.as_str(), device.secret))
     .bind(db_time(now))
     .execute(&mut tx)
     .await?;
@@ -158,10 +158,39 @@ pub(crate) async fn rotate(
     )
     .bind(id.as_str())
     .bind(password_hash(password))
-    .bind(secret)
+    .bind(db.seal(id.as_str(), secret))
     .execute(db)
     .await?;
     Ok(changed == 1)
+}
+
+/// Seals the device secrets stored in clear (written before a secrets key was configured), in
+/// batches; how many. Runs at start when the platform has a secrets key.
+pub(crate) async fn seal_clear_secrets(db: &Db) -> Result<u64, StoreError> {
+    const BATCH: i64 = 5_000;
+    let mut sealed = 0;
+    loop {
+        let clear: Vec<(String, String)> = query(
+            "SELECT id, secret FROM devices WHERE secret NOT LIKE 'enc:v1:%' ORDER BY id LIMIT $1",
+        )
+        .bind(BATCH)
+        .fetch_all(db)
+        .await?;
+        if clear.is_empty() {
+            return Ok(sealed);
+        }
+        let mut tx = db.begin_write().await?;
+        for (id, secret) in &clear {
+            query("UPDATE devices SET secret = $2 WHERE id = $1 AND secret = $3")
+                .bind(id.as_str())
+                .bind(db.seal(id, secret))
+                .bind(secret.as_str())
+                .execute(&mut tx)
+                .await?;
+        }
+        tx.commit().await?;
+        sealed += clear.len() as u64;
+    }
 }
 
 /// Revokes a device (idempotent).

@@ -190,7 +190,7 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
                 .push_bind(device.bay.as_ref().map(BayId::as_str))
                 .push_bind(&device.mqtt_username)
                 .push_bind(password_hash(device.mqtt_password().expose_secret()))
-                .push_bind(device.secret.expose_secret())
+                .push_bind(db.seal(device.id.as_str(), device.secret.expose_secret()))
                 .push_bind(now);
         });
         insert.push(
@@ -256,10 +256,12 @@ pub async fn stored_secrets(
         query("SELECT id, secret FROM devices WHERE revoked_at IS NULL")
             .fetch_all(db)
             .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, secret)| (id, SecretString::from(secret)))
-        .collect())
+    rows.into_iter()
+        .map(|(id, secret)| {
+            let secret = SecretString::from(db.unseal(&id, &secret)?);
+            Ok((id, secret))
+        })
+        .collect()
 }
 
 /// Creates a lot that must not exist yet (an operator's new lot): `false` if the id is taken, in

@@ -182,7 +182,7 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
                 .map_err(|_| corrupt("bay of device", &row.id))?,
             mqtt_username: row.mqtt_username,
             mqtt_password_hash: row.mqtt_password_hash,
-            secret: row.secret.into(),
+            secret: db.unseal(&row.id, &row.secret)?.into(),
             revoked: row.revoked_at.is_some(),
         };
         if let (DeviceKind::GateCamera, false, Some(lot), Some(gate_id)) =
@@ -261,7 +261,7 @@ async fn load_bays(
             .zip(row.bay_id)
             .and_then(|(lot, bay)| builder.find(lot, &bay));
         match bay {
-            Some(bay) => builder.device(&row.id, &row.secret, bay, kind),
+            Some(bay) => builder.device(&row.id, &db.unseal(&row.id, &row.secret)?, bay, kind),
             None => unplaced += 1,
         }
         Ok(())
@@ -317,7 +317,7 @@ pub async fn broker_devices(db: &Db) -> Result<Vec<BrokerDevice>, StoreError> {
     let mut devices = Vec::with_capacity(rows.len());
     let mut unplaced = 0u64;
     for row in rows {
-        match broker_device_of(row)? {
+        match broker_device_of(db, row)? {
             Some(device) => devices.push(device),
             None => unplaced += 1,
         }
@@ -340,7 +340,7 @@ pub async fn broker_device(db: &Db, id: &DeviceId) -> Result<Option<BrokerDevice
     .fetch_optional(db)
     .await?;
     Ok(match row {
-        Some(row) => broker_device_of(row)?,
+        Some(row) => broker_device_of(db, row)?,
         None => None,
     })
 }
@@ -348,7 +348,7 @@ pub async fn broker_device(db: &Db, id: &DeviceId) -> Result<Option<BrokerDevice
 const BROKER_COLUMNS: &str =
     "id, kind, lot_id, gate_id, bay_id, mqtt_username, mqtt_password_hash, secret, revoked_at";
 
-fn broker_device_of(row: DeviceRow) -> Result<Option<BrokerDevice>, StoreError> {
+fn broker_device_of(db: &Db, row: DeviceRow) -> Result<Option<BrokerDevice>, StoreError> {
     let id = DeviceId::parse(&row.id).map_err(|_| corrupt("device id", &row.id))?;
     let lot = row.lot_id.as_deref().and_then(|l| LotId::parse(l).ok());
     let gate = row.gate_id.as_deref().and_then(|g| GateId::parse(g).ok());
@@ -376,7 +376,7 @@ fn broker_device_of(row: DeviceRow) -> Result<Option<BrokerDevice>, StoreError> 
         id,
         client,
         mqtt_username: row.mqtt_username,
+        secret: db.unseal(&row.id, &row.secret)?.into(),
         mqtt_password_hash: row.mqtt_password_hash,
-        secret: row.secret.into(),
     }))
 }

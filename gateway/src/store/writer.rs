@@ -549,7 +549,7 @@ mod tests {
             .connect_with(options)
             .await
             .unwrap();
-        let db = Db::Sqlite(pool.clone());
+        let db = Db::from(parkflow_db::Pool::Sqlite(pool.clone()));
         let metrics = Arc::new(Metrics::new());
         let (handle, writer) = writer(db.clone(), metrics.clone());
         let running = tokio::spawn(writer.run());

@@ -47,6 +47,9 @@ macro_rules! on_each_database {
 
 pub const ADMIN_KEY: &str = "test-admin-key";
 
+/// The key device secrets are sealed under in tests.
+pub const SECRETS_KEY: &str = "test-secrets-key-of-thirty-two-chars";
+
 /// The simulated vehicle register's secret in tests.
 pub const VEHICLE_REGISTER_SECRET: &str = "test-vehicle-register";
 

@@ -202,6 +202,11 @@ impl TestPlatform {
         self.resume().await;
     }
 
+    /// Changes the configuration the next [`TestPlatform::resume`] starts with.
+    pub fn reconfigure(&mut self, configure: impl Fn(&mut PlatformConfig) + Send + Sync + 'static) {
+        self.configure = std::sync::Arc::new(configure);
+    }
+
     /// Stops the platform; [`TestPlatform::resume`] starts it again on the same database.
     pub async fn pause(&mut self) {
         self.stop_platform().await;
@@ -391,6 +396,8 @@ fn config(
     }
     config.admin_key = Some(ADMIN_KEY.into());
     config.vehicle_register_secret = super::VEHICLE_REGISTER_SECRET.into();
+    // Every platform test runs with device secrets sealed at rest.
+    config.secrets_key = Some(super::SECRETS_KEY.into());
     // Tests open many availability streams from one address (the cap has a router test).
     config.max_streams_per_address = 1_000;
     // Billing at test speed: a payment window of two seconds, workers that look often.
