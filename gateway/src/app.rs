@@ -559,6 +559,14 @@ impl Gateway {
             token.clone(),
         ));
         let state = AppState {
+            // Without a broker keeping permission lists, a revoked or rotated device is
+            // disconnected by taking over its session (such a broker kicks it itself).
+            kicker: config.broker_acl.is_none().then(|| {
+                Arc::new(crate::mqtt::kick::Kicker {
+                    mqtt: config.mqtt.clone(),
+                    tls: tls.clone(),
+                })
+            }),
             verifiers: parkflow_billing::claims::Verifiers::shipped(
                 db.clone(),
                 parkflow_billing::claims::SimulatedRegister::new(

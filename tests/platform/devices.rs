@@ -316,3 +316,73 @@ async fn device_secrets_are_sealed_at_rest() {
     db.close().await;
     platform.stop().await;
 }
+
+/// A camera revoked while connected is disconnected at once, not left reading every plate
+/// until it reconnects: the embedded broker checks logins only at CONNECT, so the platform takes
+/// the device's session over. Then it cannot come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_camera_is_disconnected_at_once_and_stays_out() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 10);
+    let platform = TestPlatform::start(setup, &world).await;
+    let (_, password, _) = world
+        .secrets
+        .iter()
+        .find(|(id, ..)| id == &world.exit_camera)
+        .unwrap()
+        .clone();
+    // The camera, connected as itself, listening to everything the embedded broker lets it.
+    let mut options = MqttOptions::new(
+        world.exit_camera.as_str(),
+        &platform.mqtt.0,
+        platform.mqtt.1,
+    );
+    options.set_credentials(world.exit_camera.as_str(), &password);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    loop {
+        if let Event::Incoming(Packet::ConnAck(_)) = eventloop.poll().await.unwrap() {
+            break;
+        }
+    }
+    client
+        .subscribe("parkflow/v1/#", rumqttc::QoS::AtMostOnce)
+        .await
+        .unwrap();
+
+    let path = format!("/v1/devices/{}", world.exit_camera);
+    let revoked_at = std::time::Instant::now();
+    let (status, _) = platform
+        .call(Some(ADMIN_KEY), Method::DELETE, &path, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Its connection ends within two seconds of the revocation.
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if eventloop.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "still connected {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+    // And it is refused when it comes back.
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return ack.code != ConnectReturnCode::Success;
+                }
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(refused, "a revoked camera logged in again");
+    platform.stop().await;
+}

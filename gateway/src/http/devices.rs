@@ -97,6 +97,18 @@ async fn put_in_broker(state: &AppState, id: &DeviceId) {
     }
 }
 
+/// Closes the device's broker connection where the broker would leave it open (no permission
+/// lists kept there): the registry refuses its reconnection. A broker that cannot be reached
+/// now leaves it connected until it reconnects (said in the log).
+async fn disconnect(state: &AppState, id: &DeviceId) {
+    let Some(kicker) = &state.kicker else {
+        return;
+    };
+    if let Err(error) = kicker.disconnect(id.as_str()).await {
+        tracing::warn!(device = %id, %error, "a device whose credentials changed could not be disconnected");
+    }
+}
+
 /// A new device key and the MQTT password derived from it.
 fn credentials(kind: DeviceKind) -> (String, String) {
     let secret = match kind {
@@ -248,6 +260,8 @@ pub(crate) async fn rotate(
     }
     reload(&state).await?;
     put_in_broker(&state, &id).await;
+    // Connected with the old credentials, it is disconnected: it comes back with the new ones.
+    disconnect(&state, &id).await;
     Ok(Json(Credentials {
         device,
         mqtt_password: password,
@@ -289,5 +303,6 @@ pub(crate) async fn revoke(
             message: "revoked in the registry, but the broker could not be told yet: repeat the call (the platform also retries within a minute)".into(),
         });
     }
+    disconnect(&state, &id).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -59,6 +59,8 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     pub gates: GateHandle,
     pub payments: Arc<dyn PaymentsApi>,
+    /// Disconnects a revoked or rotated device from a broker that checks logins only at CONNECT.
+    pub kicker: Option<Arc<crate::mqtt::kick::Kicker>>,
     /// Who checks a driver's proof that a plate is theirs.
     pub verifiers: parkflow_billing::claims::Verifiers,
     pub mqtt_connected: watch::Receiver<bool>,

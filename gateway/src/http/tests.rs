@@ -129,6 +129,7 @@ impl Api {
             metrics: Arc::new(Metrics::new()),
             gates,
             payments: Arc::new(Payments::new(db.clone(), provider)),
+            kicker: None,
             verifiers: parkflow_billing::claims::Verifiers::shipped(
                 db.clone(),
                 parkflow_billing::claims::SimulatedRegister::new("router tests".into()),

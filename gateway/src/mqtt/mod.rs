@@ -10,6 +10,7 @@ pub(crate) mod ack;
 pub(crate) mod bay_ingest;
 pub(crate) mod dynsec;
 pub(crate) mod ingest;
+pub(crate) mod kick;
 pub(crate) mod link;
 pub(crate) mod publish;
 
