@@ -113,3 +113,28 @@ mod tests {
         assert!(SecretsKey::new("short").is_err());
     }
 }
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    /// What sealing costs a city's registry load: `cargo test --release -p parkflow-db --lib
+    /// sealed::cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn unsealing_a_citys_device_secrets() {
+        let key = SecretsKey::new("0123456789abcdef0123456789abcdef").unwrap();
+        let sealed: Vec<(String, String)> = (0..848_000)
+            .map(|i| {
+                let id = format!("bay-sensor-{i}");
+                let secret = key.seal(&id, "00112233445566778899aabbccddeeff");
+                (id, secret)
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        for (id, secret) in &sealed {
+            assert!(key.unseal(id, secret).is_some());
+        }
+        println!("unsealed 848,000 device secrets in {:?}", started.elapsed());
+    }
+}
