@@ -161,6 +161,26 @@ pub async fn reinstate_if_clear(
     Ok(Some(StandingChange::new(driver, plates, false)))
 }
 
+/// A plate's debts from stays nobody enrolled paid for (invoices of the plate with no driver):
+/// they become the debts of the driver who proved the plate theirs, so a claim granted does not
+/// shed them (they were collected only at the plate's next held exit, and a driver on auto-debit
+/// is not held). How many.
+pub(crate) async fn adopt_plate_debts(
+    tx: &mut Tx,
+    driver: Uuid,
+    plate: &parkflow_protocol::Plate,
+) -> Result<u64, StoreError> {
+    query(
+        "UPDATE invoices SET driver_id = $1
+         WHERE plate = $2 AND driver_id IS NULL AND status = $3",
+    )
+    .bind(driver)
+    .bind(plate.as_str())
+    .bind(InvoiceStatus::Open.as_str())
+    .execute(tx)
+    .await
+}
+
 /// A driver's leave-first privilege changed; the gateway must know their plates' new standing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StandingChange {

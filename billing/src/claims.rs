@@ -114,6 +114,14 @@ pub enum Proof {
 }
 
 impl Proof {
+    /// The payment a receipt names (used once).
+    pub fn receipt(&self) -> Option<Uuid> {
+        match self {
+            Self::Receipt(payment) => Some(*payment),
+            Self::Registration(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> ProofKind {
         match self {
             Self::Registration(_) => ProofKind::Registration,
@@ -261,10 +269,15 @@ impl PlateVerifier for ReceiptProof {
             let Proof::Receipt(payment) = proof else {
                 return Err(VerifyError::Unsupported);
             };
+            // The plate the camera read at the held exit the payment let out (not what the
+            // stay was matched under), paid within the last days, and never used before.
             let paid: Option<(Uuid,)> = query(
-                "SELECT p.id FROM payments p JOIN sessions s ON s.id = p.session_id
+                "SELECT p.id FROM payments p
+                 JOIN gate_reads r ON r.session_id = p.session_id
+                     AND r.action = 'hold' AND r.reason = 'payment_required'
                  WHERE p.id = $1 AND p.kind = 'exit' AND p.status = 'succeeded'
-                   AND (s.plate = $2 OR s.billed_plate = $2) AND p.created_at >= $3",
+                   AND r.plate = $2 AND p.created_at >= $3
+                   AND NOT EXISTS (SELECT 1 FROM plate_claims c WHERE c.receipt = $1)",
             )
             .bind(*payment)
             .bind(plate.as_str())
@@ -307,21 +320,23 @@ pub async fn open(
     color: Option<PlateColor>,
     now: DateTime<Utc>,
 ) -> Result<Claim, StoreError> {
-    if let Some(live) = live(tx, driver, plate).await? {
-        return Ok(live);
-    }
-    query(format!(
+    // A claim made at the same moment by another request of the driver's is the same claim.
+    query(
         "INSERT INTO plate_claims (id, driver_id, plate, plate_color, status, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
-    ))
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (driver_id, plate) WHERE status IN ('pending', 'disputed') DO NOTHING",
+    )
     .bind(Uuid::now_v7())
     .bind(driver)
     .bind(plate.as_str())
     .bind(color.map(PlateColor::as_str))
     .bind(ClaimStatus::Pending.as_str())
     .bind(db_time(now))
-    .fetch_one(tx)
-    .await
+    .execute(&mut *tx)
+    .await?;
+    live(tx, driver, plate)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("a live claim vanished".into()))
 }
 
 async fn live(tx: &mut Tx, driver: Uuid, plate: &Plate) -> Result<Option<Claim>, StoreError> {
@@ -368,39 +383,60 @@ pub async fn queue(db: &Db, status: ClaimStatus, limit: u32) -> Result<Vec<Claim
 }
 
 /// Live claims and plates of a driver: what counts against how many they may hold.
-pub async fn held_or_claimed(db: &Db, driver: Uuid) -> Result<i64, StoreError> {
+pub async fn held_or_claimed(
+    on: impl parkflow_db::Executor<'_>,
+    driver: Uuid,
+) -> Result<i64, StoreError> {
     let (count,): (i64,) = query(
         "SELECT (SELECT COUNT(*) FROM driver_plates WHERE driver_id = $1)
               + (SELECT COUNT(*) FROM plate_claims
                  WHERE driver_id = $1 AND status IN ('pending', 'disputed'))",
     )
     .bind(driver)
-    .fetch_one(db)
+    .fetch_one(on)
     .await?;
     Ok(count)
 }
 
-/// A live claim proven by `kind`: the plate becomes the driver's when nobody else holds it;
-/// otherwise the claim is disputed and waits for an operator. The claim as it is now.
+/// A live claim proven by `kind` (with the receipt it used, if one): the plate becomes the
+/// driver's when nobody else holds it; otherwise the claim is disputed and waits for an operator.
+/// The claim as it is now (as it was, when it was decided meanwhile).
 pub async fn proven(
     tx: &mut Tx,
-    claim: &Claim,
+    claim: Uuid,
     kind: ProofKind,
+    receipt: Option<Uuid>,
     now: DateTime<Utc>,
 ) -> Result<Claim, StoreError> {
+    let claim = get(&mut *tx, claim)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("claim {claim} vanished")))?;
     if !claim.status.is_live() {
-        return Ok(claim.clone());
+        return Ok(claim);
     }
-    let plate = Plate::parse(&claim.plate)
-        .map_err(|_| StoreError::Corrupt(format!("plate of claim {}", claim.id)))?;
+    let plate = stored_plate(&claim)?;
     let color = claim.plate_color.as_deref().and_then(PlateColor::parse);
-    let taken = crate::drivers::take_free_plate(tx, claim.driver_id, &plate, color, now).await?;
-    let (status, reason) = if taken == claim.driver_id {
+    let holder = crate::drivers::take_free_plate(tx, claim.driver_id, &plate, color, now).await?;
+    let (status, reason) = if holder == claim.driver_id {
+        crate::arrears::adopt_plate_debts(tx, claim.driver_id, &plate).await?;
         (ClaimStatus::Granted, "")
     } else {
         (ClaimStatus::Disputed, "another driver holds the plate")
     };
-    settle(tx, claim.id, status, Some(kind), reason, now).await
+    if let Some(receipt) = receipt {
+        query("UPDATE plate_claims SET receipt = $2 WHERE id = $1")
+            .bind(claim.id)
+            .bind(receipt)
+            .execute(&mut *tx)
+            .await?;
+    }
+    settle(tx, &claim, status, Some(kind), reason, now).await
+}
+
+/// The plate of a stored claim.
+fn stored_plate(claim: &Claim) -> Result<Plate, StoreError> {
+    Plate::parse(&claim.plate)
+        .map_err(|_| StoreError::Corrupt(format!("plate of claim {}", claim.id)))
 }
 
 /// An operator's answer to a claim.
@@ -441,43 +477,62 @@ pub async fn decide(
         return Ok(Decided::Settled(claim));
     }
     if decision == Decision::Reject {
-        let claim = settle(tx, id, ClaimStatus::Rejected, claim.proof, reason, now).await?;
-        return Ok(Decided::Done(claim));
+        let settled = settle(tx, &claim, ClaimStatus::Rejected, claim.proof, reason, now).await?;
+        return Ok(match settled.status {
+            ClaimStatus::Rejected => Decided::Done(settled),
+            _ => Decided::Settled(settled),
+        });
     }
-    let plate = Plate::parse(&claim.plate)
-        .map_err(|_| StoreError::Corrupt(format!("plate of claim {id}")))?;
+    let plate = stored_plate(&claim)?;
     match crate::drivers::release_plate(tx, &plate).await? {
         crate::drivers::Change::Done | crate::drivers::Change::NotFound => {}
         crate::drivers::Change::Owing => return Ok(Decided::Owing),
         crate::drivers::Change::Parked => return Ok(Decided::Parked),
     }
     let color = claim.plate_color.as_deref().and_then(PlateColor::parse);
-    crate::drivers::take_free_plate(tx, claim.driver_id, &plate, color, now).await?;
+    let holder = crate::drivers::take_free_plate(tx, claim.driver_id, &plate, color, now).await?;
+    if holder != claim.driver_id {
+        // Taken by another claim in between: this one stays as it was, for another decision.
+        return Ok(Decided::Settled(claim));
+    }
+    crate::arrears::adopt_plate_debts(tx, claim.driver_id, &plate).await?;
     let proof = claim.proof.unwrap_or(ProofKind::Operator);
-    let claim = settle(tx, id, ClaimStatus::Granted, Some(proof), reason, now).await?;
-    Ok(Decided::Done(claim))
+    let settled = settle(tx, &claim, ClaimStatus::Granted, Some(proof), reason, now).await?;
+    // Decided by someone else meanwhile: the caller rolls back the hand-over.
+    Ok(match settled.status {
+        ClaimStatus::Granted => Decided::Done(settled),
+        _ => Decided::Settled(settled),
+    })
 }
 
+/// Moves a live claim to `status`; a claim decided meanwhile (by an operator, or another proof)
+/// stays as it was, and is what this answers.
 async fn settle(
     tx: &mut Tx,
-    id: Uuid,
+    claim: &Claim,
     status: ClaimStatus,
     proof: Option<ProofKind>,
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Claim, StoreError> {
     let decided = (!status.is_live()).then(|| db_time(now));
-    query(format!(
+    let settled: Option<Claim> = query(format!(
         "UPDATE plate_claims SET status = $2, proof = $3, reason = $4, decided_at = $5
-         WHERE id = $1 RETURNING {COLUMNS}"
+         WHERE id = $1 AND status IN ('pending', 'disputed') RETURNING {COLUMNS}"
     ))
-    .bind(id)
+    .bind(claim.id)
     .bind(status.as_str())
     .bind(proof.map(ProofKind::as_str))
     .bind(reason)
     .bind(decided)
-    .fetch_one(tx)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    match settled {
+        Some(claim) => Ok(claim),
+        None => get(tx, claim.id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("claim {} vanished", claim.id))),
+    }
 }
 
 #[cfg(test)]

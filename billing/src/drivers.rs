@@ -339,6 +339,16 @@ pub(crate) async fn mandates_due(
     .await
 }
 
+/// Which answer a mandate's new state is: of a request (the driver is waiting for one), or of a
+/// check of the mandate the driver holds. A state is recorded only while the driver is still
+/// where the question was asked from: a withdrawal of consent, a newer request or another account
+/// in between make the answer stale, and it changes nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Answering<'a> {
+    Request,
+    Check(&'a str),
+}
+
 /// Records where `driver`'s mandate stands: auto-debit is on exactly while it is active. The
 /// driver's new standing when that turned auto-debit on or off.
 pub(crate) async fn set_mandate(
@@ -346,6 +356,7 @@ pub(crate) async fn set_mandate(
     driver: Uuid,
     state: MandateState,
     reference: Option<&str>,
+    answering: Answering<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<StandingChange>, StoreError> {
     let active = state == MandateState::Active;
@@ -358,19 +369,27 @@ pub(crate) async fn set_mandate(
     let Some((was_active, status)) = before else {
         return Ok(None);
     };
-    query(
+    let still = match answering {
+        Answering::Request => "mandate_status = 'unconfirmed'",
+        Answering::Check(_) => {
+            "mandate_status = 'active' AND auto_debit = TRUE AND mandate_ref = $6"
+        }
+    };
+    let mut update = query(format!(
         "UPDATE drivers SET auto_debit = $2, mandate_status = $3, mandate_ref = $4,
              mandate_checked_at = $5
-         WHERE id = $1",
-    )
+         WHERE id = $1 AND {still}"
+    ))
     .bind(driver)
     .bind(active)
     .bind(state.as_str())
     .bind(reference.filter(|_| active))
-    .bind(db_time(now))
-    .execute(&mut tx)
-    .await?;
-    let change = if was_active == active {
+    .bind(db_time(now));
+    if let Answering::Check(reference) = answering {
+        update = update.bind(reference);
+    }
+    let updated = update.execute(&mut tx).await?;
+    let change = if updated == 0 || was_active == active {
         None
     } else {
         let plates: Vec<(String, bool)> = query(crate::arrears::DRIVER_PLATES)
@@ -386,10 +405,25 @@ pub(crate) async fn set_mandate(
     Ok(change)
 }
 
+/// A mandate taken for a check now: not due again before the next interval, whatever the
+/// provider answers (or if it cannot be asked), its state left as it is.
+pub(crate) async fn mandate_asked(
+    db: &Db,
+    driver: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    query("UPDATE drivers SET mandate_checked_at = $2 WHERE id = $1")
+        .bind(driver)
+        .bind(db_time(now))
+        .execute(db)
+        .await
+        .map(drop)
+}
+
 /// Marks `driver` as waiting for a mandate (consent given, not confirmed yet): if asking the
 /// provider fails now, the next check asks again.
 pub async fn awaiting_mandate(
-    tx: &mut Tx,
+    on: impl parkflow_db::Executor<'_>,
     driver: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -397,7 +431,7 @@ pub async fn awaiting_mandate(
         .bind(driver)
         .bind(MandateState::Unconfirmed.as_str())
         .bind(db_time(now))
-        .execute(tx)
+        .execute(on)
         .await
         .map(drop)
 }

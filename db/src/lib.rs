@@ -215,6 +215,13 @@ impl Db {
     /// has no key, or not the key it was sealed under, or it belongs to another row.
     pub fn unseal(&self, owner: &str, stored: &str) -> Result<String, StoreError> {
         if !sealed::is_sealed(stored) {
+            // With a key, every secret was sealed at start: one in clear now was written by
+            // something that should not write secrets (or a node without the key).
+            if self.secrets.is_some() {
+                return Err(StoreError::Corrupt(format!(
+                    "the secret of {owner} is stored in clear although secrets are sealed"
+                )));
+            }
             return Ok(stored.to_owned());
         }
         let key = self.secrets.as_ref().ok_or_else(|| {

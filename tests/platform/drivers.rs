@@ -345,6 +345,23 @@ async fn a_receipt_from_the_plates_held_exit_proves_it() {
         ),
         (&json!("granted"), &json!("receipt"))
     );
+    // A receipt proves a plate once: shown again (by whoever else got hold of it), it proves
+    // nothing.
+    let (_, copycat) = enrol(&platform, "Copycat", plate, None).await;
+    let copycat_claim = copycat["claims"][0]["id"].as_str().unwrap();
+    let (status, _) = call(
+        &platform,
+        copycat["api_key"].as_str(),
+        Method::POST,
+        &format!("/v1/me/claims/{copycat_claim}/proof"),
+        Some(json!({"receipt": receipt})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a receipt used twice"
+    );
     // From now on the car leaves first and pays later.
     entry
         .decide(&entry.read_at(

@@ -245,6 +245,8 @@ pub(crate) async fn update_me(
     let before = drivers::driver(&state.db, driver)
         .await?
         .ok_or(ApiError::NotFound("driver"))?;
+    let account_before = drivers::payment_account(&state.db, driver).await?;
+    let new_account = account.is_some() && account != account_before;
     let change = drivers::update(
         &state.db,
         driver,
@@ -254,10 +256,11 @@ pub(crate) async fn update_me(
     )
     .await?;
     refuse_while_owing(change, "driver")?;
-    // Consent given, or a new account while consenting: the provider is asked for a mandate,
-    // and auto-debit is on once it confirms.
-    let consenting = request.auto_debit_consent == Some(true)
-        || (!withdrawn && account.is_some() && before.mandate.is_some());
+    // Consent given (and no mandate active on this account), or a new account while
+    // consenting: the provider is asked for a mandate, and auto-debit is on once it confirms.
+    let active = before.mandate == Some(parkflow_billing::mandates::MandateState::Active);
+    let consenting = (request.auto_debit_consent == Some(true) && (!active || new_account))
+        || (!withdrawn && new_account && before.mandate.is_some());
     if consenting {
         let account = match account {
             Some(account) => account,
@@ -358,20 +361,21 @@ pub(crate) async fn add_plate(
     let me = drivers::driver(&state.db, driver)
         .await?
         .ok_or(ApiError::NotFound("driver"))?;
-    if claims::held_or_claimed(&state.db, driver).await? >= MAX_PLATES as i64 {
-        return Err(ApiError::bad_request(
-            "too_many_plates",
-            format!("a driver holds and claims at most {MAX_PLATES} plates"),
-        ));
-    }
     let claimed = drivers::claim_plate(
         &state.db,
         &state.verifiers,
         driver,
         request.parse()?,
+        MAX_PLATES,
         Utc::now(),
     )
-    .await?;
+    .await?
+    .ok_or_else(|| {
+        ApiError::bad_request(
+            "too_many_plates",
+            format!("a driver holds and claims at most {MAX_PLATES} plates"),
+        )
+    })?;
     tell_gates(&state, std::slice::from_ref(&claimed), standing_of(&me)).await;
     Ok((StatusCode::CREATED, Json(claimed.into())))
 }

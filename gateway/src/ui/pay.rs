@@ -5,7 +5,7 @@
 //! An app asking for JSON gets the same facts as JSON. No script: it works in any browser.
 
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
@@ -69,8 +69,12 @@ pub(crate) async fn page_or_due(
         Err(_) => Ok((Uuid::nil(), None)),
     };
     let text = Text::of(lang);
-    let path = format!("/v1/sessions/{id}/pay");
-    match (due, wants_html) {
+    // The page's own address, from the parsed id (never the raw path).
+    let path = format!(
+        "/v1/sessions/{}/pay",
+        due.as_ref().map_or(Uuid::nil(), |(session, _)| *session)
+    );
+    let mut response = match (due, wants_html) {
         (Ok((session, Some(due))), true) => {
             let body = match due.payment {
                 ExitPayment::Due => due_form(&state, session, &due, lang, None),
@@ -109,7 +113,15 @@ pub(crate) async fn page_or_due(
             crate::http::error::ApiError::NotFound("held exit").into_response()
         }
         (Err(()), false) => crate::http::error::ApiError::Unavailable.into_response(),
-    }
+    };
+    // What is due changes, and the same address answers HTML or JSON.
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("accept, accept-language"),
+    );
+    response
 }
 
 /// The form's fields. Holding a payment account, not `Debug`.
@@ -139,7 +151,10 @@ pub(crate) async fn submit(
         &headers,
     );
     let text = Text::of(lang);
-    let path = format!("/v1/sessions/{id}/pay");
+    let path = format!(
+        "/v1/sessions/{}/pay",
+        Uuid::parse_str(&id).unwrap_or(Uuid::nil())
+    );
     let not_found = || {
         respond(
             StatusCode::NOT_FOUND,
