@@ -104,6 +104,11 @@ pub struct Gateway {
     node: Option<(Leases, Arc<Ownership>)>,
     /// The broker's TLS, if any.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Barrier calls to off-the-shelf cameras, and the task that makes them.
+    relay: (
+        crate::anpr::barrier::BarrierRelay,
+        crate::anpr::barrier::RelayTask,
+    ),
 }
 
 impl Gateway {
@@ -214,12 +219,13 @@ impl Gateway {
             None => writer,
         };
         let (occupancy, occupancy_rx) = OccupancyHandle::channel();
+        let (relay, relay_task) = crate::anpr::barrier::BarrierRelay::new(metrics.clone());
         let actor = GateActor::load(
             config.decisions.clone(),
             db.clone(),
             registry.clone(),
             writer_handle,
-            CommandPublisher::new(client.clone()),
+            CommandPublisher::new(client.clone()).with_relay(relay.clone()),
             metrics.clone(),
             ownership.clone(),
         )
@@ -276,6 +282,7 @@ impl Gateway {
             broker_acl,
             node,
             tls,
+            relay: (relay, relay_task),
         })
     }
 
@@ -347,6 +354,7 @@ impl Gateway {
             broker_acl,
             node,
             tls,
+            relay: (relay, relay_task),
             ..
         } = self;
         let tracker = TaskTracker::new();
@@ -558,7 +566,9 @@ impl Gateway {
             config.mandate_check.every,
             token.clone(),
         ));
+        tracker.spawn(relay_task.run(token.clone()));
         let state = AppState {
+            relay,
             // Without a broker keeping permission lists, a revoked or rotated device is
             // disconnected by taking over its session (such a broker kicks it itself).
             kicker: config.broker_acl.is_none().then(|| {

@@ -10,6 +10,7 @@
 
 #![warn(unreachable_pub)]
 
+mod anpr;
 mod app;
 mod availability;
 pub mod cluster;

@@ -29,6 +29,8 @@ pub struct Metrics {
     registry: Registry,
     pub plate_reads: Counter,
     pub barrier_commands: Family<ActionLabel, Counter>,
+    /// Barrier calls to off-the-shelf cameras, by result (`ok`, `failed`).
+    pub barrier_calls: Family<OutcomeLabel, Counter>,
     pub sessions_opened: Counter,
     pub sessions_closed: Counter,
     pub fees_minor: Counter,
@@ -77,6 +79,12 @@ impl Metrics {
             "barrier_commands",
             "Barrier commands published, by action",
             barrier_commands.clone(),
+        );
+        let barrier_calls = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "barrier_calls",
+            "Barrier calls to off-the-shelf ANPR cameras, by outcome",
+            barrier_calls.clone(),
         );
         let sessions_opened = Counter::default();
         registry.register(
@@ -235,6 +243,7 @@ impl Metrics {
             registry,
             plate_reads,
             barrier_commands,
+            barrier_calls,
             sessions_opened,
             sessions_closed,
             fees_minor,

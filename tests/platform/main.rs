@@ -9,6 +9,7 @@
 #[macro_use]
 mod support;
 
+mod anpr;
 mod arrears;
 mod authz;
 mod billing;

@@ -13,6 +13,7 @@ use super::AppState;
 use super::auth::{Scope, Staff, StaffAdmin};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
+use crate::anpr::Vendor;
 use crate::registry::{
     DeviceKind, PLATFORM_CLIENT_PREFIX, is_platform_client_id, mqtt_password, random_device_key,
     random_secret,
@@ -33,16 +34,67 @@ impl From<DeviceError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// Holding an ANPR camera's control password, it is not `Debug`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"id": "cam-westlake-in-1", "kind": "gate_camera", "gate": "in-1"}))]
 pub(crate) struct DeviceRequest {
     id: String,
-    kind: DeviceKind,
+    kind: RequestKind,
     /// A gate camera's gate.
     gate: Option<String>,
     /// A bay sensor's or bay camera's bay.
     bay: Option<String>,
+    /// An `anpr_http` camera's vendor.
+    #[serde(default)]
+    vendor: Option<Vendor>,
+    /// How an `anpr_http` camera's barrier opens.
+    #[serde(default)]
+    control: Option<ControlRequest>,
+    /// Networks an `anpr_http` camera may send from (CIDRs; any when absent).
+    #[serde(default)]
+    allow_from: Vec<String>,
+}
+
+/// What is registered: a device of the MQTT protocol, or an off-the-shelf ANPR camera that
+/// pushes its vendor's HTTP events (`POST /v1/anpr/{device}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RequestKind {
+    GateCamera,
+    BaySensor,
+    BayCamera,
+    Bridge,
+    AnprHttp,
+}
+
+impl RequestKind {
+    /// What it is in the registry: an ANPR camera is its gate's camera.
+    fn device_kind(self) -> DeviceKind {
+        match self {
+            Self::GateCamera | Self::AnprHttp => DeviceKind::GateCamera,
+            Self::BaySensor => DeviceKind::BaySensor,
+            Self::BayCamera => DeviceKind::BayCamera,
+            Self::Bridge => DeviceKind::Bridge,
+        }
+    }
+}
+
+/// How an ANPR camera's barrier opens: the vendor's HTTP call at `url` (Hikvision ISAPI
+/// barrier-gate control, Dahua's `openStrobe`, else a generic relay receiving the decision as
+/// JSON), or a ParkFlow MQTT barrier controller on the gate's `command` topic. Holding a
+/// password, not `Debug`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum ControlRequest {
+    Http {
+        url: String,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+    },
+    Mqtt,
 }
 
 /// A device with the credentials it connects and signs with: shown only in this answer (and,
@@ -109,6 +161,65 @@ async fn disconnect(state: &AppState, id: &DeviceId) {
     }
 }
 
+/// An `anpr_http` camera's settings, checked; `None` for other kinds (which may not give them).
+fn anpr_settings(request: &DeviceRequest) -> Result<Option<devices::NewAnpr>, ApiError> {
+    let given =
+        request.vendor.is_some() || request.control.is_some() || !request.allow_from.is_empty();
+    if request.kind != RequestKind::AnprHttp {
+        return if given {
+            Err(ApiError::bad_request(
+                "invalid_anpr",
+                "vendor, control and allow_from are an anpr_http camera's",
+            ))
+        } else {
+            Ok(None)
+        };
+    }
+    let vendor = request.vendor.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_anpr",
+            "an anpr_http camera names its vendor: hikvision, dahua, axis, platerecognizer or openalpr",
+        )
+    })?;
+    let control = match &request.control {
+        None | Some(ControlRequest::Mqtt) => None,
+        Some(ControlRequest::Http {
+            url,
+            username,
+            password,
+        }) => {
+            let url = url::Url::parse(url)
+                .map_err(|e| ApiError::bad_request("invalid_anpr", format!("control.url: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ApiError::bad_request(
+                    "invalid_anpr",
+                    "control.url is an http or https address",
+                ));
+            }
+            Some(crate::anpr::barrier::HttpControl {
+                vendor,
+                url: url.to_string(),
+                username: username.clone(),
+                password: password.clone().map(Into::into),
+            })
+        }
+    };
+    let allow_from = request
+        .allow_from
+        .iter()
+        .map(|net| {
+            net.parse::<ipnet::IpNet>().map_err(|_| {
+                ApiError::bad_request("invalid_anpr", format!("allow_from: {net:?} is not a CIDR"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(devices::NewAnpr {
+        vendor,
+        control,
+        allow_from,
+    }))
+}
+
 /// A new device key and the MQTT password derived from it.
 fn credentials(kind: DeviceKind) -> (String, String) {
     let secret = match kind {
@@ -148,7 +259,9 @@ pub(crate) async fn register(
     }
     let registry = state.registry.snapshot();
     let lot_idx = registry.lot_by_id(&lot).map(|l| l.idx);
-    let (gate, bay) = match (request.kind, request.gate, request.bay) {
+    let anpr = anpr_settings(&request)?;
+    let kind = request.kind.device_kind();
+    let (gate, bay) = match (kind, request.gate, request.bay) {
         (DeviceKind::GateCamera, Some(gate), None) => {
             let gate = GateId::parse(&gate)
                 .map_err(|e| ApiError::bad_request("invalid_gate", e.to_string()))?;
@@ -181,17 +294,18 @@ pub(crate) async fn register(
             ));
         }
     };
-    let (password, secret) = credentials(request.kind);
+    let (password, secret) = credentials(kind);
     devices::register(
         &state.db,
         &NewDevice {
             id: &id,
-            kind: request.kind,
+            kind,
             lot: &lot,
             gate: gate.as_ref(),
             bay: bay.as_ref(),
             password: &password,
             secret: &secret,
+            anpr: anpr.as_ref(),
         },
         Utc::now(),
     )
@@ -230,6 +344,54 @@ pub(crate) async fn list(
     Ok(Json(devices::of_lot(&state.db, &lot, MAX_LIST).await?))
 }
 
+/// A lane of a lot: its gate, its camera, and (for an off-the-shelf camera opening its barrier
+/// over HTTP) the last barrier call and how it went.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct LaneView {
+    gate: String,
+    camera: Option<String>,
+    vendor: Option<Vendor>,
+    last_barrier_call: Option<crate::anpr::barrier::CallOutcome>,
+}
+
+/// `GET /v1/lots/{lot}/lanes`
+#[utoipa::path(
+    get, path = "/v1/lots/{lot}/lanes", tag = "operators",
+    security(("api_key" = [])),
+    params(("lot" = String, Path, description = "Lot id")),
+    responses(
+        (status = 200, description = "The lot's lanes, with each off-the-shelf camera's last barrier call (a failed one shows `ok: false` and why)", body = [LaneView]),
+        (status = 404, description = "No such lot (or not this caller's)", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn lanes(
+    Staff(scope): Staff,
+    State(state): State<AppState>,
+    ApiPath(lot): ApiPath<String>,
+) -> Result<Json<Vec<LaneView>>, ApiError> {
+    let lot = own_lot(&state, &scope, &lot)?;
+    let registry = state.registry.snapshot();
+    let lot = registry.lot_by_id(&lot).ok_or(ApiError::NotFound("lot"))?;
+    let calls = state.relay.outcomes_of(&lot.id);
+    let lanes = registry
+        .gates()
+        .filter(|gate| gate.lot == lot.idx)
+        .map(|gate| {
+            let camera = gate.camera.as_ref().and_then(|id| registry.device(id));
+            LaneView {
+                gate: gate.id.to_string(),
+                camera: camera.map(|c| c.id.to_string()),
+                vendor: camera.and_then(|c| c.anpr.as_ref()).map(|a| a.vendor),
+                last_barrier_call: calls
+                    .iter()
+                    .find(|(g, _)| g == &gate.id)
+                    .map(|(_, outcome)| outcome.clone()),
+            }
+        })
+        .collect();
+    Ok(Json(lanes))
+}
+
 /// `POST /v1/devices/{id}/rotate`: new credentials, shown once; the old ones stop working.
 #[utoipa::path(
     post, path = "/v1/devices/{id}/rotate", tag = "operators",
@@ -250,6 +412,7 @@ pub(crate) async fn rotate(
         .await?
         .ok_or(ApiError::NotFound("device"))?;
     let kind = DeviceKind::parse(&device.kind)
+        .or((device.kind == devices::ANPR_KIND).then_some(DeviceKind::GateCamera))
         .ok_or_else(|| ApiError::Store(crate::store::StoreError::Corrupt("device kind".into())))?;
     let (password, secret) = credentials(kind);
     if !devices::rotate(&state.db, &id, &password, &secret).await? {

@@ -59,6 +59,8 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     pub gates: GateHandle,
     pub payments: Arc<dyn PaymentsApi>,
+    /// Barrier calls to off-the-shelf cameras, and each lane's last one.
+    pub relay: crate::anpr::barrier::BarrierRelay,
     /// Disconnects a revoked or rotated device from a broker that checks logins only at CONNECT.
     pub kicker: Option<Arc<crate::mqtt::kick::Kicker>>,
     /// Who checks a driver's proof that a plate is theirs.
@@ -160,6 +162,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(devices::list, devices::register))
         .routes(routes!(devices::rotate))
         .routes(routes!(devices::revoke))
+        .routes(routes!(devices::lanes))
         .routes(routes!(audit::manual_open))
         // Sessions, review and audit.
         .routes(routes!(sessions::list))
@@ -204,11 +207,22 @@ pub(crate) fn router(state: AppState) -> Router {
             bytes::Bytes::new()
         }
     });
+    // ANPR cameras' events carry pictures: their own route, with its own body limit.
+    let anpr = Router::new()
+        .route(
+            "/v1/anpr/{device}",
+            axum::routing::post(crate::anpr::intake::intake),
+        )
+        .with_state(state.clone())
+        .layer(RequestBodyLimitLayer::new(
+            crate::anpr::intake::MAX_EVENT_BYTES,
+        ));
     routes
         .fallback(|| async { error::ApiError::NotFound("route") })
         .with_state(state)
         .layer(Extension(document))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .merge(anpr)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,

@@ -19,6 +19,8 @@ use utoipa::{Modify, OpenApi};
         license(name = "Apache-2.0")
     ),
     modifiers(&ApiKeys),
+    // Served beside the router (its own body limit): see `http::router`.
+    paths(crate::anpr::intake::intake),
     tags(
         (name = "public", description = "Availability, feeds, tariffs and quotes: no key, rate-limited per client"),
         (name = "drivers", description = "A driver's own plates, sessions and invoices (driver key); enrolment and exit payments need none"),
@@ -26,6 +28,7 @@ use utoipa::{Modify, OpenApi};
         (name = "sessions", description = "Sessions, the review queue and the audit trail"),
         (name = "billing", description = "Settlements, refunds, reconciliation and reports"),
         (name = "ops", description = "Health, readiness and metrics"),
+        (name = "devices", description = "Off-the-shelf ANPR cameras push their vendor's plate events (HTTP Basic: the device id and its password)"),
         (name = "broker", description = "For MQTT brokers (EMQX, VerneMQ) that ask the platform who may connect and what each client may publish or subscribe to (`--broker-hook-key`)"),
     )
 )]

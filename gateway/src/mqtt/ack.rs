@@ -24,28 +24,54 @@ enum AckEvent {
     Reconnected,
 }
 
-/// Proof that a message still needs finishing; dropping it marks the message finished.
+/// Proof that a message still needs finishing; dropping it marks the message finished: a broker
+/// message is acknowledged (in arrival order), an HTTP request ([`Ticket::recorded`]) answered.
 #[derive(Debug)]
 pub struct Ticket {
     seq: u64,
-    tx: mpsc::Sender<AckEvent>,
+    to: Finish,
     abandoned: bool,
 }
 
+/// Whom a finished ticket tells.
+#[derive(Debug)]
+enum Finish {
+    /// The acker, which acknowledges the broker message.
+    Acker(mpsc::Sender<AckEvent>),
+    /// Whoever waits to answer an HTTP request (an ANPR camera's event).
+    Waiter(Option<tokio::sync::oneshot::Sender<()>>),
+}
+
 impl Ticket {
+    /// A ticket for a read that came over HTTP: the receiver hears when it is finished (on
+    /// record), and hears nothing (the sender dropped) when it was given up.
+    pub(crate) fn recorded() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ticket = Self {
+            seq: 0,
+            to: Finish::Waiter(Some(tx)),
+            abandoned: false,
+        };
+        (ticket, rx)
+    }
+
     /// Gives the message up unfinished (its owner is gone): it is never acknowledged, so the
     /// broker delivers it again after the reconnection (and nothing after it is acknowledged
-    /// before then — acknowledgements go in arrival order).
+    /// before then — acknowledgements go in arrival order); an HTTP sender is told to retry.
     pub fn abandon(mut self) {
         self.abandoned = true;
     }
 
     /// Finishes the message by publishing it again, unchanged (its signature still holds), for
     /// the gateway node that runs its lot now, then acknowledging it: a message this node
-    /// received for a lot it no longer holds is not lost with it.
+    /// received for a lot it no longer holds is not lost with it. (An HTTP read cannot be
+    /// published again: its sender is told to retry, and reaches the right node then.)
     pub fn forward(mut self) {
         self.abandoned = true;
-        if self.tx.try_send(AckEvent::Forward(self.seq)).is_err() {
+        let Finish::Acker(tx) = &self.to else {
+            return;
+        };
+        if tx.try_send(AckEvent::Forward(self.seq)).is_err() {
             tracing::error!(
                 seq = self.seq,
                 "ack channel full or closed; message will be re-delivered"
@@ -59,13 +85,22 @@ impl Drop for Ticket {
         if self.abandoned {
             return;
         }
-        // At most one `Finished` per outstanding ticket, and outstanding tickets are bounded by the
-        // broker's in-flight window, far below the channel's capacity.
-        if self.tx.try_send(AckEvent::Finished(self.seq)).is_err() {
-            tracing::error!(
-                seq = self.seq,
-                "ack channel full or closed; message will be re-delivered"
-            );
+        match &mut self.to {
+            // At most one `Finished` per outstanding ticket, and outstanding tickets are bounded
+            // by the broker's in-flight window, far below the channel's capacity.
+            Finish::Acker(tx) => {
+                if tx.try_send(AckEvent::Finished(self.seq)).is_err() {
+                    tracing::error!(
+                        seq = self.seq,
+                        "ack channel full or closed; message will be re-delivered"
+                    );
+                }
+            }
+            Finish::Waiter(waiter) => {
+                if let Some(waiter) = waiter.take() {
+                    let _ = waiter.send(());
+                }
+            }
         }
     }
 }
@@ -95,7 +130,7 @@ impl TicketIssuer {
         self.tx.send(AckEvent::Arrived(seq, publish)).await.ok()?;
         Some(Ticket {
             seq,
-            tx: self.tx.clone(),
+            to: Finish::Acker(self.tx.clone()),
             abandoned: false,
         })
     }
@@ -284,13 +319,13 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let abandoned = Ticket {
             seq: 1,
-            tx: tx.clone(),
+            to: Finish::Acker(tx.clone()),
             abandoned: false,
         };
         abandoned.abandon();
         drop(Ticket {
             seq: 2,
-            tx,
+            to: Finish::Acker(tx),
             abandoned: false,
         });
         assert!(matches!(rx.try_recv(), Ok(AckEvent::Finished(2))));

@@ -12,15 +12,26 @@ use crate::registry::{Lot, Registry};
 #[error("failed to queue a barrier command")]
 pub struct PublishError(#[from] rumqttc::ClientError);
 
-/// Publishes commands to gates.
+/// Publishes commands to gates (and hands those of lanes with an off-the-shelf camera to the
+/// barrier relay, which makes the vendor's call).
 #[derive(Clone)]
 pub struct CommandPublisher {
     client: AsyncClient,
+    relay: Option<crate::anpr::barrier::BarrierRelay>,
 }
 
 impl CommandPublisher {
     pub fn new(client: AsyncClient) -> Self {
-        Self { client }
+        Self {
+            client,
+            relay: None,
+        }
+    }
+
+    /// Commands for lanes whose camera opens its barrier over HTTP go to `relay` too.
+    pub(crate) fn with_relay(mut self, relay: crate::anpr::barrier::BarrierRelay) -> Self {
+        self.relay = Some(relay);
+        self
     }
 
     /// Signs `command` for `gate` of `lot` and queues it (QoS 1) without waiting: the decision
@@ -56,6 +67,19 @@ impl CommandPublisher {
                 plain(&topic, command)
             }
         };
+        if let (Some(relay), Some(control)) = (
+            &self.relay,
+            camera
+                .and_then(|c| c.anpr.as_ref())
+                .and_then(|a| a.control.clone()),
+        ) {
+            relay.send(crate::anpr::barrier::Call {
+                lot: lot.id.clone(),
+                gate: gate.clone(),
+                control,
+                command: command.clone(),
+            });
+        }
         self.client
             .try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload)?;
         Ok(())

@@ -172,6 +172,8 @@ pub struct Device {
     /// The HMAC key of the device's signed messages (SPEC §2), as the registry issued it.
     pub secret: SecretString,
     pub revoked: bool,
+    /// An off-the-shelf ANPR camera's own settings: it pushes its vendor's HTTP events.
+    pub anpr: Option<std::sync::Arc<crate::anpr::AnprCamera>>,
 }
 
 /// The SHA-256 hex digest under which an MQTT password is stored.

@@ -33,7 +33,9 @@ pub(crate) struct DeviceView {
 /// one record of what it sent), so nothing else has to keep it.
 fn columns() -> String {
     format!(
-        "id, kind, lot_id, gate_id, bay_id, mqtt_username, created_at, revoked_at, \
+        "id, CASE WHEN EXISTS (SELECT 1 FROM anpr_cameras a WHERE a.device_id = devices.id) \
+             THEN 'anpr_http' ELSE kind END AS kind, lot_id, gate_id, bay_id, mqtt_username, \
+         created_at, revoked_at, \
          (SELECT MAX(r.received_at) FROM gate_reads r \
           WHERE r.lot_id = devices.lot_id AND r.gate_id = devices.gate_id AND r.reason = '{clock}' \
             AND NOT EXISTS (SELECT 1 FROM gate_reads g WHERE g.lot_id = r.lot_id \
@@ -41,6 +43,53 @@ fn columns() -> String {
          AS clock_fault_at",
         clock = GateReason::DeviceClock.as_str()
     )
+}
+
+/// The kind a [`DeviceView`] shows for an off-the-shelf ANPR camera (a gate camera that speaks
+/// HTTP; `devices.kind` holds `gate_camera`).
+pub(crate) const ANPR_KIND: &str = "anpr_http";
+
+/// An off-the-shelf ANPR camera's own settings, to register with it.
+pub(crate) struct NewAnpr {
+    pub vendor: crate::anpr::Vendor,
+    pub control: Option<crate::anpr::barrier::HttpControl>,
+    pub allow_from: Vec<ipnet::IpNet>,
+}
+
+/// Stores an ANPR camera's settings (its control password sealed like a device secret).
+async fn insert_anpr(
+    db: &Db,
+    tx: &mut parkflow_db::Tx,
+    id: &DeviceId,
+    anpr: &NewAnpr,
+) -> Result<(), StoreError> {
+    use secrecy::ExposeSecret;
+    let control = anpr.control.as_ref();
+    query(
+        "INSERT INTO anpr_cameras (device_id, vendor, control, control_url, control_username,
+             control_password, allow_from)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id.as_str())
+    .bind(anpr.vendor.as_str())
+    .bind(if control.is_some() { "http" } else { "mqtt" })
+    .bind(control.map(|c| c.url.as_str()))
+    .bind(control.and_then(|c| c.username.as_deref()))
+    .bind(
+        control
+            .and_then(|c| c.password.as_ref())
+            .map(|p| db.seal(id.as_str(), p.expose_secret())),
+    )
+    .bind(
+        anpr.allow_from
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+    .execute(tx)
+    .await
+    .map(drop)
 }
 
 /// A device to register, with its credentials in clear (stored: the password hashed).
@@ -52,6 +101,8 @@ pub(crate) struct NewDevice<'a> {
     pub bay: Option<&'a BayId>,
     pub password: &'a str,
     pub secret: &'a str,
+    /// An off-the-shelf ANPR camera's settings (a gate camera that speaks HTTP).
+    pub anpr: Option<&'a NewAnpr>,
 }
 
 /// Why a device could not be registered.
@@ -102,6 +153,11 @@ pub(crate) async fn register(
     .bind(db_time(now))
     .execute(&mut tx)
     .await?;
+    if inserted == 1
+        && let Some(anpr) = device.anpr
+    {
+        insert_anpr(db, &mut tx, device.id, anpr).await?;
+    }
     tx.commit().await?;
     if inserted == 1 {
         return Ok(());

@@ -443,6 +443,7 @@ mod tests {
             mqtt_password_hash: password_hash("mqtt-pw-s3cret"),
             secret: "hmac-s3cret".into(),
             revoked: false,
+            anpr: None,
         };
         let printed = format!("{device:?} {driver:?} {registered:?}");
         for secret in ["mqtt-pw-s3cret", "hmac-s3cret", "acct-s3cret"] {

@@ -13,6 +13,8 @@ use parkflow_db::query;
 use secrecy::SecretString;
 
 use super::{Db, StoreError};
+use crate::anpr::barrier::HttpControl;
+use crate::anpr::{AnprCamera, Vendor};
 use crate::registry::access::Client;
 use crate::registry::{
     BayDeviceKind, BayTable, BayTableBuilder, Device, DeviceKind, Gate, GateDirection, Location,
@@ -93,6 +95,7 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
     )
     .fetch_all(db)
     .await?;
+    let mut anpr = load_anpr(db).await?;
 
     let mut schedules: HashMap<String, TariffSchedule> = HashMap::new();
     for row in tariff_rows {
@@ -184,6 +187,7 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
             mqtt_password_hash: row.mqtt_password_hash,
             secret: db.unseal(&row.id, &row.secret)?.into(),
             revoked: row.revoked_at.is_some(),
+            anpr: anpr.remove(&row.id).map(std::sync::Arc::new),
         };
         if let (DeviceKind::GateCamera, false, Some(lot), Some(gate_id)) =
             (device.kind, device.revoked, &device.lot, &device.gate)
@@ -199,6 +203,62 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
     }
     let bays = load_bays(db, &lots, &lot_index).await?;
     Ok(Registry::new(lots, gates, devices, bays))
+}
+
+#[derive(sqlx::FromRow)]
+struct AnprRow {
+    device_id: String,
+    vendor: String,
+    control: String,
+    control_url: Option<String>,
+    control_username: Option<String>,
+    control_password: Option<String>,
+    allow_from: String,
+}
+
+/// The ANPR cameras' own settings, by device id.
+async fn load_anpr(db: &Db) -> Result<HashMap<String, AnprCamera>, StoreError> {
+    let rows: Vec<AnprRow> = query(
+        "SELECT device_id, vendor, control, control_url, control_username, control_password,
+             allow_from FROM anpr_cameras",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut cameras = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let vendor =
+            Vendor::parse(&row.vendor).ok_or_else(|| corrupt("vendor of", &row.device_id))?;
+        let control = match (row.control.as_str(), row.control_url) {
+            ("http", Some(url)) => Some(HttpControl {
+                vendor,
+                url,
+                username: row.control_username,
+                password: row
+                    .control_password
+                    .map(|p| db.unseal(&row.device_id, &p).map(SecretString::from))
+                    .transpose()?,
+            }),
+            ("mqtt", _) => None,
+            _ => return Err(corrupt("control of", &row.device_id)),
+        };
+        let allow_from = row
+            .allow_from
+            .split(',')
+            .map(str::trim)
+            .filter(|net| !net.is_empty())
+            .map(|net| net.parse::<ipnet::IpNet>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| corrupt("allow_from of", &row.device_id))?;
+        cameras.insert(
+            row.device_id,
+            AnprCamera {
+                vendor,
+                control,
+                allow_from,
+            },
+        );
+    }
+    Ok(cameras)
 }
 
 /// Streams every bay (lot by lot, in lot order) and every bay device into a [`BayTable`].

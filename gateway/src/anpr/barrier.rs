@@ -1,0 +1,253 @@
+//! Barrier control back to an off-the-shelf camera: the gate actor's decision, for a lane whose
+//! camera is an `anpr_http` camera with HTTP control, becomes the vendor's barrier call. The
+//! actor never waits for it: [`BarrierRelay::send`] queues the call (`try_send`), a task makes it
+//! with a timeout and retries, and the outcome is kept per lane (`GET /v1/lots/{lot}/lanes`),
+//! counted in `parkflow_barrier_calls_total{result}` and, when it fails, logged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parkflow_protocol::{GateAction, GateCommand, GateId, LotId};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Vendor;
+use crate::metrics::Metrics;
+
+/// Calls waiting to be made, at most (beyond, a call is dropped and counted: the camera's lane
+/// shows it failed).
+const QUEUE: usize = 1_024;
+/// One attempt's limit.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts per call.
+const ATTEMPTS: u32 = 3;
+
+/// How a camera's barrier is opened over HTTP.
+#[derive(Clone)]
+pub(crate) struct HttpControl {
+    pub vendor: Vendor,
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+}
+
+/// One barrier call to make.
+pub(crate) struct Call {
+    pub lot: LotId,
+    pub gate: GateId,
+    pub control: HttpControl,
+    pub command: GateCommand,
+}
+
+/// The last barrier call of a lane, as its operator sees it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct CallOutcome {
+    pub command_id: uuid::Uuid,
+    #[schema(value_type = String)]
+    pub action: GateAction,
+    #[serde(with = "parkflow_protocol::time::rfc3339")]
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    pub attempts: u32,
+    /// Why it failed (the last attempt's error).
+    pub error: Option<String>,
+}
+
+/// Lanes' last barrier calls, by lot and gate.
+pub(crate) type Outcomes = Arc<Mutex<HashMap<(LotId, GateId), CallOutcome>>>;
+
+/// Queues barrier calls for the task that makes them.
+#[derive(Clone)]
+pub(crate) struct BarrierRelay {
+    tx: mpsc::Sender<Call>,
+    outcomes: Outcomes,
+}
+
+/// The task that makes a relay's calls ([`RelayTask::run`]).
+pub(crate) struct RelayTask {
+    rx: mpsc::Receiver<Call>,
+    client: reqwest::Client,
+    outcomes: Outcomes,
+    metrics: Arc<Metrics>,
+}
+
+impl RelayTask {
+    /// Makes the calls until `token` is cancelled.
+    pub(crate) async fn run(self, token: CancellationToken) {
+        run(self.rx, self.client, self.outcomes, self.metrics, token).await;
+    }
+}
+
+impl BarrierRelay {
+    /// The relay, and the task that makes its calls.
+    pub(crate) fn new(metrics: Arc<Metrics>) -> (Self, RelayTask) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let outcomes = Outcomes::default();
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        let task = RelayTask {
+            rx,
+            client,
+            outcomes: outcomes.clone(),
+            metrics,
+        };
+        (Self { tx, outcomes }, task)
+    }
+
+    /// Queues `call` without waiting: the decision path never blocks on a camera.
+    pub(crate) fn send(&self, call: Call) {
+        if let Err(error) = self.tx.try_send(call) {
+            let call = match error {
+                mpsc::error::TrySendError::Full(call) | mpsc::error::TrySendError::Closed(call) => {
+                    call
+                }
+            };
+            tracing::error!(lot = %call.lot, gate = %call.gate, "barrier call queue full: call dropped");
+            record(
+                &self.outcomes,
+                &call,
+                0,
+                Err("the platform's barrier call queue was full".into()),
+            );
+        }
+    }
+
+    /// The last call of each lane of `lot`.
+    pub(crate) fn outcomes_of(&self, lot: &LotId) -> Vec<(GateId, CallOutcome)> {
+        let outcomes = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut of_lot: Vec<_> = outcomes
+            .iter()
+            .filter(|((l, _), _)| l == lot)
+            .map(|((_, gate), outcome)| (gate.clone(), outcome.clone()))
+            .collect();
+        of_lot.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        of_lot
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Call>,
+    client: reqwest::Client,
+    outcomes: Outcomes,
+    metrics: Arc<Metrics>,
+    token: CancellationToken,
+) {
+    loop {
+        let call = tokio::select! {
+            () = token.cancelled() => break,
+            call = rx.recv() => match call { Some(call) => call, None => break },
+        };
+        // Each call on its own task: a slow camera does not hold up another lane's barrier.
+        let (client, outcomes, metrics) = (client.clone(), outcomes.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let (attempts, result) = call_with_retries(&client, &call).await;
+            let label = if result.is_ok() { "ok" } else { "failed" };
+            metrics
+                .barrier_calls
+                .get_or_create(&crate::metrics::OutcomeLabel { outcome: label })
+                .inc();
+            if let Err(error) = &result {
+                tracing::warn!(lot = %call.lot, gate = %call.gate, attempts, %error, "barrier call failed");
+            }
+            record(&outcomes, &call, attempts, result);
+        });
+    }
+}
+
+fn record(outcomes: &Outcomes, call: &Call, attempts: u32, result: Result<(), String>) {
+    let outcome = CallOutcome {
+        command_id: call.command.command_id,
+        action: call.command.action,
+        at: Utc::now(),
+        ok: result.is_ok(),
+        attempts,
+        error: result.err(),
+    };
+    outcomes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((call.lot.clone(), call.gate.clone()), outcome);
+}
+
+/// Makes the call, up to [`ATTEMPTS`] times with a short back-off; the attempts and the outcome.
+async fn call_with_retries(client: &reqwest::Client, call: &Call) -> (u32, Result<(), String>) {
+    let mut last = Err(String::new());
+    for attempt in 1..=ATTEMPTS {
+        last = once(client, call).await;
+        if last.is_ok() {
+            return (attempt, last);
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        }
+    }
+    (ATTEMPTS, last)
+}
+
+/// One attempt: the vendor's barrier call for `open` (a `hold` leaves a vendor's barrier down and
+/// calls nothing), or the generic relay's JSON for every command.
+async fn once(client: &reqwest::Client, call: &Call) -> Result<(), String> {
+    let control = &call.control;
+    let request = match control.vendor {
+        Vendor::Hikvision => {
+            if call.command.action != GateAction::Open {
+                return Ok(());
+            }
+            client
+                .put(&control.url)
+                .header("content-type", "application/xml")
+                .body(HIKVISION_OPEN)
+        }
+        Vendor::Dahua => {
+            if call.command.action != GateAction::Open {
+                return Ok(());
+            }
+            client.get(&control.url)
+        }
+        Vendor::Axis | Vendor::Platerecognizer | Vendor::Openalpr => {
+            client.post(&control.url).json(&RelayBody {
+                action: call.command.action,
+                reason: call.command.reason,
+                command_id: call.command.command_id,
+                event_id: call.command.event_id.as_str(),
+                lot: call.lot.as_str(),
+                gate: call.gate.as_str(),
+            })
+        }
+    };
+    let request = match (&control.username, &control.password) {
+        (Some(user), password) => request.basic_auth(
+            user,
+            password.as_ref().map(|p| p.expose_secret().to_owned()),
+        ),
+        _ => request,
+    };
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("the camera answered {}", response.status()))
+    }
+}
+
+/// Hikvision ISAPI barrier-gate control: open.
+const HIKVISION_OPEN: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<BarrierGate version="2.0" xmlns="http://www.isapi.org/ver20/XMLSchema"><ctrlMode>open</ctrlMode></BarrierGate>"#;
+
+/// What a generic HTTP relay receives: the decision, as on MQTT.
+#[derive(Serialize)]
+struct RelayBody<'a> {
+    action: GateAction,
+    reason: parkflow_protocol::GateReason,
+    command_id: uuid::Uuid,
+    event_id: &'a str,
+    lot: &'a str,
+    gate: &'a str,
+}

@@ -1,0 +1,301 @@
+//! Off-the-shelf ANPR cameras: lanes whose camera pushes its vendor's own HTTP event and opens
+//! its barrier through its own HTTP call. The events are the documented samples of
+//! `tests/fixtures/anpr/` (the plate and times made this test's); a fake camera HTTP server
+//! receives the barrier calls.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{Method as HttpMethod, Uri};
+use base64::Engine as _;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{ADMIN_KEY, Broker, Database, Setup, TestPlatform, World, eventually};
+
+/// What the fake camera was asked: method, path, body.
+type Calls = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// A camera's HTTP side: answers 200 to anything and keeps what it was asked.
+async fn fake_camera() -> (SocketAddr, Calls) {
+    let calls = Calls::default();
+    let kept = calls.clone();
+    let app = axum::Router::new().fallback(move |method: HttpMethod, uri: Uri, body: Bytes| {
+        let kept = kept.clone();
+        async move {
+            kept.lock().unwrap().push((
+                method.to_string(),
+                uri.path().to_owned(),
+                String::from_utf8_lossy(&body).into_owned(),
+            ));
+            "OK"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, calls)
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/anpr")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Registers a gate and its `anpr_http` camera; the camera's password.
+async fn anpr_lane(
+    platform: &TestPlatform,
+    world: &World,
+    gate: &str,
+    direction: &str,
+    camera: &str,
+    vendor: &str,
+    control_url: String,
+) -> String {
+    let (status, answer) = platform
+        .call(
+            Some(ADMIN_KEY),
+            Method::POST,
+            &format!("/v1/lots/{}/gates", world.lot),
+            Some(&json!({"id": gate, "direction": direction})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (status, registered) = platform
+        .call(
+            Some(ADMIN_KEY),
+            Method::POST,
+            &format!("/v1/lots/{}/devices", world.lot),
+            Some(
+                &json!({"id": camera, "kind": "anpr_http", "gate": gate, "vendor": vendor,
+                         "control": {"kind": "http", "url": control_url}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{registered}");
+    assert_eq!(registered["kind"], "anpr_http");
+    registered["mqtt_password"].as_str().unwrap().to_owned()
+}
+
+async fn push(
+    platform: &TestPlatform,
+    camera: &str,
+    password: &str,
+    content_type: &str,
+    body: String,
+) -> (StatusCode, Value) {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{camera}:{password}"));
+    let response = reqwest::Client::new()
+        .post(platform.url(&format!("/v1/anpr/{camera}")))
+        .header("authorization", format!("Basic {basic}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A Hikvision camera at the entry and a Plate Recognizer one at the exit: the car's stay opens
+/// and closes with the tariff's fee, each barrier call reaches its camera, the same event again
+/// is one read, and wrong credentials are refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_events_open_and_close_a_stay_and_call_the_barrier() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 20);
+    let platform = TestPlatform::start(setup, &world).await;
+    let (camera_addr, calls) = fake_camera().await;
+    let entry_password = anpr_lane(
+        &platform,
+        &world,
+        "in-hik",
+        "entry",
+        "cam-hik-in",
+        "hikvision",
+        format!("http://{camera_addr}/ISAPI/Parking/channels/1/barrierGate"),
+    )
+    .await;
+    let exit_password = anpr_lane(
+        &platform,
+        &world,
+        "out-pr",
+        "exit",
+        "cam-pr-out",
+        "platerecognizer",
+        format!("http://{camera_addr}/relay/out-pr"),
+    )
+    .await;
+    let plate = world.enrolled.as_str().to_owned();
+    let entered_at = chrono::Utc::now() - chrono::Duration::minutes(95);
+    let entry_event = fixture("hikvision_anpr.xml")
+        .replace("浙A12345", &plate)
+        .replace(
+            "2025-03-14T08:21:07.512+08:00",
+            &entered_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
+
+    // Wrong credentials: refused, counted, nothing read.
+    let before = platform
+        .metric("parkflow_events_rejected_total{reason=\"bad_credentials\"}")
+        .await;
+    let (status, _) = push(
+        &platform,
+        "cam-hik-in",
+        "guess",
+        "text/xml",
+        entry_event.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = push(
+        &platform,
+        "cam-pr-out",
+        &entry_password,
+        "text/xml",
+        entry_event.clone(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "another camera's password"
+    );
+    assert!(
+        platform
+            .metric("parkflow_events_rejected_total{reason=\"bad_credentials\"}")
+            .await
+            >= before + 2.0
+    );
+    assert!(platform.sessions(&world.lot).await.is_empty());
+
+    // The entry, twice (a camera re-sending its event): one read, one stay.
+    let (status, accepted) = push(
+        &platform,
+        "cam-hik-in",
+        &entry_password,
+        "text/xml",
+        entry_event.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{accepted}");
+    let (status, again) = push(
+        &platform,
+        "cam-hik-in",
+        &entry_password,
+        "text/xml",
+        entry_event,
+    )
+    .await;
+    assert_eq!(
+        (status, &again["event_id"]),
+        (StatusCode::OK, &accepted["event_id"])
+    );
+    let opened = eventually(Duration::from_secs(10), "the barrier call", || {
+        let calls = calls.clone();
+        async move {
+            let calls = calls.lock().unwrap();
+            calls
+                .iter()
+                .find(|(method, path, _)| method == "PUT" && path.ends_with("/barrierGate"))
+                .cloned()
+        }
+    })
+    .await;
+    assert!(
+        opened.2.contains("<ctrlMode>open</ctrlMode>"),
+        "{}",
+        opened.2
+    );
+    let sessions = platform.sessions(&world.lot).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+
+    // The exit, through Plate Recognizer: the stay closes with the tariff's fee and the exit's
+    // relay hears the decision.
+    let exit_event = fixture("platerecognizer_stream.json")
+        .replace("fz482kd", &plate)
+        .replace(
+            "2025-03-14T09:02:51.204117Z",
+            &chrono::Utc::now().to_rfc3339(),
+        );
+    let (status, answer) = push(
+        &platform,
+        "cam-pr-out",
+        &exit_password,
+        "application/json",
+        exit_event,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let relayed = eventually(Duration::from_secs(10), "the exit's relay call", || {
+        let calls = calls.clone();
+        async move {
+            let calls = calls.lock().unwrap();
+            calls
+                .iter()
+                .find(|(_, path, _)| path == "/relay/out-pr")
+                .cloned()
+        }
+    })
+    .await;
+    let decision: Value = serde_json::from_str(&relayed.2).unwrap();
+    assert_eq!(
+        (&decision["action"], &decision["gate"]),
+        (&json!("open"), &json!("out-pr"))
+    );
+    let closed = eventually(Duration::from_secs(10), "the stay closed", || async {
+        let sessions = platform.sessions(&world.lot).await;
+        sessions
+            .into_iter()
+            .find(|s| s["status"] == "closed" && s["plate"] == plate.as_str())
+    })
+    .await;
+    let (_, quote) = platform
+        .call(
+            None,
+            Method::GET,
+            &format!(
+                "/v1/lots/{}/quote?entered_at={}&exited_at={}",
+                world.lot,
+                closed["entered_at"].as_str().unwrap(),
+                closed["exited_at"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(closed["fee"], quote["amount"], "{closed} {quote}");
+    // The lane shows its last barrier call.
+    let (_, lanes) = platform
+        .call(
+            Some(ADMIN_KEY),
+            Method::GET,
+            &format!("/v1/lots/{}/lanes", world.lot),
+            None,
+        )
+        .await;
+    let lane = lanes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["gate"] == "out-pr")
+        .unwrap();
+    assert_eq!(lane["last_barrier_call"]["ok"], true, "{lanes}");
+
+    // Not an event of the vendor: refused with a clear status.
+    let (status, answer) = push(
+        &platform,
+        "cam-hik-in",
+        &entry_password,
+        "text/xml",
+        "<nope/>".into(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    platform.stop().await;
+}
