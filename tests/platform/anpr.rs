@@ -103,6 +103,192 @@ async fn push(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `vendor`'s documented sample event, made this test's: the plate, the time and the event id.
+/// The content type it comes with.
+fn event(
+    vendor: &str,
+    plate: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    id: u32,
+) -> (&'static str, String) {
+    let ms = at.timestamp_millis();
+    match vendor {
+        "hikvision" => (
+            "text/xml",
+            fixture("hikvision_anpr.xml")
+                .replace("浙A12345", plate)
+                .replace(
+                    "2025-03-14T08:21:07.512+08:00",
+                    &at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                )
+                .replace(
+                    "5f0c2c1e-8b4a-4d6e-9a31-7c2f0e9d4b18",
+                    &format!("uuid-{id}"),
+                ),
+        ),
+        "dahua" => (
+            "application/json",
+            fixture("dahua_traffic_junction.json")
+                .replace("浙A12345", plate)
+                .replace("1741911667", &at.timestamp().to_string())
+                .replace("188342917", &id.to_string()),
+        ),
+        "axis" => (
+            "application/json",
+            fixture("axis_lpv.json")
+                .replace("KLM482", plate)
+                .replace("1741940142318", &ms.to_string())
+                .replace("\"71408\"", &format!("\"{id}\"")),
+        ),
+        "platerecognizer" => (
+            "application/json",
+            fixture("platerecognizer_stream.json")
+                .replace("fz482kd", plate)
+                .replace("2025-03-14T09:02:51.204117Z", &at.to_rfc3339())
+                .replace("10-02-51.204117", &format!("shot-{id}")),
+        ),
+        "openalpr" => (
+            "application/json",
+            fixture("openalpr_alpr_group.json")
+                .replace("8KTP493", plate)
+                .replace("1741999212104", &ms.to_string())
+                .replace("1741999213530", &format!("{id}")),
+        ),
+        _ => unreachable!("a vendor of the test"),
+    }
+}
+
+/// Every vendor, a lane each way: the camera's own events open and close a stay with the
+/// tariff's fee, the same event again is one read, and the barrier call reaches the camera.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_vendors_events_open_and_close_a_stay() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 20);
+    let platform = TestPlatform::start(setup, &world).await;
+    let (camera_addr, calls) = fake_camera().await;
+    let plates = ["浙B10001", "浙B10002", "浙B10003", "浙B10004", "浙B10005"];
+    let vendors = ["hikvision", "dahua", "axis", "platerecognizer", "openalpr"];
+    // Their drivers leave first and pay later: the exit closes the stay.
+    for plate in plates {
+        let document = crate::support::registration_document(plate);
+        let (status, enrolled) = platform
+            .call(
+                None,
+                Method::POST,
+                "/v1/drivers",
+                Some(
+                    &json!({"name": "Driver", "payment_account": "acct", "auto_debit_consent": true,
+                             "plates": [{"plate": plate, "registration_document": document}]}),
+                ),
+            )
+            .await;
+        assert_eq!(
+            enrolled["claims"][0]["status"], "granted",
+            "{status} {enrolled}"
+        );
+    }
+    for (n, (vendor, plate)) in vendors.into_iter().zip(plates).enumerate() {
+        let (entry_gate, exit_gate) = (format!("in-{vendor}"), format!("out-{vendor}"));
+        let control = |gate: &str| format!("http://{camera_addr}/{vendor}/{gate}");
+        let entry_password = anpr_lane(
+            &platform,
+            &world,
+            &entry_gate,
+            "entry",
+            &format!("cam-{vendor}-in"),
+            vendor,
+            control(&entry_gate),
+        )
+        .await;
+        let exit_password = anpr_lane(
+            &platform,
+            &world,
+            &exit_gate,
+            "exit",
+            &format!("cam-{vendor}-out"),
+            vendor,
+            control(&exit_gate),
+        )
+        .await;
+        let id = u32::try_from(n).unwrap() * 10;
+        let (kind, entered) = event(
+            vendor,
+            plate,
+            chrono::Utc::now() - chrono::Duration::minutes(50),
+            id,
+        );
+        for _ in 0..2 {
+            let (status, answer) = push(
+                &platform,
+                &format!("cam-{vendor}-in"),
+                &entry_password,
+                kind,
+                entered.clone(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{vendor} entry: {answer}");
+        }
+        let (kind, left) = event(vendor, plate, chrono::Utc::now(), id + 1);
+        let (status, answer) = push(
+            &platform,
+            &format!("cam-{vendor}-out"),
+            &exit_password,
+            kind,
+            left,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{vendor} exit: {answer}");
+        let stays: Vec<Value> = eventually(Duration::from_secs(10), vendor, || async {
+            let stays: Vec<Value> = platform
+                .sessions(&world.lot)
+                .await
+                .into_iter()
+                .filter(|s| s["plate"] == plate)
+                .collect();
+            stays
+                .iter()
+                .any(|s| s["status"] == "closed")
+                .then_some(stays)
+        })
+        .await;
+        assert_eq!(
+            stays.len(),
+            1,
+            "{vendor}: the repeated entry is one read: {stays:?}"
+        );
+        assert_eq!(stays[0]["entry_gate"], entry_gate.as_str());
+        let (_, quote) = platform
+            .call(
+                None,
+                Method::GET,
+                &format!(
+                    "/v1/lots/{}/quote?entered_at={}&exited_at={}",
+                    world.lot,
+                    stays[0]["entered_at"].as_str().unwrap(),
+                    stays[0]["exited_at"].as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(stays[0]["fee"], quote["amount"], "{vendor}");
+        // The entry's barrier opened through the vendor's call.
+        eventually(Duration::from_secs(10), "the entry's barrier call", || {
+            let calls = calls.clone();
+            let path = format!("/{vendor}/{entry_gate}");
+            async move {
+                calls
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(_, p, _)| *p == path)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    platform.stop().await;
+}
+
 /// A Hikvision camera at the entry and a Plate Recognizer one at the exit: the car's stay opens
 /// and closes with the tariff's fee, each barrier call reaches its camera, the same event again
 /// is one read, and wrong credentials are refused and counted.
