@@ -473,6 +473,23 @@ async fn vendor_events_open_and_close_a_stay_and_call_the_barrier() {
         .unwrap();
     assert_eq!(lane["last_barrier_call"]["ok"], true, "{lanes}");
 
+    // Too large (pictures over 4 MiB): refused with 413, counted, nothing read.
+    let before = platform
+        .metric("parkflow_events_rejected_total{reason=\"oversized\"}")
+        .await;
+    let huge = format!(
+        "{}{}",
+        "x".repeat(5 * 1024 * 1024),
+        "<EventNotificationAlert/>"
+    );
+    let (status, _) = push(&platform, "cam-hik-in", &entry_password, "text/xml", huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        platform
+            .metric("parkflow_events_rejected_total{reason=\"oversized\"}")
+            .await,
+        before + 1.0
+    );
     // Not an event of the vendor: refused with a clear status.
     let (status, answer) = push(
         &platform,

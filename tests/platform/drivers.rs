@@ -119,8 +119,19 @@ async fn consent_withdrawn_means_paying_at_the_exit_until_it_is_given_back() {
 /// is the same whether or not anyone holds the plate. The owner can still claim it with their
 /// papers; and sees the plate's stays only from the moment it became theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrolling_a_strangers_plate_shows_none_of_its_stays_and_takes_nothing() {
-    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+async fn enrolling_a_strangers_plate_shows_none_of_its_stays_and_takes_nothing_on_sqlite() {
+    enrolling_a_strangers_plate_shows_none_of_its_stays_and_takes_nothing(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolling_a_strangers_plate_shows_none_of_its_stays_and_takes_nothing_on_postgres() {
+    enrolling_a_strangers_plate_shows_none_of_its_stays_and_takes_nothing(Database::Postgres).await;
+}
+
+async fn enrolling_a_strangers_plate_shows_none_of_its_stays_and_takes_nothing(database: Database) {
+    let Some(setup) = Setup::available(database, Broker::Embedded) else {
+        return;
+    };
     let world = World::new(setup, 100);
     let platform = TestPlatform::start(setup, &world).await;
     let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
@@ -282,8 +293,19 @@ async fn enrolling_a_strangers_plate_shows_none_of_its_stays_and_takes_nothing()
 /// A driver with no papers at hand proves a plate with the receipt of paying at its held exit;
 /// a receipt of another plate proves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receipt_from_the_plates_held_exit_proves_it() {
-    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+async fn a_receipt_from_the_plates_held_exit_proves_it_on_sqlite() {
+    a_receipt_from_the_plates_held_exit_proves_it(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_from_the_plates_held_exit_proves_it_on_postgres() {
+    a_receipt_from_the_plates_held_exit_proves_it(Database::Postgres).await;
+}
+
+async fn a_receipt_from_the_plates_held_exit_proves_it(database: Database) {
+    let Some(setup) = Setup::available(database, Broker::Embedded) else {
+        return;
+    };
     let world = World::new(setup, 100);
     let platform = TestPlatform::start(setup, &world).await;
     let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
@@ -589,8 +611,19 @@ async fn removing_the_plate_right_after_the_exit_sheds_no_debt(database: Databas
 /// car pays at the exit; revoked at the bank, the next check ends it for that driver's cars; a
 /// new mandate on another account brings it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leaving_first_needs_a_confirmed_mandate() {
-    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+async fn leaving_first_needs_a_confirmed_mandate_on_sqlite() {
+    leaving_first_needs_a_confirmed_mandate(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_first_needs_a_confirmed_mandate_on_postgres() {
+    leaving_first_needs_a_confirmed_mandate(Database::Postgres).await;
+}
+
+async fn leaving_first_needs_a_confirmed_mandate(database: Database) {
+    let Some(setup) = Setup::available(database, Broker::Embedded) else {
+        return;
+    };
     let world = World::new(setup, 100);
     let platform = TestPlatform::start_with(setup, &world, |config| {
         config.mandate_check.every = std::time::Duration::from_millis(300);

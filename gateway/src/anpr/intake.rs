@@ -67,9 +67,17 @@ pub(crate) async fn intake(
     State(state): State<AppState>,
     Path(device): Path<String>,
     parts: Parts,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    match accept(&state, &device, &parts, &body).await {
+    let accepted = match body {
+        Ok(body) => accept(&state, &device, &parts, &body).await,
+        Err(rejection) => Err(Refused::new(
+            rejection.status(),
+            "oversized",
+            format!("events are at most {MAX_EVENT_BYTES} bytes, pictures included"),
+        )),
+    };
+    match accepted {
         Ok(accepted) => (StatusCode::OK, axum::Json(accepted)).into_response(),
         Err(refused) => {
             state.metrics.rejected(refused.reason);
