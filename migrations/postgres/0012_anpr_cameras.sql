@@ -11,6 +11,8 @@ CREATE TABLE anpr_cameras (
     control_username  TEXT,
     -- Sealed like device secrets (--secrets-key).
     control_password  TEXT,
+    -- HTTP Digest (RFC 7616, MD5): MD5(device:parkflow:password), sealed like device secrets.
+    digest_ha1        TEXT,
     -- Networks it may send from, comma-separated CIDRs (any when empty).
     allow_from        TEXT NOT NULL DEFAULT '',
     CHECK (control = 'mqtt' OR control_url IS NOT NULL)

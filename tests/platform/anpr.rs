@@ -103,6 +103,66 @@ async fn push(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Pushes `body` as a camera that speaks HTTP Digest: asked, then answering the challenge.
+async fn push_digest(
+    platform: &TestPlatform,
+    camera: &str,
+    password: &str,
+    content_type: &str,
+    body: String,
+) -> StatusCode {
+    use md5::{Digest as _, Md5};
+    let md5 = |text: String| -> String {
+        Md5::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let uri = format!("/v1/anpr/{camera}");
+    let client = reqwest::Client::new();
+    let asked = client
+        .post(platform.url(&uri))
+        .header("content-type", content_type)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), StatusCode::UNAUTHORIZED);
+    let challenge = asked
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("Digest "))
+        .expect("a Digest challenge")
+        .to_owned();
+    let field = |name: &str| {
+        challenge
+            .split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .to_owned()
+    };
+    let (realm, nonce) = (field("realm"), field("nonce"));
+    let ha1 = md5(format!("{camera}:{realm}:{password}"));
+    let ha2 = md5(format!("POST:{uri}"));
+    let response = md5(format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+    let authorization = format!(
+        "Digest username=\"{camera}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\", response=\"{response}\""
+    );
+    client
+        .post(platform.url(&uri))
+        .header("authorization", authorization)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// `vendor`'s documented sample event, made this test's: the plate, the time and the event id.
 /// The content type it comes with.
 fn event(
@@ -473,6 +533,23 @@ async fn vendor_events_open_and_close_a_stay_and_call_the_barrier() {
         .unwrap();
     assert_eq!(lane["last_barrier_call"]["ok"], true, "{lanes}");
 
+    // A camera that speaks HTTP Digest instead of Basic: challenged, then accepted.
+    let (kind, event) = event("hikvision", "浙B77777", chrono::Utc::now(), 999);
+    assert_eq!(
+        push_digest(
+            &platform,
+            "cam-hik-in",
+            &entry_password,
+            kind,
+            event.clone()
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_ne!(
+        push_digest(&platform, "cam-hik-in", "guess", kind, event).await,
+        StatusCode::OK
+    );
     // Too large (pictures over 4 MiB): refused with 413, counted, nothing read.
     let before = platform
         .metric("parkflow_events_rejected_total{reason=\"oversized\"}")

@@ -56,7 +56,7 @@ impl Refused {
     responses(
         (status = 200, description = "The read is on record (the same event again is the same read)", body = Accepted),
         (status = 400, description = "Not an event of the camera's vendor"),
-        (status = 401, description = "Wrong or missing credentials (HTTP Basic: the device id and its password)"),
+        (status = 401, description = "Wrong or missing credentials: HTTP Basic or Digest (MD5, realm `parkflow`) with the device id and its password"),
         (status = 403, description = "Not from an address the camera is allowed to send from"),
         (status = 404, description = "No such ANPR camera"),
         (status = 413, description = "Larger than 4 MiB"),
@@ -85,7 +85,12 @@ pub(crate) async fn intake(
                 ApiError::bad_request(refused.reason, refused.message).into_response();
             *response.status_mut() = refused.status;
             if refused.status == StatusCode::UNAUTHORIZED {
-                response.headers_mut().insert(
+                // Either: cameras answer the one they support.
+                let headers = response.headers_mut();
+                if let Ok(digest) = HeaderValue::from_str(&super::digest::challenge(Utc::now())) {
+                    headers.append(header::WWW_AUTHENTICATE, digest);
+                }
+                headers.append(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"parkflow\""),
                 );
@@ -117,7 +122,30 @@ async fn accept(
         .filter(|d| !d.revoked)
         .ok_or_else(unknown)?;
     let anpr = camera.anpr.clone().ok_or_else(unknown)?;
-    if !authorised(&parts.headers, device, &camera.mqtt_password_hash) {
+    let digest_ok = || {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())?;
+        let ha1 = anpr.digest_ha1.as_ref()?;
+        let uri = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |p| p.as_str());
+        let request = super::digest::Request {
+            method: parts.method.as_str(),
+            uri,
+        };
+        Some(super::digest::verify(
+            header,
+            &request,
+            device,
+            secrecy::ExposeSecret::expose_secret(ha1),
+            received_at,
+        ))
+    };
+    if !authorised(&parts.headers, device, &camera.mqtt_password_hash) && digest_ok() != Some(true)
+    {
         return Err(Refused::new(
             StatusCode::UNAUTHORIZED,
             "bad_credentials",

@@ -9,6 +9,7 @@
 //! and, optionally, the addresses it may send from.
 
 pub(crate) mod barrier;
+pub(crate) mod digest;
 pub(crate) mod intake;
 pub(crate) mod vendors;
 
@@ -63,6 +64,8 @@ pub struct AnprCamera {
     pub(crate) control: Option<barrier::HttpControl>,
     /// Addresses it may send from (any when empty).
     pub allow_from: Vec<ipnet::IpNet>,
+    /// What its HTTP Digest answers are checked against ([`digest::ha1`]).
+    pub(crate) digest_ha1: Option<secrecy::SecretString>,
 }
 
 impl std::fmt::Debug for AnprCamera {

@@ -62,13 +62,14 @@ async fn insert_anpr(
     tx: &mut parkflow_db::Tx,
     id: &DeviceId,
     anpr: &NewAnpr,
+    password: &str,
 ) -> Result<(), StoreError> {
     use secrecy::ExposeSecret;
     let control = anpr.control.as_ref();
     query(
         "INSERT INTO anpr_cameras (device_id, vendor, control, control_url, control_username,
-             control_password, allow_from)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             control_password, allow_from, digest_ha1)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(id.as_str())
     .bind(anpr.vendor.as_str())
@@ -87,6 +88,10 @@ async fn insert_anpr(
             .collect::<Vec<_>>()
             .join(","),
     )
+    .bind(db.seal(
+        id.as_str(),
+        &crate::anpr::digest::ha1(id.as_str(), password),
+    ))
     .execute(tx)
     .await
     .map(drop)
@@ -156,7 +161,7 @@ pub(crate) async fn register(
     if inserted == 1
         && let Some(anpr) = device.anpr
     {
-        insert_anpr(db, &mut tx, device.id, anpr).await?;
+        insert_anpr(db, &mut tx, device.id, anpr, device.password).await?;
     }
     tx.commit().await?;
     if inserted == 1 {
@@ -209,14 +214,25 @@ pub(crate) async fn rotate(
     password: &str,
     secret: &str,
 ) -> Result<bool, StoreError> {
+    let mut tx = db.begin_write().await?;
     let changed = query(
         "UPDATE devices SET mqtt_password_hash = $2, secret = $3 WHERE id = $1 AND revoked_at IS NULL",
     )
     .bind(id.as_str())
     .bind(password_hash(password))
     .bind(db.seal(id.as_str(), secret))
-    .execute(db)
+    .execute(&mut tx)
     .await?;
+    // An ANPR camera's Digest answers are checked against its new password from now on.
+    query("UPDATE anpr_cameras SET digest_ha1 = $2 WHERE device_id = $1")
+        .bind(id.as_str())
+        .bind(db.seal(
+            id.as_str(),
+            &crate::anpr::digest::ha1(id.as_str(), password),
+        ))
+        .execute(&mut tx)
+        .await?;
+    tx.commit().await?;
     Ok(changed == 1)
 }
 

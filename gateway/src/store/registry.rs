@@ -213,6 +213,7 @@ struct AnprRow {
     control_url: Option<String>,
     control_username: Option<String>,
     control_password: Option<String>,
+    digest_ha1: Option<String>,
     allow_from: String,
 }
 
@@ -220,7 +221,7 @@ struct AnprRow {
 async fn load_anpr(db: &Db) -> Result<HashMap<String, AnprCamera>, StoreError> {
     let rows: Vec<AnprRow> = query(
         "SELECT device_id, vendor, control, control_url, control_username, control_password,
-             allow_from FROM anpr_cameras",
+             digest_ha1, allow_from FROM anpr_cameras",
     )
     .fetch_all(db)
     .await?;
@@ -249,12 +250,17 @@ async fn load_anpr(db: &Db) -> Result<HashMap<String, AnprCamera>, StoreError> {
             .map(|net| net.parse::<ipnet::IpNet>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| corrupt("allow_from of", &row.device_id))?;
+        let digest_ha1 = row
+            .digest_ha1
+            .map(|h| db.unseal(&row.device_id, &h).map(SecretString::from))
+            .transpose()?;
         cameras.insert(
             row.device_id,
             AnprCamera {
                 vendor,
                 control,
                 allow_from,
+                digest_ha1,
             },
         );
     }

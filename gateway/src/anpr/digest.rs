@@ -1,0 +1,206 @@
+//! HTTP Digest authentication (RFC 7616) for cameras that push with it rather than Basic: MD5,
+//! what cameras speak, with `qop="auth"`. The platform keeps `MD5(device:realm:password)` (sealed),
+//! computed when the password is issued; nonces are stateless (a time and a MAC under a key of
+//! this process) and fresh for five minutes.
+
+use std::sync::OnceLock;
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use md5::{Digest as _, Md5};
+use sha2::Sha256;
+
+/// The realm cameras are asked to authenticate in.
+pub(crate) const REALM: &str = "parkflow";
+/// How long a nonce is accepted.
+const FRESH_SECS: i64 = 300;
+
+fn md5_hex(text: &str) -> String {
+    Md5::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `MD5(device:realm:password)`: what is kept to check a camera's Digest answers.
+pub(crate) fn ha1(device: &str, password: &str) -> String {
+    md5_hex(&format!("{device}:{REALM}:{password}"))
+}
+
+fn key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(rand::random)
+}
+
+fn mac(issued: i64) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key()).expect("any key length");
+    mac.update(&issued.to_be_bytes());
+    mac.finalize().into_bytes()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `WWW-Authenticate` value asking for Digest.
+pub(crate) fn challenge(now: DateTime<Utc>) -> String {
+    let issued = now.timestamp();
+    format!(
+        "Digest realm=\"{REALM}\", qop=\"auth\", algorithm=MD5, nonce=\"{issued:x}-{}\"",
+        mac(issued)
+    )
+}
+
+fn fresh(nonce: &str, now: DateTime<Utc>) -> bool {
+    let Some((issued, tag)) = nonce.split_once('-') else {
+        return false;
+    };
+    let Ok(issued) = i64::from_str_radix(issued, 16) else {
+        return false;
+    };
+    let age = now.timestamp() - issued;
+    (0..=FRESH_SECS).contains(&age)
+        && crate::http::auth::constant_time_eq(tag.as_bytes(), mac(issued).as_bytes())
+}
+
+/// The parameters of a `Digest …` header, unquoted.
+fn params(header: &str) -> Option<Vec<(String, String)>> {
+    let rest = header.strip_prefix("Digest ")?;
+    let mut out = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if name.is_empty() {
+            return Some(out);
+        }
+        let value = if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut value = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            value
+        } else {
+            chars.by_ref().take_while(|c| *c != ',').collect::<String>()
+        };
+        out.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+}
+
+/// A request, as a Digest answer is checked against it.
+pub(crate) struct Request<'a> {
+    pub method: &'a str,
+    pub uri: &'a str,
+}
+
+/// Whether `header` (an `Authorization: Digest …` value) answers a fresh nonce of ours for
+/// `device`, whose kept `ha1` it must match, on `request`.
+pub(crate) fn verify(
+    header: &str,
+    request: &Request<'_>,
+    device: &str,
+    ha1: &str,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(params) = params(header) else {
+        return false;
+    };
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let (Some(username), Some(realm), Some(nonce), Some(uri), Some(response)) = (
+        get("username"),
+        get("realm"),
+        get("nonce"),
+        get("uri"),
+        get("response"),
+    ) else {
+        return false;
+    };
+    if username != device || realm != REALM || uri != request.uri || !fresh(nonce, now) {
+        return false;
+    }
+    if get("algorithm").is_some_and(|a| !a.eq_ignore_ascii_case("MD5")) {
+        return false;
+    }
+    let ha2 = md5_hex(&format!("{}:{uri}", request.method));
+    let expected = match get("qop") {
+        Some("auth") => {
+            let (Some(nc), Some(cnonce)) = (get("nc"), get("cnonce")) else {
+                return false;
+            };
+            md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
+        }
+        Some(_) => return false,
+        None => md5_hex(&format!("{ha1}:{nonce}:{ha2}")),
+    };
+    crate::http::auth::constant_time_eq(expected.as_bytes(), response.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a camera computes, from the challenge.
+    fn answer(challenge: &str, device: &str, password: &str, uri: &str) -> String {
+        let nonce = challenge
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('"');
+        let ha1 = md5_hex(&format!("{device}:{REALM}:{password}"));
+        let ha2 = md5_hex(&format!("POST:{uri}"));
+        let response = md5_hex(&format!("{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}"));
+        format!(
+            "Digest username=\"{device}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+             algorithm=MD5, qop=auth, nc=00000001, cnonce=\"0a4f113b\", response=\"{response}\""
+        )
+    }
+
+    #[test]
+    fn a_cameras_answer_to_a_fresh_challenge_is_accepted_and_nothing_else() {
+        let now = Utc::now();
+        let challenge = challenge(now);
+        let kept = ha1("cam-1", "pw");
+        let post = Request {
+            method: "POST",
+            uri: "/v1/anpr/cam-1",
+        };
+        let good = answer(&challenge, "cam-1", "pw", "/v1/anpr/cam-1");
+        assert!(verify(&good, &post, "cam-1", &kept, now));
+        assert!(!verify(&good, &post, "cam-2", &kept, now), "another camera");
+        let put = Request {
+            method: "PUT",
+            ..post
+        };
+        assert!(!verify(&good, &put, "cam-1", &kept, now), "another method");
+        let elsewhere = Request {
+            uri: "/v1/anpr/cam-2",
+            ..post
+        };
+        assert!(
+            !verify(&good, &elsewhere, "cam-1", &kept, now),
+            "another address"
+        );
+        let wrong = answer(&challenge, "cam-1", "guess", "/v1/anpr/cam-1");
+        assert!(!verify(&wrong, &post, "cam-1", &kept, now));
+        let later = now + chrono::Duration::seconds(FRESH_SECS + 1);
+        assert!(
+            !verify(&good, &post, "cam-1", &kept, later),
+            "a stale nonce"
+        );
+        let nonce = &challenge[challenge.find("nonce=\"").unwrap() + 7..challenge.len() - 1];
+        let forged = good.replace(nonce, "1-00");
+        assert!(!verify(&forged, &post, "cam-1", &kept, now));
+        assert!(!verify("Basic abc", &post, "cam-1", &kept, now));
+    }
+}
