@@ -101,6 +101,13 @@ pub enum Scenario {
         #[arg(long, value_enum, requires = "mqtt_url")]
         broker_acl: Option<BrokerAclArg>,
     },
+    /// An off-the-shelf camera's HTTP plate event → the platform's barrier call back to it,
+    /// beside a trivial HTTP handler making the same call.
+    Anpr {
+        /// Events to time (after a warm-up of a tenth as many).
+        #[arg(long, default_value_t = 2_000)]
+        reads: usize,
+    },
     /// Every scenario in turn; `--quick`: each small (about two minutes in all), for CI.
     All {
         #[arg(long)]

@@ -129,6 +129,7 @@ fn main() -> ExitCode {
                 exposed(database_url),
             )),
             Scenario::All { quick } => runtime.block_on(parkflow::bench::all(quick)),
+            Scenario::Anpr { reads } => runtime.block_on(parkflow::bench::anpr::run(reads)),
             Scenario::Nodes {
                 seconds,
                 postgres_url,

@@ -2,6 +2,7 @@
 //! invocation, prints one `key=value` line per figure, then `ratio=<name> value=<x> goal=<y> pass|fail`.
 //! Figures are for BENCHMARKS.md; nothing here is a test.
 
+pub mod anpr;
 pub mod api;
 mod background;
 pub mod barrier;
@@ -71,6 +72,7 @@ pub async fn all(quick: bool) -> anyhow::Result<()> {
             "barrier",
             barrier::run(scale(200, 2_000), 10_000, None).await,
         ),
+        ("anpr", anpr::run(scale(200, 2_000)).await),
         ("broker", broker::run(scale(20_000, 200_000) as u64).await),
         ("ingest", city::ingest(scale(8_000, 200_000)).await),
         ("burst", city::run(scale(8_000, 848_000), true).await),
