@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use parkflow_billing::TariffDefinition;
 use parkflow_gateway::registry::{DeviceKind as RegistryDeviceKind, GateDirection, LotKind};
-use parkflow_gateway::store::provision::{DevicePlan, DriverPlan, LotPlan, OperatorPlan, Plan};
-use parkflow_protocol::{DeviceAuth, DeviceId};
+use parkflow_gateway::store::provision::{
+    AnprPlan, DevicePlan, DriverPlan, LotPlan, OperatorPlan, Plan,
+};
+use parkflow_protocol::{DeviceAuth, DeviceId, GateId};
 use parkflow_sensors_sim::camera::{self, CameraConfig};
 use parkflow_sensors_sim::city::LaneDirection;
 use parkflow_sensors_sim::street::{self, StreetConfig, StreetStats, ZoneKeys};
@@ -19,6 +21,9 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::platform::{mqtt_password, random_device_key, random_secret};
+
+/// Each demo lot's lane for an off-the-shelf ANPR camera.
+const ANPR_GATE: &str = "anpr-in";
 
 /// The demo's operator.
 pub const OPERATOR: &str = "demo-operator";
@@ -100,6 +105,8 @@ impl Demo {
             ..Plan::default()
         };
         let mut devices = DevicesFile::default();
+        let anpr_gate =
+            GateId::parse(ANPR_GATE).unwrap_or_else(|_| unreachable!("a valid gate id"));
         for (i, lot) in city.lots.iter().enumerate() {
             plan.lots.push(LotPlan {
                 id: lot.id.clone(),
@@ -122,12 +129,48 @@ impl Demo {
                         };
                         (lane.gate.clone(), direction)
                     })
+                    .chain(std::iter::once((anpr_gate.clone(), GateDirection::Entry)))
                     .collect(),
                 bays: Vec::new(),
                 max_stay_minutes: None,
                 offline_policy: Default::default(),
                 tariffs: vec![demo_tariff(i)],
             });
+            // One lane per lot for an off-the-shelf camera (Hikvision's ISAPI push), left for a
+            // real camera: its credentials are in the devices file; its barrier decisions go on
+            // the gate's MQTT `command` topic for a ParkFlow barrier controller.
+            {
+                let id = DeviceId::parse(&format!("cam-{}-{anpr_gate}", lot.id))
+                    .unwrap_or_else(|_| unreachable!("lot and gate ids make a valid device id"));
+                let secret = random_secret();
+                let entry = DeviceEntry {
+                    id: id.clone(),
+                    kind: DeviceKind::AnprHttp,
+                    lot: lot.id.clone(),
+                    gate: Some(anpr_gate.clone()),
+                    bay: None,
+                    mqtt_username: id.to_string(),
+                    mqtt_password: mqtt_password(&secret),
+                    secret,
+                    simulated: false,
+                    vendor: Some(parkflow_gateway::Vendor::Hikvision.as_str().into()),
+                };
+                plan.devices.push(DevicePlan {
+                    id: id.clone(),
+                    kind: RegistryDeviceKind::GateCamera,
+                    lot: Some(lot.id.clone()),
+                    gate: Some(anpr_gate.clone()),
+                    bay: None,
+                    mqtt_username: entry.mqtt_username.clone(),
+                    secret: entry.secret.clone().into(),
+                });
+                plan.anpr.push(AnprPlan {
+                    device: id,
+                    vendor: parkflow_gateway::Vendor::Hikvision,
+                    control_url: None,
+                });
+                devices.devices.push(entry);
+            }
             for lane in &lot.lanes {
                 let id = DeviceId::parse(&format!("cam-{}-{}", lot.id, lane.gate))
                     .unwrap_or_else(|_| unreachable!("lot and gate ids make a valid device id"));
@@ -142,6 +185,7 @@ impl Demo {
                     mqtt_password: mqtt_password(&secret),
                     secret,
                     simulated: lane.simulated,
+                    vendor: None,
                 };
                 plan.devices.push(DevicePlan {
                     id,
@@ -345,6 +389,7 @@ pub fn zone_plan(
             mqtt_password: mqtt_password(&secret),
             secret,
             simulated: true,
+            vendor: None,
         };
         let plan = DevicePlan {
             id,
@@ -352,7 +397,7 @@ pub fn zone_plan(
                 DeviceKind::BaySensor => RegistryDeviceKind::BaySensor,
                 DeviceKind::BayCamera => RegistryDeviceKind::BayCamera,
                 DeviceKind::Bridge => RegistryDeviceKind::Bridge,
-                DeviceKind::GateCamera => RegistryDeviceKind::GateCamera,
+                DeviceKind::GateCamera | DeviceKind::AnprHttp => RegistryDeviceKind::GateCamera,
             },
             lot: Some(zone.id.clone()),
             gate: None,

@@ -26,6 +26,7 @@ pub mod session;
 pub mod store;
 mod ui;
 
+pub use anpr::Vendor;
 pub use app::{Gateway, GatewayError};
 pub use config::{BrokerAcl, GatewayConfig};
 pub use http::auth::constant_time_eq;

@@ -15,6 +15,9 @@ pub enum DeviceKind {
     BaySensor,
     BayCamera,
     Bridge,
+    /// An off-the-shelf ANPR camera: it pushes its vendor's events to `POST /v1/anpr/{id}`
+    /// (HTTP Basic or Digest, `id` and `mqtt_password`), not MQTT.
+    AnprHttp,
 }
 
 /// One device and its credentials.
@@ -34,6 +37,10 @@ pub struct DeviceEntry {
     pub secret: String,
     /// Whether the simulator drives it (`false`: left idle for an outside device).
     pub simulated: bool,
+    /// An `anpr_http` camera's vendor (`hikvision`, `dahua`, `axis`, `platerecognizer`,
+    /// `openalpr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
 }
 
 impl std::fmt::Debug for DeviceEntry {

@@ -70,6 +70,7 @@ impl Fixture {
             mqtt_password: mqtt_password(&secret),
             secret,
             simulated: true,
+            vendor: None,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let mut plates: Vec<String> = (0..PLATES)

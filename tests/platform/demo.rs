@@ -305,4 +305,34 @@ async fn the_demo_restarted_on_its_database_keeps_its_devices_credentials() {
         Ok(true),
         "the camera was refused after the restart"
     );
+
+    // Each lot has a lane for an off-the-shelf camera: its credentials are in the file, and a
+    // Hikvision event pushed with them is a read.
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&devices).unwrap()).unwrap();
+    let anpr = file["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "anpr_http")
+        .expect("an ANPR camera in the devices file");
+    assert_eq!(anpr["vendor"], "hikvision");
+    let event = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/anpr/hikvision_anpr.xml"),
+    )
+    .unwrap()
+    .replace(
+        "2025-03-14T08:21:07.512+08:00",
+        &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    let answer = reqwest::Client::new()
+        .post(format!("{http}/v1/anpr/{}", anpr["id"].as_str().unwrap()))
+        .basic_auth(anpr["id"].as_str().unwrap(), anpr["mqtt_password"].as_str())
+        .header("content-type", "text/xml")
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
 }

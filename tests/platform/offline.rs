@@ -50,6 +50,7 @@ impl Lanes {
             mqtt_password: password,
             secret,
             simulated: true,
+            vendor: None,
         };
         let config = CameraConfig {
             lot_count: Some(self.count.clone()),

@@ -25,6 +25,17 @@ pub struct Plan {
     pub drivers: Vec<DriverPlan>,
     pub passes: Vec<PassPlan>,
     pub blocks: Vec<BlockPlan>,
+    /// Which of `devices` are off-the-shelf ANPR cameras (gate cameras that speak HTTP).
+    pub anpr: Vec<AnprPlan>,
+}
+
+/// A device of the plan that is an off-the-shelf ANPR camera: its vendor, and where its barrier
+/// call goes (none: a ParkFlow MQTT barrier controller on the gate's `command` topic).
+#[derive(Debug, Clone)]
+pub struct AnprPlan {
+    pub device: DeviceId,
+    pub vendor: crate::anpr::Vendor,
+    pub control_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -199,6 +210,35 @@ pub async fn provision(db: &Db, plan: &Plan, now: DateTime<Utc>) -> Result<(), S
                  mqtt_password_hash = excluded.mqtt_password_hash, secret = excluded.secret, revoked_at = NULL",
         );
         insert.build().persistent(false).execute(&mut tx).await?;
+    }
+    for anpr in &plan.anpr {
+        let device = plan
+            .devices
+            .iter()
+            .find(|d| d.id == anpr.device)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("ANPR camera {} is no device", anpr.device))
+            })?;
+        let ha1 =
+            crate::anpr::digest::ha1(device.id.as_str(), device.mqtt_password().expose_secret());
+        query(
+            "INSERT INTO anpr_cameras (device_id, vendor, control, control_url, digest_ha1)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (device_id) DO UPDATE SET vendor = excluded.vendor,
+                 control = excluded.control, control_url = excluded.control_url,
+                 digest_ha1 = excluded.digest_ha1",
+        )
+        .bind(device.id.as_str())
+        .bind(anpr.vendor.as_str())
+        .bind(if anpr.control_url.is_some() {
+            "http"
+        } else {
+            "mqtt"
+        })
+        .bind(anpr.control_url.as_deref())
+        .bind(db.seal(device.id.as_str(), &ha1))
+        .execute(&mut tx)
+        .await?;
     }
     for driver in &plan.drivers {
         let stored = NewDriver {

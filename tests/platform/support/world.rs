@@ -117,6 +117,7 @@ impl World {
                 plate: blocked.clone(),
                 reason: "test".into(),
             }],
+            anpr: Vec::new(),
         };
         Self {
             lot,
