@@ -54,6 +54,83 @@ pub struct CameraConfig {
     /// out since the newest list), as lanes wired to one lot controller do; `None`: this lane
     /// counts alone (an entry lane's count then only grows).
     pub lot_count: Option<Arc<std::sync::atomic::AtomicI64>>,
+    /// An off-the-shelf ANPR camera: it sends its reads over HTTP in its vendor's format (to
+    /// `POST /v1/anpr/{id}`) instead of MQTT; its barrier still hears the platform's commands
+    /// on the gate's `command` topic (a ParkFlow barrier controller).
+    pub anpr: Option<AnprTransport>,
+}
+
+/// How a simulated off-the-shelf camera sends its reads.
+#[derive(Debug, Clone)]
+pub struct AnprTransport {
+    pub vendor: AnprVendor,
+    /// The platform's HTTP address (`http://host:port`).
+    pub api: String,
+}
+
+/// The vendors' formats the simulator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnprVendor {
+    Hikvision,
+    Platerecognizer,
+}
+
+impl AnprVendor {
+    /// As the platform names it (and prefixes the vendor's event ids with).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hikvision => "hikvision",
+            Self::Platerecognizer => "platerecognizer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Hikvision, Self::Platerecognizer]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+
+    /// The vendor's own event for `read` (its id the vendor's event id), and its content type.
+    pub fn event(self, camera: &str, read: &GatePlateRead) -> (&'static str, String) {
+        let at = read
+            .observed_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        match self {
+            Self::Hikvision => (
+                "application/xml",
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+                     <EventNotificationAlert version=\"2.0\" xmlns=\"http://www.isapi.org/ver20/XMLSchema\">\
+                     <channelID>1</channelID><dateTime>{at}</dateTime><activePostCount>1</activePostCount>\
+                     <eventType>ANPR</eventType><eventState>active</eventState>\
+                     <eventDescription>ANPR</eventDescription><ANPR><licensePlate>{plate}</licensePlate>\
+                     <confidenceLevel>{confidence}</confidenceLevel>{color}</ANPR>\
+                     <UUID>{id}</UUID></EventNotificationAlert>",
+                    plate = read.plate,
+                    confidence = (read.confidence * 100.0).round(),
+                    color = read
+                        .plate_color
+                        .map(|c| format!("<plateColor>{}</plateColor>", c.as_str()))
+                        .unwrap_or_default(),
+                    id = read.event_id.as_str(),
+                ),
+            ),
+            Self::Platerecognizer => (
+                "application/json",
+                serde_json::json!({
+                    "hook": {"target": "parkflow", "id": camera, "event": "recognition"},
+                    "data": {
+                        "camera_id": camera,
+                        "filename": read.event_id.as_str(),
+                        "timestamp": at,
+                        "results": [{"plate": read.plate, "score": read.confidence,
+                                     "candidates": [{"plate": read.plate, "score": read.confidence}]}],
+                    }
+                })
+                .to_string(),
+            ),
+        }
+    }
 }
 
 impl CameraConfig {
@@ -67,6 +144,7 @@ impl CameraConfig {
             max_attempts: u32::MAX,
             decide_alone_after: None,
             lot_count: None,
+            anpr: None,
         }
     }
 
@@ -431,6 +509,17 @@ impl Camera {
         self.encode(&self.topic, read)
     }
 
+    /// Sends a read's payload: published on MQTT, or posted as an ANPR camera's HTTP event.
+    fn transmit(&self, payload: Vec<u8>) {
+        transmit(
+            &self.client,
+            &self.config,
+            &self.device,
+            &self.topic,
+            payload,
+        );
+    }
+
     fn request(&mut self, request: Request) {
         match request {
             Request::Read { read, reply } => self.send(read, reply),
@@ -462,17 +551,27 @@ impl Camera {
 
     fn send(
         &mut self,
-        read: GatePlateRead,
+        mut read: GatePlateRead,
         reply: oneshot::Sender<Result<GateCommand, CameraError>>,
     ) {
-        let payload = self.payload(&read);
+        let payload = match &self.config.anpr {
+            // The vendor's event carries the camera's own id; the platform answers under the
+            // vendor's prefix of it.
+            Some(anpr) => {
+                let (_, event) = anpr.vendor.event(self.device.id.as_str(), &read);
+                if let Ok(id) = EventId::parse(&format!(
+                    "{}:{}",
+                    anpr.vendor.as_str(),
+                    read.event_id.as_str()
+                )) {
+                    read.event_id = id;
+                }
+                event.into_bytes()
+            }
+            None => self.payload(&read),
+        };
         // A full request queue behaves like a lost message: the retry sends it again.
-        let _ = self.client.try_publish(
-            self.topic.to_string(),
-            QoS::AtLeastOnce,
-            false,
-            payload.clone(),
-        );
+        self.transmit(payload.clone());
         Stats::add(&self.stats.reads_sent);
         let wait = self.config.first_retry;
         let pending = Pending {
@@ -608,11 +707,13 @@ impl Camera {
                 gave_up.push(event_id.clone());
                 continue;
             }
-            let _ = self.client.try_publish(
-                self.topic.to_string(),
-                QoS::AtLeastOnce,
-                false,
-                pending.payload.clone(),
+            let payload = pending.payload.clone();
+            transmit(
+                &self.client,
+                &self.config,
+                &self.device,
+                &self.topic,
+                payload,
             );
             Stats::add(&self.stats.reads_resent);
             pending.attempts += 1;
@@ -747,6 +848,39 @@ impl Camera {
         }
         self.answered_order.push_back(command.event_id.clone());
     }
+}
+
+/// Sends a read's payload as the camera sends its reads (see [`Camera::transmit`]). An HTTP
+/// event is posted on a task of its own, the answer ignored: like a lost MQTT message, an event
+/// that does not get through is sent again by the retry.
+fn transmit(
+    client: &AsyncClient,
+    config: &CameraConfig,
+    device: &DeviceEntry,
+    topic: &Topic,
+    payload: Vec<u8>,
+) {
+    let Some(anpr) = &config.anpr else {
+        let _ = client.try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload);
+        return;
+    };
+    let content_type = match anpr.vendor {
+        AnprVendor::Hikvision => "application/xml",
+        AnprVendor::Platerecognizer => "application/json",
+    };
+    let url = format!("{}/v1/anpr/{}", anpr.api, device.id);
+    let (user, password) = (device.id.to_string(), device.mqtt_password.clone());
+    tokio::spawn(async move {
+        static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        let http = HTTP.get_or_init(reqwest::Client::new);
+        let _ = http
+            .post(url)
+            .basic_auth(user, Some(password))
+            .header("content-type", content_type)
+            .body(payload)
+            .send()
+            .await;
+    });
 }
 
 #[cfg(test)]

@@ -579,3 +579,101 @@ async fn vendor_events_open_and_close_a_stay_and_call_the_barrier() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     platform.stop().await;
 }
+
+/// The simulator plays an off-the-shelf camera: its reads go over HTTP in the vendor's format, its
+/// barrier hears the platform's signed commands on MQTT (a ParkFlow barrier controller), and each
+/// read is answered — for Hikvision and Plate Recognizer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_plays_hikvision_and_plate_recognizer_cameras() {
+    use parkflow_sensors_sim::camera::{self, AnprTransport, AnprVendor, CameraConfig, Sighting};
+    use parkflow_sensors_sim::{DeviceEntry, DeviceKind, Stats};
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 20);
+    let platform = TestPlatform::start(setup, &world).await;
+    let tracker = tokio_util::task::TaskTracker::new();
+    let token = tokio_util::sync::CancellationToken::new();
+    for (vendor, gate, direction) in [
+        (
+            AnprVendor::Hikvision,
+            "in-sim",
+            parkflow_protocol::Direction::Entry,
+        ),
+        (
+            AnprVendor::Platerecognizer,
+            "out-sim",
+            parkflow_protocol::Direction::Exit,
+        ),
+    ] {
+        let (status, _) = platform
+            .call(
+                Some(ADMIN_KEY),
+                Method::POST,
+                &format!("/v1/lots/{}/gates", world.lot),
+                Some(&json!({"id": gate, "direction": if direction == parkflow_protocol::Direction::Entry { "entry" } else { "exit" }})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let id = format!("cam-{gate}");
+        let (status, registered) = platform
+            .call(
+                Some(ADMIN_KEY),
+                Method::POST,
+                &format!("/v1/lots/{}/devices", world.lot),
+                Some(&json!({"id": id, "kind": "anpr_http", "gate": gate,
+                             "vendor": vendor.as_str(), "control": {"kind": "mqtt"}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{registered}");
+        let device = DeviceEntry {
+            id: parkflow_protocol::DeviceId::parse(&id).unwrap(),
+            kind: DeviceKind::AnprHttp,
+            lot: world.lot.clone(),
+            gate: Some(parkflow_protocol::GateId::parse(gate).unwrap()),
+            bay: None,
+            mqtt_username: id.clone(),
+            mqtt_password: registered["mqtt_password"].as_str().unwrap().to_owned(),
+            secret: registered["secret"].as_str().unwrap().to_owned(),
+            simulated: true,
+            vendor: Some(vendor.as_str().to_owned()),
+        };
+        let mut config = CameraConfig::new(
+            platform.mqtt.0.clone(),
+            platform.mqtt.1,
+            parkflow_protocol::DeviceAuth::Signed,
+        );
+        config.anpr = Some(AnprTransport {
+            vendor,
+            api: format!("http://{}", platform.http),
+        });
+        let lane = camera::spawn(
+            device,
+            config,
+            std::sync::Arc::new(Stats::default()),
+            &tracker,
+            token.clone(),
+        );
+        let command = tokio::time::timeout(
+            Duration::from_secs(20),
+            lane.read(Sighting {
+                plate: world.enrolled.as_str().to_owned(),
+                plate_color: Some(parkflow_protocol::PlateColor::Blue),
+                confidence: 0.97,
+                direction,
+                observed_at: chrono::Utc::now(),
+            }),
+        )
+        .await
+        .expect("answered in time")
+        .expect("answered");
+        assert_eq!(
+            command.action,
+            parkflow_protocol::GateAction::Open,
+            "{vendor:?}: {command:?}"
+        );
+        assert!(command.event_id.as_str().starts_with(vendor.as_str()));
+    }
+    token.cancel();
+    tracker.close();
+    tracker.wait().await;
+    platform.stop().await;
+}
