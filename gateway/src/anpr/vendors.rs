@@ -110,6 +110,17 @@ fn json<'a, T: Deserialize<'a>>(body: &'a [u8], what: &'static str) -> Result<T,
     serde_json::from_slice(body).map_err(|_| ParseError::Format(what))
 }
 
+/// An event id that is a camera's counter, with the day the event was seen: a counter a restart
+/// begins again cannot make a new car's event the repeat of an old one. (A re-sent event keeps
+/// its time, so its id; one re-sent across midnight is a new read, which the gate's same-plate
+/// rule treats as the repeat it is.)
+fn counted(id: impl std::fmt::Display, observed_at: Option<DateTime<Utc>>) -> String {
+    match observed_at {
+        Some(at) => format!("{id}-{}", at.format("%Y%m%d")),
+        None => id.to_string(),
+    }
+}
+
 /// 0–100 to 0–1.
 fn percent(value: f64) -> f64 {
     (value / 100.0).clamp(0.0, 1.0)
@@ -322,7 +333,9 @@ fn dahua(body: &[u8]) -> Result<VendorRead, ParseError> {
         DateTime::<Utc>::from_timestamp_millis(secs * 1000 + event.utc_ms.unwrap_or(0))
     });
     Ok(VendorRead {
-        event_id: event_id.to_string(),
+        // A group id is the camera's counter, which a restart may begin again: the day it was
+        // seen keeps an old read's decision from answering a new car.
+        event_id: counted(event_id, observed_at),
         plate,
         plate_color: event
             .traffic_car
@@ -372,18 +385,21 @@ fn axis(body: &[u8]) -> Result<VendorRead, ParseError> {
         .camera_info
         .and_then(|c| c.serial_number)
         .unwrap_or_default();
+    let observed_at = event
+        .capture_timestamp
+        .as_deref()
+        .and_then(|t| t.parse::<i64>().ok())
+        .and_then(DateTime::<Utc>::from_timestamp_millis);
     Ok(VendorRead {
-        event_id: format!("{serial}-{car}"),
+        // The car id is the camera's counter (see [`counted`]).
+        event_id: counted(format!("{serial}-{car}"), observed_at),
         plate,
         plate_color: None,
         confidence: event
             .plate_confidence
             .and_then(|c| c.parse::<f64>().ok())
             .map_or(1.0, |c| c.clamp(0.0, 1.0)),
-        observed_at: event
-            .capture_timestamp
-            .and_then(|t| t.parse::<i64>().ok())
-            .and_then(DateTime::<Utc>::from_timestamp_millis),
+        observed_at,
         direction: match event.car_move_direction.as_deref() {
             Some("in") => Some(parkflow_protocol::Direction::Entry),
             Some("out") => Some(parkflow_protocol::Direction::Exit),
