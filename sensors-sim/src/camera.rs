@@ -555,15 +555,17 @@ impl Camera {
         reply: oneshot::Sender<Result<GateCommand, CameraError>>,
     ) {
         let payload = match &self.config.anpr {
-            // The vendor's event carries the camera's own id; the platform answers under the
-            // vendor's prefix of it.
+            // The vendor's event carries the camera's own id; the platform answers under it,
+            // prefixed with the vendor and the camera.
             Some(anpr) => {
                 let (_, event) = anpr.vendor.event(self.device.id.as_str(), &read);
-                if let Ok(id) = EventId::parse(&format!(
-                    "{}:{}",
+                let platforms = format!(
+                    "{}:{}:{}",
                     anpr.vendor.as_str(),
+                    self.device.id,
                     read.event_id.as_str()
-                )) {
+                );
+                if let Ok(id) = EventId::parse(&platforms) {
                     read.event_id = id;
                 }
                 event.into_bytes()

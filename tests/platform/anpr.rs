@@ -459,6 +459,16 @@ async fn vendor_events_open_and_close_a_stay_and_call_the_barrier() {
         "{}",
         opened.2
     );
+    // The re-sent event was answered again, but the barrier is not opened a second time (the
+    // car behind would follow through).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let opens = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(method, path, _)| method == "PUT" && path.ends_with("/barrierGate"))
+        .count();
+    assert_eq!(opens, 1, "the barrier opened again for a repeated event");
     let sessions = platform.sessions(&world.lot).await;
     assert_eq!(sessions.len(), 1, "{sessions:?}");
 

@@ -65,6 +65,8 @@ pub(crate) type Outcomes = Arc<Mutex<HashMap<(LotId, GateId), CallOutcome>>>;
 pub(crate) struct BarrierRelay {
     tx: mpsc::Sender<Call>,
     outcomes: Outcomes,
+    /// The command each lane was last given.
+    last: Arc<Mutex<HashMap<(LotId, GateId), uuid::Uuid>>>,
 }
 
 /// The task that makes a relay's calls ([`RelayTask::run`]).
@@ -87,9 +89,11 @@ impl BarrierRelay {
     pub(crate) fn new(metrics: Arc<Metrics>) -> (Self, RelayTask) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let outcomes = Outcomes::default();
+        // No redirects: the call goes where the operator said, nowhere a camera points it.
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         let task = RelayTask {
@@ -98,11 +102,32 @@ impl BarrierRelay {
             outcomes: outcomes.clone(),
             metrics,
         };
-        (Self { tx, outcomes }, task)
+        (
+            Self {
+                tx,
+                outcomes,
+                last: Arc::default(),
+            },
+            task,
+        )
     }
 
-    /// Queues `call` without waiting: the decision path never blocks on a camera.
+    /// Queues `call` without waiting: the decision path never blocks on a camera. A command the
+    /// lane's barrier was already given (a repeated event answered again: a camera re-sending,
+    /// Axis's `update` and `lost` of the same car) or one expired is not called again: the
+    /// barrier must not open a second time for the car behind.
     pub(crate) fn send(&self, call: Call) {
+        if call.command.expires_at < Utc::now() {
+            return;
+        }
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let lane = (call.lot.clone(), call.gate.clone());
+            if last.get(&lane) == Some(&call.command.command_id) {
+                return;
+            }
+            last.insert(lane, call.command.command_id);
+        }
         if let Err(error) = self.tx.try_send(call) {
             let call = match error {
                 mpsc::error::TrySendError::Full(call) | mpsc::error::TrySendError::Closed(call) => {

@@ -19,10 +19,13 @@ use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::registry::{GateDirection, password_hash};
 
+/// Events being received at once, at most (each up to [`MAX_EVENT_BYTES`]).
+pub(crate) const MAX_EVENTS_AT_ONCE: usize = 64;
 /// The largest event accepted, pictures included.
 pub(crate) const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 /// How long an event waits for its read to be on record before the camera is told to retry.
-const RECORDED_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+/// (Shorter than the API's request timeout, so the camera hears `not_recorded`, counted.)
+const RECORDED_WITHIN: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// What the camera is told.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -122,6 +125,17 @@ async fn accept(
         .filter(|d| !d.revoked)
         .ok_or_else(unknown)?;
     let anpr = camera.anpr.clone().ok_or_else(unknown)?;
+    // The address first: a refusal for it says nothing of whether the credentials were right.
+    if !anpr.allow_from.is_empty() {
+        let from = state.trusted_proxies.client(parts);
+        if !anpr.allow_from.iter().any(|net| net.contains(&from)) {
+            return Err(Refused::new(
+                StatusCode::FORBIDDEN,
+                "address_not_allowed",
+                "this camera does not send from this address",
+            ));
+        }
+    }
     let digest_ok = || {
         let header = parts
             .headers
@@ -152,16 +166,6 @@ async fn accept(
             "HTTP Basic with the camera's device id and password",
         ));
     }
-    if !anpr.allow_from.is_empty() {
-        let from = state.trusted_proxies.client(parts);
-        if !anpr.allow_from.iter().any(|net| net.contains(&from)) {
-            return Err(Refused::new(
-                StatusCode::FORBIDDEN,
-                "address_not_allowed",
-                "this camera does not send from this address",
-            ));
-        }
-    }
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -176,7 +180,14 @@ async fn accept(
     let gate = registry.gate(lot.idx, gate_id).ok_or_else(unknown)?;
     let plate = Plate::parse(&read.plate)
         .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "invalid_plate", "not a plate"))?;
-    let event_id = EventId::parse(&vendors::event_id(anpr.vendor, &read.event_id))
+    if !read.confidence.is_finite() {
+        return Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "confidence is not a number",
+        ));
+    }
+    let event_id = EventId::parse(&vendors::event_id(anpr.vendor, device, &read.event_id))
         .map_err(|_| Refused::new(StatusCode::BAD_REQUEST, "malformed", "no usable event id"))?;
     let (ticket, recorded) = crate::mqtt::ack::Ticket::recorded();
     let gate_read = GateRead {

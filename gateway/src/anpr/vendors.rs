@@ -53,8 +53,10 @@ pub(crate) fn parse(
     }
 }
 
-/// The read's event id: the vendor's, prefixed with the vendor, in the characters event ids take.
-pub(crate) fn event_id(vendor: Vendor, id: &str) -> String {
+/// The read's event id: the vendor's, prefixed with the vendor and the camera (a camera that
+/// replaces another on the gate counts its own ids), in the characters event ids take; one too
+/// long for an event id is shortened to a digest of it, never cut (two ids must not become one).
+pub(crate) fn event_id(vendor: Vendor, device: &str, id: &str) -> String {
     let clean: String = id
         .chars()
         .map(|c| {
@@ -65,9 +67,16 @@ pub(crate) fn event_id(vendor: Vendor, id: &str) -> String {
             }
         })
         .collect();
-    let mut id = format!("{}:{clean}", vendor.as_str());
-    id.truncate(128);
-    id
+    let full = format!("{}:{device}:{clean}", vendor.as_str());
+    if full.len() <= 128 {
+        return full;
+    }
+    use sha2::Digest as _;
+    let digest: String = sha2::Sha256::digest(full.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}:{digest}", vendor.as_str())
 }
 
 /// The event's part of a multipart body: the first part that is XML or JSON (pictures are not
@@ -330,7 +339,10 @@ fn dahua(body: &[u8]) -> Result<VendorRead, ParseError> {
         .or(event.event_id)
         .ok_or(ParseError::Field("neither GroupID nor EventID"))?;
     let observed_at = event.real_utc.and_then(|secs| {
-        DateTime::<Utc>::from_timestamp_millis(secs * 1000 + event.utc_ms.unwrap_or(0))
+        let millis = secs
+            .checked_mul(1000)?
+            .checked_add(event.utc_ms.unwrap_or(0))?;
+        DateTime::<Utc>::from_timestamp_millis(millis)
     });
     Ok(VendorRead {
         // A group id is the camera's counter, which a restart may begin again: the day it was
@@ -460,7 +472,8 @@ mod tests {
             );
             assert!(read.observed_at.is_some(), "{file}: no time");
             assert!(!read.event_id.is_empty(), "{file}");
-            assert!(parkflow_protocol::EventId::parse(&event_id(vendor, &read.event_id)).is_ok());
+            let id = event_id(vendor, "cam-1", &read.event_id);
+            assert!(parkflow_protocol::EventId::parse(&id).is_ok(), "{id}");
         }
     }
 

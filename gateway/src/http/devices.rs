@@ -190,6 +190,12 @@ fn anpr_settings(request: &DeviceRequest) -> Result<Option<devices::NewAnpr>, Ap
         }) => {
             let url = url::Url::parse(url)
                 .map_err(|e| ApiError::bad_request("invalid_anpr", format!("control.url: {e}")))?;
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(ApiError::bad_request(
+                    "invalid_anpr",
+                    "control.url carries no credentials: give username and password",
+                ));
+            }
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(ApiError::bad_request(
                     "invalid_anpr",

@@ -217,6 +217,10 @@ pub(crate) fn router(state: AppState) -> Router {
         // The handler sees a body over the limit (and counts it), rather than a layer refusing it.
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::anpr::intake::MAX_EVENT_BYTES,
+        ))
+        // Events are read whole before they are authenticated: at most this many at once.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            crate::anpr::intake::MAX_EVENTS_AT_ONCE,
         ));
     routes
         .fallback(|| async { error::ApiError::NotFound("route") })
