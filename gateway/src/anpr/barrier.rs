@@ -25,6 +25,8 @@ const QUEUE: usize = 1_024;
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts per call.
 const ATTEMPTS: u32 = 3;
+/// Calls in flight at once, at most.
+const CALLS_AT_ONCE: usize = 256;
 
 /// How a camera's barrier is opened over HTTP.
 #[derive(Clone)]
@@ -164,14 +166,21 @@ async fn run(
     metrics: Arc<Metrics>,
     token: CancellationToken,
 ) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(CALLS_AT_ONCE));
     loop {
         let call = tokio::select! {
             () = token.cancelled() => break,
             call = rx.recv() => match call { Some(call) => call, None => break },
         };
-        // Each call on its own task: a slow camera does not hold up another lane's barrier.
+        // Each call on its own task: a slow camera does not hold up another lane's barrier. At
+        // most CALLS_AT_ONCE are in flight; beyond, the queue fills and calls are dropped (and
+        // shown failed on their lane) rather than tasks piling up behind dead cameras.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let (client, outcomes, metrics) = (client.clone(), outcomes.clone(), metrics.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let (attempts, result) = call_with_retries(&client, &call).await;
             let label = if result.is_ok() { "ok" } else { "failed" };
             metrics
