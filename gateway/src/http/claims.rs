@@ -115,15 +115,11 @@ pub(crate) async fn decide(
         }
     };
     if claim.status == ClaimStatus::Granted {
-        let standing = drivers::driver(&state.db, claim.driver_id).await?.map_or(
-            Standing::NotEnrolled,
-            |driver| {
-                Standing::of(
-                    driver.auto_debit,
-                    driver.status == parkflow_billing::drivers::DriverStatus::Suspended,
-                )
-            },
-        );
+        let standing = drivers::driver(&state.db, claim.driver_id)
+            .await?
+            .map_or(Standing::NotEnrolled, |driver| {
+                super::drivers::standing_of(&driver)
+            });
         if let Ok(plate) = Plate::parse(&claim.plate) {
             state
                 .gates

@@ -306,7 +306,7 @@ fn refuse_while_owing(change: Change, what: &'static str) -> Result<(), ApiError
 }
 
 /// How the gate treats a driver's cars at the exit.
-fn standing_of(driver: &DriverView) -> Standing {
+pub(crate) fn standing_of(driver: &DriverView) -> Standing {
     Standing::of(driver.auto_debit, driver.status == DriverStatus::Suspended)
 }
 

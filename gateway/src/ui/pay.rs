@@ -91,24 +91,8 @@ pub(crate) async fn page_or_due(
         (Ok((session, Some(due))), false) => {
             axum::Json(view(&state, session, &due)).into_response()
         }
-        (Ok((_, None)), true) => respond(
-            StatusCode::NOT_FOUND,
-            page(
-                lang,
-                text.not_found_title,
-                &path,
-                html! { p { (text.not_found_body) } },
-            ),
-        ),
-        (Err(()), true) => respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            page(
-                lang,
-                text.pay_title,
-                &path,
-                html! { p.error { (text.try_again) } },
-            ),
-        ),
+        (Ok((_, None)), true) => not_found(lang, &path),
+        (Err(()), true) => busy(lang, &path),
         (Ok((_, None)), false) => {
             crate::http::error::ApiError::NotFound("held exit").into_response()
         }
@@ -155,19 +139,8 @@ pub(crate) async fn submit(
         "/v1/sessions/{}/pay",
         Uuid::parse_str(&id).unwrap_or(Uuid::nil())
     );
-    let not_found = || {
-        respond(
-            StatusCode::NOT_FOUND,
-            page(
-                lang,
-                text.not_found_title,
-                &path,
-                html! { p { (text.not_found_body) } },
-            ),
-        )
-    };
     let Ok(session) = Uuid::parse_str(&id) else {
-        return not_found();
+        return not_found(lang, &path);
     };
     let account = form.payment_account.trim();
     let key_ok = !form.key.is_empty() && form.key.len() <= 200;
@@ -194,7 +167,7 @@ pub(crate) async fn submit(
                     );
                 }
                 StatusCode::PAYMENT_REQUIRED => Some((StatusCode::PAYMENT_REQUIRED, text.declined)),
-                StatusCode::NOT_FOUND => return not_found(),
+                StatusCode::NOT_FOUND => return not_found(lang, &path),
                 StatusCode::CONFLICT => Some((StatusCode::CONFLICT, text.nothing_due_body)),
                 status if status.is_server_error() => Some((status, text.try_again)),
                 status => Some((status, text.account_missing)),
@@ -220,17 +193,37 @@ pub(crate) async fn submit(
             StatusCode::ACCEPTED,
             page(lang, text.pending_title, &path, pending(&path, lang)),
         ),
-        Ok(None) => not_found(),
-        Err(()) => respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            page(
-                lang,
-                text.pay_title,
-                &path,
-                html! { p.error { (text.try_again) } },
-            ),
-        ),
+        Ok(None) => not_found(lang, &path),
+        Err(()) => busy(lang, &path),
     }
+}
+
+/// No car held for payment under this link.
+fn not_found(lang: Lang, path: &str) -> Response {
+    let text = Text::of(lang);
+    respond(
+        StatusCode::NOT_FOUND,
+        page(
+            lang,
+            text.not_found_title,
+            path,
+            html! { p { (text.not_found_body) } },
+        ),
+    )
+}
+
+/// The gates' records are behind: try again.
+fn busy(lang: Lang, path: &str) -> Response {
+    let text = Text::of(lang);
+    respond(
+        StatusCode::SERVICE_UNAVAILABLE,
+        page(
+            lang,
+            text.pay_title,
+            path,
+            html! { p.error { (text.try_again) } },
+        ),
+    )
 }
 
 fn header_value(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
