@@ -1,6 +1,7 @@
 //! Plates are personal data (SPEC §5). Logs carry a plate's keyed hash ([`PlateKey::tag`]), never
 //! the plate; plates of sessions, reads and review cases older than the retention period are
-//! replaced by a pseudonym ([`pseudonymise`]) by a job the platform runs on a schedule.
+//! replaced by a pseudonym ([`pseudonymise`]) by a job the platform runs on a schedule, which also
+//! deletes the pictures kept for review cases.
 
 use std::sync::Arc;
 
@@ -81,7 +82,8 @@ impl Default for RetentionConfig {
 }
 
 /// Replaces the plates of sessions and on-street stays ended before `cutoff` (and of gate reads
-/// and review cases made before it) with their pseudonyms, at most `batch` plates; returns how many plates it handled.
+/// and review cases made before it) with their pseudonyms, at most `batch` plates, and deletes
+/// review cases' pictures kept before it; returns how many plates it handled.
 /// Open sessions keep their plates whatever their age (the car is still inside). Idempotent.
 pub async fn pseudonymise(
     db: &Db,
@@ -90,6 +92,10 @@ pub async fn pseudonymise(
     batch: u32,
 ) -> Result<usize, StoreError> {
     let cutoff = db_time(cutoff);
+    let pictures = crate::store::pictures::forget(db, cutoff).await?;
+    if pictures > 0 {
+        tracing::info!(pictures, "review pictures past their retention deleted");
+    }
     let pattern = format!("{PSEUDONYM_PREFIX}%");
     let plates: Vec<(String,)> = query(
         "SELECT plate FROM sessions WHERE status <> $4 AND exited_at < $1 AND plate NOT LIKE $2

@@ -88,7 +88,7 @@ async fn push(
     camera: &str,
     password: &str,
     content_type: &str,
-    body: String,
+    body: impl Into<reqwest::Body>,
 ) -> (StatusCode, Value) {
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{camera}:{password}"));
     let response = reqwest::Client::new()
@@ -583,7 +583,7 @@ async fn vendor_events_open_and_close_a_stay_and_call_the_barrier() {
         "cam-hik-in",
         &entry_password,
         "text/xml",
-        "<nope/>".into(),
+        "<nope/>",
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
@@ -686,4 +686,196 @@ async fn the_simulator_plays_hikvision_and_plate_recognizer_cameras() {
     tracker.close();
     tracker.wait().await;
     platform.stop().await;
+}
+
+/// Pictures: dropped on a lot that does not keep them; on one that does, kept only for a read
+/// that opened a review case, shown to the lot's staff alone, and deleted with the plate
+/// retention period.
+async fn review_cases_keep_the_cameras_pictures_only_where_the_lot_says(database: Database) {
+    let Some(setup) = Setup::available(database, Broker::Embedded) else {
+        return;
+    };
+    let world = World::new(setup, 20);
+    let platform = TestPlatform::start(setup, &world).await;
+    let (camera_addr, _calls) = fake_camera().await;
+    let password = anpr_lane(
+        &platform,
+        &world,
+        "out-hik",
+        "exit",
+        "cam-hik-out",
+        "hikvision",
+        format!("http://{camera_addr}/ISAPI/Parking/channels/1/barrierGate"),
+    )
+    .await;
+    let jpeg = b"\xff\xd8\xff\xe0 a car at the exit \xff\xd9".to_vec();
+    // As Hikvision sends an event with its pictures: the XML, the plate's close-up, the scene.
+    let with_pictures = |plate: &str, id: u32| {
+        let (_, xml) = event("hikvision", plate, chrono::Utc::now(), id);
+        let mut body = Vec::new();
+        body.extend_from_slice(b"--hik\r\nContent-Disposition: form-data; name=\"anpr.xml\"; filename=\"anpr.xml\"\r\nContent-Type: text/xml\r\n\r\n");
+        body.extend_from_slice(xml.as_bytes());
+        for name in ["licensePlatePicture.jpg", "detectionPicture.jpg"] {
+            body.extend_from_slice(format!("\r\n--hik\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: image/pjpeg\r\n\r\n").as_bytes());
+            body.extend_from_slice(&jpeg);
+        }
+        body.extend_from_slice(b"\r\n--hik--\r\n");
+        body
+    };
+    let content_type = "multipart/form-data; boundary=hik";
+    let cases = || async {
+        platform
+            .admin_get(&format!("/v1/review?lot={}", world.lot))
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+
+    // The lot keeps none (the default): an exit nobody entered opens a case, without pictures.
+    let (status, answer) = push(
+        &platform,
+        "cam-hik-out",
+        &password,
+        content_type,
+        with_pictures("浙E00001", 1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let case = cases().await;
+    assert_eq!(case.len(), 1, "{case:?}");
+    assert_eq!(case[0]["kind"], "exit_without_entry");
+    assert_eq!(case[0]["pictures"], 0);
+
+    // The operator turns it on: the next case keeps both pictures, once however often sent.
+    let (status, lot) = platform
+        .call(
+            Some(ADMIN_KEY),
+            Method::PATCH,
+            &format!("/v1/lots/{}", world.lot),
+            Some(&json!({"review_pictures": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{lot}");
+    assert_eq!(lot["review_pictures"], true);
+    for _ in 0..2 {
+        let (status, answer) = push(
+            &platform,
+            "cam-hik-out",
+            &password,
+            content_type,
+            with_pictures("浙E00002", 2),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let case = cases().await;
+    let kept = case
+        .iter()
+        .find(|c| c["plate"] == "浙E00002")
+        .expect("the second case");
+    assert_eq!(kept["pictures"], 2, "{kept}");
+    let id = kept["id"].as_str().unwrap().to_owned();
+    let picture = |key: String, n: u32| {
+        let url = platform.url(&format!("/v1/review/{id}/pictures/{n}"));
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (
+                status,
+                content_type,
+                response.bytes().await.unwrap().to_vec(),
+            )
+        }
+    };
+    let (status, picture_type, bytes) = picture(ADMIN_KEY.to_owned(), 0).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(picture_type.as_deref(), Some("image/jpeg"));
+    assert_eq!(bytes, jpeg);
+    assert_eq!(
+        picture(ADMIN_KEY.to_owned(), 2).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // The lot's own staff see it; another operator's do not.
+    let own = platform.issue_key("operator_viewer", Some("op-test")).await;
+    assert_eq!(picture(own, 1).await.0, StatusCode::OK);
+    let (status, answer) = platform
+        .call(
+            Some(ADMIN_KEY),
+            Method::POST,
+            "/v1/operators",
+            Some(&json!({"id": "op-elsewhere", "name": "Elsewhere"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let stranger = platform
+        .issue_key("operator_admin", Some("op-elsewhere"))
+        .await;
+    assert_eq!(picture(stranger, 1).await.0, StatusCode::NOT_FOUND);
+
+    // An entry that opens no case keeps nothing, even with pictures.
+    let entry_password = anpr_lane(
+        &platform,
+        &world,
+        "in-hik",
+        "entry",
+        "cam-hik-in",
+        "hikvision",
+        format!("http://{camera_addr}/ISAPI/Parking/channels/1/barrierGate"),
+    )
+    .await;
+    let (status, answer) = push(
+        &platform,
+        "cam-hik-in",
+        &entry_password,
+        content_type,
+        with_pictures(world.enrolled.as_str(), 3),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let db = parkflow_db::Db::connect(&platform.database_url)
+        .await
+        .unwrap();
+    let (kept,): (i64,) = parkflow_db::query("SELECT COUNT(*) FROM review_pictures")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(kept, 2, "only the case's two pictures");
+
+    // Past the plate retention period, the pictures go with the plates.
+    let key = parkflow_gateway::privacy::PlateKey::random();
+    parkflow_gateway::privacy::pseudonymise(
+        &db,
+        &key,
+        chrono::Utc::now() + chrono::Duration::days(1),
+        100,
+    )
+    .await
+    .unwrap();
+    let case = cases().await;
+    assert!(case.iter().all(|c| c["pictures"] == 0), "{case:?}");
+    assert_eq!(
+        picture(ADMIN_KEY.to_owned(), 0).await.0,
+        StatusCode::NOT_FOUND
+    );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_pictures_on_sqlite() {
+    review_cases_keep_the_cameras_pictures_only_where_the_lot_says(Database::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_pictures_on_postgres() {
+    review_cases_keep_the_cameras_pictures_only_where_the_lot_says(Database::Postgres).await;
 }

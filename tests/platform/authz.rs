@@ -200,6 +200,7 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (Method::POST, format!("/v1/lots/{lot}/passes/{unknown}/revoke"), Some(json!({"reason": "matrix"})), [401, 401, 404, 404, 403, 404, 403, 403]),
         (Method::PATCH, "/v1/me".into(), Some(json!({"name": "Matrix driver"})), [401, 401, 403, 403, 403, 403, 200, 403]),
         (Method::POST, "/v1/me/keys".into(), None, [401, 401, 403, 403, 403, 403, 201, 403]),
+        (Method::GET, format!("/v1/review/{unknown}/pictures/0"), None, [401, 401, 404, 404, 404, 404, 403, 403]),
         (Method::POST, format!("/v1/review/{unknown}/resolve"), Some(json!({"action": "accept", "reason": "matrix"})), [401, 401, 404, 404, 403, 404, 403, 403]),
         (Method::POST, "/v1/drivers".into(), Some(json!({"name": "No consent", "plates": [], "payment_account": "acct-x", "auto_debit_consent": false})), [422; 8]),
         (Method::POST, "/v1/me/plates".into(), Some(json!({"plate": "浙K22222", "registration_document": crate::support::registration_document("浙K22222")})), [401, 401, 403, 403, 403, 403, 201, 403]),

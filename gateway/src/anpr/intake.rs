@@ -220,16 +220,42 @@ async fn accept(
     } else {
         state.gates.plate_read(gate_read).await;
     }
-    match tokio::time::timeout(RECORDED_WITHIN, recorded).await {
-        Ok(Ok(())) => Ok(Accepted {
-            event_id: event_id.as_str().to_owned(),
-        }),
-        _ => Err(Refused::new(
+    if !matches!(
+        tokio::time::timeout(RECORDED_WITHIN, recorded).await,
+        Ok(Ok(()))
+    ) {
+        return Err(Refused::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_recorded",
             "the read is not on record yet: send it again",
-        )),
+        ));
     }
+    // Pictures only for a lot that keeps them, and only for a read that opened a review case
+    // (on record now, with the read): a person looks at the car; other pictures are dropped.
+    if lot.review_pictures {
+        let pictures = vendors::pictures(content_type, body);
+        if !pictures.is_empty() {
+            crate::store::pictures::keep(
+                &state.db,
+                lot.id.as_str(),
+                event_id.as_str(),
+                &pictures,
+                received_at,
+            )
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, device, "review pictures not kept; the camera sends again");
+                Refused::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_recorded",
+                    "the read is on record, its pictures are not yet: send it again",
+                )
+            })?;
+        }
+    }
+    Ok(Accepted {
+        event_id: event_id.as_str().to_owned(),
+    })
 }
 
 /// Whether `Authorization: Basic` names `device` with its password.

@@ -79,32 +79,81 @@ pub(crate) fn event_id(vendor: Vendor, device: &str, id: &str) -> String {
     format!("{}:{digest}", vendor.as_str())
 }
 
-/// The event's part of a multipart body: the first part that is XML or JSON (pictures are not
-/// kept).
+/// The event's part of a multipart body: the first part that is XML or JSON.
 fn event_part(content_type: &str, body: &[u8]) -> Option<Vec<u8>> {
+    form_parts(content_type, body)?.find_map(|(head, content)| {
+        (head.contains("xml") || head.contains("json")).then(|| content.to_vec())
+    })
+}
+
+/// At most this many pictures are taken from one event.
+pub(crate) const MAX_PICTURES: usize = 4;
+
+/// A picture that came with an event (a part of multipart form data that is an image).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Picture {
+    /// `image/jpeg`, `image/png`, `image/gif`, `image/webp` or `image/bmp`; anything else is not
+    /// taken.
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+/// The pictures of a multipart event (its image parts, as Hikvision and Plate Recognizer send
+/// them), at most [`MAX_PICTURES`]. Pictures inside the event's JSON as base64 are not taken.
+pub(crate) fn pictures(content_type: &str, body: &[u8]) -> Vec<Picture> {
+    if !content_type.starts_with("multipart/form-data") {
+        return Vec::new();
+    }
+    let Some(parts) = form_parts(content_type, body) else {
+        return Vec::new();
+    };
+    parts
+        .filter_map(|(head, content)| {
+            let content_type = [
+                "image/jpeg",
+                "image/png",
+                "image/gif",
+                "image/webp",
+                "image/bmp",
+            ]
+            .into_iter()
+            .find(|t| head.contains(t))
+            // Hikvision labels its JPEGs with Internet Explorer's `image/pjpeg`.
+            .or_else(|| head.contains("image/pjpeg").then_some("image/jpeg"))?;
+            (!content.is_empty()).then(|| Picture {
+                content_type,
+                bytes: content.to_vec(),
+            })
+        })
+        .take(MAX_PICTURES)
+        .collect()
+}
+
+/// The parts of a multipart body: each one's head (lowercase) and content.
+fn form_parts<'a>(
+    content_type: &str,
+    body: &'a [u8],
+) -> Option<impl Iterator<Item = (String, &'a [u8])> + 'a> {
     let boundary = content_type
         .split(';')
         .map(str::trim)
         .find_map(|p| p.strip_prefix("boundary="))?
         .trim_matches('"');
-    let delimiter = format!("--{boundary}");
-    let text = body;
-    let mut parts = split(text, delimiter.as_bytes());
-    parts.find_map(|part| {
+    let delimiter = format!("--{boundary}").into_bytes();
+    let parts: Vec<&'a [u8]> = split(body, &delimiter).collect();
+    Some(parts.into_iter().filter_map(|part| {
         let split_at = find(part, b"\r\n\r\n")?;
         let (head, content) = (&part[..split_at], &part[split_at + 4..]);
         let head = String::from_utf8_lossy(head).to_ascii_lowercase();
-        let is_event = head.contains("xml") || head.contains("json");
-        let content = content.strip_suffix(b"\r\n").unwrap_or(content);
-        is_event.then(|| content.to_vec())
-    })
+        Some((head, content.strip_suffix(b"\r\n").unwrap_or(content)))
+    }))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn split<'a>(body: &'a [u8], delimiter: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+fn split<'a, 'd>(body: &'a [u8], delimiter: &'d [u8]) -> impl Iterator<Item = &'a [u8]> {
     let mut rest = body;
     std::iter::from_fn(move || {
         let start = find(rest, delimiter)? + delimiter.len();
@@ -491,6 +540,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read.plate, "浙A12345");
+        let pictures = pictures("multipart/form-data; boundary=b0undary", &body);
+        assert_eq!(
+            pictures,
+            [Picture {
+                content_type: "image/jpeg",
+                bytes: b"\xff\xd8\xff\xe0picture".to_vec(),
+            }]
+        );
+        assert!(pictures("application/xml", &xml).is_empty());
     }
 
     #[test]

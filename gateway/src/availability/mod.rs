@@ -242,6 +242,7 @@ mod tests {
             device_auth: parkflow_protocol::DeviceAuth::Signed,
             tariffs: Default::default(),
             offline_policy: Default::default(),
+            review_pictures: false,
             max_stay: None,
         };
         let availability = LotAvailability::new(

@@ -168,6 +168,7 @@ fn routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::list))
         .routes(routes!(sessions::get))
         .routes(routes!(sessions::review))
+        .routes(routes!(sessions::review_picture))
         .routes(routes!(audit::resolve))
         .routes(routes!(audit::entries))
         .routes(routes!(claims::queue))

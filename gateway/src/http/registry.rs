@@ -43,6 +43,9 @@ pub(crate) struct LotView {
     max_stay_minutes: Option<i64>,
     /// How its lanes let out, while the platform is away, a car their list does not name.
     offline_policy: OfflinePolicy,
+    /// Whether its ANPR cameras' pictures are kept for review cases, until the plate retention
+    /// period ends (off by default: pictures are dropped).
+    review_pictures: bool,
 }
 
 impl From<&Lot> for LotView {
@@ -58,6 +61,7 @@ impl From<&Lot> for LotView {
             device_auth: lot.device_auth,
             max_stay_minutes: lot.max_stay.map(|d| d.num_minutes()),
             offline_policy: lot.offline_policy,
+            review_pictures: lot.review_pictures,
         }
     }
 }
@@ -156,6 +160,9 @@ pub(crate) struct LotRequest {
     /// `open_and_invoice` (the default) or `hold_for_attendant`.
     #[serde(default)]
     offline_policy: Option<OfflinePolicy>,
+    /// Keep ANPR cameras' pictures for review cases (default `false`).
+    #[serde(default)]
+    review_pictures: Option<bool>,
 }
 
 /// What an operator may set on a lot, checked: its name (returned trimmed), location, capacity
@@ -256,6 +263,13 @@ pub(crate) async fn create_lot(
             "lot_exists",
             "a lot with this id exists",
         ));
+    }
+    if let Some(review_pictures) = request.review_pictures {
+        let change = LotChange {
+            review_pictures: Some(review_pictures),
+            ..LotChange::default()
+        };
+        crate::store::provision::update_lot(&state.db, &id, &change).await?;
     }
     state.registry.reload(&state.db).await?;
     Ok((StatusCode::CREATED, Json(lot_view(&state, &id)?)))
@@ -445,6 +459,9 @@ pub(crate) struct LotUpdate {
     max_stay_minutes: Option<Option<u32>>,
     #[serde(default)]
     offline_policy: Option<OfflinePolicy>,
+    /// Keep ANPR cameras' pictures for review cases, until the plate retention period ends.
+    #[serde(default)]
+    review_pictures: Option<bool>,
 }
 
 /// A field that may be `null`: absent is `None`, `null` is `Some(None)`.
@@ -509,6 +526,7 @@ pub(crate) async fn update_lot(
         device_auth: request.device_auth,
         max_stay_minutes: request.max_stay_minutes,
         offline_policy: request.offline_policy,
+        review_pictures: request.review_pictures,
     };
     crate::store::provision::update_lot(&state.db, &lot.id, &change).await?;
     state.registry.reload(&state.db).await?;

@@ -148,3 +148,45 @@ pub(crate) async fn review(
         sessions::open_reviews(&state.db, scope.operator(), lot.as_ref(), limit).await?,
     ))
 }
+
+/// `GET /v1/review/{id}/pictures/{n}`: a picture the ANPR camera sent with the case's read
+/// (kept only on lots with `review_pictures`, until the plate retention period ends).
+#[utoipa::path(
+    get, path = "/v1/review/{id}/pictures/{n}", tag = "sessions",
+    security(("api_key" = [])),
+    params(
+        ("id" = Uuid, Path, description = "Review case id"),
+        ("n" = u32, Path, description = "Which picture, from 0 (the case's `pictures` counts them)"),
+    ),
+    responses(
+        (status = 200, description = "The picture, as the camera sent it", content_type = "image/jpeg"),
+        (status = 404, description = "No such case or picture (or not this caller's)", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn review_picture(
+    Staff(scope): Staff,
+    State(state): State<AppState>,
+    ApiPath((id, n)): ApiPath<(Uuid, u32)>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    use axum::response::IntoResponse as _;
+    let not_found = || ApiError::NotFound("review picture");
+    let (lot, _, _) = crate::store::review::case(&state.db, id)
+        .await?
+        .ok_or_else(not_found)?;
+    scope
+        .lot(&state.registry.snapshot(), &lot)
+        .map_err(|_| not_found())?;
+    let (content_type, picture) = crate::store::pictures::picture(&state.db, id, n)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            (header::CACHE_CONTROL, "private, no-store".to_owned()),
+        ],
+        picture,
+    )
+        .into_response())
+}

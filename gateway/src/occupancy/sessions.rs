@@ -395,6 +395,7 @@ mod tests {
             device_auth: DeviceAuth::Signed,
             tariffs,
             offline_policy: Default::default(),
+            review_pictures: false,
             max_stay: Some(Duration::minutes(120)),
         }
     }

@@ -76,6 +76,9 @@ pub struct Lot {
     pub max_stay: Option<chrono::Duration>,
     /// How its lanes let out, while the platform is away, a car their list does not name.
     pub offline_policy: parkflow_protocol::standing::OfflinePolicy,
+    /// Whether its ANPR cameras' pictures are kept for review cases (until the plate retention
+    /// period ends).
+    pub review_pictures: bool,
 }
 
 /// Which way cars pass a gate.

@@ -8,6 +8,7 @@ pub(crate) mod drivers;
 pub(crate) mod keys;
 pub mod leases;
 pub(crate) mod passes;
+pub(crate) mod pictures;
 pub mod provision;
 pub mod registry;
 pub(crate) mod review;

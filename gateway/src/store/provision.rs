@@ -320,6 +320,7 @@ pub struct LotChange {
     pub device_auth: Option<DeviceAuth>,
     pub max_stay_minutes: Option<Option<u32>>,
     pub offline_policy: Option<OfflinePolicy>,
+    pub review_pictures: Option<bool>,
 }
 
 /// Applies `change` to `lot`, field by field, so that two changes to different fields both stand.
@@ -328,7 +329,8 @@ pub async fn update_lot(db: &Db, lot: &LotId, change: &LotChange) -> Result<(), 
         "UPDATE lots SET name = COALESCE($2, name), lat = COALESCE($3, lat), lon = COALESCE($4, lon),
              capacity = COALESCE($5, capacity), device_auth = COALESCE($6, device_auth),
              max_stay_minutes = CASE WHEN $7 THEN $8 ELSE max_stay_minutes END,
-             offline_policy = COALESCE($9, offline_policy)
+             offline_policy = COALESCE($9, offline_policy),
+             review_pictures = COALESCE($10, review_pictures)
          WHERE id = $1",
     )
     .bind(lot.as_str())
@@ -340,6 +342,7 @@ pub async fn update_lot(db: &Db, lot: &LotId, change: &LotChange) -> Result<(), 
     .bind(change.max_stay_minutes.is_some())
     .bind(change.max_stay_minutes.flatten().map(i64::from))
     .bind(change.offline_policy.map(OfflinePolicy::as_str))
+    .bind(change.review_pictures)
     .execute(db)
     .await
     .map(drop)

@@ -34,6 +34,7 @@ struct LotRow {
     device_auth: String,
     max_stay_minutes: Option<i32>,
     offline_policy: String,
+    review_pictures: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -78,7 +79,7 @@ fn corrupt(what: &str, id: &str) -> StoreError {
 /// Reads the whole registry. Lots are indexed by creation order, so indices stay stable as lots are added.
 pub async fn load(db: &Db) -> Result<Registry, StoreError> {
     let lot_rows: Vec<LotRow> = query(
-        "SELECT id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, offline_policy FROM lots ORDER BY created_at, id",
+        "SELECT id, operator_id, name, kind, lat, lon, capacity, time_zone, device_auth, max_stay_minutes, offline_policy, review_pictures FROM lots ORDER BY created_at, id",
     )
     .fetch_all(db)
     .await?;
@@ -130,6 +131,7 @@ pub async fn load(db: &Db) -> Result<Registry, StoreError> {
                 .map(|minutes| chrono::Duration::minutes(i64::from(minutes))),
             offline_policy: parkflow_protocol::standing::OfflinePolicy::parse(&row.offline_policy)
                 .ok_or_else(|| corrupt("offline_policy of lot", &row.id))?,
+            review_pictures: row.review_pictures,
             location: Location {
                 lat: row.lat,
                 lon: row.lon,

@@ -363,6 +363,9 @@ pub(crate) struct ReviewView {
     pub bay_id: Option<String>,
     #[serde(with = "parkflow_protocol::time::rfc3339")]
     pub created_at: DateTime<Utc>,
+    /// Pictures kept of the read (lots with `review_pictures`):
+    /// `GET /v1/review/{id}/pictures/{n}` for `n` below this.
+    pub pictures: i64,
 }
 
 /// Unresolved review cases of a lot (or of every lot of `operator`, or of every lot), oldest first.
@@ -373,7 +376,9 @@ pub(crate) async fn open_reviews(
     limit: u32,
 ) -> Result<Vec<ReviewView>, StoreError> {
     query(
-        "SELECT id, lot_id, kind, session_id, gate_id, event_id, plate, score, bay_id, created_at FROM review_items
+        "SELECT id, lot_id, kind, session_id, gate_id, event_id, plate, score, bay_id, created_at,
+             (SELECT COUNT(*) FROM review_pictures p WHERE p.review_id = review_items.id) AS pictures
+         FROM review_items
          WHERE resolved_at IS NULL AND ($1 IS NULL OR lot_id = $1)
            AND ($3 IS NULL OR lot_id IN (SELECT id FROM lots WHERE operator_id = $3))
          ORDER BY created_at, id LIMIT $2",
