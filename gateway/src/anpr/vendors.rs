@@ -153,7 +153,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn split<'a, 'd>(body: &'a [u8], delimiter: &'d [u8]) -> impl Iterator<Item = &'a [u8]> {
+fn split<'a>(body: &'a [u8], delimiter: &[u8]) -> impl Iterator<Item = &'a [u8]> {
     let mut rest = body;
     std::iter::from_fn(move || {
         let start = find(rest, delimiter)? + delimiter.len();
@@ -540,9 +540,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(read.plate, "浙A12345");
-        let pictures = pictures("multipart/form-data; boundary=b0undary", &body);
+        let kept = pictures("multipart/form-data; boundary=b0undary", &body);
         assert_eq!(
-            pictures,
+            kept,
             [Picture {
                 content_type: "image/jpeg",
                 bytes: b"\xff\xd8\xff\xe0picture".to_vec(),

@@ -52,7 +52,6 @@ fn small_city() -> Plan {
         bays,
         max_stay_minutes: None,
         offline_policy: Default::default(),
-        review_pictures: false,
         tariffs: Vec::new(),
     };
     let device = |id: &str, kind, lot: &str, gate: Option<&str>, bay: Option<&str>| DevicePlan {
