@@ -240,6 +240,10 @@ pub struct SimArgs {
     /// within this many milliseconds (SPEC §2: 1.5 s); 0: lanes wait for the platform.
     #[arg(long, default_value_t = 1_500)]
     pub decide_alone_after_ms: u64,
+    /// Also play each lot's off-the-shelf camera lane (`anpr-in`, left for a real camera
+    /// otherwise): its camera sends Hikvision ISAPI events over HTTP to --api-url.
+    #[arg(long)]
+    pub play_anpr: bool,
 }
 
 /// `--broker-acl`.

@@ -11,8 +11,8 @@ use parkflow_gateway::store::provision::{
     AnprPlan, DevicePlan, DriverPlan, LotPlan, OperatorPlan, Plan,
 };
 use parkflow_protocol::{DeviceAuth, DeviceId, GateId};
-use parkflow_sensors_sim::camera::{self, CameraConfig};
-use parkflow_sensors_sim::city::LaneDirection;
+use parkflow_sensors_sim::camera::{self, AnprTransport, AnprVendor, CameraConfig};
+use parkflow_sensors_sim::city::{Lane, LaneDirection};
 use parkflow_sensors_sim::street::{self, StreetConfig, StreetStats, ZoneKeys};
 use parkflow_sensors_sim::traffic::{self, Shared, TrafficConfig};
 use parkflow_sensors_sim::{City, CityConfig, DeviceEntry, DeviceKind, DevicesFile, Zone};
@@ -35,6 +35,9 @@ pub struct Demo {
     pub devices: DevicesFile,
     pub zones: Vec<(Zone, ZoneKeys)>,
     pub street_stats: Arc<StreetStats>,
+    /// Where the lots' off-the-shelf cameras send their events when they are played
+    /// ([`Demo::play_anpr`]); `None`: their lanes are left for real cameras.
+    pub anpr_api: Option<String>,
 }
 
 /// Each zone of `city` with the keys its devices have in `devices` (a device missing from it is
@@ -233,6 +236,7 @@ impl Demo {
             devices,
             zones,
             street_stats: Arc::new(StreetStats::default()),
+            anpr_api: None,
         }
     }
 
@@ -270,14 +274,44 @@ impl Demo {
         let city = City::generate(config);
         let zones = zone_keys(&city, &devices)?;
         let mut devices = devices;
-        devices.devices.retain(|d| d.kind == DeviceKind::GateCamera);
+        devices
+            .devices
+            .retain(|d| matches!(d.kind, DeviceKind::GateCamera | DeviceKind::AnprHttp));
         Ok(Self {
             city,
             plan: Plan::default(),
             devices,
             zones,
             street_stats: Arc::new(StreetStats::default()),
+            anpr_api: None,
         })
+    }
+
+    /// Plays each lot's off-the-shelf camera lane too (left for a real camera otherwise): its
+    /// camera sends the vendor's HTTP events to `api` (`POST /v1/anpr/{id}`), and the traffic
+    /// sends cars in through it as through any entry lane.
+    pub fn play_anpr(&mut self, api: &str) {
+        let gate = GateId::parse(ANPR_GATE).unwrap_or_else(|_| unreachable!("a valid gate id"));
+        for device in &mut self.devices.devices {
+            if device.kind == DeviceKind::AnprHttp {
+                device.simulated = true;
+            }
+        }
+        for lot in &mut self.city.lots {
+            let played = self
+                .devices
+                .devices
+                .iter()
+                .any(|d| d.kind == DeviceKind::AnprHttp && d.lot == lot.id);
+            if played && !lot.lanes.iter().any(|lane| lane.gate == gate) {
+                lot.lanes.push(Lane {
+                    gate: gate.clone(),
+                    direction: LaneDirection::Entry,
+                    simulated: true,
+                });
+            }
+        }
+        self.anpr_api = Some(api.trim_end_matches('/').to_owned());
     }
 
     /// Drives the simulated lanes and zones through the broker at `host:port` until `stop` is
@@ -297,18 +331,29 @@ impl Demo {
         let camera_token = abort.child_token();
         // A lot's lanes share one count while they decide alone, as lanes on one controller do.
         let mut lot_counts: HashMap<_, Arc<std::sync::atomic::AtomicI64>> = HashMap::new();
-        for device in self
-            .devices
-            .devices
-            .iter()
-            .filter(|d| d.simulated && d.kind == DeviceKind::GateCamera)
-        {
+        for device in self.devices.devices.iter().filter(|d| d.simulated) {
             let Some(gate) = device.gate.clone() else {
                 continue;
+            };
+            let anpr = match device.kind {
+                DeviceKind::GateCamera => None,
+                DeviceKind::AnprHttp => {
+                    let vendor = device.vendor.as_deref().and_then(AnprVendor::parse);
+                    match (vendor, &self.anpr_api) {
+                        (Some(vendor), Some(api)) => Some(AnprTransport {
+                            vendor,
+                            api: api.clone(),
+                        }),
+                        // A vendor the simulator does not speak: left for a real camera.
+                        _ => continue,
+                    }
+                }
+                _ => continue,
             };
             let config = CameraConfig {
                 decide_alone_after: traffic.decide_alone_after,
                 lot_count: Some(lot_counts.entry(device.lot.clone()).or_default().clone()),
+                anpr,
                 ..CameraConfig::new(host, port, DeviceAuth::Signed)
             };
             let handle = camera::spawn(

@@ -29,7 +29,10 @@ pub async fn run(args: SimArgs, interrupted: impl Future<Output = ()>) -> anyhow
     let devices = DevicesFile::read(&args.devices)
         .with_context(|| format!("failed to read {}", args.devices.display()))?;
     let city = CityConfig::preset(&args.city).unwrap_or_else(CityConfig::demo);
-    let demo = Demo::from_devices(&city, devices)?;
+    let mut demo = Demo::from_devices(&city, devices)?;
+    if args.play_anpr {
+        demo.play_anpr(args.api_url.as_str());
+    }
     let host = args
         .mqtt_url
         .host_str()

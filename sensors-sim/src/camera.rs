@@ -221,9 +221,27 @@ struct Pending {
 #[derive(Clone)]
 pub struct CameraHandle {
     tx: mpsc::Sender<Request>,
+    /// An off-the-shelf camera's vendor and id: the platform records its reads under ids
+    /// prefixed with them ([`anpr_event_id`]).
+    anpr: Option<(AnprVendor, DeviceId)>,
+}
+
+/// The id the platform records an off-the-shelf camera's read under: the vendor's event id,
+/// prefixed with the vendor and the camera (the gateway's `anpr::vendors::event_id` for the
+/// short ids the simulator uses).
+fn anpr_event_id(vendor: AnprVendor, camera: &DeviceId, id: &EventId) -> EventId {
+    EventId::parse(&format!("{}:{camera}:{id}", vendor.as_str())).unwrap_or_else(|_| id.clone())
 }
 
 impl CameraHandle {
+    /// The id the platform records a read sent as `id` under (the same for a ParkFlow camera).
+    pub fn recorded_id(&self, id: &EventId) -> EventId {
+        match &self.anpr {
+            Some((vendor, camera)) => anpr_event_id(*vendor, camera, id),
+            None => id.clone(),
+        }
+    }
+
     /// Reads a plate and waits for the platform's answer.
     pub async fn read(&self, sighting: Sighting) -> Result<GateCommand, CameraError> {
         let event_id =
@@ -316,7 +334,7 @@ pub fn spawn(
 
     let Some(gate) = device.gate.clone() else {
         tracing::error!(device = %device.id, "camera without a gate");
-        return CameraHandle { tx };
+        return CameraHandle { tx, anpr: None };
     };
     let command_topic = Topic::GateCommand {
         lot: device.lot.clone(),
@@ -403,8 +421,13 @@ pub fn spawn(
         answered_order: std::collections::VecDeque::new(),
         carried_out: HashSet::new(),
     };
+    let anpr = camera
+        .config
+        .anpr
+        .as_ref()
+        .map(|anpr| (anpr.vendor, camera.device.id.clone()));
     tracker.spawn(camera.run(rx, inbound_rx, token));
-    CameraHandle { tx }
+    CameraHandle { tx, anpr }
 }
 
 struct Camera {
@@ -559,15 +582,7 @@ impl Camera {
             // prefixed with the vendor and the camera.
             Some(anpr) => {
                 let (_, event) = anpr.vendor.event(self.device.id.as_str(), &read);
-                let platforms = format!(
-                    "{}:{}:{}",
-                    anpr.vendor.as_str(),
-                    self.device.id,
-                    read.event_id.as_str()
-                );
-                if let Ok(id) = EventId::parse(&platforms) {
-                    read.event_id = id;
-                }
+                read.event_id = anpr_event_id(anpr.vendor, &self.device.id, &read.event_id);
                 event.into_bytes()
             }
             None => self.payload(&read),

@@ -369,7 +369,10 @@ impl Journey {
             plate: driver.plate.clone(),
             plate_color: driver.plate_color,
             entry: Answered {
-                event_ids: entry_ids,
+                event_ids: entry_ids
+                    .iter()
+                    .map(|id| self.entry.recorded_id(id))
+                    .collect(),
                 observed_at: entered_at,
                 action: command.action,
                 reason: command.reason,
@@ -409,7 +412,7 @@ impl Journey {
         let mut out = false;
         if let Ok(command) = answered {
             record.exit = Some(Answered {
-                event_ids: vec![exit_id.clone()],
+                event_ids: vec![self.exit.recorded_id(&exit_id)],
                 observed_at: exited_at,
                 action: command.action,
                 reason: command.reason,

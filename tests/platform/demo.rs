@@ -187,8 +187,28 @@ async fn the_simulator_verifies_that_nothing_was_lost_or_duplicated() {
             .unwrap_or_else(|| panic!("{key} in the report: {report}"))
     };
 
-    let real_time = sim(&["--max-stay-secs", "15"]);
+    // The lots' off-the-shelf camera lanes played too: Hikvision events over HTTP.
+    let real_time = sim(&["--max-stay-secs", "15", "--play-anpr"]);
     assert!(real_time.contains("verify=pass"), "{real_time}");
+    let sessions: serde_json::Value = reqwest::Client::new()
+        .get(format!("{http}/v1/sessions?limit=1000"))
+        .bearer_auth("verify-admin-key-0123456789abcdef")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        sessions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["entry_event_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("hikvision:"))),
+        "no stay entered through an ANPR lane: {sessions}"
+    );
     assert!(figure(&real_time, "sent=", "sent") > 0.0, "{real_time}");
     assert_eq!(figure(&real_time, "sent=", "lost"), 0.0, "{real_time}");
     assert_eq!(
