@@ -879,3 +879,96 @@ async fn review_pictures_on_sqlite() {
 async fn review_pictures_on_postgres() {
     review_cases_keep_the_cameras_pictures_only_where_the_lot_says(Database::Postgres).await;
 }
+
+/// An attacker probing for camera ids: an unknown id, a revoked camera, a ParkFlow camera that
+/// speaks MQTT and a wrong password all get the same `401`, so the answer says nothing of which
+/// ids exist. A camera sending from outside its allowed networks is refused before its
+/// credentials are looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probing_for_camera_ids_learns_nothing() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 20);
+    let platform = TestPlatform::start(setup, &world).await;
+    let (camera_addr, _calls) = fake_camera().await;
+    let password = anpr_lane(
+        &platform,
+        &world,
+        "in-hik",
+        "entry",
+        "cam-hik-in",
+        "hikvision",
+        format!("http://{camera_addr}/ISAPI/Parking/channels/1/barrierGate"),
+    )
+    .await;
+    let (content_type, body) = event("hikvision", "浙E11111", chrono::Utc::now(), 1);
+    let wrong = push(&platform, "cam-hik-in", "guess", content_type, body.clone()).await;
+    let unknown = push(&platform, "cam-nobody", "guess", content_type, body.clone()).await;
+    let mqtt_camera = push(
+        &platform,
+        world.entry_camera.as_str(),
+        "guess",
+        content_type,
+        body.clone(),
+    )
+    .await;
+    assert_eq!(wrong.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown, wrong, "an unknown id answers as a wrong password");
+    assert_eq!(
+        mqtt_camera, wrong,
+        "an MQTT camera answers as a wrong password"
+    );
+
+    // Revoked: its own password no longer opens anything, answered the same.
+    let (status, answer) = platform
+        .call(
+            Some(ADMIN_KEY),
+            Method::DELETE,
+            "/v1/devices/cam-hik-in",
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status} {answer}");
+    let revoked = push(
+        &platform,
+        "cam-hik-in",
+        &password,
+        content_type,
+        body.clone(),
+    )
+    .await;
+    assert_eq!(
+        revoked, wrong,
+        "a revoked camera answers as a wrong password"
+    );
+
+    // Allowed networks: refused from elsewhere (before credentials), taken from inside.
+    for (camera, gate, allow, expected) in [
+        ("cam-far", "in-far", "10.0.0.0/8", StatusCode::FORBIDDEN),
+        ("cam-near", "in-near", "127.0.0.0/8", StatusCode::OK),
+    ] {
+        let (status, answer) = platform
+            .call(
+                Some(ADMIN_KEY),
+                Method::POST,
+                &format!("/v1/lots/{}/gates", world.lot),
+                Some(&json!({"id": gate, "direction": "entry"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        let (status, registered) = platform
+            .call(
+                Some(ADMIN_KEY),
+                Method::POST,
+                &format!("/v1/lots/{}/devices", world.lot),
+                Some(&json!({"id": camera, "kind": "anpr_http", "gate": gate,
+                    "vendor": "hikvision", "control": {"kind": "mqtt"}, "allow_from": [allow]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{registered}");
+        let password = registered["mqtt_password"].as_str().unwrap();
+        let (_, body) = event("hikvision", "浙E22222", chrono::Utc::now(), 2);
+        let (status, answer) = push(&platform, camera, password, content_type, body).await;
+        assert_eq!(status, expected, "{camera}: {answer}");
+    }
+    platform.stop().await;
+}

@@ -34,10 +34,12 @@ pub(crate) struct Accepted {
     event_id: String,
 }
 
-/// A refusal: counted in `parkflow_events_rejected_total{reason}`, answered with `status`.
+/// A refusal: counted in `parkflow_events_rejected_total{reason}`, answered with `status` and
+/// `code`.
 struct Refused {
     status: StatusCode,
     reason: &'static str,
+    code: &'static str,
     message: String,
 }
 
@@ -46,7 +48,19 @@ impl Refused {
         Self {
             status,
             reason,
+            code: reason,
             message: message.into(),
+        }
+    }
+
+    /// Not this camera's credentials, or no such camera: answered alike (`401`), so that the
+    /// answer says nothing of which device ids exist; counted under `reason`.
+    fn unauthorised(reason: &'static str) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            reason,
+            code: "bad_credentials",
+            message: "HTTP Basic or Digest with the camera's device id and password".into(),
         }
     }
 }
@@ -59,9 +73,8 @@ impl Refused {
     responses(
         (status = 200, description = "The read is on record (the same event again is the same read)", body = Accepted),
         (status = 400, description = "Not an event of the camera's vendor"),
-        (status = 401, description = "Wrong or missing credentials: HTTP Basic or Digest (MD5, realm `parkflow`) with the device id and its password"),
+        (status = 401, description = "Wrong or missing credentials, or no such ANPR camera (answered alike): HTTP Basic or Digest (MD5, realm `parkflow`) with the device id and its password"),
         (status = 403, description = "Not from an address the camera is allowed to send from"),
-        (status = 404, description = "No such ANPR camera"),
         (status = 413, description = "Larger than 4 MiB"),
         (status = 503, description = "Not on record in time: send it again"),
     ),
@@ -84,8 +97,7 @@ pub(crate) async fn intake(
         Ok(accepted) => (StatusCode::OK, axum::Json(accepted)).into_response(),
         Err(refused) => {
             state.metrics.rejected(refused.reason);
-            let mut response =
-                ApiError::bad_request(refused.reason, refused.message).into_response();
+            let mut response = ApiError::bad_request(refused.code, refused.message).into_response();
             *response.status_mut() = refused.status;
             if refused.status == StatusCode::UNAUTHORIZED {
                 // Either: cameras answer the one they support.
@@ -112,13 +124,7 @@ async fn accept(
     let received_at = Utc::now();
     let received = std::time::Instant::now();
     let registry = state.registry.snapshot();
-    let unknown = || {
-        Refused::new(
-            StatusCode::NOT_FOUND,
-            "unknown_device",
-            "no such ANPR camera",
-        )
-    };
+    let unknown = || Refused::unauthorised("unknown_device");
     let id = DeviceId::parse(device).map_err(|_| unknown())?;
     let camera = registry
         .device(&id)
@@ -127,7 +133,8 @@ async fn accept(
     let anpr = camera.anpr.clone().ok_or_else(unknown)?;
     // The address first: a refusal for it says nothing of whether the credentials were right.
     if !anpr.allow_from.is_empty() {
-        let from = state.trusted_proxies.client(parts);
+        // A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`; the list names them as IPv4.
+        let from = state.trusted_proxies.client(parts).to_canonical();
         if !anpr.allow_from.iter().any(|net| net.contains(&from)) {
             return Err(Refused::new(
                 StatusCode::FORBIDDEN,
@@ -160,11 +167,7 @@ async fn accept(
     };
     if !authorised(&parts.headers, device, &camera.mqtt_password_hash) && digest_ok() != Some(true)
     {
-        return Err(Refused::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_credentials",
-            "HTTP Basic with the camera's device id and password",
-        ));
+        return Err(Refused::unauthorised("bad_credentials"));
     }
     let content_type = parts
         .headers
