@@ -1,9 +1,12 @@
 //! HTTP Digest authentication (RFC 7616) for cameras that push with it rather than Basic: MD5,
 //! what cameras speak, with `qop="auth"`. The platform keeps `MD5(device:realm:password)` (sealed),
 //! computed when the password is issued; nonces are stateless (a time and a MAC under a key of
-//! this process) and fresh for five minutes.
+//! this process) and fresh for five minutes. Each answer must count its nonce's uses (`nc`) up:
+//! an answer seen once is refused again ([`Counts`]), so a captured one cannot be replayed with
+//! another body. (RFC 2069 answers without `qop`, which carry no count, are refused.)
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -32,34 +35,80 @@ fn key() -> &'static [u8; 32] {
     KEY.get_or_init(rand::random)
 }
 
-fn mac(issued: i64) -> String {
+fn mac(issued: i64, salt: &str) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key()).expect("any key length");
     mac.update(&issued.to_be_bytes());
+    mac.update(salt.as_bytes());
     mac.finalize().into_bytes()[..12]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-/// The `WWW-Authenticate` value asking for Digest.
+/// The `WWW-Authenticate` value asking for Digest. Each nonce is new (a time, a random salt and
+/// their MAC), so a camera that asks before every event counts each nonce from 1 unhindered.
 pub(crate) fn challenge(now: DateTime<Utc>) -> String {
     let issued = now.timestamp();
+    let salt = format!("{:016x}", rand::random::<u64>());
     format!(
-        "Digest realm=\"{REALM}\", qop=\"auth\", algorithm=MD5, nonce=\"{issued:x}-{}\"",
-        mac(issued)
+        "Digest realm=\"{REALM}\", qop=\"auth\", algorithm=MD5, nonce=\"{issued:x}-{salt}-{}\"",
+        mac(issued, &salt)
     )
 }
 
-fn fresh(nonce: &str, now: DateTime<Utc>) -> bool {
-    let Some((issued, tag)) = nonce.split_once('-') else {
-        return false;
-    };
-    let Ok(issued) = i64::from_str_radix(issued, 16) else {
-        return false;
-    };
+/// When a fresh nonce of ours was issued (`None`: not ours, or stale).
+fn fresh(nonce: &str, now: DateTime<Utc>) -> Option<i64> {
+    let mut fields = nonce.splitn(3, '-');
+    let (issued, salt, tag) = (fields.next()?, fields.next()?, fields.next()?);
+    let issued = i64::from_str_radix(issued, 16).ok()?;
     let age = now.timestamp() - issued;
-    (0..=FRESH_SECS).contains(&age)
-        && crate::http::auth::constant_time_eq(tag.as_bytes(), mac(issued).as_bytes())
+    ((0..=FRESH_SECS).contains(&age)
+        && crate::http::auth::constant_time_eq(tag.as_bytes(), mac(issued, salt).as_bytes()))
+    .then_some(issued)
+}
+
+/// The highest `nc` each camera used with each fresh nonce. Only answers that passed are
+/// counted, so its size is bounded by the cameras' own requests over five minutes; nonces past
+/// their freshness are dropped as it grows.
+#[derive(Default)]
+struct Counts(Mutex<CountsInner>);
+
+#[derive(Default)]
+struct CountsInner {
+    highest: HashMap<(String, String), (i64, u32)>,
+    /// Stale nonces are dropped when the map reaches this size (twice what stayed after the
+    /// last pruning), so each pruning is paid for by as many insertions.
+    prune_at: usize,
+}
+
+impl Counts {
+    /// Records `nc` for `device`'s `nonce` (issued at `issued`); `false` when it is not above
+    /// the highest one seen (a replay).
+    fn advance(&self, device: &str, nonce: &str, issued: i64, nc: u32, now: DateTime<Utc>) -> bool {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if counts.highest.len() >= counts.prune_at.max(4_096) {
+            let oldest = now.timestamp() - FRESH_SECS;
+            counts.highest.retain(|_, (issued, _)| *issued >= oldest);
+            counts.prune_at = counts.highest.len() * 2;
+        }
+        let highest = counts
+            .highest
+            .entry((device.to_owned(), nonce.to_owned()))
+            .or_insert((issued, 0));
+        if nc <= highest.1 {
+            return false;
+        }
+        highest.1 = nc;
+        true
+    }
+}
+
+fn counts() -> &'static Counts {
+    static COUNTS: OnceLock<Counts> = OnceLock::new();
+    COUNTS.get_or_init(Counts::default)
 }
 
 /// The parameters of a `Digest …` header, unquoted.
@@ -126,32 +175,38 @@ pub(crate) fn verify(
     ) else {
         return false;
     };
-    if username != device || realm != REALM || uri != request.uri || !fresh(nonce, now) {
+    if username != device || realm != REALM || uri != request.uri {
         return false;
     }
+    let Some(issued) = fresh(nonce, now) else {
+        return false;
+    };
     if get("algorithm").is_some_and(|a| !a.eq_ignore_ascii_case("MD5")) {
         return false;
     }
-    let ha2 = md5_hex(&format!("{}:{uri}", request.method));
-    let expected = match get("qop") {
-        Some("auth") => {
-            let (Some(nc), Some(cnonce)) = (get("nc"), get("cnonce")) else {
-                return false;
-            };
-            md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
-        }
-        Some(_) => return false,
-        None => md5_hex(&format!("{ha1}:{nonce}:{ha2}")),
+    let (Some("auth"), Some(nc), Some(cnonce)) = (get("qop"), get("nc"), get("cnonce")) else {
+        return false;
     };
+    let Ok(count) = u32::from_str_radix(nc, 16) else {
+        return false;
+    };
+    let ha2 = md5_hex(&format!("{}:{uri}", request.method));
+    let expected = md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
     crate::http::auth::constant_time_eq(expected.as_bytes(), response.as_bytes())
+        && counts().advance(device, nonce, issued, count, now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// What a camera computes, from the challenge.
+    /// What a camera computes, from the challenge, for its first use of the nonce.
     fn answer(challenge: &str, device: &str, password: &str, uri: &str) -> String {
+        answer_nc(challenge, device, password, uri, 1)
+    }
+
+    /// What a camera computes for the `nc`th use of the challenge's nonce.
+    fn answer_nc(challenge: &str, device: &str, password: &str, uri: &str, nc: u32) -> String {
         let nonce = challenge
             .split("nonce=\"")
             .nth(1)
@@ -159,11 +214,50 @@ mod tests {
             .trim_end_matches('"');
         let ha1 = md5_hex(&format!("{device}:{REALM}:{password}"));
         let ha2 = md5_hex(&format!("POST:{uri}"));
-        let response = md5_hex(&format!("{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}"));
+        let response = md5_hex(&format!("{ha1}:{nonce}:{nc:08x}:0a4f113b:auth:{ha2}"));
         format!(
             "Digest username=\"{device}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", \
-             algorithm=MD5, qop=auth, nc=00000001, cnonce=\"0a4f113b\", response=\"{response}\""
+             algorithm=MD5, qop=auth, nc={nc:08x}, cnonce=\"0a4f113b\", response=\"{response}\""
         )
+    }
+
+    #[test]
+    fn a_captured_answer_cannot_be_replayed() {
+        let now = Utc::now();
+        let challenge = challenge(now);
+        let kept = ha1("cam-replay", "pw");
+        let post = Request {
+            method: "POST",
+            uri: "/v1/anpr/cam-replay",
+        };
+        let first = answer_nc(&challenge, "cam-replay", "pw", post.uri, 1);
+        assert!(verify(&first, &post, "cam-replay", &kept, now));
+        assert!(
+            !verify(&first, &post, "cam-replay", &kept, now),
+            "the same answer again (an attacker who captured it, with another body)"
+        );
+        let second = answer_nc(&challenge, "cam-replay", "pw", post.uri, 2);
+        assert!(
+            verify(&second, &post, "cam-replay", &kept, now),
+            "the next count"
+        );
+        assert!(
+            !verify(&first, &post, "cam-replay", &kept, now),
+            "an older count"
+        );
+        // Without qop (RFC 2069) there is no count to check: refused.
+        let nonce = challenge
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('"');
+        let ha2 = md5_hex(&format!("POST:{}", post.uri));
+        let old_style = format!(
+            "Digest username=\"cam-replay\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{}\", response=\"{}\"",
+            post.uri,
+            md5_hex(&format!("{kept}:{nonce}:{ha2}"))
+        );
+        assert!(!verify(&old_style, &post, "cam-replay", &kept, now));
     }
 
     #[test]
@@ -199,7 +293,7 @@ mod tests {
             "a stale nonce"
         );
         let nonce = &challenge[challenge.find("nonce=\"").unwrap() + 7..challenge.len() - 1];
-        let forged = good.replace(nonce, "1-00");
+        let forged = good.replace(nonce, "1-00-00");
         assert!(!verify(&forged, &post, "cam-1", &kept, now));
         assert!(!verify("Basic abc", &post, "cam-1", &kept, now));
     }
