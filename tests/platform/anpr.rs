@@ -972,3 +972,161 @@ async fn probing_for_camera_ids_learns_nothing() {
     }
     platform.stop().await;
 }
+
+/// What a Digest-only camera saw: the calls it accepted (method, path, `nc`) and how many it
+/// refused.
+#[derive(Default)]
+struct DigestCamera {
+    accepted: Vec<(String, String, String)>,
+    refused: usize,
+}
+
+/// A camera's HTTP side that, as Hikvision's ISAPI does, takes only HTTP Digest (MD5, qop auth)
+/// for `user` and `password`: it refuses anything else with a challenge, and a nonce count that
+/// does not rise.
+async fn digest_camera(
+    user: &'static str,
+    password: &'static str,
+) -> (SocketAddr, Arc<Mutex<DigestCamera>>) {
+    use md5::{Digest as _, Md5};
+    let seen = Arc::new(Mutex::new(DigestCamera::default()));
+    let kept = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |method: HttpMethod, uri: Uri, headers: axum::http::HeaderMap| {
+            let kept = kept.clone();
+            async move {
+                let md5 = |text: String| -> String {
+                    Md5::digest(text.as_bytes())
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                };
+                let header = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let field = |name: &str| -> Option<String> {
+                    header
+                        .strip_prefix("Digest ")?
+                        .split(", ")
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                        .map(|v| v.trim_matches('"').to_owned())
+                };
+                let nonce = "camera-nonce-1";
+                let good = (|| {
+                    let (nc, cnonce) = (field("nc")?, field("cnonce")?);
+                    let ha1 = md5(format!("{user}:ISAPI:{password}"));
+                    let ha2 = md5(format!("{method}:{}", uri.path()));
+                    let expected = md5(format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+                    let rises = kept
+                        .lock()
+                        .unwrap()
+                        .accepted
+                        .last()
+                        .is_none_or(|(_, _, last)| *last < nc);
+                    (field("username")? == user
+                        && field("nonce")? == nonce
+                        && field("uri")? == uri.path()
+                        && field("response")? == expected
+                        && rises)
+                        .then_some(nc)
+                })();
+                let mut seen = kept.lock().unwrap();
+                match good {
+                    Some(nc) => {
+                        seen.accepted
+                            .push((method.to_string(), uri.path().to_owned(), nc));
+                        (
+                            axum::http::StatusCode::OK,
+                            [("www-authenticate", String::new())],
+                            "OK",
+                        )
+                    }
+                    None => {
+                        seen.refused += 1;
+                        (
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            [(
+                                "www-authenticate",
+                                format!("Digest qop=\"auth\", realm=\"ISAPI\", nonce=\"{nonce}\""),
+                            )],
+                            "Unauthorized",
+                        )
+                    }
+                }
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+/// A Hikvision lane whose camera takes only Digest: the barrier call answers its challenge, the
+/// next call answers with the same nonce counted up, without being refused first again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barrier_calls_answer_a_cameras_digest_challenge() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 20);
+    let platform = TestPlatform::start(setup, &world).await;
+    let (camera_addr, seen) = digest_camera("admin", "lane-pass").await;
+    let (status, answer) = platform
+        .call(
+            Some(ADMIN_KEY),
+            Method::POST,
+            &format!("/v1/lots/{}/gates", world.lot),
+            Some(&json!({"id": "in-hik", "direction": "entry"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (status, registered) = platform
+        .call(
+            Some(ADMIN_KEY),
+            Method::POST,
+            &format!("/v1/lots/{}/devices", world.lot),
+            Some(
+                &json!({"id": "cam-hik-in", "kind": "anpr_http", "gate": "in-hik",
+                "vendor": "hikvision", "control": {"kind": "http",
+                "url": format!("http://{camera_addr}/ISAPI/Parking/channels/1/barrierGate"),
+                "username": "admin", "password": "lane-pass"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{registered}");
+    let password = registered["mqtt_password"].as_str().unwrap().to_owned();
+    for (n, plate) in [(1, "浙E33331"), (2, "浙E33332")] {
+        let (content_type, body) = event("hikvision", plate, chrono::Utc::now(), n);
+        let (status, answer) = push(&platform, "cam-hik-in", &password, content_type, body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        eventually(Duration::from_secs(10), "the camera opened", || {
+            let seen = seen.clone();
+            async move { (seen.lock().unwrap().accepted.len() == n as usize).then_some(()) }
+        })
+        .await;
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.accepted,
+        [
+            (
+                "PUT".to_owned(),
+                "/ISAPI/Parking/channels/1/barrierGate".to_owned(),
+                "00000001".to_owned()
+            ),
+            (
+                "PUT".to_owned(),
+                "/ISAPI/Parking/channels/1/barrierGate".to_owned(),
+                "00000002".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(seen.refused, 1, "asked once, then answered directly");
+    drop(seen);
+    let lanes = platform
+        .admin_get(&format!("/v1/lots/{}/lanes", world.lot))
+        .await;
+    assert!(lanes.to_string().contains("\"ok\":true"), "{lanes}");
+    platform.stop().await;
+}

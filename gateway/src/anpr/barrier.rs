@@ -74,7 +74,7 @@ pub(crate) struct BarrierRelay {
 /// The task that makes a relay's calls ([`RelayTask::run`]).
 pub(crate) struct RelayTask {
     rx: mpsc::Receiver<Call>,
-    client: reqwest::Client,
+    client: Caller,
     outcomes: Outcomes,
     metrics: Arc<Metrics>,
 }
@@ -84,6 +84,50 @@ impl RelayTask {
     pub(crate) async fn run(self, token: CancellationToken) {
         run(self.rx, self.client, self.outcomes, self.metrics, token).await;
     }
+}
+
+/// Makes barrier calls: the HTTP client, and each camera's last challenge (with the count of a
+/// Digest nonce's uses), so that a camera that wants credentials (Hikvision's ISAPI wants Digest)
+/// refuses once and is then answered directly, without a refused round trip before every open.
+#[derive(Clone)]
+struct Caller {
+    http: reqwest::Client,
+    challenges: Arc<Mutex<HashMap<String, (String, u32)>>>,
+}
+
+impl Caller {
+    /// The `Authorization` for `url` from the challenge it last sent, if it sent one: the next
+    /// Digest answer, or Basic for a camera that asked for Basic.
+    fn authorization(&self, url: &str, method: &str, user: &str, password: &str) -> Option<String> {
+        let mut challenges = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        let (challenge, used) = challenges.get_mut(url)?;
+        if challenge.trim_start().starts_with("Basic") {
+            use base64::Engine as _;
+            let pair =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            return Some(format!("Basic {pair}"));
+        }
+        *used += 1;
+        super::digest::respond(challenge, method, &uri_of(url), user, password, *used)
+    }
+
+    fn keep_challenge(&self, url: &str, challenge: &str) {
+        self.challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(url.to_owned(), (challenge.to_owned(), 0));
+    }
+}
+
+/// The request-target a Digest answer names: the URL's path and query.
+fn uri_of(url: &str) -> String {
+    reqwest::Url::parse(url).map_or_else(
+        |_| "/".to_owned(),
+        |u| match u.query() {
+            Some(query) => format!("{}?{query}", u.path()),
+            None => u.path().to_owned(),
+        },
+    )
 }
 
 impl BarrierRelay {
@@ -100,7 +144,10 @@ impl BarrierRelay {
             .unwrap_or_default();
         let task = RelayTask {
             rx,
-            client,
+            client: Caller {
+                http: client,
+                challenges: Arc::default(),
+            },
             outcomes: outcomes.clone(),
             metrics,
         };
@@ -161,7 +208,7 @@ impl BarrierRelay {
 
 async fn run(
     mut rx: mpsc::Receiver<Call>,
-    client: reqwest::Client,
+    client: Caller,
     outcomes: Outcomes,
     metrics: Arc<Metrics>,
     token: CancellationToken,
@@ -211,7 +258,7 @@ fn record(outcomes: &Outcomes, call: &Call, attempts: u32, result: Result<(), St
 }
 
 /// Makes the call, up to [`ATTEMPTS`] times with a short back-off; the attempts and the outcome.
-async fn call_with_retries(client: &reqwest::Client, call: &Call) -> (u32, Result<(), String>) {
+async fn call_with_retries(client: &Caller, call: &Call) -> (u32, Result<(), String>) {
     let mut last = Err(String::new());
     for attempt in 1..=ATTEMPTS {
         last = once(client, call).await;
@@ -226,44 +273,76 @@ async fn call_with_retries(client: &reqwest::Client, call: &Call) -> (u32, Resul
 }
 
 /// One attempt: the vendor's barrier call for `open` (a `hold` leaves a vendor's barrier down and
-/// calls nothing), or the generic relay's JSON for every command.
-async fn once(client: &reqwest::Client, call: &Call) -> Result<(), String> {
+/// calls nothing), or the generic relay's JSON for every command. With credentials, a camera's
+/// kept Digest challenge is answered; a camera that refuses asks again (`401`), and its challenge
+/// is answered at once, Digest if it offers it, else Basic.
+async fn once(client: &Caller, call: &Call) -> Result<(), String> {
     let control = &call.control;
-    let request = match control.vendor {
-        Vendor::Hikvision => {
-            if call.command.action != GateAction::Open {
-                return Ok(());
-            }
-            client
-                .put(&control.url)
+    let method = match control.vendor {
+        Vendor::Hikvision | Vendor::Dahua if call.command.action != GateAction::Open => {
+            return Ok(());
+        }
+        Vendor::Hikvision => reqwest::Method::PUT,
+        Vendor::Dahua => reqwest::Method::GET,
+        Vendor::Axis | Vendor::Platerecognizer | Vendor::Openalpr => reqwest::Method::POST,
+    };
+    let request = |authorization: Option<String>| {
+        let request = client.http.request(method.clone(), &control.url);
+        let request = match control.vendor {
+            Vendor::Hikvision => request
                 .header("content-type", "application/xml")
-                .body(HIKVISION_OPEN)
-        }
-        Vendor::Dahua => {
-            if call.command.action != GateAction::Open {
-                return Ok(());
-            }
-            client.get(&control.url)
-        }
-        Vendor::Axis | Vendor::Platerecognizer | Vendor::Openalpr => {
-            client.post(&control.url).json(&RelayBody {
+                .body(HIKVISION_OPEN),
+            Vendor::Dahua => request,
+            Vendor::Axis | Vendor::Platerecognizer | Vendor::Openalpr => request.json(&RelayBody {
                 action: call.command.action,
                 reason: call.command.reason,
                 command_id: call.command.command_id,
                 event_id: call.command.event_id.as_str(),
                 lot: call.lot.as_str(),
                 gate: call.gate.as_str(),
-            })
+            }),
+        };
+        match authorization {
+            Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
+            None => request,
         }
     };
-    let request = match (&control.username, &control.password) {
-        (Some(user), password) => request.basic_auth(
+    let credentials = control.username.as_deref().map(|user| {
+        (
             user,
-            password.as_ref().map(|p| p.expose_secret().to_owned()),
-        ),
-        _ => request,
-    };
-    let response = request.send().await.map_err(|e| e.to_string())?;
+            control.password.as_ref().map_or("", |p| p.expose_secret()),
+        )
+    });
+    let kept = credentials.and_then(|(user, password)| {
+        client.authorization(&control.url, method.as_str(), user, password)
+    });
+    let mut response = request(kept).send().await.map_err(|e| e.to_string())?;
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED
+        && let Some((user, password)) = credentials
+    {
+        let offered: Vec<String> = response
+            .headers()
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
+        // Digest when offered (the password never crosses the network), else Basic.
+        let challenge = offered
+            .iter()
+            .find(|c| c.trim_start().starts_with("Digest "))
+            .or_else(|| offered.iter().find(|c| c.trim_start().starts_with("Basic")));
+        if let Some(challenge) = challenge {
+            client.keep_challenge(&control.url, challenge);
+        }
+        if let Some(authorization) =
+            client.authorization(&control.url, method.as_str(), user, password)
+        {
+            response = request(Some(authorization))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
     if response.status().is_success() {
         Ok(())
     } else {

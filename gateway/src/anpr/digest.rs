@@ -196,6 +196,64 @@ pub(crate) fn verify(
         && counts().advance(device, nonce, issued, count, now)
 }
 
+/// The `Authorization` value answering a camera's Digest `challenge` (its `WWW-Authenticate`
+/// value) for `method` on `uri`, as the `nc`th use of its nonce; `None` when the challenge is
+/// not one we can answer (not Digest, or an algorithm other than MD5 and SHA-256). The platform
+/// is then the client: barrier calls to cameras that want Digest, as Hikvision's ISAPI does.
+pub(crate) fn respond(
+    challenge: &str,
+    method: &str,
+    uri: &str,
+    user: &str,
+    password: &str,
+    nc: u32,
+) -> Option<String> {
+    let params = params(challenge.trim())?;
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let (realm, nonce) = (get("realm")?, get("nonce")?);
+    let algorithm = get("algorithm").unwrap_or("MD5");
+    let hash: fn(&str) -> String = if algorithm.eq_ignore_ascii_case("MD5") {
+        md5_hex
+    } else if algorithm.eq_ignore_ascii_case("SHA-256") {
+        |text| {
+            Sha256::digest(text.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }
+    } else {
+        return None;
+    };
+    let ha1 = hash(&format!("{user}:{realm}:{password}"));
+    let ha2 = hash(&format!("{method}:{uri}"));
+    let quote = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut header = format!(
+        "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", algorithm={algorithm}",
+        quote(user),
+        quote(realm),
+        quote(nonce),
+        quote(uri)
+    );
+    let offers_auth = get("qop").is_some_and(|q| q.split(',').any(|q| q.trim() == "auth"));
+    let response = if offers_auth {
+        let cnonce = format!("{:016x}", rand::random::<u64>());
+        header.push_str(&format!(", qop=auth, nc={nc:08x}, cnonce=\"{cnonce}\""));
+        hash(&format!("{ha1}:{nonce}:{nc:08x}:{cnonce}:auth:{ha2}"))
+    } else {
+        hash(&format!("{ha1}:{nonce}:{ha2}"))
+    };
+    header.push_str(&format!(", response=\"{response}\""));
+    if let Some(opaque) = get("opaque") {
+        header.push_str(&format!(", opaque=\"{}\"", quote(opaque)));
+    }
+    Some(header)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +277,81 @@ mod tests {
             "Digest username=\"{device}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", \
              algorithm=MD5, qop=auth, nc={nc:08x}, cnonce=\"0a4f113b\", response=\"{response}\""
         )
+    }
+
+    #[test]
+    fn our_answer_as_a_client_is_what_our_server_accepts() {
+        let now = Utc::now();
+        let asked = challenge(now);
+        let post = Request {
+            method: "POST",
+            uri: "/v1/anpr/cam-client",
+        };
+        let kept = ha1("cam-client", "pw");
+        let answer = respond(&asked, "POST", post.uri, "cam-client", "pw", 1).unwrap();
+        assert!(verify(&answer, &post, "cam-client", &kept, now));
+        let next = respond(&asked, "POST", post.uri, "cam-client", "pw", 2).unwrap();
+        assert!(verify(&next, &post, "cam-client", &kept, now));
+        let wrong = respond(&asked, "POST", post.uri, "cam-client", "guess", 3).unwrap();
+        assert!(!verify(&wrong, &post, "cam-client", &kept, now));
+        assert!(respond("Basic realm=\"x\"", "POST", "/", "u", "p", 1).is_none());
+        assert!(
+            respond(
+                "Digest realm=\"x\", nonce=\"n\", algorithm=SHA-512-256",
+                "POST",
+                "/",
+                "u",
+                "p",
+                1
+            )
+            .is_none()
+        );
+    }
+
+    /// RFC 7616 §3.9.1's example (SHA-256, qop auth), with its cnonce: the response it gives.
+    #[test]
+    fn the_rfcs_example_answer() {
+        let challenge = "Digest realm=\"http-auth@example.org\", qop=\"auth, auth-int\", algorithm=SHA-256, nonce=\"7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v\", opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"";
+        let answer = respond(
+            challenge,
+            "GET",
+            "/dir/index.html",
+            "Mufasa",
+            "Circle of Life",
+            1,
+        )
+        .unwrap();
+        let cnonce = answer
+            .split("cnonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let hash = |t: String| -> String {
+            Sha256::digest(t.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let ha1 = hash("Mufasa:http-auth@example.org:Circle of Life".into());
+        let ha2 = hash("GET:/dir/index.html".into());
+        let expected = hash(format!(
+            "{ha1}:7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v:00000001:{cnonce}:auth:{ha2}"
+        ));
+        assert!(
+            answer.contains(&format!("response=\"{expected}\"")),
+            "{answer}"
+        );
+        assert!(answer.contains("opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\""));
+        // With the RFC's own cnonce the RFC's response comes out.
+        let rfc = hash(format!(
+            "{ha1}:7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v:00000001:f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ:auth:{ha2}"
+        ));
+        assert_eq!(
+            rfc,
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        );
     }
 
     #[test]
