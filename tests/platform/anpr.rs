@@ -1106,24 +1106,25 @@ async fn barrier_calls_answer_a_cameras_digest_challenge() {
         })
         .await;
     }
-    let seen = seen.lock().unwrap();
-    assert_eq!(
-        seen.accepted,
-        [
-            (
-                "PUT".to_owned(),
-                "/ISAPI/Parking/channels/1/barrierGate".to_owned(),
-                "00000001".to_owned()
-            ),
-            (
-                "PUT".to_owned(),
-                "/ISAPI/Parking/channels/1/barrierGate".to_owned(),
-                "00000002".to_owned()
-            ),
-        ]
-    );
-    assert_eq!(seen.refused, 1, "asked once, then answered directly");
-    drop(seen);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.accepted,
+            [
+                (
+                    "PUT".to_owned(),
+                    "/ISAPI/Parking/channels/1/barrierGate".to_owned(),
+                    "00000001".to_owned()
+                ),
+                (
+                    "PUT".to_owned(),
+                    "/ISAPI/Parking/channels/1/barrierGate".to_owned(),
+                    "00000002".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(seen.refused, 1, "asked once, then answered directly");
+    }
     let lanes = platform
         .admin_get(&format!("/v1/lots/{}/lanes", world.lot))
         .await;
