@@ -352,6 +352,11 @@ pub struct RunArgs {
     /// the platform says so at start); with one, those stored in clear are sealed at start.
     #[arg(long, env = "PARKFLOW_SECRETS_KEY", hide_env_values = true)]
     pub secrets_key: Option<SecretString>,
+    /// Let ANPR cameras' barrier calls (`control.url`) go to this machine's loopback addresses:
+    /// for a camera simulator or bench beside the platform. Refused without it, as are
+    /// link-local and cloud metadata addresses always.
+    #[arg(long)]
+    pub barrier_calls_to_loopback: bool,
     /// The simulated vehicle register's secret: drivers prove a plate is theirs with its
     /// registration document number (`parkflow registration-document PLATE` prints it). Random
     /// per start when unset.
@@ -518,6 +523,7 @@ impl RunArgs {
         config.metrics_listen = self.metrics_listen;
         config.node_id = self.node_id.clone();
         config.secrets_key.clone_from(&self.secrets_key);
+        config.barrier_calls_to_loopback = self.barrier_calls_to_loopback;
         if let Some(secret) = &self.vehicle_register_secret {
             config.vehicle_register_secret = secret.clone();
         }

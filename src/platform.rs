@@ -90,6 +90,8 @@ pub struct PlatformConfig {
     pub mandate_check: parkflow_billing::mandates::MandateCheck,
     /// The key device secrets are sealed under at rest.
     pub secrets_key: Option<SecretString>,
+    /// ANPR barrier calls may go to this machine (a camera simulator or bench beside it).
+    pub barrier_calls_to_loopback: bool,
 }
 
 impl PlatformConfig {
@@ -130,6 +132,7 @@ impl PlatformConfig {
             vehicle_register_secret: random_secret().into(),
             mandate_check: parkflow_billing::mandates::MandateCheck::default(),
             secrets_key: None,
+            barrier_calls_to_loopback: false,
         }
     }
 
@@ -176,6 +179,7 @@ impl PlatformConfig {
             vehicle_register_secret: self.vehicle_register_secret.clone(),
             mandate_check: self.mandate_check,
             secrets_key: self.secrets_key.clone(),
+            barrier_calls_to_loopback: self.barrier_calls_to_loopback,
         }
     }
 }

@@ -219,7 +219,12 @@ impl Gateway {
             None => writer,
         };
         let (occupancy, occupancy_rx) = OccupancyHandle::channel();
-        let (relay, relay_task) = crate::anpr::barrier::BarrierRelay::new(metrics.clone());
+        let (relay, relay_task) = crate::anpr::barrier::BarrierRelay::new(
+            metrics.clone(),
+            crate::anpr::barrier::Destinations {
+                loopback: config.barrier_calls_to_loopback,
+            },
+        );
         let actor = GateActor::load(
             config.decisions.clone(),
             db.clone(),

@@ -55,4 +55,7 @@ pub struct GatewayConfig {
     pub mandate_check: parkflow_billing::mandates::MandateCheck,
     /// The key device secrets are sealed under at rest (`--secrets-key`); in clear without one.
     pub secrets_key: Option<SecretString>,
+    /// Whether ANPR cameras' barrier calls may go to this machine's loopback addresses (a camera
+    /// simulator or bench beside the platform); refused otherwise.
+    pub barrier_calls_to_loopback: bool,
 }

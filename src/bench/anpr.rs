@@ -135,6 +135,8 @@ pub async fn run(reads: usize) -> anyhow::Result<()> {
         MqttSetup::Embedded { listen },
     );
     config.admin_key = Some(ADMIN_KEY.into());
+    // The bench's fake camera listens on this machine.
+    config.barrier_calls_to_loopback = true;
     config.driver_rate_per_second = 1_000_000;
     let platform = Platform::build(config).await?;
     let lot = LotId::parse("bench-lot")?;

@@ -1131,3 +1131,62 @@ async fn barrier_calls_answer_a_cameras_digest_challenge() {
     assert!(lanes.to_string().contains("\"ok\":true"), "{lanes}");
     platform.stop().await;
 }
+
+/// An operator admin aiming a camera's barrier calls at what the platform's network position
+/// reaches and theirs does not: the cloud's metadata service, link-local addresses. Refused at
+/// registration with a clear error (cameras on private networks stay allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barrier_calls_cannot_be_aimed_at_the_platforms_network_services() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 20);
+    let platform = TestPlatform::start(setup, &world).await;
+    let operator = platform.issue_key("operator_admin", Some("op-test")).await;
+    let (status, answer) = platform
+        .call(
+            Some(&operator),
+            Method::POST,
+            &format!("/v1/lots/{}/gates", world.lot),
+            Some(&json!({"id": "in-ssrf", "direction": "entry"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    for (n, url) in [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://100.100.100.200/latest/meta-data/ram/security-credentials/",
+        "http://[fe80::1]/",
+        "http://0.0.0.0:8080/v1/keys",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, answer) = platform
+            .call(
+                Some(&operator),
+                Method::POST,
+                &format!("/v1/lots/{}/devices", world.lot),
+                Some(
+                    &json!({"id": format!("cam-ssrf-{n}"), "kind": "anpr_http", "gate": "in-ssrf",
+                    "vendor": "dahua", "control": {"kind": "http", "url": url}}),
+                ),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_anpr", "{answer}");
+    }
+    let (status, answer) = platform
+        .call(
+            Some(&operator),
+            Method::POST,
+            &format!("/v1/lots/{}/devices", world.lot),
+            Some(&json!({"id": "cam-ssrf-ok", "kind": "anpr_http", "gate": "in-ssrf",
+                "vendor": "dahua", "control": {"kind": "http",
+                "url": "http://192.168.1.108/cgi-bin/trafficSnap.cgi?action=openStrobe&channel=1"}})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a camera on a private network: {answer}"
+    );
+    platform.stop().await;
+}

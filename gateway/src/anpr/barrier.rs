@@ -28,6 +28,91 @@ const ATTEMPTS: u32 = 3;
 /// Calls in flight at once, at most.
 const CALLS_AT_ONCE: usize = 256;
 
+/// Where barrier calls may go. Cameras live on private networks, so private addresses are
+/// allowed; what an operator must not reach through the platform is: this machine (loopback,
+/// unless `loopback` — a camera simulator or bench on the platform's host), link-local and the
+/// clouds' metadata services (169.254.169.254; Alibaba's 100.100.100.200; AWS's fd00:ec2::254),
+/// unspecified, broadcast and multicast addresses.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Destinations {
+    pub loopback: bool,
+}
+
+impl Destinations {
+    pub(crate) fn permits(self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = ip.to_canonical();
+        if ip.is_loopback() {
+            return self.loopback;
+        }
+        if ip.is_unspecified() || ip.is_multicast() {
+            return false;
+        }
+        match ip {
+            IpAddr::V4(v4) => {
+                !(v4.is_link_local()
+                    || v4.is_broadcast()
+                    || v4.octets()[0] == 0
+                    || v4 == std::net::Ipv4Addr::new(100, 100, 100, 200))
+            }
+            IpAddr::V6(v6) => {
+                let fe80 = (v6.segments()[0] & 0xffc0) == 0xfe80;
+                let aws_metadata = v6.segments() == [0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254];
+                !(fe80 || aws_metadata)
+            }
+        }
+    }
+
+    /// Why a control URL may not be called (`None`: it may). A name is checked again on each
+    /// call, against what it resolves to.
+    pub(crate) fn refuses(self, url: &reqwest::Url) -> Option<String> {
+        let refused = |what: &str| {
+            Some(format!(
+                "control.url may not point at {what}: barrier calls go to cameras, not to the platform's own machine or network services"
+            ))
+        };
+        match url.host() {
+            None => Some("control.url names a host".into()),
+            Some(url::Host::Domain(name)) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                (!self.loopback && (name == "localhost" || name.ends_with(".localhost")))
+                    .then(|| refused("this machine"))
+                    .flatten()
+            }
+            Some(url::Host::Ipv4(ip)) => (!self.permits(ip.into()))
+                .then(|| refused(&ip.to_string()))
+                .flatten(),
+            Some(url::Host::Ipv6(ip)) => (!self.permits(ip.into()))
+                .then(|| refused(&ip.to_string()))
+                .flatten(),
+        }
+    }
+}
+
+/// Resolves control URLs' names to the addresses [`Destinations`] permits only, so that a name
+/// cannot lead a call where an address could not.
+struct Resolver(Destinations);
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let destinations = self.0;
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            let permitted: Vec<std::net::SocketAddr> = found
+                .filter(|addr| destinations.permits(addr.ip()))
+                .collect();
+            if permitted.is_empty() {
+                return Err(format!(
+                    "{} resolves to no address a barrier call may go to",
+                    name.as_str()
+                )
+                .into());
+            }
+            Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// How a camera's barrier is opened over HTTP.
 #[derive(Clone)]
 pub(crate) struct HttpControl {
@@ -65,6 +150,8 @@ pub(crate) type Outcomes = Arc<Mutex<HashMap<(LotId, GateId), CallOutcome>>>;
 /// Queues barrier calls for the task that makes them.
 #[derive(Clone)]
 pub(crate) struct BarrierRelay {
+    /// Where its calls may go.
+    pub destinations: Destinations,
     tx: mpsc::Sender<Call>,
     outcomes: Outcomes,
     /// The command each lane was last given.
@@ -93,6 +180,7 @@ impl RelayTask {
 struct Caller {
     http: reqwest::Client,
     challenges: Arc<Mutex<HashMap<String, (String, u32)>>>,
+    destinations: Destinations,
 }
 
 impl Caller {
@@ -131,8 +219,8 @@ fn uri_of(url: &str) -> String {
 }
 
 impl BarrierRelay {
-    /// The relay, and the task that makes its calls.
-    pub(crate) fn new(metrics: Arc<Metrics>) -> (Self, RelayTask) {
+    /// The relay, and the task that makes its calls (only to `destinations`).
+    pub(crate) fn new(metrics: Arc<Metrics>, destinations: Destinations) -> (Self, RelayTask) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let outcomes = Outcomes::default();
         // No redirects: the call goes where the operator said, nowhere a camera points it.
@@ -140,6 +228,8 @@ impl BarrierRelay {
             .timeout(TIMEOUT)
             .connect_timeout(TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(Resolver(destinations)))
             .build()
             .unwrap_or_default();
         let task = RelayTask {
@@ -147,12 +237,14 @@ impl BarrierRelay {
             client: Caller {
                 http: client,
                 challenges: Arc::default(),
+                destinations,
             },
             outcomes: outcomes.clone(),
             metrics,
         };
         (
             Self {
+                destinations,
                 tx,
                 outcomes,
                 last: Arc::default(),
@@ -278,6 +370,12 @@ async fn call_with_retries(client: &Caller, call: &Call) -> (u32, Result<(), Str
 /// is answered at once, Digest if it offers it, else Basic.
 async fn once(client: &Caller, call: &Call) -> Result<(), String> {
     let control = &call.control;
+    // Addresses are checked here (names as they resolve): a URL stored before a rule changed,
+    // or written to the database directly, is refused all the same.
+    let url = reqwest::Url::parse(&control.url).map_err(|e| e.to_string())?;
+    if let Some(refused) = client.destinations.refuses(&url) {
+        return Err(refused);
+    }
     let method = match control.vendor {
         Vendor::Hikvision | Vendor::Dahua if call.command.action != GateAction::Open => {
             return Ok(());
@@ -363,4 +461,47 @@ struct RelayBody<'a> {
     event_id: &'a str,
     lot: &'a str,
     gate: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn barrier_calls_go_to_cameras_not_to_the_platforms_machine_or_cloud_services() {
+        let production = Destinations::default();
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        for camera in [
+            "http://10.0.0.5/ISAPI/Parking/channels/1/barrierGate",
+            "http://192.168.1.64/cgi-bin/configManager.cgi",
+            "http://172.16.8.2/relay",
+            "https://camera-3.lot.example/relay",
+            "http://[fd12:3456::5]/relay",
+        ] {
+            assert_eq!(production.refuses(&url(camera)), None, "{camera}");
+        }
+        for forbidden in [
+            "http://127.0.0.1:8080/v1/keys",
+            "http://localhost/",
+            "http://api.localhost/",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://100.100.100.200/latest/meta-data/",
+            "http://[fd00:ec2::254]/latest/meta-data/",
+            "http://[fe80::1]/",
+            "http://0.0.0.0/",
+            "http://255.255.255.255/",
+            "http://224.0.0.1/",
+        ] {
+            assert!(production.refuses(&url(forbidden)).is_some(), "{forbidden}");
+        }
+        let on_this_host = Destinations { loopback: true };
+        assert_eq!(on_this_host.refuses(&url("http://127.0.0.1:9/")), None);
+        assert!(
+            on_this_host
+                .refuses(&url("http://169.254.169.254/"))
+                .is_some()
+        );
+    }
 }

@@ -162,7 +162,10 @@ async fn disconnect(state: &AppState, id: &DeviceId) {
 }
 
 /// An `anpr_http` camera's settings, checked; `None` for other kinds (which may not give them).
-fn anpr_settings(request: &DeviceRequest) -> Result<Option<devices::NewAnpr>, ApiError> {
+fn anpr_settings(
+    request: &DeviceRequest,
+    destinations: crate::anpr::barrier::Destinations,
+) -> Result<Option<devices::NewAnpr>, ApiError> {
     let given =
         request.vendor.is_some() || request.control.is_some() || !request.allow_from.is_empty();
     if request.kind != RequestKind::AnprHttp {
@@ -201,6 +204,9 @@ fn anpr_settings(request: &DeviceRequest) -> Result<Option<devices::NewAnpr>, Ap
                     "invalid_anpr",
                     "control.url is an http or https address",
                 ));
+            }
+            if let Some(refused) = destinations.refuses(&url) {
+                return Err(ApiError::bad_request("invalid_anpr", refused));
             }
             Some(crate::anpr::barrier::HttpControl {
                 vendor,
@@ -265,7 +271,7 @@ pub(crate) async fn register(
     }
     let registry = state.registry.snapshot();
     let lot_idx = registry.lot_by_id(&lot).map(|l| l.idx);
-    let anpr = anpr_settings(&request)?;
+    let anpr = anpr_settings(&request, state.relay.destinations)?;
     let kind = request.kind.device_kind();
     let (gate, bay) = match (kind, request.gate, request.bay) {
         (DeviceKind::GateCamera, Some(gate), None) => {

@@ -130,7 +130,11 @@ impl Api {
             gates,
             payments: Arc::new(Payments::new(db.clone(), provider)),
             kicker: None,
-            relay: crate::anpr::barrier::BarrierRelay::new(Arc::new(Metrics::new())).0,
+            relay: crate::anpr::barrier::BarrierRelay::new(
+                Arc::new(Metrics::new()),
+                crate::anpr::barrier::Destinations::default(),
+            )
+            .0,
             verifiers: parkflow_billing::claims::Verifiers::shipped(
                 db.clone(),
                 parkflow_billing::claims::SimulatedRegister::new("router tests".into()),

@@ -398,6 +398,8 @@ fn config(
     config.vehicle_register_secret = super::VEHICLE_REGISTER_SECRET.into();
     // Every platform test runs with device secrets sealed at rest.
     config.secrets_key = Some(super::SECRETS_KEY.into());
+    // The tests' fake cameras listen on this machine.
+    config.barrier_calls_to_loopback = true;
     // Tests open many availability streams from one address (the cap has a router test).
     config.max_streams_per_address = 1_000;
     // Billing at test speed: a payment window of two seconds, workers that look often.
