@@ -408,6 +408,66 @@ pub enum Notice {
     SessionEnded { lot: String, session: uuid::Uuid },
     /// An operator's recount of a gated lot was recorded on another node: its owner applies it.
     Recounted { lot: String },
+    /// A plate read an ANPR camera sent over HTTP to a node that does not run its lot: its
+    /// owner decides it (the sender waits for the read to be on record).
+    PlateRead(ForwardedRead),
+}
+
+/// A plate read on its way to the node that runs its lot ([`Notice::PlateRead`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ForwardedRead {
+    pub lot: LotId,
+    pub gate: parkflow_protocol::GateId,
+    pub event_id: parkflow_protocol::EventId,
+    pub plate: parkflow_protocol::Plate,
+    pub plate_color: Option<parkflow_protocol::PlateColor>,
+    pub confidence: f64,
+    pub direction: parkflow_protocol::Direction,
+    pub observed_at: chrono::DateTime<Utc>,
+    pub received_at: chrono::DateTime<Utc>,
+    /// Refused for the camera's clock: answered `hold` (`device_clock`).
+    pub clock_refused: bool,
+}
+
+impl ForwardedRead {
+    /// The read as it crosses to another node (its ticket stays with the sender).
+    pub(crate) fn of(read: &crate::gate::GateRead, clock_refused: bool) -> Self {
+        Self {
+            lot: read.lot.clone(),
+            gate: read.gate.clone(),
+            event_id: read.event_id.clone(),
+            plate: read.plate.clone(),
+            plate_color: read.plate_color,
+            confidence: read.confidence,
+            direction: read.direction,
+            observed_at: read.observed_at,
+            received_at: read.received_at,
+            clock_refused,
+        }
+    }
+
+    /// The read as the owner's gate actor takes it.
+    fn into_message(self) -> GateMessage {
+        let clock_refused = self.clock_refused;
+        let read = Box::new(crate::gate::GateRead {
+            lot: self.lot,
+            gate: self.gate,
+            event_id: self.event_id,
+            plate: self.plate,
+            plate_color: self.plate_color,
+            confidence: self.confidence,
+            direction: self.direction,
+            observed_at: self.observed_at,
+            received_at: self.received_at,
+            received: Instant::now(),
+            ticket: None,
+        });
+        if clock_refused {
+            GateMessage::ClockRefused(read)
+        } else {
+            GateMessage::PlateRead(read)
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -529,6 +589,11 @@ pub(crate) async fn listen(
                         .await;
                 }
                 Notice::ExitPaid(paid) => gates.send_here(GateMessage::ExitPaid(paid)).await,
+                Notice::PlateRead(read) => {
+                    if ownership.holds(read.lot.as_str()) {
+                        gates.send_here(read.into_message()).await;
+                    }
+                }
                 Notice::SessionEnded { lot, session } => {
                     if let Ok(lot) = LotId::parse(&lot)
                         && ownership.holds(lot.as_str())

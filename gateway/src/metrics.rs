@@ -28,6 +28,8 @@ pub struct ReasonLabel {
 pub struct Metrics {
     registry: Registry,
     pub plate_reads: Counter,
+    /// ANPR reads sent over HTTP to this node for a lot another node runs, passed on to it.
+    pub anpr_forwarded: Counter,
     pub barrier_commands: Family<ActionLabel, Counter>,
     /// Barrier calls to off-the-shelf cameras, by result (`ok`, `failed`).
     pub barrier_calls: Family<OutcomeLabel, Counter>,
@@ -73,6 +75,12 @@ impl Metrics {
             "plate_reads",
             "Gate plate reads accepted for a decision",
             plate_reads.clone(),
+        );
+        let anpr_forwarded = Counter::default();
+        registry.register(
+            "anpr_forwarded",
+            "ANPR reads received over HTTP for a lot another gateway node runs, passed on to it",
+            anpr_forwarded.clone(),
         );
         let barrier_commands = Family::<ActionLabel, Counter>::default();
         registry.register(
@@ -242,6 +250,7 @@ impl Metrics {
             availability_subscribers,
             registry,
             plate_reads,
+            anpr_forwarded,
             barrier_commands,
             barrier_calls,
             sessions_opened,

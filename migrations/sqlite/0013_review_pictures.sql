@@ -13,3 +13,5 @@ CREATE TABLE review_pictures (
 );
 CREATE INDEX review_pictures_age ON review_pictures (created_at);
 CREATE INDEX review_items_event ON review_items (lot_id, event_id) WHERE event_id IS NOT NULL;
+-- An ANPR read sent to a node that does not run its lot waits for the owner's record of it.
+CREATE INDEX gate_reads_event ON gate_reads (lot_id, event_id);

@@ -868,8 +868,9 @@ impl Camera {
 }
 
 /// Sends a read's payload as the camera sends its reads (see [`Camera::transmit`]). An HTTP
-/// event is posted on a task of its own, the answer ignored: like a lost MQTT message, an event
-/// that does not get through is sent again by the retry.
+/// event is posted on a task of its own and, as cameras do, sent again until it is answered
+/// `200` (the platform's word that the read is on record), a second apart, for up to a minute:
+/// the barrier may have opened on a decision that was never recorded (its node died first).
 fn transmit(
     client: &AsyncClient,
     config: &CameraConfig,
@@ -889,14 +890,25 @@ fn transmit(
     let (user, password) = (device.id.to_string(), device.mqtt_password.clone());
     tokio::spawn(async move {
         static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-        let http = HTTP.get_or_init(reqwest::Client::new);
-        let _ = http
-            .post(url)
-            .basic_auth(user, Some(password))
-            .header("content-type", content_type)
-            .body(payload)
-            .send()
-            .await;
+        let http = HTTP.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap_or_default()
+        });
+        for _ in 0..60 {
+            let sent = http
+                .post(&url)
+                .basic_auth(&user, Some(&password))
+                .header("content-type", content_type)
+                .body(payload.clone())
+                .send()
+                .await;
+            if sent.is_ok_and(|answer| answer.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     });
 }
 

@@ -763,7 +763,8 @@ async fn embedded_kill(timing: Timing) -> anyhow::Result<Outcome> {
 /// lots move to `b`, and `a` comes back and takes a share again; then `b` is paused (SIGSTOP)
 /// past its leases' life, `a` takes every lot, and `b` wakes up fenced and takes a share again.
 /// `recovery_s`: from the kill until `b` holds every lot. The audit checks that no lot had two
-/// owners at once.
+/// owners at once. The lots' ANPR lanes post to `b` alone, so reads of `a`'s lots are passed on
+/// to `a` (at least one must be).
 async fn failover(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
     let devices = dir.path().join("devices.json");
@@ -798,7 +799,7 @@ async fn failover(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome>
         mosquitto.addr,
         &b.api(),
         timing.traffic.as_secs(),
-        Lanes::Wait,
+        Lanes::WaitWithAnpr,
     )?;
     tokio::time::sleep(timing.warm_up).await;
     a.kill().await;
@@ -847,6 +848,12 @@ async fn failover(timing: Timing, postgres_url: &str) -> anyhow::Result<Outcome>
         problems.push(format!("b, woken, took no share again: {error:#}"));
     }
     let report = sim.report().await?;
+    // The simulator's ANPR cameras send to b alone: reads of a's lots were passed on to a.
+    match b.metric("parkflow_anpr_forwarded_total").await {
+        Ok(n) if n > 0.0 => {}
+        Ok(_) => problems.push("no ANPR read sent to b was passed on to a (none forwarded)".into()),
+        Err(error) => problems.push(format!("b's metrics not read: {error:#}")),
+    }
     let audit_problems = audit(&db_url, AUDIT_SETTLE).await?;
     let audit_clean = audit_problems.is_empty();
     problems.extend(audit_problems);

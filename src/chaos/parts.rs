@@ -194,6 +194,23 @@ impl Gateway {
         format!("http://{}", self.http)
     }
 
+    /// A counter or gauge of its `/metrics` (the series as exported, labels included); 0 when
+    /// absent.
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let text = reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.http))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
     /// The gateway process's resident memory now, in bytes (`None` when it is not running).
     pub fn rss(&self) -> Option<u64> {
         let pid = self.process.as_ref()?.child.as_ref()?.id()?;
@@ -423,6 +440,9 @@ pub enum Lanes {
     Wait,
     /// Decide alone after 1.5 s from the gate's standing list, and report the decision.
     DecideAlone,
+    /// Wait, and each lot's off-the-shelf camera lane is played too (`--play-anpr`): its reads
+    /// go over HTTP to the simulator's API node, whichever node runs the lot.
+    WaitWithAnpr,
 }
 
 impl Sim {
@@ -448,7 +468,7 @@ impl Sim {
         lanes: Lanes,
     ) -> anyhow::Result<Self> {
         let decide_alone_after_ms = match lanes {
-            Lanes::Wait => "0",
+            Lanes::Wait | Lanes::WaitWithAnpr => "0",
             Lanes::DecideAlone => "1500",
         };
         let child = Command::new(parkflow()?)
@@ -461,6 +481,7 @@ impl Sim {
             .args(["--arrivals-per-minute", arrivals_per_minute])
             .args(["--city", city])
             .args(["--decide-alone-after-ms", decide_alone_after_ms])
+            .args((lanes == Lanes::WaitWithAnpr).then_some("--play-anpr"))
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("PARKFLOW_LOG", "error")

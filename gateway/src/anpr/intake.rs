@@ -218,15 +218,34 @@ async fn accept(
         ticket: Some(ticket),
     };
     state.metrics.plate_reads.inc();
-    if parkflow_protocol::sign::check_observed_at(gate_read.observed_at, received_at).is_err() {
-        state.gates.clock_refused(gate_read).await;
-    } else {
-        state.gates.plate_read(gate_read).await;
-    }
-    if !matches!(
-        tokio::time::timeout(RECORDED_WITHIN, recorded).await,
-        Ok(Ok(()))
-    ) {
+    let clock_refused =
+        parkflow_protocol::sign::check_observed_at(gate_read.observed_at, received_at).is_err();
+    let on_record = match &state.node {
+        // Another node runs the lot (a camera behind a load balancer reaches any node): that
+        // node decides; this one answers once the read is on record in the shared database.
+        Some((ownership, peers)) if !ownership.holds(lot.id.as_str()) => {
+            state.metrics.anpr_forwarded.inc();
+            peers
+                .tell(crate::cluster::Notice::PlateRead(
+                    crate::cluster::ForwardedRead::of(&gate_read, clock_refused),
+                ))
+                .await;
+            drop(gate_read);
+            recorded_elsewhere(state, lot.id.as_str(), event_id.as_str()).await
+        }
+        _ => {
+            if clock_refused {
+                state.gates.clock_refused(gate_read).await;
+            } else {
+                state.gates.plate_read(gate_read).await;
+            }
+            matches!(
+                tokio::time::timeout(RECORDED_WITHIN, recorded).await,
+                Ok(Ok(()))
+            )
+        }
+    };
+    if !on_record {
         return Err(Refused::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_recorded",
@@ -259,6 +278,23 @@ async fn accept(
     Ok(Accepted {
         event_id: event_id.as_str().to_owned(),
     })
+}
+
+/// Whether the node that runs `lot` put the read `event_id` on record within
+/// [`RECORDED_WITHIN`] (asked of the database the nodes share, every 50 ms).
+async fn recorded_elsewhere(state: &AppState, lot: &str, event_id: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + RECORDED_WITHIN;
+    loop {
+        match crate::store::sessions::read_recorded(&state.db, lot, event_id).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "a forwarded read's record not looked up"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Whether `Authorization: Basic` names `device` with its password.

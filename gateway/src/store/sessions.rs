@@ -410,3 +410,14 @@ pub(crate) async fn sessions_of_driver(
         .await?;
     Ok(rows.into_iter().map(with_fee).collect())
 }
+
+/// Whether the read `event_id` of `lot` is on record (in `gate_reads`).
+pub(crate) async fn read_recorded(db: &Db, lot: &str, event_id: &str) -> Result<bool, StoreError> {
+    let found: Option<(i32,)> =
+        query("SELECT 1 FROM gate_reads WHERE lot_id = $1 AND event_id = $2 LIMIT 1")
+            .bind(lot)
+            .bind(event_id)
+            .fetch_optional(db)
+            .await?;
+    Ok(found.is_some())
+}
