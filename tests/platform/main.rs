@@ -14,6 +14,7 @@ mod arrears;
 mod authz;
 mod billing;
 mod broker_acl;
+mod city_view;
 mod demo;
 mod devices;
 mod drivers;

@@ -3,102 +3,19 @@
 //! once, pays, and sees the barrier open — which the lane's camera receives as a signed `open`.
 //! Screenshots of each page go to `target/ui-screenshots/`.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Locator;
 use parkflow_protocol::{Direction, GateAction, GateReason};
 use serde_json::json;
 
+use crate::support::browser::Browser;
 use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
-
-/// A ChromeDriver of our own on a free port, stopped (with its browser) when dropped.
-struct Browser {
-    driver: tokio::process::Child,
-    client: Client,
-}
-
-impl Browser {
-    /// `None` (the test skipped) without `PARKFLOW_TEST_CHROMEDRIVER`, except in CI.
-    async fn start() -> Option<Self> {
-        let Ok(chromedriver) = std::env::var("PARKFLOW_TEST_CHROMEDRIVER") else {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI must set PARKFLOW_TEST_CHROMEDRIVER"
-            );
-            eprintln!("skipped: set PARKFLOW_TEST_CHROMEDRIVER to run the browser tests");
-            return None;
-        };
-        let port = crate::support::free_addr().port();
-        let driver = tokio::process::Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chromedriver starts");
-        let mut capabilities = serde_json::Map::new();
-        let chromium =
-            std::env::var("PARKFLOW_TEST_CHROMIUM").unwrap_or("/usr/bin/chromium".into());
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": chromium,
-                // A phone's screen.
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=412,915",
-                         "--disable-dev-shm-usage"],
-            }),
-        );
-        // ChromeDriver is spoken to over plain HTTP; the client still wants a TLS provider named.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let url = format!("http://127.0.0.1:{port}");
-        let client = eventually(Duration::from_secs(20), "chromedriver answering", || {
-            let (url, capabilities) = (url.clone(), capabilities.clone());
-            async move {
-                ClientBuilder::rustls()
-                    .ok()?
-                    .capabilities(capabilities)
-                    .connect(&url)
-                    .await
-                    .ok()
-            }
-        })
-        .await;
-        Some(Self { driver, client })
-    }
-
-    /// Saves what the browser shows as `target/ui-screenshots/{name}.png`.
-    async fn screenshot(&self, name: &str) {
-        let png = self.client.screenshot().await.expect("a screenshot");
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
-    }
-
-    /// The text of the first element `css` selects, waiting for a page being loaded to show it.
-    async fn text(&self, css: &str) -> String {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css} on the page: {e}"))
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.client.close().await;
-        let _ = self.driver.kill().await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_driver_pays_on_the_page_and_the_barrier_opens() {
     let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
-    let Some(browser) = Browser::start().await else {
+    let Some(browser) = Browser::start(Browser::PHONE).await else {
         return;
     };
     let world = World::new(setup, 100);

@@ -135,10 +135,32 @@ fn public_routes(state: &AppState) -> OpenApiRouter<AppState> {
         ))
 }
 
+/// The city view (public counts, as the availability API shows them) and the pages' assets:
+/// compressed (the city's map is a few hundred kilobytes of SVG before gzip), rate-limited like
+/// the public API. (Not the streams: a gzip encoder would hold their events back.)
+fn ui_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .route("/ui/", axum::routing::get(crate::ui::city::page))
+        .route(
+            "/ui",
+            axum::routing::get(|| async { axum::response::Redirect::permanent("/ui/") }),
+        )
+        .route(
+            "/ui/assets/{file}",
+            axum::routing::get(crate::ui::assets::serve),
+        )
+        .layer(tower_http::compression::CompressionLayer::new())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::limit_public,
+        ))
+}
+
 /// Every route, each with its OpenAPI path: a handler joins the router and the document together.
 fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(public_routes(state))
+        .merge(ui_routes(state))
         .merge(driver_routes(state))
         .routes(routes!(openapi::document))
         .routes(routes!(ops::healthz))

@@ -1,11 +1,14 @@
 //! The web pages people use, server-rendered by this binary with nothing fetched from elsewhere
-//! (styles inline, no script): so far the pay page a held car's `pay_url` opens in a phone's
-//! browser. Every string is in [`text`], per language.
+//! (styles inline; a page's own script, when it has one, from [`assets`]): the pay page a held
+//! car's `pay_url` opens in a phone's browser, and the city view (`/ui/`). Every string is in
+//! [`text`], per language.
 
+pub(crate) mod assets;
+pub(crate) mod city;
 pub(crate) mod pay;
 pub(crate) mod text;
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 
@@ -28,10 +31,53 @@ button,.button{font-size:1.15rem;padding:.9rem;border:0;border-radius:.5rem;back
 .done{background:#e9f7ef;color:#145a32;padding:1rem;border-radius:.75rem;font-size:1.2rem}
 code{font-size:1rem;word-break:break-all}
 nav{text-align:right;font-size:.9rem}
+main.wide{max-width:120rem}
+.totals{display:flex;flex-wrap:wrap;gap:.75rem;margin:0 0 1rem}
+.totals div{background:#fff;border-radius:.75rem;padding:.6rem 1rem;min-width:7rem}
+.figure{display:block;font-size:1.8rem;font-weight:700;font-variant-numeric:tabular-nums}
+.label{color:#5d6d7e;font-size:.9rem}
+.city{display:grid;grid-template-columns:minmax(0,3fr) minmax(14rem,1fr);gap:1rem}
+@media (max-width:48rem){.city{grid-template-columns:1fr}}
+.map{margin:0;background:#fff;border-radius:.75rem;padding:.5rem}
+.map svg{width:100%;height:auto;max-height:80vh;display:block}
+.map circle{stroke:#fff;stroke-width:.6;fill-opacity:.85}
+.map circle.street{stroke:#17202a;stroke-width:.3}
+figcaption{font-size:.85rem;color:#5d6d7e;padding:.4rem}
+.key{display:inline-block;width:.8rem;height:.8rem;border-radius:50%;vertical-align:middle}
+aside{background:#fff;border-radius:.75rem;padding:.5rem 1rem}
+aside h2{font-size:1.05rem;margin:.6rem 0 .3rem}
+aside ol{margin:0;padding-left:1.4rem;font-size:.95rem}
+.pct{font-weight:700;font-variant-numeric:tabular-nums}
 ";
+
+/// The page's language: `?lang=` when given, else the browser's.
+pub(crate) fn lang_of(query: Option<&str>, headers: &HeaderMap) -> Lang {
+    Lang::choose(
+        query,
+        headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
 
 /// A whole page in `lang`, with a switch to the other language at `switch` (this page's path).
 fn page(lang: Lang, title: &str, switch: &str, body: Markup) -> Markup {
+    layout(lang, title, switch, "", &[], body)
+}
+
+/// A page as wide as the screen (a big screen's dashboard), loading `scripts` (assets' paths).
+fn wide_page(lang: Lang, title: &str, switch: &str, scripts: &[&str], body: Markup) -> Markup {
+    layout(lang, title, switch, "wide", scripts, body)
+}
+
+fn layout(
+    lang: Lang,
+    title: &str,
+    switch: &str,
+    class: &str,
+    scripts: &[&str],
+    body: Markup,
+) -> Markup {
     let other = lang.other();
     html! {
         (DOCTYPE)
@@ -41,9 +87,12 @@ fn page(lang: Lang, title: &str, switch: &str, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · ParkFlow" }
                 style { (maud::PreEscaped(STYLE)) }
+                @for script in scripts {
+                    script src=(script) defer {}
+                }
             }
             body {
-                main {
+                main class=[(!class.is_empty()).then_some(class)] {
                     nav { a href={ (switch) "?lang=" (other.code()) } { (Text::of(other).language) } }
                     h1 { (title) }
                     (body)
@@ -56,14 +105,29 @@ fn page(lang: Lang, title: &str, switch: &str, body: Markup) -> Markup {
 /// An HTML answer with the pages' headers: nothing loaded from elsewhere, never framed, never
 /// cached (it shows what is due now), no referrer (the address names a session).
 fn respond(status: StatusCode, markup: Markup) -> Response {
+    with_policy(
+        status,
+        markup,
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    )
+}
+
+/// [`respond`] for a page that runs its own script (from `/ui/assets/`) and reads this
+/// platform's streams: nothing else runs, nothing else is fetched.
+fn respond_with_script(status: StatusCode, markup: Markup) -> Response {
+    with_policy(
+        status,
+        markup,
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    )
+}
+
+fn with_policy(status: StatusCode, markup: Markup, policy: &'static str) -> Response {
     let mut response = (status, markup.into_string()).into_response();
     let headers = response.headers_mut();
     for (name, value) in [
         (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        (header::CONTENT_SECURITY_POLICY, policy),
         (header::CACHE_CONTROL, "no-store"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),

@@ -73,6 +73,18 @@ pub(crate) struct Text {
     pub not_found_body: &'static str,
     pub nothing_due_body: &'static str,
     pub try_again: &'static str,
+    pub city_title: &'static str,
+    pub free: &'static str,
+    pub occupied: &'static str,
+    pub unknown: &'static str,
+    pub spaces: &'static str,
+    pub places: &'static str,
+    pub map_label: &'static str,
+    pub empty: &'static str,
+    pub full: &'static str,
+    pub live: &'static str,
+    pub busiest: &'static str,
+    pub emptiest: &'static str,
 }
 
 const EN: Text = Text {
@@ -99,6 +111,18 @@ const EN: Text = Text {
     not_found_body: "This link names no car held at an exit.",
     nothing_due_body: "This stay is not waiting for payment.",
     try_again: "The platform is busy. Try again in a moment.",
+    city_title: "Parking in the city now",
+    free: "free",
+    occupied: "occupied",
+    unknown: "unknown",
+    spaces: "spaces",
+    places: "car parks and street zones",
+    map_label: "Map of car parks and street zones, coloured by how full they are",
+    empty: "empty",
+    full: "full",
+    live: "Live; last change at",
+    busiest: "Busiest",
+    emptiest: "Emptiest",
 };
 
 const ZH: Text = Text {
@@ -125,6 +149,18 @@ const ZH: Text = Text {
     not_found_body: "此链接没有对应在出口等候的车辆。",
     nothing_due_body: "本次停车无需在此付款。",
     try_again: "平台繁忙，请稍后再试。",
+    city_title: "全市实时停车",
+    free: "空闲",
+    occupied: "占用",
+    unknown: "未知",
+    spaces: "泊位",
+    places: "停车场和路内停车区",
+    map_label: "停车场和路内停车区地图，颜色表示占用程度",
+    empty: "空",
+    full: "满",
+    live: "实时；最近变化于",
+    busiest: "最繁忙",
+    emptiest: "最空闲",
 };
 
 impl Text {

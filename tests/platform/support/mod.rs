@@ -5,6 +5,7 @@
 //! `postgres://postgres@127.0.0.1:5432/test`; each test gets a database of its own) and
 //! `PARKFLOW_TEST_MQTT_URL` (`mqtt://127.0.0.1:1883`) are set; `.ci/run` sets both.
 
+pub mod browser;
 mod database;
 mod device;
 mod platform;
