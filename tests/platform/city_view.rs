@@ -93,6 +93,12 @@ async fn the_city_view_shows_the_apis_numbers_and_follows_them_live() {
     })
     .await;
     browser.screenshot("city-view-live").await;
+    // Loaded again, the page (rendered once per published board) shows the new counts.
+    browser.client.goto(&platform.url("/ui/")).await.unwrap();
+    assert_eq!(
+        Some(attr("data-occupied").await),
+        after["occupied"].as_u64()
+    );
 
     // In Chinese, on request.
     browser

@@ -9,7 +9,9 @@ use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::text::Text;
+use std::sync::Arc;
+
+use super::text::{Lang, Text};
 use crate::availability::Board;
 use crate::http::AppState;
 use crate::registry::LotKind;
@@ -26,7 +28,8 @@ pub(crate) struct CityQuery {
     lang: Option<String>,
 }
 
-/// `GET /ui/`
+/// `GET /ui/`: rendered once per board and language, and gzipped once, then served as is to
+/// every screen until the occupancy actor publishes the next board.
 pub(crate) async fn page(
     State(state): State<AppState>,
     Query(query): Query<CityQuery>,
@@ -34,16 +37,79 @@ pub(crate) async fn page(
 ) -> Response {
     let lang = super::lang_of(query.lang.as_deref(), &headers);
     let board = state.availability.board();
-    super::respond_with_script(
+    let rendered = RENDERED.get(&board, lang);
+    let gzip = headers
+        .get(axum::http::header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let mut response = super::respond_with_script(
         axum::http::StatusCode::OK,
-        super::wide_page(
+        if gzip {
+            rendered.gzip.clone()
+        } else {
+            rendered.html.clone()
+        },
+    );
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::VARY,
+        axum::http::HeaderValue::from_static("accept-encoding, accept-language"),
+    );
+    if gzip {
+        headers.insert(
+            axum::http::header::CONTENT_ENCODING,
+            axum::http::HeaderValue::from_static("gzip"),
+        );
+    }
+    response
+}
+
+/// A page as rendered for one board, plain and gzipped.
+struct Rendered {
+    board: std::sync::Weak<Board>,
+    html: bytes::Bytes,
+    gzip: bytes::Bytes,
+}
+
+/// The latest page per language.
+struct Cache(std::sync::Mutex<[Option<Arc<Rendered>>; 2]>);
+
+static RENDERED: Cache = Cache(std::sync::Mutex::new([None, None]));
+
+impl Cache {
+    fn get(&self, board: &Arc<Board>, lang: Lang) -> Arc<Rendered> {
+        let slot = usize::from(lang == Lang::Zh);
+        let fresh = |r: &Arc<Rendered>| r.board.upgrade().is_some_and(|b| Arc::ptr_eq(&b, board));
+        if let Some(rendered) = self.lock()[slot].as_ref().filter(|r| fresh(r)) {
+            return rendered.clone();
+        }
+        // Rendered outside the lock: two screens asking at once may both render (the same page).
+        let html = super::wide_page(
             lang,
             Text::of(lang).city_title,
             "/ui/",
             &[super::assets::CITY_JS.path()],
-            render(&board, Text::of(lang)),
-        ),
-    )
+            render(board, Text::of(lang)),
+        )
+        .into_string();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let gzip = std::io::Write::write_all(&mut encoder, html.as_bytes())
+            .and_then(|()| encoder.finish())
+            .unwrap_or_default();
+        let rendered = Arc::new(Rendered {
+            board: Arc::downgrade(board),
+            html: html.into(),
+            gzip: gzip.into(),
+        });
+        self.lock()[slot] = Some(rendered.clone());
+        rendered
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Option<Arc<Rendered>>; 2]> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// One lot or zone as the page draws it.

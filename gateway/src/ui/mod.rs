@@ -107,23 +107,23 @@ fn layout(
 fn respond(status: StatusCode, markup: Markup) -> Response {
     with_policy(
         status,
-        markup,
+        markup.into_string().into(),
         "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     )
 }
 
 /// [`respond`] for a page that runs its own script (from `/ui/assets/`) and reads this
 /// platform's streams: nothing else runs, nothing else is fetched.
-fn respond_with_script(status: StatusCode, markup: Markup) -> Response {
+fn respond_with_script(status: StatusCode, body: bytes::Bytes) -> Response {
     with_policy(
         status,
-        markup,
+        body,
         "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     )
 }
 
-fn with_policy(status: StatusCode, markup: Markup, policy: &'static str) -> Response {
-    let mut response = (status, markup.into_string()).into_response();
+fn with_policy(status: StatusCode, body: bytes::Bytes, policy: &'static str) -> Response {
+    let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     for (name, value) in [
         (header::CONTENT_TYPE, "text/html; charset=utf-8"),
