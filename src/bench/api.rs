@@ -1,7 +1,7 @@
-//! `parkflow bench api`: the public availability endpoints under load, beside a trivial axum
-//! handler served in the same process and loaded by the same client. A city of `lots` lots is
-//! provisioned; `GET /v1/lots/{lot}/availability` asks for random lots and `GET /v1/lots?near=…`
-//! for random points (1 km, 20 lots).
+//! `parkflow bench api`: the public availability endpoints (and the city view, `/ui/`) under
+//! load, beside a trivial axum handler served in the same process and loaded by the same client.
+//! A city of `lots` lots is provisioned; `GET /v1/lots/{lot}/availability` asks for random lots,
+//! `GET /v1/lots?near=…` for random points (1 km, 20 lots), `/ui/` for the whole city's page.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -162,6 +162,31 @@ pub async fn run(lots: usize, seconds: u64) -> anyhow::Result<()> {
         "near_rps={near_rps:.0} {} errors={near_errors}",
         near_latency.line("near")
     );
+    // The city view, as a browser asks for it (gzip): one page of every lot, rendered and
+    // compressed once per published board.
+    let mut gzip = reqwest::header::HeaderMap::new();
+    gzip.insert(
+        reqwest::header::ACCEPT_ENCODING,
+        reqwest::header::HeaderValue::from_static("gzip"),
+    );
+    let browser = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .default_headers(gzip)
+        .build()?;
+    let page = browser
+        .get(format!("http://{http}/ui/"))
+        .send()
+        .await?
+        .bytes()
+        .await?
+        .len();
+    let (city_rps, city_latency, city_errors) =
+        load(&browser, duration, move || format!("http://{http}/ui/")).await?;
+    println!(
+        "city_view_rps={city_rps:.0} {} errors={city_errors} page_gzip_bytes={page}",
+        city_latency.line("city_view")
+    );
+    println!("city_view_vs_availability_rps={:.3}", city_rps / one_rps);
     println!(
         "{}",
         ratio(
