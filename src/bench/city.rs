@@ -211,11 +211,7 @@ impl Gateway {
             .error_for_status()?
             .text()
             .await?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0))
+        Ok(super::metric_value(&text, series))
     }
 }
 

@@ -148,6 +148,16 @@ impl Latency {
 }
 
 /// The closing line of a figure compared with its goal.
+/// The value of `series` (its name with labels, as exported) in Prometheus text `exposition`;
+/// 0 when absent.
+pub fn metric_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn ratio(name: &str, value: f64, goal: f64, lower_is_better: bool) -> String {
     let pass = if lower_is_better {
         value <= goal

@@ -205,10 +205,7 @@ impl Gateway {
             .error_for_status()?
             .text()
             .await?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0))
+        Ok(crate::bench::metric_value(&text, series))
     }
 
     /// The gateway process's resident memory now, in bytes (`None` when it is not running).

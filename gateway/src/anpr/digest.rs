@@ -18,11 +18,16 @@ pub(crate) const REALM: &str = "parkflow";
 /// How long a nonce is accepted.
 const FRESH_SECS: i64 = 300;
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn md5_hex(text: &str) -> String {
-    Md5::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Md5::digest(text.as_bytes()))
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
 }
 
 /// `MD5(device:realm:password)`: what is kept to check a camera's Digest answers.
@@ -220,12 +225,7 @@ pub(crate) fn respond(
     let hash: fn(&str) -> String = if algorithm.eq_ignore_ascii_case("MD5") {
         md5_hex
     } else if algorithm.eq_ignore_ascii_case("SHA-256") {
-        |text| {
-            Sha256::digest(text.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        }
+        sha256_hex
     } else {
         return None;
     };

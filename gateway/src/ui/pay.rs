@@ -231,10 +231,7 @@ fn header_value(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 fn lang(query: &PageQuery, headers: &HeaderMap) -> Lang {
-    Lang::choose(
-        query.lang.as_deref(),
-        header_value(headers, header::ACCEPT_LANGUAGE),
-    )
+    super::lang_of(query.lang.as_deref(), headers)
 }
 
 /// The held exit of `session`; a hold published a moment ago waits for its record (no 404 window).
