@@ -392,3 +392,31 @@ pub async fn write_off(
     tx.commit().await?;
     Ok(change)
 }
+
+/// A lot's arrears: invoices past their due date and still open, and the suspended drivers
+/// they belong to.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LotArrears {
+    pub operator_id: String,
+    pub lot_id: String,
+    pub currency: String,
+    pub invoices: i64,
+    pub amount_minor: i64,
+    pub suspended_drivers: i64,
+}
+
+/// Every lot's arrears at `now`, by lot.
+pub async fn by_lot(db: &Db, now: DateTime<Utc>) -> Result<Vec<LotArrears>, StoreError> {
+    query(
+        "SELECT c.operator_id, c.lot_id, i.currency, COUNT(*) AS invoices,
+                CAST(SUM(i.amount_minor) AS BIGINT) AS amount_minor,
+                COUNT(DISTINCT CASE WHEN d.status = 'suspended' THEN d.id END) AS suspended_drivers
+         FROM invoices i JOIN charges c ON c.id = i.charge_id
+         LEFT JOIN drivers d ON d.id = i.driver_id
+         WHERE i.status = 'open' AND i.due_at < $1
+         GROUP BY c.operator_id, c.lot_id, i.currency ORDER BY c.lot_id, i.currency",
+    )
+    .bind(db_time(now))
+    .fetch_all(db)
+    .await
+}

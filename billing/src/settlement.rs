@@ -87,6 +87,16 @@ pub async fn settle(
     Ok(rows)
 }
 
+/// The figures of the days `from..=to` as they stand now, computed and not stored (today's,
+/// before the day is settled).
+pub async fn live(db: &Db, from: NaiveDate, to: NaiveDate) -> Result<Vec<Settlement>, StoreError> {
+    query(COMPUTE)
+        .bind(from.to_string())
+        .bind(to.to_string())
+        .fetch_all(db)
+        .await
+}
+
 /// The stored settlements of `lot` (or every lot) for days `from..=to`.
 pub async fn stored(
     db: &Db,

@@ -15,6 +15,7 @@ mod authz;
 mod billing;
 mod broker_acl;
 mod city_view;
+mod console;
 mod demo;
 mod devices;
 mod drivers;

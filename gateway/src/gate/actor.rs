@@ -69,6 +69,8 @@ pub struct GateActor {
     metrics: Arc<Metrics>,
     /// Cars held at exits for payment, by session.
     held: HashMap<Uuid, Held>,
+    /// What each lane last did (the console's lanes).
+    lanes: Option<super::lanes::LaneBoard>,
     /// On a gateway node: the lots it runs now, with their leases' tokens (`cluster`).
     ownership: Option<Arc<Ownership>>,
     /// Told each lot's open sessions, which count a gated lot's occupancy when it has no bay sensors.
@@ -221,6 +223,7 @@ impl GateActor {
     /// Lets the actor hand database work to tasks that answer through `gates`.
     pub fn with_inbox(mut self, gates: &super::GateHandle) -> Self {
         self.inbox = Some(gates.downgrade());
+        self.lanes = Some(gates.lanes().clone());
         self
     }
 
@@ -325,6 +328,7 @@ impl GateActor {
             publisher,
             metrics,
             held: HashMap::new(),
+            lanes: None,
             ownership,
             occupancy: None,
             inbox: None,
@@ -1153,9 +1157,11 @@ impl GateActor {
                 action: command.action.as_str(),
             })
             .inc();
-        self.metrics
-            .decision_seconds
-            .observe(read.received.elapsed().as_secs_f64());
+        let took = read.received.elapsed();
+        self.metrics.decision_seconds.observe(took.as_secs_f64());
+        if let Some(lanes) = &self.lanes {
+            lanes.decided(&lot.id, &read.gate, took);
+        }
     }
 
     fn remember(

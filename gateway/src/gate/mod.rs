@@ -7,6 +7,7 @@
 
 pub mod actor;
 pub(crate) mod decide;
+pub(crate) mod lanes;
 pub(crate) mod plan;
 pub(crate) mod standing;
 pub(crate) mod state;
@@ -185,6 +186,8 @@ pub struct GateHandle {
     peers: Arc<OnceLock<Peers>>,
     /// The keeper of the lanes' standing lists, told when the facts change.
     standing: standing::StandingChanged,
+    /// What each lane last did, for the console.
+    lanes: lanes::LaneBoard,
 }
 
 impl GateHandle {
@@ -195,6 +198,7 @@ impl GateHandle {
                 tx,
                 peers: Arc::default(),
                 standing: standing::StandingChanged::default(),
+                lanes: lanes::LaneBoard::default(),
             },
             rx,
         )
@@ -227,6 +231,11 @@ impl GateHandle {
             peers.tell(Notice::Facts).await;
         }
         self.reload_here(db).await;
+    }
+
+    /// What each lane last did (the console's lanes).
+    pub(crate) fn lanes(&self) -> &lanes::LaneBoard {
+        &self.lanes
     }
 
     /// Tells the lanes' standing keeper that drivers, passes, blocks or debts changed (it reads

@@ -86,15 +86,30 @@ async fn identify(
     parts: &Parts,
     state: &AppState,
 ) -> Result<Option<(Caller, Option<Uuid>)>, ApiError> {
+    // A web page's request: the login its cookie named (see `ui::login`), by the key's hash.
+    if let Some(login) = parts.extensions.get::<crate::ui::login::WebLogin>() {
+        return identify_hash(state, &login.session.key_hash).await;
+    }
     let Some(key) = bearer(parts) else {
         return Ok(None);
     };
+    identify_hash(state, &crate::registry::password_hash(key)).await
+}
+
+/// [`identify`] from the hash of the key presented.
+pub(crate) async fn identify_hash(
+    state: &AppState,
+    key_hash: &str,
+) -> Result<Option<(Caller, Option<Uuid>)>, ApiError> {
     if let Some(admin) = &state.admin_key
-        && constant_time_eq(key.as_bytes(), admin.expose_secret().as_bytes())
+        && constant_time_eq(
+            key_hash.as_bytes(),
+            crate::registry::password_hash(admin.expose_secret()).as_bytes(),
+        )
     {
         return Ok(Some((Caller::PlatformAdmin, None)));
     }
-    let Some(principal) = crate::store::keys::principal(&state.db, key).await? else {
+    let Some(principal) = crate::store::keys::principal_by_hash(&state.db, key_hash).await? else {
         return Ok(None);
     };
     let caller = match (

@@ -102,10 +102,10 @@ pub(crate) enum ControlRequest {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Credentials {
     #[serde(flatten)]
-    device: DeviceView,
-    mqtt_password: String,
+    pub device: DeviceView,
+    pub mqtt_password: String,
     /// The HMAC key of its JWS signatures (SPEC §2).
-    secret: String,
+    pub secret: String,
 }
 
 /// The lot `raw` names, if the caller's scope sees it.

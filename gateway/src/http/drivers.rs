@@ -123,7 +123,7 @@ pub(crate) struct Enrolled {
     /// held by another driver (an operator decides).
     claims: Vec<ClaimView>,
     /// Shown once; the platform keeps only its hash.
-    api_key: String,
+    pub api_key: String,
 }
 
 /// `POST /v1/drivers`
@@ -608,7 +608,7 @@ pub(crate) async fn my_keys(
 pub(crate) struct IssuedDriverKey {
     #[serde(flatten)]
     view: DriverKeyView,
-    api_key: String,
+    pub api_key: String,
 }
 
 /// `POST /v1/me/keys`: another key for the driver, issued by the key in use (to rotate: issue,

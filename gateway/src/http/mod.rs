@@ -156,11 +156,69 @@ fn ui_routes(state: &AppState) -> OpenApiRouter<AppState> {
         ))
 }
 
+/// The pages people log in to: the operator console and the driver portal. Each request's
+/// cookie is resolved to the key that logged in (`ui::login::web_login`); logging in and
+/// enrolling are rate-limited per client address, as the drivers' endpoints are.
+fn web_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    use crate::ui::{console, driver, login};
+    use axum::routing::{get, post};
+    let open = OpenApiRouter::new()
+        .route("/ui/login", get(login::form).post(login::submit))
+        .route(
+            "/ui/driver/enrol",
+            get(driver::enrol_form).post(driver::enrol),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::limit_drivers,
+        ));
+    OpenApiRouter::new()
+        .route("/ui/logout", post(login::logout))
+        .route("/ui/console", get(console::home))
+        .route("/ui/console/lots/{lot}", get(console::lot))
+        .route(
+            "/ui/console/lots/{lot}/gates/{gate}/open",
+            post(console::open_gate),
+        )
+        .route("/ui/console/review", get(console::review))
+        .route("/ui/console/review/{id}", post(console::resolve))
+        .route(
+            "/ui/console/review/{id}/pictures/{n}",
+            get(console::review_picture),
+        )
+        .route("/ui/console/devices", get(console::devices))
+        .route(
+            "/ui/console/devices/{id}/rotate",
+            post(console::rotate_device),
+        )
+        .route(
+            "/ui/console/devices/{id}/revoke",
+            post(console::revoke_device),
+        )
+        .route("/ui/console/money", get(console::money))
+        .route(
+            "/ui/console/money/settlements.csv",
+            get(console::settlements_csv),
+        )
+        .route("/ui/console/health", get(console::health))
+        .route("/ui/driver", get(driver::home))
+        .route("/ui/driver/plates", post(driver::claim))
+        .route("/ui/driver/mandate", post(driver::mandate))
+        .route("/ui/driver/invoices/{id}/pay", post(driver::pay))
+        .merge(open)
+        .layer(tower_http::compression::CompressionLayer::new())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ui::login::web_login,
+        ))
+}
+
 /// Every route, each with its OpenAPI path: a handler joins the router and the document together.
 fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(public_routes(state))
         .merge(ui_routes(state))
+        .merge(web_routes(state))
         .merge(driver_routes(state))
         .routes(routes!(openapi::document))
         .routes(routes!(ops::healthz))

@@ -236,6 +236,7 @@ impl Ingest {
                 let state: GateState =
                     open_from_gate(&registry, lot, gate, topic, &message.payload)?;
                 tracing::debug!(lot = %lot.id, gate = %gate, state = ?state.state, "gate state");
+                self.gates.lanes().barrier_reported(&lot.id, gate, state);
                 Ok(())
             }
             Topic::BayOccupancy { lot, bay } => {

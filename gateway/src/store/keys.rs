@@ -31,12 +31,15 @@ pub(crate) fn new_key() -> String {
     )
 }
 
-/// Who `key` speaks for, if it is a live key.
-pub(crate) async fn principal(db: &Db, key: &str) -> Result<Option<Principal>, StoreError> {
+/// Who the key with this hash speaks for, if it is a live key (a web session keeps the hash).
+pub(crate) async fn principal_by_hash(
+    db: &Db,
+    key_hash: &str,
+) -> Result<Option<Principal>, StoreError> {
     let row: Option<(Uuid, String, Option<String>, Option<Uuid>)> = query(
         "SELECT id, role, operator_id, driver_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
     )
-    .bind(password_hash(key))
+    .bind(key_hash)
     .fetch_optional(db)
     .await?;
     Ok(row.map(|(id, role, operator_id, driver_id)| Principal {

@@ -13,6 +13,7 @@ pub mod provision;
 pub mod registry;
 pub(crate) mod review;
 pub(crate) mod sessions;
+pub(crate) mod web_sessions;
 pub mod writer;
 
 pub use parkflow_db::{Db, StoreError, db_time};

@@ -421,3 +421,102 @@ pub(crate) async fn read_recorded(db: &Db, lot: &str, event_id: &str) -> Result<
             .await?;
     Ok(found.is_some())
 }
+
+/// A lane's last read and what was decided on it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct LaneRead {
+    pub gate_id: String,
+    pub plate: String,
+    pub direction: String,
+    pub received_at: DateTime<Utc>,
+    pub action: String,
+    pub reason: String,
+}
+
+/// The last read of each lane of `lot`.
+pub(crate) async fn last_reads(db: &Db, lot: &LotId) -> Result<Vec<LaneRead>, StoreError> {
+    query(
+        "SELECT gate_id, plate, direction, received_at, action, reason FROM gate_reads r
+         WHERE lot_id = $1 AND received_at = (SELECT MAX(received_at) FROM gate_reads g
+                                             WHERE g.lot_id = r.lot_id AND g.gate_id = r.gate_id)
+         ORDER BY gate_id",
+    )
+    .bind(lot.as_str())
+    .fetch_all(db)
+    .await
+}
+
+/// The most stays one day's chart reads.
+const DAY_STAYS: i64 = 50_000;
+
+/// When each stay of `lot` that overlaps `from..to` began and (if it did) ended: its gated
+/// sessions, or a street zone's stays in its bays.
+pub(crate) async fn stays_between(
+    db: &Db,
+    lot: &LotId,
+    street: bool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>, StoreError> {
+    let sql = if street {
+        "SELECT started_at, ended_at FROM bay_sessions
+         WHERE lot_id = $1 AND started_at < $3 AND (ended_at IS NULL OR ended_at >= $2)
+         ORDER BY started_at DESC LIMIT $4"
+    } else {
+        "SELECT entered_at, exited_at FROM sessions
+         WHERE lot_id = $1 AND entered_at < $3 AND (exited_at IS NULL OR exited_at >= $2)
+         ORDER BY entered_at DESC LIMIT $4"
+    };
+    query(sql)
+        .bind(lot.as_str())
+        .bind(db_time(from))
+        .bind(db_time(to))
+        .bind(DAY_STAYS)
+        .fetch_all(db)
+        .await
+}
+
+/// An on-street stay past the zone's longest stay, still open.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct Overstay {
+    pub bay_id: String,
+    pub plate: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub overstay_at: DateTime<Utc>,
+}
+
+/// The open overstays of `lot`, longest first.
+pub(crate) async fn overstays(
+    db: &Db,
+    lot: &LotId,
+    limit: u32,
+) -> Result<Vec<Overstay>, StoreError> {
+    query(
+        "SELECT bay_id, plate, started_at, overstay_at FROM bay_sessions
+         WHERE lot_id = $1 AND status = 'open' AND overstay_at IS NOT NULL
+         ORDER BY started_at, bay_id LIMIT $2",
+    )
+    .bind(lot.as_str())
+    .bind(i64::from(limit))
+    .fetch_all(db)
+    .await
+}
+
+/// What the workers have yet to do: sessions waiting to be charged, messages set aside as dead
+/// letters, review cases open.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub(crate) struct Backlog {
+    pub to_charge: i64,
+    pub dead_letters: i64,
+    pub open_reviews: i64,
+}
+
+pub(crate) async fn backlog(db: &Db) -> Result<Backlog, StoreError> {
+    query(
+        "SELECT (SELECT COUNT(*) FROM charge_queue) AS to_charge,
+                (SELECT COUNT(*) FROM dead_letters) AS dead_letters,
+                (SELECT COUNT(*) FROM review_items WHERE resolved_at IS NULL) AS open_reviews",
+    )
+    .fetch_one(db)
+    .await
+}

@@ -5,6 +5,9 @@
 
 pub(crate) mod assets;
 pub(crate) mod city;
+pub(crate) mod console;
+pub(crate) mod driver;
+pub(crate) mod login;
 pub(crate) mod pay;
 pub(crate) mod text;
 
@@ -48,6 +51,36 @@ aside{background:#fff;border-radius:.75rem;padding:.5rem 1rem}
 aside h2{font-size:1.05rem;margin:.6rem 0 .3rem}
 aside ol{margin:0;padding-left:1.4rem;font-size:.95rem}
 .pct{font-weight:700;font-variant-numeric:tabular-nums}
+h2{font-size:1.2rem;margin:1.4rem 0 .5rem}
+h3{font-size:1.05rem;margin:.2rem 0 .5rem}
+table{border-collapse:collapse;width:100%;background:#fff;border-radius:.75rem;overflow:hidden;font-size:.95rem}
+th,td{text-align:left;padding:.4rem .6rem;border-bottom:1px solid #eaeded;vertical-align:top}
+th{color:#5d6d7e;font-weight:600}
+.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.trouble td{background:#fef5e7}
+.consolenav{display:flex;flex-wrap:wrap;gap:.4rem 1.2rem;align-items:center;margin:0 0 1rem;padding:.5rem 1rem;background:#17202a;border-radius:.75rem}
+.consolenav a{color:#fff;text-decoration:none;font-weight:600}
+form.inline{display:inline-flex;flex-wrap:wrap;gap:.4rem;align-items:center;margin:.3rem .3rem 0 0}
+form.inline button,form.search button,form.correction button{font-size:.95rem;padding:.45rem .8rem}
+form.search{display:flex;gap:.5rem;grid-template-columns:none;margin:0 0 .75rem}
+form.correction{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin-top:.5rem}
+input[type=search],input[type=password],select{font-size:1rem;padding:.5rem;border:1px solid #aab7b8;border-radius:.5rem}
+form.inline input[type=text],form.correction input[type=text]{font-size:.95rem;padding:.4rem}
+button.link{background:none;color:#fff;padding:0;font-size:1rem;text-decoration:underline}
+button.danger{background:#922b21}
+.lanes{display:grid;grid-template-columns:repeat(auto-fill,minmax(22rem,1fr));gap:.75rem}
+.lanes section.lane{margin:0}
+section.lane,section.case{background:#fff;border-radius:.75rem;padding:.75rem 1rem;margin:0 0 .75rem}
+section.lane dl,section.case dl{padding:0;margin:0}
+.chart{margin:0;background:#fff;border-radius:.75rem;padding:.5rem}
+.chart svg{width:100%;height:auto;display:block}
+.chart .occupancy{fill:none;stroke:#1e8449;stroke-width:2}
+.chart .capacity{stroke:#922b21;stroke-dasharray:4 4}
+.chart .grid{stroke:#eaeded}
+.chart text{font-size:11px;fill:#5d6d7e}
+img.picture{max-width:20rem;border-radius:.5rem;margin:.25rem}
+dd.error{color:#922b21}
+code.secret{background:#fef9e7;padding:.2rem .4rem}
 ";
 
 /// The page's language: `?lang=` when given, else the browser's.
@@ -103,12 +136,14 @@ fn layout(
 }
 
 /// An HTML answer with the pages' headers: nothing loaded from elsewhere, never framed, never
-/// cached (it shows what is due now), no referrer (the address names a session).
+/// cached (it shows what is due now), no referrer to another site (the address may name a
+/// session); within this site the origin is sent, which the login pages' forms need (a browser
+/// sends `Origin: null` for a form on a page with no referrer at all).
 fn respond(status: StatusCode, markup: Markup) -> Response {
     with_policy(
         status,
         markup.into_string().into(),
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     )
 }
 
@@ -129,10 +164,40 @@ fn with_policy(status: StatusCode, body: bytes::Bytes, policy: &'static str) -> 
         (header::CONTENT_TYPE, "text/html; charset=utf-8"),
         (header::CONTENT_SECURITY_POLICY, policy),
         (header::CACHE_CONTROL, "no-store"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// A page that says one thing: a refusal, an error, a result.
+pub(crate) fn message_page(status: StatusCode, lang: Lang, title: &str, message: &str) -> Response {
+    respond(
+        status,
+        page(
+            lang,
+            title,
+            "",
+            html! {
+                p.error role="alert" { (message) }
+                p { a href="/ui/login" { (Text::of(lang).back) } }
+            },
+        ),
+    )
+}
+
+/// An API error as a page: the API's status and message (a server error's cause is logged, not
+/// shown).
+pub(crate) fn api_error_page(lang: Lang, error: crate::http::error::ApiError) -> Response {
+    let (status, _) = error.status_and_code();
+    let text = Text::of(lang);
+    let message = if status.is_server_error() {
+        tracing::error!(%error, "a page failed");
+        text.try_again.to_owned()
+    } else {
+        error.to_string()
+    };
+    message_page(status, lang, text.refused, &message)
 }

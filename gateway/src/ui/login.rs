@@ -1,0 +1,300 @@
+//! Logging in to the web pages with an API key. The browser keeps a random token in a cookie
+//! (`HttpOnly`, `Secure`, `SameSite=Strict`, path `/ui`); `store::web_sessions` keeps its hash
+//! with the hash of the key. Every request resolves that key again through `http::auth`, so
+//! roles and operator scoping are exactly the API's, and a revoked key is logged out at once.
+//!
+//! Forms are protected twice: the cookie is never sent with another site's request
+//! (`SameSite=Strict`), a POST whose `Origin` is another site is refused, and every form carries
+//! the session's CSRF token, checked by [`CsrfForm`] before the handler runs.
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use chrono::Utc;
+use maud::html;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::text::{Lang, Text};
+use super::{message_page, page, respond};
+use crate::http::AppState;
+use crate::http::auth::{Caller, constant_time_eq, identify_hash};
+use crate::store::web_sessions::{self, WebSession};
+
+/// The session cookie.
+const COOKIE: &str = "pf_session";
+/// The language a person chose with the switch.
+const LANG_COOKIE: &str = "pf_lang";
+
+/// The login a request's cookie names (put in the request by [`web_login`]).
+#[derive(Debug, Clone)]
+pub(crate) struct WebLogin {
+    pub session: WebSession,
+}
+
+/// The value of cookie `name`, if sent.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
+/// The page's language: `?lang=`, else the one chosen before, else the browser's.
+pub(crate) fn lang_of(parts: &Parts) -> Lang {
+    let query = parts.uri.query().and_then(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "lang")
+            .map(|(_, v)| v)
+    });
+    let chosen = query.or_else(|| cookie(&parts.headers, LANG_COOKIE));
+    super::lang_of(chosen.as_deref(), &parts.headers)
+}
+
+/// Whether a POST comes from another site (its `Origin` names another host than this one).
+fn cross_site(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    origin == "null" || origin_host != host
+}
+
+/// Puts the login the cookie names into the request, refuses cross-site POSTs, and keeps a
+/// language chosen with `?lang=`.
+pub(crate) async fn web_login(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let lang = lang_of(&parts);
+    if parts.method == Method::POST && cross_site(&parts.headers) {
+        return message_page(
+            StatusCode::FORBIDDEN,
+            lang,
+            Text::of(lang).refused,
+            Text::of(lang).cross_site,
+        );
+    }
+    if let Some(token) = cookie(&parts.headers, COOKIE) {
+        match web_sessions::find(&state.db, &token, Utc::now()).await {
+            Ok(Some(session)) => {
+                parts.extensions.insert(WebLogin { session });
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "web session lookup failed");
+                return message_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    lang,
+                    Text::of(lang).refused,
+                    Text::of(lang).try_again,
+                );
+            }
+        }
+    }
+    let chosen = parts.uri.query().is_some_and(|q| q.contains("lang="));
+    request = Request::from_parts(parts, body);
+    let mut response = next.run(request).await;
+    if chosen {
+        let value = format!(
+            "{LANG_COOKIE}={}; Path=/ui; SameSite=Lax; Max-Age=31536000",
+            lang.code()
+        );
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+/// A person logged in to the web pages: who they are (as the API would resolve their key), the
+/// forms' CSRF token and their language. Without a login the
+/// page answers with the login form's address.
+pub(crate) struct LoggedIn {
+    pub caller: Caller,
+    pub csrf: String,
+    pub lang: Lang,
+}
+
+impl FromRequestParts<AppState> for LoggedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let lang = lang_of(parts);
+        let Some(login) = parts.extensions.get::<WebLogin>().cloned() else {
+            return Err(Redirect::to("/ui/login").into_response());
+        };
+        match identify_hash(state, &login.session.key_hash).await {
+            Ok(Some((caller, _))) => Ok(Self {
+                caller,
+                csrf: login.session.csrf,
+                lang,
+            }),
+            // The key was revoked since: logged out.
+            Ok(None) => Err(Redirect::to("/ui/login").into_response()),
+            Err(error) => Err(super::api_error_page(lang, error)),
+        }
+    }
+}
+
+/// A form posted from one of this session's pages: its fields as `T` (empty fields left out),
+/// once its CSRF token is the session's.
+pub(crate) struct CsrfForm<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for CsrfForm<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        let lang = lang_of(&parts);
+        let text = Text::of(lang);
+        let login = parts.extensions.get::<WebLogin>().cloned();
+        let bytes = axum::body::Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Some(login) = login else {
+            return Err(Redirect::to("/ui/login").into_response());
+        };
+        let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).map_err(|e| {
+            message_page(StatusCode::BAD_REQUEST, lang, text.refused, &e.to_string())
+        })?;
+        let token = fields
+            .iter()
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        if !constant_time_eq(token.as_bytes(), login.session.csrf.as_bytes()) {
+            return Err(message_page(
+                StatusCode::FORBIDDEN,
+                lang,
+                text.refused,
+                text.form_expired,
+            ));
+        }
+        let rest: Vec<(String, String)> = fields
+            .into_iter()
+            .filter(|(k, v)| k != "csrf" && !v.trim().is_empty())
+            .collect();
+        let encoded = serde_urlencoded::to_string(&rest).unwrap_or_default();
+        serde_urlencoded::from_str(&encoded)
+            .map(CsrfForm)
+            .map_err(|e| {
+                message_page(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    lang,
+                    text.refused,
+                    &e.to_string(),
+                )
+            })
+    }
+}
+
+/// `GET /ui/login`
+pub(crate) async fn form(request: Request) -> Response {
+    let lang = lang_of(&request.into_parts().0);
+    login_page(StatusCode::OK, lang, None)
+}
+
+fn login_page(status: StatusCode, lang: Lang, error: Option<&str>) -> Response {
+    let t = Text::of(lang);
+    respond(
+        status,
+        page(
+            lang,
+            t.login_title,
+            "/ui/login",
+            html! {
+                @if let Some(error) = error { p.error role="alert" { (error) } }
+                form method="post" action="/ui/login" {
+                    label for="key" { (t.key_label) }
+                    input #key type="password" name="key" autocomplete="current-password" required;
+                    p.note { (t.key_hint) }
+                    button type="submit" { (t.login_button) }
+                }
+                p { a href="/ui/driver/enrol" { (t.enrol_link) } }
+            },
+        ),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LoginForm {
+    key: String,
+}
+
+/// `POST /ui/login`: with a staff key, the console; with a driver's, their portal.
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::Form(login): axum::Form<LoginForm>,
+) -> Response {
+    let lang = super::lang_of(cookie(&headers, LANG_COOKIE).as_deref(), &headers);
+    let t = Text::of(lang);
+    let key = login.key.trim();
+    let caller = match identify_hash(&state, &crate::registry::password_hash(key)).await {
+        Ok(caller) => caller.map(|(caller, _)| caller),
+        Err(error) => return super::api_error_page(lang, error),
+    };
+    let home = match caller {
+        Some(Caller::PlatformAdmin | Caller::OperatorAdmin(_) | Caller::OperatorViewer(_)) => {
+            "/ui/console"
+        }
+        Some(Caller::Driver(_)) => "/ui/driver",
+        Some(Caller::NavigationApp) => {
+            return login_page(StatusCode::FORBIDDEN, lang, Some(t.app_key));
+        }
+        None => return login_page(StatusCode::UNAUTHORIZED, lang, Some(t.bad_key)),
+    };
+    match web_sessions::open(&state.db, key, Utc::now()).await {
+        Ok(token) => logged_in(home, &token),
+        Err(error) => super::api_error_page(lang, error.into()),
+    }
+}
+
+/// Where a login goes, with its cookie.
+pub(crate) fn logged_in(home: &str, token: &str) -> Response {
+    let mut response = Redirect::to(home).into_response();
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/ui; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        web_sessions::LASTS.num_seconds()
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Nothing {}
+
+/// `POST /ui/logout`
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    CsrfForm(Nothing {}): CsrfForm<Nothing>,
+) -> Response {
+    if let Some(token) = cookie(&headers, COOKIE)
+        && let Err(error) = web_sessions::close(&state.db, &token).await
+    {
+        tracing::warn!(%error, "logging out failed");
+    }
+    let mut response = Redirect::to("/ui/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "pf_session=; Path=/ui; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    response
+}
