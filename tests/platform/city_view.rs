@@ -1,14 +1,13 @@
 //! The city view (`/ui/`) in a real browser on a big screen: it shows the numbers the
-//! availability API gives, and changes, without a reload, when a lot's count changes.
+//! availability API gives, and changes, without a reload, when a bay sensor reports.
 //! Screenshots go to `target/ui-screenshots/`.
 
 use std::time::Duration;
 
 use fantoccini::Locator;
-use parkflow_protocol::{Direction, GateAction};
 
 use crate::support::browser::Browser;
-use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World, eventually};
+use crate::support::{Broker, Database, Setup, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_city_view_shows_the_apis_numbers_and_follows_them_live() {
@@ -16,8 +15,8 @@ async fn the_city_view_shows_the_apis_numbers_and_follows_them_live() {
     let Some(browser) = Browser::start(Browser::BIG_SCREEN).await else {
         return;
     };
-    let world = World::new(setup, 100);
-    let platform = TestPlatform::start(setup, &world).await;
+    // A gated lot and a street zone whose bays have sensors.
+    let (world, zone, platform, sensors) = crate::occupancy::start(setup).await;
     let lot = world.lot.to_string();
     let api = |path: String| {
         let platform = &platform;
@@ -52,9 +51,16 @@ async fn the_city_view_shows_the_apis_numbers_and_follows_them_live() {
         .await;
         assert_eq!(Some(shown), availability[key].as_u64(), "{key}");
     }
-    // One lot in this city: the totals are its counts.
+    // The totals are the city's: the lot's and the zone's counts.
+    let zone_before = api(format!("/v1/lots/{}/availability", zone.lot)).await;
     let total_free: u64 = browser.text("#free").await.parse().unwrap();
-    assert_eq!(Some(total_free), availability["free"].as_u64());
+    assert_eq!(
+        Some(total_free),
+        availability["free"]
+            .as_u64()
+            .zip(zone_before["free"].as_u64())
+            .map(|(a, b)| a + b)
+    );
     browser.screenshot("city-view").await;
 
     // The page listens to the stream; a car comes in: the page follows without a reload.
@@ -65,30 +71,46 @@ async fn the_city_view_shows_the_apis_numbers_and_follows_them_live() {
         }
     })
     .await;
-    let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
-    let command = entry
-        .decide(&entry.read(world.enrolled.as_str(), Direction::Entry))
+    // A car parks in the zone's first bay: its sensor says so.
+    sensors
+        .send(zone.occupancy(0, true, 1, chrono::Utc::now()))
         .await;
-    assert_eq!(command.action, GateAction::Open);
+    let zone_lot = zone.lot.to_string();
     let after = eventually(Duration::from_secs(10), "the API counts the car", || {
         let api = &api;
-        let lot = &lot;
-        let before = availability["occupied"].as_u64();
+        let zone_lot = &zone_lot;
+        let before = zone_before["occupied"].as_u64();
         async move {
-            let now = api(format!("/v1/lots/{lot}/availability")).await;
+            let now = api(format!("/v1/lots/{zone_lot}/availability")).await;
             (now["occupied"].as_u64() > before).then_some(now)
         }
     })
     .await;
+    let zone_attr = |name: &'static str| {
+        let (client, circle) = (browser.client.clone(), format!("#l-{zone_lot}"));
+        async move {
+            client
+                .find(Locator::Css(&circle))
+                .await
+                .unwrap()
+                .attr(name)
+                .await
+                .unwrap()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap()
+        }
+    };
     eventually(Duration::from_secs(10), "the page shows the car", || {
-        let attr = &attr;
+        let zone_attr = &zone_attr;
         let browser = &browser;
         let after = &after;
+        let lot_free = availability["free"].as_u64();
         async move {
-            let occupied = attr("data-occupied").await;
+            let occupied = zone_attr("data-occupied").await;
             let free: u64 = browser.text("#free").await.parse().ok()?;
-            (Some(occupied) == after["occupied"].as_u64() && Some(free) == after["free"].as_u64())
-                .then_some(())
+            (Some(occupied) == after["occupied"].as_u64()
+                && Some(free) == after["free"].as_u64().zip(lot_free).map(|(a, b)| a + b))
+            .then_some(())
         }
     })
     .await;
@@ -96,7 +118,7 @@ async fn the_city_view_shows_the_apis_numbers_and_follows_them_live() {
     // Loaded again, the page (rendered once per published board) shows the new counts.
     browser.client.goto(&platform.url("/ui/")).await.unwrap();
     assert_eq!(
-        Some(attr("data-occupied").await),
+        Some(zone_attr("data-occupied").await),
         after["occupied"].as_u64()
     );
 

@@ -565,6 +565,39 @@ async fn a_driver_enrols_and_pays_an_invoice_in_the_browser() {
     assert_eq!(invoices[0]["status"], "paid", "{invoices}");
     assert_eq!(invoices[0]["amount"], invoice["amount"]);
     browser.screenshot("driver-paid").await;
+    // A second car, claimed with its papers: it is theirs at once.
+    let second = "浙K86422";
+    fill(
+        &browser,
+        "form[action='/ui/driver/plates'] input[name=plate]",
+        second,
+    )
+    .await;
+    fill(
+        &browser,
+        "form[action='/ui/driver/plates'] input[name=registration_document]",
+        &registration_document(second),
+    )
+    .await;
+    click(
+        &browser,
+        "form[action='/ui/driver/plates'] button[type=submit]",
+    )
+    .await;
+    eventually(WAIT, "the second plate on the page", || async {
+        let plates = browser.text("ul.plates").await;
+        plates.contains(second).then_some(())
+    })
+    .await;
+    let (_, me) = platform.call(Some(&key), Method::GET, "/v1/me", None).await;
+    assert!(
+        me["plates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["plate"] == second),
+        "{me}"
+    );
     // The driver's session is not the console's.
     browser
         .client

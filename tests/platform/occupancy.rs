@@ -23,8 +23,8 @@ const BAYS: usize = 6;
 /// An on-street zone of [`BAYS`] bays, each with a sensor and a camera, and a bridge, added to
 /// the gated test world.
 #[derive(Clone)]
-struct Zone {
-    lot: LotId,
+pub(crate) struct Zone {
+    pub(crate) lot: LotId,
     bays: Vec<BayId>,
     sensors: Vec<(DeviceId, String)>,
     cameras: Vec<(DeviceId, String)>,
@@ -122,7 +122,7 @@ impl Zone {
         }
     }
 
-    fn occupancy(
+    pub(crate) fn occupancy(
         &self,
         bay: usize,
         occupied: bool,
@@ -238,7 +238,7 @@ impl Zone {
 }
 
 /// An MQTT connection that publishes for the zone's devices (the bridge's login).
-struct Publisher {
+pub(crate) struct Publisher {
     client: AsyncClient,
     task: tokio::task::JoinHandle<()>,
 }
@@ -274,7 +274,7 @@ impl Publisher {
         Self { client, task }
     }
 
-    async fn send(&self, (topic, payload): (String, Vec<u8>)) {
+    pub(crate) async fn send(&self, (topic, payload): (String, Vec<u8>)) {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
@@ -317,7 +317,7 @@ async fn wait_counts(platform: &TestPlatform, lot: &LotId, expected: (u64, u64, 
     .await;
 }
 
-async fn start(setup: Setup) -> (World, Zone, TestPlatform, Publisher) {
+pub(crate) async fn start(setup: Setup) -> (World, Zone, TestPlatform, Publisher) {
     start_with(setup, |_| {}).await
 }
 

@@ -154,9 +154,9 @@ pub(crate) async fn home(
         }
         dl {
             dt { (t.name) } dd { (me.name) }
-            dt { (t.standing) } dd #standing { (me.status.as_str()) }
+            dt { (t.standing) } dd #standing { (lang.say(me.status.as_str())) }
             dt { (t.auto_debit) } dd #auto-debit { (if me.auto_debit { t.yes } else { t.no }) }
-            dt { (t.mandate) } dd #mandate { (mandate) }
+            dt { (t.mandate) } dd #mandate { (lang.say(mandate)) }
         }
         h2 { (t.invoices) }
         @if invoices.is_empty() { p.note { (t.none) } }
@@ -165,7 +165,7 @@ pub(crate) async fn home(
                 @for invoice in &invoices {
                     tr data-invoice=(invoice.id) {
                         td { (invoice.amount) " " (invoice.currency) }
-                        td.status { (invoice.status) }
+                        td.status { (lang.say(&invoice.status)) }
                         td { (t.due_by) " " (time(invoice.due_at)) }
                         td {
                             @if invoice.status == parkflow_billing::arrears::InvoiceStatus::Open.as_str() {
@@ -182,9 +182,9 @@ pub(crate) async fn home(
             }
         }
         h2 { (t.plates) }
-        ul { @for plate in &me.plates { li.plate { (plate.plate) } } }
+        ul.plates { @for plate in &me.plates { li.plate { (plate.plate) } } }
         @for claim in claims.iter().filter(|c| c.status != parkflow_billing::claims::ClaimStatus::Granted) {
-            p.note { (claim.plate) " · " (claim.status.as_str()) }
+            p.note { (claim.plate) " · " (lang.say(claim.status.as_str())) }
         }
         form method="post" action="/ui/driver/plates" {
             (csrf(&login))

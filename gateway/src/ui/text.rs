@@ -583,9 +583,122 @@ impl Text {
     }
 }
 
+/// The platform's codes a page shows (kinds, statuses, reasons), as people read them:
+/// `(code, English, Chinese)`.
+const CODES: &[(&str, &str, &str)] = &[
+    ("off_street", "car park", "停车场"),
+    ("on_street", "street zone", "路内停车区"),
+    ("open", "open", "未结"),
+    ("closed", "closed", "已结束"),
+    ("review", "in review", "待审核"),
+    ("void", "void", "已作废"),
+    (
+        "exit_without_entry",
+        "exit without entry",
+        "无入场记录的出场",
+    ),
+    (
+        "low_confidence_match",
+        "uncertain plate match",
+        "车牌匹配不确定",
+    ),
+    ("missed_exit", "missed exit", "漏记出场"),
+    ("no_plate", "no plate read", "未识别车牌"),
+    ("unpriced", "no tariff", "无收费标准"),
+    (
+        "offline_conflict",
+        "offline decision differs",
+        "离线决策冲突",
+    ),
+    ("action_open", "open", "抬杆"),
+    ("action_hold", "hold", "拦停"),
+    ("entered", "entered", "已入场"),
+    ("bill_later", "bill later", "离场后扣费"),
+    ("pass_holder", "pass holder", "月卡"),
+    ("review_later", "review later", "稍后审核"),
+    ("repeated_read", "repeated read", "重复识别"),
+    ("manual", "manual", "人工"),
+    ("paid", "paid", "已支付"),
+    ("nothing_due", "nothing due", "无需付费"),
+    ("lot_full", "lot full", "车位已满"),
+    ("blocked", "blocked", "禁止通行"),
+    ("payment_required", "payment required", "需付费"),
+    ("device_clock", "device clock wrong", "设备时钟错误"),
+    ("invoice_later", "invoice later", "稍后开票"),
+    ("attendant", "attendant", "值守人员"),
+    ("reconciled", "reconciled", "已对账"),
+    (
+        "action_ack_offline",
+        "offline decision acknowledged",
+        "确认离线决策",
+    ),
+    ("barrier_opened", "opened", "已抬杆"),
+    ("barrier_closed", "closed", "已落杆"),
+    ("barrier_fault", "fault", "故障"),
+    ("active", "active", "正常"),
+    ("suspended", "suspended", "已暂停"),
+    ("written_off", "written off", "已核销"),
+    ("refused", "refused", "被拒绝"),
+    ("unconfirmed", "unconfirmed", "未确认"),
+    ("expired", "expired", "已过期"),
+    ("revoked", "revoked", "已撤销"),
+    ("pending", "pending", "待证明"),
+    ("disputed", "disputed", "有争议"),
+    ("granted", "granted", "已确认"),
+    ("rejected", "rejected", "已驳回"),
+    ("entry", "entry", "入场"),
+    ("exit", "exit", "出场"),
+    ("gate_camera", "gate camera", "道闸摄像机"),
+    ("bay_sensor", "bay sensor", "泊位传感器"),
+    ("bay_camera", "bay camera", "泊位摄像机"),
+    ("bridge", "bridge", "网关"),
+    ("anpr_http", "ANPR camera (HTTP)", "车牌识别摄像机（HTTP）"),
+];
+
+impl Lang {
+    /// `code` as people read it in this language; an unknown code as it is.
+    pub(crate) fn say(self, code: &str) -> &str {
+        CODES
+            .iter()
+            .find(|(c, _, _)| *c == code)
+            .map_or(code, |(_, en, zh)| match self {
+                Self::En => en,
+                Self::Zh => zh,
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_kind_and_reason_a_page_shows_reads_in_chinese() {
+        use crate::session::{ReviewKind, SessionStatus};
+        let codes = SessionStatus::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain(ReviewKind::ALL.iter().map(|k| k.as_str()))
+            .chain(
+                parkflow_billing::arrears::InvoiceStatus::ALL
+                    .iter()
+                    .map(|s| s.as_str()),
+            )
+            .chain(
+                parkflow_billing::mandates::MandateState::ALL
+                    .iter()
+                    .map(|s| s.as_str()),
+            )
+            .chain(
+                parkflow_protocol::GateReason::ALL
+                    .iter()
+                    .map(|r| r.as_str()),
+            );
+        for code in codes {
+            assert_ne!(Lang::Zh.say(code), code, "{code} has no Chinese");
+        }
+        assert_eq!(Lang::En.say("no_such_code"), "no_such_code");
+    }
 
     #[test]
     fn the_query_wins_then_the_browsers_first_known_language() {

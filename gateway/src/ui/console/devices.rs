@@ -106,7 +106,7 @@ pub(crate) async fn page(
                     @for (device, bay, troubles) in rows.iter().take(LISTED) {
                         tr.trouble[!troubles.is_empty()] data-device=(device.id) {
                             td { code { (device.id) } }
-                            td { (device.kind) }
+                            td { (lang.say(&device.kind)) }
                             td { (device.gate_id.as_deref().or(device.bay_id.as_deref()).unwrap_or("—")) }
                             td { @if troubles.is_empty() { (t.ok) } @else { (troubles.join(", ")) } }
                             td { (bay.and_then(|b| b.heard_at).map_or_else(|| "—".to_owned(), time)) }

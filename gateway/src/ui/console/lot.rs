@@ -77,7 +77,7 @@ async fn render(
     let chart = day_chart(state, lot, t).await?;
     Ok(html! {
         (done_banner(reader.login.lang, done))
-        p { code { (lot.id) } " · " (lot.kind.as_str()) " · " (lot.capacity) " " (t.spaces) }
+        p { code { (lot.id) } " · " (reader.login.lang.say(lot.kind.as_str())) " · " (lot.capacity) " " (t.spaces) }
         div.totals {
             div { span.figure data-count="free" { (counts.free) } span.label { (t.free) } }
             div { span.figure data-count="occupied" { (counts.occupied) } span.label { (t.occupied) } }
@@ -124,6 +124,7 @@ async fn render(
 /// The lanes' table, each with its manual open for a reader who may open barriers.
 async fn lanes(state: &AppState, reader: &Reader, lot: &Lot) -> Result<Markup, ApiError> {
     let t = reader.text();
+    let lang = reader.login.lang;
     let registry = state.registry.snapshot();
     let reads = sessions::last_reads(&state.db, &lot.id).await?;
     let calls = state.relay.outcomes_of(&lot.id);
@@ -146,12 +147,12 @@ async fn lanes(state: &AppState, reader: &Reader, lot: &Lot) -> Result<Markup, A
                     dt { (t.last_read) }
                     dd {
                         @if let Some(read) = read {
-                            (read.plate) " · " (read.direction) " · " (time(read.received_at))
+                            (read.plate) " · " (lang.say(&read.direction)) " · " (time(read.received_at))
                         } @else { "—" }
                     }
                     dt { (t.last_command) }
                     dd.command {
-                        @if let Some(read) = read { (read.action) " · " (read.reason) } @else { "—" }
+                        @if let Some(read) = read { (lang.say(&format!("action_{}", read.action))) " · " (lang.say(&read.reason)) } @else { "—" }
                     }
                     dt { (t.decision_time) }
                     dd.decision {
@@ -162,7 +163,7 @@ async fn lanes(state: &AppState, reader: &Reader, lot: &Lot) -> Result<Markup, A
                     dt { (t.barrier_reported) }
                     dd {
                         @if let Some(barrier) = barrier {
-                            (format!("{:?}", barrier.state).to_lowercase()) " · " (time(barrier.observed_at))
+                            (lang.say(&format!("barrier_{:?}", barrier.state).to_lowercase())) " · " (time(barrier.observed_at))
                         } @else { "—" }
                     }
                     @if let Some(call) = call {

@@ -167,7 +167,7 @@ pub(crate) async fn home(
                         @let counts = board.lots.get(lot.idx as usize).map(|a| a.counts);
                         tr {
                             td { a href={ "/ui/console/lots/" (lot.id) } { (lot.name) } " " code { (lot.id) } }
-                            td { (lot.kind.as_str()) }
+                            td { (reader.login.lang.say(lot.kind.as_str())) }
                             td.num { (counts.map_or(0, |c| c.free)) }
                             td.num { (counts.map_or(0, |c| c.occupied)) }
                             td.num { (counts.map_or(0, |c| c.unknown)) }

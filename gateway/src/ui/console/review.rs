@@ -87,7 +87,7 @@ pub(crate) async fn page(
             @if cases.is_empty() { p.note { (t.review_empty) } }
             @for case in &cases {
                 section.case data-case=(case.id) {
-                    h3 { (case.kind.as_str()) " · " (case.lot_id) }
+                    h3 { (lang.say(case.kind.as_str())) " · " (case.lot_id) }
                     dl {
                         dt { (t.plate) } dd.plate { (case.plate.as_deref().unwrap_or("—")) }
                         @if let Some(score) = case.score { dt { (t.score) } dd { (format!("{score:.2}")) } }
