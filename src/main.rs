@@ -321,6 +321,9 @@ async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         }
         println!("  near me       http://{http}/v1/lots?near=30.25,120.15&radius_m=20000");
         println!("  live stream   http://{http}/v1/availability/stream");
+        println!("  city view     http://{http}/ui/");
+        println!("  console       http://{http}/ui/login  (log in with the admin key)");
+        println!("  drivers       http://{http}/ui/driver/enrol");
         println!("  feeds         http://{http}/v1/feeds/fiware  http://{http}/v1/feeds/datex2");
         println!(
             "  demo traffic  {} gated lots, {} street zones ({} bays with sensors), {} drivers",
