@@ -10,5 +10,6 @@ CREATE TABLE web_sessions (
     expires_at  TEXT NOT NULL
 );
 CREATE INDEX web_sessions_expiry ON web_sessions (expires_at);
+CREATE INDEX web_sessions_key ON web_sessions (key_hash, created_at);
 -- The console's lanes: each gate's last read.
 CREATE INDEX gate_reads_lane ON gate_reads (lot_id, gate_id, received_at);

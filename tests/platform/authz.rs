@@ -304,6 +304,27 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
     .await;
     assert_eq!(operators, json!([operators[0].clone()]));
     assert_eq!(operators[0]["id"], "op-other");
+
+    // Another operator's device answers exactly as a device that does not exist: its id is
+    // not confirmed to exist.
+    let camera = world.entry_camera.to_string();
+    for (method, theirs, unknown) in [
+        (
+            Method::POST,
+            format!("/v1/devices/{camera}/rotate"),
+            "/v1/devices/cam-unknown/rotate".to_owned(),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/devices/{camera}"),
+            "/v1/devices/cam-unknown".to_owned(),
+        ),
+    ] {
+        let other_admin = callers[5].key.as_deref();
+        let theirs = send(&platform, other_admin, method.clone(), &theirs, None).await;
+        let unknown = send(&platform, other_admin, method, &unknown, None).await;
+        assert_eq!(theirs, unknown);
+    }
     platform.stop().await;
 }
 

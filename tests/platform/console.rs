@@ -40,7 +40,8 @@ async fn log_in(platform: &TestPlatform, key: &str) -> (WebSession, String) {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::SEE_OTHER);
     let set_cookie = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
-    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/ui"] {
+    assert!(set_cookie.starts_with("__Host-pf_session="), "{set_cookie}");
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/;"] {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
@@ -655,10 +656,34 @@ async fn logins_refuse_unknown_and_app_keys(database: Database) {
         .unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     // A made-up session cookie is no session.
-    let (status, _) = get(&platform, "pf_session=made-up", "/ui/console").await;
+    let (status, _) = get(&platform, "__Host-pf_session=made-up", "/ui/console").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     // Logging out ends the session on the server, not only in the browser.
     let (session, _) = log_in(&platform, ADMIN_KEY).await;
+    // A request carrying a second session cookie (planted by a sibling site) is no session.
+    let planted = format!("{}; __Host-pf_session=planted", session.cookie);
+    assert_eq!(
+        get(&platform, &planted, "/ui/console").await.0,
+        StatusCode::SEE_OTHER
+    );
+    // What the framework refuses (an id that does not parse) is a page, not the input echoed
+    // as text, and nothing is cached.
+    let answer = no_redirects()
+        .get(platform.url("/ui/console/review/%3Cscript%3E/pictures/1"))
+        .header("cookie", &session.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(answer.headers()["cache-control"], "no-store");
+    assert!(
+        answer.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(answer.headers().contains_key("content-security-policy"));
+    assert!(!answer.text().await.unwrap().contains("<script>"));
     let lot = &world.lot;
     for page in [
         "/ui/console".to_owned(),
@@ -687,5 +712,43 @@ async fn logins_refuse_unknown_and_app_keys(database: Database) {
         get(&platform, &session.cookie, "/ui/console").await.0,
         StatusCode::SEE_OTHER
     );
+    platform.stop().await;
+}
+
+/// Logging in again from the same browser ends its earlier session; one key keeps at most 20
+/// live sessions, the oldest ending first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_do_not_pile_up() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start(setup, &world).await;
+    let key = platform.issue_key("operator_viewer", Some("op-test")).await;
+    let (first, _) = log_in(&platform, &key).await;
+    let again = no_redirects()
+        .post(platform.url("/ui/login"))
+        .header("cookie", &first.cookie)
+        .form(&[("key", key.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        get(&platform, &first.cookie, "/ui/console").await.0,
+        StatusCode::SEE_OTHER
+    );
+    let mut sessions = Vec::new();
+    for _ in 0..21 {
+        sessions.push(log_in(&platform, &key).await.0);
+    }
+    assert_eq!(
+        get(&platform, &sessions[0].cookie, "/ui/console").await.0,
+        StatusCode::SEE_OTHER
+    );
+    for session in &sessions[1..] {
+        assert_eq!(
+            get(&platform, &session.cookie, "/ui/console").await.0,
+            StatusCode::OK
+        );
+    }
     platform.stop().await;
 }

@@ -25,21 +25,46 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Opens a session for `key` (already checked by the caller); the cookie's token. Sessions past
-/// their time are deleted on the way.
-pub(crate) async fn open(db: &Db, key: &str, now: DateTime<Utc>) -> Result<String, StoreError> {
+/// Live sessions one key keeps at most: logging in again past this ends the oldest.
+pub(crate) const PER_KEY: i64 = 20;
+
+/// Opens a session for `key` (already checked by the caller); the cookie's token. The browser's
+/// earlier session (`replacing`, the token it still sent) ends, as do sessions past their time
+/// and the key's oldest beyond [`PER_KEY`].
+pub(crate) async fn open(
+    db: &Db,
+    key: &str,
+    replacing: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<String, StoreError> {
     let token = random_token();
+    let key_hash = password_hash(key);
     let mut tx = db.begin_write().await?;
     query("DELETE FROM web_sessions WHERE expires_at < $1")
         .bind(db_time(now))
         .execute(&mut tx)
         .await?;
+    if let Some(old) = replacing {
+        query("DELETE FROM web_sessions WHERE token_hash = $1")
+            .bind(password_hash(old))
+            .execute(&mut tx)
+            .await?;
+    }
+    query(
+        "DELETE FROM web_sessions WHERE key_hash = $1 AND token_hash NOT IN
+             (SELECT token_hash FROM web_sessions WHERE key_hash = $1
+              ORDER BY created_at DESC, token_hash LIMIT $2)",
+    )
+    .bind(&key_hash)
+    .bind(PER_KEY - 1)
+    .execute(&mut tx)
+    .await?;
     query(
         "INSERT INTO web_sessions (token_hash, key_hash, csrf, created_at, expires_at)
          VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(password_hash(&token))
-    .bind(password_hash(key))
+    .bind(&key_hash)
     .bind(random_token())
     .bind(db_time(now))
     .bind(db_time(now + LASTS))

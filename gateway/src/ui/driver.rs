@@ -87,13 +87,17 @@ pub(crate) async fn enrol(
         Ok((_, enrolled)) => enrolled.0,
         Err(error) => return api_error_page(lang, error),
     };
-    let token =
-        match crate::store::web_sessions::open(&state.db, &enrolled.api_key, chrono::Utc::now())
-            .await
-        {
-            Ok(token) => token,
-            Err(error) => return api_error_page(lang, error.into()),
-        };
+    let token = match crate::store::web_sessions::open(
+        &state.db,
+        &enrolled.api_key,
+        None,
+        chrono::Utc::now(),
+    )
+    .await
+    {
+        Ok(token) => token,
+        Err(error) => return api_error_page(lang, error.into()),
+    };
     let mut response = respond(
         StatusCode::CREATED,
         page(

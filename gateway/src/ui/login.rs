@@ -1,5 +1,5 @@
 //! Logging in to the web pages with an API key. The browser keeps a random token in a cookie
-//! (`HttpOnly`, `Secure`, `SameSite=Strict`, path `/ui`); `store::web_sessions` keeps its hash
+//! (`__Host-`, `HttpOnly`, `Secure`, `SameSite=Strict`); `store::web_sessions` keeps its hash
 //! with the hash of the key. Every request resolves that key again through `http::auth`, so
 //! roles and operator scoping are exactly the API's, and a revoked key is logged out at once.
 //!
@@ -23,8 +23,9 @@ use crate::http::AppState;
 use crate::http::auth::{Caller, constant_time_eq, identify_hash};
 use crate::store::web_sessions::{self, WebSession};
 
-/// The session cookie.
-const COOKIE: &str = "pf_session";
+/// The session cookie. `__Host-`: the browser takes it only from this host, over HTTPS (or
+/// localhost), for the whole site, so no sibling site can plant one of its own.
+const COOKIE: &str = "__Host-pf_session";
 /// The language a person chose with the switch.
 const LANG_COOKIE: &str = "pf_lang";
 
@@ -34,28 +35,34 @@ pub(crate) struct WebLogin {
     pub session: WebSession,
 }
 
-/// The value of cookie `name`, if sent.
+/// The value of cookie `name`, if sent once (a request carrying two is trusted with neither).
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
+    let mut values = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .map(|c| c.value().to_owned())
+        .filter(|c| c.name() == name)
+        .map(|c| c.value().to_owned());
+    let first = values.next();
+    values.next().is_none().then_some(first).flatten()
 }
 
-/// The page's language: `?lang=`, else the one chosen before, else the browser's.
-pub(crate) fn lang_of(parts: &Parts) -> Lang {
-    let query = parts.uri.query().and_then(|q| {
+/// The `lang` of a query, if given.
+fn query_lang(parts: &Parts) -> Option<String> {
+    parts.uri.query().and_then(|q| {
         serde_urlencoded::from_str::<Vec<(String, String)>>(q)
             .ok()?
             .into_iter()
             .find(|(k, _)| k == "lang")
             .map(|(_, v)| v)
-    });
-    let chosen = query.or_else(|| cookie(&parts.headers, LANG_COOKIE));
+    })
+}
+
+/// The page's language: `?lang=`, else the one chosen before, else the browser's.
+pub(crate) fn lang_of(parts: &Parts) -> Lang {
+    let chosen = query_lang(parts).or_else(|| cookie(&parts.headers, LANG_COOKIE));
     super::lang_of(chosen.as_deref(), &parts.headers)
 }
 
@@ -103,9 +110,9 @@ pub(crate) async fn web_login(
             }
         }
     }
-    let chosen = parts.uri.query().is_some_and(|q| q.contains("lang="));
+    let chosen = query_lang(&parts).is_some();
     request = Request::from_parts(parts, body);
-    let mut response = next.run(request).await;
+    let mut response = pages_only(lang, next.run(request).await).await;
     if chosen {
         let value = format!(
             "{LANG_COOKIE}={}; Path=/ui; SameSite=Lax; Max-Age=31536000",
@@ -256,7 +263,8 @@ pub(crate) async fn submit(
         }
         None => return login_page(StatusCode::UNAUTHORIZED, lang, Some(t.bad_key)),
     };
-    match web_sessions::open(&state.db, key, Utc::now()).await {
+    let replacing = cookie(&headers, COOKIE);
+    match web_sessions::open(&state.db, key, replacing.as_deref(), Utc::now()).await {
         Ok(token) => logged_in(home, &token),
         Err(error) => super::api_error_page(lang, error.into()),
     }
@@ -266,7 +274,7 @@ pub(crate) async fn submit(
 pub(crate) fn logged_in(home: &str, token: &str) -> Response {
     let mut response = Redirect::to(home).into_response();
     let cookie = format!(
-        "{COOKIE}={token}; Path=/ui; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        "{COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
         web_sessions::LASTS.num_seconds()
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -293,8 +301,38 @@ pub(crate) async fn logout(
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_static(
-            "pf_session=; Path=/ui; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+            "__Host-pf_session=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
         ),
     );
+    response
+}
+
+/// What the login pages answer is a page with the pages' headers: a refusal of the framework's
+/// own (a path or query that does not parse, a wrong method), plain text echoing the input, is
+/// answered as an error page instead; nothing is kept by a cache.
+async fn pages_only(lang: Lang, response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    let mut response = if plain && response.status().is_client_error() {
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap_or_default();
+        message_page(
+            status,
+            lang,
+            Text::of(lang).refused,
+            &String::from_utf8_lossy(&body),
+        )
+    } else {
+        response
+    };
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     response
 }
