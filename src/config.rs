@@ -100,6 +100,10 @@ pub enum Scenario {
         /// With --mqtt-url: keep the broker's per-device permissions (`mosquitto-dynsec`).
         #[arg(long, value_enum, requires = "mqtt_url")]
         broker_acl: Option<BrokerAclArg>,
+        /// The camera and the echo connect to the embedded broker's TLS listener (a certificate
+        /// made for the run), as devices beyond the machine do.
+        #[arg(long, conflicts_with = "mqtt_url")]
+        tls: bool,
     },
     /// An off-the-shelf camera's HTTP plate event → the platform's barrier call back to it,
     /// beside a trivial HTTP handler making the same call.

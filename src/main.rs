@@ -109,6 +109,7 @@ fn main() -> ExitCode {
                 background_rate,
                 mqtt_url,
                 broker_acl,
+                tls,
             } => {
                 let external = mqtt_url.map(|url| parkflow::bench::barrier::External {
                     url: url::Url::parse(url.expose_secret())
@@ -119,6 +120,7 @@ fn main() -> ExitCode {
                     reads,
                     background_rate,
                     external,
+                    tls,
                 ))
             }
             Scenario::Persist {

@@ -58,6 +58,8 @@ pub struct CameraConfig {
     /// `POST /v1/anpr/{id}`) instead of MQTT; its barrier still hears the platform's commands
     /// on the gate's `command` topic (a ParkFlow barrier controller).
     pub anpr: Option<AnprTransport>,
+    /// Connects over TLS with this client configuration (the broker's TLS listener).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// How a simulated off-the-shelf camera sends its reads.
@@ -145,6 +147,7 @@ impl CameraConfig {
             decide_alone_after: None,
             lot_count: None,
             anpr: None,
+            tls: None,
         }
     }
 
@@ -327,6 +330,11 @@ pub fn spawn(
     // A standing list for a lot of tens of thousands of drivers is hundreds of kilobytes.
     options.set_max_packet_size(1024 * 1024, 64 * 1024);
     options.set_last_will(presence.next_connection());
+    if let Some(tls) = &config.tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 1_000);
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);

@@ -5,13 +5,14 @@
 //! ingests and the echo client's connection receives and drops.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login};
+use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login, TlsListener};
 use parkflow_gateway::registry::{DeviceKind as RegistryDeviceKind, GateDirection, LotKind};
 use parkflow_gateway::store::provision::{DevicePlan, DriverPlan, LotPlan, OperatorPlan, Plan};
 use parkflow_protocol::sign::{open, seal};
@@ -202,11 +203,17 @@ async fn echo(
     host: String,
     port: u16,
     login: (String, String),
+    tls: Option<Arc<rustls::ClientConfig>>,
     fixture: Arc<Fixture>,
     token: CancellationToken,
 ) {
     let mut options = MqttOptions::new("echo", host, port);
     options.set_credentials(login.0, login.1);
+    if let Some(tls) = tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 1_000);
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
@@ -342,12 +349,40 @@ async fn forget_sessions(addr: SocketAddr, login: Option<&(String, String)>) {
     }
 }
 
+/// A certificate for 127.0.0.1 written into `dir` (its PEM files) and a client configuration
+/// trusting it: the embedded broker's TLS listener, as a city's devices beyond the machine use it.
+fn test_tls(
+    dir: &std::path::Path,
+) -> anyhow::Result<(PathBuf, PathBuf, Arc<rustls::ClientConfig>)> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.key_pair.serialize_pem())?;
+    let client = parkflow_gateway::MqttTls {
+        ca: Some(cert.clone()),
+    }
+    .client_config()?;
+    Ok((cert, key, Arc::new(client)))
+}
+
+/// Where the camera (and the echo) connect: the broker's TLS listener with `tls`, else `plain`.
+fn device_side(
+    plain: SocketAddr,
+    tls: Option<&(SocketAddr, Arc<rustls::ClientConfig>)>,
+) -> (SocketAddr, Option<Arc<rustls::ClientConfig>>) {
+    tls.map_or((plain, None), |(listen, config)| {
+        (*listen, Some(config.clone()))
+    })
+}
+
 /// Runs the scenario and prints its figures: on the embedded broker, or with `external` both
-/// sides through that broker.
+/// sides through that broker. With `tls` (embedded only), the camera and the echo connect to the
+/// embedded broker's TLS listener, as devices beyond the machine do.
 pub async fn run(
     reads: usize,
     background_rate: u32,
     external: Option<External>,
+    tls: bool,
 ) -> anyhow::Result<()> {
     let warmup = (reads / 10).max(20);
     let fixture = Arc::new(Fixture::new()?);
@@ -357,13 +392,29 @@ pub async fn run(
         Some(External { acl: Some(_), .. }) => "mosquitto-dynsec",
         Some(_) => "external",
     };
+    anyhow::ensure!(
+        !(tls && external.is_some()),
+        "--tls is the embedded broker's TLS listener; an external broker's TLS is its own"
+    );
     println!(
-        "scenario=barrier reads={reads} warmup={warmup} database=sqlite broker={broker} background_msgs_per_s={background_rate}"
+        "scenario=barrier reads={reads} warmup={warmup} database=sqlite broker={broker} tls={tls} background_msgs_per_s={background_rate}"
     );
 
     // ParkFlow.
     let dir = std::env::temp_dir().join(format!("parkflow-bench-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
+    let certificate = tls.then(|| test_tls(&dir)).transpose()?;
+    let tls_listener = |listen: SocketAddr| {
+        certificate.as_ref().map(|(cert, key, _)| TlsListener {
+            listen,
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+    };
+    let parkflow_tls = match &certificate {
+        Some((_, _, client)) => Some((free_addr()?, client.clone())),
+        None => None,
+    };
     let (setup, mqtt_listen) = match &external {
         None => {
             let listen = free_addr()?;
@@ -391,6 +442,9 @@ pub async fn run(
         config.mqtt_client_id = BENCH_CLIENT_ID.into();
         config.broker_acl = external.acl;
     }
+    config.mqtt_tls = parkflow_tls
+        .as_ref()
+        .and_then(|(listen, _)| tls_listener(*listen));
     let platform = Platform::build(config).await?;
     let provisioning = Instant::now();
     platform.provision(&fixture.plan()).await?;
@@ -406,11 +460,15 @@ pub async fn run(
     let running = tokio::spawn(platform.run(token.clone()));
     let camera_token = token.child_token();
     let (load, sent) = background(&fixture, mqtt_listen, background_rate, &camera_token);
-    let config = CameraConfig::new(
-        mqtt_listen.ip().to_string(),
-        mqtt_listen.port(),
-        DeviceAuth::Signed,
-    );
+    let (camera_at, camera_tls) = device_side(mqtt_listen, parkflow_tls.as_ref());
+    let config = CameraConfig {
+        tls: camera_tls,
+        ..CameraConfig::new(
+            camera_at.ip().to_string(),
+            camera_at.port(),
+            DeviceAuth::Signed,
+        )
+    };
     let started = Instant::now();
     let cameras = TaskTracker::new();
     let camera = camera::spawn(
@@ -429,19 +487,24 @@ pub async fn run(
     println!("parkflow_background_msgs_per_s={rate:.0}");
     token.cancel();
     running.await??;
-    let _ = std::fs::remove_dir_all(&dir);
     let parkflow = Latency::of(&mut parkflow);
     println!("{}", parkflow.line("parkflow"));
 
     // The echo baseline on the same broker.
     let login = external.as_ref().and_then(External::login);
+    let echo_tls = match &certificate {
+        Some((_, _, client)) => Some((free_addr()?, client.clone())),
+        None => None,
+    };
     let (echo_listen, broker) = match &external {
         None => {
             let listen = free_addr()?;
-            let broker = tokio::task::spawn_blocking(move || {
-                EmbeddedBroker::start(BrokerConfig::new(listen, Arc::new(AllowAll)))
-            })
-            .await??;
+            let mut broker_config = BrokerConfig::new(listen, Arc::new(AllowAll));
+            broker_config.tls = echo_tls
+                .as_ref()
+                .and_then(|(listen, _)| tls_listener(*listen));
+            let broker =
+                tokio::task::spawn_blocking(move || EmbeddedBroker::start(broker_config)).await??;
             (listen, Some(broker))
         }
         Some(_) => {
@@ -450,19 +513,24 @@ pub async fn run(
         }
     };
     let echo_token = CancellationToken::new();
+    let (device_at, device_tls) = device_side(echo_listen, echo_tls.as_ref());
     let responder = tokio::spawn(echo(
-        echo_listen.ip().to_string(),
-        echo_listen.port(),
+        device_at.ip().to_string(),
+        device_at.port(),
         login.unwrap_or_else(|| ("echo".into(), "echo".into())),
+        device_tls.clone(),
         fixture.clone(),
         echo_token.clone(),
     ));
     let (load, sent) = background(&fixture, echo_listen, background_rate, &echo_token);
-    let config = CameraConfig::new(
-        echo_listen.ip().to_string(),
-        echo_listen.port(),
-        DeviceAuth::Signed,
-    );
+    let config = CameraConfig {
+        tls: device_tls,
+        ..CameraConfig::new(
+            device_at.ip().to_string(),
+            device_at.port(),
+            DeviceAuth::Signed,
+        )
+    };
     let started = Instant::now();
     let camera = camera::spawn(
         fixture.camera.clone(),
@@ -482,6 +550,8 @@ pub async fn run(
     if let Some(broker) = broker {
         broker.stop();
     }
+    // The database, and the certificate both brokers used.
+    let _ = std::fs::remove_dir_all(&dir);
     let baseline = Latency::of(&mut baseline);
     println!("{}", baseline.line("echo"));
     println!("camera {}", stats.summary());

@@ -70,7 +70,7 @@ pub async fn all(quick: bool) -> anyhow::Result<()> {
     let mut outcomes: Vec<(&str, anyhow::Result<()>)> = vec![
         (
             "barrier",
-            barrier::run(scale(200, 2_000), 10_000, None).await,
+            barrier::run(scale(200, 2_000), 10_000, None, false).await,
         ),
         ("anpr", anpr::run(scale(200, 2_000)).await),
         ("broker", broker::run(scale(20_000, 200_000) as u64).await),
