@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use fantoccini::Locator;
 
 use crate::support::browser::Browser;
 use crate::support::{Broker, Database, Setup, eventually};
@@ -24,23 +23,10 @@ async fn the_city_view_shows_the_apis_numbers_and_follows_them_live() {
     };
     let availability = api(format!("/v1/lots/{lot}/availability")).await;
 
-    browser.client.goto(&platform.url("/ui/")).await.unwrap();
+    browser.goto(&platform.url("/ui/")).await;
     assert_eq!(browser.text("h1").await, "Parking in the city now");
     let circle = format!("#l-{lot}");
-    let attr = |name: &'static str| {
-        let (client, circle) = (browser.client.clone(), circle.clone());
-        async move {
-            client
-                .find(Locator::Css(&circle))
-                .await
-                .unwrap()
-                .attr(name)
-                .await
-                .unwrap()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap()
-        }
-    };
+    let attr = |name: &'static str| browser.number(&circle, name);
     for key in ["total", "free", "occupied", "unknown"] {
         let shown = attr(match key {
             "total" => "data-total",
@@ -86,20 +72,8 @@ async fn the_city_view_shows_the_apis_numbers_and_follows_them_live() {
         }
     })
     .await;
-    let zone_attr = |name: &'static str| {
-        let (client, circle) = (browser.client.clone(), format!("#l-{zone_lot}"));
-        async move {
-            client
-                .find(Locator::Css(&circle))
-                .await
-                .unwrap()
-                .attr(name)
-                .await
-                .unwrap()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap()
-        }
-    };
+    let zone_circle = format!("#l-{zone_lot}");
+    let zone_attr = |name: &'static str| browser.number(&zone_circle, name);
     eventually(Duration::from_secs(10), "the page shows the car", || {
         let zone_attr = &zone_attr;
         let browser = &browser;
@@ -116,18 +90,14 @@ async fn the_city_view_shows_the_apis_numbers_and_follows_them_live() {
     .await;
     browser.screenshot("city-view-live").await;
     // Loaded again, the page (rendered once per published board) shows the new counts.
-    browser.client.goto(&platform.url("/ui/")).await.unwrap();
+    browser.goto(&platform.url("/ui/")).await;
     assert_eq!(
         Some(zone_attr("data-occupied").await),
         after["occupied"].as_u64()
     );
 
     // In Chinese, on request.
-    browser
-        .client
-        .goto(&platform.url("/ui/?lang=zh"))
-        .await
-        .unwrap();
+    browser.goto(&platform.url("/ui/?lang=zh")).await;
     assert_eq!(browser.text("h1").await, "全市实时停车");
     browser.screenshot("city-view-zh").await;
     browser.stop().await;

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use fantoccini::Locator;
 use parkflow_protocol::{Direction, EventId, GateAction, GateReason, LotId};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -113,38 +112,6 @@ fn two_operators(setup: Setup) -> (World, LotId) {
     (world, other)
 }
 
-/// Types `text` into the field `css` selects.
-async fn fill(browser: &Browser, css: &str, text: &str) {
-    browser
-        .client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .send_keys(text)
-        .await
-        .unwrap();
-}
-
-async fn click(browser: &Browser, css: &str) {
-    browser
-        .client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap();
-}
-
-async fn count(browser: &Browser, css: &str) -> usize {
-    browser
-        .client
-        .find_all(Locator::Css(css))
-        .await
-        .unwrap()
-        .len()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_runs_their_lots_from_the_console() {
     let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
@@ -188,15 +155,11 @@ async fn an_operator_runs_their_lots_from_the_console() {
     .await;
 
     // The login page, then the console: this operator's lot, not the other's.
-    browser
-        .client
-        .goto(&platform.url("/ui/login"))
-        .await
-        .unwrap();
+    browser.goto(&platform.url("/ui/login")).await;
     assert_eq!(browser.text("h1").await, "Log in");
     browser.screenshot("console-login").await;
-    fill(&browser, "#key", &admin_key).await;
-    click(&browser, "button[type=submit]").await;
+    browser.fill("#key", &admin_key).await;
+    browser.click("button[type=submit]").await;
     assert_eq!(browser.text("h1").await, "Operator console");
     let listed = browser.text("table").await;
     assert!(listed.contains(&lot), "{listed}");
@@ -204,18 +167,14 @@ async fn an_operator_runs_their_lots_from_the_console() {
     browser.screenshot("console-lots").await;
     // The other operator's lot, asked for by address, is not found.
     browser
-        .client
         .goto(&platform.url(&format!("/ui/console/lots/{other_lot}")))
-        .await
-        .unwrap();
+        .await;
     assert!(browser.text(".error").await.contains("not found"));
 
     // The lot page: its lanes with their last reads; a manual open sends a signed command.
     browser
-        .client
         .goto(&platform.url(&format!("/ui/console/lots/{lot}")))
-        .await
-        .unwrap();
+        .await;
     let lane = browser.text("section.lane[data-gate='out-1']").await;
     assert!(lane.contains("浙Q55555"), "{lane}");
     assert!(
@@ -224,17 +183,15 @@ async fn an_operator_runs_their_lots_from_the_console() {
             .await
             .ends_with(" ms")
     );
-    fill(
-        &browser,
-        "section.lane[data-gate='in-1'] input[name=reason]",
-        "ambulance at the entry",
-    )
-    .await;
-    click(
-        &browser,
-        "section.lane[data-gate='in-1'] button[type=submit]",
-    )
-    .await;
+    browser
+        .fill(
+            "section.lane[data-gate='in-1'] input[name=reason]",
+            "ambulance at the entry",
+        )
+        .await;
+    browser
+        .click("section.lane[data-gate='in-1'] button[type=submit]")
+        .await;
     assert!(browser.text("p.done").await.contains("signed"));
     let opened = eventually(WAIT, "the manual open in the audit trail", || async {
         let trail = platform.admin_get("/v1/audit").await;
@@ -252,36 +209,22 @@ async fn an_operator_runs_their_lots_from_the_console() {
     browser.screenshot("console-lot").await;
 
     // The review queue: the misread exit merged with the stay it ends, in the browser.
-    browser
-        .client
-        .goto(&platform.url("/ui/console/review"))
-        .await
-        .unwrap();
+    browser.goto(&platform.url("/ui/console/review")).await;
     let form = format!("section.case[data-case='{}']", case["id"].as_str().unwrap());
     browser
-        .client
-        .find(Locator::Css(&format!("{form} select[name=action]")))
-        .await
-        .unwrap()
-        .select_by_value("merge")
-        .await
-        .unwrap();
+        .choose(&format!("{form} select[name=action]"), "merge")
+        .await;
     browser
-        .client
-        .find(Locator::Css(&format!("{form} select[name=with_session]")))
-        .await
-        .unwrap()
-        .select_by_value(entered["id"].as_str().unwrap())
-        .await
-        .unwrap();
-    fill(
-        &browser,
-        &format!("{form} input[name=reason]"),
-        "exit misread",
-    )
-    .await;
+        .choose(
+            &format!("{form} select[name=with_session]"),
+            entered["id"].as_str().unwrap(),
+        )
+        .await;
+    browser
+        .fill(&format!("{form} input[name=reason]"), "exit misread")
+        .await;
     browser.screenshot("console-review").await;
-    click(&browser, &format!("{form} button[type=submit]")).await;
+    browser.click(&format!("{form} button[type=submit]")).await;
     assert!(browser.text("p.done").await.contains("resolved"));
     let merged = platform
         .admin_get(&format!("/v1/sessions/{}", entered["id"].as_str().unwrap()))
@@ -300,32 +243,20 @@ async fn an_operator_runs_their_lots_from_the_console() {
 
     // Devices, money: pages of this operator's; screenshots.
     browser
-        .client
         .goto(&platform.url(&format!("/ui/console/devices?lot={lot}")))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
-        count(
-            &browser,
-            &format!("tr[data-device='{}']", world.entry_camera)
-        )
-        .await,
+        browser
+            .count(&format!("tr[data-device='{}']", world.entry_camera))
+            .await,
         1
     );
     browser.screenshot("console-devices").await;
-    browser
-        .client
-        .goto(&platform.url("/ui/console/money"))
-        .await
-        .unwrap();
+    browser.goto(&platform.url("/ui/console/money")).await;
     assert!(browser.text("h1").await.contains("Money"));
     browser.screenshot("console-money").await;
     // The platform's health is the platform admin's only.
-    browser
-        .client
-        .goto(&platform.url("/ui/console/health"))
-        .await
-        .unwrap();
+    browser.goto(&platform.url("/ui/console/health")).await;
     assert!(browser.text(".error").await.contains("role"));
 
     // A viewer: the same pages without forms; a form posted with the viewer's session anyway is
@@ -453,33 +384,17 @@ async fn the_platform_admin_reads_the_platforms_health() {
     entry
         .decide(&entry.read(world.enrolled.as_str(), Direction::Entry))
         .await;
-    browser
-        .client
-        .goto(&platform.url("/ui/login"))
-        .await
-        .unwrap();
-    fill(&browser, "#key", ADMIN_KEY).await;
-    click(&browser, "button[type=submit]").await;
-    browser
-        .client
-        .goto(&platform.url("/ui/console/health"))
-        .await
-        .unwrap();
+    browser.goto(&platform.url("/ui/login")).await;
+    browser.fill("#key", ADMIN_KEY).await;
+    browser.click("button[type=submit]").await;
+    browser.goto(&platform.url("/ui/console/health")).await;
     assert!(browser.text("#p50").await.ends_with(" ms"));
     assert!(browser.text("#p99").await.ends_with(" ms"));
     browser.screenshot("console-health").await;
     // In Chinese, on request; the choice stays for the next page.
-    browser
-        .client
-        .goto(&platform.url("/ui/console?lang=zh"))
-        .await
-        .unwrap();
+    browser.goto(&platform.url("/ui/console?lang=zh")).await;
     assert_eq!(browser.text("h1").await, "运营控制台");
-    browser
-        .client
-        .goto(&platform.url("/ui/console/money"))
-        .await
-        .unwrap();
+    browser.goto(&platform.url("/ui/console/money")).await;
     assert_eq!(browser.text("h1").await, "收费");
     browser.screenshot("console-money-zh").await;
     browser.stop().await;
@@ -497,22 +412,15 @@ async fn a_driver_enrols_and_pays_an_invoice_in_the_browser() {
     let plate = "浙K86421";
 
     // Enrolment on the phone, with a card the bank will decline.
+    browser.goto(&platform.url("/ui/driver/enrol")).await;
+    browser.fill("#name", "Lin").await;
+    browser.fill("#plate", plate).await;
     browser
-        .client
-        .goto(&platform.url("/ui/driver/enrol"))
-        .await
-        .unwrap();
-    fill(&browser, "#name", "Lin").await;
-    fill(&browser, "#plate", plate).await;
-    fill(
-        &browser,
-        "#registration_document",
-        &registration_document(plate),
-    )
-    .await;
-    fill(&browser, "#payment_account", "decline-card").await;
-    click(&browser, "input[name=auto_debit_consent]").await;
-    click(&browser, "button[type=submit]").await;
+        .fill("#registration_document", &registration_document(plate))
+        .await;
+    browser.fill("#payment_account", "decline-card").await;
+    browser.click("input[name=auto_debit_consent]").await;
+    browser.click("button[type=submit]").await;
     let key = browser.text("#api-key").await;
     assert!(key.starts_with("pf_"), "{key}");
     browser.screenshot("driver-enrolled").await;
@@ -544,21 +452,14 @@ async fn a_driver_enrols_and_pays_an_invoice_in_the_browser() {
     assert_eq!(invoice["status"], "open");
 
     // The portal (logged in at enrolment) shows it; paid from another account, it is paid.
-    browser
-        .client
-        .goto(&platform.url("/ui/driver"))
-        .await
-        .unwrap();
+    browser.goto(&platform.url("/ui/driver")).await;
     let row = format!("tr[data-invoice='{}']", invoice["id"].as_str().unwrap());
     assert_eq!(browser.text(&format!("{row} td.status")).await, "open");
     browser.screenshot("driver-portal").await;
-    fill(
-        &browser,
-        &format!("{row} input[name=payment_account]"),
-        "good-card",
-    )
-    .await;
-    click(&browser, &format!("{row} button[type=submit]")).await;
+    browser
+        .fill(&format!("{row} input[name=payment_account]"), "good-card")
+        .await;
+    browser.click(&format!("{row} button[type=submit]")).await;
     assert_eq!(browser.text(&format!("{row} td.status")).await, "paid");
     let (_, invoices) = platform
         .call(Some(&key), Method::GET, "/v1/me/invoices", None)
@@ -568,23 +469,18 @@ async fn a_driver_enrols_and_pays_an_invoice_in_the_browser() {
     browser.screenshot("driver-paid").await;
     // A second car, claimed with its papers: it is theirs at once.
     let second = "浙K86422";
-    fill(
-        &browser,
-        "form[action='/ui/driver/plates'] input[name=plate]",
-        second,
-    )
-    .await;
-    fill(
-        &browser,
-        "form[action='/ui/driver/plates'] input[name=registration_document]",
-        &registration_document(second),
-    )
-    .await;
-    click(
-        &browser,
-        "form[action='/ui/driver/plates'] button[type=submit]",
-    )
-    .await;
+    browser
+        .fill("form[action='/ui/driver/plates'] input[name=plate]", second)
+        .await;
+    browser
+        .fill(
+            "form[action='/ui/driver/plates'] input[name=registration_document]",
+            &registration_document(second),
+        )
+        .await;
+    browser
+        .click("form[action='/ui/driver/plates'] button[type=submit]")
+        .await;
     eventually(WAIT, "the second plate on the page", || async {
         let plates = browser.text("ul.plates").await;
         plates.contains(second).then_some(())
@@ -600,11 +496,7 @@ async fn a_driver_enrols_and_pays_an_invoice_in_the_browser() {
         "{me}"
     );
     // The driver's session is not the console's.
-    browser
-        .client
-        .goto(&platform.url("/ui/console"))
-        .await
-        .unwrap();
+    browser.goto(&platform.url("/ui/console")).await;
     assert!(
         browser
             .client

@@ -39,7 +39,7 @@ async fn a_held_driver_pays_on_the_page_and_the_barrier_opens() {
     let due = held.amount_due.unwrap();
     // At once: the page is there the moment the hold is published.
     let pay_url = held.pay_url.clone().unwrap();
-    browser.client.goto(&pay_url).await.unwrap();
+    browser.goto(&pay_url).await;
     let amount = browser.text("dd.amount").await;
     assert!(amount.contains(&due.to_string()), "{amount} shows {due}");
     assert!(browser.text("dl").await.contains(&world.plan.lots[0].name));
@@ -94,11 +94,7 @@ async fn a_held_driver_pays_on_the_page_and_the_barrier_opens() {
     assert!(uuid::Uuid::parse_str(&receipt).is_ok(), "{receipt}");
 
     // The same page in Simplified Chinese, after paying.
-    browser
-        .client
-        .goto(&format!("{pay_url}?lang=zh"))
-        .await
-        .unwrap();
+    browser.goto(&format!("{pay_url}?lang=zh")).await;
     assert!(browser.text("h1").await.contains("已付款"));
     browser.screenshot("pay-paid-zh").await;
     browser.stop().await;

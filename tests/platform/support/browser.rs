@@ -88,6 +88,56 @@ impl Browser {
             .unwrap()
     }
 
+    /// Opens `url` and waits for its page.
+    pub async fn goto(&self, url: &str) {
+        self.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+
+    /// The element `css` selects (panics when there is none).
+    async fn element(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+    }
+
+    /// Types `text` into the field `css` selects.
+    pub async fn fill(&self, css: &str, text: &str) {
+        self.element(css).await.send_keys(text).await.unwrap();
+    }
+
+    /// Chooses the option of value `value` in the list `css` selects.
+    pub async fn choose(&self, css: &str, value: &str) {
+        self.element(css)
+            .await
+            .select_by_value(value)
+            .await
+            .unwrap();
+    }
+
+    pub async fn click(&self, css: &str) {
+        self.element(css).await.click().await.unwrap();
+    }
+
+    /// How many elements `css` selects.
+    pub async fn count(&self, css: &str) -> usize {
+        self.client.find_all(Locator::Css(css)).await.unwrap().len()
+    }
+
+    /// The number in attribute `name` of the element `css` selects.
+    pub async fn number(&self, css: &str, name: &str) -> u64 {
+        self.element(css)
+            .await
+            .attr(name)
+            .await
+            .unwrap()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{css} has no number in {name}"))
+    }
+
     pub async fn stop(mut self) {
         let _ = self.client.close().await;
         let _ = self.driver.kill().await;
