@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-
 use crate::support::browser::Browser;
 use crate::support::{Broker, Database, Setup, eventually};
 

@@ -252,6 +252,29 @@ async fn an_operator_runs_their_lots_from_the_console() {
         1
     );
     browser.screenshot("console-devices").await;
+    // New credentials for the exit camera, shown once; then it is revoked, from the page.
+    let exit_row = format!("tr[data-device='{}']", world.exit_camera);
+    browser
+        .click(&format!("{exit_row} form[action$='/rotate'] button"))
+        .await;
+    assert_eq!(browser.count("code.secret").await, 2);
+    assert!(browser.text("p.done").await.contains("once"));
+    browser
+        .goto(&platform.url(&format!("/ui/console/devices?lot={lot}")))
+        .await;
+    browser
+        .click(&format!("{exit_row} form[action*='/revoke'] button"))
+        .await;
+    assert!(browser.text("p.done").await.contains("revoked"));
+    let devices = platform.admin_get(&format!("/v1/lots/{lot}/devices")).await;
+    let exit_camera = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == world.exit_camera.as_str())
+        .cloned()
+        .unwrap();
+    assert!(!exit_camera["revoked_at"].is_null(), "{exit_camera}");
     browser.goto(&platform.url("/ui/console/money")).await;
     assert!(browser.text("h1").await.contains("Money"));
     browser.screenshot("console-money").await;
