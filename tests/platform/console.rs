@@ -159,7 +159,7 @@ async fn an_operator_runs_their_lots_from_the_console() {
     assert_eq!(browser.text("h1").await, "Log in");
     browser.screenshot("console-login").await;
     browser.fill("#key", &admin_key).await;
-    browser.click("button[type=submit]").await;
+    browser.submit("button[type=submit]").await;
     assert_eq!(browser.text("h1").await, "Operator console");
     let listed = browser.text("table").await;
     assert!(listed.contains(&lot), "{listed}");
@@ -190,7 +190,7 @@ async fn an_operator_runs_their_lots_from_the_console() {
         )
         .await;
     browser
-        .click("section.lane[data-gate='in-1'] button[type=submit]")
+        .submit("section.lane[data-gate='in-1'] button[type=submit]")
         .await;
     assert!(browser.text("p.done").await.contains("signed"));
     let opened = eventually(WAIT, "the manual open in the audit trail", || async {
@@ -224,7 +224,7 @@ async fn an_operator_runs_their_lots_from_the_console() {
         .fill(&format!("{form} input[name=reason]"), "exit misread")
         .await;
     browser.screenshot("console-review").await;
-    browser.click(&format!("{form} button[type=submit]")).await;
+    browser.submit(&format!("{form} button[type=submit]")).await;
     assert!(browser.text("p.done").await.contains("resolved"));
     let merged = platform
         .admin_get(&format!("/v1/sessions/{}", entered["id"].as_str().unwrap()))
@@ -255,15 +255,15 @@ async fn an_operator_runs_their_lots_from_the_console() {
     // New credentials for the exit camera, shown once; then it is revoked, from the page.
     let exit_row = format!("tr[data-device='{}']", world.exit_camera);
     browser
-        .click(&format!("{exit_row} form[action$='/rotate'] button"))
+        .submit(&format!("{exit_row} form[action$='/rotate'] button"))
         .await;
-    assert_eq!(browser.count("code.secret").await, 2);
     assert!(browser.text("p.done").await.contains("once"));
+    assert_eq!(browser.count("code.secret").await, 2);
     browser
         .goto(&platform.url(&format!("/ui/console/devices?lot={lot}")))
         .await;
     browser
-        .click(&format!("{exit_row} form[action*='/revoke'] button"))
+        .submit(&format!("{exit_row} form[action*='/revoke'] button"))
         .await;
     assert!(browser.text("p.done").await.contains("revoked"));
     let devices = platform.admin_get(&format!("/v1/lots/{lot}/devices")).await;
@@ -409,7 +409,7 @@ async fn the_platform_admin_reads_the_platforms_health() {
         .await;
     browser.goto(&platform.url("/ui/login")).await;
     browser.fill("#key", ADMIN_KEY).await;
-    browser.click("button[type=submit]").await;
+    browser.submit("button[type=submit]").await;
     browser.goto(&platform.url("/ui/console/health")).await;
     assert!(browser.text("#p50").await.ends_with(" ms"));
     assert!(browser.text("#p99").await.ends_with(" ms"));
@@ -443,7 +443,7 @@ async fn a_driver_enrols_and_pays_an_invoice_in_the_browser() {
         .await;
     browser.fill("#payment_account", "decline-card").await;
     browser.click("input[name=auto_debit_consent]").await;
-    browser.click("button[type=submit]").await;
+    browser.submit("button[type=submit]").await;
     let key = browser.text("#api-key").await;
     assert!(key.starts_with("pf_"), "{key}");
     browser.screenshot("driver-enrolled").await;
@@ -482,7 +482,7 @@ async fn a_driver_enrols_and_pays_an_invoice_in_the_browser() {
     browser
         .fill(&format!("{row} input[name=payment_account]"), "good-card")
         .await;
-    browser.click(&format!("{row} button[type=submit]")).await;
+    browser.submit(&format!("{row} button[type=submit]")).await;
     assert_eq!(browser.text(&format!("{row} td.status")).await, "paid");
     let (_, invoices) = platform
         .call(Some(&key), Method::GET, "/v1/me/invoices", None)
@@ -502,7 +502,7 @@ async fn a_driver_enrols_and_pays_an_invoice_in_the_browser() {
         )
         .await;
     browser
-        .click("form[action='/ui/driver/plates'] button[type=submit]")
+        .submit("form[action='/ui/driver/plates'] button[type=submit]")
         .await;
     eventually(WAIT, "the second plate on the page", || async {
         let plates = browser.text("ul.plates").await;

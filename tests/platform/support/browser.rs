@@ -122,6 +122,24 @@ impl Browser {
         self.element(css).await.click().await.unwrap();
     }
 
+    /// Clicks the button `css` selects and waits until the page it sends the form to has
+    /// replaced this one (a click alone does not wait for the next page).
+    pub async fn submit(&self, css: &str) {
+        let page = self.element("html").await;
+        self.click(css).await;
+        super::eventually(Duration::from_secs(10), "the next page", || async {
+            // The old page's root is gone once the next page is there.
+            page.tag_name().await.is_err().then_some(())
+        })
+        .await;
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("body"))
+            .await
+            .unwrap();
+    }
+
     /// How many elements `css` selects.
     pub async fn count(&self, css: &str) -> usize {
         self.client.find_all(Locator::Css(css)).await.unwrap().len()
