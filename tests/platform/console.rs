@@ -298,7 +298,6 @@ async fn an_operator_runs_their_lots_from_the_console() {
         !page.contains("/gates/in-1/open"),
         "a viewer sees no open form"
     );
-    let before = entry.commands_for(&event).len();
     let open = format!("/ui/console/lots/{lot}/gates/in-1/open");
     let refused = post(
         &platform,
@@ -378,8 +377,8 @@ async fn an_operator_runs_their_lots_from_the_console() {
         post(&platform, &admin.cookie, None, &open, &forged(&admin.csrf)).await,
         StatusCode::SEE_OTHER
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(entry.commands_for(&event).len(), before);
+    // A manual open is in the audit trail before its command goes out, within the request:
+    // every refused post has answered, so none of them opened anything.
     let trail = platform.admin_get("/v1/audit").await;
     assert_eq!(
         trail

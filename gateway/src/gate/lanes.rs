@@ -16,29 +16,34 @@ pub(crate) struct LaneFacts {
     pub barrier: Option<GateState>,
 }
 
-/// Every lane's [`LaneFacts`], shared by the gate handle's clones.
+/// Every lane's [`LaneFacts`] by lot and gate, shared by the gate handle's clones.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct LaneBoard(Arc<Mutex<HashMap<(LotId, GateId), LaneFacts>>>);
+pub(crate) struct LaneBoard(Arc<Mutex<HashMap<LotId, HashMap<GateId, LaneFacts>>>>);
 
 impl LaneBoard {
-    fn with<R>(&self, work: impl FnOnce(&mut HashMap<(LotId, GateId), LaneFacts>) -> R) -> R {
-        work(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    /// `work` on the facts of `gate` of `lot`. A lane already known is found by reference: the
+    /// decision path allocates nothing here after a lane's first decision.
+    fn with(&self, lot: &LotId, gate: &GateId, work: impl FnOnce(&mut LaneFacts)) {
+        let mut lots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(facts) = lots.get_mut(lot).and_then(|gates| gates.get_mut(gate)) {
+            return work(facts);
+        }
+        let facts = lots
+            .entry(lot.clone())
+            .or_default()
+            .entry(gate.clone())
+            .or_default();
+        work(facts);
     }
 
     /// The gate actor published a decision on `gate` of `lot`, `took` after the read arrived.
     pub(crate) fn decided(&self, lot: &LotId, gate: &GateId, took: Duration) {
-        self.with(|lanes| {
-            lanes
-                .entry((lot.clone(), gate.clone()))
-                .or_default()
-                .decision = Some(took);
-        });
+        self.with(lot, gate, |facts| facts.decision = Some(took));
     }
 
     /// The lane reported its barrier; the latest report by its own time is kept.
     pub(crate) fn barrier_reported(&self, lot: &LotId, gate: &GateId, state: GateState) {
-        self.with(|lanes| {
-            let facts = lanes.entry((lot.clone(), gate.clone())).or_default();
+        self.with(lot, gate, |facts| {
             if facts
                 .barrier
                 .as_ref()
@@ -51,11 +56,11 @@ impl LaneBoard {
 
     /// The facts of each lane of `lot` this node has.
     pub(crate) fn of_lot(&self, lot: &LotId) -> Vec<(GateId, LaneFacts)> {
-        self.with(|lanes| {
-            lanes
+        let lots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lots.get(lot).map_or_else(Vec::new, |gates| {
+            gates
                 .iter()
-                .filter(|((l, _), _)| l == lot)
-                .map(|((_, gate), facts)| (gate.clone(), facts.clone()))
+                .map(|(gate, facts)| (gate.clone(), facts.clone()))
                 .collect()
         })
     }

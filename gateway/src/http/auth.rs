@@ -86,9 +86,9 @@ async fn identify(
     parts: &Parts,
     state: &AppState,
 ) -> Result<Option<(Caller, Option<Uuid>)>, ApiError> {
-    // A web page's request: the login its cookie named (see `ui::login`), by the key's hash.
+    // A web page's request: the login its cookie named, its key resolved by `ui::login`.
     if let Some(login) = parts.extensions.get::<crate::ui::login::WebLogin>() {
-        return identify_hash(state, &login.session.key_hash).await;
+        return Ok(Some((login.caller.clone(), login.key)));
     }
     let Some(key) = bearer(parts) else {
         return Ok(None);

@@ -36,7 +36,8 @@ fn write_error(error: impl std::fmt::Display) -> ApiError {
     ApiError::Store(StoreError::Corrupt(format!("csv: {error}")))
 }
 
-fn money(minor: i64, currency: &str) -> String {
+/// An amount in minor units as a decimal string with the currency's digits.
+pub(crate) fn money(minor: i64, currency: &str) -> String {
     parkflow_billing::Currency::new(currency).map_or_else(
         |_| minor.to_string(),
         |c| parkflow_billing::Money::from_minor(minor, c).to_string(),

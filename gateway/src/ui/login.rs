@@ -21,7 +21,7 @@ use super::text::{Lang, Text};
 use super::{message_page, page, respond};
 use crate::http::AppState;
 use crate::http::auth::{Caller, constant_time_eq, identify_hash};
-use crate::store::web_sessions::{self, WebSession};
+use crate::store::web_sessions;
 
 /// The session cookie. `__Host-`: the browser takes it only from this host, over HTTPS (or
 /// localhost), for the whole site, so no sibling site can plant one of its own.
@@ -29,10 +29,14 @@ const COOKIE: &str = "__Host-pf_session";
 /// The language a person chose with the switch.
 const LANG_COOKIE: &str = "pf_lang";
 
-/// The login a request's cookie names (put in the request by [`web_login`]).
+/// The login a request's cookie names, its key resolved once (put in the request by
+/// [`web_login`]; `http::auth` answers from it for the rest of the request).
 #[derive(Debug, Clone)]
 pub(crate) struct WebLogin {
-    pub session: WebSession,
+    pub csrf: String,
+    pub caller: Caller,
+    /// The key's id, for the audit (`None` for the configured platform admin key).
+    pub key: Option<uuid::Uuid>,
 }
 
 /// The value of cookie `name`, if sent once (a request carrying two is trusted with neither).
@@ -94,9 +98,18 @@ pub(crate) async fn web_login(
         );
     }
     if let Some(token) = cookie(&parts.headers, COOKIE) {
-        match web_sessions::find(&state.db, &token, Utc::now()).await {
-            Ok(Some(session)) => {
-                parts.extensions.insert(WebLogin { session });
+        let found = match web_sessions::find(&state.db, &token, Utc::now()).await {
+            Ok(Some(session)) => identify_hash(&state, &session.key_hash)
+                .await
+                .map(|who| who.map(|(caller, key)| (session.csrf, caller, key)))
+                .map_err(|error| error.to_string()),
+            Ok(None) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        };
+        match found {
+            // A key revoked since: no login.
+            Ok(Some((csrf, caller, key))) => {
+                parts.extensions.insert(WebLogin { csrf, caller, key });
             }
             Ok(None) => {}
             Err(error) => {
@@ -137,21 +150,16 @@ pub(crate) struct LoggedIn {
 impl FromRequestParts<AppState> for LoggedIn {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Response> {
         let lang = lang_of(parts);
         let Some(login) = parts.extensions.get::<WebLogin>().cloned() else {
             return Err(Redirect::to("/ui/login").into_response());
         };
-        match identify_hash(state, &login.session.key_hash).await {
-            Ok(Some((caller, _))) => Ok(Self {
-                caller,
-                csrf: login.session.csrf,
-                lang,
-            }),
-            // The key was revoked since: logged out.
-            Ok(None) => Err(Redirect::to("/ui/login").into_response()),
-            Err(error) => Err(super::api_error_page(lang, error)),
-        }
+        Ok(Self {
+            caller: login.caller,
+            csrf: login.csrf,
+            lang,
+        })
     }
 }
 
@@ -181,7 +189,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for CsrfForm<T> {
             .find(|(k, _)| k == "csrf")
             .map(|(_, v)| v.as_str())
             .unwrap_or_default();
-        if !constant_time_eq(token.as_bytes(), login.session.csrf.as_bytes()) {
+        if !constant_time_eq(token.as_bytes(), login.csrf.as_bytes()) {
             return Err(message_page(
                 StatusCode::FORBIDDEN,
                 lang,

@@ -14,16 +14,10 @@ use crate::http::AppState;
 use crate::http::auth::Staff;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
+use crate::http::reports::money;
 
 /// Settled days shown (the CSV takes any range).
 const DAYS_SHOWN: i64 = 30;
-
-fn money(minor: i64, currency: &str) -> String {
-    parkflow_billing::Currency::new(currency).map_or_else(
-        |_| minor.to_string(),
-        |c| parkflow_billing::Money::from_minor(minor, c).to_string(),
-    )
-}
 
 /// `GET /ui/console/money`
 pub(crate) async fn page(State(state): State<AppState>, reader: Reader) -> Response {
