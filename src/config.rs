@@ -122,6 +122,10 @@ pub enum Scenario {
     Ingest {
         #[arg(long, default_value_t = 200_000)]
         events: usize,
+        /// Through a Mosquitto started for the run (a window of 1,000 unacknowledged messages
+        /// to the platform) instead of the embedded broker (rumqttd's window of 100).
+        #[arg(long)]
+        mosquitto: bool,
     },
     /// The embedded broker beside Mosquitto (127.0.0.1:1883), QoS 0 and 1, msg/s and loss.
     Broker {

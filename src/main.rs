@@ -10,7 +10,7 @@ use clap::Parser;
 use parkflow::Platform;
 use parkflow::config::{Cli, Command, RunArgs, Scenario};
 use parkflow::demo::Demo;
-use parkflow::logging::QuietDisconnects;
+use parkflow::logging::{QuietDisconnects, no_broker_spans};
 use parkflow_sensors_sim::clock::SimClock;
 use parkflow_sensors_sim::traffic::{Shared, TrafficConfig};
 use parkflow_sensors_sim::{CityConfig, Stats};
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::registry()
         .with(filter)
+        .with(no_broker_spans())
         .with(tracing_subscriber::fmt::layer().with_filter(QuietDisconnects))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -137,7 +138,9 @@ fn main() -> ExitCode {
                 postgres_url,
             } => runtime.block_on(parkflow::bench::nodes::run(seconds, &postgres_url)),
             Scenario::Standing { plates } => parkflow::bench::standing::run(&plates),
-            Scenario::Ingest { events } => runtime.block_on(parkflow::bench::city::ingest(events)),
+            Scenario::Ingest { events, mosquitto } => {
+                runtime.block_on(parkflow::bench::city::ingest(events, mosquitto))
+            }
             Scenario::Broker { messages } => {
                 runtime.block_on(parkflow::bench::broker::run(messages))
             }

@@ -572,7 +572,7 @@ impl Gateway {
             token.clone(),
         ));
         tracker.spawn(relay_task.run(token.clone()));
-        let state = AppState {
+        let state = AppState::new(crate::http::AppStateInner {
             relay,
             // Without a broker keeping permission lists, a revoked or rotated device is
             // disconnected by taking over its session (such a broker kicks it itself).
@@ -617,7 +617,7 @@ impl Gateway {
             }),
             broker_acl: broker_acl.as_ref().map(|(dynsec, _)| dynsec.clone()),
             node: node_state,
-        };
+        });
         if let Some((metrics_listener, _)) = metrics_listener {
             let server = axum::serve(
                 metrics_listener,

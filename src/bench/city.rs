@@ -144,8 +144,22 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn spawn(database_url: &str) -> anyhow::Result<Self> {
-        let (http, mqtt, metrics) = (free_port()?, free_port()?, free_port()?);
+    /// On its embedded broker, or with `broker` on that one.
+    fn spawn(database_url: &str, broker: Option<std::net::SocketAddr>) -> anyhow::Result<Self> {
+        let (http, metrics) = (free_port()?, free_port()?);
+        let (mqtt, mqtt_args) = match broker {
+            None => {
+                let port = free_port()?;
+                (
+                    port,
+                    ["--mqtt-listen".to_owned(), format!("127.0.0.1:{port}")],
+                )
+            }
+            Some(addr) => (
+                addr.port(),
+                ["--mqtt-url".to_owned(), format!("mqtt://{addr}")],
+            ),
+        };
         let child = Command::new(std::env::current_exe()?)
             .args([
                 "run",
@@ -153,13 +167,12 @@ impl Gateway {
                 database_url,
                 "--http-listen",
                 &format!("127.0.0.1:{http}"),
-                "--mqtt-listen",
-                &format!("127.0.0.1:{mqtt}"),
                 "--metrics-listen",
                 &format!("127.0.0.1:{metrics}"),
                 "--public-rate",
                 "1000000",
             ])
+            .args(&mqtt_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -489,7 +502,7 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
 
     let client = reqwest::Client::new();
     let loading = Instant::now();
-    let mut gateway = Gateway::spawn(&database_url)?;
+    let mut gateway = Gateway::spawn(&database_url, None)?;
     gateway.wait_ready(&client).await?;
     let rss = gateway.rss()? as f64;
     let per_bay = rss / bays as f64;
@@ -548,15 +561,30 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
 /// `parkflow bench ingest`: signed sensor events, one message each, through the whole gateway
 /// (verified, applied, durable) beside the same messages passed through the same broker to a
 /// subscriber that only counts them.
-pub async fn ingest(events: usize) -> anyhow::Result<()> {
+///
+/// With `mosquitto`, both go through a Mosquitto started for the run: the platform's window of
+/// unacknowledged messages is then 1,000 (Mosquitto's `max_inflight_messages` there) instead of
+/// rumqttd's fixed 100, which shows what bounds ingest on the embedded broker.
+pub async fn ingest(events: usize, mosquitto: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let database_url = format!("sqlite:{}", dir.path().join("ingest.db").display());
     let db = Db::connect(&database_url).await?;
     let city = provision_city(&db, events).await?;
     db.close().await;
-    println!("scenario=ingest events={events} connections={CONNECTIONS} window={WINDOW_EVENTS}");
+    let broker = match mosquitto {
+        false => None,
+        true => {
+            let broker = crate::chaos::parts::Mosquitto::start(dir.path())?;
+            broker.listening().await?;
+            Some(broker)
+        }
+    };
+    println!(
+        "scenario=ingest events={events} connections={CONNECTIONS} window={WINDOW_EVENTS} broker={}",
+        if mosquitto { "mosquitto" } else { "embedded" }
+    );
     let client = reqwest::Client::new();
-    let mut gateway = Gateway::spawn(&database_url)?;
+    let mut gateway = Gateway::spawn(&database_url, broker.as_ref().map(|b| b.addr))?;
     gateway.wait_ready(&client).await?;
     let clients = publishers(&city, gateway.mqtt).await?;
     let messages = single_messages(&city, events)?;

@@ -51,9 +51,36 @@ pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Every request answers within this.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What every handler may use.
+/// What every handler may use: shared, so that the clones every request makes (one per
+/// `State` extractor and state-taking middleware) are one reference count each, not one per
+/// handle it holds.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    pub(crate) fn new(inner: AppStateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+#[cfg(test)]
+impl AppState {
+    /// The handles, to change between requests (no request holds a clone then).
+    pub(crate) fn parts_mut(&mut self) -> &mut AppStateInner {
+        Arc::get_mut(&mut self.0).expect("no request holds the state while a test changes it")
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// The handles in [`AppState`].
+pub(crate) struct AppStateInner {
     pub db: Db,
     pub registry: RegistryHandle,
     pub metrics: Arc<Metrics>,
@@ -87,7 +114,7 @@ pub(crate) struct AppState {
     pub node: Option<(Arc<crate::cluster::Ownership>, crate::cluster::Peers)>,
 }
 
-impl AppState {
+impl AppStateInner {
     /// Whether another gateway node runs `lot` (this one holds only its memory of it).
     pub(crate) fn runs_elsewhere(&self, lot: &crate::registry::Lot) -> bool {
         self.node

@@ -124,7 +124,7 @@ impl Api {
         let (connected, mqtt_connected) = watch::channel(true);
         let provider = SimulatedProvider::new(FaultConfig::none()).unwrap();
         provision(&db, plan, chrono::Utc::now()).await.unwrap();
-        let state = AppState {
+        let state = AppState::new(crate::http::AppStateInner {
             registry: RegistryHandle::load(&db).await.unwrap(),
             metrics: Arc::new(Metrics::new()),
             gates,
@@ -158,7 +158,7 @@ impl Api {
             db,
             broker_acl: None,
             node: None,
-        };
+        });
         Self {
             state,
             connected,
@@ -821,7 +821,7 @@ async fn metrics_need_the_platform_admins_key() {
 #[tokio::test]
 async fn broker_auth_needs_a_broker_that_enforces_permissions() {
     let mut api = Api::with(&small_city()).await;
-    let hooks = api.state.broker_hook.take();
+    let hooks = api.state.parts_mut().broker_hook.take();
     let lot = |id: &str| {
         json!({"id": id, "name": id, "kind": "off_street", "location": {"lat": 30.2, "lon": 120.1},
                "capacity": 10, "time_zone": "Asia/Shanghai", "device_auth": "broker"})
@@ -869,7 +869,7 @@ async fn broker_auth_needs_a_broker_that_enforces_permissions() {
         "{lots}"
     );
     // With a broker that asks the platform, a lot may trust it.
-    api.state.broker_hook = hooks;
+    api.state.parts_mut().broker_hook = hooks;
     let (status, body) = api
         .call(
             Method::PATCH,
@@ -888,10 +888,8 @@ async fn broker_auth_needs_a_broker_that_enforces_permissions() {
 #[tokio::test]
 async fn a_node_answers_for_a_lot_another_node_runs_from_the_database() {
     let mut api = Api::with(&small_city()).await;
-    api.state.node = Some((
-        Arc::new(crate::cluster::Ownership::new("node-x")),
-        crate::cluster::Peers::new(api.state.db.clone(), "node-x"),
-    ));
+    let peers = crate::cluster::Peers::new(api.state.db.clone(), "node-x");
+    api.state.parts_mut().node = Some((Arc::new(crate::cluster::Ownership::new("node-x")), peers));
     let within = std::time::Duration::from_secs(5);
     let (status, bays) = tokio::time::timeout(
         within,
