@@ -286,6 +286,12 @@ pub struct RunArgs {
     /// --mqtt-tls-cert and --mqtt-tls-key (PEM files).
     #[arg(long, env = "PARKFLOW_MQTT_TLS_LISTEN", default_value = "0.0.0.0:8883")]
     pub mqtt_tls_listen: SocketAddr,
+    /// The embedded broker's in-memory log per subscription filter, in MiB (eight segments).
+    /// rumqttd keeps every message of a filter in it, read or not, until it is full: this bounds
+    /// the broker's memory after a burst. A platform link that falls further behind than the
+    /// log holds silently misses messages (FINDINGS), so it must exceed the largest backlog.
+    #[arg(long, env = "PARKFLOW_MQTT_LOG_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub mqtt_log_mib: u32,
     /// The certificate chain of the embedded broker's TLS listener (PEM).
     #[arg(long, env = "PARKFLOW_MQTT_TLS_CERT", requires = "mqtt_tls_key")]
     pub mqtt_tls_cert: Option<PathBuf>,
@@ -525,6 +531,7 @@ impl RunArgs {
                 key: key.clone(),
             });
         }
+        config.mqtt_log_bytes = self.mqtt_log_mib as usize * 1024 * 1024;
         config.trusted_proxies.clone_from(&self.trusted_proxy);
         config.max_streams_per_address = self.max_streams_per_address;
         config.max_streams = self.max_streams;
@@ -602,6 +609,22 @@ mod tests {
         assert!(run("admin").unwrap_err().contains("at least 32"));
         assert!(run(&"7".repeat(31)).is_err());
         assert!(run("0123456789abcdef0123456789abcdef").is_ok());
+    }
+
+    /// The embedded broker's log is sized in MiB, from 1 to 4,096; 128 unless told.
+    #[test]
+    fn the_broker_log_is_sized_in_mib_within_bounds() {
+        let log = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["parkflow", "run"], args].concat())?;
+            let Command::Run(run) = cli.command else {
+                panic!("not a run command");
+            };
+            Ok::<_, clap::Error>(run.platform_config().mqtt_log_bytes)
+        };
+        assert_eq!(log(&[]).unwrap(), 128 << 20);
+        assert_eq!(log(&["--mqtt-log-mib", "32"]).unwrap(), 32 << 20);
+        assert!(log(&["--mqtt-log-mib", "0"]).is_err());
+        assert!(log(&["--mqtt-log-mib", "5000"]).is_err());
     }
 
     /// The platform's client id is one no device may take.

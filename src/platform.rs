@@ -61,6 +61,8 @@ pub struct PlatformConfig {
     pub broker_acl: Option<BrokerAcl>,
     /// The embedded broker's TLS listener, if any.
     pub mqtt_tls: Option<TlsListener>,
+    /// The embedded broker's in-memory log per subscription filter, in bytes (eight segments).
+    pub mqtt_log_bytes: usize,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Open availability streams per client address, and in all.
@@ -110,6 +112,7 @@ impl PlatformConfig {
             broker_hook_key: None,
             broker_acl: None,
             mqtt_tls: None,
+            mqtt_log_bytes: 128 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             max_streams_per_address: 4,
             max_streams: 10_000,
@@ -264,6 +267,8 @@ impl Platform {
                 });
                 let mut broker_config = BrokerConfig::new(listen, logins);
                 broker_config.tls = config.mqtt_tls.clone();
+                broker_config.segment_bytes =
+                    (config.mqtt_log_bytes / broker_config.segment_count).max(1024);
                 let broker =
                     tokio::task::spawn_blocking(move || EmbeddedBroker::start(broker_config))
                         .await
