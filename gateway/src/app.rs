@@ -594,7 +594,9 @@ impl Gateway {
             gates,
             payments,
             mqtt_connected: connected_rx,
-            admin_key: config.admin_key.map(Arc::new),
+            admin_key_hash: config
+                .admin_key
+                .map(|key| crate::registry::password_hash(key.expose_secret())),
             availability,
             occupancy,
             public_limit,

@@ -14,7 +14,6 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use parkflow_protocol::LotId;
@@ -101,11 +100,8 @@ pub(crate) async fn identify_hash(
     state: &AppState,
     key_hash: &str,
 ) -> Result<Option<(Caller, Option<Uuid>)>, ApiError> {
-    if let Some(admin) = &state.admin_key
-        && constant_time_eq(
-            key_hash.as_bytes(),
-            crate::registry::password_hash(admin.expose_secret()).as_bytes(),
-        )
+    if let Some(admin) = &state.admin_key_hash
+        && constant_time_eq(key_hash.as_bytes(), admin.as_bytes())
     {
         return Ok(Some((Caller::PlatformAdmin, None)));
     }

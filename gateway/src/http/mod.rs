@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::{Extension, Router};
-use secrecy::SecretString;
 use tokio::sync::watch;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -93,8 +92,9 @@ pub(crate) struct AppStateInner {
     /// Who checks a driver's proof that a plate is theirs.
     pub verifiers: parkflow_billing::claims::Verifiers,
     pub mqtt_connected: watch::Receiver<bool>,
-    /// Shared, not copied, by the per-request clones of the state.
-    pub admin_key: Option<Arc<SecretString>>,
+    /// The hash of the platform admin's key (`registry::password_hash`), made once at start
+    /// and compared with the hash of the key each request presents.
+    pub admin_key_hash: Option<String>,
     pub availability: AvailabilityHandle,
     pub occupancy: OccupancyHandle,
     pub public_limit: limit::PublicLimit,

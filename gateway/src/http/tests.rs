@@ -140,7 +140,7 @@ impl Api {
                 parkflow_billing::claims::SimulatedRegister::new("router tests".into()),
             ),
             mqtt_connected,
-            admin_key: Some(Arc::new(ADMIN_KEY.into())),
+            admin_key_hash: Some(crate::registry::password_hash(ADMIN_KEY)),
             availability: AvailabilityHandle::new(Default::default()),
             occupancy,
             public_limit: limit::PublicLimit::per_second(1_000),
