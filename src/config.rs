@@ -292,6 +292,12 @@ pub struct RunArgs {
     /// log holds silently misses messages (FINDINGS), so it must exceed the largest backlog.
     #[arg(long, env = "PARKFLOW_MQTT_LOG_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub mqtt_log_mib: u32,
+    /// The password of the platform's own login at the embedded broker (user
+    /// `parkflow-platform`), for a tool that must read or publish for every device (a load
+    /// generator: `parkflow bench`). Whoever holds it is the platform; keep it like the admin
+    /// key. Random per start when unset.
+    #[arg(long, env = "PARKFLOW_MQTT_PLATFORM_PASSWORD", hide_env_values = true)]
+    pub mqtt_platform_password: Option<SecretString>,
     /// The certificate chain of the embedded broker's TLS listener (PEM).
     #[arg(long, env = "PARKFLOW_MQTT_TLS_CERT", requires = "mqtt_tls_key")]
     pub mqtt_tls_cert: Option<PathBuf>,
@@ -428,6 +434,13 @@ impl RunArgs {
                  `openssl rand -hex 16` makes one)"
             ));
         }
+        if let Some(password) = &self.mqtt_platform_password
+            && password.expose_secret().chars().count() < MIN_ADMIN_KEY_CHARS
+        {
+            return Err(format!(
+                "--mqtt-platform-password must have at least {MIN_ADMIN_KEY_CHARS} characters"
+            ));
+        }
         if let Some(url) = &self.mqtt_url() {
             if !matches!(url.scheme(), "mqtt" | "tcp" | "mqtts") {
                 return Err(format!(
@@ -532,6 +545,9 @@ impl RunArgs {
             });
         }
         config.mqtt_log_bytes = self.mqtt_log_mib as usize * 1024 * 1024;
+        config
+            .mqtt_platform_password
+            .clone_from(&self.mqtt_platform_password);
         config.trusted_proxies.clone_from(&self.trusted_proxy);
         config.max_streams_per_address = self.max_streams_per_address;
         config.max_streams = self.max_streams;

@@ -11,24 +11,27 @@ use parkflow_billing::arrears::{ArrearsConfig, ArrearsWorker, STANDING_CHANNEL_C
 use parkflow_billing::charging::{ChargingConfig, ChargingWorker};
 use parkflow_billing::payments::Payments;
 use parkflow_billing::provider::{FaultConfig, SimulatedProvider};
-use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login, TlsListener};
+use parkflow_broker::{
+    Authenticator, BrokerConfig, EmbeddedBroker, Login, Permissions, TlsListener,
+};
 use parkflow_gateway::gate::GateMessage;
 use parkflow_gateway::gate::actor::DecisionConfig;
 use parkflow_gateway::occupancy::OccupancyConfig;
 use parkflow_gateway::privacy::{PlateKey, RetentionConfig, run_retention};
 use parkflow_gateway::registry::RegistryHandle;
-use parkflow_gateway::registry::access::{self, PlatformLogin};
+use parkflow_gateway::registry::access::{self, Grants, PlatformLogin};
 pub use parkflow_gateway::registry::{mqtt_password, random_device_key, random_secret};
 use parkflow_gateway::store::Db;
 use parkflow_gateway::store::provision::{Plan, provision};
 use parkflow_gateway::{BrokerAcl, Gateway, GatewayConfig, MqttConfig, MqttTls};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The MQTT user the platform itself logs in as on the embedded broker.
-const PLATFORM_USER: &str = "parkflow-platform";
+/// The platform's own login at the embedded broker.
+pub const PLATFORM_USER: &str = "parkflow-platform";
 
 /// Which broker the platform uses.
 #[derive(Debug, Clone)]
@@ -63,6 +66,8 @@ pub struct PlatformConfig {
     pub mqtt_tls: Option<TlsListener>,
     /// The embedded broker's in-memory log per subscription filter, in bytes (eight segments).
     pub mqtt_log_bytes: usize,
+    /// The password of [`PLATFORM_USER`] at the embedded broker (random when `None`).
+    pub mqtt_platform_password: Option<SecretString>,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Open availability streams per client address, and in all.
@@ -113,6 +118,7 @@ impl PlatformConfig {
             broker_acl: None,
             mqtt_tls: None,
             mqtt_log_bytes: 128 * 1024 * 1024,
+            mqtt_platform_password: None,
             trusted_proxies: Vec::new(),
             max_streams_per_address: 4,
             max_streams: 10_000,
@@ -213,6 +219,29 @@ impl Authenticator for Logins {
             .await
         })
     }
+
+    fn permissions(&self, client_id: &str, username: &str) -> Box<dyn Permissions> {
+        let registry = self.registry.snapshot();
+        let client = access::client(&registry, Some(&self.platform), client_id, username);
+        Box::new(Held(Grants::of(client)))
+    }
+}
+
+/// A client's grants, held to every packet it sends the embedded broker.
+struct Held(Grants);
+
+impl Permissions for Held {
+    fn max_packet_bytes(&self) -> usize {
+        self.0.max_packet_bytes()
+    }
+
+    fn may_publish(&self, topic: &str, retain: bool, payload_bytes: usize) -> bool {
+        self.0.may_publish(topic, retain, payload_bytes)
+    }
+
+    fn may_subscribe(&self, filter: &str) -> bool {
+        self.0.may_subscribe(filter)
+    }
 }
 
 /// A platform, built and ready to run.
@@ -232,7 +261,10 @@ impl Platform {
     /// Opens the database, loads the registry and gate state, binds the HTTP listener and starts
     /// the embedded broker.
     pub async fn build(config: PlatformConfig) -> anyhow::Result<Self> {
-        let platform_password = random_secret();
+        let platform_password = match &config.mqtt_platform_password {
+            Some(password) => password.expose_secret().to_owned(),
+            None => random_secret(),
+        };
         let gateway_config = config.gateway_config(&platform_password);
         let host = gateway_config.mqtt.host.clone();
         let port = gateway_config.mqtt.port;

@@ -4,13 +4,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rumqttd::protocol::v4::V4;
 use rumqttd::{
     ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings, TlsConfig,
 };
 use tokio::runtime::Runtime;
 
 use crate::config::{BrokerConfig, TlsListener};
+use crate::guard::Guarded;
 use crate::nodelay;
 
 /// How long start-up waits for rumqttd's listener to appear.
@@ -63,14 +63,20 @@ impl EmbeddedBroker {
 
         // The router runs on a thread of its own that rumqttd spawns; it idles once its server is gone.
         let router_tx = Router::new(0, router_config(&config)).spawn();
-        let mut server = Server::new(server_settings(&config, None), router_tx.clone(), V4);
+        let guarded = Guarded::new(config.authenticator.clone());
+        let mut server = Server::new(
+            server_settings(&config, None),
+            router_tx.clone(),
+            guarded.clone(),
+        );
         let serving = runtime.spawn(async move { server.start(LinkType::Remote).await });
         if let Some(tls) = &config.tls {
             if !(tls.cert.is_file() && tls.key.is_file()) {
                 runtime.shutdown_background();
                 return Err(BrokerError::TlsFiles);
             }
-            let mut tls_server = Server::new(server_settings(&config, Some(tls)), router_tx, V4);
+            let mut tls_server =
+                Server::new(server_settings(&config, Some(tls)), router_tx, guarded);
             runtime.spawn(async move {
                 if let Err(error) = tls_server.start(LinkType::Remote).await {
                     tracing::error!(%error, "the mqtt tls listener stopped");

@@ -4,12 +4,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::guard::Permissions;
+
 /// Decides whether a device may log in. The registry of devices lives outside the broker; the
 /// `parkflow` binary supplies an implementation backed by it.
 pub trait Authenticator: Send + Sync + 'static {
     /// Whether `username`/`password` may connect with MQTT client id `client_id` (it may ask a
     /// database: logins are not on a hot path).
     fn authenticate(&self, client_id: String, username: String, password: String) -> Login;
+
+    /// What the client connecting as `client_id` with `username` may do once logged in (asked
+    /// when its CONNECT is read, just before [`Authenticator::authenticate`]; a client refused
+    /// there never uses them). Synchronous: rumqttd parses packets without awaiting.
+    fn permissions(&self, client_id: &str, username: &str) -> Box<dyn Permissions>;
 }
 
 /// The answer to a login, once known.

@@ -6,16 +6,45 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parkflow_broker::{Authenticator, BrokerConfig, BrokerError, EmbeddedBroker, Login};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
+use parkflow_broker::{
+    Authenticator, BrokerConfig, BrokerError, EmbeddedBroker, Login, Permissions, Unrestricted,
+};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, NetworkOptions, Packet, QoS};
 
+/// Alice, a device, and the platform (any client id, its own login).
 struct OnlyAlice;
 
 impl Authenticator for OnlyAlice {
     fn authenticate(&self, client_id: String, username: String, password: String) -> Login {
         Box::pin(std::future::ready(
-            client_id == "alice" && username == "alice" && password == "secret",
+            (client_id == "alice" && username == "alice" && password == "secret")
+                || (username == "platform" && password == "root"),
         ))
+    }
+
+    fn permissions(&self, _: &str, username: &str) -> Box<dyn Permissions> {
+        if username == "platform" {
+            Box::new(Unrestricted)
+        } else {
+            Box::new(UnderT)
+        }
+    }
+}
+
+/// A device's permissions: topics under `t/`, nothing retained, at most 1 KiB.
+struct UnderT;
+
+impl Permissions for UnderT {
+    fn max_packet_bytes(&self) -> usize {
+        2 * 1024
+    }
+
+    fn may_publish(&self, topic: &str, retain: bool, payload_bytes: usize) -> bool {
+        topic.starts_with("t/") && !retain && payload_bytes <= 1024
+    }
+
+    fn may_subscribe(&self, filter: &str) -> bool {
+        filter.starts_with("t/")
     }
 }
 
@@ -180,4 +209,132 @@ async fn devices_connect_over_tls_with_the_brokers_certificate() {
     assert!(refused, "a wrong password is refused over tls too");
     assert!(connects(plain, "alice", "secret").await);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Connects as alice (with `will`, if any), does `attack` once connected, and tells whether the
+/// broker then closes the connection (or refused it).
+async fn cut_for(
+    addr: SocketAddr,
+    will: Option<LastWill>,
+    attack: impl AsyncFnOnce(&AsyncClient),
+) -> bool {
+    let mut options = options(addr, "alice", "secret");
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(will) = will {
+        options.set_last_will(will);
+    }
+    let (client, mut events) = AsyncClient::new(options, 10);
+    let connected = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    if !connected {
+        return true;
+    }
+    attack(&client).await;
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while events.poll().await.is_ok() {}
+    })
+    .await
+    .is_ok()
+}
+
+/// Every message `events` brings within `wait`, as (topic, retained).
+async fn heard(events: &mut EventLoop, wait: Duration) -> Vec<(String, bool)> {
+    let mut heard = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
+                heard.push((p.topic.clone(), p.retain));
+            }
+        }
+    })
+    .await;
+    heard
+}
+
+/// The attacks of issue 13 on the embedded broker, as an opened-up device sends them: reading
+/// everything, speaking on a topic not its own, leaving a retained message (rumqttd would keep
+/// it for good), a 100 KiB packet, a last will on another's topic. Each closes that device's
+/// connection before rumqttd routes anything; nothing of it reaches the platform or stays behind,
+/// and the device's honest messages still flow.
+#[tokio::test]
+async fn a_device_beyond_its_permissions_is_cut_and_nothing_of_it_is_kept() {
+    let addr = free_addr();
+    let _broker = EmbeddedBroker::start(config(addr)).unwrap();
+    let platform_client = |client_id: &str| {
+        let mut options = options(addr, client_id, "root");
+        options.set_credentials("platform", "root");
+        AsyncClient::new(options, 10)
+    };
+    let (platform, mut platform_events) = platform_client("platform-watch");
+    platform.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !matches!(
+            platform_events.poll().await.unwrap(),
+            Event::Incoming(Packet::SubAck(_))
+        ) {}
+    })
+    .await
+    .unwrap();
+
+    let qos = QoS::AtLeastOnce;
+    assert!(cut_for(addr, None, async |c| c.subscribe("#", qos).await.unwrap()).await);
+    assert!(cut_for(addr, None, async |c| c.subscribe("x/#", qos).await.unwrap()).await);
+    assert!(
+        cut_for(addr, None, async |c| c
+            .publish("x/1", qos, false, "x")
+            .await
+            .unwrap())
+        .await
+    );
+    assert!(
+        cut_for(addr, None, async |c| c
+            .publish("t/kept", qos, true, "k")
+            .await
+            .unwrap())
+        .await
+    );
+    let big = vec![b'x'; 100 * 1024];
+    assert!(
+        cut_for(addr, None, async |c| c
+            .publish("t/big", qos, false, big)
+            .await
+            .unwrap())
+        .await
+    );
+    let will = LastWill::new("x/will", "gone", qos, true);
+    assert!(
+        cut_for(addr, Some(will), async |_| {}).await,
+        "a will on another's topic"
+    );
+    // Within its permissions, alice is not cut, and her message arrives.
+    assert!(
+        !cut_for(addr, None, async |c| c
+            .publish("t/ok", qos, false, "ok")
+            .await
+            .unwrap())
+        .await
+    );
+
+    let seen = heard(&mut platform_events, Duration::from_millis(500)).await;
+    assert_eq!(
+        seen,
+        vec![("t/ok".to_owned(), false)],
+        "only alice's honest message"
+    );
+    // A newcomer finds no retained message left by her.
+    let (late, mut late_events) = platform_client("platform-late");
+    late.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(
+        heard(&mut late_events, Duration::from_millis(500)).await,
+        vec![]
+    );
 }

@@ -91,20 +91,27 @@ impl SensorZone {
         ))
     }
 
-    /// Publishes `rate` messages a second through the broker at `host:port` until `token` is
-    /// cancelled; counts what it sent in `sent`.
+    /// The zone's first sensor's client id and login.
+    pub fn sensor_login(&self) -> (String, (String, String)) {
+        (self.login.0.clone(), self.login.clone())
+    }
+
+    /// Publishes `rate` messages a second through the broker at `host:port`, connected as
+    /// `client_id` with `login`, until `token` is cancelled; counts what it sent in `sent`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         self: Arc<Self>,
         host: String,
         port: u16,
+        (client_id, (user, password)): (String, (String, String)),
         rate: u32,
         sent: Arc<AtomicU64>,
         token: CancellationToken,
     ) -> anyhow::Result<()> {
-        // A bay device logs in with client id = its device id: the zone speaks through its first
-        // sensor's connection (as a bridge would).
-        let mut options = MqttOptions::new(&self.login.0, host, port);
-        options.set_credentials(&self.login.0, &self.login.1);
+        // The zone speaks through one connection, for every sensor: an open broker lets its
+        // first sensor do that, the embedded one only the platform's login.
+        let mut options = MqttOptions::new(client_id, host, port);
+        options.set_credentials(user, password);
         options.set_inflight(1_000);
         let (client, mut eventloop) = AsyncClient::new(options, 10_000);
         let poll_token = token.clone();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login, TlsListener};
+use parkflow_broker::{Anyone, BrokerConfig, EmbeddedBroker, TlsListener};
 use parkflow_gateway::registry::{DeviceKind as RegistryDeviceKind, GateDirection, LotKind};
 use parkflow_gateway::store::provision::{DevicePlan, DriverPlan, LotPlan, OperatorPlan, Plan};
 use parkflow_protocol::sign::{open, seal};
@@ -190,14 +190,6 @@ async fn drive(
     Ok(samples)
 }
 
-struct AllowAll;
-
-impl Authenticator for AllowAll {
-    fn authenticate(&self, _: String, _: String, _: String) -> Login {
-        Box::pin(std::future::ready(true))
-    }
-}
-
 /// Answers every plate read at once with a signed `open`: the floor of what any platform can do.
 async fn echo(
     host: String,
@@ -277,6 +269,7 @@ async fn echo(
 fn background(
     fixture: &Fixture,
     addr: SocketAddr,
+    login: (String, (String, String)),
     rate: u32,
     token: &CancellationToken,
 ) -> (tokio::task::JoinHandle<anyhow::Result<()>>, Arc<AtomicU64>) {
@@ -284,6 +277,7 @@ fn background(
     let task = tokio::spawn(fixture.zone.clone().run(
         addr.ip().to_string(),
         addr.port(),
+        login,
         rate,
         sent.clone(),
         token.clone(),
@@ -445,6 +439,19 @@ pub async fn run(
     config.mqtt_tls = parkflow_tls
         .as_ref()
         .and_then(|(listen, _)| tls_listener(*listen));
+    // The background speaks for every sensor over one connection: on the embedded broker only
+    // the platform's login may.
+    let load_login = match &external {
+        None => {
+            let password = crate::platform::random_secret();
+            config.mqtt_platform_password = Some(password.clone().into());
+            (
+                "bench-background".to_owned(),
+                (crate::platform::PLATFORM_USER.to_owned(), password),
+            )
+        }
+        Some(_) => fixture.zone.sensor_login(),
+    };
     let platform = Platform::build(config).await?;
     let provisioning = Instant::now();
     platform.provision(&fixture.plan()).await?;
@@ -459,7 +466,13 @@ pub async fn run(
     let token = CancellationToken::new();
     let running = tokio::spawn(platform.run(token.clone()));
     let camera_token = token.child_token();
-    let (load, sent) = background(&fixture, mqtt_listen, background_rate, &camera_token);
+    let (load, sent) = background(
+        &fixture,
+        mqtt_listen,
+        load_login,
+        background_rate,
+        &camera_token,
+    );
     let (camera_at, camera_tls) = device_side(mqtt_listen, parkflow_tls.as_ref());
     let config = CameraConfig {
         tls: camera_tls,
@@ -499,7 +512,7 @@ pub async fn run(
     let (echo_listen, broker) = match &external {
         None => {
             let listen = free_addr()?;
-            let mut broker_config = BrokerConfig::new(listen, Arc::new(AllowAll));
+            let mut broker_config = BrokerConfig::new(listen, Arc::new(Anyone));
             broker_config.tls = echo_tls
                 .as_ref()
                 .and_then(|(listen, _)| tls_listener(*listen));
@@ -522,7 +535,13 @@ pub async fn run(
         fixture.clone(),
         echo_token.clone(),
     ));
-    let (load, sent) = background(&fixture, echo_listen, background_rate, &echo_token);
+    let (load, sent) = background(
+        &fixture,
+        echo_listen,
+        fixture.zone.sensor_login(),
+        background_rate,
+        &echo_token,
+    );
     let config = CameraConfig {
         tls: device_tls,
         ..CameraConfig::new(

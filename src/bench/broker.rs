@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login};
+use parkflow_broker::{Anyone, BrokerConfig, EmbeddedBroker};
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use uuid::Uuid;
 
@@ -18,14 +18,6 @@ use super::ratio;
 const PUBLISHERS: usize = 4;
 /// Bytes of each message (a bay event is about this size before signing).
 const PAYLOAD: usize = 64;
-
-struct AllowAll;
-
-impl Authenticator for AllowAll {
-    fn authenticate(&self, _: String, _: String, _: String) -> Login {
-        Box::pin(std::future::ready(true))
-    }
-}
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -183,7 +175,7 @@ pub async fn run(messages: u64) -> anyhow::Result<()> {
     println!("scenario=broker messages={messages} publishers={PUBLISHERS} payload_bytes={PAYLOAD}");
     let listen = free_addr()?;
     let embedded = tokio::task::spawn_blocking(move || {
-        EmbeddedBroker::start(BrokerConfig::new(listen, Arc::new(AllowAll)))
+        EmbeddedBroker::start(BrokerConfig::new(listen, Arc::new(Anyone)))
     })
     .await??;
     let mut failed = false;

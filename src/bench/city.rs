@@ -141,6 +141,9 @@ struct Gateway {
     mqtt: u16,
     /// `/metrics` without a key (`--metrics-listen`), as Prometheus scrapes it.
     metrics: u16,
+    /// On its embedded broker, the platform's own login: the bench publishes every bay's
+    /// messages over a few connections, which the broker allows the platform alone.
+    platform_login: Option<(String, String)>,
 }
 
 impl Gateway {
@@ -160,7 +163,17 @@ impl Gateway {
                 ["--mqtt-url".to_owned(), format!("mqtt://{addr}")],
             ),
         };
-        let child = Command::new(std::env::current_exe()?)
+        let platform_login = broker.is_none().then(|| {
+            (
+                crate::platform::PLATFORM_USER.to_owned(),
+                crate::platform::random_secret(),
+            )
+        });
+        let mut command = Command::new(std::env::current_exe()?);
+        if let Some((_, password)) = &platform_login {
+            command.env("PARKFLOW_MQTT_PLATFORM_PASSWORD", password);
+        }
+        let child = command
             .args([
                 "run",
                 "--database-url",
@@ -183,6 +196,7 @@ impl Gateway {
             http,
             mqtt,
             metrics,
+            platform_login,
         })
     }
 
@@ -253,12 +267,24 @@ impl Drop for Gateway {
     }
 }
 
-/// Connects `CONNECTIONS` publishers logged in as the first bridges.
-async fn publishers(city: &BenchCity, port: u16) -> anyhow::Result<Vec<AsyncClient>> {
+/// Connects `CONNECTIONS` publishers: on the embedded broker with the platform's login, on an
+/// open outside one as the first bridges.
+async fn publishers(city: &BenchCity, gateway: &Gateway) -> anyhow::Result<Vec<AsyncClient>> {
     let mut clients = Vec::new();
-    for (bridge, password, _) in city.bridge_keys.iter().take(CONNECTIONS) {
-        let mut options = MqttOptions::new(bridge.as_str(), "127.0.0.1", port);
-        options.set_credentials(bridge.as_str(), password);
+    for (i, (bridge, password, _)) in city.bridge_keys.iter().take(CONNECTIONS).enumerate() {
+        let mut options = match &gateway.platform_login {
+            Some((user, password)) => {
+                let mut options =
+                    MqttOptions::new(format!("bench-publisher-{i}"), "127.0.0.1", gateway.mqtt);
+                options.set_credentials(user, password);
+                options
+            }
+            None => {
+                let mut options = MqttOptions::new(bridge.as_str(), "127.0.0.1", gateway.mqtt);
+                options.set_credentials(bridge.as_str(), password);
+                options
+            }
+        };
         options.set_keep_alive(Duration::from_secs(60));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
         options.set_inflight(1_000);
@@ -522,7 +548,7 @@ pub async fn run(bays: usize, burst: bool) -> anyhow::Result<()> {
 
     let baseline = raw_bulk_insert(dir.path(), bays).await?;
     println!("baseline_bulk_insert_s={baseline:.2}");
-    let clients = publishers(&city, gateway.mqtt).await?;
+    let clients = publishers(&city, &gateway).await?;
     let batches = bridge_batches(&city, bays)?;
     let per_batch = bays as f64 / batches.len() as f64;
     let start = Instant::now();
@@ -586,7 +612,7 @@ pub async fn ingest(events: usize, mosquitto: bool) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let mut gateway = Gateway::spawn(&database_url, broker.as_ref().map(|b| b.addr))?;
     gateway.wait_ready(&client).await?;
-    let clients = publishers(&city, gateway.mqtt).await?;
+    let clients = publishers(&city, &gateway).await?;
     let messages = single_messages(&city, events)?;
 
     // The baseline: the same payloads on a topic the gateway does not read, to a counting subscriber.
@@ -594,13 +620,18 @@ pub async fn ingest(events: usize, mosquitto: bool) -> anyhow::Result<()> {
         .bridge_keys
         .get(CONNECTIONS)
         .context("ingest needs more zones than publishing connections (at least 2,000 events)")?;
-    // A bridge the publishers do not log in as (a login must use its own device id).
+    // A bridge the publishers do not log in as (a login must use its own device id), or on the
+    // embedded broker the platform's login (a device may not subscribe there).
+    let counter = match &gateway.platform_login {
+        Some((user, password)) => ("bench-counter".to_owned(), (user.clone(), password.clone())),
+        None => (bridge.to_string(), (bridge.to_string(), password.clone())),
+    };
     let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel();
     let (_counter, counting) = super::broker::client(
         "127.0.0.1",
         gateway.mqtt,
-        bridge.as_str(),
-        (bridge.as_str(), password),
+        &counter.0,
+        (&counter.1.0, &counter.1.1),
         Some(count_tx),
         Some(("bench/raw/#".to_owned(), QoS::AtLeastOnce)),
     )

@@ -237,8 +237,16 @@ async fn malformed_and_oversized_payloads_are_counted_and_ingestion_goes_on(setu
     let mut entry = TestDevice::connect(&platform, &world, &world.entry_camera, &world.entry).await;
     let topic = entry.plate_topic().to_string();
 
+    // The embedded broker cuts off a camera that sends 100 KB (its plate topic takes 8 KiB at
+    // most), and it and dynsec Mosquitto one that speaks for a lot it is not at: that is tested
+    // with the brokers (`parkflow-broker`, `broker_acl`). Where the broker lets them through,
+    // the platform refuses them.
+    let oversized_arrives = setup.broker != Broker::Embedded;
+    let unknown_lot_arrives = !setup.broker.holds_devices_to_their_topics();
     entry.publish_raw(&topic, b"not json at all".to_vec()).await;
-    entry.publish_raw(&topic, vec![b'{'; 100_000]).await;
+    if oversized_arrives {
+        entry.publish_raw(&topic, vec![b'{'; 100_000]).await;
+    }
     let mut wrong_types =
         serde_json::to_value(entry.read(world.enrolled.as_str(), Direction::Entry)).unwrap();
     wrong_types["confidence"] = serde_json::json!("high");
@@ -261,21 +269,21 @@ async fn malformed_and_oversized_payloads_are_counted_and_ingestion_goes_on(setu
         "parkflow/v1/lots/no-such-lot-{}/gates/in-1/plate",
         world.lot
     );
-    entry
-        .publish_raw(
-            &unknown_lot,
-            entry.encode(&entry.read(world.enrolled.as_str(), Direction::Entry)),
-        )
-        .await;
+    if unknown_lot_arrives {
+        entry
+            .publish_raw(
+                &unknown_lot,
+                entry.encode(&entry.read(world.enrolled.as_str(), Direction::Entry)),
+            )
+            .await;
+    }
 
-    // A broker that enforces permissions drops the read for a lot the camera is not at; any
-    // other lets it through to the platform, which refuses it. (On a shared broker other tests'
-    // lots are unknown here too, so the count is only checked where this read must add to it.)
-    let unknown_lot_arrives = setup.broker != Broker::MosquittoDynsec;
+    // (On a shared broker other tests' lots are unknown here too, so the count of unknown lots
+    // only has to have grown.)
     let reason = |r: &str| format!("parkflow_events_rejected_total{{reason=\"{r}\"}}");
     eventually(WAIT, "every bad message counted", || async {
-        let counted = platform.metric(&reason("oversized")).await == 1.0
-            && platform.metric(&reason("invalid_plate")).await == 1.0
+        let counted = platform.metric(&reason("invalid_plate")).await == 1.0
+            && (!oversized_arrives || platform.metric(&reason("oversized")).await == 1.0)
             && (!unknown_lot_arrives || platform.metric(&reason("unknown_lot")).await >= 1.0);
         let malformed =
             platform.metric(&reason("malformed")).await + platform.metric(&reason("bad_jws")).await;

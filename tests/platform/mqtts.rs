@@ -6,20 +6,11 @@
 use std::sync::Arc;
 
 use parkflow::platform::MqttSetup;
-use parkflow_broker::{Authenticator, BrokerConfig, EmbeddedBroker, Login, TlsListener};
+use parkflow_broker::{Anyone, BrokerConfig, EmbeddedBroker, TlsListener};
 use parkflow_gateway::MqttTls;
 use parkflow_protocol::{Direction, GateAction};
 
 use crate::support::{Broker, Database, Setup, TestDevice, TestPlatform, World, free_addr};
-
-/// The stand-in broker lets everyone in: what is tested is the platform's TLS.
-struct AllowAll;
-
-impl Authenticator for AllowAll {
-    fn authenticate(&self, _: String, _: String, _: String) -> Login {
-        Box::pin(std::future::ready(true))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platform_talks_to_its_broker_over_tls() {
@@ -29,7 +20,7 @@ async fn the_platform_talks_to_its_broker_over_tls() {
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
     let (plain, tls) = (free_addr(), free_addr());
-    let mut broker = BrokerConfig::new(plain, Arc::new(AllowAll));
+    let mut broker = BrokerConfig::new(plain, Arc::new(Anyone));
     broker.tls = Some(TlsListener {
         listen: tls,
         cert: cert.clone(),

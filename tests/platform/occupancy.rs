@@ -2,6 +2,8 @@
 //! availability, stays and review cases through the HTTP API, as a navigation app and an
 //! operator would. Runs on SQLite and PostgreSQL with the embedded broker, and with Mosquitto.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::{Broker, Database, Setup, TestPlatform, World, eventually};
@@ -237,21 +239,81 @@ impl Zone {
     }
 }
 
-/// An MQTT connection that publishes for the zone's devices (the bridge's login).
-pub(crate) struct Publisher {
+/// MQTT connections that publish for the zone's devices, each message from the device whose
+/// topic it is, under its own login, as the devices themselves would: a broker that holds each
+/// device to its own topics lets nothing else through. A topic no zone device owns goes out
+/// under the bridge's login.
+#[derive(Clone)]
+pub(crate) struct Publisher(Arc<Publishers>);
+
+struct Publishers {
+    mqtt: (String, u16),
+    logins: bool,
+    owners: HashMap<String, (String, String)>,
+    bridge: (String, String),
+    connections: tokio::sync::Mutex<HashMap<String, Connection>>,
+}
+
+struct Connection {
     client: AsyncClient,
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Publisher {
-    async fn connect(
-        platform: &TestPlatform,
-        client_id: &str,
-        login: Option<(&str, &str)>,
-    ) -> Self {
-        let mut options = MqttOptions::new(client_id, &platform.mqtt.0, platform.mqtt.1);
-        if let (Broker::Embedded, Some((user, password))) = (platform.setup.broker, login) {
-            options.set_credentials(user, password);
+    fn for_zone(platform: &TestPlatform, zone: &Zone) -> Self {
+        let mut owners = HashMap::new();
+        let login = |(id, secret): &(DeviceId, String)| (id.to_string(), mqtt_password(secret));
+        let status = |id: &DeviceId| Topic::DeviceStatus { device: id.clone() }.to_string();
+        for (i, bay) in zone.bays.iter().enumerate() {
+            let (lot, bay) = (zone.lot.clone(), bay.clone());
+            let sensor = login(&zone.sensors[i]);
+            let camera = login(&zone.cameras[i]);
+            for topic in [
+                Topic::BayOccupancy {
+                    lot: lot.clone(),
+                    bay: bay.clone(),
+                }
+                .to_string(),
+                Topic::BayHeartbeat {
+                    lot: lot.clone(),
+                    bay: bay.clone(),
+                }
+                .to_string(),
+                status(&zone.sensors[i].0),
+            ] {
+                owners.insert(topic, sensor.clone());
+            }
+            owners.insert(Topic::BayPlate { lot, bay }.to_string(), camera.clone());
+            owners.insert(status(&zone.cameras[i].0), camera);
+        }
+        let bridge = (zone.bridge.0.to_string(), zone.bridge.1.clone());
+        owners.insert(
+            Topic::BridgeOccupancy {
+                device: zone.bridge.0.clone(),
+            }
+            .to_string(),
+            bridge.clone(),
+        );
+        Self(Arc::new(Publishers {
+            mqtt: platform.mqtt.clone(),
+            logins: platform.setup.broker.checks_logins(),
+            owners,
+            bridge,
+            connections: tokio::sync::Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Connects as `(client id, password)` and waits for the broker's CONNACK.
+    async fn connect(&self, (client_id, password): &(String, String)) -> Connection {
+        let mut options = MqttOptions::new(client_id, &self.0.mqtt.0, self.0.mqtt.1);
+        if self.0.logins {
+            options.set_credentials(client_id, password);
         }
         options.set_keep_alive(Duration::from_secs(10));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
@@ -271,20 +333,25 @@ impl Publisher {
         tokio::time::timeout(Duration::from_secs(10), connected.recv())
             .await
             .expect("publisher connected");
-        Self { client, task }
+        Connection { client, task }
     }
 
-    pub(crate) async fn send(&self, (topic, payload): (String, Vec<u8>)) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
+    pub(crate) async fn send(&self, message: (String, Vec<u8>)) {
+        self.send_with(QoS::AtLeastOnce, message).await;
+    }
+
+    async fn send_with(&self, qos: QoS, (topic, payload): (String, Vec<u8>)) {
+        let owner = self.0.owners.get(&topic).unwrap_or(&self.0.bridge);
+        let mut connections = self.0.connections.lock().await;
+        if !connections.contains_key(&owner.0) {
+            let connection = self.connect(owner).await;
+            connections.insert(owner.0.clone(), connection);
+        }
+        connections[&owner.0]
+            .client
+            .publish(topic, qos, false, payload)
             .await
             .unwrap();
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -328,12 +395,7 @@ async fn start_with(
     let mut world = World::new(setup, 10);
     let zone = Zone::add_to(&mut world, setup);
     let platform = TestPlatform::start_with(setup, &world, configure).await;
-    let publisher = Publisher::connect(
-        &platform,
-        zone.bridge.0.as_str(),
-        Some((zone.bridge.0.as_str(), &zone.bridge.1)),
-    )
-    .await;
+    let publisher = Publisher::for_zone(&platform, &zone);
     (world, zone, platform, publisher)
 }
 
@@ -434,12 +496,7 @@ async fn events_apply_by_seq_and_repeats_and_bad_entries_change_nothing(setup: S
         counts(&availability(&platform, &zone.lot).await),
         (6, 2, 3, 1)
     );
-    let publisher = Publisher::connect(
-        &platform,
-        zone.bridge.0.as_str(),
-        Some((zone.bridge.0.as_str(), &zone.bridge.1)),
-    )
-    .await;
+    let publisher = Publisher::for_zone(&platform, &zone);
     publisher.send(zone.occupancy(0, false, 3, now)).await;
     publisher.send(zone.occupancy(5, true, 1, now)).await;
     wait_counts(
@@ -466,16 +523,13 @@ async fn a_silent_sensor_turns_its_bay_unknown_and_availability_stays_consistent
 
     // Every sensor but bay 0's keeps beating; bay 0 (occupied) falls silent past its deadline.
     let beating = tokio::spawn({
-        let client = publisher.client.clone();
+        let publisher = publisher.clone();
         let zone = zone.clone();
         async move {
             for _ in 0..10 {
                 for bay in 1..BAYS {
-                    let (topic, payload) = zone.heartbeat(bay, bay % 2 == 0, 0);
-                    client
-                        .publish(topic, QoS::AtMostOnce, false, payload)
-                        .await
-                        .unwrap();
+                    let heartbeat = zone.heartbeat(bay, bay % 2 == 0, 0);
+                    publisher.send_with(QoS::AtMostOnce, heartbeat).await;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -589,9 +643,7 @@ async fn a_silent_sensor_turns_its_bay_unknown_and_availability_stays_consistent
 async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Setup) {
     let (world, zone, platform, publisher) = start(setup).await;
     // Bay 0's camera logs in with its own credentials (checked against the database).
-    let camera = zone.cameras[0].0.as_str();
-    let password = mqtt_password(&zone.cameras[0].1);
-    let cameras = Publisher::connect(&platform, camera, Some((camera, &password))).await;
+    let cameras = publisher.clone();
     let arrived = Utc::now() - chrono::Duration::minutes(40);
     publisher.send(zone.occupancy(0, true, 1, arrived)).await;
     publisher.send(zone.occupancy(1, true, 1, arrived)).await;
@@ -706,9 +758,6 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
     assert_eq!(bays[2]["state"], "occupied");
 
     // A pass holder's stay is free.
-    let camera = zone.cameras[3].0.as_str();
-    let password = mqtt_password(&zone.cameras[3].1);
-    let third = Publisher::connect(&platform, camera, Some((camera, &password))).await;
     publisher.send(zone.occupancy(3, true, 1, arrived)).await;
     eventually(WAIT, "bay 3's stay open", || async {
         let bays = platform
@@ -717,7 +766,7 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
         bays[3]["stay_started_at"].is_string().then_some(())
     })
     .await;
-    third
+    publisher
         .send(zone.plate(
             3,
             world.pass_holder.as_str(),
@@ -739,7 +788,6 @@ async fn a_stay_with_a_plate_is_priced_and_one_without_goes_to_review(setup: Set
         (free["fee"].as_str(), free["pass_holder"].as_bool()),
         (Some("0.00"), Some(true))
     );
-    drop(third);
     assert_eq!(
         platform.metric("parkflow_store_write_errors_total").await,
         0.0

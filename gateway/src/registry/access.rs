@@ -294,6 +294,70 @@ pub fn grants(client: &Client) -> Vec<(Access, Topic)> {
     }
 }
 
+/// What one client may do, worked out once when it connects, for a broker that checks every
+/// packet itself (the embedded broker): its topics as strings, so that a PUBLISH costs a string
+/// comparison, not a parse. The same rules as [`allows`], which it asks for subscriptions.
+pub struct Grants {
+    client: Option<Client>,
+    /// Topic, whether it may be retained, largest payload.
+    publish: Vec<(String, bool, usize)>,
+}
+
+/// Room for a PUBLISH's topic length, packet id and a subscription's filters besides the payload.
+const PACKET_OVERHEAD: usize = 1024;
+
+impl Grants {
+    /// The grants of `client`; `None` (not in the registry) may do nothing.
+    pub fn of(client: Option<Client>) -> Self {
+        let publish = client
+            .as_ref()
+            .map(grants)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(access, topic)| match access {
+                Access::Publish { retain } => {
+                    Some((topic.to_string(), retain, topic.max_payload_bytes()))
+                }
+                Access::Subscribe => None,
+            })
+            .collect();
+        Self { client, publish }
+    }
+
+    /// The largest packet the client may send: its largest message and room for the rest.
+    pub fn max_packet_bytes(&self) -> usize {
+        match self.client {
+            Some(Client::Platform) => usize::MAX,
+            _ => {
+                PACKET_OVERHEAD
+                    + self
+                        .publish
+                        .iter()
+                        .map(|(_, _, max)| *max)
+                        .max()
+                        .unwrap_or(0)
+            }
+        }
+    }
+
+    /// Whether the client may publish `payload_bytes` on `topic`, `retain`ed or not.
+    pub fn may_publish(&self, topic: &str, retain: bool, payload_bytes: usize) -> bool {
+        if self.client == Some(Client::Platform) {
+            return true;
+        }
+        self.publish.iter().any(|(own, may_retain, max)| {
+            own == topic && (*may_retain || !retain) && payload_bytes <= *max
+        })
+    }
+
+    /// Whether the client may subscribe to `filter`.
+    pub fn may_subscribe(&self, filter: &str) -> bool {
+        self.client
+            .as_ref()
+            .is_some_and(|client| allows(client, Access::Subscribe, filter))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,5 +541,38 @@ mod tests {
             PUBLISH,
             "parkflow/v1/bridge/bridge-2/occupancy"
         ));
+    }
+
+    #[test]
+    fn grants_held_per_packet_agree_with_allows_and_bound_the_size() {
+        let sensor = Grants::of(Some(sensor()));
+        let own = "parkflow/v1/lots/lot-a/bays/b-1/occupancy";
+        assert!(sensor.may_publish(own, false, 300));
+        assert!(!sensor.may_publish(own, true, 300), "retained");
+        assert!(!sensor.may_publish(own, false, 100 * 1024), "too large");
+        assert!(!sensor.may_publish("parkflow/v1/lots/lot-a/bays/b-2/occupancy", false, 300));
+        assert!(sensor.may_publish("parkflow/v1/devices/sensor-1/status", true, 300));
+        assert!(!sensor.may_publish("parkflow/v1/devices/sensor-2/status", true, 300));
+        assert!(sensor.may_subscribe(AVAILABILITY_FILTER));
+        assert!(!sensor.may_subscribe("#"));
+        assert!(sensor.max_packet_bytes() < 16 * 1024);
+
+        let bridge = Grants::of(Some(Client::Bridge {
+            id: DeviceId::parse("bridge-1").unwrap(),
+        }));
+        assert!(bridge.may_publish("parkflow/v1/bridge/bridge-1/occupancy", false, 300 * 1024));
+        assert!(bridge.max_packet_bytes() > 512 * 1024);
+
+        let camera = Grants::of(Some(camera()));
+        assert!(camera.may_subscribe("parkflow/v1/lots/lot-a/gates/in-1/command"));
+        assert!(!camera.may_publish("parkflow/v1/lots/lot-a/gates/in-1/command", false, 10));
+
+        let stranger = Grants::of(None);
+        assert!(!stranger.may_publish(own, false, 1));
+        assert!(!stranger.may_subscribe(AVAILABILITY_FILTER));
+
+        let platform = Grants::of(Some(Client::Platform));
+        assert!(platform.may_publish("parkflow/v1/lots/lot-a/availability", true, 1 << 20));
+        assert!(platform.may_subscribe("#"));
     }
 }

@@ -27,6 +27,12 @@ impl Broker {
         self != Self::Mosquitto
     }
 
+    /// Whether the broker holds each device to its own topics (the embedded broker and dynsec
+    /// Mosquitto): a message beyond them never reaches the platform.
+    pub fn holds_devices_to_their_topics(self) -> bool {
+        self != Self::Mosquitto
+    }
+
     /// Whether the broker outlives the platform (and keeps its persistent sessions).
     pub fn is_external(self) -> bool {
         self != Self::Embedded
