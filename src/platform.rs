@@ -280,13 +280,10 @@ impl Platform {
 
         let broker = match config.mqtt {
             MqttSetup::Embedded { listen } => {
-                let exposed = std::iter::once(listen)
-                    .chain(config.mqtt_tls.as_ref().map(|tls| tls.listen))
-                    .find(|addr| !addr.ip().is_loopback());
-                if let Some(listen) = exposed {
+                if !listen.ip().is_loopback() {
                     tracing::warn!(
                         %listen,
-                        "the embedded broker cannot enforce topic permissions: any device that logs in can read every plate read and command; for devices beyond this machine use a broker that asks the platform (README, \"Production broker\")"
+                        "the embedded broker's plain listener is beyond loopback: device passwords and plate reads cross the network in clear; serve devices over TLS (--mqtt-tls-cert, --mqtt-tls-key)"
                     );
                 }
                 let logins = Arc::new(Logins {
