@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{Error, Packet, Protocol};
 
@@ -144,7 +144,7 @@ impl Protocol for Guarded {
             Some((_, permissions)) => permissions.max_packet_bytes(),
         }
         .min(max_size);
-        let mut packet = match V4.read_mut(stream, limit) {
+        let packet = match V4.read_mut(stream, limit) {
             Err(Error::PayloadSizeLimitExceeded(size)) => {
                 let client_id = self.client.as_ref().map_or("", |(id, _)| id.as_str());
                 tracing::warn!(
@@ -158,13 +158,6 @@ impl Protocol for Guarded {
             other => other?,
         };
         self.check(&packet)?;
-        if let Packet::Publish(publish, _) = &mut packet {
-            // rumqttd keeps a message in its logs as it was read: a slice of the connection's
-            // read buffer, which then lives as long as the message does (three times the
-            // message's bytes after a burst, FINDINGS). A copy of its own lets the buffer go.
-            publish.topic = Bytes::copy_from_slice(&publish.topic);
-            publish.payload = Bytes::copy_from_slice(&publish.payload);
-        }
         Ok(packet)
     }
 

@@ -288,27 +288,19 @@ async fn a_device_beyond_its_permissions_is_cut_and_nothing_of_it_is_kept() {
     let qos = QoS::AtLeastOnce;
     assert!(cut_for(addr, None, async |c| c.subscribe("#", qos).await.unwrap()).await);
     assert!(cut_for(addr, None, async |c| c.subscribe("x/#", qos).await.unwrap()).await);
+    let publishing = |topic: &'static str, retain: bool, payload: Vec<u8>| {
+        cut_for(addr, None, async move |c| {
+            c.publish(topic, qos, retain, payload).await.unwrap();
+        })
+    };
     assert!(
-        cut_for(addr, None, async |c| c
-            .publish("x/1", qos, false, "x")
-            .await
-            .unwrap())
-        .await
+        publishing("x/1", false, b"x".to_vec()).await,
+        "another's topic"
     );
+    assert!(publishing("t/kept", true, b"k".to_vec()).await, "retained");
     assert!(
-        cut_for(addr, None, async |c| c
-            .publish("t/kept", qos, true, "k")
-            .await
-            .unwrap())
-        .await
-    );
-    let big = vec![b'x'; 100 * 1024];
-    assert!(
-        cut_for(addr, None, async |c| c
-            .publish("t/big", qos, false, big)
-            .await
-            .unwrap())
-        .await
+        publishing("t/big", false, vec![b'x'; 100 * 1024]).await,
+        "100 KiB"
     );
     let will = LastWill::new("x/will", "gone", qos, true);
     assert!(
@@ -316,13 +308,7 @@ async fn a_device_beyond_its_permissions_is_cut_and_nothing_of_it_is_kept() {
         "a will on another's topic"
     );
     // Within its permissions, alice is not cut, and her message arrives.
-    assert!(
-        !cut_for(addr, None, async |c| c
-            .publish("t/ok", qos, false, "ok")
-            .await
-            .unwrap())
-        .await
-    );
+    assert!(!publishing("t/ok", false, b"ok".to_vec()).await);
 
     let seen = heard(&mut platform_events, Duration::from_millis(500)).await;
     assert_eq!(

@@ -98,7 +98,6 @@ impl SensorZone {
 
     /// Publishes `rate` messages a second through the broker at `host:port`, connected as
     /// `client_id` with `login`, until `token` is cancelled; counts what it sent in `sent`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         self: Arc<Self>,
         host: String,

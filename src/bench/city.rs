@@ -200,6 +200,15 @@ impl Gateway {
         })
     }
 
+    /// A bench client's id and login: the platform's under `client_id` on the embedded broker,
+    /// else the device's own (its id is its client id).
+    fn login(&self, client_id: &str, device: &str, password: &str) -> (String, (String, String)) {
+        match &self.platform_login {
+            Some(login) => (client_id.to_owned(), login.clone()),
+            None => (device.to_owned(), (device.to_owned(), password.to_owned())),
+        }
+    }
+
     async fn wait_ready(&mut self, client: &reqwest::Client) -> anyhow::Result<()> {
         let url = format!("http://127.0.0.1:{}/readyz", self.http);
         for _ in 0..6_000 {
@@ -272,19 +281,10 @@ impl Drop for Gateway {
 async fn publishers(city: &BenchCity, gateway: &Gateway) -> anyhow::Result<Vec<AsyncClient>> {
     let mut clients = Vec::new();
     for (i, (bridge, password, _)) in city.bridge_keys.iter().take(CONNECTIONS).enumerate() {
-        let mut options = match &gateway.platform_login {
-            Some((user, password)) => {
-                let mut options =
-                    MqttOptions::new(format!("bench-publisher-{i}"), "127.0.0.1", gateway.mqtt);
-                options.set_credentials(user, password);
-                options
-            }
-            None => {
-                let mut options = MqttOptions::new(bridge.as_str(), "127.0.0.1", gateway.mqtt);
-                options.set_credentials(bridge.as_str(), password);
-                options
-            }
-        };
+        let (client_id, (user, password)) =
+            gateway.login(&format!("bench-publisher-{i}"), bridge.as_str(), password);
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", gateway.mqtt);
+        options.set_credentials(user, password);
         options.set_keep_alive(Duration::from_secs(60));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
         options.set_inflight(1_000);
@@ -622,10 +622,7 @@ pub async fn ingest(events: usize, mosquitto: bool) -> anyhow::Result<()> {
         .context("ingest needs more zones than publishing connections (at least 2,000 events)")?;
     // A bridge the publishers do not log in as (a login must use its own device id), or on the
     // embedded broker the platform's login (a device may not subscribe there).
-    let counter = match &gateway.platform_login {
-        Some((user, password)) => ("bench-counter".to_owned(), (user.clone(), password.clone())),
-        None => (bridge.to_string(), (bridge.to_string(), password.clone())),
-    };
+    let counter = gateway.login("bench-counter", bridge.as_str(), password);
     let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel();
     let (_counter, counting) = super::broker::client(
         "127.0.0.1",
