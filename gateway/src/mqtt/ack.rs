@@ -201,6 +201,12 @@ impl<T> AckOrder<T> {
         if let Some((seq, _)) = self.pending.pop_front() {
             self.finished.remove(&seq);
         }
+        // A burst can leave hundreds of thousands of slots (40 MB) behind; give them back once
+        // the queue is a quarter full, as a vector grows: amortised, one move per slot.
+        let floor = self.pending.len().max(1_024);
+        if self.pending.capacity() > 4 * floor {
+            self.pending.shrink_to(2 * floor);
+        }
     }
 }
 
@@ -330,6 +336,19 @@ mod tests {
         });
         assert!(matches!(rx.try_recv(), Ok(AckEvent::Finished(2))));
         assert!(rx.try_recv().is_err(), "nothing for the abandoned one");
+    }
+
+    #[test]
+    fn a_drained_queue_gives_a_burst_s_slots_back() {
+        let mut order = AckOrder::default();
+        for seq in 0..100_000 {
+            order.arrived(seq, seq);
+        }
+        for seq in 0..100_000 {
+            order.finished(seq);
+        }
+        assert_eq!(ready(&mut order).len(), 100_000);
+        assert!(order.pending.capacity() <= 4 * 1_024);
     }
 
     fn ready(order: &mut AckOrder<u64>) -> Vec<u64> {

@@ -286,7 +286,13 @@ async fn write_states(tx: &mut Tx, segment: &Segment) -> Result<(), StoreError> 
              battery_pct = COALESCE(excluded.battery_pct, bay_states.battery_pct) \
              WHERE excluded.seq >= bay_states.seq",
         );
-        upsert.build().execute(&mut *tx).await?;
+        // Cached only in its full shape: each other row count would stay prepared on every
+        // connection (27 MB of statements after a city's burst).
+        upsert
+            .build()
+            .persistent(chunk.len() == ROWS_PER_STATEMENT)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }
@@ -319,7 +325,11 @@ async fn open_stays(
                 .push_bind(now);
         });
         insert.push(" ON CONFLICT (id) DO NOTHING");
-        insert.build().execute(&mut *tx).await?;
+        insert
+            .build()
+            .persistent(chunk.len() == ROWS_PER_STATEMENT)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }
@@ -511,13 +521,13 @@ pub(crate) async fn restore(
             row.plate.as_deref().map(Plate::parse),
             row.plate_event_id.as_deref().map(EventId::parse),
         ) {
-            (Some(Ok(plate)), Some(Ok(event_id))) => Some(BayPlate {
+            (Some(Ok(plate)), Some(Ok(event_id))) => Some(Box::new(BayPlate {
                 plate,
                 color: row.plate_color.as_deref().and_then(PlateColor::parse),
                 confidence: row.plate_confidence.unwrap_or(0.0),
                 event_id,
                 observed_at: row.started_at,
-            }),
+            })),
             _ => None,
         };
         let session = OpenBaySession {
