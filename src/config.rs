@@ -144,6 +144,10 @@ pub enum Scenario {
     Burst {
         #[arg(long, default_value_t = 848_000)]
         bays: usize,
+        /// Through a Mosquitto started for the run instead of the embedded broker: the memory
+        /// after the burst is then the platform's alone.
+        #[arg(long)]
+        mosquitto: bool,
     },
     /// The gateway's resident memory with a city's bays loaded, beside 16 bytes a bay.
     Memory {
@@ -290,7 +294,7 @@ pub struct RunArgs {
     /// rumqttd keeps every message of a filter in it, read or not, until it is full: this bounds
     /// the broker's memory after a burst. A platform link that falls further behind than the
     /// log holds silently misses messages (FINDINGS), so it must exceed the largest backlog.
-    #[arg(long, env = "PARKFLOW_MQTT_LOG_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, env = "PARKFLOW_MQTT_LOG_MIB", default_value_t = crate::platform::MQTT_LOG_MIB, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub mqtt_log_mib: u32,
     /// The password of the platform's own login at the embedded broker (user
     /// `parkflow-platform`), for a tool that must read or publish for every device (a load

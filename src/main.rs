@@ -21,6 +21,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// jemalloc hands memory back to the system once a burst is over; glibc's malloc kept about
+/// 120 MB more of the same heap after `bench burst` (BENCHMARKS, "Memory after the burst").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for a bad command line or configuration (BSD's EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -147,8 +153,12 @@ fn main() -> ExitCode {
             Scenario::Api { lots, seconds } => {
                 runtime.block_on(parkflow::bench::api::run(lots, seconds))
             }
-            Scenario::Burst { bays } => runtime.block_on(parkflow::bench::city::run(bays, true)),
-            Scenario::Memory { bays } => runtime.block_on(parkflow::bench::city::run(bays, false)),
+            Scenario::Burst { bays, mosquitto } => {
+                runtime.block_on(parkflow::bench::city::run(bays, true, mosquitto))
+            }
+            Scenario::Memory { bays } => {
+                runtime.block_on(parkflow::bench::city::run(bays, false, false))
+            }
             Scenario::Settle {
                 sessions,
                 database_url,

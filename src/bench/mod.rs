@@ -75,7 +75,7 @@ pub async fn all(quick: bool) -> anyhow::Result<()> {
         ("anpr", anpr::run(scale(200, 2_000)).await),
         ("broker", broker::run(scale(20_000, 200_000) as u64).await),
         ("ingest", city::ingest(scale(8_000, 200_000), false).await),
-        ("burst", city::run(scale(8_000, 848_000), true).await),
+        ("burst", city::run(scale(8_000, 848_000), true, false).await),
         (
             "api",
             api::run(scale(500, 5_000), if quick { 1 } else { 5 }).await,
