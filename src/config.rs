@@ -294,7 +294,7 @@ pub struct RunArgs {
     /// rumqttd keeps every message of a filter in it, read or not, until it is full: this bounds
     /// the broker's memory after a burst. A platform link that falls further behind than the
     /// log holds silently misses messages (FINDINGS), so it must exceed the largest backlog.
-    #[arg(long, env = "PARKFLOW_MQTT_LOG_MIB", default_value_t = crate::platform::MQTT_LOG_MIB, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, env = "PARKFLOW_MQTT_LOG_MIB", default_value_t = parkflow_broker::DEFAULT_LOG_MIB, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub mqtt_log_mib: u32,
     /// The password of the platform's own login at the embedded broker (user
     /// `parkflow-platform`), for a tool that must read or publish for every device (a load
@@ -631,7 +631,7 @@ mod tests {
         assert!(run("0123456789abcdef0123456789abcdef").is_ok());
     }
 
-    /// The embedded broker's log is sized in MiB, from 1 to 4,096; 128 unless told.
+    /// The embedded broker's log is sized in MiB, from 1 to 4,096; 32 unless told.
     #[test]
     fn the_broker_log_is_sized_in_mib_within_bounds() {
         let log = |args: &[&str]| {
@@ -641,7 +641,7 @@ mod tests {
             };
             Ok::<_, clap::Error>(run.platform_config().mqtt_log_bytes)
         };
-        assert_eq!(log(&[]).unwrap(), 128 << 20);
+        assert_eq!(log(&[]).unwrap(), 32 << 20);
         assert_eq!(log(&["--mqtt-log-mib", "32"]).unwrap(), 32 << 20);
         assert!(log(&["--mqtt-log-mib", "0"]).is_err());
         assert!(log(&["--mqtt-log-mib", "5000"]).is_err());

@@ -30,13 +30,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The MQTT user the platform itself logs in as on the embedded broker.
-/// The platform's own login at the embedded broker.
-/// The embedded broker's in-memory log per subscription filter, in MiB, unless
-/// `--mqtt-log-mib` says otherwise. Its content stays until newer messages push it out, so it is
-/// what a burst leaves behind (about 1.9 bytes held per byte of small messages, BENCHMARKS);
-/// it is also the most a platform link may fall behind without missing messages.
-pub const MQTT_LOG_MIB: u32 = 32;
-
 pub const PLATFORM_USER: &str = "parkflow-platform";
 
 /// Which broker the platform uses.
@@ -123,7 +116,7 @@ impl PlatformConfig {
             broker_hook_key: None,
             broker_acl: None,
             mqtt_tls: None,
-            mqtt_log_bytes: MQTT_LOG_MIB as usize * 1024 * 1024,
+            mqtt_log_bytes: parkflow_broker::DEFAULT_LOG_MIB as usize * 1024 * 1024,
             mqtt_platform_password: None,
             trusted_proxies: Vec::new(),
             max_streams_per_address: 4,

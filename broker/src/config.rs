@@ -60,13 +60,20 @@ pub struct BrokerConfig {
     pub authenticator: Arc<dyn Authenticator>,
 }
 
+/// The in-memory log per subscription filter, in MiB, unless configured otherwise (the
+/// platform's `--mqtt-log-mib`). rumqttd keeps it full once filled (a segment is dropped only
+/// when a new one starts), so it is what a burst leaves behind (1.3–1.9 bytes of memory per
+/// byte of log, BENCHMARKS); it is also the most a subscriber may fall behind before rumqttd
+/// skips it ahead, so it must exceed the largest backlog.
+pub const DEFAULT_LOG_MIB: u32 = 32;
+
 impl BrokerConfig {
-    /// Defaults: 16 MiB × 8 segments (128 MiB) per filter, 512 KiB payloads.
+    /// Defaults: [`DEFAULT_LOG_MIB`] per filter in 8 segments, 512 KiB payloads.
     pub fn new(listen: SocketAddr, authenticator: Arc<dyn Authenticator>) -> Self {
         Self {
             listen,
             tls: None,
-            segment_bytes: 16 * 1024 * 1024,
+            segment_bytes: DEFAULT_LOG_MIB as usize * 1024 * 1024 / 8,
             segment_count: 8,
             max_payload_bytes: 512 * 1024,
             max_inflight: 1_000,

@@ -9,5 +9,5 @@ mod guard;
 mod nodelay;
 
 pub use app::{BrokerError, EmbeddedBroker};
-pub use config::{Authenticator, BrokerConfig, Login, TlsListener};
+pub use config::{Authenticator, BrokerConfig, DEFAULT_LOG_MIB, Login, TlsListener};
 pub use guard::{Anyone, Permissions, Unrestricted};

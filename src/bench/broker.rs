@@ -175,7 +175,11 @@ pub async fn run(messages: u64) -> anyhow::Result<()> {
     println!("scenario=broker messages={messages} publishers={PUBLISHERS} payload_bytes={PAYLOAD}");
     let listen = free_addr()?;
     let embedded = tokio::task::spawn_blocking(move || {
-        EmbeddedBroker::start(BrokerConfig::new(listen, Arc::new(Anyone)))
+        let mut config = BrokerConfig::new(listen, Arc::new(Anyone));
+        // Pass-through, not memory, is measured here: the log holds a whole unpaced run (a
+        // subscriber further behind than the log would be skipped ahead, and count as lost).
+        config.segment_bytes = 16 * 1024 * 1024;
+        EmbeddedBroker::start(config)
     })
     .await??;
     let mut failed = false;

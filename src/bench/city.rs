@@ -21,7 +21,7 @@ use parkflow_protocol::sign::seal;
 use parkflow_protocol::{
     BayId, BridgeBatch, BridgeEvent, DeviceAuth, DeviceId, EventId, LotId, OccupancyEvent, Topic,
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use uuid::Uuid;
 
 use super::ratio;
@@ -48,10 +48,14 @@ fn mean_bytes(messages: &[(String, Vec<u8>)]) -> f64 {
 }
 
 /// The states that may be on their way at once when each message carries `events_per_message`
-/// and the messages average `message_bytes` as rumqttd counts them: at most half the embedded
-/// broker's log (the log drops its oldest eighth when full, so half leaves a margin).
-fn window_events(message_bytes: f64, events_per_message: f64) -> f64 {
-    let half_log = f64::from(crate::platform::MQTT_LOG_MIB) * 1024.0 * 1024.0 / 2.0;
+/// and the messages average `message_bytes` as rumqttd counts them: [`WINDOW_EVENTS`], and on
+/// the embedded broker (`log_mib`) at most half its log (the log drops its oldest eighth when
+/// full, so half leaves a margin).
+fn window_events(log_mib: Option<u32>, message_bytes: f64, events_per_message: f64) -> f64 {
+    let Some(log_mib) = log_mib else {
+        return WINDOW_EVENTS;
+    };
+    let half_log = f64::from(log_mib) * 1024.0 * 1024.0 / 2.0;
     (half_log / message_bytes * events_per_message).min(WINDOW_EVENTS)
 }
 
@@ -159,23 +163,32 @@ struct Gateway {
     /// On its embedded broker, the platform's own login: the bench publishes every bay's
     /// messages over a few connections, which the broker allows the platform alone.
     platform_login: Option<(String, String)>,
+    /// On its embedded broker, the log per subscription it was given (MiB).
+    log_mib: Option<u32>,
 }
 
 impl Gateway {
     /// On its embedded broker, or with `broker` on that one.
     fn spawn(database_url: &str, broker: Option<std::net::SocketAddr>) -> anyhow::Result<Self> {
         let (http, metrics) = (free_port()?, free_port()?);
+        let log_mib = broker.is_none().then_some(parkflow_broker::DEFAULT_LOG_MIB);
         let (mqtt, mqtt_args) = match broker {
             None => {
                 let port = free_port()?;
                 (
                     port,
-                    ["--mqtt-listen".to_owned(), format!("127.0.0.1:{port}")],
+                    vec![
+                        "--mqtt-listen".to_owned(),
+                        format!("127.0.0.1:{port}"),
+                        // Given, not inherited from the environment: the pacing counts on it.
+                        "--mqtt-log-mib".to_owned(),
+                        parkflow_broker::DEFAULT_LOG_MIB.to_string(),
+                    ],
                 )
             }
             Some(addr) => (
                 addr.port(),
-                ["--mqtt-url".to_owned(), format!("mqtt://{addr}")],
+                vec!["--mqtt-url".to_owned(), format!("mqtt://{addr}")],
             ),
         };
         let platform_login = broker.is_none().then(|| {
@@ -212,6 +225,7 @@ impl Gateway {
             mqtt,
             metrics,
             platform_login,
+            log_mib,
         })
     }
 
@@ -314,6 +328,8 @@ async fn publishers(city: &BenchCity, gateway: &Gateway) -> anyhow::Result<Vec<A
                             let _ = ready.send(());
                         }
                     }
+                    // Disconnected on purpose: the connection stays closed.
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
@@ -338,25 +354,27 @@ async fn publish_paced(
     already_written: f64,
 ) -> anyhow::Result<()> {
     let message_bytes = mean_bytes(&messages);
-    let window = window_events(message_bytes, events_per_message);
+    let window = window_events(gateway.log_mib, message_bytes, events_per_message);
     println!("message_bytes={message_bytes:.0} window_events={window:.0}");
     let step = ((window / 4.0) / events_per_message).max(1.0) as usize;
     let mut published = 0.0;
     let mut messages = messages.into_iter().peekable();
     while messages.peek().is_some() {
         let chunk: Vec<_> = messages.by_ref().take(step).collect();
-        published += chunk.len() as f64 * events_per_message;
-        publish_all(clients, chunk).await?;
+        let adding = chunk.len() as f64 * events_per_message;
+        // Waits before publishing, so that what is in flight never exceeds the window.
         loop {
             let written = gateway
                 .metric(client, "parkflow_bay_states_written_total")
                 .await?
                 - already_written;
-            if published - written <= window {
+            if published + adding - written <= window {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        published += adding;
+        publish_all(clients, chunk).await?;
     }
     Ok(())
 }
@@ -645,7 +663,7 @@ pub async fn ingest(events: usize, mosquitto: bool) -> anyhow::Result<()> {
     db.close().await;
     let broker = mosquitto_if(mosquitto, dir.path()).await?;
     println!(
-        "scenario=ingest events={events} connections={CONNECTIONS} window={WINDOW_EVENTS} broker={}",
+        "scenario=ingest events={events} connections={CONNECTIONS} broker={}",
         if mosquitto { "mosquitto" } else { "embedded" }
     );
     let client = reqwest::Client::new();
@@ -679,20 +697,20 @@ pub async fn ingest(events: usize, mosquitto: bool) -> anyhow::Result<()> {
         .map(|(i, (_, payload))| (format!("bench/raw/{}", i % 1_000), payload.clone()))
         .collect();
     // Paced as the gateway's run is: the counter, too, misses what falls out of the log.
-    let window = window_events(mean_bytes(&raw), 1.0) as usize;
+    let window = window_events(gateway.log_mib, mean_bytes(&raw), 1.0) as usize;
     let start = Instant::now();
     let (mut published, mut received) = (0usize, 0usize);
     let mut raw = raw.into_iter().peekable();
     'publishing: while raw.peek().is_some() {
         let chunk: Vec<_> = raw.by_ref().take((window / 4).max(1)).collect();
-        published += chunk.len();
-        publish_all(&clients, chunk).await?;
-        while published - received > window {
+        while (published + chunk.len()).saturating_sub(received) > window {
             match tokio::time::timeout(Duration::from_secs(10), count_rx.recv()).await {
                 Ok(Some(_)) => received += 1,
                 _ => break 'publishing,
             }
         }
+        published += chunk.len();
+        publish_all(&clients, chunk).await?;
     }
     while received < events {
         match tokio::time::timeout(Duration::from_secs(10), count_rx.recv()).await {
@@ -705,7 +723,7 @@ pub async fn ingest(events: usize, mosquitto: bool) -> anyhow::Result<()> {
     let raw_rate = received as f64 / raw_seconds;
     println!(
         "raw_msgs_per_s={raw_rate:.0} raw_lost={}",
-        events - received
+        events.saturating_sub(received)
     );
 
     let start = Instant::now();

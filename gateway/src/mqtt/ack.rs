@@ -177,6 +177,7 @@ impl<T> AckOrder<T> {
     /// Forgets everything outstanding (the broker re-delivers it after a reconnect).
     pub(crate) fn clear(&mut self) {
         self.pending.clear();
+        self.pending.shrink_to(1_024);
         self.finished.clear();
     }
 
