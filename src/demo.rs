@@ -54,16 +54,17 @@ fn zone_keys(city: &City, devices: &DevicesFile) -> anyhow::Result<Vec<(Zone, Zo
     let mut zones = Vec::with_capacity(city.zones.len());
     for zone in &city.zones {
         let bridge = find(&zone.bridge())?;
-        let sensors = (0..zone.bays)
-            .map(|i| find(&zone.sensor(i)).map(|d| d.secret.clone()))
+        let sensors: Vec<_> = (0..zone.bays)
+            .map(|i| find(&zone.sensor(i)))
             .collect::<anyhow::Result<_>>()?;
-        let cameras = if zone.cameras {
+        let cameras: Vec<_> = if zone.cameras {
             (0..zone.bays)
-                .map(|i| find(&zone.camera(i)).map(|d| d.secret.clone()))
+                .map(|i| find(&zone.camera(i)))
                 .collect::<anyhow::Result<_>>()?
         } else {
             Vec::new()
         };
+        let login = |d: &&DeviceEntry| (d.mqtt_username.clone(), d.mqtt_password.clone());
         zones.push((
             zone.clone(),
             ZoneKeys {
@@ -71,8 +72,10 @@ fn zone_keys(city: &City, devices: &DevicesFile) -> anyhow::Result<Vec<(Zone, Zo
                 bridge_username: bridge.mqtt_username.clone(),
                 bridge_password: bridge.mqtt_password.clone(),
                 bridge_secret: bridge.secret.clone(),
-                sensors,
-                cameras,
+                sensors: sensors.iter().map(|d| d.secret.clone()).collect(),
+                cameras: cameras.iter().map(|d| d.secret.clone()).collect(),
+                sensor_logins: sensors.iter().map(login).collect(),
+                camera_logins: cameras.iter().map(login).collect(),
             },
         ));
     }
@@ -455,13 +458,16 @@ pub fn zone_plan(
     let mut devices = Vec::new();
     let mut sensors = Vec::with_capacity(zone.bays as usize);
     let mut cameras = Vec::new();
+    let (mut sensor_logins, mut camera_logins) = (Vec::new(), Vec::new());
     for i in 0..zone.bays {
         let (plan, entry) = device(zone.sensor(i), DeviceKind::BaySensor, Some(zone.bay(i)));
         sensors.push(entry.secret.clone());
+        sensor_logins.push((entry.mqtt_username.clone(), entry.mqtt_password.clone()));
         devices.push((plan, entry));
         if zone.cameras {
             let (plan, entry) = device(zone.camera(i), DeviceKind::BayCamera, Some(zone.bay(i)));
             cameras.push(entry.secret.clone());
+            camera_logins.push((entry.mqtt_username.clone(), entry.mqtt_password.clone()));
             devices.push((plan, entry));
         }
     }
@@ -473,6 +479,8 @@ pub fn zone_plan(
         bridge_secret: bridge_entry.secret.clone(),
         sensors,
         cameras,
+        sensor_logins,
+        camera_logins,
     };
     devices.push((bridge_plan, bridge_entry));
     (lot, devices, keys)

@@ -4,6 +4,7 @@
 //! network-server bridge's MQTT connection (with a last will): bridged zones' events in signed
 //! batches, the others as one message per event signed by the bay's own sensor.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -100,6 +101,47 @@ pub struct ZoneKeys {
     pub sensors: Vec<String>,
     /// Empty in zones without cameras.
     pub cameras: Vec<String>,
+    /// Each sensor's MQTT login (username, password): a sensor's own messages (its heartbeats,
+    /// its state where no bridge carries it) go out under its own login, as a broker that holds
+    /// each device to its topics requires.
+    pub sensor_logins: Vec<(String, String)>,
+    /// Each camera's MQTT login; empty in zones without cameras.
+    pub camera_logins: Vec<(String, String)>,
+}
+
+/// Who sends a message of the zone: the bridge, or bay `i`'s sensor or camera.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Sender {
+    Bridge,
+    Sensor(u32),
+    Camera(u32),
+}
+
+/// Connects `id` under its login and polls its connection until `stop`, counting the broker's
+/// acknowledgements into `acked`; it reconnects after a failure, as a device does.
+fn connect_device(
+    (id, username, password): (&str, &str, &str),
+    (host, port): (&str, u16),
+    acked: Arc<tokio::sync::watch::Sender<u64>>,
+    stop: CancellationToken,
+) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let mut options = MqttOptions::new(id, host, port);
+    options.set_credentials(username, password);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let poller = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => acked.send_modify(|n| *n += 1),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                },
+            }
+        }
+    });
+    (client, poller)
 }
 
 /// How busy the streets are at `at`, local time in Hangzhou: a morning and an evening peak.
@@ -189,7 +231,7 @@ impl ZoneTask {
             self.keys.bridge_secret.clone(),
             self.config.auth,
         );
-        let mut options = MqttOptions::new(self.keys.bridge.as_str(), host, port);
+        let mut options = MqttOptions::new(self.keys.bridge.as_str(), host.as_str(), port);
         options.set_credentials(&self.keys.bridge_username, &self.keys.bridge_password);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
@@ -199,7 +241,12 @@ impl ZoneTask {
         // device stays until everything it sent is acknowledged, as a real one keeps its events.
         let published = Arc::new(AtomicU64::new(0));
         let (acked_tx, mut acked) = tokio::sync::watch::channel(0_u64);
+        let acked_tx = Arc::new(acked_tx);
+        let device_acked = acked_tx.clone();
         let stop_polling = CancellationToken::new();
+        // The bay devices' own connections, opened as each first speaks.
+        let mut devices: HashMap<Sender, (AsyncClient, tokio::task::JoinHandle<()>)> =
+            HashMap::new();
         let poll_token = stop_polling.clone();
         let online = client.clone();
         let online_published = published.clone();
@@ -286,8 +333,24 @@ impl ZoneTask {
             }
             let mut messages = self.occupancy(&events, now);
             messages.append(&mut singles);
-            for (topic, payload) in messages {
-                if client
+            for (sender, topic, payload) in messages {
+                let via = match self.login(sender) {
+                    None => &client,
+                    Some((id, (username, password))) => {
+                        &devices
+                            .entry(sender)
+                            .or_insert_with(|| {
+                                connect_device(
+                                    (id.as_str(), username, password),
+                                    (&host, port),
+                                    device_acked.clone(),
+                                    stop_polling.clone(),
+                                )
+                            })
+                            .0
+                    }
+                };
+                if via
                     .publish(topic, QoS::AtLeastOnce, false, payload)
                     .await
                     .is_err()
@@ -300,11 +363,26 @@ impl ZoneTask {
         let sent = published.load(Ordering::Relaxed);
         let _ = tokio::time::timeout(DRAIN, acked.wait_for(|n| *n >= sent)).await;
         let _ = client.disconnect().await;
+        for (device, _) in devices.values() {
+            let _ = device.disconnect().await;
+        }
         stop_polling.cancel();
         let _ = poller.await;
+        for (_, poller) in devices.into_values() {
+            let _ = poller.await;
+        }
     }
 
-    fn heartbeat(&self, i: u32, bay: &Bay, now: DateTime<Utc>) -> (String, Vec<u8>) {
+    /// A bay device's id and login; `None` for the bridge (its connection is the zone's own).
+    fn login(&self, sender: Sender) -> Option<(DeviceId, &(String, String))> {
+        match sender {
+            Sender::Bridge => None,
+            Sender::Sensor(i) => Some((self.zone.sensor(i), &self.keys.sensor_logins[i as usize])),
+            Sender::Camera(i) => Some((self.zone.camera(i), &self.keys.camera_logins[i as usize])),
+        }
+    }
+
+    fn heartbeat(&self, i: u32, bay: &Bay, now: DateTime<Utc>) -> (Sender, String, Vec<u8>) {
         let topic = Topic::BayHeartbeat {
             lot: self.zone.id.clone(),
             bay: self.zone.bay(i),
@@ -322,10 +400,10 @@ impl ZoneTask {
             &self.zone.sensor(i),
             &self.keys.sensors[i as usize],
         );
-        (topic.to_string(), payload)
+        (Sender::Sensor(i), topic.to_string(), payload)
     }
 
-    fn plate(&mut self, i: u32, now: DateTime<Utc>) -> (String, Vec<u8>) {
+    fn plate(&mut self, i: u32, now: DateTime<Utc>) -> (Sender, String, Vec<u8>) {
         let driver = &self.drivers[self.rng.random_range(0..self.drivers.len())];
         let read = if self.rng.random_bool(self.config.misread_share) {
             misread(&driver.plate, &mut self.rng)
@@ -351,7 +429,7 @@ impl ZoneTask {
             &self.zone.camera(i),
             &self.keys.cameras[i as usize],
         );
-        (topic.to_string(), payload)
+        (Sender::Camera(i), topic.to_string(), payload)
     }
 
     /// The round's occupancy events: batches for a bridged zone, one message each otherwise;
@@ -360,7 +438,7 @@ impl ZoneTask {
         &mut self,
         events: &[(u32, bool, u64)],
         now: DateTime<Utc>,
-    ) -> Vec<(String, Vec<u8>)> {
+    ) -> Vec<(Sender, String, Vec<u8>)> {
         let mut messages = Vec::new();
         if self.zone.bridged {
             let topic = Topic::BridgeOccupancy {
@@ -390,9 +468,9 @@ impl ZoneTask {
                     self.stats
                         .duplicates
                         .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    messages.push((topic.to_string(), payload.clone()));
+                    messages.push((Sender::Bridge, topic.to_string(), payload.clone()));
                 }
-                messages.push((topic.to_string(), payload));
+                messages.push((Sender::Bridge, topic.to_string(), payload));
             }
         } else {
             for &(i, occupied, seq) in events {
@@ -416,9 +494,9 @@ impl ZoneTask {
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
                 if self.rng.random_bool(self.config.duplicate_share) {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    messages.push((topic.to_string(), payload.clone()));
+                    messages.push((Sender::Sensor(i), topic.to_string(), payload.clone()));
                 }
-                messages.push((topic.to_string(), payload));
+                messages.push((Sender::Sensor(i), topic.to_string(), payload));
             }
         }
         messages
