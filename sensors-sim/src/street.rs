@@ -1,8 +1,9 @@
 //! Traffic in on-street zones: cars arrive at bays and leave on a daily curve, each bay's sensor
 //! reports its changes (with `seq`) and heartbeats, cameras read plates (sometimes misread), some
-//! sensors fall silent for a while, and some events are sent twice. Each zone speaks through its
-//! network-server bridge's MQTT connection (with a last will): bridged zones' events in signed
-//! batches, the others as one message per event signed by the bay's own sensor.
+//! sensors fall silent for a while, and some events are sent twice. A bridged zone's events go
+//! in signed batches over its network-server bridge's MQTT connection (with a last will); every
+//! other message (an unbridged zone's events, heartbeats, plate reads) goes out signed by and
+//! under the login of its own sensor or camera, each connecting as it first speaks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
