@@ -4,8 +4,11 @@
 //! A worker step:
 //! 1. **enqueue** — closed sessions without a charge get one (the UNIQUE `session_id` makes this
 //!    idempotent across workers); its amount is the session's fee, re-priced here as a check;
-//! 2. **claim** — a batch of charges to collect is leased to this worker (`FOR UPDATE SKIP LOCKED`
-//!    on PostgreSQL, so several workers never do the same work);
+//!    a new charge to debit is written already leased to this worker, so it is written once
+//!    before its debit and once with its outcome;
+//! 2. **claim** — charges to ask about again (unanswered, or left by a worker whose lease ran out)
+//!    are leased to this worker (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several workers never
+//!    do the same work);
 //! 3. **collect** — the provider is asked, with the idempotency key `charge:{session}`: a retry,
 //!    by this worker or another after a crash, can never debit twice;
 //! 4. **record** — outcomes, journal entries and invoices for declined debits, in one transaction.
@@ -208,8 +211,10 @@ impl<P: PaymentProvider> ChargingWorker<P> {
     /// One pass: enqueue, claim, collect, record.
     pub async fn step(&mut self, now: DateTime<Utc>) -> Result<StepReport, StoreError> {
         let enqueued = select::enqueue(&self.db, &mut self.lots, &self.config, now).await?;
-        let (plate_debts, enqueued) = (enqueued.plate_debts, enqueued.sessions);
-        let claimed = select::claim(&self.db, &self.config, now).await?;
+        let (plate_debts, enqueued, mut claimed) =
+            (enqueued.plate_debts, enqueued.sessions, enqueued.claimed);
+        let room = self.config.batch.saturating_sub(claimed.len());
+        claimed.extend(select::claim(&self.db, &self.config, room, now).await?);
         let outcomes =
             futures::future::join_all(claimed.iter().map(|charge| self.collect(charge))).await;
         let recorded = record::record(

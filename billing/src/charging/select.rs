@@ -47,12 +47,15 @@ struct NewCharge {
 }
 
 /// What a round of [`enqueue`] did.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Enqueued {
     /// Queued sessions dealt with (charged now, charged already, or not to be charged).
     pub sessions: usize,
     /// Invoices raised to plates nobody enrolled pays for.
     pub plate_debts: usize,
+    /// The new charges to debit, created already leased to this worker: a new charge is written
+    /// once before its debit (so a crash mid-debit leaves it to be asked about), not also claimed.
+    pub claimed: Vec<Claimed>,
 }
 
 /// Creates the charges of closed sessions that have none.
@@ -148,13 +151,15 @@ pub async fn enqueue(
         });
     }
     let now = db_time(now);
+    let until = db_time(lease_end(config, now));
     let mut tx = db.begin_write().await?;
     let mut inserted = Vec::with_capacity(charges.len());
-    // 13 binds a row, under SQLite's bind limit.
-    for chunk in charges.chunks(2_000) {
+    let mut claimed = Vec::new();
+    // 17 binds a row, under SQLite's bind limit.
+    for chunk in charges.chunks(1_900) {
         let mut insert = QueryBuilder::new(
             "INSERT INTO charges (id, session_id, operator_id, lot_id, local_day, driver_id, account, amount_minor,
-                 currency, method, status, next_attempt_at, created_at, updated_at) ",
+                 currency, method, status, next_attempt_at, created_at, updated_at, locked_by, locked_until, attempts) ",
         );
         insert.push_values(chunk, |mut row, c| {
             row.push_bind(c.id)
@@ -171,10 +176,22 @@ pub async fn enqueue(
                 .push_bind(now)
                 .push_bind(now)
                 .push_bind(now);
+            // A charge to debit is this worker's, leased as `claim` would lease it.
+            let to_debit = c.status == ChargeStatus::Pending;
+            row.push_bind(to_debit.then_some(config.worker_id.as_str()))
+                .push_bind(to_debit.then_some(until))
+                .push_bind(i32::from(to_debit));
         });
-        insert.push(" ON CONFLICT (session_id) DO NOTHING RETURNING id");
-        let ids: Vec<(Uuid,)> = insert.build().persistent(false).fetch_all(&mut tx).await?;
-        inserted.extend(ids.into_iter().map(|(id,)| id));
+        insert.push(
+            " ON CONFLICT (session_id) DO NOTHING
+             RETURNING id, session_id, lot_id, driver_id, account, amount_minor, currency, status, attempts",
+        );
+        let rows: Vec<Claimed> = insert.build().persistent(false).fetch_all(&mut tx).await?;
+        inserted.extend(rows.iter().map(|c| c.id));
+        claimed.extend(
+            rows.into_iter()
+                .filter(|c| c.status == ChargeStatus::Pending),
+        );
     }
     // A charge with nobody to debit is owed at once: a fee entry, and an invoice — to its driver,
     // or, with nobody enrolled to bill, to its plate (a car let out without standing).
@@ -213,20 +230,29 @@ pub async fn enqueue(
     Ok(Enqueued {
         sessions: queued.len().max(inserted.len()),
         plate_debts,
+        claimed,
     })
 }
 
-/// Leases up to a batch of charges to collect to this worker.
+/// When a lease taken at `now` runs out.
+fn lease_end(config: &ChargingConfig, now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(config.lease).unwrap_or(chrono::Duration::seconds(60))
+}
+
+/// Leases up to `limit` charges to collect again (unanswered ones whose time has come, or ones
+/// whose worker's lease ran out) to this worker.
 pub async fn claim(
     db: &Db,
     config: &ChargingConfig,
+    limit: usize,
     now: DateTime<Utc>,
 ) -> Result<Vec<Claimed>, StoreError> {
-    let limit = i64::try_from(config.batch).unwrap_or(i64::MAX);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let now = db_time(now);
-    let until = db_time(
-        now + chrono::Duration::from_std(config.lease).unwrap_or(chrono::Duration::seconds(60)),
-    );
+    let until = db_time(lease_end(config, now));
     const CLAIM: &str = "UPDATE charges SET locked_by = $1, locked_until = $2, attempts = attempts + 1, updated_at = $3
          WHERE id IN (SELECT id FROM charges WHERE status IN ('pending', 'unknown') AND next_attempt_at <= $3
                       AND (locked_until IS NULL OR locked_until < $3) ORDER BY next_attempt_at LIMIT $4{LOCK})
