@@ -2,13 +2,14 @@
 //! charge is collected from the driver's payment account through a [`PaymentProvider`].
 //!
 //! A worker step:
-//! 1. **enqueue** — closed sessions without a charge get one (the UNIQUE `session_id` makes this
-//!    idempotent across workers); its amount is the session's fee, re-priced here as a check;
+//! 1. **claim** — charges to ask about again (unanswered, or left by a worker whose lease ran out)
+//!    are leased to this worker first (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several workers
+//!    never do the same work), so a backlog of new charges never starves them;
+//! 2. **enqueue** — with the room left in the batch, closed sessions without a charge get one
+//!    (the UNIQUE `session_id` makes this idempotent across workers); its amount is the
+//!    session's fee, re-priced here as a check;
 //!    a new charge to debit is written already leased to this worker, so it is written once
 //!    before its debit and once with its outcome;
-//! 2. **claim** — charges to ask about again (unanswered, or left by a worker whose lease ran out)
-//!    are leased to this worker (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several workers never
-//!    do the same work);
 //! 3. **collect** — the provider is asked, with the idempotency key `charge:{session}`: a retry,
 //!    by this worker or another after a crash, can never debit twice;
 //! 4. **record** — outcomes, journal entries and invoices for declined debits, in one transaction.
@@ -208,13 +209,14 @@ impl<P: PaymentProvider> ChargingWorker<P> {
         tracing::debug!(worker = %self.config.worker_id, "charging worker stopped");
     }
 
-    /// One pass: enqueue, claim, collect, record.
+    /// One pass: claim, enqueue, collect, record.
     pub async fn step(&mut self, now: DateTime<Utc>) -> Result<StepReport, StoreError> {
-        let enqueued = select::enqueue(&self.db, &mut self.lots, &self.config, now).await?;
-        let (plate_debts, enqueued, mut claimed) =
-            (enqueued.plate_debts, enqueued.sessions, enqueued.claimed);
+        // Charges to ask about again come first: a backlog of new ones never starves them.
+        let mut claimed = select::claim(&self.db, &self.config, self.config.batch, now).await?;
         let room = self.config.batch.saturating_sub(claimed.len());
-        claimed.extend(select::claim(&self.db, &self.config, room, now).await?);
+        let enqueued = select::enqueue(&self.db, &mut self.lots, &self.config, room, now).await?;
+        let (plate_debts, enqueued_sessions) = (enqueued.plate_debts, enqueued.sessions);
+        claimed.extend(enqueued.claimed);
         let outcomes =
             futures::future::join_all(claimed.iter().map(|charge| self.collect(charge))).await;
         let recorded = record::record(
@@ -227,7 +229,7 @@ impl<P: PaymentProvider> ChargingWorker<P> {
         )
         .await?;
         Ok(StepReport {
-            enqueued,
+            enqueued: enqueued_sessions,
             plate_debts,
             claimed: claimed.len(),
             succeeded: recorded.succeeded,

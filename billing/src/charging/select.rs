@@ -58,15 +58,19 @@ pub struct Enqueued {
     pub claimed: Vec<Claimed>,
 }
 
-/// Creates the charges of closed sessions that have none.
+/// Creates the charges of up to `limit` closed sessions that have none.
 /// The fee is the session's; it is priced again from the tariff as a check, and a difference is logged.
 pub async fn enqueue(
     db: &Db,
     lots: &mut LotBook,
     config: &ChargingConfig,
+    limit: usize,
     now: DateTime<Utc>,
 ) -> Result<Enqueued, StoreError> {
-    let limit = i64::try_from(config.batch).unwrap_or(i64::MAX);
+    if limit == 0 {
+        return Ok(Enqueued::default());
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     // The queue holds only what waits: a step never walks the history of every session. Session ids
     // are time-ordered (UUIDv7), so the primary key gives the oldest first without a sort.
     let sessions: Vec<ClosedSession> = query(
