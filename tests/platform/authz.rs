@@ -529,6 +529,64 @@ async fn a_navigation_app_key_earns_a_higher_public_rate() {
     platform.stop().await;
 }
 
+/// The two reads navigation apps poll are answered before routing (`http::public_reads`): each
+/// must answer exactly as its routed handler does, and spend the address's budget once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_reads_answer_as_the_routed_handlers_do() {
+    let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();
+    let world = World::new(setup, 100);
+    let platform = TestPlatform::start_with(setup, &world, |config| {
+        config.public_rate_per_second = 4;
+    })
+    .await;
+    let lot = &world.plan.lots[0];
+    let path = format!("/v1/lots/{}/availability", lot.id);
+    // Once a request: an anonymous client's burst is twice its rate, then it is slowed down.
+    let mut statuses = Vec::new();
+    for _ in 0..9 {
+        statuses.push(send(&platform, None, Method::GET, &path, None).await.0);
+    }
+    assert_eq!(
+        statuses,
+        [
+            [StatusCode::OK; 8].as_slice(),
+            &[StatusCode::TOO_MANY_REQUESTS]
+        ]
+        .concat()
+    );
+    // A navigation app's key sends the same requests through the router (a key is its business).
+    let app = issue(&platform, "navigation_app", None).await;
+    // (Its first read spends the address's budget while the key is looked up; later ones its own.)
+    send(&platform, Some(&app), Method::GET, &path, None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let cases = [
+        path.clone(),
+        format!(
+            "/v1/lots/{}/availability",
+            lot.id.as_str().replace('-', "%2D")
+        ),
+        format!(
+            "/v1/lots?near={:.4},{:.4}&radius_m=5000&limit=5",
+            lot.lat, lot.lon
+        ),
+        "/v1/lots/no-such-lot/availability".to_owned(),
+        "/v1/lots?near=95,120&radius_m=100".to_owned(),
+        "/v1/lots?near=30.1,120.1&limit=0".to_owned(),
+        "/v1/lots?near=30.1,120.1&limit=many".to_owned(),
+    ];
+    let mut answers = Vec::new();
+    for case in &cases {
+        let anonymous = send(&platform, None, Method::GET, case, None).await;
+        let routed = send(&platform, Some(&app), Method::GET, case, None).await;
+        assert_eq!(anonymous, routed, "GET {case}");
+        answers.push(anonymous);
+    }
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| status.as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 200, 404, 422, 422, 422]);
+    assert_eq!(answers[2].1[0]["lot"], lot.id.as_str(), "{}", answers[2].1);
+    platform.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn driver_endpoints_are_rate_limited_per_client() {
     let setup = Setup::available(Database::Sqlite, Broker::Embedded).unwrap();

@@ -3,6 +3,7 @@
 //! the operator's recount of a gated lot without bay sensors.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,13 +56,17 @@ pub(crate) async fn one(
     State(state): State<AppState>,
     ApiPath(lot): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let board = state.availability.board();
-    let lot = lot_of(&board.registry, &lot)?;
-    let availability = board
+    lot_body(&state.availability.board(), &lot).map(json)
+}
+
+/// A lot's availability, as the board last rendered it.
+pub(crate) fn lot_body(board: &Board, raw_lot: &str) -> Result<Bytes, ApiError> {
+    let lot = lot_of(&board.registry, raw_lot)?;
+    board
         .lots
         .get(lot.idx as usize)
-        .ok_or(ApiError::NotFound("lot"))?;
-    Ok(json(availability.json.clone()))
+        .map(|availability| availability.json.clone())
+        .ok_or(ApiError::NotFound("lot"))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -91,6 +96,12 @@ pub(crate) async fn near(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<NearQuery>,
 ) -> Result<Response, ApiError> {
+    near_body(&state.availability.board(), &query).map(json)
+}
+
+/// The lots within the query's radius, nearest first: each lot's rendered body with its
+/// distance put first.
+pub(crate) fn near_body(board: &Board, query: &NearQuery) -> Result<Bytes, ApiError> {
     let (lat, lon) = parse_point(&query.near).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_point",
@@ -111,7 +122,6 @@ pub(crate) async fn near(
             format!("limit must be between 1 and {MAX_NEAR_LIMIT}"),
         ));
     }
-    let board = state.availability.board();
     let registry = &board.registry;
     // Each lot's rendered body, with its distance put first: `{"distance_m":…,` + `"lot":…}`.
     let mut body = Vec::with_capacity(limit * 320);
@@ -123,11 +133,12 @@ pub(crate) async fn near(
         if body.len() > 1 {
             body.push(b',');
         }
-        body.extend_from_slice(format!("{{\"distance_m\":{:.1},", distance).as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(body, "{{\"distance_m\":{distance:.1},");
         body.extend_from_slice(availability.json.get(1..).unwrap_or_default());
     }
     body.push(b']');
-    Ok(json(Bytes::from(body)))
+    Ok(Bytes::from(body))
 }
 
 /// `GET /v1/availability/stream`: one `availability` event per lot change, as server-sent events.

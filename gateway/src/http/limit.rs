@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
@@ -83,6 +83,12 @@ impl PublicLimit {
         }
     }
 
+    /// The `429` answer when an anonymous client at `address` is over its rate (a request
+    /// presenting a key goes through [`limit_public`]).
+    pub(crate) fn refuse_anonymous(&self, address: IpAddr) -> Option<Response> {
+        self.by_address.refusal(address)
+    }
+
     fn known_app(&self, hash: &str) -> bool {
         self.apps
             .get(hash)
@@ -116,15 +122,18 @@ impl TrustedProxies {
     /// address in `X-Forwarded-For` that is not one of ours (addresses to its left are the
     /// client's to claim, so they are not believed).
     pub(crate) fn client(&self, parts: &Parts) -> IpAddr {
-        let peer = parts
-            .extensions
+        self.client_of(&parts.extensions, &parts.headers)
+    }
+
+    /// [`Self::client`], from a request's extensions and headers.
+    pub(crate) fn client_of(&self, extensions: &Extensions, headers: &HeaderMap) -> IpAddr {
+        let peer = extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
         if !self.trusts(peer) {
             return peer;
         }
-        let forwarded = parts
-            .headers
+        let forwarded = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|value| value.to_str().ok())

@@ -19,6 +19,7 @@ pub(crate) mod operators;
 pub(crate) mod ops;
 pub(crate) mod passes;
 pub(crate) mod payments;
+mod public_reads;
 pub(crate) mod registry;
 pub(crate) mod reports;
 pub(crate) mod sessions;
@@ -330,16 +331,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             crate::anpr::intake::MAX_EVENTS_AT_ONCE,
         ));
-    routes
+    let routed = routes
         .fallback(|| async { error::ApiError::NotFound("route") })
-        .with_state(state)
+        .with_state(state.clone())
         .layer(Extension(document))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .merge(anpr)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
-        ))
+        ));
+    Router::new()
+        .fallback_service(public_reads::PublicReads::new(state, routed))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             // The path without its query string, and without the plates some paths carry.
             tracing::debug_span!("request", method = %request.method(), path = %loggable_path(request.uri().path()))
