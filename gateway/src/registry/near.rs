@@ -49,16 +49,41 @@ impl LotLocator {
     }
 
     /// Up to `limit` lots within `radius_m` of the point, nearest first, with their distance in metres.
+    ///
+    /// The lots within the radius are gathered without ordering (cheap: no queue of tree nodes)
+    /// and sorted; only when more than [`GATHER_AT_MOST`] are within it does the tree's
+    /// nearest-first walk take over, which stops after `limit` lots however many are near.
     pub fn near(&self, lat: f64, lon: f64, radius_m: f64, limit: usize) -> Vec<(LotIdx, f64)> {
+        let point = unit_vector(lat, lon);
         let max_chord = chord(radius_m);
         let max_d2 = max_chord * max_chord;
-        self.tree
-            .nearest_neighbor_iter_with_distance_2(unit_vector(lat, lon))
-            .take_while(|(_, d2)| *d2 <= max_d2)
-            .take(limit)
-            .map(|(entry, d2)| (entry.data, metres(d2.sqrt())))
+        let mut within = Vec::new();
+        for entry in self.tree.locate_within_distance(point, max_d2) {
+            if within.len() == GATHER_AT_MOST {
+                return self
+                    .tree
+                    .nearest_neighbor_iter_with_distance_2(point)
+                    .take_while(|(_, d2)| *d2 <= max_d2)
+                    .take(limit)
+                    .map(|(entry, d2)| (entry.data, metres(d2.sqrt())))
+                    .collect();
+            }
+            within.push((entry.data, distance_2(entry.geom(), &point)));
+        }
+        within.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        within.truncate(limit);
+        within
+            .into_iter()
+            .map(|(lot, d2)| (lot, metres(d2.sqrt())))
             .collect()
     }
+}
+
+/// Lots gathered within a radius before [`LotLocator::near`] walks nearest-first instead.
+const GATHER_AT_MOST: usize = 1_024;
+
+fn distance_2(a: &[f64; 3], b: &[f64; 3]) -> f64 {
+    a.iter().zip(b).map(|(a, b)| (a - b) * (a - b)).sum()
 }
 
 #[cfg(test)]
@@ -90,6 +115,28 @@ mod tests {
         assert!((near[0].1 - haversine(hangzhou, (30.2745, 120.1555))).abs() < 0.5);
         assert_eq!(locator.near(hangzhou.0, hangzhou.1, 2_000.0, 2).len(), 2);
         assert_eq!(locator.near(hangzhou.0, hangzhou.1, 10.0, 10).len(), 0);
+    }
+
+    #[test]
+    fn many_lots_within_the_radius_are_walked_nearest_first() {
+        // More lots within the radius than are gathered: the nearest-first walk answers, and
+        // agrees with gathering fewer.
+        let lots = (0..GATHER_AT_MOST as u32 * 2).map(|i| {
+            (
+                i,
+                30.0 + f64::from(i % 50) * 1e-4,
+                120.0 + f64::from(i / 50) * 1e-4,
+            )
+        });
+        let locator = LotLocator::new(lots);
+        let walked = locator.near(30.0025, 120.002, 5_000.0, 20);
+        assert_eq!(walked.len(), 20);
+        assert!(walked.windows(2).all(|pair| pair[0].1 <= pair[1].1));
+        let gathered = locator.near(30.0025, 120.002, walked[19].1 + 0.01, 20);
+        assert_eq!(
+            gathered.iter().map(|(_, d)| *d).collect::<Vec<_>>(),
+            walked.iter().map(|(_, d)| *d).collect::<Vec<_>>()
+        );
     }
 
     #[test]
