@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn distances_have_one_decimal_as_a_float_format_would_give() {
-        for metres in [0.0, 0.04, 0.06, 12.34, 12.36, 999.96, 49_999.94, 1_234.5678] {
+        for metres in [0.0, 0.04, 0.06, 12.34, 12.36, 999.96, 49_999.94, 1_234.567_8] {
             let mut body = Vec::new();
             push_distance(&mut body, metres);
             assert_eq!(
