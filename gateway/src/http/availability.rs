@@ -39,7 +39,7 @@ fn lot_of<'r>(registry: &'r Registry, raw: &str) -> Result<&'r crate::registry::
     registry.lot_by_id(&id).ok_or(ApiError::NotFound("lot"))
 }
 
-fn json(body: Bytes) -> Response {
+pub(crate) fn json(body: Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -404,8 +404,17 @@ mod tests {
     use futures::StreamExt;
 
     #[test]
-    fn distances_have_one_decimal_as_a_float_format_would_give() {
-        for metres in [0.0, 0.04, 0.06, 12.34, 12.36, 999.96, 49_999.94, 1_234.567_8] {
+    fn distances_have_one_decimal_as_a_float_format_gives_them_away_from_ties() {
+        for metres in [
+            0.0,
+            0.04,
+            0.06,
+            12.34,
+            12.36,
+            999.96,
+            49_999.94,
+            1_234.567_8,
+        ] {
             let mut body = Vec::new();
             push_distance(&mut body, metres);
             assert_eq!(

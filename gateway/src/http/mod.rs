@@ -147,7 +147,8 @@ fn driver_routes(state: &AppState) -> OpenApiRouter<AppState> {
         ))
 }
 
-/// SPEC §5's public reads: no key, rate-limited per client.
+/// SPEC §5's public reads: no key, rate-limited per client. A lot's availability and `near` from
+/// an anonymous client are answered before routing (`public_reads`), without these layers.
 fn public_routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(availability::near))

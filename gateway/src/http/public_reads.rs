@@ -5,9 +5,10 @@
 //!
 //! The answer is the routed handler's own: the same body functions ([`availability::lot_body`],
 //! [`availability::near_body`]), the same per-address rate limit, the same error shape. Whatever
-//! this does not recognise exactly (another method or path, a key presented, a query the router's
-//! extractor would refuse, a percent-encoded lot) goes to the router, which documents the routes
-//! and does the rest.
+//! this does not recognise exactly (another method or path, a key presented, a body, a query the
+//! router's extractor would refuse, a percent-encoded lot) goes to the router, which documents the
+//! routes and does the rest. A layer added to `public_routes` does not reach these two answers:
+//! add it here too.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -47,7 +48,12 @@ enum Read<'r> {
 
 /// The read `request` asks for, if it is one answered here.
 fn read_of(request: &Request) -> Option<Read<'_>> {
-    if request.method() != Method::GET || request.headers().contains_key(header::AUTHORIZATION) {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length != "0");
+    if request.method() != Method::GET || headers.contains_key(header::AUTHORIZATION) || has_body {
         return None;
     }
     let path = request.uri().path();
@@ -74,10 +80,7 @@ fn answer(state: &AppState, request: &Request, read: Read<'_>) -> Response {
         Read::Lot(lot) => availability::lot_body(&board, lot),
         Read::Near(query) => availability::near_body(&board, &query),
     };
-    match body {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(error) => error.into_response(),
-    }
+    body.map_or_else(IntoResponse::into_response, availability::json)
 }
 
 impl Service<Request> for PublicReads {
@@ -93,6 +96,72 @@ impl Service<Request> for PublicReads {
         match read_of(&request) {
             Some(read) => Either::Left(ready(Ok(answer(&self.state, &request, read)))),
             None => Either::Right(self.router.call(request)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    fn taken(method: Method, uri: &str, headers: &[(&str, &str)]) -> Option<String> {
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read_of(&request.body(Body::empty()).unwrap()).map(|read| match read {
+            Read::Lot(lot) => format!("lot {lot}"),
+            Read::Near(_) => "near".to_owned(),
+        })
+    }
+
+    #[test]
+    fn only_the_two_anonymous_reads_are_taken_in_front_of_the_router() {
+        let get = Method::GET;
+        assert_eq!(
+            taken(get.clone(), "/v1/lots/lot-1/availability", &[]).as_deref(),
+            Some("lot lot-1")
+        );
+        assert_eq!(
+            taken(get.clone(), "/v1/lots/lot-1/availability?x=1", &[]).as_deref(),
+            Some("lot lot-1")
+        );
+        assert_eq!(
+            taken(get.clone(), "/v1/lots?near=30.1,120.1&limit=5", &[]).as_deref(),
+            Some("near")
+        );
+        for (method, uri, headers) in [
+            (Method::HEAD, "/v1/lots/lot-1/availability", &[][..]),
+            (Method::POST, "/v1/lots/lot-1/availability", &[]),
+            (
+                get.clone(),
+                "/v1/lots/lot-1/availability",
+                &[("authorization", "Bearer pf_x")],
+            ),
+            (
+                get.clone(),
+                "/v1/lots/lot-1/availability",
+                &[("content-length", "5")],
+            ),
+            (
+                get.clone(),
+                "/v1/lots/lot-1/availability",
+                &[("transfer-encoding", "chunked")],
+            ),
+            (get.clone(), "/v1/lots/lot%2D1/availability", &[]),
+            (get.clone(), "/v1/lots//availability", &[]),
+            (get.clone(), "/v1/lots/a/b/availability", &[]),
+            (get.clone(), "/v1/lots/lot-1/availability/", &[]),
+            (get.clone(), "/v1/lots", &[]),
+            (get.clone(), "/v1/lots?near=30.1,120.1&limit=many", &[]),
+            (get.clone(), "/v1/lots/lot-1", &[]),
+        ] {
+            assert_eq!(
+                taken(method.clone(), uri, headers),
+                None,
+                "{method} {uri} {headers:?}"
+            );
         }
     }
 }

@@ -4,8 +4,8 @@
 //! points grows with their great-circle distance everywhere on Earth, poles and the antimeridian
 //! included; the tree's nearest-first walk is then nearest-first on the ground too.
 
-use rstar::RTree;
 use rstar::primitives::GeomWithData;
+use rstar::{PointDistance, RTree};
 
 use super::LotIdx;
 
@@ -68,10 +68,14 @@ impl LotLocator {
                     .map(|(entry, d2)| (entry.data, metres(d2.sqrt())))
                     .collect();
             }
-            within.push((entry.data, distance_2(entry.geom(), &point)));
+            within.push((entry.data, entry.distance_2(&point)));
         }
-        within.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        let nearer = |a: &(LotIdx, f64), b: &(LotIdx, f64)| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0));
+        if within.len() > limit && limit > 0 {
+            within.select_nth_unstable_by(limit - 1, nearer);
+        }
         within.truncate(limit);
+        within.sort_unstable_by(nearer);
         within
             .into_iter()
             .map(|(lot, d2)| (lot, metres(d2.sqrt())))
@@ -81,10 +85,6 @@ impl LotLocator {
 
 /// Lots gathered within a radius before [`LotLocator::near`] walks nearest-first instead.
 const GATHER_AT_MOST: usize = 1_024;
-
-fn distance_2(a: &[f64; 3], b: &[f64; 3]) -> f64 {
-    a.iter().zip(b).map(|(a, b)| (a - b) * (a - b)).sum()
-}
 
 #[cfg(test)]
 mod tests {
@@ -137,6 +137,11 @@ mod tests {
             gathered.iter().map(|(_, d)| *d).collect::<Vec<_>>(),
             walked.iter().map(|(_, d)| *d).collect::<Vec<_>>()
         );
+        // Past the gathering bound the radius still holds: a corner of the grid is ~340 m from
+        // its centre, so a 230 m radius leaves some lots out.
+        let within = locator.near(30.0025, 120.002, 230.0, usize::MAX);
+        assert!(within.len() > GATHER_AT_MOST && within.len() < GATHER_AT_MOST * 2);
+        assert!(within.iter().all(|(_, d)| *d <= 230.0));
     }
 
     #[test]
