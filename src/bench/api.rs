@@ -158,13 +158,10 @@ pub async fn run(lots: usize, seconds: u64) -> anyhow::Result<()> {
     // Warm up (connections, allocator, caches) unmeasured, then load the three in turn, round
     // after round: the machine's noise then falls on all three alike, and each ratio is taken
     // within one round.
-    for url_of in [
-        Box::new(trivial) as Box<dyn Fn() -> String + Send + Sync>,
-        Box::new(one),
-        Box::new(near),
-    ] {
-        load(&client, Duration::from_millis(300), url_of).await?;
-    }
+    let warm_up = Duration::from_millis(300);
+    load(&client, warm_up, trivial).await?;
+    load(&client, warm_up, one).await?;
+    load(&client, warm_up, near).await?;
     let (mut trivial_rps, mut one_rps, mut near_rps) = (Vec::new(), Vec::new(), Vec::new());
     let (mut one_ratios, mut near_ratios) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {

@@ -270,9 +270,9 @@ pub(crate) async fn limit_drivers(
     request: Request,
     next: Next,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let address = state.trusted_proxies.client(&parts);
-    let request = Request::from_parts(parts, body);
+    let address = state
+        .trusted_proxies
+        .client_of(request.extensions(), request.headers());
     match state.driver_limit.refusal(address) {
         None => next.run(request).await,
         Some(refusal) => refusal,
